@@ -1,0 +1,333 @@
+//! The engine's one error type. Variants carry the HTTP status and the
+//! provider's own message (trimmed), never an API key.
+
+use std::time::Duration;
+
+/// Which timeout fired.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum TimeoutPhase {
+    /// Establishing the connection.
+    Connect,
+    /// Waiting for the first token (or the response headers).
+    FirstToken,
+    /// Gap between two chunks of a stream (stall detection).
+    Idle,
+    /// The whole request.
+    Total,
+}
+
+impl TimeoutPhase {
+    fn as_str(self) -> &'static str {
+        match self {
+            TimeoutPhase::Connect => "connect",
+            TimeoutPhase::FirstToken => "first token",
+            TimeoutPhase::Idle => "idle gap between chunks",
+            TimeoutPhase::Total => "total",
+        }
+    }
+}
+
+/// Everything that can go wrong with a request.
+#[derive(Debug, Clone, PartialEq, thiserror::Error)]
+pub enum EngineError {
+    /// 401/403: the key is missing, wrong or lacks permission.
+    #[error("authentication failed (HTTP {status}): {message}")]
+    Auth {
+        /// HTTP status.
+        status: u16,
+        /// The provider's message.
+        message: String,
+    },
+    /// 429.
+    #[error("rate limited (HTTP 429){}: {message}", fmt_wait(.retry_after))]
+    RateLimited {
+        /// The provider's message.
+        message: String,
+        /// Wait asked for by `retry-after` / `retry-after-ms`.
+        retry_after: Option<Duration>,
+    },
+    /// 529 / 503: the provider is overloaded or unavailable.
+    #[error("provider overloaded (HTTP {status}){}: {message}", fmt_wait(.retry_after))]
+    Overloaded {
+        /// HTTP status.
+        status: u16,
+        /// The provider's message.
+        message: String,
+        /// Wait asked for by the provider.
+        retry_after: Option<Duration>,
+    },
+    /// The prompt does not fit the model's context window.
+    #[error("context length exceeded (HTTP {status}): {message}")]
+    ContextLength {
+        /// HTTP status.
+        status: u16,
+        /// The provider's message.
+        message: String,
+    },
+    /// 400/404/422 and other client errors.
+    #[error("bad request (HTTP {status}): {message}")]
+    BadRequest {
+        /// HTTP status.
+        status: u16,
+        /// The provider's message.
+        message: String,
+    },
+    /// 5xx.
+    #[error("server error (HTTP {status}): {message}")]
+    Server {
+        /// HTTP status.
+        status: u16,
+        /// The provider's message.
+        message: String,
+    },
+    /// An error event inside an otherwise successful stream.
+    #[error("provider error in stream: {message}")]
+    InStream {
+        /// The provider's message.
+        message: String,
+    },
+    /// A timeout fired.
+    #[error("timed out ({}) after {:.1} s", .phase.as_str(), .after.as_secs_f64())]
+    Timeout {
+        /// Which timeout.
+        phase: TimeoutPhase,
+        /// Configured limit.
+        after: Duration,
+    },
+    /// Connection refused, reset, DNS, TLS...
+    #[error("network error: {message}")]
+    Network {
+        /// What failed (URL stripped).
+        message: String,
+    },
+    /// A frame could not be understood.
+    #[error("protocol error: {message}")]
+    Protocol {
+        /// Which frame and why.
+        message: String,
+    },
+    /// Cancelled by the user.
+    #[error("cancelled")]
+    Cancelled,
+    /// Configuration problem: unknown model, missing key, bad target.
+    #[error("{message}")]
+    Config {
+        /// Explanation.
+        message: String,
+    },
+    /// Refused by `allowed_models` governance before sending.
+    #[error("model not allowed: {message}")]
+    NotAllowed {
+        /// Explanation.
+        message: String,
+    },
+    /// Refused by a budget before sending.
+    #[error("budget exceeded: {message}")]
+    Budget {
+        /// Explanation.
+        message: String,
+    },
+    /// The provider's circuit breaker is open.
+    #[error("circuit breaker open for {provider}: failing fast")]
+    BreakerOpen {
+        /// Provider name.
+        provider: String,
+    },
+}
+
+fn fmt_wait(d: &Option<Duration>) -> String {
+    match d {
+        Some(d) => format!(", retry after {:.1} s", d.as_secs_f64()),
+        None => String::new(),
+    }
+}
+
+impl EngineError {
+    /// Stable machine-readable kind, used in JSON and the ledger.
+    pub fn kind(&self) -> &'static str {
+        match self {
+            EngineError::Auth { .. } => "auth",
+            EngineError::RateLimited { .. } => "rate_limited",
+            EngineError::Overloaded { .. } => "overloaded",
+            EngineError::ContextLength { .. } => "context_length",
+            EngineError::BadRequest { .. } => "bad_request",
+            EngineError::Server { .. } => "server",
+            EngineError::InStream { .. } => "in_stream",
+            EngineError::Timeout { .. } => "timeout",
+            EngineError::Network { .. } => "network",
+            EngineError::Protocol { .. } => "protocol",
+            EngineError::Cancelled => "cancelled",
+            EngineError::Config { .. } => "config",
+            EngineError::NotAllowed { .. } => "not_allowed",
+            EngineError::Budget { .. } => "budget",
+            EngineError::BreakerOpen { .. } => "breaker_open",
+        }
+    }
+
+    /// Whether a retry could help (never for 400/401/403/404 or context length).
+    pub fn is_retryable(&self) -> bool {
+        matches!(
+            self,
+            EngineError::RateLimited { .. }
+                | EngineError::Overloaded { .. }
+                | EngineError::Server { .. }
+                | EngineError::Timeout { .. }
+                | EngineError::Network { .. }
+        )
+    }
+
+    /// The wait the provider asked for, if any.
+    pub fn retry_after(&self) -> Option<Duration> {
+        match self {
+            EngineError::RateLimited { retry_after, .. }
+            | EngineError::Overloaded { retry_after, .. } => *retry_after,
+            _ => None,
+        }
+    }
+
+    /// HTTP status, where there was one.
+    pub fn status(&self) -> Option<u16> {
+        match self {
+            EngineError::Auth { status, .. }
+            | EngineError::Overloaded { status, .. }
+            | EngineError::ContextLength { status, .. }
+            | EngineError::BadRequest { status, .. }
+            | EngineError::Server { status, .. } => Some(*status),
+            EngineError::RateLimited { .. } => Some(429),
+            _ => None,
+        }
+    }
+
+    /// Build a network error from reqwest's, without the URL (it may carry a key in a query).
+    pub fn from_reqwest(e: reqwest::Error) -> EngineError {
+        let e = e.without_url();
+        if e.is_timeout() {
+            return EngineError::Timeout {
+                phase: TimeoutPhase::Connect,
+                after: Duration::ZERO,
+            };
+        }
+        let mut message = e.to_string();
+        let mut src = std::error::Error::source(&e);
+        while let Some(s) = src {
+            message.push_str(": ");
+            message.push_str(&s.to_string());
+            src = s.source();
+        }
+        EngineError::Network { message }
+    }
+
+    /// Classify a non-2xx HTTP response from its status, headers and body.
+    pub fn from_http(
+        status: u16,
+        headers: &reqwest::header::HeaderMap,
+        body: &[u8],
+    ) -> EngineError {
+        let message = provider_message(body);
+        let retry_after = parse_retry_after(headers);
+        let lower = message.to_ascii_lowercase();
+        let context = lower.contains("context_length_exceeded")
+            || lower.contains("context length")
+            || lower.contains("prompt is too long")
+            || lower.contains("maximum context")
+            || lower.contains("too many tokens")
+            || lower.contains("exceeds the maximum number of tokens");
+        match status {
+            401 | 403 => EngineError::Auth { status, message },
+            429 => EngineError::RateLimited {
+                message,
+                retry_after,
+            },
+            503 | 529 => EngineError::Overloaded {
+                status,
+                message,
+                retry_after,
+            },
+            400 | 413 | 422 if context => EngineError::ContextLength { status, message },
+            400..=499 => EngineError::BadRequest { status, message },
+            _ => EngineError::Server { status, message },
+        }
+    }
+}
+
+/// Extract the provider's human message from an error body in any of the
+/// shapes seen: `{"error":{"message":..}}` (OpenAI, Anthropic, Gemini,
+/// OpenRouter, with OpenRouter's `metadata.raw` appended), `{"error":"..."}`
+/// (Ollama), `{"message":..}`, or the trimmed raw body.
+pub fn provider_message(body: &[u8]) -> String {
+    let text = String::from_utf8_lossy(body);
+    let trimmed = text.trim();
+    if let Ok(v) = serde_json::from_str::<serde_json::Value>(trimmed) {
+        // Gemini sometimes wraps errors in a one-element array.
+        let v = match v {
+            serde_json::Value::Array(mut a) if !a.is_empty() => a.swap_remove(0),
+            v => v,
+        };
+        if let Some(err) = v.get("error") {
+            if let Some(s) = err.as_str() {
+                return clip(s);
+            }
+            if let Some(m) = err.get("message").and_then(|m| m.as_str()) {
+                let mut msg = m.to_string();
+                if let Some(raw) = err
+                    .get("metadata")
+                    .and_then(|md| md.get("raw"))
+                    .and_then(|r| r.as_str())
+                {
+                    msg.push_str(" (upstream: ");
+                    msg.push_str(raw);
+                    msg.push(')');
+                }
+                return clip(&msg);
+            }
+        }
+        if let Some(m) = v.get("message").and_then(|m| m.as_str()) {
+            return clip(m);
+        }
+    }
+    if trimmed.is_empty() {
+        "(empty body)".to_string()
+    } else {
+        clip(trimmed)
+    }
+}
+
+fn clip(s: &str) -> String {
+    const MAX: usize = 600;
+    let s = s.trim();
+    if s.len() <= MAX {
+        return s.to_string();
+    }
+    let mut end = MAX;
+    while !s.is_char_boundary(end) {
+        end -= 1;
+    }
+    format!("{}…", &s[..end])
+}
+
+/// `retry-after-ms` (milliseconds, OpenAI/Anthropic) wins over `retry-after`
+/// (seconds, or an HTTP date).
+pub fn parse_retry_after(headers: &reqwest::header::HeaderMap) -> Option<Duration> {
+    if let Some(ms) = headers
+        .get("retry-after-ms")
+        .and_then(|v| v.to_str().ok())
+        .and_then(|s| s.trim().parse::<f64>().ok())
+    {
+        if ms.is_finite() && ms >= 0.0 {
+            return Some(Duration::from_secs_f64(ms / 1000.0));
+        }
+    }
+    let v = headers.get("retry-after")?.to_str().ok()?.trim();
+    if let Ok(secs) = v.parse::<f64>() {
+        if secs.is_finite() && secs >= 0.0 {
+            return Some(Duration::from_secs_f64(secs));
+        }
+        return None;
+    }
+    // HTTP-date form.
+    let when =
+        time::OffsetDateTime::parse(v, &time::format_description::well_known::Rfc2822).ok()?;
+    let now = time::OffsetDateTime::now_utc();
+    let secs = (when - now).as_seconds_f64().max(0.0);
+    Some(Duration::from_secs_f64(secs))
+}

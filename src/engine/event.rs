@@ -1,0 +1,420 @@
+//! The one streaming event model every provider maps onto, and the fold that
+//! turns a stream of provider deltas into a finished [`Completion`].
+
+use std::time::Duration;
+
+use serde::{Deserialize, Serialize};
+
+use super::error::EngineError;
+
+/// Token usage, normalised across providers.
+///
+/// `input_tokens` counts every prompt token, cached ones included (for
+/// Anthropic: `input_tokens + cache_read_input_tokens +
+/// cache_creation_input_tokens`). `cached_input_tokens` and
+/// `cache_creation_input_tokens` are parts of it. `reasoning_tokens` is the
+/// part of `output_tokens` spent on thinking, where the provider says so.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Serialize, Deserialize)]
+pub struct Usage {
+    /// Every prompt token, cached ones included.
+    pub input_tokens: u64,
+    /// Generated tokens, reasoning included.
+    pub output_tokens: u64,
+    /// Prompt tokens read from a provider-side cache.
+    pub cached_input_tokens: u64,
+    /// Prompt tokens written to a provider-side cache.
+    #[serde(default)]
+    pub cache_creation_input_tokens: u64,
+    /// Output tokens spent on reasoning.
+    pub reasoning_tokens: u64,
+    /// Cost in USD as reported by the provider itself (OpenRouter's `usage.cost`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub reported_cost_usd: Option<f64>,
+}
+
+impl Usage {
+    /// Input tokens not read from any cache and not written to one.
+    pub fn uncached_input_tokens(&self) -> u64 {
+        self.input_tokens
+            .saturating_sub(self.cached_input_tokens)
+            .saturating_sub(self.cache_creation_input_tokens)
+    }
+
+    /// Total tokens, input plus output.
+    pub fn total_tokens(&self) -> u64 {
+        self.input_tokens + self.output_tokens
+    }
+}
+
+/// Why generation stopped, normalised.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize, Default)]
+#[serde(rename_all = "snake_case")]
+pub enum FinishReason {
+    /// Natural end, or a stop sequence.
+    #[default]
+    Stop,
+    /// Output token limit reached.
+    Length,
+    /// The model asked for tool calls.
+    ToolCalls,
+    /// A safety or content filter stopped it.
+    ContentFilter,
+    /// The request failed.
+    Error,
+    /// The user cancelled it.
+    Cancelled,
+}
+
+impl FinishReason {
+    /// The wire word of the normalised reason (`stop`, `length`, ...).
+    pub fn as_str(self) -> &'static str {
+        match self {
+            FinishReason::Stop => "stop",
+            FinishReason::Length => "length",
+            FinishReason::ToolCalls => "tool_calls",
+            FinishReason::ContentFilter => "content_filter",
+            FinishReason::Error => "error",
+            FinishReason::Cancelled => "cancelled",
+        }
+    }
+}
+
+impl std::fmt::Display for FinishReason {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// A finished tool call.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ToolCall {
+    /// Provider-assigned id ("" when the provider assigns none, as older Gemini models).
+    pub id: String,
+    /// Function name.
+    pub name: String,
+    /// The exact argument string as sent (concatenated fragments when streamed).
+    pub arguments: String,
+}
+
+impl ToolCall {
+    /// The arguments parsed as JSON; an empty string is `{}`; unparsable text is kept as a string.
+    pub fn arguments_json(&self) -> serde_json::Value {
+        if self.arguments.trim().is_empty() {
+            return serde_json::Value::Object(Default::default());
+        }
+        serde_json::from_str(&self.arguments)
+            .unwrap_or_else(|_| serde_json::Value::String(self.arguments.clone()))
+    }
+}
+
+/// What a provider decoder extracts from the wire: the vocabulary shared by
+/// every protocol module. Nothing downstream ever sees provider JSON.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Delta {
+    /// Answer text.
+    Text(String),
+    /// Thinking / reasoning text.
+    Thinking(String),
+    /// Opaque signature of a thinking block (Anthropic, Gemini thought signatures).
+    ThinkingSignature(String),
+    /// A refusal message (OpenAI structured outputs).
+    Refusal(String),
+    /// A fragment of a tool call; fragments with the same `index` are merged.
+    ToolCall {
+        /// Position of the call in the answer.
+        index: usize,
+        /// Id, usually only on the first fragment.
+        id: Option<String>,
+        /// Name, usually only on the first fragment.
+        name: Option<String>,
+        /// A piece of the argument string.
+        arguments: String,
+    },
+    /// A usage snapshot; it replaces any earlier one (providers report cumulative usage).
+    Usage(Usage),
+    /// The provider's stop signal.
+    Finish {
+        /// Normalised reason.
+        reason: FinishReason,
+        /// The provider's own word.
+        raw: String,
+    },
+}
+
+/// How the cost of a request was established.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize, Default)]
+#[serde(rename_all = "snake_case")]
+pub enum CostSource {
+    /// The provider reported it (OpenRouter's `usage.cost`).
+    Provider,
+    /// Usage times a named price row.
+    Computed,
+    /// The provider sent no usage: tokens were counted locally.
+    Estimated,
+    /// No price known: the cost is null, never $0.
+    #[default]
+    Unknown,
+    /// Served from the local response cache: $0.
+    Cached,
+}
+
+impl CostSource {
+    /// Wire word.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            CostSource::Provider => "provider",
+            CostSource::Computed => "computed",
+            CostSource::Estimated => "estimated",
+            CostSource::Unknown => "unknown",
+            CostSource::Cached => "cached",
+        }
+    }
+    /// One-character mark for the UI: ✓ priced, ~ estimated, ? unknown.
+    pub fn mark(self) -> &'static str {
+        match self {
+            CostSource::Provider | CostSource::Computed | CostSource::Cached => "✓",
+            CostSource::Estimated => "~",
+            CostSource::Unknown => "?",
+        }
+    }
+}
+
+/// The result of one request: the `quorum ask --json` object.
+#[derive(Debug, Clone, Default, PartialEq, Serialize)]
+pub struct Completion {
+    /// Provider name (registry key, e.g. `openai`).
+    pub provider: String,
+    /// Model name as sent to the provider.
+    pub model: String,
+    /// Answer text.
+    pub text: String,
+    /// Thinking text ("" when none).
+    pub thinking: String,
+    /// Refusal text, if the model refused.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub refusal: Option<String>,
+    /// Finished tool calls.
+    #[serde(serialize_with = "ser_tool_calls")]
+    pub tool_calls: Vec<ToolCall>,
+    /// Normalised finish reason.
+    pub finish_reason: FinishReason,
+    /// The provider's own finish word.
+    pub raw_finish_reason: String,
+    /// Usage; zeros when the provider sent none (see `usage_reported`).
+    pub usage: Usage,
+    /// Whether the provider reported usage at all.
+    #[serde(skip)]
+    pub usage_reported: bool,
+    /// Cost in USD, null when unknown.
+    pub cost_usd: Option<f64>,
+    /// Where the cost came from.
+    pub cost_source: CostSource,
+    /// Time to first token in ms.
+    pub ttft_ms: Option<f64>,
+    /// Total latency in ms.
+    pub latency_ms: f64,
+    /// Whether this answer was replayed from the local cache.
+    #[serde(skip_serializing_if = "std::ops::Not::not")]
+    pub cached: bool,
+    /// Retries spent before this answer.
+    #[serde(skip_serializing_if = "is_zero")]
+    pub retries: u32,
+    /// Set when a fallback target produced this answer: the target first asked.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub fell_back_from: Option<String>,
+    /// The error, when the request failed.
+    #[serde(serialize_with = "ser_error")]
+    pub error: Option<EngineError>,
+}
+
+fn is_zero(n: &u32) -> bool {
+    *n == 0
+}
+
+fn ser_tool_calls<S: serde::Serializer>(calls: &[ToolCall], s: S) -> Result<S::Ok, S::Error> {
+    use serde::ser::SerializeSeq;
+    let mut seq = s.serialize_seq(Some(calls.len()))?;
+    for c in calls {
+        seq.serialize_element(&serde_json::json!({
+            "id": c.id, "name": c.name, "arguments": c.arguments_json(),
+        }))?;
+    }
+    seq.end()
+}
+
+fn ser_error<S: serde::Serializer>(e: &Option<EngineError>, s: S) -> Result<S::Ok, S::Error> {
+    match e {
+        None => s.serialize_none(),
+        Some(e) => serde_json::json!({"kind": e.kind(), "message": e.to_string()}).serialize(s),
+    }
+}
+
+/// Folds provider deltas into a [`Completion`]: text and thinking
+/// concatenated, tool-call fragments merged by index, the last usage snapshot
+/// kept, the last finish kept.
+#[derive(Debug, Default)]
+pub struct Accumulator {
+    /// The completion being built.
+    pub completion: Completion,
+    tool_slots: Vec<(usize, ToolCall)>,
+    saw_finish: bool,
+}
+
+impl Accumulator {
+    /// Fold one delta.
+    pub fn push(&mut self, d: &Delta) {
+        let c = &mut self.completion;
+        match d {
+            Delta::Text(t) => c.text.push_str(t),
+            Delta::Thinking(t) => c.thinking.push_str(t),
+            Delta::ThinkingSignature(_) => {}
+            Delta::Refusal(r) => c.refusal.get_or_insert_with(String::new).push_str(r),
+            Delta::ToolCall {
+                index,
+                id,
+                name,
+                arguments,
+            } => {
+                let slot = match self.tool_slots.iter().position(|(i, _)| i == index) {
+                    Some(p) => &mut self.tool_slots[p].1,
+                    None => {
+                        self.tool_slots.push((
+                            *index,
+                            ToolCall {
+                                id: String::new(),
+                                name: String::new(),
+                                arguments: String::new(),
+                            },
+                        ));
+                        &mut self.tool_slots.last_mut().expect("just pushed").1
+                    }
+                };
+                if let Some(id) = id {
+                    if !id.is_empty() {
+                        slot.id = id.clone();
+                    }
+                }
+                if let Some(n) = name {
+                    if !n.is_empty() {
+                        slot.name = n.clone();
+                    }
+                }
+                slot.arguments.push_str(arguments);
+            }
+            Delta::Usage(u) => {
+                c.usage = *u;
+                c.usage_reported = true;
+            }
+            Delta::Finish { reason, raw } => {
+                c.finish_reason = *reason;
+                c.raw_finish_reason = raw.clone();
+                self.saw_finish = true;
+            }
+        }
+    }
+
+    /// Whether a finish signal was seen.
+    pub fn saw_finish(&self) -> bool {
+        self.saw_finish
+    }
+
+    /// Whether anything the user would see (text, thinking, tool call) arrived.
+    pub fn has_output(&self) -> bool {
+        !self.completion.text.is_empty()
+            || !self.completion.thinking.is_empty()
+            || !self.tool_slots.is_empty()
+    }
+
+    /// Finish: tool calls in index order.
+    pub fn finish(mut self) -> Completion {
+        self.tool_slots.sort_by_key(|(i, _)| *i);
+        self.completion.tool_calls = self.tool_slots.into_iter().map(|(_, t)| t).collect();
+        self.completion
+    }
+}
+
+/// One event of a target's stream, as the faces see it.
+#[derive(Debug, Clone)]
+pub enum StreamEvent {
+    /// Waiting for a concurrency or rate-limit slot.
+    Queued,
+    /// An attempt started against `provider/model`.
+    Started {
+        /// Provider name.
+        provider: String,
+        /// Model name.
+        model: String,
+        /// 1-based attempt number.
+        attempt: u32,
+    },
+    /// Answer text.
+    TextDelta(String),
+    /// Thinking text.
+    ThinkingDelta(String),
+    /// A fragment of a tool call.
+    ToolCallDelta {
+        /// Call index.
+        index: usize,
+        /// Id (first fragment).
+        id: Option<String>,
+        /// Name (first fragment).
+        name: Option<String>,
+        /// Argument fragment.
+        arguments: String,
+    },
+    /// Usage snapshot so far (cumulative).
+    Usage(Usage),
+    /// A retry is scheduled.
+    Retrying {
+        /// Attempt about to be made (2 = first retry).
+        attempt: u32,
+        /// Maximum attempts.
+        max_attempts: u32,
+        /// How long we wait first.
+        wait: Duration,
+        /// Why: e.g. "429, Retry-After".
+        reason: String,
+    },
+    /// The target failed and a fallback takes over.
+    FellBack {
+        /// Target that failed.
+        from: String,
+        /// Target now tried.
+        to: String,
+        /// Why.
+        reason: String,
+    },
+    /// The circuit breaker of the provider is open: failing fast.
+    BreakerOpen {
+        /// Provider name.
+        provider: String,
+    },
+    /// Done: the completion, with cost. The ledger row is already committed.
+    Finished(Box<Completion>),
+    /// Failed: the completion holds the partial output and the error.
+    Failed(Box<Completion>),
+}
+
+impl StreamEvent {
+    /// Map a provider delta to a face event, where it has one.
+    pub fn from_delta(d: &Delta) -> Option<StreamEvent> {
+        Some(match d {
+            Delta::Text(t) => StreamEvent::TextDelta(t.clone()),
+            Delta::Thinking(t) => StreamEvent::ThinkingDelta(t.clone()),
+            Delta::Refusal(t) => StreamEvent::TextDelta(t.clone()),
+            Delta::ToolCall {
+                index,
+                id,
+                name,
+                arguments,
+            } => StreamEvent::ToolCallDelta {
+                index: *index,
+                id: id.clone(),
+                name: name.clone(),
+                arguments: arguments.clone(),
+            },
+            Delta::Usage(u) => StreamEvent::Usage(*u),
+            Delta::ThinkingSignature(_) | Delta::Finish { .. } => return None,
+        })
+    }
+}

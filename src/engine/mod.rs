@@ -1,0 +1,15 @@
+//! The engine: providers, wire decoding, routing, pricing and the ledger.
+//! It knows nothing of terminals: no UI crate is imported anywhere below
+//! this module (a test checks it).
+
+pub mod error;
+pub mod event;
+pub mod provider;
+pub mod request;
+pub mod wire;
+
+pub use error::EngineError;
+pub use event::{
+    Accumulator, Completion, CostSource, Delta, FinishReason, StreamEvent, ToolCall, Usage,
+};
+pub use request::{ChatRequest, Message, Role};

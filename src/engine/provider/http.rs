@@ -1,0 +1,335 @@
+//! One attempt of one request: send it, check the status, decode the body,
+//! and hand out deltas one at a time, enforcing the first-token, idle and
+//! total timeouts. Dropping an [`Attempt`] drops the response body, which
+//! closes the connection: that is how cancellation works.
+
+use std::collections::VecDeque;
+use std::time::Duration;
+
+use tokio::time::Instant;
+
+use super::{mock, ProviderKind, ProviderSpec, StreamDecoder};
+use crate::engine::error::{EngineError, TimeoutPhase};
+use crate::engine::event::Delta;
+use crate::engine::request::ChatRequest;
+use crate::engine::wire::{NdjsonDecoder, SseDecoder};
+
+/// Timeouts of one attempt. `None` means no limit.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Timeouts {
+    /// From sending until the first delta (headers included).
+    pub first_token: Option<Duration>,
+    /// Longest gap between two chunks once streaming (stall detection).
+    pub idle: Option<Duration>,
+    /// The whole attempt.
+    pub total: Option<Duration>,
+}
+
+impl Default for Timeouts {
+    fn default() -> Self {
+        Timeouts {
+            first_token: Some(Duration::from_secs(60)),
+            idle: Some(Duration::from_secs(60)),
+            total: Some(Duration::from_secs(600)),
+        }
+    }
+}
+
+/// Per-call context sent as headers: W3C trace context and a request id.
+#[derive(Debug, Clone, Default)]
+pub struct CallContext {
+    /// `traceparent` header value.
+    pub traceparent: Option<String>,
+    /// `x-request-id` header value.
+    pub request_id: Option<String>,
+}
+
+enum Body {
+    Http {
+        resp: reqwest::Response,
+        framing: super::Framing,
+        sse: SseDecoder,
+        nd: NdjsonDecoder,
+        decoder: Box<dyn StreamDecoder>,
+    },
+    Mock(mock::MockStream),
+    Done,
+}
+
+/// A request in flight.
+pub struct Attempt {
+    body: Body,
+    pending: VecDeque<Delta>,
+    scratch: Vec<Delta>,
+    timeouts: Timeouts,
+    started: Instant,
+    deadline: Option<Instant>,
+    got_first: bool,
+    trailing: Option<EngineError>,
+    /// Bytes received so far.
+    pub bytes: u64,
+}
+
+impl std::fmt::Debug for Attempt {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Attempt")
+            .field("bytes", &self.bytes)
+            .finish()
+    }
+}
+
+impl Attempt {
+    /// Send the request and wait for the response headers.
+    pub async fn start(
+        client: &reqwest::Client,
+        spec: &ProviderSpec,
+        model: &str,
+        req: &ChatRequest,
+        stream: bool,
+        timeouts: Timeouts,
+        ctx: &CallContext,
+    ) -> Result<Attempt, EngineError> {
+        let started = Instant::now();
+        let deadline = timeouts.total.map(|t| started + t);
+        let mut attempt = Attempt {
+            body: Body::Done,
+            pending: VecDeque::new(),
+            scratch: Vec::new(),
+            timeouts,
+            started,
+            deadline,
+            got_first: false,
+            trailing: None,
+            bytes: 0,
+        };
+        if spec.kind == ProviderKind::Mock {
+            attempt.body = Body::Mock(mock::start(model, req, stream)?);
+            return Ok(attempt);
+        }
+        let call = super::build_call(spec, model, req, stream)?;
+        let mut headers = call.headers;
+        if let Some(tp) = &ctx.traceparent {
+            super::put_header(&mut headers, "traceparent", tp, false)?;
+        }
+        if let Some(id) = &ctx.request_id {
+            super::put_header(&mut headers, "x-request-id", id, false)?;
+        }
+        let body = serde_json::to_vec(&call.body).map_err(|e| EngineError::Protocol {
+            message: format!("could not encode request: {e}"),
+        })?;
+        let send = client.post(&call.url).headers(headers).body(body).send();
+        let limit = attempt.first_limit();
+        let resp = match limit {
+            Some((d, phase)) => match tokio::time::timeout(d, send).await {
+                Ok(r) => r,
+                Err(_) => return Err(attempt.timeout_error(phase)),
+            },
+            None => send.await,
+        }
+        .map_err(EngineError::from_reqwest)?;
+        let status = resp.status();
+        if !status.is_success() {
+            let headers = resp.headers().clone();
+            let bytes = match limit {
+                Some((d, _)) => tokio::time::timeout(d, resp.bytes())
+                    .await
+                    .ok()
+                    .and_then(|r| r.ok())
+                    .unwrap_or_default(),
+                None => resp.bytes().await.unwrap_or_default(),
+            };
+            return Err(EngineError::from_http(status.as_u16(), &headers, &bytes));
+        }
+        if stream {
+            attempt.body = Body::Http {
+                resp,
+                framing: spec.kind.framing(),
+                sse: SseDecoder::new(),
+                nd: NdjsonDecoder::new(),
+                decoder: super::stream_decoder(spec.kind),
+            };
+        } else {
+            let bytes = match attempt.remaining_total() {
+                Some(d) => tokio::time::timeout(d, resp.bytes())
+                    .await
+                    .map_err(|_| attempt.timeout_error(TimeoutPhase::Total))?,
+                None => resp.bytes().await,
+            }
+            .map_err(EngineError::from_reqwest)?;
+            attempt.bytes = bytes.len() as u64;
+            attempt
+                .pending
+                .extend(super::parse_response(spec.kind, &bytes)?);
+        }
+        Ok(attempt)
+    }
+
+    fn remaining_total(&self) -> Option<Duration> {
+        self.deadline
+            .map(|d| d.saturating_duration_since(Instant::now()))
+    }
+
+    /// The tighter of the phase limit and the total limit.
+    fn first_limit(&self) -> Option<(Duration, TimeoutPhase)> {
+        let phase = if self.got_first {
+            self.timeouts.idle.map(|d| (d, TimeoutPhase::Idle))
+        } else {
+            self.timeouts
+                .first_token
+                .map(|d| (d, TimeoutPhase::FirstToken))
+        };
+        match (phase, self.remaining_total()) {
+            (Some((p, ph)), Some(t)) if t < p => Some((t, TimeoutPhase::Total)),
+            (Some(p), _) => Some(p),
+            (None, Some(t)) => Some((t, TimeoutPhase::Total)),
+            (None, None) => None,
+        }
+    }
+
+    fn timeout_error(&self, phase: TimeoutPhase) -> EngineError {
+        let after = match phase {
+            TimeoutPhase::FirstToken => self.timeouts.first_token,
+            TimeoutPhase::Idle => self.timeouts.idle,
+            TimeoutPhase::Total => self.timeouts.total,
+            TimeoutPhase::Connect => None,
+        }
+        .unwrap_or_default();
+        EngineError::Timeout { phase, after }
+    }
+
+    /// Time since the attempt started.
+    pub fn elapsed(&self) -> Duration {
+        self.started.elapsed()
+    }
+
+    /// The next delta; `None` at the end of the response.
+    pub async fn next(&mut self) -> Option<Result<Delta, EngineError>> {
+        loop {
+            if let Some(d) = self.pending.pop_front() {
+                if !self.got_first && is_content(&d) {
+                    self.got_first = true;
+                }
+                return Some(Ok(d));
+            }
+            if let Some(e) = self.trailing.take() {
+                return Some(Err(e));
+            }
+            match self.fill().await {
+                Ok(true) => continue,
+                Ok(false) => return None,
+                Err(e) => {
+                    self.body = Body::Done;
+                    return Some(Err(e));
+                }
+            }
+        }
+    }
+
+    /// Read more of the body into `pending`. Ok(false) at the end.
+    async fn fill(&mut self) -> Result<bool, EngineError> {
+        let limit = self.first_limit();
+        match &mut self.body {
+            Body::Done => Ok(false),
+            Body::Mock(m) => {
+                let fut = m.next();
+                let item = match limit {
+                    Some((d, phase)) => match tokio::time::timeout(d, fut).await {
+                        Ok(x) => x,
+                        Err(_) => return Err(self.timeout_error(phase)),
+                    },
+                    None => fut.await,
+                };
+                match item {
+                    Some(Ok(d)) => {
+                        self.pending.push_back(d);
+                        Ok(true)
+                    }
+                    Some(Err(e)) => Err(e),
+                    None => {
+                        self.body = Body::Done;
+                        Ok(false)
+                    }
+                }
+            }
+            Body::Http {
+                resp,
+                framing,
+                sse,
+                nd,
+                decoder,
+            } => {
+                let fut = resp.chunk();
+                let chunk = match limit {
+                    Some((d, phase)) => match tokio::time::timeout(d, fut).await {
+                        Ok(x) => x,
+                        Err(_) => {
+                            let after = match phase {
+                                TimeoutPhase::FirstToken => self.timeouts.first_token,
+                                TimeoutPhase::Idle => self.timeouts.idle,
+                                _ => self.timeouts.total,
+                            };
+                            return Err(EngineError::Timeout {
+                                phase,
+                                after: after.unwrap_or_default(),
+                            });
+                        }
+                    },
+                    None => fut.await,
+                }
+                .map_err(EngineError::from_reqwest)?;
+                let out = &mut self.scratch;
+                out.clear();
+                match chunk {
+                    Some(bytes) => {
+                        self.bytes += bytes.len() as u64;
+                        match framing {
+                            super::Framing::Sse => {
+                                sse.feed(&bytes, |f| decoder.frame(f.event, f.data, out))?
+                            }
+                            _ => nd.feed(&bytes, |l| decoder.frame("", l, out))?,
+                        }
+                        self.pending.extend(out.drain(..));
+                        Ok(true)
+                    }
+                    None => {
+                        match framing {
+                            super::Framing::Sse => {
+                                sse.finish(|f| decoder.frame(f.event, f.data, out))?
+                            }
+                            _ => nd.finish(|l| decoder.frame("", l, out))?,
+                        }
+                        decoder.end(out)?;
+                        let done = decoder.is_done();
+                        self.pending.extend(out.drain(..));
+                        self.body = Body::Done;
+                        if !done {
+                            // Deliver what we have, then report the cut.
+                            self.trailing = Some(EngineError::Network {
+                                message: "the stream ended before the provider's end marker (connection cut)".into(),
+                            });
+                        }
+                        Ok(true)
+                    }
+                }
+            }
+        }
+    }
+}
+
+fn is_content(d: &Delta) -> bool {
+    matches!(
+        d,
+        Delta::Text(_) | Delta::Thinking(_) | Delta::ToolCall { .. } | Delta::Refusal(_)
+    )
+}
+
+/// Build the shared HTTP client: rustls, HTTP/2 where offered, keep-alive pool.
+pub fn build_client(connect_timeout: Duration) -> Result<reqwest::Client, EngineError> {
+    reqwest::Client::builder()
+        .connect_timeout(connect_timeout)
+        .pool_idle_timeout(Duration::from_secs(90))
+        .tcp_nodelay(true)
+        .user_agent(concat!("llm-quorum/", env!("CARGO_PKG_VERSION")))
+        .build()
+        .map_err(EngineError::from_reqwest)
+}

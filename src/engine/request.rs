@@ -1,0 +1,257 @@
+//! The provider-neutral request.
+
+use serde::{Deserialize, Serialize};
+
+/// Who said a message.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Role {
+    /// System instructions.
+    System,
+    /// The user.
+    User,
+    /// The model.
+    Assistant,
+    /// A tool result.
+    Tool,
+}
+
+/// A tool call made by the assistant in an earlier turn.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ToolCallRef {
+    /// Call id.
+    pub id: String,
+    /// Function name.
+    pub name: String,
+    /// Arguments as a JSON object.
+    pub arguments: serde_json::Value,
+}
+
+/// One message of the conversation.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Message {
+    /// Role.
+    pub role: Role,
+    /// Text content.
+    #[serde(default)]
+    pub content: String,
+    /// Tool calls made by an assistant message.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub tool_calls: Vec<ToolCallRef>,
+    /// For a tool result: the call it answers.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tool_call_id: Option<String>,
+    /// For a tool result: the tool's name (Gemini needs it).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub name: Option<String>,
+}
+
+impl Message {
+    /// A plain message.
+    pub fn new(role: Role, content: impl Into<String>) -> Self {
+        Message {
+            role,
+            content: content.into(),
+            tool_calls: Vec::new(),
+            tool_call_id: None,
+            name: None,
+        }
+    }
+    /// A user message.
+    pub fn user(content: impl Into<String>) -> Self {
+        Self::new(Role::User, content)
+    }
+    /// A system message.
+    pub fn system(content: impl Into<String>) -> Self {
+        Self::new(Role::System, content)
+    }
+    /// An assistant message.
+    pub fn assistant(content: impl Into<String>) -> Self {
+        Self::new(Role::Assistant, content)
+    }
+    /// A tool result.
+    pub fn tool_result(
+        call_id: impl Into<String>,
+        name: impl Into<String>,
+        content: impl Into<String>,
+    ) -> Self {
+        Message {
+            role: Role::Tool,
+            content: content.into(),
+            tool_calls: Vec::new(),
+            tool_call_id: Some(call_id.into()),
+            name: Some(name.into()),
+        }
+    }
+}
+
+/// A function the model may call.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Tool {
+    /// Function name.
+    pub name: String,
+    /// What it does.
+    #[serde(default)]
+    pub description: String,
+    /// JSON Schema of the arguments.
+    pub parameters: serde_json::Value,
+}
+
+/// How the model may use tools.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, Default)]
+#[serde(rename_all = "snake_case")]
+pub enum ToolChoice {
+    /// The model decides.
+    #[default]
+    Auto,
+    /// No tool calls.
+    None,
+    /// At least one tool call.
+    Required,
+    /// This function.
+    Function(String),
+}
+
+/// Output format.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, Default)]
+#[serde(rename_all = "snake_case")]
+pub enum ResponseFormat {
+    /// Free text.
+    #[default]
+    Text,
+    /// Any JSON object.
+    JsonObject,
+    /// JSON matching this schema.
+    JsonSchema {
+        /// Schema name.
+        name: String,
+        /// The schema.
+        schema: serde_json::Value,
+    },
+}
+
+/// Reasoning effort for models that think.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum ReasoningEffort {
+    /// Little thinking.
+    Low,
+    /// Some thinking.
+    Medium,
+    /// Much thinking.
+    High,
+}
+
+impl ReasoningEffort {
+    /// Wire word.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ReasoningEffort::Low => "low",
+            ReasoningEffort::Medium => "medium",
+            ReasoningEffort::High => "high",
+        }
+    }
+    /// A thinking-token budget for providers that take one.
+    pub fn budget_tokens(self) -> u32 {
+        match self {
+            ReasoningEffort::Low => 1024,
+            ReasoningEffort::Medium => 4096,
+            ReasoningEffort::High => 16384,
+        }
+    }
+}
+
+/// Thinking / reasoning settings.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub enum Reasoning {
+    /// An effort level (OpenAI `reasoning_effort`; mapped to a budget elsewhere).
+    Effort(ReasoningEffort),
+    /// A thinking-token budget (Anthropic `budget_tokens`, Gemini `thinkingBudget`).
+    Budget(u32),
+}
+
+impl Reasoning {
+    /// The budget in tokens.
+    pub fn budget_tokens(self) -> u32 {
+        match self {
+            Reasoning::Effort(e) => e.budget_tokens(),
+            Reasoning::Budget(b) => b,
+        }
+    }
+    /// The effort level (a budget maps to the nearest).
+    pub fn effort(self) -> ReasoningEffort {
+        match self {
+            Reasoning::Effort(e) => e,
+            Reasoning::Budget(b) if b <= 2048 => ReasoningEffort::Low,
+            Reasoning::Budget(b) if b <= 8192 => ReasoningEffort::Medium,
+            Reasoning::Budget(_) => ReasoningEffort::High,
+        }
+    }
+}
+
+/// A chat request, independent of provider.
+#[derive(Debug, Clone, PartialEq, Default, Serialize, Deserialize)]
+pub struct ChatRequest {
+    /// The conversation. System messages may appear anywhere; providers that
+    /// take a top-level system prompt get them joined.
+    pub messages: Vec<Message>,
+    /// Sampling temperature.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub temperature: Option<f32>,
+    /// Output token limit.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_tokens: Option<u32>,
+    /// Nucleus sampling.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub top_p: Option<f32>,
+    /// Stop sequences.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub stop: Vec<String>,
+    /// Output format.
+    #[serde(default)]
+    pub response_format: ResponseFormat,
+    /// Tools offered.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub tools: Vec<Tool>,
+    /// Tool choice.
+    #[serde(default)]
+    pub tool_choice: ToolChoice,
+    /// Thinking settings.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub reasoning: Option<Reasoning>,
+}
+
+impl ChatRequest {
+    /// A one-message request.
+    pub fn from_prompt(prompt: impl Into<String>) -> Self {
+        ChatRequest {
+            messages: vec![Message::user(prompt)],
+            ..Default::default()
+        }
+    }
+
+    /// All system messages joined with blank lines, or None.
+    pub fn system_text(&self) -> Option<String> {
+        let parts: Vec<&str> = self
+            .messages
+            .iter()
+            .filter(|m| m.role == Role::System)
+            .map(|m| m.content.as_str())
+            .collect();
+        if parts.is_empty() {
+            None
+        } else {
+            Some(parts.join("\n\n"))
+        }
+    }
+
+    /// The text of the last user message.
+    pub fn last_user_text(&self) -> &str {
+        self.messages
+            .iter()
+            .rev()
+            .find(|m| m.role == Role::User)
+            .map(|m| m.content.as_str())
+            .unwrap_or("")
+    }
+}

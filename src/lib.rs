@@ -1,0 +1,4 @@
+//! llm-quorum: one prompt, several LLM providers side by side, every token
+//! and cent counted.
+
+pub mod engine;
