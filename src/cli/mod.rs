@@ -1,6 +1,7 @@
 //! Command-line faces: `ask`, `models`, and the dispatch of every subcommand.
 
 pub mod ask;
+pub mod models;
 
 use clap::{Parser, Subcommand};
 
@@ -24,6 +25,12 @@ struct Cli {
     /// Config file (default: $QUORUM_CONFIG, else the platform config dir).
     #[arg(long, global = true, value_name = "PATH")]
     config: Option<std::path::PathBuf>,
+    /// Total timeout of every request in seconds, 0 = none (over $QUORUM_TIMEOUT_SECS).
+    #[arg(long, global = true, value_name = "SECS")]
+    timeout: Option<f64>,
+    /// Retries after the first attempt, for every provider (over $QUORUM_MAX_RETRIES).
+    #[arg(long, global = true, value_name = "N")]
+    max_retries: Option<u32>,
     #[command(subcommand)]
     command: Option<Command>,
 }
@@ -32,6 +39,8 @@ struct Cli {
 enum Command {
     /// Ask one model; stream its answer to stdout.
     Ask(ask::AskArgs),
+    /// List providers and models: key present, context window, price; aliases and tiers.
+    Models(models::ModelsArgs),
 }
 
 /// The version with the commit it was built from.
@@ -54,9 +63,14 @@ pub fn main() -> i32 {
             return code;
         }
     };
-    let flags = GlobalFlags { config: cli.config };
+    let flags = GlobalFlags {
+        config: cli.config,
+        timeout_secs: cli.timeout,
+        max_retries: cli.max_retries,
+    };
     match cli.command {
         Some(Command::Ask(a)) => ask::run(&flags, a),
+        Some(Command::Models(a)) => models::run(&flags, a),
         None => {
             eprintln!("quorum: the TUI is not built yet; try `quorum ask -m mock/alpha \"hi\"`");
             EXIT_USAGE

@@ -7,8 +7,11 @@
 use std::collections::BTreeMap;
 use std::sync::Arc;
 
+use globset::{Glob, GlobSet, GlobSetBuilder};
+
 use super::error::EngineError;
 use super::provider::{ProviderKind, ProviderSpec, Secret};
+use super::request::{ChatRequest, ResponseFormat};
 
 /// A target resolved to a provider and a model name.
 #[derive(Debug, Clone)]
@@ -28,13 +31,49 @@ impl Resolved {
     }
 }
 
+/// What a model can do, where known (`None` = not said; nothing is refused).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, serde::Serialize)]
+pub struct Capabilities {
+    /// Function / tool calling.
+    pub tools: Option<bool>,
+    /// Thinking / reasoning output.
+    pub thinking: Option<bool>,
+    /// Image input.
+    pub vision: Option<bool>,
+    /// JSON mode / structured output.
+    pub json: Option<bool>,
+}
+
+/// Per-model facts from config: limits and capabilities.
+#[derive(Debug, Clone, Default, PartialEq, serde::Serialize)]
+pub struct ModelMeta {
+    /// Context window in tokens.
+    pub context_window: Option<u64>,
+    /// Output limit used when a request sets none.
+    pub max_tokens: Option<u32>,
+    /// Capabilities.
+    pub capabilities: Capabilities,
+}
+
+/// `allowed_models` governance: exact names or globs over `provider/model`.
+#[derive(Debug, Clone)]
+struct Governance {
+    patterns: Vec<String>,
+    set: GlobSet,
+}
+
 /// The providers known to this process.
 #[derive(Debug, Clone, Default)]
 pub struct Registry {
     providers: BTreeMap<String, Arc<ProviderSpec>>,
     aliases: BTreeMap<String, String>,
+    /// Tier name -> members in order of preference.
+    tiers: BTreeMap<String, Vec<String>>,
     /// Known model names per provider (for suggestions and the picker).
     models: BTreeMap<String, Vec<String>>,
+    /// Facts per `provider/model`.
+    meta: BTreeMap<String, ModelMeta>,
+    allowed: Option<Governance>,
 }
 
 /// Reads an environment variable; injectable for tests.
@@ -43,6 +82,19 @@ pub type EnvFn<'a> = &'a dyn Fn(&str) -> Option<String>;
 fn env_nonempty(env: EnvFn<'_>, k: &str) -> Option<String> {
     env(k).filter(|v| !v.trim().is_empty())
 }
+
+/// Whether requests to `spec` can be sent as far as keys go: it has a key,
+/// or its kind needs none.
+pub fn has_key(spec: &ProviderSpec) -> bool {
+    !spec.kind.needs_key()
+        || spec
+            .api_key
+            .as_ref()
+            .is_some_and(|k| !k.expose().is_empty())
+}
+
+/// Alias and tier chains longer than this are treated as loops.
+const MAX_DEPTH: usize = 8;
 
 impl Registry {
     /// An empty registry.
@@ -113,6 +165,38 @@ impl Registry {
         self.aliases.insert(alias.into(), target.into());
     }
 
+    /// Set a tier: a name that resolves to the first of `members` that has
+    /// a key and is allowed.
+    pub fn set_tier(&mut self, tier: impl Into<String>, members: Vec<String>) {
+        self.tiers.insert(tier.into(), members);
+    }
+
+    /// Restrict every target to `patterns` (exact `provider/model` names or
+    /// globs such as `openai/*`); an empty list allows everything.
+    pub fn set_allowed(&mut self, patterns: Vec<String>) -> Result<(), EngineError> {
+        if patterns.is_empty() {
+            self.allowed = None;
+            return Ok(());
+        }
+        let mut b = GlobSetBuilder::new();
+        for p in &patterns {
+            let g = Glob::new(p).map_err(|e| EngineError::Config {
+                message: format!("allowed_models: invalid pattern {p:?}: {}", e.kind()),
+            })?;
+            b.add(g);
+        }
+        let set = b.build().map_err(|e| EngineError::Config {
+            message: format!("allowed_models: {e}"),
+        })?;
+        self.allowed = Some(Governance { patterns, set });
+        Ok(())
+    }
+
+    /// Record facts about `provider/model`.
+    pub fn set_model_meta(&mut self, id: impl Into<String>, meta: ModelMeta) {
+        self.meta.insert(id.into(), meta);
+    }
+
     /// Record a known model of a provider.
     pub fn add_model(&mut self, provider: &str, model: impl Into<String>) {
         let list = self.models.entry(provider.to_string()).or_default();
@@ -137,7 +221,40 @@ impl Registry {
         &self.aliases
     }
 
-    /// Every known `provider/model` name (plus aliases).
+    /// Tiers and their members.
+    pub fn tiers(&self) -> &BTreeMap<String, Vec<String>> {
+        &self.tiers
+    }
+
+    /// Known models of a provider, in configured order.
+    pub fn models(&self, provider: &str) -> &[String] {
+        self.models.get(provider).map(Vec::as_slice).unwrap_or(&[])
+    }
+
+    /// Facts about `provider/model`, if configured.
+    pub fn model_meta(&self, provider: &str, model: &str) -> Option<&ModelMeta> {
+        self.meta.get(&format!("{provider}/{model}"))
+    }
+
+    /// Every `provider/model` with configured facts.
+    pub fn model_metas(&self) -> &BTreeMap<String, ModelMeta> {
+        &self.meta
+    }
+
+    /// The `allowed_models` patterns (empty: everything allowed).
+    pub fn allowed_patterns(&self) -> &[String] {
+        self.allowed
+            .as_ref()
+            .map(|g| g.patterns.as_slice())
+            .unwrap_or(&[])
+    }
+
+    /// Whether `provider/model` passes `allowed_models`.
+    pub fn is_allowed(&self, id: &str) -> bool {
+        self.allowed.as_ref().is_none_or(|g| g.set.is_match(id))
+    }
+
+    /// Every known `provider/model` name, plus aliases and tiers.
     pub fn known_targets(&self) -> Vec<String> {
         let mut v: Vec<String> = self
             .models
@@ -145,36 +262,138 @@ impl Registry {
             .flat_map(|(p, ms)| ms.iter().map(move |m| format!("{p}/{m}")))
             .collect();
         v.extend(self.aliases.keys().cloned());
+        v.extend(self.tiers.keys().cloned());
         v
     }
 
-    /// Resolve `provider/model` (split at the first `/`) or an alias.
+    /// Resolve a target: an alias, a tier (`fast` or `tier:fast`), or
+    /// `provider/model` (split at the first `/`), then apply
+    /// `allowed_models`. Nothing is sent before this succeeds.
     pub fn resolve(&self, target: &str) -> Result<Resolved, EngineError> {
-        let target_trim = target.trim();
-        let mut name = target_trim.to_string();
-        for _ in 0..8 {
-            match self.aliases.get(&name) {
-                Some(t) => name = t.clone(),
-                None => break,
-            }
+        self.resolve_at(target.trim(), 0)
+    }
+
+    fn resolve_at(&self, target: &str, depth: usize) -> Result<Resolved, EngineError> {
+        if depth > MAX_DEPTH {
+            return Err(EngineError::Config {
+                message: format!("{target:?}: aliases or tiers refer to each other in a loop"),
+            });
         }
-        let Some((p, m)) = name.split_once('/') else {
-            return Err(self.unknown(target_trim, "targets are written provider/model"));
+        if let Some(tier) = target.strip_prefix("tier:") {
+            return self.resolve_tier(target, tier.trim(), depth);
+        }
+        if let Some(t) = self.aliases.get(target) {
+            let mut r = self.resolve_at(t, depth + 1)?;
+            r.requested = target.to_string();
+            return Ok(r);
+        }
+        if !target.contains('/') && self.tiers.contains_key(target) {
+            return self.resolve_tier(target, target, depth);
+        }
+        let Some((p, m)) = target.split_once('/') else {
+            return Err(self.unknown(
+                target,
+                "not an alias or tier; targets are written provider/model",
+            ));
         };
         let Some(spec) = self.providers.get(p) else {
-            return Err(self.unknown(target_trim, &format!("no provider named {p:?}")));
+            return Err(self.unknown(target, &format!("no provider named {p:?}")));
         };
         if m.is_empty() {
-            return Err(self.unknown(target_trim, "the model name is empty"));
+            return Err(self.unknown(target, "the model name is empty"));
         }
         if spec.kind == ProviderKind::Mock && !super::provider::mock::is_mock_model(m) {
-            return Err(self.unknown(target_trim, "no such mock model"));
+            return Err(self.unknown(target, "no such mock model"));
+        }
+        let id = format!("{p}/{m}");
+        if !self.is_allowed(&id) {
+            return Err(EngineError::NotAllowed {
+                message: format!(
+                    "{id} is not in allowed_models [{}]",
+                    self.allowed_patterns().join(", ")
+                ),
+            });
         }
         Ok(Resolved {
-            requested: target_trim.to_string(),
+            requested: target.to_string(),
             spec: spec.clone(),
             model: m.to_string(),
         })
+    }
+
+    fn resolve_tier(
+        &self,
+        requested: &str,
+        tier: &str,
+        depth: usize,
+    ) -> Result<Resolved, EngineError> {
+        let Some(members) = self.tiers.get(tier) else {
+            let names: Vec<String> = self.tiers.keys().cloned().collect();
+            let close = closest(tier, &names, 3);
+            let mut message = format!("unknown tier {tier:?}");
+            if !names.is_empty() {
+                message.push_str(&format!("; tiers are: {}", names.join(", ")));
+            }
+            if !close.is_empty() {
+                message.push_str(&format!("; did you mean: {}?", close.join(", ")));
+            }
+            return Err(EngineError::Config { message });
+        };
+        let mut why = Vec::new();
+        for m in members {
+            match self.resolve_at(m, depth + 1) {
+                Ok(r) if has_key(&r.spec) => {
+                    return Ok(Resolved {
+                        requested: requested.to_string(),
+                        ..r
+                    })
+                }
+                Ok(r) => why.push(format!("{} (no API key)", r.id())),
+                Err(EngineError::NotAllowed { .. }) => why.push(format!("{m} (not allowed)")),
+                Err(e) => why.push(format!("{m} ({e})")),
+            }
+        }
+        Err(EngineError::Config {
+            message: format!(
+                "tier {tier:?} has no usable model: {}",
+                if why.is_empty() {
+                    "it is empty".to_string()
+                } else {
+                    why.join(", ")
+                }
+            ),
+        })
+    }
+
+    /// Refuse, before sending, a request that uses a capability the model
+    /// is configured not to have.
+    pub fn check_capabilities(&self, r: &Resolved, req: &ChatRequest) -> Result<(), EngineError> {
+        let Some(meta) = self.model_meta(&r.spec.name, &r.model) else {
+            return Ok(());
+        };
+        let c = meta.capabilities;
+        let lacks = |cap: Option<bool>, what: &str| -> Result<(), EngineError> {
+            if cap == Some(false) {
+                return Err(EngineError::Config {
+                    message: format!(
+                        "{} does not support {what} (models.\"{}\".capabilities in the config)",
+                        r.id(),
+                        r.id()
+                    ),
+                });
+            }
+            Ok(())
+        };
+        if !req.tools.is_empty() {
+            lacks(c.tools, "tools")?;
+        }
+        if req.reasoning.is_some() {
+            lacks(c.thinking, "thinking")?;
+        }
+        if !matches!(req.response_format, ResponseFormat::Text) {
+            lacks(c.json, "JSON output")?;
+        }
+        Ok(())
     }
 
     fn unknown(&self, target: &str, why: &str) -> EngineError {
@@ -222,4 +441,133 @@ pub fn closest(what: &str, candidates: &[String], n: usize) -> Vec<String> {
         .collect();
     scored.sort_by(|a, b| b.0.total_cmp(&a.0));
     scored.into_iter().take(n).map(|(_, c)| c.clone()).collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn reg() -> Registry {
+        let mut r = Registry::new();
+        let mut oa = ProviderSpec::new("openai", ProviderKind::Openai);
+        oa.api_key = Some(Secret::new("k"));
+        r.insert(oa);
+        r.insert(ProviderSpec::new("anthropic", ProviderKind::Anthropic));
+        r.insert(ProviderSpec::new("ollama", ProviderKind::Ollama));
+        r.add_model("openai", "gpt-4o-mini");
+        r.add_model("openai", "gpt-4o");
+        r.add_model("anthropic", "claude-sonnet-4-5");
+        r.add_alias("quick", "openai/gpt-4o-mini");
+        r.add_alias("best", "tier:premium");
+        r.set_tier(
+            "premium",
+            vec!["anthropic/claude-sonnet-4-5".into(), "openai/gpt-4o".into()],
+        );
+        r.set_tier("fast", vec!["quick".into()]);
+        r
+    }
+
+    #[test]
+    fn aliases_and_tiers_resolve() {
+        let r = reg();
+        let x = r.resolve("quick").unwrap();
+        assert_eq!(
+            (x.id(), x.requested.as_str()),
+            ("openai/gpt-4o-mini".into(), "quick")
+        );
+        // Anthropic has no key: the tier skips to the next member.
+        assert_eq!(r.resolve("premium").unwrap().id(), "openai/gpt-4o");
+        assert_eq!(r.resolve("tier:premium").unwrap().id(), "openai/gpt-4o");
+        assert_eq!(r.resolve("best").unwrap().id(), "openai/gpt-4o");
+        assert_eq!(r.resolve("fast").unwrap().id(), "openai/gpt-4o-mini");
+        // Split at the first slash.
+        let mut r2 = r.clone();
+        r2.insert(ProviderSpec::new("openrouter", ProviderKind::Openrouter));
+        let x = r2
+            .resolve("openrouter/anthropic/claude-3.5-sonnet")
+            .unwrap();
+        assert_eq!(x.model, "anthropic/claude-3.5-sonnet");
+    }
+
+    #[test]
+    fn tier_with_no_usable_model_says_why() {
+        let mut r = reg();
+        r.set_tier("solo", vec!["anthropic/claude-sonnet-4-5".into()]);
+        let e = r.resolve("solo").unwrap_err().to_string();
+        assert!(
+            e.contains("no usable model") && e.contains("no API key"),
+            "{e}"
+        );
+        let e = r.resolve("tier:premum").unwrap_err().to_string();
+        assert!(e.contains("did you mean: premium"), "{e}");
+    }
+
+    #[test]
+    fn unknown_targets_list_close_names() {
+        let r = reg();
+        let e = r.resolve("opena/gpt-4o-mini").unwrap_err().to_string();
+        assert!(e.contains("no provider named \"opena\""), "{e}");
+        assert!(e.contains("openai/gpt-4o-mini"), "{e}");
+        let e = r.resolve("quik").unwrap_err().to_string();
+        assert!(e.contains("did you mean") && e.contains("quick"), "{e}");
+    }
+
+    #[test]
+    fn allowed_models_refuses_with_the_pattern_list() {
+        let mut r = reg();
+        r.set_allowed(vec!["openai/gpt-4o-mini".into(), "ollama/*".into()])
+            .unwrap();
+        assert!(r.resolve("quick").is_ok());
+        assert!(r.resolve("ollama/llama3.2:3b").is_ok());
+        let e = r.resolve("openai/gpt-4o").unwrap_err();
+        assert_eq!(e.kind(), "not_allowed");
+        assert!(
+            e.to_string().contains("[openai/gpt-4o-mini, ollama/*]"),
+            "{e}"
+        );
+        // Tiers skip models that are not allowed.
+        r.set_tier("t", vec!["openai/gpt-4o".into(), "ollama/qwen3".into()]);
+        assert_eq!(r.resolve("t").unwrap().id(), "ollama/qwen3");
+        assert!(r.set_allowed(vec!["openai/[".into()]).is_err());
+    }
+
+    #[test]
+    fn alias_loops_are_errors_not_hangs() {
+        let mut r = reg();
+        r.add_alias("a", "b");
+        r.add_alias("b", "a");
+        assert!(r.resolve("a").unwrap_err().to_string().contains("loop"));
+    }
+
+    #[test]
+    fn capabilities_refuse_before_sending() {
+        let mut r = reg();
+        r.set_model_meta(
+            "openai/gpt-4o-mini",
+            ModelMeta {
+                context_window: Some(128_000),
+                max_tokens: Some(1000),
+                capabilities: Capabilities {
+                    tools: Some(false),
+                    ..Default::default()
+                },
+            },
+        );
+        let x = r.resolve("quick").unwrap();
+        let mut req = ChatRequest::from_prompt("hi");
+        assert!(r.check_capabilities(&x, &req).is_ok());
+        req.tools.push(crate::engine::request::Tool {
+            name: "f".into(),
+            description: String::new(),
+            parameters: serde_json::json!({}),
+        });
+        let e = r.check_capabilities(&x, &req).unwrap_err().to_string();
+        assert!(e.contains("does not support tools"), "{e}");
+        assert_eq!(
+            r.model_meta("openai", "gpt-4o-mini")
+                .unwrap()
+                .context_window,
+            Some(128_000)
+        );
+    }
 }

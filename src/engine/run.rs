@@ -1,7 +1,8 @@
 //! The engine's front door: fan one request out to several targets, one
 //! task per target, every event tagged with its target index on one
 //! bounded channel. Retries, fallbacks, cost and the ledger happen here,
-//! before a face is told a request finished.
+//! before a face is told a request finished; the per-provider breaker and
+//! limits of [`routing`](super::routing) gate every attempt.
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -16,19 +17,12 @@ use super::cost::Pricing;
 use super::error::EngineError;
 use super::event::{Accumulator, Completion, Delta, FinishReason, StreamEvent};
 use super::ledger::{LedgerSink, RequestMeta};
-use super::provider::http::{build_client, Attempt, CallContext, Timeouts};
+use super::provider::http::{build_client, Attempt, CallContext};
 use super::registry::{Registry, Resolved};
 use super::request::ChatRequest;
-use super::routing::RetryPolicy;
+use super::routing::{estimate_tokens, BreakerState, Route, Router};
 
-/// Per-provider settings the engine applies.
-#[derive(Debug, Clone, Default)]
-pub struct ProviderPolicy {
-    /// Retries.
-    pub retry: RetryPolicy,
-    /// Timeouts.
-    pub timeouts: Timeouts,
-}
+pub use super::routing::ProviderPolicy;
 
 /// Engine settings.
 #[derive(Clone, Default)]
@@ -139,6 +133,9 @@ impl RunHandle {
 
 struct Inner {
     http: reqwest::Client,
+    /// Clients of providers with their own connect timeout.
+    clients: HashMap<String, reqwest::Client>,
+    router: Router,
     cfg: EngineConfig,
     ledger: Option<Arc<dyn LedgerSink>>,
     seq: AtomicU64,
@@ -161,10 +158,19 @@ impl std::fmt::Debug for Engine {
 impl Engine {
     /// Build an engine (creates the shared HTTP client).
     pub fn new(cfg: EngineConfig) -> Result<Engine, EngineError> {
-        let http = build_client(cfg.connect_timeout.unwrap_or(Duration::from_secs(10)))?;
+        let connect = cfg.connect_timeout.unwrap_or(Duration::from_secs(10));
+        let http = build_client(connect)?;
+        let mut clients = HashMap::new();
+        for (name, p) in &cfg.policies {
+            if let Some(c) = p.connect_timeout.filter(|c| *c != connect) {
+                clients.insert(name.clone(), build_client(c)?);
+            }
+        }
         Ok(Engine {
             inner: Arc::new(Inner {
                 http,
+                clients,
+                router: Router::new(cfg.policies.clone()),
                 cfg,
                 ledger: None,
                 seq: AtomicU64::new(0),
@@ -176,6 +182,8 @@ impl Engine {
     pub fn with_ledger(self, ledger: Arc<dyn LedgerSink>) -> Engine {
         let inner = Arc::try_unwrap(self.inner).unwrap_or_else(|arc| Inner {
             http: arc.http.clone(),
+            clients: arc.clients.clone(),
+            router: Router::new(arc.cfg.policies.clone()),
             cfg: arc.cfg.clone(),
             ledger: arc.ledger.clone(),
             seq: AtomicU64::new(0),
@@ -196,6 +204,16 @@ impl Engine {
     /// The price table.
     pub fn pricing(&self) -> &Pricing {
         &self.inner.cfg.pricing
+    }
+
+    /// The routing state of a provider (breaker, limits, policy).
+    pub fn route(&self, provider: &str) -> Arc<Route> {
+        self.inner.router.route(provider)
+    }
+
+    /// The breaker state of a provider, for display.
+    pub fn breaker_state(&self, provider: &str) -> BreakerState {
+        self.inner.router.route(provider).breaker.state()
     }
 
     /// Resolve every target before sending anything; the first error wins.
@@ -286,8 +304,14 @@ impl TargetJob {
         let started = Instant::now();
         let mut chain = vec![self.target.clone()];
         if self.opts.fallbacks {
-            if let Some(f) = self.inner.cfg.fallbacks.get(&self.target) {
-                chain.extend(f.iter().cloned());
+            // Chains are keyed by `provider/model`; an alias finds its model's chain.
+            let fallbacks = &self.inner.cfg.fallbacks;
+            let f = fallbacks.get(self.target.trim()).or_else(|| {
+                let r = self.inner.cfg.registry.resolve(&self.target).ok()?;
+                fallbacks.get(&r.id())
+            });
+            if let Some(f) = f {
+                chain.extend(f.iter().filter(|t| **t != self.target).cloned());
             }
         }
         let mut retries = 0u32;
@@ -360,7 +384,28 @@ impl TargetJob {
         }
     }
 
-    /// Attempts against one resolved target, with retries before the first token.
+    /// The request as sent to `r`: the model's configured default
+    /// max_tokens applies when the request sets none.
+    fn request_for(&self, r: &Resolved) -> Arc<ChatRequest> {
+        if self.request.max_tokens.is_none() {
+            if let Some(mt) = self
+                .inner
+                .cfg
+                .registry
+                .model_meta(&r.spec.name, &r.model)
+                .and_then(|m| m.max_tokens)
+            {
+                let mut req = (*self.request).clone();
+                req.max_tokens = Some(mt);
+                return Arc::new(req);
+            }
+        }
+        self.request.clone()
+    }
+
+    /// Attempts against one resolved target, with retries before the first
+    /// token. Each attempt passes the provider's breaker (fail fast while
+    /// open) and its concurrency and rate limits (queue while full).
     async fn run_one(
         &self,
         r: &Resolved,
@@ -368,15 +413,49 @@ impl TargetJob {
         retries: &mut u32,
         ttft: &mut Option<Duration>,
     ) -> Outcome {
-        let policy = self
+        let cancelled = || Outcome::Failed(Completion::default(), EngineError::Cancelled, false);
+        if let Err(e) = self.inner.cfg.registry.check_capabilities(r, &self.request) {
+            return Outcome::Failed(Completion::default(), e, false);
+        }
+        let route = self.inner.router.route(&r.spec.name);
+        let policy = &route.policy;
+        let request = self.request_for(r);
+        let estimate = estimate_tokens(&request);
+        let client = self
             .inner
-            .cfg
-            .policies
+            .clients
             .get(&r.spec.name)
-            .cloned()
-            .unwrap_or_default();
+            .unwrap_or(&self.inner.http);
         let mut attempt_no = 1u32;
         loop {
+            let ticket = match route.breaker.acquire() {
+                Ok(t) => t,
+                Err(_) => {
+                    let provider = r.spec.name.clone();
+                    self.emit(StreamEvent::BreakerOpen {
+                        provider: provider.clone(),
+                    })
+                    .await;
+                    return Outcome::Failed(
+                        Completion::default(),
+                        EngineError::BreakerOpen { provider },
+                        false,
+                    );
+                }
+            };
+            let permit = match route.limiter.try_acquire(estimate) {
+                Some(p) => p,
+                None => {
+                    if !self.emit(StreamEvent::Queued).await {
+                        return cancelled();
+                    }
+                    tokio::select! {
+                        biased;
+                        _ = self.cancel.cancelled() => return cancelled(),
+                        p = route.limiter.acquire(estimate) => p,
+                    }
+                }
+            };
             if !self
                 .emit(StreamEvent::Started {
                     provider: r.spec.name.clone(),
@@ -385,7 +464,7 @@ impl TargetJob {
                 })
                 .await
             {
-                return Outcome::Failed(Completion::default(), EngineError::Cancelled, false);
+                return cancelled();
             }
             let ctx = CallContext {
                 traceparent: Some(format!("00-{}-{}-01", self.trace_id, new_id(8))),
@@ -397,7 +476,7 @@ impl TargetJob {
                 let mut a = tokio::select! {
                     biased;
                     _ = self.cancel.cancelled() => return Err(EngineError::Cancelled),
-                    a = Attempt::start(&self.inner.http, &r.spec, &r.model, &self.request, self.opts.stream, policy.timeouts, &ctx) => a?,
+                    a = Attempt::start(client, &r.spec, &r.model, &request, self.opts.stream, policy.timeouts, &ctx) => a?,
                 };
                 loop {
                     let next = tokio::select! {
@@ -426,9 +505,24 @@ impl TargetJob {
                 }
             }
             .await;
+            // The attempt (and its connection) is gone: free the slot.
+            drop(permit);
+            if acc.completion.usage_reported {
+                route
+                    .limiter
+                    .settle_tokens(estimate, acc.completion.usage.total_tokens());
+            }
+            match &result {
+                Ok(()) => route.limiter.on_success(),
+                Err(EngineError::RateLimited { .. }) => route.limiter.on_rate_limited(),
+                Err(_) => {}
+            }
+            ticket.report(result.as_ref().err());
             match result {
                 Ok(()) => return Outcome::Done(acc.finish()),
                 Err(e) => {
+                    // Once output reached the consumer the stream is never
+                    // retried or failed over: the partial text is kept.
                     if delivered || matches!(e, EngineError::Cancelled) {
                         return Outcome::Failed(acc.finish(), e, delivered);
                     }
@@ -447,14 +541,10 @@ impl TargetJob {
                                 })
                                 .await
                             {
-                                return Outcome::Failed(
-                                    acc.finish(),
-                                    EngineError::Cancelled,
-                                    false,
-                                );
+                                return cancelled();
                             }
                             tokio::select! {
-                                _ = self.cancel.cancelled() => return Outcome::Failed(acc.finish(), EngineError::Cancelled, false),
+                                _ = self.cancel.cancelled() => return cancelled(),
                                 _ = tokio::time::sleep(wait) => {}
                             }
                         }

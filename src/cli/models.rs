@@ -1,0 +1,327 @@
+//! `quorum models`: providers and their models, whether a key is present
+//! (never the key), context window and price; aliases and tiers with what
+//! they resolve to now. `--json` prints one object.
+
+use std::collections::BTreeMap;
+use std::io::Write;
+
+use clap::Args;
+use serde::Serialize;
+
+use super::{EXIT_OK, EXIT_USAGE};
+use crate::app::{self, GlobalFlags};
+use crate::config::Config;
+use crate::engine::registry::{has_key, Capabilities, EnvFn};
+use crate::engine::Engine;
+
+/// Arguments of `quorum models`.
+#[derive(Debug, Args)]
+pub struct ModelsArgs {
+    /// Print one JSON object instead of a table.
+    #[arg(long)]
+    pub json: bool,
+}
+
+/// A price as listed: USD per million tokens.
+#[derive(Debug, Clone, Serialize, PartialEq)]
+pub struct ListedPrice {
+    /// Input.
+    pub input: f64,
+    /// Output.
+    pub output: f64,
+}
+
+/// One `provider/model` row.
+#[derive(Debug, Clone, Serialize)]
+pub struct ModelRow {
+    /// `provider/model`.
+    pub id: String,
+    /// Provider name.
+    pub provider: String,
+    /// Model name.
+    pub model: String,
+    /// Whether requests can be sent as far as keys go.
+    pub key_present: bool,
+    /// Whether `allowed_models` lets it through.
+    pub allowed: bool,
+    /// Context window, if known.
+    pub context_window: Option<u64>,
+    /// Default max_tokens, if configured.
+    pub max_tokens: Option<u32>,
+    /// Capabilities, where configured.
+    pub capabilities: Capabilities,
+    /// Price, null when unknown (never $0).
+    pub price: Option<ListedPrice>,
+}
+
+/// One provider.
+#[derive(Debug, Clone, Serialize)]
+pub struct ProviderRow {
+    /// Name.
+    pub name: String,
+    /// Wire protocol.
+    pub kind: String,
+    /// Base URL.
+    pub base_url: String,
+    /// Whether a key is present (or none is needed).
+    pub key_present: bool,
+    /// Whether the kind needs a key at all.
+    pub key_needed: bool,
+    /// Where the key comes from: `env:NAME`, `command`, or null.
+    pub key_source: Option<String>,
+    /// Variables that would provide the key.
+    pub key_env: Vec<String>,
+    /// Known models.
+    pub models: Vec<String>,
+}
+
+/// An alias or tier and what it resolves to now.
+#[derive(Debug, Clone, Serialize)]
+pub struct NameRow {
+    /// The alias target or the tier's members.
+    pub targets: Vec<String>,
+    /// `provider/model` it resolves to now, if it does.
+    pub resolves_to: Option<String>,
+    /// Why it does not resolve.
+    pub error: Option<String>,
+}
+
+/// The whole listing (`--json`).
+#[derive(Debug, Clone, Serialize)]
+pub struct Listing {
+    /// The config file read, if any.
+    pub config_file: Option<String>,
+    /// Providers.
+    pub providers: Vec<ProviderRow>,
+    /// Every known `provider/model`.
+    pub models: Vec<ModelRow>,
+    /// Aliases.
+    pub aliases: BTreeMap<String, NameRow>,
+    /// Tiers.
+    pub tiers: BTreeMap<String, NameRow>,
+    /// `allowed_models` (empty: everything allowed).
+    pub allowed_models: Vec<String>,
+}
+
+fn resolve_row(engine: &Engine, name: &str, targets: Vec<String>) -> NameRow {
+    match engine.registry().resolve(name) {
+        Ok(r) => NameRow {
+            targets,
+            resolves_to: Some(r.id()),
+            error: None,
+        },
+        Err(e) => NameRow {
+            targets,
+            resolves_to: None,
+            error: Some(e.to_string()),
+        },
+    }
+}
+
+/// Build the listing from an engine and its configuration.
+pub fn listing(engine: &Engine, cfg: &Config, env: EnvFn<'_>) -> Listing {
+    let reg = engine.registry();
+    let mut providers = Vec::new();
+    let mut models = Vec::new();
+    for spec in reg.providers() {
+        let pc = cfg.providers.get(&spec.name);
+        let key_env = pc.map(|p| p.api_key_env.clone()).unwrap_or_default();
+        let key_source = match pc {
+            _ if spec.api_key.is_none() => None,
+            Some(p) if p.api_key_cmd.is_some() => Some("command".to_string()),
+            _ => key_env
+                .iter()
+                .find(|k| env(k).is_some_and(|v| !v.trim().is_empty()))
+                .map(|k| format!("env:{k}")),
+        };
+        let mut names: Vec<String> = reg.models(&spec.name).to_vec();
+        let prefix = format!("{}/", spec.name);
+        for id in reg.model_metas().keys() {
+            if let Some(m) = id.strip_prefix(&prefix) {
+                if !names.iter().any(|n| n == m) {
+                    names.push(m.to_string());
+                }
+            }
+        }
+        let key_present = has_key(spec);
+        for m in &names {
+            let id = format!("{}/{m}", spec.name);
+            let meta = reg.model_meta(&spec.name, m).cloned().unwrap_or_default();
+            models.push(ModelRow {
+                allowed: reg.is_allowed(&id),
+                id,
+                provider: spec.name.clone(),
+                model: m.clone(),
+                key_present,
+                context_window: meta.context_window,
+                max_tokens: meta.max_tokens,
+                capabilities: meta.capabilities,
+                price: engine.pricing().lookup(&spec.name, m).map(|p| ListedPrice {
+                    input: p.input,
+                    output: p.output,
+                }),
+            });
+        }
+        providers.push(ProviderRow {
+            name: spec.name.clone(),
+            kind: spec.kind.as_str().to_string(),
+            base_url: spec.base_url.clone(),
+            key_present,
+            key_needed: spec.kind.needs_key(),
+            key_source,
+            key_env,
+            models: names,
+        });
+    }
+    let aliases = reg
+        .aliases()
+        .iter()
+        .map(|(a, t)| (a.clone(), resolve_row(engine, a, vec![t.clone()])))
+        .collect();
+    let tiers = reg
+        .tiers()
+        .iter()
+        .map(|(t, members)| {
+            (
+                t.clone(),
+                resolve_row(engine, &format!("tier:{t}"), members.clone()),
+            )
+        })
+        .collect();
+    Listing {
+        config_file: cfg.file.as_ref().map(|p| p.display().to_string()),
+        providers,
+        models,
+        aliases,
+        tiers,
+        allowed_models: reg.allowed_patterns().to_vec(),
+    }
+}
+
+fn tokens(n: Option<u64>) -> String {
+    match n {
+        None => "-".into(),
+        Some(n) if n >= 1_000_000 => format!("{:.1}M", n as f64 / 1e6),
+        Some(n) if n >= 1_000 => format!("{}k", (n as f64 / 1e3).round()),
+        Some(n) => n.to_string(),
+    }
+}
+
+fn price(p: &Option<ListedPrice>) -> String {
+    match p {
+        None => "?".into(),
+        Some(p) => format!("${}/${}", p.input, p.output),
+    }
+}
+
+/// The listing as a text table.
+pub fn render_text(l: &Listing) -> String {
+    let mut out = String::new();
+    if let Some(f) = &l.config_file {
+        out.push_str(&format!("config: {f}\n\n"));
+    }
+    out.push_str(&format!(
+        "{:<12} {:<11} {:<34} {}\n",
+        "PROVIDER", "KIND", "KEY", "BASE URL"
+    ));
+    for p in &l.providers {
+        let key = if !p.key_needed && p.key_source.is_none() {
+            "not needed".to_string()
+        } else if let Some(src) = &p.key_source {
+            format!("set ({})", src.trim_start_matches("env:"))
+        } else if p.key_present {
+            "set".to_string()
+        } else if let Some(k) = p.key_env.first() {
+            format!("missing (set {k})")
+        } else {
+            "missing".to_string()
+        };
+        out.push_str(&format!(
+            "{:<12} {:<11} {:<34} {}\n",
+            p.name, p.kind, key, p.base_url
+        ));
+    }
+    out.push_str(&format!(
+        "\n{:<44} {:<5} {:>8} {:>14}  {}\n",
+        "MODEL", "KEY", "CONTEXT", "PRICE $/Mtok", "NOTE"
+    ));
+    for m in &l.models {
+        let mut note = Vec::new();
+        if !m.allowed {
+            note.push("not allowed".to_string());
+        }
+        if let Some(mt) = m.max_tokens {
+            note.push(format!("max_tokens {mt}"));
+        }
+        let caps = m.capabilities;
+        for (on, name) in [
+            (caps.tools, "tools"),
+            (caps.thinking, "thinking"),
+            (caps.vision, "vision"),
+            (caps.json, "json"),
+        ] {
+            match on {
+                Some(true) => note.push(name.to_string()),
+                Some(false) => note.push(format!("no {name}")),
+                None => {}
+            }
+        }
+        out.push_str(&format!(
+            "{:<44} {:<5} {:>8} {:>14}  {}\n",
+            m.id,
+            if m.key_present { "yes" } else { "no" },
+            tokens(m.context_window),
+            price(&m.price),
+            note.join(", ")
+        ));
+    }
+    let names = |title: &str, rows: &BTreeMap<String, NameRow>, out: &mut String| {
+        if rows.is_empty() {
+            return;
+        }
+        out.push_str(&format!("\n{title}\n"));
+        for (n, r) in rows {
+            let now = match (&r.resolves_to, &r.error) {
+                (Some(id), _) => format!("→ {id}"),
+                (None, Some(e)) => format!("✗ {e}"),
+                (None, None) => String::new(),
+            };
+            out.push_str(&format!("  {n:<12} {}  {now}\n", r.targets.join(", ")));
+        }
+    };
+    names("ALIASES", &l.aliases, &mut out);
+    names("TIERS", &l.tiers, &mut out);
+    if !l.allowed_models.is_empty() {
+        out.push_str(&format!(
+            "\nallowed_models: {}\n",
+            l.allowed_models.join(", ")
+        ));
+    }
+    out
+}
+
+/// Run `quorum models`.
+pub fn run(flags: &GlobalFlags, args: ModelsArgs) -> i32 {
+    let (engine, settings) = match app::load(flags) {
+        Ok(x) => x,
+        Err(e) => {
+            eprintln!("quorum: {e:#}");
+            return EXIT_USAGE;
+        }
+    };
+    let l = listing(&engine, &settings.config, &|k| std::env::var(k).ok());
+    let stdout = std::io::stdout();
+    let mut out = stdout.lock();
+    let res = if args.json {
+        serde_json::to_writer_pretty(&mut out, &l)
+            .map_err(std::io::Error::other)
+            .and_then(|_| out.write_all(b"\n"))
+    } else {
+        out.write_all(render_text(&l).as_bytes())
+    };
+    match res {
+        Ok(()) => EXIT_OK,
+        // A closed pipe (`| head`) is not an error worth a message.
+        Err(_) => EXIT_OK,
+    }
+}
