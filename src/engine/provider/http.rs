@@ -44,14 +44,16 @@ pub struct CallContext {
     pub request_id: Option<String>,
 }
 
+struct HttpBody {
+    resp: reqwest::Response,
+    framing: super::Framing,
+    sse: SseDecoder,
+    nd: NdjsonDecoder,
+    decoder: Box<dyn StreamDecoder>,
+}
+
 enum Body {
-    Http {
-        resp: reqwest::Response,
-        framing: super::Framing,
-        sse: SseDecoder,
-        nd: NdjsonDecoder,
-        decoder: Box<dyn StreamDecoder>,
-    },
+    Http(Box<HttpBody>),
     Mock(mock::MockStream),
     Done,
 }
@@ -141,13 +143,13 @@ impl Attempt {
             return Err(EngineError::from_http(status.as_u16(), &headers, &bytes));
         }
         if stream {
-            attempt.body = Body::Http {
+            attempt.body = Body::Http(Box::new(HttpBody {
                 resp,
                 framing: spec.kind.framing(),
                 sse: SseDecoder::new(),
                 nd: NdjsonDecoder::new(),
                 decoder: super::stream_decoder(spec.kind),
-            };
+            }));
         } else {
             let bytes = match attempt.remaining_total() {
                 Some(d) => tokio::time::timeout(d, resp.bytes())
@@ -251,13 +253,14 @@ impl Attempt {
                     }
                 }
             }
-            Body::Http {
-                resp,
-                framing,
-                sse,
-                nd,
-                decoder,
-            } => {
+            Body::Http(h) => {
+                let HttpBody {
+                    resp,
+                    framing,
+                    sse,
+                    nd,
+                    decoder,
+                } = &mut **h;
                 let fut = resp.chunk();
                 let chunk = match limit {
                     Some((d, phase)) => match tokio::time::timeout(d, fut).await {
