@@ -285,27 +285,36 @@ impl Attempt {
                 match chunk {
                     Some(bytes) => {
                         self.bytes += bytes.len() as u64;
-                        match framing {
+                        let fed = match framing {
                             super::Framing::Sse => {
-                                sse.feed(&bytes, |f| decoder.frame(f.event, f.data, out))?
+                                sse.feed(&bytes, |f| decoder.frame(f.event, f.data, out))
                             }
-                            _ => nd.feed(&bytes, |l| decoder.frame("", l, out))?,
-                        }
+                            _ => nd.feed(&bytes, |l| decoder.frame("", l, out)),
+                        };
+                        // Deltas decoded before a failing frame (earlier frames of
+                        // the same chunk, or the failing frame's own) still count:
+                        // deliver them, then the error.
                         self.pending.extend(out.drain(..));
+                        if let Err(e) = fed {
+                            self.body = Body::Done;
+                            self.trailing = Some(e);
+                        }
                         Ok(true)
                     }
                     None => {
-                        match framing {
+                        let fed = match framing {
                             super::Framing::Sse => {
-                                sse.finish(|f| decoder.frame(f.event, f.data, out))?
+                                sse.finish(|f| decoder.frame(f.event, f.data, out))
                             }
-                            _ => nd.finish(|l| decoder.frame("", l, out))?,
+                            _ => nd.finish(|l| decoder.frame("", l, out)),
                         }
-                        decoder.end(out)?;
+                        .and_then(|()| decoder.end(out));
                         let done = decoder.is_done();
                         self.pending.extend(out.drain(..));
                         self.body = Body::Done;
-                        if !done {
+                        if let Err(e) = fed {
+                            self.trailing = Some(e);
+                        } else if !done {
                             // Deliver what we have, then report the cut.
                             self.trailing = Some(EngineError::Network {
                                 message: "the stream ended before the provider's end marker (connection cut)".into(),
