@@ -179,7 +179,7 @@ impl Attempt {
                 .map(|d| (d, TimeoutPhase::FirstToken))
         };
         match (phase, self.remaining_total()) {
-            (Some((p, ph)), Some(t)) if t < p => Some((t, TimeoutPhase::Total)),
+            (Some((p, _)), Some(t)) if t < p => Some((t, TimeoutPhase::Total)),
             (Some(p), _) => Some(p),
             (None, Some(t)) => Some((t, TimeoutPhase::Total)),
             (None, None) => None,
