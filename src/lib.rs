@@ -1,4 +1,6 @@
 //! llm-quorum: one prompt, several LLM providers side by side, every token
 //! and cent counted.
 
+pub mod app;
+pub mod cli;
 pub mod engine;

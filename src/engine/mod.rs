@@ -13,3 +13,10 @@ pub use event::{
     Accumulator, Completion, CostSource, Delta, FinishReason, StreamEvent, ToolCall, Usage,
 };
 pub use request::{ChatRequest, Message, Role};
+pub mod cost;
+pub mod ledger;
+pub mod registry;
+pub mod routing;
+pub mod run;
+
+pub use run::{Engine, EngineConfig, RunHandle, RunOptions, TargetEvent};

@@ -1,0 +1,73 @@
+//! Command-line faces: `ask`, `models`, and the dispatch of every subcommand.
+
+pub mod ask;
+
+use clap::{Parser, Subcommand};
+
+use crate::app::GlobalFlags;
+
+/// Exit code: success.
+pub const EXIT_OK: i32 = 0;
+/// Exit code: the request failed.
+pub const EXIT_FAILED: i32 = 1;
+/// Exit code: usage or configuration error.
+pub const EXIT_USAGE: i32 = 2;
+
+#[derive(Debug, Parser)]
+#[command(
+    name = "quorum",
+    version = version_string(),
+    about = "One prompt, several LLMs side by side, every token and cent counted",
+    long_about = None
+)]
+struct Cli {
+    /// Config file (default: $QUORUM_CONFIG, else the platform config dir).
+    #[arg(long, global = true, value_name = "PATH")]
+    config: Option<std::path::PathBuf>,
+    #[command(subcommand)]
+    command: Option<Command>,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Ask one model; stream its answer to stdout.
+    Ask(ask::AskArgs),
+}
+
+/// The version with the commit it was built from.
+pub fn version_string() -> &'static str {
+    concat!(
+        env!("CARGO_PKG_VERSION"),
+        " (",
+        env!("QUORUM_GIT_COMMIT"),
+        ")"
+    )
+}
+
+/// Parse arguments and run; returns the process exit code.
+pub fn main() -> i32 {
+    let cli = match Cli::try_parse() {
+        Ok(c) => c,
+        Err(e) => {
+            let code = if e.use_stderr() { EXIT_USAGE } else { EXIT_OK };
+            let _ = e.print();
+            return code;
+        }
+    };
+    let flags = GlobalFlags { config: cli.config };
+    match cli.command {
+        Some(Command::Ask(a)) => ask::run(&flags, a),
+        None => {
+            eprintln!("quorum: the TUI is not built yet; try `quorum ask -m mock/alpha \"hi\"`");
+            EXIT_USAGE
+        }
+    }
+}
+
+/// A current-thread runtime: one-shot commands start fast and need no pool.
+pub(crate) fn runtime() -> tokio::runtime::Runtime {
+    tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .expect("tokio runtime")
+}

@@ -1,0 +1,531 @@
+//! The engine's front door: fan one request out to several targets, one
+//! task per target, every event tagged with its target index on one
+//! bounded channel. Retries, fallbacks, cost and the ledger happen here,
+//! before a face is told a request finished.
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio::sync::mpsc;
+use tokio::time::Instant;
+use tokio_util::sync::CancellationToken;
+
+use super::cost::Pricing;
+use super::error::EngineError;
+use super::event::{Accumulator, Completion, Delta, FinishReason, StreamEvent};
+use super::ledger::{LedgerSink, RequestMeta};
+use super::provider::http::{build_client, Attempt, CallContext, Timeouts};
+use super::registry::{Registry, Resolved};
+use super::request::ChatRequest;
+use super::routing::RetryPolicy;
+
+/// Per-provider settings the engine applies.
+#[derive(Debug, Clone, Default)]
+pub struct ProviderPolicy {
+    /// Retries.
+    pub retry: RetryPolicy,
+    /// Timeouts.
+    pub timeouts: Timeouts,
+}
+
+/// Engine settings.
+#[derive(Clone, Default)]
+pub struct EngineConfig {
+    /// Providers, aliases, known models.
+    pub registry: Registry,
+    /// Policy per provider name; missing ones use the default.
+    pub policies: HashMap<String, ProviderPolicy>,
+    /// Fallback chains: target -> targets to try in order when it fails before its first token.
+    pub fallbacks: HashMap<String, Vec<String>>,
+    /// Prices.
+    pub pricing: Pricing,
+    /// Connect timeout of the shared HTTP client.
+    pub connect_timeout: Option<Duration>,
+}
+
+/// Options of one run.
+#[derive(Debug, Clone)]
+pub struct RunOptions {
+    /// Stream the answers (true) or ask for whole responses.
+    pub stream: bool,
+    /// Session id for the ledger.
+    pub session_id: Option<String>,
+    /// W3C trace id (32 hex digits); one is made up when absent.
+    pub trace_id: Option<String>,
+    /// Calling agent, for the ledger.
+    pub source_agent: Option<String>,
+    /// Use the configured fallback chains.
+    pub fallbacks: bool,
+}
+
+impl Default for RunOptions {
+    fn default() -> Self {
+        RunOptions {
+            stream: true,
+            session_id: None,
+            trace_id: None,
+            source_agent: None,
+            fallbacks: true,
+        }
+    }
+}
+
+/// An event of one target of a run.
+#[derive(Debug, Clone)]
+pub struct TargetEvent {
+    /// Index into the run's targets.
+    pub target: usize,
+    /// The event.
+    pub event: StreamEvent,
+}
+
+/// A run in flight. Dropping it cancels nothing by itself; call [`RunHandle::cancel`].
+#[derive(Debug)]
+pub struct RunHandle {
+    /// Run id.
+    pub run_id: String,
+    /// Trace id shared by every request of the run.
+    pub trace_id: String,
+    /// Targets as requested.
+    pub targets: Vec<String>,
+    /// The events of every target; closes when all targets are done.
+    pub events: mpsc::Receiver<TargetEvent>,
+    cancel: CancellationToken,
+    per_target: Vec<CancellationToken>,
+}
+
+impl RunHandle {
+    /// Cancel every target: their HTTP streams are dropped at once.
+    pub fn cancel(&self) {
+        self.cancel.cancel();
+    }
+
+    /// Cancel one target.
+    pub fn cancel_target(&self, i: usize) {
+        if let Some(t) = self.per_target.get(i) {
+            t.cancel();
+        }
+    }
+
+    /// A token that cancels the whole run when cancelled.
+    pub fn cancel_token(&self) -> CancellationToken {
+        self.cancel.clone()
+    }
+
+    /// Wait for every target; the final completion of each, in target order.
+    pub async fn collect(mut self) -> Vec<Completion> {
+        let mut out: Vec<Option<Completion>> = vec![None; self.targets.len()];
+        while let Some(ev) = self.events.recv().await {
+            match ev.event {
+                StreamEvent::Finished(c) | StreamEvent::Failed(c) => out[ev.target] = Some(*c),
+                _ => {}
+            }
+        }
+        out.into_iter()
+            .zip(&self.targets)
+            .map(|(c, t)| {
+                c.unwrap_or_else(|| Completion {
+                    model: t.clone(),
+                    finish_reason: FinishReason::Error,
+                    error: Some(EngineError::Cancelled),
+                    ..Default::default()
+                })
+            })
+            .collect()
+    }
+}
+
+struct Inner {
+    http: reqwest::Client,
+    cfg: EngineConfig,
+    ledger: Option<Arc<dyn LedgerSink>>,
+    seq: AtomicU64,
+}
+
+/// The engine. Cheap to clone.
+#[derive(Clone)]
+pub struct Engine {
+    inner: Arc<Inner>,
+}
+
+impl std::fmt::Debug for Engine {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Engine")
+            .field("providers", &self.inner.cfg.registry.providers().count())
+            .finish()
+    }
+}
+
+impl Engine {
+    /// Build an engine (creates the shared HTTP client).
+    pub fn new(cfg: EngineConfig) -> Result<Engine, EngineError> {
+        let http = build_client(cfg.connect_timeout.unwrap_or(Duration::from_secs(10)))?;
+        Ok(Engine {
+            inner: Arc::new(Inner {
+                http,
+                cfg,
+                ledger: None,
+                seq: AtomicU64::new(0),
+            }),
+        })
+    }
+
+    /// Attach a ledger; every finished request is recorded there before the face hears of it.
+    pub fn with_ledger(self, ledger: Arc<dyn LedgerSink>) -> Engine {
+        let inner = Arc::try_unwrap(self.inner).unwrap_or_else(|arc| Inner {
+            http: arc.http.clone(),
+            cfg: arc.cfg.clone(),
+            ledger: arc.ledger.clone(),
+            seq: AtomicU64::new(0),
+        });
+        Engine {
+            inner: Arc::new(Inner {
+                ledger: Some(ledger),
+                ..inner
+            }),
+        }
+    }
+
+    /// The registry.
+    pub fn registry(&self) -> &Registry {
+        &self.inner.cfg.registry
+    }
+
+    /// The price table.
+    pub fn pricing(&self) -> &Pricing {
+        &self.inner.cfg.pricing
+    }
+
+    /// Resolve every target before sending anything; the first error wins.
+    pub fn check_targets(&self, targets: &[String]) -> Result<Vec<Resolved>, EngineError> {
+        targets
+            .iter()
+            .map(|t| self.inner.cfg.registry.resolve(t))
+            .collect()
+    }
+
+    /// Start a run: one task per target. Must be called inside a tokio runtime.
+    pub fn run(&self, request: ChatRequest, targets: Vec<String>, opts: RunOptions) -> RunHandle {
+        let n = self.inner.seq.fetch_add(1, Ordering::Relaxed);
+        let run_id = format!("run-{}-{n}", new_id(8));
+        let trace_id = opts
+            .trace_id
+            .clone()
+            .filter(|t| t.len() == 32 && t.bytes().all(|b| b.is_ascii_hexdigit()))
+            .unwrap_or_else(|| new_id(16));
+        let (tx, rx) = mpsc::channel(1024);
+        let cancel = CancellationToken::new();
+        let request = Arc::new(request);
+        let mut per_target = Vec::new();
+        for (i, t) in targets.iter().enumerate() {
+            let token = cancel.child_token();
+            per_target.push(token.clone());
+            let job = TargetJob {
+                inner: self.inner.clone(),
+                index: i,
+                target: t.clone(),
+                request: request.clone(),
+                opts: opts.clone(),
+                run_id: run_id.clone(),
+                trace_id: trace_id.clone(),
+                cancel: token,
+                tx: tx.clone(),
+            };
+            tokio::spawn(job.run());
+        }
+        RunHandle {
+            run_id,
+            trace_id,
+            targets,
+            events: rx,
+            cancel,
+            per_target,
+        }
+    }
+}
+
+/// Random hex id of `bytes` bytes.
+pub fn new_id(bytes: usize) -> String {
+    let mut b = vec![0u8; bytes];
+    rand::fill(&mut b[..]);
+    hex::encode(b)
+}
+
+struct TargetJob {
+    inner: Arc<Inner>,
+    index: usize,
+    target: String,
+    request: Arc<ChatRequest>,
+    opts: RunOptions,
+    run_id: String,
+    trace_id: String,
+    cancel: CancellationToken,
+    tx: mpsc::Sender<TargetEvent>,
+}
+
+enum Outcome {
+    Done(Completion),
+    /// Failed; `delivered` says whether any output reached the consumer.
+    Failed(Completion, EngineError, bool),
+}
+
+impl TargetJob {
+    async fn emit(&self, event: StreamEvent) -> bool {
+        self.tx
+            .send(TargetEvent {
+                target: self.index,
+                event,
+            })
+            .await
+            .is_ok()
+    }
+
+    async fn run(self) {
+        let started = Instant::now();
+        let mut chain = vec![self.target.clone()];
+        if self.opts.fallbacks {
+            if let Some(f) = self.inner.cfg.fallbacks.get(&self.target) {
+                chain.extend(f.iter().cloned());
+            }
+        }
+        let mut retries = 0u32;
+        let mut last: Option<(Completion, EngineError)> = None;
+        let mut resolved_last: Option<Resolved> = None;
+        let mut ttft: Option<Duration> = None;
+        for (ci, t) in chain.iter().enumerate() {
+            let resolved = match self.inner.cfg.registry.resolve(t) {
+                Ok(r) => r,
+                Err(e) => {
+                    last = Some((Completion::default(), e));
+                    continue;
+                }
+            };
+            if ci > 0 {
+                let reason = last
+                    .as_ref()
+                    .map(|(_, e)| e.to_string())
+                    .unwrap_or_default();
+                let from = chain[ci - 1].clone();
+                if !self
+                    .emit(StreamEvent::FellBack {
+                        from,
+                        to: t.clone(),
+                        reason,
+                    })
+                    .await
+                {
+                    return;
+                }
+            }
+            resolved_last = Some(resolved.clone());
+            match self
+                .run_one(&resolved, started, &mut retries, &mut ttft)
+                .await
+            {
+                Outcome::Done(mut c) => {
+                    if ci > 0 {
+                        c.fell_back_from = Some(self.target.clone());
+                    }
+                    self.finish(c, &resolved, started, retries, ttft, None)
+                        .await;
+                    return;
+                }
+                Outcome::Failed(c, e, delivered) => {
+                    let stop = delivered || matches!(e, EngineError::Cancelled);
+                    last = Some((c, e));
+                    if stop {
+                        break;
+                    }
+                }
+            }
+        }
+        let (c, e) = last.unwrap_or((
+            Completion::default(),
+            EngineError::Config {
+                message: "no target to run".into(),
+            },
+        ));
+        match resolved_last {
+            Some(r) => self.finish(c, &r, started, retries, ttft, Some(e)).await,
+            None => {
+                let mut c = c;
+                c.model = self.target.clone();
+                c.finish_reason = FinishReason::Error;
+                c.latency_ms = ms(started.elapsed());
+                c.error = Some(e);
+                self.emit(StreamEvent::Failed(Box::new(c))).await;
+            }
+        }
+    }
+
+    /// Attempts against one resolved target, with retries before the first token.
+    async fn run_one(
+        &self,
+        r: &Resolved,
+        started: Instant,
+        retries: &mut u32,
+        ttft: &mut Option<Duration>,
+    ) -> Outcome {
+        let policy = self
+            .inner
+            .cfg
+            .policies
+            .get(&r.spec.name)
+            .cloned()
+            .unwrap_or_default();
+        let mut attempt_no = 1u32;
+        loop {
+            if !self
+                .emit(StreamEvent::Started {
+                    provider: r.spec.name.clone(),
+                    model: r.model.clone(),
+                    attempt: attempt_no,
+                })
+                .await
+            {
+                return Outcome::Failed(Completion::default(), EngineError::Cancelled, false);
+            }
+            let ctx = CallContext {
+                traceparent: Some(format!("00-{}-{}-01", self.trace_id, new_id(8))),
+                request_id: Some(format!("{}-{}-{attempt_no}", self.run_id, self.index)),
+            };
+            let mut acc = Accumulator::default();
+            let mut delivered = false;
+            let result: Result<(), EngineError> = async {
+                let mut a = tokio::select! {
+                    biased;
+                    _ = self.cancel.cancelled() => return Err(EngineError::Cancelled),
+                    a = Attempt::start(&self.inner.http, &r.spec, &r.model, &self.request, self.opts.stream, policy.timeouts, &ctx) => a?,
+                };
+                loop {
+                    let next = tokio::select! {
+                        biased;
+                        _ = self.cancel.cancelled() => return Err(EngineError::Cancelled),
+                        d = a.next() => d,
+                    };
+                    match next {
+                        None => return Ok(()),
+                        Some(Err(e)) => return Err(e),
+                        Some(Ok(d)) => {
+                            acc.push(&d);
+                            if is_content(&d) {
+                                delivered = true;
+                                if ttft.is_none() {
+                                    *ttft = Some(started.elapsed());
+                                }
+                            }
+                            if let Some(ev) = StreamEvent::from_delta(&d) {
+                                if !self.emit(ev).await {
+                                    return Err(EngineError::Cancelled);
+                                }
+                            }
+                        }
+                    }
+                }
+            }
+            .await;
+            match result {
+                Ok(()) => return Outcome::Done(acc.finish()),
+                Err(e) => {
+                    if delivered || matches!(e, EngineError::Cancelled) {
+                        return Outcome::Failed(acc.finish(), e, delivered);
+                    }
+                    let jitter: f64 = rand::random();
+                    match policy.retry.next_wait(&e, attempt_no + 1, jitter) {
+                        None => return Outcome::Failed(acc.finish(), e, false),
+                        Some((wait, reason)) => {
+                            attempt_no += 1;
+                            *retries += 1;
+                            if !self
+                                .emit(StreamEvent::Retrying {
+                                    attempt: attempt_no,
+                                    max_attempts: policy.retry.max_attempts,
+                                    wait,
+                                    reason,
+                                })
+                                .await
+                            {
+                                return Outcome::Failed(
+                                    acc.finish(),
+                                    EngineError::Cancelled,
+                                    false,
+                                );
+                            }
+                            tokio::select! {
+                                _ = self.cancel.cancelled() => return Outcome::Failed(acc.finish(), EngineError::Cancelled, false),
+                                _ = tokio::time::sleep(wait) => {}
+                            }
+                        }
+                    }
+                }
+            }
+        }
+    }
+
+    async fn finish(
+        &self,
+        mut c: Completion,
+        r: &Resolved,
+        started: Instant,
+        retries: u32,
+        ttft: Option<Duration>,
+        error: Option<EngineError>,
+    ) {
+        c.provider = r.spec.name.clone();
+        c.model = r.model.clone();
+        c.retries = retries;
+        c.ttft_ms = ttft.map(ms);
+        c.latency_ms = ms(started.elapsed());
+        let failed = error.is_some();
+        if let Some(e) = error {
+            c.finish_reason = if matches!(e, EngineError::Cancelled) {
+                FinishReason::Cancelled
+            } else {
+                FinishReason::Error
+            };
+            c.error = Some(e);
+        }
+        let (cost, src) =
+            self.inner
+                .cfg
+                .pricing
+                .cost(&r.spec.name, &r.model, &c.usage, c.usage_reported);
+        c.cost_usd = cost;
+        c.cost_source = src;
+        if let Some(ledger) = &self.inner.ledger {
+            let meta = RequestMeta {
+                run_id: self.run_id.clone(),
+                session_id: self.opts.session_id.clone(),
+                trace_id: Some(self.trace_id.clone()),
+                source_agent: self.opts.source_agent.clone(),
+                target: self.target.clone(),
+                prompt: self.request.last_user_text().to_string(),
+            };
+            let ledger = ledger.clone();
+            let row = c.clone();
+            let res = tokio::task::spawn_blocking(move || ledger.record(&meta, &row)).await;
+            if let Ok(Err(e)) | Err(e) = res.map_err(|e| e.to_string()) {
+                tracing::error!("ledger write failed: {e}");
+            }
+        }
+        let ev = if failed {
+            StreamEvent::Failed(Box::new(c))
+        } else {
+            StreamEvent::Finished(Box::new(c))
+        };
+        self.emit(ev).await;
+    }
+}
+
+fn is_content(d: &Delta) -> bool {
+    matches!(
+        d,
+        Delta::Text(_) | Delta::Thinking(_) | Delta::ToolCall { .. } | Delta::Refusal(_)
+    )
+}
+
+fn ms(d: Duration) -> f64 {
+    (d.as_secs_f64() * 1e6).round() / 1e3
+}
