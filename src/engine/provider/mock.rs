@@ -1538,22 +1538,3 @@ mod tests {
         assert_eq!(arithmetic("In 1999 there were 3 cats"), None);
     }
 }
-
-/// A mock model.
-#[derive(Debug, Clone, Copy)]
-pub struct MockModel {
-    /// Model name (after `mock/`).
-    pub name: &'static str,
-    /// One line saying what it does.
-    pub description: &'static str,
-}
-
-/// The mock models.
-pub fn models() -> &'static [MockModel] {
-    &[]
-}
-
-/// Whether `name` is a mock model.
-pub fn is_mock_model(name: &str) -> bool {
-    models().iter().any(|m| m.name == name)
-}
