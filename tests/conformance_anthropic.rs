@@ -321,32 +321,38 @@ fn decode_pieces(pieces: &[&[u8]]) -> Result<(Vec<Delta>, bool), EngineError> {
     Ok((out, dec.is_done()))
 }
 
-/// Every byte offset of `body`, except strictly inside long runs of base64
-/// characters (thinking signatures, encrypted search results), where one
-/// offset in 61 is kept. No line end, field separator or multi-byte
-/// character can fall inside such a run, so every split there takes the same
-/// path through the decoders; skipping them keeps this test to seconds in a
-/// debug build (a 37 KB recording would otherwise cost a minute).
-fn split_points(body: &[u8]) -> Vec<usize> {
+/// Bodies up to this size are split at every offset and decoded whole each
+/// time. That is quadratic, so larger ones are split at every offset of each
+/// event, decoded within a window of its neighbouring events (the decoders'
+/// state from outside the window is the same either way).
+const FULL_SPLIT_MAX: usize = 8 * 1024;
+
+/// Offsets `0..=len` of an event to split at: all of them, except strictly
+/// inside long runs of base64 characters (thinking signatures, encrypted
+/// search results), where one offset in 61 is kept. No line end, field
+/// separator or multi-byte character can fall inside such a run, so every
+/// split there takes the same path through the decoders, and a 30 KB
+/// search-result event would otherwise cost its size squared.
+fn split_points(event: &[u8]) -> Vec<usize> {
     const RUN: usize = 32;
     let b64 = |c: u8| c.is_ascii_alphanumeric() || matches!(c, b'+' | b'/' | b'=');
     // run[i]: length of the base64 run containing byte i (0 if not base64).
-    let mut run = vec![0usize; body.len()];
+    let mut run = vec![0usize; event.len()];
     let mut i = 0;
-    while i < body.len() {
-        if !b64(body[i]) {
+    while i < event.len() {
+        if !b64(event[i]) {
             i += 1;
             continue;
         }
         let start = i;
-        while i < body.len() && b64(body[i]) {
+        while i < event.len() && b64(event[i]) {
             i += 1;
         }
         run[start..i].fill(i - start);
     }
-    (0..=body.len())
+    (0..=event.len())
         .filter(|&c| {
-            let inside = c > 0 && c < body.len() && run[c - 1] >= RUN && run[c] >= RUN;
+            let inside = c > 0 && c < event.len() && run[c - 1] >= RUN && run[c] >= RUN;
             !inside || c % 61 == 0
         })
         .collect()
@@ -365,6 +371,39 @@ fn split_points_keep_every_structural_offset() {
     assert!(pts.len() < body.len() + 1 - 90);
 }
 
+/// The body cut after every blank line that ends an event.
+fn events(body: &[u8]) -> Vec<&[u8]> {
+    let mut out = Vec::new();
+    let mut start = 0;
+    let mut i = 0;
+    while i < body.len() {
+        let end = if body[i..].starts_with(b"\r\n\r\n") {
+            Some(i + 4)
+        } else if body[i..].starts_with(b"\n\n") {
+            Some(i + 2)
+        } else {
+            None
+        };
+        match end {
+            Some(e) => {
+                out.push(&body[start..e]);
+                start = e;
+                i = e;
+            }
+            None => i += 1,
+        }
+    }
+    if start < body.len() {
+        out.push(&body[start..]);
+    }
+    out
+}
+
+fn split_at(body: &[u8], cut: usize) -> Result<(Vec<Delta>, bool), EngineError> {
+    let (a, b) = body.split_at(cut);
+    decode_pieces(&[a, b])
+}
+
 #[test]
 fn recorded_streams_split_at_every_byte() {
     let cases: Vec<Case> = support::cases("anthropic")
@@ -373,26 +412,41 @@ fn recorded_streams_split_at_every_byte() {
         .collect();
     let mut bad = Vec::new();
     for case in &cases {
-        let (whole, done) = decode_pieces(&[&case.body]).unwrap();
-        assert!(done, "{}: no message_stop seen", case.id);
+        let id = &case.id;
+        let whole = decode_pieces(&[&case.body]);
+        let (deltas, done) = whole.clone().unwrap();
+        assert!(done, "{id}: no message_stop seen");
         let mut acc = Accumulator::default();
-        whole.iter().for_each(|d| acc.push(d));
+        deltas.iter().for_each(|d| acc.push(d));
         check(case, &acc.finish(), &mut bad);
-        for cut in split_points(&case.body) {
-            let (a, b) = case.body.split_at(cut);
-            match decode_pieces(&[a, b]) {
-                Ok((got, true)) if got == whole => {}
-                Ok((_, done)) => {
-                    bad.push(format!(
-                        "{}: split at {cut}: different deltas (done={done})",
-                        case.id
-                    ));
-                    break;
-                }
-                Err(e) => {
-                    bad.push(format!("{}: split at {cut}: {e}", case.id));
-                    break;
-                }
+        if case.body.len() <= FULL_SPLIT_MAX {
+            if let Some(cut) = (0..=case.body.len()).find(|&c| split_at(&case.body, c) != whole) {
+                bad.push(format!(
+                    "{id}: split at {cut}: {:?}",
+                    split_at(&case.body, cut)
+                ));
+            }
+            continue;
+        }
+        let ev = events(&case.body);
+        assert_eq!(
+            ev.concat(),
+            case.body,
+            "{id}: event segmentation lost bytes"
+        );
+        for i in 0..ev.len() {
+            let lo = i.saturating_sub(1);
+            let window = ev[lo..(i + 2).min(ev.len())].concat();
+            let before: usize = ev[lo..i].iter().map(|e| e.len()).sum();
+            let whole = decode_pieces(&[&window]);
+            let found = split_points(ev[i])
+                .into_iter()
+                .find(|&j| split_at(&window, before + j) != whole);
+            if let Some(j) = found {
+                bad.push(format!(
+                    "{id}: event {i} split at {j}: {:?} != {whole:?}",
+                    split_at(&window, before + j)
+                ));
             }
         }
     }
