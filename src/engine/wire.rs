@@ -91,7 +91,7 @@ impl SseDecoder {
         let len = self.buf.len();
         while i < len {
             // Find the next CR or LF.
-            let Some(off) = self.buf[i..].iter().position(|&b| b == b'\n' || b == b'\r') else {
+            let Some(off) = memchr::memchr2(b'\n', b'\r', &self.buf[i..]) else {
                 break;
             };
             let end = i + off;
@@ -151,7 +151,7 @@ impl SseDecoder {
             self.comments += 1;
             return Ok(());
         }
-        let (field, value) = match line.iter().position(|&b| b == b':') {
+        let (field, value) = match memchr::memchr(b':', line) {
             Some(p) => {
                 let v = &line[p + 1..];
                 (&line[..p], v.strip_prefix(b" ").unwrap_or(v))
@@ -170,16 +170,12 @@ impl SseDecoder {
                 self.event.clear();
                 push_utf8(&mut self.event, value);
             }
-            b"id" => {
-                if !value.contains(&0) {
-                    self.id.clear();
-                    push_utf8(&mut self.id, value);
-                }
+            b"id" if !value.contains(&0) => {
+                self.id.clear();
+                push_utf8(&mut self.id, value);
             }
-            b"retry" => {
-                if !value.is_empty() && value.iter().all(u8::is_ascii_digit) {
-                    self.retry_ms = std::str::from_utf8(value).ok().and_then(|s| s.parse().ok());
-                }
+            b"retry" if !value.is_empty() && value.iter().all(u8::is_ascii_digit) => {
+                self.retry_ms = std::str::from_utf8(value).ok().and_then(|s| s.parse().ok());
             }
             _ => {}
         }
@@ -242,7 +238,7 @@ impl NdjsonDecoder {
         self.buf.extend_from_slice(chunk);
         let mut start = 0;
         let mut i = self.scanned;
-        while let Some(off) = self.buf[i..].iter().position(|&b| b == b'\n') {
+        while let Some(off) = memchr::memchr(b'\n', &self.buf[i..]) {
             let end = i + off;
             let mut line = &self.buf[start..end];
             if let Some(l) = line.strip_suffix(b"\r") {
