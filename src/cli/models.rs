@@ -247,6 +247,9 @@ pub fn render_text(l: &Listing) -> String {
     ));
     for m in &l.models {
         let mut note = Vec::new();
+        if m.provider == "mock" {
+            note.push("mock (offline)".to_string());
+        }
         if !m.allowed {
             note.push("not allowed".to_string());
         }

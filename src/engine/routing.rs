@@ -17,6 +17,7 @@ use tokio::time::Instant;
 
 use super::error::EngineError;
 use super::provider::http::Timeouts;
+use super::provider::ProviderKind;
 use super::request::ChatRequest;
 
 /// Lock a mutex, shrugging off poisoning: the state guarded here is plain
@@ -607,11 +608,24 @@ impl Router {
 
     /// The route of `provider`.
     pub fn route(&self, provider: &str) -> Arc<Route> {
+        self.route_for(provider, None)
+    }
+
+    /// The route of `provider` of `kind`. Without a configured policy the
+    /// in-process mock gets no breaker: its simulated failures (mock/flaky)
+    /// say nothing about the health of its other models.
+    pub fn route_for(&self, provider: &str, kind: Option<ProviderKind>) -> Arc<Route> {
         let mut routes = lock(&self.routes);
         if let Some(r) = routes.get(provider) {
             return r.clone();
         }
-        let policy = self.policies.get(provider).cloned().unwrap_or_default();
+        let policy = self.policies.get(provider).cloned().unwrap_or_else(|| {
+            let mut p = ProviderPolicy::default();
+            if kind == Some(ProviderKind::Mock) {
+                p.breaker.failure_threshold = 0;
+            }
+            p
+        });
         let r = Arc::new(Route {
             breaker: CircuitBreaker::new(policy.breaker.clone()),
             limiter: Limiter::new(&policy.limits),
@@ -888,5 +902,7 @@ mod tests {
         assert!(Arc::ptr_eq(&r.route("a"), &r.route("a")));
         assert_eq!(r.route("a").limiter.concurrency_limit(), Some(2));
         assert_eq!(r.route("b").limiter.concurrency_limit(), None);
+        let m = r.route_for("m", Some(ProviderKind::Mock));
+        assert_eq!(m.policy.breaker.failure_threshold, 0);
     }
 }

@@ -417,7 +417,7 @@ impl TargetJob {
         if let Err(e) = self.inner.cfg.registry.check_capabilities(r, &self.request) {
             return Outcome::Failed(Completion::default(), e, false);
         }
-        let route = self.inner.router.route(&r.spec.name);
+        let route = self.inner.router.route_for(&r.spec.name, Some(r.spec.kind));
         let policy = &route.policy;
         let request = self.request_for(r);
         let estimate = estimate_tokens(&request);
