@@ -730,20 +730,48 @@ fn substitute_value(
     Ok(())
 }
 
-/// Refuse a literal key anywhere under `[providers]`.
-fn find_literal_key(t: &DeTable<'_>) -> Option<(KeyPath, Range<usize>)> {
+/// Headers that carry credentials: their values must come from `${VAR}`.
+const CREDENTIAL_HEADERS: &[&str] = &[
+    "authorization",
+    "proxy-authorization",
+    "x-api-key",
+    "api-key",
+    "x-goog-api-key",
+];
+
+/// Refuse a literal key anywhere under `[providers]`: a key field, or a
+/// credential header whose value is not taken from the environment.
+fn find_literal_key(t: &DeTable<'_>) -> Option<(KeyPath, Range<usize>, &'static str)> {
+    const FIELD: &str = "API keys are not accepted in the config file: name an environment \
+        variable with api_key_env, or a command that prints the key with api_key_cmd";
+    const HEADER: &str = "a credential header must not hold a literal secret: take it from \
+        the environment, e.g. \"Bearer ${MY_TOKEN}\"";
     let (_, providers) = t.iter().find(|(k, _)| key_str(k) == "providers")?;
     let DeValue::Table(ps) = providers.get_ref() else {
         return None;
     };
     for (name, p) in ps.iter() {
-        if let DeValue::Table(fields) = p.get_ref() {
-            for (k, _) in fields.iter() {
-                if matches!(key_str(k), "api_key" | "key" | "token" | "secret") {
-                    return Some((
-                        KeyPath::of(&["providers", key_str(name), key_str(k)]),
-                        k.span(),
-                    ));
+        let DeValue::Table(fields) = p.get_ref() else {
+            continue;
+        };
+        for (k, v) in fields.iter() {
+            let at = KeyPath::of(&["providers", key_str(name), key_str(k)]);
+            if matches!(key_str(k), "api_key" | "key" | "token" | "secret") {
+                return Some((at, k.span(), FIELD));
+            }
+            if key_str(k) != "headers" {
+                continue;
+            }
+            let DeValue::Table(hs) = v.get_ref() else {
+                continue;
+            };
+            for (h, hv) in hs.iter() {
+                let credential = CREDENTIAL_HEADERS
+                    .iter()
+                    .any(|c| c.eq_ignore_ascii_case(key_str(h)));
+                let literal = hv.get_ref().as_str().is_some_and(|s| !s.contains("${"));
+                if credential && literal {
+                    return Some((at.clone().key(key_str(h)), h.span(), HEADER));
                 }
             }
         }
@@ -822,14 +850,8 @@ fn parse_source(src: &Source, env: EnvFn<'_>) -> Result<FileConfig, ConfigError>
             ));
         }
     };
-    if let Some((path, span)) = find_literal_key(table.get_ref()) {
-        return Err(src.error_at(
-            Some(span),
-            Some(path),
-            "API keys are not accepted in the config file: name an environment variable \
-             with api_key_env, or a command that prints the key with api_key_cmd"
-                .into(),
-        ));
+    if let Some((path, span, why)) = find_literal_key(table.get_ref()) {
+        return Err(src.error_at(Some(span), Some(path), why.into()));
     }
     if let Err((path, span, msg)) = substitute_table(table.get_mut(), &KeyPath::default(), env) {
         return Err(src.error_at(Some(span), Some(path), msg));

@@ -244,6 +244,31 @@ fn a_literal_api_key_is_refused_without_echoing_it() {
 }
 
 #[test]
+fn a_literal_credential_header_is_refused_but_one_from_the_environment_is_fine() {
+    let e = load_fixture("literal_auth_header.toml").unwrap_err();
+    check(
+        &e,
+        "literal_auth_header.toml",
+        7,
+        1,
+        "providers.proxy.headers.Authorization",
+    );
+    assert!(!format!("{e:?}").contains("sk-literal"), "{e:?}");
+    let text = std::fs::read_to_string(fixture("literal_auth_header.toml"))
+        .unwrap()
+        .replace("sk-literal-in-header", "${PROXY_TOKEN}");
+    let env = env_of(&[("PROXY_TOKEN", "tok-1")]);
+    let c = config::load_text(None, &text, &Overrides::default(), &env).unwrap();
+    let h = &c.providers["proxy"].headers;
+    assert!(h.contains(&("Authorization".into(), "Bearer tok-1".into())));
+    assert!(h.contains(&("X-Team".into(), "research".into())));
+    assert!(
+        !format!("{c:?}").contains("tok-1"),
+        "header values stay out of Debug"
+    );
+}
+
+#[test]
 fn invalid_glob_in_allowed_models() {
     let e = load_fixture("bad_glob.toml").unwrap_err();
     check(&e, "bad_glob.toml", 1, 41, "allowed_models[1]");
