@@ -25,10 +25,9 @@ use std::time::Duration;
 use serde::{Deserialize, Deserializer, Serialize};
 use toml::de::{DeTable, DeValue};
 
-use crate::engine::provider::http::Timeouts;
 use crate::engine::provider::{default_base_url, mock, ProviderKind, ProviderSpec, Secret};
 use crate::engine::registry::{normalize_ollama_host, Capabilities, EnvFn, ModelMeta, Registry};
-use crate::engine::routing::{BreakerPolicy, Limits, ProviderPolicy, RetryPolicy};
+use crate::engine::routing::{Limits, ProviderPolicy};
 use crate::engine::EngineConfig;
 
 /// The built-in defaults, parsed with the same code as a user file.
@@ -1676,15 +1675,6 @@ impl Config {
             ..Default::default()
         })
     }
-}
-
-/// Whether `policy` differs from the defaults in a way `quorum models` may show.
-pub fn is_default_policy(policy: &ProviderPolicy) -> bool {
-    policy.retry == RetryPolicy::default()
-        && policy.breaker == BreakerPolicy::default()
-        && policy.limits == Limits::default()
-        && policy.timeouts == Timeouts::default()
-        && policy.connect_timeout.is_none()
 }
 
 #[cfg(test)]
