@@ -32,6 +32,11 @@ struct Cli {
 enum Command {
     /// Ask one model; stream its answer to stdout.
     Ask(ask::AskArgs),
+    /// Print a shell completion script (bash, zsh, fish, elvish, powershell).
+    Completions {
+        /// The shell.
+        shell: clap_complete::Shell,
+    },
 }
 
 /// The version with the commit it was built from.
@@ -57,6 +62,12 @@ pub fn main() -> i32 {
     let flags = GlobalFlags { config: cli.config };
     match cli.command {
         Some(Command::Ask(a)) => ask::run(&flags, a),
+        Some(Command::Completions { shell }) => {
+            use clap::CommandFactory;
+            let mut cmd = Cli::command();
+            clap_complete::generate(shell, &mut cmd, "quorum", &mut std::io::stdout());
+            EXIT_OK
+        }
         None => {
             eprintln!("quorum: the TUI is not built yet; try `quorum ask -m mock/alpha \"hi\"`");
             EXIT_USAGE
