@@ -329,9 +329,10 @@ fn check_error(case: &Case, err: &EngineError) -> Vec<String> {
     }
     // OpenRouter's X-Ratelimit-Reset (epoch ms) also yields a wait; a reset
     // time already past (as in the recording) gives zero.
-    let reset_only = case.meta["response_headers"]
-        .as_object()
-        .is_some_and(|h| h.keys().any(|k| k.eq_ignore_ascii_case("x-ratelimit-reset")));
+    let reset_only = case.meta["response_headers"].as_object().is_some_and(|h| {
+        h.keys()
+            .any(|k| k.eq_ignore_ascii_case("x-ratelimit-reset"))
+    });
     if e["retry_after_header"].is_null() && err.retry_after().is_some() && !reset_only {
         bad.push(format!(
             "retry_after {:?} without a header",

@@ -23,14 +23,25 @@ async fn check(target: &str, key_var: &str, stream: bool) {
     let mut req = ChatRequest::from_prompt("What is 2+2? Answer with one number.");
     req.max_tokens = Some(64);
     let c = engine()
-        .run(req, vec![target.into()], RunOptions { stream, ..Default::default() })
+        .run(
+            req,
+            vec![target.into()],
+            RunOptions {
+                stream,
+                ..Default::default()
+            },
+        )
         .collect()
         .await
         .remove(0);
     assert!(c.error.is_none(), "{target}: {:?}", c.error);
     assert!(c.text.contains('4'), "{target}: {:?}", c.text);
     assert_eq!(c.finish_reason, FinishReason::Stop);
-    assert!(c.usage.input_tokens > 0 && c.usage.output_tokens > 0, "{target}: {:?}", c.usage);
+    assert!(
+        c.usage.input_tokens > 0 && c.usage.output_tokens > 0,
+        "{target}: {:?}",
+        c.usage
+    );
 }
 
 async fn check_tools(target: &str, key_var: &str) {
@@ -81,7 +92,11 @@ async fn live_anthropic_thinking() {
     let mut req = ChatRequest::from_prompt("Is 17 prime? Answer yes or no.");
     req.reasoning = Some(Reasoning::Effort(ReasoningEffort::Low));
     let c = engine()
-        .run(req, vec!["anthropic/claude-haiku-4-5".into()], RunOptions::default())
+        .run(
+            req,
+            vec!["anthropic/claude-haiku-4-5".into()],
+            RunOptions::default(),
+        )
         .collect()
         .await
         .remove(0);
