@@ -91,7 +91,7 @@ impl SseDecoder {
         let len = self.buf.len();
         while i < len {
             // Find the next CR or LF.
-            let Some(off) = self.buf[i..].iter().position(|&b| b == b'\n' || b == b'\r') else {
+            let Some(off) = memchr::memchr2(b'\n', b'\r', &self.buf[i..]) else {
                 break;
             };
             let end = i + off;
@@ -151,7 +151,7 @@ impl SseDecoder {
             self.comments += 1;
             return Ok(());
         }
-        let (field, value) = match line.iter().position(|&b| b == b':') {
+        let (field, value) = match memchr::memchr(b':', line) {
             Some(p) => {
                 let v = &line[p + 1..];
                 (&line[..p], v.strip_prefix(b" ").unwrap_or(v))
@@ -242,7 +242,7 @@ impl NdjsonDecoder {
         self.buf.extend_from_slice(chunk);
         let mut start = 0;
         let mut i = self.scanned;
-        while let Some(off) = self.buf[i..].iter().position(|&b| b == b'\n') {
+        while let Some(off) = memchr::memchr(b'\n', &self.buf[i..]) {
             let end = i + off;
             let mut line = &self.buf[start..end];
             if let Some(l) = line.strip_suffix(b"\r") {

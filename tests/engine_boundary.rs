@@ -1,0 +1,38 @@
+//! The engine knows nothing of terminals: no file under src/engine may use a UI crate.
+
+use std::path::Path;
+
+fn walk(dir: &Path, out: &mut Vec<String>) {
+    for e in std::fs::read_dir(dir).unwrap().flatten() {
+        let p = e.path();
+        if p.is_dir() {
+            walk(&p, out);
+        } else if p.extension().is_some_and(|x| x == "rs") {
+            let text = std::fs::read_to_string(&p).unwrap();
+            for (n, line) in text.lines().enumerate() {
+                for bad in ["ratatui", "crossterm", "tui_textarea"] {
+                    if line
+                        .split(|c: char| !c.is_alphanumeric() && c != '_')
+                        .any(|w| w == bad)
+                    {
+                        out.push(format!("{}:{}: {}", p.display(), n + 1, line.trim()));
+                    }
+                }
+            }
+        }
+    }
+}
+
+#[test]
+fn engine_imports_no_ui_crate() {
+    let mut hits = Vec::new();
+    walk(
+        &Path::new(env!("CARGO_MANIFEST_DIR")).join("src/engine"),
+        &mut hits,
+    );
+    assert!(
+        hits.is_empty(),
+        "UI crates used inside src/engine:\n{}",
+        hits.join("\n")
+    );
+}
