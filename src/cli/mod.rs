@@ -1,6 +1,8 @@
 //! Command-line faces: `ask`, `models`, and the dispatch of every subcommand.
 
 pub mod ask;
+pub mod compare;
+pub mod leaderboard;
 
 use clap::{Parser, Subcommand};
 
@@ -32,6 +34,10 @@ struct Cli {
 enum Command {
     /// Ask one model; stream its answer to stdout.
     Ask(ask::AskArgs),
+    /// Ask several models at once; print every answer and whether they agree.
+    Compare(compare::CompareArgs),
+    /// Win rates and Elo ratings from blind votes.
+    Leaderboard(leaderboard::LeaderboardArgs),
 }
 
 /// The version with the commit it was built from.
@@ -57,6 +63,8 @@ pub fn main() -> i32 {
     let flags = GlobalFlags { config: cli.config };
     match cli.command {
         Some(Command::Ask(a)) => ask::run(&flags, a),
+        Some(Command::Compare(a)) => compare::run(&flags, a),
+        Some(Command::Leaderboard(a)) => leaderboard::run(&flags, a),
         None => {
             eprintln!("quorum: the TUI is not built yet; try `quorum ask -m mock/alpha \"hi\"`");
             EXIT_USAGE

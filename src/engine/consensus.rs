@@ -1067,7 +1067,8 @@ pub fn analyze_with(prompt: &str, answers: &[AnswerInput], opts: ConsensusOption
                 members
                     .iter()
                     .filter_map(|m| finals[*m].as_ref())
-                    .min_by_key(|f| f.value.len())
+                    // Shortest value; ties by display, so arrival order never matters.
+                    .min_by(|a, b| (a.value.len(), &a.display).cmp(&(b.value.len(), &b.display)))
                     .map(|f| f.display.clone())
             } else {
                 let medoid = members
