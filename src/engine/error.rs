@@ -317,7 +317,10 @@ pub fn parse_retry_after(headers: &reqwest::header::HeaderMap) -> Option<Duratio
             return Some(Duration::from_secs_f64(ms / 1000.0));
         }
     }
-    let v = headers.get("retry-after")?.to_str().ok()?.trim();
+    let Some(v) = headers.get("retry-after").and_then(|v| v.to_str().ok()) else {
+        return ratelimit_reset(headers);
+    };
+    let v = v.trim();
     if let Ok(secs) = v.parse::<f64>() {
         if secs.is_finite() && secs >= 0.0 {
             return Some(Duration::from_secs_f64(secs));
@@ -330,4 +333,97 @@ pub fn parse_retry_after(headers: &reqwest::header::HeaderMap) -> Option<Duratio
     let now = time::OffsetDateTime::now_utc();
     let secs = (when - now).as_seconds_f64().max(0.0);
     Some(Duration::from_secs_f64(secs))
+}
+
+/// OpenRouter sends no Retry-After on 429 but `X-Ratelimit-Reset` as epoch
+/// milliseconds; read it as a wait when it is a plausible epoch time.
+fn ratelimit_reset(headers: &reqwest::header::HeaderMap) -> Option<Duration> {
+    let v: f64 = headers
+        .get("x-ratelimit-reset")?
+        .to_str()
+        .ok()?
+        .trim()
+        .parse()
+        .ok()?;
+    if !(1e12..1e14).contains(&v) {
+        return None;
+    }
+    let now_ms = time::OffsetDateTime::now_utc().unix_timestamp_nanos() as f64 / 1e6;
+    Some(Duration::from_secs_f64(
+        ((v - now_ms) / 1000.0).clamp(0.0, 3600.0),
+    ))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn h(pairs: &[(&str, &str)]) -> reqwest::header::HeaderMap {
+        let mut m = reqwest::header::HeaderMap::new();
+        for (k, v) in pairs {
+            m.insert(
+                reqwest::header::HeaderName::from_bytes(k.as_bytes()).unwrap(),
+                v.parse().unwrap(),
+            );
+        }
+        m
+    }
+
+    #[test]
+    fn retry_after_forms() {
+        assert_eq!(
+            parse_retry_after(&h(&[("retry-after", "7")])),
+            Some(Duration::from_secs(7))
+        );
+        assert_eq!(
+            parse_retry_after(&h(&[("retry-after", "7"), ("retry-after-ms", "1500")])),
+            Some(Duration::from_millis(1500))
+        );
+        assert_eq!(parse_retry_after(&h(&[("retry-after", "soon")])), None);
+        let later = time::OffsetDateTime::now_utc() + time::Duration::seconds(30);
+        let date = later
+            .format(&time::format_description::well_known::Rfc2822)
+            .unwrap();
+        let d = parse_retry_after(&h(&[("retry-after", &date)])).unwrap();
+        assert!(
+            d > Duration::from_secs(25) && d <= Duration::from_secs(31),
+            "{d:?}"
+        );
+        let reset = (time::OffsetDateTime::now_utc().unix_timestamp() + 10) * 1000;
+        let d = parse_retry_after(&h(&[("x-ratelimit-reset", &reset.to_string())])).unwrap();
+        assert!(
+            d > Duration::from_secs(8) && d <= Duration::from_secs(11),
+            "{d:?}"
+        );
+        assert_eq!(parse_retry_after(&h(&[("x-ratelimit-reset", "60")])), None);
+    }
+
+    #[test]
+    fn messages_from_every_error_shape() {
+        assert_eq!(
+            provider_message(br#"{"error":{"message":"bad key","type":"x"}}"#),
+            "bad key"
+        );
+        assert_eq!(
+            provider_message(br#"{"error":"model not found"}"#),
+            "model not found"
+        );
+        assert_eq!(
+            provider_message(
+                br#"{"error":{"message":"Provider returned error","metadata":{"raw":"quota"}}}"#
+            ),
+            "Provider returned error (upstream: quota)"
+        );
+        assert_eq!(provider_message(b"  "), "(empty body)");
+        let e = EngineError::from_http(400, &h(&[]), br#"{"error":{"message":"This model's maximum context length is 8192 tokens","code":"context_length_exceeded"}}"#);
+        assert_eq!(e.kind(), "context_length");
+        assert!(!e.is_retryable());
+        let e = EngineError::from_http(
+            529,
+            &h(&[("retry-after", "2")]),
+            br#"{"type":"error","error":{"type":"overloaded_error","message":"Overloaded"}}"#,
+        );
+        assert_eq!(e.kind(), "overloaded");
+        assert_eq!(e.retry_after(), Some(Duration::from_secs(2)));
+    }
 }

@@ -112,18 +112,38 @@ impl Server {
         let aborted = Arc::new(AtomicUsize::new(0));
         let counter = Arc::new(AtomicUsize::new(0));
         let reply = Arc::new(reply);
-        let (s2, f2, m2, a2) = (seen.clone(), in_flight.clone(), max_in_flight.clone(), aborted.clone());
+        let (s2, f2, m2, a2) = (
+            seen.clone(),
+            in_flight.clone(),
+            max_in_flight.clone(),
+            aborted.clone(),
+        );
         let task = tokio::spawn(async move {
             loop {
-                let Ok((sock, _)) = listener.accept().await else { return };
-                let (s3, f3, m3, a3, c3, r3) =
-                    (s2.clone(), f2.clone(), m2.clone(), a2.clone(), counter.clone(), reply.clone());
+                let Ok((sock, _)) = listener.accept().await else {
+                    return;
+                };
+                let (s3, f3, m3, a3, c3, r3) = (
+                    s2.clone(),
+                    f2.clone(),
+                    m2.clone(),
+                    a2.clone(),
+                    counter.clone(),
+                    reply.clone(),
+                );
                 tokio::spawn(async move {
                     let _ = serve_conn(sock, s3, f3, m3, a3, c3, r3).await;
                 });
             }
         });
-        Server { url, seen, in_flight, max_in_flight, aborted, task }
+        Server {
+            url,
+            seen,
+            in_flight,
+            max_in_flight,
+            aborted,
+            task,
+        }
     }
 
     pub fn requests(&self) -> Vec<Seen> {
@@ -174,7 +194,12 @@ async fn read_request(sock: &mut TcpStream, buf: &mut Vec<u8>) -> Option<Seen> {
     }
     let body = buf[header_end..header_end + len].to_vec();
     buf.drain(..header_end + len);
-    Some(Seen { method, path, headers, body })
+    Some(Seen {
+        method,
+        path,
+        headers,
+        body,
+    })
 }
 
 fn find(h: &[u8], n: &[u8]) -> Option<usize> {
@@ -194,7 +219,9 @@ async fn serve_conn(
     let _ = sock.set_nodelay(true);
     let mut buf = Vec::new();
     loop {
-        let Some(req) = read_request(&mut sock, &mut buf).await else { return Ok(()) };
+        let Some(req) = read_request(&mut sock, &mut buf).await else {
+            return Ok(());
+        };
         let n = counter.fetch_add(1, Ordering::SeqCst);
         seen.lock().unwrap().push(req);
         let now = in_flight.fetch_add(1, Ordering::SeqCst) + 1;
@@ -228,7 +255,8 @@ async fn write_reply(sock: &mut TcpStream, r: &Reply) -> std::io::Result<()> {
         None => &r.body[..],
     };
     for piece in body.chunks(r.chunk) {
-        sock.write_all(format!("{:x}\r\n", piece.len()).as_bytes()).await?;
+        sock.write_all(format!("{:x}\r\n", piece.len()).as_bytes())
+            .await?;
         sock.write_all(piece).await?;
         sock.write_all(b"\r\n").await?;
         sock.flush().await?;
@@ -241,7 +269,10 @@ async fn write_reply(sock: &mut TcpStream, r: &Reply) -> std::io::Result<()> {
         let mut tmp = [0u8; 1];
         match tokio::time::timeout(r.stall, sock.read(&mut tmp)).await {
             Ok(Ok(0)) | Ok(Err(_)) => {
-                return Err(std::io::Error::new(std::io::ErrorKind::BrokenPipe, "client left"))
+                return Err(std::io::Error::new(
+                    std::io::ErrorKind::BrokenPipe,
+                    "client left",
+                ))
             }
             _ => {}
         }
@@ -278,7 +309,9 @@ pub struct Case {
 
 /// All cases of one fixture directory (`openai`, `anthropic`, `errors`, ...).
 pub fn cases(provider_dir: &str) -> Vec<Case> {
-    let Some(root) = fixtures_dir() else { return Vec::new() };
+    let Some(root) = fixtures_dir() else {
+        return Vec::new();
+    };
     let dir = root.join(provider_dir);
     let mut out = Vec::new();
     let mut entries: Vec<_> = std::fs::read_dir(&dir).unwrap().flatten().collect();
@@ -290,7 +323,11 @@ pub fn cases(provider_dir: &str) -> Vec<Case> {
                 serde_json::from_slice(&std::fs::read(e.path()).unwrap()).unwrap();
             let body_file = meta["body_file"].as_str().unwrap().to_string();
             let body = std::fs::read(dir.join(&body_file)).unwrap();
-            out.push(Case { id: format!("{provider_dir}/{stem}"), meta, body });
+            out.push(Case {
+                id: format!("{provider_dir}/{stem}"),
+                meta,
+                body,
+            });
         }
     }
     out

@@ -44,14 +44,16 @@ pub struct CallContext {
     pub request_id: Option<String>,
 }
 
+struct HttpBody {
+    resp: reqwest::Response,
+    framing: super::Framing,
+    sse: SseDecoder,
+    nd: NdjsonDecoder,
+    decoder: Box<dyn StreamDecoder>,
+}
+
 enum Body {
-    Http {
-        resp: reqwest::Response,
-        framing: super::Framing,
-        sse: SseDecoder,
-        nd: NdjsonDecoder,
-        decoder: Box<dyn StreamDecoder>,
-    },
+    Http(Box<HttpBody>),
     Mock(mock::MockStream),
     Done,
 }
@@ -141,13 +143,13 @@ impl Attempt {
             return Err(EngineError::from_http(status.as_u16(), &headers, &bytes));
         }
         if stream {
-            attempt.body = Body::Http {
+            attempt.body = Body::Http(Box::new(HttpBody {
                 resp,
                 framing: spec.kind.framing(),
                 sse: SseDecoder::new(),
                 nd: NdjsonDecoder::new(),
                 decoder: super::stream_decoder(spec.kind),
-            };
+            }));
         } else {
             let bytes = match attempt.remaining_total() {
                 Some(d) => tokio::time::timeout(d, resp.bytes())
@@ -251,13 +253,14 @@ impl Attempt {
                     }
                 }
             }
-            Body::Http {
-                resp,
-                framing,
-                sse,
-                nd,
-                decoder,
-            } => {
+            Body::Http(h) => {
+                let HttpBody {
+                    resp,
+                    framing,
+                    sse,
+                    nd,
+                    decoder,
+                } = &mut **h;
                 let fut = resp.chunk();
                 let chunk = match limit {
                     Some((d, phase)) => match tokio::time::timeout(d, fut).await {
@@ -282,27 +285,36 @@ impl Attempt {
                 match chunk {
                     Some(bytes) => {
                         self.bytes += bytes.len() as u64;
-                        match framing {
+                        let fed = match framing {
                             super::Framing::Sse => {
-                                sse.feed(&bytes, |f| decoder.frame(f.event, f.data, out))?
+                                sse.feed(&bytes, |f| decoder.frame(f.event, f.data, out))
                             }
-                            _ => nd.feed(&bytes, |l| decoder.frame("", l, out))?,
-                        }
+                            _ => nd.feed(&bytes, |l| decoder.frame("", l, out)),
+                        };
+                        // Deltas decoded before a failing frame (earlier frames of
+                        // the same chunk, or the failing frame's own) still count:
+                        // deliver them, then the error.
                         self.pending.extend(out.drain(..));
+                        if let Err(e) = fed {
+                            self.body = Body::Done;
+                            self.trailing = Some(e);
+                        }
                         Ok(true)
                     }
                     None => {
-                        match framing {
+                        let fed = match framing {
                             super::Framing::Sse => {
-                                sse.finish(|f| decoder.frame(f.event, f.data, out))?
+                                sse.finish(|f| decoder.frame(f.event, f.data, out))
                             }
-                            _ => nd.finish(|l| decoder.frame("", l, out))?,
+                            _ => nd.finish(|l| decoder.frame("", l, out)),
                         }
-                        decoder.end(out)?;
+                        .and_then(|()| decoder.end(out));
                         let done = decoder.is_done();
                         self.pending.extend(out.drain(..));
                         self.body = Body::Done;
-                        if !done {
+                        if let Err(e) = fed {
+                            self.trailing = Some(e);
+                        } else if !done {
                             // Deliver what we have, then report the cut.
                             self.trailing = Some(EngineError::Network {
                                 message: "the stream ended before the provider's end marker (connection cut)".into(),

@@ -1,43 +1,849 @@
-//! openai wire protocol (to be implemented).
+//! The OpenAI Chat Completions wire protocol (`POST {base}/chat/completions`).
+//!
+//! One module serves three provider kinds, because they speak the same
+//! protocol with small dialect differences:
+//! - `openai`: api.openai.com (and Azure-style deployments behind a base URL);
+//!   sends `max_completion_tokens`, which reasoning models require.
+//! - `openrouter`: adds attribution headers, takes `reasoning: {effort}`, and
+//!   reports `usage.cost`, `delta.reasoning`, keep-alive comments and
+//!   in-stream errors.
+//! - `compatible`: vLLM, llama.cpp, LM Studio, Groq, Together, DeepSeek,
+//!   xAI...: the key is optional, `reasoning_content` carries thinking, and
+//!   some servers end a stream without `[DONE]`.
+//!
+//! Only choice 0 is read: `n > 1` streams interleave other choices, which
+//! nothing downstream can show.
 
-use super::{HttpCall, ProviderSpec, StreamDecoder};
+use serde_json::{json, Map, Value};
+
+use super::{
+    base_headers, join_url, parse_json, put_header, require_key, HttpCall, ProviderKind,
+    ProviderSpec, StreamDecoder,
+};
 use crate::engine::error::EngineError;
-use crate::engine::event::Delta;
-use crate::engine::request::ChatRequest;
+use crate::engine::event::{Delta, FinishReason, Usage};
+use crate::engine::request::{ChatRequest, Message, Reasoning, ResponseFormat, Role, ToolChoice};
 
-/// Build the HTTP request.
+/// OpenRouter's attribution headers: they name the app on openrouter.ai's
+/// rankings instead of leaving the traffic anonymous.
+const OPENROUTER_REFERER: &str = "https://github.com/llm-quorum/llm-quorum";
+const OPENROUTER_TITLE: &str = "llm-quorum";
+
+/// Build the `chat/completions` request for `model`.
+///
+/// The key is required for `openai` and `openrouter` and optional for
+/// `compatible` (local servers usually take none); it travels only in a
+/// sensitive `Authorization` header, so it never shows in `Debug` output.
 pub fn build(
-    _spec: &ProviderSpec,
-    _model: &str,
-    _req: &ChatRequest,
-    _stream: bool,
+    spec: &ProviderSpec,
+    model: &str,
+    req: &ChatRequest,
+    stream: bool,
 ) -> Result<HttpCall, EngineError> {
-    Err(EngineError::Config {
-        message: "not implemented".into(),
+    let mut headers = base_headers(spec)?;
+    let key = match spec.kind {
+        ProviderKind::Compatible => spec
+            .api_key
+            .as_ref()
+            .map(|k| k.expose())
+            .filter(|k| !k.is_empty()),
+        _ => Some(require_key(spec)?),
+    };
+    if let Some(key) = key {
+        put_header(
+            &mut headers,
+            "authorization",
+            &format!("Bearer {key}"),
+            true,
+        )?;
+    }
+    if spec.kind == ProviderKind::Openrouter {
+        // The spec's own headers win over our defaults.
+        if !headers.contains_key("http-referer") {
+            put_header(&mut headers, "http-referer", OPENROUTER_REFERER, false)?;
+        }
+        if !headers.contains_key("x-title") {
+            put_header(&mut headers, "x-title", OPENROUTER_TITLE, false)?;
+        }
+    }
+    Ok(HttpCall {
+        url: join_url(&spec.base_url, "chat/completions"),
+        headers,
+        body: body(spec.kind, model, req, stream),
     })
 }
 
-/// Stream decoder.
-#[derive(Debug, Default)]
+/// The JSON body. Optional settings are left out when unset so servers apply
+/// their own defaults (and strict compatible servers see no unknown keys).
+fn body(kind: ProviderKind, model: &str, req: &ChatRequest, stream: bool) -> Value {
+    let mut b = Map::new();
+    b.insert("model".into(), json!(model));
+    b.insert(
+        "messages".into(),
+        Value::Array(req.messages.iter().map(message).collect()),
+    );
+    if stream {
+        b.insert("stream".into(), json!(true));
+        // Without it the stream carries no usage at all.
+        b.insert("stream_options".into(), json!({"include_usage": true}));
+    }
+    if let Some(t) = req.temperature {
+        b.insert("temperature".into(), number(t));
+    }
+    if let Some(p) = req.top_p {
+        b.insert("top_p".into(), number(p));
+    }
+    if let Some(n) = req.max_tokens {
+        // OpenAI deprecated `max_tokens` and its reasoning models reject it;
+        // most other servers only know `max_tokens`.
+        let field = if kind == ProviderKind::Openai {
+            "max_completion_tokens"
+        } else {
+            "max_tokens"
+        };
+        b.insert(field.into(), json!(n));
+    }
+    if !req.stop.is_empty() {
+        b.insert("stop".into(), json!(req.stop));
+    }
+    match &req.response_format {
+        ResponseFormat::Text => {}
+        ResponseFormat::JsonObject => {
+            b.insert("response_format".into(), json!({"type": "json_object"}));
+        }
+        ResponseFormat::JsonSchema { name, schema } => {
+            // Not `strict`: strict mode rejects schemas that do not list every
+            // property as required, which ordinary user schemas often do not.
+            b.insert(
+                "response_format".into(),
+                json!({"type": "json_schema", "json_schema": {"name": name, "schema": schema}}),
+            );
+        }
+    }
+    if !req.tools.is_empty() {
+        let tools: Vec<Value> = req
+            .tools
+            .iter()
+            .map(|t| {
+                let mut f = Map::new();
+                f.insert("name".into(), json!(t.name));
+                if !t.description.is_empty() {
+                    f.insert("description".into(), json!(t.description));
+                }
+                f.insert("parameters".into(), t.parameters.clone());
+                json!({"type": "function", "function": f})
+            })
+            .collect();
+        b.insert("tools".into(), Value::Array(tools));
+        let choice = match &req.tool_choice {
+            ToolChoice::Auto => json!("auto"),
+            ToolChoice::None => json!("none"),
+            ToolChoice::Required => json!("required"),
+            ToolChoice::Function(name) => json!({"type": "function", "function": {"name": name}}),
+        };
+        b.insert("tool_choice".into(), choice);
+    }
+    if let Some(r) = req.reasoning {
+        if kind == ProviderKind::Openrouter {
+            // OpenRouter's unified parameter; it takes a budget directly.
+            let r = match r {
+                Reasoning::Effort(e) => json!({"effort": e.as_str()}),
+                Reasoning::Budget(n) => json!({"max_tokens": n}),
+            };
+            b.insert("reasoning".into(), r);
+        } else {
+            b.insert("reasoning_effort".into(), json!(r.effort().as_str()));
+        }
+    }
+    Value::Object(b)
+}
+
+/// One conversation message in the Chat Completions shape.
+fn message(m: &Message) -> Value {
+    match m.role {
+        Role::System => json!({"role": "system", "content": m.content}),
+        Role::User => json!({"role": "user", "content": m.content}),
+        Role::Assistant => {
+            let mut o = Map::new();
+            o.insert("role".into(), json!("assistant"));
+            // A pure tool-call turn has null content, as the API itself returns it.
+            let content = if m.content.is_empty() && !m.tool_calls.is_empty() {
+                Value::Null
+            } else {
+                json!(m.content)
+            };
+            o.insert("content".into(), content);
+            if !m.tool_calls.is_empty() {
+                let calls: Vec<Value> = m
+                    .tool_calls
+                    .iter()
+                    .map(|c| {
+                        json!({
+                            "id": c.id,
+                            "type": "function",
+                            "function": {"name": c.name, "arguments": arguments_string(&c.arguments)},
+                        })
+                    })
+                    .collect();
+                o.insert("tool_calls".into(), Value::Array(calls));
+            }
+            Value::Object(o)
+        }
+        Role::Tool => json!({
+            "role": "tool",
+            "tool_call_id": m.tool_call_id.as_deref().unwrap_or(""),
+            "content": m.content,
+        }),
+    }
+}
+
+/// The wire wants arguments as a JSON *string*. A string value is arguments
+/// text that never parsed (see `ToolCall::arguments_json`): send it back
+/// verbatim rather than quoting it twice.
+fn arguments_string(v: &Value) -> String {
+    match v {
+        Value::String(s) => s.clone(),
+        Value::Null => "{}".to_string(),
+        v => v.to_string(),
+    }
+}
+
+/// An `f32` as the JSON number a person typed: `0.7`, not `0.699999988079071`.
+fn number(x: f32) -> Value {
+    x.to_string()
+        .parse::<f64>()
+        .ok()
+        .and_then(serde_json::Number::from_f64)
+        .map(Value::Number)
+        .unwrap_or(Value::Null)
+}
+
+/// Normalise a `finish_reason`. Unknown words count as a natural stop: the
+/// raw word is kept alongside for anyone who needs it.
+fn finish_reason(raw: &str) -> FinishReason {
+    match raw {
+        "length" | "max_tokens" | "model_length" => FinishReason::Length,
+        "tool_calls" | "function_call" | "tool_use" => FinishReason::ToolCalls,
+        "content_filter" | "safety" => FinishReason::ContentFilter,
+        "error" => FinishReason::Error,
+        _ => FinishReason::Stop,
+    }
+}
+
+/// A token count; some compatible servers send `12.0` instead of `12`.
+fn count(v: Option<&Value>) -> u64 {
+    match v {
+        Some(v) => v
+            .as_u64()
+            .or_else(|| v.as_f64().filter(|f| *f >= 0.0).map(|f| f as u64))
+            .unwrap_or(0),
+        None => 0,
+    }
+}
+
+/// `d[k]` for an optional object.
+fn detail<'a>(d: Option<&'a Value>, k: &str) -> Option<&'a Value> {
+    d.and_then(|d| d.get(k))
+}
+
+/// A `usage` object, or None for `null` / absent (every chunk but the usage
+/// chunk carries `"usage": null`).
+fn usage(u: Option<&Value>) -> Option<Usage> {
+    let u = u?.as_object()?;
+    let prompt_details = u.get("prompt_tokens_details");
+    // DeepSeek reports cache hits at the top level.
+    let cached =
+        detail(prompt_details, "cached_tokens").or_else(|| u.get("prompt_cache_hit_tokens"));
+    Some(Usage {
+        input_tokens: count(u.get("prompt_tokens")),
+        output_tokens: count(u.get("completion_tokens")),
+        cached_input_tokens: count(cached),
+        cache_creation_input_tokens: count(detail(prompt_details, "cache_write_tokens")),
+        reasoning_tokens: count(detail(
+            u.get("completion_tokens_details"),
+            "reasoning_tokens",
+        )),
+        reported_cost_usd: u.get("cost").and_then(Value::as_f64),
+    })
+}
+
+/// The usage of a chunk or body: `usage`, or Groq's `x_groq.usage`.
+fn usage_of(v: &Value) -> Option<Usage> {
+    usage(v.get("usage")).or_else(|| usage(v.get("x_groq").and_then(|x| x.get("usage"))))
+}
+
+/// The message of a top-level `error` value (an object with `message`, or a
+/// bare string as some compatible servers send).
+fn error_message(err: &Value) -> String {
+    let msg = match err {
+        Value::String(s) => s.clone(),
+        Value::Object(o) => match o.get("message").and_then(Value::as_str) {
+            Some(m) => {
+                let mut m = m.to_string();
+                // OpenRouter puts the upstream provider's words in metadata.raw.
+                if let Some(raw) = o
+                    .get("metadata")
+                    .and_then(|md| md.get("raw"))
+                    .and_then(Value::as_str)
+                {
+                    m.push_str(" (upstream: ");
+                    m.push_str(raw);
+                    m.push(')');
+                }
+                m
+            }
+            None => err.to_string(),
+        },
+        other => other.to_string(),
+    };
+    if msg.trim().is_empty() {
+        "(no message)".to_string()
+    } else {
+        msg
+    }
+}
+
+/// A top-level `error` that is really there (not `null`).
+fn top_error(v: &Value) -> Option<&Value> {
+    v.get("error").filter(|e| !e.is_null())
+}
+
+/// The choice with index 0 (a missing index counts as 0).
+fn choice0(v: &Value) -> Option<&Value> {
+    v.get("choices")?
+        .as_array()?
+        .iter()
+        .find(|c| c.get("index").and_then(Value::as_u64).unwrap_or(0) == 0)
+}
+
+/// Thinking text: DeepSeek and vLLM say `reasoning_content`, OpenRouter and
+/// newer servers `reasoning`; a server sending both means the same text, so
+/// only one is taken.
+fn reasoning_text(m: &Value) -> Option<&str> {
+    ["reasoning_content", "reasoning"]
+        .iter()
+        .filter_map(|k| m.get(*k).and_then(Value::as_str))
+        .find(|s| !s.is_empty())
+}
+
+/// A non-empty string field.
+fn text_field<'a>(m: &'a Value, key: &str) -> Option<&'a str> {
+    m.get(key).and_then(Value::as_str).filter(|s| !s.is_empty())
+}
+
+/// Tool-call arguments as the string they should be; a few compatible
+/// servers send an object instead of the JSON text.
+fn arguments_of(f: Option<&Value>) -> String {
+    match f.and_then(|f| f.get("arguments")) {
+        Some(Value::String(s)) => s.clone(),
+        None | Some(Value::Null) => String::new(),
+        Some(v) => v.to_string(),
+    }
+}
+
+/// Stream decoder for Chat Completions SSE.
+///
+/// Done when `[DONE]` arrives, or once choice 0 has a `finish_reason`:
+/// several compatible servers end the body without `[DONE]`, and the answer
+/// is complete by then.
+#[derive(Debug, Default, Clone, PartialEq, Eq)]
 pub struct Decoder {
-    done: bool,
+    /// `data: [DONE]` seen; later frames are ignored.
+    done_marker: bool,
+    /// The last `finish_reason` of choice 0, once there is one.
+    finish: Option<String>,
 }
 
 impl StreamDecoder for Decoder {
-    fn frame(
-        &mut self,
-        _event: &str,
-        _data: &str,
-        _out: &mut Vec<Delta>,
-    ) -> Result<(), EngineError> {
+    fn frame(&mut self, event: &str, data: &str, out: &mut Vec<Delta>) -> Result<(), EngineError> {
+        if self.done_marker {
+            return Ok(());
+        }
+        let data = data.trim();
+        if data.is_empty() {
+            return Ok(());
+        }
+        if data == "[DONE]" {
+            self.done_marker = true;
+            return Ok(());
+        }
+        if event == "error" {
+            // A named error event (some compatible servers); its data may not be JSON.
+            let message = match serde_json::from_str::<Value>(data) {
+                Ok(v) => error_message(top_error(&v).unwrap_or(&v)),
+                Err(_) => data.to_string(),
+            };
+            return Err(EngineError::InStream { message });
+        }
+        let v = parse_json("OpenAI stream", data)?;
+        let mut finish = None;
+        if let Some(c) = choice0(&v) {
+            if let Some(d) = c.get("delta").filter(|d| d.is_object()) {
+                stream_delta(d, out);
+            }
+            if let Some(raw) = c.get("finish_reason").and_then(Value::as_str) {
+                finish = Some(raw.to_string());
+            }
+        }
+        if let Some(u) = usage_of(&v) {
+            out.push(Delta::Usage(u));
+        }
+        if let Some(err) = top_error(&v) {
+            let message = error_message(err);
+            if self.finish.is_none() {
+                // Everything pushed so far is delivered before the error.
+                return Err(EngineError::InStream { message });
+            }
+            // The answer already finished (OpenRouter sends e.g. "Token limit
+            // reached" after finish_reason "length"): nothing is lost, so the
+            // completed answer stands.
+            tracing::warn!(%message, "provider error after the finish of the stream; ignored");
+        }
+        if let Some(raw) = finish {
+            // OpenRouter repeats the finish in its usage chunk: report it once.
+            if self.finish.as_deref() != Some(raw.as_str()) {
+                out.push(Delta::Finish {
+                    reason: finish_reason(&raw),
+                    raw: raw.clone(),
+                });
+                self.finish = Some(raw);
+            }
+        }
         Ok(())
     }
+
     fn is_done(&self) -> bool {
-        self.done
+        self.done_marker || self.finish.is_some()
     }
 }
 
-/// Parse a non-streamed body.
-pub fn parse_response(_body: &[u8]) -> Result<Vec<Delta>, EngineError> {
-    Ok(Vec::new())
+/// The deltas of one `choices[0].delta` object.
+fn stream_delta(d: &Value, out: &mut Vec<Delta>) {
+    if let Some(t) = reasoning_text(d) {
+        out.push(Delta::Thinking(t.to_string()));
+    }
+    if let Some(t) = text_field(d, "content") {
+        out.push(Delta::Text(t.to_string()));
+    }
+    if let Some(r) = text_field(d, "refusal") {
+        out.push(Delta::Refusal(r.to_string()));
+    }
+    if let Some(calls) = d.get("tool_calls").and_then(Value::as_array) {
+        for (pos, tc) in calls.iter().enumerate() {
+            let index = tc
+                .get("index")
+                .and_then(Value::as_u64)
+                .map(|i| i as usize)
+                .unwrap_or(pos);
+            let f = tc.get("function");
+            let id = text_field(tc, "id").map(str::to_string);
+            let name = f.and_then(|f| text_field(f, "name")).map(str::to_string);
+            let arguments = arguments_of(f);
+            if id.is_some() || name.is_some() || !arguments.is_empty() {
+                out.push(Delta::ToolCall {
+                    index,
+                    id,
+                    name,
+                    arguments,
+                });
+            }
+        }
+    }
+    // The legacy `functions` API streams one call, without an id.
+    if let Some(f) = d.get("function_call").filter(|f| f.is_object()) {
+        let name = text_field(f, "name").map(str::to_string);
+        let arguments = arguments_of(Some(f));
+        if name.is_some() || !arguments.is_empty() {
+            out.push(Delta::ToolCall {
+                index: 0,
+                id: None,
+                name,
+                arguments,
+            });
+        }
+    }
+}
+
+/// Parse a complete, non-streamed body into the same deltas a stream gives.
+///
+/// Tolerates what real servers send: leading whitespace padding
+/// (OpenRouter keep-alives), a choice without `message` (Azure content
+/// filter) or without `finish_reason` (taken as a plain stop: the body is
+/// complete), and a 200 whose body is an `error` object.
+pub fn parse_response(body: &[u8]) -> Result<Vec<Delta>, EngineError> {
+    let text = String::from_utf8_lossy(body);
+    let v = parse_json("OpenAI response", &text)?;
+    let choice = choice0(&v);
+    if choice.is_none() {
+        if let Some(err) = top_error(&v) {
+            // A 200 carrying an error: classify by its own code when it has one.
+            return Err(match err.get("code").and_then(Value::as_u64) {
+                Some(code @ 400..=599) => {
+                    EngineError::from_http(code as u16, &Default::default(), body)
+                }
+                _ => EngineError::InStream {
+                    message: error_message(err),
+                },
+            });
+        }
+    }
+    let mut out = Vec::new();
+    if let Some(c) = choice {
+        if let Some(m) = c.get("message").filter(|m| m.is_object()) {
+            if let Some(t) = reasoning_text(m) {
+                out.push(Delta::Thinking(t.to_string()));
+            }
+            if let Some(t) = text_field(m, "content") {
+                out.push(Delta::Text(t.to_string()));
+            }
+            if let Some(r) = text_field(m, "refusal") {
+                out.push(Delta::Refusal(r.to_string()));
+            }
+            let mut index = 0;
+            if let Some(calls) = m.get("tool_calls").and_then(Value::as_array) {
+                for tc in calls {
+                    let f = tc.get("function");
+                    out.push(Delta::ToolCall {
+                        index,
+                        id: Some(text_field(tc, "id").unwrap_or("").to_string()),
+                        name: Some(
+                            f.and_then(|f| text_field(f, "name"))
+                                .unwrap_or("")
+                                .to_string(),
+                        ),
+                        arguments: arguments_of(f),
+                    });
+                    index += 1;
+                }
+            }
+            if let Some(f) = m.get("function_call").filter(|f| f.is_object()) {
+                out.push(Delta::ToolCall {
+                    index,
+                    id: None,
+                    name: Some(text_field(f, "name").unwrap_or("").to_string()),
+                    arguments: arguments_of(Some(f)),
+                });
+            }
+        }
+    }
+    if let Some(u) = usage_of(&v) {
+        out.push(Delta::Usage(u));
+    }
+    match choice {
+        Some(c) => {
+            let raw = c.get("finish_reason").and_then(Value::as_str).unwrap_or("");
+            out.push(Delta::Finish {
+                reason: finish_reason(raw),
+                raw: raw.to_string(),
+            });
+        }
+        None if out.is_empty() => {
+            return Err(EngineError::Protocol {
+                message: format!("response has no choices: {}", super::snippet(&text)),
+            })
+        }
+        None => {}
+    }
+    Ok(out)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::engine::event::Accumulator;
+    use crate::engine::provider::Secret;
+    use crate::engine::request::{ReasoningEffort, Tool, ToolCallRef};
+
+    const KEY: &str = "sk-test-very-secret-0123456789";
+
+    fn spec(kind: ProviderKind) -> ProviderSpec {
+        let mut s = ProviderSpec::new(kind.as_str(), kind);
+        s.api_key = Some(Secret::new(KEY));
+        s
+    }
+
+    fn conversation() -> ChatRequest {
+        let mut assistant = Message::assistant("");
+        assistant.tool_calls.push(ToolCallRef {
+            id: "call_1".into(),
+            name: "get_weather".into(),
+            arguments: json!({"city": "Paris"}),
+        });
+        ChatRequest {
+            messages: vec![
+                Message::system("Be brief."),
+                Message::user("Weather in Paris?"),
+                assistant,
+                Message::tool_result("call_1", "get_weather", "{\"temp_c\":21}"),
+            ],
+            temperature: Some(0.7),
+            max_tokens: Some(256),
+            top_p: Some(0.9),
+            stop: vec!["END".into()],
+            response_format: ResponseFormat::JsonSchema {
+                name: "weather".into(),
+                schema: json!({"type": "object", "properties": {"summary": {"type": "string"}}}),
+            },
+            tools: vec![Tool {
+                name: "get_weather".into(),
+                description: "Current weather of a city".into(),
+                parameters: json!({"type": "object", "properties": {"city": {"type": "string"}}, "required": ["city"]}),
+            }],
+            tool_choice: ToolChoice::Function("get_weather".into()),
+            reasoning: Some(Reasoning::Effort(ReasoningEffort::Low)),
+        }
+    }
+
+    #[test]
+    fn body_of_a_full_conversation() {
+        let call = build(
+            &spec(ProviderKind::Openai),
+            "gpt-5-mini",
+            &conversation(),
+            true,
+        )
+        .unwrap();
+        assert_eq!(call.url, "https://api.openai.com/v1/chat/completions");
+        let want = json!({
+            "model": "gpt-5-mini",
+            "messages": [
+                {"role": "system", "content": "Be brief."},
+                {"role": "user", "content": "Weather in Paris?"},
+                {"role": "assistant", "content": null, "tool_calls": [
+                    {"id": "call_1", "type": "function",
+                     "function": {"name": "get_weather", "arguments": "{\"city\":\"Paris\"}"}}
+                ]},
+                {"role": "tool", "tool_call_id": "call_1", "content": "{\"temp_c\":21}"},
+            ],
+            "stream": true,
+            "stream_options": {"include_usage": true},
+            "temperature": 0.7,
+            "top_p": 0.9,
+            "max_completion_tokens": 256,
+            "stop": ["END"],
+            "response_format": {"type": "json_schema", "json_schema": {
+                "name": "weather",
+                "schema": {"type": "object", "properties": {"summary": {"type": "string"}}}}},
+            "tools": [{"type": "function", "function": {
+                "name": "get_weather",
+                "description": "Current weather of a city",
+                "parameters": {"type": "object", "properties": {"city": {"type": "string"}}, "required": ["city"]}}}],
+            "tool_choice": {"type": "function", "function": {"name": "get_weather"}},
+            "reasoning_effort": "low",
+        });
+        assert_eq!(call.body, want);
+    }
+
+    #[test]
+    fn dialects_of_the_three_kinds() {
+        let mut req = conversation();
+        req.reasoning = Some(Reasoning::Effort(ReasoningEffort::High));
+        req.response_format = ResponseFormat::JsonObject;
+        req.tool_choice = ToolChoice::Required;
+
+        let or = build(&spec(ProviderKind::Openrouter), "openai/o3", &req, false).unwrap();
+        assert_eq!(or.url, "https://openrouter.ai/api/v1/chat/completions");
+        assert_eq!(or.body["reasoning"], json!({"effort": "high"}));
+        assert!(or.body.get("reasoning_effort").is_none());
+        assert_eq!(or.body["max_tokens"], json!(256));
+        assert!(or.body.get("max_completion_tokens").is_none());
+        assert!(or.body.get("stream").is_none());
+        assert!(or.body.get("stream_options").is_none());
+        assert_eq!(or.body["response_format"], json!({"type": "json_object"}));
+        assert_eq!(or.body["tool_choice"], json!("required"));
+        assert_eq!(or.headers["http-referer"], OPENROUTER_REFERER);
+        assert_eq!(or.headers["x-title"], OPENROUTER_TITLE);
+
+        req.reasoning = Some(Reasoning::Budget(3000));
+        let or = build(&spec(ProviderKind::Openrouter), "x/y", &req, false).unwrap();
+        assert_eq!(or.body["reasoning"], json!({"max_tokens": 3000}));
+
+        let mut local = ProviderSpec::new("vllm", ProviderKind::Compatible);
+        local.base_url = "http://127.0.0.1:8000/v1/".into();
+        local.headers.push(("x-extra".into(), "1".into()));
+        let c = build(&local, "qwen3", &req, true).unwrap();
+        assert_eq!(c.url, "http://127.0.0.1:8000/v1/chat/completions");
+        assert!(
+            c.headers.get("authorization").is_none(),
+            "no key, no auth header"
+        );
+        assert_eq!(c.headers["x-extra"], "1");
+        assert!(c.headers.get("x-title").is_none());
+        assert_eq!(c.body["reasoning_effort"], json!("medium"));
+        assert_eq!(c.body["max_tokens"], json!(256));
+
+        // Auto and no tools: nothing about tools on the wire.
+        let plain = build(&local, "m", &ChatRequest::from_prompt("hi"), false).unwrap();
+        assert_eq!(
+            plain.body,
+            json!({"model": "m", "messages": [{"role": "user", "content": "hi"}]})
+        );
+    }
+
+    #[test]
+    fn key_is_required_sensitive_and_never_printed() {
+        for kind in [ProviderKind::Openai, ProviderKind::Openrouter] {
+            let mut s = spec(kind);
+            s.api_key = None;
+            let e = build(&s, "m", &ChatRequest::from_prompt("hi"), true).unwrap_err();
+            assert_eq!(e.kind(), "config", "{kind:?}");
+        }
+        for kind in [
+            ProviderKind::Openai,
+            ProviderKind::Openrouter,
+            ProviderKind::Compatible,
+        ] {
+            let call = build(&spec(kind), "m", &ChatRequest::from_prompt("hi"), true).unwrap();
+            let auth = &call.headers["authorization"];
+            assert!(auth.is_sensitive(), "{kind:?}");
+            assert_eq!(auth.to_str().unwrap(), format!("Bearer {KEY}"));
+            let debug = format!("{call:?}");
+            assert!(
+                !debug.contains(KEY),
+                "{kind:?} Debug leaks the key: {debug}"
+            );
+            assert!(!debug.contains("very-secret"), "{kind:?}");
+        }
+    }
+
+    #[test]
+    fn spec_headers_override_attribution() {
+        let mut s = spec(ProviderKind::Openrouter);
+        s.headers.push(("X-Title".into(), "my-app".into()));
+        let call = build(&s, "m", &ChatRequest::from_prompt("hi"), true).unwrap();
+        assert_eq!(call.headers["x-title"], "my-app");
+        assert_eq!(call.headers.get_all("x-title").iter().count(), 1);
+    }
+
+    #[test]
+    fn unparsed_arguments_go_back_verbatim() {
+        let mut m = Message::assistant("calling");
+        m.tool_calls.push(ToolCallRef {
+            id: "c".into(),
+            name: "f".into(),
+            arguments: Value::String("{not json".into()),
+        });
+        let v = message(&m);
+        assert_eq!(v["content"], json!("calling"));
+        assert_eq!(
+            v["tool_calls"][0]["function"]["arguments"],
+            json!("{not json")
+        );
+    }
+
+    fn decode(frames: &[&str]) -> (Accumulator, Result<(), EngineError>, bool) {
+        let mut d = Decoder::default();
+        let mut acc = Accumulator::default();
+        let mut out = Vec::new();
+        let mut res = Ok(());
+        for f in frames {
+            res = d.frame("message", f, &mut out);
+            if res.is_err() {
+                break;
+            }
+        }
+        for x in &out {
+            acc.push(x);
+        }
+        (acc, res, d.is_done())
+    }
+
+    #[test]
+    fn decoder_choice0_only_and_finish_once() {
+        let (acc, res, done) = decode(&[
+            r#"{"choices":[{"index":1,"delta":{"content":"other"}},{"index":0,"delta":{"content":"mine","reasoning_content":"hm"}}]}"#,
+            r#"{"choices":[{"index":0,"delta":{},"finish_reason":"length"}],"usage":null}"#,
+            r#"{"choices":[{"index":1,"delta":{},"finish_reason":"stop"}]}"#,
+        ]);
+        res.unwrap();
+        assert!(done, "a finish of choice 0 ends the stream");
+        let c = acc.finish();
+        assert_eq!(c.text, "mine");
+        assert_eq!(c.thinking, "hm");
+        assert_eq!(c.finish_reason, FinishReason::Length);
+        assert_eq!(c.raw_finish_reason, "length");
+    }
+
+    #[test]
+    fn decoder_in_stream_error_before_finish_fails() {
+        let mut d = Decoder::default();
+        let mut out = Vec::new();
+        d.frame(
+            "message",
+            r#"{"choices":[{"index":0,"delta":{"content":"par"}}]}"#,
+            &mut out,
+        )
+        .unwrap();
+        let e = d
+            .frame(
+                "message",
+                r#"{"error":{"code":502,"message":"Upstream died"},"choices":[{"index":0,"delta":{"content":""},"finish_reason":"error"}]}"#,
+                &mut out,
+            )
+            .unwrap_err();
+        assert_eq!(
+            e,
+            EngineError::InStream {
+                message: "Upstream died".into()
+            }
+        );
+        assert_eq!(out, vec![Delta::Text("par".into())]);
+        let e = Decoder::default()
+            .frame("error", r#"{"message":"bad things"}"#, &mut out)
+            .unwrap_err();
+        assert_eq!(e.to_string(), "provider error in stream: bad things");
+    }
+
+    #[test]
+    fn decoder_rejects_malformed_frames_and_ignores_after_done() {
+        let mut d = Decoder::default();
+        let mut out = Vec::new();
+        assert_eq!(
+            d.frame("message", "{not json", &mut out)
+                .unwrap_err()
+                .kind(),
+            "protocol"
+        );
+        d.frame("message", "[DONE]", &mut out).unwrap();
+        d.frame("message", "{garbage after done", &mut out).unwrap();
+        assert!(d.is_done());
+        assert!(out.is_empty());
+    }
+
+    #[test]
+    fn response_shapes() {
+        assert_eq!(
+            parse_response(
+                br#"{"choices":[{"index":0,"message":{"role":"assistant","content":"hi"}}]}"#
+            )
+            .unwrap(),
+            vec![
+                Delta::Text("hi".into()),
+                Delta::Finish {
+                    reason: FinishReason::Stop,
+                    raw: String::new()
+                }
+            ]
+        );
+        let e = parse_response(br#"{"error":{"code":502,"message":"Upstream down"}}"#).unwrap_err();
+        assert_eq!(e.kind(), "server");
+        let e = parse_response(br#"{"error":"model loading"}"#).unwrap_err();
+        assert_eq!(e.kind(), "in_stream");
+        assert_eq!(parse_response(b"{}").unwrap_err().kind(), "protocol");
+        assert_eq!(parse_response(b"<html>").unwrap_err().kind(), "protocol");
+        // DeepSeek cache hits, Groq usage placement, float counts.
+        let u = parse_response(
+            br#"{"choices":[],"x_groq":{"usage":{"prompt_tokens":10.0,"completion_tokens":2,"prompt_cache_hit_tokens":4}}}"#,
+        )
+        .unwrap();
+        assert_eq!(
+            u,
+            vec![Delta::Usage(Usage {
+                input_tokens: 10,
+                output_tokens: 2,
+                cached_input_tokens: 4,
+                ..Usage::default()
+            })]
+        );
+    }
 }
