@@ -687,3 +687,208 @@ async fn leaderboard_reads_votes_from_the_data_dir() {
     assert!(lines[2].contains("984"), "{text}");
     assert_eq!(lines[3], "1 votes tagged \"code\"");
 }
+
+// ---------------------------------------------------------------------------
+// Over the offline mock provider
+// ---------------------------------------------------------------------------
+
+const MOCKS: [&str; 8] = [
+    "-m",
+    "mock/alpha",
+    "-m",
+    "mock/beta",
+    "-m",
+    "mock/gamma",
+    "-m",
+    "mock/contrarian",
+];
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn mock_targets_json_consensus_names_the_contrarian() {
+    let data = tempfile::tempdir().unwrap();
+    let out = quorum(
+        &with(&MOCKS, &["--json", "What is 12 * 7?"]),
+        None,
+        data.path(),
+        None,
+    )
+    .await;
+    assert_eq!(out.status.code(), Some(0), "stderr: {}", stderr(&out));
+    let v = json_of(&out);
+    let results = v["results"].as_array().unwrap();
+    assert_eq!(results.len(), 4);
+    assert!(results
+        .iter()
+        .all(|r| r["provider"] == "mock" && r["error"].is_null()));
+    assert!(results
+        .iter()
+        .all(|r| r["usage"]["output_tokens"].as_u64().unwrap() > 0));
+    let c = &v["consensus"];
+    assert_eq!(c["kind"], "number");
+    assert_eq!(c["majority_answer"], "84");
+    assert_eq!(c["agreement"], 0.75);
+    assert_eq!(c["dissenters"], serde_json::json!(["mock/contrarian"]));
+    assert_eq!(
+        c["clusters"][0]["labels"],
+        serde_json::json!(["mock/alpha", "mock/beta", "mock/gamma"])
+    );
+    assert_ne!(c["answers"][3]["final_answer"]["value"], "84");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn mock_targets_markdown_and_csv() {
+    let data = tempfile::tempdir().unwrap();
+    let out = quorum(
+        &with(&MOCKS, &["--markdown", "Is the sky blue?"]),
+        None,
+        data.path(),
+        None,
+    )
+    .await;
+    assert_eq!(out.status.code(), Some(0), "stderr: {}", stderr(&out));
+    let md = stdout(&out);
+    assert!(
+        md.contains("**3 of 4 finished agree on \"yes\" · agreement 0.75**"),
+        "{md}"
+    );
+    assert!(md.contains("- Dissenters: mock/contrarian"));
+    assert!(md.contains("| mock/contrarian | 1 | stop | no |"), "{md}");
+    // beta answers in markdown; its heading stays inside the answers section.
+    let answers = md.split("## Answers").nth(1).unwrap();
+    assert!(answers.contains("### mock/beta\n\n## "), "{answers}");
+
+    let out = quorum(
+        &with(&MOCKS, &["--csv", "Is the sky blue?"]),
+        None,
+        data.path(),
+        None,
+    )
+    .await;
+    assert_eq!(out.status.code(), Some(0));
+    let rows = parse_csv(&stdout(&out));
+    assert_eq!(rows.len(), 5);
+    let by_target: Vec<(&str, &str, &str)> = rows[1..]
+        .iter()
+        .map(|r| (r[0].as_str(), r[6].as_str(), r[8].as_str()))
+        .collect();
+    assert_eq!(
+        by_target,
+        [
+            ("mock/alpha", "yes", "true"),
+            ("mock/beta", "yes", "true"),
+            ("mock/gamma", "yes", "true"),
+            ("mock/contrarian", "no", "false"),
+        ]
+    );
+    assert!(
+        rows[2][17].starts_with("## "),
+        "beta's full markdown text is kept in one field"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn mock_streams_cut_midway_all_fail_with_exit_3() {
+    let data = tempfile::tempdir().unwrap();
+    let out = quorum(
+        &[
+            "compare",
+            "-m",
+            "mock/alpha",
+            "-m",
+            "mock/gamma",
+            "midstream: what is 2+2?",
+        ],
+        None,
+        data.path(),
+        None,
+    )
+    .await;
+    assert_eq!(out.status.code(), Some(3));
+    let text = stdout(&out);
+    assert!(
+        text.contains("partial answer before the failure (not compared)"),
+        "{text}"
+    );
+    assert!(
+        text.contains("consensus (open): 0 of 2 answered · 2 failed"),
+        "{text}"
+    );
+    assert_eq!(
+        stderr(&out).matches("connection reset midstream").count(),
+        2
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn mock_judge_runs_through_the_engine_and_its_reply_is_reported() {
+    // The mock answers the judge's prompt as it answers anything (it does the
+    // arithmetic it finds), so there is no verdict: the run must say so, keep
+    // the judge's completion and cost fields, and still exit 0.
+    let data = tempfile::tempdir().unwrap();
+    let out = quorum(
+        &[
+            "compare",
+            "-m",
+            "mock/alpha",
+            "-m",
+            "mock/contrarian",
+            "--judge",
+            "mock/gamma",
+            "--json",
+            "What is 2+2?",
+        ],
+        None,
+        data.path(),
+        None,
+    )
+    .await;
+    assert_eq!(out.status.code(), Some(0), "stderr: {}", stderr(&out));
+    let v = json_of(&out);
+    let j = &v["judge"];
+    assert_eq!(j["target"], "mock/gamma");
+    assert!(j["verdict"].is_null());
+    assert!(
+        j["error"].as_str().unwrap().contains("no JSON verdict"),
+        "{j}"
+    );
+    assert_eq!(j["completion"]["provider"], "mock");
+    assert_eq!(j["completion"]["model"], "gamma");
+    assert_eq!(j["completion"]["finish_reason"], "stop");
+    assert!(
+        j["completion"]["usage"]["input_tokens"].as_u64().unwrap() > 20,
+        "the judge read the answers"
+    );
+    assert!(j["completion"].get("cost_usd").is_some());
+    assert_eq!(
+        j["key"],
+        serde_json::json!([
+            {"letter": "A", "label": "mock/alpha", "index": 0},
+            {"letter": "B", "label": "mock/contrarian", "index": 1}
+        ])
+    );
+    assert!(stderr(&out).contains("judge mock/gamma"));
+
+    // A judge needs two answers: with one target it is skipped, nothing sent.
+    let out = quorum(
+        &[
+            "compare",
+            "-m",
+            "mock/alpha",
+            "--judge",
+            "mock/gamma",
+            "--json",
+            "What is 2+2?",
+        ],
+        None,
+        data.path(),
+        None,
+    )
+    .await;
+    assert_eq!(out.status.code(), Some(0));
+    let v = json_of(&out);
+    assert!(v["judge"]["error"]
+        .as_str()
+        .unwrap()
+        .contains("at least two answers"));
+    assert!(v["judge"]["completion"].is_null());
+}

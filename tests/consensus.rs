@@ -614,3 +614,104 @@ fn invalid_votes_are_skipped_and_torn_lines_ignored() {
     let lb = leaderboard(&votes, None);
     assert_eq!((lb.votes, lb.skipped), (1, 2));
 }
+
+// ---------------------------------------------------------------------------
+// The judge through the engine (mock provider, in process)
+// ---------------------------------------------------------------------------
+
+use std::sync::{Arc, Mutex};
+
+use llm_quorum::engine::judge::judge;
+use llm_quorum::engine::ledger::{LedgerSink, RequestMeta};
+use llm_quorum::engine::registry::Registry;
+use llm_quorum::engine::{ChatRequest, Engine, EngineConfig, RunOptions};
+
+#[derive(Default)]
+struct Rows(Mutex<Vec<(RequestMeta, Completion)>>);
+
+impl LedgerSink for Rows {
+    fn record(&self, meta: &RequestMeta, c: &Completion) -> Result<(), String> {
+        self.0.lock().unwrap().push((meta.clone(), c.clone()));
+        Ok(())
+    }
+}
+
+fn mock_engine(rows: Arc<Rows>) -> Engine {
+    let cfg = EngineConfig {
+        registry: Registry::from_env(&|_| None),
+        ..Default::default()
+    };
+    Engine::new(cfg).unwrap().with_ledger(rows)
+}
+
+#[tokio::test]
+async fn judge_over_the_mock_provider_goes_in_the_ledger() {
+    // Setup: real answers from the mock.
+    let rows = Arc::new(Rows::default());
+    let engine = mock_engine(rows.clone());
+    let prompt = "What is 2+2?";
+    let answers = engine
+        .run(
+            ChatRequest::from_prompt(prompt),
+            vec![
+                "mock/alpha".into(),
+                "mock/contrarian".into(),
+                "mock/gamma".into(),
+            ],
+            RunOptions::default(),
+        )
+        .collect()
+        .await;
+    let inputs: Vec<AnswerInput> = answers.iter().map(AnswerInput::from).collect();
+    let c = analyze(prompt, &inputs);
+    assert_eq!(c.majority_answer.as_deref(), Some("4"));
+    assert_eq!(c.dissenters, vec!["mock/contrarian"]);
+
+    // Exec
+    let out = judge(&engine, "mock/beta", prompt, &inputs, RunOptions::default())
+        .await
+        .unwrap();
+
+    // Check: the judge's request is a request like any other.
+    assert_eq!(out.completion.provider, "mock");
+    assert_eq!(out.completion.model, "beta");
+    assert!(out.completion.error.is_none());
+    assert!(out.completion.usage.output_tokens > 0);
+    let rows = rows.0.lock().unwrap();
+    assert_eq!(rows.len(), 4, "three answers and the judge");
+    let (meta, row) = rows.last().unwrap();
+    assert_eq!(meta.target, "mock/beta");
+    assert!(meta.prompt.contains("# Answer A\n\n"));
+    assert!(meta.prompt.contains("# Answer C\n\n"));
+    assert!(
+        !meta.prompt.contains("mock/"),
+        "names hidden from the judge"
+    );
+    assert_eq!(row.usage, out.completion.usage);
+    // The mock is no judge: it does the sum it finds, and that is reported.
+    assert!(out.verdict.is_none());
+    assert!(out.error.as_deref().unwrap().contains("no JSON verdict"));
+    let labels: Vec<&str> = out.key.iter().map(|k| k.label.as_str()).collect();
+    assert_eq!(labels, ["mock/alpha", "mock/contrarian", "mock/gamma"]);
+}
+
+#[tokio::test]
+async fn a_judge_with_fewer_than_two_answers_sends_nothing() {
+    let rows = Arc::new(Rows::default());
+    let engine = mock_engine(rows.clone());
+    let inputs = [
+        ans("mock/alpha", "4"),
+        AnswerInput::failed("mock/beta", "503"),
+    ];
+    let e = judge(
+        &engine,
+        "mock/gamma",
+        "What is 2+2?",
+        &inputs,
+        RunOptions::default(),
+    )
+    .await
+    .unwrap_err();
+    assert!(e.contains("at least two answers; 1 answered"), "{e}");
+    assert!(rows.0.lock().unwrap().is_empty());
+}

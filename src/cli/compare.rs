@@ -491,6 +491,10 @@ pub fn to_text(r: &Report) -> String {
             Some(e) => {
                 let _ = writeln!(s, "━━ {name} · failed · {}", e.kind());
                 let _ = writeln!(s, "{e}");
+                if !c.text.trim().is_empty() {
+                    let _ = writeln!(s, "partial answer before the failure (not compared):");
+                    let _ = writeln!(s, "{}", c.text.trim_end());
+                }
             }
             None => {
                 let _ = writeln!(
@@ -531,9 +535,9 @@ pub fn to_text(r: &Report) -> String {
             .map(|a| format!(" said \"{a}\""))
             .unwrap_or_default();
         let who = if k.majority.is_some() {
-            "dissent:   "
+            "dissent:    "
         } else {
-            "group:     "
+            "group:      "
         };
         let _ = writeln!(s, "  {who}{}{said}", c.labels.join(", "));
     }
