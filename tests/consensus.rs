@@ -592,6 +592,27 @@ fn blind_votes_change_the_leaderboard_as_expected() {
 }
 
 #[test]
+fn a_vote_cast_now_is_stamped_and_round_trips() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = JsonlVoteStore::new(dir.path().join("votes.jsonl"));
+    let v = Vote::now(
+        vec!["a".into(), "b".into()],
+        None,
+        Some("t".into()),
+        Some("run-1".into()),
+    );
+    let stamp = v.created_at.clone().unwrap();
+    assert!(stamp.len() >= 20 && stamp.contains('T'), "{stamp}");
+    store.record_vote(&v).unwrap();
+    assert_eq!(store.votes().unwrap(), vec![v]);
+    let line = std::fs::read_to_string(store.path()).unwrap();
+    assert!(
+        line.contains("\"winner\":null"),
+        "a tie is stored as null: {line}"
+    );
+}
+
+#[test]
 fn invalid_votes_are_skipped_and_torn_lines_ignored() {
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("sub").join("votes.jsonl");

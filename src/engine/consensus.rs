@@ -1403,6 +1403,27 @@ pub struct Vote {
     pub created_at: Option<String>,
 }
 
+impl Vote {
+    /// A vote cast now (`created_at` set to the current UTC time).
+    pub fn now(
+        targets: Vec<String>,
+        winner: Option<String>,
+        tag: Option<String>,
+        run_id: Option<String>,
+    ) -> Vote {
+        let created_at = time::OffsetDateTime::now_utc()
+            .format(&time::format_description::well_known::Rfc3339)
+            .ok();
+        Vote {
+            targets,
+            winner,
+            tag,
+            run_id,
+            created_at,
+        }
+    }
+}
+
 /// One model's standing.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct LeaderboardRow {

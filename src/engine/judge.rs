@@ -111,6 +111,9 @@ pub fn plan(prompt: &str, answers: &[AnswerInput]) -> JudgePlan {
         });
     }
     body.push_str("\nReply with the JSON object only.");
+    // Plain text, not a JSON-schema response format: every provider and
+    // model accepts it (older OpenAI models and some compatible hosts reject
+    // `json_schema`), and `parse_verdict` copes with fences and prose.
     let request = ChatRequest {
         messages: vec![Message::system(SYSTEM), Message::user(body)],
         temperature: Some(0.0),
