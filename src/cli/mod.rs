@@ -1,6 +1,8 @@
 //! Command-line faces: `ask`, `models`, and the dispatch of every subcommand.
 
 pub mod ask;
+pub mod compare;
+pub mod leaderboard;
 
 use clap::{Parser, Subcommand};
 
@@ -37,6 +39,10 @@ enum Command {
         /// The shell.
         shell: clap_complete::Shell,
     },
+    /// Ask several models at once; print every answer and whether they agree.
+    Compare(compare::CompareArgs),
+    /// Win rates and Elo ratings from blind votes.
+    Leaderboard(leaderboard::LeaderboardArgs),
 }
 
 /// The version with the commit it was built from.
@@ -68,6 +74,8 @@ pub fn main() -> i32 {
             clap_complete::generate(shell, &mut cmd, "quorum", &mut std::io::stdout());
             EXIT_OK
         }
+        Some(Command::Compare(a)) => compare::run(&flags, a),
+        Some(Command::Leaderboard(a)) => leaderboard::run(&flags, a),
         None => {
             eprintln!("quorum: the TUI is not built yet; try `quorum ask -m mock/alpha \"hi\"`");
             EXIT_USAGE
