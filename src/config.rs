@@ -2,9 +2,11 @@
 //! embedded defaults ← user file ← environment ← flags.
 //!
 //! The user file is `--config PATH`, else `$QUORUM_CONFIG`, else
-//! `config.toml` in the platform config dir (`directories`). A missing
-//! default file is fine; a missing file that was named explicitly is an
-//! error. Unknown keys are errors. Every error names the file, line, column
+//! `config.toml` in the platform config dir (`directories`).
+//! `$QUORUM_CONFIG` moves the default location (scripts and tests point it
+//! at a scratch path), so like the default a missing file there means "no
+//! user config"; a missing `--config PATH` is an error. `quorum models`
+//! shows which file was read, or where none was found. Unknown keys are errors. Every error names the file, line, column
 //! and key path. Loading builds a complete new [`Config`] or fails: a broken
 //! config never half-applies, and nothing here panics.
 //!
@@ -935,6 +937,8 @@ impl PartialEq for Origin {
 pub struct Config {
     /// The user file that was read, if any.
     pub file: Option<PathBuf>,
+    /// Where a user file was looked for and not found.
+    pub searched: Option<PathBuf>,
     origin: Origin,
     /// Model for `quorum ask` without `-m`.
     pub default_model: Option<String>,
@@ -993,13 +997,14 @@ pub fn default_config_path() -> Option<PathBuf> {
         .map(|d| d.config_dir().join("config.toml"))
 }
 
-/// Which user file to read, and whether it was named explicitly.
+/// Which user file to read, and whether it was named explicitly
+/// (`--config`: must exist) or is a default location (may be absent).
 pub fn config_path(ov: &Overrides, env: EnvFn<'_>) -> Option<(PathBuf, bool)> {
     if let Some(p) = &ov.config {
         return Some((p.clone(), true));
     }
     if let Some(p) = env("QUORUM_CONFIG").filter(|p| !p.trim().is_empty()) {
-        return Some((PathBuf::from(p), true));
+        return Some((PathBuf::from(p), false));
     }
     default_config_path().map(|p| (p, false))
 }
@@ -1016,6 +1021,7 @@ pub fn load_from(
     ov: &Overrides,
     env: EnvFn<'_>,
 ) -> Result<Config, ConfigError> {
+    let mut searched = None;
     let user = match file {
         Some((path, explicit)) => match std::fs::read(&path) {
             Ok(bytes) => {
@@ -1024,11 +1030,14 @@ pub fn load_from(
                 })?;
                 Some((path, text))
             }
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound && !explicit => None,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound && !explicit => {
+                searched = Some(path);
+                None
+            }
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
                 return Err(ConfigError::plain(
                     path.display().to_string(),
-                    "config file not found (named by --config or QUORUM_CONFIG)",
+                    "config file not found (named by --config)",
                 ))
             }
             Err(e) => {
@@ -1042,7 +1051,7 @@ pub fn load_from(
     };
     match user {
         Some((path, text)) => load_text(Some(&path), &text, ov, env),
-        None => build(FileConfig::default(), None, ov, env),
+        None => build(FileConfig::default(), None, ov, env).map(|c| Config { searched, ..c }),
     }
 }
 
@@ -1088,6 +1097,7 @@ impl Config {
     fn empty() -> Config {
         Config {
             file: None,
+            searched: None,
             origin: Origin(None),
             default_model: None,
             compare_targets: Vec::new(),
@@ -1514,6 +1524,7 @@ fn build(
     let cache = f.cache.clone().unwrap_or_default();
     Ok(Config {
         file: None,
+        searched: None,
         origin: Origin(None),
         default_model: ov
             .default_model

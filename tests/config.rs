@@ -300,14 +300,26 @@ fn a_missing_explicit_file_is_an_error_but_a_missing_default_is_fine() {
         e.origin.ends_with("does-not-exist.toml") && e.message.contains("not found"),
         "{e}"
     );
-    // Named by QUORUM_CONFIG: explicit too.
+    // QUORUM_CONFIG moves the default location: absent there means no user
+    // file, and the place looked at is remembered for `quorum models`.
     let env = env_of(&[("QUORUM_CONFIG", missing.to_str().unwrap())]);
-    let e = config::load(&Overrides::default(), &env).unwrap_err();
-    assert!(e.message.contains("not found"), "{e}");
+    let c = config::load(&Overrides::default(), &env).unwrap();
+    assert!(c.file.is_none());
+    assert_eq!(c.searched.as_deref(), Some(missing.as_path()));
+    assert!(c.providers.contains_key("openai"));
     // The platform default path, absent: the built-in defaults.
     let c = config::load_from(Some((missing, false)), &Overrides::default(), &no_env).unwrap();
     assert!(c.file.is_none());
-    assert!(c.providers.contains_key("openai"));
+    // --config wins over QUORUM_CONFIG.
+    let ov = Overrides {
+        config: Some(fixture("wrong_type.toml")),
+        ..Default::default()
+    };
+    let env = env_of(&[("QUORUM_CONFIG", "/nonexistent/x.toml")]);
+    assert!(config::load(&ov, &env)
+        .unwrap_err()
+        .origin
+        .ends_with("wrong_type.toml"));
 }
 
 #[test]

@@ -1,6 +1,8 @@
 //! Command-line faces: `ask`, `models`, and the dispatch of every subcommand.
 
 pub mod ask;
+pub mod compare;
+pub mod leaderboard;
 pub mod models;
 
 use clap::{Parser, Subcommand};
@@ -41,6 +43,15 @@ enum Command {
     Ask(ask::AskArgs),
     /// List providers and models: key present, context window, price; aliases and tiers.
     Models(models::ModelsArgs),
+    /// Print a shell completion script (bash, zsh, fish, elvish, powershell).
+    Completions {
+        /// The shell.
+        shell: clap_complete::Shell,
+    },
+    /// Ask several models at once; print every answer and whether they agree.
+    Compare(compare::CompareArgs),
+    /// Win rates and Elo ratings from blind votes.
+    Leaderboard(leaderboard::LeaderboardArgs),
 }
 
 /// The version with the commit it was built from.
@@ -71,6 +82,14 @@ pub fn main() -> i32 {
     match cli.command {
         Some(Command::Ask(a)) => ask::run(&flags, a),
         Some(Command::Models(a)) => models::run(&flags, a),
+        Some(Command::Completions { shell }) => {
+            use clap::CommandFactory;
+            let mut cmd = Cli::command();
+            clap_complete::generate(shell, &mut cmd, "quorum", &mut std::io::stdout());
+            EXIT_OK
+        }
+        Some(Command::Compare(a)) => compare::run(&flags, a),
+        Some(Command::Leaderboard(a)) => leaderboard::run(&flags, a),
         None => {
             eprintln!("quorum: the TUI is not built yet; try `quorum ask -m mock/alpha \"hi\"`");
             EXIT_USAGE

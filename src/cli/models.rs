@@ -91,6 +91,8 @@ pub struct NameRow {
 pub struct Listing {
     /// The config file read, if any.
     pub config_file: Option<String>,
+    /// Where a config file was looked for and not found.
+    pub config_searched: Option<String>,
     /// Providers.
     pub providers: Vec<ProviderRow>,
     /// Every known `provider/model`.
@@ -190,6 +192,7 @@ pub fn listing(engine: &Engine, cfg: &Config, env: EnvFn<'_>) -> Listing {
         .collect();
     Listing {
         config_file: cfg.file.as_ref().map(|p| p.display().to_string()),
+        config_searched: cfg.searched.as_ref().map(|p| p.display().to_string()),
         providers,
         models,
         aliases,
@@ -217,8 +220,10 @@ fn price(p: &Option<ListedPrice>) -> String {
 /// The listing as a text table.
 pub fn render_text(l: &Listing) -> String {
     let mut out = String::new();
-    if let Some(f) = &l.config_file {
-        out.push_str(&format!("config: {f}\n\n"));
+    match (&l.config_file, &l.config_searched) {
+        (Some(f), _) => out.push_str(&format!("config: {f}\n\n")),
+        (None, Some(s)) => out.push_str(&format!("config: none ({s} not found)\n\n")),
+        (None, None) => out.push_str("config: none\n\n"),
     }
     out.push_str(&format!(
         "{:<12} {:<11} {:<34} {}\n",

@@ -198,6 +198,36 @@ impl EngineError {
         }
     }
 
+    /// Replace every occurrence of `secret` in the messages with `***`: a
+    /// provider (or a proxy) may echo the key back in an error body.
+    pub fn redact(mut self, secret: &str) -> EngineError {
+        if secret.len() < 4 {
+            return self;
+        }
+        match &mut self {
+            EngineError::Auth { message, .. }
+            | EngineError::RateLimited { message, .. }
+            | EngineError::Overloaded { message, .. }
+            | EngineError::ContextLength { message, .. }
+            | EngineError::BadRequest { message, .. }
+            | EngineError::Server { message, .. }
+            | EngineError::InStream { message }
+            | EngineError::Network { message }
+            | EngineError::Protocol { message }
+            | EngineError::Config { message }
+            | EngineError::NotAllowed { message }
+            | EngineError::Budget { message } => {
+                if message.contains(secret) {
+                    *message = message.replace(secret, "***");
+                }
+            }
+            EngineError::Timeout { .. }
+            | EngineError::Cancelled
+            | EngineError::BreakerOpen { .. } => {}
+        }
+        self
+    }
+
     /// Build a network error from reqwest's, without the URL (it may carry a key in a query).
     pub fn from_reqwest(e: reqwest::Error) -> EngineError {
         let e = e.without_url();

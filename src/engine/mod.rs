@@ -13,7 +13,9 @@ pub use event::{
     Accumulator, Completion, CostSource, Delta, FinishReason, StreamEvent, ToolCall, Usage,
 };
 pub use request::{ChatRequest, Message, Role};
+pub mod consensus;
 pub mod cost;
+pub mod judge;
 pub mod ledger;
 pub mod registry;
 pub mod routing;

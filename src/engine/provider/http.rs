@@ -68,6 +68,7 @@ pub struct Attempt {
     deadline: Option<Instant>,
     got_first: bool,
     trailing: Option<EngineError>,
+    key: Option<super::Secret>,
     /// Bytes received so far.
     pub bytes: u64,
 }
@@ -81,8 +82,31 @@ impl std::fmt::Debug for Attempt {
 }
 
 impl Attempt {
-    /// Send the request and wait for the response headers.
+    /// Send the request and wait for the response headers. Errors never
+    /// carry the key, even when the provider echoes it.
     pub async fn start(
+        client: &reqwest::Client,
+        spec: &ProviderSpec,
+        model: &str,
+        req: &ChatRequest,
+        stream: bool,
+        timeouts: Timeouts,
+        ctx: &CallContext,
+    ) -> Result<Attempt, EngineError> {
+        let key = spec.api_key.clone();
+        match Self::start_inner(client, spec, model, req, stream, timeouts, ctx).await {
+            Ok(mut a) => {
+                a.key = key;
+                Ok(a)
+            }
+            Err(e) => Err(match &key {
+                Some(k) => e.redact(k.expose()),
+                None => e,
+            }),
+        }
+    }
+
+    async fn start_inner(
         client: &reqwest::Client,
         spec: &ProviderSpec,
         model: &str,
@@ -102,6 +126,7 @@ impl Attempt {
             deadline,
             got_first: false,
             trailing: None,
+            key: None,
             bytes: 0,
         };
         if spec.kind == ProviderKind::Mock {
@@ -206,6 +231,16 @@ impl Attempt {
 
     /// The next delta; `None` at the end of the response.
     pub async fn next(&mut self) -> Option<Result<Delta, EngineError>> {
+        match self.next_inner().await {
+            Some(Err(e)) => Some(Err(match &self.key {
+                Some(k) => e.redact(k.expose()),
+                None => e,
+            })),
+            other => other,
+        }
+    }
+
+    async fn next_inner(&mut self) -> Option<Result<Delta, EngineError>> {
         loop {
             if let Some(d) = self.pending.pop_front() {
                 if !self.got_first && is_content(&d) {

@@ -1,0 +1,937 @@
+//! `quorum compare`: one prompt to several targets at once; one result per
+//! target (the `ask --json` object) plus the consensus block, as text, JSON,
+//! Markdown or CSV.
+
+use std::fmt::Write as _;
+use std::io::{IsTerminal, Write};
+
+use clap::{Args, ValueEnum};
+use serde_json::{json, Value};
+
+use super::ask::read_prompt;
+use super::{runtime, EXIT_FAILED, EXIT_OK, EXIT_USAGE};
+use crate::app::{self, GlobalFlags};
+use crate::engine::consensus::{
+    analyze_with, extract_final_answer, stability, AnswerInput, Consensus, ConsensusOptions,
+    QuestionKind, Stability, DEFAULT_THRESHOLD,
+};
+use crate::engine::judge::{self, JudgeOutcome};
+use crate::engine::{ChatRequest, Completion, EngineError, FinishReason, Message, RunOptions};
+use crate::engine::{StreamEvent, TargetEvent};
+
+/// Exit code: every target failed.
+pub const EXIT_ALL_FAILED: i32 = 3;
+
+const AFTER_HELP: &str = "\
+Output:
+  default     each answer under a header, then the consensus, judge and stability
+  --json      one JSON object: {prompt, repeat, results: [ask --json object + target, run],
+              consensus, stability, judge, cost_usd, cost_usd_known}
+  --markdown  a results table, the consensus, the judge, then every answer
+  --csv       one row per result (header first); cluster and in_majority are set on
+              the run that stood for its target in the consensus
+
+Consensus: answers are compared after normalising case, whitespace, markdown and
+punctuation. When the prompt asks a closed question (a number, yes/no, a choice
+letter, a one-word or final answer; see --kind) the short answers are extracted
+and agreement is the share of answering targets that give the majority answer;
+otherwise it is the mean text similarity (token F1 and sequence ratio), and
+answers at or above --threshold cluster together. Failed and empty answers are
+listed, never counted as agreement. With --repeat N every target runs N times:
+its first run in its largest cluster stands for it, and each target's distinct
+answers and self-agreement are reported.
+
+Exit codes:
+  0  every request succeeded
+  1  some requests failed (the others are still printed)
+  2  usage or configuration error (nothing was sent)
+  3  every request failed
+The judge's own failure is reported but does not change the exit code.";
+
+/// Forced answer kind.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum KindArg {
+    /// A number: 4, 4.0 and "four" agree.
+    Number,
+    /// Yes or no.
+    YesNo,
+    /// A choice letter A-E.
+    Choice,
+    /// The final line of each answer.
+    FinalLine,
+    /// Compare whole texts only.
+    Open,
+}
+
+impl From<KindArg> for QuestionKind {
+    fn from(k: KindArg) -> Self {
+        match k {
+            KindArg::Number => QuestionKind::Number,
+            KindArg::YesNo => QuestionKind::YesNo,
+            KindArg::Choice => QuestionKind::Choice,
+            KindArg::FinalLine => QuestionKind::FinalLine,
+            KindArg::Open => QuestionKind::Open,
+        }
+    }
+}
+
+/// Arguments of `quorum compare`.
+#[derive(Debug, Args)]
+#[command(after_help = AFTER_HELP)]
+pub struct CompareArgs {
+    /// A target as provider/model (or an alias); repeat the flag for each.
+    #[arg(short, long = "model", value_name = "PROVIDER/MODEL", required = true)]
+    pub models: Vec<String>,
+    /// Ask this model to judge the anonymised answers (its cost is counted).
+    #[arg(long, value_name = "PROVIDER/MODEL")]
+    pub judge: Option<String>,
+    /// Run every target N times to measure its stability.
+    #[arg(long, value_name = "N", default_value_t = 1,
+          value_parser = clap::value_parser!(u32).range(1..=100))]
+    pub repeat: u32,
+    /// Print one JSON object.
+    #[arg(long, conflicts_with_all = ["markdown", "csv"])]
+    pub json: bool,
+    /// Print Markdown.
+    #[arg(long, conflicts_with = "csv")]
+    pub markdown: bool,
+    /// Print CSV, one row per result.
+    #[arg(long)]
+    pub csv: bool,
+    /// System prompt.
+    #[arg(long, value_name = "TEXT")]
+    pub system: Option<String>,
+    /// Output token limit.
+    #[arg(long, value_name = "N")]
+    pub max_tokens: Option<u32>,
+    /// Sampling temperature.
+    #[arg(long, value_name = "T")]
+    pub temperature: Option<f32>,
+    /// What kind of answer to compare (default: guessed from the prompt).
+    #[arg(long, value_enum)]
+    pub kind: Option<KindArg>,
+    /// Text similarity at or above which open answers cluster together (0..1).
+    #[arg(long, value_name = "X", default_value_t = DEFAULT_THRESHOLD)]
+    pub threshold: f64,
+    /// The prompt (read from stdin when absent).
+    pub prompt: Vec<String>,
+}
+
+/// Everything a run of `compare` produced, ready to print.
+#[derive(Debug)]
+pub struct Report {
+    /// The prompt.
+    pub prompt: String,
+    /// Runs per target.
+    pub repeat: u32,
+    /// Distinct labels of the targets, in order.
+    pub labels: Vec<String>,
+    /// Every result: (target index, run number from 1, completion), target-major.
+    pub results: Vec<(usize, u32, Completion)>,
+    /// Index into `results` of the run standing for each target.
+    pub representative: Vec<usize>,
+    /// Consensus over the representatives.
+    pub consensus: Consensus,
+    /// Per-target stability.
+    pub stability: Vec<Stability>,
+    /// The judge, if asked.
+    pub judge: Option<Result<JudgeOutcome, String>>,
+}
+
+impl Report {
+    /// Results that failed.
+    pub fn failed(&self) -> usize {
+        self.results
+            .iter()
+            .filter(|(_, _, c)| c.error.is_some())
+            .count()
+    }
+
+    /// The exit code: 0 all succeeded, 1 some failed, 3 all failed.
+    pub fn exit_code(&self) -> i32 {
+        match self.failed() {
+            0 => EXIT_OK,
+            n if n == self.results.len() => EXIT_ALL_FAILED,
+            _ => EXIT_FAILED,
+        }
+    }
+
+    fn judge_completion(&self) -> Option<&Completion> {
+        match &self.judge {
+            Some(Ok(j)) => Some(&j.completion),
+            _ => None,
+        }
+    }
+
+    /// Total cost when every request's price is known, else `None`.
+    pub fn cost_usd(&self) -> Option<f64> {
+        self.all_completions().map(|c| c.cost_usd).sum()
+    }
+
+    /// Sum of the costs that are known.
+    pub fn cost_usd_known(&self) -> f64 {
+        self.all_completions().filter_map(|c| c.cost_usd).sum()
+    }
+
+    fn all_completions(&self) -> impl Iterator<Item = &Completion> {
+        self.results
+            .iter()
+            .map(|(_, _, c)| c)
+            .chain(self.judge_completion())
+    }
+}
+
+/// Run `quorum compare`.
+pub fn run(flags: &GlobalFlags, args: CompareArgs) -> i32 {
+    let (engine, _settings) = match app::load(flags) {
+        Ok(x) => x,
+        Err(e) => {
+            eprintln!("quorum: {e:#}");
+            return EXIT_USAGE;
+        }
+    };
+    if !(0.0..=1.0).contains(&args.threshold) {
+        eprintln!("quorum: --threshold must be between 0 and 1");
+        return EXIT_USAGE;
+    }
+    let mut check = args.models.clone();
+    check.extend(args.judge.iter().cloned());
+    if let Err(e) = engine.check_targets(&check) {
+        eprintln!("quorum: {e}");
+        return EXIT_USAGE;
+    }
+    let prompt = match read_prompt(&args.prompt) {
+        Ok(p) => p,
+        Err(e) => {
+            eprintln!("quorum: {e}");
+            return EXIT_USAGE;
+        }
+    };
+    let mut req = ChatRequest::default();
+    if let Some(s) = &args.system {
+        req.messages.push(Message::system(s.clone()));
+    }
+    req.messages.push(Message::user(prompt.clone()));
+    req.max_tokens = args.max_tokens;
+    req.temperature = args.temperature;
+
+    let labels = unique_labels(&args.models);
+    let repeat = args.repeat;
+    let mut targets = Vec::new();
+    let mut slots = Vec::new();
+    for (ti, m) in args.models.iter().enumerate() {
+        for r in 1..=repeat {
+            targets.push(m.clone());
+            slots.push((ti, r));
+        }
+    }
+    let progress = std::io::stderr().is_terminal();
+    let opts = ConsensusOptions {
+        kind: args.kind.map(Into::into),
+        threshold: args.threshold,
+    };
+    let rt = runtime();
+    let report = rt.block_on(async {
+        let mut handle = engine.run(req, targets.clone(), RunOptions::default());
+        let cancel = handle.cancel_token();
+        tokio::spawn(async move {
+            if tokio::signal::ctrl_c().await.is_ok() {
+                cancel.cancel();
+            }
+        });
+        let mut done: Vec<Option<Completion>> = vec![None; targets.len()];
+        let mut finished = 0;
+        while let Some(TargetEvent { target, event }) = handle.events.recv().await {
+            if let StreamEvent::Finished(c) | StreamEvent::Failed(c) = event {
+                finished += 1;
+                if progress {
+                    let what = match &c.error {
+                        Some(e) => format!("failed: {e}"),
+                        None => format!("done in {:.1} s", c.latency_ms / 1000.0),
+                    };
+                    eprintln!(
+                        "quorum: {} {what} ({finished}/{})",
+                        targets[target],
+                        targets.len()
+                    );
+                }
+                done[target] = Some(*c);
+            }
+        }
+        let results: Vec<(usize, u32, Completion)> = done
+            .into_iter()
+            .zip(&slots)
+            .zip(&targets)
+            .map(|((c, &(ti, r)), t)| {
+                let c = c.unwrap_or_else(|| Completion {
+                    model: t.clone(),
+                    finish_reason: FinishReason::Cancelled,
+                    error: Some(EngineError::Cancelled),
+                    ..Default::default()
+                });
+                (ti, r, c)
+            })
+            .collect();
+        let mut report = analyse(&prompt, repeat, labels, results, opts);
+        if let Some(j) = &args.judge {
+            let reps: Vec<AnswerInput> = report
+                .representative
+                .iter()
+                .map(|i| {
+                    let (ti, _, c) = &report.results[*i];
+                    AnswerInput::from_completion(report.labels[*ti].clone(), c)
+                })
+                .collect();
+            let outcome = judge::judge(&engine, j, &prompt, &reps, RunOptions::default()).await;
+            report.judge = Some(outcome);
+        }
+        report
+    });
+
+    let out = if args.json {
+        let mut s = serde_json::to_string(&to_json(&report)).unwrap_or_default();
+        s.push('\n');
+        s
+    } else if args.markdown {
+        to_markdown(&report)
+    } else if args.csv {
+        to_csv(&report)
+    } else {
+        to_text(&report)
+    };
+    let stdout = std::io::stdout();
+    let mut lock = stdout.lock();
+    let _ = lock.write_all(out.as_bytes());
+    let _ = lock.flush();
+    for (ti, run, c) in &report.results {
+        if let Some(e) = &c.error {
+            let run = if repeat > 1 {
+                format!(" (run {run})")
+            } else {
+                String::new()
+            };
+            eprintln!("quorum: {}{run}: {e}", report.labels[*ti]);
+        }
+    }
+    match &report.judge {
+        Some(Ok(j)) => {
+            if let Some(e) = &j.error {
+                eprintln!("quorum: judge {}: {e}", j.target);
+            }
+        }
+        Some(Err(e)) => eprintln!("quorum: judge skipped: {e}"),
+        None => {}
+    }
+    report.exit_code()
+}
+
+/// `-m a -m b -m a` -> `a`, `b`, `a#2`: labels must tell results apart.
+fn unique_labels(models: &[String]) -> Vec<String> {
+    let mut out: Vec<String> = Vec::new();
+    for m in models {
+        let mut label = m.clone();
+        let mut n = 1;
+        while out.contains(&label) {
+            n += 1;
+            label = format!("{m}#{n}");
+        }
+        out.push(label);
+    }
+    out
+}
+
+/// Consensus over one answer per target (the first run in the target's
+/// largest cluster, so a flaky run does not speak for a stable model) and
+/// stability per target. Pure: what the tests and the faces share.
+pub fn analyse(
+    prompt: &str,
+    repeat: u32,
+    labels: Vec<String>,
+    results: Vec<(usize, u32, Completion)>,
+    opts: ConsensusOptions,
+) -> Report {
+    let mut stabilities = Vec::new();
+    let mut representative = Vec::new();
+    for (ti, label) in labels.iter().enumerate() {
+        let idx: Vec<usize> = (0..results.len()).filter(|i| results[*i].0 == ti).collect();
+        let runs: Vec<AnswerInput> = idx
+            .iter()
+            .map(|i| AnswerInput::from_completion(label.clone(), &results[*i].2))
+            .collect();
+        let own = analyze_with(prompt, &runs, opts);
+        let pick = own
+            .clusters
+            .first()
+            .and_then(|c| c.members.first().copied())
+            .unwrap_or(0);
+        representative.push(idx.get(pick).copied().unwrap_or(0));
+        stabilities.push(stability_with(prompt, label, &runs, opts));
+    }
+    let reps: Vec<AnswerInput> = representative
+        .iter()
+        .map(|i| {
+            let (ti, _, c) = &results[*i];
+            AnswerInput::from_completion(labels[*ti].clone(), c)
+        })
+        .collect();
+    let consensus = analyze_with(prompt, &reps, opts);
+    Report {
+        prompt: prompt.to_string(),
+        repeat,
+        labels,
+        results,
+        representative,
+        consensus,
+        stability: stabilities,
+        judge: None,
+    }
+}
+
+fn stability_with(
+    prompt: &str,
+    label: &str,
+    runs: &[AnswerInput],
+    opts: ConsensusOptions,
+) -> Stability {
+    if opts == ConsensusOptions::default() {
+        return stability(prompt, label, runs);
+    }
+    // Same measure as `stability`, with the user's kind and threshold.
+    let c = analyze_with(prompt, runs, opts);
+    Stability {
+        label: label.to_string(),
+        runs: runs.len(),
+        answered: c.answered,
+        failed: c.failed.len(),
+        distinct: c.clusters.len(),
+        self_agreement: c.agreement,
+        majority_answer: c.majority_answer.or_else(|| {
+            (c.clusters.len() == 1)
+                .then(|| c.clusters[0].answer.clone())
+                .flatten()
+        }),
+    }
+}
+
+// ---------------------------------------------------------------------------
+// Output
+// ---------------------------------------------------------------------------
+
+/// The `--json` object.
+pub fn to_json(r: &Report) -> Value {
+    let results: Vec<Value> = r
+        .results
+        .iter()
+        .map(|(ti, run, c)| {
+            let mut v = serde_json::to_value(c).unwrap_or(Value::Null);
+            if let Value::Object(m) = &mut v {
+                m.insert("target".into(), json!(r.labels[*ti]));
+                m.insert("run".into(), json!(run));
+            }
+            v
+        })
+        .collect();
+    let mut consensus = serde_json::to_value(&r.consensus).unwrap_or(Value::Null);
+    if let Value::Object(m) = &mut consensus {
+        m.insert("headline".into(), json!(r.consensus.headline()));
+        let reps: Vec<usize> = r.representative.clone();
+        m.insert("result_index".into(), json!(reps));
+    }
+    let judge = match &r.judge {
+        None => Value::Null,
+        Some(Ok(j)) => serde_json::to_value(j).unwrap_or(Value::Null),
+        Some(Err(e)) => json!({"error": e, "verdict": null, "completion": null}),
+    };
+    json!({
+        "prompt": r.prompt,
+        "repeat": r.repeat,
+        "results": results,
+        "consensus": consensus,
+        "stability": r.stability,
+        "judge": judge,
+        "cost_usd": r.cost_usd(),
+        "cost_usd_known": r.cost_usd_known(),
+    })
+}
+
+fn cost_str(c: &Completion) -> String {
+    match c.cost_usd {
+        Some(x) => format!("${x:.6} {}", c.cost_source.mark()),
+        None => "$? ?".to_string(),
+    }
+}
+
+fn total_cost_str(r: &Report) -> String {
+    match r.cost_usd() {
+        Some(x) => format!("${x:.6}"),
+        None if r.cost_usd_known() > 0.0 => format!("${:.6} + unknown", r.cost_usd_known()),
+        None => "unknown".to_string(),
+    }
+}
+
+fn secs(ms: Option<f64>) -> String {
+    ms.map(|m| format!("{:.2} s", m / 1000.0))
+        .unwrap_or_else(|| "–".into())
+}
+
+fn result_name(r: &Report, ti: usize, run: u32) -> String {
+    if r.repeat > 1 {
+        format!("{} · run {run}", r.labels[ti])
+    } else {
+        r.labels[ti].clone()
+    }
+}
+
+/// The default, human-readable output.
+pub fn to_text(r: &Report) -> String {
+    let mut s = String::new();
+    for (ti, run, c) in &r.results {
+        let name = result_name(r, *ti, *run);
+        match &c.error {
+            Some(e) => {
+                let _ = writeln!(s, "━━ {name} · failed · {}", e.kind());
+                let _ = writeln!(s, "{e}");
+                if !c.text.trim().is_empty() {
+                    let _ = writeln!(s, "partial answer before the failure (not compared):");
+                    let _ = writeln!(s, "{}", c.text.trim_end());
+                }
+            }
+            None => {
+                let _ = writeln!(
+                    s,
+                    "━━ {name} · {} · {}→{} tok · {} · TTFT {} · {}",
+                    c.finish_reason,
+                    c.usage.input_tokens,
+                    c.usage.output_tokens,
+                    cost_str(c),
+                    secs(c.ttft_ms),
+                    secs(Some(c.latency_ms)),
+                );
+                let text = c.text.trim_end();
+                if text.is_empty() && c.tool_calls.is_empty() {
+                    let _ = writeln!(s, "(empty answer)");
+                } else {
+                    let _ = writeln!(s, "{text}");
+                }
+                for t in &c.tool_calls {
+                    let _ = writeln!(s, "[tool call] {}({})", t.name, t.arguments);
+                }
+            }
+        }
+        s.push('\n');
+    }
+    let k = &r.consensus;
+    let _ = writeln!(s, "consensus ({}): {}", kind_word(k.kind), k.headline());
+    if let Some(m) = k.majority {
+        let _ = writeln!(s, "  majority:   {}", k.clusters[m].labels.join(", "));
+    }
+    for (ci, c) in k.clusters.iter().enumerate() {
+        if Some(ci) == k.majority {
+            continue;
+        }
+        let said = c
+            .answer
+            .as_ref()
+            .map(|a| format!(" said \"{a}\""))
+            .unwrap_or_default();
+        let who = if k.majority.is_some() {
+            "dissent:    "
+        } else {
+            "group:      "
+        };
+        let _ = writeln!(s, "  {who}{}{said}", c.labels.join(", "));
+    }
+    if !k.failed.is_empty() {
+        let _ = writeln!(s, "  failed:     {}", k.failed.join(", "));
+    }
+    if !k.empty.is_empty() {
+        let _ = writeln!(s, "  empty:      {}", k.empty.join(", "));
+    }
+    if !k.pairs.is_empty() {
+        let _ = writeln!(s, "  similarity (token F1 / sequence ratio):");
+        for p in &k.pairs {
+            let _ = writeln!(
+                s,
+                "    {} ~ {}: {:.2} / {:.2}",
+                r.labels[p.a], r.labels[p.b], p.similarity.token_f1, p.similarity.sequence_ratio
+            );
+        }
+    }
+    if r.repeat > 1 {
+        let _ = writeln!(s, "\nstability ({} runs each):", r.repeat);
+        for st in &r.stability {
+            let _ = writeln!(
+                s,
+                "  {}: {} distinct of {} answered · self-agreement {}{}",
+                st.label,
+                st.distinct,
+                st.answered,
+                st.self_agreement
+                    .map(|a| format!("{a:.2}"))
+                    .unwrap_or_else(|| "–".into()),
+                st.majority_answer
+                    .as_ref()
+                    .map(|a| format!(" · mostly \"{a}\""))
+                    .unwrap_or_default()
+            );
+        }
+    }
+    match &r.judge {
+        Some(Ok(j)) => {
+            let _ = writeln!(s, "\njudge ({}, {}):", j.target, cost_str(&j.completion));
+            match (&j.verdict, &j.error) {
+                (Some(v), _) => {
+                    let best = match (&v.best, &v.best_target) {
+                        (Some(l), Some(t)) => format!("Answer {l} ({t})"),
+                        (Some(l), None) => format!("Answer {l}"),
+                        _ => "none".into(),
+                    };
+                    let agreement = v
+                        .agreement
+                        .map(|a| format!("{a:.2}"))
+                        .unwrap_or_else(|| "–".into());
+                    let _ = writeln!(s, "  agreement {agreement} · best {best}");
+                    if !v.summary.is_empty() {
+                        let _ = writeln!(s, "  {}", v.summary);
+                    }
+                    for d in &v.disagreements {
+                        let _ = writeln!(s, "  - {d}");
+                    }
+                }
+                (None, Some(e)) => {
+                    let _ = writeln!(s, "  no verdict: {e}");
+                }
+                (None, None) => {}
+            }
+        }
+        Some(Err(e)) => {
+            let _ = writeln!(s, "\njudge skipped: {e}");
+        }
+        None => {}
+    }
+    let _ = writeln!(s, "\ntotal cost: {}", total_cost_str(r));
+    s
+}
+
+fn kind_word(k: QuestionKind) -> &'static str {
+    match k {
+        QuestionKind::Number => "number",
+        QuestionKind::YesNo => "yes/no",
+        QuestionKind::Choice => "choice",
+        QuestionKind::FinalLine => "final line",
+        QuestionKind::Open => "open",
+    }
+}
+
+/// Escape a table cell: pipes and newlines would break the row.
+fn md_cell(s: &str) -> String {
+    s.replace('|', "\\|").replace(['\r', '\n'], " ")
+}
+
+/// `--markdown`.
+pub fn to_markdown(r: &Report) -> String {
+    let mut s = String::new();
+    let k = &r.consensus;
+    let _ = writeln!(s, "# quorum compare\n");
+    let _ = writeln!(s, "> {}\n", md_cell(r.prompt.trim()));
+    let _ = writeln!(
+        s,
+        "| target | run | status | final answer | tokens in/out | cost | TTFT | latency |"
+    );
+    let _ = writeln!(s, "|---|---:|---|---|---:|---:|---:|---:|");
+    for (i, (ti, run, c)) in r.results.iter().enumerate() {
+        let status = match &c.error {
+            Some(e) => format!("failed: {}", e.kind()),
+            None => c.finish_reason.to_string(),
+        };
+        let fa = final_answer_of(r, i, c).unwrap_or_default();
+        let _ = writeln!(
+            s,
+            "| {} | {run} | {} | {} | {}/{} | {} | {} | {} |",
+            md_cell(&r.labels[*ti]),
+            md_cell(&status),
+            md_cell(&fa),
+            c.usage.input_tokens,
+            c.usage.output_tokens,
+            md_cell(&cost_str(c)),
+            secs(c.ttft_ms),
+            secs(Some(c.latency_ms)),
+        );
+    }
+    let _ = writeln!(s, "\n## Consensus\n");
+    let _ = writeln!(s, "**{}**\n", md_cell(&k.headline()));
+    let _ = writeln!(s, "- Kind: {}", kind_word(k.kind));
+    if let Some(m) = k.majority {
+        let _ = writeln!(s, "- Majority: {}", k.clusters[m].labels.join(", "));
+    }
+    if !k.dissenters.is_empty() {
+        let _ = writeln!(s, "- Dissenters: {}", k.dissenters.join(", "));
+    }
+    if !k.failed.is_empty() {
+        let _ = writeln!(s, "- Failed: {}", k.failed.join(", "));
+    }
+    if !k.empty.is_empty() {
+        let _ = writeln!(s, "- Empty: {}", k.empty.join(", "));
+    }
+    if !k.pairs.is_empty() {
+        let _ = writeln!(s, "\n| pair | token F1 | sequence ratio | score |");
+        let _ = writeln!(s, "|---|---:|---:|---:|");
+        for p in &k.pairs {
+            let _ = writeln!(
+                s,
+                "| {} ~ {} | {:.2} | {:.2} | {:.2} |",
+                md_cell(&r.labels[p.a]),
+                md_cell(&r.labels[p.b]),
+                p.similarity.token_f1,
+                p.similarity.sequence_ratio,
+                p.similarity.score
+            );
+        }
+    }
+    if r.repeat > 1 {
+        let _ = writeln!(s, "\n## Stability ({} runs each)\n", r.repeat);
+        let _ = writeln!(
+            s,
+            "| target | answered | distinct | self-agreement | mostly |"
+        );
+        let _ = writeln!(s, "|---|---:|---:|---:|---|");
+        for st in &r.stability {
+            let _ = writeln!(
+                s,
+                "| {} | {} | {} | {} | {} |",
+                md_cell(&st.label),
+                st.answered,
+                st.distinct,
+                st.self_agreement
+                    .map(|a| format!("{a:.2}"))
+                    .unwrap_or_else(|| "–".into()),
+                md_cell(st.majority_answer.as_deref().unwrap_or(""))
+            );
+        }
+    }
+    match &r.judge {
+        Some(Ok(j)) => {
+            let _ = writeln!(s, "\n## Judge: {}\n", j.target);
+            match &j.verdict {
+                Some(v) => {
+                    if let Some(a) = v.agreement {
+                        let _ = writeln!(s, "- Agreement: {a:.2}");
+                    }
+                    if let Some(l) = &v.best {
+                        let t = v.best_target.as_deref().unwrap_or("?");
+                        let _ = writeln!(s, "- Best: Answer {l} ({t})");
+                    }
+                    for d in &v.disagreements {
+                        let _ = writeln!(s, "- Disagreement: {}", md_cell(d));
+                    }
+                    if !v.summary.is_empty() {
+                        let _ = writeln!(s, "\n{}", v.summary.trim());
+                    }
+                }
+                None => {
+                    let _ = writeln!(s, "No verdict: {}", j.error.as_deref().unwrap_or(""));
+                }
+            }
+            let _ = writeln!(s, "\nJudge cost: {}", cost_str(&j.completion));
+        }
+        Some(Err(e)) => {
+            let _ = writeln!(s, "\n## Judge\n\nSkipped: {e}");
+        }
+        None => {}
+    }
+    let _ = writeln!(s, "\n## Answers");
+    for (ti, run, c) in &r.results {
+        let _ = writeln!(s, "\n### {}\n", result_name(r, *ti, *run));
+        match &c.error {
+            Some(e) => {
+                let _ = writeln!(s, "*Failed:* {e}");
+            }
+            None if c.text.trim().is_empty() => {
+                let _ = writeln!(s, "*(empty answer)*");
+            }
+            None => {
+                let _ = writeln!(s, "{}", c.text.trim_end());
+            }
+        }
+    }
+    let _ = writeln!(s, "\nTotal cost: {}", total_cost_str(r));
+    s
+}
+
+/// The extracted short answer of result `i`, by the consensus's kind.
+fn final_answer_of(r: &Report, i: usize, c: &Completion) -> Option<String> {
+    if c.error.is_some() {
+        return None;
+    }
+    if let Some(t) = r.representative.iter().position(|x| *x == i) {
+        return r.consensus.answers[t]
+            .final_answer
+            .as_ref()
+            .map(|f| f.display.clone());
+    }
+    extract_final_answer(&c.text, r.consensus.kind).map(|f| f.display)
+}
+
+/// RFC 4180: quote when needed, double inner quotes.
+fn csv_field(s: &str) -> String {
+    if s.contains([',', '"', '\n', '\r']) {
+        format!("\"{}\"", s.replace('"', "\"\""))
+    } else {
+        s.to_string()
+    }
+}
+
+/// `--csv`: a header, then one row per result.
+pub fn to_csv(r: &Report) -> String {
+    const HEADER: [&str; 18] = [
+        "target",
+        "run",
+        "provider",
+        "model",
+        "status",
+        "finish_reason",
+        "final_answer",
+        "cluster",
+        "in_majority",
+        "input_tokens",
+        "output_tokens",
+        "cost_usd",
+        "cost_source",
+        "ttft_ms",
+        "latency_ms",
+        "error_kind",
+        "error",
+        "text",
+    ];
+    let mut s = HEADER.join(",");
+    s.push_str("\r\n");
+    let k = &r.consensus;
+    for (i, (ti, run, c)) in r.results.iter().enumerate() {
+        let rep = r.representative.iter().position(|x| *x == i);
+        let report = rep.map(|t| &k.answers[t]);
+        let status = match report {
+            Some(a) => serde_json::to_value(a.status)
+                .ok()
+                .and_then(|v| v.as_str().map(str::to_string))
+                .unwrap_or_default(),
+            None if c.error.is_some() => "failed".into(),
+            None if c.text.trim().is_empty() => "empty".into(),
+            None => "answered".into(),
+        };
+        let cluster = report
+            .and_then(|a| a.cluster)
+            .map(|c| c.to_string())
+            .unwrap_or_default();
+        let in_majority = match (report, k.majority) {
+            (Some(a), Some(m)) if a.cluster.is_some() => (a.cluster == Some(m)).to_string(),
+            (Some(a), None) if a.cluster.is_some() => "false".into(),
+            _ => String::new(),
+        };
+        let row = [
+            r.labels[*ti].clone(),
+            run.to_string(),
+            c.provider.clone(),
+            c.model.clone(),
+            status,
+            c.finish_reason.to_string(),
+            final_answer_of(r, i, c).unwrap_or_default(),
+            cluster,
+            in_majority,
+            c.usage.input_tokens.to_string(),
+            c.usage.output_tokens.to_string(),
+            c.cost_usd.map(|x| x.to_string()).unwrap_or_default(),
+            c.cost_source.as_str().to_string(),
+            c.ttft_ms.map(|x| x.to_string()).unwrap_or_default(),
+            c.latency_ms.to_string(),
+            c.error
+                .as_ref()
+                .map(|e| e.kind().to_string())
+                .unwrap_or_default(),
+            c.error.as_ref().map(|e| e.to_string()).unwrap_or_default(),
+            c.text.clone(),
+        ];
+        let fields: Vec<String> = row.iter().map(|f| csv_field(f)).collect();
+        s.push_str(&fields.join(","));
+        s.push_str("\r\n");
+    }
+    s
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn done(provider: &str, model: &str, text: &str) -> Completion {
+        Completion {
+            provider: provider.into(),
+            model: model.into(),
+            text: text.into(),
+            cost_usd: Some(0.001),
+            ..Default::default()
+        }
+    }
+
+    #[test]
+    fn representative_is_the_models_majority_run() {
+        let results = vec![
+            (0, 1, done("mock", "alpha", "5")),
+            (0, 2, done("mock", "alpha", "4")),
+            (0, 3, done("mock", "alpha", "four")),
+            (1, 1, done("mock", "beta", "4")),
+        ];
+        let r = analyse(
+            "What is 2+2?",
+            3,
+            vec!["mock/alpha".into(), "mock/beta".into()],
+            results,
+            ConsensusOptions::default(),
+        );
+        assert_eq!(r.representative, vec![1, 3]);
+        assert_eq!(r.consensus.agreement, Some(1.0));
+        assert_eq!(r.stability[0].distinct, 2);
+        assert_eq!(r.exit_code(), EXIT_OK);
+        assert!((r.cost_usd().unwrap() - 0.004).abs() < 1e-12);
+    }
+
+    #[test]
+    fn exit_codes_and_unknown_cost() {
+        let mut failed = done("mock", "beta", "");
+        failed.error = Some(EngineError::Cancelled);
+        failed.cost_usd = None;
+        let r = analyse(
+            "hi",
+            1,
+            vec!["a".into(), "b".into()],
+            vec![(0, 1, done("mock", "alpha", "hi")), (1, 1, failed.clone())],
+            ConsensusOptions::default(),
+        );
+        assert_eq!(r.exit_code(), EXIT_FAILED);
+        assert_eq!(
+            r.cost_usd(),
+            None,
+            "one unknown price makes the total unknown"
+        );
+        assert!((r.cost_usd_known() - 0.001).abs() < 1e-12);
+        let all = analyse(
+            "hi",
+            1,
+            vec!["b".into()],
+            vec![(0, 1, failed)],
+            ConsensusOptions::default(),
+        );
+        assert_eq!(all.exit_code(), EXIT_ALL_FAILED);
+    }
+
+    #[test]
+    fn csv_quotes_fields() {
+        assert_eq!(csv_field("plain"), "plain");
+        assert_eq!(csv_field("a,b"), "\"a,b\"");
+        assert_eq!(csv_field("say \"hi\"\nbye"), "\"say \"\"hi\"\"\nbye\"");
+    }
+
+    #[test]
+    fn duplicate_targets_get_distinct_labels() {
+        let l = unique_labels(&["a".into(), "b".into(), "a".into(), "a".into()]);
+        assert_eq!(l, vec!["a", "b", "a#2", "a#3"]);
+    }
+}
