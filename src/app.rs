@@ -1,7 +1,14 @@
 //! Bootstrap shared by every face: the configuration (defaults ← file ←
 //! environment ← flags) and the engine built from it.
 
+use std::sync::Arc;
+
 use crate::config::{self, Config, Overrides};
+use crate::engine::budget::Budget;
+use crate::engine::cache::{CacheSettings, ResponseCache};
+use crate::engine::cost::{Price, Pricing};
+use crate::engine::ledger::{BackgroundLedger, LedgerOptions, LEDGER_FILE};
+use crate::engine::pricing_file;
 use crate::engine::registry::EnvFn;
 use crate::engine::Engine;
 
@@ -35,6 +42,10 @@ pub struct Settings {
     pub default_model: Option<String>,
     /// The whole configuration (theme, keys, compare targets, budget, cache, pricing, ...).
     pub config: Config,
+    /// The ledger, opening on its own thread (None without a data dir).
+    pub ledger: Option<BackgroundLedger>,
+    /// Spending caps from `[budget]`.
+    pub budget: Budget,
 }
 
 /// Build the engine and settings from config and the process environment.
@@ -43,12 +54,57 @@ pub fn load(flags: &GlobalFlags) -> anyhow::Result<(Engine, Settings)> {
 }
 
 /// [`load`] with an injected environment (tests).
+///
+/// Nothing slow happens here: prices parse on first lookup, the ledger opens
+/// on its own thread, and no tokenizer is loaded.
 pub fn load_with_env(flags: &GlobalFlags, env: EnvFn<'_>) -> anyhow::Result<(Engine, Settings)> {
     let cfg = config::load(&flags.overrides(), env)?;
-    let engine_cfg = cfg.engine_config(env)?;
+    let mut engine_cfg = cfg.engine_config(env)?;
+    let data_dir = crate::engine::ledger::data_dir();
+    let overrides: Vec<(String, Price)> = cfg
+        .pricing
+        .iter()
+        .map(|(target, p)| {
+            (
+                target.clone(),
+                Price {
+                    input: p.input,
+                    output: p.output,
+                    cached_input: p.cached_input,
+                    cache_write: p.cache_write,
+                    reasoning: p.reasoning,
+                },
+            )
+        })
+        .collect();
+    engine_cfg.pricing = Pricing::load(
+        overrides,
+        data_dir.as_ref().map(|d| d.join(pricing_file::FILE_NAME)),
+    );
+    let pricing = engine_cfg.pricing.clone();
+    let mut engine = Engine::new(engine_cfg)?;
+    let mut ledger = None;
+    if let Some(d) = &data_dir {
+        let opts = LedgerOptions {
+            log_content: cfg.log_content,
+        };
+        let bg = BackgroundLedger::spawn(d.join(LEDGER_FILE), opts, Some(pricing));
+        engine = engine.with_ledger(Arc::new(bg.clone()));
+        let cache = CacheSettings {
+            enabled: cfg.cache.enabled,
+            ttl_secs: cfg.cache.ttl_secs,
+        };
+        engine = engine.with_cache(Arc::new(ResponseCache::new(d, cache)));
+        ledger = Some(bg);
+    }
     let settings = Settings {
         default_model: cfg.default_model.clone(),
+        budget: Budget {
+            session_usd: cfg.budget.session_usd,
+            daily_usd: cfg.budget.daily_usd,
+        },
+        ledger,
         config: cfg,
     };
-    Ok((Engine::new(engine_cfg)?, settings))
+    Ok((engine, settings))
 }

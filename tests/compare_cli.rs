@@ -160,10 +160,9 @@ async fn compare_json_has_one_result_per_target_and_the_consensus() {
         assert_eq!(r["usage"]["input_tokens"], 12);
         assert_eq!(r["usage"]["output_tokens"], 7);
         assert!(r["error"].is_null());
-        assert!(
-            r["cost_usd"].is_null(),
-            "no price for these models: null, never 0"
-        );
+        // A local Ollama model is free, and known to be: 0, not unknown
+        // (tests/cost.rs covers the unknown price: null, never 0).
+        assert_eq!(r["cost_usd"], 0.0, "a local model costs a known 0");
     }
     let c = &v["consensus"];
     assert_eq!(c["kind"], "number");
@@ -182,7 +181,7 @@ async fn compare_json_has_one_result_per_target_and_the_consensus() {
         .starts_with("2 of 3 finished agree on \"4\""));
     assert_eq!(v["stability"].as_array().unwrap().len(), 3);
     assert!(v["judge"].is_null());
-    assert!(v["cost_usd"].is_null());
+    assert_eq!(v["cost_usd"], 0.0);
     // Every target was asked the same thing, concurrently.
     let reqs = server.requests();
     assert_eq!(reqs.len(), 3);
@@ -249,7 +248,7 @@ async fn compare_markdown_output() {
     assert!(md.contains("## Answers\n\n### ollama/a\n"));
     // The pipe in an answer is kept in the answer section.
     assert!(md.contains("\nNo | it is safe.\n"));
-    assert!(md.trim_end().ends_with("Total cost: unknown"));
+    assert!(md.trim_end().ends_with("Total cost: $0.000000"), "{md}");
     // The system prompt went out.
     let b = server.requests()[0].json();
     assert_eq!(b["messages"][0]["role"], "system");
@@ -342,8 +341,8 @@ async fn compare_csv_output_and_some_failed_exit_code() {
         assert_eq!(r[6], "C");
         assert_eq!(r[7], "0");
         assert_eq!(r[8], "true");
-        assert_eq!(r[11], "", "unknown cost is an empty cell, not 0");
-        assert_eq!(r[12], "unknown");
+        assert_eq!(r[11], "0", "a local model costs a known 0");
+        assert_eq!(r[12], "computed");
     }
     assert!(ok
         .iter()
@@ -432,7 +431,7 @@ async fn prompt_from_stdin_and_default_text_output() {
     assert_eq!(out.status.code(), Some(0), "stderr: {}", stderr(&out));
     let text = stdout(&out);
     assert!(
-        text.contains("━━ ollama/a · stop · 12→7 tok · $? ? · TTFT "),
+        text.contains("━━ ollama/a · stop · 12→7 tok · $0.000000 ✓ · TTFT "),
         "{text}"
     );
     assert!(
@@ -441,7 +440,7 @@ async fn prompt_from_stdin_and_default_text_output() {
         ),
         "{text}"
     );
-    assert!(text.contains("total cost: unknown"));
+    assert!(text.contains("total cost: $0.000000"), "{text}");
     let b = server.requests()[0].json();
     assert_eq!(
         b["messages"][0]["content"],

@@ -584,10 +584,10 @@ allowed_models = ["openai/*", "groq/*", "mock/*"]
 kind = "compatible"
 base_url = "https://api.groq.com/openai/v1"
 api_key_env = "GROQ_API_KEY"
-models = ["llama-3.3-70b-versatile"]
+models = ["llama-unpriced-test"]
 [aliases]
 mini = "openai/gpt-4o-mini"
-[models."groq/llama-3.3-70b-versatile"]
+[models."groq/llama-unpriced-test"]
 context_window = 131072
 max_tokens = 8192
 "#,
@@ -614,7 +614,7 @@ max_tokens = 8192
     assert_eq!(p("ollama")["key_needed"], false);
     let models = v["models"].as_array().unwrap();
     let m = |id: &str| models.iter().find(|m| m["id"] == id).unwrap().clone();
-    let groq = m("groq/llama-3.3-70b-versatile");
+    let groq = m("groq/llama-unpriced-test");
     assert_eq!(groq["context_window"], 131072);
     assert_eq!(groq["max_tokens"], 8192);
     assert!(groq["price"].is_null(), "unknown price is null, never 0");
@@ -634,7 +634,7 @@ max_tokens = 8192
     let text = String::from_utf8(out.stdout).unwrap();
     assert!(text.contains("missing (set OPENAI_API_KEY)"), "{text}");
     assert!(
-        text.contains("groq/llama-3.3-70b-versatile") && text.contains("131k"),
+        text.contains("groq/llama-unpriced-test") && text.contains("131k"),
         "{text}"
     );
     assert!(text.contains("not allowed"), "{text}");

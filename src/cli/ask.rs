@@ -29,6 +29,12 @@ pub struct AskArgs {
     /// Ask for the whole response at once instead of a stream.
     #[arg(long)]
     pub no_stream: bool,
+    /// Send even when the projected cost would cross a budget cap.
+    #[arg(long)]
+    pub force: bool,
+    /// Bypass the response cache for this request.
+    #[arg(long)]
+    pub no_cache: bool,
     /// The prompt (read from stdin when absent).
     pub prompt: Vec<String>,
 }
@@ -86,11 +92,33 @@ pub fn run(flags: &GlobalFlags, args: AskArgs) -> i32 {
     req.temperature = args.temperature;
     let opts = RunOptions {
         stream: !args.no_stream,
+        cache: if args.no_cache { Some(false) } else { None },
         ..Default::default()
     };
+    let ledger = settings
+        .ledger
+        .clone()
+        .map(|l| std::sync::Arc::new(l) as std::sync::Arc<dyn crate::engine::budget::SpendLedger>);
+    let budget = settings.budget;
     let rt = runtime();
     rt.block_on(async move {
-        let mut handle = engine.run(req, vec![model], opts);
+        let started = crate::engine::budget::start_run(
+            &engine,
+            ledger,
+            budget,
+            req,
+            vec![model],
+            opts,
+            args.force,
+        )
+        .await;
+        let mut handle = match started {
+            Ok((h, _)) => h,
+            Err(e) => {
+                eprintln!("quorum: {e}");
+                return EXIT_USAGE;
+            }
+        };
         let cancel = handle.cancel_token();
         tokio::spawn(async move {
             if tokio::signal::ctrl_c().await.is_ok() {

@@ -3,7 +3,9 @@
 pub mod ask;
 pub mod compare;
 pub mod leaderboard;
+pub mod ledger;
 pub mod models;
+pub mod pricing;
 
 use clap::{Parser, Subcommand};
 
@@ -52,6 +54,10 @@ enum Command {
     Compare(compare::CompareArgs),
     /// Win rates and Elo ratings from blind votes.
     Leaderboard(leaderboard::LeaderboardArgs),
+    /// Spending and usage: totals by session, day, provider and model.
+    Ledger(ledger::LedgerArgs),
+    /// Prices: show them, or import LiteLLM's table.
+    Pricing(pricing::PricingArgs),
 }
 
 /// The version with the commit it was built from.
@@ -90,6 +96,8 @@ pub fn main() -> i32 {
         }
         Some(Command::Compare(a)) => compare::run(&flags, a),
         Some(Command::Leaderboard(a)) => leaderboard::run(&flags, a),
+        Some(Command::Ledger(a)) => ledger::run(a),
+        Some(Command::Pricing(a)) => pricing::run(&flags, a),
         None => {
             eprintln!("quorum: the TUI is not built yet; try `quorum ask -m mock/alpha \"hi\"`");
             EXIT_USAGE

@@ -159,8 +159,8 @@ pub fn listing(engine: &Engine, cfg: &Config, env: EnvFn<'_>) -> Listing {
                 max_tokens: meta.max_tokens,
                 capabilities: meta.capabilities,
                 price: engine.pricing().lookup(&spec.name, m).map(|p| ListedPrice {
-                    input: p.input,
-                    output: p.output,
+                    input: p.price.input,
+                    output: p.price.output,
                 }),
             });
         }

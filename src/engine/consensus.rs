@@ -1630,10 +1630,7 @@ pub fn record_vote(vote: &Vote) -> Result<(), String> {
 /// The folder of the ledger and caches: `QUORUM_DATA_DIR`, else the platform
 /// data dir from `directories`.
 pub fn data_dir() -> Option<PathBuf> {
-    if let Some(d) = std::env::var_os("QUORUM_DATA_DIR").filter(|d| !d.is_empty()) {
-        return Some(PathBuf::from(d));
-    }
-    directories::ProjectDirs::from("", "", "quorum").map(|p| p.data_dir().to_path_buf())
+    super::ledger::data_dir()
 }
 
 #[cfg(test)]

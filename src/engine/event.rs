@@ -209,6 +209,9 @@ pub struct Completion {
     pub cost_usd: Option<f64>,
     /// Where the cost came from.
     pub cost_source: CostSource,
+    /// The price row used (`builtin:openai/gpt-4o-mini@2024-07-18`), when one was.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub price_ref: Option<String>,
     /// Time to first token in ms.
     pub ttft_ms: Option<f64>,
     /// Total latency in ms.

@@ -13,12 +13,16 @@ pub use event::{
     Accumulator, Completion, CostSource, Delta, FinishReason, StreamEvent, ToolCall, Usage,
 };
 pub use request::{ChatRequest, Message, Role};
+pub mod budget;
+pub mod cache;
 pub mod consensus;
 pub mod cost;
 pub mod judge;
 pub mod ledger;
+pub mod pricing_file;
 pub mod registry;
 pub mod routing;
 pub mod run;
+pub mod tokens;
 
 pub use run::{Engine, EngineConfig, RunHandle, RunOptions, TargetEvent};

@@ -13,6 +13,7 @@ use tokio::sync::mpsc;
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
+use super::cache::{self, CachedAnswer, ResponseCache};
 use super::cost::Pricing;
 use super::error::EngineError;
 use super::event::{Accumulator, Completion, Delta, FinishReason, StreamEvent};
@@ -52,6 +53,8 @@ pub struct RunOptions {
     pub source_agent: Option<String>,
     /// Use the configured fallback chains.
     pub fallbacks: bool,
+    /// Use the response cache: None follows the configured default.
+    pub cache: Option<bool>,
 }
 
 impl Default for RunOptions {
@@ -62,6 +65,7 @@ impl Default for RunOptions {
             trace_id: None,
             source_agent: None,
             fallbacks: true,
+            cache: None,
         }
     }
 }
@@ -135,9 +139,10 @@ struct Inner {
     http: reqwest::Client,
     /// Clients of providers with their own connect timeout.
     clients: HashMap<String, reqwest::Client>,
-    router: Router,
+    router: Arc<Router>,
     cfg: EngineConfig,
     ledger: Option<Arc<dyn LedgerSink>>,
+    cache: Option<Arc<ResponseCache>>,
     seq: AtomicU64,
 }
 
@@ -170,29 +175,44 @@ impl Engine {
             inner: Arc::new(Inner {
                 http,
                 clients,
-                router: Router::new(cfg.policies.clone()),
+                router: Arc::new(Router::new(cfg.policies.clone())),
                 cfg,
                 ledger: None,
+                cache: None,
                 seq: AtomicU64::new(0),
             }),
         })
     }
 
-    /// Attach a ledger; every finished request is recorded there before the face hears of it.
-    pub fn with_ledger(self, ledger: Arc<dyn LedgerSink>) -> Engine {
-        let inner = Arc::try_unwrap(self.inner).unwrap_or_else(|arc| Inner {
+    /// This engine's state, taken out (or copied when the engine is shared:
+    /// the router's state stays shared either way).
+    fn into_inner(self) -> Inner {
+        Arc::try_unwrap(self.inner).unwrap_or_else(|arc| Inner {
             http: arc.http.clone(),
             clients: arc.clients.clone(),
-            router: Router::new(arc.cfg.policies.clone()),
+            router: arc.router.clone(),
             cfg: arc.cfg.clone(),
             ledger: arc.ledger.clone(),
-            seq: AtomicU64::new(0),
-        });
+            cache: arc.cache.clone(),
+            seq: AtomicU64::new(arc.seq.load(Ordering::Relaxed)),
+        })
+    }
+
+    /// Attach a ledger; every finished request is recorded there before the face hears of it.
+    pub fn with_ledger(self, ledger: Arc<dyn LedgerSink>) -> Engine {
+        let mut inner = self.into_inner();
+        inner.ledger = Some(ledger);
         Engine {
-            inner: Arc::new(Inner {
-                ledger: Some(ledger),
-                ..inner
-            }),
+            inner: Arc::new(inner),
+        }
+    }
+
+    /// Attach the response cache; runs use it as [`RunOptions::cache`] and its settings say.
+    pub fn with_cache(self, cache: Arc<ResponseCache>) -> Engine {
+        let mut inner = self.into_inner();
+        inner.cache = Some(cache);
+        Engine {
+            inner: Arc::new(inner),
         }
     }
 
@@ -302,6 +322,18 @@ impl TargetJob {
 
     async fn run(self) {
         let started = Instant::now();
+        // Response cache: a hit replays at once and sends nothing.
+        if let Some((r, hit)) = self.cache_lookup().await {
+            for ev in hit.events() {
+                if !self.emit(ev).await {
+                    return;
+                }
+            }
+            let elapsed = started.elapsed();
+            self.finish(hit.to_completion(), &r, started, 0, Some(elapsed), None)
+                .await;
+            return;
+        }
         let mut chain = vec![self.target.clone()];
         if self.opts.fallbacks {
             // Chains are keyed by `provider/model`; an alias finds its model's chain.
@@ -349,6 +381,9 @@ impl TargetJob {
                 .await
             {
                 Outcome::Done(mut c) => {
+                    if ci == 0 {
+                        self.cache_store(&resolved, &c).await;
+                    }
                     if ci > 0 {
                         c.fell_back_from = Some(self.target.clone());
                     }
@@ -577,13 +612,7 @@ impl TargetJob {
             };
             c.error = Some(e);
         }
-        let (cost, src) =
-            self.inner
-                .cfg
-                .pricing
-                .cost(&r.spec.name, &r.model, &c.usage, c.usage_reported);
-        c.cost_usd = cost;
-        c.cost_source = src;
+        super::cost::settle(&self.inner.cfg.pricing, &self.request, &mut c).await;
         if let Some(ledger) = &self.inner.ledger {
             let meta = RequestMeta {
                 run_id: self.run_id.clone(),
@@ -606,6 +635,46 @@ impl TargetJob {
             StreamEvent::Finished(Box::new(c))
         };
         self.emit(ev).await;
+    }
+}
+
+impl TargetJob {
+    fn cache(&self) -> Option<Arc<ResponseCache>> {
+        self.inner
+            .cache
+            .clone()
+            .filter(|c| c.enabled_for(self.opts.cache))
+    }
+
+    async fn cache_lookup(&self) -> Option<(Resolved, CachedAnswer)> {
+        let cache = self.cache()?;
+        let r = self.inner.cfg.registry.resolve(&self.target).ok()?;
+        let key = cache::key(&r.spec.name, &r.model, &self.request);
+        let hit = tokio::task::spawn_blocking(move || cache.get(&key))
+            .await
+            .ok()?;
+        match hit {
+            Ok(Some(a)) => Some((r, a)),
+            Ok(None) => None,
+            Err(e) => {
+                tracing::warn!("response cache read failed: {e}");
+                None
+            }
+        }
+    }
+
+    async fn cache_store(&self, r: &Resolved, c: &Completion) {
+        let Some(cache) = self.cache() else { return };
+        if !cache::cacheable(c) {
+            return;
+        }
+        let key = cache::key(&r.spec.name, &r.model, &self.request);
+        let mut answer = CachedAnswer::from_completion(c);
+        answer.provider = r.spec.name.clone();
+        answer.model = r.model.clone();
+        if let Ok(Err(e)) = tokio::task::spawn_blocking(move || cache.put(&key, &answer)).await {
+            tracing::warn!("response cache write failed: {e}");
+        }
     }
 }
 

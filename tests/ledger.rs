@@ -1,0 +1,526 @@
+//! The SQLite ledger: schema, durability across SIGKILL, concurrent writers, queries.
+//!
+//! The crash and concurrency tests re-run this test binary as a child process
+//! (`ledger_child_writer`, which does nothing unless QUORUM_LEDGER_CHILD is set): the
+//! child records requests in a loop and prints `COMMITTED <run id>` after each
+//! `record` returns; the parent kills it or waits, then reopens the file.
+
+use std::io::{BufRead, BufReader};
+use std::path::Path;
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+use llm_quorum::engine::cost::Pricing;
+use llm_quorum::engine::ledger::{
+    self, BackgroundLedger, GroupBy, LedgerOptions, LedgerSink, RequestMeta, Shown, SqliteLedger,
+};
+use llm_quorum::engine::{
+    tokens, Completion, CostSource, EngineError, FinishReason, ToolCall, Usage,
+};
+
+fn completion(i: u64) -> Completion {
+    let pricing = Pricing::builtin();
+    let mut c = Completion {
+        provider: "openai".into(),
+        model: "gpt-4o-mini".into(),
+        text: format!("answer {i}"),
+        finish_reason: FinishReason::Stop,
+        raw_finish_reason: "stop".into(),
+        usage: Usage {
+            input_tokens: 100 + i,
+            output_tokens: 10,
+            cached_input_tokens: 50,
+            ..Default::default()
+        },
+        usage_reported: true,
+        ttft_ms: Some(12.5),
+        latency_ms: 40.0,
+        ..Default::default()
+    };
+    pricing.apply(&mut c);
+    c
+}
+
+fn meta(run: &str, session: Option<&str>) -> RequestMeta {
+    RequestMeta {
+        run_id: run.into(),
+        session_id: session.map(String::from),
+        trace_id: Some("0af7651916cd43dd8448eb211c80319c".into()),
+        source_agent: Some("test".into()),
+        target: "openai/gpt-4o-mini".into(),
+        prompt: "What is 2+2?".into(),
+    }
+}
+
+/// The child half of the crash and concurrency tests.
+#[test]
+fn ledger_child_writer() {
+    let Ok(path) = std::env::var("QUORUM_LEDGER_CHILD") else {
+        return;
+    };
+    let tag = std::env::var("QUORUM_LEDGER_TAG").unwrap();
+    let n: u64 = std::env::var("QUORUM_LEDGER_N").unwrap().parse().unwrap();
+    let l = SqliteLedger::open(Path::new(&path), LedgerOptions::default()).unwrap();
+    for i in 0..n {
+        let run = format!("{tag}-{i}");
+        l.record(&meta(&run, Some(&tag)), &completion(i)).unwrap();
+        println!("COMMITTED {run}");
+    }
+}
+
+fn spawn_child(path: &Path, tag: &str, n: u64) -> std::process::Child {
+    Command::new(std::env::current_exe().unwrap())
+        .args([
+            "ledger_child_writer",
+            "--exact",
+            "--nocapture",
+            "--test-threads=1",
+        ])
+        .env("QUORUM_LEDGER_CHILD", path)
+        .env("QUORUM_LEDGER_TAG", tag)
+        .env("QUORUM_LEDGER_N", n.to_string())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap()
+}
+
+/// The run id of a `COMMITTED` line (libtest may print its own words before it).
+fn committed_id(line: &str) -> Option<String> {
+    let at = line.find("COMMITTED ")?;
+    Some(line[at + "COMMITTED ".len()..].trim().to_string())
+}
+
+fn committed_lines(out: impl std::io::Read) -> Vec<String> {
+    BufReader::new(out)
+        .lines()
+        .map_while(Result::ok)
+        .filter_map(|l| committed_id(&l))
+        .collect()
+}
+
+fn run_ids(l: &SqliteLedger, session: &str) -> std::collections::HashSet<String> {
+    match l.show(session).unwrap() {
+        Some(Shown::Session { requests, .. }) => requests.into_iter().map(|r| r.run_id).collect(),
+        _ => Default::default(),
+    }
+}
+
+#[test]
+fn sigkill_mid_run_loses_no_request_that_had_finished() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("ledger.sqlite3");
+    let mut child = spawn_child(&path, "crash", 1_000_000);
+    let stdout = child.stdout.take().unwrap();
+    let mut reader = BufReader::new(stdout);
+    let mut committed = Vec::new();
+    let deadline = Instant::now() + Duration::from_secs(60);
+    let mut line = String::new();
+    while committed.len() < 40 && Instant::now() < deadline {
+        line.clear();
+        if reader.read_line(&mut line).unwrap() == 0 {
+            break;
+        }
+        if let Some(id) = committed_id(&line) {
+            committed.push(id);
+        }
+    }
+    assert!(
+        committed.len() >= 40,
+        "child wrote too little: {}",
+        committed.len()
+    );
+    // SIGKILL while it is writing.
+    child.kill().unwrap();
+    let status = child.wait().unwrap();
+    assert!(!status.success());
+    #[cfg(unix)]
+    {
+        use std::os::unix::process::ExitStatusExt;
+        assert_eq!(status.signal(), Some(9));
+    }
+    // Lines it printed before dying were for committed rows too.
+    committed.extend(committed_lines(reader));
+    let l = SqliteLedger::open(&path, LedgerOptions::default()).unwrap();
+    let stored = run_ids(&l, "crash");
+    for id in &committed {
+        assert!(
+            stored.contains(id),
+            "{id} was reported committed but is missing"
+        );
+    }
+    // At most the one in flight when killed is extra.
+    assert!(
+        stored.len() <= committed.len() + 1,
+        "{} vs {}",
+        stored.len(),
+        committed.len()
+    );
+}
+
+#[test]
+fn two_processes_writing_one_ledger_at_once_lose_nothing() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("fresh").join("ledger.sqlite3");
+    let n = 150;
+    // Both start on a file that does not exist yet: creation and migration race too.
+    let mut a = spawn_child(&path, "alpha", n);
+    let mut b = spawn_child(&path, "beta", n);
+    let out_a = committed_lines(a.stdout.take().unwrap());
+    let out_b = committed_lines(b.stdout.take().unwrap());
+    assert!(a.wait().unwrap().success());
+    assert!(b.wait().unwrap().success());
+    assert_eq!((out_a.len(), out_b.len()), (n as usize, n as usize));
+    let l = SqliteLedger::open(&path, LedgerOptions::default()).unwrap();
+    assert_eq!(l.request_count().unwrap(), 2 * n);
+    let (sa, sb) = (run_ids(&l, "alpha"), run_ids(&l, "beta"));
+    for id in &out_a {
+        assert!(sa.contains(id), "{id}");
+    }
+    for id in &out_b {
+        assert!(sb.contains(id), "{id}");
+    }
+    assert_eq!(l.version().unwrap(), ledger::schema_version());
+}
+
+#[test]
+fn schema_is_versioned_wal_and_private() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("a").join("quorum");
+    let l = SqliteLedger::open_in(&data, LedgerOptions::default()).unwrap();
+    assert_eq!(l.version().unwrap(), ledger::schema_version());
+    assert!(ledger::schema_version() >= 1);
+    drop(l);
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::PermissionsExt;
+        let mode = |p: &Path| std::fs::metadata(p).unwrap().permissions().mode() & 0o777;
+        assert_eq!(mode(&data), 0o700, "data dir");
+        assert_eq!(mode(&data.join("ledger.sqlite3")), 0o600, "db file");
+    }
+    // Plain SQLite sees the documented tables, in WAL mode.
+    let c = rusqlite::Connection::open(data.join("ledger.sqlite3")).unwrap();
+    let mode: String = c
+        .query_row("PRAGMA journal_mode", [], |r| r.get(0))
+        .unwrap();
+    assert_eq!(mode, "wal");
+    let mut st = c
+        .prepare("SELECT name FROM sqlite_master WHERE type = 'table' ORDER BY name")
+        .unwrap();
+    let names: Vec<String> = st
+        .query_map([], |r| r.get(0))
+        .unwrap()
+        .map(Result::unwrap)
+        .collect();
+    assert_eq!(names, ["prices", "requests", "runs", "sessions", "votes"]);
+    // Reopening an up-to-date file migrates nothing; a newer one is refused.
+    let l = SqliteLedger::open_in(&data, LedgerOptions::default()).unwrap();
+    drop(l);
+    c.pragma_update(None, "user_version", 99).unwrap();
+    let err = SqliteLedger::open_in(&data, LedgerOptions::default()).unwrap_err();
+    assert!(err.contains("newer"), "{err}");
+}
+
+#[test]
+fn a_request_round_trips_with_its_price_row_and_shows_by_any_id() {
+    let dir = tempfile::tempdir().unwrap();
+    let pricing = Pricing::builtin();
+    let l = SqliteLedger::open_in(dir.path(), LedgerOptions::default())
+        .unwrap()
+        .with_pricing(pricing.clone());
+    l.start_session("s1", Some("trying things"), Some("tui"))
+        .unwrap();
+    let mut c = completion(1);
+    c.thinking = "hmm".into();
+    c.tool_calls = vec![ToolCall {
+        id: "call_1".into(),
+        name: "calc".into(),
+        arguments: "{\"x\":1}".into(),
+    }];
+    c.retries = 2;
+    c.fell_back_from = Some("anthropic/claude-haiku-4-5".into());
+    let id = l.record_request(&meta("run-1", Some("s1")), &c).unwrap();
+    let mut failed = Completion {
+        provider: "openai".into(),
+        model: "mystery-model".into(),
+        finish_reason: FinishReason::Error,
+        error: Some(EngineError::RateLimited {
+            retry_after: None,
+            message: "slow down".into(),
+        }),
+        latency_ms: 5.0,
+        ..Default::default()
+    };
+    pricing.apply(&mut failed);
+    assert_eq!(failed.cost_source, CostSource::Unknown);
+    l.record_request(&meta("run-1", Some("s1")), &failed)
+        .unwrap();
+
+    let Some(Shown::Request(r)) = l.show(&id.to_string()).unwrap() else {
+        panic!("request by id")
+    };
+    assert_eq!(r.run_id, "run-1");
+    assert_eq!(r.session_id.as_deref(), Some("s1"));
+    assert_eq!(
+        r.trace_id.as_deref(),
+        Some("0af7651916cd43dd8448eb211c80319c")
+    );
+    assert_eq!(r.source_agent.as_deref(), Some("test"));
+    assert_eq!(
+        (r.provider.as_str(), r.model.as_str()),
+        ("openai", "gpt-4o-mini")
+    );
+    assert_eq!(
+        (r.input_tokens, r.output_tokens, r.cached_input_tokens),
+        (101, 10, 50)
+    );
+    assert_eq!(r.cost_usd, c.cost_usd);
+    assert_eq!(r.cost_source, "computed");
+    assert_eq!(
+        r.price_ref.as_deref(),
+        Some("builtin:openai/gpt-4o-mini@2024-07-18")
+    );
+    assert_eq!((r.ttft_ms, r.latency_ms), (Some(12.5), Some(40.0)));
+    assert_eq!((r.status.as_str(), r.retries), ("ok", 2));
+    assert_eq!(
+        r.fell_back_from.as_deref(),
+        Some("anthropic/claude-haiku-4-5")
+    );
+    assert_eq!(r.prompt.as_deref(), Some("What is 2+2?"));
+    assert_eq!(r.response.as_deref(), Some("answer 1"));
+    assert_eq!(r.thinking.as_deref(), Some("hmm"));
+    assert_eq!(r.tool_calls.as_ref().unwrap()[0]["arguments"]["x"], 1);
+    assert!(!r.cache_hit);
+    // The price row is kept in the ledger, so it explains the row whatever happens later.
+    let row = l
+        .price_row(r.price_ref.as_deref().unwrap())
+        .unwrap()
+        .unwrap();
+    assert_eq!(
+        (row["input"].as_f64(), row["output"].as_f64()),
+        (Some(0.15), Some(0.6))
+    );
+
+    let Some(Shown::Run { requests, .. }) = l.show("run-1").unwrap() else {
+        panic!("run by id")
+    };
+    assert_eq!(requests.len(), 2);
+    let bad = &requests[1];
+    assert_eq!(
+        (bad.status.as_str(), bad.error_kind.as_deref()),
+        ("error", Some("rate_limited"))
+    );
+    assert!(bad.error_message.as_deref().unwrap().contains("slow down"));
+    assert_eq!(bad.cost_usd, None);
+    let Some(Shown::Session { session, runs, .. }) = l.show("s1").unwrap() else {
+        panic!("session by id")
+    };
+    assert_eq!(session.label.as_deref(), Some("trying things"));
+    assert_eq!(
+        (session.requests, session.unknown_cost, runs.len()),
+        (2, 1, 1)
+    );
+    assert!(l.show("nothing-like-this").unwrap().is_none());
+
+    // Totals: unknown costs are counted apart, never as $0.
+    for by in [
+        GroupBy::Session,
+        GroupBy::Day,
+        GroupBy::Provider,
+        GroupBy::Model,
+    ] {
+        let t = l.totals(by).unwrap();
+        let all: u64 = t.iter().map(|r| r.requests).sum();
+        assert_eq!(all, 2, "{by:?}");
+        let unknown: u64 = t.iter().map(|r| r.unknown_cost).sum();
+        assert_eq!(unknown, 1, "{by:?}");
+    }
+    let by_model = l.totals(GroupBy::Model).unwrap();
+    let m = by_model
+        .iter()
+        .find(|r| r.key == "openai/gpt-4o-mini")
+        .unwrap();
+    assert!((m.cost_usd - c.cost_usd.unwrap()).abs() < 1e-15);
+    // Spend: today and in the session.
+    let s = l.spend(Some("s1")).unwrap();
+    assert!((s.today_usd - c.cost_usd.unwrap()).abs() < 1e-15);
+    assert!((s.session_usd - c.cost_usd.unwrap()).abs() < 1e-15);
+    assert_eq!(l.spend(Some("other")).unwrap().session_usd, 0.0);
+    // Runs noted before sending keep their bound and targets.
+    l.note_run(
+        "run-2",
+        Some("s1"),
+        None,
+        &["a/b".into(), "c/d".into()],
+        Some(0.5),
+        "p",
+    )
+    .unwrap();
+    let Some(Shown::Run { run, .. }) = l.show("run-2").unwrap() else {
+        panic!()
+    };
+    assert_eq!((run.targets.len(), run.projected_usd), (2, Some(0.5)));
+}
+
+#[test]
+fn log_content_false_keeps_no_text() {
+    let dir = tempfile::tempdir().unwrap();
+    let l = SqliteLedger::open_in(dir.path(), LedgerOptions { log_content: false }).unwrap();
+    let mut c = completion(3);
+    c.thinking = "secret thoughts".into();
+    c.tool_calls = vec![ToolCall {
+        id: "x".into(),
+        name: "f".into(),
+        arguments: "{}".into(),
+    }];
+    l.record_request(&meta("run-x", None), &c).unwrap();
+    let r = l.recent(1).unwrap().remove(0);
+    assert_eq!(
+        (r.prompt, r.response, r.thinking, r.tool_calls),
+        (None, None, None, None)
+    );
+    assert_eq!(r.output_tokens, 10, "numbers are still kept");
+    drop(l);
+    let raw = std::fs::read(dir.path().join("ledger.sqlite3")).unwrap();
+    let wal = std::fs::read(dir.path().join("ledger.sqlite3-wal")).unwrap_or_default();
+    for needle in ["What is 2+2?", "answer 3", "secret thoughts"] {
+        let hit = |b: &[u8]| b.windows(needle.len()).any(|w| w == needle.as_bytes());
+        assert!(!hit(&raw) && !hit(&wal), "{needle:?} found on disk");
+    }
+}
+
+#[test]
+fn votes_are_kept_for_the_leaderboard() {
+    let dir = tempfile::tempdir().unwrap();
+    let l = SqliteLedger::open_in(dir.path(), LedgerOptions::default()).unwrap();
+    let t = vec!["openai/gpt-4o-mini".to_string(), "mock/alpha".to_string()];
+    l.record_vote(Some("run-1"), &t, Some("openai/gpt-4o-mini"), Some("math"))
+        .unwrap();
+    l.record_vote(Some("run-2"), &t, None, None).unwrap();
+    let v = l.votes().unwrap();
+    assert_eq!(v.len(), 2);
+    assert_eq!(v[0].winner.as_deref(), Some("openai/gpt-4o-mini"));
+    assert_eq!(v[0].tag.as_deref(), Some("math"));
+    assert_eq!(v[1].winner, None, "tie");
+    assert_eq!(v[1].targets, t);
+}
+
+#[test]
+fn the_background_ledger_opens_off_thread_and_records_durably() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("bg").join("ledger.sqlite3");
+    let t0 = Instant::now();
+    let bg = BackgroundLedger::spawn(
+        path.clone(),
+        LedgerOptions::default(),
+        Some(Pricing::builtin()),
+    );
+    let spawn_time = t0.elapsed();
+    assert!(
+        spawn_time < Duration::from_millis(50),
+        "spawning took {spawn_time:?}"
+    );
+    bg.record(&meta("bg-1", None), &completion(1)).unwrap();
+    assert!(bg.ready().unwrap().is_ok());
+    let l = SqliteLedger::open(&path, LedgerOptions::default()).unwrap();
+    assert_eq!(l.request_count().unwrap(), 1);
+    // A ledger that cannot open reports it on record, it does not panic.
+    let blocker = dir.path().join("file");
+    std::fs::write(&blocker, b"x").unwrap();
+    let bad = BackgroundLedger::spawn(
+        blocker.join("ledger.sqlite3"),
+        LedgerOptions::default(),
+        None,
+    );
+    assert!(bad.record(&meta("bg-2", None), &completion(2)).is_err());
+}
+
+#[test]
+fn pricing_and_the_ledger_never_load_a_tokenizer() {
+    // Nothing in this test binary counts tokens.
+    let p = Pricing::builtin();
+    assert!(p.lookup("openai", "gpt-4o-mini").is_some());
+    let dir = tempfile::tempdir().unwrap();
+    let l = SqliteLedger::open_in(dir.path(), LedgerOptions::default()).unwrap();
+    l.record_request(&meta("r", None), &completion(0)).unwrap();
+    let _ = l.totals(GroupBy::Model).unwrap();
+    let _ = tokens::quick_estimate("as you type");
+    assert!(!tokens::is_loaded(tokens::Encoding::O200kBase));
+    assert!(!tokens::is_loaded(tokens::Encoding::Cl100kBase));
+}
+
+#[test]
+fn quorum_ledger_prints_totals_sessions_and_rows_as_json() {
+    let data = tempfile::tempdir().unwrap();
+    let quorum = |args: &[&str]| {
+        Command::new(env!("CARGO_BIN_EXE_quorum"))
+            .args(args)
+            .env("QUORUM_DATA_DIR", data.path())
+            .output()
+            .unwrap()
+    };
+    // No ledger yet: empty totals, and the file is not created by reading.
+    let out = quorum(&["ledger", "--json"]);
+    assert!(out.status.success());
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(v["by_day"], serde_json::json!([]));
+    assert!(!data.path().join("ledger.sqlite3").exists());
+    let l = SqliteLedger::open_in(data.path(), LedgerOptions::default()).unwrap();
+    l.record(&meta("run-a", Some("s-1")), &completion(1))
+        .unwrap();
+    l.record(&meta("run-a", Some("s-1")), &completion(2))
+        .unwrap();
+    let mut unknown = completion(3);
+    unknown.model = "mystery".into();
+    Pricing::builtin().apply(&mut unknown);
+    l.record(&meta("run-b", None), &unknown).unwrap();
+    drop(l);
+    let out = quorum(&["ledger", "--json"]);
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    for k in ["by_session", "by_day", "by_provider", "by_model"] {
+        let n: u64 = v[k]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|r| r["requests"].as_u64().unwrap())
+            .sum();
+        assert_eq!(n, 3, "{k}");
+    }
+    let models = v["by_model"].as_array().unwrap();
+    let mystery = models
+        .iter()
+        .find(|r| r["key"] == "openai/mystery")
+        .unwrap();
+    assert_eq!(
+        (
+            mystery["cost_usd"].as_f64(),
+            mystery["unknown_cost"].as_u64()
+        ),
+        (Some(0.0), Some(1))
+    );
+    let out = quorum(&["ledger", "--by", "model"]);
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        text.contains("openai/mystery") && text.contains("+ 1?"),
+        "{text}"
+    );
+    let out = quorum(&["ledger", "sessions", "--json"]);
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(v[0]["id"], "s-1");
+    assert_eq!(
+        (v[0]["runs"].as_u64(), v[0]["requests"].as_u64()),
+        (Some(1), Some(2))
+    );
+    let out = quorum(&["ledger", "show", "run-a", "--json"]);
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(v["kind"], "run");
+    assert_eq!(v["requests"].as_array().unwrap().len(), 2);
+    let out = quorum(&["ledger", "show", "3"]);
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        text.contains("openai/gpt-4o-mini") && text.contains("?"),
+        "{text}"
+    );
+    let out = quorum(&["ledger", "show", "no-such-thing"]);
+    assert_eq!(out.status.code(), Some(2));
+}
