@@ -17,6 +17,7 @@ pub mod budget;
 pub mod cache;
 pub mod consensus;
 pub mod cost;
+pub mod discovery;
 pub mod judge;
 pub mod ledger;
 pub mod pricing_file;
