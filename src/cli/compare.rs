@@ -188,7 +188,7 @@ impl Report {
 }
 
 /// Run `quorum compare`.
-pub fn run(flags: &GlobalFlags, args: CompareArgs) -> i32 {
+pub fn run(flags: &GlobalFlags, mut args: CompareArgs) -> i32 {
     let (engine, settings) = match app::load(flags) {
         Ok(x) => x,
         Err(e) => {
@@ -198,12 +198,6 @@ pub fn run(flags: &GlobalFlags, args: CompareArgs) -> i32 {
     };
     if !(0.0..=1.0).contains(&args.threshold) {
         eprintln!("quorum: --threshold must be between 0 and 1");
-        return EXIT_USAGE;
-    }
-    let mut check = args.models.clone();
-    check.extend(args.judge.iter().cloned());
-    if let Err(e) = engine.check_targets(&check) {
-        eprintln!("quorum: {e}");
         return EXIT_USAGE;
     }
     let prompt = match read_prompt(&args.prompt) {
@@ -220,6 +214,23 @@ pub fn run(flags: &GlobalFlags, args: CompareArgs) -> i32 {
     req.messages.push(Message::user(prompt.clone()));
     req.max_tokens = args.max_tokens;
     req.temperature = args.temperature;
+    // `cheapest:TIER` picks its member for this request before anything is checked.
+    match crate::engine::select::expand_targets(&engine, &args.models, &req) {
+        Ok(m) => args.models = m,
+        Err(e) => {
+            eprintln!("quorum: {e}");
+            return EXIT_USAGE;
+        }
+    }
+    let mut check = args.models.clone();
+    check.extend(args.judge.iter().cloned());
+    if let Err(e) = engine.check_targets(&check) {
+        eprintln!("quorum: {e}");
+        return EXIT_USAGE;
+    }
+    for w in crate::engine::select::deprecation_warnings(&engine, &args.models) {
+        eprintln!("quorum: warning: {w}");
+    }
 
     let labels = unique_labels(&args.models);
     let repeat = args.repeat;

@@ -24,6 +24,7 @@ pub mod pricing_file;
 pub mod registry;
 pub mod routing;
 pub mod run;
+pub mod select;
 pub mod tokens;
 
 pub use run::{Engine, EngineConfig, RunHandle, RunOptions, TargetEvent};
