@@ -13,7 +13,7 @@ use ratatui::widgets::StatefulWidget;
 
 use super::text::{max_scroll, render_line, render_lines, split_lines, wrap, Piece, WrappedLine};
 use super::{default_styles, BlindState, ConsensusReport, ConsensusStyles, PaneNames};
-use crate::engine::consensus::{word_diff, AnswerStatus, DiffOp};
+use crate::engine::consensus::{word_diff, AnswerStatus, DiffOp, DiffSpan};
 
 /// Which two panes are compared, the scroll, and the cached diff.
 #[derive(Debug, Clone, Default)]
@@ -190,7 +190,7 @@ fn diff_with_count(
     width: u16,
     st: &ConsensusStyles,
 ) -> (Vec<WrappedLine>, usize) {
-    let spans = word_diff(a, b);
+    let spans = tidy(word_diff(a, b));
     let mut changes = 0;
     let mut prev = DiffOp::Equal;
     let pieces: Vec<Piece> = spans
@@ -214,6 +214,70 @@ fn diff_with_count(
         })
         .collect();
     (wrap(&split_lines(pieces), width as usize), changes)
+}
+
+/// A run of equal text, or one change: (deleted, inserted).
+enum Chunk {
+    Equal(String),
+    Change(String, String),
+}
+
+/// Semantic cleanup, after diff-match-patch: an equal run between two
+/// changes that is no longer than the edits on either side is folded into
+/// them. Two unrelated answers then read as one replacement instead of
+/// words interleaved at every shared space or `=`; answers that differ in a
+/// word keep their long equal runs untouched. Old and new texts are kept.
+pub(crate) fn tidy(spans: Vec<DiffSpan>) -> Vec<DiffSpan> {
+    let mut chunks: Vec<Chunk> = Vec::new();
+    for s in spans {
+        match (s.op, chunks.last_mut()) {
+            (DiffOp::Equal, _) => chunks.push(Chunk::Equal(s.text)),
+            (DiffOp::Delete, Some(Chunk::Change(d, _))) => d.push_str(&s.text),
+            (DiffOp::Insert, Some(Chunk::Change(_, i))) => i.push_str(&s.text),
+            (DiffOp::Delete, _) => chunks.push(Chunk::Change(s.text, String::new())),
+            (DiffOp::Insert, _) => chunks.push(Chunk::Change(String::new(), s.text)),
+        }
+    }
+    let len = |s: &str| s.chars().count();
+    let mut k = 1;
+    while k + 1 < chunks.len() {
+        let merged = match (&chunks[k - 1], &chunks[k], &chunks[k + 1]) {
+            (Chunk::Change(d1, i1), Chunk::Equal(e), Chunk::Change(d2, i2))
+                if len(e) <= len(d1).max(len(i1)) && len(e) <= len(d2).max(len(i2)) =>
+            {
+                Some(Chunk::Change(
+                    format!("{d1}{e}{d2}"),
+                    format!("{i1}{e}{i2}"),
+                ))
+            }
+            _ => None,
+        };
+        match merged {
+            Some(c) => {
+                chunks.splice(k - 1..k + 2, [c]);
+                // The merged change may now swallow the next equal run too.
+                k = k.saturating_sub(1).max(1);
+            }
+            None => k += 1,
+        }
+    }
+    let mut out = Vec::with_capacity(chunks.len() * 2);
+    for c in chunks {
+        match c {
+            Chunk::Equal(t) => out.push(DiffSpan {
+                op: DiffOp::Equal,
+                text: t,
+            }),
+            Chunk::Change(d, i) => {
+                for (op, text) in [(DiffOp::Delete, d), (DiffOp::Insert, i)] {
+                    if !text.is_empty() {
+                        out.push(DiffSpan { op, text });
+                    }
+                }
+            }
+        }
+    }
+    out
 }
 
 /// The word diff of two panes of a report.
@@ -394,5 +458,30 @@ impl StatefulWidget for WordDiffView<'_> {
         if let Some(cache) = &state.cache {
             render_lines(&cache.lines, state.scroll, body, buf);
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn rebuild(spans: &[DiffSpan], skip: DiffOp) -> String {
+        spans
+            .iter()
+            .filter(|s| s.op != skip)
+            .map(|s| s.text.as_str())
+            .collect()
+    }
+
+    #[test]
+    fn tidy_folds_small_equalities_and_keeps_both_texts() {
+        let a = "total = compute(11, data) * weight";
+        let b = "I cannot help with that request.";
+        let spans = tidy(word_diff(a, b));
+        assert_eq!(rebuild(&spans, DiffOp::Insert), a);
+        assert_eq!(rebuild(&spans, DiffOp::Delete), b);
+        assert_eq!(spans.len(), 2, "one replacement: {spans:?}");
+        let near = tidy(word_diff("the quick brown fox", "the quick red fox"));
+        assert_eq!(near, word_diff("the quick brown fox", "the quick red fox"));
     }
 }

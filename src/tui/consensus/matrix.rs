@@ -215,7 +215,10 @@ impl Widget for AgreementMatrix<'_> {
         let c = &report.consensus;
         let n = report.len();
         render_line(
-            Line::styled(self.metric.caption(c.kind), st.dim),
+            Line::from(vec![
+                Span::styled(self.metric.caption(c.kind), st.dim),
+                Span::styled(" · m: metric", st.dim),
+            ]),
             area,
             0,
             buf,
@@ -285,13 +288,13 @@ impl Widget for AgreementMatrix<'_> {
                     fit(&labels[i], label_w - 1)
                 };
                 buf.set_stringn(area.x, y, &label, w, row_style(report, i, st));
-                for j in 0..n {
+                for (j, value) in values[i].iter().enumerate() {
                     let x = x0 + label_w + j * cw;
                     if x >= right {
                         break;
                     }
                     let max = (right - x).min(painted);
-                    match values[i][j] {
+                    match *value {
                         Some(v) => {
                             let fill: String =
                                 std::iter::repeat_n(st.heat.fill(v), painted).collect();
@@ -299,7 +302,7 @@ impl Widget for AgreementMatrix<'_> {
                             buf.set_stringn(x as u16, y, &fill, max, style);
                             if painted >= 4 {
                                 let num = format!("{v:.2}");
-                                let off = (painted - 4) / 2;
+                                let off = (painted - 3) / 2;
                                 if off < max {
                                     buf.set_stringn((x + off) as u16, y, &num, max - off, style);
                                 }

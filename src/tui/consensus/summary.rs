@@ -113,7 +113,7 @@ fn entries(
     // Agreement.
     let how = if c.kind.is_closed() {
         format!(
-            "share of answered panes in the largest group, by the extracted {}",
+            "share of answered panes in the largest group ({})",
             kind_word(c.kind)
         )
     } else {
@@ -137,6 +137,9 @@ fn entries(
 
     // Majority.
     let who = |members: &[usize]| -> String {
+        let mut members = members.to_vec();
+        // By key, so blind letters read A, B, C.
+        members.sort_by_key(|m| (names.key(*m).len(), names.key(*m).to_string()));
         members
             .iter()
             .map(|m| names.full(*m))

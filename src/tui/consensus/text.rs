@@ -106,12 +106,27 @@ impl LineBuilder {
         }
     }
 
-    fn push(&mut self, s: &str, style: Style, w: usize) {
+    fn push(&mut self, s: &str, style: Style, w: usize, mark: bool) {
+        self.changed |= mark;
         match self.spans.last_mut() {
             Some((t, st)) if *st == style => t.push_str(s),
             _ => self.spans.push((s.to_string(), style)),
         }
         self.width += w;
+    }
+
+    /// End the line at a soft break: trailing spaces go.
+    fn finish_soft(&mut self, out: &mut Vec<WrappedLine>) {
+        while let Some((t, _)) = self.spans.last_mut() {
+            let trimmed = t.trim_end().len();
+            t.truncate(trimmed);
+            if t.is_empty() {
+                self.spans.pop();
+            } else {
+                break;
+            }
+        }
+        self.finish(out);
     }
 
     fn finish(&mut self, out: &mut Vec<WrappedLine>) {
@@ -161,7 +176,7 @@ pub(crate) fn wrap(logical: &[Vec<Piece>], width: usize) -> Vec<WrappedLine> {
         let mut b = LineBuilder::new();
         let mut soft = false;
         for p in line {
-            if p.mark {
+            if p.mark && p.text.is_empty() {
                 b.changed = true;
             }
             for tok in tokens(&p.text) {
@@ -172,37 +187,28 @@ pub(crate) fn wrap(logical: &[Vec<Piece>], width: usize) -> Vec<WrappedLine> {
                         continue;
                     }
                     if b.width + tw <= width {
-                        b.push(tok, p.style, tw);
+                        b.push(tok, p.style, tw, p.mark);
                     } else {
                         if b.width > 0 {
-                            b.finish(&mut out);
-                            if p.mark {
-                                b.changed = true;
-                            }
+                            b.finish_soft(&mut out);
                         }
                         soft = true;
                     }
                 } else if b.width + tw <= width {
-                    b.push(tok, p.style, tw);
+                    b.push(tok, p.style, tw, p.mark);
                 } else if tw <= width {
-                    b.finish(&mut out);
-                    if p.mark {
-                        b.changed = true;
-                    }
+                    b.finish_soft(&mut out);
                     soft = true;
-                    b.push(tok, p.style, tw);
+                    b.push(tok, p.style, tw, p.mark);
                 } else {
                     for ch in tok.chars() {
                         let cw = ch.width().unwrap_or(0);
                         if b.width + cw > width && b.width > 0 {
-                            b.finish(&mut out);
-                            if p.mark {
-                                b.changed = true;
-                            }
+                            b.finish_soft(&mut out);
                             soft = true;
                         }
                         let mut tmp = [0u8; 4];
-                        b.push(ch.encode_utf8(&mut tmp), p.style, cw);
+                        b.push(ch.encode_utf8(&mut tmp), p.style, cw, p.mark);
                     }
                 }
             }
