@@ -756,6 +756,20 @@ fn blind_tie_and_stable_letters() {
     assert!(!c.revealed());
     let mut lone = BlindState::new(vec!["a/x".into()], 1);
     assert_eq!(lone.vote(VoteChoice::Pane(0)), None);
+    // Failed and empty panes get letters but are not in the vote.
+    let f = failed_and_empty();
+    let mut fb = BlindState::for_report(&f, 5);
+    assert!(fb.letter_for(0).is_some() && fb.letter_for(1).is_some());
+    assert!(!fb.is_eligible(0) && !fb.is_eligible(1));
+    assert_eq!(
+        fb.vote(VoteChoice::Pane(0)),
+        None,
+        "a failed pane cannot win"
+    );
+    assert!(!fb.revealed());
+    let v = fb.vote(VoteChoice::Pane(3)).unwrap();
+    assert_eq!(v.targets, vec!["anthropic/claude", "mock/alpha"]);
+    assert_eq!(v.winner.as_deref(), Some("mock/alpha"));
     // Revealing without a vote.
     c.reveal();
     assert!(c.revealed());

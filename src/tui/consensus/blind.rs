@@ -5,7 +5,7 @@
 use ratatui::crossterm::event::{KeyCode, KeyEvent, KeyEventKind, KeyModifiers};
 
 use super::ConsensusReport;
-use crate::engine::consensus::Vote;
+use crate::engine::consensus::{AnswerStatus, Vote};
 use crate::engine::judge::letter;
 
 /// What the user voted for.
@@ -23,6 +23,8 @@ pub struct BlindState {
     targets: Vec<String>,
     /// `slot[pane]`: the position of the pane's letter (0 = `A`).
     slot: Vec<usize>,
+    /// Panes that can win and are counted in the vote (answered ones).
+    eligible: Vec<bool>,
     tag: Option<String>,
     run_id: Option<String>,
     voted: Option<VoteChoice>,
@@ -56,6 +58,7 @@ impl BlindState {
             slot[*pane] = pos;
         }
         BlindState {
+            eligible: vec![true; n],
             targets,
             slot,
             tag: None,
@@ -65,9 +68,11 @@ impl BlindState {
         }
     }
 
-    /// Blind over every pane of `report`.
+    /// Blind over every pane of `report`. Every pane gets a letter, but
+    /// only answered ones take part in the vote: a failed or empty pane has
+    /// no answer to judge, and must not lose Elo for an outage.
     pub fn for_report(report: &ConsensusReport, seed: u64) -> Self {
-        Self::new(
+        let mut b = Self::new(
             report
                 .consensus
                 .answers
@@ -75,7 +80,35 @@ impl BlindState {
                 .map(|a| a.label.clone())
                 .collect(),
             seed,
-        )
+        );
+        b.eligible = report
+            .consensus
+            .answers
+            .iter()
+            .map(|a| a.status == AnswerStatus::Answered)
+            .collect();
+        b
+    }
+
+    /// Which panes take part in the vote (pane order); missing ones do not.
+    pub fn with_eligible(mut self, eligible: Vec<bool>) -> Self {
+        self.eligible = (0..self.len())
+            .map(|i| eligible.get(i).copied().unwrap_or(false))
+            .collect();
+        self
+    }
+
+    /// Whether pane `pane` takes part in the vote.
+    pub fn is_eligible(&self, pane: usize) -> bool {
+        self.eligible.get(pane).copied().unwrap_or(false)
+    }
+
+    /// The targets a vote counts: the eligible panes', in pane order.
+    pub fn vote_targets(&self) -> Vec<String> {
+        (0..self.len())
+            .filter(|p| self.is_eligible(*p))
+            .map(|p| self.targets[p].clone())
+            .collect()
     }
 
     /// Tag the vote (a project, a task family).
@@ -147,22 +180,25 @@ impl BlindState {
         self.voted
     }
 
-    /// Cast the vote: names are revealed and the vote returned for the
-    /// caller to store (`created_at` unset: the store stamps it). `None`,
-    /// and nothing changes, if a vote was already cast or the names were
-    /// revealed, the pane does not exist, or fewer than two panes are shown.
+    /// Cast the vote: names are revealed and the vote (over the eligible
+    /// panes) returned for the caller to store (`created_at` unset: the
+    /// store stamps it). `None`, and nothing changes, if a vote was already
+    /// cast or the names were revealed, the pane does not exist or is not
+    /// eligible, or fewer than two panes are eligible.
     pub fn vote(&mut self, choice: VoteChoice) -> Option<Vote> {
-        if self.revealed || self.voted.is_some() || self.len() < 2 {
+        let targets = self.vote_targets();
+        if self.revealed || self.voted.is_some() || targets.len() < 2 {
             return None;
         }
         let winner = match choice {
-            VoteChoice::Pane(p) => Some(self.targets.get(p)?.clone()),
+            VoteChoice::Pane(p) if self.is_eligible(p) => Some(self.targets[p].clone()),
+            VoteChoice::Pane(_) => return None,
             VoteChoice::Tie => None,
         };
         self.voted = Some(choice);
         self.revealed = true;
         Some(Vote {
-            targets: self.targets.clone(),
+            targets,
             winner,
             tag: self.tag.clone(),
             run_id: self.run_id.clone(),
