@@ -463,6 +463,15 @@ fn the_judge_verdict_is_shown_with_names_on_its_letters() {
         target: "mock/judge".into(),
     });
     assert!(text(&render(ClusterSummary::new(&running), 100, 14)).contains("mock/judge · judging…"));
+    let mut no_verdict = match judged(yes_yes_no()).judge {
+        Some(JudgeStatus::Done(o)) => o,
+        _ => unreachable!(),
+    };
+    no_verdict.verdict = None;
+    no_verdict.error = Some("the judge's reply has no JSON verdict".into());
+    let nv = yes_yes_no().with_judge(JudgeStatus::Done(no_verdict));
+    assert!(text(&render(ClusterSummary::new(&nv), 100, 14))
+        .contains("mock/judge · no verdict: the judge's reply has no JSON verdict"));
     let skipped = yes_yes_no().with_judge(JudgeStatus::Unavailable("fewer than two".into()));
     assert!(
         text(&render(ClusterSummary::new(&skipped), 100, 14)).contains("skipped: fewer than two")
@@ -805,6 +814,8 @@ fn the_leaderboard_reflects_blind_votes() {
     assert!(top.contains("87.5%"), "3 wins and a tie in 4: {t}");
     assert!(top.contains(&format!("{:.0}", lb.rows[0].elo)), "{t}");
     assert!(t.contains("4 votes (1 skipped as invalid)"), "{t}");
+    let one = leaderboard(&[vote(&["a/x", "b/y"], None)], None);
+    assert!(text(&render(LeaderboardTable::new(&one), 100, 6)).contains("1 vote ·"));
     assert!(row(&buf, 0).contains("win rate"), "{t}");
     // Ledger rows convert to the same votes.
     let rows = vec![llm_quorum::engine::ledger::VoteRow {
@@ -1011,6 +1022,22 @@ fn tiny_and_narrow_areas_never_panic() {
         .leaderboard(Some(&lb))
         .render(buf.area, &mut buf, &mut empty);
     assert!(text(&buf).contains("no answers yet"));
+}
+
+#[test]
+fn heat_buckets_cover_the_range() {
+    let colour = ConsensusStyles::default().heat;
+    assert_eq!(colour.cell_style(0.0).bg, Some(Color::Red));
+    assert_eq!(colour.cell_style(0.5).bg, Some(Color::Yellow));
+    assert_eq!(colour.cell_style(0.99).bg, Some(Color::Green));
+    assert_eq!(colour.cell_style(1.0).bg, Some(Color::Green));
+    assert_eq!(colour.cell_style(f64::NAN).bg, Some(Color::Red));
+    let shades = ConsensusStyles::monochrome().heat;
+    assert_eq!(shades.fill(0.0), '░');
+    assert_eq!(shades.fill(0.3), '▒');
+    assert_eq!(shades.fill(0.6), '▓');
+    assert_eq!(shades.fill(1.0), '█');
+    assert_eq!(shades.cell_style(1.0), ratatui::style::Style::new());
 }
 
 #[test]

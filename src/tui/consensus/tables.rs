@@ -246,7 +246,8 @@ impl<'a> LeaderboardTable<'a> {
             .as_ref()
             .map(|t| format!(" tagged {t:?}"))
             .unwrap_or_default();
-        let mut foot = format!("{} votes{tag}", lb.votes);
+        let plural = if lb.votes == 1 { "" } else { "s" };
+        let mut foot = format!("{} vote{plural}{tag}", lb.votes);
         if lb.skipped > 0 {
             foot.push_str(&format!(" ({} skipped as invalid)", lb.skipped));
         }
