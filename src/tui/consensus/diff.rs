@@ -398,8 +398,8 @@ impl StatefulWidget for WordDiffView<'_> {
             return;
         }
 
-        let a = &self.report.answers[l].text;
-        let b = &self.report.answers[r].text;
+        let text_of = |i: usize| self.report.answers.get(i).map_or("", |a| a.text.as_str());
+        let (a, b) = (text_of(l), text_of(r));
         let key = cache_key(l, r, a, b, body.width, st);
         if state.cache.as_ref().is_none_or(|c| c.key != key) && body.width > 0 {
             let (lines, changes) = diff_with_count(a, b, body.width, st);
