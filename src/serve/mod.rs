@@ -157,8 +157,23 @@ impl AppState {
         req: ChatRequest,
         targets: Vec<String>,
         opts: RunOptions,
-    ) -> Result<RunHandle, EngineError> {
+    ) -> Result<RunHandle, StartError> {
         self.engine.check_targets(&targets)?;
+        if self.budget().is_set() {
+            // Spending so far comes from the ledger: without it the cap cannot be kept.
+            let ledger = self.settings.ledger.clone();
+            let problem = tokio::task::spawn_blocking(move || match ledger {
+                None => Some("no data directory for the ledger".to_string()),
+                Some(l) => l.wait().err(),
+            })
+            .await
+            .unwrap_or_else(|e| Some(e.to_string()));
+            if let Some(p) = problem {
+                return Err(StartError::Internal(format!(
+                    "a budget is set but the ledger is unavailable: {p}"
+                )));
+            }
+        }
         let (h, _) = budget::start_run(
             &self.engine,
             self.spend_ledger(),
@@ -170,6 +185,21 @@ impl AppState {
         )
         .await?;
         Ok(h)
+    }
+}
+
+/// Why a run did not start.
+#[derive(Debug, Clone)]
+pub enum StartError {
+    /// Refused before sending: unknown or disallowed model, budget, ...
+    Engine(EngineError),
+    /// The server cannot do its part (the ledger is unavailable).
+    Internal(String),
+}
+
+impl From<EngineError> for StartError {
+    fn from(e: EngineError) -> Self {
+        StartError::Engine(e)
     }
 }
 
@@ -332,7 +362,7 @@ async fn guard(State(state): State<Arc<AppState>>, req: Request, next: Next) -> 
                 StatusCode::UNAUTHORIZED,
                 [(header::WWW_AUTHENTICATE, "Bearer")],
                 axum::Json(json!({"error": {
-                    "message": "missing or wrong bearer token (send Authorization: Bearer TOKEN)",
+                    "message": "missing or invalid bearer token (send Authorization: Bearer TOKEN)",
                     "type": "authentication_error", "param": null, "code": "unauthorized"}})),
             )
                 .into_response();

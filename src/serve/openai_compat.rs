@@ -21,7 +21,7 @@ use tokio::sync::mpsc;
 
 use super::metrics::unix_now;
 use super::params::{type_name, FieldError, Fields};
-use super::{read_body, AppState, BodyError, CallMeta, CancelOnDrop};
+use super::{read_body, AppState, BodyError, CallMeta, CancelOnDrop, StartError};
 use crate::engine::registry::has_key;
 use crate::engine::request::{
     Reasoning, ReasoningEffort, ResponseFormat, Role, Tool, ToolCallRef, ToolChoice,
@@ -222,12 +222,14 @@ fn parse_messages(v: Option<&Value>) -> Result<Vec<Message>, ApiError> {
             Some("user") => Role::User,
             Some("assistant") => Role::Assistant,
             Some("tool") => Role::Tool,
-            Some(r) => return Err(ApiError::invalid(
-                Some(&format!("{at}.role")),
-                format!(
+            Some(r) => {
+                return Err(ApiError::invalid(
+                    Some(&format!("{at}.role")),
+                    format!(
                     "{at}.role: unknown role {r:?} (system, developer, user, assistant or tool)"
                 ),
-            )),
+                ))
+            }
             None => {
                 return Err(ApiError::invalid(
                     Some(&format!("{at}.role")),
@@ -557,9 +559,22 @@ pub async fn chat_completions(
     headers: HeaderMap,
     body: Body,
 ) -> Response {
-    match chat(state, headers, body).await {
-        Ok(r) => r,
-        Err(e) => e.into_response(),
+    use futures_util::FutureExt;
+    match std::panic::AssertUnwindSafe(chat(state, headers, body))
+        .catch_unwind()
+        .await
+    {
+        Ok(Ok(r)) => r,
+        Ok(Err(e)) => e.into_response(),
+        Err(_) => ApiError {
+            status: StatusCode::INTERNAL_SERVER_ERROR,
+            message: "internal error".into(),
+            kind: "api_error",
+            param: None,
+            code: "internal_error",
+            retry_after: None,
+        }
+        .into_response(),
     }
 }
 
@@ -607,7 +622,17 @@ async fn chat(state: Arc<AppState>, headers: HeaderMap, body: Body) -> Result<Re
     let handle = state
         .start(p.request, vec![p.model.clone()], meta.run_options())
         .await
-        .map_err(|e| engine_error(&e))?;
+        .map_err(|e| match e {
+            StartError::Engine(e) => engine_error(&e),
+            StartError::Internal(m) => ApiError {
+                status: StatusCode::INTERNAL_SERVER_ERROR,
+                message: format!("internal error: {m}"),
+                kind: "api_error",
+                param: None,
+                code: "internal_error",
+                retry_after: None,
+            },
+        })?;
     let id = format!("chatcmpl-{}", handle.run_id);
     let (run_id, trace_id) = (handle.run_id.clone(), handle.trace_id.clone());
     let trace_header = HeaderValue::from_str(&trace_id).ok();

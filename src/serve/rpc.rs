@@ -24,11 +24,12 @@ use axum::extract::State;
 use axum::http::{header, HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
 use futures_util::future::join_all;
+use futures_util::FutureExt;
 use serde_json::{json, Map, Value};
 use tokio::sync::mpsc;
 
 use super::params::{chat_request, FieldError, Fields, PROMPT_FIELDS};
-use super::{read_body, AppState, BodyError, CallMeta, CancelOnDrop};
+use super::{read_body, AppState, BodyError, CallMeta, CancelOnDrop, StartError};
 use crate::cli::compare::{analyse, to_json, KindArg};
 use crate::engine::consensus::{AnswerInput, ConsensusOptions, DEFAULT_THRESHOLD};
 use crate::engine::registry::has_key;
@@ -197,7 +198,7 @@ pub async fn handle(
             let replies = join_all(
                 items
                     .into_iter()
-                    .map(|item| one(&state, &hmeta, item, true)),
+                    .map(|item| guarded(&state, &hmeta, item, true)),
             )
             .await;
             let out: Vec<Value> = replies
@@ -213,11 +214,40 @@ pub async fn handle(
                 json_response(StatusCode::OK, &Value::Array(out))
             }
         }
-        v => match one(&state, &hmeta, v, false).await {
+        v => match guarded(&state, &hmeta, v, false).await {
             Reply::None => StatusCode::NO_CONTENT.into_response(),
             Reply::Json(v) => json_response(StatusCode::OK, &v),
             Reply::Stream(r) => r,
         },
+    }
+}
+
+/// [`one`], with a panic answered as an internal error instead of a dropped connection.
+async fn guarded(
+    state: &Arc<AppState>,
+    hmeta: &Result<CallMeta, String>,
+    v: Value,
+    in_batch: bool,
+) -> Reply {
+    let id = match &v {
+        Value::Object(o) => o.get("id").cloned(),
+        _ => None,
+    };
+    match std::panic::AssertUnwindSafe(one(state, hmeta, v, in_batch))
+        .catch_unwind()
+        .await
+    {
+        Ok(r) => r,
+        Err(_) => {
+            state.metrics.rpc_error(INTERNAL_ERROR);
+            match id {
+                None => Reply::None,
+                Some(id) => Reply::Json(response(
+                    &id,
+                    Err(RpcError::new(INTERNAL_ERROR, "internal error")),
+                )),
+            }
+        }
     }
 }
 
@@ -341,9 +371,9 @@ async fn one(
     }
 }
 
-fn with_fields(base: &[&str], extra: &[&'static str]) -> Vec<&'static str> {
+/// The prompt fields plus `extra`.
+fn with_fields(extra: &[&'static str]) -> Vec<&'static str> {
     let mut v: Vec<&'static str> = PROMPT_FIELDS.to_vec();
-    let _ = base;
     v.extend_from_slice(extra);
     v
 }
@@ -382,12 +412,15 @@ fn completion_json(c: &Completion, run_id: &str, trace_id: &str, session: Option
     v
 }
 
-fn start_error(e: EngineError) -> RpcError {
-    engine_error(&e)
+fn start_error(e: StartError) -> RpcError {
+    match e {
+        StartError::Engine(e) => engine_error(&e),
+        StartError::Internal(m) => RpcError::new(INTERNAL_ERROR, format!("internal error: {m}")),
+    }
 }
 
 async fn complete(state: &AppState, f: Fields<'_>, hmeta: CallMeta) -> Result<Value, RpcError> {
-    f.only(&with_fields(PROMPT_FIELDS, &["model"]))?;
+    f.only(&with_fields(&["model"]))?;
     let model = the_model(state, &f)?;
     let p = prepare(&f, hmeta)?;
     let session = p.opts.session_id.clone();
@@ -476,7 +509,7 @@ async fn stream(
     hmeta: CallMeta,
     id: Value,
 ) -> Result<Response, RpcError> {
-    f.only(&with_fields(PROMPT_FIELDS, &["model"]))?;
+    f.only(&with_fields(&["model"]))?;
     let model = the_model(state, &f)?;
     let p = prepare(&f, hmeta)?;
     let session = p.opts.session_id.clone();
@@ -554,10 +587,13 @@ fn labels(models: &[String]) -> Vec<String> {
 
 /// `llm.compare`: issue 6's result (`quorum compare --json`).
 async fn compare(state: &AppState, f: Fields<'_>, hmeta: CallMeta) -> Result<Value, RpcError> {
-    f.only(&with_fields(
-        PROMPT_FIELDS,
-        &["models", "judge", "repeat", "kind", "threshold"],
-    ))?;
+    f.only(&with_fields(&[
+        "models",
+        "judge",
+        "repeat",
+        "kind",
+        "threshold",
+    ]))?;
     let models = f
         .str_list("models")?
         .ok_or_else(|| FieldError::new("models", "missing: name the targets to compare"))?;
@@ -582,7 +618,7 @@ async fn compare(state: &AppState, f: Fields<'_>, hmeta: CallMeta) -> Result<Val
         state
             .engine
             .check_targets(std::slice::from_ref(j))
-            .map_err(start_error)?;
+            .map_err(|e| engine_error(&e))?;
     }
     let prompt = p.req.last_user_text().to_string();
     let mut targets = Vec::new();
