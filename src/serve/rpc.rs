@@ -318,17 +318,6 @@ async fn one(
             )
         }
     };
-    for k in obj.keys() {
-        if !matches!(k.as_str(), "jsonrpc" | "method" | "params" | "id") {
-            return fail(
-                &rid,
-                RpcError::new(
-                    INVALID_REQUEST,
-                    format!("invalid request: unknown member {k:?}"),
-                ),
-            );
-        }
-    }
     let hmeta = match hmeta {
         Ok(m) => m.clone(),
         Err(e) => return fail(&rid, RpcError::new(INVALID_PARAMS, e.clone())),
