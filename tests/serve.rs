@@ -1174,3 +1174,93 @@ async fn sigterm_finishes_the_request_in_flight_and_keeps_its_ledger_row() {
         .unwrap();
     assert_eq!((n, status.as_str()), (1, "ok"));
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_client_that_goes_away_cancels_the_upstream_stream() {
+    let mut sse = String::new();
+    for i in 0..200 {
+        sse.push_str(&format!(
+            "data: {{\"choices\":[{{\"index\":0,\"delta\":{{\"content\":\"w{i} \"}}}}]}}\n\n"
+        ));
+    }
+    sse.push_str("data: {\"choices\":[{\"index\":0,\"delta\":{},\"finish_reason\":\"stop\"}]}\n\ndata: [DONE]\n\n");
+    let up = Server::start(vec![Reply::sse(sse).chunked(64, Duration::from_millis(20))]).await;
+    let base = format!("{}/v1", up.url);
+    let s = serve(
+        &[],
+        None,
+        &[("OPENAI_API_KEY", FAKE_KEY), ("OPENAI_BASE_URL", &base)],
+    );
+    let mut r = http()
+        .post(format!("{}/v1/chat/completions", s.url))
+        .json(&json!({"model": "openai/gpt-4o-mini", "stream": true,
+                      "messages": [{"role": "user", "content": "go on"}]}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+    let first = r.chunk().await.unwrap().unwrap();
+    assert!(String::from_utf8_lossy(&first).contains("chat.completion.chunk"));
+    drop(r);
+    for _ in 0..400 {
+        if up.aborted.load(std::sync::atomic::Ordering::SeqCst) > 0 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    assert_eq!(up.aborted.load(std::sync::atomic::Ordering::SeqCst), 1);
+    // The ledger says so.
+    let mut status = String::new();
+    for _ in 0..200 {
+        let c = rusqlite::Connection::open(s.dir.path().join("ledger.sqlite3")).unwrap();
+        if let Ok(st) = c.query_row("SELECT status FROM requests", [], |r| r.get::<_, String>(0)) {
+            status = st;
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    assert_eq!(status, "cancelled");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn sigterm_lets_a_stream_in_flight_finish() {
+    let mut sse = String::new();
+    for i in 0..20 {
+        sse.push_str(&format!(
+            "data: {{\"choices\":[{{\"index\":0,\"delta\":{{\"content\":\"w{i} \"}}}}]}}\n\n"
+        ));
+    }
+    sse.push_str("data: {\"choices\":[{\"index\":0,\"delta\":{},\"finish_reason\":\"stop\"}]}\n\ndata: [DONE]\n\n");
+    let up = Server::start(vec![Reply::sse(sse).chunked(64, Duration::from_millis(15))]).await;
+    let base = format!("{}/v1", up.url);
+    let mut s = serve(
+        &[],
+        None,
+        &[("OPENAI_API_KEY", FAKE_KEY), ("OPENAI_BASE_URL", &base)],
+    );
+    let mut r = http()
+        .post(format!("{}/rpc", s.url))
+        .json(&req(
+            1,
+            "llm.stream",
+            json!({"model": "openai/gpt-4o-mini", "prompt": "go"}),
+        ))
+        .send()
+        .await
+        .unwrap();
+    let mut body = String::from_utf8_lossy(&r.chunk().await.unwrap().unwrap()).to_string();
+    assert_eq!(unsafe { libc::kill(s.pid(), libc::SIGTERM) }, 0);
+    while let Some(c) = r.chunk().await.unwrap() {
+        body.push_str(&String::from_utf8_lossy(&c));
+    }
+    assert!(body.contains("event: result"), "{body}");
+    assert!(body.contains("w19 "), "{body}");
+    let st = tokio::task::spawn_blocking(move || {
+        let st = s.child.wait().unwrap();
+        (st, s)
+    })
+    .await
+    .unwrap();
+    assert_eq!(st.0.code(), Some(0), "{}", st.1.stderr());
+    assert_eq!(st.1.ledger_rows(), 1);
+}
