@@ -1,7 +1,7 @@
 //! `quorum exec`: one JSON task on stdin, one JSON result on stdout, for
 //! agent harnesses. The same registry, router, budgets and ledger as `ask`.
 
-use std::io::{Read, Write};
+use std::io::{IsTerminal, Read, Write};
 use std::time::Instant;
 
 use clap::Args;
@@ -276,6 +276,9 @@ pub fn result_json(task: &Task, targets: &[String], cs: &[Completion], started: 
 pub fn run(flags: &GlobalFlags, args: ExecArgs) -> i32 {
     let started = Instant::now();
     let mut text = String::new();
+    if std::io::stdin().is_terminal() {
+        eprintln!("quorum: exec: reading one JSON task from stdin (end with Ctrl-D)");
+    }
     if let Err(e) = std::io::stdin().lock().read_to_string(&mut text) {
         let e = Early {
             code: EXIT_INVALID_TASK,
