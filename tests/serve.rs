@@ -344,6 +344,18 @@ async fn application_error_codes() {
     assert_eq!(code(&v), -32002, "{v}");
     assert_eq!(v["error"]["data"]["kind"], "budget");
     assert_eq!(up.count(), 0, "a refused request must not be sent");
+    let m = http()
+        .get(format!("{}/metrics", s.url))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    assert!(
+        m.contains("quorum_refusals_total{kind=\"budget\"} 1"),
+        "{m}"
+    );
 
     // Not allowed.
     let v = rpc(

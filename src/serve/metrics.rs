@@ -124,6 +124,8 @@ struct State {
     http: BTreeMap<(String, u16), u64>,
     /// JSON-RPC errors by code.
     rpc_errors: BTreeMap<i64, u64>,
+    /// Requests refused before sending, by kind.
+    refusals: BTreeMap<String, u64>,
     last_error: BTreeMap<String, LastError>,
 }
 
@@ -225,6 +227,13 @@ impl Metrics {
     pub fn http(&self, route: &str, status: u16) {
         if let Ok(mut s) = self.state.lock() {
             *s.http.entry((route.to_string(), status)).or_default() += 1;
+        }
+    }
+
+    /// Count one request refused before anything was sent (`budget`, `not_allowed`, `config`).
+    pub fn refusal(&self, kind: &str) {
+        if let Ok(mut s) = self.state.lock() {
+            *s.refusals.entry(kind.to_string()).or_default() += 1;
         }
     }
 
@@ -461,6 +470,15 @@ impl Metrics {
                 "quorum_http_responses_total{{route=\"{}\",code=\"{status}\"}} {n}",
                 esc(route)
             );
+        }
+        head(
+            &mut o,
+            "quorum_refusals_total",
+            "counter",
+            "Requests refused before sending, by kind (budget, not_allowed, config, internal).",
+        );
+        for (kind, n) in &s.refusals {
+            let _ = writeln!(o, "quorum_refusals_total{{kind=\"{}\"}} {n}", esc(kind));
         }
         head(
             &mut o,

@@ -158,6 +158,22 @@ impl AppState {
         targets: Vec<String>,
         opts: RunOptions,
     ) -> Result<RunHandle, StartError> {
+        let r = self.start_checked(req, targets, opts).await;
+        if let Err(e) = &r {
+            self.metrics.refusal(match e {
+                StartError::Engine(e) => e.kind(),
+                StartError::Internal(_) => "internal",
+            });
+        }
+        r
+    }
+
+    async fn start_checked(
+        &self,
+        req: ChatRequest,
+        targets: Vec<String>,
+        opts: RunOptions,
+    ) -> Result<RunHandle, StartError> {
         self.engine.check_targets(&targets)?;
         if self.budget().is_set() {
             // Spending so far comes from the ledger: without it the cap cannot be kept.
