@@ -604,7 +604,11 @@ async fn chat(state: Arc<AppState>, headers: HeaderMap, body: Body) -> Result<Re
     let p = parse(&bytes)?;
     let hmeta = CallMeta::from_headers(&headers).map_err(|m| ApiError::invalid(None, m))?;
     let meta = hmeta.merge(p.meta.clone());
-    let resolved = match state.engine.check_targets(std::slice::from_ref(&p.model)) {
+    let checked = state.engine.check_targets(std::slice::from_ref(&p.model));
+    if let Err(e) = &checked {
+        state.metrics.refusal(e.kind());
+    }
+    let resolved = match checked {
         Ok(mut r) => r.remove(0),
         Err(e @ EngineError::Config { .. }) => {
             return Err(ApiError {
