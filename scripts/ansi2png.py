@@ -40,6 +40,19 @@ def xterm256(n):
     return (v, v, v)
 
 
+# Box-drawing characters drawn as lines, so borders join across rows:
+# (left, right, up, down), heavy.
+BOX = {
+    "─": (1, 1, 0, 0, 0), "│": (0, 0, 1, 1, 0), "┌": (0, 1, 0, 1, 0), "┐": (1, 0, 0, 1, 0),
+    "└": (0, 1, 1, 0, 0), "┘": (1, 0, 1, 0, 0), "├": (0, 1, 1, 1, 0), "┤": (1, 0, 1, 1, 0),
+    "┬": (1, 1, 0, 1, 0), "┴": (1, 1, 1, 0, 0), "┼": (1, 1, 1, 1, 0),
+    "╭": (0, 1, 0, 1, 0), "╮": (1, 0, 0, 1, 0), "╰": (0, 1, 1, 0, 0), "╯": (1, 0, 1, 0, 0),
+    "━": (1, 1, 0, 0, 1), "┃": (0, 0, 1, 1, 1), "┏": (0, 1, 0, 1, 1), "┓": (1, 0, 0, 1, 1),
+    "┗": (0, 1, 1, 0, 1), "┛": (1, 0, 1, 0, 1), "═": (1, 1, 0, 0, 1), "║": (0, 0, 1, 1, 1),
+    "╔": (0, 1, 0, 1, 1), "╗": (1, 0, 0, 1, 1), "╚": (0, 1, 1, 0, 1), "╝": (1, 0, 1, 0, 1),
+}
+
+
 class Style:
     def __init__(self):
         self.reset()
@@ -168,13 +181,21 @@ def render(grid, out, font_size):
             px, py = pad + x * cw, pad + y * ch
             if bg:
                 d.rectangle([px, py, px + cw * (2 if c and unicodedata.east_asian_width(c) in ("W", "F") else 1), py + ch], fill=bg)
-            if c and c != " ":
+            if c in BOX:
+                left, right, up, down, heavy = BOX[c]
+                w = 2 if heavy else 1
+                cx, cy = px + cw / 2, py + ch / 2
+                if left:
+                    d.line([px, cy, cx, cy], fill=fg, width=w)
+                if right:
+                    d.line([cx, cy, px + cw, cy], fill=fg, width=w)
+                if up:
+                    d.line([cx, py, cx, cy], fill=fg, width=w)
+                if down:
+                    d.line([cx, cy, cx, py + ch], fill=fg, width=w)
+            elif c and c != " ":
                 f = bold if s.bold else italic if s.italic else regular
-                # Box-drawing glyphs fill the cell height so borders join.
-                if "\u2500" <= c <= "\u257f":
-                    d.text((px, py + (ch - font_size) / 2 - 1), c, font=f, fill=fg)
-                else:
-                    d.text((px, py + (ch - font_size) / 2), c, font=f, fill=fg)
+                d.text((px, py + (ch - font_size) / 2), c, font=f, fill=fg)
             if s.underline:
                 d.line([px, py + ch - 2, px + cw, py + ch - 2], fill=fg)
     img.save(out)
