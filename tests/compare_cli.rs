@@ -931,3 +931,36 @@ output = 100.0
     assert_eq!(out.status.code(), Some(0), "stderr: {}", stderr(&out));
     assert_eq!(server.count(), 2);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn leaderboard_counts_votes_the_tui_stored_in_the_ledger_with_the_jsonl_ones() {
+    use llm_quorum::engine::ledger::{LedgerOptions, SqliteLedger};
+    let data = tempfile::tempdir().unwrap();
+    let ledger = SqliteLedger::open_in(data.path(), LedgerOptions::default()).unwrap();
+    let pair = ["x/a".to_string(), "y/b".to_string()];
+    ledger
+        .record_vote(Some("run-1"), &pair, Some("y/b"), Some("code"))
+        .unwrap();
+    ledger
+        .record_vote(Some("run-2"), &pair, None, None)
+        .unwrap();
+    drop(ledger);
+    JsonlVoteStore::new(data.path().join("votes.jsonl"))
+        .record_vote(&vote(&["x/a", "y/b"], Some("y/b"), None))
+        .unwrap();
+    let out = quorum(&["leaderboard", "--json"], None, data.path(), None).await;
+    assert_eq!(out.status.code(), Some(0), "stderr: {}", stderr(&out));
+    let v = json_of(&out);
+    assert_eq!(v["votes"], 3, "{v}");
+    assert_eq!(v["rows"][0]["target"], "y/b");
+    assert_eq!(v["rows"][0]["wins"], 2);
+    assert_eq!(v["rows"][0]["ties"], 1);
+    let out = quorum(
+        &["leaderboard", "--tag", "code", "--json"],
+        None,
+        data.path(),
+        None,
+    )
+    .await;
+    assert_eq!(json_of(&out)["votes"], 1);
+}

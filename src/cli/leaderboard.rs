@@ -1,8 +1,8 @@
 //! `quorum leaderboard`: win rates and Elo ratings from blind votes.
 //!
-//! Votes are read from `votes.jsonl` in the data dir through
-//! [`VoteStore`]; when the SQLite ledger gains its `votes` table, only
-//! [`open_store`] changes.
+//! Votes are read from the SQLite ledger's `votes` table (where the TUI's
+//! blind mode records them) and from `votes.jsonl` in the data dir (the
+//! [`VoteStore`] written by scripts and older versions), oldest first.
 
 use std::fmt::Write as _;
 
@@ -10,7 +10,8 @@ use clap::Args;
 
 use super::{EXIT_OK, EXIT_USAGE};
 use crate::app::GlobalFlags;
-use crate::engine::consensus::{leaderboard, JsonlVoteStore, Leaderboard, VoteStore};
+use crate::engine::consensus::{leaderboard, JsonlVoteStore, Leaderboard, Vote, VoteStore};
+use crate::engine::ledger::{LedgerOptions, SqliteLedger, LEDGER_FILE};
 
 /// Arguments of `quorum leaderboard`.
 #[derive(Debug, Args)]
@@ -18,8 +19,8 @@ use crate::engine::consensus::{leaderboard, JsonlVoteStore, Leaderboard, VoteSto
 Votes come from blind comparisons (pane names hidden until you pick a winner or a tie).
 Each vote is a set of games: the winner beats every other target shown; a tie is a
 draw between all of them. Elo starts at 1000 with K = 32; win rate counts a tie as
-half a win. Votes are kept in votes.jsonl in $QUORUM_DATA_DIR (else the platform
-data dir).")]
+half a win. Votes are read from the ledger (ledger.sqlite3, where the TUI's blind
+mode stores them) and votes.jsonl in $QUORUM_DATA_DIR (else the platform data dir).")]
 pub struct LeaderboardArgs {
     /// Only votes with this tag.
     #[arg(long, value_name = "TAG")]
@@ -34,9 +35,32 @@ pub fn open_store() -> Result<Box<dyn VoteStore>, String> {
     Ok(Box::new(JsonlVoteStore::in_data_dir()?))
 }
 
+/// Every vote: the ledger's, then the JSON-lines store's, in time order.
+pub fn all_votes() -> Result<Vec<Vote>, String> {
+    let mut votes = Vec::new();
+    if let Some(dir) = crate::engine::ledger::data_dir() {
+        let path = dir.join(LEDGER_FILE);
+        if path.exists() {
+            let l = SqliteLedger::open(&path, LedgerOptions::default())?;
+            votes.extend(l.votes()?.into_iter().map(|r| Vote {
+                targets: r.targets,
+                winner: r.winner,
+                tag: r.tag,
+                run_id: r.run_id,
+                created_at: Some(r.created_at),
+            }));
+        }
+    }
+    votes.extend(open_store()?.votes()?);
+    // RFC 3339 and SQLite's UTC stamps sort as text once `T` is a space; the
+    // sort is stable, so undated votes go first in the order they were read.
+    votes.sort_by_cached_key(|v| v.created_at.as_deref().unwrap_or("").replace('T', " "));
+    Ok(votes)
+}
+
 /// Run `quorum leaderboard`.
 pub fn run(_flags: &GlobalFlags, args: LeaderboardArgs) -> i32 {
-    let votes = match open_store().and_then(|s| s.votes()) {
+    let votes = match all_votes() {
         Ok(v) => v,
         Err(e) => {
             eprintln!("quorum: {e}");
