@@ -357,7 +357,7 @@ impl App {
 
     /// Whether any request is in flight.
     pub fn in_flight(&self) -> bool {
-        self.panes.iter().any(|p| p.state.in_flight()) || !self.runs.is_empty()
+        self.panes.iter().any(|p| p.state.in_flight())
     }
 
     /// Screen areas for the current size.

@@ -130,8 +130,14 @@ pub fn stats_line(app: &App, p: &Pane, now: Instant) -> Line<'static> {
         CostSource::Estimated => t.warn,
         _ => t.ok,
     };
-    parts.push(Span::styled(format_usd(cost), t.text));
-    parts.push(Span::styled(format!(" {}", src.mark()), mark_style));
+    match cost {
+        // Unknown is "?", never $0, and needs no second mark.
+        None => parts.push(Span::styled("$?", mark_style)),
+        Some(_) => {
+            parts.push(Span::styled(format_usd(cost), t.text));
+            parts.push(Span::styled(format!(" {}", src.mark()), mark_style));
+        }
+    }
     if let Some(l) = p.stats.latency_ms(now) {
         parts.push(sep());
         parts.push(Span::styled(secs(l), t.dim));
@@ -361,8 +367,11 @@ fn draw_ledger(f: &mut Frame<'_>, app: &App, r: Rect) {
         }
     };
     for row in rows.iter().skip(app.ledger_scroll) {
-        let cost = if row.unknown > 0 && row.cost_usd == 0.0 {
-            "?".to_string()
+        let all_unknown = row.unknown > 0 && row.cost_usd == 0.0;
+        let cost = if all_unknown {
+            "$?".to_string()
+        } else if row.unknown > 0 {
+            format!("{}+?", format_usd(Some(row.cost_usd)))
         } else {
             format_usd(Some(row.cost_usd))
         };
@@ -392,7 +401,10 @@ fn draw_ledger(f: &mut Frame<'_>, app: &App, r: Rect) {
         let err_style = if row.errors > 0 { t.error } else { t.text };
         lines.push(Line::from(vec![
             Span::styled(text, t.text),
-            Span::styled(format!(" {}", row.mark()), mark_style),
+            Span::styled(
+                format!(" {}", if all_unknown { " " } else { row.mark() }),
+                mark_style,
+            ),
             Span::styled(format!("{:>4}", row.requests), t.text),
             Span::styled(format!("{:>4}", row.errors), err_style),
         ]));
@@ -438,11 +450,11 @@ fn hints(app: &App) -> Vec<(String, &'static str)> {
             (k(Action::FocusNext), "focus"),
             (k(Action::Targets), "targets"),
             (k(Action::Cancel), "cancel"),
+            (k(Action::Help), "help"),
+            (k(Action::Quit), "quit"),
             (k(Action::Rerun), "rerun"),
             (k(Action::Export), "export"),
             (k(Action::History), "history"),
-            (k(Action::Help), "help"),
-            (k(Action::Quit), "quit"),
         ],
     }
 }
