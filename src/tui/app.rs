@@ -386,6 +386,8 @@ impl App {
     /// Fold one message; returns what the loop must do.
     pub fn update(&mut self, msg: Msg) -> Vec<Cmd> {
         let mut cmds = Vec::new();
+        // Widths change only with the size, zoom, panes or an overlay: not with engine events.
+        let relayout = !matches!(msg, Msg::Engine { .. } | Msg::Tick | Msg::Projection { .. });
         match msg {
             Msg::Key(k) if k.kind != KeyEventKind::Release => self.on_key(k, &mut cmds),
             Msg::Key(_) => return cmds,
@@ -461,7 +463,9 @@ impl App {
                 }
             }
         }
-        self.relayout();
+        if relayout {
+            self.relayout();
+        }
         self.dirty = true;
         cmds
     }
