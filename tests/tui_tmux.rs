@@ -85,7 +85,7 @@ fn ledger_row(screen: &str, target: &str) -> Option<(u64, u64, u64, u64)> {
     None
 }
 
-fn write_script(dir: &Path) -> std::path::PathBuf {
+fn write_script(dir: &Path, extra_env: &str) -> std::path::PathBuf {
     let bin = env!("CARGO_BIN_EXE_quorum");
     let d = dir.display();
     let path = std::env::var("PATH").unwrap_or_else(|_| "/usr/bin:/bin".into());
@@ -93,7 +93,7 @@ fn write_script(dir: &Path) -> std::path::PathBuf {
         "#!/bin/sh\n\
          cd '{d}'\n\
          env -i PATH='{path}' HOME='{d}' TERM=xterm-256color LANG=C.UTF-8 \
-         QUORUM_DATA_DIR='{d}/data' QUORUM_CONFIG='{d}/config.toml' QUORUM_MOCK_TPS=5000 '{bin}'\n\
+         QUORUM_DATA_DIR='{d}/data' QUORUM_CONFIG='{d}/config.toml' QUORUM_MOCK_TPS=5000 {extra_env} '{bin}'\n\
          echo \"QUORUM-EXIT-$?\"\n\
          if stty -a | tr ' ;' '\\n\\n' | grep -qx icanon; then echo TTY-RESTORED; else echo TTY-RAW; fi\n\
          exec sleep 120\n"
@@ -101,6 +101,53 @@ fn write_script(dir: &Path) -> std::path::PathBuf {
     let p = dir.join("run.sh");
     std::fs::write(&p, script).unwrap();
     p
+}
+
+fn start(script: &Path, name: &str) -> Tmux {
+    let nanos = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .subsec_nanos();
+    let t = Tmux {
+        socket: format!("quorum-e2e-{name}-{}-{nanos}", std::process::id()),
+    };
+    let out = t.cmd(&[
+        "new-session",
+        "-d",
+        "-s",
+        "q",
+        "-x",
+        "160",
+        "-y",
+        "45",
+        "sh",
+        script.to_str().unwrap(),
+    ]);
+    assert!(
+        out.status.success(),
+        "tmux: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    t
+}
+
+#[test]
+fn a_panic_restores_the_terminal() {
+    if !have_tmux() {
+        eprintln!("SKIP: tmux is not installed; the TUI end-to-end test needs it");
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let script = write_script(dir.path(), "QUORUM_TUI_TEST_PANIC=1");
+    let t = start(&script, "panic");
+    let after = t.wait_for("quorum to exit", 20, |s| s.contains("QUORUM-EXIT-"));
+    assert!(after.contains("QUORUM-EXIT-101"), "{after}");
+    assert!(after.contains("panicking after the first frame"), "{after}");
+    assert!(after.contains("TTY-RESTORED"), "{after}");
+    assert!(
+        !after.contains("ledger ·"),
+        "alternate screen not left:\n{after}"
+    );
 }
 
 #[test]
@@ -111,7 +158,7 @@ fn workbench_streams_every_pane_and_restores_the_terminal() {
     }
     // Setup
     let dir = tempfile::tempdir().unwrap();
-    let script = write_script(dir.path());
+    let script = write_script(dir.path(), "");
     let nanos = std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .unwrap()

@@ -454,6 +454,10 @@ impl App {
                 old.append(&mut self.prompt_history);
                 self.prompt_history = old;
             }
+            Msg::Quit => {
+                self.cancel_all(&mut cmds);
+                self.quit = true;
+            }
             Msg::Tick => {
                 let flash_live = self.flash.as_ref().is_some_and(|(_, at)| {
                     self.now.duration_since(*at) < FLASH_FOR + Duration::from_secs(1)

@@ -51,11 +51,16 @@ pub trait Effects {
     fn seen(&mut self, _msg: &Msg) {}
 }
 
+/// Set to panic right after the first frame (tests that the terminal is restored on panic).
+pub const TEST_PANIC: &str = "QUORUM_TUI_TEST_PANIC";
+
 /// Options of [`run_loop`].
-#[derive(Debug, Clone, Copy)]
+#[derive(Debug, Clone, Copy, Default)]
 pub struct LoopOptions {
     /// Quit once the first frame is drawn.
     pub exit_after_first_frame: bool,
+    /// Panic once the first frame is drawn (a test of the panic path).
+    pub panic_after_first_frame: bool,
 }
 
 /// What [`run_loop`] measured.
@@ -110,8 +115,13 @@ where
     if opts.exit_after_first_frame {
         return Ok(report);
     }
+    if opts.panic_after_first_frame {
+        panic!("{TEST_PANIC} is set: panicking after the first frame");
+    }
     let mut last_draw = Instant::now();
     let mut input_open = true;
+    // Resizes are applied once per frame: a drag re-wraps the transcripts once, not per event.
+    let mut pending_resize: Option<(u16, u16)> = None;
     loop {
         let now = Instant::now();
         let deadline = if app.dirty {
@@ -123,8 +133,15 @@ where
         };
         tokio::select! {
             ev = input.next(), if input_open => match ev {
+                Some(Ok(Event::Resize(w, h))) => {
+                    pending_resize = Some((w, h));
+                    app.dirty = true;
+                }
                 Some(Ok(ev)) => {
                     if let Some(m) = input_msg(ev) {
+                        if let Some((w, h)) = pending_resize.take() {
+                            feed(app, fx, Msg::Resize(w, h));
+                        }
                         feed(app, fx, m);
                     }
                 }
@@ -154,6 +171,9 @@ where
             break;
         }
         if app.dirty && last_draw.elapsed() >= FRAME {
+            if let Some((w, h)) = pending_resize.take() {
+                feed(app, fx, Msg::Resize(w, h));
+            }
             terminal.draw(|f| view::render(app, f))?;
             app.dirty = false;
             last_draw = Instant::now();
@@ -478,6 +498,29 @@ fn init_logging(data_dir: Option<&std::path::Path>) {
         .try_init();
 }
 
+/// SIGTERM, SIGHUP and SIGINT quit cleanly (the terminal is restored).
+fn spawn_signal_watch(tx: mpsc::Sender<Msg>) {
+    #[cfg(unix)]
+    tokio::spawn(async move {
+        use tokio::signal::unix::{signal, SignalKind};
+        let (Ok(mut term), Ok(mut hup), Ok(mut int)) = (
+            signal(SignalKind::terminate()),
+            signal(SignalKind::hangup()),
+            signal(SignalKind::interrupt()),
+        ) else {
+            return;
+        };
+        tokio::select! {
+            _ = term.recv() => {}
+            _ = hup.recv() => {}
+            _ = int.recv() => {}
+        }
+        let _ = tx.send(Msg::Quit).await;
+    });
+    #[cfg(not(unix))]
+    drop(tx);
+}
+
 /// `quorum` with no arguments: run the workbench; returns the exit code.
 pub fn run(flags: &GlobalFlags, theme_flag: Option<String>) -> i32 {
     let started = Instant::now();
@@ -534,7 +577,9 @@ pub fn run(flags: &GlobalFlags, theme_flag: Option<String>) -> i32 {
             return crate::cli::EXIT_FAILED;
         }
     };
-    let exit_after = std::env::var_os(EXIT_AFTER_FIRST_FRAME).is_some_and(|v| !v.is_empty());
+    let flag = |k: &str| std::env::var_os(k).is_some_and(|v| !v.is_empty());
+    let exit_after = flag(EXIT_AFTER_FIRST_FRAME);
+    let panic_after = flag(TEST_PANIC);
     let mut guard = match terminal::TerminalGuard::enter() {
         Ok(g) => g,
         Err(e) => {
@@ -544,6 +589,7 @@ pub fn run(flags: &GlobalFlags, theme_flag: Option<String>) -> i32 {
     };
     let result = rt.block_on(async {
         let (tx, rx) = mpsc::channel(8192);
+        spawn_signal_watch(tx.clone());
         let mut fx = EngineEffects::new(engine, &settings, tx, data_dir.clone());
         let mut app = App::new(init);
         let input = crossterm::event::EventStream::new();
@@ -555,6 +601,7 @@ pub fn run(flags: &GlobalFlags, theme_flag: Option<String>) -> i32 {
             &mut fx,
             LoopOptions {
                 exit_after_first_frame: exit_after,
+                panic_after_first_frame: panic_after,
             },
         )
         .await;

@@ -63,6 +63,8 @@ pub enum Msg {
     PromptHistory(Vec<String>),
     /// Time passed (countdowns, rates).
     Tick,
+    /// Quit now (a signal): cancel what is in flight.
+    Quit,
 }
 
 /// Something for the loop to do.
