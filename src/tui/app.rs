@@ -1423,6 +1423,7 @@ pub fn history_panes(run: &HistRun, styles: TextStyles, now: Instant) -> Vec<Pan
             if let Some(e) = &r.error_message {
                 p.doc.add(super::text::BlockKind::Error, &format!("✗ {e}"));
             }
+            p.doc.close_all();
             p.stats.done = Some(c);
             p.state = state;
             p

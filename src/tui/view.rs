@@ -698,17 +698,17 @@ fn draw_history(f: &mut Frame<'_>, app: &App, h: &HistoryView, area: Rect) {
                     format_usd(Some(cost)),
                     if unknown { "+?" } else { "" }
                 );
-                let meta = format!(
-                    "{when}  {:>10}  {} target{}{}  ",
-                    cost_s,
-                    run.rows.len(),
-                    if run.rows.len() == 1 { " " } else { "s" },
+                let n = run.rows.len();
+                let what = format!(
+                    "{n} target{}{}",
+                    if n == 1 { "" } else { "s" },
                     if failed > 0 {
-                        format!(" · {failed} failed")
+                        format!(", {failed} failed")
                     } else {
                         String::new()
                     }
                 );
+                let meta = format!("{when}  {cost_s:>10}  {what:<22}  ");
                 let style = if i == h.selected { t.selection } else { t.text };
                 let w = inner.width as usize;
                 let rest = w.saturating_sub(meta.width());
