@@ -846,3 +846,115 @@ fn no_color_theme_draws_without_colours() {
         }
     }
 }
+
+#[test]
+fn tool_calls_and_cached_answers_show() {
+    let mut app = app3();
+    let run = send(&mut app, "weather in Paris?")[0].0;
+    for (name, args) in [(Some("get_weather"), "{\"city\":"), (None, "\"Paris\"}")] {
+        ev(
+            &mut app,
+            50,
+            run,
+            0,
+            StreamEvent::ToolCallDelta {
+                index: 0,
+                id: Some("call_1".into()),
+                name: name.map(String::from),
+                arguments: args.into(),
+            },
+        );
+    }
+    let mut c = completion("beta", "It is sunny.", 4);
+    c.cached = true;
+    c.cost_source = CostSource::Cached;
+    finished(&mut app, 60, run, 1, c);
+    let s = screen(&app);
+    assert!(s.contains("⚙ tool call get_weather"), "{s}");
+    assert!(s.contains("{\"city\":\"Paris\"}"), "{s}");
+    assert!(s.contains("mock/beta · cached"), "{s}");
+    assert!(s.contains("It is sunny."), "{s}");
+}
+
+#[test]
+fn the_loop_runs_generic_over_backend_and_input() {
+    use llm_quorum::tui::{run_loop, Effects, LoopOptions};
+    use tokio::sync::mpsc;
+
+    /// Answers every Start at once, then asks the loop to quit.
+    struct Fake {
+        tx: mpsc::Sender<Msg>,
+        started: Vec<Vec<String>>,
+    }
+    impl Effects for Fake {
+        fn run(&mut self, cmd: Cmd) {
+            if let Cmd::Start { run, targets, .. } = cmd {
+                for (i, t) in targets.iter().enumerate() {
+                    let send = |event| {
+                        self.tx
+                            .try_send(Msg::Engine {
+                                run,
+                                event: TargetEvent { target: i, event },
+                            })
+                            .unwrap()
+                    };
+                    send(StreamEvent::TextDelta(format!("answer from {t}")));
+                    send(StreamEvent::Finished(Box::new(completion(
+                        t,
+                        &format!("answer from {t}"),
+                        3,
+                    ))));
+                }
+                self.tx.try_send(Msg::RunClosed { run }).unwrap();
+                self.tx.try_send(Msg::Quit).unwrap();
+                self.started.push(targets);
+            }
+        }
+    }
+
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    rt.block_on(async {
+        let (tx, rx) = mpsc::channel(64);
+        let mut fx = Fake {
+            tx,
+            started: Vec::new(),
+        };
+        let mut app = app3();
+        let keys: Vec<std::io::Result<crossterm::event::Event>> = "hi\r"
+            .chars()
+            .map(|c| {
+                let code = if c == '\r' {
+                    KeyCode::Enter
+                } else {
+                    KeyCode::Char(c)
+                };
+                Ok(crossterm::event::Event::Key(KeyEvent::new(
+                    code,
+                    KeyModifiers::NONE,
+                )))
+            })
+            .collect();
+        let mut term = Terminal::new(TestBackend::new(120, 36)).unwrap();
+        let report = run_loop(
+            &mut term,
+            futures_util::stream::iter(keys),
+            rx,
+            &mut app,
+            &mut fx,
+            LoopOptions::default(),
+        )
+        .await
+        .unwrap();
+        assert!(app.quit);
+        assert!(report.frames >= 1);
+        assert_eq!(
+            fx.started,
+            [vec!["mock/alpha", "mock/beta", "mock/thinker"]]
+        );
+        assert!(app.panes.iter().all(|p| p.state == PaneState::Done));
+        assert_eq!(app.live_ledger().iter().map(|r| r.requests).sum::<u64>(), 3);
+    });
+}

@@ -149,6 +149,8 @@ pub struct LedgerRow {
     pub cost_usd: f64,
     /// Requests of unknown cost.
     pub unknown: u64,
+    /// Requests with a known cost.
+    pub priced: u64,
     /// Requests of estimated cost.
     pub estimated: u64,
 }
@@ -168,7 +170,10 @@ impl LedgerRow {
         self.usage.cached_input_tokens += u.cached_input_tokens;
         self.usage.reasoning_tokens += u.reasoning_tokens;
         match cost {
-            Some(c) => self.cost_usd += c,
+            Some(c) => {
+                self.cost_usd += c;
+                self.priced += 1;
+            }
             None => self.unknown += 1,
         }
         if src == CostSource::Estimated {
@@ -575,7 +580,10 @@ impl App {
             r.usage.cached_input_tokens += u.cached_input_tokens;
             r.usage.reasoning_tokens += u.reasoning_tokens;
             match cost {
-                Some(c) => r.cost_usd += c,
+                Some(c) => {
+                    r.cost_usd += c;
+                    r.priced += 1;
+                }
                 None => r.unknown += 1,
             }
             if src == CostSource::Estimated {

@@ -108,7 +108,8 @@ pub fn areas(app: &App, area: Rect) -> Areas {
     }
     let editor_h = (app.editor.lines().len() as u16).clamp(1, 8) + 2;
     let ledger_rows = app.live_ledger().len().max(app.panes.len()) as u16;
-    let ledger_h = ledger_rows + 4;
+    // Header, rows, a total row, borders.
+    let ledger_h = ledger_rows + 2 + u16::from(ledger_rows > 1) + 2;
     let wide = rest.width >= 110;
     let bottom_h = if wide {
         editor_h.max(ledger_h.min(12))

@@ -13,7 +13,7 @@ use unicode_width::UnicodeWidthStr;
 use crate::engine::cost::format_usd;
 use crate::engine::CostSource;
 
-use super::app::{App, Confirm, Focus, HistoryView, Overlay, Picker};
+use super::app::{App, Confirm, Focus, HistoryView, LedgerRow, Overlay, Picker};
 use super::keys::{Action, ACTIONS};
 use super::layout::{self, pane_body};
 use super::pane::{Pane, PaneState};
@@ -293,7 +293,10 @@ fn draw_ledger(f: &mut Frame<'_>, app: &App, r: Rect) {
     let rows = app.live_ledger();
     let total: f64 = rows.iter().map(|r| r.cost_usd).sum();
     let unknown = rows.iter().any(|r| r.unknown > 0);
-    let total_s = if unknown {
+    let priced = rows.iter().any(|r| r.priced > 0);
+    let total_s = if unknown && !priced {
+        "$?".to_string()
+    } else if unknown {
         format!("{} + ?", format_usd(Some(total)))
     } else {
         format_usd(Some(total))
@@ -366,8 +369,35 @@ fn draw_ledger(f: &mut Frame<'_>, app: &App, r: Rect) {
             x.to_string()
         }
     };
-    for row in rows.iter().skip(app.ledger_scroll) {
-        let all_unknown = row.unknown > 0 && row.cost_usd == 0.0;
+    let mut shown: Vec<(&LedgerRow, bool)> = rows
+        .iter()
+        .skip(app.ledger_scroll)
+        .map(|r| (r, false))
+        .collect();
+    let total_row = (rows.len() > 1).then(|| {
+        let mut tot = LedgerRow {
+            target: "total".into(),
+            ..Default::default()
+        };
+        for r in &rows {
+            tot.requests += r.requests;
+            tot.errors += r.errors;
+            tot.usage.input_tokens += r.usage.input_tokens;
+            tot.usage.output_tokens += r.usage.output_tokens;
+            tot.usage.cached_input_tokens += r.usage.cached_input_tokens;
+            tot.usage.reasoning_tokens += r.usage.reasoning_tokens;
+            tot.cost_usd += r.cost_usd;
+            tot.unknown += r.unknown;
+            tot.priced += r.priced;
+            tot.estimated += r.estimated;
+        }
+        tot
+    });
+    if let Some(t) = &total_row {
+        shown.push((t, true));
+    }
+    for (row, is_total) in shown {
+        let all_unknown = row.unknown > 0 && row.priced == 0;
         let cost = if all_unknown {
             "$?".to_string()
         } else if row.unknown > 0 {
@@ -399,8 +429,13 @@ fn draw_ledger(f: &mut Frame<'_>, app: &App, r: Rect) {
             _ => t.warn,
         };
         let err_style = if row.errors > 0 { t.error } else { t.text };
+        let text_style = if is_total {
+            t.text.add_modifier(Modifier::BOLD)
+        } else {
+            t.text
+        };
         lines.push(Line::from(vec![
-            Span::styled(text, t.text),
+            Span::styled(text, text_style),
             Span::styled(
                 format!(" {}", if all_unknown { " " } else { row.mark() }),
                 mark_style,
