@@ -958,3 +958,66 @@ fn the_loop_runs_generic_over_backend_and_input() {
         assert_eq!(app.live_ledger().iter().map(|r| r.requests).sum::<u64>(), 3);
     });
 }
+
+#[test]
+fn the_quit_key_works_from_every_overlay() {
+    for open in [ctrl('p'), ctrl('o'), key(KeyCode::F(1))] {
+        let mut app = app3();
+        app.update(open);
+        assert!(!matches!(app.overlay, Overlay::None));
+        app.update(ctrl('q'));
+        assert!(app.quit);
+    }
+}
+
+#[test]
+fn zoom_re_wraps_only_the_zoomed_pane() {
+    let mut app = streaming_app();
+    let before: Vec<usize> = app.panes.iter().map(|p| p.doc.width()).collect();
+    app.update(key(KeyCode::Tab));
+    app.update(key(KeyCode::Char('z')));
+    assert_eq!(app.zoom, Some(0));
+    assert!(app.panes[0].doc.width() > before[0]);
+    assert_eq!(app.panes[1].doc.width(), before[1]);
+    assert_eq!(app.panes[2].doc.width(), before[2]);
+    app.update(key(KeyCode::Char('z')));
+    let after: Vec<usize> = app.panes.iter().map(|p| p.doc.width()).collect();
+    assert_eq!(before, after);
+}
+
+#[test]
+fn big_transcripts_re_wrap_on_threads_with_the_same_result() {
+    let mut app = app_with(&["mock/alpha", "mock/beta", "mock/gamma"], (150, 40));
+    let run = send(&mut app, "big")[0].0;
+    let body: String = (0..40_000)
+        .map(|i| {
+            if i % 12 == 11 {
+                "word **x**\n"
+            } else {
+                "word "
+            }
+        })
+        .collect();
+    for t in 0..3 {
+        text(&mut app, 10, run, t, &body);
+    }
+    app.update(Msg::Resize(97, 40));
+    let mut single = llm_quorum::tui::text::Doc::new(app.styles);
+    single.set_width(app.panes[1].doc.width());
+    single.add(llm_quorum::tui::text::BlockKind::User, "big");
+    single.add(llm_quorum::tui::text::BlockKind::Answer, &body);
+    let n = single.total_lines(false);
+    assert_eq!(app.panes[1].doc.total_lines(false), n);
+    let a: Vec<String> = app.panes[1]
+        .doc
+        .visible(n - 30, 30, false)
+        .iter()
+        .map(|l| l.to_string())
+        .collect();
+    let b: Vec<String> = single
+        .visible(n - 30, 30, false)
+        .iter()
+        .map(|l| l.to_string())
+        .collect();
+    assert_eq!(a, b);
+}

@@ -140,7 +140,9 @@ fn a_panic_restores_the_terminal() {
     let dir = tempfile::tempdir().unwrap();
     let script = write_script(dir.path(), "QUORUM_TUI_TEST_PANIC=1");
     let t = start(&script, "panic");
-    let after = t.wait_for("quorum to exit", 20, |s| s.contains("QUORUM-EXIT-"));
+    let after = t.wait_for("quorum to exit", 20, |s| {
+        s.contains("QUORUM-EXIT-") && s.contains("TTY-")
+    });
     assert!(after.contains("QUORUM-EXIT-101"), "{after}");
     assert!(after.contains("panicking after the first frame"), "{after}");
     assert!(after.contains("TTY-RESTORED"), "{after}");
@@ -211,9 +213,31 @@ fn workbench_streams_every_pane_and_restores_the_terminal() {
     assert!(done.contains("▸ thinking"), "{done}");
     assert!(done.contains("· 1 send"), "{done}");
 
+    // Resize the terminal: the panes re-flow (a grid when narrow) and nothing breaks.
+    assert!(t
+        .cmd(&["resize-window", "-t", "q", "-x", "70", "-y", "30"])
+        .status
+        .success());
+    t.wait_for("the narrow layout", 10, |s| {
+        s.lines().next().is_some_and(|l| l.chars().count() <= 70)
+            && s.contains("mock/thinker · done")
+            && s.lines()
+                .any(|l| l.contains("mock/alpha · done") && !l.contains("mock/thinker"))
+    });
+    assert!(t
+        .cmd(&["resize-window", "-t", "q", "-x", "160", "-y", "45"])
+        .status
+        .success());
+    t.wait_for("the wide layout again", 10, |s| {
+        s.lines()
+            .any(|l| l.contains("mock/alpha · done") && l.contains("mock/thinker · done"))
+    });
+
     // Quit; the shell after quorum sees a restored terminal.
     t.keys(&["C-q"]);
-    let after = t.wait_for("quorum to exit", 10, |s| s.contains("QUORUM-EXIT-"));
+    let after = t.wait_for("quorum to exit", 10, |s| {
+        s.contains("QUORUM-EXIT-") && s.contains("TTY-")
+    });
     assert!(after.contains("QUORUM-EXIT-0"), "{after}");
     assert!(after.contains("TTY-RESTORED"), "{after}");
     assert!(

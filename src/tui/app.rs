@@ -373,19 +373,22 @@ impl App {
     /// Re-wrap panes for their current widths (cheap when unchanged).
     pub fn relayout(&mut self) {
         let areas = self.areas();
-        for (i, r) in areas.panes.iter().enumerate() {
-            if let Some(p) = self.panes.get_mut(i) {
-                p.doc.set_width(layout::pane_body(*r).width as usize);
+        let mut jobs: Vec<(&mut Pane, usize)> = Vec::new();
+        // Panes hidden by a zoom keep their width (nothing to draw, nothing to re-wrap).
+        for (p, r) in self.panes.iter_mut().zip(areas.panes.iter()) {
+            if r.width > 0 && r.height > 0 {
+                jobs.push((p, layout::pane_body(*r).width as usize));
             }
         }
         if let Overlay::History(h) = &mut self.overlay {
             if let Some(panes) = &mut h.open {
                 let rects = layout::grid(areas.history_panes, panes.len());
                 for (p, r) in panes.iter_mut().zip(rects) {
-                    p.doc.set_width(layout::pane_body(r).width as usize);
+                    jobs.push((p, layout::pane_body(r).width as usize));
                 }
             }
         }
+        rewrap(jobs);
     }
 
     /// Fold one message; returns what the loop must do.
@@ -705,6 +708,10 @@ impl App {
                 "no targets: {} picks some",
                 self.keys.short(Action::Targets)
             ));
+            return;
+        }
+        if self.pending_send.is_some() {
+            self.set_flash("checking the budget of the last send…".into());
             return;
         }
         if self.in_flight() {
@@ -1177,14 +1184,15 @@ impl App {
     fn on_overlay_key(&mut self, k: KeyEvent, cmds: &mut Vec<Cmd>) {
         let overlay = std::mem::take(&mut self.overlay);
         let quit_key = self.keys.is(Action::Quit, &k);
+        if quit_key && !matches!(overlay, Overlay::Confirm(_)) {
+            // The quit key works from every overlay (asking first while runs are in flight).
+            self.on_key(k, cmds);
+            return;
+        }
         match overlay {
             Overlay::None => {}
-            Overlay::Help | Overlay::Consensus(_) => {
-                // Any key closes; the quit key also quits.
-                if quit_key {
-                    self.on_key(k, cmds);
-                }
-            }
+            // Any key closes.
+            Overlay::Help | Overlay::Consensus(_) => {}
             Overlay::Confirm(c) => {
                 let yes = matches!(k.code, KeyCode::Char('y' | 'Y')) || k.code == KeyCode::Enter;
                 let no = matches!(k.code, KeyCode::Char('n' | 'N')) || k.code == KeyCode::Esc;
@@ -1341,6 +1349,45 @@ impl App {
                 .collect(),
         }
     }
+}
+
+/// Re-wrap panes for new widths; long transcripts are re-wrapped on several
+/// threads at once (a resize is the one time a whole transcript is wrapped again).
+fn rewrap(mut jobs: Vec<(&mut Pane, usize)>) {
+    jobs.retain(|(p, w)| p.doc.width() != (*w).max(1));
+    let work: usize = jobs.iter().map(|(p, _)| p.doc.raw_len()).sum();
+    let threads = std::thread::available_parallelism()
+        .map(|n| n.get())
+        .unwrap_or(1)
+        .min(jobs.len())
+        .min(8);
+    if work < (1 << 18) || threads < 2 {
+        for (p, w) in jobs {
+            p.doc.set_width(w);
+        }
+        return;
+    }
+    // Balance by size: biggest first onto the least loaded thread.
+    jobs.sort_by_key(|(p, _)| std::cmp::Reverse(p.doc.raw_len()));
+    let mut buckets: Vec<(usize, Vec<(&mut Pane, usize)>)> =
+        (0..threads).map(|_| (0, Vec::new())).collect();
+    for job in jobs {
+        let b = buckets
+            .iter_mut()
+            .min_by_key(|(load, _)| *load)
+            .expect("at least two buckets");
+        b.0 += job.0.doc.raw_len();
+        b.1.push(job);
+    }
+    std::thread::scope(|s| {
+        for (_, bucket) in buckets {
+            s.spawn(move || {
+                for (p, w) in bucket {
+                    p.doc.set_width(w);
+                }
+            });
+        }
+    });
 }
 
 fn scroll_by(p: &mut Pane, h: usize, show_thinking: bool, delta: i64) {

@@ -109,10 +109,16 @@ impl Wrapper {
             }
             return;
         }
-        if ch.is_control() {
+        let w = if ch.is_ascii() {
+            if ch.is_ascii_control() {
+                return;
+            }
+            1
+        } else if ch.is_control() {
             return;
-        }
-        let w = ch.width().unwrap_or(0);
+        } else {
+            ch.width().unwrap_or(0)
+        };
         if w == 0 {
             if !self.cur.is_empty() {
                 self.cur.push(Cell { ch, w: 0, style });
@@ -688,6 +694,11 @@ impl Doc {
     /// The width lines are wrapped at.
     pub fn width(&self) -> usize {
         self.width
+    }
+
+    /// Bytes of text held.
+    pub fn raw_len(&self) -> usize {
+        self.blocks.iter().map(|b| b.raw.len()).sum()
     }
 
     fn segments(&self, show_thinking: bool) -> impl Iterator<Item = (usize, &Block, bool)> {
