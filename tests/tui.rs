@@ -1021,3 +1021,27 @@ fn big_transcripts_re_wrap_on_threads_with_the_same_result() {
         .collect();
     assert_eq!(a, b);
 }
+
+#[test]
+fn consensus_view_summarises_finished_answers() {
+    let mut app = app3();
+    let run = send(&mut app, "What is 2+2?")[0].0;
+    finished(
+        &mut app,
+        100,
+        run,
+        0,
+        completion("alpha", "The answer is 4.", 5),
+    );
+    finished(&mut app, 100, run, 1, completion("beta", "It is 4.", 4));
+    finished(&mut app, 100, run, 2, completion("thinker", "5", 1));
+    app.update(key(KeyCode::Tab));
+    app.update(key(KeyCode::Char('v')));
+    let Overlay::Consensus(c) = &app.overlay else {
+        panic!("consensus overlay")
+    };
+    assert_eq!(c.answers.len(), 3);
+    let s = screen(&app);
+    assert!(s.contains("2 of 3 finished agree on \"4\""), "{s}");
+    assert!(s.contains("dissent: mock/thinker"), "{s}");
+}

@@ -198,8 +198,16 @@ pub fn draw_pane(f: &mut Frame<'_>, app: &App, p: &Pane, r: Rect, focused: bool)
     let max_top = total.saturating_sub(h);
     let top = p.scroll.map(|s| s.min(max_top)).unwrap_or(max_top);
     let mut lines = p.doc.visible(top, h, app.show_thinking);
-    if lines.is_empty() && p.state.in_flight() {
+    let nothing_yet = p.answer.is_empty() && p.thinking.is_empty();
+    if p.state.in_flight() && nothing_yet && lines.len() < h {
         lines.push(Line::styled(format!("{}…", p.state.label(app.now)), t.dim));
+    } else if p.state == PaneState::Streaming && p.scroll.is_none() {
+        // A cursor where the text grows, when the last line has room for it.
+        if let Some(last) = lines.last_mut() {
+            if last.width() < body.width as usize {
+                last.spans.push(Span::styled("▌", t.active));
+            }
+        }
     }
     f.render_widget(Paragraph::new(lines).style(t.text), body);
     if total > h {
