@@ -69,7 +69,7 @@ pub fn grid(area: Rect, n: usize) -> Vec<Rect> {
     out
 }
 
-/// Rows the banner takes when wrapped at `width` (at most 3).
+/// Rows the banner takes when wrapped at `width` (at most 4).
 pub fn banner_height(lines: &[String], width: u16) -> u16 {
     let w = (width as usize).saturating_sub(1).max(1);
     let rows: usize = lines
@@ -80,7 +80,7 @@ pub fn banner_height(lines: &[String], width: u16) -> u16 {
                 .max(1)
         })
         .sum();
-    rows.min(3) as u16
+    rows.min(4) as u16
 }
 
 /// Cut `area` up for `app`.

@@ -475,7 +475,7 @@ pub fn default_targets(engine: &Engine, settings: &Settings) -> (Vec<String>, bo
 }
 
 /// The banner of an offline first run.
-pub const OFFLINE_BANNER: &str = "offline: no API key found, so the mock models answer · add real providers: set OPENAI_API_KEY, ANTHROPIC_API_KEY, GEMINI_API_KEY or OPENROUTER_API_KEY, or [providers] in the config (see `quorum models`)";
+pub const OFFLINE_BANNER: &str = "offline: no API key found, so the mock models answer · for real ones set OPENAI_API_KEY, ANTHROPIC_API_KEY, GEMINI_API_KEY or OPENROUTER_API_KEY, or add [providers] to the config";
 
 fn init_logging(data_dir: Option<&std::path::Path>) {
     let Some(dir) = data_dir else { return };
