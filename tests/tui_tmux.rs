@@ -247,3 +247,21 @@ fn workbench_streams_every_pane_and_restores_the_terminal() {
     let log = std::fs::read_to_string(dir.path().join("data/quorum-tui.log")).unwrap_or_default();
     assert!(log.contains("first frame after"), "log: {log}");
 }
+
+#[test]
+fn without_a_terminal_the_workbench_says_so_and_exits_2() {
+    let dir = tempfile::tempdir().unwrap();
+    let out = Command::new(env!("CARGO_BIN_EXE_quorum"))
+        .env_clear()
+        .env("PATH", std::env::var("PATH").unwrap_or_default())
+        .env("HOME", dir.path())
+        .env("QUORUM_DATA_DIR", dir.path().join("data"))
+        .env("QUORUM_CONFIG", dir.path().join("config.toml"))
+        .stdin(std::process::Stdio::null())
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(2));
+    assert!(out.stdout.is_empty());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("needs a terminal"), "{err}");
+}

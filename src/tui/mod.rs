@@ -524,6 +524,15 @@ fn spawn_signal_watch(tx: mpsc::Sender<Msg>) {
 /// `quorum` with no arguments: run the workbench; returns the exit code.
 pub fn run(flags: &GlobalFlags, theme_flag: Option<String>) -> i32 {
     let started = Instant::now();
+    {
+        use std::io::IsTerminal;
+        if !io::stdout().is_terminal() || !io::stdin().is_terminal() {
+            eprintln!(
+                "quorum: the workbench needs a terminal; for scripts use `quorum ask` or `quorum compare` (see `quorum --help`)"
+            );
+            return crate::cli::EXIT_USAGE;
+        }
+    }
     let (engine, settings) = match crate::app::load(flags) {
         Ok(x) => x,
         Err(e) => {
