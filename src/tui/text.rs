@@ -275,6 +275,7 @@ pub struct Block {
     raw: String,
     line_start: usize,
     in_code: bool,
+    descs: Vec<LineDesc>,
     lines: Vec<Line<'static>>,
     open: Wrapper,
     open_code: bool,
@@ -289,6 +290,7 @@ impl Block {
             raw: String::new(),
             line_start: 0,
             in_code: false,
+            descs: Vec::new(),
             lines: Vec::new(),
             open: Wrapper::new(width, &[], &[], false),
             open_code: false,
@@ -365,16 +367,15 @@ impl Block {
     }
 
     fn finish_line(&mut self, start: usize, end: usize, st: &TextStyles) {
-        let text = &self.raw[start..end];
-        let lines = render_line(
-            text,
+        let d = describe_line(
+            &self.raw[start..end],
             self.kind,
             start == 0,
             &mut self.in_code,
-            self.width,
             st,
         );
-        self.lines.extend(lines);
+        self.lines.extend(wrap_desc(&d, self.width, st));
+        self.descs.push(d);
     }
 
     fn set_width(&mut self, width: usize, st: &TextStyles) {
@@ -383,42 +384,20 @@ impl Block {
             return;
         }
         self.width = width;
-        self.lines.clear();
-        self.in_code = false;
-        let raw = std::mem::take(&mut self.raw);
-        let mut start = 0;
-        while let Some(nl) = memchr::memchr(b'\n', &raw.as_bytes()[start..]) {
-            let end = start + nl;
-            let lines = render_line(
-                &raw[start..end],
-                self.kind,
-                start == 0,
-                &mut self.in_code,
-                width,
-                st,
-            );
-            self.lines.extend(lines);
-            start = end + 1;
+        let mut lines = Vec::with_capacity(self.lines.len());
+        for d in &self.descs {
+            lines.extend(wrap_desc(d, width, st));
         }
-        if self.closed && start < raw.len() {
-            let lines = render_line(
-                &raw[start..],
-                self.kind,
-                start == 0,
-                &mut self.in_code,
-                width,
-                st,
-            );
-            self.lines.extend(lines);
-            start = raw.len();
-        }
-        self.line_start = start;
+        self.lines = lines;
+        // The open line: `in_code` is already the state at its start.
         self.reset_open(st);
         let style = if self.open_code {
             st.code
         } else {
             st.base(self.kind)
         };
+        let start = self.line_start;
+        let raw = std::mem::take(&mut self.raw);
         self.open.push_str(&raw[start..], style);
         self.raw = raw;
     }
@@ -446,29 +425,82 @@ impl Block {
     }
 }
 
-/// Render one completed logical line of a block.
-fn render_line(
+/// A completed logical line, parsed once: what it says and how it is set,
+/// independent of the width (a resize only wraps these again).
+#[derive(Debug, Clone)]
+enum LineDesc {
+    Blank,
+    Rule,
+    Text {
+        lead: usize,
+        prefix: String,
+        indent: String,
+        pstyle: Style,
+        hard: bool,
+        spans: Vec<(String, Style)>,
+    },
+}
+
+const SPACES: &str = "                ";
+
+fn wrap_desc(d: &LineDesc, width: usize, st: &TextStyles) -> Vec<Line<'static>> {
+    match d {
+        LineDesc::Blank => vec![Line::default()],
+        LineDesc::Rule => vec![Line::styled("─".repeat(width.min(40)), st.dim)],
+        LineDesc::Text {
+            lead,
+            prefix,
+            indent,
+            pstyle,
+            hard,
+            spans,
+        } => {
+            let lead = &SPACES[..(*lead).min(width / 2).min(SPACES.len())];
+            let p = [(lead, *pstyle), (prefix.as_str(), *pstyle)];
+            let i = [(lead, *pstyle), (indent.as_str(), *pstyle)];
+            let mut w = Wrapper::new(width, &p, &i, *hard);
+            for (s, style) in spans {
+                w.push_str(s, *style);
+            }
+            w.finish()
+        }
+    }
+}
+
+fn plain(
+    prefix: &str,
+    indent: &str,
+    pstyle: Style,
+    hard: bool,
+    text: &str,
+    style: Style,
+) -> LineDesc {
+    LineDesc::Text {
+        lead: 0,
+        prefix: prefix.to_string(),
+        indent: indent.to_string(),
+        pstyle,
+        hard,
+        spans: vec![(text.to_string(), style)],
+    }
+}
+
+/// Parse one completed logical line of a block.
+fn describe_line(
     text: &str,
     kind: BlockKind,
     first: bool,
     in_code: &mut bool,
-    width: usize,
     st: &TextStyles,
-) -> Vec<Line<'static>> {
+) -> LineDesc {
     let base = st.base(kind);
     match kind {
         BlockKind::User => {
             let p = if first { "› " } else { "  " };
-            let mut w = Wrapper::new(width, &[(p, st.user)], &[("  ", st.user)], false);
-            w.push_str(text, base);
-            return w.finish();
+            return plain(p, "  ", st.user, false, text, base);
         }
         BlockKind::Answer => {}
-        _ => {
-            let mut w = Wrapper::new(width, &[], &[], false);
-            w.push_str(text, base);
-            return w.finish();
-        }
+        _ => return plain("", "", base, false, text, base),
     }
     let trimmed = text.trim_start();
     if trimmed.starts_with("```") || trimmed.starts_with("~~~") {
@@ -484,17 +516,13 @@ fn render_line(
         } else {
             "╰─".to_string()
         };
-        let mut w = Wrapper::new(width, &[], &[], true);
-        w.push_str(&s, st.dim);
-        return w.finish();
+        return plain("", "", st.dim, true, &s, st.dim);
     }
     if *in_code {
-        let mut w = Wrapper::new(width, &[("│ ", st.dim)], &[("│ ", st.dim)], true);
-        w.push_str(text, st.code);
-        return w.finish();
+        return plain("│ ", "│ ", st.dim, true, text, st.code);
     }
     if trimmed.is_empty() {
-        return vec![Line::default()];
+        return LineDesc::Blank;
     }
     if trimmed.len() >= 3
         && trimmed
@@ -505,11 +533,9 @@ fn render_line(
             .filter(|c| *c != ' ')
             .all(|c| trimmed.starts_with(c))
     {
-        let n = width.min(40);
-        return vec![Line::styled("─".repeat(n), st.dim)];
+        return LineDesc::Rule;
     }
-    let indent_n = text.len() - trimmed.len();
-    let lead: String = " ".repeat(indent_n.min(width / 2));
+    let lead = text.len() - trimmed.len();
     // Heading.
     let hashes = trimmed.bytes().take_while(|b| *b == b'#').count();
     if (1..=6).contains(&hashes) && trimmed[hashes..].starts_with(' ') {
@@ -518,13 +544,16 @@ fn render_line(
         if hashes == 1 {
             hs = hs.add_modifier(Modifier::UNDERLINED);
         }
-        let mut w = Wrapper::new(width, &[], &[], false);
-        for (s, style) in inline_spans(content, hs, st) {
-            w.push_str(&s, style);
-        }
-        return w.finish();
+        return LineDesc::Text {
+            lead: 0,
+            prefix: String::new(),
+            indent: String::new(),
+            pstyle: hs,
+            hard: false,
+            spans: inline_spans(content, hs, st),
+        };
     }
-    // Lists.
+    // Lists and quotes.
     let (bullet, content): (Option<String>, &str) = if let Some(r) = trimmed
         .strip_prefix("- ")
         .or_else(|| trimmed.strip_prefix("* "))
@@ -547,28 +576,28 @@ fn render_line(
         content
     };
     let (prefix, indent) = match (&bullet, quote) {
-        (Some(b), _) => (
-            format!("{lead}{b}"),
-            " ".repeat(lead.len() + b.chars().count()),
-        ),
-        (None, true) => (format!("{lead}▎ "), format!("{lead}▎ ")),
-        (None, false) => (lead.clone(), lead.clone()),
+        (Some(b), _) => (b.clone(), " ".repeat(b.chars().count())),
+        (None, true) => ("▎ ".to_string(), "▎ ".to_string()),
+        (None, false) => (String::new(), String::new()),
     };
     let pstyle = if bullet.is_some() || quote {
         st.dim
     } else {
         base
     };
-    let mut w = Wrapper::new(width, &[(&prefix, pstyle)], &[(&indent, pstyle)], false);
     let body = if quote {
         base.add_modifier(Modifier::ITALIC)
     } else {
         base
     };
-    for (s, style) in inline_spans(content, body, st) {
-        w.push_str(&s, style);
+    LineDesc::Text {
+        lead,
+        prefix,
+        indent,
+        pstyle,
+        hard: false,
+        spans: inline_spans(content, body, st),
     }
-    w.finish()
 }
 
 /// Inline markdown (emphasis, strong, code, links) of one line.
@@ -837,6 +866,29 @@ mod tests {
                 "│ fn main() {}",
                 "╰─",
                 "plain code"
+            ]
+        );
+    }
+
+    #[test]
+    fn long_numbers_and_open_code_survive_a_resize() {
+        let st = TextStyles::default();
+        let mut d = Doc::new(st);
+        d.set_width(40);
+        let i = d.add(BlockKind::Answer, "10. tenth\n```\nlet x = 1;\nlet y");
+        d.set_width(30);
+        d.append(i, " = 2;\n```\nafter");
+        d.close_all();
+        let n = d.total_lines(true);
+        assert_eq!(
+            text(&d.visible(0, n, true)),
+            [
+                "10. tenth",
+                "╭─",
+                "│ let x = 1;",
+                "│ let y = 2;",
+                "╰─",
+                "after"
             ]
         );
     }
