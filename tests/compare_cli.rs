@@ -891,3 +891,43 @@ async fn mock_judge_runs_through_the_engine_and_its_reply_is_reported() {
         .contains("at least two answers"));
     assert!(v["judge"]["completion"].is_null());
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_budget_refuses_the_whole_fan_out_before_sending_unless_forced() {
+    let server = Server::start(vec![ollama_answer("4"), ollama_answer("4")]).await;
+    let data = tempfile::tempdir().unwrap();
+    // The helper points QUORUM_CONFIG here. Prices make the local models costly.
+    std::fs::write(
+        data.path().join("no-config.toml"),
+        r#"
+[budget]
+daily_usd = 0.001
+[pricing."ollama/a"]
+input = 100.0
+output = 100.0
+[pricing."ollama/b"]
+input = 100.0
+output = 100.0
+"#,
+    )
+    .unwrap();
+    let args = [
+        "compare",
+        "-m",
+        "ollama/a",
+        "-m",
+        "ollama/b",
+        "--max-tokens",
+        "100",
+        "What is 2+2?",
+    ];
+    let out = quorum(&args, Some(&server), data.path(), None).await;
+    assert_eq!(out.status.code(), Some(2), "stderr: {}", stderr(&out));
+    assert!(stderr(&out).contains("budget"), "{}", stderr(&out));
+    assert_eq!(server.count(), 0, "nothing may be sent");
+    let mut forced = args.to_vec();
+    forced.push("--force");
+    let out = quorum(&forced, Some(&server), data.path(), None).await;
+    assert_eq!(out.status.code(), Some(0), "stderr: {}", stderr(&out));
+    assert_eq!(server.count(), 2);
+}

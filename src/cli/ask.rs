@@ -6,7 +6,7 @@ use clap::Args;
 
 use super::{runtime, EXIT_FAILED, EXIT_OK, EXIT_USAGE};
 use crate::app::{self, GlobalFlags};
-use crate::engine::{ChatRequest, Message, RunOptions, StreamEvent};
+use crate::engine::{select, ChatRequest, Message, RunOptions, StreamEvent};
 
 /// Arguments of `quorum ask`.
 #[derive(Debug, Args)]
@@ -79,10 +79,6 @@ pub fn run(flags: &GlobalFlags, args: AskArgs) -> i32 {
             return EXIT_USAGE;
         }
     };
-    if let Err(e) = engine.check_targets(std::slice::from_ref(&model)) {
-        eprintln!("quorum: {e}");
-        return EXIT_USAGE;
-    }
     let mut req = ChatRequest::default();
     if let Some(s) = &args.system {
         req.messages.push(Message::system(s.clone()));
@@ -90,6 +86,20 @@ pub fn run(flags: &GlobalFlags, args: AskArgs) -> i32 {
     req.messages.push(Message::user(prompt));
     req.max_tokens = args.max_tokens;
     req.temperature = args.temperature;
+    let model = match select::expand_targets(&engine, std::slice::from_ref(&model), &req) {
+        Ok(mut m) => m.remove(0),
+        Err(e) => {
+            eprintln!("quorum: {e}");
+            return EXIT_USAGE;
+        }
+    };
+    if let Err(e) = engine.check_targets(std::slice::from_ref(&model)) {
+        eprintln!("quorum: {e}");
+        return EXIT_USAGE;
+    }
+    for w in select::deprecation_warnings(&engine, std::slice::from_ref(&model)) {
+        eprintln!("quorum: warning: {w}");
+    }
     let opts = RunOptions {
         stream: !args.no_stream,
         cache: if args.no_cache { Some(false) } else { None },

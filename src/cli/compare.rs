@@ -113,6 +113,12 @@ pub struct CompareArgs {
     /// Text similarity at or above which open answers cluster together (0..1).
     #[arg(long, value_name = "X", default_value_t = DEFAULT_THRESHOLD)]
     pub threshold: f64,
+    /// Send even when the projected cost would cross a budget cap.
+    #[arg(long)]
+    pub force: bool,
+    /// Bypass the response cache for this run.
+    #[arg(long)]
+    pub no_cache: bool,
     /// The prompt (read from stdin when absent).
     pub prompt: Vec<String>,
 }
@@ -182,8 +188,8 @@ impl Report {
 }
 
 /// Run `quorum compare`.
-pub fn run(flags: &GlobalFlags, args: CompareArgs) -> i32 {
-    let (engine, _settings) = match app::load(flags) {
+pub fn run(flags: &GlobalFlags, mut args: CompareArgs) -> i32 {
+    let (engine, settings) = match app::load(flags) {
         Ok(x) => x,
         Err(e) => {
             eprintln!("quorum: {e:#}");
@@ -192,12 +198,6 @@ pub fn run(flags: &GlobalFlags, args: CompareArgs) -> i32 {
     };
     if !(0.0..=1.0).contains(&args.threshold) {
         eprintln!("quorum: --threshold must be between 0 and 1");
-        return EXIT_USAGE;
-    }
-    let mut check = args.models.clone();
-    check.extend(args.judge.iter().cloned());
-    if let Err(e) = engine.check_targets(&check) {
-        eprintln!("quorum: {e}");
         return EXIT_USAGE;
     }
     let prompt = match read_prompt(&args.prompt) {
@@ -214,6 +214,23 @@ pub fn run(flags: &GlobalFlags, args: CompareArgs) -> i32 {
     req.messages.push(Message::user(prompt.clone()));
     req.max_tokens = args.max_tokens;
     req.temperature = args.temperature;
+    // `cheapest:TIER` picks its member for this request before anything is checked.
+    match crate::engine::select::expand_targets(&engine, &args.models, &req) {
+        Ok(m) => args.models = m,
+        Err(e) => {
+            eprintln!("quorum: {e}");
+            return EXIT_USAGE;
+        }
+    }
+    let mut check = args.models.clone();
+    check.extend(args.judge.iter().cloned());
+    if let Err(e) = engine.check_targets(&check) {
+        eprintln!("quorum: {e}");
+        return EXIT_USAGE;
+    }
+    for w in crate::engine::select::deprecation_warnings(&engine, &args.models) {
+        eprintln!("quorum: warning: {w}");
+    }
 
     let labels = unique_labels(&args.models);
     let repeat = args.repeat;
@@ -230,9 +247,31 @@ pub fn run(flags: &GlobalFlags, args: CompareArgs) -> i32 {
         kind: args.kind.map(Into::into),
         threshold: args.threshold,
     };
+    let run_opts = RunOptions {
+        cache: if args.no_cache { Some(false) } else { None },
+        ..Default::default()
+    };
+    let ledger = settings
+        .ledger
+        .clone()
+        .map(|l| std::sync::Arc::new(l) as std::sync::Arc<dyn crate::engine::budget::SpendLedger>);
     let rt = runtime();
     let report = rt.block_on(async {
-        let mut handle = engine.run(req, targets.clone(), RunOptions::default());
+        // A budget refuses the whole fan-out before anything is sent.
+        let mut handle = match crate::engine::budget::start_run(
+            &engine,
+            ledger,
+            settings.budget,
+            req,
+            targets.clone(),
+            run_opts,
+            args.force,
+        )
+        .await
+        {
+            Ok((h, _)) => h,
+            Err(e) => return Err(e),
+        };
         let cancel = handle.cancel_token();
         tokio::spawn(async move {
             if tokio::signal::ctrl_c().await.is_ok() {
@@ -285,8 +324,15 @@ pub fn run(flags: &GlobalFlags, args: CompareArgs) -> i32 {
             let outcome = judge::judge(&engine, j, &prompt, &reps, RunOptions::default()).await;
             report.judge = Some(outcome);
         }
-        report
+        Ok(report)
     });
+    let report = match report {
+        Ok(r) => r,
+        Err(e) => {
+            eprintln!("quorum: {e}");
+            return EXIT_USAGE;
+        }
+    };
 
     let out = if args.json {
         let mut s = serde_json::to_string(&to_json(&report)).unwrap_or_default();

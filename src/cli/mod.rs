@@ -2,6 +2,7 @@
 
 pub mod ask;
 pub mod compare;
+pub mod exec;
 pub mod leaderboard;
 pub mod ledger;
 pub mod models;
@@ -61,6 +62,10 @@ enum Command {
     Ledger(ledger::LedgerArgs),
     /// Prices: show them, or import LiteLLM's table.
     Pricing(pricing::PricingArgs),
+    /// Run one JSON task from stdin; print one JSON result (for agent harnesses).
+    Exec(exec::ExecArgs),
+    /// Serve JSON-RPC, an OpenAI-compatible API and Prometheus metrics over HTTP.
+    Serve(crate::serve::ServeArgs),
 }
 
 /// The version with the commit it was built from.
@@ -101,6 +106,8 @@ pub fn main() -> i32 {
         Some(Command::Leaderboard(a)) => leaderboard::run(&flags, a),
         Some(Command::Ledger(a)) => ledger::run(a),
         Some(Command::Pricing(a)) => pricing::run(&flags, a),
+        Some(Command::Exec(a)) => exec::run(&flags, a),
+        Some(Command::Serve(a)) => crate::serve::run(&flags, a),
         None => crate::tui::run(&flags, cli.theme),
     }
 }

@@ -11,8 +11,11 @@ use serde::Serialize;
 use super::{EXIT_OK, EXIT_USAGE};
 use crate::app::{self, GlobalFlags};
 use crate::config::Config;
+use crate::engine::discovery::{discover_all, Discovery};
+use crate::engine::provider::{ProviderKind, ProviderSpec};
 use crate::engine::registry::{has_key, Capabilities, EnvFn};
 use crate::engine::Engine;
+use std::time::Duration;
 
 /// Arguments of `quorum models`.
 #[derive(Debug, Args)]
@@ -20,6 +23,9 @@ pub struct ModelsArgs {
     /// Print one JSON object instead of a table.
     #[arg(long)]
     pub json: bool,
+    /// Also ask every provider with a key (and a local Ollama) which models it offers now.
+    #[arg(long)]
+    pub discover: bool,
 }
 
 /// A price as listed: USD per million tokens.
@@ -52,6 +58,8 @@ pub struct ModelRow {
     pub capabilities: Capabilities,
     /// Price, null when unknown (never $0).
     pub price: Option<ListedPrice>,
+    /// Listed by the provider itself (`--discover`), not known from config or the table.
+    pub discovered: bool,
 }
 
 /// One provider.
@@ -103,6 +111,9 @@ pub struct Listing {
     pub tiers: BTreeMap<String, NameRow>,
     /// `allowed_models` (empty: everything allowed).
     pub allowed_models: Vec<String>,
+    /// Providers asked for their models (`--discover`) that did not answer, and why.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub discovery_errors: Vec<(String, String)>,
 }
 
 fn resolve_row(engine: &Engine, name: &str, targets: Vec<String>) -> NameRow {
@@ -162,6 +173,7 @@ pub fn listing(engine: &Engine, cfg: &Config, env: EnvFn<'_>) -> Listing {
                     input: p.price.input,
                     output: p.price.output,
                 }),
+                discovered: false,
             });
         }
         providers.push(ProviderRow {
@@ -198,7 +210,62 @@ pub fn listing(engine: &Engine, cfg: &Config, env: EnvFn<'_>) -> Listing {
         aliases,
         tiers,
         allowed_models: reg.allowed_patterns().to_vec(),
+        discovery_errors: Vec::new(),
     }
+}
+
+/// Add what the providers listed themselves to a listing: new rows for models
+/// not known yet (with the context window and price the provider gave, where
+/// our table has none), and the providers that did not answer.
+pub fn merge_discovered(l: &mut Listing, engine: &Engine, found: Vec<Discovery>) {
+    let reg = engine.registry();
+    for d in found {
+        let models = match d.models {
+            Ok(m) => m,
+            Err(e) => {
+                l.discovery_errors.push((d.provider, e.to_string()));
+                continue;
+            }
+        };
+        let key_present = reg.provider(&d.provider).is_some_and(|s| has_key(s));
+        for m in models {
+            let id = format!("{}/{}", d.provider, m.name);
+            if l.models.iter().any(|r| r.id == id) {
+                continue;
+            }
+            let price = engine
+                .pricing()
+                .lookup(&d.provider, &m.name)
+                .map(|p| (p.price.input, p.price.output))
+                .or(m.price.as_ref().map(|p| (p.input, p.output)))
+                .map(|(input, output)| ListedPrice { input, output });
+            if let Some(p) = l.providers.iter_mut().find(|p| p.name == d.provider) {
+                p.models.push(m.name.clone());
+            }
+            l.models.push(ModelRow {
+                allowed: reg.is_allowed(&id),
+                id,
+                provider: d.provider.clone(),
+                model: m.name,
+                key_present,
+                context_window: m.context_window,
+                max_tokens: None,
+                capabilities: Capabilities::default(),
+                price,
+                discovered: true,
+            });
+        }
+    }
+}
+
+/// Providers worth asking for their models: those with a key, plus Ollama (local, keyless).
+pub fn discoverable(engine: &Engine) -> Vec<ProviderSpec> {
+    engine
+        .registry()
+        .providers()
+        .filter(|s| s.kind != ProviderKind::Mock && (has_key(s) || !s.kind.needs_key()))
+        .map(|s| ProviderSpec::clone(s))
+        .collect()
 }
 
 fn tokens(n: Option<u64>) -> String {
@@ -305,6 +372,9 @@ pub fn render_text(l: &Listing) -> String {
             l.allowed_models.join(", ")
         ));
     }
+    for (p, e) in &l.discovery_errors {
+        out.push_str(&format!("\n{p}: could not list its models: {e}\n"));
+    }
     out
 }
 
@@ -317,7 +387,12 @@ pub fn run(flags: &GlobalFlags, args: ModelsArgs) -> i32 {
             return EXIT_USAGE;
         }
     };
-    let l = listing(&engine, &settings.config, &|k| std::env::var(k).ok());
+    let mut l = listing(&engine, &settings.config, &|k| std::env::var(k).ok());
+    if args.discover {
+        let specs = discoverable(&engine);
+        let found = super::runtime().block_on(discover_all(specs, Duration::from_secs(5)));
+        merge_discovered(&mut l, &engine, found);
+    }
     let stdout = std::io::stdout();
     let mut out = stdout.lock();
     let res = if args.json {

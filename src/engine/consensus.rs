@@ -1238,6 +1238,26 @@ impl Consensus {
         m
     }
 
+    /// The matrix the agreement score is built from: for a closed question,
+    /// `1` where two answered inputs share a cluster (agree on the extracted
+    /// answer) and `0` where they do not; for an open one, the same as
+    /// [`Consensus::matrix`]. 1 on the diagonal of answered inputs, `None`
+    /// wherever an input failed or was empty.
+    pub fn agreement_matrix(&self) -> Vec<Vec<Option<f64>>> {
+        if !self.kind.is_closed() {
+            return self.matrix();
+        }
+        let mut m = self.matrix();
+        for p in &self.pairs {
+            let same = self.answers[p.a].cluster.is_some()
+                && self.answers[p.a].cluster == self.answers[p.b].cluster;
+            let v = if same { 1.0 } else { 0.0 };
+            m[p.a][p.b] = Some(v);
+            m[p.b][p.a] = Some(v);
+        }
+        m
+    }
+
     /// The similarity of inputs `a` and `b`, if both answered.
     pub fn pair(&self, a: usize, b: usize) -> Option<Similarity> {
         let (a, b) = if a < b { (a, b) } else { (b, a) };
@@ -1758,6 +1778,30 @@ mod tests {
         assert_eq!(c.kind, QuestionKind::FinalLine);
         assert_eq!(c.majority_answer.as_deref(), Some("Shakespeare"));
         assert_eq!(c.dissenters, vec!["c"]);
+    }
+
+    #[test]
+    fn agreement_matrix_follows_the_extracted_answer() {
+        let c = analyze(
+            "What is 2+2? Answer with one number.",
+            &[
+                ans("a", "4"),
+                ans("b", "The answer is **four**."),
+                ans("c", "5"),
+                AnswerInput::failed("d", "429"),
+            ],
+        );
+        let m = c.agreement_matrix();
+        assert_eq!(m[0][1], Some(1.0));
+        assert_eq!(m[0][2], Some(0.0));
+        assert_eq!(m[2][2], Some(1.0));
+        assert_eq!(m[3][0], None);
+        assert_eq!(m[3][3], None);
+        let open = analyze(
+            "Explain it.",
+            &[ans("a", "x y z w v u t s r q p"), ans("b", "x y z")],
+        );
+        assert_eq!(open.agreement_matrix(), open.matrix());
     }
 
     #[test]

@@ -703,6 +703,14 @@ impl SqliteLedger {
             .query_row("SELECT COUNT(*) FROM requests", [], |r| r.get(0))
             .map_err(sql_err)
     }
+
+    /// Copy the write-ahead log into the main file (every row is already
+    /// committed; this leaves the file whole for readers that copy it).
+    pub fn checkpoint(&self) -> Result<(), String> {
+        self.lock()?
+            .query_row("PRAGMA wal_checkpoint(TRUNCATE)", [], |_| Ok(()))
+            .map_err(sql_err)
+    }
 }
 
 impl LedgerSink for SqliteLedger {

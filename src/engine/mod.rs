@@ -17,12 +17,14 @@ pub mod budget;
 pub mod cache;
 pub mod consensus;
 pub mod cost;
+pub mod discovery;
 pub mod judge;
 pub mod ledger;
 pub mod pricing_file;
 pub mod registry;
 pub mod routing;
 pub mod run;
+pub mod select;
 pub mod tokens;
 
 pub use run::{Engine, EngineConfig, RunHandle, RunOptions, TargetEvent};

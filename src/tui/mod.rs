@@ -5,6 +5,7 @@
 //! times a second, only when something changed.
 
 pub mod app;
+pub mod consensus;
 pub mod export;
 pub mod keys;
 pub mod layout;

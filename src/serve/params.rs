@@ -1,0 +1,346 @@
+//! Typed reads from a JSON object whose errors name the field and say why:
+//! shared by the JSON-RPC methods and `quorum exec`.
+
+use serde_json::{Map, Value};
+
+use crate::engine::request::{Tool, ToolChoice};
+use crate::engine::{ChatRequest, Message};
+
+/// A field problem: which field, and why.
+#[derive(Debug, Clone, PartialEq)]
+pub struct FieldError {
+    /// The field (`max_tokens`, `messages[2].role`, ...).
+    pub field: String,
+    /// Why it is wrong.
+    pub message: String,
+}
+
+impl FieldError {
+    /// A new error.
+    pub fn new(field: impl Into<String>, message: impl Into<String>) -> Self {
+        FieldError {
+            field: field.into(),
+            message: message.into(),
+        }
+    }
+}
+
+impl std::fmt::Display for FieldError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}: {}", self.field, self.message)
+    }
+}
+
+/// The JSON type of a value, for messages.
+pub fn type_name(v: &Value) -> &'static str {
+    match v {
+        Value::Null => "null",
+        Value::Bool(_) => "a boolean",
+        Value::Number(_) => "a number",
+        Value::String(_) => "a string",
+        Value::Array(_) => "an array",
+        Value::Object(_) => "an object",
+    }
+}
+
+/// A JSON object being read.
+#[derive(Debug, Clone, Copy)]
+pub struct Fields<'a> {
+    /// The object.
+    pub map: &'a Map<String, Value>,
+}
+
+impl<'a> Fields<'a> {
+    /// Wrap an object.
+    pub fn new(map: &'a Map<String, Value>) -> Self {
+        Fields { map }
+    }
+
+    fn get(&self, k: &str) -> Option<&'a Value> {
+        self.map.get(k).filter(|v| !v.is_null())
+    }
+
+    /// Refuse fields outside `allowed`.
+    pub fn only(&self, allowed: &[&str]) -> Result<(), FieldError> {
+        for k in self.map.keys() {
+            if !allowed.contains(&k.as_str()) {
+                return Err(FieldError::new(
+                    k.clone(),
+                    format!("unknown field; expected one of: {}", allowed.join(", ")),
+                ));
+            }
+        }
+        Ok(())
+    }
+
+    /// Fields outside `allowed`.
+    pub fn unknown(&self, allowed: &[&str]) -> Vec<String> {
+        self.map
+            .keys()
+            .filter(|k| !allowed.contains(&k.as_str()))
+            .cloned()
+            .collect()
+    }
+
+    /// An optional string.
+    pub fn str(&self, k: &str) -> Result<Option<&'a str>, FieldError> {
+        match self.get(k) {
+            None => Ok(None),
+            Some(Value::String(s)) => Ok(Some(s.as_str())),
+            Some(v) => Err(FieldError::new(
+                k,
+                format!("expected a string, got {}", type_name(v)),
+            )),
+        }
+    }
+
+    /// An optional non-empty string.
+    pub fn nonempty_str(&self, k: &str) -> Result<Option<&'a str>, FieldError> {
+        match self.str(k)? {
+            Some(s) if s.trim().is_empty() => Err(FieldError::new(k, "must not be empty")),
+            x => Ok(x),
+        }
+    }
+
+    /// An optional string or number, as a string (ids).
+    pub fn id(&self, k: &str) -> Result<Option<String>, FieldError> {
+        match self.get(k) {
+            None => Ok(None),
+            Some(Value::String(s)) => Ok(Some(s.clone())),
+            Some(Value::Number(n)) => Ok(Some(n.to_string())),
+            Some(v) => Err(FieldError::new(
+                k,
+                format!("expected a string or a number, got {}", type_name(v)),
+            )),
+        }
+    }
+
+    /// An optional boolean.
+    pub fn bool(&self, k: &str) -> Result<Option<bool>, FieldError> {
+        match self.get(k) {
+            None => Ok(None),
+            Some(Value::Bool(b)) => Ok(Some(*b)),
+            Some(v) => Err(FieldError::new(
+                k,
+                format!("expected true or false, got {}", type_name(v)),
+            )),
+        }
+    }
+
+    /// An optional integer in `min..=max`.
+    pub fn uint(&self, k: &str, min: u64, max: u64) -> Result<Option<u64>, FieldError> {
+        match self.get(k) {
+            None => Ok(None),
+            Some(Value::Number(n)) => {
+                let v = n.as_u64().or_else(|| {
+                    n.as_f64()
+                        .filter(|f| f.fract() == 0.0 && *f >= 0.0 && *f <= u64::MAX as f64)
+                        .map(|f| f as u64)
+                });
+                match v {
+                    Some(v) if (min..=max).contains(&v) => Ok(Some(v)),
+                    _ => Err(FieldError::new(
+                        k,
+                        format!("expected a whole number from {min} to {max}, got {n}"),
+                    )),
+                }
+            }
+            Some(v) => Err(FieldError::new(
+                k,
+                format!("expected a whole number, got {}", type_name(v)),
+            )),
+        }
+    }
+
+    /// An optional number in `min..=max`.
+    pub fn num(&self, k: &str, min: f64, max: f64) -> Result<Option<f64>, FieldError> {
+        match self.get(k) {
+            None => Ok(None),
+            Some(Value::Number(n)) => match n.as_f64() {
+                Some(v) if v >= min && v <= max => Ok(Some(v)),
+                _ => Err(FieldError::new(
+                    k,
+                    format!("expected a number from {min} to {max}, got {n}"),
+                )),
+            },
+            Some(v) => Err(FieldError::new(
+                k,
+                format!("expected a number, got {}", type_name(v)),
+            )),
+        }
+    }
+
+    /// An optional list of non-empty strings, itself non-empty.
+    pub fn str_list(&self, k: &str) -> Result<Option<Vec<String>>, FieldError> {
+        match self.get(k) {
+            None => Ok(None),
+            Some(Value::Array(a)) => {
+                if a.is_empty() {
+                    return Err(FieldError::new(k, "must name at least one model"));
+                }
+                let mut out = Vec::new();
+                for (i, v) in a.iter().enumerate() {
+                    match v {
+                        Value::String(s) if !s.trim().is_empty() => out.push(s.clone()),
+                        Value::String(_) => {
+                            return Err(FieldError::new(format!("{k}[{i}]"), "must not be empty"))
+                        }
+                        v => {
+                            return Err(FieldError::new(
+                                format!("{k}[{i}]"),
+                                format!("expected a string, got {}", type_name(v)),
+                            ))
+                        }
+                    }
+                }
+                Ok(Some(out))
+            }
+            Some(v) => Err(FieldError::new(
+                k,
+                format!("expected an array of strings, got {}", type_name(v)),
+            )),
+        }
+    }
+
+    /// The trace id (32 hex digits or a traceparent).
+    pub fn trace_id(&self, k: &str) -> Result<Option<String>, FieldError> {
+        match self.str(k)? {
+            None => Ok(None),
+            Some(s) => super::parse_trace_id(s)
+                .map(Some)
+                .map_err(|m| FieldError::new(k, m)),
+        }
+    }
+
+    /// `trace_id`, `session_id`, `source_agent`.
+    pub fn call_meta(&self) -> Result<super::CallMeta, FieldError> {
+        Ok(super::CallMeta {
+            trace_id: self.trace_id("trace_id")?,
+            session_id: self.nonempty_str("session_id")?.map(String::from),
+            source_agent: self.nonempty_str("source_agent")?.map(String::from),
+        })
+    }
+}
+
+/// The fields every prompt-taking method reads.
+pub const PROMPT_FIELDS: &[&str] = &[
+    "prompt",
+    "messages",
+    "system",
+    "max_tokens",
+    "temperature",
+    "top_p",
+    "stop",
+    "tools",
+    "tool_choice",
+    "stream",
+    "cache",
+    "trace_id",
+    "session_id",
+    "source_agent",
+];
+
+/// The request of a prompt-taking method: `prompt` (string) or `messages`
+/// (`[{role, content}]`), plus `system`, `max_tokens`, `temperature`, `top_p`,
+/// `stop`, `tools`, `tool_choice`.
+pub fn chat_request(f: &Fields<'_>) -> Result<ChatRequest, FieldError> {
+    let mut req = ChatRequest::default();
+    if let Some(s) = f.str("system")? {
+        req.messages.push(Message::system(s));
+    }
+    let prompt = f.str("prompt")?;
+    let messages = f.get("messages");
+    match (prompt, messages) {
+        (Some(_), Some(_)) => {
+            return Err(FieldError::new(
+                "prompt",
+                "give either prompt or messages, not both",
+            ))
+        }
+        (Some(p), None) => {
+            if p.trim().is_empty() {
+                return Err(FieldError::new("prompt", "must not be empty"));
+            }
+            req.messages.push(Message::user(p));
+        }
+        (None, Some(Value::Array(a))) => {
+            if a.is_empty() {
+                return Err(FieldError::new("messages", "must not be empty"));
+            }
+            for (i, m) in a.iter().enumerate() {
+                let msg: Message = serde_json::from_value(m.clone())
+                    .map_err(|e| FieldError::new(format!("messages[{i}]"), e.to_string()))?;
+                req.messages.push(msg);
+            }
+        }
+        (None, Some(v)) => {
+            return Err(FieldError::new(
+                "messages",
+                format!("expected an array of messages, got {}", type_name(v)),
+            ))
+        }
+        (None, None) => return Err(FieldError::new("prompt", "missing (or give messages)")),
+    }
+    req.max_tokens = f.uint("max_tokens", 1, u32::MAX as u64)?.map(|v| v as u32);
+    req.temperature = f.num("temperature", 0.0, 2.0)?.map(|v| v as f32);
+    req.top_p = f.num("top_p", 0.0, 1.0)?.map(|v| v as f32);
+    match f.get("stop") {
+        None => {}
+        Some(Value::String(s)) => req.stop = vec![s.clone()],
+        Some(Value::Array(_)) => req.stop = f.str_list("stop")?.unwrap_or_default(),
+        Some(v) => {
+            return Err(FieldError::new(
+                "stop",
+                format!(
+                    "expected a string or an array of strings, got {}",
+                    type_name(v)
+                ),
+            ))
+        }
+    }
+    if let Some(t) = f.get("tools") {
+        req.tools = serde_json::from_value::<Vec<Tool>>(t.clone())
+            .map_err(|e| FieldError::new("tools", e.to_string()))?;
+    }
+    if let Some(t) = f.get("tool_choice") {
+        req.tool_choice = serde_json::from_value::<ToolChoice>(t.clone())
+            .map_err(|e| FieldError::new("tool_choice", e.to_string()))?;
+    }
+    Ok(req)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    fn obj(v: Value) -> Map<String, Value> {
+        v.as_object().unwrap().clone()
+    }
+
+    #[test]
+    fn errors_name_the_field() {
+        let m = obj(json!({"max_tokens": "ten", "temperature": 9}));
+        let f = Fields::new(&m);
+        let e = f.uint("max_tokens", 1, 100).unwrap_err();
+        assert_eq!(e.field, "max_tokens");
+        assert!(e.message.contains("a string"), "{e}");
+        let e = f.num("temperature", 0.0, 2.0).unwrap_err();
+        assert_eq!(e.field, "temperature");
+    }
+
+    #[test]
+    fn prompt_or_messages() {
+        let m = obj(json!({"prompt": "hi", "system": "be brief", "stop": "x"}));
+        let r = chat_request(&Fields::new(&m)).unwrap();
+        assert_eq!(r.messages.len(), 2);
+        assert_eq!(r.stop, vec!["x".to_string()]);
+        let m = obj(json!({"messages": [{"role": "user", "content": "hi"}]}));
+        assert_eq!(chat_request(&Fields::new(&m)).unwrap().messages.len(), 1);
+        let m = obj(json!({"messages": [{"role": "robot", "content": "hi"}]}));
+        let e = chat_request(&Fields::new(&m)).unwrap_err();
+        assert_eq!(e.field, "messages[0]");
+        let m = obj(json!({}));
+        assert_eq!(chat_request(&Fields::new(&m)).unwrap_err().field, "prompt");
+    }
+}

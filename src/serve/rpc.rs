@@ -1,0 +1,727 @@
+//! `POST /rpc`: JSON-RPC 2.0.
+//!
+//! Batches run concurrently and answer in one array (notifications leave no
+//! entry; a batch of notifications only gets `204 No Content`). `llm.stream`
+//! answers with Server-Sent Events and cannot be batched.
+//!
+//! | code   | meaning                                                       |
+//! |--------|---------------------------------------------------------------|
+//! | -32700 | parse error: the body is not JSON                             |
+//! | -32600 | invalid request (not a request object, empty batch, too big)  |
+//! | -32601 | method not found                                              |
+//! | -32602 | invalid params (names the field), unknown model               |
+//! | -32603 | internal error                                                |
+//! | -32001 | rate limited (upstream 429 after retries)                     |
+//! | -32002 | budget exceeded: refused before sending                       |
+//! | -32003 | model not allowed (`allowed_models`): refused before sending  |
+//! | -32004 | provider failed (auth, 5xx, timeout, network, breaker open)   |
+
+use std::convert::Infallible;
+use std::sync::Arc;
+
+use axum::body::{Body, Bytes};
+use axum::extract::State;
+use axum::http::{header, HeaderMap, StatusCode};
+use axum::response::{IntoResponse, Response};
+use futures_util::future::join_all;
+use futures_util::FutureExt;
+use serde_json::{json, Map, Value};
+use tokio::sync::mpsc;
+
+use super::params::{chat_request, FieldError, Fields, PROMPT_FIELDS};
+use super::{read_body, AppState, BodyError, CallMeta, CancelOnDrop, StartError};
+use crate::cli::compare::{analyse, to_json, KindArg};
+use crate::engine::consensus::{AnswerInput, ConsensusOptions, DEFAULT_THRESHOLD};
+use crate::engine::registry::has_key;
+use crate::engine::routing::BreakerState;
+use crate::engine::{Completion, EngineError, FinishReason, StreamEvent, TargetEvent};
+
+/// Parse error.
+pub const PARSE_ERROR: i64 = -32700;
+/// Invalid request.
+pub const INVALID_REQUEST: i64 = -32600;
+/// Method not found.
+pub const METHOD_NOT_FOUND: i64 = -32601;
+/// Invalid params.
+pub const INVALID_PARAMS: i64 = -32602;
+/// Internal error.
+pub const INTERNAL_ERROR: i64 = -32603;
+/// Upstream rate limited the request.
+pub const RATE_LIMITED: i64 = -32001;
+/// A budget cap refused the request before sending.
+pub const BUDGET_EXCEEDED: i64 = -32002;
+/// `allowed_models` refused the model before sending.
+pub const MODEL_NOT_ALLOWED: i64 = -32003;
+/// The provider failed.
+pub const PROVIDER_FAILED: i64 = -32004;
+
+/// The methods.
+pub const METHODS: &[&str] = &[
+    "llm.complete",
+    "llm.stream",
+    "llm.compare",
+    "llm.models",
+    "llm.metrics",
+    "llm.health",
+];
+
+/// A JSON-RPC error object.
+#[derive(Debug, Clone, PartialEq)]
+pub struct RpcError {
+    /// Code.
+    pub code: i64,
+    /// Message.
+    pub message: String,
+    /// Extra data.
+    pub data: Option<Value>,
+}
+
+impl RpcError {
+    /// A new error.
+    pub fn new(code: i64, message: impl Into<String>) -> Self {
+        RpcError {
+            code,
+            message: message.into(),
+            data: None,
+        }
+    }
+
+    fn with_data(mut self, d: Value) -> Self {
+        self.data = Some(d);
+        self
+    }
+
+    fn to_json(&self) -> Value {
+        let mut e = json!({"code": self.code, "message": self.message});
+        if let Some(d) = &self.data {
+            e["data"] = d.clone();
+        }
+        e
+    }
+}
+
+impl From<FieldError> for RpcError {
+    fn from(e: FieldError) -> Self {
+        RpcError::new(INVALID_PARAMS, format!("invalid params: {e}"))
+            .with_data(json!({"field": e.field, "reason": e.message}))
+    }
+}
+
+/// The JSON-RPC error for an engine error.
+pub fn engine_error(e: &EngineError) -> RpcError {
+    let code = match e {
+        EngineError::RateLimited { .. } => RATE_LIMITED,
+        EngineError::Budget { .. } => BUDGET_EXCEEDED,
+        EngineError::NotAllowed { .. } => MODEL_NOT_ALLOWED,
+        EngineError::Config { .. } => INVALID_PARAMS,
+        _ => PROVIDER_FAILED,
+    };
+    let mut d = json!({"kind": e.kind()});
+    if let Some(s) = e.status() {
+        d["status"] = json!(s);
+    }
+    if let Some(w) = e.retry_after() {
+        d["retry_after_secs"] = json!(w.as_secs_f64());
+    }
+    RpcError::new(code, e.to_string()).with_data(d)
+}
+
+fn response(id: &Value, r: Result<Value, RpcError>) -> Value {
+    match r {
+        Ok(v) => json!({"jsonrpc": "2.0", "id": id, "result": v}),
+        Err(e) => json!({"jsonrpc": "2.0", "id": id, "error": e.to_json()}),
+    }
+}
+
+enum Reply {
+    /// A notification: nothing to send.
+    None,
+    /// One response object.
+    Json(Value),
+    /// An SSE stream (`llm.stream`).
+    Stream(Response),
+}
+
+fn json_response(status: StatusCode, v: &Value) -> Response {
+    (
+        status,
+        [(header::CONTENT_TYPE, "application/json")],
+        serde_json::to_vec(v).unwrap_or_default(),
+    )
+        .into_response()
+}
+
+/// `POST /rpc`.
+pub async fn handle(
+    State(state): State<Arc<AppState>>,
+    headers: HeaderMap,
+    body: Body,
+) -> Response {
+    let bytes = match read_body(body, state.opts.max_body_bytes).await {
+        Ok(b) => b,
+        Err(BodyError::TooLarge) => {
+            state.metrics.rpc_error(INVALID_REQUEST);
+            let e = RpcError::new(
+                INVALID_REQUEST,
+                format!(
+                    "request body larger than {} bytes",
+                    state.opts.max_body_bytes
+                ),
+            );
+            return json_response(
+                StatusCode::PAYLOAD_TOO_LARGE,
+                &response(&Value::Null, Err(e)),
+            );
+        }
+        Err(BodyError::Read(m)) => {
+            let e = RpcError::new(PARSE_ERROR, format!("could not read the body: {m}"));
+            state.metrics.rpc_error(PARSE_ERROR);
+            return json_response(StatusCode::BAD_REQUEST, &response(&Value::Null, Err(e)));
+        }
+    };
+    let value: Value = match serde_json::from_slice(&bytes) {
+        Ok(v) => v,
+        Err(e) => {
+            state.metrics.rpc_error(PARSE_ERROR);
+            let e = RpcError::new(PARSE_ERROR, format!("parse error: {e}"));
+            return json_response(StatusCode::OK, &response(&Value::Null, Err(e)));
+        }
+    };
+    let hmeta = CallMeta::from_headers(&headers);
+    match value {
+        Value::Array(items) => {
+            if items.is_empty() {
+                state.metrics.rpc_error(INVALID_REQUEST);
+                let e = RpcError::new(INVALID_REQUEST, "invalid request: empty batch");
+                return json_response(StatusCode::OK, &response(&Value::Null, Err(e)));
+            }
+            let replies = join_all(
+                items
+                    .into_iter()
+                    .map(|item| guarded(&state, &hmeta, item, true)),
+            )
+            .await;
+            let out: Vec<Value> = replies
+                .into_iter()
+                .filter_map(|r| match r {
+                    Reply::Json(v) => Some(v),
+                    _ => None,
+                })
+                .collect();
+            if out.is_empty() {
+                StatusCode::NO_CONTENT.into_response()
+            } else {
+                json_response(StatusCode::OK, &Value::Array(out))
+            }
+        }
+        v => match guarded(&state, &hmeta, v, false).await {
+            Reply::None => StatusCode::NO_CONTENT.into_response(),
+            Reply::Json(v) => json_response(StatusCode::OK, &v),
+            Reply::Stream(r) => r,
+        },
+    }
+}
+
+/// [`one`], with a panic answered as an internal error instead of a dropped connection.
+async fn guarded(
+    state: &Arc<AppState>,
+    hmeta: &Result<CallMeta, String>,
+    v: Value,
+    in_batch: bool,
+) -> Reply {
+    let id = match &v {
+        Value::Object(o) => o.get("id").cloned(),
+        _ => None,
+    };
+    match std::panic::AssertUnwindSafe(one(state, hmeta, v, in_batch))
+        .catch_unwind()
+        .await
+    {
+        Ok(r) => r,
+        Err(_) => {
+            state.metrics.rpc_error(INTERNAL_ERROR);
+            match id {
+                None => Reply::None,
+                Some(id) => Reply::Json(response(
+                    &id,
+                    Err(RpcError::new(INTERNAL_ERROR, "internal error")),
+                )),
+            }
+        }
+    }
+}
+
+/// One request object of a call or batch.
+async fn one(
+    state: &Arc<AppState>,
+    hmeta: &Result<CallMeta, String>,
+    v: Value,
+    in_batch: bool,
+) -> Reply {
+    let fail = |id: &Value, e: RpcError| {
+        state.metrics.rpc_error(e.code);
+        Reply::Json(response(id, Err(e)))
+    };
+    let Value::Object(obj) = v else {
+        return fail(
+            &Value::Null,
+            RpcError::new(INVALID_REQUEST, "invalid request: expected an object"),
+        );
+    };
+    // The id, when it is a valid one; a notification has none.
+    let id = match obj.get("id") {
+        None => None,
+        Some(i @ (Value::String(_) | Value::Number(_) | Value::Null)) => Some(i.clone()),
+        Some(_) => {
+            return fail(
+                &Value::Null,
+                RpcError::new(
+                    INVALID_REQUEST,
+                    "invalid request: id must be a string, a number or null",
+                ),
+            )
+        }
+    };
+    let rid = id.clone().unwrap_or(Value::Null);
+    if obj.get("jsonrpc") != Some(&Value::String("2.0".into())) {
+        return fail(
+            &rid,
+            RpcError::new(INVALID_REQUEST, "invalid request: jsonrpc must be \"2.0\""),
+        );
+    }
+    let Some(Value::String(method)) = obj.get("method") else {
+        return fail(
+            &rid,
+            RpcError::new(INVALID_REQUEST, "invalid request: method must be a string"),
+        );
+    };
+    let empty = Map::new();
+    let params = match obj.get("params") {
+        None => &empty,
+        Some(Value::Object(m)) => m,
+        Some(Value::Array(_)) => {
+            return fail(
+                &rid,
+                RpcError::new(
+                    INVALID_PARAMS,
+                    "invalid params: pass params by name (an object), not by position",
+                ),
+            )
+        }
+        Some(_) => {
+            return fail(
+                &rid,
+                RpcError::new(
+                    INVALID_REQUEST,
+                    "invalid request: params must be an object or an array",
+                ),
+            )
+        }
+    };
+    let hmeta = match hmeta {
+        Ok(m) => m.clone(),
+        Err(e) => return fail(&rid, RpcError::new(INVALID_PARAMS, e.clone())),
+    };
+    let notification = id.is_none();
+    let f = Fields::new(params);
+    let result = match method.as_str() {
+        "llm.stream" if in_batch => Err(RpcError::new(
+            INVALID_REQUEST,
+            "llm.stream answers with a stream and cannot be part of a batch",
+        )),
+        "llm.stream" if !notification => {
+            return match stream(state, f, hmeta, rid.clone()).await {
+                Ok(r) => Reply::Stream(r),
+                Err(e) => fail(&rid, e),
+            }
+        }
+        "llm.complete" | "llm.stream" => complete(state, f, hmeta).await,
+        "llm.compare" => compare(state, f, hmeta).await,
+        "llm.models" => models(state, f),
+        "llm.metrics" => metrics(state, f),
+        "llm.health" => health(state, f),
+        other => Err(RpcError::new(
+            METHOD_NOT_FOUND,
+            format!(
+                "method not found: {other:?}; methods are {}",
+                METHODS.join(", ")
+            ),
+        )),
+    };
+    if notification {
+        if let Err(e) = &result {
+            state.metrics.rpc_error(e.code);
+        }
+        return Reply::None;
+    }
+    match result {
+        Ok(v) => Reply::Json(response(&rid, Ok(v))),
+        Err(e) => fail(&rid, e),
+    }
+}
+
+/// The prompt fields plus `extra`.
+fn with_fields(extra: &[&'static str]) -> Vec<&'static str> {
+    let mut v: Vec<&'static str> = PROMPT_FIELDS.to_vec();
+    v.extend_from_slice(extra);
+    v
+}
+
+fn the_model(state: &AppState, f: &Fields<'_>) -> Result<String, RpcError> {
+    match f.nonempty_str("model")? {
+        Some(m) => Ok(m.to_string()),
+        None => state.settings.default_model.clone().ok_or_else(|| {
+            FieldError::new("model", "missing (and no QUORUM_DEFAULT_MODEL is set)").into()
+        }),
+    }
+}
+
+struct Prepared {
+    req: crate::engine::ChatRequest,
+    opts: crate::engine::RunOptions,
+}
+
+fn prepare(f: &Fields<'_>, hmeta: CallMeta) -> Result<Prepared, RpcError> {
+    let req = chat_request(f)?;
+    let meta = hmeta.merge(f.call_meta()?);
+    let mut opts = meta.run_options();
+    opts.stream = f.bool("stream")?.unwrap_or(true);
+    opts.cache = f.bool("cache")?;
+    Ok(Prepared { req, opts })
+}
+
+/// The `ask --json` object plus the run's ids.
+fn completion_json(c: &Completion, run_id: &str, trace_id: &str, session: Option<&str>) -> Value {
+    let mut v = serde_json::to_value(c).unwrap_or(Value::Null);
+    if let Value::Object(m) = &mut v {
+        m.insert("run_id".into(), json!(run_id));
+        m.insert("trace_id".into(), json!(trace_id));
+        m.insert("session_id".into(), json!(session));
+    }
+    v
+}
+
+fn start_error(e: StartError) -> RpcError {
+    match e {
+        StartError::Engine(e) => engine_error(&e),
+        StartError::Internal(m) => RpcError::new(INTERNAL_ERROR, format!("internal error: {m}")),
+    }
+}
+
+async fn complete(state: &AppState, f: Fields<'_>, hmeta: CallMeta) -> Result<Value, RpcError> {
+    f.only(&with_fields(&["model"]))?;
+    let model = the_model(state, &f)?;
+    let p = prepare(&f, hmeta)?;
+    let session = p.opts.session_id.clone();
+    let handle = state
+        .start(p.req, vec![model], p.opts)
+        .await
+        .map_err(start_error)?;
+    let (run_id, trace_id) = (handle.run_id.clone(), handle.trace_id.clone());
+    let _cancel = CancelOnDrop(handle.cancel_token());
+    let c = handle
+        .collect()
+        .await
+        .into_iter()
+        .next()
+        .unwrap_or_default();
+    state.metrics.record("rpc", &c);
+    let v = completion_json(&c, &run_id, &trace_id, session.as_deref());
+    match &c.error {
+        None => Ok(v),
+        Some(e) => {
+            let mut err = engine_error(e);
+            if let Some(Value::Object(d)) = &mut err.data {
+                d.insert("result".into(), v);
+            }
+            Err(err)
+        }
+    }
+}
+
+fn sse_frame(event: &str, data: &Value) -> Bytes {
+    Bytes::from(format!("event: {event}\ndata: {data}\n\n"))
+}
+
+/// A face event as JSON: (SSE event name, data).
+pub fn event_json(ev: &TargetEvent) -> (&'static str, Value) {
+    let t = ev.target;
+    match &ev.event {
+        StreamEvent::Queued => ("queued", json!({"target": t})),
+        StreamEvent::Started {
+            provider,
+            model,
+            attempt,
+        } => (
+            "started",
+            json!({"target": t, "provider": provider, "model": model, "attempt": attempt}),
+        ),
+        StreamEvent::TextDelta(s) => ("text", json!({"target": t, "text": s})),
+        StreamEvent::ThinkingDelta(s) => ("thinking", json!({"target": t, "text": s})),
+        StreamEvent::ToolCallDelta {
+            index,
+            id,
+            name,
+            arguments,
+        } => (
+            "tool_call",
+            json!({"target": t, "index": index, "id": id, "name": name, "arguments": arguments}),
+        ),
+        StreamEvent::Usage(u) => ("usage", json!({"target": t, "usage": u})),
+        StreamEvent::Retrying {
+            attempt,
+            max_attempts,
+            wait,
+            reason,
+        } => (
+            "retrying",
+            json!({"target": t, "attempt": attempt, "max_attempts": max_attempts,
+                   "wait_ms": wait.as_secs_f64() * 1000.0, "reason": reason}),
+        ),
+        StreamEvent::FellBack { from, to, reason } => (
+            "fell_back",
+            json!({"target": t, "from": from, "to": to, "reason": reason}),
+        ),
+        StreamEvent::BreakerOpen { provider } => {
+            ("breaker_open", json!({"target": t, "provider": provider}))
+        }
+        StreamEvent::Finished(c) => ("finished", json!({"target": t, "completion": &**c})),
+        StreamEvent::Failed(c) => ("failed", json!({"target": t, "completion": &**c})),
+    }
+}
+
+/// `llm.stream`: the engine's events as SSE, then `event: result` carrying
+/// the JSON-RPC response (the `ask --json` object, or the error).
+async fn stream(
+    state: &Arc<AppState>,
+    f: Fields<'_>,
+    hmeta: CallMeta,
+    id: Value,
+) -> Result<Response, RpcError> {
+    f.only(&with_fields(&["model"]))?;
+    let model = the_model(state, &f)?;
+    let p = prepare(&f, hmeta)?;
+    let session = p.opts.session_id.clone();
+    let mut handle = state
+        .start(p.req, vec![model], p.opts)
+        .await
+        .map_err(start_error)?;
+    let (tx, mut rx) = mpsc::channel::<Bytes>(256);
+    let state2 = state.clone();
+    tokio::spawn(async move {
+        let cancel = CancelOnDrop(handle.cancel_token());
+        let (run_id, trace_id) = (handle.run_id.clone(), handle.trace_id.clone());
+        let head = json!({"run_id": run_id, "trace_id": trace_id, "targets": handle.targets});
+        if tx.send(sse_frame("run", &head)).await.is_err() {
+            return;
+        }
+        let mut last: Option<Completion> = None;
+        while let Some(ev) = handle.events.recv().await {
+            if let StreamEvent::Finished(c) | StreamEvent::Failed(c) = &ev.event {
+                state2.metrics.record("rpc_stream", c);
+                last = Some((**c).clone());
+            }
+            let (name, data) = event_json(&ev);
+            if tx.send(sse_frame(name, &data)).await.is_err() {
+                // The client went away: `cancel` stops the upstream request.
+                return;
+            }
+        }
+        let c = last.unwrap_or_else(|| Completion {
+            finish_reason: FinishReason::Cancelled,
+            error: Some(EngineError::Cancelled),
+            ..Default::default()
+        });
+        let v = completion_json(&c, &run_id, &trace_id, session.as_deref());
+        let r = match &c.error {
+            None => Ok(v),
+            Some(e) => {
+                let mut err = engine_error(e);
+                if let Some(Value::Object(d)) = &mut err.data {
+                    d.insert("result".into(), v);
+                }
+                state2.metrics.rpc_error(err.code);
+                Err(err)
+            }
+        };
+        let _ = tx.send(sse_frame("result", &response(&id, r))).await;
+        drop(cancel);
+    });
+    let body = Body::from_stream(futures_util::stream::poll_fn(move |cx| {
+        rx.poll_recv(cx).map(|o| o.map(Ok::<_, Infallible>))
+    }));
+    Ok((
+        [
+            (header::CONTENT_TYPE, "text/event-stream"),
+            (header::CACHE_CONTROL, "no-cache"),
+        ],
+        body,
+    )
+        .into_response())
+}
+
+fn labels(models: &[String]) -> Vec<String> {
+    let mut out: Vec<String> = Vec::new();
+    for m in models {
+        let mut label = m.clone();
+        let mut n = 1;
+        while out.contains(&label) {
+            n += 1;
+            label = format!("{m}#{n}");
+        }
+        out.push(label);
+    }
+    out
+}
+
+/// `llm.compare`: issue 6's result (`quorum compare --json`).
+async fn compare(state: &AppState, f: Fields<'_>, hmeta: CallMeta) -> Result<Value, RpcError> {
+    f.only(&with_fields(&[
+        "models",
+        "judge",
+        "repeat",
+        "kind",
+        "threshold",
+    ]))?;
+    let models = f
+        .str_list("models")?
+        .ok_or_else(|| FieldError::new("models", "missing: name the targets to compare"))?;
+    let judge = f.nonempty_str("judge")?.map(String::from);
+    let repeat = f.uint("repeat", 1, 20)?.unwrap_or(1) as u32;
+    let kind = match f.str("kind")? {
+        None => None,
+        Some(k) => Some(
+            <KindArg as clap::ValueEnum>::from_str(k, true)
+                .map_err(|_| {
+                    FieldError::new(
+                        "kind",
+                        "expected one of: number, yes-no, choice, final-line, open",
+                    )
+                })?
+                .into(),
+        ),
+    };
+    let threshold = f.num("threshold", 0.0, 1.0)?.unwrap_or(DEFAULT_THRESHOLD);
+    let p = prepare(&f, hmeta)?;
+    if let Some(j) = &judge {
+        state
+            .engine
+            .check_targets(std::slice::from_ref(j))
+            .map_err(|e| engine_error(&e))?;
+    }
+    let prompt = p.req.last_user_text().to_string();
+    let mut targets = Vec::new();
+    let mut slots = Vec::new();
+    for (ti, m) in models.iter().enumerate() {
+        for r in 1..=repeat {
+            targets.push(m.clone());
+            slots.push((ti, r));
+        }
+    }
+    let judge_opts = p.opts.clone();
+    let mut handle = state
+        .start(p.req, targets.clone(), p.opts)
+        .await
+        .map_err(start_error)?;
+    let _cancel = CancelOnDrop(handle.cancel_token());
+    let mut done: Vec<Option<Completion>> = vec![None; targets.len()];
+    while let Some(TargetEvent { target, event }) = handle.events.recv().await {
+        if let StreamEvent::Finished(c) | StreamEvent::Failed(c) = event {
+            state.metrics.record("rpc", &c);
+            done[target] = Some(*c);
+        }
+    }
+    let results: Vec<(usize, u32, Completion)> = done
+        .into_iter()
+        .zip(&slots)
+        .zip(&targets)
+        .map(|((c, &(ti, r)), t)| {
+            let c = c.unwrap_or_else(|| Completion {
+                model: t.clone(),
+                finish_reason: FinishReason::Cancelled,
+                error: Some(EngineError::Cancelled),
+                ..Default::default()
+            });
+            (ti, r, c)
+        })
+        .collect();
+    let opts = ConsensusOptions { kind, threshold };
+    let mut report = analyse(&prompt, repeat, labels(&models), results, opts);
+    if let Some(j) = &judge {
+        let reps: Vec<AnswerInput> = report
+            .representative
+            .iter()
+            .map(|i| {
+                let (ti, _, c) = &report.results[*i];
+                AnswerInput::from_completion(report.labels[*ti].clone(), c)
+            })
+            .collect();
+        let outcome =
+            crate::engine::judge::judge(&state.engine, j, &prompt, &reps, judge_opts).await;
+        if let Ok(o) = &outcome {
+            state.metrics.record("rpc", &o.completion);
+        }
+        report.judge = Some(outcome);
+    }
+    let mut v = to_json(&report);
+    v["trace_id"] = json!(handle.trace_id);
+    v["run_id"] = json!(handle.run_id);
+    v["failed"] = json!(report.failed());
+    Ok(v)
+}
+
+fn models(state: &AppState, f: Fields<'_>) -> Result<Value, RpcError> {
+    f.only(&["trace_id", "session_id", "source_agent"])?;
+    let l = crate::cli::models::listing(&state.engine, &state.settings.config, &|k| {
+        std::env::var(k).ok()
+    });
+    serde_json::to_value(&l).map_err(|e| RpcError::new(INTERNAL_ERROR, e.to_string()))
+}
+
+fn metrics(state: &AppState, f: Fields<'_>) -> Result<Value, RpcError> {
+    f.only(&["reset", "trace_id", "session_id", "source_agent"])?;
+    let reset = f.bool("reset")?.unwrap_or(false);
+    Ok(state.metrics.usage_json(reset))
+}
+
+fn breaker_word(s: BreakerState) -> &'static str {
+    match s {
+        BreakerState::Closed => "closed",
+        BreakerState::Open => "open",
+        BreakerState::HalfOpen => "half_open",
+    }
+}
+
+fn health(state: &AppState, f: Fields<'_>) -> Result<Value, RpcError> {
+    f.only(&["trace_id", "session_id", "source_agent"])?;
+    let providers: Vec<Value> = state
+        .engine
+        .registry()
+        .providers()
+        .map(|spec| {
+            json!({
+                "name": spec.name,
+                "kind": spec.kind.as_str(),
+                "key_needed": spec.kind.needs_key(),
+                "key_present": has_key(spec),
+                "breaker": breaker_word(state.engine.breaker_state(&spec.name)),
+                "last_error": state.metrics.last_error(&spec.name),
+            })
+        })
+        .collect();
+    let ledger = match &state.settings.ledger {
+        None => "none",
+        Some(l) => match l.ready() {
+            None => "opening",
+            Some(Ok(_)) => "ok",
+            Some(Err(_)) => "unavailable",
+        },
+    };
+    Ok(json!({
+        "status": "ok",
+        "version": crate::cli::version_string(),
+        "in_flight": state.metrics.in_flight_now(),
+        "ledger": ledger,
+        "providers": providers,
+    }))
+}
