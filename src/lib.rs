@@ -5,5 +5,5 @@ pub mod app;
 pub mod cli;
 pub mod config;
 pub mod engine;
-pub mod tui;
 pub mod serve;
+pub mod tui;

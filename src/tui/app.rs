@@ -10,12 +10,12 @@ use ratatui::style::Style;
 use tui_textarea::TextArea;
 
 use crate::engine::budget::Projection;
-use crate::engine::consensus::{analyze, AnswerInput, Consensus};
 use crate::engine::cost::Pricing;
 use crate::engine::{
     ChatRequest, Completion, CostSource, EngineError, Message, StreamEvent, Usage,
 };
 
+use super::consensus_overlay::ConsensusPanel;
 use super::export::{ExportAnswer, ExportDoc, ExportLedgerRow};
 use super::keys::{Action, KeyMap};
 use super::layout::{self, Areas};
@@ -129,9 +129,8 @@ pub enum Overlay {
     Confirm(Confirm),
     /// Past runs.
     History(Box<HistoryView>),
-    /// Consensus summary. HOOK: the consensus widgets (src/tui/consensus.rs, on
-    /// another branch) replace the simple summary drawn for this state.
-    Consensus(Box<Consensus>),
+    /// The consensus view (its state is `App::cons`).
+    Consensus,
 }
 
 /// Session totals of one target.
@@ -271,6 +270,8 @@ pub struct App {
     pub quit: bool,
     /// Set when something visible changed.
     pub dirty: bool,
+    /// The consensus view, blind mode, the judge and repeat-N.
+    pub cons: ConsensusPanel,
 }
 
 /// Panes that get the same request go in one run.
@@ -321,6 +322,7 @@ impl App {
             ledger_scroll: 0,
             quit: false,
             dirty: true,
+            cons: ConsensusPanel::new(&init.theme),
             theme: init.theme,
         };
         app.style_editor();
@@ -456,6 +458,12 @@ impl App {
                     }
                 }
             }
+            Msg::Votes(r) => self.on_votes(r),
+            Msg::Judged(r) => self.on_judged(r),
+            Msg::VoteRecorded(r) => match r {
+                Ok(rows) => self.on_votes(Ok(rows)),
+                Err(e) => self.set_flash(format!("the vote was not stored: {e}")),
+            },
             Msg::PromptHistory(mut old) => {
                 old.reverse();
                 old.retain(|p| !self.prompt_history.contains(p));
@@ -486,6 +494,15 @@ impl App {
         self.flash = Some((s, self.now));
     }
 
+    pub(crate) fn set_flash_text(&mut self, s: &str) {
+        self.set_flash(s.to_string());
+    }
+
+    /// Count a request that did not come through a pane (the judge).
+    pub(crate) fn add_ledger_completion(&mut self, label: &str, c: &Completion) {
+        self.ledger_row(label).add(c);
+    }
+
     /// The flash message, while fresh.
     pub fn flash(&self) -> Option<&str> {
         self.flash
@@ -506,9 +523,13 @@ impl App {
                 .unwrap_or_else(|| c.model.clone());
             self.ledger_row(&label).add(c);
         }
+        let ended = matches!(ev, StreamEvent::Finished(_) | StreamEvent::Failed(_));
         let now = self.now;
         if let Some(p) = self.panes.iter_mut().find(|p| p.run == Some((run, target))) {
             p.apply(ev, now);
+        }
+        if ended {
+            self.on_answer_end();
         }
     }
 
@@ -721,6 +742,7 @@ impl App {
             ));
             return;
         }
+        self.prepare_send(&prompt);
         let plan = self.plan(&prompt, 0..self.panes.len(), false);
         self.submit(plan, cmds);
     }
@@ -733,6 +755,7 @@ impl App {
         if self.in_flight() {
             self.cancel_all(cmds);
         }
+        self.cons.judge = None;
         let plan = self.plan(&prompt, 0..self.panes.len(), true);
         self.submit(plan, cmds);
     }
@@ -883,6 +906,20 @@ impl App {
             self.overlay = Overlay::Help;
             return;
         }
+        // Letter keys act outside the editor only; Ctrl keys everywhere.
+        let global = !in_editor || !self.is_char(&k);
+        if keys.is(Action::Blind, &k) && global {
+            self.toggle_blind();
+            return;
+        }
+        if keys.is(Action::Repeat, &k) && global {
+            self.cycle_repeat();
+            return;
+        }
+        if keys.is(Action::Judge, &k) && global {
+            self.start_judge(cmds);
+            return;
+        }
         match self.focus {
             Focus::Editor => self.editor_key(k, cmds),
             Focus::Pane(i) => self.pane_key(i, k, cmds),
@@ -1003,7 +1040,9 @@ impl App {
         } else if keys.is(Action::Continue, &k) {
             self.continue_with(i);
         } else if keys.is(Action::Consensus, &k) {
-            self.open_consensus();
+            self.open_consensus(cmds);
+        } else if keys.is(Action::Diff, &k) {
+            self.open_diff(i, cmds);
         } else if keys.is(Action::ScrollUp, &k) {
             self.scroll_pane(i, -1);
         } else if keys.is(Action::ScrollDown, &k) {
@@ -1035,7 +1074,7 @@ impl App {
             self.ledger_scroll =
                 (self.ledger_scroll + 1).min(self.live_ledger().len().saturating_sub(1));
         } else if self.keys.is(Action::Consensus, &k) {
-            self.open_consensus();
+            self.open_consensus(cmds);
         } else if self.is_char(&k) {
             self.focus = Focus::Editor;
             self.style_editor();
@@ -1164,23 +1203,6 @@ impl App {
         ));
     }
 
-    fn open_consensus(&mut self) {
-        let prompt = self.last_prompt.clone().unwrap_or_default();
-        let answers: Vec<AnswerInput> = self
-            .panes
-            .iter()
-            .filter(|p| p.stats.done.is_some())
-            .map(|p| {
-                AnswerInput::from_completion(p.target.clone(), p.stats.done.as_ref().expect("done"))
-            })
-            .collect();
-        if answers.is_empty() {
-            self.set_flash("consensus needs finished answers".into());
-            return;
-        }
-        self.overlay = Overlay::Consensus(Box::new(analyze(&prompt, &answers)));
-    }
-
     fn on_overlay_key(&mut self, k: KeyEvent, cmds: &mut Vec<Cmd>) {
         let overlay = std::mem::take(&mut self.overlay);
         let quit_key = self.keys.is(Action::Quit, &k);
@@ -1192,7 +1214,11 @@ impl App {
         match overlay {
             Overlay::None => {}
             // Any key closes.
-            Overlay::Help | Overlay::Consensus(_) => {}
+            Overlay::Help => {}
+            Overlay::Consensus => {
+                self.overlay = Overlay::Consensus;
+                self.consensus_key(k, cmds);
+            }
             Overlay::Confirm(c) => {
                 let yes = matches!(k.code, KeyCode::Char('y' | 'Y')) || k.code == KeyCode::Enter;
                 let no = matches!(k.code, KeyCode::Char('n' | 'N')) || k.code == KeyCode::Esc;

@@ -34,6 +34,14 @@ pub enum Action {
     History,
     /// Consensus view.
     Consensus,
+    /// Ask the judge model to rank the finished answers.
+    Judge,
+    /// Blind mode for the next send (names hidden until a vote).
+    Blind,
+    /// Cycle how many times each target runs on the next send (1, 3, 5).
+    Repeat,
+    /// Word diff of the focused pane against the majority (or the next pane).
+    Diff,
     /// Cancel the focused pane.
     CancelPane,
     /// Retry the focused pane.
@@ -79,6 +87,18 @@ pub const ACTIONS: &[(Action, &str, &str)] = &[
         "show / hide thinking everywhere",
     ),
     (Action::Consensus, "consensus", "consensus of the answers"),
+    (Action::Judge, "judge", "judge the finished answers"),
+    (
+        Action::Blind,
+        "blind",
+        "blind mode for the next send (vote to reveal)",
+    ),
+    (
+        Action::Repeat,
+        "repeat",
+        "repeat each target 1 / 3 / 5 times next send",
+    ),
+    (Action::Diff, "diff", "pane: word diff against the majority"),
     (Action::Help, "help", "this help (? outside the editor)"),
     (Action::Quit, "quit", "quit (asks while runs are in flight)"),
     (Action::CancelPane, "cancel_pane", "pane: cancel it"),
@@ -108,6 +128,10 @@ const DEFAULTS: &[(Action, &str)] = &[
     (Action::History, "ctrl+o"),
     (Action::Thinking, "ctrl+t"),
     (Action::Consensus, "v"),
+    (Action::Judge, "J"),
+    (Action::Blind, "b ctrl+b"),
+    (Action::Repeat, "n ctrl+n"),
+    (Action::Diff, "d"),
     (Action::Help, "f1 ?"),
     (Action::Quit, "ctrl+q ctrl+c"),
     (Action::CancelPane, "x"),

@@ -22,6 +22,16 @@ pub struct Areas {
     pub status: Rect,
     /// Where a reopened past run's panes go.
     pub history_panes: Rect,
+    /// The consensus bar under the panes (empty when not shown).
+    pub summary: Rect,
+}
+
+/// Rows a terminal needs before the consensus bar takes one.
+pub const SUMMARY_MIN_HEIGHT: u16 = 24;
+
+/// Whether the consensus bar shows: a run with two or more panes, room to spare.
+pub fn shows_summary(app: &App, height: u16) -> bool {
+    height >= SUMMARY_MIN_HEIGHT && app.panes.len() >= 2 && app.answer_progress().1 >= 2
 }
 
 /// A pane's text area: inside the border, below the stats line.
@@ -124,6 +134,13 @@ pub fn areas(app: &App, area: Rect) -> Areas {
     );
     let [panes, bottom] =
         Layout::vertical([Constraint::Min(0), Constraint::Length(bottom_h)]).areas(rest);
+    let panes = if shows_summary(app, area.height) && panes.height > 4 {
+        let [p, bar] = Layout::vertical([Constraint::Min(0), Constraint::Length(1)]).areas(panes);
+        a.summary = bar;
+        p
+    } else {
+        panes
+    };
     a.panes_area = panes;
     a.panes = grid(panes, app.panes.len());
     if wide {

@@ -6,6 +6,7 @@
 
 pub mod app;
 pub mod consensus;
+pub mod consensus_overlay;
 pub mod export;
 pub mod keys;
 pub mod layout;
@@ -436,6 +437,49 @@ impl Effects for EngineEffects {
                     Msg::History(r)
                 });
             }
+            Cmd::LoadVotes => {
+                let ledger = self.ledger.clone();
+                self.blocking(move || {
+                    Msg::Votes(match ledger {
+                        None => Err("no ledger (no data directory)".to_string()),
+                        Some(l) => l.wait().and_then(|l| l.votes()),
+                    })
+                });
+            }
+            Cmd::RecordVote(vote) => {
+                let ledger = self.ledger.clone();
+                self.blocking(move || {
+                    Msg::VoteRecorded(match ledger {
+                        None => Err("no ledger (no data directory)".to_string()),
+                        Some(l) => l.wait().and_then(|l| {
+                            l.record_vote(
+                                vote.run_id.as_deref(),
+                                &vote.targets,
+                                vote.winner.as_deref(),
+                                vote.tag.as_deref(),
+                            )?;
+                            l.votes()
+                        }),
+                    })
+                });
+            }
+            Cmd::Judge {
+                target,
+                prompt,
+                answers,
+            } => {
+                let (engine, tx) = (self.engine.clone(), self.tx.clone());
+                let opts = RunOptions {
+                    session_id: Some(self.session.clone()),
+                    source_agent: Some("quorum-tui".into()),
+                    ..Default::default()
+                };
+                tokio::spawn(async move {
+                    let r = crate::engine::judge::judge(&engine, &target, &prompt, &answers, opts)
+                        .await;
+                    let _ = tx.send(Msg::Judged(r)).await;
+                });
+            }
         }
     }
 }
@@ -602,6 +646,8 @@ pub fn run(flags: &GlobalFlags, theme_flag: Option<String>) -> i32 {
         spawn_signal_watch(tx.clone());
         let mut fx = EngineEffects::new(engine, &settings, tx, data_dir.clone());
         let mut app = App::new(init);
+        app.cons.judge_model = settings.config.judge_model.clone();
+        app.cons.vote_tag = settings.config.vote_tag.clone();
         let input = crossterm::event::EventStream::new();
         let r = run_loop(
             guard.terminal(),

@@ -5,7 +5,9 @@ use std::path::PathBuf;
 use crossterm::event::{KeyEvent, MouseEvent};
 
 use crate::engine::budget::Projection;
-use crate::engine::ledger::RequestRow;
+use crate::engine::consensus::{AnswerInput, Vote};
+use crate::engine::judge::JudgeOutcome;
+use crate::engine::ledger::{RequestRow, VoteRow};
 use crate::engine::{ChatRequest, TargetEvent};
 
 use super::export::ExportDoc;
@@ -59,6 +61,12 @@ pub enum Msg {
     Exported(Result<Vec<PathBuf>, String>),
     /// Past runs loaded.
     History(Result<Vec<HistRun>, String>),
+    /// The ledger's votes (for the leaderboard).
+    Votes(Result<Vec<VoteRow>, String>),
+    /// A vote was stored: every vote now, or why not.
+    VoteRecorded(Result<Vec<VoteRow>, String>),
+    /// The judge's verdict, or why it could not be asked.
+    Judged(Result<JudgeOutcome, String>),
     /// Prompts of earlier sessions, newest first.
     PromptHistory(Vec<String>),
     /// Time passed (countdowns, rates).
@@ -109,4 +117,17 @@ pub enum Cmd {
     Export(Box<ExportDoc>),
     /// Load past runs from the ledger.
     LoadHistory,
+    /// Load the ledger's votes, off the UI thread.
+    LoadVotes,
+    /// Store a blind vote in the ledger, off the UI thread.
+    RecordVote(Vote),
+    /// Ask `target` to judge `answers` to `prompt` (through the engine, so it is in the ledger).
+    Judge {
+        /// The judge model.
+        target: String,
+        /// The prompt.
+        prompt: String,
+        /// The finished answers.
+        answers: Vec<AnswerInput>,
+    },
 }

@@ -62,6 +62,9 @@ pub fn render(app: &App, f: &mut Frame<'_>) {
                 areas.panes_area,
             );
         }
+        if areas.summary.height > 0 {
+            draw_summary(f, app, areas.summary);
+        }
         if app.zoom.is_none() {
             draw_editor(f, app, areas.editor);
             draw_ledger(f, app, areas.ledger);
@@ -74,7 +77,7 @@ pub fn render(app: &App, f: &mut Frame<'_>) {
         Overlay::Picker(p) => draw_picker(f, app, p, area),
         Overlay::Confirm(c) => draw_confirm(f, app, c, area),
         Overlay::History(h) => draw_history(f, app, h, areas.history_panes),
-        Overlay::Consensus(c) => draw_consensus(f, app, c, area),
+        Overlay::Consensus => draw_consensus(f, app, area),
     }
 }
 
@@ -151,8 +154,15 @@ pub fn stats_line(app: &App, p: &Pane, now: Instant) -> Line<'static> {
 
 fn pane_title(app: &App, p: &Pane) -> Line<'static> {
     let t = &app.theme;
+    // Shown panes go by their on-screen name (blind letters, repeat #k).
+    let name = app
+        .panes
+        .iter()
+        .position(|q| std::ptr::eq(q, p))
+        .map(|i| app.pane_name(i))
+        .unwrap_or_else(|| p.target.clone());
     let mut spans = vec![
-        Span::styled(format!(" {} ", p.target), t.title),
+        Span::styled(format!(" {name} "), t.title),
         Span::styled("· ", t.dim),
         Span::styled(
             format!("{} ", p.state.label(app.now)),
@@ -413,10 +423,15 @@ fn draw_ledger(f: &mut Frame<'_>, app: &App, r: Rect) {
         } else {
             format_usd(Some(row.cost_usd))
         };
+        let shown_name = if is_total {
+            row.target.clone()
+        } else {
+            app.ledger_name(&row.target)
+        };
         let text = if wide {
             format!(
                 "{}{:>7}{:>7}{:>7}{:>6}{:>10}",
-                fit(&row.target, name_w),
+                fit(&shown_name, name_w),
                 n(row.usage.input_tokens),
                 n(row.usage.output_tokens),
                 n(row.usage.cached_input_tokens),
@@ -426,7 +441,7 @@ fn draw_ledger(f: &mut Frame<'_>, app: &App, r: Rect) {
         } else {
             format!(
                 "{}{:>7}{:>7}{:>10}",
-                fit(&row.target, name_w),
+                fit(&shown_name, name_w),
                 n(row.usage.input_tokens),
                 n(row.usage.output_tokens),
                 cost
@@ -472,6 +487,20 @@ fn hints(app: &App) -> Vec<(String, &'static str)> {
             ("Enter".into(), "open read-only"),
             ("Esc".into(), "close"),
         ],
+        (Overlay::Consensus, _) => {
+            let mut v = vec![
+                ("←/→".into(), "tabs"),
+                ("j/k".into(), "scroll"),
+                ("[ ] { }".into(), "diff panes"),
+            ];
+            if app.blind_hidden() {
+                v.insert(0, ("Shift+letter".into(), "vote"));
+                v.insert(1, ("=".into(), "tie"));
+            }
+            v.push((k(Action::Judge), "judge"));
+            v.push(("Esc".into(), "close"));
+            v
+        }
         (Overlay::Picker(_), _) => vec![
             ("type".into(), "filter"),
             ("Space/Enter".into(), "toggle"),
@@ -486,6 +515,11 @@ fn hints(app: &App) -> Vec<(String, &'static str)> {
             ("j/k".into(), "scroll"),
             (k(Action::FocusNext), "focus"),
             (k(Action::Help), "help"),
+            (k(Action::Consensus), "consensus"),
+            (k(Action::Diff), "diff"),
+            (k(Action::Judge), "judge"),
+            (k(Action::Blind), "blind"),
+            (k(Action::Repeat), "repeat"),
         ],
         _ => vec![
             (k(Action::Send), "send"),
@@ -498,6 +532,8 @@ fn hints(app: &App) -> Vec<(String, &'static str)> {
             (k(Action::Rerun), "rerun"),
             (k(Action::Export), "export"),
             (k(Action::History), "history"),
+            (k(Action::Blind), "blind"),
+            (k(Action::Repeat), "repeat"),
         ],
     }
 }
@@ -508,6 +544,18 @@ fn draw_status(f: &mut Frame<'_>, app: &App, r: Rect) {
     }
     let t = &app.theme;
     let (_, proj) = projection_text(app);
+    let mut next = Vec::new();
+    if app.cons.blind_next {
+        next.push("blind".to_string());
+    }
+    if app.cons.next_repeat() > 1 {
+        next.push(format!("×{}", app.cons.next_repeat()));
+    }
+    let proj = match (next.is_empty(), proj.is_empty()) {
+        (true, _) => proj,
+        (false, true) => format!("next: {}", next.join(" ")),
+        (false, false) => format!("next: {} · {proj}", next.join(" ")),
+    };
     let right = if app.budget_set && !proj.is_empty() {
         format!("{proj} · budget on ")
     } else if proj.is_empty() {
@@ -765,61 +813,70 @@ fn draw_history(f: &mut Frame<'_>, app: &App, h: &HistoryView, area: Rect) {
     f.render_widget(Paragraph::new(lines), inner);
 }
 
-/// HOOK: the consensus view. This simple summary stands in until the
-/// consensus widgets (src/tui/consensus.rs, written on another branch) replace
-/// it; they receive the same `Consensus` from `Overlay::Consensus`.
-fn draw_consensus(
-    f: &mut Frame<'_>,
-    app: &App,
-    c: &crate::engine::consensus::Consensus,
-    area: Rect,
-) {
+/// The consensus view over the panes' report.
+fn draw_consensus(f: &mut Frame<'_>, app: &App, area: Rect) {
+    use super::consensus::ConsensusView;
     let t = &app.theme;
-    let mut lines = vec![
-        Line::styled(c.headline(), t.title),
-        Line::styled(format!("kind: {:?}", c.kind).to_lowercase(), t.dim),
-        Line::default(),
-    ];
-    for a in &c.answers {
-        let fa = a
-            .final_answer
-            .as_ref()
-            .map(|f| format!("{f:?}"))
-            .unwrap_or_default();
-        let status = format!("{:?}", a.status).to_lowercase();
-        let cluster = a
-            .cluster
-            .map(|c| format!("cluster {}", c + 1))
-            .unwrap_or_default();
-        let style = if c.dissenters.contains(&a.label) {
-            t.warn
-        } else {
-            t.text
-        };
-        lines.push(Line::styled(
-            format!(
-                "{}  {status}  {cluster}  {}",
-                a.label,
-                fa.chars().take(60).collect::<String>()
-            ),
-            style,
-        ));
+    let r = Rect {
+        x: area.x + area.width.min(2),
+        y: area.y + area.height.min(1),
+        width: area.width.saturating_sub(4),
+        height: area.height.saturating_sub(2),
+    };
+    if r.width == 0 || r.height == 0 {
+        return;
     }
-    if !c.dissenters.is_empty() {
-        lines.push(Line::default());
-        lines.push(Line::styled(
-            format!("dissent: {}", c.dissenters.join(", ")),
-            t.warn,
-        ));
-    }
-    lines.push(Line::default());
-    lines.push(Line::styled("Any key closes.", t.dim));
-    let r = centered(area, 90, lines.len() as u16 + 2);
-    f.render_widget(Clear, r);
-    f.render_widget(
-        Paragraph::new(lines)
-            .block(overlay_block(t, "consensus"))
-            .wrap(Wrap { trim: true }),
-        r,
+    let k = |a| app.keys.short(a);
+    let title = format!(
+        " consensus · ←/→ tabs · {} judge · Esc close ",
+        k(Action::Judge)
     );
+    let block = Block::bordered()
+        .border_type(BorderType::Rounded)
+        .border_style(t.border_focused)
+        .title(Span::styled(title, t.title))
+        .style(t.base);
+    f.render_widget(Clear, r);
+    let c = &app.cons;
+    let mut state = c.view.borrow_mut();
+    let view = match &c.report {
+        Some(rep) => ConsensusView::new(rep),
+        None => ConsensusView::empty(),
+    };
+    f.render_stateful_widget(
+        view.blind(c.blind.as_ref())
+            .leaderboard(c.board.as_ref())
+            .styles(&c.styles)
+            .block(block),
+        r,
+        &mut state,
+    );
+}
+
+/// The bar under the panes: waiting while answers stream, then the verdict.
+fn draw_summary(f: &mut Frame<'_>, app: &App, r: Rect) {
+    use super::consensus::SummaryLine;
+    let st = &app.cons.styles;
+    let (done, total) = app.answer_progress();
+    let line = match (&app.cons.report, done == total) {
+        (Some(rep), true) => SummaryLine::new(&rep.consensus).styles(st).line(),
+        _ => SummaryLine::waiting(done, total).styles(st).line(),
+    };
+    let mut spans = vec![Span::raw(" ")];
+    spans.extend(line.spans);
+    let mut extra = Vec::new();
+    if app.blind_hidden() {
+        extra.push("blind: vote in the consensus view".to_string());
+    }
+    if let Some(rp) = &app.cons.repeat {
+        extra.push(format!("{} runs each", rp.n));
+    }
+    if done == total {
+        extra.push(format!("{} details", app.keys.short(Action::Consensus)));
+    }
+    for e in extra {
+        spans.push(Span::styled(" · ", st.dim));
+        spans.push(Span::styled(e, st.dim));
+    }
+    f.render_widget(Paragraph::new(Line::from(spans)).style(app.theme.base), r);
 }
