@@ -817,12 +817,13 @@ fn draw_history(f: &mut Frame<'_>, app: &App, h: &HistoryView, area: Rect) {
 fn draw_consensus(f: &mut Frame<'_>, app: &App, area: Rect) {
     use super::consensus::ConsensusView;
     let t = &app.theme;
-    let r = Rect {
-        x: area.x + area.width.min(2),
-        y: area.y + area.height.min(1),
-        width: area.width.saturating_sub(4),
-        height: area.height.saturating_sub(2),
-    };
+    // Room for the heat map of every pane, or the diff, without covering the whole screen.
+    let rows = (app.cons.report.as_ref().map_or(0, |r| r.len()) as u16).saturating_add(14);
+    let r = centered(
+        area,
+        area.width.saturating_sub(4).min(110),
+        area.height.saturating_sub(2).min(rows.max(20)),
+    );
     if r.width == 0 || r.height == 0 {
         return;
     }
