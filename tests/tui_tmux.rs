@@ -265,3 +265,57 @@ fn without_a_terminal_the_workbench_says_so_and_exits_2() {
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(err.contains("needs a terminal"), "{err}");
 }
+
+#[test]
+fn consensus_view_opens_after_the_mock_answers() {
+    if !have_tmux() {
+        eprintln!("SKIP: tmux is not installed; the TUI end-to-end test needs it");
+        return;
+    }
+    // Setup: three mocks, one of which dissents.
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(
+        dir.path().join("config.toml"),
+        "compare_targets = [\"mock/alpha\", \"mock/beta\", \"mock/contrarian\"]\n",
+    )
+    .unwrap();
+    let script = write_script(dir.path(), "");
+    let t = start(&script, "consensus");
+    t.wait_for("the first frame", 20, |s| {
+        s.contains("mock/alpha · ready") && s.contains("mock/contrarian · ready")
+    });
+
+    // Exec: ask a closed question, wait for every answer.
+    t.literal("What is 2+2? Answer with one number.");
+    t.wait_for("the prompt in the editor", 10, |s| {
+        s.contains("Answer with one number.")
+    });
+    t.keys(&["Enter"]);
+    let done = t.wait_for("every pane done and the summary bar", 20, |s| {
+        ["mock/alpha", "mock/beta", "mock/contrarian"]
+            .iter()
+            .all(|m| s.contains(&format!("{m} · done")))
+            && s.contains("consensus · 2 of 3 finished agree on \"4\"")
+    });
+    assert!(done.contains("agreement"), "{done}");
+
+    // Check: `v` on a pane opens the consensus view with the agreement line.
+    t.keys(&["Tab"]);
+    t.keys(&["v"]);
+    let view = t.wait_for("the consensus view", 10, |s| {
+        s.contains("1 matrix") && s.contains("2 clusters")
+    });
+    assert!(view.contains("agreement"), "{view}");
+    assert!(view.contains("mock/contrarian"), "{view}");
+    t.keys(&["2"]);
+    t.wait_for("the clusters tab", 10, |s| {
+        s.contains("dissent") && s.contains("mock/contrarian said")
+    });
+    t.keys(&["Escape"]);
+    t.wait_for("the view closed", 10, |s| !s.contains("1 matrix"));
+    t.keys(&["C-q"]);
+    let after = t.wait_for("quorum to exit", 10, |s| {
+        s.contains("QUORUM-EXIT-") && s.contains("TTY-")
+    });
+    assert!(after.contains("QUORUM-EXIT-0"), "{after}");
+}
