@@ -430,7 +430,7 @@ fn judge_key_sends_the_answers_and_the_verdict_lands_in_the_view() {
     ));
     let s = screen(&app);
     assert!(s.contains("mock/gamma"), "{s}");
-    app.update(Msg::Judged(Ok(outcome("mock/gamma"))));
+    app.update(Msg::Judged(Ok(Box::new(outcome("mock/gamma")))));
     let r = app.cons.report.as_ref().unwrap();
     assert_eq!(
         r.verdict().and_then(|v| v.best_target.as_deref()),
@@ -569,4 +569,58 @@ fn snapshot_blind_panes_before_the_vote() {
     let runs = send(&mut app, QUESTION);
     finish_all(&mut app, &runs);
     snapshot("blind_panes", screen(&app));
+}
+
+#[test]
+fn consensus_styles_follow_the_theme_and_no_color() {
+    use llm_quorum::tui::consensus::ConsensusStyles;
+    use llm_quorum::tui::consensus_overlay::styles_from_theme;
+    let t = Theme::builtin();
+    let st = styles_from_theme(&t);
+    assert_eq!(st.agree, t.ok);
+    assert_eq!(st.disagree, t.warn);
+    assert_eq!(st.failed, t.error);
+    assert_eq!(
+        styles_from_theme(&t.without_colors()),
+        ConsensusStyles::monochrome()
+    );
+}
+
+#[test]
+fn picking_new_targets_ends_blind_and_repeat() {
+    let mut app = app_with(&THREE, (120, 40));
+    app.update(ctrl('b'));
+    app.update(ctrl('n'));
+    let runs = send(&mut app, QUESTION);
+    finish_all(&mut app, &runs);
+    assert_eq!(app.panes.len(), 9);
+    assert!(app.blind_hidden());
+    app.update(ctrl('p'));
+    app.update(key(KeyCode::Esc));
+    assert_eq!(app.panes.len(), 3);
+    assert!(!app.blind_hidden());
+    assert!(app.cons.repeat.is_none());
+    assert_eq!(app.pane_name(0), "mock/alpha");
+}
+
+#[test]
+fn a_closed_run_updates_the_summary() {
+    let mut app = app_with(&["mock/alpha", "mock/beta"], (120, 40));
+    let runs = send(&mut app, QUESTION);
+    let run = runs[0].0;
+    ev(
+        &mut app,
+        100,
+        run,
+        0,
+        StreamEvent::Finished(Box::new(completion("mock/alpha", "4"))),
+    );
+    assert!(app.cons.report.is_none());
+    // The run's channel closes with beta unfinished: it is cancelled, every pane ended.
+    app.update(Msg::RunClosed { run });
+    assert!(app.answers_ended());
+    assert!(app.cons.report.is_some());
+    let s = screen(&app);
+    assert!(s.contains("consensus · "), "{s}");
+    assert!(!s.contains("waiting"), "{s}");
 }

@@ -421,6 +421,7 @@ impl App {
                         );
                     }
                 }
+                self.on_answer_end();
             }
             Msg::Projection { gen, result } => match result {
                 Ok(p) => self.projection = Some((gen, p)),
@@ -1189,6 +1190,10 @@ impl App {
         }
         self.panes = panes;
         self.zoom = None;
+        // New panes: the repeat layout, blind letters and report were for the old ones.
+        self.cons.repeat = None;
+        self.cons.blind = None;
+        self.cons.report = None;
         if let Focus::Pane(i) = self.focus {
             if i >= self.panes.len() {
                 self.focus = Focus::Editor;

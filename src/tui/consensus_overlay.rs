@@ -470,13 +470,13 @@ impl App {
     }
 
     /// The judge answered (or could not be asked).
-    pub(crate) fn on_judged(&mut self, r: Result<JudgeOutcome, String>) {
+    pub(crate) fn on_judged(&mut self, r: Result<Box<JudgeOutcome>, String>) {
         let status = match r {
             Ok(o) => {
                 // It went through the engine like any request: count its cost.
                 let label = format!("judge {}", o.target);
                 self.add_ledger_completion(&label, &o.completion);
-                JudgeStatus::Done(Box::new(o))
+                JudgeStatus::Done(o)
             }
             Err(e) => JudgeStatus::Unavailable(e),
         };

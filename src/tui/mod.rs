@@ -477,7 +477,7 @@ impl Effects for EngineEffects {
                 tokio::spawn(async move {
                     let r = crate::engine::judge::judge(&engine, &target, &prompt, &answers, opts)
                         .await;
-                    let _ = tx.send(Msg::Judged(r)).await;
+                    let _ = tx.send(Msg::Judged(r.map(Box::new))).await;
                 });
             }
         }

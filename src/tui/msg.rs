@@ -66,7 +66,7 @@ pub enum Msg {
     /// A vote was stored: every vote now, or why not.
     VoteRecorded(Result<Vec<VoteRow>, String>),
     /// The judge's verdict, or why it could not be asked.
-    Judged(Result<JudgeOutcome, String>),
+    Judged(Result<Box<JudgeOutcome>, String>),
     /// Prompts of earlier sessions, newest first.
     PromptHistory(Vec<String>),
     /// Time passed (countdowns, rates).

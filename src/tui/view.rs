@@ -169,7 +169,8 @@ fn pane_title(app: &App, p: &Pane) -> Line<'static> {
             state_style(t, &p.state),
         ),
     ];
-    if let Some(n) = &p.note {
+    // A routing note names models: not while blind.
+    if let Some(n) = p.note.as_ref().filter(|_| !app.blind_hidden()) {
         spans.push(Span::styled(format!("· {n} "), t.warn));
     }
     if p.scroll.is_some() {
