@@ -341,7 +341,10 @@ fn blind_mode_hides_names_until_a_vote_then_reveals() {
     let vote = cmds
         .iter()
         .find_map(|c| match c {
-            Cmd::RecordVote(v) => Some(v.clone()),
+            Cmd::RecordVote { vote, run } => {
+                assert_eq!(*run, Some(runs[0].0));
+                Some(vote.clone())
+            }
             _ => None,
         })
         .expect("a vote command");
@@ -350,7 +353,7 @@ fn blind_mode_hides_names_until_a_vote_then_reveals() {
     assert_eq!(vote.tag.as_deref(), Some("arith"));
     // A second vote is not cast.
     let cmds = app.update(shift(letter.chars().next().unwrap()));
-    assert!(!cmds.iter().any(|c| matches!(c, Cmd::RecordVote(_))));
+    assert!(!cmds.iter().any(|c| matches!(c, Cmd::RecordVote { .. })));
     app.update(key(KeyCode::Esc));
     let s = screen(&app);
     for t in THREE {
@@ -367,7 +370,7 @@ fn blind_tie_votes_with_no_winner() {
     focus_pane(&mut app, 1);
     app.update(ch('v'));
     let cmds = app.update(ch('='));
-    let Some(Cmd::RecordVote(v)) = cmds.first() else {
+    let Some(Cmd::RecordVote { vote: v, .. }) = cmds.first() else {
         panic!("{cmds:?}")
     };
     assert_eq!(v.winner, None);
@@ -478,6 +481,7 @@ fn repeat_n_runs_each_target_n_times_with_stability() {
     let mut app = app_with(&["mock/alpha", "mock/contrarian"], (120, 40));
     app.update(ctrl('n'));
     assert_eq!(app.cons.next_repeat(), 3);
+    assert!(screen(&app).contains("next: ×3"));
     let runs = send(&mut app, QUESTION);
     let targets: Vec<String> = runs.iter().flat_map(|(_, t)| t.clone()).collect();
     assert_eq!(targets.len(), 6);

@@ -698,6 +698,7 @@ impl App {
                 }
             }
             self.runs.insert(run, targets.clone());
+            self.cons.last_run = Some(run);
             cmds.push(Cmd::Start {
                 run,
                 request: ChatRequest {

@@ -58,6 +58,8 @@ pub struct ConsensusPanel {
     pub vote_tag: Option<String>,
     /// The widgets' look, from the theme.
     pub styles: ConsensusStyles,
+    /// Our key of the last run started (a vote names it).
+    pub last_run: Option<u64>,
 }
 
 impl ConsensusPanel {
@@ -305,7 +307,10 @@ impl App {
         if let Some(vote) = self.cons.blind.as_mut().and_then(|b| b.handle_key(k)) {
             let who = vote.winner.clone().unwrap_or_else(|| "a tie".into());
             self.set_flash_text(&format!("voted {who} · names revealed"));
-            cmds.push(Cmd::RecordVote(vote));
+            cmds.push(Cmd::RecordVote {
+                vote,
+                run: self.cons.last_run,
+            });
             return;
         }
         if self.keys.is(Action::Judge, &k) {

@@ -206,6 +206,8 @@ pub struct EngineEffects {
     budget: Budget,
     session: String,
     handles: HashMap<u64, RunHandle>,
+    /// Our run keys -> the engine's run ids (votes name the run).
+    run_ids: HashMap<u64, String>,
     tx: mpsc::Sender<Msg>,
     projector: watch::Sender<Option<(u64, Groups)>>,
     data_dir: Option<PathBuf>,
@@ -267,6 +269,7 @@ impl EngineEffects {
             budget: settings.budget,
             session,
             handles: HashMap::new(),
+            run_ids: HashMap::new(),
             tx,
             projector: ptx,
             data_dir,
@@ -362,6 +365,7 @@ impl Effects for EngineEffects {
                         }
                     });
                 }
+                self.run_ids.insert(run, h.run_id.clone());
                 self.handles.insert(run, h);
             }
             Cmd::Cancel { run } => {
@@ -446,7 +450,10 @@ impl Effects for EngineEffects {
                     })
                 });
             }
-            Cmd::RecordVote(vote) => {
+            Cmd::RecordVote { mut vote, run } => {
+                if vote.run_id.is_none() {
+                    vote.run_id = run.and_then(|r| self.run_ids.get(&r).cloned());
+                }
                 let ledger = self.ledger.clone();
                 self.blocking(move || {
                     Msg::VoteRecorded(match ledger {

@@ -120,7 +120,12 @@ pub enum Cmd {
     /// Load the ledger's votes, off the UI thread.
     LoadVotes,
     /// Store a blind vote in the ledger, off the UI thread.
-    RecordVote(Vote),
+    RecordVote {
+        /// The vote.
+        vote: Vote,
+        /// Our key of the run voted on (the loop knows its ledger id).
+        run: Option<u64>,
+    },
     /// Ask `target` to judge `answers` to `prompt` (through the engine, so it is in the ledger).
     Judge {
         /// The judge model.
