@@ -319,3 +319,59 @@ fn consensus_view_opens_after_the_mock_answers() {
     });
     assert!(after.contains("QUORUM-EXIT-0"), "{after}");
 }
+
+#[test]
+fn blind_vote_and_judge_end_to_end() {
+    if !have_tmux() {
+        eprintln!("SKIP: tmux is not installed; the TUI end-to-end test needs it");
+        return;
+    }
+    // Setup: two mocks that agree, a tag for the vote.
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(
+        dir.path().join("config.toml"),
+        "compare_targets = [\"mock/alpha\", \"mock/beta\"]\nvote_tag = \"e2e\"\njudge_model = \"mock/gamma\"\n",
+    )
+    .unwrap();
+    let script = write_script(dir.path(), "");
+    let t = start(&script, "blind");
+    t.wait_for("the first frame", 20, |s| s.contains("mock/beta · ready"));
+
+    // Exec: blind mode, send, vote for Answer A.
+    t.keys(&["C-b"]);
+    t.wait_for("blind mode on", 10, |s| s.contains("next: blind"));
+    t.literal("What is 2+2? Answer with one number.");
+    t.keys(&["Enter"]);
+    let blind = t.wait_for("both answers, blind", 20, |s| {
+        s.contains("Answer A · done") && s.contains("Answer B · done")
+    });
+    assert!(!blind.contains("mock/alpha · done"), "{blind}");
+    t.keys(&["Tab"]);
+    t.keys(&["v"]);
+    t.wait_for("the blind view", 10, |s| s.contains("names hidden"));
+    t.keys(&["A"]);
+    t.wait_for("names revealed", 10, |s| {
+        s.contains("names revealed") && s.contains("mock/alpha · done")
+    });
+    // The judge: its request is counted in the ledger.
+    t.keys(&["J"]);
+    t.wait_for("the judge's row in the ledger", 20, |s| {
+        s.contains("judge mock/gamma") && !s.contains("judging…")
+    });
+    t.keys(&["Escape"]);
+    t.keys(&["C-q"]);
+    t.wait_for("quorum to exit", 10, |s| s.contains("QUORUM-EXIT-0"));
+
+    // Check: the vote is in the SQLite ledger, with its run and tag.
+    let ledger = llm_quorum::engine::ledger::SqliteLedger::open_in(
+        &dir.path().join("data"),
+        Default::default(),
+    )
+    .unwrap();
+    let votes = ledger.votes().unwrap();
+    assert_eq!(votes.len(), 1, "{votes:?}");
+    assert_eq!(votes[0].tag.as_deref(), Some("e2e"));
+    assert!(votes[0].run_id.is_some());
+    assert_eq!(votes[0].targets.len(), 2);
+    assert!(votes[0].winner.is_some());
+}

@@ -440,13 +440,14 @@ impl App {
         }
         let Some(r) = &self.cons.report else { return };
         let prompt = r.prompt.clone();
-        let answers: Vec<AnswerInput> = r
-            .answers
+        // Every pane's answer, in pane order: the judge's key indexes them,
+        // and the judge leaves failed and empty ones out itself.
+        let answers: Vec<AnswerInput> = r.answers.clone();
+        let answered = answers
             .iter()
             .filter(|a| !a.failed && !a.text.trim().is_empty())
-            .cloned()
-            .collect();
-        if answers.len() < 2 {
+            .count();
+        if answered < 2 {
             self.set_flash_text("the judge needs at least two finished answers");
             return;
         }
