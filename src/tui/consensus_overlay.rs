@@ -342,7 +342,7 @@ impl App {
         let s = if n == 1 {
             "each target runs once on the next send".to_string()
         } else {
-            format!("each target runs {n} times on the next send (one pane per run)")
+            format!("each target runs {n} times from the next send on (one pane per run)")
         };
         self.set_flash_text(&s);
     }
