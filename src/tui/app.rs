@@ -821,7 +821,7 @@ impl App {
             return;
         }
         let history = src.history.clone();
-        let name = src.target.clone();
+        let name = self.pane_name(i);
         for (j, p) in self.panes.iter_mut().enumerate() {
             p.history = history.clone();
             p.last_request = None;
@@ -1018,7 +1018,7 @@ impl App {
         if keys.is(Action::CancelPane, &k) {
             if let Some((run, index)) = self.panes.get(i).and_then(|p| p.run) {
                 cmds.push(Cmd::CancelTarget { run, index });
-                self.set_flash(format!("cancelling {}", self.panes[i].target));
+                self.set_flash(format!("cancelling {}", self.pane_name(i)));
             }
         } else if keys.is(Action::RetryPane, &k) {
             self.retry_pane(i, cmds);
