@@ -280,6 +280,10 @@ pub struct FileConfig {
     pub default_model: Option<String>,
     /// Targets the TUI compares by default.
     pub compare_targets: Option<Vec<String>>,
+    /// The model the TUI's judge key asks (default: the first target).
+    pub judge_model: Option<String>,
+    /// Tag stored with blind votes from the TUI (none by default).
+    pub vote_tag: Option<String>,
     /// TUI theme name.
     pub theme: Option<String>,
     /// Whether the ledger stores prompt and answer text.
@@ -556,6 +560,8 @@ impl FileConfig {
         FileConfig {
             default_model: over(self.default_model, top.default_model),
             compare_targets: over(self.compare_targets, top.compare_targets),
+            judge_model: over(self.judge_model, top.judge_model),
+            vote_tag: over(self.vote_tag, top.vote_tag),
             theme: over(self.theme, top.theme),
             log_content: over(self.log_content, top.log_content),
             allowed_models: over(self.allowed_models, top.allowed_models),
@@ -944,6 +950,10 @@ pub struct Config {
     pub default_model: Option<String>,
     /// Targets the TUI compares by default.
     pub compare_targets: Vec<String>,
+    /// The model the TUI's judge key asks (None: the first target).
+    pub judge_model: Option<String>,
+    /// Tag stored with blind votes from the TUI.
+    pub vote_tag: Option<String>,
     /// TUI theme name.
     pub theme: String,
     /// Whether the ledger stores prompt and answer text.
@@ -1101,6 +1111,8 @@ impl Config {
             origin: Origin(None),
             default_model: None,
             compare_targets: Vec::new(),
+            judge_model: None,
+            vote_tag: None,
             theme: "default".into(),
             log_content: true,
             allowed_models: Vec::new(),
@@ -1447,6 +1459,9 @@ fn build(
     for (i, t) in f.compare_targets.iter().flatten().enumerate() {
         check_target(t, KeyPath::of(&["compare_targets"]).index(i))?;
     }
+    if let Some(t) = &f.judge_model {
+        check_target(t, KeyPath::of(&["judge_model"]))?;
+    }
     let need_id = |id: &str, path: KeyPath| -> Result<(), ConfigError> {
         match id.split_once('/') {
             Some((p, m)) if !p.is_empty() && !m.is_empty() => Ok(()),
@@ -1532,6 +1547,8 @@ fn build(
             .or(env_default_model)
             .or(f.default_model.clone()),
         compare_targets: f.compare_targets.clone().unwrap_or_default(),
+        judge_model: f.judge_model.clone(),
+        vote_tag: f.vote_tag.clone(),
         theme: f.theme.clone().unwrap_or_else(|| "default".into()),
         log_content: f.log_content.unwrap_or(true),
         allowed_models,

@@ -36,6 +36,9 @@ struct Cli {
     /// Retries after the first attempt, for every provider (over $QUORUM_MAX_RETRIES).
     #[arg(long, global = true, value_name = "N")]
     max_retries: Option<u32>,
+    /// TUI colour theme: dark, light, high-contrast or a user theme (over the config's `theme`).
+    #[arg(long, value_name = "NAME")]
+    theme: Option<String>,
     #[command(subcommand)]
     command: Option<Command>,
 }
@@ -105,10 +108,7 @@ pub fn main() -> i32 {
         Some(Command::Pricing(a)) => pricing::run(&flags, a),
         Some(Command::Exec(a)) => exec::run(&flags, a),
         Some(Command::Serve(a)) => crate::serve::run(&flags, a),
-        None => {
-            eprintln!("quorum: the TUI is not built yet; try `quorum ask -m mock/alpha \"hi\"`");
-            EXIT_USAGE
-        }
+        None => crate::tui::run(&flags, cli.theme),
     }
 }
 

@@ -1,1 +1,701 @@
+//! The workbench: `quorum` with no arguments. Panes side by side, the prompt
+//! editor, the ledger, the status bar. TEA: `App::update(Msg) -> Vec<Cmd>`,
+//! drawing a pure function of the state, one loop (generic over the backend
+//! and the input stream) that batches engine events and redraws at most 60
+//! times a second, only when something changed.
+
+pub mod app;
 pub mod consensus;
+pub mod consensus_overlay;
+pub mod export;
+pub mod keys;
+pub mod layout;
+pub mod msg;
+pub mod pane;
+pub mod terminal;
+pub mod text;
+pub mod theme;
+pub mod view;
+
+use std::collections::HashMap;
+use std::io;
+use std::path::PathBuf;
+use std::time::{Duration, Instant};
+
+use crossterm::event::Event;
+use futures_util::{Stream, StreamExt};
+use ratatui::backend::Backend;
+use ratatui::Terminal;
+use tokio::sync::{mpsc, watch};
+
+use crate::app::{GlobalFlags, Settings};
+use crate::engine::budget::{self, Budget, Projection, SpendLedger};
+use crate::engine::ledger::BackgroundLedger;
+use crate::engine::{ChatRequest, Engine, RunHandle, RunOptions};
+
+pub use app::{App, AppInit};
+pub use msg::{Cmd, HistRun, Msg};
+
+/// Set to exit right after the first frame is drawn (measures startup).
+pub const EXIT_AFTER_FIRST_FRAME: &str = "QUORUM_TUI_EXIT_AFTER_FIRST_FRAME";
+
+/// The log file in the data dir.
+pub const LOG_FILE: &str = "quorum-tui.log";
+
+/// Shortest time between two frames (60 per second at most).
+pub const FRAME: Duration = Duration::from_millis(16);
+
+/// What the loop does with commands.
+pub trait Effects {
+    /// Carry out one command.
+    fn run(&mut self, cmd: Cmd);
+    /// See a message before the app does (bookkeeping).
+    fn seen(&mut self, _msg: &Msg) {}
+}
+
+/// Set to panic right after the first frame (tests that the terminal is restored on panic).
+pub const TEST_PANIC: &str = "QUORUM_TUI_TEST_PANIC";
+
+/// Options of [`run_loop`].
+#[derive(Debug, Clone, Copy, Default)]
+pub struct LoopOptions {
+    /// Quit once the first frame is drawn.
+    pub exit_after_first_frame: bool,
+    /// Panic once the first frame is drawn (a test of the panic path).
+    pub panic_after_first_frame: bool,
+}
+
+/// What [`run_loop`] measured.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct LoopReport {
+    /// When the first frame was on screen.
+    pub first_frame_at: Option<Instant>,
+    /// Frames drawn.
+    pub frames: u64,
+}
+
+fn input_msg(ev: Event) -> Option<Msg> {
+    Some(match ev {
+        Event::Key(k) => Msg::Key(k),
+        Event::Mouse(m) => Msg::Mouse(m),
+        Event::Paste(s) => Msg::Paste(s),
+        Event::Resize(w, h) => Msg::Resize(w, h),
+        _ => return None,
+    })
+}
+
+fn feed<E: Effects>(app: &mut App, fx: &mut E, msg: Msg) {
+    app.now = Instant::now();
+    fx.seen(&msg);
+    for cmd in app.update(msg) {
+        fx.run(cmd);
+    }
+}
+
+/// The loop: select over input, messages (engine events and results) and a
+/// frame timer; update; draw when dirty, at most every [`FRAME`].
+pub async fn run_loop<B, S, E>(
+    terminal: &mut Terminal<B>,
+    mut input: S,
+    mut rx: mpsc::Receiver<Msg>,
+    app: &mut App,
+    fx: &mut E,
+    opts: LoopOptions,
+) -> io::Result<LoopReport>
+where
+    B: Backend,
+    S: Stream<Item = io::Result<Event>> + Unpin,
+    E: Effects,
+{
+    let mut report = LoopReport::default();
+    let size = terminal.size()?;
+    feed(app, fx, Msg::Resize(size.width, size.height));
+    terminal.draw(|f| view::render(app, f))?;
+    app.dirty = false;
+    report.first_frame_at = Some(Instant::now());
+    report.frames = 1;
+    if opts.exit_after_first_frame {
+        return Ok(report);
+    }
+    if opts.panic_after_first_frame {
+        panic!("{TEST_PANIC} is set: panicking after the first frame");
+    }
+    let mut last_draw = Instant::now();
+    let mut input_open = true;
+    // Resizes are applied once per frame: a drag re-wraps the transcripts once, not per event.
+    let mut pending_resize: Option<(u16, u16)> = None;
+    loop {
+        let now = Instant::now();
+        let deadline = if app.dirty {
+            last_draw + FRAME
+        } else if app.in_flight() || app.flash().is_some() {
+            now + Duration::from_millis(250)
+        } else {
+            now + Duration::from_secs(3600)
+        };
+        tokio::select! {
+            ev = input.next(), if input_open => match ev {
+                Some(Ok(Event::Resize(w, h))) => {
+                    pending_resize = Some((w, h));
+                    app.dirty = true;
+                }
+                Some(Ok(ev)) => {
+                    if let Some(m) = input_msg(ev) {
+                        if let Some((w, h)) = pending_resize.take() {
+                            feed(app, fx, Msg::Resize(w, h));
+                        }
+                        feed(app, fx, m);
+                    }
+                }
+                Some(Err(e)) => return Err(e),
+                None => input_open = false,
+            },
+            m = rx.recv() => {
+                let Some(m) = m else { break };
+                feed(app, fx, m);
+                // Drain what is queued: one frame for a burst of deltas.
+                let mut n = 0;
+                while n < 20_000 {
+                    match rx.try_recv() {
+                        Ok(m) => feed(app, fx, m),
+                        Err(_) => break,
+                    }
+                    n += 1;
+                }
+            },
+            _ = tokio::time::sleep_until(deadline.into()) => {
+                if !app.dirty {
+                    feed(app, fx, Msg::Tick);
+                }
+            },
+        }
+        if app.quit {
+            break;
+        }
+        if app.dirty && last_draw.elapsed() >= FRAME {
+            if let Some((w, h)) = pending_resize.take() {
+                feed(app, fx, Msg::Resize(w, h));
+            }
+            terminal.draw(|f| view::render(app, f))?;
+            app.dirty = false;
+            last_draw = Instant::now();
+            report.frames += 1;
+        }
+    }
+    Ok(report)
+}
+
+// ----- the real effects --------------------------------------------------
+
+type Groups = Vec<(ChatRequest, Vec<String>)>;
+
+/// Project several requests and their targets into one bound.
+pub fn project_groups(engine: &Engine, groups: &Groups) -> Result<Projection, String> {
+    let mut out = Projection::default();
+    for (req, targets) in groups {
+        let p = budget::project(engine, req, targets).map_err(|e| e.to_string())?;
+        out.targets.extend(p.targets);
+    }
+    Ok(out)
+}
+
+/// Commands carried out against the engine, the ledger and the terminal.
+pub struct EngineEffects {
+    engine: Engine,
+    ledger: Option<BackgroundLedger>,
+    budget: Budget,
+    session: String,
+    handles: HashMap<u64, RunHandle>,
+    /// Our run keys -> the engine's run ids (votes name the run).
+    run_ids: HashMap<u64, String>,
+    tx: mpsc::Sender<Msg>,
+    projector: watch::Sender<Option<(u64, Groups)>>,
+    data_dir: Option<PathBuf>,
+}
+
+impl EngineEffects {
+    /// Effects for `engine`; results come back on `tx`. Call inside a runtime.
+    pub fn new(
+        engine: Engine,
+        settings: &Settings,
+        tx: mpsc::Sender<Msg>,
+        data_dir: Option<PathBuf>,
+    ) -> Self {
+        let (ptx, mut prx) = watch::channel::<Option<(u64, Groups)>>(None);
+        let (e2, tx2) = (engine.clone(), tx.clone());
+        // One projection at a time; edits made meanwhile collapse into the latest.
+        tokio::spawn(async move {
+            while prx.changed().await.is_ok() {
+                let job = prx.borrow_and_update().clone();
+                let Some((gen, groups)) = job else { continue };
+                let e = e2.clone();
+                let result = tokio::task::spawn_blocking(move || project_groups(&e, &groups))
+                    .await
+                    .unwrap_or_else(|e| Err(e.to_string()));
+                if tx2.send(Msg::Projection { gen, result }).await.is_err() {
+                    break;
+                }
+            }
+        });
+        let session = format!("tui-{}", crate::engine::run::new_id(6));
+        if let Some(l) = settings.ledger.clone() {
+            let s = session.clone();
+            let tx3 = tx.clone();
+            tokio::task::spawn_blocking(move || {
+                let Ok(l) = l.wait() else { return };
+                let _ = l.start_session(&s, Some("tui"), Some("quorum-tui"));
+                if let Ok(rows) = l.recent(300) {
+                    let mut seen = Vec::new();
+                    for r in rows {
+                        if let Some(p) = r.prompt {
+                            if !seen.contains(&p) {
+                                seen.push(p);
+                            }
+                        }
+                        if seen.len() >= 100 {
+                            break;
+                        }
+                    }
+                    let _ = tx3.blocking_send(Msg::PromptHistory(seen));
+                }
+            });
+        }
+        // Parse the price table now, off the first frame, so live costs never wait for it.
+        let pricing = engine.pricing().clone();
+        tokio::task::spawn_blocking(move || pricing.warm());
+        EngineEffects {
+            engine,
+            ledger: settings.ledger.clone(),
+            budget: settings.budget,
+            session,
+            handles: HashMap::new(),
+            run_ids: HashMap::new(),
+            tx,
+            projector: ptx,
+            data_dir,
+        }
+    }
+
+    fn blocking<F>(&self, f: F)
+    where
+        F: FnOnce() -> Msg + Send + 'static,
+    {
+        let tx = self.tx.clone();
+        tokio::spawn(async move {
+            if let Ok(m) = tokio::task::spawn_blocking(f).await {
+                let _ = tx.send(m).await;
+            }
+        });
+    }
+}
+
+/// OSC 52: put `text` on the terminal's clipboard.
+pub fn osc52(text: &str) -> String {
+    use base64::Engine as _;
+    let b = base64::engine::general_purpose::STANDARD.encode(text.as_bytes());
+    format!("\x1b]52;c;{b}\x07")
+}
+
+fn group_runs(rows: Vec<crate::engine::ledger::RequestRow>, limit: usize) -> Vec<HistRun> {
+    let mut runs: Vec<HistRun> = Vec::new();
+    let mut index: HashMap<String, usize> = HashMap::new();
+    for r in rows {
+        match index.get(&r.run_id) {
+            Some(&i) => runs[i].rows.push(r),
+            None => {
+                if runs.len() >= limit {
+                    continue;
+                }
+                index.insert(r.run_id.clone(), runs.len());
+                runs.push(HistRun {
+                    run_id: r.run_id.clone(),
+                    created_at: r.created_at.clone(),
+                    prompt: r.prompt.clone(),
+                    rows: vec![r],
+                });
+            }
+        }
+    }
+    for run in &mut runs {
+        run.rows.sort_by_key(|r| r.id);
+    }
+    runs
+}
+
+impl Effects for EngineEffects {
+    fn seen(&mut self, msg: &Msg) {
+        if let Msg::RunClosed { run } = msg {
+            self.handles.remove(run);
+        }
+    }
+
+    fn run(&mut self, cmd: Cmd) {
+        match cmd {
+            Cmd::Start {
+                run,
+                request,
+                targets,
+            } => {
+                let prompt = request.last_user_text().to_string();
+                let opts = RunOptions {
+                    session_id: Some(self.session.clone()),
+                    source_agent: Some("quorum-tui".into()),
+                    ..Default::default()
+                };
+                let mut h = self.engine.run(request, targets.clone(), opts);
+                let (_keep, dummy) = mpsc::channel(1);
+                let mut events = std::mem::replace(&mut h.events, dummy);
+                let tx = self.tx.clone();
+                tokio::spawn(async move {
+                    while let Some(event) = events.recv().await {
+                        if tx.send(Msg::Engine { run, event }).await.is_err() {
+                            return;
+                        }
+                    }
+                    let _ = tx.send(Msg::RunClosed { run }).await;
+                });
+                if let Some(l) = self.ledger.clone() {
+                    let (id, trace, session) =
+                        (h.run_id.clone(), h.trace_id.clone(), self.session.clone());
+                    tokio::task::spawn_blocking(move || {
+                        if let Err(e) =
+                            l.note_run(&id, Some(&session), Some(&trace), &targets, None, &prompt)
+                        {
+                            tracing::warn!("ledger: cannot note run {id}: {e}");
+                        }
+                    });
+                }
+                self.run_ids.insert(run, h.run_id.clone());
+                self.handles.insert(run, h);
+            }
+            Cmd::Cancel { run } => {
+                if let Some(h) = self.handles.get(&run) {
+                    h.cancel();
+                }
+            }
+            Cmd::CancelTarget { run, index } => {
+                if let Some(h) = self.handles.get(&run) {
+                    h.cancel_target(index);
+                }
+            }
+            Cmd::Project { gen, groups } => {
+                let _ = self.projector.send(Some((gen, groups)));
+            }
+            Cmd::CheckBudget { groups } => {
+                let (engine, ledger, budget, session) = (
+                    self.engine.clone(),
+                    self.ledger.clone(),
+                    self.budget,
+                    self.session.clone(),
+                );
+                self.blocking(move || {
+                    let r = (|| -> Result<(), String> {
+                        let p = project_groups(&engine, &groups)?;
+                        let Some(l) = ledger else {
+                            return Err("a budget is set but the ledger is unavailable, so spending so far is unknown".into());
+                        };
+                        let spend = SpendLedger::spend(&l, Some(&session))?;
+                        budget.check(spend, &p).map_err(|r| {
+                            r.to_string().replace(" (pass --force to send anyway)", "").replace(" or pass --force", "")
+                        })
+                    })();
+                    Msg::BudgetChecked(r)
+                });
+            }
+            Cmd::Copy(text) => {
+                use std::io::Write;
+                let mut out = io::stdout();
+                let _ = out.write_all(osc52(&text).as_bytes());
+                let _ = out.flush();
+            }
+            Cmd::Export(doc) => {
+                let dir = self.data_dir.clone();
+                self.blocking(move || {
+                    let Some(dir) = dir else {
+                        return Msg::Exported(
+                            Err("no data directory (set QUORUM_DATA_DIR)".into()),
+                        );
+                    };
+                    let now = time::OffsetDateTime::now_utc();
+                    let stamp = now
+                        .format(time::macros::format_description!(
+                            "[year][month][day]-[hour][minute][second]"
+                        ))
+                        .unwrap_or_default();
+                    let created = now
+                        .format(&time::format_description::well_known::Rfc3339)
+                        .unwrap_or_default();
+                    Msg::Exported(doc.write(&dir.join("exports"), &stamp, &created))
+                });
+            }
+            Cmd::LoadHistory => {
+                let ledger = self.ledger.clone();
+                self.blocking(move || {
+                    let r = match ledger {
+                        None => Err("no ledger (no data directory)".to_string()),
+                        Some(l) => l
+                            .wait()
+                            .and_then(|l| l.recent(3000))
+                            .map(|rows| group_runs(rows, 300)),
+                    };
+                    Msg::History(r)
+                });
+            }
+            Cmd::LoadVotes => {
+                let ledger = self.ledger.clone();
+                self.blocking(move || {
+                    Msg::Votes(match ledger {
+                        None => Err("no ledger (no data directory)".to_string()),
+                        Some(l) => l.wait().and_then(|l| l.votes()),
+                    })
+                });
+            }
+            Cmd::RecordVote { mut vote, run } => {
+                if vote.run_id.is_none() {
+                    vote.run_id = run.and_then(|r| self.run_ids.get(&r).cloned());
+                }
+                let ledger = self.ledger.clone();
+                self.blocking(move || {
+                    Msg::VoteRecorded(match ledger {
+                        None => Err("no ledger (no data directory)".to_string()),
+                        Some(l) => l.wait().and_then(|l| {
+                            l.record_vote(
+                                vote.run_id.as_deref(),
+                                &vote.targets,
+                                vote.winner.as_deref(),
+                                vote.tag.as_deref(),
+                            )?;
+                            l.votes()
+                        }),
+                    })
+                });
+            }
+            Cmd::Judge {
+                target,
+                prompt,
+                answers,
+            } => {
+                let (engine, tx) = (self.engine.clone(), self.tx.clone());
+                let opts = RunOptions {
+                    session_id: Some(self.session.clone()),
+                    source_agent: Some("quorum-tui".into()),
+                    ..Default::default()
+                };
+                tokio::spawn(async move {
+                    let r = crate::engine::judge::judge(&engine, &target, &prompt, &answers, opts)
+                        .await;
+                    let _ = tx.send(Msg::Judged(r.map(Box::new))).await;
+                });
+            }
+        }
+    }
+}
+
+// ----- start -------------------------------------------------------------
+
+/// Targets to open with, and whether we are offline (no provider key at all).
+pub fn default_targets(engine: &Engine, settings: &Settings) -> (Vec<String>, bool) {
+    let reg = engine.registry();
+    let keyed: Vec<String> = reg
+        .providers()
+        .filter(|p| p.kind.needs_key() && crate::engine::registry::has_key(p))
+        .map(|p| p.name.clone())
+        .collect();
+    let offline = keyed.is_empty();
+    if !settings.config.compare_targets.is_empty() {
+        return (settings.config.compare_targets.clone(), offline);
+    }
+    if !offline {
+        let mut v: Vec<String> = keyed
+            .iter()
+            .filter_map(|p| reg.models(p).first().map(|m| format!("{p}/{m}")))
+            .take(4)
+            .collect();
+        if !v.is_empty() {
+            v.truncate(4);
+            return (v, offline);
+        }
+    }
+    (
+        vec![
+            "mock/alpha".into(),
+            "mock/beta".into(),
+            "mock/thinker".into(),
+        ],
+        offline,
+    )
+}
+
+/// The banner of an offline first run.
+pub const OFFLINE_BANNER: &str = "offline: no API key found, so the mock models answer · for real ones set OPENAI_API_KEY, ANTHROPIC_API_KEY, GEMINI_API_KEY or OPENROUTER_API_KEY, or add [providers] to the config";
+
+fn init_logging(data_dir: Option<&std::path::Path>) {
+    let Some(dir) = data_dir else { return };
+    if crate::engine::ledger::create_private_dir(dir).is_err() {
+        return;
+    }
+    let Ok(file) = std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(dir.join(LOG_FILE))
+    else {
+        return;
+    };
+    let filter = tracing_subscriber::EnvFilter::try_from_env("QUORUM_LOG")
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_ansi(false)
+        .with_writer(std::sync::Mutex::new(file))
+        .try_init();
+}
+
+/// SIGTERM, SIGHUP and SIGINT quit cleanly (the terminal is restored).
+fn spawn_signal_watch(tx: mpsc::Sender<Msg>) {
+    #[cfg(unix)]
+    tokio::spawn(async move {
+        use tokio::signal::unix::{signal, SignalKind};
+        let (Ok(mut term), Ok(mut hup), Ok(mut int)) = (
+            signal(SignalKind::terminate()),
+            signal(SignalKind::hangup()),
+            signal(SignalKind::interrupt()),
+        ) else {
+            return;
+        };
+        tokio::select! {
+            _ = term.recv() => {}
+            _ = hup.recv() => {}
+            _ = int.recv() => {}
+        }
+        let _ = tx.send(Msg::Quit).await;
+    });
+    #[cfg(not(unix))]
+    drop(tx);
+}
+
+/// `quorum` with no arguments: run the workbench; returns the exit code.
+pub fn run(flags: &GlobalFlags, theme_flag: Option<String>) -> i32 {
+    let started = Instant::now();
+    {
+        use std::io::IsTerminal;
+        if !io::stdout().is_terminal() || !io::stdin().is_terminal() {
+            eprintln!(
+                "quorum: the workbench needs a terminal; for scripts use `quorum ask` or `quorum compare` (see `quorum --help`)"
+            );
+            return crate::cli::EXIT_USAGE;
+        }
+    }
+    let (engine, settings) = match crate::app::load(flags) {
+        Ok(x) => x,
+        Err(e) => {
+            eprintln!("quorum: {e:#}");
+            return crate::cli::EXIT_USAGE;
+        }
+    };
+    let data_dir = crate::engine::ledger::data_dir();
+    init_logging(data_dir.as_deref());
+    let theme_name = theme_flag.unwrap_or_else(|| settings.config.theme.clone());
+    let config_dir = settings
+        .config
+        .file
+        .as_ref()
+        .or(settings.config.searched.as_ref())
+        .and_then(|p| p.parent().map(|d| d.to_path_buf()));
+    let (theme, mut warnings) =
+        theme::load(&theme_name, config_dir.as_deref(), theme::no_color_env());
+    let (keys, kw) = keys::KeyMap::from_config(&settings.config.keys);
+    warnings.extend(kw);
+    for w in &warnings {
+        tracing::warn!("{w}");
+    }
+    let (targets, offline) = default_targets(&engine, &settings);
+    let mut banner = Vec::new();
+    if offline {
+        banner.push(OFFLINE_BANNER.to_string());
+    }
+    banner.extend(warnings);
+    let mut available = engine.registry().known_targets();
+    available.sort();
+    available.dedup();
+    let init = AppInit {
+        targets,
+        available,
+        theme,
+        keys,
+        banner,
+        budget_set: settings.budget.is_set(),
+        pricing: Some(engine.pricing().clone()),
+        size: (80, 24),
+    };
+    let rt = match tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+    {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("quorum: cannot start the runtime: {e}");
+            return crate::cli::EXIT_FAILED;
+        }
+    };
+    let flag = |k: &str| std::env::var_os(k).is_some_and(|v| !v.is_empty());
+    let exit_after = flag(EXIT_AFTER_FIRST_FRAME);
+    let panic_after = flag(TEST_PANIC);
+    let mut guard = match terminal::TerminalGuard::enter() {
+        Ok(g) => g,
+        Err(e) => {
+            eprintln!("quorum: cannot set up the terminal: {e}");
+            return crate::cli::EXIT_FAILED;
+        }
+    };
+    let result = rt.block_on(async {
+        let (tx, rx) = mpsc::channel(8192);
+        spawn_signal_watch(tx.clone());
+        let mut fx = EngineEffects::new(engine, &settings, tx, data_dir.clone());
+        let mut app = App::new(init);
+        app.cons.judge_model = settings.config.judge_model.clone();
+        app.cons.vote_tag = settings.config.vote_tag.clone();
+        let input = crossterm::event::EventStream::new();
+        let r = run_loop(
+            guard.terminal(),
+            input,
+            rx,
+            &mut app,
+            &mut fx,
+            LoopOptions {
+                exit_after_first_frame: exit_after,
+                panic_after_first_frame: panic_after,
+            },
+        )
+        .await;
+        // Cancel what is still in flight so its ledger rows are written.
+        for cmd in app
+            .runs
+            .keys()
+            .map(|&run| Cmd::Cancel { run })
+            .collect::<Vec<_>>()
+        {
+            fx.run(cmd);
+        }
+        r
+    });
+    guard.restore();
+    drop(guard);
+    rt.shutdown_timeout(Duration::from_millis(500));
+    match result {
+        Ok(rep) => {
+            if let Some(at) = rep.first_frame_at {
+                let ms = at.duration_since(started).as_secs_f64() * 1e3;
+                tracing::info!("first frame after {ms:.1} ms; {} frames", rep.frames);
+                if exit_after {
+                    eprintln!("first frame: {ms:.1} ms");
+                }
+            }
+            crate::cli::EXIT_OK
+        }
+        Err(e) => {
+            eprintln!("quorum: terminal error: {e}");
+            crate::cli::EXIT_FAILED
+        }
+    }
+}

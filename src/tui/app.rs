@@ -1,0 +1,1519 @@
+//! The workbench's state and its one `update`: messages in, commands out.
+//! No IO happens here; the loop in `mod.rs` runs the commands.
+
+use std::collections::HashMap;
+use std::time::{Duration, Instant};
+
+use crossterm::event::{KeyCode, KeyEvent, KeyEventKind, KeyModifiers, MouseEvent, MouseEventKind};
+use ratatui::layout::Rect;
+use ratatui::style::Style;
+use tui_textarea::TextArea;
+
+use crate::engine::budget::Projection;
+use crate::engine::cost::Pricing;
+use crate::engine::{
+    ChatRequest, Completion, CostSource, EngineError, Message, StreamEvent, Usage,
+};
+
+use super::consensus_overlay::ConsensusPanel;
+use super::export::{ExportAnswer, ExportDoc, ExportLedgerRow};
+use super::keys::{Action, KeyMap};
+use super::layout::{self, Areas};
+use super::msg::{Cmd, HistRun, Msg};
+use super::pane::{Pane, PaneState};
+use super::text::TextStyles;
+use super::theme::Theme;
+
+/// Most panes the picker allows.
+pub const MAX_PANES: usize = 12;
+
+/// What has the keyboard.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Focus {
+    /// The prompt editor.
+    Editor,
+    /// Pane `i`.
+    Pane(usize),
+    /// The ledger.
+    Ledger,
+}
+
+/// A question waiting for y / n.
+#[derive(Debug, Clone)]
+pub enum Confirm {
+    /// Quit with runs in flight.
+    Quit,
+    /// A send that would cross a budget cap.
+    Budget(String),
+}
+
+/// The target picker.
+#[derive(Debug, Clone, Default)]
+pub struct Picker {
+    /// Filter text.
+    pub filter: String,
+    /// Every target offered, with whether it is on.
+    pub items: Vec<(String, bool)>,
+    /// Cursor into the filtered list.
+    pub cursor: usize,
+}
+
+impl Picker {
+    /// Indices of items matching the filter, best first.
+    pub fn filtered(&self) -> Vec<usize> {
+        let mut v: Vec<(i64, usize)> = self
+            .items
+            .iter()
+            .enumerate()
+            .filter_map(|(i, (t, _))| fuzzy_score(&self.filter, t).map(|s| (s, i)))
+            .collect();
+        v.sort_by_key(|(s, i)| (-*s, *i));
+        v.into_iter().map(|(_, i)| i).collect()
+    }
+}
+
+/// Subsequence match, case-insensitive; higher is better; None when no match.
+pub fn fuzzy_score(pattern: &str, text: &str) -> Option<i64> {
+    if pattern.is_empty() {
+        return Some(0);
+    }
+    let t: Vec<char> = text.to_lowercase().chars().collect();
+    let mut score = 0i64;
+    let mut pos = 0usize;
+    let mut last: Option<usize> = None;
+    for pc in pattern.to_lowercase().chars() {
+        if pc == ' ' {
+            continue;
+        }
+        let found = (pos..t.len()).find(|&i| t[i] == pc)?;
+        score += 10;
+        if last.is_some_and(|l| l + 1 == found) {
+            score += 15;
+        }
+        if found == 0 || matches!(t[found - 1], '/' | '-' | '_' | '.' | ' ') {
+            score += 8;
+        }
+        score -= (found - pos) as i64;
+        last = Some(found);
+        pos = found + 1;
+    }
+    Some(score)
+}
+
+/// The history browser.
+#[derive(Debug, Clone, Default)]
+pub struct HistoryView {
+    /// Loaded runs, newest first (None while loading).
+    pub runs: Option<Vec<HistRun>>,
+    /// Why loading failed.
+    pub error: Option<String>,
+    /// Selected run.
+    pub selected: usize,
+    /// The reopened run's panes (read-only).
+    pub open: Option<Vec<Pane>>,
+    /// Focused pane of the reopened run.
+    pub focus: usize,
+}
+
+/// An overlay over the main screen.
+#[derive(Debug, Clone, Default)]
+pub enum Overlay {
+    /// None.
+    #[default]
+    None,
+    /// Key help.
+    Help,
+    /// Target picker.
+    Picker(Picker),
+    /// A y / n question.
+    Confirm(Confirm),
+    /// Past runs.
+    History(Box<HistoryView>),
+    /// The consensus view (its state is `App::cons`).
+    Consensus,
+}
+
+/// Session totals of one target.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct LedgerRow {
+    /// Target.
+    pub target: String,
+    /// Requests finished or failed.
+    pub requests: u64,
+    /// Failed or cancelled.
+    pub errors: u64,
+    /// Tokens.
+    pub usage: Usage,
+    /// Known cost.
+    pub cost_usd: f64,
+    /// Requests of unknown cost.
+    pub unknown: u64,
+    /// Requests with a known cost.
+    pub priced: u64,
+    /// Requests of estimated cost.
+    pub estimated: u64,
+}
+
+impl LedgerRow {
+    fn add(&mut self, c: &Completion) {
+        self.requests += 1;
+        if c.error.is_some() {
+            self.errors += 1;
+        }
+        self.add_usage(&c.usage, c.cost_usd, c.cost_source);
+    }
+
+    fn add_usage(&mut self, u: &Usage, cost: Option<f64>, src: CostSource) {
+        self.usage.input_tokens += u.input_tokens;
+        self.usage.output_tokens += u.output_tokens;
+        self.usage.cached_input_tokens += u.cached_input_tokens;
+        self.usage.reasoning_tokens += u.reasoning_tokens;
+        match cost {
+            Some(c) => {
+                self.cost_usd += c;
+                self.priced += 1;
+            }
+            None => self.unknown += 1,
+        }
+        if src == CostSource::Estimated {
+            self.estimated += 1;
+        }
+    }
+
+    /// ✓ priced, ~ estimated, ? unknown.
+    pub fn mark(&self) -> &'static str {
+        if self.unknown > 0 {
+            "?"
+        } else if self.estimated > 0 {
+            "~"
+        } else {
+            "✓"
+        }
+    }
+}
+
+/// What the app is given at start.
+#[derive(Debug, Clone, Default)]
+pub struct AppInit {
+    /// Targets to open with.
+    pub targets: Vec<String>,
+    /// Every target the picker offers.
+    pub available: Vec<String>,
+    /// Theme.
+    pub theme: Theme,
+    /// Keys.
+    pub keys: KeyMap,
+    /// Banner lines (offline first run, warnings).
+    pub banner: Vec<String>,
+    /// Whether a budget cap is set (sends are checked first).
+    pub budget_set: bool,
+    /// Prices for live cost (None: unknown until the engine settles).
+    pub pricing: Option<Pricing>,
+    /// Terminal size.
+    pub size: (u16, u16),
+}
+
+/// The whole state.
+pub struct App {
+    /// Theme.
+    pub theme: Theme,
+    /// Keys.
+    pub keys: KeyMap,
+    /// Styles of transcripts.
+    pub styles: TextStyles,
+    /// Output panes.
+    pub panes: Vec<Pane>,
+    /// Keyboard focus.
+    pub focus: Focus,
+    /// Overlay.
+    pub overlay: Overlay,
+    /// Zoomed pane.
+    pub zoom: Option<usize>,
+    /// The prompt editor.
+    pub editor: TextArea<'static>,
+    /// Terminal size.
+    pub size: (u16, u16),
+    /// The clock, set by the loop before each update.
+    pub now: Instant,
+    /// Show thinking blocks expanded.
+    pub show_thinking: bool,
+    /// Banner lines.
+    pub banner: Vec<String>,
+    /// Runs in flight: key -> targets.
+    pub runs: HashMap<u64, Vec<String>>,
+    next_run: u64,
+    /// Session ledger rows, in order of first use.
+    pub ledger: Vec<LedgerRow>,
+    /// Sends this session.
+    pub sends: u64,
+    /// The last prompt sent.
+    pub last_prompt: Option<String>,
+    /// Prompts sent, newest last.
+    pub prompt_history: Vec<String>,
+    hist_idx: Option<usize>,
+    /// Edit generation of the projection.
+    pub proj_gen: u64,
+    /// The last projection and the generation it is for.
+    pub projection: Option<(u64, Projection)>,
+    /// A short message in the status bar, with when it was set.
+    pub flash: Option<(String, Instant)>,
+    /// Whether sends are checked against a budget first.
+    pub budget_set: bool,
+    pending_send: Option<Vec<Group>>,
+    /// Prices for live cost.
+    pub pricing: Option<Pricing>,
+    /// Targets the picker offers.
+    pub available: Vec<String>,
+    /// Ledger pane scroll.
+    pub ledger_scroll: usize,
+    /// Set when the app should exit.
+    pub quit: bool,
+    /// Set when something visible changed.
+    pub dirty: bool,
+    /// The consensus view, blind mode, the judge and repeat-N.
+    pub cons: ConsensusPanel,
+}
+
+/// Panes that get the same request go in one run.
+#[derive(Debug, Clone)]
+struct Group {
+    messages: Vec<Message>,
+    prompt: String,
+    members: Vec<(usize, bool)>,
+}
+
+const FLASH_FOR: Duration = Duration::from_secs(6);
+
+impl App {
+    /// A new app.
+    pub fn new(init: AppInit) -> App {
+        let styles = TextStyles::from_theme(&init.theme);
+        let mut app = App {
+            panes: init
+                .targets
+                .iter()
+                .take(MAX_PANES)
+                .map(|t| Pane::new(t.clone(), styles))
+                .collect(),
+            styles,
+            keys: init.keys,
+            focus: Focus::Editor,
+            overlay: Overlay::None,
+            zoom: None,
+            editor: TextArea::default(),
+            size: init.size,
+            now: Instant::now(),
+            show_thinking: false,
+            banner: init.banner,
+            runs: HashMap::new(),
+            next_run: 1,
+            ledger: Vec::new(),
+            sends: 0,
+            last_prompt: None,
+            prompt_history: Vec::new(),
+            hist_idx: None,
+            proj_gen: 0,
+            projection: None,
+            flash: None,
+            budget_set: init.budget_set,
+            pending_send: None,
+            pricing: init.pricing,
+            available: init.available,
+            ledger_scroll: 0,
+            quit: false,
+            dirty: true,
+            cons: ConsensusPanel::new(&init.theme),
+            theme: init.theme,
+        };
+        app.style_editor();
+        app.relayout();
+        app
+    }
+
+    fn style_editor(&mut self) {
+        let t = &self.theme;
+        self.editor.set_style(t.text);
+        self.editor.set_cursor_line_style(Style::new());
+        self.editor.set_placeholder_style(t.dim);
+        let n = self.panes.len();
+        self.editor.set_placeholder_text(format!(
+            "Type a prompt · {} sends it to {n} target{}",
+            self.keys.short(Action::Send),
+            if n == 1 { "" } else { "s" }
+        ));
+        let cursor = if self.focus == Focus::Editor {
+            t.text.add_modifier(ratatui::style::Modifier::REVERSED)
+        } else {
+            Style::new()
+        };
+        self.editor.set_cursor_style(cursor);
+    }
+
+    /// The editor's text.
+    pub fn prompt_text(&self) -> String {
+        self.editor.lines().join("\n")
+    }
+
+    fn set_prompt(&mut self, text: &str) {
+        let lines: Vec<String> = text.split('\n').map(String::from).collect();
+        self.editor = TextArea::new(lines);
+        self.editor.move_cursor(tui_textarea::CursorMove::Bottom);
+        self.editor.move_cursor(tui_textarea::CursorMove::End);
+        self.style_editor();
+    }
+
+    /// Whether any request is in flight.
+    pub fn in_flight(&self) -> bool {
+        self.panes.iter().any(|p| p.state.in_flight())
+    }
+
+    /// Screen areas for the current size.
+    pub fn areas(&self) -> Areas {
+        layout::areas(self, Rect::new(0, 0, self.size.0, self.size.1))
+    }
+
+    /// Re-wrap panes for their current widths (cheap when unchanged).
+    pub fn relayout(&mut self) {
+        let areas = self.areas();
+        let mut jobs: Vec<(&mut Pane, usize)> = Vec::new();
+        // Panes hidden by a zoom keep their width (nothing to draw, nothing to re-wrap).
+        for (p, r) in self.panes.iter_mut().zip(areas.panes.iter()) {
+            if r.width > 0 && r.height > 0 {
+                jobs.push((p, layout::pane_body(*r).width as usize));
+            }
+        }
+        if let Overlay::History(h) = &mut self.overlay {
+            if let Some(panes) = &mut h.open {
+                let rects = layout::grid(areas.history_panes, panes.len());
+                for (p, r) in panes.iter_mut().zip(rects) {
+                    jobs.push((p, layout::pane_body(r).width as usize));
+                }
+            }
+        }
+        rewrap(jobs);
+    }
+
+    /// Fold one message; returns what the loop must do.
+    pub fn update(&mut self, msg: Msg) -> Vec<Cmd> {
+        let mut cmds = Vec::new();
+        // Widths change only with the size, zoom, panes or an overlay: not with engine events.
+        let relayout = !matches!(msg, Msg::Engine { .. } | Msg::Tick | Msg::Projection { .. });
+        match msg {
+            Msg::Key(k) if k.kind != KeyEventKind::Release => self.on_key(k, &mut cmds),
+            Msg::Key(_) => return cmds,
+            Msg::Mouse(m) => self.on_mouse(m),
+            Msg::Paste(s) => self.on_paste(&s, &mut cmds),
+            Msg::Resize(w, h) => self.size = (w, h),
+            Msg::Engine { run, event } => self.on_engine(run, event.target, event.event),
+            Msg::RunClosed { run } => {
+                self.runs.remove(&run);
+                let now = self.now;
+                for p in &mut self.panes {
+                    if p.run.is_some_and(|(r, _)| r == run) {
+                        p.apply(
+                            StreamEvent::Failed(Box::new(Completion {
+                                model: p.target.clone(),
+                                error: Some(EngineError::Cancelled),
+                                finish_reason: crate::engine::FinishReason::Cancelled,
+                                ..Default::default()
+                            })),
+                            now,
+                        );
+                    }
+                }
+                self.on_answer_end();
+            }
+            Msg::Projection { gen, result } => match result {
+                Ok(p) => self.projection = Some((gen, p)),
+                Err(e) => {
+                    tracing::debug!("projection: {e}");
+                    self.projection = Some((gen, Projection::default()));
+                }
+            },
+            Msg::BudgetChecked(r) => {
+                if let Some(plan) = self.pending_send.take() {
+                    match r {
+                        Ok(()) => self.begin(plan, &mut cmds),
+                        Err(why) => {
+                            self.pending_send = Some(plan);
+                            self.overlay = Overlay::Confirm(Confirm::Budget(why));
+                        }
+                    }
+                }
+            }
+            Msg::Exported(r) => match r {
+                Ok(paths) => {
+                    let p: Vec<String> = paths.iter().map(|p| p.display().to_string()).collect();
+                    self.set_flash(format!("exported to {}", p.join(" and ")));
+                }
+                Err(e) => self.set_flash(format!("export failed: {e}")),
+            },
+            Msg::History(r) => {
+                if let Overlay::History(h) = &mut self.overlay {
+                    match r {
+                        Ok(runs) => h.runs = Some(runs),
+                        Err(e) => {
+                            h.runs = Some(Vec::new());
+                            h.error = Some(e);
+                        }
+                    }
+                }
+            }
+            Msg::Votes(r) => self.on_votes(r),
+            Msg::Judged(r) => self.on_judged(r),
+            Msg::VoteRecorded(r) => match r {
+                Ok(rows) => self.on_votes(Ok(rows)),
+                Err(e) => self.set_flash(format!("the vote was not stored: {e}")),
+            },
+            Msg::PromptHistory(mut old) => {
+                old.reverse();
+                old.retain(|p| !self.prompt_history.contains(p));
+                old.append(&mut self.prompt_history);
+                self.prompt_history = old;
+            }
+            Msg::Quit => {
+                self.cancel_all(&mut cmds);
+                self.quit = true;
+            }
+            Msg::Tick => {
+                let flash_live = self.flash.as_ref().is_some_and(|(_, at)| {
+                    self.now.duration_since(*at) < FLASH_FOR + Duration::from_secs(1)
+                });
+                if !(self.in_flight() || flash_live) {
+                    return cmds;
+                }
+            }
+        }
+        if relayout {
+            self.relayout();
+        }
+        self.dirty = true;
+        cmds
+    }
+
+    fn set_flash(&mut self, s: String) {
+        self.flash = Some((s, self.now));
+    }
+
+    pub(crate) fn set_flash_text(&mut self, s: &str) {
+        self.set_flash(s.to_string());
+    }
+
+    /// Count a request that did not come through a pane (the judge).
+    pub(crate) fn add_ledger_completion(&mut self, label: &str, c: &Completion) {
+        self.ledger_row(label).add(c);
+    }
+
+    /// The flash message, while fresh.
+    pub fn flash(&self) -> Option<&str> {
+        self.flash
+            .as_ref()
+            .filter(|(_, at)| self.now.saturating_duration_since(*at) < FLASH_FOR)
+            .map(|(s, _)| s.as_str())
+    }
+
+    // ----- engine events -------------------------------------------------
+
+    fn on_engine(&mut self, run: u64, target: usize, ev: StreamEvent) {
+        if let StreamEvent::Finished(c) | StreamEvent::Failed(c) = &ev {
+            let label = self
+                .runs
+                .get(&run)
+                .and_then(|t| t.get(target))
+                .cloned()
+                .unwrap_or_else(|| c.model.clone());
+            self.ledger_row(&label).add(c);
+        }
+        let ended = matches!(ev, StreamEvent::Finished(_) | StreamEvent::Failed(_));
+        let now = self.now;
+        if let Some(p) = self.panes.iter_mut().find(|p| p.run == Some((run, target))) {
+            p.apply(ev, now);
+        }
+        if ended {
+            self.on_answer_end();
+        }
+    }
+
+    fn ledger_row(&mut self, target: &str) -> &mut LedgerRow {
+        let i = match self.ledger.iter().position(|r| r.target == target) {
+            Some(i) => i,
+            None => {
+                self.ledger.push(LedgerRow {
+                    target: target.to_string(),
+                    ..Default::default()
+                });
+                self.ledger.len() - 1
+            }
+        };
+        &mut self.ledger[i]
+    }
+
+    /// Price a usage with the loaded table.
+    pub fn quote(
+        &self,
+        provider: &str,
+        model: &str,
+        u: &Usage,
+        reported: bool,
+    ) -> (Option<f64>, CostSource) {
+        match &self.pricing {
+            Some(p) => p.cost(provider, model, u, reported),
+            None => (None, CostSource::Unknown),
+        }
+    }
+
+    /// Ledger rows with what is in flight added (live while streaming).
+    pub fn live_ledger(&self) -> Vec<LedgerRow> {
+        let mut rows = self.ledger.clone();
+        // Panes' targets first, in pane order; targets no longer shown after.
+        rows.sort_by_key(|r| {
+            self.panes
+                .iter()
+                .position(|p| p.target == r.target)
+                .unwrap_or(usize::MAX)
+        });
+        for p in &self.panes {
+            if !p.state.in_flight() {
+                continue;
+            }
+            let i = match rows.iter().position(|r| r.target == p.target) {
+                Some(i) => i,
+                None => {
+                    rows.push(LedgerRow {
+                        target: p.target.clone(),
+                        ..Default::default()
+                    });
+                    rows.len() - 1
+                }
+            };
+            let (out, _) = p.stats.out_tokens();
+            let u = match p.stats.usage {
+                Some(u) if u.output_tokens > 0 => u,
+                Some(u) => Usage {
+                    output_tokens: out,
+                    ..u
+                },
+                None => Usage {
+                    output_tokens: out,
+                    ..Default::default()
+                },
+            };
+            let (cost, src) = p.cost(&|a, b, c, d| self.quote(a, b, c, d));
+            let r = &mut rows[i];
+            r.usage.input_tokens += u.input_tokens;
+            r.usage.output_tokens += u.output_tokens;
+            r.usage.cached_input_tokens += u.cached_input_tokens;
+            r.usage.reasoning_tokens += u.reasoning_tokens;
+            match cost {
+                Some(c) => {
+                    r.cost_usd += c;
+                    r.priced += 1;
+                }
+                None => r.unknown += 1,
+            }
+            if src == CostSource::Estimated {
+                r.estimated += 1;
+            }
+        }
+        rows
+    }
+
+    // ----- sending -------------------------------------------------------
+
+    fn plan(&self, prompt: &str, panes: impl Iterator<Item = usize>, restart: bool) -> Vec<Group> {
+        let mut groups: Vec<Group> = Vec::new();
+        for i in panes {
+            let p = &self.panes[i];
+            let (messages, re) = match (&p.last_request, restart) {
+                (Some(m), true) => (m.clone(), true),
+                _ => {
+                    let mut m = p.history.clone();
+                    m.push(Message::user(prompt.to_string()));
+                    (m, false)
+                }
+            };
+            match groups.iter_mut().find(|g| g.messages == messages) {
+                Some(g) => g.members.push((i, re)),
+                None => groups.push(Group {
+                    messages,
+                    prompt: prompt.to_string(),
+                    members: vec![(i, re)],
+                }),
+            }
+        }
+        groups
+    }
+
+    fn groups_for_cmd(&self, plan: &[Group]) -> Vec<(ChatRequest, Vec<String>)> {
+        plan.iter()
+            .map(|g| {
+                (
+                    ChatRequest {
+                        messages: g.messages.clone(),
+                        ..Default::default()
+                    },
+                    g.members
+                        .iter()
+                        .map(|(i, _)| self.panes[*i].target.clone())
+                        .collect(),
+                )
+            })
+            .collect()
+    }
+
+    fn submit(&mut self, plan: Vec<Group>, cmds: &mut Vec<Cmd>) {
+        if plan.is_empty() {
+            return;
+        }
+        if self.budget_set {
+            cmds.push(Cmd::CheckBudget {
+                groups: self.groups_for_cmd(&plan),
+            });
+            self.pending_send = Some(plan);
+            self.set_flash("checking the budget…".into());
+        } else {
+            self.begin(plan, cmds);
+        }
+    }
+
+    fn begin(&mut self, plan: Vec<Group>, cmds: &mut Vec<Cmd>) {
+        let now = self.now;
+        let mut new_prompt = None;
+        for g in plan {
+            let run = self.next_run;
+            self.next_run += 1;
+            let targets: Vec<String> = g
+                .members
+                .iter()
+                .map(|(i, _)| self.panes[*i].target.clone())
+                .collect();
+            for (ti, (i, restart)) in g.members.iter().enumerate() {
+                let p = &mut self.panes[*i];
+                p.scroll = None;
+                if *restart {
+                    p.restart(g.messages.clone(), (run, ti), now);
+                } else {
+                    p.begin_turn(&g.prompt, g.messages.clone(), (run, ti), now);
+                    new_prompt = Some(g.prompt.clone());
+                }
+            }
+            self.runs.insert(run, targets.clone());
+            self.cons.last_run = Some(run);
+            cmds.push(Cmd::Start {
+                run,
+                request: ChatRequest {
+                    messages: g.messages,
+                    ..Default::default()
+                },
+                targets,
+            });
+        }
+        if let Some(p) = new_prompt {
+            if self.prompt_history.last() != Some(&p) {
+                self.prompt_history.push(p.clone());
+            }
+            self.last_prompt = Some(p);
+            self.sends += 1;
+            self.set_prompt("");
+            self.hist_idx = None;
+            self.reproject(cmds);
+        }
+    }
+
+    fn send(&mut self, cmds: &mut Vec<Cmd>) {
+        let prompt = self.prompt_text();
+        if prompt.trim().is_empty() {
+            self.set_flash("nothing to send: type a prompt first".into());
+            return;
+        }
+        if self.panes.is_empty() {
+            self.set_flash(format!(
+                "no targets: {} picks some",
+                self.keys.short(Action::Targets)
+            ));
+            return;
+        }
+        if self.pending_send.is_some() {
+            self.set_flash("checking the budget of the last send…".into());
+            return;
+        }
+        if self.in_flight() {
+            self.set_flash(format!(
+                "runs are in flight: wait, or {} cancels them",
+                self.keys.short(Action::Cancel)
+            ));
+            return;
+        }
+        self.prepare_send(&prompt);
+        let plan = self.plan(&prompt, 0..self.panes.len(), false);
+        self.submit(plan, cmds);
+    }
+
+    fn rerun(&mut self, cmds: &mut Vec<Cmd>) {
+        let Some(prompt) = self.last_prompt.clone() else {
+            self.set_flash("nothing to rerun yet".into());
+            return;
+        };
+        if self.in_flight() {
+            self.cancel_all(cmds);
+        }
+        self.cons.judge = None;
+        let plan = self.plan(&prompt, 0..self.panes.len(), true);
+        self.submit(plan, cmds);
+    }
+
+    fn retry_pane(&mut self, i: usize, cmds: &mut Vec<Cmd>) {
+        let Some(p) = self.panes.get(i) else { return };
+        if p.last_request.is_none() {
+            self.set_flash("nothing to retry in this pane".into());
+            return;
+        }
+        if let Some((run, index)) = p.run {
+            cmds.push(Cmd::CancelTarget { run, index });
+        }
+        let prompt = self.last_prompt.clone().unwrap_or_default();
+        let plan = self.plan(&prompt, std::iter::once(i), true);
+        self.submit(plan, cmds);
+    }
+
+    fn cancel_all(&mut self, cmds: &mut Vec<Cmd>) {
+        let mut keys: Vec<u64> = self.runs.keys().copied().collect();
+        keys.sort_unstable();
+        for run in keys {
+            cmds.push(Cmd::Cancel { run });
+        }
+        if self.pending_send.take().is_some() {
+            self.set_flash("send cancelled".into());
+        }
+    }
+
+    /// Ask for a fresh projection of the editor's text.
+    fn reproject(&mut self, cmds: &mut Vec<Cmd>) {
+        self.proj_gen += 1;
+        let prompt = self.prompt_text();
+        if prompt.trim().is_empty() || self.panes.is_empty() {
+            return;
+        }
+        let plan = self.plan(&prompt, 0..self.panes.len(), false);
+        cmds.push(Cmd::Project {
+            gen: self.proj_gen,
+            groups: self.groups_for_cmd(&plan),
+        });
+    }
+
+    /// The projection for the editor as it is now, if ready.
+    pub fn current_projection(&self) -> Option<&Projection> {
+        self.projection
+            .as_ref()
+            .filter(|(g, _)| *g == self.proj_gen)
+            .map(|(_, p)| p)
+    }
+
+    fn continue_with(&mut self, i: usize) {
+        let Some(src) = self.panes.get(i) else { return };
+        if src.state.in_flight()
+            || src
+                .history
+                .last()
+                .is_none_or(|m| m.role != crate::engine::Role::Assistant)
+        {
+            self.set_flash("continue needs a finished answer in this pane".into());
+            return;
+        }
+        let history = src.history.clone();
+        let name = self.pane_name(i);
+        for (j, p) in self.panes.iter_mut().enumerate() {
+            p.history = history.clone();
+            p.last_request = None;
+            if j == i {
+                p.notice("↳ this answer is now the shared history");
+            } else {
+                p.notice(&format!("↳ continuing with {name}'s answer"));
+            }
+        }
+        self.set_flash(format!(
+            "the next prompt continues from {name}'s answer in every pane"
+        ));
+    }
+
+    // ----- keys ----------------------------------------------------------
+
+    fn on_key(&mut self, k: KeyEvent, cmds: &mut Vec<Cmd>) {
+        match self.overlay {
+            Overlay::None => {}
+            _ => return self.on_overlay_key(k, cmds),
+        }
+        let keys = &self.keys;
+        let in_editor = self.focus == Focus::Editor;
+        if keys.is(Action::Quit, &k) {
+            if self.in_flight() {
+                self.overlay = Overlay::Confirm(Confirm::Quit);
+            } else {
+                self.quit = true;
+            }
+            return;
+        }
+        if keys.is(Action::Newline, &k) && in_editor {
+            self.editor.insert_newline();
+            self.hist_idx = None;
+            self.reproject(cmds);
+            return;
+        }
+        if keys.is(Action::Send, &k) && (in_editor || !self.is_char(&k)) {
+            self.send(cmds);
+            return;
+        }
+        if keys.is(Action::Cancel, &k) {
+            if self.in_flight() || self.pending_send.is_some() {
+                self.cancel_all(cmds);
+                self.set_flash("cancelling everything in flight".into());
+            } else if self.zoom.is_some() {
+                self.zoom = None;
+            } else {
+                self.focus = Focus::Editor;
+                self.style_editor();
+            }
+            return;
+        }
+        if keys.is(Action::FocusNext, &k) {
+            self.cycle_focus(true);
+            return;
+        }
+        if keys.is(Action::FocusPrev, &k) {
+            self.cycle_focus(false);
+            return;
+        }
+        if keys.is(Action::Targets, &k) {
+            self.open_picker();
+            return;
+        }
+        if keys.is(Action::Rerun, &k) {
+            self.rerun(cmds);
+            return;
+        }
+        if keys.is(Action::Export, &k) {
+            cmds.push(Cmd::Export(Box::new(self.export_doc())));
+            return;
+        }
+        if keys.is(Action::History, &k) {
+            self.overlay = Overlay::History(Box::default());
+            cmds.push(Cmd::LoadHistory);
+            return;
+        }
+        if keys.is(Action::Thinking, &k) {
+            self.show_thinking = !self.show_thinking;
+            return;
+        }
+        if keys.is(Action::Help, &k) && (!in_editor || !self.is_char(&k)) {
+            self.overlay = Overlay::Help;
+            return;
+        }
+        // Letter keys act outside the editor only; Ctrl keys everywhere.
+        let global = !in_editor || !self.is_char(&k);
+        if keys.is(Action::Blind, &k) && global {
+            self.toggle_blind();
+            return;
+        }
+        if keys.is(Action::Repeat, &k) && global {
+            self.cycle_repeat();
+            return;
+        }
+        if keys.is(Action::Judge, &k) && global {
+            self.start_judge(cmds);
+            return;
+        }
+        match self.focus {
+            Focus::Editor => self.editor_key(k, cmds),
+            Focus::Pane(i) => self.pane_key(i, k, cmds),
+            Focus::Ledger => self.ledger_key(k, cmds),
+        }
+    }
+
+    fn is_char(&self, k: &KeyEvent) -> bool {
+        matches!(k.code, KeyCode::Char(_))
+            && !k
+                .modifiers
+                .intersects(KeyModifiers::CONTROL | KeyModifiers::ALT)
+    }
+
+    fn cycle_focus(&mut self, forward: bool) {
+        let n = self.panes.len();
+        let order: Vec<Focus> = std::iter::once(Focus::Editor)
+            .chain((0..n).map(Focus::Pane))
+            .chain(std::iter::once(Focus::Ledger))
+            .collect();
+        let at = order.iter().position(|f| *f == self.focus).unwrap_or(0);
+        let len = order.len();
+        let next = if forward {
+            (at + 1) % len
+        } else {
+            (at + len - 1) % len
+        };
+        self.focus = order[next];
+        if let (Some(_), Focus::Pane(i)) = (self.zoom, self.focus) {
+            self.zoom = Some(i);
+        }
+        self.style_editor();
+    }
+
+    fn editor_key(&mut self, k: KeyEvent, cmds: &mut Vec<Cmd>) {
+        let walking = self.hist_idx.is_some() || self.prompt_text().is_empty();
+        if walking && !self.prompt_history.is_empty() && k.modifiers.is_empty() {
+            let n = self.prompt_history.len();
+            match k.code {
+                KeyCode::Up => {
+                    let i = match self.hist_idx {
+                        None => n - 1,
+                        Some(i) => i.saturating_sub(1),
+                    };
+                    self.hist_idx = Some(i);
+                    let p = self.prompt_history[i].clone();
+                    self.set_prompt(&p);
+                    self.reproject(cmds);
+                    return;
+                }
+                KeyCode::Down if self.hist_idx.is_some() => {
+                    let i = self.hist_idx.unwrap_or(0) + 1;
+                    if i >= n {
+                        self.hist_idx = None;
+                        self.set_prompt("");
+                    } else {
+                        self.hist_idx = Some(i);
+                        let p = self.prompt_history[i].clone();
+                        self.set_prompt(&p);
+                    }
+                    self.reproject(cmds);
+                    return;
+                }
+                _ => {}
+            }
+        }
+        if self.editor.input(k) {
+            self.hist_idx = None;
+            self.reproject(cmds);
+        }
+    }
+
+    fn pane_body_height(&self, i: usize) -> usize {
+        let a = self.areas();
+        a.panes
+            .get(i)
+            .map(|r| layout::pane_body(*r).height as usize)
+            .unwrap_or(1)
+            .max(1)
+    }
+
+    fn scroll_pane(&mut self, i: usize, delta: i64) {
+        let h = self.pane_body_height(i);
+        let show = self.show_thinking;
+        let Some(p) = self.panes.get_mut(i) else {
+            return;
+        };
+        scroll_by(p, h, show, delta);
+    }
+
+    fn pane_key(&mut self, i: usize, k: KeyEvent, cmds: &mut Vec<Cmd>) {
+        let keys = self.keys.clone();
+        let page = self.pane_body_height(i) as i64;
+        if keys.is(Action::CancelPane, &k) {
+            if let Some((run, index)) = self.panes.get(i).and_then(|p| p.run) {
+                cmds.push(Cmd::CancelTarget { run, index });
+                self.set_flash(format!("cancelling {}", self.pane_name(i)));
+            }
+        } else if keys.is(Action::RetryPane, &k) {
+            self.retry_pane(i, cmds);
+        } else if keys.is(Action::Zoom, &k) {
+            self.zoom = if self.zoom.is_some() { None } else { Some(i) };
+        } else if keys.is(Action::Copy, &k) {
+            let text = self
+                .panes
+                .get(i)
+                .map(|p| p.answer_text().to_string())
+                .unwrap_or_default();
+            if text.is_empty() {
+                self.set_flash("nothing to copy yet".into());
+            } else {
+                self.set_flash(format!(
+                    "copied {} characters (OSC 52)",
+                    text.chars().count()
+                ));
+                cmds.push(Cmd::Copy(text));
+            }
+        } else if keys.is(Action::Continue, &k) {
+            self.continue_with(i);
+        } else if keys.is(Action::Consensus, &k) {
+            self.open_consensus(cmds);
+        } else if keys.is(Action::Diff, &k) {
+            self.open_diff(i, cmds);
+        } else if keys.is(Action::ScrollUp, &k) {
+            self.scroll_pane(i, -1);
+        } else if keys.is(Action::ScrollDown, &k) {
+            self.scroll_pane(i, 1);
+        } else if keys.is(Action::PageUp, &k) {
+            self.scroll_pane(i, -page.max(1));
+        } else if keys.is(Action::PageDown, &k) {
+            self.scroll_pane(i, page.max(1));
+        } else if k.code == KeyCode::Home {
+            if let Some(p) = self.panes.get_mut(i) {
+                p.scroll = Some(0);
+            }
+        } else if k.code == KeyCode::End {
+            if let Some(p) = self.panes.get_mut(i) {
+                p.scroll = None;
+            }
+        } else if self.is_char(&k) {
+            // Typing on a pane goes to the editor.
+            self.focus = Focus::Editor;
+            self.style_editor();
+            self.editor_key(k, cmds);
+        }
+    }
+
+    fn ledger_key(&mut self, k: KeyEvent, cmds: &mut Vec<Cmd>) {
+        if self.keys.is(Action::ScrollUp, &k) || self.keys.is(Action::PageUp, &k) {
+            self.ledger_scroll = self.ledger_scroll.saturating_sub(1);
+        } else if self.keys.is(Action::ScrollDown, &k) || self.keys.is(Action::PageDown, &k) {
+            self.ledger_scroll =
+                (self.ledger_scroll + 1).min(self.live_ledger().len().saturating_sub(1));
+        } else if self.keys.is(Action::Consensus, &k) {
+            self.open_consensus(cmds);
+        } else if self.is_char(&k) {
+            self.focus = Focus::Editor;
+            self.style_editor();
+            self.editor_key(k, cmds);
+        }
+    }
+
+    fn on_paste(&mut self, s: &str, cmds: &mut Vec<Cmd>) {
+        let s = s.replace("\r\n", "\n").replace('\r', "\n");
+        match &mut self.overlay {
+            Overlay::Picker(p) => {
+                p.filter.push_str(s.lines().next().unwrap_or(""));
+                p.cursor = 0;
+            }
+            Overlay::None => {
+                self.focus = Focus::Editor;
+                self.style_editor();
+                self.editor.insert_str(&s);
+                self.hist_idx = None;
+                self.reproject(cmds);
+            }
+            _ => {}
+        }
+    }
+
+    fn on_mouse(&mut self, m: MouseEvent) {
+        let areas = self.areas();
+        let hit = |r: &Rect| {
+            m.column >= r.x && m.column < r.x + r.width && m.row >= r.y && m.row < r.y + r.height
+        };
+        let pane = areas.panes.iter().position(hit);
+        match m.kind {
+            MouseEventKind::ScrollUp => {
+                if let Some(i) = pane {
+                    self.scroll_pane(i, -3);
+                }
+            }
+            MouseEventKind::ScrollDown => {
+                if let Some(i) = pane {
+                    self.scroll_pane(i, 3);
+                }
+            }
+            MouseEventKind::Down(_) => {
+                if !matches!(self.overlay, Overlay::None) {
+                    return;
+                }
+                if let Some(i) = pane {
+                    self.focus = Focus::Pane(i);
+                } else if hit(&areas.editor) {
+                    self.focus = Focus::Editor;
+                } else if hit(&areas.ledger) {
+                    self.focus = Focus::Ledger;
+                }
+                self.style_editor();
+            }
+            _ => {}
+        }
+    }
+
+    // ----- overlays ------------------------------------------------------
+
+    fn open_picker(&mut self) {
+        let mut items: Vec<(String, bool)> = Vec::new();
+        for p in &self.panes {
+            if !items.iter().any(|(t, _)| *t == p.target) {
+                items.push((p.target.clone(), true));
+            }
+        }
+        for t in &self.available {
+            if !items.iter().any(|(x, _)| x == t) {
+                items.push((t.clone(), false));
+            }
+        }
+        self.overlay = Overlay::Picker(Picker {
+            filter: String::new(),
+            items,
+            cursor: 0,
+        });
+    }
+
+    fn apply_picker(&mut self, picker: Picker, cmds: &mut Vec<Cmd>) {
+        let chosen: Vec<String> = picker
+            .items
+            .iter()
+            .filter(|(_, on)| *on)
+            .map(|(t, _)| t.clone())
+            .take(MAX_PANES)
+            .collect();
+        let mut panes = Vec::new();
+        let old = std::mem::take(&mut self.panes);
+        let mut old: Vec<Option<Pane>> = old.into_iter().map(Some).collect();
+        for t in &chosen {
+            match old
+                .iter_mut()
+                .find(|p| p.as_ref().is_some_and(|p| &p.target == t))
+            {
+                Some(slot) => panes.push(slot.take().expect("found")),
+                None => {
+                    let mut p = Pane::new(t.clone(), self.styles);
+                    // A new pane joins the conversation of the first one, if any.
+                    if let Some(h) = panes.first().map(|p: &Pane| p.history.clone()) {
+                        p.history = h;
+                    }
+                    panes.push(p);
+                }
+            }
+        }
+        for p in old.into_iter().flatten() {
+            if let Some((run, index)) = p.run {
+                cmds.push(Cmd::CancelTarget { run, index });
+            }
+        }
+        self.panes = panes;
+        self.zoom = None;
+        // New panes: the repeat layout, blind letters and report were for the old ones.
+        self.cons.repeat = None;
+        self.cons.blind = None;
+        self.cons.report = None;
+        if let Focus::Pane(i) = self.focus {
+            if i >= self.panes.len() {
+                self.focus = Focus::Editor;
+            }
+        }
+        self.style_editor();
+        self.reproject(cmds);
+        self.set_flash(format!(
+            "{} target{}",
+            self.panes.len(),
+            if self.panes.len() == 1 { "" } else { "s" }
+        ));
+    }
+
+    fn on_overlay_key(&mut self, k: KeyEvent, cmds: &mut Vec<Cmd>) {
+        let overlay = std::mem::take(&mut self.overlay);
+        let quit_key = self.keys.is(Action::Quit, &k);
+        if quit_key && !matches!(overlay, Overlay::Confirm(_)) {
+            // The quit key works from every overlay (asking first while runs are in flight).
+            self.on_key(k, cmds);
+            return;
+        }
+        match overlay {
+            Overlay::None => {}
+            // Any key closes.
+            Overlay::Help => {}
+            Overlay::Consensus => {
+                self.overlay = Overlay::Consensus;
+                self.consensus_key(k, cmds);
+            }
+            Overlay::Confirm(c) => {
+                let yes = matches!(k.code, KeyCode::Char('y' | 'Y')) || k.code == KeyCode::Enter;
+                let no = matches!(k.code, KeyCode::Char('n' | 'N')) || k.code == KeyCode::Esc;
+                match c {
+                    Confirm::Quit if yes || quit_key => {
+                        self.cancel_all(cmds);
+                        self.quit = true;
+                    }
+                    Confirm::Budget(_) if yes => {
+                        if let Some(plan) = self.pending_send.take() {
+                            self.begin(plan, cmds);
+                        }
+                    }
+                    Confirm::Budget(_) if no => {
+                        self.pending_send = None;
+                        self.set_flash("not sent".into());
+                    }
+                    c if !no => self.overlay = Overlay::Confirm(c),
+                    _ => {}
+                }
+            }
+            Overlay::Picker(mut p) => {
+                let list = p.filtered();
+                if k.code == KeyCode::Esc || self.keys.is(Action::Targets, &k) {
+                    self.apply_picker(p, cmds);
+                    return;
+                }
+                match k.code {
+                    KeyCode::Up => p.cursor = p.cursor.saturating_sub(1),
+                    KeyCode::Down => p.cursor = (p.cursor + 1).min(list.len().saturating_sub(1)),
+                    KeyCode::Enter | KeyCode::Char(' ') | KeyCode::Tab => {
+                        if let Some(&i) = list.get(p.cursor) {
+                            p.items[i].1 = !p.items[i].1;
+                        } else if k.code == KeyCode::Enter && !p.filter.trim().is_empty() {
+                            // A target not in the list: add it as typed.
+                            p.items.push((p.filter.trim().to_string(), true));
+                            p.filter.clear();
+                        }
+                    }
+                    KeyCode::Backspace => {
+                        p.filter.pop();
+                        p.cursor = 0;
+                    }
+                    KeyCode::Char(c)
+                        if !k
+                            .modifiers
+                            .intersects(KeyModifiers::CONTROL | KeyModifiers::ALT) =>
+                    {
+                        p.filter.push(c);
+                        p.cursor = 0;
+                    }
+                    _ => {}
+                }
+                self.overlay = Overlay::Picker(p);
+            }
+            Overlay::History(mut h) => {
+                let keys = self.keys.clone();
+                if let Some(panes) = &mut h.open {
+                    let n = panes.len().max(1);
+                    if k.code == KeyCode::Esc || keys.is(Action::Cancel, &k) {
+                        h.open = None;
+                    } else if keys.is(Action::FocusNext, &k) {
+                        h.focus = (h.focus + 1) % n;
+                    } else if keys.is(Action::FocusPrev, &k) {
+                        h.focus = (h.focus + n - 1) % n;
+                    } else if keys.is(Action::Thinking, &k) {
+                        self.show_thinking = !self.show_thinking;
+                    } else if keys.is(Action::Copy, &k) {
+                        if let Some(p) = panes.get(h.focus) {
+                            cmds.push(Cmd::Copy(p.answer_text().to_string()));
+                        }
+                    } else {
+                        let d = if keys.is(Action::ScrollUp, &k) {
+                            -1
+                        } else if keys.is(Action::ScrollDown, &k) {
+                            1
+                        } else if keys.is(Action::PageUp, &k) {
+                            -10
+                        } else if keys.is(Action::PageDown, &k) {
+                            10
+                        } else {
+                            0
+                        };
+                        let area = self.areas().history_panes;
+                        let rects = layout::grid(area, panes.len());
+                        if let (Some(p), Some(r)) = (panes.get_mut(h.focus), rects.get(h.focus)) {
+                            scroll_by(
+                                p,
+                                layout::pane_body(*r).height as usize,
+                                self.show_thinking,
+                                d,
+                            );
+                        }
+                    }
+                    self.overlay = Overlay::History(h);
+                    return;
+                }
+                let n = h.runs.as_ref().map(|r| r.len()).unwrap_or(0);
+                if k.code == KeyCode::Esc || keys.is(Action::History, &k) || quit_key {
+                    return;
+                }
+                match k.code {
+                    KeyCode::Up | KeyCode::Char('k') => h.selected = h.selected.saturating_sub(1),
+                    KeyCode::Down | KeyCode::Char('j') => {
+                        h.selected = (h.selected + 1).min(n.saturating_sub(1))
+                    }
+                    KeyCode::PageUp => h.selected = h.selected.saturating_sub(10),
+                    KeyCode::PageDown => h.selected = (h.selected + 10).min(n.saturating_sub(1)),
+                    KeyCode::Enter => {
+                        if let Some(run) = h.runs.as_ref().and_then(|r| r.get(h.selected)) {
+                            h.open = Some(history_panes(run, self.styles, self.now));
+                            h.focus = 0;
+                        }
+                    }
+                    _ => {}
+                }
+                self.overlay = Overlay::History(h);
+            }
+        }
+    }
+
+    // ----- export --------------------------------------------------------
+
+    /// The comparison as it stands.
+    pub fn export_doc(&self) -> ExportDoc {
+        ExportDoc {
+            prompt: self.last_prompt.clone().unwrap_or_default(),
+            answers: self
+                .panes
+                .iter()
+                .map(|p| ExportAnswer {
+                    target: p.target.clone(),
+                    state: p.state.label(self.now),
+                    text: p.answer_text().to_string(),
+                    thinking: p.thinking.clone(),
+                    completion: p.stats.done.clone(),
+                })
+                .collect(),
+            ledger: self
+                .live_ledger()
+                .iter()
+                .map(|r| ExportLedgerRow {
+                    target: r.target.clone(),
+                    requests: r.requests,
+                    errors: r.errors,
+                    input_tokens: r.usage.input_tokens,
+                    output_tokens: r.usage.output_tokens,
+                    cached_input_tokens: r.usage.cached_input_tokens,
+                    reasoning_tokens: r.usage.reasoning_tokens,
+                    cost_usd: r.cost_usd,
+                    unknown_cost: r.unknown,
+                    cost_mark: r.mark().to_string(),
+                })
+                .collect(),
+        }
+    }
+}
+
+/// Re-wrap panes for new widths; long transcripts are re-wrapped on several
+/// threads at once (a resize is the one time a whole transcript is wrapped again).
+fn rewrap(mut jobs: Vec<(&mut Pane, usize)>) {
+    jobs.retain(|(p, w)| p.doc.width() != (*w).max(1));
+    let work: usize = jobs.iter().map(|(p, _)| p.doc.raw_len()).sum();
+    let threads = std::thread::available_parallelism()
+        .map(|n| n.get())
+        .unwrap_or(1)
+        .min(jobs.len())
+        .min(8);
+    if work < (1 << 18) || threads < 2 {
+        for (p, w) in jobs {
+            p.doc.set_width(w);
+        }
+        return;
+    }
+    // Balance by size: biggest first onto the least loaded thread.
+    jobs.sort_by_key(|(p, _)| std::cmp::Reverse(p.doc.raw_len()));
+    let mut buckets: Vec<(usize, Vec<(&mut Pane, usize)>)> =
+        (0..threads).map(|_| (0, Vec::new())).collect();
+    for job in jobs {
+        let b = buckets
+            .iter_mut()
+            .min_by_key(|(load, _)| *load)
+            .expect("at least two buckets");
+        b.0 += job.0.doc.raw_len();
+        b.1.push(job);
+    }
+    std::thread::scope(|s| {
+        for (_, bucket) in buckets {
+            s.spawn(move || {
+                for (p, w) in bucket {
+                    p.doc.set_width(w);
+                }
+            });
+        }
+    });
+}
+
+fn scroll_by(p: &mut Pane, h: usize, show_thinking: bool, delta: i64) {
+    let total = p.doc.total_lines(show_thinking);
+    let max_top = total.saturating_sub(h);
+    let top = p.scroll.unwrap_or(max_top).min(max_top) as i64;
+    let next = (top + delta).clamp(0, max_top as i64) as usize;
+    p.scroll = if next >= max_top { None } else { Some(next) };
+}
+
+/// Read-only panes rebuilt from a past run's ledger rows.
+pub fn history_panes(run: &HistRun, styles: TextStyles, now: Instant) -> Vec<Pane> {
+    run.rows
+        .iter()
+        .map(|r| {
+            let mut p = Pane::new(r.target.clone(), styles);
+            p.read_only = true;
+            if let Some(prompt) = r.prompt.as_ref().or(run.prompt.as_ref()) {
+                p.doc.add(super::text::BlockKind::User, prompt);
+            }
+            p.stats.sent_at = Some(now);
+            p.serving = Some((r.provider.clone(), r.model.clone()));
+            let c = Completion {
+                provider: r.provider.clone(),
+                model: r.model.clone(),
+                text: r.response.clone().unwrap_or_default(),
+                thinking: r.thinking.clone().unwrap_or_default(),
+                usage: Usage {
+                    input_tokens: r.input_tokens,
+                    output_tokens: r.output_tokens,
+                    cached_input_tokens: r.cached_input_tokens,
+                    cache_creation_input_tokens: r.cache_write_tokens,
+                    reasoning_tokens: r.reasoning_tokens,
+                    reported_cost_usd: None,
+                },
+                usage_reported: r.usage_reported,
+                cost_usd: r.cost_usd,
+                cost_source: match r.cost_source.as_str() {
+                    "provider" => CostSource::Provider,
+                    "computed" => CostSource::Computed,
+                    "estimated" => CostSource::Estimated,
+                    "cached" => CostSource::Cached,
+                    _ => CostSource::Unknown,
+                },
+                ttft_ms: r.ttft_ms,
+                latency_ms: r.latency_ms.unwrap_or(0.0),
+                finish_reason: match r.finish_reason.as_deref() {
+                    Some("length") => crate::engine::FinishReason::Length,
+                    Some("tool_calls") => crate::engine::FinishReason::ToolCalls,
+                    Some("content_filter") => crate::engine::FinishReason::ContentFilter,
+                    Some("error") => crate::engine::FinishReason::Error,
+                    Some("cancelled") => crate::engine::FinishReason::Cancelled,
+                    _ => crate::engine::FinishReason::Stop,
+                },
+                cached: r.cache_hit,
+                ..Default::default()
+            };
+            if !c.thinking.is_empty() {
+                p.apply(StreamEvent::ThinkingDelta(c.thinking.clone()), now);
+            }
+            if !c.text.is_empty() {
+                p.apply(StreamEvent::TextDelta(c.text.clone()), now);
+            }
+            if let Some(calls) = r.tool_calls.as_ref().and_then(|v| v.as_array()) {
+                for call in calls {
+                    p.doc.add(
+                        super::text::BlockKind::Tool,
+                        &format!(
+                            "⚙ tool call {} {}",
+                            call["name"].as_str().unwrap_or("?"),
+                            call["arguments"]
+                        ),
+                    );
+                }
+            }
+            let state = match r.status.as_str() {
+                "ok" | "success" | "done" => {
+                    if r.cache_hit {
+                        PaneState::Cached
+                    } else {
+                        PaneState::Done
+                    }
+                }
+                "cancelled" => PaneState::Cancelled,
+                _ if r.error_message.is_some() => PaneState::Failed,
+                _ => PaneState::Done,
+            };
+            if let Some(e) = &r.error_message {
+                p.doc.add(super::text::BlockKind::Error, &format!("✗ {e}"));
+            }
+            p.doc.close_all();
+            p.stats.done = Some(c);
+            p.state = state;
+            p
+        })
+        .collect()
+}

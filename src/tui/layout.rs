@@ -1,0 +1,162 @@
+//! Where everything goes: a pure function of the state and the screen size,
+//! shared by drawing and by `update` (wrap widths, mouse hits, page sizes).
+
+use ratatui::layout::{Constraint, Direction, Layout, Rect};
+
+use super::app::App;
+
+/// The screen, cut up.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct Areas {
+    /// Banner lines at the top.
+    pub banner: Rect,
+    /// Every pane's rectangle (empty rects for panes not shown when zoomed).
+    pub panes: Vec<Rect>,
+    /// The whole pane region.
+    pub panes_area: Rect,
+    /// The prompt editor.
+    pub editor: Rect,
+    /// The ledger.
+    pub ledger: Rect,
+    /// The status bar.
+    pub status: Rect,
+    /// Where a reopened past run's panes go.
+    pub history_panes: Rect,
+    /// The consensus bar under the panes (empty when not shown).
+    pub summary: Rect,
+}
+
+/// Rows a terminal needs before the consensus bar takes one.
+pub const SUMMARY_MIN_HEIGHT: u16 = 24;
+
+/// Whether the consensus bar shows: a run with two or more panes, room to spare.
+pub fn shows_summary(app: &App, height: u16) -> bool {
+    height >= SUMMARY_MIN_HEIGHT && app.panes.len() >= 2 && app.answer_progress().1 >= 2
+}
+
+/// A pane's text area: inside the border, below the stats line.
+pub fn pane_body(r: Rect) -> Rect {
+    Rect {
+        x: r.x.saturating_add(1),
+        y: r.y.saturating_add(2),
+        width: r.width.saturating_sub(2),
+        height: r.height.saturating_sub(3),
+    }
+}
+
+/// Columns for `n` panes in `width`: 2-4 in a row, fewer when narrow.
+pub fn columns(n: usize, width: u16) -> usize {
+    if n == 0 {
+        return 1;
+    }
+    let fit = (width as usize / 30).max(1);
+    let cols = n.min(4).min(fit);
+    // Balance the grid: 5 panes as 3+2, not 4+1.
+    let rows = n.div_ceil(cols);
+    n.div_ceil(rows).max(1)
+}
+
+/// `n` rectangles in a grid over `area`.
+pub fn grid(area: Rect, n: usize) -> Vec<Rect> {
+    if n == 0 {
+        return Vec::new();
+    }
+    let cols = columns(n, area.width);
+    let rows = n.div_ceil(cols);
+    let row_rects = Layout::default()
+        .direction(Direction::Vertical)
+        .constraints(vec![Constraint::Ratio(1, rows as u32); rows])
+        .split(area);
+    let mut out = Vec::with_capacity(n);
+    for (ri, rr) in row_rects.iter().enumerate() {
+        let in_row = (n - ri * cols).min(cols);
+        let cells = Layout::default()
+            .direction(Direction::Horizontal)
+            .constraints(vec![Constraint::Ratio(1, in_row as u32); in_row])
+            .split(*rr);
+        out.extend(cells.iter().copied());
+    }
+    out
+}
+
+/// Rows the banner takes when wrapped at `width` (at most 4).
+pub fn banner_height(lines: &[String], width: u16) -> u16 {
+    let w = (width as usize).saturating_sub(1).max(1);
+    let rows: usize = lines
+        .iter()
+        .map(|l| {
+            unicode_width::UnicodeWidthStr::width(l.as_str())
+                .div_ceil(w)
+                .max(1)
+        })
+        .sum();
+    rows.min(4) as u16
+}
+
+/// Cut `area` up for `app`.
+pub fn areas(app: &App, area: Rect) -> Areas {
+    let mut a = Areas::default();
+    if area.width == 0 || area.height == 0 {
+        a.panes = vec![Rect::default(); app.panes.len()];
+        return a;
+    }
+    let banner_h = banner_height(&app.banner, area.width).min(area.height / 4);
+    let [banner, rest, status] = Layout::vertical([
+        Constraint::Length(banner_h),
+        Constraint::Min(0),
+        Constraint::Length(1),
+    ])
+    .areas(area);
+    a.banner = banner;
+    a.status = status;
+    a.history_panes = rest;
+    if let Some(z) = app.zoom.filter(|z| *z < app.panes.len()) {
+        a.panes = vec![Rect::default(); app.panes.len()];
+        a.panes[z] = rest;
+        a.panes_area = rest;
+        return a;
+    }
+    let editor_h = (app.editor.lines().len() as u16).clamp(1, 8) + 2;
+    let ledger_rows = app.live_ledger().len().max(app.panes.len()) as u16;
+    // Header, rows, a total row, borders.
+    let ledger_h = ledger_rows + 2 + u16::from(ledger_rows > 1) + 2;
+    let wide = rest.width >= 110;
+    let bottom_h = if wide {
+        editor_h.max(ledger_h.min(12))
+    } else {
+        editor_h + ledger_h.min(7)
+    };
+    // Never let the bottom eat the panes on a short terminal.
+    let bottom_h = bottom_h.min(
+        rest.height
+            .saturating_sub(rest.height / 2)
+            .max(editor_h.min(rest.height)),
+    );
+    let [panes, bottom] =
+        Layout::vertical([Constraint::Min(0), Constraint::Length(bottom_h)]).areas(rest);
+    let panes = if shows_summary(app, area.height) && panes.height > 4 {
+        let [p, bar] = Layout::vertical([Constraint::Min(0), Constraint::Length(1)]).areas(panes);
+        a.summary = bar;
+        p
+    } else {
+        panes
+    };
+    a.panes_area = panes;
+    a.panes = grid(panes, app.panes.len());
+    if wide {
+        let lw = (bottom.width * 45 / 100).clamp(40, 72);
+        let [ed, led] =
+            Layout::horizontal([Constraint::Min(0), Constraint::Length(lw)]).areas(bottom);
+        a.editor = ed;
+        a.ledger = led;
+    } else {
+        let [ed, led] = Layout::vertical([
+            Constraint::Length(editor_h.min(bottom.height)),
+            Constraint::Min(0),
+        ])
+        .areas(bottom);
+        a.editor = ed;
+        a.ledger = led;
+    }
+    a
+}

@@ -1,0 +1,452 @@
+//! One output pane: a target, its conversation, the transcript being
+//! streamed, and live stats.
+
+use std::time::{Duration, Instant};
+
+use crate::engine::{Completion, CostSource, FinishReason, Message, StreamEvent, Usage};
+
+use super::text::{BlockKind, Doc, TextStyles};
+
+/// Rough tokens of streamed text (characters / 4), shown with `~` until usage arrives.
+pub fn approx_tokens(s: &str) -> u64 {
+    crate::engine::tokens::quick_estimate(s)
+}
+
+/// Where a pane's request is.
+#[derive(Debug, Clone, PartialEq)]
+pub enum PaneState {
+    /// Nothing sent yet.
+    Idle,
+    /// Waiting for a concurrency or rate-limit slot.
+    Queued,
+    /// Sent; no token yet.
+    Waiting,
+    /// Tokens arriving.
+    Streaming,
+    /// A retry is scheduled.
+    Retrying {
+        /// Attempt about to be made.
+        attempt: u32,
+        /// Of how many.
+        max: u32,
+        /// When it goes.
+        at: Instant,
+        /// Why.
+        reason: String,
+    },
+    /// Finished.
+    Done,
+    /// Replayed from the local cache.
+    Cached,
+    /// Failed (the error is in the transcript).
+    Failed,
+    /// Cancelled by the user.
+    Cancelled,
+}
+
+impl PaneState {
+    /// Whether a request is in flight.
+    pub fn in_flight(&self) -> bool {
+        matches!(
+            self,
+            PaneState::Queued
+                | PaneState::Waiting
+                | PaneState::Streaming
+                | PaneState::Retrying { .. }
+        )
+    }
+
+    /// What the header says.
+    pub fn label(&self, now: Instant) -> String {
+        match self {
+            PaneState::Idle => "ready".into(),
+            PaneState::Queued => "queued".into(),
+            PaneState::Waiting => "waiting".into(),
+            PaneState::Streaming => "streaming".into(),
+            PaneState::Retrying {
+                attempt,
+                max,
+                at,
+                reason,
+            } => {
+                let left = at.saturating_duration_since(now).as_secs_f64();
+                let left = if left >= 10.0 {
+                    format!("{left:.0} s")
+                } else {
+                    format!("{left:.1} s")
+                };
+                if reason.is_empty() {
+                    format!("retrying {attempt}/{max} in {left}")
+                } else {
+                    format!("retrying {attempt}/{max} in {left} ({reason})")
+                }
+            }
+            PaneState::Done => "done".into(),
+            PaneState::Cached => "cached".into(),
+            PaneState::Failed => "failed".into(),
+            PaneState::Cancelled => "cancelled".into(),
+        }
+    }
+}
+
+/// Live figures of the current request.
+#[derive(Debug, Clone, Default)]
+pub struct Stats {
+    /// When it was sent.
+    pub sent_at: Option<Instant>,
+    /// First token.
+    pub first_at: Option<Instant>,
+    /// Last token (tokens/s is measured up to here).
+    pub last_at: Option<Instant>,
+    /// Usage so far (from the provider, when it sends any mid-stream).
+    pub usage: Option<Usage>,
+    /// Output tokens counted locally (characters / 4) until usage arrives.
+    pub approx_out: u64,
+    /// The final completion, once finished or failed.
+    pub done: Option<Completion>,
+}
+
+impl Stats {
+    /// Output tokens and whether the figure is exact.
+    pub fn out_tokens(&self) -> (u64, bool) {
+        if let Some(c) = &self.done {
+            if c.usage_reported {
+                return (c.usage.output_tokens, true);
+            }
+        }
+        match &self.usage {
+            Some(u) if u.output_tokens > 0 => (u.output_tokens, true),
+            _ => (self.approx_out, false),
+        }
+    }
+
+    /// Time to first token in ms.
+    pub fn ttft_ms(&self) -> Option<f64> {
+        if let Some(t) = self.done.as_ref().and_then(|c| c.ttft_ms) {
+            return Some(t);
+        }
+        Some(self.first_at?.duration_since(self.sent_at?).as_secs_f64() * 1e3)
+    }
+
+    /// Tokens per second after the first token.
+    pub fn tokens_per_sec(&self, now: Instant) -> Option<f64> {
+        let first = self.first_at?;
+        let end = if self.done.is_some() {
+            self.last_at.unwrap_or(now)
+        } else {
+            now
+        };
+        let secs = end.saturating_duration_since(first).as_secs_f64();
+        let (n, _) = self.out_tokens();
+        (secs > 0.05 && n > 1).then(|| n as f64 / secs)
+    }
+
+    /// Latency in ms (final, or elapsed so far).
+    pub fn latency_ms(&self, now: Instant) -> Option<f64> {
+        if let Some(c) = &self.done {
+            return Some(c.latency_ms);
+        }
+        Some(now.saturating_duration_since(self.sent_at?).as_secs_f64() * 1e3)
+    }
+}
+
+/// Prices a usage: (provider, model, usage, reported) -> (cost, provenance).
+pub type QuoteFn<'a> = &'a dyn Fn(&str, &str, &Usage, bool) -> (Option<f64>, CostSource);
+
+/// One target's output pane.
+#[derive(Debug, Clone)]
+pub struct Pane {
+    /// Target as requested (`provider/model`, alias or tier).
+    pub target: String,
+    /// Provider and model actually serving it (from `Started`).
+    pub serving: Option<(String, String)>,
+    /// Where the request is.
+    pub state: PaneState,
+    /// A routing note: "fell back to X", "breaker open".
+    pub note: Option<String>,
+    /// The transcript.
+    pub doc: Doc,
+    /// Top row when the user scrolled; None follows the stream.
+    pub scroll: Option<usize>,
+    /// The conversation so far (committed turns).
+    pub history: Vec<Message>,
+    /// The messages of the last request sent (kept for retry).
+    pub last_request: Option<Vec<Message>>,
+    /// Block index where the current turn's output starts.
+    pub turn_start: usize,
+    answer_block: Option<usize>,
+    thinking_block: Option<usize>,
+    tool_blocks: Vec<(usize, usize)>,
+    /// Answer text of the current turn.
+    pub answer: String,
+    /// Thinking text of the current turn.
+    pub thinking: String,
+    /// Live stats of the current turn.
+    pub stats: Stats,
+    /// The run and the target index in it, while one is current.
+    pub run: Option<(u64, usize)>,
+    /// Read-only (reopened from history).
+    pub read_only: bool,
+}
+
+impl Pane {
+    /// A fresh pane for `target`.
+    pub fn new(target: impl Into<String>, styles: TextStyles) -> Self {
+        Pane {
+            target: target.into(),
+            serving: None,
+            state: PaneState::Idle,
+            note: None,
+            doc: Doc::new(styles),
+            scroll: None,
+            history: Vec::new(),
+            last_request: None,
+            turn_start: 0,
+            answer_block: None,
+            thinking_block: None,
+            tool_blocks: Vec::new(),
+            answer: String::new(),
+            thinking: String::new(),
+            stats: Stats::default(),
+            run: None,
+            read_only: false,
+        }
+    }
+
+    /// Begin a turn: show the prompt, reset the stats.
+    pub fn begin_turn(
+        &mut self,
+        prompt: &str,
+        messages: Vec<Message>,
+        run: (u64, usize),
+        now: Instant,
+    ) {
+        self.doc.add(BlockKind::User, prompt);
+        self.turn_start = self.doc.blocks().len();
+        self.restart(messages, run, now);
+    }
+
+    /// Start (again) the current turn's request: output of the turn is dropped.
+    pub fn restart(&mut self, messages: Vec<Message>, run: (u64, usize), now: Instant) {
+        self.doc.truncate(self.turn_start);
+        self.answer_block = None;
+        self.thinking_block = None;
+        self.tool_blocks.clear();
+        self.answer.clear();
+        self.thinking.clear();
+        self.note = None;
+        self.serving = None;
+        self.stats = Stats {
+            sent_at: Some(now),
+            ..Default::default()
+        };
+        self.last_request = Some(messages);
+        self.run = Some(run);
+        self.state = PaneState::Waiting;
+    }
+
+    /// Add a note line to the transcript.
+    pub fn notice(&mut self, text: &str) {
+        self.doc.add(BlockKind::Notice, text);
+        self.turn_start = self.doc.blocks().len();
+    }
+
+    fn first_token(&mut self, now: Instant) {
+        if self.stats.first_at.is_none() {
+            self.stats.first_at = Some(now);
+        }
+        self.stats.last_at = Some(now);
+        if !matches!(self.state, PaneState::Streaming) {
+            self.state = PaneState::Streaming;
+        }
+    }
+
+    /// Fold one engine event into the pane.
+    pub fn apply(&mut self, ev: StreamEvent, now: Instant) {
+        match ev {
+            StreamEvent::Queued => self.state = PaneState::Queued,
+            StreamEvent::Started {
+                provider, model, ..
+            } => {
+                self.serving = Some((provider, model));
+                if !matches!(self.state, PaneState::Streaming) {
+                    self.state = PaneState::Waiting;
+                }
+            }
+            StreamEvent::TextDelta(t) => {
+                self.first_token(now);
+                let b = match self.answer_block {
+                    Some(b) => b,
+                    None => {
+                        let b = self.doc.add(BlockKind::Answer, "");
+                        self.answer_block = Some(b);
+                        b
+                    }
+                };
+                self.stats.approx_out += approx_tokens(&t);
+                self.answer.push_str(&t);
+                self.doc.append(b, &t);
+            }
+            StreamEvent::ThinkingDelta(t) => {
+                self.first_token(now);
+                let b = match self.thinking_block {
+                    Some(b) => b,
+                    None => {
+                        let b = self.doc.add(BlockKind::Thinking, "");
+                        self.thinking_block = Some(b);
+                        b
+                    }
+                };
+                self.stats.approx_out += approx_tokens(&t);
+                self.thinking.push_str(&t);
+                self.doc.append(b, &t);
+            }
+            StreamEvent::ToolCallDelta {
+                index,
+                name,
+                arguments,
+                ..
+            } => {
+                self.first_token(now);
+                let b = match self.tool_blocks.iter().find(|(i, _)| *i == index) {
+                    Some((_, b)) => *b,
+                    None => {
+                        let b = self.doc.add(BlockKind::Tool, "⚙ tool call ");
+                        self.tool_blocks.push((index, b));
+                        b
+                    }
+                };
+                if let Some(n) = name.filter(|n| !n.is_empty()) {
+                    self.doc.append(b, &format!("{n} "));
+                }
+                self.stats.approx_out += approx_tokens(&arguments);
+                self.doc.append(b, &arguments);
+            }
+            StreamEvent::Usage(u) => self.stats.usage = Some(u),
+            StreamEvent::Retrying {
+                attempt,
+                max_attempts,
+                wait,
+                reason,
+            } => {
+                self.state = PaneState::Retrying {
+                    attempt,
+                    max: max_attempts,
+                    at: now + wait,
+                    reason,
+                };
+            }
+            StreamEvent::FellBack { to, .. } => {
+                self.note = Some(format!("fell back to {to}"));
+                self.state = PaneState::Waiting;
+            }
+            StreamEvent::BreakerOpen { provider } => {
+                self.note = Some(format!("breaker open ({provider})"));
+            }
+            StreamEvent::Finished(c) => self.finish(*c, now),
+            StreamEvent::Failed(c) => self.finish(*c, now),
+        }
+    }
+
+    fn finish(&mut self, c: Completion, now: Instant) {
+        self.run = None;
+        if self.stats.last_at.is_none() {
+            self.stats.last_at = Some(now);
+        }
+        // Text the stream did not carry (a non-streamed or cached answer) still shows.
+        if self.answer.is_empty() && !c.text.is_empty() {
+            self.apply(StreamEvent::TextDelta(c.text.clone()), now);
+        }
+        if self.thinking.is_empty() && !c.thinking.is_empty() {
+            self.apply(StreamEvent::ThinkingDelta(c.thinking.clone()), now);
+        }
+        if let Some(from) = &c.fell_back_from {
+            if self.note.is_none() {
+                self.note = Some(format!("fell back from {from}"));
+            }
+        }
+        match &c.error {
+            None => {
+                self.state = if c.cached {
+                    PaneState::Cached
+                } else {
+                    PaneState::Done
+                };
+                if let Some(msgs) = self.last_request.clone() {
+                    let mut h = msgs;
+                    let mut m = Message::assistant(c.text.clone());
+                    m.tool_calls = c
+                        .tool_calls
+                        .iter()
+                        .map(|t| crate::engine::request::ToolCallRef {
+                            id: t.id.clone(),
+                            name: t.name.clone(),
+                            arguments: t.arguments_json(),
+                        })
+                        .collect();
+                    h.push(m);
+                    self.history = h;
+                }
+            }
+            Some(crate::engine::EngineError::Cancelled) => {
+                self.state = PaneState::Cancelled;
+                self.doc.add(BlockKind::Notice, "cancelled");
+            }
+            Some(e) => {
+                self.state = PaneState::Failed;
+                self.doc.add(BlockKind::Error, &format!("✗ {e}"));
+            }
+        }
+        self.doc.close_all();
+        self.stats.done = Some(c);
+    }
+
+    /// Cost so far and its mark; `quote` prices a usage where the engine has not yet.
+    pub fn cost(&self, quote: QuoteFn<'_>) -> (Option<f64>, CostSource) {
+        if let Some(c) = &self.stats.done {
+            return (c.cost_usd, c.cost_source);
+        }
+        let Some((p, m)) = &self.serving else {
+            return (None, CostSource::Unknown);
+        };
+        match &self.stats.usage {
+            Some(u) => quote(p, m, u, true),
+            None => {
+                let u = Usage {
+                    output_tokens: self.stats.approx_out,
+                    ..Default::default()
+                };
+                let (c, s) = quote(p, m, &u, false);
+                (
+                    c,
+                    if s == CostSource::Unknown {
+                        s
+                    } else {
+                        CostSource::Estimated
+                    },
+                )
+            }
+        }
+    }
+
+    /// Finish reason, once finished.
+    pub fn finish_reason(&self) -> Option<FinishReason> {
+        self.stats.done.as_ref().map(|c| c.finish_reason)
+    }
+
+    /// The answer text to copy or export (the final one when finished).
+    pub fn answer_text(&self) -> &str {
+        match &self.stats.done {
+            Some(c) if !c.text.is_empty() => &c.text,
+            _ => &self.answer,
+        }
+    }
+
+    /// Elapsed since sent, for display.
+    pub fn elapsed(&self, now: Instant) -> Duration {
+        self.stats
+            .sent_at
+            .map(|s| now.saturating_duration_since(s))
+            .unwrap_or_default()
+    }
+}

@@ -1,0 +1,884 @@
+//! Drawing: a pure function of the state. Nothing here mutates the app or
+//! does IO; every size comes from `layout`.
+
+use std::time::Instant;
+
+use ratatui::layout::{Alignment, Rect};
+use ratatui::style::{Modifier, Style};
+use ratatui::text::{Line, Span};
+use ratatui::widgets::{Block, BorderType, Clear, Paragraph, Wrap};
+use ratatui::Frame;
+use unicode_width::UnicodeWidthStr;
+
+use crate::engine::cost::format_usd;
+use crate::engine::CostSource;
+
+use super::app::{App, Confirm, Focus, HistoryView, LedgerRow, Overlay, Picker};
+use super::keys::{Action, ACTIONS};
+use super::layout::{self, pane_body};
+use super::pane::{Pane, PaneState};
+use super::theme::Theme;
+
+/// Draw the whole screen.
+pub fn render(app: &App, f: &mut Frame<'_>) {
+    let area = f.area();
+    if area.width == 0 || area.height == 0 {
+        return;
+    }
+    let areas = layout::areas(app, area);
+    let t = &app.theme;
+    f.render_widget(Block::new().style(t.base), area);
+    if areas.banner.height > 0 {
+        let lines: Vec<Line<'_>> = app
+            .banner
+            .iter()
+            .map(|b| Line::styled(format!(" {b}"), t.banner))
+            .collect();
+        f.render_widget(
+            Paragraph::new(lines)
+                .style(t.banner)
+                .wrap(Wrap { trim: false }),
+            areas.banner,
+        );
+    }
+    let history_open = matches!(&app.overlay, Overlay::History(h) if h.open.is_some());
+    if !history_open {
+        for (i, r) in areas.panes.iter().enumerate() {
+            if r.width == 0 || r.height == 0 {
+                continue;
+            }
+            let focused = app.focus == Focus::Pane(i);
+            draw_pane(f, app, &app.panes[i], *r, focused);
+        }
+        if app.panes.is_empty() && areas.panes_area.height > 0 {
+            let msg = format!(
+                "No targets. {} opens the target picker.",
+                app.keys.short(Action::Targets)
+            );
+            f.render_widget(
+                Paragraph::new(msg)
+                    .style(t.dim)
+                    .alignment(Alignment::Center),
+                areas.panes_area,
+            );
+        }
+        if areas.summary.height > 0 {
+            draw_summary(f, app, areas.summary);
+        }
+        if app.zoom.is_none() {
+            draw_editor(f, app, areas.editor);
+            draw_ledger(f, app, areas.ledger);
+        }
+    }
+    draw_status(f, app, areas.status);
+    match &app.overlay {
+        Overlay::None => {}
+        Overlay::Help => draw_help(f, app, area),
+        Overlay::Picker(p) => draw_picker(f, app, p, area),
+        Overlay::Confirm(c) => draw_confirm(f, app, c, area),
+        Overlay::History(h) => draw_history(f, app, h, areas.history_panes),
+        Overlay::Consensus => draw_consensus(f, app, area),
+    }
+}
+
+fn state_style(t: &Theme, s: &PaneState) -> Style {
+    match s {
+        PaneState::Idle => t.dim,
+        PaneState::Queued | PaneState::Waiting => t.dim,
+        PaneState::Streaming => t.active,
+        PaneState::Retrying { .. } => t.warn,
+        PaneState::Done | PaneState::Cached => t.ok,
+        PaneState::Failed => t.error,
+        PaneState::Cancelled => t.warn,
+    }
+}
+
+fn secs(ms: f64) -> String {
+    if ms < 10_000.0 {
+        format!("{:.2}s", ms / 1000.0)
+    } else {
+        format!("{:.1}s", ms / 1000.0)
+    }
+}
+
+/// The stats line of a pane.
+pub fn stats_line(app: &App, p: &Pane, now: Instant) -> Line<'static> {
+    let t = &app.theme;
+    if p.stats.sent_at.is_none() {
+        return Line::styled("—", t.dim);
+    }
+    let mut parts: Vec<Span<'static>> = Vec::new();
+    let sep = || Span::styled(" · ", t.dim);
+    if let Some(ttft) = p.stats.ttft_ms() {
+        parts.push(Span::styled(format!("TTFT {}", secs(ttft)), t.dim));
+    }
+    if let Some(tps) = p.stats.tokens_per_sec(now) {
+        if !parts.is_empty() {
+            parts.push(sep());
+        }
+        parts.push(Span::styled(format!("{tps:.0} tok/s"), t.dim));
+    }
+    let (n, exact) = p.stats.out_tokens();
+    if !parts.is_empty() {
+        parts.push(sep());
+    }
+    parts.push(Span::styled(
+        format!("{}{n} tok", if exact { "" } else { "~" }),
+        t.dim,
+    ));
+    let (cost, src) = p.cost(&|a, b, c, d| app.quote(a, b, c, d));
+    parts.push(sep());
+    let mark_style = match src {
+        CostSource::Unknown => t.warn,
+        CostSource::Estimated => t.warn,
+        _ => t.ok,
+    };
+    match cost {
+        // Unknown is "?", never $0, and needs no second mark.
+        None => parts.push(Span::styled("$?", mark_style)),
+        Some(_) => {
+            parts.push(Span::styled(format_usd(cost), t.text));
+            parts.push(Span::styled(format!(" {}", src.mark()), mark_style));
+        }
+    }
+    if let Some(l) = p.stats.latency_ms(now) {
+        parts.push(sep());
+        parts.push(Span::styled(secs(l), t.dim));
+    }
+    if let Some(fr) = p.finish_reason() {
+        parts.push(sep());
+        parts.push(Span::styled(fr.as_str().to_string(), t.dim));
+    }
+    Line::from(parts)
+}
+
+fn pane_title(app: &App, p: &Pane) -> Line<'static> {
+    let t = &app.theme;
+    // Shown panes go by their on-screen name (blind letters, repeat #k).
+    let name = app
+        .panes
+        .iter()
+        .position(|q| std::ptr::eq(q, p))
+        .map(|i| app.pane_name(i))
+        .unwrap_or_else(|| p.target.clone());
+    let mut spans = vec![
+        Span::styled(format!(" {name} "), t.title),
+        Span::styled("· ", t.dim),
+        Span::styled(
+            format!("{} ", p.state.label(app.now)),
+            state_style(t, &p.state),
+        ),
+    ];
+    // A routing note names models: not while blind.
+    if let Some(n) = p.note.as_ref().filter(|_| !app.blind_hidden()) {
+        spans.push(Span::styled(format!("· {n} "), t.warn));
+    }
+    if p.scroll.is_some() {
+        spans.push(Span::styled("· scrolled ", t.dim));
+    }
+    if p.read_only {
+        spans.push(Span::styled("· read-only ", t.dim));
+    }
+    Line::from(spans)
+}
+
+/// Draw one pane into `r`.
+pub fn draw_pane(f: &mut Frame<'_>, app: &App, p: &Pane, r: Rect, focused: bool) {
+    let t = &app.theme;
+    let block = Block::bordered()
+        .border_type(if focused {
+            BorderType::Thick
+        } else {
+            BorderType::Plain
+        })
+        .border_style(if focused { t.border_focused } else { t.border })
+        .title(pane_title(app, p));
+    let inner = block.inner(r);
+    f.render_widget(block, r);
+    if inner.height == 0 || inner.width == 0 {
+        return;
+    }
+    let stats = Rect { height: 1, ..inner };
+    f.render_widget(Paragraph::new(stats_line(app, p, app.now)), stats);
+    let body = pane_body(r);
+    if body.height == 0 || body.width == 0 {
+        return;
+    }
+    let h = body.height as usize;
+    let total = p.doc.total_lines(app.show_thinking);
+    let max_top = total.saturating_sub(h);
+    let top = p.scroll.map(|s| s.min(max_top)).unwrap_or(max_top);
+    let mut lines = p.doc.visible(top, h, app.show_thinking);
+    let nothing_yet = p.answer.is_empty() && p.thinking.is_empty();
+    if p.state.in_flight() && nothing_yet && lines.len() < h {
+        lines.push(Line::styled(format!("{}…", p.state.label(app.now)), t.dim));
+    } else if p.state == PaneState::Streaming && p.scroll.is_none() {
+        // A cursor where the text grows, when the last line has room for it.
+        if let Some(last) = lines.last_mut() {
+            if last.width() < body.width as usize {
+                last.spans.push(Span::styled("▌", t.active));
+            }
+        }
+    }
+    f.render_widget(Paragraph::new(lines).style(t.text), body);
+    if total > h {
+        // A one-cell position mark on the right border.
+        let pos = (top * h.saturating_sub(1))
+            .checked_div(max_top)
+            .unwrap_or(0);
+        let y = body.y + pos as u16;
+        let x = r.x + r.width.saturating_sub(1);
+        if let Some(cell) = f.buffer_mut().cell_mut((x, y)) {
+            cell.set_symbol("┃");
+            cell.set_style(if focused { t.border_focused } else { t.dim });
+        }
+    }
+}
+
+fn projection_text(app: &App) -> (String, String) {
+    let prompt = app.prompt_text();
+    if prompt.trim().is_empty() || app.panes.is_empty() {
+        return (String::new(), String::new());
+    }
+    match app.current_projection() {
+        Some(p) if !p.targets.is_empty() => {
+            let tok = p.targets.iter().map(|t| t.input_tokens).max().unwrap_or(0);
+            let exact = p.targets.iter().all(|t| t.input_exact);
+            (
+                format!("{}{tok} tok", if exact { "" } else { "~" }),
+                format!("next send {}", p.display()),
+            )
+        }
+        Some(_) => (String::new(), "next send ≤ ?".into()),
+        None => (
+            format!("~{} tok", crate::engine::tokens::quick_estimate(&prompt)),
+            "next send …".into(),
+        ),
+    }
+}
+
+fn draw_editor(f: &mut Frame<'_>, app: &App, r: Rect) {
+    if r.width == 0 || r.height == 0 {
+        return;
+    }
+    let t = &app.theme;
+    let focused = app.focus == Focus::Editor;
+    let (tok, cost) = projection_text(app);
+    let mut title = vec![Span::styled(" prompt ", t.title)];
+    if !tok.is_empty() {
+        title.push(Span::styled(format!("· {tok} "), t.dim));
+    }
+    if !cost.is_empty() {
+        title.push(Span::styled(format!("· {cost} "), t.dim));
+    }
+    let block = Block::bordered()
+        .border_type(if focused {
+            BorderType::Thick
+        } else {
+            BorderType::Plain
+        })
+        .border_style(if focused { t.border_focused } else { t.border })
+        .title(Line::from(title));
+    let inner = block.inner(r);
+    f.render_widget(block, r);
+    f.render_widget(&app.editor, inner);
+}
+
+fn fit(s: &str, w: usize) -> String {
+    if s.width() <= w {
+        return format!("{s:<w$}");
+    }
+    let mut out = String::new();
+    let mut used = 0;
+    for ch in s.chars() {
+        let cw = unicode_width::UnicodeWidthChar::width(ch).unwrap_or(0);
+        if used + cw + 1 > w {
+            break;
+        }
+        out.push(ch);
+        used += cw;
+    }
+    out.push('…');
+    used += 1;
+    out.push_str(&" ".repeat(w.saturating_sub(used)));
+    out
+}
+
+fn draw_ledger(f: &mut Frame<'_>, app: &App, r: Rect) {
+    if r.width == 0 || r.height == 0 {
+        return;
+    }
+    let t = &app.theme;
+    let rows = app.live_ledger();
+    let total: f64 = rows.iter().map(|r| r.cost_usd).sum();
+    let unknown = rows.iter().any(|r| r.unknown > 0);
+    let priced = rows.iter().any(|r| r.priced > 0);
+    let total_s = if unknown && !priced {
+        "$?".to_string()
+    } else if unknown {
+        format!("{} + ?", format_usd(Some(total)))
+    } else {
+        format_usd(Some(total))
+    };
+    let focused = app.focus == Focus::Ledger;
+    let block = Block::bordered()
+        .border_type(if focused {
+            BorderType::Thick
+        } else {
+            BorderType::Plain
+        })
+        .border_style(if focused { t.border_focused } else { t.border })
+        .title(Line::from(vec![
+            Span::styled(" ledger ", t.title),
+            Span::styled(
+                format!(
+                    "· session {total_s} · {} send{} ",
+                    app.sends,
+                    if app.sends == 1 { "" } else { "s" }
+                ),
+                t.dim,
+            ),
+        ]));
+    let inner = block.inner(r);
+    f.render_widget(block, r);
+    if inner.width == 0 || inner.height == 0 {
+        return;
+    }
+    let w = inner.width as usize;
+    // Columns: in out cached reas cost src req err; the narrow form drops cached and reas.
+    let wide = w >= 66;
+    let fixed = if wide {
+        7 + 7 + 7 + 6 + 10 + 2 + 4 + 4
+    } else {
+        7 + 7 + 10 + 2 + 4 + 4
+    };
+    let name_w = w.saturating_sub(fixed).max(6);
+    let header = if wide {
+        format!(
+            "{}{:>7}{:>7}{:>7}{:>6}{:>10}{:>2}{:>4}{:>4}",
+            fit("target", name_w),
+            "in",
+            "out",
+            "cached",
+            "reas",
+            "cost",
+            "",
+            "req",
+            "err"
+        )
+    } else {
+        format!(
+            "{}{:>7}{:>7}{:>10}{:>2}{:>4}{:>4}",
+            fit("target", name_w),
+            "in",
+            "out",
+            "cost",
+            "",
+            "req",
+            "err"
+        )
+    };
+    let mut lines = vec![Line::styled(header, t.dim.add_modifier(Modifier::BOLD))];
+    let n = |x: u64| -> String {
+        if x >= 10_000_000 {
+            format!("{}M", x / 1_000_000)
+        } else if x >= 100_000 {
+            format!("{}k", x / 1000)
+        } else {
+            x.to_string()
+        }
+    };
+    let mut shown: Vec<(&LedgerRow, bool)> = rows
+        .iter()
+        .skip(app.ledger_scroll)
+        .map(|r| (r, false))
+        .collect();
+    let total_row = (rows.len() > 1).then(|| {
+        let mut tot = LedgerRow {
+            target: "total".into(),
+            ..Default::default()
+        };
+        for r in &rows {
+            tot.requests += r.requests;
+            tot.errors += r.errors;
+            tot.usage.input_tokens += r.usage.input_tokens;
+            tot.usage.output_tokens += r.usage.output_tokens;
+            tot.usage.cached_input_tokens += r.usage.cached_input_tokens;
+            tot.usage.reasoning_tokens += r.usage.reasoning_tokens;
+            tot.cost_usd += r.cost_usd;
+            tot.unknown += r.unknown;
+            tot.priced += r.priced;
+            tot.estimated += r.estimated;
+        }
+        tot
+    });
+    if let Some(t) = &total_row {
+        shown.push((t, true));
+    }
+    for (row, is_total) in shown {
+        let all_unknown = row.unknown > 0 && row.priced == 0;
+        let cost = if all_unknown {
+            "$?".to_string()
+        } else if row.unknown > 0 {
+            format!("{}+?", format_usd(Some(row.cost_usd)))
+        } else {
+            format_usd(Some(row.cost_usd))
+        };
+        let shown_name = if is_total {
+            row.target.clone()
+        } else {
+            app.ledger_name(&row.target)
+        };
+        let text = if wide {
+            format!(
+                "{}{:>7}{:>7}{:>7}{:>6}{:>10}",
+                fit(&shown_name, name_w),
+                n(row.usage.input_tokens),
+                n(row.usage.output_tokens),
+                n(row.usage.cached_input_tokens),
+                n(row.usage.reasoning_tokens),
+                cost
+            )
+        } else {
+            format!(
+                "{}{:>7}{:>7}{:>10}",
+                fit(&shown_name, name_w),
+                n(row.usage.input_tokens),
+                n(row.usage.output_tokens),
+                cost
+            )
+        };
+        let mark_style = match row.mark() {
+            "✓" => t.ok,
+            _ => t.warn,
+        };
+        let err_style = if row.errors > 0 { t.error } else { t.text };
+        let text_style = if is_total {
+            t.text.add_modifier(Modifier::BOLD)
+        } else {
+            t.text
+        };
+        lines.push(Line::from(vec![
+            Span::styled(text, text_style),
+            Span::styled(
+                format!(" {}", if all_unknown { " " } else { row.mark() }),
+                mark_style,
+            ),
+            Span::styled(format!("{:>4}", row.requests), t.text),
+            Span::styled(format!("{:>4}", row.errors), err_style),
+        ]));
+    }
+    if rows.is_empty() {
+        lines.push(Line::styled("no requests yet", t.dim));
+    }
+    f.render_widget(Paragraph::new(lines), inner);
+}
+
+fn hints(app: &App) -> Vec<(String, &'static str)> {
+    let k = |a| app.keys.short(a);
+    match (&app.overlay, app.focus) {
+        (Overlay::History(h), _) if h.open.is_some() => vec![
+            (k(Action::Cancel), "back"),
+            (k(Action::FocusNext), "next pane"),
+            ("j/k".into(), "scroll"),
+            (k(Action::Copy), "copy"),
+        ],
+        (Overlay::History(_), _) => vec![
+            ("↑/↓".into(), "select"),
+            ("Enter".into(), "open read-only"),
+            ("Esc".into(), "close"),
+        ],
+        (Overlay::Consensus, _) => {
+            let mut v = vec![
+                ("←/→".into(), "tabs"),
+                ("j/k".into(), "scroll"),
+                ("[ ] { }".into(), "diff panes"),
+            ];
+            if app.blind_hidden() {
+                v.insert(0, ("Shift+letter".into(), "vote"));
+                v.insert(1, ("=".into(), "tie"));
+            }
+            v.push((k(Action::Judge), "judge"));
+            v.push(("Esc".into(), "close"));
+            v
+        }
+        (Overlay::Picker(_), _) => vec![
+            ("type".into(), "filter"),
+            ("Space/Enter".into(), "toggle"),
+            ("Esc".into(), "apply"),
+        ],
+        (_, Focus::Pane(_)) => vec![
+            (k(Action::CancelPane), "cancel"),
+            (k(Action::RetryPane), "retry"),
+            (k(Action::Zoom), "zoom"),
+            (k(Action::Copy), "copy"),
+            (k(Action::Continue), "continue"),
+            ("j/k".into(), "scroll"),
+            (k(Action::FocusNext), "focus"),
+            (k(Action::Help), "help"),
+            (k(Action::Consensus), "consensus"),
+            (k(Action::Diff), "diff"),
+            (k(Action::Judge), "judge"),
+            (k(Action::Blind), "blind"),
+            (k(Action::Repeat), "repeat"),
+        ],
+        _ => vec![
+            (k(Action::Send), "send"),
+            (k(Action::Newline), "newline"),
+            (k(Action::FocusNext), "focus"),
+            (k(Action::Targets), "targets"),
+            (k(Action::Cancel), "cancel"),
+            (k(Action::Help), "help"),
+            (k(Action::Quit), "quit"),
+            (k(Action::Rerun), "rerun"),
+            (k(Action::Export), "export"),
+            (k(Action::History), "history"),
+            (k(Action::Blind), "blind"),
+            (k(Action::Repeat), "repeat"),
+        ],
+    }
+}
+
+fn draw_status(f: &mut Frame<'_>, app: &App, r: Rect) {
+    if r.width == 0 || r.height == 0 {
+        return;
+    }
+    let t = &app.theme;
+    let (_, proj) = projection_text(app);
+    let mut next = Vec::new();
+    if app.cons.blind_next {
+        next.push("blind".to_string());
+    }
+    if app.cons.next_repeat() > 1 {
+        next.push(format!("×{}", app.cons.next_repeat()));
+    }
+    let proj = match (next.is_empty(), proj.is_empty()) {
+        (true, _) => proj,
+        (false, true) => format!("next: {}", next.join(" ")),
+        (false, false) => format!("next: {} · {proj}", next.join(" ")),
+    };
+    let right = if app.budget_set && !proj.is_empty() {
+        format!("{proj} · budget on ")
+    } else if proj.is_empty() {
+        String::new()
+    } else {
+        format!("{proj} ")
+    };
+    let avail = (r.width as usize).saturating_sub(right.width() + 1);
+    let mut spans: Vec<Span<'static>> = vec![Span::raw(" ")];
+    let mut used = 1usize;
+    if let Some(msg) = app.flash() {
+        spans.push(Span::styled(
+            fit(msg, avail.saturating_sub(1)).trim_end().to_string(),
+            t.warn,
+        ));
+    } else {
+        for (i, (key, what)) in hints(app).into_iter().enumerate() {
+            let piece_w = key.width() + 1 + what.width() + if i > 0 { 3 } else { 0 };
+            if used + piece_w > avail {
+                break;
+            }
+            if i > 0 {
+                spans.push(Span::styled(" · ", t.dim));
+            }
+            spans.push(Span::styled(key, t.key));
+            spans.push(Span::styled(format!(" {what}"), t.status));
+            used += piece_w;
+        }
+    }
+    f.render_widget(Paragraph::new(Line::from(spans)).style(t.status), r);
+    if !right.is_empty() && (right.width() as u16) < r.width {
+        let w = right.width() as u16;
+        let rr = Rect {
+            x: r.x + r.width - w,
+            width: w,
+            ..r
+        };
+        f.render_widget(Paragraph::new(Span::styled(right, t.status)), rr);
+    }
+}
+
+fn centered(area: Rect, w: u16, h: u16) -> Rect {
+    let w = w.min(area.width);
+    let h = h.min(area.height);
+    Rect {
+        x: area.x + (area.width - w) / 2,
+        y: area.y + (area.height - h) / 2,
+        width: w,
+        height: h,
+    }
+}
+
+fn overlay_block<'a>(t: &Theme, title: &'a str) -> Block<'a> {
+    Block::bordered()
+        .border_type(BorderType::Rounded)
+        .border_style(t.border_focused)
+        .title(Span::styled(format!(" {title} "), t.title))
+        .style(t.base)
+}
+
+fn draw_help(f: &mut Frame<'_>, app: &App, area: Rect) {
+    let t = &app.theme;
+    let mut lines: Vec<Line<'_>> = Vec::new();
+    let kw = ACTIONS
+        .iter()
+        .map(|(a, _, _)| app.keys.label(*a).width())
+        .max()
+        .unwrap_or(10)
+        .min(24);
+    for (a, _, what) in ACTIONS {
+        lines.push(Line::from(vec![
+            Span::styled(fit(&app.keys.label(*a), kw), t.key),
+            Span::raw("  "),
+            Span::styled(*what, t.text),
+        ]));
+    }
+    lines.push(Line::default());
+    lines.push(Line::styled(
+        "↑/↓ in an empty editor: prompt history · mouse wheel scrolls the pane under it",
+        t.dim,
+    ));
+    lines.push(Line::styled(
+        "Keys are set in [keys] of the config file (see config.example.toml).",
+        t.dim,
+    ));
+    lines.push(Line::styled("Any key closes this help.", t.dim));
+    let h = lines.len() as u16 + 2;
+    let r = centered(area, 84, h);
+    f.render_widget(Clear, r);
+    f.render_widget(
+        Paragraph::new(lines)
+            .block(overlay_block(t, "keys"))
+            .wrap(Wrap { trim: false }),
+        r,
+    );
+}
+
+fn draw_picker(f: &mut Frame<'_>, app: &App, p: &Picker, area: Rect) {
+    let t = &app.theme;
+    let r = centered(area, 64, area.height.saturating_sub(4).clamp(3, 24));
+    f.render_widget(Clear, r);
+    let block = overlay_block(t, "targets");
+    let inner = block.inner(r);
+    f.render_widget(block, r);
+    if inner.height == 0 {
+        return;
+    }
+    let on = p.items.iter().filter(|(_, on)| *on).count();
+    let mut lines = vec![Line::from(vec![
+        Span::styled("filter › ", t.dim),
+        Span::styled(p.filter.clone(), t.text),
+        Span::styled("█", t.dim),
+        Span::styled(format!("   {on} on"), t.dim),
+    ])];
+    let list = p.filtered();
+    let room = (inner.height as usize).saturating_sub(1);
+    let start = p.cursor.saturating_sub(room.saturating_sub(1));
+    for (row, &i) in list.iter().enumerate().skip(start).take(room) {
+        let (name, sel) = &p.items[i];
+        let mark = if *sel { "[x] " } else { "[ ] " };
+        let style = if row == p.cursor { t.selection } else { t.text };
+        lines.push(Line::from(vec![
+            Span::styled(mark, if *sel { t.ok } else { t.dim }),
+            Span::styled(name.clone(), style),
+        ]));
+    }
+    if list.is_empty() {
+        lines.push(Line::styled("no match · Enter adds it as typed", t.dim));
+    }
+    f.render_widget(Paragraph::new(lines), inner);
+}
+
+fn draw_confirm(f: &mut Frame<'_>, app: &App, c: &Confirm, area: Rect) {
+    let t = &app.theme;
+    let (title, msg) = match c {
+        Confirm::Quit => (
+            "quit?",
+            "Runs are in flight. Quit and cancel them?".to_string(),
+        ),
+        Confirm::Budget(why) => ("budget", format!("{why}\n\nSend anyway?")),
+    };
+    let r = centered(area, 60, 9);
+    f.render_widget(Clear, r);
+    let lines = vec![
+        Line::styled(msg, t.text),
+        Line::default(),
+        Line::from(vec![
+            Span::styled("y", t.key),
+            Span::styled(" yes  ", t.text),
+            Span::styled("n", t.key),
+            Span::styled(" no", t.text),
+        ]),
+    ];
+    let text: Vec<Line<'_>> = lines
+        .into_iter()
+        .flat_map(|l| {
+            if l.spans.len() == 1 && l.spans[0].content.contains('\n') {
+                let style = l.spans[0].style;
+                l.spans[0]
+                    .content
+                    .split('\n')
+                    .map(|s| Line::styled(s.to_string(), style))
+                    .collect::<Vec<_>>()
+            } else {
+                vec![l]
+            }
+        })
+        .collect();
+    f.render_widget(
+        Paragraph::new(text)
+            .block(overlay_block(t, title))
+            .wrap(Wrap { trim: true }),
+        r,
+    );
+}
+
+fn draw_history(f: &mut Frame<'_>, app: &App, h: &HistoryView, area: Rect) {
+    let t = &app.theme;
+    if area.width == 0 || area.height == 0 {
+        return;
+    }
+    f.render_widget(Clear, area);
+    if let Some(panes) = &h.open {
+        let rects = layout::grid(area, panes.len());
+        for (i, (p, r)) in panes.iter().zip(rects).enumerate() {
+            draw_pane(f, app, p, r, i == h.focus);
+        }
+        if panes.is_empty() {
+            f.render_widget(
+                Paragraph::new("this run has no requests").style(t.dim),
+                area,
+            );
+        }
+        return;
+    }
+    let block = overlay_block(t, "history · past runs from the ledger");
+    let inner = block.inner(area);
+    f.render_widget(block, area);
+    let mut lines = Vec::new();
+    match &h.runs {
+        None => lines.push(Line::styled("loading…", t.dim)),
+        Some(runs) if runs.is_empty() => {
+            lines.push(Line::styled(
+                h.error
+                    .clone()
+                    .unwrap_or_else(|| "no runs recorded yet".into()),
+                t.dim,
+            ));
+        }
+        Some(runs) => {
+            let room = inner.height as usize;
+            let start = h.selected.saturating_sub(room.saturating_sub(1));
+            for (i, run) in runs.iter().enumerate().skip(start).take(room) {
+                let cost: f64 = run.rows.iter().filter_map(|r| r.cost_usd).sum();
+                let unknown = run.rows.iter().any(|r| r.cost_usd.is_none());
+                let failed = run.rows.iter().filter(|r| r.status != "ok").count();
+                let when: String = run
+                    .created_at
+                    .chars()
+                    .take(19)
+                    .collect::<String>()
+                    .replace('T', " ");
+                let prompt = run
+                    .prompt
+                    .clone()
+                    .or_else(|| run.rows.iter().find_map(|r| r.prompt.clone()))
+                    .unwrap_or_else(|| "(prompt not stored)".into());
+                let first = prompt.lines().next().unwrap_or("").to_string();
+                let cost_s = format!(
+                    "{}{}",
+                    format_usd(Some(cost)),
+                    if unknown { "+?" } else { "" }
+                );
+                let n = run.rows.len();
+                let what = format!(
+                    "{n} target{}{}",
+                    if n == 1 { "" } else { "s" },
+                    if failed > 0 {
+                        format!(", {failed} failed")
+                    } else {
+                        String::new()
+                    }
+                );
+                let meta = format!("{when}  {cost_s:>10}  {what:<22}  ");
+                let style = if i == h.selected { t.selection } else { t.text };
+                let w = inner.width as usize;
+                let rest = w.saturating_sub(meta.width());
+                lines.push(Line::from(vec![
+                    Span::styled(meta, if i == h.selected { t.selection } else { t.dim }),
+                    Span::styled(fit(&first, rest), style),
+                ]));
+            }
+        }
+    }
+    f.render_widget(Paragraph::new(lines), inner);
+}
+
+/// The consensus view over the panes' report.
+fn draw_consensus(f: &mut Frame<'_>, app: &App, area: Rect) {
+    use super::consensus::ConsensusView;
+    let t = &app.theme;
+    // Room for the heat map of every pane, or the diff, without covering the whole screen.
+    let rows = (app.cons.report.as_ref().map_or(0, |r| r.len()) as u16).saturating_add(14);
+    let r = centered(
+        area,
+        area.width.saturating_sub(4).min(110),
+        area.height.saturating_sub(2).min(rows.max(20)),
+    );
+    if r.width == 0 || r.height == 0 {
+        return;
+    }
+    let k = |a| app.keys.short(a);
+    let title = format!(
+        " consensus · ←/→ tabs · {} judge · Esc close ",
+        k(Action::Judge)
+    );
+    let block = Block::bordered()
+        .border_type(BorderType::Rounded)
+        .border_style(t.border_focused)
+        .title(Span::styled(title, t.title))
+        .style(t.base);
+    f.render_widget(Clear, r);
+    let c = &app.cons;
+    let mut state = c.view.borrow_mut();
+    let view = match &c.report {
+        Some(rep) => ConsensusView::new(rep),
+        None => ConsensusView::empty(),
+    };
+    f.render_stateful_widget(
+        view.blind(c.blind.as_ref())
+            .leaderboard(c.board.as_ref())
+            .styles(&c.styles)
+            .block(block),
+        r,
+        &mut state,
+    );
+}
+
+/// The bar under the panes: waiting while answers stream, then the verdict.
+fn draw_summary(f: &mut Frame<'_>, app: &App, r: Rect) {
+    use super::consensus::SummaryLine;
+    let st = &app.cons.styles;
+    let (done, total) = app.answer_progress();
+    let line = match (&app.cons.report, done == total) {
+        (Some(rep), true) => SummaryLine::new(&rep.consensus).styles(st).line(),
+        _ => SummaryLine::waiting(done, total).styles(st).line(),
+    };
+    let mut spans = vec![Span::raw(" ")];
+    spans.extend(line.spans);
+    let mut extra = Vec::new();
+    if app.blind_hidden() {
+        extra.push("blind: vote in the consensus view".to_string());
+    }
+    if let Some(rp) = &app.cons.repeat {
+        extra.push(format!("{} runs each", rp.n));
+    }
+    if done == total {
+        extra.push(format!("{} details", app.keys.short(Action::Consensus)));
+    }
+    for e in extra {
+        spans.push(Span::styled(" · ", st.dim));
+        spans.push(Span::styled(e, st.dim));
+    }
+    f.render_widget(Paragraph::new(Line::from(spans)).style(app.theme.base), r);
+}

@@ -1,0 +1,377 @@
+//! End to end: the real `quorum` binary in a real terminal (tmux), offline
+//! with the mock models. Type a prompt, send it, watch every pane answer and
+//! the ledger count tokens, quit, and find the terminal restored.
+
+use std::path::Path;
+use std::process::{Command, Output};
+use std::time::{Duration, Instant};
+
+struct Tmux {
+    socket: String,
+}
+
+impl Tmux {
+    fn cmd(&self, args: &[&str]) -> Output {
+        Command::new("tmux")
+            .arg("-L")
+            .arg(&self.socket)
+            .args(args)
+            .output()
+            .expect("run tmux")
+    }
+
+    fn screen(&self) -> String {
+        String::from_utf8_lossy(&self.cmd(&["capture-pane", "-p", "-t", "q"]).stdout).into_owned()
+    }
+
+    fn keys(&self, keys: &[&str]) {
+        let mut args = vec!["send-keys", "-t", "q"];
+        args.extend_from_slice(keys);
+        assert!(self.cmd(&args).status.success());
+    }
+
+    fn literal(&self, text: &str) {
+        assert!(self
+            .cmd(&["send-keys", "-t", "q", "-l", text])
+            .status
+            .success());
+    }
+
+    /// Poll the screen until `ok` holds; panics with the screen after `secs`.
+    fn wait_for(&self, what: &str, secs: u64, ok: impl Fn(&str) -> bool) -> String {
+        let deadline = Instant::now() + Duration::from_secs(secs);
+        loop {
+            let s = self.screen();
+            if ok(&s) {
+                return s;
+            }
+            if Instant::now() > deadline {
+                panic!("timed out waiting for {what}; screen:\n{s}");
+            }
+            std::thread::sleep(Duration::from_millis(40));
+        }
+    }
+}
+
+impl Drop for Tmux {
+    fn drop(&mut self) {
+        let _ = self.cmd(&["kill-server"]);
+    }
+}
+
+fn have_tmux() -> bool {
+    Command::new("tmux")
+        .arg("-V")
+        .output()
+        .is_ok_and(|o| o.status.success())
+}
+
+/// The ledger row of `target`: (in, out, requests, errors), if on screen.
+fn ledger_row(screen: &str, target: &str) -> Option<(u64, u64, u64, u64)> {
+    for line in screen.lines() {
+        let Some(at) = line.rfind(&format!("│{target} ")) else {
+            continue;
+        };
+        let rest: Vec<&str> = line[at + target.len() + 3..]
+            .trim_end_matches('│')
+            .split_whitespace()
+            .collect();
+        // in out cached reas cost mark req err
+        if rest.len() >= 8 {
+            let n = |s: &str| s.parse::<u64>().ok();
+            return Some((n(rest[0])?, n(rest[1])?, n(rest[6])?, n(rest[7])?));
+        }
+    }
+    None
+}
+
+fn write_script(dir: &Path, extra_env: &str) -> std::path::PathBuf {
+    let bin = env!("CARGO_BIN_EXE_quorum");
+    let d = dir.display();
+    let path = std::env::var("PATH").unwrap_or_else(|_| "/usr/bin:/bin".into());
+    let script = format!(
+        "#!/bin/sh\n\
+         cd '{d}'\n\
+         env -i PATH='{path}' HOME='{d}' TERM=xterm-256color LANG=C.UTF-8 \
+         QUORUM_DATA_DIR='{d}/data' QUORUM_CONFIG='{d}/config.toml' QUORUM_MOCK_TPS=5000 {extra_env} '{bin}'\n\
+         echo \"QUORUM-EXIT-$?\"\n\
+         if stty -a | tr ' ;' '\\n\\n' | grep -qx icanon; then echo TTY-RESTORED; else echo TTY-RAW; fi\n\
+         exec sleep 120\n"
+    );
+    let p = dir.join("run.sh");
+    std::fs::write(&p, script).unwrap();
+    p
+}
+
+fn start(script: &Path, name: &str) -> Tmux {
+    let nanos = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .subsec_nanos();
+    let t = Tmux {
+        socket: format!("quorum-e2e-{name}-{}-{nanos}", std::process::id()),
+    };
+    let out = t.cmd(&[
+        "new-session",
+        "-d",
+        "-s",
+        "q",
+        "-x",
+        "160",
+        "-y",
+        "45",
+        "sh",
+        script.to_str().unwrap(),
+    ]);
+    assert!(
+        out.status.success(),
+        "tmux: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    t
+}
+
+#[test]
+fn a_panic_restores_the_terminal() {
+    if !have_tmux() {
+        eprintln!("SKIP: tmux is not installed; the TUI end-to-end test needs it");
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let script = write_script(dir.path(), "QUORUM_TUI_TEST_PANIC=1");
+    let t = start(&script, "panic");
+    let after = t.wait_for("quorum to exit", 20, |s| {
+        s.contains("QUORUM-EXIT-") && s.contains("TTY-")
+    });
+    assert!(after.contains("QUORUM-EXIT-101"), "{after}");
+    assert!(after.contains("panicking after the first frame"), "{after}");
+    assert!(after.contains("TTY-RESTORED"), "{after}");
+    assert!(
+        !after.contains("ledger ·"),
+        "alternate screen not left:\n{after}"
+    );
+}
+
+#[test]
+fn workbench_streams_every_pane_and_restores_the_terminal() {
+    if !have_tmux() {
+        eprintln!("SKIP: tmux is not installed; the TUI end-to-end test needs it");
+        return;
+    }
+    // Setup
+    let dir = tempfile::tempdir().unwrap();
+    let script = write_script(dir.path(), "");
+    let nanos = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .subsec_nanos();
+    let t = Tmux {
+        socket: format!("quorum-e2e-{}-{nanos}", std::process::id()),
+    };
+    let out = t.cmd(&[
+        "new-session",
+        "-d",
+        "-s",
+        "q",
+        "-x",
+        "160",
+        "-y",
+        "45",
+        "sh",
+        script.to_str().unwrap(),
+    ]);
+    assert!(
+        out.status.success(),
+        "tmux: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+
+    // Exec: the first screen, offline.
+    let first = t.wait_for("the first frame", 20, |s| {
+        s.contains("mock/alpha · ready") && s.contains("mock/thinker · ready")
+    });
+    assert!(first.contains("offline: no API key found"), "{first}");
+    assert!(first.contains("ledger"), "{first}");
+
+    t.literal("What is 2+2?");
+    t.wait_for("the prompt in the editor", 10, |s| {
+        s.contains("What is 2+2?") && s.contains("next send ≤ $0")
+    });
+    t.keys(&["Enter"]);
+
+    // Check: every pane answers, the ledger counts tokens.
+    let done = t.wait_for("every pane done", 20, |s| {
+        ["mock/alpha", "mock/beta", "mock/thinker"]
+            .iter()
+            .all(|m| s.contains(&format!("{m} · done")))
+            && ["mock/alpha", "mock/beta", "mock/thinker"]
+                .iter()
+                .all(|m| ledger_row(s, m).is_some_and(|(i, o, r, _)| i > 0 && o > 0 && r == 1))
+    });
+    assert!(done.contains("› What is 2+2?"), "{done}");
+    assert!(done.contains("4"), "{done}");
+    assert!(done.contains("▸ thinking"), "{done}");
+    assert!(done.contains("· 1 send"), "{done}");
+
+    // Resize the terminal: the panes re-flow (a grid when narrow) and nothing breaks.
+    assert!(t
+        .cmd(&["resize-window", "-t", "q", "-x", "70", "-y", "30"])
+        .status
+        .success());
+    t.wait_for("the narrow layout", 10, |s| {
+        s.lines().next().is_some_and(|l| l.chars().count() <= 70)
+            && s.contains("mock/thinker · done")
+            && s.lines()
+                .any(|l| l.contains("mock/alpha · done") && !l.contains("mock/thinker"))
+    });
+    assert!(t
+        .cmd(&["resize-window", "-t", "q", "-x", "160", "-y", "45"])
+        .status
+        .success());
+    t.wait_for("the wide layout again", 10, |s| {
+        s.lines()
+            .any(|l| l.contains("mock/alpha · done") && l.contains("mock/thinker · done"))
+    });
+
+    // Quit; the shell after quorum sees a restored terminal.
+    t.keys(&["C-q"]);
+    let after = t.wait_for("quorum to exit", 10, |s| {
+        s.contains("QUORUM-EXIT-") && s.contains("TTY-")
+    });
+    assert!(after.contains("QUORUM-EXIT-0"), "{after}");
+    assert!(after.contains("TTY-RESTORED"), "{after}");
+    assert!(
+        !after.contains("ledger ·"),
+        "alternate screen not left:\n{after}"
+    );
+    let log = std::fs::read_to_string(dir.path().join("data/quorum-tui.log")).unwrap_or_default();
+    assert!(log.contains("first frame after"), "log: {log}");
+}
+
+#[test]
+fn without_a_terminal_the_workbench_says_so_and_exits_2() {
+    let dir = tempfile::tempdir().unwrap();
+    let out = Command::new(env!("CARGO_BIN_EXE_quorum"))
+        .env_clear()
+        .env("PATH", std::env::var("PATH").unwrap_or_default())
+        .env("HOME", dir.path())
+        .env("QUORUM_DATA_DIR", dir.path().join("data"))
+        .env("QUORUM_CONFIG", dir.path().join("config.toml"))
+        .stdin(std::process::Stdio::null())
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(2));
+    assert!(out.stdout.is_empty());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("needs a terminal"), "{err}");
+}
+
+#[test]
+fn consensus_view_opens_after_the_mock_answers() {
+    if !have_tmux() {
+        eprintln!("SKIP: tmux is not installed; the TUI end-to-end test needs it");
+        return;
+    }
+    // Setup: three mocks, one of which dissents.
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(
+        dir.path().join("config.toml"),
+        "compare_targets = [\"mock/alpha\", \"mock/beta\", \"mock/contrarian\"]\n",
+    )
+    .unwrap();
+    let script = write_script(dir.path(), "");
+    let t = start(&script, "consensus");
+    t.wait_for("the first frame", 20, |s| {
+        s.contains("mock/alpha · ready") && s.contains("mock/contrarian · ready")
+    });
+
+    // Exec: ask a closed question, wait for every answer.
+    t.literal("What is 2+2? Answer with one number.");
+    t.wait_for("the prompt in the editor", 10, |s| {
+        s.contains("Answer with one number.")
+    });
+    t.keys(&["Enter"]);
+    let done = t.wait_for("every pane done and the summary bar", 20, |s| {
+        ["mock/alpha", "mock/beta", "mock/contrarian"]
+            .iter()
+            .all(|m| s.contains(&format!("{m} · done")))
+            && s.contains("consensus · 2 of 3 finished agree on \"4\"")
+    });
+    assert!(done.contains("agreement"), "{done}");
+
+    // Check: `v` on a pane opens the consensus view with the agreement line.
+    t.keys(&["Tab"]);
+    t.keys(&["v"]);
+    let view = t.wait_for("the consensus view", 10, |s| {
+        s.contains("1 matrix") && s.contains("2 clusters")
+    });
+    assert!(view.contains("agreement"), "{view}");
+    assert!(view.contains("mock/contrarian"), "{view}");
+    t.keys(&["2"]);
+    t.wait_for("the clusters tab", 10, |s| {
+        s.contains("dissent") && s.contains("mock/contrarian said")
+    });
+    t.keys(&["Escape"]);
+    t.wait_for("the view closed", 10, |s| !s.contains("1 matrix"));
+    t.keys(&["C-q"]);
+    let after = t.wait_for("quorum to exit", 10, |s| {
+        s.contains("QUORUM-EXIT-") && s.contains("TTY-")
+    });
+    assert!(after.contains("QUORUM-EXIT-0"), "{after}");
+}
+
+#[test]
+fn blind_vote_and_judge_end_to_end() {
+    if !have_tmux() {
+        eprintln!("SKIP: tmux is not installed; the TUI end-to-end test needs it");
+        return;
+    }
+    // Setup: two mocks that agree, a tag for the vote.
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(
+        dir.path().join("config.toml"),
+        "compare_targets = [\"mock/alpha\", \"mock/beta\"]\nvote_tag = \"e2e\"\njudge_model = \"mock/gamma\"\n",
+    )
+    .unwrap();
+    let script = write_script(dir.path(), "");
+    let t = start(&script, "blind");
+    t.wait_for("the first frame", 20, |s| s.contains("mock/beta · ready"));
+
+    // Exec: blind mode, send, vote for Answer A.
+    t.keys(&["C-b"]);
+    t.wait_for("blind mode on", 10, |s| s.contains("next: blind"));
+    t.literal("What is 2+2? Answer with one number.");
+    t.keys(&["Enter"]);
+    let blind = t.wait_for("both answers, blind", 20, |s| {
+        s.contains("Answer A · done") && s.contains("Answer B · done")
+    });
+    assert!(!blind.contains("mock/alpha · done"), "{blind}");
+    t.keys(&["Tab"]);
+    t.keys(&["v"]);
+    t.wait_for("the blind view", 10, |s| s.contains("names hidden"));
+    t.keys(&["A"]);
+    t.wait_for("names revealed", 10, |s| {
+        s.contains("names revealed") && s.contains("mock/alpha · done")
+    });
+    // The judge: its request is counted in the ledger.
+    t.keys(&["J"]);
+    t.wait_for("the judge's row in the ledger", 20, |s| {
+        s.contains("judge mock/gamma") && !s.contains("judging…")
+    });
+    // The quit key works from the overlay (no Esc first: Esc then Ctrl+Q can read as Alt+Ctrl+Q).
+    t.keys(&["C-q"]);
+    t.wait_for("quorum to exit", 10, |s| s.contains("QUORUM-EXIT-0"));
+
+    // Check: the vote is in the SQLite ledger, with its run and tag.
+    let ledger = llm_quorum::engine::ledger::SqliteLedger::open_in(
+        &dir.path().join("data"),
+        Default::default(),
+    )
+    .unwrap();
+    let votes = ledger.votes().unwrap();
+    assert_eq!(votes.len(), 1, "{votes:?}");
+    assert_eq!(votes[0].tag.as_deref(), Some("e2e"));
+    assert!(votes[0].run_id.is_some());
+    assert_eq!(votes[0].targets.len(), 2);
+    assert!(votes[0].winner.is_some());
+}
