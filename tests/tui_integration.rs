@@ -628,3 +628,27 @@ fn a_closed_run_updates_the_summary() {
     assert!(s.contains("consensus · "), "{s}");
     assert!(!s.contains("waiting"), "{s}");
 }
+
+// ----- discovery -------------------------------------------------------------
+
+#[test]
+fn discovered_targets_join_the_picker_even_while_it_is_open() {
+    let mut app = app_with(&["mock/alpha"], (120, 40));
+    app.update(ctrl('p'));
+    assert!(matches!(app.overlay, Overlay::Picker(_)));
+    app.update(Msg::Discovered(vec![
+        "ollama/llama3.2:3b".into(),
+        "mock/alpha".into(),
+    ]));
+    let Overlay::Picker(p) = &app.overlay else {
+        panic!("the picker stays open")
+    };
+    let listed: Vec<&str> = p.items.iter().map(|(t, _)| t.as_str()).collect();
+    assert_eq!(
+        listed.iter().filter(|t| **t == "mock/alpha").count(),
+        1,
+        "no duplicates: {listed:?}"
+    );
+    assert!(listed.contains(&"ollama/llama3.2:3b"), "{listed:?}");
+    assert!(app.available.contains(&"ollama/llama3.2:3b".to_string()));
+}

@@ -12,7 +12,6 @@ use super::{EXIT_OK, EXIT_USAGE};
 use crate::app::{self, GlobalFlags};
 use crate::config::Config;
 use crate::engine::discovery::{discover_all, Discovery};
-use crate::engine::provider::{ProviderKind, ProviderSpec};
 use crate::engine::registry::{has_key, Capabilities, EnvFn};
 use crate::engine::Engine;
 use std::time::Duration;
@@ -258,16 +257,6 @@ pub fn merge_discovered(l: &mut Listing, engine: &Engine, found: Vec<Discovery>)
     }
 }
 
-/// Providers worth asking for their models: those with a key, plus Ollama (local, keyless).
-pub fn discoverable(engine: &Engine) -> Vec<ProviderSpec> {
-    engine
-        .registry()
-        .providers()
-        .filter(|s| s.kind != ProviderKind::Mock && (has_key(s) || !s.kind.needs_key()))
-        .map(|s| ProviderSpec::clone(s))
-        .collect()
-}
-
 fn tokens(n: Option<u64>) -> String {
     match n {
         None => "-".into(),
@@ -389,7 +378,7 @@ pub fn run(flags: &GlobalFlags, args: ModelsArgs) -> i32 {
     };
     let mut l = listing(&engine, &settings.config, &|k| std::env::var(k).ok());
     if args.discover {
-        let specs = discoverable(&engine);
+        let specs = crate::engine::discovery::discoverable(engine.registry());
         let found = super::runtime().block_on(discover_all(specs, Duration::from_secs(5)));
         merge_discovered(&mut l, &engine, found);
     }

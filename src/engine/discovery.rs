@@ -81,6 +81,17 @@ fn list_request(
     Ok(Some((url, headers)))
 }
 
+/// Providers worth asking for their models: those with a key, plus the keyless
+/// ones (a local Ollama). Not the mock, whose models are always listed.
+pub fn discoverable(reg: &super::registry::Registry) -> Vec<ProviderSpec> {
+    reg.providers()
+        .filter(|s| {
+            s.kind != ProviderKind::Mock && (super::registry::has_key(s) || !s.kind.needs_key())
+        })
+        .map(|s| ProviderSpec::clone(s))
+        .collect()
+}
+
 /// List the models of one provider, giving up after `timeout`.
 pub async fn list_models(
     client: &reqwest::Client,

@@ -465,6 +465,19 @@ impl App {
                 Ok(rows) => self.on_votes(Ok(rows)),
                 Err(e) => self.set_flash(format!("the vote was not stored: {e}")),
             },
+            Msg::Discovered(found) => {
+                for t in found {
+                    if !self.available.contains(&t) {
+                        if let Overlay::Picker(p) = &mut self.overlay {
+                            if !p.items.iter().any(|(x, _)| *x == t) {
+                                p.items.push((t.clone(), false));
+                            }
+                        }
+                        self.available.push(t);
+                    }
+                }
+                self.available.sort();
+            }
             Msg::PromptHistory(mut old) => {
                 old.reverse();
                 old.retain(|p| !self.prompt_history.contains(p));

@@ -263,6 +263,25 @@ impl EngineEffects {
         // Parse the price table now, off the first frame, so live costs never wait for it.
         let pricing = engine.pricing().clone();
         tokio::task::spawn_blocking(move || pricing.warm());
+        // Ask a local Ollama and every provider with a key which models they offer, off
+        // the first frame and with a short timeout: the picker offers what answers.
+        if std::env::var_os("QUORUM_NO_DISCOVERY").is_none() {
+            let specs = crate::engine::discovery::discoverable(engine.registry());
+            let (reg, tx4) = (engine.clone(), tx.clone());
+            tokio::spawn(async move {
+                let found =
+                    crate::engine::discovery::discover_all(specs, Duration::from_secs(3)).await;
+                let targets: Vec<String> = found
+                    .into_iter()
+                    .filter_map(|d| d.models.ok().map(|m| (d.provider, m)))
+                    .flat_map(|(p, ms)| ms.into_iter().map(move |m| format!("{p}/{}", m.name)))
+                    .filter(|t| reg.registry().is_allowed(t))
+                    .collect();
+                if !targets.is_empty() {
+                    let _ = tx4.send(Msg::Discovered(targets)).await;
+                }
+            });
+        }
         EngineEffects {
             engine,
             ledger: settings.ledger.clone(),

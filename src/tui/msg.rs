@@ -69,6 +69,9 @@ pub enum Msg {
     Judged(Result<Box<JudgeOutcome>, String>),
     /// Prompts of earlier sessions, newest first.
     PromptHistory(Vec<String>),
+    /// Targets the providers listed themselves (a local Ollama's models, the
+    /// lists of providers with a key), for the picker.
+    Discovered(Vec<String>),
     /// Time passed (countdowns, rates).
     Tick,
     /// Quit now (a signal): cancel what is in flight.
