@@ -28,24 +28,65 @@ pub enum BlockKind {
     Notice,
 }
 
-#[derive(Debug, Clone, Copy)]
-struct Cell {
-    ch: char,
-    w: u8,
-    style: Style,
-}
-
-/// Greedy word wrapper fed one character at a time.
+/// Greedy word wrapper fed one character at a time. The line being filled is
+/// kept as text plus style runs, so pushing a character is a byte copy.
 #[derive(Debug, Clone)]
 pub struct Wrapper {
     width: usize,
     hard: bool,
-    cur: Vec<Cell>,
+    text: String,
+    runs: Vec<(usize, Style)>,
     cur_w: usize,
     fixed: usize,
-    indent: Vec<Cell>,
+    indent: String,
+    indent_runs: Vec<(usize, Style)>,
     indent_w: usize,
     out: Vec<Line<'static>>,
+}
+
+fn str_width(s: &str) -> usize {
+    if s.is_ascii() {
+        s.len()
+    } else {
+        s.chars().map(|c| c.width().unwrap_or(0)).sum()
+    }
+}
+
+fn push_run(text: &mut String, runs: &mut Vec<(usize, Style)>, s: &str, style: Style) {
+    text.push_str(s);
+    match runs.last_mut() {
+        Some((end, st)) if *st == style => *end = text.len(),
+        _ => runs.push((text.len(), style)),
+    }
+}
+
+fn build(parts: &[(&str, Style)]) -> (String, Vec<(usize, Style)>, usize) {
+    let mut text = String::new();
+    let mut runs = Vec::new();
+    for (s, st) in parts {
+        if !s.is_empty() {
+            push_run(&mut text, &mut runs, s, *st);
+        }
+    }
+    let w = str_width(&text);
+    (text, runs, w)
+}
+
+/// The spans of `text[..limit]`.
+fn runs_to_line(text: &str, runs: &[(usize, Style)], limit: usize) -> Line<'static> {
+    let mut spans = Vec::with_capacity(runs.len());
+    let mut start = 0;
+    for &(end, style) in runs {
+        let e = end.min(limit);
+        if e > start {
+            spans.push(Span::styled(text[start..e].to_string(), style));
+        }
+        start = end;
+        if start >= limit {
+            break;
+        }
+    }
+    Line::from(spans)
 }
 
 impl Wrapper {
@@ -58,38 +99,29 @@ impl Wrapper {
         hard: bool,
     ) -> Self {
         let width = width.max(1);
-        let cells = |parts: &[(&str, Style)]| -> Vec<Cell> {
-            parts
-                .iter()
-                .flat_map(|(s, st)| {
-                    s.chars().map(move |ch| Cell {
-                        ch,
-                        w: ch.width().unwrap_or(0) as u8,
-                        style: *st,
-                    })
-                })
-                .collect()
-        };
-        let mut prefix = cells(prefix);
-        let mut indent = cells(indent);
-        let pw: usize = prefix.iter().map(|c| c.w as usize).sum();
-        let iw: usize = indent.iter().map(|c| c.w as usize).sum();
-        if pw >= width {
-            prefix.clear();
+        // Decoration that leaves no room for a wide character is dropped.
+        let (mut text, mut runs, mut pw) = build(prefix);
+        if pw + 2 > width {
+            text.clear();
+            runs.clear();
+            pw = 0;
         }
-        if iw >= width {
+        let (mut indent, mut indent_runs, mut iw) = build(indent);
+        if iw + 2 > width {
             indent.clear();
+            indent_runs.clear();
+            iw = 0;
         }
-        let cur_w = prefix.iter().map(|c| c.w as usize).sum();
-        let indent_w = indent.iter().map(|c| c.w as usize).sum();
         Wrapper {
             width,
             hard,
-            fixed: prefix.len(),
-            cur: prefix,
-            cur_w,
+            fixed: text.len(),
+            text,
+            runs,
+            cur_w: pw,
             indent,
-            indent_w,
+            indent_runs,
+            indent_w: iw,
             out: Vec::new(),
         }
     }
@@ -120,12 +152,12 @@ impl Wrapper {
             ch.width().unwrap_or(0)
         };
         if w == 0 {
-            if !self.cur.is_empty() {
-                self.cur.push(Cell { ch, w: 0, style });
+            if !self.text.is_empty() {
+                self.push_char(ch, style);
             }
             return;
         }
-        if self.cur_w + w > self.width && self.cur.len() > self.fixed {
+        if self.cur_w + w > self.width && self.text.len() > self.fixed {
             if ch == ' ' && !self.hard {
                 self.break_line(None);
                 return;
@@ -133,38 +165,51 @@ impl Wrapper {
             let split = if self.hard {
                 None
             } else {
-                self.cur[self.fixed..]
-                    .iter()
-                    .rposition(|c| c.ch == ' ')
+                // A space right after the prefix would leave an empty line: break hard instead.
+                self.text[self.fixed..]
+                    .rfind(' ')
+                    .filter(|p| *p > 0)
                     .map(|p| p + self.fixed)
             };
             self.break_line(split);
+            // The word carried over may still not leave room: break it.
+            if self.cur_w + w > self.width && self.text.len() > self.fixed {
+                self.break_line(None);
+            }
         }
-        self.cur.push(Cell {
-            ch,
-            w: w as u8,
-            style,
-        });
+        self.push_char(ch, style);
         self.cur_w += w;
     }
 
+    fn push_char(&mut self, ch: char, style: Style) {
+        self.text.push(ch);
+        match self.runs.last_mut() {
+            Some((end, st)) if *st == style => *end = self.text.len(),
+            _ => self.runs.push((self.text.len(), style)),
+        }
+    }
+
     fn break_line(&mut self, split: Option<usize>) {
-        let rest = match split {
-            Some(p) => {
-                let rest = self.cur.split_off(p + 1);
-                self.cur.pop();
-                rest
-            }
-            None => Vec::new(),
-        };
-        self.out.push(cells_to_line(&self.cur));
-        self.cur.clear();
-        self.cur.extend(self.indent.iter().copied());
-        self.fixed = self.cur.len();
+        let text = std::mem::replace(&mut self.text, self.indent.clone());
+        let runs = std::mem::replace(&mut self.runs, self.indent_runs.clone());
+        self.fixed = self.text.len();
         self.cur_w = self.indent_w;
-        for c in rest {
-            self.cur_w += c.w as usize;
-            self.cur.push(c);
+        match split {
+            Some(p) => {
+                self.out.push(runs_to_line(&text, &runs, p));
+                // The word after the space moves to the new line.
+                let mut start = 0;
+                for &(end, style) in &runs {
+                    let s = start.max(p + 1);
+                    if end > s {
+                        let seg = &text[s..end];
+                        self.cur_w += str_width(seg);
+                        push_run(&mut self.text, &mut self.runs, seg, style);
+                    }
+                    start = end;
+                }
+            }
+            None => self.out.push(runs_to_line(&text, &runs, text.len())),
         }
     }
 
@@ -175,40 +220,22 @@ impl Wrapper {
 
     /// Whether the partial line holds anything beyond its prefix.
     pub fn has_partial(&self) -> bool {
-        self.cur.len() > self.fixed
+        self.text.len() > self.fixed
     }
 
     /// The partial last line.
     pub fn partial(&self) -> Line<'static> {
-        cells_to_line(&self.cur)
+        runs_to_line(&self.text, &self.runs, self.text.len())
     }
 
     /// Every line, the partial one included (at least one line).
     pub fn finish(mut self) -> Vec<Line<'static>> {
         if self.has_partial() || self.out.is_empty() {
-            self.out.push(cells_to_line(&self.cur));
+            let l = self.partial();
+            self.out.push(l);
         }
         self.out
     }
-}
-
-fn cells_to_line(cells: &[Cell]) -> Line<'static> {
-    let mut spans: Vec<Span<'static>> = Vec::new();
-    let mut buf = String::new();
-    let mut style: Option<Style> = None;
-    for c in cells {
-        if style != Some(c.style) {
-            if let Some(s) = style {
-                spans.push(Span::styled(std::mem::take(&mut buf), s));
-            }
-            style = Some(c.style);
-        }
-        buf.push(c.ch);
-    }
-    if let Some(s) = style {
-        spans.push(Span::styled(buf, s));
-    }
-    Line::from(spans)
 }
 
 /// Styles a block's text is drawn with (taken from the theme once).
