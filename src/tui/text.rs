@@ -41,7 +41,7 @@ pub struct Wrapper {
     indent: String,
     indent_runs: Vec<(usize, Style)>,
     indent_w: usize,
-    out: Vec<Line<'static>>,
+    out: Rows,
 }
 
 fn str_width(s: &str) -> usize {
@@ -89,6 +89,83 @@ fn runs_to_line(text: &str, runs: &[(usize, Style)], limit: usize) -> Line<'stat
     Line::from(spans)
 }
 
+/// Wrapped rows stored flat: one text buffer and one list of style runs for
+/// all of them, so a transcript of 100k rows is a handful of allocations and a
+/// row becomes a `Line` only when it is drawn.
+#[derive(Debug, Clone, Default)]
+pub struct Rows {
+    text: String,
+    runs: Vec<(usize, Style)>,
+    /// Per row: (end of its text, end of its runs).
+    ends: Vec<(usize, usize)>,
+}
+
+impl Rows {
+    /// Number of rows.
+    pub fn len(&self) -> usize {
+        self.ends.len()
+    }
+
+    /// Whether there are none.
+    pub fn is_empty(&self) -> bool {
+        self.ends.is_empty()
+    }
+
+    /// Add the row `text[..limit]` styled by `runs` (ends into `text`).
+    fn push(&mut self, text: &str, runs: &[(usize, Style)], limit: usize) {
+        // Runs merge only within this row.
+        let row_runs = self.ends.last().map(|r| r.1).unwrap_or(0);
+        let mut start = 0;
+        for &(end, style) in runs {
+            let e = end.min(limit);
+            if e > start {
+                self.text.push_str(&text[start..e]);
+                let mine = self.runs.len() > row_runs;
+                match self.runs.last_mut() {
+                    Some((end, st)) if mine && *st == style => *end = self.text.len(),
+                    _ => self.runs.push((self.text.len(), style)),
+                }
+            }
+            start = end;
+            if start >= limit {
+                break;
+            }
+        }
+        self.ends.push((self.text.len(), self.runs.len()));
+    }
+
+    /// Add a whole styled row.
+    fn push_styled(&mut self, text: &str, style: Style) {
+        self.push(text, &[(text.len(), style)], text.len());
+    }
+
+    /// Append every row of `other`.
+    fn extend(&mut self, other: &Rows) {
+        let (tb, rb) = (self.text.len(), self.runs.len());
+        self.text.push_str(&other.text);
+        self.runs
+            .extend(other.runs.iter().map(|&(e, st)| (e + tb, st)));
+        self.ends
+            .extend(other.ends.iter().map(|&(t, r)| (t + tb, r + rb)));
+    }
+
+    /// Row `i` as a line.
+    pub fn line(&self, i: usize) -> Line<'static> {
+        let (ts, rs) = if i == 0 { (0, 0) } else { self.ends[i - 1] };
+        let (_, re) = self.ends[i];
+        let mut start = ts;
+        let spans: Vec<Span<'static>> = self.runs[rs..re]
+            .iter()
+            .map(|&(end, style)| {
+                let s = Span::styled(self.text[start..end].to_string(), style);
+                start = end;
+                s
+            })
+            .collect();
+        Line::from(spans)
+    }
+}
+
 impl Wrapper {
     /// A wrapper for `width` columns; `prefix` starts the first line, `indent`
     /// every continuation line; `hard` breaks anywhere (code) instead of at spaces.
@@ -122,7 +199,7 @@ impl Wrapper {
             indent,
             indent_runs,
             indent_w: iw,
-            out: Vec::new(),
+            out: Rows::default(),
         }
     }
 
@@ -196,7 +273,7 @@ impl Wrapper {
         self.cur_w = self.indent_w;
         match split {
             Some(p) => {
-                self.out.push(runs_to_line(&text, &runs, p));
+                self.out.push(&text, &runs, p);
                 // The word after the space moves to the new line.
                 let mut start = 0;
                 for &(end, style) in &runs {
@@ -209,12 +286,12 @@ impl Wrapper {
                     start = end;
                 }
             }
-            None => self.out.push(runs_to_line(&text, &runs, text.len())),
+            None => self.out.push(&text, &runs, text.len()),
         }
     }
 
-    /// Lines finished so far (the partial last line is not among them).
-    pub fn done(&self) -> &[Line<'static>] {
+    /// Rows finished so far (the partial last row is not among them).
+    pub fn done(&self) -> &Rows {
         &self.out
     }
 
@@ -228,13 +305,19 @@ impl Wrapper {
         runs_to_line(&self.text, &self.runs, self.text.len())
     }
 
-    /// Every line, the partial one included (at least one line).
-    pub fn finish(mut self) -> Vec<Line<'static>> {
+    /// Every row, the partial one included (at least one row).
+    pub fn finish_rows(mut self) -> Rows {
         if self.has_partial() || self.out.is_empty() {
-            let l = self.partial();
-            self.out.push(l);
+            let n = self.text.len();
+            self.out.push(&self.text, &self.runs, n);
         }
         self.out
+    }
+
+    /// Every row as lines (tests, small texts).
+    pub fn finish(self) -> Vec<Line<'static>> {
+        let rows = self.finish_rows();
+        (0..rows.len()).map(|i| rows.line(i)).collect()
     }
 }
 
@@ -303,7 +386,7 @@ pub struct Block {
     line_start: usize,
     in_code: bool,
     descs: Vec<LineDesc>,
-    lines: Vec<Line<'static>>,
+    lines: Rows,
     open: Wrapper,
     open_code: bool,
     width: usize,
@@ -318,7 +401,7 @@ impl Block {
             line_start: 0,
             in_code: false,
             descs: Vec::new(),
-            lines: Vec::new(),
+            lines: Rows::default(),
             open: Wrapper::new(width, &[], &[], false),
             open_code: false,
             width,
@@ -401,7 +484,7 @@ impl Block {
             &mut self.in_code,
             st,
         );
-        self.lines.extend(wrap_desc(&d, self.width, st));
+        wrap_desc(&d, self.width, st, &mut self.lines);
         self.descs.push(d);
     }
 
@@ -411,9 +494,12 @@ impl Block {
             return;
         }
         self.width = width;
-        let mut lines = Vec::with_capacity(self.lines.len());
+        let mut lines = Rows::default();
+        lines
+            .text
+            .reserve(self.lines.text.len() + self.lines.text.len() / 8);
         for d in &self.descs {
-            lines.extend(wrap_desc(d, width, st));
+            wrap_desc(d, width, st, &mut lines);
         }
         self.lines = lines;
         // The open line: `in_code` is already the state at its start.
@@ -442,12 +528,14 @@ impl Block {
     /// The visual line `i` (< len).
     pub fn line(&self, i: usize) -> Line<'static> {
         if i < self.lines.len() {
-            return self.lines[i].clone();
+            return self.lines.line(i);
         }
         let j = i - self.lines.len();
-        match self.open.done().get(j) {
-            Some(l) => l.clone(),
-            None => self.open.partial(),
+        let done = self.open.done();
+        if j < done.len() {
+            done.line(j)
+        } else {
+            self.open.partial()
         }
     }
 }
@@ -470,10 +558,10 @@ enum LineDesc {
 
 const SPACES: &str = "                ";
 
-fn wrap_desc(d: &LineDesc, width: usize, st: &TextStyles) -> Vec<Line<'static>> {
+fn wrap_desc(d: &LineDesc, width: usize, st: &TextStyles, out: &mut Rows) {
     match d {
-        LineDesc::Blank => vec![Line::default()],
-        LineDesc::Rule => vec![Line::styled("─".repeat(width.min(40)), st.dim)],
+        LineDesc::Blank => out.push("", &[], 0),
+        LineDesc::Rule => out.push_styled(&"─".repeat(width.min(40)), st.dim),
         LineDesc::Text {
             lead,
             prefix,
@@ -489,7 +577,7 @@ fn wrap_desc(d: &LineDesc, width: usize, st: &TextStyles) -> Vec<Line<'static>> 
             for (s, style) in spans {
                 w.push_str(s, *style);
             }
-            w.finish()
+            out.extend(&w.finish_rows());
         }
     }
 }
