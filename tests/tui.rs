@@ -229,7 +229,8 @@ fn events_fold_into_panes_and_the_ledger() {
     assert!(app.panes[1].answer.starts_with("## Solving"));
     assert_eq!(app.panes[2].thinking.len(), 53);
     let rows = app.live_ledger();
-    assert_eq!(rows[0].target, "mock/alpha");
+    let order: Vec<&str> = rows.iter().map(|r| r.target.as_str()).collect();
+    assert_eq!(order, ["mock/alpha", "mock/beta", "mock/thinker"]);
     assert_eq!(rows[0].requests, 1);
     assert_eq!(rows[0].usage.output_tokens, 12);
     // Live: beta counts while streaming.
