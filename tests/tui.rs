@@ -229,7 +229,8 @@ fn events_fold_into_panes_and_the_ledger() {
     assert!(app.panes[1].answer.starts_with("## Solving"));
     assert_eq!(app.panes[2].thinking.len(), 53);
     let rows = app.live_ledger();
-    assert_eq!(rows[0].target, "mock/alpha");
+    let order: Vec<&str> = rows.iter().map(|r| r.target.as_str()).collect();
+    assert_eq!(order, ["mock/alpha", "mock/beta", "mock/thinker"]);
     assert_eq!(rows[0].requests, 1);
     assert_eq!(rows[0].usage.output_tokens, 12);
     // Live: beta counts while streaming.
@@ -1045,4 +1046,56 @@ fn consensus_view_summarises_finished_answers() {
     app.update(key(KeyCode::Char('2')));
     let s = screen(&app);
     assert!(s.contains("mock/thinker"), "{s}");
+}
+
+mod wrap_props {
+    use llm_quorum::tui::text::{BlockKind, Doc, TextStyles};
+    use proptest::prelude::*;
+    use unicode_width::UnicodeWidthStr;
+
+    fn lines(d: &Doc) -> Vec<String> {
+        let n = d.total_lines(true);
+        d.visible(0, n, true)
+            .iter()
+            .map(|l| l.to_string())
+            .collect()
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(200))]
+        /// Streaming in any chunks wraps exactly like the whole text, and no
+        /// row is wider than the pane (wide characters aside).
+        #[test]
+        fn chunked_equals_whole_and_fits(
+            text in "([a-z]{1,12}|[ ]{1,3}|\n|\\*\\*|`|# |- |```|日本|é){0,80}",
+            width in 1usize..40,
+            cuts in proptest::collection::vec(0usize..400, 0..12),
+        ) {
+            let st = TextStyles::default();
+            let mut whole = Doc::new(st);
+            whole.set_width(width);
+            whole.add(BlockKind::Answer, &text);
+            let mut parts = Doc::new(st);
+            parts.set_width(width);
+            let b = parts.add(BlockKind::Answer, "");
+            let mut cuts: Vec<usize> = cuts.into_iter().filter(|c| *c < text.len() && text.is_char_boundary(*c)).collect();
+            cuts.sort_unstable();
+            let mut at = 0;
+            for c in cuts {
+                parts.append(b, &text[at..c]);
+                at = c;
+            }
+            parts.append(b, &text[at..]);
+            prop_assert_eq!(lines(&whole), lines(&parts));
+            for l in lines(&whole) {
+                prop_assert!(l.width() <= width.max(2), "{l:?} wider than {width}");
+            }
+            // A resize gives what wrapping at the new width from scratch gives.
+            let mut fresh = Doc::new(st);
+            fresh.set_width(width + 7);
+            fresh.add(BlockKind::Answer, &text);
+            whole.set_width(width + 7);
+            prop_assert_eq!(lines(&whole), lines(&fresh));
+        }
+    }
 }

@@ -578,13 +578,6 @@ impl App {
     /// Ledger rows with what is in flight added (live while streaming).
     pub fn live_ledger(&self) -> Vec<LedgerRow> {
         let mut rows = self.ledger.clone();
-        // Panes' targets first, in pane order; targets no longer shown after.
-        rows.sort_by_key(|r| {
-            self.panes
-                .iter()
-                .position(|p| p.target == r.target)
-                .unwrap_or(usize::MAX)
-        });
         for p in &self.panes {
             if !p.state.in_flight() {
                 continue;
@@ -628,6 +621,13 @@ impl App {
                 r.estimated += 1;
             }
         }
+        // Panes' targets first, in pane order; targets no longer shown after.
+        rows.sort_by_key(|r| {
+            self.panes
+                .iter()
+                .position(|p| p.target == r.target)
+                .unwrap_or(usize::MAX)
+        });
         rows
     }
 

@@ -28,24 +28,142 @@ pub enum BlockKind {
     Notice,
 }
 
-#[derive(Debug, Clone, Copy)]
-struct Cell {
-    ch: char,
-    w: u8,
-    style: Style,
-}
-
-/// Greedy word wrapper fed one character at a time.
+/// Greedy word wrapper fed one character at a time. The line being filled is
+/// kept as text plus style runs, so pushing a character is a byte copy.
 #[derive(Debug, Clone)]
 pub struct Wrapper {
     width: usize,
     hard: bool,
-    cur: Vec<Cell>,
+    text: String,
+    runs: Vec<(usize, Style)>,
     cur_w: usize,
     fixed: usize,
-    indent: Vec<Cell>,
+    indent: String,
+    indent_runs: Vec<(usize, Style)>,
     indent_w: usize,
-    out: Vec<Line<'static>>,
+    out: Rows,
+}
+
+fn str_width(s: &str) -> usize {
+    if s.is_ascii() {
+        s.len()
+    } else {
+        s.chars().map(|c| c.width().unwrap_or(0)).sum()
+    }
+}
+
+fn push_run(text: &mut String, runs: &mut Vec<(usize, Style)>, s: &str, style: Style) {
+    text.push_str(s);
+    match runs.last_mut() {
+        Some((end, st)) if *st == style => *end = text.len(),
+        _ => runs.push((text.len(), style)),
+    }
+}
+
+fn build(parts: &[(&str, Style)]) -> (String, Vec<(usize, Style)>, usize) {
+    let mut text = String::new();
+    let mut runs = Vec::new();
+    for (s, st) in parts {
+        if !s.is_empty() {
+            push_run(&mut text, &mut runs, s, *st);
+        }
+    }
+    let w = str_width(&text);
+    (text, runs, w)
+}
+
+/// The spans of `text[..limit]`.
+fn runs_to_line(text: &str, runs: &[(usize, Style)], limit: usize) -> Line<'static> {
+    let mut spans = Vec::with_capacity(runs.len());
+    let mut start = 0;
+    for &(end, style) in runs {
+        let e = end.min(limit);
+        if e > start {
+            spans.push(Span::styled(text[start..e].to_string(), style));
+        }
+        start = end;
+        if start >= limit {
+            break;
+        }
+    }
+    Line::from(spans)
+}
+
+/// Wrapped rows stored flat: one text buffer and one list of style runs for
+/// all of them, so a transcript of 100k rows is a handful of allocations and a
+/// row becomes a `Line` only when it is drawn.
+#[derive(Debug, Clone, Default)]
+pub struct Rows {
+    text: String,
+    runs: Vec<(usize, Style)>,
+    /// Per row: (end of its text, end of its runs).
+    ends: Vec<(usize, usize)>,
+}
+
+impl Rows {
+    /// Number of rows.
+    pub fn len(&self) -> usize {
+        self.ends.len()
+    }
+
+    /// Whether there are none.
+    pub fn is_empty(&self) -> bool {
+        self.ends.is_empty()
+    }
+
+    /// Add the row `text[..limit]` styled by `runs` (ends into `text`).
+    fn push(&mut self, text: &str, runs: &[(usize, Style)], limit: usize) {
+        // Runs merge only within this row.
+        let row_runs = self.ends.last().map(|r| r.1).unwrap_or(0);
+        let mut start = 0;
+        for &(end, style) in runs {
+            let e = end.min(limit);
+            if e > start {
+                self.text.push_str(&text[start..e]);
+                let mine = self.runs.len() > row_runs;
+                match self.runs.last_mut() {
+                    Some((end, st)) if mine && *st == style => *end = self.text.len(),
+                    _ => self.runs.push((self.text.len(), style)),
+                }
+            }
+            start = end;
+            if start >= limit {
+                break;
+            }
+        }
+        self.ends.push((self.text.len(), self.runs.len()));
+    }
+
+    /// Add a whole styled row.
+    fn push_styled(&mut self, text: &str, style: Style) {
+        self.push(text, &[(text.len(), style)], text.len());
+    }
+
+    /// Append every row of `other`.
+    fn extend(&mut self, other: &Rows) {
+        let (tb, rb) = (self.text.len(), self.runs.len());
+        self.text.push_str(&other.text);
+        self.runs
+            .extend(other.runs.iter().map(|&(e, st)| (e + tb, st)));
+        self.ends
+            .extend(other.ends.iter().map(|&(t, r)| (t + tb, r + rb)));
+    }
+
+    /// Row `i` as a line.
+    pub fn line(&self, i: usize) -> Line<'static> {
+        let (ts, rs) = if i == 0 { (0, 0) } else { self.ends[i - 1] };
+        let (_, re) = self.ends[i];
+        let mut start = ts;
+        let spans: Vec<Span<'static>> = self.runs[rs..re]
+            .iter()
+            .map(|&(end, style)| {
+                let s = Span::styled(self.text[start..end].to_string(), style);
+                start = end;
+                s
+            })
+            .collect();
+        Line::from(spans)
+    }
 }
 
 impl Wrapper {
@@ -58,39 +176,30 @@ impl Wrapper {
         hard: bool,
     ) -> Self {
         let width = width.max(1);
-        let cells = |parts: &[(&str, Style)]| -> Vec<Cell> {
-            parts
-                .iter()
-                .flat_map(|(s, st)| {
-                    s.chars().map(move |ch| Cell {
-                        ch,
-                        w: ch.width().unwrap_or(0) as u8,
-                        style: *st,
-                    })
-                })
-                .collect()
-        };
-        let mut prefix = cells(prefix);
-        let mut indent = cells(indent);
-        let pw: usize = prefix.iter().map(|c| c.w as usize).sum();
-        let iw: usize = indent.iter().map(|c| c.w as usize).sum();
-        if pw >= width {
-            prefix.clear();
+        // Decoration that leaves no room for a wide character is dropped.
+        let (mut text, mut runs, mut pw) = build(prefix);
+        if pw + 2 > width {
+            text.clear();
+            runs.clear();
+            pw = 0;
         }
-        if iw >= width {
+        let (mut indent, mut indent_runs, mut iw) = build(indent);
+        if iw + 2 > width {
             indent.clear();
+            indent_runs.clear();
+            iw = 0;
         }
-        let cur_w = prefix.iter().map(|c| c.w as usize).sum();
-        let indent_w = indent.iter().map(|c| c.w as usize).sum();
         Wrapper {
             width,
             hard,
-            fixed: prefix.len(),
-            cur: prefix,
-            cur_w,
+            fixed: text.len(),
+            text,
+            runs,
+            cur_w: pw,
             indent,
-            indent_w,
-            out: Vec::new(),
+            indent_runs,
+            indent_w: iw,
+            out: Rows::default(),
         }
     }
 
@@ -120,12 +229,12 @@ impl Wrapper {
             ch.width().unwrap_or(0)
         };
         if w == 0 {
-            if !self.cur.is_empty() {
-                self.cur.push(Cell { ch, w: 0, style });
+            if !self.text.is_empty() {
+                self.push_char(ch, style);
             }
             return;
         }
-        if self.cur_w + w > self.width && self.cur.len() > self.fixed {
+        if self.cur_w + w > self.width && self.text.len() > self.fixed {
             if ch == ' ' && !self.hard {
                 self.break_line(None);
                 return;
@@ -133,82 +242,83 @@ impl Wrapper {
             let split = if self.hard {
                 None
             } else {
-                self.cur[self.fixed..]
-                    .iter()
-                    .rposition(|c| c.ch == ' ')
+                // A space right after the prefix would leave an empty line: break hard instead.
+                self.text[self.fixed..]
+                    .rfind(' ')
+                    .filter(|p| *p > 0)
                     .map(|p| p + self.fixed)
             };
             self.break_line(split);
+            // The word carried over may still not leave room: break it.
+            if self.cur_w + w > self.width && self.text.len() > self.fixed {
+                self.break_line(None);
+            }
         }
-        self.cur.push(Cell {
-            ch,
-            w: w as u8,
-            style,
-        });
+        self.push_char(ch, style);
         self.cur_w += w;
     }
 
-    fn break_line(&mut self, split: Option<usize>) {
-        let rest = match split {
-            Some(p) => {
-                let rest = self.cur.split_off(p + 1);
-                self.cur.pop();
-                rest
-            }
-            None => Vec::new(),
-        };
-        self.out.push(cells_to_line(&self.cur));
-        self.cur.clear();
-        self.cur.extend(self.indent.iter().copied());
-        self.fixed = self.cur.len();
-        self.cur_w = self.indent_w;
-        for c in rest {
-            self.cur_w += c.w as usize;
-            self.cur.push(c);
+    fn push_char(&mut self, ch: char, style: Style) {
+        self.text.push(ch);
+        match self.runs.last_mut() {
+            Some((end, st)) if *st == style => *end = self.text.len(),
+            _ => self.runs.push((self.text.len(), style)),
         }
     }
 
-    /// Lines finished so far (the partial last line is not among them).
-    pub fn done(&self) -> &[Line<'static>] {
+    fn break_line(&mut self, split: Option<usize>) {
+        let text = std::mem::replace(&mut self.text, self.indent.clone());
+        let runs = std::mem::replace(&mut self.runs, self.indent_runs.clone());
+        self.fixed = self.text.len();
+        self.cur_w = self.indent_w;
+        match split {
+            Some(p) => {
+                self.out.push(&text, &runs, p);
+                // The word after the space moves to the new line.
+                let mut start = 0;
+                for &(end, style) in &runs {
+                    let s = start.max(p + 1);
+                    if end > s {
+                        let seg = &text[s..end];
+                        self.cur_w += str_width(seg);
+                        push_run(&mut self.text, &mut self.runs, seg, style);
+                    }
+                    start = end;
+                }
+            }
+            None => self.out.push(&text, &runs, text.len()),
+        }
+    }
+
+    /// Rows finished so far (the partial last row is not among them).
+    pub fn done(&self) -> &Rows {
         &self.out
     }
 
     /// Whether the partial line holds anything beyond its prefix.
     pub fn has_partial(&self) -> bool {
-        self.cur.len() > self.fixed
+        self.text.len() > self.fixed
     }
 
     /// The partial last line.
     pub fn partial(&self) -> Line<'static> {
-        cells_to_line(&self.cur)
+        runs_to_line(&self.text, &self.runs, self.text.len())
     }
 
-    /// Every line, the partial one included (at least one line).
-    pub fn finish(mut self) -> Vec<Line<'static>> {
+    /// Every row, the partial one included (at least one row).
+    pub fn finish_rows(mut self) -> Rows {
         if self.has_partial() || self.out.is_empty() {
-            self.out.push(cells_to_line(&self.cur));
+            let n = self.text.len();
+            self.out.push(&self.text, &self.runs, n);
         }
         self.out
     }
-}
 
-fn cells_to_line(cells: &[Cell]) -> Line<'static> {
-    let mut spans: Vec<Span<'static>> = Vec::new();
-    let mut buf = String::new();
-    let mut style: Option<Style> = None;
-    for c in cells {
-        if style != Some(c.style) {
-            if let Some(s) = style {
-                spans.push(Span::styled(std::mem::take(&mut buf), s));
-            }
-            style = Some(c.style);
-        }
-        buf.push(c.ch);
+    /// Every row as lines (tests, small texts).
+    pub fn finish(self) -> Vec<Line<'static>> {
+        let rows = self.finish_rows();
+        (0..rows.len()).map(|i| rows.line(i)).collect()
     }
-    if let Some(s) = style {
-        spans.push(Span::styled(buf, s));
-    }
-    Line::from(spans)
 }
 
 /// Styles a block's text is drawn with (taken from the theme once).
@@ -276,7 +386,7 @@ pub struct Block {
     line_start: usize,
     in_code: bool,
     descs: Vec<LineDesc>,
-    lines: Vec<Line<'static>>,
+    lines: Rows,
     open: Wrapper,
     open_code: bool,
     width: usize,
@@ -291,7 +401,7 @@ impl Block {
             line_start: 0,
             in_code: false,
             descs: Vec::new(),
-            lines: Vec::new(),
+            lines: Rows::default(),
             open: Wrapper::new(width, &[], &[], false),
             open_code: false,
             width,
@@ -374,7 +484,7 @@ impl Block {
             &mut self.in_code,
             st,
         );
-        self.lines.extend(wrap_desc(&d, self.width, st));
+        wrap_desc(&d, self.width, st, &mut self.lines);
         self.descs.push(d);
     }
 
@@ -384,9 +494,12 @@ impl Block {
             return;
         }
         self.width = width;
-        let mut lines = Vec::with_capacity(self.lines.len());
+        let mut lines = Rows::default();
+        lines
+            .text
+            .reserve(self.lines.text.len() + self.lines.text.len() / 8);
         for d in &self.descs {
-            lines.extend(wrap_desc(d, width, st));
+            wrap_desc(d, width, st, &mut lines);
         }
         self.lines = lines;
         // The open line: `in_code` is already the state at its start.
@@ -415,12 +528,14 @@ impl Block {
     /// The visual line `i` (< len).
     pub fn line(&self, i: usize) -> Line<'static> {
         if i < self.lines.len() {
-            return self.lines[i].clone();
+            return self.lines.line(i);
         }
         let j = i - self.lines.len();
-        match self.open.done().get(j) {
-            Some(l) => l.clone(),
-            None => self.open.partial(),
+        let done = self.open.done();
+        if j < done.len() {
+            done.line(j)
+        } else {
+            self.open.partial()
         }
     }
 }
@@ -443,10 +558,10 @@ enum LineDesc {
 
 const SPACES: &str = "                ";
 
-fn wrap_desc(d: &LineDesc, width: usize, st: &TextStyles) -> Vec<Line<'static>> {
+fn wrap_desc(d: &LineDesc, width: usize, st: &TextStyles, out: &mut Rows) {
     match d {
-        LineDesc::Blank => vec![Line::default()],
-        LineDesc::Rule => vec![Line::styled("─".repeat(width.min(40)), st.dim)],
+        LineDesc::Blank => out.push("", &[], 0),
+        LineDesc::Rule => out.push_styled(&"─".repeat(width.min(40)), st.dim),
         LineDesc::Text {
             lead,
             prefix,
@@ -462,7 +577,7 @@ fn wrap_desc(d: &LineDesc, width: usize, st: &TextStyles) -> Vec<Line<'static>> 
             for (s, style) in spans {
                 w.push_str(s, *style);
             }
-            w.finish()
+            out.extend(&w.finish_rows());
         }
     }
 }
