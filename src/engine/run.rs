@@ -508,15 +508,17 @@ impl TargetJob {
             let mut acc = Accumulator::default();
             let mut delivered = false;
             let result: Result<(), EngineError> = async {
+                // One cancellation waiter for the whole attempt, not one per chunk.
+                let mut stop = std::pin::pin!(self.cancel.cancelled());
                 let mut a = tokio::select! {
                     biased;
-                    _ = self.cancel.cancelled() => return Err(EngineError::Cancelled),
+                    _ = &mut stop => return Err(EngineError::Cancelled),
                     a = Attempt::start(client, &r.spec, &r.model, &request, self.opts.stream, policy.timeouts, &ctx) => a?,
                 };
                 loop {
                     let next = tokio::select! {
                         biased;
-                        _ = self.cancel.cancelled() => return Err(EngineError::Cancelled),
+                        _ = &mut stop => return Err(EngineError::Cancelled),
                         d = a.next() => d,
                     };
                     match next {
@@ -530,7 +532,7 @@ impl TargetJob {
                                     *ttft = Some(started.elapsed());
                                 }
                             }
-                            if let Some(ev) = StreamEvent::from_delta(&d) {
+                            if let Some(ev) = StreamEvent::from_delta_owned(d) {
                                 if !self.emit(ev).await {
                                     return Err(EngineError::Cancelled);
                                 }

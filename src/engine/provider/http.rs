@@ -69,6 +69,8 @@ pub struct Attempt {
     got_first: bool,
     trailing: Option<EngineError>,
     key: Option<super::Secret>,
+    /// The first-token / idle / total timer of the HTTP body (see `fill`).
+    timer: Option<std::pin::Pin<Box<tokio::time::Sleep>>>,
     /// Bytes received so far.
     pub bytes: u64,
 }
@@ -127,6 +129,7 @@ impl Attempt {
             got_first: false,
             trailing: None,
             key: None,
+            timer: None,
             bytes: 0,
         };
         if spec.kind == ProviderKind::Mock {
@@ -298,20 +301,45 @@ impl Attempt {
                 } = &mut **h;
                 let fut = resp.chunk();
                 let chunk = match limit {
-                    Some((d, phase)) => match tokio::time::timeout(d, fut).await {
-                        Ok(x) => x,
-                        Err(_) => {
-                            let after = match phase {
-                                TimeoutPhase::FirstToken => self.timeouts.first_token,
-                                TimeoutPhase::Idle => self.timeouts.idle,
-                                _ => self.timeouts.total,
-                            };
-                            return Err(EngineError::Timeout {
-                                phase,
-                                after: after.unwrap_or_default(),
-                            });
+                    Some((d, phase)) => {
+                        // One timer per attempt, re-armed lazily: a stream of
+                        // thousands of chunks costs one clock read per chunk,
+                        // not a timer-wheel insert and removal each.
+                        let deadline = Instant::now() + d;
+                        let timer = match &mut self.timer {
+                            Some(t) => {
+                                if t.deadline() > deadline {
+                                    t.as_mut().reset(deadline);
+                                }
+                                t
+                            }
+                            None => self
+                                .timer
+                                .insert(Box::pin(tokio::time::sleep_until(deadline))),
+                        };
+                        let mut fut = std::pin::pin!(fut);
+                        loop {
+                            tokio::select! {
+                                biased;
+                                x = &mut fut => break x,
+                                () = timer.as_mut() => {
+                                    if Instant::now() >= deadline {
+                                        let after = match phase {
+                                            TimeoutPhase::FirstToken => self.timeouts.first_token,
+                                            TimeoutPhase::Idle => self.timeouts.idle,
+                                            _ => self.timeouts.total,
+                                        };
+                                        return Err(EngineError::Timeout {
+                                            phase,
+                                            after: after.unwrap_or_default(),
+                                        });
+                                    }
+                                    // Armed for an earlier wait: wait on to this one's end.
+                                    timer.as_mut().reset(deadline);
+                                }
+                            }
                         }
-                    },
+                    }
                     None => fut.await,
                 }
                 .map_err(EngineError::from_reqwest)?;
