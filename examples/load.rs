@@ -103,8 +103,7 @@ fn parse() -> Result<Opts, String> {
             }
             "--threads" => o.threads = v()?.parse().map_err(|_| "bad --threads")?,
             "--timeout-s" => {
-                o.timeout =
-                    Duration::from_secs_f64(v()?.parse().map_err(|_| "bad --timeout-s")?)
+                o.timeout = Duration::from_secs_f64(v()?.parse().map_err(|_| "bad --timeout-s")?)
             }
             other => return Err(format!("unknown option {other}")),
         }

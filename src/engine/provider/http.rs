@@ -4,6 +4,7 @@
 //! closes the connection: that is how cancellation works.
 
 use std::collections::VecDeque;
+use std::sync::{Arc, OnceLock};
 use std::time::Duration;
 
 use tokio::time::Instant;
@@ -398,13 +399,79 @@ fn is_content(d: &Delta) -> bool {
     )
 }
 
-/// Build the shared HTTP client: rustls, HTTP/2 where offered, keep-alive pool.
-pub fn build_client(connect_timeout: Duration) -> Result<reqwest::Client, EngineError> {
+fn builder(connect_timeout: Duration) -> reqwest::ClientBuilder {
     reqwest::Client::builder()
         .connect_timeout(connect_timeout)
         .pool_idle_timeout(Duration::from_secs(90))
         .tcp_nodelay(true)
         .user_agent(concat!("llm-quorum/", env!("CARGO_PKG_VERSION")))
+}
+
+/// Build the shared HTTP client: rustls, HTTP/2 where offered, keep-alive pool.
+pub fn build_client(connect_timeout: Duration) -> Result<reqwest::Client, EngineError> {
+    builder(connect_timeout)
         .build()
         .map_err(EngineError::from_reqwest)
+}
+
+/// A client for plain `http://` endpoints only (local servers): the same
+/// settings without loading the system's TLS roots. A redirect to another
+/// scheme is refused with a clear error instead of followed.
+pub fn build_plain_client(connect_timeout: Duration) -> Result<reqwest::Client, EngineError> {
+    let policy = reqwest::redirect::Policy::custom(|a| {
+        if a.url().scheme() != "http" {
+            a.error("redirected from http:// to another scheme: use that URL as the base URL")
+        } else if a.previous().len() >= 10 {
+            a.error("too many redirects")
+        } else {
+            a.follow()
+        }
+    });
+    builder(connect_timeout)
+        .tls_certs_only(Vec::new())
+        .redirect(policy)
+        .build()
+        .map_err(EngineError::from_reqwest)
+}
+
+/// The HTTP clients of one connect timeout, each built on first use.
+///
+/// Building a client with TLS loads and parses the system's root
+/// certificates: hundreds of file reads and about a fifth of the CPU of a
+/// one-shot `quorum ask`. Commands that send nothing (models, ledger), the
+/// mock provider and local servers over plain `http://` never pay it.
+#[derive(Debug, Clone)]
+pub struct LazyClient {
+    connect_timeout: Duration,
+    tls: Arc<OnceLock<Result<reqwest::Client, EngineError>>>,
+    plain: Arc<OnceLock<Result<reqwest::Client, EngineError>>>,
+}
+
+impl LazyClient {
+    /// Clients with this connect timeout; nothing is built yet.
+    pub fn new(connect_timeout: Duration) -> Self {
+        LazyClient {
+            connect_timeout,
+            tls: Arc::default(),
+            plain: Arc::default(),
+        }
+    }
+
+    /// The client for requests to `base_url`: the plain one for `http://`
+    /// (and the in-process mock), the TLS one for anything else.
+    pub fn for_url(&self, base_url: &str) -> Result<&reqwest::Client, EngineError> {
+        let b = base_url.as_bytes();
+        let tls = !(b.len() >= 7 && b[..7].eq_ignore_ascii_case(b"http://"))
+            && !base_url.starts_with("mock:");
+        let cell = if tls { &self.tls } else { &self.plain };
+        cell.get_or_init(|| {
+            if tls {
+                build_client(self.connect_timeout)
+            } else {
+                build_plain_client(self.connect_timeout)
+            }
+        })
+        .as_ref()
+        .map_err(Clone::clone)
+    }
 }
