@@ -11,7 +11,7 @@
 //! QUORUM_FUZZ_SEED=7 QUORUM_FUZZ_CASES=100000 cargo test --release --test fuzz_decoders
 //! ```
 //!
-//! Every failure found becomes a plain regression test at the bottom.
+//! Every failure found becomes a plain test at the bottom.
 
 #[path = "support/fuzz.rs"]
 mod fuzz_support;
@@ -369,10 +369,11 @@ proptest! {
 }
 
 // ---------------------------------------------------------------------------
-// Regression cases (found by the properties above, or their edges).
+// Edge cases kept as plain tests (the properties found no failure so far;
+// a failure they find is added here as its own test).
 
 #[test]
-fn regression_cr_at_the_end_of_a_piece_then_bom_bytes() {
+fn edge_cr_at_the_end_of_a_piece_then_bom_bytes() {
     let bytes = b"data: a\r\xEF\xBB\xBF\n\n";
     let whole = sse_frames(&[bytes]);
     for cut in 0..=bytes.len() {
@@ -385,7 +386,7 @@ fn regression_cr_at_the_end_of_a_piece_then_bom_bytes() {
 }
 
 #[test]
-fn regression_empty_and_whitespace_frames_map_to_nothing() {
+fn edge_empty_and_whitespace_frames_map_to_nothing() {
     for kind in KINDS {
         let out = run_frames(
             kind,

@@ -17,7 +17,7 @@ pub fn config() -> Config {
     Config {
         cases: env("QUORUM_FUZZ_CASES").map_or(DEFAULT_CASES, |n| n as u32),
         rng_algorithm: RngAlgorithm::ChaCha,
-        rng_seed: RngSeed::Fixed(env("QUORUM_FUZZ_SEED").unwrap_or(0x5eed_0f_c0de)),
+        rng_seed: RngSeed::Fixed(env("QUORUM_FUZZ_SEED").unwrap_or(0x5eed_c0de)),
         failure_persistence: None,
         max_shrink_iters: 4096,
         ..Config::default()

@@ -69,7 +69,9 @@ pub struct Attempt {
     deadline: Option<Instant>,
     got_first: bool,
     trailing: Option<EngineError>,
-    key: Option<super::Secret>,
+    /// What errors must never show: the key and the values of the spec's
+    /// own headers (they may hold a token taken from `${VAR}`).
+    secrets: Vec<super::Secret>,
     /// The first-token / idle / total timer of the HTTP body (see `fill`).
     timer: Option<std::pin::Pin<Box<tokio::time::Sleep>>>,
     /// Bytes received so far.
@@ -96,16 +98,13 @@ impl Attempt {
         timeouts: Timeouts,
         ctx: &CallContext,
     ) -> Result<Attempt, EngineError> {
-        let key = spec.api_key.clone();
+        let secrets = secrets_of(spec);
         match Self::start_inner(client, spec, model, req, stream, timeouts, ctx).await {
             Ok(mut a) => {
-                a.key = key;
+                a.secrets = secrets;
                 Ok(a)
             }
-            Err(e) => Err(match &key {
-                Some(k) => e.redact(k.expose()),
-                None => e,
-            }),
+            Err(e) => Err(redact_all(e, &secrets)),
         }
     }
 
@@ -129,7 +128,7 @@ impl Attempt {
             deadline,
             got_first: false,
             trailing: None,
-            key: None,
+            secrets: Vec::new(),
             timer: None,
             bytes: 0,
         };
@@ -236,10 +235,7 @@ impl Attempt {
     /// The next delta; `None` at the end of the response.
     pub async fn next(&mut self) -> Option<Result<Delta, EngineError>> {
         match self.next_inner().await {
-            Some(Err(e)) => Some(Err(match &self.key {
-                Some(k) => e.redact(k.expose()),
-                None => e,
-            })),
+            Some(Err(e)) => Some(Err(redact_all(e, &self.secrets))),
             other => other,
         }
     }
@@ -392,6 +388,32 @@ impl Attempt {
     }
 }
 
+/// The key and the spec's header values (at least 8 bytes: shorter ones are
+/// no secret worth the name, and masking them would garble messages).
+fn secrets_of(spec: &ProviderSpec) -> Vec<super::Secret> {
+    let mut out: Vec<super::Secret> = spec.api_key.iter().cloned().collect();
+    for (_, v) in &spec.headers {
+        let v = v.trim();
+        // `Bearer TOKEN`: the token alone is the secret too.
+        let token = v.rsplit(' ').next().unwrap_or(v);
+        for s in [v, token] {
+            if s.len() >= 8 && !out.iter().any(|o| o.expose() == s) {
+                out.push(super::Secret::new(s));
+            }
+        }
+    }
+    // Longest first, so a secret containing another is masked whole.
+    out.sort_by_key(|s| std::cmp::Reverse(s.expose().len()));
+    out
+}
+
+fn redact_all(mut e: EngineError, secrets: &[super::Secret]) -> EngineError {
+    for s in secrets {
+        e = e.redact(s.expose());
+    }
+    e
+}
+
 fn is_content(d: &Delta) -> bool {
     matches!(
         d,
@@ -461,8 +483,11 @@ impl LazyClient {
     /// (and the in-process mock), the TLS one for anything else.
     pub fn for_url(&self, base_url: &str) -> Result<&reqwest::Client, EngineError> {
         let b = base_url.as_bytes();
-        let tls = !(b.len() >= 7 && b[..7].eq_ignore_ascii_case(b"http://"))
-            && !base_url.starts_with("mock:");
+        let plain = b
+            .get(..7)
+            .is_some_and(|p| p.eq_ignore_ascii_case(b"http://"))
+            || base_url.starts_with("mock:");
+        let tls = !plain;
         let cell = if tls { &self.tls } else { &self.plain };
         cell.get_or_init(|| {
             if tls {
