@@ -42,6 +42,8 @@ load - the llm-quorum engine as a load client (one JSON line on stdout);
   --expect-tokens N    count a request as an error unless exactly N text chunks arrive
   --threads T          runtime threads, 1 = current-thread (default 1)
   --timeout-s S        per-request timeout (default 600)
+  --rss-every N        (seq) print a JSON line of the RSS to stderr every N requests and
+                       keep only counts, not each request's figures: a memory soak
 ";
 
 struct Opts {
@@ -56,6 +58,7 @@ struct Opts {
     expect_tokens: Option<usize>,
     threads: usize,
     timeout: Duration,
+    rss_every: Option<usize>,
 }
 
 fn parse() -> Result<Opts, String> {
@@ -71,6 +74,7 @@ fn parse() -> Result<Opts, String> {
         expect_tokens: None,
         threads: 1,
         timeout: Duration::from_secs(600),
+        rss_every: None,
     };
     let mut url = String::new();
     let mut it = std::env::args().skip(1);
@@ -102,6 +106,7 @@ fn parse() -> Result<Opts, String> {
                 o.expect_tokens = Some(v()?.parse().map_err(|_| "bad --expect-tokens")?)
             }
             "--threads" => o.threads = v()?.parse().map_err(|_| "bad --threads")?,
+            "--rss-every" => o.rss_every = Some(v()?.parse().map_err(|_| "bad --rss-every")?),
             "--timeout-s" => {
                 o.timeout = Duration::from_secs_f64(v()?.parse().map_err(|_| "bad --timeout-s")?)
             }
@@ -261,7 +266,21 @@ async fn run(o: Opts, engine: Engine) -> Value {
     let (cpu0, _) = rusage();
     let w0 = Instant::now();
     let mut outs: Vec<Outcome> = Vec::with_capacity(o.requests);
-    if o.mode == "seq" {
+    let mut soak_errors = 0usize;
+    if let (Some(every), "seq") = (o.rss_every, o.mode.as_str()) {
+        for i in 0..(o.warmup + o.requests) {
+            let r = one_timed(&engine, &o, &target, &req).await;
+            if i >= o.warmup {
+                soak_errors += usize::from(!r.ok);
+            }
+            if i >= o.warmup && (i - o.warmup + 1) % every.max(1) == 0 {
+                eprintln!(
+                    "{}",
+                    json!({"after": i - o.warmup + 1, "rss_kb": current_rss_kb(), "errors": soak_errors})
+                );
+            }
+        }
+    } else if o.mode == "seq" {
         for i in 0..(o.warmup + o.requests) {
             let r = one_timed(&engine, &o, &target, &req).await;
             if i >= o.warmup {
@@ -292,14 +311,20 @@ async fn run(o: Opts, engine: Engine) -> Value {
         }
     }
     let ok: Vec<&Outcome> = outs.iter().filter(|r| r.ok).collect();
+    let soak = o.rss_every.is_some() && o.mode == "seq";
+    let (n, n_ok) = if soak {
+        (o.requests, o.requests - soak_errors)
+    } else {
+        (outs.len(), ok.len())
+    };
     json!({
         "client": "quorum-engine",
         "provider": o.provider,
         "mode": o.mode,
         "stream": o.stream,
-        "requests": outs.len(),
-        "ok": ok.len(),
-        "errors": outs.len() - ok.len(),
+        "requests": n,
+        "ok": n_ok,
+        "errors": n - n_ok,
         "error_kinds": kinds,
         "tokens_total": ok.iter().map(|r| r.tokens).sum::<usize>(),
         "lat_ms": summary(ok.iter().map(|r| r.lat).collect()),
@@ -309,6 +334,18 @@ async fn run(o: Opts, engine: Engine) -> Value {
         "cpu_total_s": cpu1,
         "maxrss_kb": maxrss,
     })
+}
+
+/// Resident set size now (VmRSS), in KiB; 0 where /proc is missing.
+fn current_rss_kb() -> u64 {
+    std::fs::read_to_string("/proc/self/status")
+        .ok()
+        .and_then(|s| {
+            s.lines()
+                .find_map(|l| l.strip_prefix("VmRSS:"))
+                .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+        })
+        .unwrap_or(0)
 }
 
 fn raise_nofile() {
