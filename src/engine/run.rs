@@ -461,7 +461,7 @@ impl TargetJob {
             .clients
             .get(&r.spec.name)
             .unwrap_or(&self.inner.http)
-            .for_url(&r.spec.base_url)
+            .lease(&r.spec.base_url)
         {
             Ok(c) => c,
             Err(e) => return Outcome::Failed(Completion::default(), e, false),
@@ -518,7 +518,7 @@ impl TargetJob {
                 let mut a = tokio::select! {
                     biased;
                     _ = &mut stop => return Err(EngineError::Cancelled),
-                    a = Attempt::start(client, &r.spec, &r.model, &request, self.opts.stream, policy.timeouts, &ctx) => a?,
+                    a = Attempt::start(&client, &r.spec, &r.model, &request, self.opts.stream, policy.timeouts, &ctx) => a?,
                 };
                 loop {
                     let next = tokio::select! {

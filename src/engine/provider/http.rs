@@ -4,6 +4,7 @@
 //! closes the connection: that is how cancellation works.
 
 use std::collections::VecDeque;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, OnceLock};
 use std::time::Duration;
 
@@ -462,11 +463,57 @@ pub fn build_plain_client(connect_timeout: Duration) -> Result<reqwest::Client, 
 /// certificates: hundreds of file reads and about a fifth of the CPU of a
 /// one-shot `quorum ask`. Commands that send nothing (models, ledger), the
 /// mock provider and local servers over plain `http://` never pay it.
+///
+/// Beyond [`PER_SHARD`] requests in flight, further requests get another
+/// client (built then): hyper's connection pool scans its list of waiting
+/// requests whenever one of them connects, which is quadratic in the
+/// requests connecting at once; 10,000 streams started together spent most
+/// of their start there. Below that, one client serves everything, so
+/// keep-alive and HTTP/2 reuse are as before.
 #[derive(Debug, Clone)]
 pub struct LazyClient {
     connect_timeout: Duration,
-    tls: Arc<OnceLock<Result<reqwest::Client, EngineError>>>,
-    plain: Arc<OnceLock<Result<reqwest::Client, EngineError>>>,
+    tls: Arc<Shards>,
+    plain: Arc<Shards>,
+}
+
+/// Requests in flight per client before the next one is used.
+pub const PER_SHARD: usize = 256;
+const MAX_SHARDS: usize = 64;
+
+#[derive(Debug)]
+struct Shards {
+    clients: Vec<OnceLock<Result<reqwest::Client, EngineError>>>,
+    in_flight: AtomicUsize,
+}
+
+impl Default for Shards {
+    fn default() -> Self {
+        Shards {
+            clients: (0..MAX_SHARDS).map(|_| OnceLock::new()).collect(),
+            in_flight: AtomicUsize::new(0),
+        }
+    }
+}
+
+/// A client for one request; dropping it ends the request's claim on it.
+#[derive(Debug)]
+pub struct ClientLease {
+    client: reqwest::Client,
+    shards: Arc<Shards>,
+}
+
+impl std::ops::Deref for ClientLease {
+    type Target = reqwest::Client;
+    fn deref(&self) -> &reqwest::Client {
+        &self.client
+    }
+}
+
+impl Drop for ClientLease {
+    fn drop(&mut self) {
+        self.shards.in_flight.fetch_sub(1, Ordering::Relaxed);
+    }
 }
 
 impl LazyClient {
@@ -479,24 +526,35 @@ impl LazyClient {
         }
     }
 
-    /// The client for requests to `base_url`: the plain one for `http://`
-    /// (and the in-process mock), the TLS one for anything else.
-    pub fn for_url(&self, base_url: &str) -> Result<&reqwest::Client, EngineError> {
+    /// The client for one request to `base_url`: a plain one for `http://`
+    /// (and the in-process mock), a TLS one for anything else. Hold the
+    /// lease for as long as the request runs.
+    pub fn lease(&self, base_url: &str) -> Result<ClientLease, EngineError> {
         let b = base_url.as_bytes();
         let plain = b
             .get(..7)
             .is_some_and(|p| p.eq_ignore_ascii_case(b"http://"))
             || base_url.starts_with("mock:");
-        let tls = !plain;
-        let cell = if tls { &self.tls } else { &self.plain };
-        cell.get_or_init(|| {
-            if tls {
-                build_client(self.connect_timeout)
-            } else {
-                build_plain_client(self.connect_timeout)
+        let shards = if plain { &self.plain } else { &self.tls };
+        let n = shards.in_flight.fetch_add(1, Ordering::Relaxed);
+        let built = shards.clients[(n / PER_SHARD).min(MAX_SHARDS - 1)]
+            .get_or_init(|| {
+                if plain {
+                    build_plain_client(self.connect_timeout)
+                } else {
+                    build_client(self.connect_timeout)
+                }
+            })
+            .clone();
+        match built {
+            Ok(client) => Ok(ClientLease {
+                client,
+                shards: shards.clone(),
+            }),
+            Err(e) => {
+                shards.in_flight.fetch_sub(1, Ordering::Relaxed);
+                Err(e)
             }
-        })
-        .as_ref()
-        .map_err(Clone::clone)
+        }
     }
 }
