@@ -59,6 +59,9 @@ pub fn load(flags: &GlobalFlags) -> anyhow::Result<(Engine, Settings)> {
 /// on its own thread, and no tokenizer is loaded.
 pub fn load_with_env(flags: &GlobalFlags, env: EnvFn<'_>) -> anyhow::Result<(Engine, Settings)> {
     let cfg = config::load(&flags.overrides(), env)?;
+    for w in &cfg.warnings {
+        eprintln!("quorum: warning: {w}");
+    }
     let mut engine_cfg = cfg.engine_config(env)?;
     let data_dir = crate::engine::ledger::data_dir();
     let overrides: Vec<(String, Price)> = cfg

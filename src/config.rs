@@ -786,6 +786,116 @@ fn find_literal_key(t: &DeTable<'_>) -> Option<(KeyPath, Range<usize>, &'static 
     None
 }
 
+/// Header names that suggest a credential, beyond [`CREDENTIAL_HEADERS`].
+fn secret_like_header(name: &str) -> bool {
+    let n = name.to_ascii_lowercase();
+    CREDENTIAL_HEADERS.contains(&n.as_str())
+        || ["key", "token", "secret", "auth", "password", "cookie"]
+            .iter()
+            .any(|w| n.contains(w))
+}
+
+/// The text a value keeps when its variables are unset: `${VAR}` removed,
+/// `${VAR:-fallback}` replaced by the fallback.
+fn literal_part(v: &str) -> String {
+    let mut out = String::new();
+    let mut rest = v;
+    while let Some(i) = rest.find("${") {
+        out.push_str(&rest[..i]);
+        let after = &rest[i + 2..];
+        let Some(end) = after.find('}') else {
+            out.push_str(&rest[i..]);
+            return out;
+        };
+        if let Some((_, fallback)) = after[..end].split_once(":-") {
+            out.push_str(fallback);
+        }
+        rest = &after[end + 1..];
+    }
+    out.push_str(rest);
+    out
+}
+
+/// Where a config text holds what looks like a literal secret the key checks
+/// let through: a token-like header written out (or as a `${VAR:-fallback}`),
+/// or an `api_key_cmd` that only prints a literal.
+fn literal_secret_paths(text: &str) -> Vec<String> {
+    let Ok(t) = DeTable::parse(text) else {
+        return Vec::new();
+    };
+    let mut out = Vec::new();
+    let Some((_, providers)) = t.get_ref().iter().find(|(k, _)| key_str(k) == "providers") else {
+        return out;
+    };
+    let DeValue::Table(ps) = providers.get_ref() else {
+        return out;
+    };
+    for (name, p) in ps.iter() {
+        let DeValue::Table(fields) = p.get_ref() else {
+            continue;
+        };
+        for (k, v) in fields.iter() {
+            let at = KeyPath::of(&["providers", key_str(name), key_str(k)]);
+            match (key_str(k), v.get_ref()) {
+                ("api_key_cmd", DeValue::String(cmd)) => {
+                    let c = cmd.trim_start();
+                    if c.starts_with("echo ") || c.starts_with("printf ") {
+                        out.push(at.to_string());
+                    }
+                }
+                ("headers", DeValue::Table(hs)) => {
+                    for (h, hv) in hs.iter() {
+                        let Some(val) = hv.get_ref().as_str() else {
+                            continue;
+                        };
+                        let lit = literal_part(val);
+                        let lit = lit.trim();
+                        let token = lit
+                            .strip_prefix("Bearer ")
+                            .or_else(|| lit.strip_prefix("Basic "))
+                            .or_else(|| lit.strip_prefix("Token "))
+                            .unwrap_or(lit)
+                            .trim();
+                        if secret_like_header(key_str(h)) && token.len() >= 8 {
+                            out.push(at.clone().key(key_str(h)).to_string());
+                        }
+                    }
+                }
+                _ => {}
+            }
+        }
+    }
+    out
+}
+
+/// A warning when the file at `path` can be read by other users and holds
+/// what looks like a literal secret.
+pub fn exposure_warning(path: &Path, text: &str) -> Option<String> {
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::PermissionsExt;
+        let mode = std::fs::metadata(path).ok()?.permissions().mode() & 0o777;
+        if mode & 0o044 == 0 {
+            return None;
+        }
+        let paths = literal_secret_paths(text);
+        if paths.is_empty() {
+            return None;
+        }
+        Some(format!(
+            "{} can be read by other users (mode {mode:03o}) and holds what looks like a literal secret at {}: take it from the environment (${{VAR}}) or run `chmod 600 {}`",
+            path.display(),
+            paths.join(", "),
+            path.display()
+        ))
+    }
+    #[cfg(not(unix))]
+    {
+        let _ = (path, text);
+        None
+    }
+}
+
 /// For a syntax error, where the parser has no table yet: the last table
 /// header before `pos` and the key on the line of `pos`, read from the text.
 fn guess_path(text: &str, pos: usize) -> Option<KeyPath> {
@@ -978,6 +1088,9 @@ pub struct Config {
     pub pricing: BTreeMap<String, PriceConfig>,
     /// TUI key bindings (validated by the TUI).
     pub keys: BTreeMap<String, String>,
+    /// Things worth telling the user that do not stop quorum (e.g. a file
+    /// holding a secret that other users can read). Faces print them.
+    pub warnings: Vec<String>,
 }
 
 impl Default for Config {
@@ -1081,6 +1194,9 @@ pub fn load_text(
     };
     let user = parse_source(&src, env)?;
     let mut cfg = build(user, Some(&src), ov, env)?;
+    if let Some(w) = path.and_then(|p| exposure_warning(p, text)) {
+        cfg.warnings.push(w);
+    }
     cfg.file = path.map(Path::to_path_buf);
     cfg.origin = Origin(Some(src));
     Ok(cfg)
@@ -1125,6 +1241,7 @@ impl Config {
             cache: CacheConfig::default(),
             pricing: BTreeMap::new(),
             keys: BTreeMap::new(),
+            warnings: Vec::new(),
         }
     }
 }
@@ -1564,6 +1681,7 @@ fn build(
         },
         pricing: f.pricing.clone(),
         keys: f.keys.clone(),
+        warnings: Vec::new(),
     })
 }
 

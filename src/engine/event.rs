@@ -420,4 +420,26 @@ impl StreamEvent {
             Delta::ThinkingSignature(_) | Delta::Finish { .. } => return None,
         })
     }
+
+    /// [`StreamEvent::from_delta`], taking the delta: the text moves into the
+    /// event instead of being copied.
+    pub fn from_delta_owned(d: Delta) -> Option<StreamEvent> {
+        Some(match d {
+            Delta::Text(t) | Delta::Refusal(t) => StreamEvent::TextDelta(t),
+            Delta::Thinking(t) => StreamEvent::ThinkingDelta(t),
+            Delta::ToolCall {
+                index,
+                id,
+                name,
+                arguments,
+            } => StreamEvent::ToolCallDelta {
+                index,
+                id,
+                name,
+                arguments,
+            },
+            Delta::Usage(u) => StreamEvent::Usage(u),
+            Delta::ThinkingSignature(_) | Delta::Finish { .. } => return None,
+        })
+    }
 }

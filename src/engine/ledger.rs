@@ -243,6 +243,15 @@ impl SqliteLedger {
         }
         conn.pragma_update(None, "synchronous", "FULL")
             .map_err(sql_err)?;
+        // No checkpoint when the connection closes: a one-shot `quorum ask` would
+        // otherwise pay two more fsyncs (WAL and database) at every exit, and
+        // recreate the WAL on the next start. The WAL stays beside the file
+        // (same 0600 mode) and is checkpointed automatically every 1000 pages.
+        conn.set_db_config(
+            rusqlite::config::DbConfig::SQLITE_DBCONFIG_NO_CKPT_ON_CLOSE,
+            true,
+        )
+        .map_err(sql_err)?;
         let mut l = SqliteLedger {
             conn: Mutex::new(conn),
             path: path.to_path_buf(),
@@ -431,6 +440,37 @@ impl SqliteLedger {
         let targets = serde_json::to_string(targets).map_err(|e| e.to_string())?;
         let content = self.opts.log_content;
         let mut conn = self.lock()?;
+        // The run's row is bookkeeping, written before its requests are sent: it
+        // is committed without its own fsync (synchronous=NORMAL; WAL keeps that
+        // safe from corruption) and becomes durable with the fsync of the first
+        // request row after it, which stays synchronous=FULL. That keeps a
+        // durable write off the path to the first token.
+        conn.pragma_update(None, "synchronous", "NORMAL")
+            .map_err(sql_err)?;
+        let r = Self::insert_run(
+            &mut conn,
+            run_id,
+            session_id,
+            trace_id,
+            &targets,
+            projected_usd,
+            content.then_some(prompt),
+        );
+        let full = conn
+            .pragma_update(None, "synchronous", "FULL")
+            .map_err(sql_err);
+        r.and(full)
+    }
+
+    fn insert_run(
+        conn: &mut Connection,
+        run_id: &str,
+        session_id: Option<&str>,
+        trace_id: Option<&str>,
+        targets: &str,
+        projected_usd: Option<f64>,
+        prompt: Option<&str>,
+    ) -> Result<(), String> {
         let tx = conn
             .transaction_with_behavior(TransactionBehavior::Immediate)
             .map_err(sql_err)?;
@@ -443,14 +483,7 @@ impl SqliteLedger {
              VALUES (?1, ?2, ?3, ?4, ?5, ?6)
              ON CONFLICT(id) DO UPDATE SET targets = excluded.targets,
                  projected_usd = excluded.projected_usd",
-            params![
-                run_id,
-                session_id,
-                trace_id,
-                targets,
-                projected_usd,
-                content.then_some(prompt)
-            ],
+            params![run_id, session_id, trace_id, targets, projected_usd, prompt],
         )
         .map_err(sql_err)?;
         tx.commit().map_err(sql_err)

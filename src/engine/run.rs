@@ -18,7 +18,7 @@ use super::cost::Pricing;
 use super::error::EngineError;
 use super::event::{Accumulator, Completion, Delta, FinishReason, StreamEvent};
 use super::ledger::{LedgerSink, RequestMeta};
-use super::provider::http::{build_client, Attempt, CallContext};
+use super::provider::http::{Attempt, CallContext, LazyClient};
 use super::registry::{Registry, Resolved};
 use super::request::ChatRequest;
 use super::routing::{estimate_tokens, BreakerState, Route, Router};
@@ -136,9 +136,9 @@ impl RunHandle {
 }
 
 struct Inner {
-    http: reqwest::Client,
+    http: LazyClient,
     /// Clients of providers with their own connect timeout.
-    clients: HashMap<String, reqwest::Client>,
+    clients: HashMap<String, LazyClient>,
     router: Arc<Router>,
     cfg: EngineConfig,
     ledger: Option<Arc<dyn LedgerSink>>,
@@ -161,14 +161,14 @@ impl std::fmt::Debug for Engine {
 }
 
 impl Engine {
-    /// Build an engine (creates the shared HTTP client).
+    /// Build an engine. Its HTTP clients are built on first use (see [`LazyClient`]).
     pub fn new(cfg: EngineConfig) -> Result<Engine, EngineError> {
         let connect = cfg.connect_timeout.unwrap_or(Duration::from_secs(10));
-        let http = build_client(connect)?;
+        let http = LazyClient::new(connect);
         let mut clients = HashMap::new();
         for (name, p) in &cfg.policies {
             if let Some(c) = p.connect_timeout.filter(|c| *c != connect) {
-                clients.insert(name.clone(), build_client(c)?);
+                clients.insert(name.clone(), LazyClient::new(c));
             }
         }
         Ok(Engine {
@@ -456,11 +456,16 @@ impl TargetJob {
         let policy = &route.policy;
         let request = self.request_for(r);
         let estimate = estimate_tokens(&request);
-        let client = self
+        let client = match self
             .inner
             .clients
             .get(&r.spec.name)
-            .unwrap_or(&self.inner.http);
+            .unwrap_or(&self.inner.http)
+            .lease(&r.spec.base_url)
+        {
+            Ok(c) => c,
+            Err(e) => return Outcome::Failed(Completion::default(), e, false),
+        };
         let mut attempt_no = 1u32;
         loop {
             let ticket = match route.breaker.acquire() {
@@ -508,15 +513,17 @@ impl TargetJob {
             let mut acc = Accumulator::default();
             let mut delivered = false;
             let result: Result<(), EngineError> = async {
+                // One cancellation waiter for the whole attempt, not one per chunk.
+                let mut stop = std::pin::pin!(self.cancel.cancelled());
                 let mut a = tokio::select! {
                     biased;
-                    _ = self.cancel.cancelled() => return Err(EngineError::Cancelled),
-                    a = Attempt::start(client, &r.spec, &r.model, &request, self.opts.stream, policy.timeouts, &ctx) => a?,
+                    _ = &mut stop => return Err(EngineError::Cancelled),
+                    a = Attempt::start(&client, &r.spec, &r.model, &request, self.opts.stream, policy.timeouts, &ctx) => a?,
                 };
                 loop {
                     let next = tokio::select! {
                         biased;
-                        _ = self.cancel.cancelled() => return Err(EngineError::Cancelled),
+                        _ = &mut stop => return Err(EngineError::Cancelled),
                         d = a.next() => d,
                     };
                     match next {
@@ -530,7 +537,7 @@ impl TargetJob {
                                     *ttft = Some(started.elapsed());
                                 }
                             }
-                            if let Some(ev) = StreamEvent::from_delta(&d) {
+                            if let Some(ev) = StreamEvent::from_delta_owned(d) {
                                 if !self.emit(ev).await {
                                     return Err(EngineError::Cancelled);
                                 }

@@ -4,6 +4,8 @@
 //! closes the connection: that is how cancellation works.
 
 use std::collections::VecDeque;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, OnceLock};
 use std::time::Duration;
 
 use tokio::time::Instant;
@@ -68,7 +70,11 @@ pub struct Attempt {
     deadline: Option<Instant>,
     got_first: bool,
     trailing: Option<EngineError>,
-    key: Option<super::Secret>,
+    /// What errors must never show: the key and the values of the spec's
+    /// own headers (they may hold a token taken from `${VAR}`).
+    secrets: Vec<super::Secret>,
+    /// The first-token / idle / total timer of the HTTP body (see `fill`).
+    timer: Option<std::pin::Pin<Box<tokio::time::Sleep>>>,
     /// Bytes received so far.
     pub bytes: u64,
 }
@@ -93,16 +99,13 @@ impl Attempt {
         timeouts: Timeouts,
         ctx: &CallContext,
     ) -> Result<Attempt, EngineError> {
-        let key = spec.api_key.clone();
+        let secrets = secrets_of(spec);
         match Self::start_inner(client, spec, model, req, stream, timeouts, ctx).await {
             Ok(mut a) => {
-                a.key = key;
+                a.secrets = secrets;
                 Ok(a)
             }
-            Err(e) => Err(match &key {
-                Some(k) => e.redact(k.expose()),
-                None => e,
-            }),
+            Err(e) => Err(redact_all(e, &secrets)),
         }
     }
 
@@ -126,7 +129,8 @@ impl Attempt {
             deadline,
             got_first: false,
             trailing: None,
-            key: None,
+            secrets: Vec::new(),
+            timer: None,
             bytes: 0,
         };
         if spec.kind == ProviderKind::Mock {
@@ -232,10 +236,7 @@ impl Attempt {
     /// The next delta; `None` at the end of the response.
     pub async fn next(&mut self) -> Option<Result<Delta, EngineError>> {
         match self.next_inner().await {
-            Some(Err(e)) => Some(Err(match &self.key {
-                Some(k) => e.redact(k.expose()),
-                None => e,
-            })),
+            Some(Err(e)) => Some(Err(redact_all(e, &self.secrets))),
             other => other,
         }
     }
@@ -298,20 +299,45 @@ impl Attempt {
                 } = &mut **h;
                 let fut = resp.chunk();
                 let chunk = match limit {
-                    Some((d, phase)) => match tokio::time::timeout(d, fut).await {
-                        Ok(x) => x,
-                        Err(_) => {
-                            let after = match phase {
-                                TimeoutPhase::FirstToken => self.timeouts.first_token,
-                                TimeoutPhase::Idle => self.timeouts.idle,
-                                _ => self.timeouts.total,
-                            };
-                            return Err(EngineError::Timeout {
-                                phase,
-                                after: after.unwrap_or_default(),
-                            });
+                    Some((d, phase)) => {
+                        // One timer per attempt, re-armed lazily: a stream of
+                        // thousands of chunks costs one clock read per chunk,
+                        // not a timer-wheel insert and removal each.
+                        let deadline = Instant::now() + d;
+                        let timer = match &mut self.timer {
+                            Some(t) => {
+                                if t.deadline() > deadline {
+                                    t.as_mut().reset(deadline);
+                                }
+                                t
+                            }
+                            None => self
+                                .timer
+                                .insert(Box::pin(tokio::time::sleep_until(deadline))),
+                        };
+                        let mut fut = std::pin::pin!(fut);
+                        loop {
+                            tokio::select! {
+                                biased;
+                                x = &mut fut => break x,
+                                () = timer.as_mut() => {
+                                    if Instant::now() >= deadline {
+                                        let after = match phase {
+                                            TimeoutPhase::FirstToken => self.timeouts.first_token,
+                                            TimeoutPhase::Idle => self.timeouts.idle,
+                                            _ => self.timeouts.total,
+                                        };
+                                        return Err(EngineError::Timeout {
+                                            phase,
+                                            after: after.unwrap_or_default(),
+                                        });
+                                    }
+                                    // Armed for an earlier wait: wait on to this one's end.
+                                    timer.as_mut().reset(deadline);
+                                }
+                            }
                         }
-                    },
+                    }
                     None => fut.await,
                 }
                 .map_err(EngineError::from_reqwest)?;
@@ -363,6 +389,32 @@ impl Attempt {
     }
 }
 
+/// The key and the spec's header values (at least 8 bytes: shorter ones are
+/// no secret worth the name, and masking them would garble messages).
+fn secrets_of(spec: &ProviderSpec) -> Vec<super::Secret> {
+    let mut out: Vec<super::Secret> = spec.api_key.iter().cloned().collect();
+    for (_, v) in &spec.headers {
+        let v = v.trim();
+        // `Bearer TOKEN`: the token alone is the secret too.
+        let token = v.rsplit(' ').next().unwrap_or(v);
+        for s in [v, token] {
+            if s.len() >= 8 && !out.iter().any(|o| o.expose() == s) {
+                out.push(super::Secret::new(s));
+            }
+        }
+    }
+    // Longest first, so a secret containing another is masked whole.
+    out.sort_by_key(|s| std::cmp::Reverse(s.expose().len()));
+    out
+}
+
+fn redact_all(mut e: EngineError, secrets: &[super::Secret]) -> EngineError {
+    for s in secrets {
+        e = e.redact(s.expose());
+    }
+    e
+}
+
 fn is_content(d: &Delta) -> bool {
     matches!(
         d,
@@ -370,13 +422,139 @@ fn is_content(d: &Delta) -> bool {
     )
 }
 
-/// Build the shared HTTP client: rustls, HTTP/2 where offered, keep-alive pool.
-pub fn build_client(connect_timeout: Duration) -> Result<reqwest::Client, EngineError> {
+fn builder(connect_timeout: Duration) -> reqwest::ClientBuilder {
     reqwest::Client::builder()
         .connect_timeout(connect_timeout)
         .pool_idle_timeout(Duration::from_secs(90))
         .tcp_nodelay(true)
         .user_agent(concat!("llm-quorum/", env!("CARGO_PKG_VERSION")))
+}
+
+/// Build the shared HTTP client: rustls, HTTP/2 where offered, keep-alive pool.
+pub fn build_client(connect_timeout: Duration) -> Result<reqwest::Client, EngineError> {
+    builder(connect_timeout)
         .build()
         .map_err(EngineError::from_reqwest)
+}
+
+/// A client for plain `http://` endpoints only (local servers): the same
+/// settings without loading the system's TLS roots. A redirect to another
+/// scheme is refused with a clear error instead of followed.
+pub fn build_plain_client(connect_timeout: Duration) -> Result<reqwest::Client, EngineError> {
+    let policy = reqwest::redirect::Policy::custom(|a| {
+        if a.url().scheme() != "http" {
+            a.error("redirected from http:// to another scheme: use that URL as the base URL")
+        } else if a.previous().len() >= 10 {
+            a.error("too many redirects")
+        } else {
+            a.follow()
+        }
+    });
+    builder(connect_timeout)
+        .tls_certs_only(Vec::new())
+        .redirect(policy)
+        .build()
+        .map_err(EngineError::from_reqwest)
+}
+
+/// The HTTP clients of one connect timeout, each built on first use.
+///
+/// Building a client with TLS loads and parses the system's root
+/// certificates: hundreds of file reads and about a fifth of the CPU of a
+/// one-shot `quorum ask`. Commands that send nothing (models, ledger), the
+/// mock provider and local servers over plain `http://` never pay it.
+///
+/// Beyond [`PER_SHARD`] requests in flight, further requests get another
+/// client (built then): hyper's connection pool scans its list of waiting
+/// requests whenever one of them connects, which is quadratic in the
+/// requests connecting at once; 10,000 streams started together spent most
+/// of their start there. Below that, one client serves everything, so
+/// keep-alive and HTTP/2 reuse are as before.
+#[derive(Debug, Clone)]
+pub struct LazyClient {
+    connect_timeout: Duration,
+    tls: Arc<Shards>,
+    plain: Arc<Shards>,
+}
+
+/// Requests in flight per client before the next one is used.
+pub const PER_SHARD: usize = 256;
+const MAX_SHARDS: usize = 64;
+
+#[derive(Debug)]
+struct Shards {
+    clients: Vec<OnceLock<Result<reqwest::Client, EngineError>>>,
+    in_flight: AtomicUsize,
+}
+
+impl Default for Shards {
+    fn default() -> Self {
+        Shards {
+            clients: (0..MAX_SHARDS).map(|_| OnceLock::new()).collect(),
+            in_flight: AtomicUsize::new(0),
+        }
+    }
+}
+
+/// A client for one request; dropping it ends the request's claim on it.
+#[derive(Debug)]
+pub struct ClientLease {
+    client: reqwest::Client,
+    shards: Arc<Shards>,
+}
+
+impl std::ops::Deref for ClientLease {
+    type Target = reqwest::Client;
+    fn deref(&self) -> &reqwest::Client {
+        &self.client
+    }
+}
+
+impl Drop for ClientLease {
+    fn drop(&mut self) {
+        self.shards.in_flight.fetch_sub(1, Ordering::Relaxed);
+    }
+}
+
+impl LazyClient {
+    /// Clients with this connect timeout; nothing is built yet.
+    pub fn new(connect_timeout: Duration) -> Self {
+        LazyClient {
+            connect_timeout,
+            tls: Arc::default(),
+            plain: Arc::default(),
+        }
+    }
+
+    /// The client for one request to `base_url`: a plain one for `http://`
+    /// (and the in-process mock), a TLS one for anything else. Hold the
+    /// lease for as long as the request runs.
+    pub fn lease(&self, base_url: &str) -> Result<ClientLease, EngineError> {
+        let b = base_url.as_bytes();
+        let plain = b
+            .get(..7)
+            .is_some_and(|p| p.eq_ignore_ascii_case(b"http://"))
+            || base_url.starts_with("mock:");
+        let shards = if plain { &self.plain } else { &self.tls };
+        let n = shards.in_flight.fetch_add(1, Ordering::Relaxed);
+        let built = shards.clients[(n / PER_SHARD).min(MAX_SHARDS - 1)]
+            .get_or_init(|| {
+                if plain {
+                    build_plain_client(self.connect_timeout)
+                } else {
+                    build_client(self.connect_timeout)
+                }
+            })
+            .clone();
+        match built {
+            Ok(client) => Ok(ClientLease {
+                client,
+                shards: shards.clone(),
+            }),
+            Err(e) => {
+                shards.in_flight.fetch_sub(1, Ordering::Relaxed);
+                Err(e)
+            }
+        }
+    }
 }

@@ -112,7 +112,9 @@ impl fmt::Display for Secret {
 }
 
 /// A provider, resolved: everything needed to build its requests.
-#[derive(Debug, Clone)]
+/// `Debug` shows the names of its headers, not their values (they may hold
+/// tokens), and never the key.
+#[derive(Clone)]
 pub struct ProviderSpec {
     /// Registry name (`openai`, `groq`, `mock`, ...).
     pub name: String,
@@ -126,6 +128,25 @@ pub struct ProviderSpec {
     pub api_key: Option<Secret>,
     /// Extra headers sent with every request.
     pub headers: Vec<(String, String)>,
+}
+
+impl fmt::Debug for ProviderSpec {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("ProviderSpec")
+            .field("name", &self.name)
+            .field("kind", &self.kind)
+            .field("base_url", &self.base_url)
+            .field("api_key", &self.api_key)
+            .field(
+                "headers",
+                &self
+                    .headers
+                    .iter()
+                    .map(|(k, _)| k.as_str())
+                    .collect::<Vec<_>>(),
+            )
+            .finish()
+    }
 }
 
 impl ProviderSpec {

@@ -375,6 +375,23 @@ impl StreamDecoder for Decoder {
             };
             return Err(EngineError::InStream { message });
         }
+        if let Some(text) = plain_text_chunk(data) {
+            if !text.is_empty() {
+                out.push(Delta::Text(text.into_owned()));
+            }
+            return Ok(());
+        }
+        self.general_frame(data, out)
+    }
+
+    fn is_done(&self) -> bool {
+        self.done_marker || self.finish.is_some()
+    }
+}
+
+impl Decoder {
+    /// Any JSON chunk, read as a [`Value`] tree.
+    fn general_frame(&mut self, data: &str, out: &mut Vec<Delta>) -> Result<(), EngineError> {
         let v = parse_json("OpenAI stream", data)?;
         let mut finish = None;
         if let Some(c) = choice0(&v) {
@@ -411,10 +428,80 @@ impl StreamDecoder for Decoder {
         }
         Ok(())
     }
+}
 
-    fn is_done(&self) -> bool {
-        self.done_marker || self.finish.is_some()
+/// The common chunk, typed: one choice 0 whose delta holds at most `role`
+/// and `content`, no finish, no usage, no error. Parsing it this way costs a
+/// fraction of a [`Value`] tree (no map per object, borrowed text), and it
+/// yields exactly what the general path below would. Anything else (tool
+/// calls, reasoning, refusals, a finish, usage, an error, a duplicate key, an
+/// odd type) is `None` and takes the general path.
+fn plain_text_chunk(data: &str) -> Option<std::borrow::Cow<'_, str>> {
+    use serde::de::IgnoredAny;
+    use serde::Deserialize;
+    use std::borrow::Cow;
+
+    /// `T` from a JSON object only: serde's derived structs also accept an
+    /// array of their fields, which the general path would not read.
+    struct Obj<T>(T);
+    impl<'de, T: Deserialize<'de>> Deserialize<'de> for Obj<T> {
+        fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+            struct V<T>(std::marker::PhantomData<T>);
+            impl<'de, T: Deserialize<'de>> serde::de::Visitor<'de> for V<T> {
+                type Value = T;
+                fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+                    f.write_str("an object")
+                }
+                fn visit_map<A: serde::de::MapAccess<'de>>(self, map: A) -> Result<T, A::Error> {
+                    T::deserialize(serde::de::value::MapAccessDeserializer::new(map))
+                }
+            }
+            d.deserialize_map(V(std::marker::PhantomData)).map(Obj)
+        }
     }
+
+    #[derive(Deserialize)]
+    struct Chunk<'a> {
+        #[serde(borrow)]
+        choices: [Obj<Choice<'a>>; 1],
+        usage: Option<IgnoredAny>,
+        error: Option<IgnoredAny>,
+        x_groq: Option<IgnoredAny>,
+    }
+    #[derive(Deserialize)]
+    struct Choice<'a> {
+        index: Option<u64>,
+        #[serde(borrow)]
+        delta: Obj<PlainDelta<'a>>,
+        finish_reason: Option<IgnoredAny>,
+    }
+    #[derive(Deserialize)]
+    #[serde(deny_unknown_fields)]
+    struct PlainDelta<'a> {
+        #[serde(borrow)]
+        content: Option<Cow<'a, str>>,
+        #[serde(rename = "role")]
+        _role: Option<IgnoredAny>,
+        refusal: Option<IgnoredAny>,
+        reasoning: Option<IgnoredAny>,
+        reasoning_content: Option<IgnoredAny>,
+        tool_calls: Option<IgnoredAny>,
+        function_call: Option<IgnoredAny>,
+    }
+    let Obj(c) = serde_json::from_str::<Obj<Chunk<'_>>>(data).ok()?;
+    let [Obj(choice)] = c.choices;
+    let Obj(d) = choice.delta;
+    let plain = c.usage.is_none()
+        && c.error.is_none()
+        && c.x_groq.is_none()
+        && choice.index.unwrap_or(0) == 0
+        && choice.finish_reason.is_none()
+        && d.refusal.is_none()
+        && d.reasoning.is_none()
+        && d.reasoning_content.is_none()
+        && d.tool_calls.is_none()
+        && d.function_call.is_none();
+    plain.then(|| d.content.unwrap_or(Cow::Borrowed("")))
 }
 
 /// The deltas of one `choices[0].delta` object.
@@ -845,5 +932,144 @@ mod tests {
                 ..Usage::default()
             })]
         );
+    }
+}
+
+#[cfg(test)]
+mod fast_path_tests {
+    use super::*;
+    use proptest::prelude::*;
+
+    /// Chunks shaped like the real ones, with the odd twist.
+    fn chunk() -> impl Strategy<Value = String> {
+        let scalar = prop_oneof![
+            Just("null".to_string()),
+            Just("\"\"".to_string()),
+            Just("\"hi \\u00e9\\n\"".to_string()),
+            Just("\"stop\"".to_string()),
+            Just("0".to_string()),
+            Just("1".to_string()),
+            Just("-1".to_string()),
+            Just("[]".to_string()),
+            Just("{}".to_string()),
+            Just("[\"x\"]".to_string()),
+            Just("{\"prompt_tokens\":1}".to_string()),
+        ];
+        let delta_keys = proptest::sample::subsequence(
+            vec![
+                "content",
+                "role",
+                "refusal",
+                "reasoning",
+                "reasoning_content",
+                "tool_calls",
+                "function_call",
+                "other",
+                "content",
+            ],
+            0..5,
+        );
+        let choice_keys = proptest::sample::subsequence(
+            vec!["index", "finish_reason", "logprobs", "index"],
+            0..3,
+        );
+        let top_keys = proptest::sample::subsequence(
+            vec!["usage", "error", "x_groq", "id", "model", "usage"],
+            0..3,
+        );
+        (
+            delta_keys,
+            proptest::collection::vec(scalar.clone(), 9),
+            choice_keys,
+            proptest::collection::vec(scalar.clone(), 4),
+            top_keys,
+            proptest::collection::vec(scalar, 6),
+            0..6u8,
+        )
+            .prop_map(|(dk, dv, ck, cv, tk, tv, shape)| {
+                let obj = |ks: &[&str], vs: &[String]| {
+                    let body: Vec<String> = ks
+                        .iter()
+                        .zip(vs)
+                        .map(|(k, v)| format!("\"{k}\":{v}"))
+                        .collect();
+                    format!("{{{}}}", body.join(","))
+                };
+                let delta = obj(&dk, &dv);
+                let delta = if shape == 1 {
+                    format!("[{}]", dv[0])
+                } else {
+                    delta
+                };
+                let mut cks: Vec<String> = ck
+                    .iter()
+                    .zip(&cv)
+                    .map(|(k, v)| format!("\"{k}\":{v}"))
+                    .collect();
+                cks.push(format!("\"delta\":{delta}"));
+                let choice = if shape == 2 {
+                    format!("[{delta}]")
+                } else {
+                    format!("{{{}}}", cks.join(","))
+                };
+                let choices = match shape {
+                    3 => format!("[{choice},{choice}]"),
+                    4 => "[]".to_string(),
+                    _ => format!("[{choice}]"),
+                };
+                let mut tks: Vec<String> = tk
+                    .iter()
+                    .zip(&tv)
+                    .map(|(k, v)| format!("\"{k}\":{v}"))
+                    .collect();
+                tks.push(format!("\"choices\":{choices}"));
+                if shape == 5 {
+                    format!("[{}]", choices)
+                } else {
+                    format!("{{{}}}", tks.join(","))
+                }
+            })
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig {
+            cases: 3000,
+            rng_algorithm: proptest::test_runner::RngAlgorithm::ChaCha,
+            rng_seed: proptest::test_runner::RngSeed::Fixed(11),
+            failure_persistence: None,
+            ..ProptestConfig::default()
+        })]
+
+        /// The typed fast path yields exactly what the general path yields.
+        #[test]
+        fn fast_path_matches_the_general_path(data in chunk()) {
+            let mut fast = Decoder::default();
+            let mut a = Vec::new();
+            let ra = fast.frame("message", &data, &mut a).map_err(|e| e.to_string());
+            let mut general = Decoder::default();
+            let mut b = Vec::new();
+            let rb = general.general_frame(data.trim(), &mut b).map_err(|e| e.to_string());
+            prop_assert_eq!(&a, &b, "{}", data);
+            prop_assert_eq!(ra, rb, "{}", data);
+            prop_assert_eq!(fast, general);
+        }
+    }
+
+    #[test]
+    fn the_common_chunk_takes_the_fast_path() {
+        let d = r#"{"id":"c","object":"chat.completion.chunk","created":1,"model":"m","choices":[{"index":0,"delta":{"content":"Hi \u00e9"},"finish_reason":null,"logprobs":null}],"usage":null}"#;
+        assert_eq!(plain_text_chunk(d).as_deref(), Some("Hi é"));
+        let first =
+            r#"{"choices":[{"index":0,"delta":{"role":"assistant","content":"","refusal":null}}]}"#;
+        assert_eq!(plain_text_chunk(first).as_deref(), Some(""));
+        for other in [
+            r#"{"choices":[{"index":0,"delta":{},"finish_reason":"stop"}]}"#,
+            r#"{"choices":[],"usage":{"prompt_tokens":1}}"#,
+            r#"{"choices":[{"delta":{"tool_calls":[]}}]}"#,
+            r#"{"choices":[{"delta":["x"]}]}"#,
+            r#"[[{"delta":{"content":"x"}}]]"#,
+        ] {
+            assert_eq!(plain_text_chunk(other), None, "{other}");
+        }
     }
 }
