@@ -31,3 +31,11 @@ sleep "${WAIT:-6}"
 tmux -L "$sock" capture-pane -e -p -t 0 >"$tmp/capture.txt"
 python3 scripts/ansi2png.py "$tmp/capture.txt" assets/screenshot.png --cols "$cols" --rows "$rows"
 echo "wrote assets/screenshot.png"
+# The consensus view of the same answers: focus a pane, press v.
+tmux -L "$sock" send-keys -t 0 Tab
+sleep 0.3
+tmux -L "$sock" send-keys -t 0 v
+sleep 1
+tmux -L "$sock" capture-pane -e -p -t 0 >"$tmp/consensus.txt"
+python3 scripts/ansi2png.py "$tmp/consensus.txt" assets/consensus.png --cols "$cols" --rows "$rows"
+echo "wrote assets/consensus.png"
