@@ -35,12 +35,18 @@ const ALL: [&str; 6] = [
     HEADER_TOKEN,
 ];
 
+/// `quorum serve`'s bearer token (`--token-env QUORUM_SERVE_TOKEN`), and a
+/// wrong one a client sends: neither may come back in any answer or log.
+const SERVE_TOKEN: &str = "srv-AUDITservetok6Gh9Jk2Lm5Nb8Vc1Xz4";
+const WRONG_TOKEN: &str = "srv-AUDITwrongtok3Qw6Er9Ty2Ui5Op8As1";
+
 /// Environment reads and `set_var` must not race between the tests here.
 static ENV: Mutex<()> = Mutex::new(());
 
 /// A key, or a telling part of it (a truncated or re-encoded copy is a leak too).
 fn leaks(hay: &[u8]) -> Vec<&'static str> {
     ALL.iter()
+        .chain(&[SERVE_TOKEN, WRONG_TOKEN])
         .copied()
         .filter(|k| {
             let mid = &k[k.len() / 4..k.len() / 4 + 16];
@@ -272,6 +278,32 @@ impl Urls {
             lab: url.into(),
         }
     }
+}
+
+/// The environment every process under audit gets: every key, every base URL.
+fn env_pairs(home: &Home, urls: &Urls) -> Vec<(String, String)> {
+    [
+        ("HOME", home.dir.path().display().to_string()),
+        ("QUORUM_DATA_DIR", home.data().display().to_string()),
+        (
+            "QUORUM_CONFIG",
+            home.config(&urls.lab).display().to_string(),
+        ),
+        ("QUORUM_MOCK_TPS", "0".into()),
+        ("OPENAI_API_KEY", OPENAI_KEY.into()),
+        ("OPENAI_BASE_URL", format!("{}/v1", urls.openai)),
+        ("ANTHROPIC_API_KEY", ANTHROPIC_KEY.into()),
+        ("ANTHROPIC_BASE_URL", urls.anthropic.clone()),
+        ("GEMINI_API_KEY", GEMINI_KEY.into()),
+        ("GEMINI_BASE_URL", urls.gemini.clone()),
+        ("OPENROUTER_API_KEY", OPENROUTER_KEY.into()),
+        ("OPENROUTER_BASE_URL", format!("{}/api/v1", urls.openrouter)),
+        ("LAB_TOKEN", HEADER_TOKEN.into()),
+        ("QUORUM_MAX_RETRIES", "0".into()),
+    ]
+    .into_iter()
+    .map(|(k, v)| (k.to_string(), v))
+    .collect()
 }
 
 fn quorum(home: &Home, urls: &Urls, args: &[&str]) -> Output {
@@ -667,4 +699,255 @@ fn a_readable_config_with_a_literal_secret_is_warned_about() {
             "{out:?}"
         );
     }
+}
+
+// ---------------------------------------------------------------------------
+// `quorum serve`
+
+/// A running `quorum serve` under audit.
+struct Serving {
+    child: std::process::Child,
+    url: String,
+    stderr: std::sync::Arc<Mutex<String>>,
+}
+
+impl Drop for Serving {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+impl Serving {
+    fn start(home: &Home, urls: &Urls, global: &[&str]) -> Serving {
+        use std::io::{BufRead, BufReader};
+        let mut cmd = Command::new(env!("CARGO_BIN_EXE_quorum"));
+        cmd.env_clear()
+            .env("PATH", std::env::var("PATH").unwrap_or_default())
+            .envs(env_pairs(home, urls))
+            .env("RUST_LOG", "trace")
+            .env("RUST_BACKTRACE", "1")
+            .env("QUORUM_SERVE_TOKEN", SERVE_TOKEN)
+            .args(global)
+            .args([
+                "serve",
+                "--listen",
+                "127.0.0.1:0",
+                "--token-env",
+                "QUORUM_SERVE_TOKEN",
+            ])
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped());
+        let mut child = cmd.spawn().unwrap();
+        let err = child.stderr.take().unwrap();
+        let log = std::sync::Arc::new(Mutex::new(String::new()));
+        let (tx, rx) = std::sync::mpsc::channel();
+        let log2 = log.clone();
+        std::thread::spawn(move || {
+            let mut tx = Some(tx);
+            for line in BufReader::new(err).lines() {
+                let Ok(line) = line else { break };
+                if let Some(i) = line.find("listening on http://") {
+                    if let Some(tx) = tx.take() {
+                        let _ = tx.send(line[i + "listening on ".len()..].trim().to_string());
+                    }
+                }
+                let mut l = log2.lock().unwrap();
+                l.push_str(&line);
+                l.push('\n');
+            }
+        });
+        let url = match rx.recv_timeout(Duration::from_secs(20)) {
+            Ok(u) => u,
+            Err(_) => {
+                let _ = child.kill();
+                panic!("serve did not start: {}", log.lock().unwrap());
+            }
+        };
+        Serving {
+            child,
+            url,
+            stderr: log,
+        }
+    }
+
+    /// SIGTERM (the ledger is flushed), wait, then the whole stderr.
+    fn stop(mut self) -> String {
+        #[cfg(unix)]
+        unsafe {
+            libc::kill(self.child.id() as i32, libc::SIGTERM);
+        }
+        for _ in 0..200 {
+            if self.child.try_wait().unwrap().is_some() {
+                break;
+            }
+            std::thread::sleep(Duration::from_millis(25));
+        }
+        // The reader thread may still be draining the pipe.
+        std::thread::sleep(Duration::from_millis(100));
+        self.stderr.lock().unwrap().clone()
+    }
+}
+
+/// One HTTP exchange: (what, status, body).
+async fn exchange(
+    c: &reqwest::Client,
+    what: String,
+    rb: reqwest::RequestBuilder,
+) -> (String, u16, String) {
+    let _ = c;
+    let r = rb.send().await.unwrap_or_else(|e| panic!("{what}: {e}"));
+    let status = r.status().as_u16();
+    (what, status, r.text().await.unwrap_or_default())
+}
+
+/// Every endpoint and method of `quorum serve` against one set of upstreams.
+async fn serve_traffic(url: &str) -> Vec<(String, u16, String)> {
+    let c = reqwest::Client::builder()
+        .timeout(Duration::from_secs(30))
+        .build()
+        .unwrap();
+    let auth = format!("Bearer {SERVE_TOKEN}");
+    let rpc = |body: serde_json::Value| {
+        c.post(format!("{url}/rpc"))
+            .header("authorization", &auth)
+            .json(&body)
+    };
+    let mut out = Vec::new();
+    for (i, t) in TARGETS.iter().enumerate() {
+        let p = serde_json::json!({"model": t, "prompt": "What is 2+2?"});
+        for method in ["llm.complete", "llm.stream"] {
+            let body =
+                serde_json::json!({"jsonrpc": "2.0", "id": i, "method": method, "params": p});
+            out.push(exchange(&c, format!("{method} {t}"), rpc(body)).await);
+        }
+        // A batch and a notification go down the same path.
+        let batch = serde_json::json!([
+            {"jsonrpc": "2.0", "id": "b", "method": "llm.complete", "params": p},
+            {"jsonrpc": "2.0", "method": "llm.complete", "params": p},
+        ]);
+        out.push(exchange(&c, format!("batch {t}"), rpc(batch)).await);
+        for stream in [false, true] {
+            let body = serde_json::json!({"model": t, "stream": stream,
+                "stream_options": {"include_usage": true},
+                "messages": [{"role": "user", "content": "What is 2+2?"}]});
+            let rb = c
+                .post(format!("{url}/v1/chat/completions"))
+                .header("authorization", &auth)
+                .json(&body);
+            out.push(exchange(&c, format!("/v1/chat/completions stream={stream} {t}"), rb).await);
+        }
+    }
+    let compare = serde_json::json!({"jsonrpc": "2.0", "id": "c", "method": "llm.compare",
+        "params": {"models": TARGETS, "prompt": "What is 2+2?", "judge": TARGETS[1]}});
+    out.push(exchange(&c, "llm.compare".into(), rpc(compare)).await);
+    for method in ["llm.models", "llm.health", "llm.metrics"] {
+        let body = serde_json::json!({"jsonrpc": "2.0", "id": method, "method": method});
+        out.push(exchange(&c, method.into(), rpc(body)).await);
+    }
+    for path in ["/v1/models", "/metrics", "/healthz", "/nowhere"] {
+        let rb = c.get(format!("{url}{path}")).header("authorization", &auth);
+        out.push(exchange(&c, path.into(), rb).await);
+    }
+    // Wrong, malformed and missing tokens: a 401 that repeats none of them.
+    for (how, value) in [
+        ("wrong token", Some(format!("Bearer {WRONG_TOKEN}"))),
+        ("token as Basic", Some(format!("Basic {SERVE_TOKEN}"))),
+        (
+            "token with a suffix",
+            Some(format!("Bearer {SERVE_TOKEN}x")),
+        ),
+        ("no token", None),
+    ] {
+        for path in ["/rpc", "/v1/chat/completions", "/v1/models", "/metrics"] {
+            let mut rb = if path == "/v1/models" || path == "/metrics" {
+                c.get(format!("{url}{path}"))
+            } else {
+                c.post(format!("{url}{path}")).body(
+                    serde_json::json!({"jsonrpc": "2.0", "id": 1, "method": "llm.health",
+                        "model": TARGETS[0], "messages": [{"role": "user", "content": "hi"}]})
+                    .to_string(),
+                )
+            };
+            if let Some(v) = &value {
+                rb = rb.header("authorization", v);
+            }
+            let (what, status, body) = exchange(&c, format!("{how} {path}"), rb).await;
+            assert_eq!(status, 401, "{what}: {body}");
+            out.push((what, status, body));
+        }
+    }
+    out
+}
+
+/// `quorum serve` on every failure path: no answer, no stderr line and no
+/// file in the data dir shows a provider key or the serve token.
+#[test]
+fn serve_shows_no_key_on_any_failure_path() {
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    let s = rt.block_on(servers());
+    let home = Home::new();
+    let mut modes = failures(&s);
+    modes.push(("working upstreams", Urls::of(&s), vec![]));
+    for (what, urls, flags) in modes {
+        let srv = Serving::start(&home, &urls, &flags);
+        let answers = rt.block_on(serve_traffic(&srv.url));
+        let err = srv.stop();
+        for (call, status, body) in &answers {
+            assert_clean(
+                &format!("serve, {what}: {call} ({status})"),
+                body.as_bytes(),
+            );
+        }
+        assert_clean(&format!("serve, {what}: stderr"), err.as_bytes());
+        assert!(err.contains("listening on http://"), "{err}");
+        // Not vacuous: the calls did fail (or work) where they should.
+        let complete = answers
+            .iter()
+            .find(|(c, ..)| c == "llm.complete lab/lab-model")
+            .unwrap();
+        if what == "working upstreams" {
+            assert!(complete.2.contains("four"), "{what}: {complete:?}");
+        } else {
+            assert!(complete.2.contains("-32004"), "{what}: {complete:?}");
+            let oa = answers
+                .iter()
+                .find(|(c, ..)| c == "/v1/chat/completions stream=false openai/gpt-4o-mini")
+                .unwrap();
+            assert!(oa.1 >= 400 && oa.2.contains("\"error\""), "{what}: {oa:?}");
+        }
+    }
+    // The ledger, its WAL, caches: every file the servers left.
+    let all = files(&home.data());
+    assert!(
+        all.iter().any(|p| p.ends_with("ledger.sqlite3")),
+        "no ledger in {all:?}"
+    );
+    for f in &all {
+        assert_clean(&f.display().to_string(), &std::fs::read(f).unwrap());
+    }
+    let db = rusqlite::Connection::open(home.data().join("ledger.sqlite3")).unwrap();
+    let (rows, failed): (i64, i64) = db
+        .query_row(
+            "SELECT COUNT(*), COUNT(error_message) FROM requests",
+            [],
+            |r| Ok((r.get(0)?, r.get(1)?)),
+        )
+        .unwrap();
+    assert!(rows > 0 && failed > 0, "{rows} rows, {failed} failed");
+    // The keys did reach the upstreams, so their echoes were a real test.
+    for (name, srv) in [
+        ("401", &s.unauthorized),
+        ("400", &s.bad_request),
+        ("in-stream", &s.in_stream_error),
+    ] {
+        let sent = srv.seen.lock().unwrap().join(" ");
+        for k in ALL {
+            assert!(sent.contains(k), "serve, {name}: {k} was never sent");
+        }
+        assert!(!sent.contains(SERVE_TOKEN), "the serve token went upstream");
+    }
+    assert!(s.slow.count() > 0, "the timeout path reached its server");
+    assert!(seen_header(&s.lab, "authorization").contains(&format!("Bearer {CMD_KEY}")));
 }
