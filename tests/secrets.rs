@@ -916,6 +916,21 @@ fn serve_shows_no_key_on_any_failure_path() {
                 .find(|(c, ..)| c == "/v1/chat/completions stream=false openai/gpt-4o-mini")
                 .unwrap();
             assert!(oa.1 >= 400 && oa.2.contains("\"error\""), "{what}: {oa:?}");
+            let st = answers
+                .iter()
+                .find(|(c, ..)| c == "llm.stream anthropic/claude-haiku-4-5")
+                .unwrap();
+            assert!(
+                st.2.contains("event: result") && st.2.contains("-32004"),
+                "{what}: {st:?}"
+            );
+            if what.contains("echoing") {
+                // The echo itself came back (redacted), so the check had teeth.
+                assert!(
+                    complete.2.contains("invalid credentials"),
+                    "{what}: {complete:?}"
+                );
+            }
         }
     }
     // The ledger, its WAL, caches: every file the servers left.
@@ -950,4 +965,193 @@ fn serve_shows_no_key_on_any_failure_path() {
     }
     assert!(s.slow.count() > 0, "the timeout path reached its server");
     assert!(seen_header(&s.lab, "authorization").contains(&format!("Bearer {CMD_KEY}")));
+}
+
+// ---------------------------------------------------------------------------
+// The TUI: failed panes on screen, and their Ctrl+E export
+
+/// Panes whose completions failed at the fake-key upstreams, driven by the
+/// real engine: their screen (each pane zoomed too) and their Markdown and
+/// JSON export show no key.
+#[test]
+fn tui_failed_panes_and_their_export_show_no_key() {
+    use crossterm::event::{KeyCode, KeyEvent, KeyModifiers};
+    use llm_quorum::tui::keys::KeyMap;
+    use llm_quorum::tui::pane::PaneState;
+    use llm_quorum::tui::theme::Theme;
+    use llm_quorum::tui::{view, App, AppInit, Cmd, Msg};
+
+    let _env = ENV.lock().unwrap_or_else(|e| e.into_inner());
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    let s = rt.block_on(servers());
+    let home = Home::new();
+    // The data dir (ledger, cache) is read from the process environment.
+    // SAFETY: the lock above keeps the other environment users of this file
+    // out meanwhile.
+    unsafe { std::env::set_var("QUORUM_DATA_DIR", home.data()) };
+    let key = |c: KeyCode| Msg::Key(KeyEvent::new(c, KeyModifiers::NONE));
+    let mut exported = Vec::new();
+    for (what, urls, flags) in failures(&s) {
+        let pairs = env_pairs(&home, &urls);
+        let env = move |k: &str| -> Option<String> {
+            pairs.iter().find(|(n, _)| n == k).map(|(_, v)| v.clone())
+        };
+        let mut gflags = llm_quorum::app::GlobalFlags::default();
+        if flags.contains(&"--timeout") {
+            gflags.timeout_secs = Some(0.3);
+        }
+        let (engine, settings) = rt
+            .block_on(async { llm_quorum::app::load_with_env(&gflags, &env) })
+            .unwrap();
+        let mut app = App::new(AppInit {
+            targets: TARGETS.iter().map(|t| t.to_string()).collect(),
+            available: TARGETS.iter().map(|t| t.to_string()).collect(),
+            theme: Theme::builtin(),
+            keys: KeyMap::default(),
+            banner: Vec::new(),
+            budget_set: false,
+            pricing: None,
+            size: (200, 60),
+        });
+        for c in "What is 2+2?".chars() {
+            app.update(key(KeyCode::Char(c)));
+        }
+        let (run, request, targets) = app
+            .update(key(KeyCode::Enter))
+            .into_iter()
+            .find_map(|c| match c {
+                Cmd::Start {
+                    run,
+                    request,
+                    targets,
+                } => Some((run, request, targets)),
+                _ => None,
+            })
+            .expect("Enter starts a run");
+        rt.block_on(async {
+            let mut h = engine.run(request, targets, Default::default());
+            while let Some(event) = h.events.recv().await {
+                app.update(Msg::Engine { run, event });
+            }
+        });
+        app.update(Msg::RunClosed { run });
+        for (i, p) in app.panes.iter().enumerate() {
+            assert_eq!(
+                p.state,
+                PaneState::Failed,
+                "{what}: pane {i} ({})",
+                TARGETS[i]
+            );
+        }
+        // The screen, then every pane zoomed (wide enough for a whole message).
+        let screen = |app: &App| {
+            let mut t =
+                ratatui::Terminal::new(ratatui::backend::TestBackend::new(200, 60)).unwrap();
+            t.draw(|f| view::render(app, f)).unwrap();
+            t.backend().to_string()
+        };
+        let first = screen(&app);
+        assert!(first.contains("lab/lab-model"), "{what}:\n{first}");
+        assert_clean(&format!("TUI, {what}: screen"), first.as_bytes());
+        for i in 0..TARGETS.len() {
+            app.update(key(KeyCode::Tab));
+            app.update(key(KeyCode::Char('z')));
+            assert_eq!(app.zoom, Some(i), "{what}: zoom pane {i}");
+            let zoomed = screen(&app);
+            assert_clean(&format!("TUI, {what}: pane {i} zoomed"), zoomed.as_bytes());
+            app.update(key(KeyCode::Char('z')));
+        }
+        // Ctrl+E builds the document the loop writes.
+        let doc = app
+            .update(Msg::Key(KeyEvent::new(
+                KeyCode::Char('e'),
+                KeyModifiers::CONTROL,
+            )))
+            .into_iter()
+            .find_map(|c| match c {
+                Cmd::Export(d) => Some(d),
+                _ => None,
+            })
+            .expect("Ctrl+E exports");
+        let dir = home.data().join("exports");
+        let stamp = format!("audit-{}", exported.len());
+        let paths = doc.write(&dir, &stamp, "2026-12-01T14:00:00Z").unwrap();
+        assert_eq!(paths.len(), 2);
+        for p in &paths {
+            let bytes = std::fs::read(p).unwrap();
+            assert!(
+                String::from_utf8_lossy(&bytes).contains("failed"),
+                "{what}: {} holds the failures",
+                p.display()
+            );
+            assert_clean(&format!("TUI export, {what}: {}", p.display()), &bytes);
+        }
+        exported.extend(paths);
+        drop((engine, settings));
+    }
+    // The echoes reached the panes (redacted), so the check above had teeth.
+    let md = std::fs::read_to_string(&exported[0]).unwrap();
+    assert!(md.contains("invalid credentials"), "{md}");
+    for (name, srv) in [
+        ("401", &s.unauthorized),
+        ("400", &s.bad_request),
+        ("in-stream", &s.in_stream_error),
+    ] {
+        let sent = srv.seen.lock().unwrap().join(" ");
+        for k in ALL {
+            assert!(sent.contains(k), "TUI, {name}: {k} was never sent");
+        }
+    }
+    assert!(s.slow.count() > 0, "the timeout path reached its server");
+    for f in files(&home.data()) {
+        assert_clean(&f.display().to_string(), &std::fs::read(f).unwrap());
+    }
+}
+
+/// The TUI's panic path (`QUORUM_TUI_TEST_PANIC`, as in `tui_tmux.rs`'s
+/// `a_panic_restores_the_terminal`) with every key in the environment and
+/// `RUST_BACKTRACE=1`: the first frame, the panic message and the backtrace,
+/// all the terminal ever saw (a `script` typescript), show no key.
+#[test]
+fn a_tui_panic_shows_no_key() {
+    let have_script = Command::new("script")
+        .arg("--version")
+        .output()
+        .is_ok_and(|o| o.status.success());
+    if !have_script {
+        eprintln!("SKIP: script(1) is not installed; the panic audit needs a pty");
+        return;
+    }
+    let home = Home::new();
+    let log = home.dir.path().join("typescript");
+    let bin = env!("CARGO_BIN_EXE_quorum");
+    let out = Command::new("timeout")
+        .args(["30", "script", "-qec"])
+        .arg(format!("stty cols 160 rows 45; exec '{bin}'"))
+        .arg(&log)
+        .env_clear()
+        .env("PATH", std::env::var("PATH").unwrap_or_default())
+        .env("TERM", "xterm-256color")
+        .env("LANG", "C.UTF-8")
+        .envs(env_pairs(&home, &Urls::all("http://127.0.0.1:9")))
+        .env("RUST_BACKTRACE", "1")
+        .env("RUST_LOG", "trace")
+        .env("QUORUM_TUI_TEST_PANIC", "1")
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(101), "{out:?}");
+    check_output("TUI panic", &out);
+    let seen = std::fs::read(&log).unwrap();
+    let text = String::from_utf8_lossy(&seen);
+    // Not vacuous: the keyed providers were on screen, then the panic and its backtrace.
+    assert!(text.contains("openai/gpt-4o-mini"), "{text}");
+    assert!(text.contains("panicking after the first frame"), "{text}");
+    assert!(text.contains("stack backtrace"), "{text}");
+    assert_clean("TUI panic: the terminal", &seen);
+    for f in files(&home.data()) {
+        assert_clean(&f.display().to_string(), &std::fs::read(f).unwrap());
+    }
 }
