@@ -585,14 +585,13 @@ fn params_object() -> impl Strategy<Value = Value> {
             for (k, v) in rest {
                 o.insert(k, v);
             }
-            // Keep mock calls quick.
-            if !o
+            // Keep mock calls quick (half the time, a bad max_tokens stays).
+            let quick = o
                 .get("max_tokens")
-                .is_some_and(|v| v.as_u64().is_some_and(|n| n < 64))
-            {
-                if mask & 0x40 == 0 {
-                    o.insert("max_tokens".into(), json!(8));
-                }
+                .and_then(Value::as_u64)
+                .is_some_and(|n| n < 64);
+            if !quick && mask & 0x40 == 0 {
+                o.insert("max_tokens".into(), json!(8));
             }
             Value::Object(o)
         })
@@ -638,10 +637,109 @@ fn request() -> impl Strategy<Value = Value> {
         })
 }
 
+const MOCKS: [&str; 5] = [
+    "mock/alpha",
+    "mock/beta",
+    "mock/gamma",
+    "mock/contrarian",
+    "mock/thinker",
+];
+
+/// A valid call of one of the methods, with random valid values: it must
+/// succeed (the mock never fails on these prompts).
+fn valid_call() -> impl Strategy<Value = Value> {
+    let mock = || proptest::sample::select(MOCKS.to_vec()).prop_map(|m| json!(m));
+    let prompt = proptest::sample::select(vec![
+        "What is 2+2?",
+        "Is water wet?",
+        "12 * 7",
+        "héllo 世界 🕵️ write a haiku",
+    ])
+    .prop_map(|p| json!(p));
+    let id = prop_oneof![
+        any::<i64>().prop_map(|n| json!(n)),
+        "\\PC{0,10}".prop_map(Value::String),
+    ];
+    let opt = |k: &'static str, v: BoxedStrategy<Value>| {
+        proptest::option::of(v).prop_map(move |v| v.map(|v| (k, v)))
+    };
+    let prompt_fields = (
+        opt("max_tokens", (1u64..16).prop_map(|n| json!(n)).boxed()),
+        opt("temperature", (0.0f64..1.0).prop_map(|f| json!(f)).boxed()),
+        opt(
+            "session_id",
+            "[a-z0-9-]{1,12}".prop_map(Value::String).boxed(),
+        ),
+        opt(
+            "trace_id",
+            Just(json!("4bf92f3577b34da6a3ce929d0e0e4736")).boxed(),
+        ),
+        opt("system", Just(json!("Be terse.")).boxed()),
+        opt("stream", any::<bool>().prop_map(Value::Bool).boxed()),
+    );
+    let call = prop_oneof![
+        3 => (proptest::sample::select(vec!["llm.complete", "llm.stream"]), mock(), prompt.clone(), prompt_fields.clone())
+            .prop_map(|(m, model, p, (a, b, c, d, e, f))| {
+                let mut o = Map::new();
+                o.insert("model".into(), model);
+                o.insert("prompt".into(), p);
+                for (k, v) in [a, b, c, d, e, f].into_iter().flatten() {
+                    o.insert(k.into(), v);
+                }
+                (m, Value::Object(o))
+            }),
+        2 => (
+            proptest::collection::vec(mock(), 1..4),
+            prompt,
+            prompt_fields,
+            proptest::option::of(1u64..3),
+            proptest::option::of(proptest::sample::select(vec!["number", "yes-no", "choice", "final-line", "open"])),
+            proptest::option::of(0.0f64..1.0),
+            proptest::option::of(mock()),
+        )
+            .prop_map(|(models, p, (a, b, c, d, e, f), repeat, kind, threshold, judge)| {
+                let mut o = Map::new();
+                o.insert("models".into(), Value::Array(models));
+                o.insert("prompt".into(), p);
+                for (k, v) in [a, b, c, d, e, f].into_iter().flatten() {
+                    o.insert(k.into(), v);
+                }
+                if let Some(r) = repeat {
+                    o.insert("repeat".into(), json!(r));
+                }
+                if let Some(k) = kind {
+                    o.insert("kind".into(), json!(k));
+                }
+                if let Some(t) = threshold {
+                    o.insert("threshold".into(), json!(t));
+                }
+                if let Some(j) = judge {
+                    o.insert("judge".into(), j);
+                }
+                ("llm.compare", Value::Object(o))
+            }),
+        1 => (proptest::sample::select(vec!["llm.models", "llm.health", "llm.metrics"]), any::<bool>(), proptest::option::of("[a-z]{1,8}"))
+            .prop_map(|(m, reset, agent)| {
+                let mut o = Map::new();
+                if m == "llm.metrics" && reset {
+                    o.insert("reset".into(), json!(false));
+                }
+                if let Some(a) = agent {
+                    o.insert("source_agent".into(), json!(a));
+                }
+                (m, Value::Object(o))
+            }),
+    ];
+    (id, call).prop_map(|(id, (method, params))| {
+        json!({"jsonrpc": "2.0", "id": id, "method": method, "params": params})
+    })
+}
+
 /// A batch: near-valid requests mixed with junk, nested arrays included.
 fn batch() -> impl Strategy<Value = Value> {
     let item = prop_oneof![
-        8 => request(),
+        4 => valid_call(),
+        4 => request(),
         1 => any_json(),
         1 => proptest::collection::vec(request(), 0..3).prop_map(Value::Array),
     ];
@@ -718,6 +816,20 @@ proptest! {
     #[test]
     fn rpc_near_valid_requests(r in request(), h in headers()) {
         check_rpc(r.to_string().into_bytes(), h).map_err(TestCaseError::fail)?;
+    }
+
+    /// Valid calls of every method succeed, with the request's id.
+    #[test]
+    fn rpc_valid_calls_succeed(r in valid_call()) {
+        check_rpc(r.to_string().into_bytes(), HeaderMap::new()).map_err(TestCaseError::fail)?;
+        let (_, ctype, out) = call_rpc(r.to_string().into_bytes(), HeaderMap::new());
+        let text = String::from_utf8_lossy(&out).to_string();
+        let resp = if ctype.starts_with("text/event-stream") {
+            stream_result(&text).map_err(TestCaseError::fail)?
+        } else {
+            serde_json::from_str(&text).map_err(|e| TestCaseError::fail(format!("{e}: {text}")))?
+        };
+        prop_assert!(resp.get("result").is_some(), "{} failed: {}", r, resp);
     }
 
     /// Near-valid batches.
