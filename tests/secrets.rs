@@ -35,12 +35,18 @@ const ALL: [&str; 6] = [
     HEADER_TOKEN,
 ];
 
+/// `quorum serve`'s bearer token (`--token-env QUORUM_SERVE_TOKEN`), and a
+/// wrong one a client sends: neither may come back in any answer or log.
+const SERVE_TOKEN: &str = "srv-AUDITservetok6Gh9Jk2Lm5Nb8Vc1Xz4";
+const WRONG_TOKEN: &str = "srv-AUDITwrongtok3Qw6Er9Ty2Ui5Op8As1";
+
 /// Environment reads and `set_var` must not race between the tests here.
 static ENV: Mutex<()> = Mutex::new(());
 
 /// A key, or a telling part of it (a truncated or re-encoded copy is a leak too).
 fn leaks(hay: &[u8]) -> Vec<&'static str> {
     ALL.iter()
+        .chain(&[SERVE_TOKEN, WRONG_TOKEN])
         .copied()
         .filter(|k| {
             let mid = &k[k.len() / 4..k.len() / 4 + 16];
@@ -272,6 +278,32 @@ impl Urls {
             lab: url.into(),
         }
     }
+}
+
+/// The environment every process under audit gets: every key, every base URL.
+fn env_pairs(home: &Home, urls: &Urls) -> Vec<(String, String)> {
+    [
+        ("HOME", home.dir.path().display().to_string()),
+        ("QUORUM_DATA_DIR", home.data().display().to_string()),
+        (
+            "QUORUM_CONFIG",
+            home.config(&urls.lab).display().to_string(),
+        ),
+        ("QUORUM_MOCK_TPS", "0".into()),
+        ("OPENAI_API_KEY", OPENAI_KEY.into()),
+        ("OPENAI_BASE_URL", format!("{}/v1", urls.openai)),
+        ("ANTHROPIC_API_KEY", ANTHROPIC_KEY.into()),
+        ("ANTHROPIC_BASE_URL", urls.anthropic.clone()),
+        ("GEMINI_API_KEY", GEMINI_KEY.into()),
+        ("GEMINI_BASE_URL", urls.gemini.clone()),
+        ("OPENROUTER_API_KEY", OPENROUTER_KEY.into()),
+        ("OPENROUTER_BASE_URL", format!("{}/api/v1", urls.openrouter)),
+        ("LAB_TOKEN", HEADER_TOKEN.into()),
+        ("QUORUM_MAX_RETRIES", "0".into()),
+    ]
+    .into_iter()
+    .map(|(k, v)| (k.to_string(), v))
+    .collect()
 }
 
 fn quorum(home: &Home, urls: &Urls, args: &[&str]) -> Output {
@@ -666,5 +698,460 @@ fn a_readable_config_with_a_literal_secret_is_warned_about() {
             !String::from_utf8_lossy(&out.stderr).contains("warning"),
             "{out:?}"
         );
+    }
+}
+
+// ---------------------------------------------------------------------------
+// `quorum serve`
+
+/// A running `quorum serve` under audit.
+struct Serving {
+    child: std::process::Child,
+    url: String,
+    stderr: std::sync::Arc<Mutex<String>>,
+}
+
+impl Drop for Serving {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+impl Serving {
+    fn start(home: &Home, urls: &Urls, global: &[&str]) -> Serving {
+        use std::io::{BufRead, BufReader};
+        let mut cmd = Command::new(env!("CARGO_BIN_EXE_quorum"));
+        cmd.env_clear()
+            .env("PATH", std::env::var("PATH").unwrap_or_default())
+            .envs(env_pairs(home, urls))
+            .env("RUST_LOG", "trace")
+            .env("RUST_BACKTRACE", "1")
+            .env("QUORUM_SERVE_TOKEN", SERVE_TOKEN)
+            .args(global)
+            .args([
+                "serve",
+                "--listen",
+                "127.0.0.1:0",
+                "--token-env",
+                "QUORUM_SERVE_TOKEN",
+            ])
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped());
+        let mut child = cmd.spawn().unwrap();
+        let err = child.stderr.take().unwrap();
+        let log = std::sync::Arc::new(Mutex::new(String::new()));
+        let (tx, rx) = std::sync::mpsc::channel();
+        let log2 = log.clone();
+        std::thread::spawn(move || {
+            let mut tx = Some(tx);
+            for line in BufReader::new(err).lines() {
+                let Ok(line) = line else { break };
+                if let Some(i) = line.find("listening on http://") {
+                    if let Some(tx) = tx.take() {
+                        let _ = tx.send(line[i + "listening on ".len()..].trim().to_string());
+                    }
+                }
+                let mut l = log2.lock().unwrap();
+                l.push_str(&line);
+                l.push('\n');
+            }
+        });
+        let url = match rx.recv_timeout(Duration::from_secs(20)) {
+            Ok(u) => u,
+            Err(_) => {
+                let _ = child.kill();
+                panic!("serve did not start: {}", log.lock().unwrap());
+            }
+        };
+        Serving {
+            child,
+            url,
+            stderr: log,
+        }
+    }
+
+    /// SIGTERM (the ledger is flushed), wait, then the whole stderr.
+    fn stop(mut self) -> String {
+        #[cfg(unix)]
+        unsafe {
+            libc::kill(self.child.id() as i32, libc::SIGTERM);
+        }
+        for _ in 0..200 {
+            if self.child.try_wait().unwrap().is_some() {
+                break;
+            }
+            std::thread::sleep(Duration::from_millis(25));
+        }
+        // The reader thread may still be draining the pipe.
+        std::thread::sleep(Duration::from_millis(100));
+        self.stderr.lock().unwrap().clone()
+    }
+}
+
+/// One HTTP exchange: (what, status, body).
+async fn exchange(
+    c: &reqwest::Client,
+    what: String,
+    rb: reqwest::RequestBuilder,
+) -> (String, u16, String) {
+    let _ = c;
+    let r = rb.send().await.unwrap_or_else(|e| panic!("{what}: {e}"));
+    let status = r.status().as_u16();
+    (what, status, r.text().await.unwrap_or_default())
+}
+
+/// Every endpoint and method of `quorum serve` against one set of upstreams.
+async fn serve_traffic(url: &str) -> Vec<(String, u16, String)> {
+    let c = reqwest::Client::builder()
+        .timeout(Duration::from_secs(30))
+        .build()
+        .unwrap();
+    let auth = format!("Bearer {SERVE_TOKEN}");
+    let rpc = |body: serde_json::Value| {
+        c.post(format!("{url}/rpc"))
+            .header("authorization", &auth)
+            .json(&body)
+    };
+    let mut out = Vec::new();
+    for (i, t) in TARGETS.iter().enumerate() {
+        let p = serde_json::json!({"model": t, "prompt": "What is 2+2?"});
+        for method in ["llm.complete", "llm.stream"] {
+            let body =
+                serde_json::json!({"jsonrpc": "2.0", "id": i, "method": method, "params": p});
+            out.push(exchange(&c, format!("{method} {t}"), rpc(body)).await);
+        }
+        // A batch and a notification go down the same path.
+        let batch = serde_json::json!([
+            {"jsonrpc": "2.0", "id": "b", "method": "llm.complete", "params": p},
+            {"jsonrpc": "2.0", "method": "llm.complete", "params": p},
+        ]);
+        out.push(exchange(&c, format!("batch {t}"), rpc(batch)).await);
+        for stream in [false, true] {
+            let body = serde_json::json!({"model": t, "stream": stream,
+                "stream_options": {"include_usage": true},
+                "messages": [{"role": "user", "content": "What is 2+2?"}]});
+            let rb = c
+                .post(format!("{url}/v1/chat/completions"))
+                .header("authorization", &auth)
+                .json(&body);
+            out.push(exchange(&c, format!("/v1/chat/completions stream={stream} {t}"), rb).await);
+        }
+    }
+    let compare = serde_json::json!({"jsonrpc": "2.0", "id": "c", "method": "llm.compare",
+        "params": {"models": TARGETS, "prompt": "What is 2+2?", "judge": TARGETS[1]}});
+    out.push(exchange(&c, "llm.compare".into(), rpc(compare)).await);
+    for method in ["llm.models", "llm.health", "llm.metrics"] {
+        let body = serde_json::json!({"jsonrpc": "2.0", "id": method, "method": method});
+        out.push(exchange(&c, method.into(), rpc(body)).await);
+    }
+    for path in ["/v1/models", "/metrics", "/healthz", "/nowhere"] {
+        let rb = c.get(format!("{url}{path}")).header("authorization", &auth);
+        out.push(exchange(&c, path.into(), rb).await);
+    }
+    // Wrong, malformed and missing tokens: a 401 that repeats none of them.
+    for (how, value) in [
+        ("wrong token", Some(format!("Bearer {WRONG_TOKEN}"))),
+        ("token as Basic", Some(format!("Basic {SERVE_TOKEN}"))),
+        (
+            "token with a suffix",
+            Some(format!("Bearer {SERVE_TOKEN}x")),
+        ),
+        ("no token", None),
+    ] {
+        for path in ["/rpc", "/v1/chat/completions", "/v1/models", "/metrics"] {
+            let mut rb = if path == "/v1/models" || path == "/metrics" {
+                c.get(format!("{url}{path}"))
+            } else {
+                c.post(format!("{url}{path}")).body(
+                    serde_json::json!({"jsonrpc": "2.0", "id": 1, "method": "llm.health",
+                        "model": TARGETS[0], "messages": [{"role": "user", "content": "hi"}]})
+                    .to_string(),
+                )
+            };
+            if let Some(v) = &value {
+                rb = rb.header("authorization", v);
+            }
+            let (what, status, body) = exchange(&c, format!("{how} {path}"), rb).await;
+            assert_eq!(status, 401, "{what}: {body}");
+            out.push((what, status, body));
+        }
+    }
+    out
+}
+
+/// `quorum serve` on every failure path: no answer, no stderr line and no
+/// file in the data dir shows a provider key or the serve token.
+#[test]
+fn serve_shows_no_key_on_any_failure_path() {
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    let s = rt.block_on(servers());
+    let home = Home::new();
+    let mut modes = failures(&s);
+    modes.push(("working upstreams", Urls::of(&s), vec![]));
+    for (what, urls, flags) in modes {
+        let srv = Serving::start(&home, &urls, &flags);
+        let answers = rt.block_on(serve_traffic(&srv.url));
+        let err = srv.stop();
+        for (call, status, body) in &answers {
+            assert_clean(
+                &format!("serve, {what}: {call} ({status})"),
+                body.as_bytes(),
+            );
+        }
+        assert_clean(&format!("serve, {what}: stderr"), err.as_bytes());
+        assert!(err.contains("listening on http://"), "{err}");
+        // Not vacuous: the calls did fail (or work) where they should.
+        let complete = answers
+            .iter()
+            .find(|(c, ..)| c == "llm.complete lab/lab-model")
+            .unwrap();
+        if what == "working upstreams" {
+            assert!(complete.2.contains("four"), "{what}: {complete:?}");
+        } else {
+            assert!(complete.2.contains("-32004"), "{what}: {complete:?}");
+            let oa = answers
+                .iter()
+                .find(|(c, ..)| c == "/v1/chat/completions stream=false openai/gpt-4o-mini")
+                .unwrap();
+            assert!(oa.1 >= 400 && oa.2.contains("\"error\""), "{what}: {oa:?}");
+            let st = answers
+                .iter()
+                .find(|(c, ..)| c == "llm.stream anthropic/claude-haiku-4-5")
+                .unwrap();
+            assert!(
+                st.2.contains("event: result") && st.2.contains("-32004"),
+                "{what}: {st:?}"
+            );
+            if what.contains("echoing") {
+                // The echo itself came back (redacted), so the check had teeth.
+                assert!(
+                    complete.2.contains("invalid credentials"),
+                    "{what}: {complete:?}"
+                );
+            }
+        }
+    }
+    // The ledger, its WAL, caches: every file the servers left.
+    let all = files(&home.data());
+    assert!(
+        all.iter().any(|p| p.ends_with("ledger.sqlite3")),
+        "no ledger in {all:?}"
+    );
+    for f in &all {
+        assert_clean(&f.display().to_string(), &std::fs::read(f).unwrap());
+    }
+    let db = rusqlite::Connection::open(home.data().join("ledger.sqlite3")).unwrap();
+    let (rows, failed): (i64, i64) = db
+        .query_row(
+            "SELECT COUNT(*), COUNT(error_message) FROM requests",
+            [],
+            |r| Ok((r.get(0)?, r.get(1)?)),
+        )
+        .unwrap();
+    assert!(rows > 0 && failed > 0, "{rows} rows, {failed} failed");
+    // The keys did reach the upstreams, so their echoes were a real test.
+    for (name, srv) in [
+        ("401", &s.unauthorized),
+        ("400", &s.bad_request),
+        ("in-stream", &s.in_stream_error),
+    ] {
+        let sent = srv.seen.lock().unwrap().join(" ");
+        for k in ALL {
+            assert!(sent.contains(k), "serve, {name}: {k} was never sent");
+        }
+        assert!(!sent.contains(SERVE_TOKEN), "the serve token went upstream");
+    }
+    assert!(s.slow.count() > 0, "the timeout path reached its server");
+    assert!(seen_header(&s.lab, "authorization").contains(&format!("Bearer {CMD_KEY}")));
+}
+
+// ---------------------------------------------------------------------------
+// The TUI: failed panes on screen, and their Ctrl+E export
+
+/// Panes whose completions failed at the fake-key upstreams, driven by the
+/// real engine: their screen (each pane zoomed too) and their Markdown and
+/// JSON export show no key.
+#[test]
+fn tui_failed_panes_and_their_export_show_no_key() {
+    use crossterm::event::{KeyCode, KeyEvent, KeyModifiers};
+    use llm_quorum::tui::keys::KeyMap;
+    use llm_quorum::tui::pane::PaneState;
+    use llm_quorum::tui::theme::Theme;
+    use llm_quorum::tui::{view, App, AppInit, Cmd, Msg};
+
+    let _env = ENV.lock().unwrap_or_else(|e| e.into_inner());
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    let s = rt.block_on(servers());
+    let home = Home::new();
+    // The data dir (ledger, cache) is read from the process environment.
+    // SAFETY: the lock above keeps the other environment users of this file
+    // out meanwhile.
+    unsafe { std::env::set_var("QUORUM_DATA_DIR", home.data()) };
+    let key = |c: KeyCode| Msg::Key(KeyEvent::new(c, KeyModifiers::NONE));
+    let mut exported = Vec::new();
+    for (what, urls, flags) in failures(&s) {
+        let pairs = env_pairs(&home, &urls);
+        let env = move |k: &str| -> Option<String> {
+            pairs.iter().find(|(n, _)| n == k).map(|(_, v)| v.clone())
+        };
+        let mut gflags = llm_quorum::app::GlobalFlags::default();
+        if flags.contains(&"--timeout") {
+            gflags.timeout_secs = Some(0.3);
+        }
+        let (engine, settings) = rt
+            .block_on(async { llm_quorum::app::load_with_env(&gflags, &env) })
+            .unwrap();
+        let mut app = App::new(AppInit {
+            targets: TARGETS.iter().map(|t| t.to_string()).collect(),
+            available: TARGETS.iter().map(|t| t.to_string()).collect(),
+            theme: Theme::builtin(),
+            keys: KeyMap::default(),
+            banner: Vec::new(),
+            budget_set: false,
+            pricing: None,
+            size: (200, 60),
+        });
+        for c in "What is 2+2?".chars() {
+            app.update(key(KeyCode::Char(c)));
+        }
+        let (run, request, targets) = app
+            .update(key(KeyCode::Enter))
+            .into_iter()
+            .find_map(|c| match c {
+                Cmd::Start {
+                    run,
+                    request,
+                    targets,
+                } => Some((run, request, targets)),
+                _ => None,
+            })
+            .expect("Enter starts a run");
+        rt.block_on(async {
+            let mut h = engine.run(request, targets, Default::default());
+            while let Some(event) = h.events.recv().await {
+                app.update(Msg::Engine { run, event });
+            }
+        });
+        app.update(Msg::RunClosed { run });
+        for (i, p) in app.panes.iter().enumerate() {
+            assert_eq!(
+                p.state,
+                PaneState::Failed,
+                "{what}: pane {i} ({})",
+                TARGETS[i]
+            );
+        }
+        // The screen, then every pane zoomed (wide enough for a whole message).
+        let screen = |app: &App| {
+            let mut t =
+                ratatui::Terminal::new(ratatui::backend::TestBackend::new(200, 60)).unwrap();
+            t.draw(|f| view::render(app, f)).unwrap();
+            t.backend().to_string()
+        };
+        let first = screen(&app);
+        assert!(first.contains("lab/lab-model"), "{what}:\n{first}");
+        assert_clean(&format!("TUI, {what}: screen"), first.as_bytes());
+        for i in 0..TARGETS.len() {
+            app.update(key(KeyCode::Tab));
+            app.update(key(KeyCode::Char('z')));
+            assert_eq!(app.zoom, Some(i), "{what}: zoom pane {i}");
+            let zoomed = screen(&app);
+            assert_clean(&format!("TUI, {what}: pane {i} zoomed"), zoomed.as_bytes());
+            app.update(key(KeyCode::Char('z')));
+        }
+        // Ctrl+E builds the document the loop writes.
+        let doc = app
+            .update(Msg::Key(KeyEvent::new(
+                KeyCode::Char('e'),
+                KeyModifiers::CONTROL,
+            )))
+            .into_iter()
+            .find_map(|c| match c {
+                Cmd::Export(d) => Some(d),
+                _ => None,
+            })
+            .expect("Ctrl+E exports");
+        let dir = home.data().join("exports");
+        let stamp = format!("audit-{}", exported.len());
+        let paths = doc.write(&dir, &stamp, "2026-12-01T14:00:00Z").unwrap();
+        assert_eq!(paths.len(), 2);
+        for p in &paths {
+            let bytes = std::fs::read(p).unwrap();
+            assert!(
+                String::from_utf8_lossy(&bytes).contains("failed"),
+                "{what}: {} holds the failures",
+                p.display()
+            );
+            assert_clean(&format!("TUI export, {what}: {}", p.display()), &bytes);
+        }
+        exported.extend(paths);
+        drop((engine, settings));
+    }
+    // The echoes reached the panes (redacted), so the check above had teeth.
+    let md = std::fs::read_to_string(&exported[0]).unwrap();
+    assert!(md.contains("invalid credentials"), "{md}");
+    for (name, srv) in [
+        ("401", &s.unauthorized),
+        ("400", &s.bad_request),
+        ("in-stream", &s.in_stream_error),
+    ] {
+        let sent = srv.seen.lock().unwrap().join(" ");
+        for k in ALL {
+            assert!(sent.contains(k), "TUI, {name}: {k} was never sent");
+        }
+    }
+    assert!(s.slow.count() > 0, "the timeout path reached its server");
+    for f in files(&home.data()) {
+        assert_clean(&f.display().to_string(), &std::fs::read(f).unwrap());
+    }
+}
+
+/// The TUI's panic path (`QUORUM_TUI_TEST_PANIC`, as in `tui_tmux.rs`'s
+/// `a_panic_restores_the_terminal`) with every key in the environment and
+/// `RUST_BACKTRACE=1`: the first frame, the panic message and the backtrace,
+/// all the terminal ever saw (a `script` typescript), show no key.
+#[test]
+fn a_tui_panic_shows_no_key() {
+    let have_script = Command::new("script")
+        .arg("--version")
+        .output()
+        .is_ok_and(|o| o.status.success());
+    if !have_script {
+        eprintln!("SKIP: script(1) is not installed; the panic audit needs a pty");
+        return;
+    }
+    let home = Home::new();
+    let log = home.dir.path().join("typescript");
+    let bin = env!("CARGO_BIN_EXE_quorum");
+    let out = Command::new("timeout")
+        .args(["30", "script", "-qec"])
+        .arg(format!("stty cols 160 rows 45; exec '{bin}'"))
+        .arg(&log)
+        .env_clear()
+        .env("PATH", std::env::var("PATH").unwrap_or_default())
+        .env("TERM", "xterm-256color")
+        .env("LANG", "C.UTF-8")
+        .envs(env_pairs(&home, &Urls::all("http://127.0.0.1:9")))
+        .env("RUST_BACKTRACE", "1")
+        .env("RUST_LOG", "trace")
+        .env("QUORUM_TUI_TEST_PANIC", "1")
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(101), "{out:?}");
+    check_output("TUI panic", &out);
+    let seen = std::fs::read(&log).unwrap();
+    let text = String::from_utf8_lossy(&seen);
+    // Not vacuous: the keyed providers were on screen, then the panic and its backtrace.
+    assert!(text.contains("openai/gpt-4o-mini"), "{text}");
+    assert!(text.contains("panicking after the first frame"), "{text}");
+    assert!(text.contains("stack backtrace"), "{text}");
+    assert_clean("TUI panic: the terminal", &seen);
+    for f in files(&home.data()) {
+        assert_clean(&f.display().to_string(), &std::fs::read(f).unwrap());
     }
 }

@@ -295,18 +295,26 @@ async fn one(
             RpcError::new(INVALID_REQUEST, "invalid request: method must be a string"),
         );
     };
+    let notification = id.is_none();
+    // A well-formed request from here on: a notification gets no answer,
+    // whatever goes wrong with it (JSON-RPC 2.0, section 4.1).
+    let refuse = |e: RpcError| {
+        if notification {
+            state.metrics.rpc_error(e.code);
+            Reply::None
+        } else {
+            fail(&rid, e)
+        }
+    };
     let empty = Map::new();
     let params = match obj.get("params") {
         None => &empty,
         Some(Value::Object(m)) => m,
         Some(Value::Array(_)) => {
-            return fail(
-                &rid,
-                RpcError::new(
-                    INVALID_PARAMS,
-                    "invalid params: pass params by name (an object), not by position",
-                ),
-            )
+            return refuse(RpcError::new(
+                INVALID_PARAMS,
+                "invalid params: pass params by name (an object), not by position",
+            ))
         }
         Some(_) => {
             return fail(
@@ -320,9 +328,8 @@ async fn one(
     };
     let hmeta = match hmeta {
         Ok(m) => m.clone(),
-        Err(e) => return fail(&rid, RpcError::new(INVALID_PARAMS, e.clone())),
+        Err(e) => return refuse(RpcError::new(INVALID_PARAMS, e.clone())),
     };
-    let notification = id.is_none();
     let f = Fields::new(params);
     let result = match method.as_str() {
         "llm.stream" if in_batch => Err(RpcError::new(
