@@ -38,6 +38,18 @@ impl Serve {
     fn stderr(&self) -> String {
         self.stderr.lock().unwrap().clone()
     }
+    /// stderr once it holds `needle` (the reader thread may lag the process's
+    /// exit by a moment), or as it is after 5 s.
+    fn stderr_with(&self, needle: &str) -> String {
+        let deadline = std::time::Instant::now() + Duration::from_secs(5);
+        loop {
+            let e = self.stderr();
+            if e.contains(needle) || std::time::Instant::now() > deadline {
+                return e;
+            }
+            std::thread::sleep(Duration::from_millis(5));
+        }
+    }
     fn pid(&self) -> i32 {
         self.child.id() as i32
     }
@@ -1175,7 +1187,7 @@ async fn sigterm_finishes_the_request_in_flight_and_keeps_its_ledger_row() {
     .unwrap();
     let (st, s) = status;
     assert_eq!(st.code(), Some(0), "{}", s.stderr());
-    let e = s.stderr();
+    let e = s.stderr_with("stopped");
     assert!(e.contains("shutting down"), "{e}");
     assert!(e.contains("stopped"), "{e}");
     let c = rusqlite::Connection::open(s.dir.path().join("ledger.sqlite3")).unwrap();
