@@ -297,31 +297,10 @@ pub fn run(flags: &GlobalFlags, mut args: CompareArgs) -> i32 {
                 done[target] = Some(*c);
             }
         }
-        let results: Vec<(usize, u32, Completion)> = done
-            .into_iter()
-            .zip(&slots)
-            .zip(&targets)
-            .map(|((c, &(ti, r)), t)| {
-                let c = c.unwrap_or_else(|| Completion {
-                    model: t.clone(),
-                    finish_reason: FinishReason::Cancelled,
-                    error: Some(EngineError::Cancelled),
-                    ..Default::default()
-                });
-                (ti, r, c)
-            })
-            .collect();
+        let results = collect_results(done, &slots, &targets);
         let mut report = analyse(&prompt, repeat, labels, results, opts);
         if let Some(j) = &args.judge {
-            let reps: Vec<AnswerInput> = report
-                .representative
-                .iter()
-                .map(|i| {
-                    let (ti, _, c) = &report.results[*i];
-                    AnswerInput::from_completion(report.labels[*ti].clone(), c)
-                })
-                .collect();
-            let outcome = judge::judge(&engine, j, &prompt, &reps, RunOptions::default()).await;
+            let outcome = judge_report(&engine, j, &report, RunOptions::default()).await;
             report.judge = Some(outcome);
         }
         Ok(report)
@@ -369,6 +348,46 @@ pub fn run(flags: &GlobalFlags, mut args: CompareArgs) -> i32 {
         None => {}
     }
     report.exit_code()
+}
+
+/// The completions of a fan-out in target order, as `(target index, run, completion)`;
+/// a slot that never finished (the run was cancelled) is a cancelled completion.
+pub fn collect_results(
+    done: Vec<Option<Completion>>,
+    slots: &[(usize, u32)],
+    targets: &[String],
+) -> Vec<(usize, u32, Completion)> {
+    done.into_iter()
+        .zip(slots)
+        .zip(targets)
+        .map(|((c, &(ti, r)), t)| {
+            let c = c.unwrap_or_else(|| Completion {
+                model: t.clone(),
+                finish_reason: FinishReason::Cancelled,
+                error: Some(EngineError::Cancelled),
+                ..Default::default()
+            });
+            (ti, r, c)
+        })
+        .collect()
+}
+
+/// Ask `judge_target` to judge the answers standing for each target of `report`.
+pub async fn judge_report(
+    engine: &crate::engine::Engine,
+    judge_target: &str,
+    report: &Report,
+    opts: RunOptions,
+) -> Result<JudgeOutcome, String> {
+    let reps: Vec<AnswerInput> = report
+        .representative
+        .iter()
+        .map(|i| {
+            let (ti, _, c) = &report.results[*i];
+            AnswerInput::from_completion(report.labels[*ti].clone(), c)
+        })
+        .collect();
+    judge::judge(engine, judge_target, &report.prompt, &reps, opts).await
 }
 
 /// `-m a -m b -m a` -> `a`, `b`, `a#2`: labels must tell results apart.

@@ -30,8 +30,8 @@ use tokio::sync::mpsc;
 
 use super::params::{chat_request, FieldError, Fields, PROMPT_FIELDS};
 use super::{read_body, AppState, BodyError, CallMeta, CancelOnDrop, StartError};
-use crate::cli::compare::{analyse, to_json, KindArg};
-use crate::engine::consensus::{AnswerInput, ConsensusOptions, DEFAULT_THRESHOLD};
+use crate::cli::compare::{analyse, collect_results, judge_report, to_json, KindArg};
+use crate::engine::consensus::{ConsensusOptions, DEFAULT_THRESHOLD};
 use crate::engine::registry::has_key;
 use crate::engine::routing::BreakerState;
 use crate::engine::{Completion, EngineError, FinishReason, StreamEvent, TargetEvent};
@@ -638,33 +638,11 @@ async fn compare(state: &AppState, f: Fields<'_>, hmeta: CallMeta) -> Result<Val
             done[target] = Some(*c);
         }
     }
-    let results: Vec<(usize, u32, Completion)> = done
-        .into_iter()
-        .zip(&slots)
-        .zip(&targets)
-        .map(|((c, &(ti, r)), t)| {
-            let c = c.unwrap_or_else(|| Completion {
-                model: t.clone(),
-                finish_reason: FinishReason::Cancelled,
-                error: Some(EngineError::Cancelled),
-                ..Default::default()
-            });
-            (ti, r, c)
-        })
-        .collect();
+    let results = collect_results(done, &slots, &targets);
     let opts = ConsensusOptions { kind, threshold };
     let mut report = analyse(&prompt, repeat, labels(&models), results, opts);
     if let Some(j) = &judge {
-        let reps: Vec<AnswerInput> = report
-            .representative
-            .iter()
-            .map(|i| {
-                let (ti, _, c) = &report.results[*i];
-                AnswerInput::from_completion(report.labels[*ti].clone(), c)
-            })
-            .collect();
-        let outcome =
-            crate::engine::judge::judge(&state.engine, j, &prompt, &reps, judge_opts).await;
+        let outcome = judge_report(&state.engine, j, &report, judge_opts).await;
         if let Ok(o) = &outcome {
             state.metrics.record("rpc", &o.completion);
         }
