@@ -18,7 +18,7 @@ use support::{Reply, Server};
 
 // The fake keys: long, distinctive, and each found by its own middle part too.
 const OPENAI_KEY: &str = "sk-proj-AUDITopenai7Qx9vLm2Zr4Kp8Wn3Jt6Yb1";
-const ANTHROPIC_KEY: &str = "sk-ant-api03-AUDITanthropic5Hd8Fs2Gq9Lx4Vc7";
+const ANTHROPIC_KEY: &str = "sk-ant-FAKE.audit.anthropic.5Hd8Fs2Gq9Lx4Vc7";
 const GEMINI_KEY: &str = "AIzaSyAUDITgemini3Mn6Bv9Cx2Zl5Kj8Hg1Fd";
 const OPENROUTER_KEY: &str = "sk-or-v1-AUDITopenrouter8Pq3Wr6Ty9Ui2Op5";
 /// The compatible provider's key, printed by its `api_key_cmd`.
