@@ -652,3 +652,33 @@ fn discovered_targets_join_the_picker_even_while_it_is_open() {
     assert!(listed.contains(&"ollama/llama3.2:3b"), "{listed:?}");
     assert!(app.available.contains(&"ollama/llama3.2:3b".to_string()));
 }
+
+#[test]
+fn a_blind_export_names_answers_by_letter_until_the_vote() {
+    let mut app = app_with(&THREE, (120, 40));
+    app.update(ctrl('b'));
+    let runs = send(&mut app, QUESTION);
+    finish_all(&mut app, &runs);
+    let doc = app.export_doc();
+    let text = format!(
+        "{}\n{}",
+        doc.to_markdown("2026-12-01T00:00:00Z"),
+        doc.to_json("2026-12-01T00:00:00Z")
+    );
+    for t in THREE {
+        assert!(!text.contains(t), "{t} in a blind export:\n{text}");
+    }
+    assert!(text.contains("Answer A"), "{text}");
+    // After the vote the names are back.
+    focus_pane(&mut app, 0);
+    app.update(ch('v'));
+    app.update(key(KeyCode::Char('=')));
+    let doc = app.export_doc();
+    let md = doc.to_markdown("2026-12-01T00:00:00Z");
+    for t in THREE {
+        assert!(
+            md.contains(t),
+            "{t} not in the export after the vote:\n{md}"
+        );
+    }
+}

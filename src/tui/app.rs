@@ -1361,26 +1361,38 @@ impl App {
 
     // ----- export --------------------------------------------------------
 
-    /// The comparison as it stands.
+    /// The comparison as it stands, named as on screen: while blind, answers and
+    /// ledger rows go by their letters and the completions carry no model names.
     pub fn export_doc(&self) -> ExportDoc {
         ExportDoc {
             prompt: self.last_prompt.clone().unwrap_or_default(),
             answers: self
                 .panes
                 .iter()
-                .map(|p| ExportAnswer {
-                    target: p.target.clone(),
-                    state: p.state.label(self.now),
-                    text: p.answer_text().to_string(),
-                    thinking: p.thinking.clone(),
-                    completion: p.stats.done.clone(),
+                .enumerate()
+                .map(|(i, p)| {
+                    let name = self.pane_name(i);
+                    let mut completion = p.stats.done.clone();
+                    if self.pane_hidden(i) {
+                        if let Some(c) = completion.as_mut() {
+                            c.provider = String::new();
+                            c.model = name.clone();
+                        }
+                    }
+                    ExportAnswer {
+                        target: name,
+                        state: p.state.label(self.now),
+                        text: p.answer_text().to_string(),
+                        thinking: p.thinking.clone(),
+                        completion,
+                    }
                 })
                 .collect(),
             ledger: self
                 .live_ledger()
                 .iter()
                 .map(|r| ExportLedgerRow {
-                    target: r.target.clone(),
+                    target: self.ledger_name(&r.target),
                     requests: r.requests,
                     errors: r.errors,
                     input_tokens: r.usage.input_tokens,

@@ -150,6 +150,11 @@ impl App {
         }
     }
 
+    /// Whether pane `i`'s target is hidden behind a letter (blind, not yet voted).
+    pub fn pane_hidden(&self, i: usize) -> bool {
+        i < self.panes.len() && self.hidden_name(self.slot_of(i).0).is_some()
+    }
+
     /// What the ledger calls `target`: hidden behind its letter while blind.
     pub fn ledger_name(&self, target: &str) -> String {
         self.cons
