@@ -189,6 +189,18 @@ fn per_million(v: &Value) -> Option<f64> {
     (x.is_finite() && x >= 0.0).then_some(x * 1e6)
 }
 
+/// The array under `key`, or a protocol error naming it.
+fn array<'v>(v: &'v Value, key: &str) -> Result<&'v Vec<Value>, EngineError> {
+    v.get(key)
+        .and_then(Value::as_array)
+        .ok_or_else(|| protocol(&format!("no `{key}` array")))
+}
+
+/// The string under `key`, owned.
+fn string(m: &Value, key: &str) -> Option<String> {
+    m.get(key).and_then(Value::as_str).map(str::to_string)
+}
+
 /// Parse a list response body of a provider kind.
 pub fn parse_list(kind: ProviderKind, body: &[u8]) -> Result<Vec<DiscoveredModel>, EngineError> {
     let v: Value = serde_json::from_slice(body).map_err(|e| protocol(&e.to_string()))?;
@@ -196,10 +208,7 @@ pub fn parse_list(kind: ProviderKind, body: &[u8]) -> Result<Vec<DiscoveredModel
     match kind {
         ProviderKind::Mock => {}
         ProviderKind::Ollama => {
-            let list = v
-                .get("models")
-                .and_then(Value::as_array)
-                .ok_or_else(|| protocol("no `models` array"))?;
+            let list = array(&v, "models")?;
             for m in list {
                 let Some(name) = m
                     .get("name")
@@ -220,10 +229,7 @@ pub fn parse_list(kind: ProviderKind, body: &[u8]) -> Result<Vec<DiscoveredModel
             }
         }
         ProviderKind::Openai | ProviderKind::Openrouter | ProviderKind::Compatible => {
-            let list = v
-                .get("data")
-                .and_then(Value::as_array)
-                .ok_or_else(|| protocol("no `data` array"))?;
+            let list = array(&v, "data")?;
             for m in list {
                 let Some(id) = m.get("id").and_then(Value::as_str) else {
                     continue;
@@ -248,7 +254,7 @@ pub fn parse_list(kind: ProviderKind, body: &[u8]) -> Result<Vec<DiscoveredModel
                 };
                 out.push(DiscoveredModel {
                     name: id.to_string(),
-                    display_name: m.get("name").and_then(Value::as_str).map(str::to_string),
+                    display_name: string(m, "name"),
                     context_window: m
                         .get("context_length")
                         .or_else(|| m.get("context_window"))
@@ -261,29 +267,20 @@ pub fn parse_list(kind: ProviderKind, body: &[u8]) -> Result<Vec<DiscoveredModel
             }
         }
         ProviderKind::Anthropic => {
-            let list = v
-                .get("data")
-                .and_then(Value::as_array)
-                .ok_or_else(|| protocol("no `data` array"))?;
+            let list = array(&v, "data")?;
             for m in list {
                 let Some(id) = m.get("id").and_then(Value::as_str) else {
                     continue;
                 };
                 out.push(DiscoveredModel {
                     name: id.to_string(),
-                    display_name: m
-                        .get("display_name")
-                        .and_then(Value::as_str)
-                        .map(str::to_string),
+                    display_name: string(m, "display_name"),
                     ..Default::default()
                 });
             }
         }
         ProviderKind::Gemini => {
-            let list = v
-                .get("models")
-                .and_then(Value::as_array)
-                .ok_or_else(|| protocol("no `models` array"))?;
+            let list = array(&v, "models")?;
             for m in list {
                 let Some(name) = m.get("name").and_then(Value::as_str) else {
                     continue;
@@ -298,10 +295,7 @@ pub fn parse_list(kind: ProviderKind, body: &[u8]) -> Result<Vec<DiscoveredModel
                 }
                 out.push(DiscoveredModel {
                     name: name.strip_prefix("models/").unwrap_or(name).to_string(),
-                    display_name: m
-                        .get("displayName")
-                        .and_then(Value::as_str)
-                        .map(str::to_string),
+                    display_name: string(m, "displayName"),
                     context_window: m.get("inputTokenLimit").and_then(u64_of),
                     max_output: m.get("outputTokenLimit").and_then(u64_of),
                     price: None,
