@@ -720,7 +720,6 @@ impl Drop for Serving {
 
 impl Serving {
     fn start(home: &Home, urls: &Urls, global: &[&str]) -> Serving {
-        use std::io::{BufRead, BufReader};
         let mut cmd = Command::new(env!("CARGO_BIN_EXE_quorum"));
         cmd.env_clear()
             .env("PATH", std::env::var("PATH").unwrap_or_default())
@@ -735,36 +734,8 @@ impl Serving {
                 "127.0.0.1:0",
                 "--token-env",
                 "QUORUM_SERVE_TOKEN",
-            ])
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(Stdio::piped());
-        let mut child = cmd.spawn().unwrap();
-        let err = child.stderr.take().unwrap();
-        let log = std::sync::Arc::new(Mutex::new(String::new()));
-        let (tx, rx) = std::sync::mpsc::channel();
-        let log2 = log.clone();
-        std::thread::spawn(move || {
-            let mut tx = Some(tx);
-            for line in BufReader::new(err).lines() {
-                let Ok(line) = line else { break };
-                if let Some(i) = line.find("listening on http://") {
-                    if let Some(tx) = tx.take() {
-                        let _ = tx.send(line[i + "listening on ".len()..].trim().to_string());
-                    }
-                }
-                let mut l = log2.lock().unwrap();
-                l.push_str(&line);
-                l.push('\n');
-            }
-        });
-        let url = match rx.recv_timeout(Duration::from_secs(20)) {
-            Ok(u) => u,
-            Err(_) => {
-                let _ = child.kill();
-                panic!("serve did not start: {}", log.lock().unwrap());
-            }
-        };
+            ]);
+        let (child, url, log) = support::spawn_serve(cmd);
         Serving {
             child,
             url,

@@ -5,7 +5,6 @@
 
 mod support;
 
-use std::io::{BufRead, BufReader};
 use std::process::{Child, Command, Stdio};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -77,37 +76,8 @@ fn command(dir: &std::path::Path, config: Option<&str>, env: &[(&str, &str)]) ->
 fn serve(args: &[&str], config: Option<&str>, env: &[(&str, &str)]) -> Serve {
     let dir = tempfile::tempdir().unwrap();
     let mut cmd = command(dir.path(), config, env);
-    cmd.args(["serve", "--listen", "127.0.0.1:0"])
-        .args(args)
-        .stdin(Stdio::null())
-        .stdout(Stdio::null())
-        .stderr(Stdio::piped());
-    let mut child = cmd.spawn().unwrap();
-    let stderr = child.stderr.take().unwrap();
-    let log = Arc::new(Mutex::new(String::new()));
-    let (tx, rx) = std::sync::mpsc::channel();
-    let log2 = log.clone();
-    std::thread::spawn(move || {
-        let mut tx = Some(tx);
-        for line in BufReader::new(stderr).lines() {
-            let Ok(line) = line else { break };
-            if let Some(i) = line.find("listening on http://") {
-                if let Some(tx) = tx.take() {
-                    let _ = tx.send(line[i + "listening on ".len()..].trim().to_string());
-                }
-            }
-            let mut l = log2.lock().unwrap();
-            l.push_str(&line);
-            l.push('\n');
-        }
-    });
-    let url = match rx.recv_timeout(Duration::from_secs(20)) {
-        Ok(u) => u,
-        Err(_) => {
-            let _ = child.kill();
-            panic!("serve did not start: {}", log.lock().unwrap());
-        }
-    };
+    cmd.args(["serve", "--listen", "127.0.0.1:0"]).args(args);
+    let (child, url, log) = support::spawn_serve(cmd);
     Serve {
         child,
         url,

@@ -346,3 +346,43 @@ pub fn reply_for(case: &Case) -> Reply {
     }
     r
 }
+
+/// Spawn `cmd` (a `quorum serve --listen 127.0.0.1:0 …` command), collect its
+/// stderr on a thread, and wait for the address it says it listens on.
+/// Returns the child, `http://ADDR`, and the stderr so far (growing).
+pub fn spawn_serve(
+    mut cmd: std::process::Command,
+) -> (std::process::Child, String, Arc<Mutex<String>>) {
+    use std::io::{BufRead, BufReader};
+    use std::process::Stdio;
+    cmd.stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped());
+    let mut child = cmd.spawn().expect("spawn quorum serve");
+    let stderr = child.stderr.take().expect("stderr piped");
+    let log = Arc::new(Mutex::new(String::new()));
+    let (tx, rx) = std::sync::mpsc::channel();
+    let log2 = log.clone();
+    std::thread::spawn(move || {
+        let mut tx = Some(tx);
+        for line in BufReader::new(stderr).lines() {
+            let Ok(line) = line else { break };
+            if let Some(i) = line.find("listening on http://") {
+                if let Some(tx) = tx.take() {
+                    let _ = tx.send(line[i + "listening on ".len()..].trim().to_string());
+                }
+            }
+            let mut l = log2.lock().unwrap();
+            l.push_str(&line);
+            l.push('\n');
+        }
+    });
+    let url = match rx.recv_timeout(Duration::from_secs(20)) {
+        Ok(u) => u,
+        Err(_) => {
+            let _ = child.kill();
+            panic!("serve did not start: {}", log.lock().unwrap());
+        }
+    };
+    (child, url, log)
+}
