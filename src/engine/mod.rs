@@ -15,9 +15,11 @@ pub use event::{
 pub use request::{ChatRequest, Message, Role};
 pub mod budget;
 pub mod cache;
+pub mod compare;
 pub mod consensus;
 pub mod cost;
 pub mod discovery;
+pub mod files;
 pub mod judge;
 pub mod ledger;
 pub mod pricing_file;
