@@ -59,7 +59,11 @@ Endpoints:
 The bound address is printed on stderr: `quorum: listening on http://ADDR`.
 Binding anything but loopback needs --token-env; with a token every endpoint but
 /healthz wants `Authorization: Bearer TOKEN`. SIGTERM or Ctrl-C: stop accepting,
-finish in-flight requests (up to --shutdown-timeout), flush the ledger, exit 0.";
+finish in-flight requests (up to --shutdown-timeout), flush the ledger, exit 0.
+
+Budgets: the server process is one budget session, so [budget] session_usd caps all
+it serves whatever session ids clients send; daily_usd is shared with every process
+using the same ledger. Each request reserves its cost bound before it is sent.";
 
 /// Arguments of `quorum serve`.
 #[derive(Debug, Args)]
