@@ -32,6 +32,36 @@ pub struct Usage {
     pub reported_cost_usd: Option<f64>,
 }
 
+/// One tally for every face: token counts add; a provider-reported cost adds where
+/// both sides have one, else the known side stands.
+impl std::ops::AddAssign for Usage {
+    fn add_assign(&mut self, o: Usage) {
+        self.input_tokens += o.input_tokens;
+        self.output_tokens += o.output_tokens;
+        self.cached_input_tokens += o.cached_input_tokens;
+        self.cache_creation_input_tokens += o.cache_creation_input_tokens;
+        self.reasoning_tokens += o.reasoning_tokens;
+        self.reported_cost_usd = match (self.reported_cost_usd, o.reported_cost_usd) {
+            (Some(a), Some(b)) => Some(a + b),
+            (a, b) => a.or(b),
+        };
+    }
+}
+
+impl std::ops::Add for Usage {
+    type Output = Usage;
+    fn add(mut self, o: Usage) -> Usage {
+        self += o;
+        self
+    }
+}
+
+impl std::iter::Sum for Usage {
+    fn sum<I: Iterator<Item = Usage>>(it: I) -> Usage {
+        it.fold(Usage::default(), |a, b| a + b)
+    }
+}
+
 impl Usage {
     /// Input tokens not read from any cache and not written to one.
     pub fn uncached_input_tokens(&self) -> u64 {
@@ -445,5 +475,35 @@ impl StreamEvent {
             Delta::Usage(u) => StreamEvent::Usage(u),
             Delta::ThinkingSignature(_) | Delta::Finish { .. } => return None,
         })
+    }
+}
+
+#[cfg(test)]
+mod usage_tests {
+    use super::Usage;
+
+    #[test]
+    fn usages_add_field_by_field() {
+        let a = Usage {
+            input_tokens: 10,
+            output_tokens: 5,
+            cached_input_tokens: 2,
+            cache_creation_input_tokens: 1,
+            reasoning_tokens: 3,
+            reported_cost_usd: Some(0.5),
+        };
+        let b = Usage {
+            input_tokens: 1,
+            output_tokens: 1,
+            reported_cost_usd: None,
+            ..a
+        };
+        let t: Usage = [a, b, a].into_iter().sum();
+        assert_eq!(t.input_tokens, 21);
+        assert_eq!(t.output_tokens, 11);
+        assert_eq!(t.cached_input_tokens, 6);
+        assert_eq!(t.cache_creation_input_tokens, 3);
+        assert_eq!(t.reasoning_tokens, 9);
+        assert_eq!(t.reported_cost_usd, Some(1.0));
     }
 }

@@ -164,10 +164,7 @@ impl LedgerRow {
     }
 
     fn add_usage(&mut self, u: &Usage, cost: Option<f64>, src: CostSource) {
-        self.usage.input_tokens += u.input_tokens;
-        self.usage.output_tokens += u.output_tokens;
-        self.usage.cached_input_tokens += u.cached_input_tokens;
-        self.usage.reasoning_tokens += u.reasoning_tokens;
+        self.usage += *u;
         match cost {
             Some(c) => {
                 self.cost_usd += c;
@@ -606,10 +603,7 @@ impl App {
             };
             let (cost, src) = p.cost(&|a, b, c, d| self.quote(a, b, c, d));
             let r = &mut rows[i];
-            r.usage.input_tokens += u.input_tokens;
-            r.usage.output_tokens += u.output_tokens;
-            r.usage.cached_input_tokens += u.cached_input_tokens;
-            r.usage.reasoning_tokens += u.reasoning_tokens;
+            r.usage += u;
             match cost {
                 Some(c) => {
                     r.cost_usd += c;

@@ -401,10 +401,7 @@ fn draw_ledger(f: &mut Frame<'_>, app: &App, r: Rect) {
         for r in &rows {
             tot.requests += r.requests;
             tot.errors += r.errors;
-            tot.usage.input_tokens += r.usage.input_tokens;
-            tot.usage.output_tokens += r.usage.output_tokens;
-            tot.usage.cached_input_tokens += r.usage.cached_input_tokens;
-            tot.usage.reasoning_tokens += r.usage.reasoning_tokens;
+            tot.usage += r.usage;
             tot.cost_usd += r.cost_usd;
             tot.unknown += r.unknown;
             tot.priced += r.priced;
