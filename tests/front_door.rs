@@ -488,3 +488,49 @@ async fn serve_turns_degraded_after_a_failed_write_and_refuses_while_a_budget_is
     assert_eq!(v["error"]["code"], -32603, "{v}");
     assert_eq!(up.count(), 1);
 }
+
+#[test]
+fn an_answer_over_sqlites_row_limit_is_recorded_cut_with_its_cost() {
+    use llm_quorum::engine::ledger::{LedgerSink, RequestMeta, SqliteLedger};
+    use llm_quorum::engine::Completion;
+    let dir = tempfile::tempdir().unwrap();
+    let db = dir.path().join("ledger.sqlite3");
+    let limit = 200_000;
+    let answer = "é".repeat(500_000); // 1 MB
+                                      // The limit is real: a plain insert of this answer fails.
+    let raw = rusqlite::Connection::open(&db).unwrap();
+    raw.set_limit(rusqlite::limits::Limit::SQLITE_LIMIT_LENGTH, limit)
+        .unwrap();
+    raw.execute_batch("CREATE TABLE t (x TEXT)").unwrap();
+    assert!(raw.execute("INSERT INTO t VALUES (?1)", [&answer]).is_err());
+    drop(raw);
+
+    let l = SqliteLedger::open(&db, Default::default()).unwrap();
+    l.set_length_limit(limit).unwrap();
+    let c = Completion {
+        provider: "openai".into(),
+        model: "gpt-4o-mini".into(),
+        text: answer.clone(),
+        cost_usd: Some(0.25),
+        ..Default::default()
+    };
+    let meta = RequestMeta {
+        run_id: "r1".into(),
+        target: "openai/gpt-4o-mini".into(),
+        prompt: "write a lot".into(),
+        ..Default::default()
+    };
+    l.record(&meta, &c)
+        .expect("an oversized answer is still recorded");
+    drop(l);
+    let raw = rusqlite::Connection::open(&db).unwrap();
+    let (cost, response): (f64, String) = raw
+        .query_row("SELECT cost_usd, response FROM requests", [], |r| {
+            Ok((r.get(0)?, r.get(1)?))
+        })
+        .unwrap();
+    assert_eq!(cost, 0.25);
+    assert!(response.len() < limit as usize, "{}", response.len());
+    assert!(response.contains("cut by quorum"), "the cut is marked");
+    assert!(answer.starts_with(response.split('\n').next().unwrap()));
+}

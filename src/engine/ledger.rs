@@ -200,6 +200,33 @@ pub enum Refused {
     Ledger(String),
 }
 
+/// The most bytes one content field (prompt, response, thinking, tool calls) may take:
+/// a quarter of SQLite's length limit, less room for the rest of the row. A longer
+/// answer is stored cut, so its cost and tokens are still recorded.
+fn content_cap(conn: &Connection) -> usize {
+    let max = conn
+        .limit(rusqlite::limits::Limit::SQLITE_LIMIT_LENGTH)
+        .unwrap_or(1_000_000_000)
+        .max(0) as usize;
+    (max.saturating_sub(64 * 1024) / 4).max(256)
+}
+
+/// `s`, cut at a character boundary to fit `cap` bytes with a note saying so.
+fn clip(s: &str, cap: usize) -> std::borrow::Cow<'_, str> {
+    if s.len() <= cap {
+        return std::borrow::Cow::Borrowed(s);
+    }
+    let mut end = cap.saturating_sub(96);
+    while !s.is_char_boundary(end) {
+        end -= 1;
+    }
+    std::borrow::Cow::Owned(format!(
+        "{}\n… [cut by quorum: {end} of {} bytes kept; the row limit is {cap} bytes per field]",
+        &s[..end],
+        s.len()
+    ))
+}
+
 /// Runs holding a reservation.
 const OPEN: &str = "r.settled_at IS NULL AND r.reserved_usd > 0";
 /// What a run still holds: its reservation less what its finished requests cost.
@@ -418,6 +445,14 @@ impl SqliteLedger {
         tx.commit().map_err(sql_err)
     }
 
+    /// Lower SQLite's length limit (bytes per string and per row) on this connection.
+    pub fn set_length_limit(&self, bytes: i32) -> Result<(), String> {
+        self.lock()?
+            .set_limit(rusqlite::limits::Limit::SQLITE_LIMIT_LENGTH, bytes)
+            .map(|_| ())
+            .map_err(sql_err)
+    }
+
     /// The schema version of the open file.
     pub fn version(&self) -> Result<i64, String> {
         self.lock()?
@@ -449,6 +484,13 @@ impl SqliteLedger {
             None
         };
         let mut conn = self.lock()?;
+        let cap = content_cap(&conn);
+        let (prompt, text, thinking) = (
+            clip(&meta.prompt, cap),
+            clip(&c.text, cap),
+            clip(&c.thinking, cap),
+        );
+        let tool_calls = tool_calls.map(|t| clip(&t, cap).into_owned());
         let tx = conn
             .transaction_with_behavior(TransactionBehavior::Immediate)
             .map_err(sql_err)?;
@@ -514,9 +556,9 @@ impl SqliteLedger {
                 c.retries,
                 c.fell_back_from,
                 c.cached,
-                content.then_some(meta.prompt.as_str()),
-                content.then_some(c.text.as_str()),
-                (content && !c.thinking.is_empty()).then_some(c.thinking.as_str()),
+                content.then_some(&*prompt),
+                content.then_some(&*text),
+                (content && !c.thinking.is_empty()).then_some(&*thinking),
                 tool_calls,
             ],
         )
@@ -631,6 +673,7 @@ impl SqliteLedger {
                 .transaction_with_behavior(TransactionBehavior::Immediate)
                 .map_err(|e| Refused::Ledger(sql_err(e)))?;
             let sql = |e| Refused::Ledger(sql_err(e));
+            let cap = content_cap(&tx);
             let mut reserved = None;
             if let Some(g) = gate {
                 expire_dead(&tx).map_err(sql)?;
@@ -658,7 +701,7 @@ impl SqliteLedger {
                     note.trace_id,
                     targets,
                     note.projected_usd,
-                    content.then_some(note.prompt),
+                    content.then(|| clip(note.prompt, cap)),
                     reserved,
                     note.budget_session.or(note.session_id),
                     std::process::id(),
