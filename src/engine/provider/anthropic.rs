@@ -76,11 +76,11 @@ pub fn build(
     // The API refuses `temperature` together with thinking.
     if budget.is_none() {
         if let Some(t) = req.temperature {
-            body.insert("temperature".into(), json!(t));
+            body.insert("temperature".into(), super::param_json(t));
         }
     }
     if let Some(p) = req.top_p {
-        body.insert("top_p".into(), json!(p));
+        body.insert("top_p".into(), super::param_json(p));
     }
     if !req.stop.is_empty() {
         body.insert("stop_sequences".into(), json!(req.stop));
