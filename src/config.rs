@@ -368,6 +368,12 @@ pub struct ProviderFile {
     pub requests_per_minute: Option<u32>,
     /// Estimated tokens per minute.
     pub tokens_per_minute: Option<u64>,
+    /// Bytes of an answer (streamed or whole) before `response_too_large`.
+    pub max_response_bytes: Option<u64>,
+    /// Bytes of an error body read.
+    pub max_error_body_bytes: Option<u64>,
+    /// An answer stops once its output passes this many times `max_tokens` (0 = off).
+    pub max_tokens_factor: Option<u64>,
     /// Retry policy.
     pub retry: Option<RetryFile>,
     /// Circuit breaker.
@@ -624,6 +630,9 @@ impl ProviderFile {
             max_concurrency: over(self.max_concurrency, top.max_concurrency),
             requests_per_minute: over(self.requests_per_minute, top.requests_per_minute),
             tokens_per_minute: over(self.tokens_per_minute, top.tokens_per_minute),
+            max_response_bytes: over(self.max_response_bytes, top.max_response_bytes),
+            max_error_body_bytes: over(self.max_error_body_bytes, top.max_error_body_bytes),
+            max_tokens_factor: over(self.max_tokens_factor, top.max_tokens_factor),
             retry,
             breaker,
             models: over(self.models, top.models),
@@ -1476,6 +1485,23 @@ fn build(
                 &at().key("tokens_per_minute"),
                 "must be at least 1".into(),
             ));
+        }
+        for (v, key) in [
+            (p.max_response_bytes, "max_response_bytes"),
+            (p.max_error_body_bytes, "max_error_body_bytes"),
+        ] {
+            if v.is_some_and(|v| v < 1024) {
+                return Err(err(&at().key(key), "must be at least 1024 (bytes)".into()));
+            }
+        }
+        if let Some(v) = p.max_response_bytes {
+            policy.caps.max_response_bytes = v;
+        }
+        if let Some(v) = p.max_error_body_bytes {
+            policy.caps.max_error_body = usize::try_from(v).unwrap_or(usize::MAX);
+        }
+        if let Some(v) = p.max_tokens_factor {
+            policy.caps.max_tokens_factor = v;
         }
         policy.limits = Limits {
             max_concurrency: p.max_concurrency,

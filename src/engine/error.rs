@@ -22,7 +22,7 @@ impl TimeoutPhase {
             TimeoutPhase::Connect => "connect",
             TimeoutPhase::FirstToken => "first token",
             TimeoutPhase::Idle => "idle gap between chunks",
-            TimeoutPhase::Total => "total",
+            TimeoutPhase::Total => "total for the request, retries and waits included",
         }
     }
 }

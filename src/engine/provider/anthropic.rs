@@ -456,6 +456,11 @@ impl StreamDecoder for Decoder {
             "message_start" => {
                 if let Some(u) = ev.message.as_ref().and_then(|m| m.usage.as_ref()) {
                     self.usage.update(u);
+                    // Its `output_tokens` (1) is provisional: it counts
+                    // nothing streamed yet. The real count comes with
+                    // `message_delta`; until then the output is counted
+                    // locally from what arrives.
+                    self.usage.output = 0;
                     out.push(Delta::Usage(self.usage.to_usage()));
                 }
             }
@@ -905,7 +910,7 @@ mod tests {
         assert!(done);
         let usage = Usage {
             input_tokens: 17,
-            output_tokens: 1,
+            output_tokens: 0,
             cached_input_tokens: 5,
             cache_creation_input_tokens: 2,
             ..Default::default()

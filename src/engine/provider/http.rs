@@ -527,9 +527,9 @@ impl Attempt {
                     }
                     None => {
                         let fed = match framing {
-                            super::Framing::Sse => sse.finish(|f| {
-                                decoder.frame(f.event, &masker.mask(f.data), out)
-                            }),
+                            super::Framing::Sse => {
+                                sse.finish(|f| decoder.frame(f.event, &masker.mask(f.data), out))
+                            }
                             _ => nd.finish(|l| decoder.frame("", &masker.mask(l), out)),
                         }
                         .and_then(|()| decoder.end(out));

@@ -58,7 +58,11 @@ fn is_b64(b: u8) -> bool {
 /// Characters that end a word for [`cut`]: a cut inside a word drops the
 /// whole word, since a word cut short may be a secret cut short.
 fn is_delim(c: char) -> bool {
-    c.is_whitespace() || matches!(c, '"' | '\'' | '<' | '>' | '{' | '}' | '[' | ']' | '(' | ')' | ',' | ';')
+    c.is_whitespace()
+        || matches!(
+            c,
+            '"' | '\'' | '<' | '>' | '{' | '}' | '[' | ']' | '(' | ')' | ',' | ';'
+        )
 }
 
 /// The encoded forms of one secret (the plain one first).
@@ -256,6 +260,37 @@ pub fn drop_cut_word(s: &str) -> &str {
         .find(|(_, c)| is_delim(*c))
         .map_or(0, |(i, c)| i + c.len_utf8());
     &s[..word_start]
+}
+
+/// Mask the strings of a finished completion: text, thinking, refusal, tool
+/// calls, finish word (a key can arrive split across deltas).
+pub fn mask_completion(spec: &ProviderSpec, c: &mut crate::engine::event::Completion) {
+    if spec.kind == super::ProviderKind::Mock {
+        return;
+    }
+    let m = Masker::for_spec(spec);
+    if m.is_empty() {
+        return;
+    }
+    let fix = |s: &mut String| {
+        if let Cow::Owned(o) = m.mask(s) {
+            *s = o;
+        }
+    };
+    fix(&mut c.text);
+    fix(&mut c.thinking);
+    fix(&mut c.raw_finish_reason);
+    if let Some(r) = &mut c.refusal {
+        fix(r);
+    }
+    for t in &mut c.tool_calls {
+        fix(&mut t.id);
+        fix(&mut t.name);
+        fix(&mut t.arguments);
+    }
+    if let Some(e) = c.error.take() {
+        c.error = Some(m.mask_error(e));
+    }
 }
 
 /// Header names that carry credentials.
