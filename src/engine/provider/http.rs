@@ -93,6 +93,8 @@ pub struct CallContext {
 
 struct HttpBody {
     resp: reqwest::Response,
+    /// The first chunk, read at the start to tell SSE from a whole JSON answer.
+    first: Option<bytes::Bytes>,
     framing: super::Framing,
     sse: SseDecoder,
     nd: NdjsonDecoder,
@@ -254,7 +256,7 @@ impl Attempt {
         if !status.is_success() {
             let headers = resp.headers().clone();
             let cap = attempt.caps.max_error_body;
-            let read = read_capped(&mut resp, cap);
+            let read = read_capped(&mut resp, None, cap);
             let (bytes, truncated) = match limit {
                 Some((d, _)) => tokio::time::timeout(d, read)
                     .await
@@ -270,20 +272,31 @@ impl Attempt {
             ));
         }
         // A whole JSON answer to a streaming request (a server that does
-        // not stream) is read as the whole answer it is.
-        let whole_json = stream
-            && spec.kind.framing() == super::Framing::Sse
-            && resp
-                .headers()
-                .get(reqwest::header::CONTENT_TYPE)
-                .and_then(|v| v.to_str().ok())
-                .is_some_and(|ct| {
-                    let ct = ct.trim_start().to_ascii_lowercase();
-                    ct.starts_with("application/json") || ct.starts_with("application/problem+json")
-                });
+        // not stream, whatever content type it names) is read as the whole
+        // answer it is: an SSE body never starts with `{` or `[`.
+        let mut first: Option<bytes::Bytes> = None;
+        let mut whole_json = false;
+        if stream && spec.kind.framing() == super::Framing::Sse {
+            let read = resp.chunk();
+            let c = match limit {
+                Some((d, phase)) => match tokio::time::timeout(d, read).await {
+                    Ok(c) => c,
+                    Err(_) => return Err(attempt.timeout_error(phase)),
+                },
+                None => read.await,
+            }
+            .map_err(EngineError::from_reqwest)?;
+            whole_json = c.as_ref().is_some_and(|c| {
+                c.iter()
+                    .find(|b| !b.is_ascii_whitespace())
+                    .is_some_and(|b| matches!(b, b'{' | b'['))
+            });
+            first = c;
+        }
         if stream && !whole_json {
             attempt.body = Body::Http(Box::new(HttpBody {
                 resp,
+                first,
                 framing: spec.kind.framing(),
                 sse: SseDecoder::new(),
                 nd: NdjsonDecoder::new(),
@@ -291,7 +304,7 @@ impl Attempt {
             }));
         } else {
             let cap = attempt.caps.max_response_bytes;
-            let read = read_capped(&mut resp, usize::try_from(cap).unwrap_or(usize::MAX));
+            let read = read_capped(&mut resp, first, usize::try_from(cap).unwrap_or(usize::MAX));
             let (bytes, truncated) = match attempt.remaining_total() {
                 Some(d) => tokio::time::timeout(d, read)
                     .await
@@ -435,12 +448,19 @@ impl Attempt {
             Body::Http(h) => {
                 let HttpBody {
                     resp,
+                    first,
                     framing,
                     sse,
                     nd,
                     decoder,
                 } = &mut **h;
-                let fut = resp.chunk();
+                let pre = first.take();
+                let fut = async {
+                    match pre {
+                        Some(c) => Ok(Some(c)),
+                        None => resp.chunk().await,
+                    }
+                };
                 let chunk = match limit {
                     Some((d, phase)) => {
                         // One timer per attempt, re-armed lazily: a stream of
@@ -553,10 +573,19 @@ impl Attempt {
 }
 
 /// Read at most `cap` bytes of a body; true when there was more.
-async fn read_capped(resp: &mut reqwest::Response, cap: usize) -> (Vec<u8>, bool) {
+async fn read_capped(
+    resp: &mut reqwest::Response,
+    first: Option<bytes::Bytes>,
+    cap: usize,
+) -> (Vec<u8>, bool) {
     let mut buf = Vec::new();
+    let mut first = first;
     loop {
-        match resp.chunk().await {
+        let next = match first.take() {
+            Some(c) => Ok(Some(c)),
+            None => resp.chunk().await,
+        };
+        match next {
             Ok(Some(c)) => {
                 if buf.len() + c.len() > cap {
                     buf.extend_from_slice(&c[..cap - buf.len()]);
