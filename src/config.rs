@@ -1716,7 +1716,23 @@ fn build(
 
 /// Run `api_key_cmd` once via `sh -c`; its trimmed stdout is the key. The
 /// output is never shown, not even in errors.
+///
+/// The command runs in its own process group. Its output is read until the
+/// command itself exits, not until every process holding the pipe closes it:
+/// a background child left holding stdout never stalls a start. At the time
+/// limit the whole group is killed.
 pub fn run_key_cmd(provider: &str, cmd: &str) -> Result<Secret, ConfigError> {
+    run_key_cmd_within(provider, cmd, KEY_CMD_TIMEOUT)
+}
+
+/// [`run_key_cmd`] with its own time limit.
+pub fn run_key_cmd_within(
+    provider: &str,
+    cmd: &str,
+    limit: Duration,
+) -> Result<Secret, ConfigError> {
+    use std::os::fd::AsRawFd;
+    use std::os::unix::process::CommandExt;
     let origin = format!("providers.{provider}.api_key_cmd");
     let fail = |m: String| ConfigError::plain(origin.clone(), m);
     let mut child = std::process::Command::new("sh")
@@ -1725,41 +1741,87 @@ pub fn run_key_cmd(provider: &str, cmd: &str) -> Result<Secret, ConfigError> {
         .stdin(std::process::Stdio::null())
         .stdout(std::process::Stdio::piped())
         .stderr(std::process::Stdio::null())
+        .process_group(0)
         .spawn()
         .map_err(|e| {
             fail(format!(
                 "the key command of provider {provider:?} could not start: {e}"
             ))
         })?;
-    let mut stdout = child.stdout.take();
-    let reader = std::thread::spawn(move || {
-        let mut buf = Vec::new();
-        if let Some(out) = stdout.as_mut() {
-            let _ = out.read_to_end(&mut buf);
+    let pgid = child.id() as libc::pid_t;
+    let kill_group = || {
+        // SAFETY: kill(2) with a negative pid signals the process group we
+        // created for this command; no memory is involved.
+        unsafe {
+            libc::kill(-pgid, libc::SIGKILL);
         }
-        buf
-    });
-    let deadline = std::time::Instant::now() + KEY_CMD_TIMEOUT;
-    let status = loop {
-        match child.try_wait() {
-            Ok(Some(s)) => break s,
-            Ok(None) if std::time::Instant::now() >= deadline => {
-                let _ = child.kill();
-                let _ = child.wait();
-                return Err(fail(format!(
-                    "the key command of provider {provider:?} did not finish within {} s",
-                    KEY_CMD_TIMEOUT.as_secs()
-                )));
-            }
-            Ok(None) => std::thread::sleep(Duration::from_millis(5)),
-            Err(e) => {
-                return Err(fail(format!(
-                    "the key command of provider {provider:?} could not be waited for: {e}"
-                )))
+    };
+    let Some(mut stdout) = child.stdout.take() else {
+        kill_group();
+        let _ = child.wait();
+        return Err(fail("the key command's output could not be read".into()));
+    };
+    let fd = stdout.as_raw_fd();
+    // SAFETY: fcntl(2) on a pipe descriptor we own, setting O_NONBLOCK.
+    unsafe {
+        let flags = libc::fcntl(fd, libc::F_GETFL);
+        libc::fcntl(fd, libc::F_SETFL, flags | libc::O_NONBLOCK);
+    }
+    const MAX_OUT: usize = 64 << 10;
+    let mut out = Vec::new();
+    // Read what is in the pipe now; true at end of file.
+    let mut drain = |out: &mut Vec<u8>| -> bool {
+        let mut buf = [0u8; 4096];
+        loop {
+            match stdout.read(&mut buf) {
+                Ok(0) => return true,
+                Ok(n) => {
+                    if out.len() < MAX_OUT {
+                        out.extend_from_slice(&buf[..n.min(MAX_OUT - out.len())]);
+                    }
+                }
+                Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
+                Err(_) => return false,
             }
         }
     };
-    let out = reader.join().unwrap_or_default();
+    let deadline = std::time::Instant::now() + limit;
+    let status = loop {
+        drain(&mut out);
+        match child.try_wait() {
+            Ok(Some(s)) => {
+                // Everything the command wrote is in the pipe now; what a
+                // background child may write later is not waited for.
+                drain(&mut out);
+                break s;
+            }
+            Ok(None) if std::time::Instant::now() >= deadline => {
+                kill_group();
+                let _ = child.wait();
+                return Err(fail(format!(
+                    "the key command of provider {provider:?} did not finish within {} s (its process group was killed)",
+                    limit.as_secs_f64()
+                )));
+            }
+            Ok(None) => {
+                let mut pfd = libc::pollfd {
+                    fd,
+                    events: libc::POLLIN,
+                    revents: 0,
+                };
+                // SAFETY: poll(2) on one valid pollfd; wakes on output or after 5 ms.
+                unsafe {
+                    libc::poll(&mut pfd, 1, 5);
+                }
+            }
+            Err(e) => {
+                kill_group();
+                return Err(fail(format!(
+                    "the key command of provider {provider:?} could not be waited for: {e}"
+                )));
+            }
+        }
+    };
     if !status.success() {
         let code = status
             .code()

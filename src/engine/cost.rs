@@ -697,23 +697,22 @@ pub async fn settle(pricing: &Pricing, request: &Arc<ChatRequest>, c: &mut Compl
     let reached =
         has_output || partial || c.error.is_none() || c.error.as_ref().is_some_and(reached_model);
     if open && reached {
-        let req = request.clone();
-        let done = c.clone();
-        let counted = tokio::task::spawn_blocking(move || {
-            if partial || !has_output {
-                // Input only; the output figure stays as it is.
-                let mut u = done.usage;
-                if u.input_tokens == 0 {
-                    u.input_tokens = super::tokens::count_request(&done.model, &req).tokens;
-                }
-                u
-            } else {
-                super::tokens::estimate_usage(&done.model, &req, &done)
+        if partial || !has_output {
+            // Input only, counted without loading a tokenizer (and without
+            // copying the answer); the output figure stays as it is.
+            if c.usage.input_tokens == 0 {
+                c.usage.input_tokens = super::tokens::lower_estimate_request(request);
             }
-        })
-        .await;
-        if let Ok(u) = counted {
-            c.usage = u;
+        } else {
+            let req = request.clone();
+            let done = c.clone();
+            if let Ok(u) = tokio::task::spawn_blocking(move || {
+                super::tokens::estimate_usage(&done.model, &req, &done)
+            })
+            .await
+            {
+                c.usage = u;
+            }
         }
     }
     pricing.apply(c);

@@ -295,6 +295,24 @@ impl TokenEstimator {
     }
 }
 
+/// Prompt tokens of a request counted with [`TokenEstimator`]: a lower-leaning
+/// figure that loads nothing, for requests that never got the provider's count.
+pub fn lower_estimate_request(req: &ChatRequest) -> u64 {
+    let mut n = 0;
+    for m in &req.messages {
+        n += TokenEstimator::count(&m.content);
+        for c in &m.tool_calls {
+            n += TokenEstimator::count(&c.name) + TokenEstimator::count(&c.arguments.to_string());
+        }
+    }
+    for t in &req.tools {
+        n += TokenEstimator::count(&t.name)
+            + TokenEstimator::count(&t.description)
+            + TokenEstimator::count(&t.parameters.to_string());
+    }
+    n
+}
+
 /// A cheap upper-leaning estimate that loads nothing: ASCII characters / 4, plus one
 /// token per other character (CJK runs close to one token per character; accented
 /// Latin is over-counted, which suits a bound). For the as-you-type path.
