@@ -209,6 +209,7 @@ async fn endless_error_body_is_read_only_to_its_cap() {
 /// `quorum ask` against an endless stream: a clear error, a non-zero exit,
 /// a ledger row, and a peak RSS far below the stream's size.
 #[test]
+#[allow(clippy::zombie_processes)] // reaped by wait4 below, for its rusage
 fn quorum_ask_against_an_endless_stream_ends_bounded() {
     let (url, _) = endless(SSE_HEAD, chunk(&"endless text ".repeat(20)).into_bytes());
     let data = tempfile::tempdir().unwrap();
@@ -449,11 +450,7 @@ async fn reported_usage_bounds_the_estimate_of_every_cut_fixture() {
             if case.meta["streaming"] != true || case.meta["format"] == "json-array-stream" {
                 continue;
             }
-            let kind = match dir {
-                "openai" => "openai",
-                "openrouter" => "openrouter",
-                d => d,
-            };
+            let kind = dir;
             let base = match kind {
                 "openai" => "{A}/v1",
                 "openrouter" => "{A}/api/v1",
@@ -670,4 +667,192 @@ fn a_key_command_past_its_limit_is_killed_with_its_group() {
         std::thread::sleep(Duration::from_millis(10));
     }
     assert!(gone, "background child {pid} survived");
+}
+
+// ---------------------------------------------------------------------------
+// Masking before every cut, exhaustively and as a property
+
+mod masking {
+    use base64::Engine as _;
+    use llm_quorum::engine::provider::mask::Masker;
+    use llm_quorum::engine::EngineError;
+    use proptest::prelude::*;
+
+    const ENCODINGS: usize = 5;
+
+    fn encode(key: &str, enc: usize) -> String {
+        match enc {
+            0 => key.to_string(),
+            1 => {
+                let j = serde_json::to_string(key).unwrap();
+                j[1..j.len() - 1].to_string()
+            }
+            2 => key.replace('/', "\\/"),
+            3 => key
+                .bytes()
+                .map(|b| {
+                    if b.is_ascii_alphanumeric() || b"-._~".contains(&b) {
+                        (b as char).to_string()
+                    } else {
+                        format!("%{b:02X}")
+                    }
+                })
+                .collect(),
+            _ => base64::engine::general_purpose::STANDARD.encode(format!("user:{key}")),
+        }
+    }
+
+    /// The secret part of an encoded form (base64 of `user:key` starts with
+    /// the encoding of `user:`, which is no secret).
+    fn secret_part(form: &str, enc: usize) -> &str {
+        if enc == 4 {
+            &form[8..]
+        } else {
+            form
+        }
+    }
+
+    fn leak(shown: &str, key: &str, form: &str, enc: usize) -> Option<String> {
+        let plain = super::fragment(shown, key, 6);
+        let part = secret_part(form, enc);
+        plain.or_else(|| super::fragment(shown, part, 8.min(part.len())))
+    }
+
+    /// Put the encoded key so it starts `off` bytes before `cut` (of the raw
+    /// body for the read cap, of the message for the clip), and classify.
+    fn shown(key: &str, enc: usize, json: bool, read_cut: bool, off: usize) -> (String, String) {
+        let form = encode(key, enc);
+        let prefix = r#"{"error":{"message":""#.len();
+        let cut = if read_cut { 1024 } else { 600 };
+        let at = if json && read_cut { cut - prefix } else { cut };
+        let pad = "x ".repeat(600);
+        let msg = format!(
+            "{}{form} tail {}",
+            &pad[..at.saturating_sub(off)],
+            "y".repeat(1500)
+        );
+        let body = if json {
+            serde_json::json!({"error": {"message": msg}}).to_string()
+        } else {
+            msg
+        };
+        let b = body.as_bytes();
+        let (bytes, truncated) = if read_cut && b.len() > cut {
+            (&b[..cut], true)
+        } else {
+            (b, false)
+        };
+        let e = EngineError::from_http_masked(
+            400,
+            &reqwest::header::HeaderMap::new(),
+            bytes,
+            truncated,
+            &Masker::new([key]),
+        );
+        (format!("{e} {e:?}"), form)
+    }
+
+    #[test]
+    fn a_key_at_every_offset_around_every_cut_in_every_encoding() {
+        for key in [
+            "sk-QZ7W4K2M8P3R6T1V5Y0B9N",
+            "AZ/+B9Q7-W_4K2M8P/3R6T1+V5Y",
+            "GEMINIKEY0123456789ABCDEFGH",
+        ] {
+            for enc in 0..ENCODINGS {
+                let len = encode(key, enc).len();
+                for json in [false, true] {
+                    for read_cut in [false, true] {
+                        for off in 0..=len + 2 {
+                            let (shown, form) = shown(key, enc, json, read_cut, off);
+                            assert!(
+                                leak(&shown, key, &form, enc).is_none(),
+                                "key {key} enc {enc} json {json} read_cut {read_cut} off {off}: {shown}"
+                            );
+                        }
+                    }
+                }
+            }
+        }
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(512))]
+        #[test]
+        fn no_fragment_of_a_key_survives_a_cut(
+            key in "[A-Z0-9/+_-]{16,48}",
+            enc in 0..ENCODINGS,
+            json in any::<bool>(),
+            read_cut in any::<bool>(),
+            off in 0usize..160,
+        ) {
+            let len = encode(&key, enc).len();
+            let off = off % (len + 3);
+            let (shown, form) = shown(&key, enc, json, read_cut, off);
+            prop_assert!(leak(&shown, &key, &form, enc).is_none(), "{}", shown);
+        }
+    }
+}
+
+// ---------------------------------------------------------------------------
+// Reported >= estimated at every ending of every recorded stream
+
+#[test]
+fn every_prefix_of_every_recorded_stream_estimates_at_most_the_reported_output() {
+    use llm_quorum::engine::event::{Accumulator, Delta};
+    use llm_quorum::engine::provider::{stream_decoder, ProviderKind};
+    use llm_quorum::engine::wire::{NdjsonDecoder, SseDecoder};
+    let mut checked = 0;
+    for dir in ["openai", "anthropic", "gemini", "ollama", "openrouter"] {
+        let kind: ProviderKind = serde_json::from_value(serde_json::json!(dir)).unwrap();
+        for case in support::cases(dir) {
+            let format = case.meta["format"].as_str().unwrap_or("");
+            if !matches!(format, "sse" | "ndjson") {
+                continue;
+            }
+            let mut dec = stream_decoder(kind);
+            let mut deltas: Vec<Delta> = Vec::new();
+            let r: Result<(), EngineError> = if format == "sse" {
+                let mut sse = SseDecoder::new();
+                sse.feed(&case.body, |f| dec.frame(f.event, f.data, &mut deltas))
+                    .and_then(|()| sse.finish(|f| dec.frame(f.event, f.data, &mut deltas)))
+            } else {
+                let mut nd = NdjsonDecoder::new();
+                nd.feed(&case.body, |l| dec.frame("", l, &mut deltas))
+                    .and_then(|()| nd.finish(|l| dec.frame("", l, &mut deltas)))
+            };
+            if r.is_err() {
+                continue; // an error case: no final report to compare with
+            }
+            let _ = dec.end(&mut deltas);
+            let mut all = Accumulator::default();
+            for d in &deltas {
+                all.push(d);
+            }
+            let whole = all.finish();
+            if !whole.usage_reported {
+                continue;
+            }
+            let reported = whole.usage.output_tokens;
+            for k in 0..=deltas.len() {
+                let mut acc = Accumulator::default();
+                for d in &deltas[..k] {
+                    acc.push(d);
+                }
+                let running = acc.running_output_tokens();
+                let est = acc.finish_unfinished().usage.output_tokens;
+                assert_eq!(running, est);
+                assert!(
+                    est <= reported,
+                    "{}: after {k} of {} deltas: estimated {est} > reported {reported}",
+                    case.id,
+                    deltas.len()
+                );
+                checked += 1;
+            }
+        }
+    }
+    if support::fixtures_dir().is_some() {
+        assert!(checked > 500, "{checked}");
+    }
 }

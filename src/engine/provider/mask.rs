@@ -354,8 +354,8 @@ mod tests {
             format!("bad key {key}!"),
             format!("bad key {json}"),
             format!("bad key {}", json.replace('/', "\\/")),
-            format!("url ?k=sk-Test%2FKey%2B0123456789abcdef&x"),
-            format!("url ?k=sk-Test%2fKey%2b0123456789abcdef&x"),
+            "url ?k=sk-Test%2FKey%2B0123456789abcdef&x".to_string(),
+            "url ?k=sk-Test%2fKey%2b0123456789abcdef&x".to_string(),
             format!("Basic {b64} end"),
         ] {
             let out = m.mask(&text);
