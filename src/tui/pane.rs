@@ -110,8 +110,9 @@ impl Stats {
     /// Output tokens and whether the figure is exact.
     pub fn out_tokens(&self) -> (u64, bool) {
         if let Some(c) = &self.done {
-            if c.usage_reported {
-                return (c.usage.output_tokens, true);
+            // An unfinished stream's figure is the engine's running count.
+            if c.usage_reported || c.usage.output_tokens > 0 {
+                return (c.usage.output_tokens, c.usage_reported);
             }
         }
         match &self.usage {
