@@ -252,9 +252,47 @@ fn stale_events_of_an_old_run_do_not_touch_a_pane() {
 }
 
 #[test]
-fn esc_cancels_everything_in_flight() {
+fn esc_leaves_views_and_never_cancels() {
     let mut app = streaming_app();
+    // Zoom a streaming pane, then Esc: out of zoom, and nothing is cancelled.
+    app.update(key(KeyCode::Tab));
+    app.update(key(KeyCode::Tab));
+    app.update(key(KeyCode::Char('z')));
+    assert_eq!(app.zoom, Some(1));
     let cmds = app.update(key(KeyCode::Esc));
+    assert!(cmds.is_empty(), "Esc must not cancel: {cmds:?}");
+    assert_eq!(app.zoom, None);
+    assert_eq!(app.focus, Focus::Pane(1));
+    assert!(app.in_flight());
+    // Again: back to the editor; again: still nothing cancelled.
+    assert!(app.update(key(KeyCode::Esc)).is_empty());
+    assert_eq!(app.focus, Focus::Editor);
+    assert!(app.update(key(KeyCode::Esc)).is_empty());
+    assert_eq!(app.panes[1].state, PaneState::Streaming);
+    // Overlays close on Esc without cancelling either.
+    app.update(ctrl('p'));
+    assert!(app
+        .update(key(KeyCode::Esc))
+        .iter()
+        .all(|c| !matches!(c, Cmd::Cancel { .. })));
+    assert!(app.in_flight());
+    // The help names the deliberate key.
+    let help = {
+        app.update(key(KeyCode::F(1)));
+        let s = screen(&app);
+        app.update(key(KeyCode::Esc));
+        s
+    };
+    assert!(
+        help.contains("Ctrl+G") && help.contains("cancel every request"),
+        "{help}"
+    );
+}
+
+#[test]
+fn ctrl_g_cancels_everything_in_flight() {
+    let mut app = streaming_app();
+    let cmds = app.update(ctrl('g'));
     assert!(
         matches!(cmds.as_slice(), [Cmd::Cancel { run: 1 }]),
         "{cmds:?}"

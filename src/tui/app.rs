@@ -753,7 +753,7 @@ impl App {
         if self.in_flight() {
             self.set_flash(format!(
                 "runs are in flight: wait, or {} cancels them",
-                self.keys.short(Action::Cancel)
+                self.keys.short(Action::CancelAll)
             ));
             return;
         }
@@ -876,16 +876,17 @@ impl App {
             self.send(cmds);
             return;
         }
-        if keys.is(Action::Cancel, &k) {
+        if keys.is(Action::CancelAll, &k) {
             if self.in_flight() || self.pending_send.is_some() {
                 self.cancel_all(cmds);
                 self.set_flash("cancelling everything in flight".into());
-            } else if self.zoom.is_some() {
-                self.zoom = None;
             } else {
-                self.focus = Focus::Editor;
-                self.style_editor();
+                self.set_flash("nothing in flight to cancel".into());
             }
+            return;
+        }
+        if keys.is(Action::Cancel, &k) {
+            self.leave_view();
             return;
         }
         if keys.is(Action::FocusNext, &k) {
@@ -939,6 +940,24 @@ impl App {
             Focus::Editor => self.editor_key(k, cmds),
             Focus::Pane(i) => self.pane_key(i, k, cmds),
             Focus::Ledger => self.ledger_key(k, cmds),
+        }
+    }
+
+    /// Esc: leave one level of view (zoom, then a pane's focus, then the
+    /// banner). Leaving a view never cancels anything: runs keep streaming.
+    fn leave_view(&mut self) {
+        if self.zoom.is_some() {
+            self.zoom = None;
+        } else if self.focus != Focus::Editor {
+            self.focus = Focus::Editor;
+            self.style_editor();
+        } else if !self.banner.is_empty() {
+            self.banner.clear();
+        } else if self.in_flight() {
+            self.set_flash(format!(
+                "runs keep going · {} cancels them",
+                self.keys.short(Action::CancelAll)
+            ));
         }
     }
 

@@ -527,7 +527,7 @@ fn hints(app: &App) -> Vec<(String, &'static str)> {
             (k(Action::Newline), "newline"),
             (k(Action::FocusNext), "focus"),
             (k(Action::Targets), "targets"),
-            (k(Action::Cancel), "cancel"),
+            (k(Action::CancelAll), "cancel all"),
             (k(Action::Help), "help"),
             (k(Action::Quit), "quit"),
             (k(Action::Rerun), "rerun"),
