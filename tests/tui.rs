@@ -1137,3 +1137,57 @@ mod wrap_props {
         }
     }
 }
+
+#[test]
+fn live_counts_take_the_larger_of_reported_and_counted_until_final() {
+    // Setup: Anthropic reports `output_tokens: 1` at message_start and the
+    // real count only at the end.
+    let mut app = app_with(&["anthropic/claude-sonnet-4-5"], (120, 36));
+    app.pricing = Some(llm_quorum::engine::cost::Pricing::builtin());
+    let run = send(&mut app, "Explain tides.")[0].0;
+    ev(
+        &mut app,
+        10,
+        run,
+        0,
+        StreamEvent::Started {
+            provider: "anthropic".into(),
+            model: "claude-sonnet-4-5".into(),
+            attempt: 1,
+        },
+    );
+    ev(
+        &mut app,
+        200,
+        run,
+        0,
+        StreamEvent::Usage(Usage {
+            input_tokens: 21,
+            output_tokens: 1,
+            ..Default::default()
+        }),
+    );
+    // Exec: 60 words over three seconds.
+    for i in 0..60u64 {
+        text(&mut app, 300 + i * 50, run, 0, "tidal words ");
+    }
+    app.now = at(3300);
+    app.update(Msg::Tick);
+    // Check: a running count above 1, marked ~, a rate, and an estimated cost.
+    let line = view::stats_line(&app, &app.panes[0], app.now).to_string();
+    let (n, exact) = app.panes[0].stats.out_tokens();
+    assert!(n > 50 && !exact, "{n} {exact}");
+    assert!(line.contains(&format!("~{n} tok")), "{line}");
+    assert!(line.contains("tok/s"), "{line}");
+    assert!(line.contains(" ~") && !line.contains('✓'), "{line}");
+    let ledger = app.live_ledger();
+    assert_eq!(ledger[0].usage.output_tokens, n);
+    assert_eq!(ledger[0].mark(), "~");
+    // The final usage replaces the estimate, exact and priced.
+    let mut c = completion("claude-sonnet-4-5", "tidal words", 130);
+    c.provider = "anthropic".into();
+    c.cost_usd = Some(0.002);
+    finished(&mut app, 3400, run, 0, c);
+    let line = view::stats_line(&app, &app.panes[0], app.now).to_string();
+    assert!(line.contains(" 130 tok") && line.contains('✓'), "{line}");
+}

@@ -592,18 +592,7 @@ impl App {
                     rows.len() - 1
                 }
             };
-            let (out, _) = p.stats.out_tokens();
-            let u = match p.stats.usage {
-                Some(u) if u.output_tokens > 0 => u,
-                Some(u) => Usage {
-                    output_tokens: out,
-                    ..u
-                },
-                None => Usage {
-                    output_tokens: out,
-                    ..Default::default()
-                },
-            };
+            let u = p.stats.live_usage();
             let (cost, src) = p.cost(&|a, b, c, d| self.quote(a, b, c, d));
             let r = &mut rows[i];
             r.usage.input_tokens += u.input_tokens;

@@ -107,17 +107,27 @@ pub struct Stats {
 }
 
 impl Stats {
-    /// Output tokens and whether the figure is exact.
+    /// Output tokens and whether the figure is exact (final and reported).
+    /// While streaming it is the larger of what the provider reported so far
+    /// and what was counted here: some providers report a provisional count
+    /// at the start (Anthropic's `message_start` says 1) and the real one
+    /// only at the end.
     pub fn out_tokens(&self) -> (u64, bool) {
         if let Some(c) = &self.done {
             if c.usage_reported {
                 return (c.usage.output_tokens, true);
             }
+            return (c.usage.output_tokens.max(self.approx_out), false);
         }
-        match &self.usage {
-            Some(u) if u.output_tokens > 0 => (u.output_tokens, true),
-            _ => (self.approx_out, false),
-        }
+        let reported = self.usage.map_or(0, |u| u.output_tokens);
+        (reported.max(self.approx_out), false)
+    }
+
+    /// Usage so far with the running output count in it (see `out_tokens`).
+    pub fn live_usage(&self) -> Usage {
+        let mut u = self.usage.unwrap_or_default();
+        u.output_tokens = self.out_tokens().0;
+        u
     }
 
     /// Time to first token in ms.
@@ -409,24 +419,18 @@ impl Pane {
         let Some((p, m)) = &self.serving else {
             return (None, CostSource::Unknown);
         };
-        match &self.stats.usage {
-            Some(u) => quote(p, m, u, true),
-            None => {
-                let u = Usage {
-                    output_tokens: self.stats.approx_out,
-                    ..Default::default()
-                };
-                let (c, s) = quote(p, m, &u, false);
-                (
-                    c,
-                    if s == CostSource::Unknown {
-                        s
-                    } else {
-                        CostSource::Estimated
-                    },
-                )
-            }
-        }
+        // Until the final usage arrives the figure is an estimate (`~`),
+        // whatever the provider reported so far.
+        let u = self.stats.live_usage();
+        let (c, s) = quote(p, m, &u, self.stats.usage.is_some());
+        (
+            c,
+            if s == CostSource::Unknown {
+                s
+            } else {
+                CostSource::Estimated
+            },
+        )
     }
 
     /// Finish reason, once finished.
