@@ -587,10 +587,11 @@ fn thinking_toggles_everywhere() {
 fn export_holds_prompt_answers_stats_and_ledger() {
     let app = streaming_app();
     let doc = app.export_doc();
-    assert_eq!(doc.prompt, "What is 2+2?");
-    assert_eq!(doc.answers.len(), 3);
+    assert_eq!(doc.turns.len(), 1);
+    assert_eq!(doc.turns[0].prompt, "What is 2+2?");
+    assert_eq!(doc.turns[0].answers.len(), 3);
     let md = doc.to_markdown("2026-12-01T13:00:00Z");
-    assert!(md.contains("## mock/alpha (done)"), "{md}");
+    assert!(md.contains("### mock/alpha (done)"), "{md}");
     assert!(md.contains("The answer is **4**."));
     assert!(md.contains("| mock/alpha | 1 | 0 | 12 | 12 |"), "{md}");
     let js = doc.to_json("t");
@@ -634,8 +635,78 @@ fn retrying_and_fallback_states_show_in_the_header() {
         s.contains("retrying 2/3 in 6.0 s (503, Retry-After)"),
         "{s}"
     );
-    assert!(s.contains("fell back to mock/alpha"), "{s}");
+    assert!(
+        s.contains("mock/alpha · waiting · fallback for mock/beta"),
+        "{s}"
+    );
     assert!(s.contains("queued"), "{s}");
+}
+
+#[test]
+fn a_fallback_answer_is_credited_to_the_model_that_wrote_it() {
+    // Setup: anthropic fails, the [fallbacks] entry moves it to openai.
+    let mut app = app_with(&["anthropic/claude-sonnet-4-5", "mock/alpha"], (180, 45));
+    let run = send(&mut app, "What is 2+2?")[0].0;
+    ev(
+        &mut app,
+        100,
+        run,
+        0,
+        StreamEvent::FellBack {
+            from: "anthropic/claude-sonnet-4-5".into(),
+            to: "openai/gpt-4o".into(),
+            reason: "529 overloaded".into(),
+        },
+    );
+    ev(
+        &mut app,
+        110,
+        run,
+        0,
+        StreamEvent::Started {
+            provider: "openai".into(),
+            model: "gpt-4o".into(),
+            attempt: 1,
+        },
+    );
+    let mut c = completion("gpt-4o", "4", 2);
+    c.provider = "openai".into();
+    c.fell_back_from = Some("anthropic/claude-sonnet-4-5".into());
+    finished(&mut app, 500, run, 0, c);
+    finished(&mut app, 600, run, 1, completion("alpha", "4", 2));
+
+    // Check: the pane, the ledger, the consensus report and the export
+    // credit openai/gpt-4o, with the target asked for alongside.
+    assert_eq!(app.pane_name(0), "openai/gpt-4o");
+    let s = screen(&app);
+    assert!(s.contains("openai/gpt-4o · done"), "{s}");
+    assert!(
+        s.contains("fallback for anthropic/claude-sonnet-4-5"),
+        "{s}"
+    );
+    let ledger = app.live_ledger();
+    assert_eq!(
+        ledger[0].target,
+        "openai/gpt-4o (for anthropic/claude-sonnet-4-5)"
+    );
+    assert!(ledger
+        .iter()
+        .all(|r| r.target != "anthropic/claude-sonnet-4-5"));
+    let report = app.cons.report.as_ref().expect("report once all ended");
+    let labels: Vec<&str> = report
+        .consensus
+        .answers
+        .iter()
+        .map(|a| a.label.as_str())
+        .collect();
+    assert_eq!(labels, ["openai/gpt-4o", "mock/alpha"]);
+    let doc = app.export_doc();
+    let a = &doc.turns[0].answers[0];
+    assert_eq!(a.target, "openai/gpt-4o");
+    assert_eq!(a.asked_for.as_deref(), Some("anthropic/claude-sonnet-4-5"));
+    assert!(doc.to_markdown("t").contains(
+        "### openai/gpt-4o (done)\n\n*Fallback: asked for anthropic/claude-sonnet-4-5.*"
+    ));
 }
 
 #[test]
@@ -1190,4 +1261,74 @@ fn live_counts_take_the_larger_of_reported_and_counted_until_final() {
     finished(&mut app, 3400, run, 0, c);
     let line = view::stats_line(&app, &app.panes[0], app.now).to_string();
     assert!(line.contains(" 130 tok") && line.contains('✓'), "{line}");
+}
+
+#[test]
+fn export_holds_every_turn_and_the_continue_and_stays_structurally_safe() {
+    // Setup: nothing sent yet: nothing to export, and nothing written.
+    let mut app = app_with(&["mock/alpha", "mock/beta"], (120, 36));
+    let cmds = app.update(ctrl('e'));
+    assert!(cmds.is_empty(), "{cmds:?}");
+    assert!(screen(&app).contains("nothing to export yet"));
+    assert!(app
+        .export_doc()
+        .write(std::path::Path::new("/nonexistent"), "s", "t")
+        .unwrap_err()
+        .contains("nothing to export"));
+
+    // Exec: turn 1, beta's answer has its own headings and a code fence.
+    let run = send(&mut app, "First question?")[0].0;
+    let tricky = "## Heading of beta\n\n```rust\nfn main() {}\n```\n";
+    finished(
+        &mut app,
+        500,
+        run,
+        0,
+        completion("alpha", "First answer.", 3),
+    );
+    finished(&mut app, 600, run, 1, completion("beta", tricky, 9));
+    // Continue with beta's answer, then turn 2.
+    app.update(key(KeyCode::Tab));
+    app.update(key(KeyCode::Tab));
+    app.update(key(KeyCode::Char('c')));
+    app.update(key(KeyCode::Esc));
+    let run2 = send(&mut app, "Second question?")[0].0;
+    finished(
+        &mut app,
+        900,
+        run2,
+        0,
+        completion("alpha", "Second answer.", 3),
+    );
+
+    // Check: both turns, in order, with the continue marked.
+    let doc = app.export_doc();
+    assert_eq!(doc.turns.len(), 2);
+    assert_eq!(doc.turns[0].prompt, "First question?");
+    assert_eq!(doc.turns[0].answers[1].text, tricky);
+    assert_eq!(doc.turns[1].prompt, "Second question?");
+    assert_eq!(doc.turns[1].continued_from.as_deref(), Some("mock/beta"));
+    let md = doc.to_markdown("t");
+    let a1 = md.find("First answer.").unwrap();
+    let a2 = md.find("Second answer.").unwrap();
+    assert!(a1 < a2, "{md}");
+    assert!(md.contains("Continues from mock/beta's answer"), "{md}");
+    // The answer's heading and fence sit inside a longer fence: the only
+    // level-2 headings at line start are the exporter's own.
+    assert!(md.contains("````markdown\n## Heading of beta"), "{md}");
+    let mut in_fence: Option<usize> = None;
+    let mut h2 = Vec::new();
+    for l in md.lines() {
+        let ticks = l.chars().take_while(|c| *c == '`').count();
+        match in_fence {
+            Some(n) if ticks == n && l.trim() == "`".repeat(n) => in_fence = None,
+            None if ticks >= 3 => in_fence = Some(ticks),
+            None if l.starts_with("## ") => h2.push(l.to_string()),
+            _ => {}
+        }
+    }
+    assert_eq!(h2, ["## Turn 1", "## Turn 2", "## Ledger"], "{md}");
+    let js = doc.to_json("t");
+    assert_eq!(js["turns"].as_array().unwrap().len(), 2);
+    assert_eq!(js["prompt"], "Second question?");
 }

@@ -16,7 +16,7 @@ use crate::engine::{
 };
 
 use super::consensus_overlay::ConsensusPanel;
-use super::export::{ExportAnswer, ExportDoc, ExportLedgerRow};
+use super::export::{ExportAnswer, ExportDoc, ExportLedgerRow, ExportTurn};
 use super::keys::{Action, KeyMap};
 use super::layout::{self, Areas};
 use super::msg::{Cmd, HistRun, Msg};
@@ -136,12 +136,17 @@ pub enum Overlay {
 /// Session totals of one target.
 #[derive(Debug, Clone, Default, PartialEq)]
 pub struct LedgerRow {
-    /// Target.
+    /// Who is credited: the target, or `provider/model (for target)` when a
+    /// fallback answered.
     pub target: String,
+    /// The target asked for (the pane's).
+    pub asked: String,
     /// Requests finished or failed.
     pub requests: u64,
-    /// Failed or cancelled.
+    /// Failed (cancelled ones are not failures).
     pub errors: u64,
+    /// Cancelled.
+    pub cancelled: u64,
     /// Tokens.
     pub usage: Usage,
     /// Known cost.
@@ -157,8 +162,10 @@ pub struct LedgerRow {
 impl LedgerRow {
     fn add(&mut self, c: &Completion) {
         self.requests += 1;
-        if c.error.is_some() {
-            self.errors += 1;
+        match &c.error {
+            Some(EngineError::Cancelled) => self.cancelled += 1,
+            Some(_) => self.errors += 1,
+            None => {}
         }
         self.add_usage(&c.usage, c.cost_usd, c.cost_source);
     }
@@ -272,6 +279,12 @@ pub struct App {
     pub dirty: bool,
     /// The consensus view, blind mode, the judge and repeat-N.
     pub cons: ConsensusPanel,
+    /// Earlier turns of the conversation, for the export.
+    pub past_turns: Vec<ExportTurn>,
+    pending_close: Option<ExportTurn>,
+    /// The pane whose answer the current turn continued from.
+    turn_continued: Option<String>,
+    next_continued: Option<String>,
 }
 
 /// Panes that get the same request go in one run.
@@ -324,6 +337,10 @@ impl App {
             dirty: true,
             cons: ConsensusPanel::new(&init.theme),
             theme: init.theme,
+            past_turns: Vec::new(),
+            pending_close: None,
+            turn_continued: None,
+            next_continued: None,
         };
         app.style_editor();
         app.relayout();
@@ -497,6 +514,7 @@ impl App {
                 }
             }
         }
+        self.sync_blind_view();
         if relayout {
             self.relayout();
         }
@@ -514,7 +532,7 @@ impl App {
 
     /// Count a request that did not come through a pane (the judge).
     pub(crate) fn add_ledger_completion(&mut self, label: &str, c: &Completion) {
-        self.ledger_row(label).add(c);
+        self.ledger_row(label, label).add(c);
     }
 
     /// The flash message, while fresh.
@@ -529,13 +547,14 @@ impl App {
 
     fn on_engine(&mut self, run: u64, target: usize, ev: StreamEvent) {
         if let StreamEvent::Finished(c) | StreamEvent::Failed(c) = &ev {
-            let label = self
+            let asked = self
                 .runs
                 .get(&run)
                 .and_then(|t| t.get(target))
                 .cloned()
                 .unwrap_or_else(|| c.model.clone());
-            self.ledger_row(&label).add(c);
+            let label = credit_label(&asked, c);
+            self.ledger_row(&label, &asked).add(c);
         }
         let ended = matches!(ev, StreamEvent::Finished(_) | StreamEvent::Failed(_));
         let now = self.now;
@@ -547,12 +566,13 @@ impl App {
         }
     }
 
-    fn ledger_row(&mut self, target: &str) -> &mut LedgerRow {
+    fn ledger_row(&mut self, target: &str, asked: &str) -> &mut LedgerRow {
         let i = match self.ledger.iter().position(|r| r.target == target) {
             Some(i) => i,
             None => {
                 self.ledger.push(LedgerRow {
                     target: target.to_string(),
+                    asked: asked.to_string(),
                     ..Default::default()
                 });
                 self.ledger.len() - 1
@@ -582,11 +602,16 @@ impl App {
             if !p.state.in_flight() {
                 continue;
             }
-            let i = match rows.iter().position(|r| r.target == p.target) {
+            let label = match p.answered_by() {
+                Some(by) => format!("{by} (for {})", p.target),
+                None => p.target.clone(),
+            };
+            let i = match rows.iter().position(|r| r.target == label) {
                 Some(i) => i,
                 None => {
                     rows.push(LedgerRow {
-                        target: p.target.clone(),
+                        target: label,
+                        asked: p.target.clone(),
                         ..Default::default()
                     });
                     rows.len() - 1
@@ -610,11 +635,13 @@ impl App {
                 r.estimated += 1;
             }
         }
-        // Panes' targets first, in pane order; targets no longer shown after.
+        // Panes' targets first, in screen order (letter order while blind);
+        // targets no longer shown after.
+        let order = self.display_order();
         rows.sort_by_key(|r| {
-            self.panes
+            order
                 .iter()
-                .position(|p| p.target == r.target)
+                .position(|&i| self.panes[i].target == r.asked)
                 .unwrap_or(usize::MAX)
         });
         rows
@@ -711,6 +738,10 @@ impl App {
             });
         }
         if let Some(p) = new_prompt {
+            if let Some(t) = self.pending_close.take() {
+                self.past_turns.push(t);
+            }
+            self.turn_continued = self.next_continued.take();
             if self.prompt_history.last() != Some(&p) {
                 self.prompt_history.push(p.clone());
             }
@@ -746,6 +777,8 @@ impl App {
             ));
             return;
         }
+        // The turn on screen becomes history once this send starts.
+        self.pending_close = self.current_turn(false);
         self.prepare_send(&prompt);
         let plan = self.plan(&prompt, 0..self.panes.len(), false);
         self.submit(plan, cmds);
@@ -824,6 +857,7 @@ impl App {
         }
         let history = src.history.clone();
         let name = self.pane_name(i);
+        self.next_continued = Some(name.clone());
         for (j, p) in self.panes.iter_mut().enumerate() {
             p.history = history.clone();
             p.last_request = None;
@@ -895,7 +929,12 @@ impl App {
             return;
         }
         if keys.is(Action::Export, &k) {
-            cmds.push(Cmd::Export(Box::new(self.export_doc())));
+            let doc = self.export_doc();
+            if doc.is_empty() {
+                self.set_flash("nothing to export yet: send a prompt first".into());
+            } else {
+                cmds.push(Cmd::Export(Box::new(doc)));
+            }
             return;
         }
         if keys.is(Action::History, &k) {
@@ -958,9 +997,8 @@ impl App {
     }
 
     fn cycle_focus(&mut self, forward: bool) {
-        let n = self.panes.len();
         let order: Vec<Focus> = std::iter::once(Focus::Editor)
-            .chain((0..n).map(Focus::Pane))
+            .chain(self.display_order().into_iter().map(Focus::Pane))
             .chain(std::iter::once(Focus::Ledger))
             .collect();
         let at = order.iter().position(|f| *f == self.focus).unwrap_or(0);
@@ -1369,50 +1407,104 @@ impl App {
 
     // ----- export --------------------------------------------------------
 
-    /// The comparison as it stands, named as on screen: while blind, answers and
-    /// ledger rows go by their letters and the completions carry no model names.
+    /// The turn on screen (None before the first send). With `as_shown`,
+    /// named as on screen: while blind, answers go by their letters in letter
+    /// order, with no model name, price, thinking or provider wording.
+    pub fn current_turn(&self, as_shown: bool) -> Option<ExportTurn> {
+        let prompt = self.last_prompt.clone()?;
+        let order: Vec<usize> = if as_shown {
+            self.display_order()
+        } else {
+            (0..self.panes.len()).collect()
+        };
+        let blind = as_shown && self.blind_hidden();
+        let answers = order
+            .into_iter()
+            .map(|i| {
+                let p = &self.panes[i];
+                let hidden = as_shown && self.pane_hidden(i);
+                let name = if as_shown {
+                    self.pane_name(i)
+                } else {
+                    p.credited()
+                };
+                let mut completion = p.stats.done.clone();
+                let mut thinking = p.thinking.clone();
+                if hidden {
+                    thinking.clear();
+                    if let Some(c) = completion.as_mut() {
+                        c.provider = String::new();
+                        c.model = name.clone();
+                        c.thinking.clear();
+                        c.price_ref = None;
+                        c.cost_usd = None;
+                        c.cost_source = crate::engine::CostSource::Unknown;
+                        c.raw_finish_reason = c.finish_reason.as_str().to_string();
+                        c.fell_back_from = None;
+                        c.usage.reasoning_tokens = 0;
+                        c.usage.cached_input_tokens = 0;
+                        c.usage.cache_creation_input_tokens = 0;
+                        c.usage.reported_cost_usd = None;
+                    }
+                }
+                ExportAnswer {
+                    target: name,
+                    asked_for: (!hidden && p.answered_by().is_some()).then(|| p.target.clone()),
+                    state: p.state.label(self.now),
+                    text: p.answer_text().to_string(),
+                    thinking,
+                    completion,
+                }
+            })
+            .collect();
+        Some(ExportTurn {
+            prompt,
+            continued_from: self.turn_continued.clone(),
+            blind,
+            answers,
+        })
+    }
+
+    /// The whole conversation as it stands: earlier turns, then the one on
+    /// screen named as on screen (letters while blind).
     pub fn export_doc(&self) -> ExportDoc {
+        let mut turns = self.past_turns.clone();
+        turns.extend(self.current_turn(true));
         ExportDoc {
-            prompt: self.last_prompt.clone().unwrap_or_default(),
-            answers: self
-                .panes
-                .iter()
-                .enumerate()
-                .map(|(i, p)| {
-                    let name = self.pane_name(i);
-                    let mut completion = p.stats.done.clone();
-                    if self.pane_hidden(i) {
-                        if let Some(c) = completion.as_mut() {
-                            c.provider = String::new();
-                            c.model = name.clone();
-                        }
-                    }
-                    ExportAnswer {
-                        target: name,
-                        state: p.state.label(self.now),
-                        text: p.answer_text().to_string(),
-                        thinking: p.thinking.clone(),
-                        completion,
-                    }
-                })
-                .collect(),
+            turns,
             ledger: self
                 .live_ledger()
                 .iter()
-                .map(|r| ExportLedgerRow {
-                    target: self.ledger_name(&r.target),
-                    requests: r.requests,
-                    errors: r.errors,
-                    input_tokens: r.usage.input_tokens,
-                    output_tokens: r.usage.output_tokens,
-                    cached_input_tokens: r.usage.cached_input_tokens,
-                    reasoning_tokens: r.usage.reasoning_tokens,
-                    cost_usd: r.cost_usd,
-                    unknown_cost: r.unknown,
-                    cost_mark: r.mark().to_string(),
+                .map(|r| {
+                    let hidden = self.ledger_hidden(&r.asked);
+                    ExportLedgerRow {
+                        target: self.ledger_name(r),
+                        requests: r.requests,
+                        errors: r.errors,
+                        input_tokens: r.usage.input_tokens,
+                        output_tokens: r.usage.output_tokens,
+                        cached_input_tokens: (!hidden).then_some(r.usage.cached_input_tokens),
+                        reasoning_tokens: (!hidden).then_some(r.usage.reasoning_tokens),
+                        cost_usd: (!hidden).then_some(r.cost_usd),
+                        unknown_cost: r.unknown,
+                        cost_mark: if hidden {
+                            String::new()
+                        } else {
+                            r.mark().to_string()
+                        },
+                    }
                 })
                 .collect(),
         }
+    }
+}
+
+/// The ledger's name for a request: the target, or the model that answered
+/// with the target asked for alongside when a fallback answered.
+pub fn credit_label(asked: &str, c: &Completion) -> String {
+    match &c.fell_back_from {
+        Some(_) if !c.provider.is_empty() => format!("{}/{} (for {asked})", c.provider, c.model),
+        _ => asked.to_string(),
     }
 }
 
@@ -1508,6 +1600,7 @@ pub fn history_panes(run: &HistRun, styles: TextStyles, now: Instant) -> Vec<Pan
                     _ => crate::engine::FinishReason::Stop,
                 },
                 cached: r.cache_hit,
+                fell_back_from: r.fell_back_from.clone(),
                 ..Default::default()
             };
             if !c.thinking.is_empty() {

@@ -142,7 +142,12 @@ pub fn areas(app: &App, area: Rect) -> Areas {
         panes
     };
     a.panes_area = panes;
-    a.panes = grid(panes, app.panes.len());
+    // Screen slots in display order (shuffled while blind).
+    let rects = grid(panes, app.panes.len());
+    a.panes = vec![Rect::default(); app.panes.len()];
+    for (slot, i) in app.display_order().into_iter().enumerate() {
+        a.panes[i] = rects[slot];
+    }
     if wide {
         let lw = (bottom.width * 45 / 100).clamp(40, 72);
         let [ed, led] =

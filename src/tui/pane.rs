@@ -174,6 +174,8 @@ pub struct Pane {
     pub state: PaneState,
     /// A routing note: "fell back to X", "breaker open".
     pub note: Option<String>,
+    /// The target a fallback moved this request to, while it runs.
+    pub fell_back_to: Option<String>,
     /// The transcript.
     pub doc: Doc,
     /// Top row when the user scrolled; None follows the stream.
@@ -184,6 +186,8 @@ pub struct Pane {
     pub last_request: Option<Vec<Message>>,
     /// Block index where the current turn's output starts.
     pub turn_start: usize,
+    /// Block index of the current turn's prompt (blind mode shows from here).
+    pub turn_prompt: usize,
     answer_block: Option<usize>,
     thinking_block: Option<usize>,
     tool_blocks: Vec<(usize, usize)>,
@@ -207,11 +211,13 @@ impl Pane {
             serving: None,
             state: PaneState::Idle,
             note: None,
+            fell_back_to: None,
             doc: Doc::new(styles),
             scroll: None,
             history: Vec::new(),
             last_request: None,
             turn_start: 0,
+            turn_prompt: 0,
             answer_block: None,
             thinking_block: None,
             tool_blocks: Vec::new(),
@@ -231,7 +237,7 @@ impl Pane {
         run: (u64, usize),
         now: Instant,
     ) {
-        self.doc.add(BlockKind::User, prompt);
+        self.turn_prompt = self.doc.add(BlockKind::User, prompt);
         self.turn_start = self.doc.blocks().len();
         self.restart(messages, run, now);
     }
@@ -245,6 +251,7 @@ impl Pane {
         self.answer.clear();
         self.thinking.clear();
         self.note = None;
+        self.fell_back_to = None;
         self.serving = None;
         self.stats = Stats {
             sent_at: Some(now),
@@ -346,8 +353,9 @@ impl Pane {
                     reason,
                 };
             }
-            StreamEvent::FellBack { to, .. } => {
-                self.note = Some(format!("fell back to {to}"));
+            StreamEvent::FellBack { from, to, .. } => {
+                self.note = Some(format!("fallback for {from}"));
+                self.fell_back_to = Some(to);
                 self.state = PaneState::Waiting;
             }
             StreamEvent::BreakerOpen { provider } => {
@@ -372,7 +380,7 @@ impl Pane {
         }
         if let Some(from) = &c.fell_back_from {
             if self.note.is_none() {
-                self.note = Some(format!("fell back from {from}"));
+                self.note = Some(format!("fallback for {from}"));
             }
         }
         match &c.error {
@@ -431,6 +439,28 @@ impl Pane {
                 CostSource::Estimated
             },
         )
+    }
+
+    /// The model that wrote this answer when it is not the target asked
+    /// for (a fallback answered): `provider/model`.
+    pub fn answered_by(&self) -> Option<String> {
+        if let Some(c) = &self.stats.done {
+            return c
+                .fell_back_from
+                .as_ref()
+                .map(|_| format!("{}/{}", c.provider, c.model));
+        }
+        if self.fell_back_to.is_some() {
+            if let Some((p, m)) = &self.serving {
+                return Some(format!("{p}/{m}"));
+            }
+        }
+        self.fell_back_to.clone()
+    }
+
+    /// Who gets the credit: the model that answered, else the target.
+    pub fn credited(&self) -> String {
+        self.answered_by().unwrap_or_else(|| self.target.clone())
     }
 
     /// Finish reason, once finished.

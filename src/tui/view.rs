@@ -109,6 +109,25 @@ pub fn stats_line(app: &App, p: &Pane, now: Instant) -> Line<'static> {
     }
     let mut parts: Vec<Span<'static>> = Vec::new();
     let sep = || Span::styled(" · ", t.dim);
+    // While blind, price, speed and latency would tell who is who: only the
+    // size of the answer and how it ended.
+    let hidden = app
+        .panes
+        .iter()
+        .position(|q| std::ptr::eq(q, p))
+        .is_some_and(|i| app.pane_hidden(i));
+    if hidden {
+        let (n, exact) = p.stats.out_tokens();
+        parts.push(Span::styled(
+            format!("{}{n} tok", if exact { "" } else { "~" }),
+            t.dim,
+        ));
+        if let Some(fr) = p.finish_reason() {
+            parts.push(sep());
+            parts.push(Span::styled(fr.as_str().to_string(), t.dim));
+        }
+        return Line::from(parts);
+    }
     if let Some(ttft) = p.stats.ttft_ms() {
         parts.push(Span::styled(format!("TTFT {}", secs(ttft)), t.dim));
     }
@@ -346,7 +365,8 @@ fn draw_ledger(f: &mut Frame<'_>, app: &App, r: Rect) {
     }
     let w = inner.width as usize;
     // Columns: in out cached reas cost src req err; the narrow form drops cached and reas.
-    let wide = w >= 66;
+    // While blind the cache and reasoning columns would be tells.
+    let wide = w >= 66 && !app.blind_hidden();
     let fixed = if wide {
         7 + 7 + 7 + 6 + 10 + 2 + 4 + 4
     } else {
@@ -427,7 +447,18 @@ fn draw_ledger(f: &mut Frame<'_>, app: &App, r: Rect) {
         let shown_name = if is_total {
             row.target.clone()
         } else {
-            app.ledger_name(&row.target)
+            app.ledger_name(row)
+        };
+        // While blind, cost, cache and reasoning figures would tell who is who.
+        let hidden = !is_total && app.ledger_hidden(&row.asked);
+        let (cost, cached, reas) = if hidden {
+            ("–".to_string(), "–".to_string(), "–".to_string())
+        } else {
+            (
+                cost,
+                n(row.usage.cached_input_tokens),
+                n(row.usage.reasoning_tokens),
+            )
         };
         let text = if wide {
             format!(
@@ -435,8 +466,8 @@ fn draw_ledger(f: &mut Frame<'_>, app: &App, r: Rect) {
                 fit(&shown_name, name_w),
                 n(row.usage.input_tokens),
                 n(row.usage.output_tokens),
-                n(row.usage.cached_input_tokens),
-                n(row.usage.reasoning_tokens),
+                cached,
+                reas,
                 cost
             )
         } else {
@@ -461,7 +492,14 @@ fn draw_ledger(f: &mut Frame<'_>, app: &App, r: Rect) {
         lines.push(Line::from(vec![
             Span::styled(text, text_style),
             Span::styled(
-                format!(" {}", if all_unknown { " " } else { row.mark() }),
+                format!(
+                    " {}",
+                    if all_unknown || hidden {
+                        " "
+                    } else {
+                        row.mark()
+                    }
+                ),
                 mark_style,
             ),
             Span::styled(format!("{:>4}", row.requests), t.text),
