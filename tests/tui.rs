@@ -13,7 +13,7 @@ use llm_quorum::tui::app::{Confirm, Focus, Overlay};
 use llm_quorum::tui::keys::KeyMap;
 use llm_quorum::tui::pane::PaneState;
 use llm_quorum::tui::theme::Theme;
-use llm_quorum::tui::{view, App, AppInit, Cmd, HistRun, Msg};
+use llm_quorum::tui::{layout, view, App, AppInit, Cmd, HistRun, Msg};
 use ratatui::backend::TestBackend;
 use ratatui::layout::Rect;
 use ratatui::style::Color;
@@ -443,12 +443,12 @@ fn editor_keys_newline_and_prompt_history() {
     assert_eq!(app.prompt_text(), "");
     // Help: F1 anywhere, ? outside the editor.
     app.update(key(KeyCode::F(1)));
-    assert!(matches!(app.overlay, Overlay::Help));
+    assert!(matches!(app.overlay, Overlay::Help(_)));
     app.update(key(KeyCode::Char('q')));
     assert!(matches!(app.overlay, Overlay::None));
     app.update(key(KeyCode::Tab));
     app.update(key(KeyCode::Char('?')));
-    assert!(matches!(app.overlay, Overlay::Help));
+    assert!(matches!(app.overlay, Overlay::Help(_)));
 }
 
 #[test]
@@ -632,7 +632,7 @@ fn retrying_and_fallback_states_show_in_the_header() {
     app.now = at(100);
     let s = screen(&app);
     assert!(
-        s.contains("retrying 2/3 in 6.0 s (503, Retry-After)"),
+        s.contains("retrying 2/3 in 6.0 s · 503, Retry-After"),
         "{s}"
     );
     assert!(
@@ -1331,4 +1331,198 @@ fn export_holds_every_turn_and_the_continue_and_stays_structurally_safe() {
     let js = doc.to_json("t");
     assert_eq!(js["turns"].as_array().unwrap().len(), 2);
     assert_eq!(js["prompt"], "Second question?");
+}
+
+/// Four panes in every header situation: retrying with a long reason, a
+/// fallback, streaming, done.
+fn header_app(size: (u16, u16)) -> App {
+    let mut app = app_with(
+        &[
+            "anthropic/claude-sonnet-4-5",
+            "openai/gpt-4o-mini",
+            "gemini/gemini-2.5-flash",
+            "mock/alpha",
+        ],
+        size,
+    );
+    app.pricing = Some(llm_quorum::engine::cost::Pricing::builtin());
+    let run = send(&mut app, "What is 2+2?")[0].0;
+    ev(
+        &mut app,
+        100,
+        run,
+        0,
+        StreamEvent::Retrying {
+            attempt: 2,
+            max_attempts: 3,
+            wait: Duration::from_millis(1000),
+            reason: "429 Too Many Requests, Retry-After".into(),
+        },
+    );
+    ev(
+        &mut app,
+        100,
+        run,
+        1,
+        StreamEvent::FellBack {
+            from: "openai/gpt-4o-mini".into(),
+            to: "openrouter/openai/gpt-4o".into(),
+            reason: "503".into(),
+        },
+    );
+    ev(
+        &mut app,
+        120,
+        run,
+        1,
+        StreamEvent::Started {
+            provider: "openrouter".into(),
+            model: "openai/gpt-4o".into(),
+            attempt: 1,
+        },
+    );
+    text(&mut app, 300, run, 1, "Two plus two is four, ");
+    ev(
+        &mut app,
+        120,
+        run,
+        2,
+        StreamEvent::Started {
+            provider: "gemini".into(),
+            model: "gemini-2.5-flash".into(),
+            attempt: 1,
+        },
+    );
+    for i in 0..20 {
+        text(&mut app, 300 + i * 20, run, 2, "four ");
+    }
+    finished(&mut app, 900, run, 3, completion("alpha", "4", 2));
+    app.now = at(100);
+    app.update(Msg::Tick);
+    app
+}
+
+#[test]
+fn pane_headers_keep_state_and_cost_whole_at_every_width() {
+    for (w, h) in [(80, 24), (120, 36), (160, 40), (180, 45)] {
+        let mut app = header_app((w, h));
+        app.update(Msg::Resize(w, h));
+        for focus in [false, true] {
+            if focus {
+                app.update(key(KeyCode::Tab));
+            }
+            let s = screen(&app);
+            let retry = s.contains("retrying 2/3 in 1.0 s") || s.contains("retry 2/3 1.0s");
+            assert!(retry, "the retry state was cut at {w}x{h}:\n{s}");
+            assert!(s.matches("streaming ").count() >= 2, "{w}x{h}:\n{s}");
+            assert!(s.contains("· done "), "{w}x{h}:\n{s}");
+            // Every pane shows a whole cost figure.
+            let costs = s.matches(" ~").count() + s.matches(" ✓").count() + s.matches("$?").count();
+            assert!(costs >= 4, "a cost was cut at {w}x{h}:\n{s}");
+        }
+    }
+}
+
+#[test]
+fn snapshot_pane_headers_80x24() {
+    let app = header_app((80, 24));
+    insta::assert_snapshot!("headers_80x24", screen(&app));
+}
+
+#[test]
+fn snapshot_pane_headers_160x40() {
+    let app = header_app((160, 40));
+    insta::assert_snapshot!("headers_160x40", screen(&app));
+}
+
+#[test]
+fn snapshot_pane_headers_180x45_focused() {
+    let mut app = header_app((180, 45));
+    app.update(key(KeyCode::Tab));
+    insta::assert_snapshot!("headers_180x45_focused", screen(&app));
+}
+
+/// The streaming app at another size, with the offline banner of a first run.
+fn small_app(size: (u16, u16)) -> App {
+    let mut app = streaming_app();
+    app.banner = vec![llm_quorum::tui::OFFLINE_BANNER.to_string()];
+    app.update(Msg::Resize(size.0, size.1));
+    app
+}
+
+#[test]
+fn small_terminals_give_the_panes_room_and_the_banner_a_way_out() {
+    let mut app = small_app((80, 24));
+    let a = app.areas();
+    // Three panes side by side, each with a real body.
+    assert_eq!(a.panes.iter().map(|r| r.y).collect::<Vec<_>>().len(), 3);
+    assert!(a.panes.iter().all(|r| r.y == a.panes[0].y), "{:?}", a.panes);
+    assert!(
+        a.panes.iter().all(|r| layout::pane_body(*r).height >= 10),
+        "{:?}",
+        a.panes
+    );
+    // The banner takes one line and says how to hide it; the ledger one line.
+    assert_eq!(a.banner.height, 1);
+    assert_eq!(a.ledger.height, 1);
+    let s = screen(&app);
+    assert!(s.contains("Esc hides this"), "{s}");
+    assert!(s.contains("F1 help"), "{s}");
+    // Esc hides the banner; Shift+Tab opens the ledger in full.
+    app.update(key(KeyCode::Esc));
+    assert!(app.banner.is_empty());
+    app.update(key(KeyCode::BackTab));
+    assert_eq!(app.focus, Focus::Ledger);
+    assert!(app.areas().ledger.height >= 5);
+    // The status bar keeps F1 at every width.
+    for w in [40u16, 60, 80, 100, 119] {
+        app.update(Msg::Resize(w, 24));
+        let t = draw(&app, w, 24);
+        let last = t.backend().buffer().content()[(w as usize) * 23..]
+            .iter()
+            .map(|c| c.symbol())
+            .collect::<String>();
+        assert!(last.contains("F1 help"), "{w}: {last}");
+    }
+}
+
+#[test]
+fn the_help_scrolls_on_a_short_terminal() {
+    let mut app = small_app((80, 24));
+    app.update(key(KeyCode::F(1)));
+    let s = screen(&app);
+    assert!(s.contains("more below"), "{s}");
+    assert!(!s.contains("any other key closes"), "{s}");
+    for _ in 0..40 {
+        app.update(key(KeyCode::Char('j')));
+    }
+    assert!(
+        matches!(app.overlay, Overlay::Help(_)),
+        "j scrolls, not closes"
+    );
+    let s = screen(&app);
+    assert!(s.contains("any other key closes"), "{s}");
+    assert!(s.contains("above"), "{s}");
+    app.update(key(KeyCode::Char('q')));
+    assert!(matches!(app.overlay, Overlay::None));
+}
+
+#[test]
+fn snapshot_small_80x24() {
+    insta::assert_snapshot!("small_80x24", screen(&small_app((80, 24))));
+}
+
+#[test]
+fn snapshot_large_180x45() {
+    insta::assert_snapshot!("large_180x45", screen(&small_app((180, 45))));
+}
+
+#[test]
+fn snapshot_help_80x24_scrolled() {
+    let mut app = small_app((80, 24));
+    app.update(key(KeyCode::F(1)));
+    for _ in 0..5 {
+        app.update(key(KeyCode::Char('j')));
+    }
+    insta::assert_snapshot!("help_80x24_scrolled", screen(&app));
 }

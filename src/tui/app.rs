@@ -121,8 +121,8 @@ pub enum Overlay {
     /// None.
     #[default]
     None,
-    /// Key help.
-    Help,
+    /// Key help, scrolled this many lines.
+    Help(u16),
     /// Target picker.
     Picker(Picker),
     /// A y / n question.
@@ -947,7 +947,7 @@ impl App {
             return;
         }
         if keys.is(Action::Help, &k) && (!in_editor || !self.is_char(&k)) {
-            self.overlay = Overlay::Help;
+            self.overlay = Overlay::Help(0);
             return;
         }
         // Letter keys act outside the editor only; Ctrl keys everywhere.
@@ -1278,8 +1278,28 @@ impl App {
         }
         match overlay {
             Overlay::None => {}
-            // Any key closes.
-            Overlay::Help => {}
+            // Scroll keys scroll (a short terminal cuts it); any other key closes.
+            Overlay::Help(top) => {
+                let keys = &self.keys;
+                let max = super::view::help_scroll_max(self);
+                let d: i32 = if keys.is(Action::ScrollDown, &k) {
+                    1
+                } else if keys.is(Action::ScrollUp, &k) {
+                    -1
+                } else if keys.is(Action::PageDown, &k) || k.code == KeyCode::Char(' ') {
+                    10
+                } else if keys.is(Action::PageUp, &k) {
+                    -10
+                } else if k.code == KeyCode::Home {
+                    -1000
+                } else if k.code == KeyCode::End {
+                    1000
+                } else {
+                    return;
+                };
+                let next = (i32::from(top) + d).clamp(0, i32::from(max)) as u16;
+                self.overlay = Overlay::Help(next);
+            }
             Overlay::Consensus => {
                 self.overlay = Overlay::Consensus;
                 self.consensus_key(k, cmds);

@@ -347,6 +347,19 @@ impl KeyMap {
             .unwrap_or_default()
     }
 
+    /// The first key of `action` that works while typing (not a plain
+    /// letter, which the editor takes), for hints shown in the editor.
+    pub fn short_typing(&self, action: Action) -> Option<String> {
+        self.binds.get(&action).and_then(|ks| {
+            ks.iter()
+                .find(|k| {
+                    !matches!(k.code, KeyCode::Char(_))
+                        || k.mods.intersects(KeyModifiers::CONTROL | KeyModifiers::ALT)
+                })
+                .map(Key::label)
+        })
+    }
+
     /// The first key of `action`, for the status bar.
     pub fn short(&self, action: Action) -> String {
         self.binds

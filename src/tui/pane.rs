@@ -56,6 +56,19 @@ impl PaneState {
         )
     }
 
+    /// The label for a narrow header: "retry 2/3 6.0s" for a retry.
+    pub fn short_label(&self, now: Instant) -> String {
+        match self {
+            PaneState::Retrying {
+                attempt, max, at, ..
+            } => {
+                let left = at.saturating_duration_since(now).as_secs_f64();
+                format!("retry {attempt}/{max} {left:.1}s")
+            }
+            s => s.label(now),
+        }
+    }
+
     /// What the header says.
     pub fn label(&self, now: Instant) -> String {
         match self {
