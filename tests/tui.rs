@@ -1526,3 +1526,77 @@ fn snapshot_help_80x24_scrolled() {
     }
     insta::assert_snapshot!("help_80x24_scrolled", screen(&app));
 }
+
+/// A pasted 5,000-word prompt.
+fn long_prompt() -> String {
+    let para =
+        "The committee reviewed the quarterly figures and asked for a summary of the risks. ";
+    let mut s = String::new();
+    for i in 0..350 {
+        s.push_str(para);
+        if i % 40 == 39 {
+            s.push('\n');
+        }
+    }
+    s
+}
+
+#[test]
+fn long_prompts_wrap_in_the_editor_and_fold_in_the_panes() {
+    for (w, h) in [(80u16, 24u16), (180, 45)] {
+        let mut app = app_with(&["mock/alpha", "mock/beta", "mock/thinker"], (w, h));
+        let prompt = long_prompt();
+        assert!(prompt.split_whitespace().count() > 4500);
+        app.update(Msg::Paste(prompt.clone()));
+        // The editor grows to its cap and wraps: no line runs off the screen,
+        // and the end of the text (where the cursor is) is in view.
+        let a = app.areas();
+        assert_eq!(a.editor.height, 10, "{w}x{h}");
+        let s = screen(&app);
+        assert!(s.contains("summary of the risks."), "{s}");
+        // Send: every pane echoes a few lines and says how much more there is.
+        let starts = app.update(key(KeyCode::Enter));
+        let sent = starts
+            .iter()
+            .find_map(|c| match c {
+                Cmd::Start { request, .. } => Some(request.messages[0].content.clone()),
+                _ => None,
+            })
+            .expect("sent");
+        assert_eq!(sent, prompt, "the whole prompt is sent");
+        for p in &app.panes {
+            let echo = p.doc.blocks()[0].raw();
+            assert!(echo.chars().count() < 700, "{}", echo.len());
+            assert!(echo.contains("prompt folded"), "{echo}");
+            assert!(
+                p.doc.total_lines(false) < 40,
+                "{}",
+                p.doc.total_lines(false)
+            );
+        }
+        let s = screen(&app);
+        assert!(s.contains("prompt folded"), "{s}");
+        // The export keeps the prompt whole.
+        assert_eq!(app.export_doc().turns[0].prompt, prompt);
+    }
+}
+
+#[test]
+fn snapshot_long_prompt_80x24() {
+    let mut app = app_with(&["mock/alpha", "mock/beta", "mock/thinker"], (80, 24));
+    app.update(Msg::Paste(long_prompt()));
+    app.update(key(KeyCode::Enter));
+    app.update(Msg::Paste(
+        "And a follow-up that wraps in the editor because it is long enough".into(),
+    ));
+    insta::assert_snapshot!("long_prompt_80x24", screen(&app));
+}
+
+#[test]
+fn snapshot_long_prompt_180x45() {
+    let mut app = app_with(&["mock/alpha", "mock/beta", "mock/thinker"], (180, 45));
+    app.update(Msg::Paste(long_prompt()));
+    insta::assert_snapshot!("long_prompt_editor_180x45", screen(&app));
+    app.update(key(KeyCode::Enter));
+    insta::assert_snapshot!("long_prompt_sent_180x45", screen(&app));
+}

@@ -1583,7 +1583,10 @@ pub fn history_panes(run: &HistRun, styles: TextStyles, now: Instant) -> Vec<Pan
             let mut p = Pane::new(r.target.clone(), styles);
             p.read_only = true;
             if let Some(prompt) = r.prompt.as_ref().or(run.prompt.as_ref()) {
-                p.doc.add(super::text::BlockKind::User, prompt);
+                p.doc.add(
+                    super::text::BlockKind::User,
+                    &super::pane::fold_prompt(prompt),
+                );
             }
             p.stats.sent_at = Some(now);
             p.serving = Some((r.provider.clone(), r.model.clone()));

@@ -105,6 +105,10 @@ pub fn banner_height(lines: &[String], width: u16) -> u16 {
     rows.min(4) as u16
 }
 
+fn ledger_width(width: u16) -> u16 {
+    (width * 45 / 100).clamp(40, 72)
+}
+
 /// Cut `area` up for `app`.
 pub fn areas(app: &App, area: Rect) -> Areas {
     let mut a = Areas::default();
@@ -134,11 +138,18 @@ pub fn areas(app: &App, area: Rect) -> Areas {
         a.panes_area = rest;
         return a;
     }
-    let editor_h = (app.editor.lines().len() as u16).clamp(1, 8) + 2;
+    let wide = rest.width >= 110;
+    let editor_w = if wide {
+        rest.width - ledger_width(rest.width)
+    } else {
+        rest.width
+    };
+    // The editor wraps: its height follows the wrapped rows.
+    let rows = super::editor::row_count(app.editor.lines(), editor_w.saturating_sub(2).into());
+    let editor_h = (rows as u16).clamp(1, 8) + 2;
     let ledger_rows = app.live_ledger().len().max(app.panes.len()) as u16;
     // Header, rows, a total row, borders.
     let ledger_h = ledger_rows + 2 + u16::from(ledger_rows > 1) + 2;
-    let wide = rest.width >= 110;
     // On a short terminal the ledger is one summary line until it has the
     // focus (Shift+Tab from the editor): the panes need the rows more.
     let short = area.height < SHORT && app.focus != super::app::Focus::Ledger;
@@ -171,7 +182,7 @@ pub fn areas(app: &App, area: Rect) -> Areas {
         a.panes[i] = rects[slot];
     }
     if wide {
-        let lw = (bottom.width * 45 / 100).clamp(40, 72);
+        let lw = ledger_width(bottom.width);
         let [ed, led] =
             Layout::horizontal([Constraint::Min(0), Constraint::Length(lw)]).areas(bottom);
         a.editor = ed;

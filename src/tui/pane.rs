@@ -12,6 +12,54 @@ pub fn approx_tokens(s: &str) -> u64 {
     crate::engine::tokens::quick_estimate(s)
 }
 
+/// Lines of a prompt echoed in a pane before the rest is folded.
+pub const PROMPT_ECHO_LINES: usize = 3;
+/// Characters of a prompt echoed in a pane before the rest is folded.
+pub const PROMPT_ECHO_CHARS: usize = 160;
+
+/// A prompt as a pane echoes it: whole when short, else its first lines
+/// and a note of how much more there is (the whole prompt was sent, and
+/// is in the export and the history).
+pub fn fold_prompt(prompt: &str) -> String {
+    let lines: Vec<&str> = prompt.lines().collect();
+    let chars = prompt.chars().count();
+    if lines.len() <= PROMPT_ECHO_LINES + 2 && chars <= PROMPT_ECHO_CHARS + 200 {
+        return prompt.to_string();
+    }
+    let mut out = String::new();
+    let mut used = 0;
+    let mut shown_lines = 0;
+    for l in lines.iter().take(PROMPT_ECHO_LINES) {
+        let room = PROMPT_ECHO_CHARS.saturating_sub(used);
+        if room == 0 {
+            break;
+        }
+        let part: String = l.chars().take(room).collect();
+        used += part.chars().count();
+        let cut = part.chars().count() < l.chars().count();
+        out.push_str(&part);
+        if cut {
+            out.push('…');
+        }
+        out.push('\n');
+        shown_lines += 1;
+        if cut {
+            break;
+        }
+    }
+    let more_lines = lines.len().saturating_sub(shown_lines);
+    let words = prompt.split_whitespace().count();
+    let more = if more_lines > 0 {
+        format!("{more_lines} more lines, ")
+    } else {
+        String::new()
+    };
+    out.push_str(&format!(
+        "⋯ prompt folded: {more}{words} words, {chars} characters in all (sent whole)"
+    ));
+    out
+}
+
 /// Where a pane's request is.
 #[derive(Debug, Clone, PartialEq)]
 pub enum PaneState {
@@ -250,7 +298,7 @@ impl Pane {
         run: (u64, usize),
         now: Instant,
     ) {
-        self.turn_prompt = self.doc.add(BlockKind::User, prompt);
+        self.turn_prompt = self.doc.add(BlockKind::User, &fold_prompt(prompt));
         self.turn_start = self.doc.blocks().len();
         self.restart(messages, run, now);
     }

@@ -427,7 +427,22 @@ fn draw_editor(f: &mut Frame<'_>, app: &App, r: Rect) {
         .title(Line::from(title));
     let inner = block.inner(r);
     f.render_widget(block, r);
-    f.render_widget(&app.editor, inner);
+    let n = app.panes.len();
+    let placeholder = format!(
+        "Type a prompt · {} sends it to {n} target{}",
+        app.keys.short(Action::Send),
+        if n == 1 { "" } else { "s" }
+    );
+    f.render_widget(
+        super::editor::WrappedEditor {
+            lines: app.editor.lines(),
+            cursor: app.editor.cursor(),
+            style: t.text,
+            cursor_style: focused.then_some(t.text),
+            placeholder: Some((placeholder, t.dim)),
+        },
+        inner,
+    );
 }
 
 fn fit(s: &str, w: usize) -> String {
