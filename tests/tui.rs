@@ -1600,3 +1600,87 @@ fn snapshot_long_prompt_180x45() {
     app.update(key(KeyCode::Enter));
     insta::assert_snapshot!("long_prompt_sent_180x45", screen(&app));
 }
+
+#[test]
+fn sends_carry_a_sane_output_limit_and_show_the_expected_cost_beside_the_bound() {
+    // Setup: one priced target; a [models] limit for another.
+    let mut app = app_with(
+        &["anthropic/claude-sonnet-4-5", "openai/gpt-4o-mini"],
+        (120, 36),
+    );
+    app.pricing = Some(llm_quorum::engine::cost::Pricing::builtin());
+    app.model_max_tokens
+        .insert("openai/gpt-4o-mini".into(), 1000);
+    // Exec: type; the projection asked for carries each target's limit.
+    let cmds = type_text(&mut app, "What is the capital of France? One word.");
+    let (gen, groups) = cmds
+        .iter()
+        .filter_map(|c| match c {
+            Cmd::Project { gen, groups } => Some((*gen, groups.clone())),
+            _ => None,
+        })
+        .next_back()
+        .expect("a projection is asked for");
+    let limits: Vec<(Option<u32>, Vec<String>)> = groups
+        .iter()
+        .map(|(r, t)| (r.max_tokens, t.clone()))
+        .collect();
+    assert_eq!(
+        limits,
+        [
+            (Some(4096), vec!["anthropic/claude-sonnet-4-5".to_string()]),
+            (Some(1000), vec!["openai/gpt-4o-mini".to_string()]),
+        ]
+    );
+    // The engine's bound for 21 prompt tokens and 4096 output tokens.
+    let p = Projection {
+        targets: vec![TargetProjection {
+            target: "anthropic/claude-sonnet-4-5".into(),
+            provider: "anthropic".into(),
+            model: "claude-sonnet-4-5".into(),
+            input_tokens: 21,
+            input_exact: false,
+            max_output_tokens: Some(4096),
+            bound_usd: Some(0.0615),
+            price_ref: None,
+        }],
+    };
+    let expected = app.expected_cost(&p).expect("priced");
+    assert!(expected > 0.0 && expected < 0.0615 / 5.0, "{expected}");
+    app.update(Msg::Projection { gen, result: Ok(p) });
+    let s = screen(&app);
+    assert!(s.contains("next send ~$0.006"), "{s}");
+    assert!(s.contains("(≤ $0.062)") || s.contains("(≤ $0.061"), "{s}");
+    // The send carries the limits too.
+    let starts: Vec<Option<u32>> = app
+        .update(key(KeyCode::Enter))
+        .iter()
+        .filter_map(|c| match c {
+            Cmd::Start { request, .. } => Some(request.max_tokens),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(starts, [Some(4096), Some(1000)]);
+}
+
+#[test]
+fn the_budget_question_keeps_its_line_breaks() {
+    let mut app = app3();
+    app.budget_set = true;
+    type_text(&mut app, "expensive");
+    app.update(key(KeyCode::Enter));
+    app.update(Msg::BudgetChecked(Err(
+        "this run may cost up to $0.97; with $0.10 spent, the session budget of $1.00 would be exceeded".into(),
+    )));
+    let s = screen(&app);
+    let exceeded = s
+        .lines()
+        .position(|l| l.contains("would be exceeded"))
+        .expect(&s);
+    let ask = s
+        .lines()
+        .position(|l| l.contains("Send anyway?"))
+        .expect(&s);
+    assert!(ask > exceeded + 1, "{s}");
+    assert!(!s.contains("exceededSend"), "{s}");
+}

@@ -27,6 +27,13 @@ use super::theme::Theme;
 /// Most panes the picker allows.
 pub const MAX_PANES: usize = 12;
 
+/// Output limit of a send where neither `tui_max_tokens` nor `[models]` sets one.
+pub const DEFAULT_MAX_TOKENS: u32 = 4096;
+
+/// Output tokens an answer is expected to take when the session has no
+/// answer of that target yet (for the expected cost shown next to the bound).
+pub const TYPICAL_OUTPUT_TOKENS: u64 = 400;
+
 /// What has the keyboard.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Focus {
@@ -279,6 +286,10 @@ pub struct App {
     pub dirty: bool,
     /// The consensus view, blind mode, the judge and repeat-N.
     pub cons: ConsensusPanel,
+    /// Output limit of sends where `model_max_tokens` has none (None: no limit).
+    pub max_tokens: Option<u32>,
+    /// `[models."provider/model"] max_tokens` from config, by target.
+    pub model_max_tokens: HashMap<String, u32>,
     /// Earlier turns of the conversation, for the export.
     pub past_turns: Vec<ExportTurn>,
     pending_close: Option<ExportTurn>,
@@ -291,6 +302,7 @@ pub struct App {
 #[derive(Debug, Clone)]
 struct Group {
     messages: Vec<Message>,
+    max_tokens: Option<u32>,
     prompt: String,
     members: Vec<(usize, bool)>,
 }
@@ -337,6 +349,8 @@ impl App {
             dirty: true,
             cons: ConsensusPanel::new(&init.theme),
             theme: init.theme,
+            max_tokens: Some(DEFAULT_MAX_TOKENS),
+            model_max_tokens: HashMap::new(),
             past_turns: Vec::new(),
             pending_close: None,
             turn_continued: None,
@@ -661,10 +675,15 @@ impl App {
                     (m, false)
                 }
             };
-            match groups.iter_mut().find(|g| g.messages == messages) {
+            let max_tokens = self.max_tokens_for(&p.target);
+            match groups
+                .iter_mut()
+                .find(|g| g.messages == messages && g.max_tokens == max_tokens)
+            {
                 Some(g) => g.members.push((i, re)),
                 None => groups.push(Group {
                     messages,
+                    max_tokens,
                     prompt: prompt.to_string(),
                     members: vec![(i, re)],
                 }),
@@ -679,6 +698,7 @@ impl App {
                 (
                     ChatRequest {
                         messages: g.messages.clone(),
+                        max_tokens: g.max_tokens,
                         ..Default::default()
                     },
                     g.members
@@ -732,6 +752,7 @@ impl App {
                 run,
                 request: ChatRequest {
                     messages: g.messages,
+                    max_tokens: g.max_tokens,
                     ..Default::default()
                 },
                 targets,
@@ -834,6 +855,38 @@ impl App {
             gen: self.proj_gen,
             groups: self.groups_for_cmd(&plan),
         });
+    }
+
+    /// The output limit a send to `target` carries.
+    pub fn max_tokens_for(&self, target: &str) -> Option<u32> {
+        self.model_max_tokens
+            .get(target)
+            .copied()
+            .or(self.max_tokens)
+    }
+
+    /// What the next send is expected to cost (not its bound): the prompt,
+    /// plus as much output as this target's answers took so far this
+    /// session (else a typical answer), within its limit. None when a
+    /// target has no price.
+    pub fn expected_cost(&self, p: &Projection) -> Option<f64> {
+        let mut total = 0.0;
+        for t in &p.targets {
+            let typical = self
+                .ledger
+                .iter()
+                .find(|r| r.target == t.target && r.requests > r.errors + r.cancelled)
+                .map(|r| r.usage.output_tokens / (r.requests - r.errors - r.cancelled).max(1))
+                .unwrap_or(TYPICAL_OUTPUT_TOKENS);
+            let out = t.max_output_tokens.map_or(typical, |m| typical.min(m));
+            let u = Usage {
+                input_tokens: t.input_tokens,
+                output_tokens: out,
+                ..Default::default()
+            };
+            total += self.quote(&t.provider, &t.model, &u, true).0?;
+        }
+        Some(total)
     }
 
     /// The projection for the editor as it is now, if ready.

@@ -674,6 +674,17 @@ pub fn run(flags: &GlobalFlags, theme_flag: Option<String>) -> i32 {
         let mut fx = EngineEffects::new(engine, &settings, tx, data_dir.clone());
         let mut app = App::new(init);
         app.cons.judge_model = settings.config.judge_model.clone();
+        app.max_tokens = match settings.config.tui_max_tokens {
+            Some(0) => None,
+            Some(n) => Some(n),
+            None => Some(app::DEFAULT_MAX_TOKENS),
+        };
+        app.model_max_tokens = settings
+            .config
+            .models
+            .iter()
+            .filter_map(|(id, m)| m.max_tokens.map(|n| (id.clone(), n)))
+            .collect();
         app.cons.vote_tag = settings.config.vote_tag.clone();
         let input = crossterm::event::EventStream::new();
         let r = run_loop(

@@ -390,10 +390,17 @@ fn projection_text(app: &App) -> (String, String) {
         Some(p) if !p.targets.is_empty() => {
             let tok = p.targets.iter().map(|t| t.input_tokens).max().unwrap_or(0);
             let exact = p.targets.iter().all(|t| t.input_exact);
-            (
-                format!("{}{tok} tok", if exact { "" } else { "~" }),
-                format!("next send {}", p.display()),
-            )
+            let expected = match app.expected_cost(p) {
+                Some(e) => format!("~{} ", format_usd(Some(e))),
+                None => String::new(),
+            };
+            let bound = p.display();
+            let cost = if expected.is_empty() {
+                format!("next send {bound}")
+            } else {
+                format!("next send {expected}({bound})")
+            };
+            (format!("{}{tok} tok", if exact { "" } else { "~" }), cost)
         }
         Some(_) => (String::new(), "next send ≤ ?".into()),
         None => (
@@ -949,37 +956,30 @@ fn draw_confirm(f: &mut Frame<'_>, app: &App, c: &Confirm, area: Rect) {
         ),
         Confirm::Budget(why) => ("budget", format!("{why}\n\nSend anyway?")),
     };
-    let r = centered(area, 60, 9);
-    f.render_widget(Clear, r);
-    let lines = vec![
-        Line::styled(msg, t.text),
-        Line::default(),
-        Line::from(vec![
-            Span::styled("y", t.key),
-            Span::styled(" yes  ", t.text),
-            Span::styled("n", t.key),
-            Span::styled(" no", t.text),
-        ]),
-    ];
-    let text: Vec<Line<'_>> = lines
-        .into_iter()
-        .flat_map(|l| {
-            if l.spans.len() == 1 && l.spans[0].content.contains('\n') {
-                let style = l.spans[0].style;
-                l.spans[0]
-                    .content
-                    .split('\n')
-                    .map(|s| Line::styled(s.to_string(), style))
-                    .collect::<Vec<_>>()
-            } else {
-                vec![l]
-            }
-        })
+    // One Line per line of the message: a newline inside a span is not a line break.
+    let mut text: Vec<Line<'_>> = msg
+        .split('\n')
+        .map(|l| Line::styled(l.to_string(), t.text))
         .collect();
+    text.push(Line::default());
+    text.push(Line::from(vec![
+        Span::styled("y", t.key),
+        Span::styled(" yes  ", t.text),
+        Span::styled("n", t.key),
+        Span::styled(" no", t.text),
+    ]));
+    let w = area.width.min(72);
+    let inner_w = w.saturating_sub(2).max(1) as usize;
+    let rows: usize = text
+        .iter()
+        .map(|l| l.width().div_ceil(inner_w).max(1))
+        .sum();
+    let r = centered(area, w, rows as u16 + 2);
+    f.render_widget(Clear, r);
     f.render_widget(
         Paragraph::new(text)
             .block(overlay_block(t, title))
-            .wrap(Wrap { trim: true }),
+            .wrap(Wrap { trim: false }),
         r,
     );
 }
