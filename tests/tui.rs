@@ -1684,3 +1684,73 @@ fn the_budget_question_keeps_its_line_breaks() {
     assert!(ask > exceeded + 1, "{s}");
     assert!(!s.contains("exceededSend"), "{s}");
 }
+
+#[test]
+fn smaller_things_hints_keys_cancelled_and_the_ledger_total() {
+    // Status-bar hints follow the focus: in the editor, letters type, so
+    // blind and repeat are offered by their Ctrl keys only.
+    let mut app = app_with(&["mock/alpha", "mock/beta"], (200, 36));
+    let s = screen(&app);
+    let status = s.lines().last().unwrap().to_string();
+    assert!(
+        status.contains("Ctrl+B blind") && status.contains("Ctrl+N repeat"),
+        "{status}"
+    );
+    assert!(
+        !status.contains(" b blind") && !status.contains(" n repeat"),
+        "{status}"
+    );
+    app.update(key(KeyCode::Tab));
+    let s = screen(&app);
+    let status = s.lines().last().unwrap().to_string();
+    assert!(
+        status.contains("b blind") && status.contains("z zoom"),
+        "{status}"
+    );
+
+    // The picker marks targets whose provider has no key.
+    app.keyless = vec!["openai".into()];
+    app.update(ctrl('p'));
+    let s = screen(&app);
+    let line = s
+        .lines()
+        .find(|l| l.contains("openai/gpt-4o-mini"))
+        .unwrap();
+    assert!(line.contains("no key"), "{line}");
+    let line = s.lines().find(|l| l.contains("mock/gamma")).unwrap();
+    assert!(!line.contains("no key"), "{line}");
+    app.update(key(KeyCode::Esc));
+
+    // Cancelled is not failed; the total's cost fits its column.
+    let mut app = app_with(
+        &["mock/alpha", "mock/beta", "openai/gpt-4o-mini"],
+        (100, 36),
+    );
+    let run = send(&mut app, "q")[0].0;
+    let mut a = completion("alpha", "4", 2);
+    a.cost_usd = Some(0.00042);
+    finished(&mut app, 100, run, 0, a);
+    let c = Completion {
+        error: Some(EngineError::Cancelled),
+        finish_reason: FinishReason::Cancelled,
+        ..completion("beta", "", 0)
+    };
+    ev(&mut app, 200, run, 1, StreamEvent::Failed(Box::new(c)));
+    let mut u = completion("gpt-4o-mini", "4", 2);
+    u.provider = "openai".into();
+    u.cost_usd = None;
+    u.cost_source = CostSource::Unknown;
+    finished(&mut app, 300, run, 2, u);
+    let rows = app.live_ledger();
+    assert_eq!(rows[1].errors, 0);
+    assert_eq!(rows[1].cancelled, 1);
+    let s = screen(&app);
+    let total = s.lines().find(|l| l.contains("│total")).expect(&s);
+    assert!(total.contains(" $0.00042+? "), "{total}");
+    assert!(!total.contains("0$"), "{total}");
+    let fields: Vec<&str> = total
+        .trim_matches(|c| c == '│' || c == '"')
+        .split_whitespace()
+        .collect();
+    assert_eq!(fields[fields.len() - 2..], ["3", "0"], "{total}");
+}

@@ -286,6 +286,8 @@ pub struct App {
     pub dirty: bool,
     /// The consensus view, blind mode, the judge and repeat-N.
     pub cons: ConsensusPanel,
+    /// Providers that need a key and have none (the picker marks their targets).
+    pub keyless: Vec<String>,
     /// Output limit of sends where `model_max_tokens` has none (None: no limit).
     pub max_tokens: Option<u32>,
     /// `[models."provider/model"] max_tokens` from config, by target.
@@ -349,6 +351,7 @@ impl App {
             dirty: true,
             cons: ConsensusPanel::new(&init.theme),
             theme: init.theme,
+            keyless: Vec::new(),
             max_tokens: Some(DEFAULT_MAX_TOKENS),
             model_max_tokens: HashMap::new(),
             past_turns: Vec::new(),
@@ -855,6 +858,13 @@ impl App {
             gen: self.proj_gen,
             groups: self.groups_for_cmd(&plan),
         });
+    }
+
+    /// Whether `target`'s provider needs a key it does not have.
+    pub fn lacks_key(&self, target: &str) -> bool {
+        target
+            .split_once('/')
+            .is_some_and(|(p, _)| self.keyless.iter().any(|k| k == p))
     }
 
     /// The output limit a send to `target` carries.

@@ -629,6 +629,12 @@ pub fn run(flags: &GlobalFlags, theme_flag: Option<String>) -> i32 {
         tracing::warn!("{w}");
     }
     let (targets, offline) = default_targets(&engine, &settings);
+    let keyless: Vec<String> = engine
+        .registry()
+        .providers()
+        .filter(|p| p.kind.needs_key() && !crate::engine::registry::has_key(p))
+        .map(|p| p.name.clone())
+        .collect();
     let mut banner = Vec::new();
     if offline {
         banner.push(OFFLINE_BANNER.to_string());
@@ -674,6 +680,7 @@ pub fn run(flags: &GlobalFlags, theme_flag: Option<String>) -> i32 {
         let mut fx = EngineEffects::new(engine, &settings, tx, data_dir.clone());
         let mut app = App::new(init);
         app.cons.judge_model = settings.config.judge_model.clone();
+        app.keyless = keyless;
         app.max_tokens = match settings.config.tui_max_tokens {
             Some(0) => None,
             Some(n) => Some(n),

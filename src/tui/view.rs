@@ -936,10 +936,14 @@ fn draw_picker(f: &mut Frame<'_>, app: &App, p: &Picker, area: Rect) {
         let (name, sel) = &p.items[i];
         let mark = if *sel { "[x] " } else { "[ ] " };
         let style = if row == p.cursor { t.selection } else { t.text };
-        lines.push(Line::from(vec![
+        let mut spans = vec![
             Span::styled(mark, if *sel { t.ok } else { t.dim }),
             Span::styled(name.clone(), style),
-        ]));
+        ];
+        if app.lacks_key(name) {
+            spans.push(Span::styled("  no key", t.warn));
+        }
+        lines.push(Line::from(spans));
     }
     if list.is_empty() {
         lines.push(Line::styled("no match · Enter adds it as typed", t.dim));
