@@ -134,7 +134,9 @@ fn stat_pieces(app: &App, p: &Pane, now: Instant) -> Vec<Piece> {
         .position(|q| std::ptr::eq(q, p))
         .is_some_and(|i| app.pane_hidden(i));
     if hidden {
-        parts.push((tok, t.dim, 0));
+        // The answer's own size: thinking tokens would tell a reasoning model.
+        let n = super::pane::approx_tokens(p.answer_text());
+        parts.push((format!("~{n} tok"), t.dim, 0));
         if let Some(fr) = p.finish_reason() {
             parts.push((fr.as_str().to_string(), t.dim, 1));
         }
@@ -618,6 +620,15 @@ fn draw_ledger(f: &mut Frame<'_>, app: &App, r: Rect) {
         };
         // While blind, cost, cache and reasoning figures would tell who is who.
         let hidden = !is_total && app.ledger_hidden(&row.asked);
+        let out = if hidden {
+            // Reasoning counts as output: without it, no model stands out.
+            n(row
+                .usage
+                .output_tokens
+                .saturating_sub(row.usage.reasoning_tokens))
+        } else {
+            n(row.usage.output_tokens)
+        };
         let (cost, cached, reas) = if hidden {
             ("–".to_string(), "–".to_string(), "–".to_string())
         } else {
@@ -632,7 +643,7 @@ fn draw_ledger(f: &mut Frame<'_>, app: &App, r: Rect) {
                 "{}{:>7}{:>7}{:>7}{:>6}{:>cw$}",
                 fit(&shown_name, name_w),
                 n(row.usage.input_tokens),
-                n(row.usage.output_tokens),
+                out,
                 cached,
                 reas,
                 cost
@@ -642,7 +653,7 @@ fn draw_ledger(f: &mut Frame<'_>, app: &App, r: Rect) {
                 "{}{:>7}{:>7}{:>cw$}",
                 fit(&shown_name, name_w),
                 n(row.usage.input_tokens),
-                n(row.usage.output_tokens),
+                out,
                 cost
             )
         };
