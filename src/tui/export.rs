@@ -229,7 +229,7 @@ impl ExportDoc {
         if self.is_empty() {
             return Err("nothing to export yet: send a prompt first".into());
         }
-        crate::engine::ledger::create_private_dir(dir)?;
+        crate::engine::files::create_private_dir(dir)?;
         let md = dir.join(format!("quorum-{stamp}.md"));
         let js = dir.join(format!("quorum-{stamp}.json"));
         std::fs::write(&md, self.to_markdown(created_at))
