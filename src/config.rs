@@ -282,6 +282,9 @@ pub struct FileConfig {
     pub compare_targets: Option<Vec<String>>,
     /// The model the TUI's judge key asks (default: the first target).
     pub judge_model: Option<String>,
+    /// Output limit of the TUI's requests where `[models]` sets none
+    /// (default 4096; 0 sends none, leaving the model's own limit).
+    pub tui_max_tokens: Option<u32>,
     /// Tag stored with blind votes from the TUI (none by default).
     pub vote_tag: Option<String>,
     /// TUI theme name.
@@ -567,6 +570,7 @@ impl FileConfig {
             default_model: over(self.default_model, top.default_model),
             compare_targets: over(self.compare_targets, top.compare_targets),
             judge_model: over(self.judge_model, top.judge_model),
+            tui_max_tokens: over(self.tui_max_tokens, top.tui_max_tokens),
             vote_tag: over(self.vote_tag, top.vote_tag),
             theme: over(self.theme, top.theme),
             log_content: over(self.log_content, top.log_content),
@@ -1071,6 +1075,8 @@ pub struct Config {
     pub compare_targets: Vec<String>,
     /// The model the TUI's judge key asks (None: the first target).
     pub judge_model: Option<String>,
+    /// Output limit of the TUI's requests where `[models]` sets none (None: 4096).
+    pub tui_max_tokens: Option<u32>,
     /// Tag stored with blind votes from the TUI.
     pub vote_tag: Option<String>,
     /// TUI theme name.
@@ -1237,6 +1243,7 @@ impl Config {
             default_model: None,
             compare_targets: Vec::new(),
             judge_model: None,
+            tui_max_tokens: None,
             vote_tag: None,
             theme: "default".into(),
             log_content: true,
@@ -1691,6 +1698,7 @@ fn build(
             .or(f.default_model.clone()),
         compare_targets: f.compare_targets.clone().unwrap_or_default(),
         judge_model: f.judge_model.clone(),
+        tui_max_tokens: f.tui_max_tokens,
         vote_tag: f.vote_tag.clone(),
         theme: f.theme.clone().unwrap_or_else(|| "default".into()),
         log_content: f.log_content.unwrap_or(true),
