@@ -683,8 +683,9 @@ impl TargetJob {
                         Some((wait, _))
                             if deadline.is_some_and(|(d, _)| Instant::now() + wait >= d) =>
                         {
-                            // The wait would outlast the request's total limit.
-                            return total_timeout();
+                            // The wait would outlast the request's total limit:
+                            // fail now, with the error that asked for it.
+                            return Outcome::Failed(acc.finish_unfinished(), e, false);
                         }
                         Some((wait, reason)) => {
                             attempt_no += 1;
