@@ -12,24 +12,26 @@
 //! SIGTERM or Ctrl-C stop accepting, let in-flight requests finish, then
 //! flush the ledger.
 
+pub mod listener;
 pub mod metrics;
 pub mod openai_compat;
 pub mod params;
 pub mod rpc;
 
-use std::net::{SocketAddr, ToSocketAddrs};
+use std::collections::HashMap;
+use std::net::{IpAddr, SocketAddr, ToSocketAddrs};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
 use axum::body::Body;
-use axum::extract::{Request, State};
+use axum::extract::{ConnectInfo, Request, State};
 use axum::http::{header, HeaderMap, StatusCode};
 use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::Router;
 use clap::Args;
-use futures_util::StreamExt;
 use serde_json::json;
 use tokio_util::sync::CancellationToken;
 
@@ -39,6 +41,7 @@ use crate::engine::budget::{self, Budget, SpendLedger};
 use crate::engine::ledger::BackgroundLedger;
 use crate::engine::{ChatRequest, Engine, EngineError, RunHandle, RunOptions};
 
+pub use listener::Limits;
 pub use metrics::Metrics;
 
 /// Default `--listen`.
@@ -77,6 +80,30 @@ pub struct ServeArgs {
     /// Seconds to wait for in-flight requests on shutdown.
     #[arg(long, value_name = "SECS", default_value_t = 30.0)]
     pub shutdown_timeout: f64,
+    /// Open connections at once; the next one is answered 503 and closed.
+    #[arg(long, value_name = "N", default_value_t = listener::DEFAULT_MAX_CONNECTIONS)]
+    pub max_connections: usize,
+    /// Seconds a client has to send a request's headers (also how long a
+    /// keep-alive connection may sit idle between requests).
+    #[arg(long, value_name = "SECS", default_value_t = listener::DEFAULT_HEADER_TIMEOUT)]
+    pub header_timeout: f64,
+    /// Seconds a client has to send a whole request body (408 after).
+    #[arg(long, value_name = "SECS", default_value_t = listener::DEFAULT_BODY_TIMEOUT)]
+    pub body_timeout: f64,
+    /// Seconds a response may wait on a client that reads nothing before the
+    /// connection is closed.
+    #[arg(long, value_name = "SECS", default_value_t = listener::DEFAULT_IDLE_TIMEOUT)]
+    pub idle_timeout: f64,
+    /// Requests in one JSON-RPC batch (413 and -32600 beyond).
+    #[arg(long, value_name = "N", default_value_t = listener::DEFAULT_MAX_BATCH)]
+    pub max_batch: usize,
+    /// Upstream calls one HTTP request may start: models × repeat, summed
+    /// over a batch (413 and -32600 beyond).
+    #[arg(long, value_name = "N", default_value_t = listener::DEFAULT_MAX_FANOUT)]
+    pub max_fanout: usize,
+    /// Requests in flight from one client address (429 and -32005 beyond).
+    #[arg(long, value_name = "N", default_value_t = listener::DEFAULT_MAX_PER_CLIENT)]
+    pub max_per_client: usize,
 }
 
 /// Options of the HTTP face.
@@ -86,6 +113,8 @@ pub struct ServeOptions {
     pub token: Option<String>,
     /// Request body limit in bytes.
     pub max_body_bytes: usize,
+    /// Connection, time, batch and fan-out limits.
+    pub limits: Limits,
 }
 
 impl std::fmt::Debug for ServeOptions {
@@ -93,6 +122,7 @@ impl std::fmt::Debug for ServeOptions {
         f.debug_struct("ServeOptions")
             .field("token", &self.token.as_ref().map(|_| "***"))
             .field("max_body_bytes", &self.max_body_bytes)
+            .field("limits", &self.limits)
             .finish()
     }
 }
@@ -102,6 +132,7 @@ impl Default for ServeOptions {
         ServeOptions {
             token: None,
             max_body_bytes: DEFAULT_MAX_BODY,
+            limits: Limits::default(),
         }
     }
 }
@@ -116,6 +147,31 @@ pub struct AppState {
     pub metrics: Arc<Metrics>,
     /// Options.
     pub opts: ServeOptions,
+    /// Runs in flight, cancelled together when the shutdown grace runs out.
+    pub(crate) runs: Arc<Runs>,
+    /// Requests in flight per client address.
+    clients: Arc<std::sync::Mutex<HashMap<IpAddr, usize>>>,
+}
+
+/// The runs in flight, by a serial number.
+#[derive(Debug, Default)]
+pub(crate) struct Runs {
+    next: AtomicU64,
+    live: std::sync::Mutex<HashMap<u64, CancellationToken>>,
+}
+
+impl Runs {
+    /// Cancel every run in flight; how many there were.
+    pub(crate) fn cancel_all(&self) -> usize {
+        let live = match self.live.lock() {
+            Ok(l) => l.values().cloned().collect::<Vec<_>>(),
+            Err(_) => return 0,
+        };
+        for t in &live {
+            t.cancel();
+        }
+        live.len()
+    }
 }
 
 impl std::fmt::Debug for AppState {
@@ -136,6 +192,8 @@ impl AppState {
             settings,
             metrics: Arc::new(Metrics::new()),
             opts,
+            runs: Arc::default(),
+            clients: Arc::default(),
         })
     }
 
@@ -219,12 +277,70 @@ impl From<EngineError> for StartError {
     }
 }
 
-/// Cancels a run when dropped: a client that goes away stops its upstream requests.
-pub(crate) struct CancelOnDrop(pub CancellationToken);
+/// Cancels a run when dropped: a client that goes away stops its upstream
+/// requests. While alive, the run is one the shutdown can cancel.
+pub(crate) struct CancelOnDrop {
+    token: CancellationToken,
+    runs: Arc<Runs>,
+    serial: u64,
+}
+
+impl CancelOnDrop {
+    pub(crate) fn new(state: &AppState, token: CancellationToken) -> Self {
+        let runs = state.runs.clone();
+        let serial = runs.next.fetch_add(1, Ordering::Relaxed);
+        if let Ok(mut l) = runs.live.lock() {
+            l.insert(serial, token.clone());
+        }
+        CancelOnDrop {
+            token,
+            runs,
+            serial,
+        }
+    }
+}
 
 impl Drop for CancelOnDrop {
     fn drop(&mut self) {
-        self.0.cancel();
+        self.token.cancel();
+        if let Ok(mut l) = self.runs.live.lock() {
+            l.remove(&self.serial);
+        }
+    }
+}
+
+/// One request in flight from a client address; counts down when dropped.
+struct ClientSlot {
+    clients: Arc<std::sync::Mutex<HashMap<IpAddr, usize>>>,
+    ip: IpAddr,
+}
+
+impl Drop for ClientSlot {
+    fn drop(&mut self) {
+        if let Ok(mut c) = self.clients.lock() {
+            if let Some(n) = c.get_mut(&self.ip) {
+                *n -= 1;
+                if *n == 0 {
+                    c.remove(&self.ip);
+                }
+            }
+        }
+    }
+}
+
+impl AppState {
+    /// Take a slot for a request from `ip`, or `None` when it has too many in flight.
+    fn client_slot(&self, ip: IpAddr) -> Option<ClientSlot> {
+        let mut c = self.clients.lock().ok()?;
+        let n = c.entry(ip).or_insert(0);
+        if *n >= self.opts.limits.max_per_client {
+            return None;
+        }
+        *n += 1;
+        Some(ClientSlot {
+            clients: self.clients.clone(),
+            ip,
+        })
     }
 }
 
@@ -308,6 +424,7 @@ pub fn router(state: Arc<AppState>) -> Router {
         .route("/metrics", get(metrics_handler))
         .route("/healthz", get(healthz))
         .fallback(not_found)
+        .method_not_allowed_fallback(method_not_allowed)
         .layer(middleware::from_fn_with_state(state.clone(), guard))
         // Bodies are read with our own limit, so that the refusal has our shape.
         .layer(axum::extract::DefaultBodyLimit::disable())
@@ -354,14 +471,11 @@ fn authorized(token: &str, h: &HeaderMap) -> bool {
     let Some(v) = h.get(header::AUTHORIZATION).and_then(|v| v.to_str().ok()) else {
         return false;
     };
-    let v = v.trim();
-    let Some(given) = v
-        .strip_prefix("Bearer ")
-        .or_else(|| v.strip_prefix("bearer "))
-    else {
+    // The scheme is case-insensitive (RFC 9110, section 11.1).
+    let Some((scheme, given)) = v.trim().split_once(' ') else {
         return false;
     };
-    ct_eq(given.trim().as_bytes(), token.as_bytes())
+    scheme.eq_ignore_ascii_case("bearer") && ct_eq(given.trim().as_bytes(), token.as_bytes())
 }
 
 /// Bearer token, in-flight gauge and response counters around every request.
@@ -384,6 +498,16 @@ async fn guard(State(state): State<Arc<AppState>>, req: Request, next: Next) -> 
                 .into_response();
         }
     }
+    let slot = match req.extensions().get::<ConnectInfo<SocketAddr>>() {
+        None => None,
+        Some(ConnectInfo(peer)) => match state.client_slot(peer.ip()) {
+            Some(s) => Some(s),
+            None => {
+                state.metrics.http(&route, 429);
+                return too_many_from_client(&route, state.opts.limits.max_per_client);
+            }
+        },
+    };
     let in_flight = state.metrics.in_flight();
     let resp = next.run(req).await;
     state.metrics.http(&route, resp.status().as_u16());
@@ -397,16 +521,76 @@ async fn guard(State(state): State<Arc<AppState>>, req: Request, next: Next) -> 
     }
     // A stream is in flight until its body is done.
     let (parts, body) = resp.into_parts();
-    let body = Body::from_stream(body.into_data_stream().map(move |chunk| {
-        let _ = &in_flight;
-        chunk
-    }));
+    let body = Body::new(Guarded {
+        body,
+        _guards: (in_flight, slot),
+    });
     Response::from_parts(parts, body)
 }
 
-/// Read a body up to the limit; `Err` when it is larger.
-pub(crate) async fn read_body(body: Body, limit: usize) -> Result<bytes::Bytes, BodyError> {
-    match axum::body::to_bytes(body, limit).await {
+/// A body that keeps its guards until it is done or dropped.
+struct Guarded<G> {
+    body: Body,
+    _guards: G,
+}
+
+impl<G: Unpin> http_body::Body for Guarded<G> {
+    type Data = bytes::Bytes;
+    type Error = axum::Error;
+
+    fn poll_frame(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Option<Result<http_body::Frame<Self::Data>, Self::Error>>> {
+        std::pin::Pin::new(&mut self.body).poll_frame(cx)
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.body.is_end_stream()
+    }
+
+    fn size_hint(&self) -> http_body::SizeHint {
+        self.body.size_hint()
+    }
+}
+
+fn too_many_from_client(route: &str, limit: usize) -> Response {
+    let message = format!(
+        "too many requests in flight from this client (the server's --max-per-client is {limit})"
+    );
+    let body = if route == "/rpc" {
+        json!({"jsonrpc": "2.0", "id": null, "error": {"code": rpc::TOO_MANY_REQUESTS, "message": message,
+               "data": {"limit": limit}}})
+    } else {
+        json!({"error": {"message": message, "type": "rate_limit_error", "param": null,
+               "code": "too_many_requests"}})
+    };
+    (
+        StatusCode::TOO_MANY_REQUESTS,
+        [(header::RETRY_AFTER, "1")],
+        axum::Json(body),
+    )
+        .into_response()
+}
+
+async fn method_not_allowed(req: Request) -> Response {
+    (
+        StatusCode::METHOD_NOT_ALLOWED,
+        axum::Json(json!({"error": {
+            "message": format!("method {} is not allowed on {}", req.method(), req.uri().path()),
+            "type": "invalid_request_error", "param": null, "code": "method_not_allowed"}})),
+    )
+        .into_response()
+}
+
+/// Read a body up to the size limit within the body timeout.
+pub(crate) async fn read_body(state: &AppState, body: Body) -> Result<bytes::Bytes, BodyError> {
+    let limit = state.opts.max_body_bytes;
+    let read = axum::body::to_bytes(body, limit);
+    let Ok(r) = tokio::time::timeout(state.opts.limits.body_timeout, read).await else {
+        return Err(BodyError::Timeout);
+    };
+    match r {
         Ok(b) => Ok(b),
         Err(e) => {
             let too_big = std::error::Error::source(&e)
@@ -425,6 +609,7 @@ pub(crate) async fn read_body(body: Body, limit: usize) -> Result<bytes::Bytes, 
 #[derive(Debug)]
 pub(crate) enum BodyError {
     TooLarge,
+    Timeout,
     Read(String),
 }
 
@@ -489,6 +674,22 @@ pub fn run(flags: &GlobalFlags, args: ServeArgs) -> i32 {
         );
         return EXIT_USAGE;
     }
+    if let (false, Some(t)) = (loopback, &token) {
+        if t.chars().count() < MIN_TOKEN_CHARS {
+            eprintln!(
+                "quorum: refusing to listen on {} with a bearer token shorter than {MIN_TOKEN_CHARS} characters: use a long random token (e.g. `openssl rand -hex 24`)",
+                args.listen
+            );
+            return EXIT_USAGE;
+        }
+    }
+    let limits = match limits_from(&args) {
+        Ok(l) => l,
+        Err(e) => {
+            eprintln!("quorum: {e}");
+            return EXIT_USAGE;
+        }
+    };
     if args.max_body_bytes == 0 {
         eprintln!("quorum: --max-body-bytes must be at least 1");
         return EXIT_USAGE;
@@ -508,6 +709,7 @@ pub fn run(flags: &GlobalFlags, args: ServeArgs) -> i32 {
     let opts = ServeOptions {
         token,
         max_body_bytes: args.max_body_bytes,
+        limits: limits.clone(),
     };
     let state = AppState::new(engine, settings, opts);
     let rt = match tokio::runtime::Builder::new_multi_thread()
@@ -535,38 +737,69 @@ pub fn run(flags: &GlobalFlags, args: ServeArgs) -> i32 {
             .unwrap_or_else(|_| args.listen.clone());
         eprintln!("quorum: listening on http://{local}");
         let metrics = state.metrics.clone();
+        let runs = state.runs.clone();
         let app = router(state);
         let stop = CancellationToken::new();
-        let stop2 = stop.clone();
-        let server = axum::serve(listener, app).with_graceful_shutdown(async move {
-            shutdown_signal().await;
-            eprintln!(
-                "quorum: shutting down: finishing {} in-flight request(s)",
-                metrics.in_flight_now()
-            );
-            stop2.cancel();
-        });
-        let mut server = std::pin::pin!(async move { server.await });
-        let res = tokio::select! {
-            r = &mut server => r,
-            _ = async { stop.cancelled().await; tokio::time::sleep(grace).await } => {
-                eprintln!("quorum: shutdown timeout: dropping the requests still in flight");
-                Ok(())
-            }
-        };
-        match res {
-            Ok(()) => EXIT_OK,
-            Err(e) => {
-                eprintln!("quorum: server error: {e}");
-                EXIT_FAILED
+        let server = listener::serve(listener, app, limits, stop.clone());
+        let mut server = std::pin::pin!(server);
+        tokio::select! {
+            _ = &mut server => {}
+            _ = shutdown_signal() => {
+                eprintln!(
+                    "quorum: shutting down: finishing {} in-flight request(s)",
+                    metrics.in_flight_now()
+                );
+                stop.cancel();
+                if tokio::time::timeout(grace, &mut server).await.is_err() {
+                    // Cancelled runs still write their ledger rows and end their
+                    // streams with an error event; give them a moment to.
+                    let n = runs.cancel_all();
+                    eprintln!("quorum: shutdown timeout: cancelled {n} run(s) still in flight");
+                    let _ = tokio::time::timeout(CANCEL_GRACE, &mut server).await;
+                }
             }
         }
+        EXIT_OK
     });
     // Let the runtime finish whatever writes are left, then flush the ledger.
     rt.shutdown_timeout(Duration::from_secs(5));
     flush_ledger(ledger.as_ref());
     eprintln!("quorum: stopped");
     code
+}
+
+/// How long cancelled runs get to record themselves after the shutdown timeout.
+const CANCEL_GRACE: Duration = Duration::from_secs(5);
+
+/// Shortest bearer token accepted off loopback.
+pub const MIN_TOKEN_CHARS: usize = 16;
+
+fn secs(flag: &str, v: f64) -> Result<Duration, String> {
+    if v.is_finite() && v > 0.0 && v < 1e9 {
+        Ok(Duration::from_secs_f64(v))
+    } else {
+        Err(format!("{flag} must be a number of seconds > 0"))
+    }
+}
+
+fn at_least_one(flag: &str, v: usize) -> Result<usize, String> {
+    if v == 0 {
+        Err(format!("{flag} must be at least 1"))
+    } else {
+        Ok(v)
+    }
+}
+
+fn limits_from(a: &ServeArgs) -> Result<Limits, String> {
+    Ok(Limits {
+        max_connections: at_least_one("--max-connections", a.max_connections)?,
+        header_timeout: secs("--header-timeout", a.header_timeout)?,
+        body_timeout: secs("--body-timeout", a.body_timeout)?,
+        idle_timeout: secs("--idle-timeout", a.idle_timeout)?,
+        max_batch: at_least_one("--max-batch", a.max_batch)?,
+        max_fanout: at_least_one("--max-fanout", a.max_fanout)?,
+        max_per_client: at_least_one("--max-per-client", a.max_per_client)?,
+    })
 }
 
 fn flush_ledger(ledger: Option<&BackgroundLedger>) {
@@ -607,6 +840,15 @@ mod tests {
         h.insert(header::AUTHORIZATION, "Bearer s3cre".parse().unwrap());
         assert!(!authorized("s3cret", &h));
         h.insert(header::AUTHORIZATION, "Basic s3cret".parse().unwrap());
+        assert!(!authorized("s3cret", &h));
+        for scheme in ["BEARER", "bearer", "BeArEr"] {
+            h.insert(
+                header::AUTHORIZATION,
+                format!("{scheme} s3cret").parse().unwrap(),
+            );
+            assert!(authorized("s3cret", &h), "{scheme}");
+        }
+        h.insert(header::AUTHORIZATION, "Bearers3cret".parse().unwrap());
         assert!(!authorized("s3cret", &h));
     }
 
