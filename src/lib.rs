@@ -5,5 +5,6 @@ pub mod app;
 pub mod cli;
 pub mod config;
 pub mod engine;
+pub mod logging;
 pub mod serve;
 pub mod tui;

@@ -93,6 +93,10 @@ pub fn main() -> i32 {
         timeout_secs: cli.timeout,
         max_retries: cli.max_retries,
     };
+    if !matches!(cli.command, None | Some(Command::Serve(_))) {
+        // `serve` logs its access lines by default; the TUI logs to a file.
+        crate::logging::init_stderr(None);
+    }
     match cli.command {
         Some(Command::Ask(a)) => ask::run(&flags, a),
         Some(Command::Models(a)) => models::run(&flags, a),

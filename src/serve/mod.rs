@@ -39,7 +39,9 @@ use crate::app::{self, GlobalFlags, Settings};
 use crate::cli::{EXIT_FAILED, EXIT_OK, EXIT_USAGE};
 use crate::engine::budget::{self, Budget, SpendLedger};
 use crate::engine::ledger::BackgroundLedger;
-use crate::engine::{ChatRequest, Engine, EngineError, RunHandle, RunOptions};
+use crate::engine::{
+    ChatRequest, Completion, Engine, EngineError, FinishReason, RunHandle, RunOptions,
+};
 
 pub use listener::Limits;
 pub use metrics::Metrics;
@@ -55,6 +57,7 @@ Endpoints:
                               llm.models, llm.metrics, llm.health; batches and notifications
   POST /v1/chat/completions   OpenAI-compatible (stream or not); model = provider/model or alias
   GET  /v1/models             OpenAI-compatible model list
+  GET  /v1/models/{id}        one model (id = provider/model)
   GET  /metrics               Prometheus text
   GET  /healthz               liveness (never needs the token)
 
@@ -278,15 +281,29 @@ impl From<EngineError> for StartError {
 }
 
 /// Cancels a run when dropped: a client that goes away stops its upstream
-/// requests. While alive, the run is one the shutdown can cancel.
+/// requests. While alive, the run is one the shutdown can cancel. Counts
+/// every target of the run in the metrics exactly once: as it finished, or
+/// as cancelled when the guard drops first.
 pub(crate) struct CancelOnDrop {
     token: CancellationToken,
     runs: Arc<Runs>,
     serial: u64,
+    engine: Engine,
+    metrics: Arc<Metrics>,
+    endpoint: &'static str,
+    agent: Option<String>,
+    targets: Vec<String>,
+    done: Vec<bool>,
 }
 
 impl CancelOnDrop {
-    pub(crate) fn new(state: &AppState, token: CancellationToken) -> Self {
+    pub(crate) fn new(
+        state: &AppState,
+        handle: &RunHandle,
+        endpoint: &'static str,
+        agent: Option<String>,
+    ) -> Self {
+        let token = handle.cancel_token();
         let runs = state.runs.clone();
         let serial = runs.next.fetch_add(1, Ordering::Relaxed);
         if let Ok(mut l) = runs.live.lock() {
@@ -296,7 +313,27 @@ impl CancelOnDrop {
             token,
             runs,
             serial,
+            engine: state.engine.clone(),
+            metrics: state.metrics.clone(),
+            endpoint,
+            agent,
+            targets: handle.targets.clone(),
+            done: vec![false; handle.targets.len()],
         }
+    }
+
+    /// Count target `i`'s final completion.
+    pub(crate) fn record(&mut self, i: usize, c: &Completion) {
+        if let Some(d) = self.done.get_mut(i) {
+            *d = true;
+        }
+        record(
+            &self.engine,
+            &self.metrics,
+            self.endpoint,
+            c,
+            self.agent.as_deref(),
+        );
     }
 }
 
@@ -306,6 +343,47 @@ impl Drop for CancelOnDrop {
         if let Ok(mut l) = self.runs.live.lock() {
             l.remove(&self.serial);
         }
+        for (t, done) in self.targets.iter().zip(&self.done) {
+            if *done {
+                continue;
+            }
+            let (provider, model) = match self.engine.registry().resolve(t) {
+                Ok(r) => (r.spec.name.clone(), r.model.clone()),
+                Err(_) => (String::new(), t.clone()),
+            };
+            let c = Completion {
+                provider,
+                model,
+                finish_reason: FinishReason::Cancelled,
+                error: Some(EngineError::Cancelled),
+                ..Default::default()
+            };
+            record(
+                &self.engine,
+                &self.metrics,
+                self.endpoint,
+                &c,
+                self.agent.as_deref(),
+            );
+        }
+    }
+}
+
+/// Whether the registry knows `provider/model` (so it may be a metrics label).
+fn known_model(engine: &Engine, provider: &str, model: &str) -> bool {
+    let reg = engine.registry();
+    reg.models(provider).iter().any(|m| m == model) || reg.model_meta(provider, model).is_some()
+}
+
+fn record(engine: &Engine, metrics: &Metrics, endpoint: &str, c: &Completion, agent: Option<&str>) {
+    let known = known_model(engine, &c.provider, &c.model);
+    metrics.record(endpoint, c, known, agent);
+}
+
+impl AppState {
+    /// Count a completion that no run guard counts (a judge's verdict).
+    pub(crate) fn record(&self, endpoint: &str, c: &Completion, agent: Option<&str>) {
+        record(&self.engine, &self.metrics, endpoint, c, agent);
     }
 }
 
@@ -421,6 +499,7 @@ pub fn router(state: Arc<AppState>) -> Router {
             post(openai_compat::chat_completions),
         )
         .route("/v1/models", get(openai_compat::models))
+        .route("/v1/models/{*id}", get(openai_compat::model))
         .route("/metrics", get(metrics_handler))
         .route("/healthz", get(healthz))
         .fallback(not_found)
@@ -482,6 +561,7 @@ fn authorized(token: &str, h: &HeaderMap) -> bool {
 async fn guard(State(state): State<Arc<AppState>>, req: Request, next: Next) -> Response {
     let route = match req.uri().path() {
         p @ ("/rpc" | "/v1/chat/completions" | "/v1/models" | "/metrics" | "/healthz") => p,
+        p if p.starts_with("/v1/models/") => "/v1/models/{id}",
         _ => "other",
     }
     .to_string();
@@ -649,6 +729,7 @@ fn resolve_listen(listen: &str) -> Result<Vec<SocketAddr>, String> {
 
 /// Run `quorum serve`.
 pub fn run(flags: &GlobalFlags, args: ServeArgs) -> i32 {
+    crate::logging::init_stderr(Some("warn,quorum::access=info"));
     let addrs = match resolve_listen(&args.listen) {
         Ok(a) => a,
         Err(e) => {

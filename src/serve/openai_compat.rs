@@ -21,6 +21,7 @@ use serde_json::{json, Map, Value};
 use super::metrics::unix_now;
 use super::params::{type_name, FieldError, Fields};
 use super::{read_body, AppState, BodyError, CallMeta, CancelOnDrop, StartError};
+use crate::engine::provider::ProviderKind;
 use crate::engine::registry::has_key;
 use crate::engine::request::{
     Reasoning, ReasoningEffort, ResponseFormat, Role, Tool, ToolCallRef, ToolChoice,
@@ -406,8 +407,45 @@ pub fn parse(body: &[u8]) -> Result<Parsed, ApiError> {
     parse_object(&o)
 }
 
+/// The request fields quorum reads itself; any other is passed through to
+/// OpenAI-wire upstreams ([`ChatRequest::passthrough`]) or refused.
+pub const OWN_FIELDS: &[&str] = &[
+    "model",
+    "messages",
+    "max_tokens",
+    "max_completion_tokens",
+    "temperature",
+    "top_p",
+    "n",
+    "stop",
+    "tools",
+    "tool_choice",
+    "response_format",
+    "reasoning_effort",
+    "stream",
+    "stream_options",
+    "logprobs",
+    "top_logprobs",
+    "trace_id",
+    "session_id",
+    "source_agent",
+];
+
 fn parse_object(o: &Map<String, Value>) -> Result<Parsed, ApiError> {
     let f = Fields::new(o);
+    // Token log probabilities would need the engine to carry them: refused
+    // rather than answered without them.
+    for k in ["logprobs", "top_logprobs"] {
+        match o.get(k) {
+            None | Some(Value::Null) | Some(Value::Bool(false)) => {}
+            Some(_) => {
+                return Err(ApiError::invalid(
+                    Some(k),
+                    format!("{k}: token log probabilities are not supported by quorum's gateway"),
+                ))
+            }
+        }
+    }
     let model = f
         .nonempty_str("model")?
         .ok_or_else(|| ApiError::invalid(Some("model"), "model: missing (provider/model)"))?
@@ -454,6 +492,11 @@ fn parse_object(o: &Map<String, Value>) -> Result<Parsed, ApiError> {
             ))
         }
     };
+    req.passthrough = o
+        .iter()
+        .filter(|(k, _)| !OWN_FIELDS.contains(&k.as_str()))
+        .map(|(k, v)| (k.clone(), v.clone()))
+        .collect();
     let stream = f.bool("stream")?.unwrap_or(false);
     let include_usage = match o.get("stream_options") {
         None | Some(Value::Null) => false,
@@ -634,7 +677,23 @@ async fn chat(state: Arc<AppState>, headers: HeaderMap, body: Body) -> Result<Re
         }
         Err(e) => return Err(engine_error(&e)),
     };
+    if let Some(k) = p.request.passthrough.keys().next() {
+        if !matches!(
+            resolved.spec.kind,
+            ProviderKind::Openai | ProviderKind::Openrouter | ProviderKind::Compatible
+        ) {
+            return Err(ApiError::invalid(
+                Some(k),
+                format!(
+                    "{k}: not supported for {} ({} provider); it is passed only to OpenAI-compatible upstreams",
+                    resolved.id(),
+                    resolved.spec.kind.as_str()
+                ),
+            ));
+        }
+    }
     let model_id = resolved.id();
+    let agent = meta.source_agent.clone();
     let handle = state
         .start(p.request, vec![p.model.clone()], meta.run_options())
         .await
@@ -653,16 +712,16 @@ async fn chat(state: Arc<AppState>, headers: HeaderMap, body: Body) -> Result<Re
     let (run_id, trace_id) = (handle.run_id.clone(), handle.trace_id.clone());
     let trace_header = HeaderValue::from_str(&trace_id).ok();
     let mut resp = if p.stream {
-        stream(state, handle, id, model_id, p.include_usage).await?
+        stream(state, handle, id, model_id, p.include_usage, agent).await?
     } else {
-        let _cancel = CancelOnDrop::new(&state, handle.cancel_token());
+        let mut cancel = CancelOnDrop::new(&state, &handle, "chat_completions", agent.clone());
         let c = handle
             .collect()
             .await
             .into_iter()
             .next()
             .unwrap_or_default();
-        state.metrics.record("chat_completions", &c);
+        cancel.record(0, &c);
         if let Some(e) = &c.error {
             return Err(engine_error(e));
         }
@@ -767,8 +826,7 @@ const COALESCE_BYTES: usize = 32 * 1024;
 struct Relay {
     // First, so that it drops first: the run is cancelled before its
     // receiver goes, and records itself as cancelled.
-    _cancel: CancelOnDrop,
-    state: Arc<AppState>,
+    guard: CancelOnDrop,
     handle: crate::engine::RunHandle,
     ch: Chunker,
     early: std::vec::IntoIter<TargetEvent>,
@@ -801,7 +859,7 @@ impl Relay {
                 ch.chunk(out, &json!({"tool_calls": [call]}), None)
             }
             StreamEvent::Finished(c) => {
-                self.state.metrics.record("chat_completions", &c);
+                self.guard.record(ev.target, &c);
                 ch.chunk(out, &json!({}), Some(finish_word(c.finish_reason)));
                 if ch.include_usage {
                     let mut u = json!({
@@ -814,7 +872,7 @@ impl Relay {
                 }
             }
             StreamEvent::Failed(c) => {
-                self.state.metrics.record("chat_completions", &c);
+                self.guard.record(ev.target, &c);
                 let e = c.error.clone().unwrap_or(EngineError::Cancelled);
                 data(out, &engine_error(&e).body());
             }
@@ -864,15 +922,16 @@ async fn stream(
     id: String,
     model: String,
     include_usage: bool,
+    agent: Option<String>,
 ) -> Result<Response, ApiError> {
-    let cancel = CancelOnDrop::new(&state, handle.cancel_token());
+    let mut cancel = CancelOnDrop::new(&state, &handle, "chat_completions", agent);
     let mut early: Vec<TargetEvent> = Vec::new();
     loop {
         match handle.events.recv().await {
             None => break,
             Some(ev) => {
                 if let StreamEvent::Failed(c) = &ev.event {
-                    state.metrics.record("chat_completions", c);
+                    cancel.record(ev.target, c);
                     let e = c.error.clone().unwrap_or(EngineError::Cancelled);
                     return Err(engine_error(&e));
                 }
@@ -885,8 +944,7 @@ async fn stream(
         }
     }
     let mut relay = Relay {
-        _cancel: cancel,
-        state,
+        guard: cancel,
         handle,
         ch: Chunker::new(id, model, include_usage),
         early: early.into_iter(),
@@ -909,6 +967,30 @@ async fn stream(
 
 /// `GET /v1/models`: every allowed model whose provider is usable now.
 pub async fn models(State(state): State<Arc<AppState>>) -> Response {
+    axum::Json(json!({"object": "list", "data": model_list(&state)})).into_response()
+}
+
+/// `GET /v1/models/{id}` (the id is `provider/model`, slash included).
+pub async fn model(
+    State(state): State<Arc<AppState>>,
+    axum::extract::Path(id): axum::extract::Path<String>,
+) -> Response {
+    let id = id.trim_start_matches('/');
+    match model_list(&state).into_iter().find(|m| m["id"] == id) {
+        Some(m) => axum::Json(m).into_response(),
+        None => ApiError {
+            status: StatusCode::NOT_FOUND,
+            message: format!("the model {id:?} does not exist or is not available here"),
+            kind: "invalid_request_error",
+            param: Some("model".into()),
+            code: "model_not_found",
+            retry_after: None,
+        }
+        .into_response(),
+    }
+}
+
+fn model_list(state: &AppState) -> Vec<Value> {
     let reg = state.engine.registry();
     let mut data = Vec::new();
     for spec in reg.providers() {
@@ -933,7 +1015,7 @@ pub async fn models(State(state): State<Arc<AppState>>) -> Response {
             }
         }
     }
-    axum::Json(json!({"object": "list", "data": data})).into_response()
+    data
 }
 
 #[cfg(test)]

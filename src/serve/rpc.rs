@@ -504,19 +504,20 @@ async fn complete(state: &AppState, f: Fields<'_>, hmeta: CallMeta) -> Result<Va
     let model = the_model(state, &f)?;
     let p = prepare(&f, hmeta)?;
     let session = p.opts.session_id.clone();
+    let agent = p.opts.source_agent.clone();
     let handle = state
         .start(p.req, vec![model], p.opts)
         .await
         .map_err(start_error)?;
     let (run_id, trace_id) = (handle.run_id.clone(), handle.trace_id.clone());
-    let _cancel = CancelOnDrop::new(state, handle.cancel_token());
+    let mut cancel = CancelOnDrop::new(state, &handle, "rpc", agent);
     let c = handle
         .collect()
         .await
         .into_iter()
         .next()
         .unwrap_or_default();
-    state.metrics.record("rpc", &c);
+    cancel.record(0, &c);
     let v = completion_json(&c, &run_id, &trace_id, session.as_deref());
     match &c.error {
         None => Ok(v),
@@ -593,13 +594,14 @@ async fn stream(
     let model = the_model(state, &f)?;
     let p = prepare(&f, hmeta)?;
     let session = p.opts.session_id.clone();
+    let agent = p.opts.source_agent.clone();
     let mut handle = state
         .start(p.req, vec![model], p.opts)
         .await
         .map_err(start_error)?;
     let (tx, mut rx) = mpsc::channel::<Bytes>(256);
     let state2 = state.clone();
-    let cancel = CancelOnDrop::new(state, handle.cancel_token());
+    let mut cancel = CancelOnDrop::new(state, &handle, "rpc_stream", agent);
     tokio::spawn(async move {
         let (run_id, trace_id) = (handle.run_id.clone(), handle.trace_id.clone());
         let head = json!({"run_id": run_id, "trace_id": trace_id, "targets": handle.targets});
@@ -609,7 +611,7 @@ async fn stream(
         let mut last: Option<Completion> = None;
         while let Some(ev) = handle.events.recv().await {
             if let StreamEvent::Finished(c) | StreamEvent::Failed(c) = &ev.event {
-                state2.metrics.record("rpc_stream", c);
+                cancel.record(ev.target, c);
                 last = Some((**c).clone());
             }
             let (name, data) = event_json(&ev);
@@ -710,15 +712,16 @@ async fn compare(state: &AppState, f: Fields<'_>, hmeta: CallMeta) -> Result<Val
         }
     }
     let judge_opts = p.opts.clone();
+    let agent = p.opts.source_agent.clone();
     let mut handle = state
         .start(p.req, targets.clone(), p.opts)
         .await
         .map_err(start_error)?;
-    let _cancel = CancelOnDrop::new(state, handle.cancel_token());
+    let mut cancel = CancelOnDrop::new(state, &handle, "rpc", agent.clone());
     let mut done: Vec<Option<Completion>> = vec![None; targets.len()];
     while let Some(TargetEvent { target, event }) = handle.events.recv().await {
         if let StreamEvent::Finished(c) | StreamEvent::Failed(c) = event {
-            state.metrics.record("rpc", &c);
+            cancel.record(target, &c);
             done[target] = Some(*c);
         }
     }
@@ -728,7 +731,7 @@ async fn compare(state: &AppState, f: Fields<'_>, hmeta: CallMeta) -> Result<Val
     if let Some(j) = &judge {
         let outcome = judge_report(&state.engine, j, &report, judge_opts).await;
         if let Ok(o) = &outcome {
-            state.metrics.record("rpc", &o.completion);
+            state.record("rpc", &o.completion, agent.as_deref());
         }
         report.judge = Some(outcome);
     }
