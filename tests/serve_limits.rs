@@ -436,3 +436,61 @@ async fn shutdown_timeout_cancels_what_is_in_flight_and_records_it() {
         .unwrap();
     assert_eq!(status, "cancelled");
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn one_access_line_per_request_and_never_a_secret() {
+    let token = "tok-quorum-test-access-log-0123";
+    let s = serve(&["--token-env", "T"], None, &[("T", token)]);
+    let trace = "4bf92f3577b34da6a3ce929d0e0e4736";
+    let r = http()
+        .post(format!("{}/v1/chat/completions", s.url))
+        .bearer_auth(token)
+        .header("traceparent", format!("00-{trace}-00f067aa0ba902b7-01"))
+        .json(&json!({"model": "mock/alpha", "stream": true,
+                      "messages": [{"role": "user", "content": "the secret prompt"}]}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+    let _ = r.text().await.unwrap();
+    let r = http()
+        .get(format!("{}/v1/models", s.url))
+        .bearer_auth("wrong-token")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 401);
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let log = loop {
+        let log = s.stderr.lock().unwrap().clone();
+        if log.matches("quorum::access").count() >= 2 || Instant::now() > deadline {
+            break log;
+        }
+        std::thread::sleep(Duration::from_millis(10));
+    };
+    let lines: Vec<&str> = log
+        .lines()
+        .filter(|l| l.contains("quorum::access"))
+        .collect();
+    assert_eq!(lines.len(), 2, "{log}");
+    let chat = lines
+        .iter()
+        .find(|l| l.contains("/v1/chat/completions"))
+        .unwrap();
+    for want in [
+        &format!("trace_id=\"{trace}\"") as &str,
+        "model=mock/alpha",
+        "status=200",
+        "output_tokens=",
+        "cost_usd=",
+        "latency_ms=",
+    ] {
+        assert!(chat.contains(want), "{want}: {chat}");
+    }
+    assert!(lines.iter().any(|l| l.contains("status=401")), "{log}");
+    assert!(
+        !log.contains(token) && !log.contains("wrong-token"),
+        "{log}"
+    );
+    assert!(!log.contains("secret prompt"), "{log}");
+}

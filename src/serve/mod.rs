@@ -294,6 +294,7 @@ pub(crate) struct CancelOnDrop {
     agent: Option<String>,
     targets: Vec<String>,
     done: Vec<bool>,
+    access: Option<Arc<Access>>,
 }
 
 impl CancelOnDrop {
@@ -309,7 +310,12 @@ impl CancelOnDrop {
         if let Ok(mut l) = runs.live.lock() {
             l.insert(serial, token.clone());
         }
+        let access = ACCESS.try_with(Arc::clone).ok();
+        if let Some(a) = &access {
+            a.run(&handle.trace_id);
+        }
         CancelOnDrop {
+            access,
             token,
             runs,
             serial,
@@ -326,6 +332,9 @@ impl CancelOnDrop {
     pub(crate) fn record(&mut self, i: usize, c: &Completion) {
         if let Some(d) = self.done.get_mut(i) {
             *d = true;
+        }
+        if let Some(a) = &self.access {
+            a.completion(c);
         }
         record(
             &self.engine,
@@ -358,6 +367,9 @@ impl Drop for CancelOnDrop {
                 error: Some(EngineError::Cancelled),
                 ..Default::default()
             };
+            if let Some(a) = &self.access {
+                a.completion(&c);
+            }
             record(
                 &self.engine,
                 &self.metrics,
@@ -384,6 +396,98 @@ impl AppState {
     /// Count a completion that no run guard counts (a judge's verdict).
     pub(crate) fn record(&self, endpoint: &str, c: &Completion, agent: Option<&str>) {
         record(&self.engine, &self.metrics, endpoint, c, agent);
+    }
+}
+
+tokio::task_local! {
+    /// The access record of the HTTP request being served.
+    static ACCESS: Arc<Access>;
+}
+
+/// What one HTTP request did, written as one `quorum::access` line (info)
+/// when the request is over (for a stream: when its body ends). Never holds
+/// a header, a body or a prompt.
+pub(crate) struct Access {
+    started: std::time::Instant,
+    method: String,
+    route: String,
+    status: std::sync::atomic::AtomicU16,
+    runs: std::sync::Mutex<AccessRuns>,
+}
+
+#[derive(Default)]
+struct AccessRuns {
+    trace_id: Option<String>,
+    models: Vec<String>,
+    requests: u64,
+    errors: u64,
+    input_tokens: u64,
+    output_tokens: u64,
+    cost_usd: f64,
+    unpriced: u64,
+    ttft_ms: Option<f64>,
+}
+
+impl Access {
+    fn new(method: &str, route: &str) -> Arc<Access> {
+        Arc::new(Access {
+            started: std::time::Instant::now(),
+            method: method.to_string(),
+            route: route.to_string(),
+            status: std::sync::atomic::AtomicU16::new(0),
+            runs: std::sync::Mutex::default(),
+        })
+    }
+
+    fn run(&self, trace_id: &str) {
+        if let Ok(mut r) = self.runs.lock() {
+            r.trace_id.get_or_insert_with(|| trace_id.to_string());
+        }
+    }
+
+    fn completion(&self, c: &Completion) {
+        let Ok(mut r) = self.runs.lock() else { return };
+        let id = format!("{}/{}", c.provider, c.model);
+        if r.models.len() < 8 && !r.models.contains(&id) {
+            r.models.push(id);
+        }
+        r.requests += 1;
+        r.errors += u64::from(c.error.is_some());
+        r.input_tokens += c.usage.input_tokens;
+        r.output_tokens += c.usage.output_tokens;
+        match c.cost_usd {
+            Some(x) => r.cost_usd += x,
+            None => r.unpriced += 1,
+        }
+        if r.ttft_ms.is_none() {
+            r.ttft_ms = c.ttft_ms;
+        }
+    }
+}
+
+impl Drop for Access {
+    fn drop(&mut self) {
+        let r = self.runs.get_mut().map(std::mem::take).unwrap_or_default();
+        let cost = if r.unpriced > 0 {
+            "unknown".to_string()
+        } else {
+            format!("{:.6}", r.cost_usd)
+        };
+        tracing::info!(
+            target: "quorum::access",
+            trace_id = r.trace_id.as_deref().unwrap_or("-"),
+            method = %self.method,
+            route = %self.route,
+            status = self.status.load(Ordering::Relaxed),
+            model = %if r.models.is_empty() { "-".to_string() } else { r.models.join(",") },
+            upstream_requests = r.requests,
+            upstream_errors = r.errors,
+            latency_ms = format_args!("{:.1}", self.started.elapsed().as_secs_f64() * 1000.0),
+            ttft_ms = format_args!("{}", r.ttft_ms.map_or("-".to_string(), |t| format!("{t:.1}"))),
+            input_tokens = r.input_tokens,
+            output_tokens = r.output_tokens,
+            cost_usd = %cost,
+        );
     }
 }
 
@@ -565,9 +669,11 @@ async fn guard(State(state): State<Arc<AppState>>, req: Request, next: Next) -> 
         _ => "other",
     }
     .to_string();
+    let access = Access::new(req.method().as_str(), &route);
     if let Some(token) = &state.opts.token {
         if route != "/healthz" && !authorized(token, req.headers()) {
             state.metrics.http(&route, 401);
+            access.status.store(401, Ordering::Relaxed);
             return (
                 StatusCode::UNAUTHORIZED,
                 [(header::WWW_AUTHENTICATE, "Bearer")],
@@ -584,12 +690,16 @@ async fn guard(State(state): State<Arc<AppState>>, req: Request, next: Next) -> 
             Some(s) => Some(s),
             None => {
                 state.metrics.http(&route, 429);
+                access.status.store(429, Ordering::Relaxed);
                 return too_many_from_client(&route, state.opts.limits.max_per_client);
             }
         },
     };
     let in_flight = state.metrics.in_flight();
-    let resp = next.run(req).await;
+    let resp = ACCESS.scope(access.clone(), next.run(req)).await;
+    access
+        .status
+        .store(resp.status().as_u16(), Ordering::Relaxed);
     state.metrics.http(&route, resp.status().as_u16());
     let is_stream = resp
         .headers()
@@ -603,7 +713,7 @@ async fn guard(State(state): State<Arc<AppState>>, req: Request, next: Next) -> 
     let (parts, body) = resp.into_parts();
     let body = Body::new(Guarded {
         body,
-        _guards: (in_flight, slot),
+        _guards: (in_flight, slot, access),
     });
     Response::from_parts(parts, body)
 }
