@@ -494,3 +494,98 @@ async fn one_access_line_per_request_and_never_a_secret() {
     );
     assert!(!log.contains("secret prompt"), "{log}");
 }
+
+fn python_has(module: &str) -> bool {
+    Command::new("python3")
+        .args(["-c", &format!("import {module}")])
+        .output()
+        .map(|o| o.status.success())
+        .unwrap_or(false)
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn openai_litellm_and_langchain_clients_pass_every_parameter_or_get_a_400() {
+    if !python_has("openai") {
+        eprintln!("SKIP: python3 with the openai package is not available (pip install openai)");
+        return;
+    }
+    let sse = "data: {\"choices\":[{\"index\":0,\"delta\":{\"content\":\"hello\"}}]}\n\ndata: {\"choices\":[{\"index\":0,\"delta\":{},\"finish_reason\":\"stop\"}],\"usage\":{\"prompt_tokens\":3,\"completion_tokens\":1,\"total_tokens\":4}}\n\ndata: [DONE]\n\n";
+    let up = Server::start(vec![Reply::sse(sse)]).await;
+    let base = format!("{}/v1", up.url);
+    let s = serve(
+        &[],
+        None,
+        &[("OPENAI_API_KEY", FAKE_KEY), ("OPENAI_BASE_URL", &base)],
+    );
+    let url = format!("{}/v1", s.url);
+    let script = format!("{}/tests/py/compat_clients.py", env!("CARGO_MANIFEST_DIR"));
+    let out = tokio::task::spawn_blocking(move || {
+        Command::new("python3")
+            .arg(script)
+            .arg(url)
+            .env_remove("OPENAI_API_KEY")
+            .env_remove("OPENAI_BASE_URL")
+            .env("LITELLM_LOCAL_MODEL_COST_MAP", "True")
+            .output()
+            .unwrap()
+    })
+    .await
+    .unwrap();
+    assert!(
+        out.status.success(),
+        "{}\n{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let v: Value = serde_json::from_slice(&out.stdout).unwrap();
+    let o = &v["openai"];
+    assert_eq!(o["retrieve"]["id"], "openai/gpt-4o-mini", "{v}");
+    assert_eq!(o["retrieve"]["object"], "model");
+    assert_eq!(o["retrieve_missing"], 404);
+    assert_eq!(o["passthrough"], "hello");
+    assert_eq!(o["stream"], "hello");
+    assert_eq!(o["refused"], json!(["logprobs", "logprobs"]), "{v}");
+    assert_eq!(o["mock_seed"], json!({"status": 400, "param": "seed"}));
+    // What reached the upstream: every parameter, as sent.
+    let bodies: Vec<Value> = up.requests().iter().map(|r| r.json()).collect();
+    let full = bodies
+        .iter()
+        .find(|b| b.get("logit_bias").is_some())
+        .unwrap_or_else(|| panic!("no passthrough body: {bodies:?}"));
+    for (k, want) in [
+        ("seed", json!(7)),
+        ("frequency_penalty", json!(0.5)),
+        ("presence_penalty", json!(0.25)),
+        ("logit_bias", json!({"50256": -100})),
+        ("user", json!("user-1")),
+        ("parallel_tool_calls", json!(false)),
+        ("service_tier", json!("default")),
+        ("metadata", json!({"k": "v"})),
+        ("store", json!(false)),
+        ("custom_unknown", json!({"x": 1})),
+    ] {
+        assert_eq!(full[k], want, "{k}: {full}");
+    }
+    assert!(bodies.iter().any(|b| b["seed"] == 8), "stream seed");
+    for (client, seed, user) in [
+        ("litellm", 11, None),
+        ("langchain", 13, Some("langchain-user")),
+    ] {
+        let c = &v[client];
+        if let Some(why) = c.get("skipped") {
+            eprintln!(
+                "SKIP: {client} is not installed ({why}); pip install litellm langchain-openai"
+            );
+            continue;
+        }
+        assert_eq!(c["content"], "hello", "{client}: {v}");
+        assert_eq!(c["stream"], "hello", "{client}: {v}");
+        let b = bodies
+            .iter()
+            .find(|b| b["seed"] == seed)
+            .unwrap_or_else(|| panic!("{client}: seed never reached the upstream: {bodies:?}"));
+        if let Some(u) = user {
+            assert_eq!(b["user"], u, "{client}: {b}");
+        }
+    }
+}
