@@ -7,4 +7,5 @@ pub mod config;
 pub mod engine;
 pub mod logging;
 pub mod serve;
+pub mod shared;
 pub mod tui;

@@ -9,9 +9,8 @@ use serde_json::{json, Value};
 
 use super::{runtime, EXIT_FAILED, EXIT_OK, EXIT_USAGE};
 use crate::app::{self, GlobalFlags};
-use crate::engine::budget::SpendLedger;
-use crate::engine::{ChatRequest, Completion, CostSource, EngineError, Message};
-use crate::serve::params::{type_name, FieldError, Fields};
+use crate::engine::{ChatRequest, Completion, CostSource, EngineError, Message, StartOptions};
+use crate::shared::params::{type_name, FieldError, Fields};
 
 /// Exit code: the task spec is invalid (the message names the field).
 pub const EXIT_INVALID_TASK: i32 = 3;
@@ -179,7 +178,7 @@ fn early_result(task_id: Option<&str>, e: &Early, started: Instant) -> Value {
         "completion_tokens": 0,
         "cost_usd": 0.0,
         "cost_source": "computed",
-        "timestamp": crate::serve::metrics::now_rfc3339(),
+        "timestamp": crate::shared::clock::now_rfc3339(),
         "exit_code": e.code,
         "error": err,
     })
@@ -251,7 +250,7 @@ pub fn result_json(task: &Task, targets: &[String], cs: &[Completion], started: 
         "completion_tokens": completion_tokens,
         "cost_usd": cost,
         "cost_source": cost_source,
-        "timestamp": crate::serve::metrics::now_rfc3339(),
+        "timestamp": crate::shared::clock::now_rfc3339(),
         "exit_code": code,
         "error": error,
         "session_id": task.session_id,
@@ -344,6 +343,10 @@ pub fn run(flags: &GlobalFlags, args: ExecArgs) -> i32 {
         }
     }
     for (i, t) in targets.iter().enumerate() {
+        // `cheapest:TIER` is chosen for the request at the front door.
+        if t.trim().starts_with("cheapest:") {
+            continue;
+        }
         if let Err(e) = engine.check_targets(std::slice::from_ref(t)) {
             let field = if task.models.len() > 1 || task.several {
                 format!("models[{i}]")
@@ -374,32 +377,25 @@ pub fn run(flags: &GlobalFlags, args: ExecArgs) -> i32 {
     req.messages.push(Message::user(task.prompt.clone()));
     req.max_tokens = task.max_tokens;
     req.temperature = task.temperature;
-    let opts = crate::engine::RunOptions {
-        session_id: task.session_id.clone(),
-        trace_id: task.trace_id.clone(),
-        source_agent: task.source_agent.clone(),
-        cache: if args.no_cache { Some(false) } else { None },
+    let opts = StartOptions {
+        run: crate::engine::RunOptions {
+            session_id: task.session_id.clone(),
+            trace_id: task.trace_id.clone(),
+            source_agent: task.source_agent.clone(),
+            cache: if args.no_cache { Some(false) } else { None },
+            ..Default::default()
+        },
         ..Default::default()
     };
-    let ledger = settings
-        .ledger
-        .clone()
-        .map(|l| std::sync::Arc::new(l) as std::sync::Arc<dyn SpendLedger>);
-    let budget = settings.budget;
     let rt = runtime();
     rt.block_on(async move {
-        let started_run = crate::engine::budget::start_run(
-            &engine,
-            ledger,
-            budget,
-            req,
-            targets.clone(),
-            opts,
-            false,
-        )
-        .await;
-        let handle = match started_run {
-            Ok((h, _)) => h,
+        let (handle, targets) = match engine.start(req, targets, opts).await {
+            Ok(s) => {
+                for w in &s.warnings {
+                    eprintln!("quorum: warning: {w}");
+                }
+                (s.handle, s.targets)
+            }
             Err(e) => {
                 let early = Early {
                     code: EXIT_USAGE,
@@ -424,6 +420,19 @@ pub fn run(flags: &GlobalFlags, args: ExecArgs) -> i32 {
         for (c, t) in cs.iter().zip(&targets) {
             if let Some(e) = &c.error {
                 eprintln!("quorum: {t}: {e}");
+            }
+        }
+        // An answer the ledger could not record still counts as delivered, but the
+        // run is not clean: exit 1 and say why.
+        let unrecorded: Vec<&str> = cs
+            .iter()
+            .filter_map(|c| c.not_recorded.as_deref())
+            .collect();
+        if let Some(why) = unrecorded.first() {
+            eprintln!("quorum: this request was not recorded in the ledger: {why}");
+            v["not_recorded"] = json!(why);
+            if v["exit_code"].as_i64() == Some(0) {
+                v["exit_code"] = json!(1);
             }
         }
         print(&v);

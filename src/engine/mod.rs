@@ -15,9 +15,12 @@ pub use event::{
 pub use request::{ChatRequest, Message, Role};
 pub mod budget;
 pub mod cache;
+pub mod compare;
 pub mod consensus;
 pub mod cost;
 pub mod discovery;
+pub mod files;
+pub mod front;
 pub mod judge;
 pub mod ledger;
 pub mod pricing_file;
@@ -27,4 +30,5 @@ pub mod run;
 pub mod select;
 pub mod tokens;
 
+pub use front::{Books, Refusal, StartOptions, Started};
 pub use run::{Engine, EngineConfig, RunHandle, RunOptions, TargetEvent};

@@ -9,7 +9,6 @@ use std::collections::{BTreeMap, HashSet};
 use std::fmt::Write as _;
 use std::sync::atomic::{AtomicI64, Ordering};
 use std::sync::Mutex;
-use std::time::SystemTime;
 
 use serde::Serialize;
 use serde_json::{json, Value};
@@ -195,20 +194,7 @@ impl Drop for InFlight {
     }
 }
 
-/// Now as RFC 3339 UTC.
-pub fn now_rfc3339() -> String {
-    time::OffsetDateTime::now_utc()
-        .format(&time::format_description::well_known::Rfc3339)
-        .unwrap_or_default()
-}
-
-/// Seconds since the Unix epoch.
-pub fn unix_now() -> u64 {
-    SystemTime::now()
-        .duration_since(SystemTime::UNIX_EPOCH)
-        .map(|d| d.as_secs())
-        .unwrap_or(0)
-}
+pub use crate::shared::clock::{now_rfc3339, unix_now};
 
 impl Metrics {
     /// Fresh counters.
@@ -583,6 +569,17 @@ impl Metrics {
         for (kind, n) in &s.refusals {
             let _ = writeln!(o, "quorum_refusals_total{{kind=\"{}\"}} {n}", esc(kind));
         }
+        head(
+            &mut o,
+            "quorum_ledger_write_failures_total",
+            "counter",
+            "Requests answered whose ledger row could not be written.",
+        );
+        let _ = writeln!(
+            o,
+            "quorum_ledger_write_failures_total {}",
+            engine.ledger_health().failures()
+        );
         head(
             &mut o,
             "quorum_rpc_errors_total",

@@ -659,12 +659,19 @@ async fn chat(state: Arc<AppState>, headers: HeaderMap, body: Body) -> Result<Re
     let p = parse(&bytes)?;
     let hmeta = CallMeta::from_headers(&headers).map_err(|m| ApiError::invalid(None, m))?;
     let meta = hmeta.merge(p.meta.clone());
-    let checked = state.engine.check_targets(std::slice::from_ref(&p.model));
+    // An unknown model is a 404 here; `cheapest:TIER` is chosen at the front door.
+    let checked = match p.model.trim().starts_with("cheapest:") {
+        true => Ok(()),
+        false => state
+            .engine
+            .check_targets(std::slice::from_ref(&p.model))
+            .map(|_| ()),
+    };
     if let Err(e) = &checked {
         state.metrics.refusal(e.kind());
     }
-    let resolved = match checked {
-        Ok(mut r) => r.remove(0),
+    match checked {
+        Ok(()) => {}
         Err(e @ EngineError::Config { .. }) => {
             return Err(ApiError {
                 status: StatusCode::NOT_FOUND,
@@ -676,23 +683,26 @@ async fn chat(state: Arc<AppState>, headers: HeaderMap, body: Body) -> Result<Re
             })
         }
         Err(e) => return Err(engine_error(&e)),
-    };
-    if let Some(k) = p.request.passthrough.keys().next() {
+    }
+    // Parameters quorum has no field for reach OpenAI-wire upstreams only.
+    if let (Some(k), Ok(r)) = (
+        p.request.passthrough.keys().next(),
+        state.engine.registry().resolve(&p.model),
+    ) {
         if !matches!(
-            resolved.spec.kind,
+            r.spec.kind,
             ProviderKind::Openai | ProviderKind::Openrouter | ProviderKind::Compatible
         ) {
             return Err(ApiError::invalid(
                 Some(k),
                 format!(
                     "{k}: not supported for {} ({} provider); it is passed only to OpenAI-compatible upstreams",
-                    resolved.id(),
-                    resolved.spec.kind.as_str()
+                    r.id(),
+                    r.spec.kind.as_str()
                 ),
             ));
         }
     }
-    let model_id = resolved.id();
     let agent = meta.source_agent.clone();
     let handle = state
         .start(p.request, vec![p.model.clone()], meta.run_options())
@@ -708,6 +718,7 @@ async fn chat(state: Arc<AppState>, headers: HeaderMap, body: Body) -> Result<Re
                 retry_after: None,
             },
         })?;
+    let model_id = handle.targets[0].clone();
     let id = format!("chatcmpl-{}", handle.run_id);
     let (run_id, trace_id) = (handle.run_id.clone(), handle.trace_id.clone());
     let trace_header = HeaderValue::from_str(&trace_id).ok();

@@ -37,7 +37,7 @@ use tokio::sync::mpsc;
 
 use super::params::{chat_request, FieldError, Fields, PROMPT_FIELDS};
 use super::{read_body, AppState, BodyError, CallMeta, CancelOnDrop, StartError};
-use crate::cli::compare::{analyse, collect_results, judge_report, to_json, KindArg};
+use crate::engine::compare::{analyse, collect_results, judge_report, parse_kind, to_json};
 use crate::engine::consensus::{ConsensusOptions, DEFAULT_THRESHOLD};
 use crate::engine::registry::has_key;
 use crate::engine::routing::BreakerState;
@@ -683,16 +683,12 @@ async fn compare(state: &AppState, f: Fields<'_>, hmeta: CallMeta) -> Result<Val
     let repeat = f.uint("repeat", 1, 20)?.unwrap_or(1) as u32;
     let kind = match f.str("kind")? {
         None => None,
-        Some(k) => Some(
-            <KindArg as clap::ValueEnum>::from_str(k, true)
-                .map_err(|_| {
-                    FieldError::new(
-                        "kind",
-                        "expected one of: number, yes-no, choice, final-line, open",
-                    )
-                })?
-                .into(),
-        ),
+        Some(k) => Some(parse_kind(k).ok_or_else(|| {
+            FieldError::new(
+                "kind",
+                "expected one of: number, yes-no, choice, final-line, open",
+            )
+        })?),
     };
     let threshold = f.num("threshold", 0.0, 1.0)?.unwrap_or(DEFAULT_THRESHOLD);
     let p = prepare(&f, hmeta)?;
@@ -719,7 +715,7 @@ async fn compare(state: &AppState, f: Fields<'_>, hmeta: CallMeta) -> Result<Val
         .map_err(start_error)?;
     let mut cancel = CancelOnDrop::new(state, &handle, "rpc", agent.clone());
     let mut done: Vec<Option<Completion>> = vec![None; targets.len()];
-    while let Some(TargetEvent { target, event }) = handle.events.recv().await {
+    while let Some(TargetEvent { target, event, .. }) = handle.events.recv().await {
         if let StreamEvent::Finished(c) | StreamEvent::Failed(c) = event {
             cancel.record(target, &c);
             done[target] = Some(*c);
@@ -744,7 +740,7 @@ async fn compare(state: &AppState, f: Fields<'_>, hmeta: CallMeta) -> Result<Val
 
 fn models(state: &AppState, f: Fields<'_>) -> Result<Value, RpcError> {
     f.only(&["trace_id", "session_id", "source_agent"])?;
-    let l = crate::cli::models::listing(&state.engine, &state.settings.config, &|k| {
+    let l = crate::shared::catalog::listing(&state.engine, &state.settings.config, &|k| {
         std::env::var(k).ok()
     });
     serde_json::to_value(&l).map_err(|e| RpcError::new(INTERNAL_ERROR, e.to_string()))
@@ -781,19 +777,13 @@ fn health(state: &AppState, f: Fields<'_>) -> Result<Value, RpcError> {
             })
         })
         .collect();
-    let ledger = match &state.settings.ledger {
-        None => "none",
-        Some(l) => match l.ready() {
-            None => "opening",
-            Some(Ok(_)) => "ok",
-            Some(Err(_)) => "unavailable",
-        },
-    };
     Ok(json!({
-        "status": "ok",
-        "version": crate::cli::version_string(),
+        "status": state.health_word(),
+        "ledger": state.ledger_word(),
+        "ledger_write_failures": state.engine.ledger_health().failures(),
+        "ledger_last_error": state.engine.ledger_health().last_error(),
+        "version": crate::shared::version_string(),
         "in_flight": state.metrics.in_flight_now(),
-        "ledger": ledger,
         "providers": providers,
     }))
 }
