@@ -5,6 +5,7 @@ pub mod app;
 pub mod cli;
 pub mod config;
 pub mod engine;
+pub mod logging;
 pub mod serve;
 pub mod shared;
 pub mod tui;

@@ -76,6 +76,10 @@ fn dispatch() -> i32 {
         max_retries: cli.max_retries,
         no_ledger: cli.no_ledger,
     };
+    if !matches!(cli.command, None | Some(Command::Serve(_))) {
+        // `serve` logs its access lines by default; the TUI logs to a file.
+        llm_quorum::logging::init_stderr(None);
+    }
     match cli.command {
         Some(Command::Ask(a)) => ask::run(&flags, a),
         Some(Command::Models(a)) => models::run(&flags, a),

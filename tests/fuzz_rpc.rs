@@ -94,6 +94,7 @@ fn harness() -> &'static Harness {
             ServeOptions {
                 token: None,
                 max_body_bytes: MAX_BODY,
+                ..Default::default()
             },
         );
         Harness {

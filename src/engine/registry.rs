@@ -443,6 +443,55 @@ pub fn closest(what: &str, candidates: &[String], n: usize) -> Vec<String> {
     scored.into_iter().take(n).map(|(_, c)| c.clone()).collect()
 }
 
+fn credential_name(k: &str) -> bool {
+    let k = k.to_ascii_lowercase();
+    ["key", "token", "secret", "pass", "sig", "auth"]
+        .iter()
+        .any(|w| k.contains(w))
+}
+
+/// A URL fit to show: a password or token in its userinfo, and the values of
+/// query parameters named like credentials (`key`, `token`, `secret`,
+/// `password`, `sig`, `auth`), become `***`.
+pub fn mask_url_credentials(url: &str) -> String {
+    let (scheme, rest) = match url.split_once("://") {
+        Some((s, r)) => (Some(s), r),
+        None => (None, url),
+    };
+    let authority_end = rest.find(['/', '?', '#']).unwrap_or(rest.len());
+    let (authority, tail) = rest.split_at(authority_end);
+    let authority = match authority.rsplit_once('@') {
+        Some((_, host)) => format!("***@{host}"),
+        None => authority.to_string(),
+    };
+    let tail = match tail.split_once('?') {
+        None => tail.to_string(),
+        Some((path, query)) => {
+            let (query, frag) = match query.split_once('#') {
+                Some((q, f)) => (q, Some(f)),
+                None => (query, None),
+            };
+            let masked: Vec<String> = query
+                .split('&')
+                .map(|kv| match kv.split_once('=') {
+                    Some((k, _)) if credential_name(k) => format!("{k}=***"),
+                    _ => kv.to_string(),
+                })
+                .collect();
+            let mut t = format!("{path}?{}", masked.join("&"));
+            if let Some(f) = frag {
+                t.push('#');
+                t.push_str(f);
+            }
+            t
+        }
+    };
+    match scheme {
+        Some(s) => format!("{s}://{authority}{tail}"),
+        None => format!("{authority}{tail}"),
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -568,6 +617,22 @@ mod tests {
                 .unwrap()
                 .context_window,
             Some(128_000)
+        );
+    }
+
+    #[test]
+    fn urls_are_shown_without_credentials() {
+        assert_eq!(
+            mask_url_credentials("https://user:hunter2@proxy.example/v1"),
+            "https://***@proxy.example/v1"
+        );
+        assert_eq!(
+            mask_url_credentials("http://127.0.0.1:8080/v1?api-version=2024&api_key=abc#x"),
+            "http://127.0.0.1:8080/v1?api-version=2024&api_key=***#x"
+        );
+        assert_eq!(
+            mask_url_credentials("https://api.openai.com/v1"),
+            "https://api.openai.com/v1"
         );
     }
 }

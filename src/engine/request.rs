@@ -219,6 +219,12 @@ pub struct ChatRequest {
     /// Thinking settings.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub reasoning: Option<Reasoning>,
+    /// Chat Completions parameters quorum has no field for (`seed`,
+    /// `logit_bias`, `user`, ...), sent as they are by the OpenAI-wire
+    /// providers (OpenAI, OpenRouter, compatible servers). A face must refuse
+    /// them for the other providers rather than drop them.
+    #[serde(default, skip_serializing_if = "serde_json::Map::is_empty")]
+    pub passthrough: serde_json::Map<String, serde_json::Value>,
 }
 
 impl ChatRequest {

@@ -5,7 +5,7 @@
 //! already committed to the ledger), so the engine needs no hook. Prometheus
 //! counters only grow; `llm.metrics` has its own copy that `reset` clears.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashSet};
 use std::fmt::Write as _;
 use std::sync::atomic::{AtomicI64, Ordering};
 use std::sync::Mutex;
@@ -126,6 +126,55 @@ struct State {
     /// Requests refused before sending, by kind.
     refusals: BTreeMap<String, u64>,
     last_error: BTreeMap<String, LastError>,
+    /// Finished requests by calling agent and status.
+    agent_requests: BTreeMap<(String, &'static str), u64>,
+    /// Tokens by calling agent and kind.
+    agent_tokens: BTreeMap<(String, &'static str), u64>,
+    /// Known cost by calling agent.
+    agent_cost: BTreeMap<String, f64>,
+    /// Model and agent label values handed out so far (capped).
+    model_labels: HashSet<(String, String)>,
+    agent_labels: HashSet<String>,
+}
+
+/// Most model label values (provider/model pairs) ever handed out; later ones are `other`.
+pub const MAX_MODEL_LABELS: usize = 200;
+/// Most agent label values ever handed out; later ones are `other`.
+pub const MAX_AGENT_LABELS: usize = 50;
+/// The label value unbounded or unknown values fold into.
+pub const OTHER: &str = "other";
+
+impl State {
+    /// The model label: the model itself when the registry knows it and the
+    /// label set has room, else `other`.
+    fn model_label(&mut self, provider: &str, model: &str, known: bool) -> String {
+        let key = (provider.to_string(), model.to_string());
+        if known && (self.model_labels.contains(&key) || self.model_labels.len() < MAX_MODEL_LABELS)
+        {
+            self.model_labels.insert(key);
+            model.to_string()
+        } else {
+            OTHER.to_string()
+        }
+    }
+
+    /// The agent label: `none` without one; a short plain name while the
+    /// label set has room; else `other`.
+    fn agent_label(&mut self, agent: Option<&str>) -> String {
+        let Some(a) = agent else {
+            return "none".to_string();
+        };
+        let plain = !a.is_empty()
+            && a.len() <= 64
+            && a.bytes()
+                .all(|b| b.is_ascii_alphanumeric() || b"-_.:/@".contains(&b));
+        if plain && (self.agent_labels.contains(a) || self.agent_labels.len() < MAX_AGENT_LABELS) {
+            self.agent_labels.insert(a.to_string());
+            a.to_string()
+        } else {
+            OTHER.to_string()
+        }
+    }
 }
 
 /// The server's counters.
@@ -168,20 +217,34 @@ impl Metrics {
         self.in_flight.load(Ordering::Relaxed)
     }
 
-    /// Fold one finished request (`endpoint`: `rpc`, `chat_completions`, ...).
-    pub fn record(&self, endpoint: &str, c: &Completion) {
+    /// Fold one finished request (`endpoint`: `rpc`, `chat_completions`,
+    /// ...). `known`: the registry knows the model, so it may be a label
+    /// value; `agent`: the calling agent (`source_agent`).
+    pub fn record(&self, endpoint: &str, c: &Completion, known: bool, agent: Option<&str>) {
         let Ok(mut s) = self.state.lock() else { return };
         let provider = if c.provider.is_empty() {
             "unknown".to_string()
         } else {
             c.provider.clone()
         };
-        let key = (provider.clone(), c.model.clone());
+        let model = s.model_label(&provider, &c.model, known);
+        let key = (provider.clone(), model);
         let status = match &c.error {
             None => "ok",
             Some(crate::engine::EngineError::Cancelled) => "cancelled",
             Some(_) => "error",
         };
+        let agent = s.agent_label(agent);
+        *s.agent_requests.entry((agent.clone(), status)).or_default() += 1;
+        for (kind, n) in [
+            ("input", c.usage.input_tokens),
+            ("output", c.usage.output_tokens),
+        ] {
+            *s.agent_tokens.entry((agent.clone(), kind)).or_default() += n;
+        }
+        if let Some(x) = c.cost_usd {
+            *s.agent_cost.entry(agent).or_default() += x;
+        }
         let st = s.models.entry(key.clone()).or_default();
         *st.requests
             .entry((endpoint.to_string(), status.to_string()))
@@ -418,6 +481,46 @@ impl Metrics {
                 let _ = writeln!(o, "{name}_sum{{{l}}} {}", float(h.sum));
                 let _ = writeln!(o, "{name}_count{{{l}}} {}", h.count);
             }
+        }
+        head(
+            &mut o,
+            "quorum_agent_requests_total",
+            "counter",
+            "Finished upstream requests by calling agent (source_agent) and status.",
+        );
+        for ((agent, status), n) in &s.agent_requests {
+            let _ = writeln!(
+                o,
+                "quorum_agent_requests_total{{agent=\"{}\",status=\"{status}\"}} {n}",
+                esc(agent)
+            );
+        }
+        head(
+            &mut o,
+            "quorum_agent_tokens_total",
+            "counter",
+            "Tokens by calling agent and kind.",
+        );
+        for ((agent, kind), n) in &s.agent_tokens {
+            let _ = writeln!(
+                o,
+                "quorum_agent_tokens_total{{agent=\"{}\",kind=\"{kind}\"}} {n}",
+                esc(agent)
+            );
+        }
+        head(
+            &mut o,
+            "quorum_agent_cost_usd_total",
+            "counter",
+            "Known cost in US dollars by calling agent.",
+        );
+        for (agent, x) in &s.agent_cost {
+            let _ = writeln!(
+                o,
+                "quorum_agent_cost_usd_total{{agent=\"{}\"}} {}",
+                esc(agent),
+                float(*x)
+            );
         }
         head(
             &mut o,

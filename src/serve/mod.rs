@@ -12,34 +12,38 @@
 //! SIGTERM or Ctrl-C stop accepting, let in-flight requests finish, then
 //! flush the ledger.
 
+pub mod listener;
 pub mod metrics;
 pub mod openai_compat;
 pub use crate::shared::params;
 pub mod rpc;
 
-use std::net::{SocketAddr, ToSocketAddrs};
+use std::collections::HashMap;
+use std::net::{IpAddr, SocketAddr, ToSocketAddrs};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
 use axum::body::Body;
-use axum::extract::{Request, State};
+use axum::extract::{ConnectInfo, Request, State};
 use axum::http::{header, HeaderMap, StatusCode};
 use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::Router;
 use clap::Args;
-use futures_util::StreamExt;
 use serde_json::json;
 use tokio_util::sync::CancellationToken;
 
 use crate::app::{self, GlobalFlags, Settings};
 use crate::engine::ledger::BackgroundLedger;
 use crate::engine::{
-    Books, ChatRequest, Engine, EngineError, Refusal, RunHandle, RunOptions, StartOptions,
+    Books, ChatRequest, Completion, Engine, EngineError, FinishReason, Refusal, RunHandle,
+    RunOptions, StartOptions,
 };
 use crate::shared::exit::{EXIT_FAILED, EXIT_OK, EXIT_USAGE};
 
+pub use listener::Limits;
 pub use metrics::Metrics;
 
 /// Default `--listen`.
@@ -53,6 +57,7 @@ Endpoints:
                               llm.models, llm.metrics, llm.health; batches and notifications
   POST /v1/chat/completions   OpenAI-compatible (stream or not); model = provider/model or alias
   GET  /v1/models             OpenAI-compatible model list
+  GET  /v1/models/{id}        one model (id = provider/model)
   GET  /metrics               Prometheus text
   GET  /healthz               liveness (never needs the token)
 
@@ -82,6 +87,30 @@ pub struct ServeArgs {
     /// Seconds to wait for in-flight requests on shutdown.
     #[arg(long, value_name = "SECS", default_value_t = 30.0)]
     pub shutdown_timeout: f64,
+    /// Open connections at once; the next one is answered 503 and closed.
+    #[arg(long, value_name = "N", default_value_t = listener::DEFAULT_MAX_CONNECTIONS)]
+    pub max_connections: usize,
+    /// Seconds a client has to send a request's headers (also how long a
+    /// keep-alive connection may sit idle between requests).
+    #[arg(long, value_name = "SECS", default_value_t = listener::DEFAULT_HEADER_TIMEOUT)]
+    pub header_timeout: f64,
+    /// Seconds a client has to send a whole request body (408 after).
+    #[arg(long, value_name = "SECS", default_value_t = listener::DEFAULT_BODY_TIMEOUT)]
+    pub body_timeout: f64,
+    /// Seconds a response may wait on a client that reads nothing before the
+    /// connection is closed.
+    #[arg(long, value_name = "SECS", default_value_t = listener::DEFAULT_IDLE_TIMEOUT)]
+    pub idle_timeout: f64,
+    /// Requests in one JSON-RPC batch (413 and -32600 beyond).
+    #[arg(long, value_name = "N", default_value_t = listener::DEFAULT_MAX_BATCH)]
+    pub max_batch: usize,
+    /// Upstream calls one HTTP request may start: models × repeat, summed
+    /// over a batch (413 and -32600 beyond).
+    #[arg(long, value_name = "N", default_value_t = listener::DEFAULT_MAX_FANOUT)]
+    pub max_fanout: usize,
+    /// Requests in flight from one client address (429 and -32005 beyond).
+    #[arg(long, value_name = "N", default_value_t = listener::DEFAULT_MAX_PER_CLIENT)]
+    pub max_per_client: usize,
 }
 
 /// Options of the HTTP face.
@@ -91,6 +120,8 @@ pub struct ServeOptions {
     pub token: Option<String>,
     /// Request body limit in bytes.
     pub max_body_bytes: usize,
+    /// Connection, time, batch and fan-out limits.
+    pub limits: Limits,
 }
 
 impl std::fmt::Debug for ServeOptions {
@@ -98,6 +129,7 @@ impl std::fmt::Debug for ServeOptions {
         f.debug_struct("ServeOptions")
             .field("token", &self.token.as_ref().map(|_| "***"))
             .field("max_body_bytes", &self.max_body_bytes)
+            .field("limits", &self.limits)
             .finish()
     }
 }
@@ -107,6 +139,7 @@ impl Default for ServeOptions {
         ServeOptions {
             token: None,
             max_body_bytes: DEFAULT_MAX_BODY,
+            limits: Limits::default(),
         }
     }
 }
@@ -123,6 +156,31 @@ pub struct AppState {
     pub opts: ServeOptions,
     /// This server process's session: budget caps count it as one.
     pub session: String,
+    /// Runs in flight, cancelled together when the shutdown grace runs out.
+    pub(crate) runs: Arc<Runs>,
+    /// Requests in flight per client address.
+    clients: Arc<std::sync::Mutex<HashMap<IpAddr, usize>>>,
+}
+
+/// The runs in flight, by a serial number.
+#[derive(Debug, Default)]
+pub(crate) struct Runs {
+    next: AtomicU64,
+    live: std::sync::Mutex<HashMap<u64, CancellationToken>>,
+}
+
+impl Runs {
+    /// Cancel every run in flight; how many there were.
+    pub(crate) fn cancel_all(&self) -> usize {
+        let live = match self.live.lock() {
+            Ok(l) => l.values().cloned().collect::<Vec<_>>(),
+            Err(_) => return 0,
+        };
+        for t in &live {
+            t.cancel();
+        }
+        live.len()
+    }
 }
 
 impl std::fmt::Debug for AppState {
@@ -143,6 +201,8 @@ impl AppState {
             settings,
             metrics: Arc::new(Metrics::new()),
             opts,
+            runs: Arc::default(),
+            clients: Arc::default(),
             session: format!(
                 "serve-{}-{}",
                 std::process::id(),
@@ -227,12 +287,249 @@ impl From<EngineError> for StartError {
     }
 }
 
-/// Cancels a run when dropped: a client that goes away stops its upstream requests.
-pub(crate) struct CancelOnDrop(pub CancellationToken);
+/// Cancels a run when dropped: a client that goes away stops its upstream
+/// requests. While alive, the run is one the shutdown can cancel. Counts
+/// every target of the run in the metrics exactly once: as it finished, or
+/// as cancelled when the guard drops first.
+pub(crate) struct CancelOnDrop {
+    token: CancellationToken,
+    runs: Arc<Runs>,
+    serial: u64,
+    engine: Engine,
+    metrics: Arc<Metrics>,
+    endpoint: &'static str,
+    agent: Option<String>,
+    targets: Vec<String>,
+    done: Vec<bool>,
+    access: Option<Arc<Access>>,
+}
+
+impl CancelOnDrop {
+    pub(crate) fn new(
+        state: &AppState,
+        handle: &RunHandle,
+        endpoint: &'static str,
+        agent: Option<String>,
+    ) -> Self {
+        let token = handle.cancel_token();
+        let runs = state.runs.clone();
+        let serial = runs.next.fetch_add(1, Ordering::Relaxed);
+        if let Ok(mut l) = runs.live.lock() {
+            l.insert(serial, token.clone());
+        }
+        let access = ACCESS.try_with(Arc::clone).ok();
+        if let Some(a) = &access {
+            a.run(&handle.trace_id);
+        }
+        CancelOnDrop {
+            access,
+            token,
+            runs,
+            serial,
+            engine: state.engine.clone(),
+            metrics: state.metrics.clone(),
+            endpoint,
+            agent,
+            targets: handle.targets.clone(),
+            done: vec![false; handle.targets.len()],
+        }
+    }
+
+    /// Count target `i`'s final completion.
+    pub(crate) fn record(&mut self, i: usize, c: &Completion) {
+        if let Some(d) = self.done.get_mut(i) {
+            *d = true;
+        }
+        if let Some(a) = &self.access {
+            a.completion(c);
+        }
+        record(
+            &self.engine,
+            &self.metrics,
+            self.endpoint,
+            c,
+            self.agent.as_deref(),
+        );
+    }
+}
 
 impl Drop for CancelOnDrop {
     fn drop(&mut self) {
-        self.0.cancel();
+        self.token.cancel();
+        if let Ok(mut l) = self.runs.live.lock() {
+            l.remove(&self.serial);
+        }
+        for (t, done) in self.targets.iter().zip(&self.done) {
+            if *done {
+                continue;
+            }
+            let (provider, model) = match self.engine.registry().resolve(t) {
+                Ok(r) => (r.spec.name.clone(), r.model.clone()),
+                Err(_) => (String::new(), t.clone()),
+            };
+            let c = Completion {
+                provider,
+                model,
+                finish_reason: FinishReason::Cancelled,
+                error: Some(EngineError::Cancelled),
+                ..Default::default()
+            };
+            if let Some(a) = &self.access {
+                a.completion(&c);
+            }
+            record(
+                &self.engine,
+                &self.metrics,
+                self.endpoint,
+                &c,
+                self.agent.as_deref(),
+            );
+        }
+    }
+}
+
+/// Whether the registry knows `provider/model` (so it may be a metrics label).
+fn known_model(engine: &Engine, provider: &str, model: &str) -> bool {
+    let reg = engine.registry();
+    reg.models(provider).iter().any(|m| m == model) || reg.model_meta(provider, model).is_some()
+}
+
+fn record(engine: &Engine, metrics: &Metrics, endpoint: &str, c: &Completion, agent: Option<&str>) {
+    let known = known_model(engine, &c.provider, &c.model);
+    metrics.record(endpoint, c, known, agent);
+}
+
+impl AppState {
+    /// Count a completion that no run guard counts (a judge's verdict).
+    pub(crate) fn record(&self, endpoint: &str, c: &Completion, agent: Option<&str>) {
+        record(&self.engine, &self.metrics, endpoint, c, agent);
+    }
+}
+
+tokio::task_local! {
+    /// The access record of the HTTP request being served.
+    static ACCESS: Arc<Access>;
+}
+
+/// What one HTTP request did, written as one `quorum::access` line (info)
+/// when the request is over (for a stream: when its body ends). Never holds
+/// a header, a body or a prompt.
+pub(crate) struct Access {
+    started: std::time::Instant,
+    method: String,
+    route: String,
+    status: std::sync::atomic::AtomicU16,
+    runs: std::sync::Mutex<AccessRuns>,
+}
+
+#[derive(Default)]
+struct AccessRuns {
+    trace_id: Option<String>,
+    models: Vec<String>,
+    requests: u64,
+    errors: u64,
+    input_tokens: u64,
+    output_tokens: u64,
+    cost_usd: f64,
+    unpriced: u64,
+    ttft_ms: Option<f64>,
+}
+
+impl Access {
+    fn new(method: &str, route: &str) -> Arc<Access> {
+        Arc::new(Access {
+            started: std::time::Instant::now(),
+            method: method.to_string(),
+            route: route.to_string(),
+            status: std::sync::atomic::AtomicU16::new(0),
+            runs: std::sync::Mutex::default(),
+        })
+    }
+
+    fn run(&self, trace_id: &str) {
+        if let Ok(mut r) = self.runs.lock() {
+            r.trace_id.get_or_insert_with(|| trace_id.to_string());
+        }
+    }
+
+    fn completion(&self, c: &Completion) {
+        let Ok(mut r) = self.runs.lock() else { return };
+        let id = format!("{}/{}", c.provider, c.model);
+        if r.models.len() < 8 && !r.models.contains(&id) {
+            r.models.push(id);
+        }
+        r.requests += 1;
+        r.errors += u64::from(c.error.is_some());
+        r.input_tokens += c.usage.input_tokens;
+        r.output_tokens += c.usage.output_tokens;
+        match c.cost_usd {
+            Some(x) => r.cost_usd += x,
+            None => r.unpriced += 1,
+        }
+        if r.ttft_ms.is_none() {
+            r.ttft_ms = c.ttft_ms;
+        }
+    }
+}
+
+impl Drop for Access {
+    fn drop(&mut self) {
+        let r = self.runs.get_mut().map(std::mem::take).unwrap_or_default();
+        let cost = if r.unpriced > 0 {
+            "unknown".to_string()
+        } else {
+            format!("{:.6}", r.cost_usd)
+        };
+        tracing::info!(
+            target: "quorum::access",
+            trace_id = r.trace_id.as_deref().unwrap_or("-"),
+            method = %self.method,
+            route = %self.route,
+            status = self.status.load(Ordering::Relaxed),
+            model = %if r.models.is_empty() { "-".to_string() } else { r.models.join(",") },
+            upstream_requests = r.requests,
+            upstream_errors = r.errors,
+            latency_ms = format_args!("{:.1}", self.started.elapsed().as_secs_f64() * 1000.0),
+            ttft_ms = format_args!("{}", r.ttft_ms.map_or("-".to_string(), |t| format!("{t:.1}"))),
+            input_tokens = r.input_tokens,
+            output_tokens = r.output_tokens,
+            cost_usd = %cost,
+        );
+    }
+}
+
+/// One request in flight from a client address; counts down when dropped.
+struct ClientSlot {
+    clients: Arc<std::sync::Mutex<HashMap<IpAddr, usize>>>,
+    ip: IpAddr,
+}
+
+impl Drop for ClientSlot {
+    fn drop(&mut self) {
+        if let Ok(mut c) = self.clients.lock() {
+            if let Some(n) = c.get_mut(&self.ip) {
+                *n -= 1;
+                if *n == 0 {
+                    c.remove(&self.ip);
+                }
+            }
+        }
+    }
+}
+
+impl AppState {
+    /// Take a slot for a request from `ip`, or `None` when it has too many in flight.
+    fn client_slot(&self, ip: IpAddr) -> Option<ClientSlot> {
+        let mut c = self.clients.lock().ok()?;
+        let n = c.entry(ip).or_insert(0);
+        if *n >= self.opts.limits.max_per_client {
+            return None;
+        }
+        *n += 1;
+        Some(ClientSlot {
+            clients: self.clients.clone(),
+            ip,
+        })
     }
 }
 
@@ -269,9 +566,11 @@ pub fn router(state: Arc<AppState>) -> Router {
             post(openai_compat::chat_completions),
         )
         .route("/v1/models", get(openai_compat::models))
+        .route("/v1/models/{*id}", get(openai_compat::model))
         .route("/metrics", get(metrics_handler))
         .route("/healthz", get(healthz))
         .fallback(not_found)
+        .method_not_allowed_fallback(method_not_allowed)
         .layer(middleware::from_fn_with_state(state.clone(), guard))
         // Bodies are read with our own limit, so that the refusal has our shape.
         .layer(axum::extract::DefaultBodyLimit::disable())
@@ -322,26 +621,26 @@ fn authorized(token: &str, h: &HeaderMap) -> bool {
     let Some(v) = h.get(header::AUTHORIZATION).and_then(|v| v.to_str().ok()) else {
         return false;
     };
-    let v = v.trim();
-    let Some(given) = v
-        .strip_prefix("Bearer ")
-        .or_else(|| v.strip_prefix("bearer "))
-    else {
+    // The scheme is case-insensitive (RFC 9110, section 11.1).
+    let Some((scheme, given)) = v.trim().split_once(' ') else {
         return false;
     };
-    ct_eq(given.trim().as_bytes(), token.as_bytes())
+    scheme.eq_ignore_ascii_case("bearer") && ct_eq(given.trim().as_bytes(), token.as_bytes())
 }
 
 /// Bearer token, in-flight gauge and response counters around every request.
 async fn guard(State(state): State<Arc<AppState>>, req: Request, next: Next) -> Response {
     let route = match req.uri().path() {
         p @ ("/rpc" | "/v1/chat/completions" | "/v1/models" | "/metrics" | "/healthz") => p,
+        p if p.starts_with("/v1/models/") => "/v1/models/{id}",
         _ => "other",
     }
     .to_string();
+    let access = Access::new(req.method().as_str(), &route);
     if let Some(token) = &state.opts.token {
         if route != "/healthz" && !authorized(token, req.headers()) {
             state.metrics.http(&route, 401);
+            access.status.store(401, Ordering::Relaxed);
             return (
                 StatusCode::UNAUTHORIZED,
                 [(header::WWW_AUTHENTICATE, "Bearer")],
@@ -352,8 +651,22 @@ async fn guard(State(state): State<Arc<AppState>>, req: Request, next: Next) -> 
                 .into_response();
         }
     }
+    let slot = match req.extensions().get::<ConnectInfo<SocketAddr>>() {
+        None => None,
+        Some(ConnectInfo(peer)) => match state.client_slot(peer.ip()) {
+            Some(s) => Some(s),
+            None => {
+                state.metrics.http(&route, 429);
+                access.status.store(429, Ordering::Relaxed);
+                return too_many_from_client(&route, state.opts.limits.max_per_client);
+            }
+        },
+    };
     let in_flight = state.metrics.in_flight();
-    let resp = next.run(req).await;
+    let resp = ACCESS.scope(access.clone(), next.run(req)).await;
+    access
+        .status
+        .store(resp.status().as_u16(), Ordering::Relaxed);
     state.metrics.http(&route, resp.status().as_u16());
     let is_stream = resp
         .headers()
@@ -365,16 +678,76 @@ async fn guard(State(state): State<Arc<AppState>>, req: Request, next: Next) -> 
     }
     // A stream is in flight until its body is done.
     let (parts, body) = resp.into_parts();
-    let body = Body::from_stream(body.into_data_stream().map(move |chunk| {
-        let _ = &in_flight;
-        chunk
-    }));
+    let body = Body::new(Guarded {
+        body,
+        _guards: (in_flight, slot, access),
+    });
     Response::from_parts(parts, body)
 }
 
-/// Read a body up to the limit; `Err` when it is larger.
-pub(crate) async fn read_body(body: Body, limit: usize) -> Result<bytes::Bytes, BodyError> {
-    match axum::body::to_bytes(body, limit).await {
+/// A body that keeps its guards until it is done or dropped.
+struct Guarded<G> {
+    body: Body,
+    _guards: G,
+}
+
+impl<G: Unpin> http_body::Body for Guarded<G> {
+    type Data = bytes::Bytes;
+    type Error = axum::Error;
+
+    fn poll_frame(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Option<Result<http_body::Frame<Self::Data>, Self::Error>>> {
+        std::pin::Pin::new(&mut self.body).poll_frame(cx)
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.body.is_end_stream()
+    }
+
+    fn size_hint(&self) -> http_body::SizeHint {
+        self.body.size_hint()
+    }
+}
+
+fn too_many_from_client(route: &str, limit: usize) -> Response {
+    let message = format!(
+        "too many requests in flight from this client (the server's --max-per-client is {limit})"
+    );
+    let body = if route == "/rpc" {
+        json!({"jsonrpc": "2.0", "id": null, "error": {"code": rpc::TOO_MANY_REQUESTS, "message": message,
+               "data": {"limit": limit}}})
+    } else {
+        json!({"error": {"message": message, "type": "rate_limit_error", "param": null,
+               "code": "too_many_requests"}})
+    };
+    (
+        StatusCode::TOO_MANY_REQUESTS,
+        [(header::RETRY_AFTER, "1")],
+        axum::Json(body),
+    )
+        .into_response()
+}
+
+async fn method_not_allowed(req: Request) -> Response {
+    (
+        StatusCode::METHOD_NOT_ALLOWED,
+        axum::Json(json!({"error": {
+            "message": format!("method {} is not allowed on {}", req.method(), req.uri().path()),
+            "type": "invalid_request_error", "param": null, "code": "method_not_allowed"}})),
+    )
+        .into_response()
+}
+
+/// Read a body up to the size limit within the body timeout.
+pub(crate) async fn read_body(state: &AppState, body: Body) -> Result<bytes::Bytes, BodyError> {
+    let limit = state.opts.max_body_bytes;
+    let read = axum::body::to_bytes(body, limit);
+    let Ok(r) = tokio::time::timeout(state.opts.limits.body_timeout, read).await else {
+        return Err(BodyError::Timeout);
+    };
+    match r {
         Ok(b) => Ok(b),
         Err(e) => {
             let too_big = std::error::Error::source(&e)
@@ -393,6 +766,7 @@ pub(crate) async fn read_body(body: Body, limit: usize) -> Result<bytes::Bytes, 
 #[derive(Debug)]
 pub(crate) enum BodyError {
     TooLarge,
+    Timeout,
     Read(String),
 }
 
@@ -432,6 +806,7 @@ fn resolve_listen(listen: &str) -> Result<Vec<SocketAddr>, String> {
 
 /// Run `quorum serve`.
 pub fn run(flags: &GlobalFlags, args: ServeArgs) -> i32 {
+    crate::logging::init_stderr(Some("warn,quorum::access=info"));
     let addrs = match resolve_listen(&args.listen) {
         Ok(a) => a,
         Err(e) => {
@@ -457,6 +832,22 @@ pub fn run(flags: &GlobalFlags, args: ServeArgs) -> i32 {
         );
         return EXIT_USAGE;
     }
+    if let (false, Some(t)) = (loopback, &token) {
+        if t.chars().count() < MIN_TOKEN_CHARS {
+            eprintln!(
+                "quorum: refusing to listen on {} with a bearer token shorter than {MIN_TOKEN_CHARS} characters: use a long random token (e.g. `openssl rand -hex 24`)",
+                args.listen
+            );
+            return EXIT_USAGE;
+        }
+    }
+    let limits = match limits_from(&args) {
+        Ok(l) => l,
+        Err(e) => {
+            eprintln!("quorum: {e}");
+            return EXIT_USAGE;
+        }
+    };
     if args.max_body_bytes == 0 {
         eprintln!("quorum: --max-body-bytes must be at least 1");
         return EXIT_USAGE;
@@ -476,6 +867,7 @@ pub fn run(flags: &GlobalFlags, args: ServeArgs) -> i32 {
     let opts = ServeOptions {
         token,
         max_body_bytes: args.max_body_bytes,
+        limits: limits.clone(),
     };
     let state = AppState::new(engine, settings, opts);
     let rt = match tokio::runtime::Builder::new_multi_thread()
@@ -503,38 +895,69 @@ pub fn run(flags: &GlobalFlags, args: ServeArgs) -> i32 {
             .unwrap_or_else(|_| args.listen.clone());
         eprintln!("quorum: listening on http://{local}");
         let metrics = state.metrics.clone();
+        let runs = state.runs.clone();
         let app = router(state);
         let stop = CancellationToken::new();
-        let stop2 = stop.clone();
-        let server = axum::serve(listener, app).with_graceful_shutdown(async move {
-            shutdown_signal().await;
-            eprintln!(
-                "quorum: shutting down: finishing {} in-flight request(s)",
-                metrics.in_flight_now()
-            );
-            stop2.cancel();
-        });
-        let mut server = std::pin::pin!(async move { server.await });
-        let res = tokio::select! {
-            r = &mut server => r,
-            _ = async { stop.cancelled().await; tokio::time::sleep(grace).await } => {
-                eprintln!("quorum: shutdown timeout: dropping the requests still in flight");
-                Ok(())
-            }
-        };
-        match res {
-            Ok(()) => EXIT_OK,
-            Err(e) => {
-                eprintln!("quorum: server error: {e}");
-                EXIT_FAILED
+        let server = listener::serve(listener, app, limits, stop.clone());
+        let mut server = std::pin::pin!(server);
+        tokio::select! {
+            _ = &mut server => {}
+            _ = shutdown_signal() => {
+                eprintln!(
+                    "quorum: shutting down: finishing {} in-flight request(s)",
+                    metrics.in_flight_now()
+                );
+                stop.cancel();
+                if tokio::time::timeout(grace, &mut server).await.is_err() {
+                    // Cancelled runs still write their ledger rows and end their
+                    // streams with an error event; give them a moment to.
+                    let n = runs.cancel_all();
+                    eprintln!("quorum: shutdown timeout: cancelled {n} run(s) still in flight");
+                    let _ = tokio::time::timeout(CANCEL_GRACE, &mut server).await;
+                }
             }
         }
+        EXIT_OK
     });
     // Let the runtime finish whatever writes are left, then flush the ledger.
     rt.shutdown_timeout(Duration::from_secs(5));
     flush_ledger(ledger.as_ref());
     eprintln!("quorum: stopped");
     code
+}
+
+/// How long cancelled runs get to record themselves after the shutdown timeout.
+const CANCEL_GRACE: Duration = Duration::from_secs(5);
+
+/// Shortest bearer token accepted off loopback.
+pub const MIN_TOKEN_CHARS: usize = 16;
+
+fn secs(flag: &str, v: f64) -> Result<Duration, String> {
+    if v.is_finite() && v > 0.0 && v < 1e9 {
+        Ok(Duration::from_secs_f64(v))
+    } else {
+        Err(format!("{flag} must be a number of seconds > 0"))
+    }
+}
+
+fn at_least_one(flag: &str, v: usize) -> Result<usize, String> {
+    if v == 0 {
+        Err(format!("{flag} must be at least 1"))
+    } else {
+        Ok(v)
+    }
+}
+
+fn limits_from(a: &ServeArgs) -> Result<Limits, String> {
+    Ok(Limits {
+        max_connections: at_least_one("--max-connections", a.max_connections)?,
+        header_timeout: secs("--header-timeout", a.header_timeout)?,
+        body_timeout: secs("--body-timeout", a.body_timeout)?,
+        idle_timeout: secs("--idle-timeout", a.idle_timeout)?,
+        max_batch: at_least_one("--max-batch", a.max_batch)?,
+        max_fanout: at_least_one("--max-fanout", a.max_fanout)?,
+        max_per_client: at_least_one("--max-per-client", a.max_per_client)?,
+    })
 }
 
 fn flush_ledger(ledger: Option<&BackgroundLedger>) {
@@ -575,6 +998,15 @@ mod tests {
         h.insert(header::AUTHORIZATION, "Bearer s3cre".parse().unwrap());
         assert!(!authorized("s3cret", &h));
         h.insert(header::AUTHORIZATION, "Basic s3cret".parse().unwrap());
+        assert!(!authorized("s3cret", &h));
+        for scheme in ["BEARER", "bearer", "BeArEr"] {
+            h.insert(
+                header::AUTHORIZATION,
+                format!("{scheme} s3cret").parse().unwrap(),
+            );
+            assert!(authorized("s3cret", &h), "{scheme}");
+        }
+        h.insert(header::AUTHORIZATION, "Bearers3cret".parse().unwrap());
         assert!(!authorized("s3cret", &h));
     }
 

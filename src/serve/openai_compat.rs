@@ -17,11 +17,11 @@ use axum::extract::State;
 use axum::http::{header, HeaderMap, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
 use serde_json::{json, Map, Value};
-use tokio::sync::mpsc;
 
 use super::metrics::unix_now;
 use super::params::{type_name, FieldError, Fields};
 use super::{read_body, AppState, BodyError, CallMeta, CancelOnDrop, StartError};
+use crate::engine::provider::ProviderKind;
 use crate::engine::registry::has_key;
 use crate::engine::request::{
     Reasoning, ReasoningEffort, ResponseFormat, Role, Tool, ToolCallRef, ToolChoice,
@@ -409,8 +409,45 @@ pub fn parse(body: &[u8]) -> Result<Parsed, ApiError> {
     parse_object(&o)
 }
 
+/// The request fields quorum reads itself; any other is passed through to
+/// OpenAI-wire upstreams ([`ChatRequest::passthrough`]) or refused.
+pub const OWN_FIELDS: &[&str] = &[
+    "model",
+    "messages",
+    "max_tokens",
+    "max_completion_tokens",
+    "temperature",
+    "top_p",
+    "n",
+    "stop",
+    "tools",
+    "tool_choice",
+    "response_format",
+    "reasoning_effort",
+    "stream",
+    "stream_options",
+    "logprobs",
+    "top_logprobs",
+    "trace_id",
+    "session_id",
+    "source_agent",
+];
+
 fn parse_object(o: &Map<String, Value>) -> Result<Parsed, ApiError> {
     let f = Fields::new(o);
+    // Token log probabilities would need the engine to carry them: refused
+    // rather than answered without them.
+    for k in ["logprobs", "top_logprobs"] {
+        match o.get(k) {
+            None | Some(Value::Null) | Some(Value::Bool(false)) => {}
+            Some(_) => {
+                return Err(ApiError::invalid(
+                    Some(k),
+                    format!("{k}: token log probabilities are not supported by quorum's gateway"),
+                ))
+            }
+        }
+    }
     let model = f
         .nonempty_str("model")?
         .ok_or_else(|| ApiError::invalid(Some("model"), "model: missing (provider/model)"))?
@@ -457,6 +494,11 @@ fn parse_object(o: &Map<String, Value>) -> Result<Parsed, ApiError> {
             ))
         }
     };
+    req.passthrough = o
+        .iter()
+        .filter(|(k, _)| !OWN_FIELDS.contains(&k.as_str()))
+        .map(|(k, v)| (k.clone(), v.clone()))
+        .collect();
     let stream = f.bool("stream")?.unwrap_or(false);
     let include_usage = match o.get("stream_options") {
         None | Some(Value::Null) => false,
@@ -581,7 +623,7 @@ pub async fn chat_completions(
 }
 
 async fn chat(state: Arc<AppState>, headers: HeaderMap, body: Body) -> Result<Response, ApiError> {
-    let bytes = match read_body(body, state.opts.max_body_bytes).await {
+    let bytes = match read_body(&state, body).await {
         Ok(b) => b,
         Err(BodyError::TooLarge) => {
             return Err(ApiError {
@@ -593,6 +635,19 @@ async fn chat(state: Arc<AppState>, headers: HeaderMap, body: Body) -> Result<Re
                 kind: "invalid_request_error",
                 param: None,
                 code: "request_too_large",
+                retry_after: None,
+            })
+        }
+        Err(BodyError::Timeout) => {
+            return Err(ApiError {
+                status: StatusCode::REQUEST_TIMEOUT,
+                message: format!(
+                    "the request body took longer than {} s to arrive",
+                    state.opts.limits.body_timeout.as_secs_f64()
+                ),
+                kind: "invalid_request_error",
+                param: None,
+                code: "request_timeout",
                 retry_after: None,
             })
         }
@@ -631,6 +686,26 @@ async fn chat(state: Arc<AppState>, headers: HeaderMap, body: Body) -> Result<Re
         }
         Err(e) => return Err(engine_error(&e)),
     }
+    // Parameters quorum has no field for reach OpenAI-wire upstreams only.
+    if let (Some(k), Ok(r)) = (
+        p.request.passthrough.keys().next(),
+        state.engine.registry().resolve(&p.model),
+    ) {
+        if !matches!(
+            r.spec.kind,
+            ProviderKind::Openai | ProviderKind::Openrouter | ProviderKind::Compatible
+        ) {
+            return Err(ApiError::invalid(
+                Some(k),
+                format!(
+                    "{k}: not supported for {} ({} provider); it is passed only to OpenAI-compatible upstreams",
+                    r.id(),
+                    r.spec.kind.as_str()
+                ),
+            ));
+        }
+    }
+    let agent = meta.source_agent.clone();
     let handle = state
         .start(p.request, vec![p.model.clone()], meta.run_options())
         .await
@@ -650,16 +725,16 @@ async fn chat(state: Arc<AppState>, headers: HeaderMap, body: Body) -> Result<Re
     let (run_id, trace_id) = (handle.run_id.clone(), handle.trace_id.clone());
     let trace_header = HeaderValue::from_str(&trace_id).ok();
     let mut resp = if p.stream {
-        stream(state, handle, id, model_id, p.include_usage).await?
+        stream(state, handle, id, model_id, p.include_usage, agent).await?
     } else {
-        let _cancel = CancelOnDrop(handle.cancel_token());
+        let mut cancel = CancelOnDrop::new(&state, &handle, "chat_completions", agent.clone());
         let c = handle
             .collect()
             .await
             .into_iter()
             .next()
             .unwrap_or_default();
-        state.metrics.record("chat_completions", &c);
+        cancel.record(0, &c);
         if let Some(e) = &c.error {
             return Err(engine_error(e));
         }
@@ -671,29 +746,79 @@ async fn chat(state: Arc<AppState>, headers: HeaderMap, body: Body) -> Result<Re
     Ok(resp)
 }
 
+/// Renders `chat.completion.chunk` frames. The constant part of each frame is
+/// rendered once per response, so a text delta costs one string escape.
 struct Chunker {
     id: String,
     model: String,
     created: u64,
     include_usage: bool,
+    /// `data: {"id":…,"model":…,"choices":[{"index":0,"delta":`
+    head: Vec<u8>,
+    /// `,"logprobs":null,"finish_reason":null}]…}\n\n`
+    tail: &'static [u8],
 }
 
 impl Chunker {
-    fn chunk(&self, delta: Value, finish: Option<&str>) -> Bytes {
-        let mut v = json!({
-            "id": self.id, "object": "chat.completion.chunk", "created": self.created,
-            "model": self.model, "system_fingerprint": null,
-            "choices": [{"index": 0, "delta": delta, "logprobs": null, "finish_reason": finish}],
-        });
-        if self.include_usage {
-            v["usage"] = Value::Null;
+    fn new(id: String, model: String, include_usage: bool) -> Chunker {
+        let created = unix_now();
+        let mut head = b"data: {\"id\":".to_vec();
+        let _ = serde_json::to_writer(&mut head, &id);
+        head.extend_from_slice(b",\"object\":\"chat.completion.chunk\",\"created\":");
+        head.extend_from_slice(created.to_string().as_bytes());
+        head.extend_from_slice(b",\"model\":");
+        let _ = serde_json::to_writer(&mut head, &model);
+        head.extend_from_slice(
+            b",\"system_fingerprint\":null,\"choices\":[{\"index\":0,\"delta\":",
+        );
+        let tail: &'static [u8] = if include_usage {
+            b",\"logprobs\":null,\"finish_reason\":null}],\"usage\":null}\n\n"
+        } else {
+            b",\"logprobs\":null,\"finish_reason\":null}]}\n\n"
+        };
+        Chunker {
+            id,
+            model,
+            created,
+            include_usage,
+            head,
+            tail,
         }
-        data(&v)
+    }
+
+    /// A delta of one string field (`content`, `reasoning_content`).
+    fn text(&self, out: &mut Vec<u8>, field: &str, text: &str) {
+        out.extend_from_slice(&self.head);
+        out.extend_from_slice(b"{\"");
+        out.extend_from_slice(field.as_bytes());
+        out.extend_from_slice(b"\":");
+        let _ = serde_json::to_writer(&mut *out, text);
+        out.push(b'}');
+        out.extend_from_slice(self.tail);
+    }
+
+    fn chunk(&self, out: &mut Vec<u8>, delta: &Value, finish: Option<&str>) {
+        out.extend_from_slice(&self.head);
+        let _ = serde_json::to_writer(&mut *out, delta);
+        match finish {
+            None => out.extend_from_slice(self.tail),
+            Some(f) => {
+                out.extend_from_slice(b",\"logprobs\":null,\"finish_reason\":");
+                let _ = serde_json::to_writer(&mut *out, f);
+                out.extend_from_slice(b"}]");
+                if self.include_usage {
+                    out.extend_from_slice(b",\"usage\":null");
+                }
+                out.extend_from_slice(b"}\n\n");
+            }
+        }
     }
 }
 
-fn data(v: &Value) -> Bytes {
-    Bytes::from(format!("data: {v}\n\n"))
+fn data(out: &mut Vec<u8>, v: &Value) {
+    out.extend_from_slice(b"data: ");
+    let _ = serde_json::to_writer(&mut *out, v);
+    out.extend_from_slice(b"\n\n");
 }
 
 fn is_content(ev: &StreamEvent) -> bool {
@@ -705,6 +830,103 @@ fn is_content(ev: &StreamEvent) -> bool {
     )
 }
 
+/// Frames written at most per body chunk when events queue up.
+const COALESCE_BYTES: usize = 32 * 1024;
+
+/// The body of a streamed response: engine events in, SSE frames out, with
+/// no task or channel of its own. Events that are already queued go out in
+/// one write. Dropping it (the client went away) cancels the run.
+struct Relay {
+    // First, so that it drops first: the run is cancelled before its
+    // receiver goes, and records itself as cancelled.
+    guard: CancelOnDrop,
+    handle: crate::engine::RunHandle,
+    ch: Chunker,
+    early: std::vec::IntoIter<TargetEvent>,
+    tool_ids: Vec<usize>,
+    started: bool,
+    done: bool,
+}
+
+impl Relay {
+    fn frame(&mut self, out: &mut Vec<u8>, ev: TargetEvent) {
+        let ch = &self.ch;
+        match ev.event {
+            StreamEvent::TextDelta(t) => ch.text(out, "content", &t),
+            StreamEvent::ThinkingDelta(t) => ch.text(out, "reasoning_content", &t),
+            StreamEvent::ToolCallDelta {
+                index,
+                id,
+                name,
+                arguments,
+            } => {
+                let mut call = json!({"index": index, "function": {"arguments": arguments}});
+                if !self.tool_ids.contains(&index) {
+                    self.tool_ids.push(index);
+                    call["id"] = json!(call_id(id.as_deref().unwrap_or(""), index));
+                    call["type"] = json!("function");
+                    call["function"]["name"] = json!(name.unwrap_or_default());
+                } else if let Some(n) = name.filter(|n| !n.is_empty()) {
+                    call["function"]["name"] = json!(n);
+                }
+                ch.chunk(out, &json!({"tool_calls": [call]}), None)
+            }
+            StreamEvent::Finished(c) => {
+                self.guard.record(ev.target, &c);
+                ch.chunk(out, &json!({}), Some(finish_word(c.finish_reason)));
+                if ch.include_usage {
+                    let mut u = json!({
+                        "id": ch.id, "object": "chat.completion.chunk", "created": ch.created,
+                        "model": ch.model, "system_fingerprint": null, "choices": [],
+                        "usage": usage_json(&c),
+                    });
+                    u["quorum"] = quorum_json(&c, &self.handle.run_id, &self.handle.trace_id);
+                    data(out, &u);
+                }
+            }
+            StreamEvent::Failed(c) => {
+                self.guard.record(ev.target, &c);
+                let e = c.error.clone().unwrap_or(EngineError::Cancelled);
+                data(out, &engine_error(&e).body());
+            }
+            _ => {}
+        }
+    }
+
+    fn poll_chunk(&mut self, cx: &mut std::task::Context<'_>) -> std::task::Poll<Option<Bytes>> {
+        use std::task::Poll;
+        if self.done {
+            return Poll::Ready(None);
+        }
+        let mut out = Vec::new();
+        if !self.started {
+            self.started = true;
+            self.ch
+                .chunk(&mut out, &json!({"role": "assistant", "content": ""}), None);
+        }
+        while out.len() < COALESCE_BYTES {
+            let ev = match self.early.next() {
+                Some(ev) => ev,
+                None => match self.handle.events.poll_recv(cx) {
+                    Poll::Ready(Some(ev)) => ev,
+                    Poll::Ready(None) => {
+                        out.extend_from_slice(b"data: [DONE]\n\n");
+                        self.done = true;
+                        break;
+                    }
+                    Poll::Pending => break,
+                },
+            };
+            self.frame(&mut out, ev);
+        }
+        if out.is_empty() {
+            Poll::Pending
+        } else {
+            Poll::Ready(Some(Bytes::from(out)))
+        }
+    }
+}
+
 /// Stream as `chat.completion.chunk` events. Nothing is committed before the
 /// first token: a request that fails before it gets a proper HTTP error.
 async fn stream(
@@ -713,15 +935,16 @@ async fn stream(
     id: String,
     model: String,
     include_usage: bool,
+    agent: Option<String>,
 ) -> Result<Response, ApiError> {
-    let cancel = CancelOnDrop(handle.cancel_token());
+    let mut cancel = CancelOnDrop::new(&state, &handle, "chat_completions", agent);
     let mut early: Vec<TargetEvent> = Vec::new();
     loop {
         match handle.events.recv().await {
             None => break,
             Some(ev) => {
                 if let StreamEvent::Failed(c) = &ev.event {
-                    state.metrics.record("chat_completions", c);
+                    cancel.record(ev.target, c);
                     let e = c.error.clone().unwrap_or(EngineError::Cancelled);
                     return Err(engine_error(&e));
                 }
@@ -733,83 +956,17 @@ async fn stream(
             }
         }
     }
-    let ch = Chunker {
-        id,
-        model,
-        created: unix_now(),
-        include_usage,
+    let mut relay = Relay {
+        guard: cancel,
+        handle,
+        ch: Chunker::new(id, model, include_usage),
+        early: early.into_iter(),
+        tool_ids: Vec::new(),
+        started: false,
+        done: false,
     };
-    let (tx, mut rx) = mpsc::channel::<Bytes>(256);
-    tokio::spawn(async move {
-        let _cancel = cancel;
-        if tx
-            .send(ch.chunk(json!({"role": "assistant", "content": ""}), None))
-            .await
-            .is_err()
-        {
-            return;
-        }
-        let mut tool_ids: Vec<usize> = Vec::new();
-        let mut pending = early.into_iter();
-        loop {
-            let ev = match pending.next() {
-                Some(ev) => ev,
-                None => match handle.events.recv().await {
-                    Some(ev) => ev,
-                    None => break,
-                },
-            };
-            let frame = match ev.event {
-                StreamEvent::TextDelta(t) => ch.chunk(json!({"content": t}), None),
-                StreamEvent::ThinkingDelta(t) => ch.chunk(json!({"reasoning_content": t}), None),
-                StreamEvent::ToolCallDelta {
-                    index,
-                    id,
-                    name,
-                    arguments,
-                } => {
-                    let mut call = json!({"index": index, "function": {"arguments": arguments}});
-                    if !tool_ids.contains(&index) {
-                        tool_ids.push(index);
-                        call["id"] = json!(call_id(id.as_deref().unwrap_or(""), index));
-                        call["type"] = json!("function");
-                        call["function"]["name"] = json!(name.unwrap_or_default());
-                    } else if let Some(n) = name.filter(|n| !n.is_empty()) {
-                        call["function"]["name"] = json!(n);
-                    }
-                    ch.chunk(json!({"tool_calls": [call]}), None)
-                }
-                StreamEvent::Finished(c) => {
-                    state.metrics.record("chat_completions", &c);
-                    let mut out = ch
-                        .chunk(json!({}), Some(finish_word(c.finish_reason)))
-                        .to_vec();
-                    if ch.include_usage {
-                        let mut u = json!({
-                            "id": ch.id, "object": "chat.completion.chunk", "created": ch.created,
-                            "model": ch.model, "system_fingerprint": null, "choices": [],
-                            "usage": usage_json(&c),
-                        });
-                        u["quorum"] = quorum_json(&c, &handle.run_id, &handle.trace_id);
-                        out.extend_from_slice(&data(&u));
-                    }
-                    Bytes::from(out)
-                }
-                StreamEvent::Failed(c) => {
-                    state.metrics.record("chat_completions", &c);
-                    let e = c.error.clone().unwrap_or(EngineError::Cancelled);
-                    data(&engine_error(&e).body())
-                }
-                _ => continue,
-            };
-            if tx.send(frame).await.is_err() {
-                return;
-            }
-        }
-        let _ = tx.send(Bytes::from_static(b"data: [DONE]\n\n")).await;
-    });
     let body = Body::from_stream(futures_util::stream::poll_fn(move |cx| {
-        rx.poll_recv(cx).map(|o| o.map(Ok::<_, Infallible>))
+        relay.poll_chunk(cx).map(|o| o.map(Ok::<_, Infallible>))
     }));
     Ok((
         [
@@ -823,6 +980,30 @@ async fn stream(
 
 /// `GET /v1/models`: every allowed model whose provider is usable now.
 pub async fn models(State(state): State<Arc<AppState>>) -> Response {
+    axum::Json(json!({"object": "list", "data": model_list(&state)})).into_response()
+}
+
+/// `GET /v1/models/{id}` (the id is `provider/model`, slash included).
+pub async fn model(
+    State(state): State<Arc<AppState>>,
+    axum::extract::Path(id): axum::extract::Path<String>,
+) -> Response {
+    let id = id.trim_start_matches('/');
+    match model_list(&state).into_iter().find(|m| m["id"] == id) {
+        Some(m) => axum::Json(m).into_response(),
+        None => ApiError {
+            status: StatusCode::NOT_FOUND,
+            message: format!("the model {id:?} does not exist or is not available here"),
+            kind: "invalid_request_error",
+            param: Some("model".into()),
+            code: "model_not_found",
+            retry_after: None,
+        }
+        .into_response(),
+    }
+}
+
+fn model_list(state: &AppState) -> Vec<Value> {
     let reg = state.engine.registry();
     let mut data = Vec::new();
     for spec in reg.providers() {
@@ -847,7 +1028,7 @@ pub async fn models(State(state): State<Arc<AppState>>) -> Response {
             }
         }
     }
-    axum::Json(json!({"object": "list", "data": data})).into_response()
+    data
 }
 
 #[cfg(test)]

@@ -15,6 +15,13 @@
 //! | -32002 | budget exceeded: refused before sending                       |
 //! | -32003 | model not allowed (`allowed_models`): refused before sending  |
 //! | -32004 | provider failed (auth, 5xx, timeout, network, breaker open)   |
+//! | -32005 | too many requests in flight from this client (HTTP 429)       |
+//!
+//! Limits answer with an HTTP status as well: a body over `--max-body-bytes`
+//! is 413 and -32600, one that takes longer than `--body-timeout` 408 and
+//! -32600; a batch over `--max-batch` or a request fanning out to more than
+//! `--max-fanout` upstream calls (models × repeat, summed over a batch) is 413
+//! and -32600 before anything is sent.
 
 use std::convert::Infallible;
 use std::sync::Arc;
@@ -54,6 +61,8 @@ pub const BUDGET_EXCEEDED: i64 = -32002;
 pub const MODEL_NOT_ALLOWED: i64 = -32003;
 /// The provider failed.
 pub const PROVIDER_FAILED: i64 = -32004;
+/// Too many requests in flight from this client.
+pub const TOO_MANY_REQUESTS: i64 = -32005;
 
 /// The methods.
 pub const METHODS: &[&str] = &[
@@ -157,7 +166,7 @@ pub async fn handle(
     headers: HeaderMap,
     body: Body,
 ) -> Response {
-    let bytes = match read_body(body, state.opts.max_body_bytes).await {
+    let bytes = match read_body(&state, body).await {
         Ok(b) => b,
         Err(BodyError::TooLarge) => {
             state.metrics.rpc_error(INVALID_REQUEST);
@@ -172,6 +181,17 @@ pub async fn handle(
                 StatusCode::PAYLOAD_TOO_LARGE,
                 &response(&Value::Null, Err(e)),
             );
+        }
+        Err(BodyError::Timeout) => {
+            state.metrics.rpc_error(INVALID_REQUEST);
+            let e = RpcError::new(
+                INVALID_REQUEST,
+                format!(
+                    "the request body took longer than {} s to arrive",
+                    state.opts.limits.body_timeout.as_secs_f64()
+                ),
+            );
+            return json_response(StatusCode::REQUEST_TIMEOUT, &response(&Value::Null, Err(e)));
         }
         Err(BodyError::Read(m)) => {
             let e = RpcError::new(PARSE_ERROR, format!("could not read the body: {m}"));
@@ -188,6 +208,9 @@ pub async fn handle(
         }
     };
     let hmeta = CallMeta::from_headers(&headers);
+    if let Err(r) = within_limits(&state, &value) {
+        return r;
+    }
     match value {
         Value::Array(items) => {
             if items.is_empty() {
@@ -220,6 +243,67 @@ pub async fn handle(
             Reply::Stream(r) => r,
         },
     }
+}
+
+/// Upstream calls one request object would start.
+fn fanout(v: &Value) -> usize {
+    let method = v.get("method").and_then(Value::as_str).unwrap_or("");
+    let params = v.get("params");
+    match method {
+        "llm.complete" | "llm.stream" => 1,
+        "llm.compare" => {
+            let p = |k: &str| params.and_then(|p| p.get(k));
+            let models = p("models").and_then(Value::as_array).map_or(0, Vec::len);
+            let repeat = p("repeat").and_then(Value::as_u64).unwrap_or(1).max(1);
+            let judge = usize::from(p("judge").is_some_and(|j| !j.is_null()));
+            models
+                .saturating_mul(usize::try_from(repeat).unwrap_or(usize::MAX))
+                .saturating_add(judge)
+        }
+        _ => 0,
+    }
+}
+
+/// Refuse, before anything starts, a batch over `--max-batch` or a request
+/// fanning out to more upstream calls than `--max-fanout`.
+#[allow(clippy::result_large_err)]
+fn within_limits(state: &AppState, value: &Value) -> Result<(), Response> {
+    let limits = &state.opts.limits;
+    let (id, n, calls) = match value {
+        Value::Array(items) => (
+            Value::Null,
+            items.len(),
+            items.iter().map(fanout).fold(0usize, usize::saturating_add),
+        ),
+        v => (v.get("id").cloned().unwrap_or(Value::Null), 1, fanout(v)),
+    };
+    let refuse = |message: String, data: Value| {
+        state.metrics.rpc_error(INVALID_REQUEST);
+        let e = RpcError::new(INVALID_REQUEST, message).with_data(data);
+        Err(json_response(
+            StatusCode::PAYLOAD_TOO_LARGE,
+            &response(&id, Err(e)),
+        ))
+    };
+    if n > limits.max_batch {
+        return refuse(
+            format!(
+                "invalid request: a batch of {n} requests; the server takes at most {} (--max-batch)",
+                limits.max_batch
+            ),
+            json!({"limit": limits.max_batch, "batch": n}),
+        );
+    }
+    if calls > limits.max_fanout {
+        return refuse(
+            format!(
+                "invalid request: this would start {calls} upstream calls (models × repeat, summed over a batch); the server allows at most {} per request (--max-fanout)",
+                limits.max_fanout
+            ),
+            json!({"limit": limits.max_fanout, "fanout": calls}),
+        );
+    }
+    Ok(())
 }
 
 /// [`one`], with a panic answered as an internal error instead of a dropped connection.
@@ -420,19 +504,20 @@ async fn complete(state: &AppState, f: Fields<'_>, hmeta: CallMeta) -> Result<Va
     let model = the_model(state, &f)?;
     let p = prepare(&f, hmeta)?;
     let session = p.opts.session_id.clone();
+    let agent = p.opts.source_agent.clone();
     let handle = state
         .start(p.req, vec![model], p.opts)
         .await
         .map_err(start_error)?;
     let (run_id, trace_id) = (handle.run_id.clone(), handle.trace_id.clone());
-    let _cancel = CancelOnDrop(handle.cancel_token());
+    let mut cancel = CancelOnDrop::new(state, &handle, "rpc", agent);
     let c = handle
         .collect()
         .await
         .into_iter()
         .next()
         .unwrap_or_default();
-    state.metrics.record("rpc", &c);
+    cancel.record(0, &c);
     let v = completion_json(&c, &run_id, &trace_id, session.as_deref());
     match &c.error {
         None => Ok(v),
@@ -509,14 +594,15 @@ async fn stream(
     let model = the_model(state, &f)?;
     let p = prepare(&f, hmeta)?;
     let session = p.opts.session_id.clone();
+    let agent = p.opts.source_agent.clone();
     let mut handle = state
         .start(p.req, vec![model], p.opts)
         .await
         .map_err(start_error)?;
     let (tx, mut rx) = mpsc::channel::<Bytes>(256);
     let state2 = state.clone();
+    let mut cancel = CancelOnDrop::new(state, &handle, "rpc_stream", agent);
     tokio::spawn(async move {
-        let cancel = CancelOnDrop(handle.cancel_token());
         let (run_id, trace_id) = (handle.run_id.clone(), handle.trace_id.clone());
         let head = json!({"run_id": run_id, "trace_id": trace_id, "targets": handle.targets});
         if tx.send(sse_frame("run", &head)).await.is_err() {
@@ -525,7 +611,7 @@ async fn stream(
         let mut last: Option<Completion> = None;
         while let Some(ev) = handle.events.recv().await {
             if let StreamEvent::Finished(c) | StreamEvent::Failed(c) = &ev.event {
-                state2.metrics.record("rpc_stream", c);
+                cancel.record(ev.target, c);
                 last = Some((**c).clone());
             }
             let (name, data) = event_json(&ev);
@@ -622,15 +708,16 @@ async fn compare(state: &AppState, f: Fields<'_>, hmeta: CallMeta) -> Result<Val
         }
     }
     let judge_opts = p.opts.clone();
+    let agent = p.opts.source_agent.clone();
     let mut handle = state
         .start(p.req, targets.clone(), p.opts)
         .await
         .map_err(start_error)?;
-    let _cancel = CancelOnDrop(handle.cancel_token());
+    let mut cancel = CancelOnDrop::new(state, &handle, "rpc", agent.clone());
     let mut done: Vec<Option<Completion>> = vec![None; targets.len()];
     while let Some(TargetEvent { target, event, .. }) = handle.events.recv().await {
         if let StreamEvent::Finished(c) | StreamEvent::Failed(c) = event {
-            state.metrics.record("rpc", &c);
+            cancel.record(target, &c);
             done[target] = Some(*c);
         }
     }
@@ -640,7 +727,7 @@ async fn compare(state: &AppState, f: Fields<'_>, hmeta: CallMeta) -> Result<Val
     if let Some(j) = &judge {
         let outcome = judge_report(&state.engine, j, &report, judge_opts).await;
         if let Ok(o) = &outcome {
-            state.metrics.record("rpc", &o.completion);
+            state.record("rpc", &o.completion, agent.as_deref());
         }
         report.judge = Some(outcome);
     }

@@ -163,7 +163,7 @@ pub fn listing(engine: &Engine, cfg: &Config, env: EnvFn<'_>) -> Listing {
         providers.push(ProviderRow {
             name: spec.name.clone(),
             kind: spec.kind.as_str().to_string(),
-            base_url: spec.base_url.clone(),
+            base_url: crate::engine::registry::mask_url_credentials(&spec.base_url),
             key_present,
             key_needed: spec.kind.needs_key(),
             key_source,

@@ -299,14 +299,40 @@ pub fn chat_request(f: &Fields<'_>) -> Result<ChatRequest, FieldError> {
         }
     }
     if let Some(t) = f.get("tools") {
-        req.tools = serde_json::from_value::<Vec<Tool>>(t.clone())
-            .map_err(|e| FieldError::new("tools", e.to_string()))?;
+        let Value::Array(items) = t else {
+            return Err(FieldError::new(
+                "tools",
+                format!("expected an array, got {}", type_name(t)),
+            ));
+        };
+        req.tools = items
+            .iter()
+            .enumerate()
+            .map(|(i, t)| {
+                serde_json::from_value::<Tool>(openai_unwrapped(t).clone())
+                    .map_err(|e| FieldError::new(format!("tools[{i}]"), e.to_string()))
+            })
+            .collect::<Result<_, _>>()?;
     }
     if let Some(t) = f.get("tool_choice") {
         req.tool_choice = serde_json::from_value::<ToolChoice>(t.clone())
+            .or_else(|e| match t.get("function").and_then(|f| f.get("name")) {
+                // OpenAI's {"type": "function", "function": {"name": ...}}.
+                Some(Value::String(n)) => Ok(ToolChoice::Function(n.clone())),
+                _ => Err(e),
+            })
             .map_err(|e| FieldError::new("tool_choice", e.to_string()))?;
     }
     Ok(req)
+}
+
+/// OpenAI's tool object `{"type": "function", "function": {name, description,
+/// parameters}}` as its inner function; any other value as it is.
+fn openai_unwrapped(t: &Value) -> &Value {
+    match (t.get("type"), t.get("function")) {
+        (Some(Value::String(ty)), Some(f @ Value::Object(_))) if ty == "function" => f,
+        _ => t,
+    }
 }
 
 /// Trace, session and calling agent of one call.
@@ -390,5 +416,25 @@ mod tests {
         assert_eq!(e.field, "messages[0]");
         let m = obj(json!({}));
         assert_eq!(chat_request(&Fields::new(&m)).unwrap_err().field, "prompt");
+    }
+
+    #[test]
+    fn tools_in_either_shape() {
+        let m = obj(json!({"prompt": "hi",
+            "tools": [
+                {"name": "flat", "parameters": {"type": "object"}},
+                {"type": "function", "function": {"name": "wrapped", "description": "d",
+                 "parameters": {"type": "object"}}}],
+            "tool_choice": {"type": "function", "function": {"name": "wrapped"}}}));
+        let r = chat_request(&Fields::new(&m)).unwrap();
+        assert_eq!(r.tools[0].name, "flat");
+        assert_eq!(r.tools[1].name, "wrapped");
+        assert_eq!(r.tools[1].description, "d");
+        assert_eq!(r.tool_choice, ToolChoice::Function("wrapped".into()));
+        let m = obj(json!({"prompt": "hi", "tools": [{"type": "function"}]}));
+        assert_eq!(
+            chat_request(&Fields::new(&m)).unwrap_err().field,
+            "tools[0]"
+        );
     }
 }

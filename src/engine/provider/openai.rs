@@ -155,6 +155,10 @@ fn body(kind: ProviderKind, model: &str, req: &ChatRequest, stream: bool) -> Val
             b.insert("reasoning_effort".into(), json!(r.effort().as_str()));
         }
     }
+    // Parameters passed through; never over a field set above.
+    for (k, v) in &req.passthrough {
+        b.entry(k.clone()).or_insert_with(|| v.clone());
+    }
     Value::Object(b)
 }
 
@@ -678,7 +682,23 @@ mod tests {
             }],
             tool_choice: ToolChoice::Function("get_weather".into()),
             reasoning: Some(Reasoning::Effort(ReasoningEffort::Low)),
+            ..Default::default()
         }
+    }
+
+    #[test]
+    fn passthrough_parameters_reach_the_body_but_never_override() {
+        let mut req = ChatRequest::from_prompt("hi");
+        req.max_tokens = Some(5);
+        req.passthrough.insert("seed".into(), json!(7));
+        req.passthrough
+            .insert("logit_bias".into(), json!({"50256": -100}));
+        req.passthrough.insert("model".into(), json!("evil"));
+        let call = build(&spec(ProviderKind::Compatible), "m", &req, false).unwrap();
+        let body = call.body;
+        assert_eq!(body["seed"], json!(7));
+        assert_eq!(body["logit_bias"], json!({"50256": -100}));
+        assert_eq!(body["model"], json!("m"));
     }
 
     #[test]
