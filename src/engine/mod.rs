@@ -2,6 +2,7 @@
 //! It knows nothing of terminals: no UI crate is imported anywhere below
 //! this module (a test checks it).
 
+pub mod attachment;
 pub mod error;
 pub mod event;
 pub mod provider;
@@ -15,6 +16,7 @@ pub use event::{
 pub use request::{ChatRequest, Message, Role};
 pub mod budget;
 pub mod cache;
+pub mod capability;
 pub mod consensus;
 pub mod cost;
 pub mod discovery;
@@ -26,5 +28,6 @@ pub mod routing;
 pub mod run;
 pub mod select;
 pub mod tokens;
+pub mod validate;
 
 pub use run::{Engine, EngineConfig, RunHandle, RunOptions, TargetEvent};

@@ -137,6 +137,8 @@ impl Attempt {
             attempt.body = Body::Mock(mock::start(model, req, stream)?);
             return Ok(attempt);
         }
+        // A kind that cannot stream (a templated API) is asked for the whole answer.
+        let stream = stream && spec.kind.can_stream();
         let call = super::build_call(spec, model, req, stream)?;
         let mut headers = call.headers;
         if let Some(tp) = &ctx.traceparent {
@@ -177,7 +179,7 @@ impl Attempt {
                 framing: spec.kind.framing(),
                 sse: SseDecoder::new(),
                 nd: NdjsonDecoder::new(),
-                decoder: super::stream_decoder(spec.kind),
+                decoder: super::stream_decoder_for(spec, model),
             }));
         } else {
             let bytes = match attempt.remaining_total() {
@@ -190,7 +192,7 @@ impl Attempt {
             attempt.bytes = bytes.len() as u64;
             attempt
                 .pending
-                .extend(super::parse_response(spec.kind, &bytes)?);
+                .extend(super::parse_response_for(spec, model, &bytes)?);
         }
         Ok(attempt)
     }
