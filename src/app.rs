@@ -63,7 +63,7 @@ pub fn load_with_env(flags: &GlobalFlags, env: EnvFn<'_>) -> anyhow::Result<(Eng
         eprintln!("quorum: warning: {w}");
     }
     let mut engine_cfg = cfg.engine_config(env)?;
-    let data_dir = crate::engine::ledger::data_dir();
+    let data_dir = crate::engine::files::data_dir();
     let overrides: Vec<(String, Price)> = cfg
         .pricing
         .iter()

@@ -1,5 +1,96 @@
-//! `quorum`: the thin binary. Arguments in, a face out.
+//! `quorum`: the thin binary. Arguments in, a face out: the argv dispatch
+//! lives here so that no face has to import another.
+
+use clap::{Parser, Subcommand};
+
+use llm_quorum::app::GlobalFlags;
+use llm_quorum::cli::{ask, compare, exec, leaderboard, ledger, models, pricing};
+use llm_quorum::shared::exit::{EXIT_OK, EXIT_USAGE};
+use llm_quorum::shared::version_string;
+
+#[derive(Debug, Parser)]
+#[command(
+    name = "quorum",
+    version = version_string(),
+    about = "One prompt, several LLMs side by side, every token and cent counted",
+    long_about = None
+)]
+struct Cli {
+    /// Config file (default: $QUORUM_CONFIG, else the platform config dir).
+    #[arg(long, global = true, value_name = "PATH")]
+    config: Option<std::path::PathBuf>,
+    /// Total timeout of every request in seconds, 0 = none (over $QUORUM_TIMEOUT_SECS).
+    #[arg(long, global = true, value_name = "SECS")]
+    timeout: Option<f64>,
+    /// Retries after the first attempt, for every provider (over $QUORUM_MAX_RETRIES).
+    #[arg(long, global = true, value_name = "N")]
+    max_retries: Option<u32>,
+    /// TUI colour theme: dark, light, high-contrast or a user theme (over the config's `theme`).
+    #[arg(long, value_name = "NAME")]
+    theme: Option<String>,
+    #[command(subcommand)]
+    command: Option<Command>,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Ask one model; stream its answer to stdout.
+    Ask(ask::AskArgs),
+    /// List providers and models: key present, context window, price; aliases and tiers.
+    Models(models::ModelsArgs),
+    /// Print a shell completion script (bash, zsh, fish, elvish, powershell).
+    Completions {
+        /// The shell.
+        shell: clap_complete::Shell,
+    },
+    /// Ask several models at once; print every answer and whether they agree.
+    Compare(compare::CompareArgs),
+    /// Win rates and Elo ratings from blind votes.
+    Leaderboard(leaderboard::LeaderboardArgs),
+    /// Spending and usage: totals by session, day, provider and model.
+    Ledger(ledger::LedgerArgs),
+    /// Prices: show them, or import LiteLLM's table.
+    Pricing(pricing::PricingArgs),
+    /// Run one JSON task from stdin; print one JSON result (for agent harnesses).
+    Exec(exec::ExecArgs),
+    /// Serve JSON-RPC, an OpenAI-compatible API and Prometheus metrics over HTTP.
+    Serve(llm_quorum::serve::ServeArgs),
+}
+
+/// Parse arguments and run a face; returns the process exit code.
+fn dispatch() -> i32 {
+    let cli = match Cli::try_parse() {
+        Ok(c) => c,
+        Err(e) => {
+            let code = if e.use_stderr() { EXIT_USAGE } else { EXIT_OK };
+            let _ = e.print();
+            return code;
+        }
+    };
+    let flags = GlobalFlags {
+        config: cli.config,
+        timeout_secs: cli.timeout,
+        max_retries: cli.max_retries,
+    };
+    match cli.command {
+        Some(Command::Ask(a)) => ask::run(&flags, a),
+        Some(Command::Models(a)) => models::run(&flags, a),
+        Some(Command::Completions { shell }) => {
+            use clap::CommandFactory;
+            let mut cmd = Cli::command();
+            clap_complete::generate(shell, &mut cmd, "quorum", &mut std::io::stdout());
+            EXIT_OK
+        }
+        Some(Command::Compare(a)) => compare::run(&flags, a),
+        Some(Command::Leaderboard(a)) => leaderboard::run(&flags, a),
+        Some(Command::Ledger(a)) => ledger::run(a),
+        Some(Command::Pricing(a)) => pricing::run(&flags, a),
+        Some(Command::Exec(a)) => exec::run(&flags, a),
+        Some(Command::Serve(a)) => llm_quorum::serve::run(&flags, a),
+        None => llm_quorum::tui::run(&flags, cli.theme),
+    }
+}
 
 fn main() {
-    std::process::exit(llm_quorum::cli::main());
+    std::process::exit(dispatch());
 }

@@ -36,3 +36,48 @@ fn engine_imports_no_ui_crate() {
         hits.join("\n")
     );
 }
+
+/// Lines of the `.rs` files under `dir` that name `needle`.
+fn uses(dir: &str, needle: &str) -> Vec<String> {
+    fn go(dir: &Path, needle: &str, out: &mut Vec<String>) {
+        for e in std::fs::read_dir(dir).unwrap().flatten() {
+            let p = e.path();
+            if p.is_dir() {
+                go(&p, needle, out);
+            } else if p.extension().is_some_and(|x| x == "rs") {
+                let text = std::fs::read_to_string(&p).unwrap();
+                for (n, line) in text.lines().enumerate() {
+                    if line.contains(needle) {
+                        out.push(format!("{}:{}: {}", p.display(), n + 1, line.trim()));
+                    }
+                }
+            }
+        }
+    }
+    let mut out = Vec::new();
+    go(
+        &Path::new(env!("CARGO_MANIFEST_DIR")).join(dir),
+        needle,
+        &mut out,
+    );
+    out
+}
+
+#[test]
+fn no_face_imports_another() {
+    let faces = ["cli", "serve", "tui"];
+    let mut hits = Vec::new();
+    for a in faces {
+        for b in faces.iter().filter(|b| **b != a) {
+            hits.extend(uses(&format!("src/{a}"), &format!("crate::{b}")));
+        }
+        // Nor does the engine or a shared module import a face.
+        hits.extend(uses("src/engine", &format!("crate::{a}")));
+        hits.extend(uses("src/shared", &format!("crate::{a}")));
+    }
+    assert!(
+        hits.is_empty(),
+        "faces import each other:\n{}",
+        hits.join("\n")
+    );
+}

@@ -749,14 +749,9 @@ impl Serving {
         unsafe {
             libc::kill(self.child.id() as i32, libc::SIGTERM);
         }
-        for _ in 0..200 {
-            if self.child.try_wait().unwrap().is_some() {
-                break;
-            }
-            std::thread::sleep(Duration::from_millis(25));
-        }
-        // The reader thread may still be draining the pipe.
-        std::thread::sleep(Duration::from_millis(100));
+        let _ = self.child.wait();
+        // The reader thread may still be draining the pipe: wait for the last line.
+        support::eventually_blocking(|| self.stderr.lock().unwrap().contains("stopped"));
         self.stderr.lock().unwrap().clone()
     }
 }

@@ -38,16 +38,10 @@ impl Serve {
         self.stderr.lock().unwrap().clone()
     }
     /// stderr once it holds `needle` (the reader thread may lag the process's
-    /// exit by a moment), or as it is after 5 s.
+    /// exit by a moment), or as it is after [`support::PATIENCE`].
     fn stderr_with(&self, needle: &str) -> String {
-        let deadline = std::time::Instant::now() + Duration::from_secs(5);
-        loop {
-            let e = self.stderr();
-            if e.contains(needle) || std::time::Instant::now() > deadline {
-                return e;
-            }
-            std::thread::sleep(Duration::from_millis(5));
-        }
+        support::eventually_blocking(|| self.stderr().contains(needle));
+        self.stderr()
     }
     fn pid(&self) -> i32 {
         self.child.id() as i32
@@ -1139,12 +1133,7 @@ async fn sigterm_finishes_the_request_in_flight_and_keeps_its_ledger_row() {
             .unwrap()
     });
     // Wait until the request is upstream, then ask the server to stop.
-    for _ in 0..500 {
-        if up.count() == 1 {
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(5)).await;
-    }
+    support::eventually(|| up.count() == 1).await;
     assert_eq!(up.count(), 1);
     assert_eq!(unsafe { libc::kill(s.pid(), libc::SIGTERM) }, 0);
     let v = call.await.unwrap();
@@ -1196,23 +1185,24 @@ async fn a_client_that_goes_away_cancels_the_upstream_stream() {
     let first = r.chunk().await.unwrap().unwrap();
     assert!(String::from_utf8_lossy(&first).contains("chat.completion.chunk"));
     drop(r);
-    for _ in 0..400 {
-        if up.aborted.load(std::sync::atomic::Ordering::SeqCst) > 0 {
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(10)).await;
-    }
+    support::eventually(|| up.aborted.load(std::sync::atomic::Ordering::SeqCst) > 0).await;
     assert_eq!(up.aborted.load(std::sync::atomic::Ordering::SeqCst), 1);
-    // The ledger says so.
+    // The ledger says so, once the cancelled request is written.
     let mut status = String::new();
-    for _ in 0..200 {
-        let c = rusqlite::Connection::open(s.dir.path().join("ledger.sqlite3")).unwrap();
-        if let Ok(st) = c.query_row("SELECT status FROM requests", [], |r| r.get::<_, String>(0)) {
-            status = st;
-            break;
+    let db = s.dir.path().join("ledger.sqlite3");
+    support::eventually(|| {
+        let Ok(c) = rusqlite::Connection::open(&db) else {
+            return false;
+        };
+        match c.query_row("SELECT status FROM requests", [], |r| r.get::<_, String>(0)) {
+            Ok(st) => {
+                status = st;
+                true
+            }
+            Err(_) => false,
         }
-        tokio::time::sleep(Duration::from_millis(10)).await;
-    }
+    })
+    .await;
     assert_eq!(status, "cancelled");
 }
 

@@ -11,7 +11,7 @@ use super::{runtime, EXIT_FAILED, EXIT_OK, EXIT_USAGE};
 use crate::app::{self, GlobalFlags};
 use crate::engine::budget::SpendLedger;
 use crate::engine::{ChatRequest, Completion, CostSource, EngineError, Message};
-use crate::serve::params::{type_name, FieldError, Fields};
+use crate::shared::params::{type_name, FieldError, Fields};
 
 /// Exit code: the task spec is invalid (the message names the field).
 pub const EXIT_INVALID_TASK: i32 = 3;
@@ -179,7 +179,7 @@ fn early_result(task_id: Option<&str>, e: &Early, started: Instant) -> Value {
         "completion_tokens": 0,
         "cost_usd": 0.0,
         "cost_source": "computed",
-        "timestamp": crate::serve::metrics::now_rfc3339(),
+        "timestamp": crate::shared::clock::now_rfc3339(),
         "exit_code": e.code,
         "error": err,
     })
@@ -251,7 +251,7 @@ pub fn result_json(task: &Task, targets: &[String], cs: &[Completion], started: 
         "completion_tokens": completion_tokens,
         "cost_usd": cost,
         "cost_source": cost_source,
-        "timestamp": crate::serve::metrics::now_rfc3339(),
+        "timestamp": crate::shared::clock::now_rfc3339(),
         "exit_code": code,
         "error": error,
         "session_id": task.session_id,

@@ -38,7 +38,7 @@ pub fn open_store() -> Result<Box<dyn VoteStore>, String> {
 /// Every vote: the ledger's, then the JSON-lines store's, in time order.
 pub fn all_votes() -> Result<Vec<Vote>, String> {
     let mut votes = Vec::new();
-    if let Some(dir) = crate::engine::ledger::data_dir() {
+    if let Some(dir) = crate::engine::files::data_dir() {
         let path = dir.join(LEDGER_FILE);
         if path.exists() {
             let l = SqliteLedger::open(&path, LedgerOptions::default())?;

@@ -5,8 +5,9 @@ use clap::{Args, Subcommand, ValueEnum};
 
 use super::{EXIT_FAILED, EXIT_OK, EXIT_USAGE};
 use crate::engine::cost::format_usd;
+use crate::engine::files::data_dir;
 use crate::engine::ledger::{
-    data_dir, GroupBy, LedgerOptions, RequestRow, Shown, SqliteLedger, TotalRow, LEDGER_FILE,
+    GroupBy, LedgerOptions, RequestRow, Shown, SqliteLedger, TotalRow, LEDGER_FILE,
 };
 
 /// Arguments of `quorum ledger`.

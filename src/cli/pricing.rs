@@ -5,7 +5,7 @@ use clap::{Args, Subcommand};
 use super::{runtime, EXIT_FAILED, EXIT_OK, EXIT_USAGE};
 use crate::app::{self, GlobalFlags};
 use crate::engine::cost::{today, Price, PriceRow, Pricing};
-use crate::engine::ledger::data_dir;
+use crate::engine::files::data_dir;
 use crate::engine::pricing_file;
 
 /// Arguments of `quorum pricing`.

@@ -243,14 +243,7 @@ impl Budget {
     }
 }
 
-/// Spend so far.
-#[derive(Debug, Clone, Copy, Default, PartialEq)]
-pub struct Spend {
-    /// In the current session.
-    pub session_usd: f64,
-    /// Today (local calendar day).
-    pub today_usd: f64,
-}
+pub use super::ledger::Spend;
 
 /// Which cap.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

@@ -229,10 +229,10 @@ impl ResponseCache {
     fn conn(&self) -> Result<std::sync::MutexGuard<'_, Connection>, String> {
         let c = self.conn.get_or_init(|| {
             if let Some(dir) = self.path.parent() {
-                super::ledger::create_private_dir(dir)?;
+                super::files::create_private_dir(dir)?;
             }
             if !self.path.exists() {
-                super::ledger::create_private_file(&self.path)?;
+                super::files::create_private_file(&self.path)?;
             }
             let c = Connection::open(&self.path).map_err(|e| format!("cache: {e}"))?;
             c.busy_timeout(Duration::from_secs(5))

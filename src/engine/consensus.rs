@@ -1650,7 +1650,7 @@ pub fn record_vote(vote: &Vote) -> Result<(), String> {
 /// The folder of the ledger and caches: `QUORUM_DATA_DIR`, else the platform
 /// data dir from `directories`.
 pub fn data_dir() -> Option<PathBuf> {
-    super::ledger::data_dir()
+    super::files::data_dir()
 }
 
 #[cfg(test)]

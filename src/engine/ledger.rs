@@ -19,10 +19,10 @@ use std::time::Duration;
 use rusqlite::{params, Connection, OptionalExtension, TransactionBehavior};
 use serde::Serialize;
 
-use super::budget::Spend;
 use super::cost::Pricing;
 use super::error::EngineError;
 use super::event::Completion;
+use super::files::{create_private_dir, data_dir, touch_private};
 
 /// Who asked, for the ledger row.
 #[derive(Debug, Clone, Default)]
@@ -50,58 +50,13 @@ pub trait LedgerSink: Send + Sync {
 /// File name of the ledger inside the data dir.
 pub const LEDGER_FILE: &str = "ledger.sqlite3";
 
-/// The folder of the ledger, caches and the user pricing file: `QUORUM_DATA_DIR`, else
-/// the platform data dir from `directories`.
-pub fn data_dir() -> Option<PathBuf> {
-    if let Some(d) = std::env::var_os("QUORUM_DATA_DIR").filter(|d| !d.is_empty()) {
-        return Some(PathBuf::from(d));
-    }
-    directories::ProjectDirs::from("dev", "llm-quorum", "quorum")
-        .map(|p| p.data_dir().to_path_buf())
-}
-
-/// Create `dir` (and parents) readable by the owner only (0700) when it does not exist.
-pub fn create_private_dir(dir: &Path) -> Result<(), String> {
-    if dir.is_dir() {
-        return Ok(());
-    }
-    let mut b = std::fs::DirBuilder::new();
-    b.recursive(true);
-    #[cfg(unix)]
-    {
-        use std::os::unix::fs::DirBuilderExt;
-        b.mode(0o700);
-    }
-    b.create(dir)
-        .map_err(|e| format!("cannot create {}: {e}", dir.display()))
-}
-
-/// Create (or truncate) `path` readable by the owner only (0600).
-pub fn create_private_file(path: &Path) -> Result<std::fs::File, String> {
-    let mut o = std::fs::OpenOptions::new();
-    o.write(true).create(true).truncate(true);
-    #[cfg(unix)]
-    {
-        use std::os::unix::fs::OpenOptionsExt;
-        o.mode(0o600);
-    }
-    o.open(path)
-        .map_err(|e| format!("cannot create {}: {e}", path.display()))
-}
-
-/// Create `path` empty with mode 0600 if it does not exist (SQLite gives its -wal and
-/// -shm files the database file's mode).
-fn touch_private(path: &Path) -> Result<(), String> {
-    let mut o = std::fs::OpenOptions::new();
-    o.write(true).create(true).truncate(false);
-    #[cfg(unix)]
-    {
-        use std::os::unix::fs::OpenOptionsExt;
-        o.mode(0o600);
-    }
-    o.open(path)
-        .map(|_| ())
-        .map_err(|e| format!("cannot create {}: {e}", path.display()))
+/// Spend so far.
+#[derive(Debug, Clone, Copy, Default, PartialEq)]
+pub struct Spend {
+    /// In the current session.
+    pub session_usd: f64,
+    /// Today (local calendar day).
+    pub today_usd: f64,
 }
 
 /// Ledger settings.

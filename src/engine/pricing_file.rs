@@ -36,14 +36,14 @@ pub fn load(path: &Path) -> Result<Vec<PriceRow>, String> {
 /// Write the user pricing file atomically (temp file + rename), readable by the owner only.
 pub fn save(path: &Path, rows: &[PriceRow]) -> Result<(), String> {
     if let Some(dir) = path.parent() {
-        super::ledger::create_private_dir(dir)?;
+        super::files::create_private_dir(dir)?;
     }
     let body = serde_json::to_vec_pretty(&serde_json::json!({"version": 1, "rows": rows}))
         .map_err(|e| e.to_string())?;
     let tmp = path.with_extension("json.tmp");
     {
         use std::io::Write;
-        let mut f = super::ledger::create_private_file(&tmp)?;
+        let mut f = super::files::create_private_file(&tmp)?;
         f.write_all(&body)
             .and_then(|_| f.sync_all())
             .map_err(|e| format!("cannot write {}: {e}", tmp.display()))?;

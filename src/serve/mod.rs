@@ -14,7 +14,7 @@
 
 pub mod metrics;
 pub mod openai_compat;
-pub mod params;
+pub use crate::shared::params;
 pub mod rpc;
 
 use std::net::{SocketAddr, ToSocketAddrs};
@@ -34,10 +34,10 @@ use serde_json::json;
 use tokio_util::sync::CancellationToken;
 
 use crate::app::{self, GlobalFlags, Settings};
-use crate::cli::{EXIT_FAILED, EXIT_OK, EXIT_USAGE};
 use crate::engine::budget::{self, Budget, SpendLedger};
 use crate::engine::ledger::BackgroundLedger;
 use crate::engine::{ChatRequest, Engine, EngineError, RunHandle, RunOptions};
+use crate::shared::exit::{EXIT_FAILED, EXIT_OK, EXIT_USAGE};
 
 pub use metrics::Metrics;
 
@@ -228,16 +228,7 @@ impl Drop for CancelOnDrop {
     }
 }
 
-/// Trace, session and calling agent of one call.
-#[derive(Debug, Clone, Default, PartialEq)]
-pub struct CallMeta {
-    /// W3C trace id (32 lowercase hex digits).
-    pub trace_id: Option<String>,
-    /// Session id.
-    pub session_id: Option<String>,
-    /// Calling agent.
-    pub source_agent: Option<String>,
-}
+pub use crate::shared::params::{parse_trace_id, CallMeta};
 
 impl CallMeta {
     /// From request headers: `traceparent` (or `x-quorum-trace-id`),
@@ -259,41 +250,6 @@ impl CallMeta {
             source_agent: get("x-quorum-source-agent"),
         })
     }
-
-    /// Fields of the call override headers.
-    pub fn merge(self, over: CallMeta) -> CallMeta {
-        CallMeta {
-            trace_id: over.trace_id.or(self.trace_id),
-            session_id: over.session_id.or(self.session_id),
-            source_agent: over.source_agent.or(self.source_agent),
-        }
-    }
-
-    /// Run options carrying this metadata.
-    pub fn run_options(&self) -> RunOptions {
-        RunOptions {
-            trace_id: self.trace_id.clone(),
-            session_id: self.session_id.clone(),
-            source_agent: self.source_agent.clone(),
-            ..Default::default()
-        }
-    }
-}
-
-/// A trace id: 32 hex digits (not all zero), or a whole W3C `traceparent`.
-pub fn parse_trace_id(s: &str) -> Result<String, String> {
-    let s = s.trim();
-    let id = match s.split('-').collect::<Vec<_>>().as_slice() {
-        [_, id, _, _] => *id,
-        _ => s,
-    };
-    if id.len() != 32 || !id.bytes().all(|b| b.is_ascii_hexdigit()) {
-        return Err("must be 32 hex digits (a W3C trace id) or a traceparent".into());
-    }
-    if id.bytes().all(|b| b == b'0') {
-        return Err("an all-zero trace id is invalid".into());
-    }
-    Ok(id.to_ascii_lowercase())
 }
 
 /// The HTTP router, for `serve` and for tests that drive it in-process.

@@ -30,7 +30,7 @@ use tokio::sync::mpsc;
 
 use super::params::{chat_request, FieldError, Fields, PROMPT_FIELDS};
 use super::{read_body, AppState, BodyError, CallMeta, CancelOnDrop, StartError};
-use crate::cli::compare::{analyse, collect_results, judge_report, to_json, KindArg};
+use crate::engine::compare::{analyse, collect_results, judge_report, parse_kind, to_json};
 use crate::engine::consensus::{ConsensusOptions, DEFAULT_THRESHOLD};
 use crate::engine::registry::has_key;
 use crate::engine::routing::BreakerState;
@@ -597,16 +597,12 @@ async fn compare(state: &AppState, f: Fields<'_>, hmeta: CallMeta) -> Result<Val
     let repeat = f.uint("repeat", 1, 20)?.unwrap_or(1) as u32;
     let kind = match f.str("kind")? {
         None => None,
-        Some(k) => Some(
-            <KindArg as clap::ValueEnum>::from_str(k, true)
-                .map_err(|_| {
-                    FieldError::new(
-                        "kind",
-                        "expected one of: number, yes-no, choice, final-line, open",
-                    )
-                })?
-                .into(),
-        ),
+        Some(k) => Some(parse_kind(k).ok_or_else(|| {
+            FieldError::new(
+                "kind",
+                "expected one of: number, yes-no, choice, final-line, open",
+            )
+        })?),
     };
     let threshold = f.num("threshold", 0.0, 1.0)?.unwrap_or(DEFAULT_THRESHOLD);
     let p = prepare(&f, hmeta)?;
@@ -657,7 +653,7 @@ async fn compare(state: &AppState, f: Fields<'_>, hmeta: CallMeta) -> Result<Val
 
 fn models(state: &AppState, f: Fields<'_>) -> Result<Value, RpcError> {
     f.only(&["trace_id", "session_id", "source_agent"])?;
-    let l = crate::cli::models::listing(&state.engine, &state.settings.config, &|k| {
+    let l = crate::shared::catalog::listing(&state.engine, &state.settings.config, &|k| {
         std::env::var(k).ok()
     });
     serde_json::to_value(&l).map_err(|e| RpcError::new(INTERNAL_ERROR, e.to_string()))
@@ -704,7 +700,7 @@ fn health(state: &AppState, f: Fields<'_>) -> Result<Value, RpcError> {
     };
     Ok(json!({
         "status": "ok",
-        "version": crate::cli::version_string(),
+        "version": crate::shared::version_string(),
         "in_flight": state.metrics.in_flight_now(),
         "ledger": ledger,
         "providers": providers,

@@ -146,7 +146,7 @@ impl ExportDoc {
 
     /// Write `<dir>/quorum-<stamp>.md` and `.json`; returns both paths.
     pub fn write(&self, dir: &Path, stamp: &str, created_at: &str) -> Result<Vec<PathBuf>, String> {
-        crate::engine::ledger::create_private_dir(dir)?;
+        crate::engine::files::create_private_dir(dir)?;
         let md = dir.join(format!("quorum-{stamp}.md"));
         let js = dir.join(format!("quorum-{stamp}.json"));
         std::fs::write(&md, self.to_markdown(created_at))

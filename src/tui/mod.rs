@@ -550,7 +550,7 @@ pub const OFFLINE_BANNER: &str = "offline: no API key found, so the mock models 
 
 fn init_logging(data_dir: Option<&std::path::Path>) {
     let Some(dir) = data_dir else { return };
-    if crate::engine::ledger::create_private_dir(dir).is_err() {
+    if crate::engine::files::create_private_dir(dir).is_err() {
         return;
     }
     let Ok(file) = std::fs::OpenOptions::new()
@@ -601,17 +601,17 @@ pub fn run(flags: &GlobalFlags, theme_flag: Option<String>) -> i32 {
             eprintln!(
                 "quorum: the workbench needs a terminal; for scripts use `quorum ask` or `quorum compare` (see `quorum --help`)"
             );
-            return crate::cli::EXIT_USAGE;
+            return crate::shared::exit::EXIT_USAGE;
         }
     }
     let (engine, settings) = match crate::app::load(flags) {
         Ok(x) => x,
         Err(e) => {
             eprintln!("quorum: {e:#}");
-            return crate::cli::EXIT_USAGE;
+            return crate::shared::exit::EXIT_USAGE;
         }
     };
-    let data_dir = crate::engine::ledger::data_dir();
+    let data_dir = crate::engine::files::data_dir();
     init_logging(data_dir.as_deref());
     let theme_name = theme_flag.unwrap_or_else(|| settings.config.theme.clone());
     let config_dir = settings
@@ -654,7 +654,7 @@ pub fn run(flags: &GlobalFlags, theme_flag: Option<String>) -> i32 {
         Ok(rt) => rt,
         Err(e) => {
             eprintln!("quorum: cannot start the runtime: {e}");
-            return crate::cli::EXIT_FAILED;
+            return crate::shared::exit::EXIT_FAILED;
         }
     };
     let flag = |k: &str| std::env::var_os(k).is_some_and(|v| !v.is_empty());
@@ -664,7 +664,7 @@ pub fn run(flags: &GlobalFlags, theme_flag: Option<String>) -> i32 {
         Ok(g) => g,
         Err(e) => {
             eprintln!("quorum: cannot set up the terminal: {e}");
-            return crate::cli::EXIT_FAILED;
+            return crate::shared::exit::EXIT_FAILED;
         }
     };
     let result = rt.block_on(async {
@@ -710,11 +710,11 @@ pub fn run(flags: &GlobalFlags, theme_flag: Option<String>) -> i32 {
                     eprintln!("first frame: {ms:.1} ms");
                 }
             }
-            crate::cli::EXIT_OK
+            crate::shared::exit::EXIT_OK
         }
         Err(e) => {
             eprintln!("quorum: terminal error: {e}");
-            crate::cli::EXIT_FAILED
+            crate::shared::exit::EXIT_FAILED
         }
     }
 }

@@ -386,3 +386,31 @@ pub fn spawn_serve(
     };
     (child, url, log)
 }
+
+/// Generous deadline for anything a test waits on: a loaded 2-core machine
+/// may be slow, but a real hang still fails.
+pub const PATIENCE: Duration = Duration::from_secs(60);
+
+/// Poll `done` until it holds (every 10 ms, up to [`PATIENCE`]); whether it did.
+pub async fn eventually(mut done: impl FnMut() -> bool) -> bool {
+    let deadline = std::time::Instant::now() + PATIENCE;
+    while std::time::Instant::now() < deadline {
+        if done() {
+            return true;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    done()
+}
+
+/// [`eventually`] for blocking code.
+pub fn eventually_blocking(mut done: impl FnMut() -> bool) -> bool {
+    let deadline = std::time::Instant::now() + PATIENCE;
+    while std::time::Instant::now() < deadline {
+        if done() {
+            return true;
+        }
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    done()
+}

@@ -155,13 +155,13 @@ impl ConsensusReport {
         results: Vec<(usize, u32, Completion)>,
         opts: ConsensusOptions,
     ) -> Self {
-        Self::from_compare(&crate::cli::compare::analyse(
+        Self::from_compare(&crate::engine::compare::analyse(
             prompt, repeat, labels, results, opts,
         ))
     }
 
     /// From a `quorum compare` report.
-    pub fn from_compare(r: &crate::cli::compare::Report) -> Self {
+    pub fn from_compare(r: &crate::engine::compare::Report) -> Self {
         let answers = r
             .representative
             .iter()

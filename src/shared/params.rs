@@ -1,10 +1,10 @@
-//! Typed reads from a JSON object whose errors name the field and say why:
-//! shared by the JSON-RPC methods and `quorum exec`.
+//! Validation of request parameters (JSON objects) shared by serve and exec, and the
+//! trace/session/agent metadata of one call.
 
 use serde_json::{Map, Value};
 
 use crate::engine::request::{Tool, ToolChoice};
-use crate::engine::{ChatRequest, Message};
+use crate::engine::{ChatRequest, Message, RunOptions};
 
 /// A field problem: which field, and why.
 #[derive(Debug, Clone, PartialEq)]
@@ -206,15 +206,15 @@ impl<'a> Fields<'a> {
     pub fn trace_id(&self, k: &str) -> Result<Option<String>, FieldError> {
         match self.str(k)? {
             None => Ok(None),
-            Some(s) => super::parse_trace_id(s)
+            Some(s) => parse_trace_id(s)
                 .map(Some)
                 .map_err(|m| FieldError::new(k, m)),
         }
     }
 
     /// `trace_id`, `session_id`, `source_agent`.
-    pub fn call_meta(&self) -> Result<super::CallMeta, FieldError> {
-        Ok(super::CallMeta {
+    pub fn call_meta(&self) -> Result<CallMeta, FieldError> {
+        Ok(CallMeta {
             trace_id: self.trace_id("trace_id")?,
             session_id: self.nonempty_str("session_id")?.map(String::from),
             source_agent: self.nonempty_str("source_agent")?.map(String::from),
@@ -307,6 +307,54 @@ pub fn chat_request(f: &Fields<'_>) -> Result<ChatRequest, FieldError> {
             .map_err(|e| FieldError::new("tool_choice", e.to_string()))?;
     }
     Ok(req)
+}
+
+/// Trace, session and calling agent of one call.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct CallMeta {
+    /// W3C trace id (32 lowercase hex digits).
+    pub trace_id: Option<String>,
+    /// Session id.
+    pub session_id: Option<String>,
+    /// Calling agent.
+    pub source_agent: Option<String>,
+}
+
+impl CallMeta {
+    /// Fields of the call override headers.
+    pub fn merge(self, over: CallMeta) -> CallMeta {
+        CallMeta {
+            trace_id: over.trace_id.or(self.trace_id),
+            session_id: over.session_id.or(self.session_id),
+            source_agent: over.source_agent.or(self.source_agent),
+        }
+    }
+
+    /// Run options carrying this metadata.
+    pub fn run_options(&self) -> RunOptions {
+        RunOptions {
+            trace_id: self.trace_id.clone(),
+            session_id: self.session_id.clone(),
+            source_agent: self.source_agent.clone(),
+            ..Default::default()
+        }
+    }
+}
+
+/// A trace id: 32 hex digits (not all zero), or a whole W3C `traceparent`.
+pub fn parse_trace_id(s: &str) -> Result<String, String> {
+    let s = s.trim();
+    let id = match s.split('-').collect::<Vec<_>>().as_slice() {
+        [_, id, _, _] => *id,
+        _ => s,
+    };
+    if id.len() != 32 || !id.bytes().all(|b| b.is_ascii_hexdigit()) {
+        return Err("must be 32 hex digits (a W3C trace id) or a traceparent".into());
+    }
+    if id.bytes().all(|b| b == b'0') {
+        return Err("an all-zero trace id is invalid".into());
+    }
+    Ok(id.to_ascii_lowercase())
 }
 
 #[cfg(test)]
