@@ -119,6 +119,9 @@ pub struct CompareArgs {
     /// Bypass the response cache for this run.
     #[arg(long)]
     pub no_cache: bool,
+    /// Reasoning, structured output, tools and attachments.
+    #[command(flatten)]
+    pub options: super::options::OptionFlags,
     /// The prompt (read from stdin when absent).
     pub prompt: Vec<String>,
 }
@@ -161,6 +164,11 @@ pub fn run(flags: &GlobalFlags, mut args: CompareArgs) -> i32 {
     req.messages.push(Message::user(prompt.clone()));
     req.max_tokens = args.max_tokens;
     req.temperature = args.temperature;
+    // Files are read and checked here, before anything is sent.
+    if let Err(e) = args.options.to_options().apply(&mut req) {
+        eprintln!("quorum: {e}");
+        return EXIT_USAGE;
+    }
     // `cheapest:TIER` picks its member for this request before anything is checked.
     match crate::engine::select::expand_targets(&engine, &args.models, &req) {
         Ok(m) => args.models = m,
@@ -361,7 +369,16 @@ pub fn to_text(r: &Report) -> String {
                     let _ = writeln!(s, "{text}");
                 }
                 for t in &c.tool_calls {
-                    let _ = writeln!(s, "[tool call] {}({})", t.name, t.arguments);
+                    let mark = match (t.valid, &t.invalid_reason) {
+                        (Some(true), _) => " ✓".to_string(),
+                        (Some(false), Some(r)) => format!(" ✗ {r}"),
+                        (Some(false), None) => " ✗".to_string(),
+                        (None, _) => String::new(),
+                    };
+                    let _ = writeln!(s, "[tool call] {}({}){mark}", t.name, t.arguments);
+                }
+                for line in super::options::verdict_lines(c) {
+                    let _ = writeln!(s, "[{line}]");
                 }
             }
         }

@@ -24,6 +24,7 @@ pub mod discovery;
 pub mod files;
 pub mod judge;
 pub mod ledger;
+pub mod options;
 pub mod pricing_file;
 pub mod registry;
 pub mod routing;
