@@ -176,12 +176,7 @@ pub fn run(flags: &GlobalFlags, args: AskArgs) -> i32 {
                     } else {
                         if !c.tool_calls.is_empty() {
                             for t in &c.tool_calls {
-                                let mark = match (t.valid, &t.invalid_reason) {
-                                    (Some(true), _) => " ✓".to_string(),
-                                    (Some(false), Some(r)) => format!(" ✗ {r}"),
-                                    (Some(false), None) => " ✗".to_string(),
-                                    (None, _) => String::new(),
-                                };
+                                let mark = super::options::tool_mark(t);
                                 let _ = writeln!(
                                     out,
                                     "\n[tool call] {}({}){mark}",

@@ -369,12 +369,7 @@ pub fn to_text(r: &Report) -> String {
                     let _ = writeln!(s, "{text}");
                 }
                 for t in &c.tool_calls {
-                    let mark = match (t.valid, &t.invalid_reason) {
-                        (Some(true), _) => " ✓".to_string(),
-                        (Some(false), Some(r)) => format!(" ✗ {r}"),
-                        (Some(false), None) => " ✗".to_string(),
-                        (None, _) => String::new(),
-                    };
+                    let mark = super::options::tool_mark(t);
                     let _ = writeln!(s, "[tool call] {}({}){mark}", t.name, t.arguments);
                 }
                 for line in super::options::verdict_lines(c) {

@@ -52,9 +52,13 @@ impl RequestOptions {
                     "--reasoning and --thinking-budget both set the thinking: use one",
                 ))
             }
-            (Some(word), None) => Some(Reasoning::Effort(ReasoningEffort::parse(word).ok_or_else(
-                || usage(format!("--reasoning {word:?}: use minimal, low, medium or high")),
-            )?)),
+            (Some(word), None) => Some(Reasoning::Effort(
+                ReasoningEffort::parse(word).ok_or_else(|| {
+                    usage(format!(
+                        "--reasoning {word:?}: use minimal, low, medium or high"
+                    ))
+                })?,
+            )),
             (None, Some(n)) => Some(Reasoning::Budget(n)),
             (None, None) => req.reasoning,
         };
@@ -139,7 +143,10 @@ mod tests {
         };
         let mut req = ChatRequest::from_prompt("hi");
         o.apply(&mut req).unwrap();
-        assert_eq!(req.reasoning, Some(Reasoning::Effort(ReasoningEffort::Minimal)));
+        assert_eq!(
+            req.reasoning,
+            Some(Reasoning::Effort(ReasoningEffort::Minimal))
+        );
         assert_eq!(req.response_format, ResponseFormat::JsonObject);
         assert_eq!(req.tool_choice, ToolChoice::Function("get_weather".into()));
         assert_eq!(req.messages[0].attachments.len(), 1);
@@ -184,7 +191,10 @@ mod tests {
                 "missing.png: no such file",
             ),
         ] {
-            let e = o.apply(&mut ChatRequest::from_prompt("x")).unwrap_err().to_string();
+            let e = o
+                .apply(&mut ChatRequest::from_prompt("x"))
+                .unwrap_err()
+                .to_string();
             assert!(e.contains(want), "{e} / {want}");
         }
     }
