@@ -523,3 +523,43 @@ fn a_bad_template_is_a_config_error_naming_the_key() {
     let e = config::load_text(None, text, &Overrides::default(), &env).unwrap_err();
     assert!(e.to_string().contains("[template]"), "{e}");
 }
+
+/// The Responses fixtures decode the same whatever the network splits:
+/// every byte offset, through the SSE framing and the decoder.
+#[test]
+fn responses_fixtures_split_at_every_byte() {
+    use llm_quorum::engine::provider::{stream_decoder, ProviderKind};
+    use llm_quorum::engine::wire::SseDecoder;
+    use llm_quorum::engine::Delta;
+    fn decode(pieces: &[&[u8]]) -> (Vec<Delta>, Option<String>, bool) {
+        let mut d = stream_decoder(ProviderKind::Responses);
+        let mut sse = SseDecoder::new();
+        let mut out = Vec::new();
+        let mut err = None;
+        for p in pieces {
+            if let Err(e) = sse.feed(p, |f| d.frame(f.event, f.data, &mut out)) {
+                err = Some(e.to_string());
+                break;
+            }
+        }
+        if err.is_none() {
+            if let Err(e) = sse.finish(|f| d.frame(f.event, f.data, &mut out)) {
+                err = Some(e.to_string());
+            }
+        }
+        (out, err, d.is_done())
+    }
+    for name in [
+        "stream-reasoning-tool-call.sse",
+        "stream-text.sse",
+        "error-event.sse",
+    ] {
+        let bytes = fixture(name);
+        let whole = decode(&[&bytes]);
+        assert!(whole.2 || whole.1.is_some(), "{name} ends");
+        for cut in 1..bytes.len() {
+            let (a, b) = bytes.split_at(cut);
+            assert_eq!(decode(&[a, b]), whole, "{name} split at {cut}");
+        }
+    }
+}
