@@ -336,3 +336,60 @@ async fn bad_input_is_named_and_nothing_is_sent() {
     );
     assert_eq!(s.count(), 0, "nothing was sent");
 }
+
+fn exec(task: &str) -> Output {
+    let data = tempfile::tempdir().unwrap();
+    let mut child = Command::new(env!("CARGO_BIN_EXE_quorum"))
+        .arg("exec")
+        .env_clear()
+        .env("PATH", std::env::var("PATH").unwrap_or_default())
+        .env("HOME", data.path())
+        .env("QUORUM_DATA_DIR", data.path())
+        .env("QUORUM_CONFIG", data.path().join("none.toml"))
+        .env("QUORUM_MOCK_TPS", "0")
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    use std::io::Write;
+    child
+        .stdin
+        .take()
+        .unwrap()
+        .write_all(task.as_bytes())
+        .unwrap();
+    child.wait_with_output().unwrap()
+}
+
+#[test]
+fn exec_task_takes_the_same_options() {
+    let dir = tempfile::tempdir().unwrap();
+    let schema = write(
+        dir.path(),
+        "s.json",
+        br#"{"type":"object","required":["answer"],"properties":{"answer":{"type":"integer"}}}"#,
+    );
+    let task = json!({"prompt": "What is 2+2?", "model": "mock/alpha", "schema": schema});
+    let out = exec(&task.to_string());
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out.stderr));
+    let v: Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(v["schema_valid"], json!(true), "{v}");
+    let missing = dir.path().join("gone.png").to_string_lossy().into_owned();
+    let task = json!({"prompt": "see", "model": "mock/alpha", "images": [missing]});
+    let out = exec(&task.to_string());
+    assert_eq!(out.status.code(), Some(2));
+    let v: Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert!(
+        v["error"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("gone.png: no such file"),
+        "{v}"
+    );
+    // A malformed field is a task error, like any other field of the task.
+    let out = exec(r#"{"prompt": "x", "files": "notes.md"}"#);
+    assert_eq!(out.status.code(), Some(3));
+    let v: Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(v["error"]["field"], json!("files"), "{v}");
+}
