@@ -27,8 +27,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use llm_quorum::app::{self, GlobalFlags, Settings};
-use llm_quorum::engine::budget::{self, SpendLedger};
-use llm_quorum::engine::{ChatRequest, Engine, RunOptions};
+use llm_quorum::engine::{ChatRequest, Engine, RunOptions, StartOptions};
 use llm_quorum::serve::{router, AppState, ServeOptions};
 use serde_json::json;
 
@@ -98,25 +97,14 @@ async fn direct(engine: &Engine, model: &str) -> Duration {
     t.elapsed()
 }
 
-async fn via_start_run(engine: &Engine, settings: &Settings, model: &str) -> Duration {
+async fn via_start_run(engine: &Engine, _settings: &Settings, model: &str) -> Duration {
     let t = Instant::now();
     let req = ChatRequest::from_prompt("Write a short story.");
-    let ledger = settings
-        .ledger
-        .clone()
-        .map(|l| Arc::new(l) as Arc<dyn SpendLedger>);
-    let (h, _) = budget::start_run(
-        engine,
-        ledger,
-        settings.budget,
-        req,
-        vec![model.to_string()],
-        RunOptions::default(),
-        false,
-    )
-    .await
-    .expect("start");
-    let c = h.collect().await;
+    let s = engine
+        .start(req, vec![model.to_string()], StartOptions::default())
+        .await
+        .expect("start");
+    let c = s.handle.collect().await;
     assert!(c[0].error.is_none(), "{:?}", c[0].error);
     t.elapsed()
 }

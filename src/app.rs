@@ -7,6 +7,7 @@ use crate::config::{self, Config, Overrides};
 use crate::engine::budget::Budget;
 use crate::engine::cache::{CacheSettings, ResponseCache};
 use crate::engine::cost::{Price, Pricing};
+use crate::engine::front::{Books, LedgerProblem};
 use crate::engine::ledger::{BackgroundLedger, LedgerOptions, LEDGER_FILE};
 use crate::engine::pricing_file;
 use crate::engine::registry::EnvFn;
@@ -21,6 +22,9 @@ pub struct GlobalFlags {
     pub timeout_secs: Option<f64>,
     /// `--max-retries N`: retries after the first attempt (over `QUORUM_MAX_RETRIES`).
     pub max_retries: Option<u32>,
+    /// `--no-ledger` (or `QUORUM_NO_LEDGER=1`): keep no ledger; a budget is then a
+    /// configuration error.
+    pub no_ledger: bool,
 }
 
 impl GlobalFlags {
@@ -63,6 +67,18 @@ pub fn load_with_env(flags: &GlobalFlags, env: EnvFn<'_>) -> anyhow::Result<(Eng
         eprintln!("quorum: warning: {w}");
     }
     let mut engine_cfg = cfg.engine_config(env)?;
+    let no_ledger = flags.no_ledger
+        || env("QUORUM_NO_LEDGER").is_some_and(|v| !matches!(v.trim(), "" | "0" | "false"));
+    let budget = Budget {
+        session_usd: cfg.budget.session_usd,
+        daily_usd: cfg.budget.daily_usd,
+    };
+    if no_ledger && budget.is_set() {
+        anyhow::bail!(
+            "a budget is set ([budget] in the config) but the ledger is off (--no-ledger): \
+             spending cannot be tracked without it; remove one or the other"
+        );
+    }
     let data_dir = crate::engine::files::data_dir();
     let overrides: Vec<(String, Price)> = cfg
         .pricing
@@ -87,12 +103,25 @@ pub fn load_with_env(flags: &GlobalFlags, env: EnvFn<'_>) -> anyhow::Result<(Eng
     let pricing = engine_cfg.pricing.clone();
     let mut engine = Engine::new(engine_cfg)?;
     let mut ledger = None;
-    if let Some(d) = &data_dir {
+    let mut books = if no_ledger {
+        Books::Off
+    } else {
+        Books::Unusable(LedgerProblem {
+            path: None,
+            reason: "no data directory".into(),
+            fix: "set QUORUM_DATA_DIR to a writable folder, or run with --no-ledger".into(),
+        })
+    };
+    if let Some(d) = data_dir.as_ref().filter(|_| !no_ledger) {
         let opts = LedgerOptions {
             log_content: cfg.log_content,
         };
         let bg = BackgroundLedger::spawn(d.join(LEDGER_FILE), opts, Some(pricing));
         engine = engine.with_ledger(Arc::new(bg.clone()));
+        books = Books::On {
+            ledger: bg.clone(),
+            path: d.join(LEDGER_FILE),
+        };
         let cache = CacheSettings {
             enabled: cfg.cache.enabled,
             ttl_secs: cfg.cache.ttl_secs,
@@ -100,12 +129,10 @@ pub fn load_with_env(flags: &GlobalFlags, env: EnvFn<'_>) -> anyhow::Result<(Eng
         engine = engine.with_cache(Arc::new(ResponseCache::new(d, cache)));
         ledger = Some(bg);
     }
+    let engine = engine.with_books(books, budget);
     let settings = Settings {
         default_model: cfg.default_model.clone(),
-        budget: Budget {
-            session_usd: cfg.budget.session_usd,
-            daily_usd: cfg.budget.daily_usd,
-        },
+        budget,
         ledger,
         config: cfg,
     };

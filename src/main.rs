@@ -25,6 +25,9 @@ struct Cli {
     /// Retries after the first attempt, for every provider (over $QUORUM_MAX_RETRIES).
     #[arg(long, global = true, value_name = "N")]
     max_retries: Option<u32>,
+    /// Keep no ledger (over $QUORUM_NO_LEDGER); a budget is then a configuration error.
+    #[arg(long, global = true)]
+    no_ledger: bool,
     /// TUI colour theme: dark, light, high-contrast or a user theme (over the config's `theme`).
     #[arg(long, value_name = "NAME")]
     theme: Option<String>,
@@ -71,6 +74,7 @@ fn dispatch() -> i32 {
         config: cli.config,
         timeout_secs: cli.timeout,
         max_retries: cli.max_retries,
+        no_ledger: cli.no_ledger,
     };
     match cli.command {
         Some(Command::Ask(a)) => ask::run(&flags, a),

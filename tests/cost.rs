@@ -9,13 +9,17 @@ use std::sync::Arc;
 use llm_quorum::engine::budget::{self, Budget, Cap, Spend};
 use llm_quorum::engine::cache::{self, CacheSettings, CachedAnswer, ResponseCache};
 use llm_quorum::engine::cost::{self, Price, Pricing};
-use llm_quorum::engine::ledger::{LedgerOptions, LedgerSink, RequestMeta, SqliteLedger};
+use llm_quorum::engine::front::LedgerProblem;
+use llm_quorum::engine::ledger::{
+    BackgroundLedger, LedgerOptions, LedgerSink, RequestMeta, SqliteLedger, LEDGER_FILE,
+};
 use llm_quorum::engine::provider::{ProviderKind, ProviderSpec, Secret};
 use llm_quorum::engine::registry::Registry;
 use llm_quorum::engine::{
     pricing_file, tokens, ChatRequest, Completion, CostSource, EngineConfig, EngineError,
     FinishReason, RunOptions, StreamEvent, ToolCall, Usage,
 };
+use llm_quorum::engine::{Books, StartOptions};
 use llm_quorum::engine::{Engine, Message};
 
 fn close(a: f64, b: f64) -> bool {
@@ -884,49 +888,41 @@ async fn budget_refuses_before_any_request_reaches_the_server() {
         daily_usd: Some(0.01),
     };
     let targets = vec!["openai/gpt-4o-mini".to_string()];
-    let spend_src: Arc<dyn budget::SpendLedger> = ledger.clone();
-    let err = budget::start_run(
-        &engine,
-        Some(spend_src.clone()),
-        budget,
-        req.clone(),
-        targets.clone(),
-        RunOptions::default(),
-        false,
-    )
-    .await
-    .unwrap_err();
+    let path = dir.path().join(LEDGER_FILE);
+    let books = Books::On {
+        ledger: BackgroundLedger::spawn(path.clone(), LedgerOptions::default(), None),
+        path,
+    };
+    let gated = engine.clone().with_books(books, budget);
+    let err = gated
+        .start(req.clone(), targets.clone(), StartOptions::default())
+        .await
+        .unwrap_err();
     assert_eq!(err.kind(), "budget", "{err}");
     assert!(err.to_string().contains("daily budget"), "{err}");
     assert_eq!(server.count(), 0, "nothing may reach the server");
     assert_eq!(ledger.request_count().unwrap(), 1);
     // A budget with no ledger to read spending from refuses too.
-    let err = budget::start_run(
-        &engine,
-        None,
-        budget,
-        req.clone(),
-        targets.clone(),
-        RunOptions::default(),
-        false,
-    )
-    .await
-    .unwrap_err();
-    assert_eq!(err.kind(), "budget");
+    let unusable = Books::Unusable(LedgerProblem {
+        reason: "no data directory".into(),
+        ..Default::default()
+    });
+    let err = engine
+        .clone()
+        .with_books(unusable, budget)
+        .start(req.clone(), targets.clone(), StartOptions::default())
+        .await
+        .unwrap_err();
+    assert_eq!(err.kind(), "ledger");
     assert_eq!(server.count(), 0);
     // --force sends it.
-    let (handle, proj) = budget::start_run(
-        &engine,
-        Some(spend_src),
-        budget,
-        req,
-        targets,
-        RunOptions::default(),
-        true,
-    )
-    .await
-    .unwrap();
-    assert!(proj.is_none());
+    let forced = StartOptions {
+        force: true,
+        ..Default::default()
+    };
+    let started = gated.start(req, targets, forced).await.unwrap();
+    assert!(started.projection.is_none());
+    let handle = started.handle;
     let done = handle.collect().await;
     if not_implemented(&done[0]) {
         eprintln!("SKIP positive control: the openai provider is not implemented on this branch");

@@ -6,7 +6,7 @@ use clap::Args;
 
 use super::{runtime, EXIT_FAILED, EXIT_OK, EXIT_USAGE};
 use crate::app::{self, GlobalFlags};
-use crate::engine::{select, ChatRequest, Message, RunOptions, StreamEvent};
+use crate::engine::{ChatRequest, Completion, Message, RunOptions, StartOptions, StreamEvent};
 
 /// Arguments of `quorum ask`.
 #[derive(Debug, Args)]
@@ -62,6 +62,18 @@ pub(crate) fn read_prompt(words: &[String]) -> Result<String, String> {
     Ok(s)
 }
 
+/// Say on stderr when the ledger could not record a request (the answer stands);
+/// whether it could not.
+pub(crate) fn not_recorded(c: &Completion) -> bool {
+    match &c.not_recorded {
+        Some(why) => {
+            eprintln!("quorum: this request was not recorded in the ledger: {why}");
+            true
+        }
+        None => false,
+    }
+}
+
 /// Run `quorum ask`.
 pub fn run(flags: &GlobalFlags, args: AskArgs) -> i32 {
     let (engine, settings) = match app::load(flags) {
@@ -94,44 +106,24 @@ pub fn run(flags: &GlobalFlags, args: AskArgs) -> i32 {
         eprintln!("quorum: {e}");
         return EXIT_USAGE;
     }
-    let model = match select::expand_targets(&engine, std::slice::from_ref(&model), &req) {
-        Ok(mut m) => m.remove(0),
-        Err(e) => {
-            eprintln!("quorum: {e}");
-            return EXIT_USAGE;
-        }
-    };
-    if let Err(e) = engine.check_targets(std::slice::from_ref(&model)) {
-        eprintln!("quorum: {e}");
-        return EXIT_USAGE;
-    }
-    for w in select::deprecation_warnings(&engine, std::slice::from_ref(&model)) {
-        eprintln!("quorum: warning: {w}");
-    }
-    let opts = RunOptions {
-        stream: !args.no_stream,
-        cache: if args.no_cache { Some(false) } else { None },
+    let opts = StartOptions {
+        run: RunOptions {
+            stream: !args.no_stream,
+            cache: if args.no_cache { Some(false) } else { None },
+            ..Default::default()
+        },
+        force: args.force,
         ..Default::default()
     };
-    let ledger = settings
-        .ledger
-        .clone()
-        .map(|l| std::sync::Arc::new(l) as std::sync::Arc<dyn crate::engine::budget::SpendLedger>);
-    let budget = settings.budget;
     let rt = runtime();
     rt.block_on(async move {
-        let started = crate::engine::budget::start_run(
-            &engine,
-            ledger,
-            budget,
-            req,
-            vec![model],
-            opts,
-            args.force,
-        )
-        .await;
-        let mut handle = match started {
-            Ok((h, _)) => h,
+        let mut handle = match engine.start(req, vec![model], opts).await {
+            Ok(s) => {
+                for w in &s.warnings {
+                    eprintln!("quorum: warning: {w}");
+                }
+                s.handle
+            }
             Err(e) => {
                 eprintln!("quorum: {e}");
                 return EXIT_USAGE;
@@ -196,6 +188,9 @@ pub fn run(flags: &GlobalFlags, args: AskArgs) -> i32 {
                         eprintln!("quorum: {}: {e}", handle.targets[0]);
                     }
                     code = if failed { EXIT_FAILED } else { EXIT_OK };
+                    if not_recorded(&c) {
+                        code = EXIT_FAILED;
+                    }
                 }
                 _ => {}
             }

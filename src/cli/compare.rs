@@ -16,7 +16,7 @@ use crate::engine::compare::{
 use crate::engine::consensus::{
     extract_final_answer, ConsensusOptions, QuestionKind, DEFAULT_THRESHOLD,
 };
-use crate::engine::{ChatRequest, Completion, Message, RunOptions};
+use crate::engine::{ChatRequest, Completion, Message, Refusal, RunOptions, StartOptions};
 use crate::engine::{StreamEvent, TargetEvent};
 
 /// Exit code: every target failed.
@@ -138,8 +138,8 @@ pub fn exit_code(r: &Report) -> i32 {
 }
 
 /// Run `quorum compare`.
-pub fn run(flags: &GlobalFlags, mut args: CompareArgs) -> i32 {
-    let (engine, settings) = match app::load(flags) {
+pub fn run(flags: &GlobalFlags, args: CompareArgs) -> i32 {
+    let (engine, _settings) = match app::load(flags) {
         Ok(x) => x,
         Err(e) => {
             eprintln!("quorum: {e:#}");
@@ -169,25 +169,13 @@ pub fn run(flags: &GlobalFlags, mut args: CompareArgs) -> i32 {
         eprintln!("quorum: {e}");
         return EXIT_USAGE;
     }
-    // `cheapest:TIER` picks its member for this request before anything is checked.
-    match crate::engine::select::expand_targets(&engine, &args.models, &req) {
-        Ok(m) => args.models = m,
-        Err(e) => {
+    // The judge is checked before anything is sent; the targets at the front door.
+    if let Some(j) = &args.judge {
+        if let Err(e) = engine.check_targets(std::slice::from_ref(j)) {
             eprintln!("quorum: {e}");
             return EXIT_USAGE;
         }
     }
-    let mut check = args.models.clone();
-    check.extend(args.judge.iter().cloned());
-    if let Err(e) = engine.check_targets(&check) {
-        eprintln!("quorum: {e}");
-        return EXIT_USAGE;
-    }
-    for w in crate::engine::select::deprecation_warnings(&engine, &args.models) {
-        eprintln!("quorum: warning: {w}");
-    }
-
-    let labels = unique_labels(&args.models);
     let repeat = args.repeat;
     let mut targets = Vec::new();
     let mut slots = Vec::new();
@@ -202,31 +190,26 @@ pub fn run(flags: &GlobalFlags, mut args: CompareArgs) -> i32 {
         kind: args.kind.map(Into::into),
         threshold: args.threshold,
     };
-    let run_opts = RunOptions {
-        cache: if args.no_cache { Some(false) } else { None },
+    let start = StartOptions {
+        run: RunOptions {
+            cache: if args.no_cache { Some(false) } else { None },
+            ..Default::default()
+        },
+        force: args.force,
         ..Default::default()
     };
-    let ledger = settings
-        .ledger
-        .clone()
-        .map(|l| std::sync::Arc::new(l) as std::sync::Arc<dyn crate::engine::budget::SpendLedger>);
     let rt = runtime();
     let report = rt.block_on(async {
-        // A budget refuses the whole fan-out before anything is sent.
-        let mut handle = match crate::engine::budget::start_run(
-            &engine,
-            ledger,
-            settings.budget,
-            req,
-            targets.clone(),
-            run_opts,
-            args.force,
-        )
-        .await
-        {
-            Ok((h, _)) => h,
-            Err(e) => return Err(e),
-        };
+        // The front door refuses the whole fan-out before anything is sent.
+        let started = engine.start(req, targets, start).await?;
+        for w in &started.warnings {
+            eprintln!("quorum: warning: {w}");
+        }
+        // `cheapest:TIER` is named by the member it chose.
+        let targets = started.targets;
+        let models: Vec<String> = targets.iter().step_by(repeat as usize).cloned().collect();
+        let labels = unique_labels(&models);
+        let mut handle = started.handle;
         let cancel = handle.cancel_token();
         tokio::spawn(async move {
             if tokio::signal::ctrl_c().await.is_ok() {
@@ -235,7 +218,7 @@ pub fn run(flags: &GlobalFlags, mut args: CompareArgs) -> i32 {
         });
         let mut done: Vec<Option<Completion>> = vec![None; targets.len()];
         let mut finished = 0;
-        while let Some(TargetEvent { target, event }) = handle.events.recv().await {
+        while let Some(TargetEvent { target, event, .. }) = handle.events.recv().await {
             if let StreamEvent::Finished(c) | StreamEvent::Failed(c) = event {
                 finished += 1;
                 if progress {
@@ -258,7 +241,7 @@ pub fn run(flags: &GlobalFlags, mut args: CompareArgs) -> i32 {
             let outcome = judge_report(&engine, j, &report, RunOptions::default()).await;
             report.judge = Some(outcome);
         }
-        Ok(report)
+        Ok::<_, Refusal>(report)
     });
     let report = match report {
         Ok(r) => r,
@@ -283,6 +266,10 @@ pub fn run(flags: &GlobalFlags, mut args: CompareArgs) -> i32 {
     let mut lock = stdout.lock();
     let _ = lock.write_all(out.as_bytes());
     let _ = lock.flush();
+    let mut unrecorded = false;
+    for (_, _, c) in &report.results {
+        unrecorded |= super::ask::not_recorded(c);
+    }
     for (ti, run, c) in &report.results {
         if let Some(e) = &c.error {
             let run = if repeat > 1 {
@@ -302,7 +289,10 @@ pub fn run(flags: &GlobalFlags, mut args: CompareArgs) -> i32 {
         Some(Err(e)) => eprintln!("quorum: judge skipped: {e}"),
         None => {}
     }
-    exit_code(&report)
+    match exit_code(&report) {
+        EXIT_OK if unrecorded => EXIT_FAILED,
+        code => code,
+    }
 }
 
 // ---------------------------------------------------------------------------

@@ -9,8 +9,7 @@ use serde_json::{json, Value};
 
 use super::{runtime, EXIT_FAILED, EXIT_OK, EXIT_USAGE};
 use crate::app::{self, GlobalFlags};
-use crate::engine::budget::SpendLedger;
-use crate::engine::{ChatRequest, Completion, CostSource, EngineError, Message};
+use crate::engine::{ChatRequest, Completion, CostSource, EngineError, Message, StartOptions};
 use crate::shared::params::{type_name, FieldError, Fields};
 
 /// Exit code: the task spec is invalid (the message names the field).
@@ -407,6 +406,10 @@ pub fn run(flags: &GlobalFlags, args: ExecArgs) -> i32 {
         }
     }
     for (i, t) in targets.iter().enumerate() {
+        // `cheapest:TIER` is chosen for the request at the front door.
+        if t.trim().starts_with("cheapest:") {
+            continue;
+        }
         if let Err(e) = engine.check_targets(std::slice::from_ref(t)) {
             let field = if task.models.len() > 1 || task.several {
                 format!("models[{i}]")
@@ -447,32 +450,25 @@ pub fn run(flags: &GlobalFlags, args: ExecArgs) -> i32 {
         };
         return bail(tid.as_deref(), early, started);
     }
-    let opts = crate::engine::RunOptions {
-        session_id: task.session_id.clone(),
-        trace_id: task.trace_id.clone(),
-        source_agent: task.source_agent.clone(),
-        cache: if args.no_cache { Some(false) } else { None },
+    let opts = StartOptions {
+        run: crate::engine::RunOptions {
+            session_id: task.session_id.clone(),
+            trace_id: task.trace_id.clone(),
+            source_agent: task.source_agent.clone(),
+            cache: if args.no_cache { Some(false) } else { None },
+            ..Default::default()
+        },
         ..Default::default()
     };
-    let ledger = settings
-        .ledger
-        .clone()
-        .map(|l| std::sync::Arc::new(l) as std::sync::Arc<dyn SpendLedger>);
-    let budget = settings.budget;
     let rt = runtime();
     rt.block_on(async move {
-        let started_run = crate::engine::budget::start_run(
-            &engine,
-            ledger,
-            budget,
-            req,
-            targets.clone(),
-            opts,
-            false,
-        )
-        .await;
-        let handle = match started_run {
-            Ok((h, _)) => h,
+        let (handle, targets) = match engine.start(req, targets, opts).await {
+            Ok(s) => {
+                for w in &s.warnings {
+                    eprintln!("quorum: warning: {w}");
+                }
+                (s.handle, s.targets)
+            }
             Err(e) => {
                 let early = Early {
                     code: EXIT_USAGE,
@@ -497,6 +493,19 @@ pub fn run(flags: &GlobalFlags, args: ExecArgs) -> i32 {
         for (c, t) in cs.iter().zip(&targets) {
             if let Some(e) = &c.error {
                 eprintln!("quorum: {t}: {e}");
+            }
+        }
+        // An answer the ledger could not record still counts as delivered, but the
+        // run is not clean: exit 1 and say why.
+        let unrecorded: Vec<&str> = cs
+            .iter()
+            .filter_map(|c| c.not_recorded.as_deref())
+            .collect();
+        if let Some(why) = unrecorded.first() {
+            eprintln!("quorum: this request was not recorded in the ledger: {why}");
+            v["not_recorded"] = json!(why);
+            if v["exit_code"].as_i64() == Some(0) {
+                v["exit_code"] = json!(1);
             }
         }
         print(&v);

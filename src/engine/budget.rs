@@ -11,14 +11,12 @@
 //! A budget (per session, per day) refuses a run whose bound would cross a cap, before
 //! anything is sent; spend so far comes from the ledger.
 
-use std::sync::Arc;
-
 use super::cost::Pricing;
 use super::error::EngineError;
 use super::event::Usage;
 use super::ledger::{BackgroundLedger, SqliteLedger};
 use super::request::ChatRequest;
-use super::run::{Engine, RunHandle, RunOptions};
+use super::run::Engine;
 use super::tokens;
 
 /// Headroom on prompt-token estimates for families whose tokenizer we do not have.
@@ -360,62 +358,4 @@ impl SpendLedger for BackgroundLedger {
         self.wait()?
             .note_run(run_id, session_id, trace_id, targets, projected_usd, prompt)
     }
-}
-
-/// Start a run unless it would cross a budget: project, read the spend from the ledger,
-/// refuse before anything is sent (`EngineError::Budget`; the CLI exits 2), else run and
-/// note the run with its bound in the ledger. `force` skips the check.
-pub async fn start_run(
-    engine: &Engine,
-    ledger: Option<Arc<dyn SpendLedger>>,
-    budget: Budget,
-    req: ChatRequest,
-    targets: Vec<String>,
-    opts: RunOptions,
-    force: bool,
-) -> Result<(RunHandle, Option<Projection>), EngineError> {
-    let mut projection = None;
-    if budget.is_set() && !force {
-        let (e2, r2, t2) = (engine.clone(), req.clone(), targets.clone());
-        let p = tokio::task::spawn_blocking(move || project(&e2, &r2, &t2))
-            .await
-            .map_err(|e| EngineError::Config {
-                message: format!("projection failed: {e}"),
-            })??;
-        let Some(ledger) = &ledger else {
-            return Err(EngineError::Budget {
-                message: "a budget is set but the ledger is unavailable, so spending so far is unknown (pass --force to send anyway)".into(),
-            });
-        };
-        let l2 = ledger.clone();
-        let session = opts.session_id.clone();
-        let spend = tokio::task::spawn_blocking(move || l2.spend(session.as_deref()))
-            .await
-            .map_err(|e| EngineError::Config {
-                message: format!("ledger read failed: {e}"),
-            })?
-            .map_err(|message| EngineError::Config { message })?;
-        budget.check(spend, &p)?;
-        projection = Some(p);
-    }
-    let prompt = req.last_user_text().to_string();
-    let session = opts.session_id.clone();
-    let handle = engine.run(req, targets.clone(), opts);
-    if let Some(ledger) = ledger {
-        let l2 = ledger.clone();
-        let (run_id, trace) = (handle.run_id.clone(), handle.trace_id.clone());
-        let bound = projection.as_ref().and_then(|p| p.total_usd());
-        let _ = tokio::task::spawn_blocking(move || {
-            l2.note_run(
-                &run_id,
-                session.as_deref(),
-                Some(&trace),
-                &targets,
-                bound,
-                &prompt,
-            )
-        })
-        .await;
-    }
-    Ok((handle, projection))
 }

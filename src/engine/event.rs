@@ -247,6 +247,10 @@ pub struct Completion {
     /// The error, when the request failed.
     #[serde(serialize_with = "ser_error")]
     pub error: Option<EngineError>,
+    /// Set when the ledger could not record this request: why. The answer stands;
+    /// the face says so and exits 1.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub not_recorded: Option<String>,
 }
 
 /// The first reason an answer failed its JSON check.

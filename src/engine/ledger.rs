@@ -76,8 +76,9 @@ const NOW: &str = "strftime('%Y-%m-%dT%H:%M:%fZ','now')";
 
 /// Schema migrations; migration `i` takes `user_version` from `i` to `i + 1`.
 fn migrations() -> Vec<String> {
-    vec![format!(
-        "CREATE TABLE sessions (
+    vec![
+        format!(
+            "CREATE TABLE sessions (
             id           TEXT PRIMARY KEY,
             created_at   TEXT NOT NULL DEFAULT ({NOW}),
             label        TEXT,
@@ -143,12 +144,141 @@ fn migrations() -> Vec<String> {
             created_at TEXT NOT NULL DEFAULT ({NOW})
         );
         CREATE INDEX votes_run ON votes(run_id);"
-    )]
+        ),
+        // Reservations: a run holds its projected bound from the moment the cap is
+        // checked until it settles; `pid` lets another process expire the holds of
+        // a process that died.
+        "ALTER TABLE runs ADD COLUMN reserved_usd REAL;
+        ALTER TABLE runs ADD COLUMN budget_session TEXT;
+        ALTER TABLE runs ADD COLUMN pid INTEGER;
+        ALTER TABLE runs ADD COLUMN settled_at TEXT;
+        CREATE INDEX runs_open ON runs(settled_at) WHERE reserved_usd > 0;
+        CREATE INDEX runs_budget_session ON runs(budget_session);"
+            .to_string(),
+    ]
 }
 
 /// The schema version this build writes.
 pub fn schema_version() -> i64 {
     migrations().len() as i64
+}
+
+/// A run as noted before it is sent.
+#[derive(Debug, Clone, Copy)]
+pub struct RunNote<'a> {
+    /// Run id.
+    pub run_id: &'a str,
+    /// Ledger session.
+    pub session_id: Option<&'a str>,
+    /// The session whose cap applies (default: `session_id`).
+    pub budget_session: Option<&'a str>,
+    /// Trace id.
+    pub trace_id: Option<&'a str>,
+    /// Targets as resolved.
+    pub targets: &'a [String],
+    /// The run's bound, when known.
+    pub projected_usd: Option<f64>,
+    /// The last user message.
+    pub prompt: &'a str,
+}
+
+/// The caps a run must fit, with its bound.
+#[derive(Debug, Clone, Copy)]
+pub struct Gate<'a> {
+    /// The caps.
+    pub budget: &'a super::budget::Budget,
+    /// The run's projection.
+    pub projection: &'a super::budget::Projection,
+}
+
+/// Why [`SqliteLedger::begin_run`] did not note the run.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Refused {
+    /// A cap would be crossed.
+    Budget(super::budget::Refusal),
+    /// The ledger could not be written.
+    Ledger(String),
+}
+
+/// Runs holding a reservation.
+const OPEN: &str = "r.settled_at IS NULL AND r.reserved_usd > 0";
+/// What a run still holds: its reservation less what its finished requests cost.
+const OUTSTANDING: &str = "MAX(r.reserved_usd - COALESCE((SELECT SUM(q.cost_usd) FROM requests q WHERE q.run_id = r.id), 0), 0)";
+
+fn spend_in(conn: &Connection, session: Option<&str>) -> rusqlite::Result<Spend> {
+    let held: f64 = conn.query_row(
+        &format!("SELECT COALESCE(SUM({OUTSTANDING}), 0) FROM runs r WHERE {OPEN}"),
+        [],
+        |r| r.get(0),
+    )?;
+    let today: f64 = conn.query_row(
+        "SELECT COALESCE(SUM(cost_usd), 0) FROM requests
+         WHERE created_at >= strftime('%Y-%m-%dT%H:%M:%fZ', 'now', 'localtime', 'start of day', 'utc')",
+        [],
+        |r| r.get(0),
+    )?;
+    let session_usd: f64 = match session {
+        Some(s) => {
+            let done: f64 = conn.query_row(
+                "SELECT COALESCE(SUM(q.cost_usd), 0) FROM requests q
+                 WHERE q.run_id IN (SELECT id FROM runs WHERE budget_session = ?1)
+                    OR (q.session_id = ?1 AND q.run_id NOT IN
+                        (SELECT id FROM runs WHERE budget_session IS NOT NULL))",
+                [s],
+                |r| r.get(0),
+            )?;
+            let held: f64 = conn.query_row(
+                &format!(
+                    "SELECT COALESCE(SUM({OUTSTANDING}), 0) FROM runs r WHERE {OPEN} AND r.budget_session = ?1"
+                ),
+                [s],
+                |r| r.get(0),
+            )?;
+            done + held
+        }
+        None => 0.0,
+    };
+    Ok(Spend {
+        session_usd,
+        today_usd: today + held,
+    })
+}
+
+/// Settle the reservations of processes that are gone (a crash, a kill -9).
+fn expire_dead(conn: &Connection) -> rusqlite::Result<()> {
+    let me = std::process::id() as i64;
+    let pids: Vec<i64> = conn
+        .prepare(&format!(
+            "SELECT DISTINCT pid FROM runs r WHERE {OPEN} AND pid IS NOT NULL AND pid <> ?1"
+        ))?
+        .query_map([me], |r| r.get(0))?
+        .collect::<Result<_, _>>()?;
+    for pid in pids {
+        if !process_alive(pid) {
+            conn.execute(
+                &format!(
+                    "UPDATE runs SET settled_at = {NOW} WHERE pid = ?1 AND settled_at IS NULL"
+                ),
+                [pid],
+            )?;
+        }
+    }
+    Ok(())
+}
+
+#[cfg(unix)]
+fn process_alive(pid: i64) -> bool {
+    let Ok(pid) = libc::pid_t::try_from(pid) else {
+        return false;
+    };
+    // Signal 0 checks existence only; EPERM means it exists under another user.
+    let alive = unsafe { libc::kill(pid, 0) } == 0;
+    alive || std::io::Error::last_os_error().raw_os_error() == Some(libc::EPERM)
+}
+
+#[cfg(not(unix))]
+fn process_alive(_pid: i64) -> bool {
+    true
 }
 
 /// The SQLite ledger.
@@ -272,6 +402,20 @@ impl SqliteLedger {
         self.conn
             .lock()
             .map_err(|_| "ledger: lock poisoned".to_string())
+    }
+
+    /// Whether the file takes a write now: rewrites its schema version in a committed
+    /// transaction (the cheapest real write).
+    pub fn check_writable(&self) -> Result<(), String> {
+        let mut conn = self.lock()?;
+        let tx = conn
+            .transaction_with_behavior(TransactionBehavior::Immediate)
+            .map_err(sql_err)?;
+        let v: i64 = tx
+            .query_row("PRAGMA user_version", [], |r| r.get(0))
+            .map_err(sql_err)?;
+        tx.pragma_update(None, "user_version", v).map_err(sql_err)?;
+        tx.commit().map_err(sql_err)
     }
 
     /// The schema version of the open file.
@@ -461,32 +605,96 @@ impl SqliteLedger {
             .map_err(sql_err)
     }
 
-    /// What was spent today (local calendar day) and in `session`. Unknown costs count
-    /// as nothing here: they are shown as unknown elsewhere.
+    /// What was spent today (local calendar day) and in `session`, counting what runs in
+    /// flight still hold (see [`SqliteLedger::begin_run`]). Unknown costs count as nothing
+    /// here: they are shown as unknown elsewhere.
     pub fn spend(&self, session: Option<&str>) -> Result<Spend, String> {
         let conn = self.lock()?;
-        let today: f64 = conn
-            .query_row(
-                "SELECT COALESCE(SUM(cost_usd), 0) FROM requests
-                 WHERE created_at >= strftime('%Y-%m-%dT%H:%M:%fZ', 'now', 'localtime', 'start of day', 'utc')",
-                [],
-                |r| r.get(0),
+        spend_in(&conn, session).map_err(sql_err)
+    }
+
+    /// Note a run before anything is sent, and when `gate` is given reserve its bound in
+    /// the same `BEGIN IMMEDIATE` transaction that checks the caps: concurrent runs, in
+    /// this process or another one sharing the file, can never together cross a cap.
+    /// The reservation holds until [`SqliteLedger::settle_run`].
+    pub fn begin_run(&self, note: &RunNote<'_>, gate: Option<Gate<'_>>) -> Result<(), Refused> {
+        let targets =
+            serde_json::to_string(note.targets).map_err(|e| Refused::Ledger(e.to_string()))?;
+        let content = self.opts.log_content;
+        let mut conn = self.lock().map_err(Refused::Ledger)?;
+        // Bookkeeping before the send: atomic and consistent (WAL) without its own
+        // fsync; it becomes durable with the first request row's.
+        conn.pragma_update(None, "synchronous", "NORMAL")
+            .map_err(|e| Refused::Ledger(sql_err(e)))?;
+        let r = (|| {
+            let tx = conn
+                .transaction_with_behavior(TransactionBehavior::Immediate)
+                .map_err(|e| Refused::Ledger(sql_err(e)))?;
+            let sql = |e| Refused::Ledger(sql_err(e));
+            let mut reserved = None;
+            if let Some(g) = gate {
+                expire_dead(&tx).map_err(sql)?;
+                let spend = spend_in(&tx, note.budget_session).map_err(sql)?;
+                g.budget
+                    .check(spend, g.projection)
+                    .map_err(Refused::Budget)?;
+                reserved = Some(g.projection.known_usd());
+            }
+            if let Some(s) = note.session_id {
+                tx.execute("INSERT OR IGNORE INTO sessions (id) VALUES (?1)", [s])
+                    .map_err(sql)?;
+            }
+            tx.execute(
+                "INSERT INTO runs (id, session_id, trace_id, targets, projected_usd, prompt,
+                                   reserved_usd, budget_session, pid)
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9)
+                 ON CONFLICT(id) DO UPDATE SET targets = excluded.targets,
+                     projected_usd = excluded.projected_usd,
+                     reserved_usd = excluded.reserved_usd,
+                     budget_session = excluded.budget_session, pid = excluded.pid",
+                params![
+                    note.run_id,
+                    note.session_id,
+                    note.trace_id,
+                    targets,
+                    note.projected_usd,
+                    content.then_some(note.prompt),
+                    reserved,
+                    note.budget_session.or(note.session_id),
+                    std::process::id(),
+                ],
             )
-            .map_err(sql_err)?;
-        let session_usd: f64 = match session {
-            Some(s) => conn
-                .query_row(
-                    "SELECT COALESCE(SUM(cost_usd), 0) FROM requests WHERE session_id = ?1",
-                    [s],
-                    |r| r.get(0),
-                )
-                .map_err(sql_err)?,
-            None => 0.0,
-        };
-        Ok(Spend {
-            session_usd,
-            today_usd: today,
-        })
+            .map_err(sql)?;
+            tx.commit().map_err(sql)
+        })();
+        let full = conn.pragma_update(None, "synchronous", "FULL");
+        r?;
+        full.map_err(|e| Refused::Ledger(sql_err(e)))
+    }
+
+    /// End a run's reservation: what it really cost is in its request rows now (a
+    /// failed or cancelled request costs what it used, often nothing).
+    pub fn settle_run(&self, run_id: &str) -> Result<(), String> {
+        self.lock()?
+            .execute(
+                &format!("UPDATE runs SET settled_at = {NOW} WHERE id = ?1 AND settled_at IS NULL"),
+                [run_id],
+            )
+            .map(|_| ())
+            .map_err(sql_err)
+    }
+
+    /// Runs still holding a reservation (for tests and `llm.health`).
+    pub fn open_reservations(&self) -> Result<(u64, f64), String> {
+        self.lock()?
+            .query_row(
+                &format!(
+                    "SELECT COUNT(*), COALESCE(SUM({OUTSTANDING}), 0) FROM runs r WHERE {OPEN}"
+                ),
+                [],
+                |r| Ok((r.get::<_, i64>(0)? as u64, r.get(1)?)),
+            )
+            .map_err(sql_err)
     }
 
     /// Totals grouped by `by`, most recent first.

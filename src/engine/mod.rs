@@ -22,6 +22,7 @@ pub mod consensus;
 pub mod cost;
 pub mod discovery;
 pub mod files;
+pub mod front;
 pub mod judge;
 pub mod ledger;
 pub mod options;
@@ -33,4 +34,5 @@ pub mod select;
 pub mod tokens;
 pub mod validate;
 
+pub use front::{Books, Refusal, StartOptions, Started};
 pub use run::{Engine, EngineConfig, RunHandle, RunOptions, TargetEvent};

@@ -13,10 +13,12 @@ use tokio::sync::mpsc;
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
+use super::budget::Budget;
 use super::cache::{self, CachedAnswer, ResponseCache};
 use super::cost::Pricing;
 use super::error::EngineError;
 use super::event::{Accumulator, Completion, Delta, FinishReason, StreamEvent};
+use super::front::{Books, LedgerHealth, Settle};
 use super::ledger::{LedgerSink, RequestMeta};
 use super::provider::http::{Attempt, CallContext, LazyClient};
 use super::registry::{Registry, Resolved};
@@ -144,6 +146,9 @@ struct Inner {
     ledger: Option<Arc<dyn LedgerSink>>,
     cache: Option<Arc<ResponseCache>>,
     seq: AtomicU64,
+    books: Books,
+    budget: Budget,
+    health: Arc<LedgerHealth>,
 }
 
 /// The engine. Cheap to clone.
@@ -180,6 +185,9 @@ impl Engine {
                 ledger: None,
                 cache: None,
                 seq: AtomicU64::new(0),
+                books: Books::Off,
+                budget: Budget::default(),
+                health: Arc::default(),
             }),
         })
     }
@@ -195,6 +203,9 @@ impl Engine {
             ledger: arc.ledger.clone(),
             cache: arc.cache.clone(),
             seq: AtomicU64::new(arc.seq.load(Ordering::Relaxed)),
+            books: arc.books.clone(),
+            budget: arc.budget,
+            health: arc.health.clone(),
         })
     }
 
@@ -214,6 +225,32 @@ impl Engine {
         Engine {
             inner: Arc::new(inner),
         }
+    }
+
+    /// Attach the books the front door keeps ([`Engine::start`]) and the caps it holds
+    /// runs to.
+    pub fn with_books(self, books: Books, budget: Budget) -> Engine {
+        let mut inner = self.into_inner();
+        inner.books = books;
+        inner.budget = budget;
+        Engine {
+            inner: Arc::new(inner),
+        }
+    }
+
+    /// Where the books are kept.
+    pub fn books(&self) -> &Books {
+        &self.inner.books
+    }
+
+    /// The spending caps.
+    pub fn budget(&self) -> Budget {
+        self.inner.budget
+    }
+
+    /// Failed ledger writes since start.
+    pub fn ledger_health(&self) -> &LedgerHealth {
+        &self.inner.health
     }
 
     /// The registry.
@@ -244,16 +281,41 @@ impl Engine {
             .collect()
     }
 
-    /// Start a run: one task per target. Must be called inside a tokio runtime.
+    /// Start a run with no checks: one task per target. Faces call
+    /// [`Engine::start`] instead. Must be called inside a tokio runtime.
     pub fn run(&self, request: ChatRequest, targets: Vec<String>, opts: RunOptions) -> RunHandle {
+        let run_id = self.next_run_id();
+        let trace_id = self.trace_id_for(&opts);
+        self.run_with(request, targets, opts, run_id, trace_id, None, None)
+    }
+
+    pub(crate) fn next_run_id(&self) -> String {
         let n = self.inner.seq.fetch_add(1, Ordering::Relaxed);
-        let run_id = format!("run-{}-{n}", new_id(8));
-        let trace_id = opts
-            .trace_id
+        format!("run-{}-{n}", new_id(8))
+    }
+
+    pub(crate) fn trace_id_for(&self, opts: &RunOptions) -> String {
+        opts.trace_id
             .clone()
             .filter(|t| t.len() == 32 && t.bytes().all(|b| b.is_ascii_hexdigit()))
-            .unwrap_or_else(|| new_id(16));
-        let (tx, rx) = mpsc::channel(1024);
+            .unwrap_or_else(|| new_id(16))
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    pub(crate) fn run_with(
+        &self,
+        request: ChatRequest,
+        targets: Vec<String>,
+        opts: RunOptions,
+        run_id: String,
+        trace_id: String,
+        events: Option<mpsc::Sender<TargetEvent>>,
+        settle: Option<Arc<Settle>>,
+    ) -> RunHandle {
+        let (tx, rx) = match events {
+            Some(tx) => (tx, mpsc::channel(1).1),
+            None => mpsc::channel(1024),
+        };
         let cancel = CancellationToken::new();
         let request = Arc::new(request);
         let mut per_target = Vec::new();
@@ -269,6 +331,7 @@ impl Engine {
                 run_id: run_id.clone(),
                 trace_id: trace_id.clone(),
                 cancel: token,
+                _settle: settle.clone(),
                 tx: tx.clone(),
             };
             tokio::spawn(job.run());
@@ -300,6 +363,8 @@ struct TargetJob {
     run_id: String,
     trace_id: String,
     cancel: CancellationToken,
+    /// Dropped before `tx`, so a run's reservation is settled before its channel closes.
+    _settle: Option<Arc<Settle>>,
     tx: mpsc::Sender<TargetEvent>,
 }
 
@@ -642,6 +707,8 @@ impl TargetJob {
             let res = tokio::task::spawn_blocking(move || ledger.record(&meta, &row)).await;
             if let Ok(Err(e)) | Err(e) = res.map_err(|e| e.to_string()) {
                 tracing::error!("ledger write failed: {e}");
+                self.inner.health.fail(&e);
+                c.not_recorded = Some(e);
             }
         }
         let ev = if failed {

@@ -468,6 +468,17 @@ impl Metrics {
         }
         head(
             &mut o,
+            "quorum_ledger_write_failures_total",
+            "counter",
+            "Requests answered whose ledger row could not be written.",
+        );
+        let _ = writeln!(
+            o,
+            "quorum_ledger_write_failures_total {}",
+            engine.ledger_health().failures()
+        );
+        head(
+            &mut o,
             "quorum_rpc_errors_total",
             "counter",
             "JSON-RPC error responses by error code.",

@@ -34,9 +34,10 @@ use serde_json::json;
 use tokio_util::sync::CancellationToken;
 
 use crate::app::{self, GlobalFlags, Settings};
-use crate::engine::budget::{self, Budget, SpendLedger};
 use crate::engine::ledger::BackgroundLedger;
-use crate::engine::{ChatRequest, Engine, EngineError, RunHandle, RunOptions};
+use crate::engine::{
+    Books, ChatRequest, Engine, EngineError, Refusal, RunHandle, RunOptions, StartOptions,
+};
 use crate::shared::exit::{EXIT_FAILED, EXIT_OK, EXIT_USAGE};
 
 pub use metrics::Metrics;
@@ -116,6 +117,8 @@ pub struct AppState {
     pub metrics: Arc<Metrics>,
     /// Options.
     pub opts: ServeOptions,
+    /// This server process's session: budget caps count it as one.
+    pub session: String,
 }
 
 impl std::fmt::Debug for AppState {
@@ -136,71 +139,72 @@ impl AppState {
             settings,
             metrics: Arc::new(Metrics::new()),
             opts,
+            session: format!(
+                "serve-{}-{}",
+                std::process::id(),
+                crate::engine::run::new_id(4)
+            ),
         })
     }
 
-    fn spend_ledger(&self) -> Option<Arc<dyn SpendLedger>> {
-        self.settings
-            .ledger
-            .clone()
-            .map(|l| Arc::new(l) as Arc<dyn SpendLedger>)
-    }
-
-    fn budget(&self) -> Budget {
-        self.settings.budget
-    }
-
-    /// Start a run after the checks every face makes before sending:
-    /// targets resolve and are allowed, the budget's projection fits.
+    /// Start a run through the engine's front door. Budget caps count this server
+    /// process as one session (see `--help`): a client's own session id labels its
+    /// rows in the ledger but cannot walk around the cap.
     pub async fn start(
         &self,
         req: ChatRequest,
         targets: Vec<String>,
-        opts: RunOptions,
+        mut opts: RunOptions,
     ) -> Result<RunHandle, StartError> {
-        let r = self.start_checked(req, targets, opts).await;
-        if let Err(e) = &r {
-            self.metrics.refusal(match e {
-                StartError::Engine(e) => e.kind(),
-                StartError::Internal(_) => "internal",
-            });
+        if opts.session_id.is_none() {
+            opts.session_id = Some(self.session.clone());
         }
-        r
-    }
-
-    async fn start_checked(
-        &self,
-        req: ChatRequest,
-        targets: Vec<String>,
-        opts: RunOptions,
-    ) -> Result<RunHandle, StartError> {
-        self.engine.check_targets(&targets)?;
-        if self.budget().is_set() {
-            // Spending so far comes from the ledger: without it the cap cannot be kept.
-            let ledger = self.settings.ledger.clone();
-            let problem = tokio::task::spawn_blocking(move || match ledger {
-                None => Some("no data directory for the ledger".to_string()),
-                Some(l) => l.wait().err(),
-            })
-            .await
-            .unwrap_or_else(|e| Some(e.to_string()));
-            if let Some(p) = problem {
-                return Err(StartError::Internal(format!(
-                    "a budget is set but the ledger is unavailable: {p}"
-                )));
+        let start = StartOptions {
+            run: opts,
+            budget_session: Some(self.session.clone()),
+            ..Default::default()
+        };
+        match self.engine.start(req, targets, start).await {
+            Ok(s) => Ok(s.handle),
+            Err(r) => {
+                self.metrics.refusal(match &r {
+                    Refusal::Ledger(_) => "internal",
+                    r => r.kind(),
+                });
+                Err(match r {
+                    Refusal::Ledger(p) => StartError::Internal(p.to_string()),
+                    r => StartError::Engine(r.into()),
+                })
             }
         }
-        let (h, _) = budget::start_run(
-            &self.engine,
-            self.spend_ledger(),
-            self.budget(),
-            req,
-            targets,
-            opts,
-            false,
-        )
-        .await?;
-        Ok(h)
+    }
+
+    /// `ok`, or `degraded` when the ledger cannot be used or a write to it failed.
+    pub fn health_word(&self) -> &'static str {
+        if self.ledger_word() == "ok"
+            || self.ledger_word() == "opening"
+            || self.ledger_word() == "off"
+        {
+            "ok"
+        } else {
+            "degraded"
+        }
+    }
+
+    /// The ledger's state: `ok`, `opening`, `off`, `unavailable`, or `failing` (writes failed).
+    pub fn ledger_word(&self) -> &'static str {
+        if self.engine.ledger_health().failures() > 0 {
+            return "failing";
+        }
+        match self.engine.books() {
+            Books::Off => "off",
+            Books::Unusable(_) => "unavailable",
+            Books::On { ledger, .. } => match ledger.ready() {
+                None => "opening",
+                Some(Ok(_)) => "ok",
+                Some(Err(_)) => "unavailable",
+            },
+        }
     }
 }
 
@@ -270,10 +274,14 @@ pub fn router(state: Arc<AppState>) -> Router {
         .with_state(state)
 }
 
-async fn healthz() -> Response {
+async fn healthz(State(state): State<Arc<AppState>>) -> Response {
     (
         [(header::CACHE_CONTROL, "no-store")],
-        axum::Json(json!({"status": "ok"})),
+        axum::Json(json!({
+            "status": state.health_word(),
+            "ledger": state.ledger_word(),
+            "ledger_write_failures": state.engine.ledger_health().failures(),
+        })),
     )
         .into_response()
 }

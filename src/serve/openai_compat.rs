@@ -604,12 +604,19 @@ async fn chat(state: Arc<AppState>, headers: HeaderMap, body: Body) -> Result<Re
     let p = parse(&bytes)?;
     let hmeta = CallMeta::from_headers(&headers).map_err(|m| ApiError::invalid(None, m))?;
     let meta = hmeta.merge(p.meta.clone());
-    let checked = state.engine.check_targets(std::slice::from_ref(&p.model));
+    // An unknown model is a 404 here; `cheapest:TIER` is chosen at the front door.
+    let checked = match p.model.trim().starts_with("cheapest:") {
+        true => Ok(()),
+        false => state
+            .engine
+            .check_targets(std::slice::from_ref(&p.model))
+            .map(|_| ()),
+    };
     if let Err(e) = &checked {
         state.metrics.refusal(e.kind());
     }
-    let resolved = match checked {
-        Ok(mut r) => r.remove(0),
+    match checked {
+        Ok(()) => {}
         Err(e @ EngineError::Config { .. }) => {
             return Err(ApiError {
                 status: StatusCode::NOT_FOUND,
@@ -621,8 +628,7 @@ async fn chat(state: Arc<AppState>, headers: HeaderMap, body: Body) -> Result<Re
             })
         }
         Err(e) => return Err(engine_error(&e)),
-    };
-    let model_id = resolved.id();
+    }
     let handle = state
         .start(p.request, vec![p.model.clone()], meta.run_options())
         .await
@@ -637,6 +643,7 @@ async fn chat(state: Arc<AppState>, headers: HeaderMap, body: Body) -> Result<Re
                 retry_after: None,
             },
         })?;
+    let model_id = handle.targets[0].clone();
     let id = format!("chatcmpl-{}", handle.run_id);
     let (run_id, trace_id) = (handle.run_id.clone(), handle.trace_id.clone());
     let trace_header = HeaderValue::from_str(&trace_id).ok();

@@ -628,7 +628,7 @@ async fn compare(state: &AppState, f: Fields<'_>, hmeta: CallMeta) -> Result<Val
         .map_err(start_error)?;
     let _cancel = CancelOnDrop(handle.cancel_token());
     let mut done: Vec<Option<Completion>> = vec![None; targets.len()];
-    while let Some(TargetEvent { target, event }) = handle.events.recv().await {
+    while let Some(TargetEvent { target, event, .. }) = handle.events.recv().await {
         if let StreamEvent::Finished(c) | StreamEvent::Failed(c) = event {
             state.metrics.record("rpc", &c);
             done[target] = Some(*c);
@@ -690,19 +690,13 @@ fn health(state: &AppState, f: Fields<'_>) -> Result<Value, RpcError> {
             })
         })
         .collect();
-    let ledger = match &state.settings.ledger {
-        None => "none",
-        Some(l) => match l.ready() {
-            None => "opening",
-            Some(Ok(_)) => "ok",
-            Some(Err(_)) => "unavailable",
-        },
-    };
     Ok(json!({
-        "status": "ok",
+        "status": state.health_word(),
+        "ledger": state.ledger_word(),
+        "ledger_write_failures": state.engine.ledger_health().failures(),
+        "ledger_last_error": state.engine.ledger_health().last_error(),
         "version": crate::shared::version_string(),
         "in_flight": state.metrics.in_flight_now(),
-        "ledger": ledger,
         "providers": providers,
     }))
 }

@@ -31,7 +31,10 @@ use tokio::sync::{mpsc, watch};
 use crate::app::{GlobalFlags, Settings};
 use crate::engine::budget::{self, Budget, Projection, SpendLedger};
 use crate::engine::ledger::BackgroundLedger;
-use crate::engine::{ChatRequest, Engine, RunHandle, RunOptions};
+use crate::engine::{
+    ChatRequest, Completion, Engine, FinishReason, RunHandle, RunOptions, StartOptions,
+    StreamEvent, TargetEvent,
+};
 
 pub use app::{App, AppInit};
 pub use msg::{Cmd, HistRun, Msg};
@@ -211,6 +214,8 @@ pub struct EngineEffects {
     tx: mpsc::Sender<Msg>,
     projector: watch::Sender<Option<(u64, Groups)>>,
     data_dir: Option<PathBuf>,
+    /// The next start skips the budget (the user chose to send anyway).
+    force_next: bool,
 }
 
 impl EngineEffects {
@@ -292,6 +297,7 @@ impl EngineEffects {
             tx,
             projector: ptx,
             data_dir,
+            force_next: false,
         }
     }
 
@@ -343,8 +349,13 @@ fn group_runs(rows: Vec<crate::engine::ledger::RequestRow>, limit: usize) -> Vec
 
 impl Effects for EngineEffects {
     fn seen(&mut self, msg: &Msg) {
-        if let Msg::RunClosed { run } = msg {
-            self.handles.remove(run);
+        match msg {
+            Msg::RunClosed { run } => {
+                self.handles.remove(run);
+            }
+            // A send after a refused check is the user's "send anyway".
+            Msg::BudgetChecked(r) => self.force_next = r.is_err(),
+            _ => {}
         }
     }
 
@@ -355,13 +366,50 @@ impl Effects for EngineEffects {
                 request,
                 targets,
             } => {
-                let prompt = request.last_user_text().to_string();
-                let opts = RunOptions {
-                    session_id: Some(self.session.clone()),
-                    source_agent: Some("quorum-tui".into()),
+                let opts = StartOptions {
+                    run: RunOptions {
+                        session_id: Some(self.session.clone()),
+                        source_agent: Some("quorum-tui".into()),
+                        ..Default::default()
+                    },
+                    // The user saw the budget's refusal and chose to send anyway.
+                    force: std::mem::take(&mut self.force_next),
                     ..Default::default()
                 };
-                let mut h = self.engine.run(request, targets.clone(), opts);
+                // The front door is quick (a projection and one ledger transaction):
+                // wait for it here so the run's handle exists before the next command.
+                let engine = self.engine.clone();
+                let started = tokio::task::block_in_place(|| {
+                    tokio::runtime::Handle::current().block_on(engine.start(
+                        request,
+                        targets.clone(),
+                        opts,
+                    ))
+                });
+                let mut h = match started {
+                    Ok(s) => s.handle,
+                    Err(refusal) => {
+                        // Nothing was sent: every pane of the run says why.
+                        let tx = self.tx.clone();
+                        tokio::spawn(async move {
+                            for (target, t) in targets.iter().enumerate() {
+                                let c = Completion {
+                                    model: t.clone(),
+                                    finish_reason: FinishReason::Error,
+                                    error: Some(refusal.clone().into()),
+                                    ..Default::default()
+                                };
+                                let event = TargetEvent {
+                                    target,
+                                    event: StreamEvent::Failed(Box::new(c)),
+                                };
+                                let _ = tx.send(Msg::Engine { run, event }).await;
+                            }
+                            let _ = tx.send(Msg::RunClosed { run }).await;
+                        });
+                        return;
+                    }
+                };
                 let (_keep, dummy) = mpsc::channel(1);
                 let mut events = std::mem::replace(&mut h.events, dummy);
                 let tx = self.tx.clone();
@@ -373,17 +421,6 @@ impl Effects for EngineEffects {
                     }
                     let _ = tx.send(Msg::RunClosed { run }).await;
                 });
-                if let Some(l) = self.ledger.clone() {
-                    let (id, trace, session) =
-                        (h.run_id.clone(), h.trace_id.clone(), self.session.clone());
-                    tokio::task::spawn_blocking(move || {
-                        if let Err(e) =
-                            l.note_run(&id, Some(&session), Some(&trace), &targets, None, &prompt)
-                        {
-                            tracing::warn!("ledger: cannot note run {id}: {e}");
-                        }
-                    });
-                }
                 self.run_ids.insert(run, h.run_id.clone());
                 self.handles.insert(run, h);
             }

@@ -1,0 +1,336 @@
+//! The front door: [`Engine::start`], the one way a face sends a request.
+//!
+//! Every guarantee made before a byte leaves is made here, once, so that every face
+//! keeps it the same way: target resolution (aliases, tiers, `cheapest:`),
+//! `allowed_models`, capability checks, deprecation warnings (returned as data), the
+//! cost projection, the budget reservation and noting the run in the ledger. A
+//! guarantee that cannot be kept refuses loudly before anything is sent: an unusable
+//! ledger refuses every run (unless the ledger is explicitly off), and a ledger whose
+//! writes have failed refuses runs while a budget is set.
+
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+
+use tokio::sync::mpsc;
+
+use super::budget::{self, Projection};
+use super::error::EngineError;
+use super::ledger::{BackgroundLedger, Gate, Refused, RunNote};
+use super::request::ChatRequest;
+use super::run::{Engine, RunHandle, RunOptions, TargetEvent};
+use super::select;
+
+/// Where the engine keeps its books.
+#[derive(Debug, Clone, Default)]
+pub enum Books {
+    /// No ledger, by the user's explicit choice (`--no-ledger`); budgets cannot be set.
+    #[default]
+    Off,
+    /// A ledger was wanted but cannot be used (no data directory).
+    Unusable(LedgerProblem),
+    /// The SQLite ledger (opening in the background) at `path`.
+    On {
+        /// The ledger.
+        ledger: BackgroundLedger,
+        /// Its file.
+        path: PathBuf,
+    },
+}
+
+/// Failed ledger writes since start: while there are any, runs with a budget are refused.
+#[derive(Debug, Default)]
+pub struct LedgerHealth {
+    failures: AtomicU64,
+    last: Mutex<Option<String>>,
+}
+
+impl LedgerHealth {
+    /// Count a failed write.
+    pub fn fail(&self, why: &str) {
+        self.failures.fetch_add(1, Ordering::Relaxed);
+        if let Ok(mut g) = self.last.lock() {
+            *g = Some(why.to_string());
+        }
+    }
+
+    /// Failed writes so far.
+    pub fn failures(&self) -> u64 {
+        self.failures.load(Ordering::Relaxed)
+    }
+
+    /// The last failure, if any.
+    pub fn last_error(&self) -> Option<String> {
+        self.last.lock().ok().and_then(|g| g.clone())
+    }
+}
+
+/// Why the ledger cannot be used, and what to do about it.
+#[derive(Debug, Clone, PartialEq, Default)]
+pub struct LedgerProblem {
+    /// The ledger file, when there is one.
+    pub path: Option<PathBuf>,
+    /// What went wrong.
+    pub reason: String,
+    /// What the user can do.
+    pub fix: String,
+}
+
+impl LedgerProblem {
+    /// A problem with the file at `path`, the fix guessed from the reason.
+    pub fn at(path: &std::path::Path, reason: &str) -> LedgerProblem {
+        let r = reason.to_ascii_lowercase();
+        let fix = if r.contains("newer than this quorum") {
+            "upgrade quorum, or point QUORUM_DATA_DIR at another folder"
+        } else if r.contains("not a database") || r.contains("malformed") || r.contains("corrupt") {
+            "move the file aside (quorum then starts a new ledger), or point QUORUM_DATA_DIR at another folder"
+        } else if r.contains("full") || r.contains("too large") || r.contains("no space") {
+            "free space on its filesystem, or point QUORUM_DATA_DIR at another folder"
+        } else {
+            "make the folder writable, or point QUORUM_DATA_DIR at a writable folder"
+        };
+        LedgerProblem {
+            path: Some(path.to_path_buf()),
+            reason: reason.trim_start_matches("ledger: ").to_string(),
+            fix: format!("{fix}; or run with --no-ledger (no budgets then)"),
+        }
+    }
+}
+
+impl std::fmt::Display for LedgerProblem {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match &self.path {
+            Some(p) => write!(
+                f,
+                "the ledger {} cannot be used: {}",
+                p.display(),
+                self.reason
+            )?,
+            None => write!(f, "the ledger cannot be used: {}", self.reason)?,
+        }
+        write!(f, " (fix: {}); nothing was sent", self.fix)
+    }
+}
+
+/// Options of [`Engine::start`].
+#[derive(Debug, Clone, Default)]
+pub struct StartOptions {
+    /// Options of the run itself.
+    pub run: RunOptions,
+    /// Send even when the projection would cross a cap (the run is still noted).
+    pub force: bool,
+    /// The session whose cap applies (default: `run.session_id`). `serve` sets its
+    /// process session here so that a client cannot walk around the cap.
+    pub budget_session: Option<String>,
+    /// Send the run's events here instead of a channel of its own.
+    pub events: Option<mpsc::Sender<TargetEvent>>,
+}
+
+/// A run that passed the front door.
+#[derive(Debug)]
+pub struct Started {
+    /// The run.
+    pub handle: RunHandle,
+    /// The targets as resolved (`cheapest:TIER` replaced by the member chosen).
+    pub targets: Vec<String>,
+    /// Deprecation warnings, one line per target.
+    pub warnings: Vec<String>,
+    /// The bound reserved against the budget, when one is set.
+    pub projection: Option<Projection>,
+}
+
+/// Why a run was refused before anything was sent.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Refusal {
+    /// A target cannot be used: unknown, not allowed, lacks a capability, no key, ...
+    Target(EngineError),
+    /// A budget cap would be crossed.
+    Budget(budget::Refusal),
+    /// The ledger cannot be used (or its writes failed while a budget is set).
+    Ledger(LedgerProblem),
+}
+
+impl Refusal {
+    /// A short stable word for metrics and error objects.
+    pub fn kind(&self) -> &'static str {
+        match self {
+            Refusal::Target(e) => e.kind(),
+            Refusal::Budget(_) => "budget",
+            Refusal::Ledger(_) => "ledger",
+        }
+    }
+}
+
+impl std::fmt::Display for Refusal {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Refusal::Target(e) => e.fmt(f),
+            Refusal::Budget(r) => r.fmt(f),
+            Refusal::Ledger(p) => p.fmt(f),
+        }
+    }
+}
+
+impl From<Refusal> for EngineError {
+    fn from(r: Refusal) -> Self {
+        match r {
+            Refusal::Target(e) => e,
+            Refusal::Budget(b) => b.into(),
+            Refusal::Ledger(p) => EngineError::Config {
+                message: p.to_string(),
+            },
+        }
+    }
+}
+
+/// Settles a run's reservation when the last of its targets is done (every request
+/// row is written by then).
+pub(crate) struct Settle {
+    ledger: BackgroundLedger,
+    run_id: String,
+}
+
+impl Drop for Settle {
+    fn drop(&mut self) {
+        let (ledger, run_id) = (self.ledger.clone(), std::mem::take(&mut self.run_id));
+        let settle = move || {
+            if let Err(e) = ledger.wait().and_then(|l| l.settle_run(&run_id)) {
+                // The hold expires when this process exits.
+                tracing::error!("ledger: cannot settle run {run_id}: {e}");
+            }
+        };
+        match tokio::runtime::Handle::try_current() {
+            Ok(h) => {
+                h.spawn_blocking(settle);
+            }
+            Err(_) => settle(),
+        }
+    }
+}
+
+impl Engine {
+    /// Start a run through the front door: resolve the targets (aliases, tiers,
+    /// `cheapest:`), check them (`allowed_models`, capabilities), project the cost,
+    /// reserve it against the budget and note the run in the ledger, then send. Every
+    /// face calls this; nothing is sent when it returns an error.
+    pub async fn start(
+        &self,
+        request: ChatRequest,
+        targets: Vec<String>,
+        opts: StartOptions,
+    ) -> Result<Started, Refusal> {
+        let targets = select::expand_targets(self, &targets, &request).map_err(Refusal::Target)?;
+        let resolved = self.check_targets(&targets).map_err(Refusal::Target)?;
+        for r in &resolved {
+            super::capability::check(self.registry(), self.pricing(), r, &request)
+                .map_err(Refusal::Target)?;
+        }
+        let targets: Vec<String> = resolved.iter().map(|r| r.id()).collect();
+        let warnings = select::deprecation_warnings(self, &targets);
+        let budget = self.budget();
+        let gated = budget.is_set() && !opts.force;
+        let run_id = self.next_run_id();
+        let trace_id = self.trace_id_for(&opts.run);
+        let mut settle = None;
+        let mut projection = None;
+        match self.books() {
+            Books::Off if gated => {
+                return Err(Refusal::Target(EngineError::Config {
+                    message: "a budget is set but the ledger is off, so spending cannot be tracked"
+                        .into(),
+                }))
+            }
+            Books::Off => {}
+            Books::Unusable(p) => return Err(Refusal::Ledger(p.clone())),
+            Books::On { ledger, path } => {
+                let health = self.ledger_health();
+                if gated && health.failures() > 0 {
+                    return Err(Refusal::Ledger(LedgerProblem::at(
+                        path,
+                        &format!(
+                            "{} write(s) failed since start (last: {}), so spending so far is unknown",
+                            health.failures(),
+                            health.last_error().unwrap_or_default()
+                        ),
+                    )));
+                }
+                let (engine, ledger2, path2) = (self.clone(), ledger.clone(), path.clone());
+                let (req2, targets2) = (request.clone(), targets.clone());
+                let (rid, tid) = (run_id.clone(), trace_id.clone());
+                let session = opts.run.session_id.clone();
+                let bsession = opts.budget_session.clone();
+                let work = move || -> Result<Option<Projection>, Refusal> {
+                    let p = if gated {
+                        Some(budget::project(&engine, &req2, &targets2).map_err(Refusal::Target)?)
+                    } else {
+                        None
+                    };
+                    let l = ledger2
+                        .wait()
+                        .map_err(|e| Refusal::Ledger(LedgerProblem::at(&path2, &e)))?;
+                    let note = RunNote {
+                        run_id: &rid,
+                        session_id: session.as_deref(),
+                        budget_session: bsession.as_deref(),
+                        trace_id: Some(&tid),
+                        targets: &targets2,
+                        projected_usd: p.as_ref().and_then(|p| p.total_usd()),
+                        prompt: req2.last_user_text(),
+                    };
+                    let gate = p.as_ref().map(|projection| Gate {
+                        budget: &budget,
+                        projection,
+                    });
+                    l.begin_run(&note, gate).map_err(|r| match r {
+                        Refused::Budget(b) => Refusal::Budget(b),
+                        Refused::Ledger(e) => Refusal::Ledger(LedgerProblem::at(&path2, &e)),
+                    })?;
+                    Ok(p)
+                };
+                projection = tokio::task::spawn_blocking(work).await.map_err(|e| {
+                    Refusal::Target(EngineError::Config {
+                        message: format!("the front door failed: {e}"),
+                    })
+                })??;
+                if projection.is_some() {
+                    settle = Some(Arc::new(Settle {
+                        ledger: ledger.clone(),
+                        run_id: run_id.clone(),
+                    }));
+                }
+            }
+        }
+        let handle = self.run_with(
+            request,
+            targets.clone(),
+            opts.run,
+            run_id,
+            trace_id,
+            opts.events,
+            settle,
+        );
+        Ok(Started {
+            handle,
+            targets,
+            warnings,
+            projection,
+        })
+    }
+
+    /// Check the ledger now (open, known schema, writable) so a face can refuse before
+    /// reading input; `Ok` when the ledger is off by choice.
+    pub async fn check_ledger(&self) -> Result<(), LedgerProblem> {
+        let Books::On { ledger, path } = self.books().clone() else {
+            return match self.books() {
+                Books::Unusable(p) => Err(p.clone()),
+                _ => Ok(()),
+            };
+        };
+        tokio::task::spawn_blocking(move || {
+            let l = ledger.wait().map_err(|e| LedgerProblem::at(&path, &e))?;
+            l.check_writable().map_err(|e| LedgerProblem::at(&path, &e))
+        })
+        .await
+        .unwrap_or_else(|e| Err(LedgerProblem::at(std::path::Path::new(""), &e.to_string())))
+    }
+}
