@@ -113,7 +113,12 @@ fn contents(messages: &[Message]) -> Vec<Value> {
         let (role, parts) = match m.role {
             Role::System => continue,
             Role::User => {
-                let mut parts = vec![json!({ "text": m.text_with_files() })];
+                let text = m.text_with_files();
+                let mut parts = Vec::new();
+                // An image alone needs no (empty) text part beside it.
+                if !text.is_empty() || m.images().next().is_none() {
+                    parts.push(json!({ "text": text }));
+                }
                 for a in m.images() {
                     if let crate::engine::request::AttachmentData::Image {
                         media_type,
