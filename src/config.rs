@@ -282,6 +282,9 @@ pub struct FileConfig {
     pub compare_targets: Option<Vec<String>>,
     /// The model the TUI's judge key asks (default: the first target).
     pub judge_model: Option<String>,
+    /// Output limit of the TUI's requests where `[models]` sets none
+    /// (default 4096; 0 sends none, leaving the model's own limit).
+    pub tui_max_tokens: Option<u32>,
     /// Tag stored with blind votes from the TUI (none by default).
     pub vote_tag: Option<String>,
     /// TUI theme name.
@@ -368,6 +371,12 @@ pub struct ProviderFile {
     pub requests_per_minute: Option<u32>,
     /// Estimated tokens per minute.
     pub tokens_per_minute: Option<u64>,
+    /// Bytes of an answer (streamed or whole) before `response_too_large`.
+    pub max_response_bytes: Option<u64>,
+    /// Bytes of an error body read.
+    pub max_error_body_bytes: Option<u64>,
+    /// An answer stops once its output passes this many times `max_tokens` (0 = off).
+    pub max_tokens_factor: Option<u64>,
     /// Retry policy.
     pub retry: Option<RetryFile>,
     /// Circuit breaker.
@@ -565,6 +574,7 @@ impl FileConfig {
             default_model: over(self.default_model, top.default_model),
             compare_targets: over(self.compare_targets, top.compare_targets),
             judge_model: over(self.judge_model, top.judge_model),
+            tui_max_tokens: over(self.tui_max_tokens, top.tui_max_tokens),
             vote_tag: over(self.vote_tag, top.vote_tag),
             theme: over(self.theme, top.theme),
             log_content: over(self.log_content, top.log_content),
@@ -628,6 +638,9 @@ impl ProviderFile {
             max_concurrency: over(self.max_concurrency, top.max_concurrency),
             requests_per_minute: over(self.requests_per_minute, top.requests_per_minute),
             tokens_per_minute: over(self.tokens_per_minute, top.tokens_per_minute),
+            max_response_bytes: over(self.max_response_bytes, top.max_response_bytes),
+            max_error_body_bytes: over(self.max_error_body_bytes, top.max_error_body_bytes),
+            max_tokens_factor: over(self.max_tokens_factor, top.max_tokens_factor),
             retry,
             breaker,
             models: over(self.models, top.models),
@@ -1070,6 +1083,8 @@ pub struct Config {
     pub compare_targets: Vec<String>,
     /// The model the TUI's judge key asks (None: the first target).
     pub judge_model: Option<String>,
+    /// Output limit of the TUI's requests where `[models]` sets none (None: 4096).
+    pub tui_max_tokens: Option<u32>,
     /// Tag stored with blind votes from the TUI.
     pub vote_tag: Option<String>,
     /// TUI theme name.
@@ -1236,6 +1251,7 @@ impl Config {
             default_model: None,
             compare_targets: Vec::new(),
             judge_model: None,
+            tui_max_tokens: None,
             vote_tag: None,
             theme: "default".into(),
             log_content: true,
@@ -1486,6 +1502,23 @@ fn build(
                 "must be at least 1".into(),
             ));
         }
+        for (v, key) in [
+            (p.max_response_bytes, "max_response_bytes"),
+            (p.max_error_body_bytes, "max_error_body_bytes"),
+        ] {
+            if v.is_some_and(|v| v < 1024) {
+                return Err(err(&at().key(key), "must be at least 1024 (bytes)".into()));
+            }
+        }
+        if let Some(v) = p.max_response_bytes {
+            policy.caps.max_response_bytes = v;
+        }
+        if let Some(v) = p.max_error_body_bytes {
+            policy.caps.max_error_body = usize::try_from(v).unwrap_or(usize::MAX);
+        }
+        if let Some(v) = p.max_tokens_factor {
+            policy.caps.max_tokens_factor = v;
+        }
         policy.limits = Limits {
             max_concurrency: p.max_concurrency,
             requests_per_minute: p.requests_per_minute,
@@ -1700,6 +1733,7 @@ fn build(
             .or(f.default_model.clone()),
         compare_targets: f.compare_targets.clone().unwrap_or_default(),
         judge_model: f.judge_model.clone(),
+        tui_max_tokens: f.tui_max_tokens,
         vote_tag: f.vote_tag.clone(),
         theme: f.theme.clone().unwrap_or_else(|| "default".into()),
         log_content: f.log_content.unwrap_or(true),
@@ -1725,7 +1759,23 @@ fn build(
 
 /// Run `api_key_cmd` once via `sh -c`; its trimmed stdout is the key. The
 /// output is never shown, not even in errors.
+///
+/// The command runs in its own process group. Its output is read until the
+/// command itself exits, not until every process holding the pipe closes it:
+/// a background child left holding stdout never stalls a start. At the time
+/// limit the whole group is killed.
 pub fn run_key_cmd(provider: &str, cmd: &str) -> Result<Secret, ConfigError> {
+    run_key_cmd_within(provider, cmd, KEY_CMD_TIMEOUT)
+}
+
+/// [`run_key_cmd`] with its own time limit.
+pub fn run_key_cmd_within(
+    provider: &str,
+    cmd: &str,
+    limit: Duration,
+) -> Result<Secret, ConfigError> {
+    use std::os::fd::AsRawFd;
+    use std::os::unix::process::CommandExt;
     let origin = format!("providers.{provider}.api_key_cmd");
     let fail = |m: String| ConfigError::plain(origin.clone(), m);
     let mut child = std::process::Command::new("sh")
@@ -1734,41 +1784,87 @@ pub fn run_key_cmd(provider: &str, cmd: &str) -> Result<Secret, ConfigError> {
         .stdin(std::process::Stdio::null())
         .stdout(std::process::Stdio::piped())
         .stderr(std::process::Stdio::null())
+        .process_group(0)
         .spawn()
         .map_err(|e| {
             fail(format!(
                 "the key command of provider {provider:?} could not start: {e}"
             ))
         })?;
-    let mut stdout = child.stdout.take();
-    let reader = std::thread::spawn(move || {
-        let mut buf = Vec::new();
-        if let Some(out) = stdout.as_mut() {
-            let _ = out.read_to_end(&mut buf);
+    let pgid = child.id() as libc::pid_t;
+    let kill_group = || {
+        // SAFETY: kill(2) with a negative pid signals the process group we
+        // created for this command; no memory is involved.
+        unsafe {
+            libc::kill(-pgid, libc::SIGKILL);
         }
-        buf
-    });
-    let deadline = std::time::Instant::now() + KEY_CMD_TIMEOUT;
-    let status = loop {
-        match child.try_wait() {
-            Ok(Some(s)) => break s,
-            Ok(None) if std::time::Instant::now() >= deadline => {
-                let _ = child.kill();
-                let _ = child.wait();
-                return Err(fail(format!(
-                    "the key command of provider {provider:?} did not finish within {} s",
-                    KEY_CMD_TIMEOUT.as_secs()
-                )));
-            }
-            Ok(None) => std::thread::sleep(Duration::from_millis(5)),
-            Err(e) => {
-                return Err(fail(format!(
-                    "the key command of provider {provider:?} could not be waited for: {e}"
-                )))
+    };
+    let Some(mut stdout) = child.stdout.take() else {
+        kill_group();
+        let _ = child.wait();
+        return Err(fail("the key command's output could not be read".into()));
+    };
+    let fd = stdout.as_raw_fd();
+    // SAFETY: fcntl(2) on a pipe descriptor we own, setting O_NONBLOCK.
+    unsafe {
+        let flags = libc::fcntl(fd, libc::F_GETFL);
+        libc::fcntl(fd, libc::F_SETFL, flags | libc::O_NONBLOCK);
+    }
+    const MAX_OUT: usize = 64 << 10;
+    let mut out = Vec::new();
+    // Read what is in the pipe now; true at end of file.
+    let mut drain = |out: &mut Vec<u8>| -> bool {
+        let mut buf = [0u8; 4096];
+        loop {
+            match stdout.read(&mut buf) {
+                Ok(0) => return true,
+                Ok(n) => {
+                    if out.len() < MAX_OUT {
+                        out.extend_from_slice(&buf[..n.min(MAX_OUT - out.len())]);
+                    }
+                }
+                Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
+                Err(_) => return false,
             }
         }
     };
-    let out = reader.join().unwrap_or_default();
+    let deadline = std::time::Instant::now() + limit;
+    let status = loop {
+        drain(&mut out);
+        match child.try_wait() {
+            Ok(Some(s)) => {
+                // Everything the command wrote is in the pipe now; what a
+                // background child may write later is not waited for.
+                drain(&mut out);
+                break s;
+            }
+            Ok(None) if std::time::Instant::now() >= deadline => {
+                kill_group();
+                let _ = child.wait();
+                return Err(fail(format!(
+                    "the key command of provider {provider:?} did not finish within {} s (its process group was killed)",
+                    limit.as_secs_f64()
+                )));
+            }
+            Ok(None) => {
+                let mut pfd = libc::pollfd {
+                    fd,
+                    events: libc::POLLIN,
+                    revents: 0,
+                };
+                // SAFETY: poll(2) on one valid pollfd; wakes on output or after 5 ms.
+                unsafe {
+                    libc::poll(&mut pfd, 1, 5);
+                }
+            }
+            Err(e) => {
+                kill_group();
+                return Err(fail(format!(
+                    "the key command of provider {provider:?} could not be waited for: {e}"
+                )));
+            }
+        }
+    };
     if !status.success() {
         let code = status
             .code()

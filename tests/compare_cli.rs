@@ -820,9 +820,9 @@ async fn mock_streams_cut_midway_all_fail_with_exit_3() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn mock_judge_runs_through_the_engine_and_its_reply_is_reported() {
-    // The mock answers the judge's prompt as it answers anything (it does the
-    // arithmetic it finds), so there is no verdict: the run must say so, keep
-    // the judge's completion and cost fields, and still exit 0.
+    // The mocks can judge: the verdict is deterministic (alpha says 4, the
+    // contrarian 5: half agree, the first of the tied groups is best), and
+    // the judge's completion and cost fields are kept.
     let data = tempfile::tempdir().unwrap();
     let out = quorum(
         &[
@@ -845,11 +845,10 @@ async fn mock_judge_runs_through_the_engine_and_its_reply_is_reported() {
     let v = json_of(&out);
     let j = &v["judge"];
     assert_eq!(j["target"], "mock/gamma");
-    assert!(j["verdict"].is_null());
-    assert!(
-        j["error"].as_str().unwrap().contains("no JSON verdict"),
-        "{j}"
-    );
+    assert!(j["error"].is_null(), "{j}");
+    assert_eq!(j["verdict"]["agreement"], 0.5, "{j}");
+    assert_eq!(j["verdict"]["best"], "A", "{j}");
+    assert_eq!(j["verdict"]["best_target"], "mock/alpha", "{j}");
     assert_eq!(j["completion"]["provider"], "mock");
     assert_eq!(j["completion"]["model"], "gamma");
     assert_eq!(j["completion"]["finish_reason"], "stop");
@@ -865,7 +864,12 @@ async fn mock_judge_runs_through_the_engine_and_its_reply_is_reported() {
             {"letter": "B", "label": "mock/contrarian", "index": 1}
         ])
     );
-    assert!(stderr(&out).contains("judge mock/gamma"));
+    // A verdict is no error: nothing about the judge on stderr.
+    assert!(
+        !stderr(&out).contains("judge mock/gamma"),
+        "{}",
+        stderr(&out)
+    );
 
     // A judge needs two answers: with one target it is skipped, nothing sent.
     let out = quorum(

@@ -13,7 +13,7 @@ use llm_quorum::tui::app::{Confirm, Focus, Overlay};
 use llm_quorum::tui::keys::KeyMap;
 use llm_quorum::tui::pane::PaneState;
 use llm_quorum::tui::theme::Theme;
-use llm_quorum::tui::{view, App, AppInit, Cmd, HistRun, Msg};
+use llm_quorum::tui::{layout, view, App, AppInit, Cmd, HistRun, Msg};
 use ratatui::backend::TestBackend;
 use ratatui::layout::Rect;
 use ratatui::style::Color;
@@ -252,9 +252,47 @@ fn stale_events_of_an_old_run_do_not_touch_a_pane() {
 }
 
 #[test]
-fn esc_cancels_everything_in_flight() {
+fn esc_leaves_views_and_never_cancels() {
     let mut app = streaming_app();
+    // Zoom a streaming pane, then Esc: out of zoom, and nothing is cancelled.
+    app.update(key(KeyCode::Tab));
+    app.update(key(KeyCode::Tab));
+    app.update(key(KeyCode::Char('z')));
+    assert_eq!(app.zoom, Some(1));
     let cmds = app.update(key(KeyCode::Esc));
+    assert!(cmds.is_empty(), "Esc must not cancel: {cmds:?}");
+    assert_eq!(app.zoom, None);
+    assert_eq!(app.focus, Focus::Pane(1));
+    assert!(app.in_flight());
+    // Again: back to the editor; again: still nothing cancelled.
+    assert!(app.update(key(KeyCode::Esc)).is_empty());
+    assert_eq!(app.focus, Focus::Editor);
+    assert!(app.update(key(KeyCode::Esc)).is_empty());
+    assert_eq!(app.panes[1].state, PaneState::Streaming);
+    // Overlays close on Esc without cancelling either.
+    app.update(ctrl('p'));
+    assert!(app
+        .update(key(KeyCode::Esc))
+        .iter()
+        .all(|c| !matches!(c, Cmd::Cancel { .. })));
+    assert!(app.in_flight());
+    // The help names the deliberate key.
+    let help = {
+        app.update(key(KeyCode::F(1)));
+        let s = screen(&app);
+        app.update(key(KeyCode::Esc));
+        s
+    };
+    assert!(
+        help.contains("Ctrl+G") && help.contains("cancel every request"),
+        "{help}"
+    );
+}
+
+#[test]
+fn ctrl_g_cancels_everything_in_flight() {
+    let mut app = streaming_app();
+    let cmds = app.update(ctrl('g'));
     assert!(
         matches!(cmds.as_slice(), [Cmd::Cancel { run: 1 }]),
         "{cmds:?}"
@@ -405,12 +443,12 @@ fn editor_keys_newline_and_prompt_history() {
     assert_eq!(app.prompt_text(), "");
     // Help: F1 anywhere, ? outside the editor.
     app.update(key(KeyCode::F(1)));
-    assert!(matches!(app.overlay, Overlay::Help));
+    assert!(matches!(app.overlay, Overlay::Help(_)));
     app.update(key(KeyCode::Char('q')));
     assert!(matches!(app.overlay, Overlay::None));
     app.update(key(KeyCode::Tab));
     app.update(key(KeyCode::Char('?')));
-    assert!(matches!(app.overlay, Overlay::Help));
+    assert!(matches!(app.overlay, Overlay::Help(_)));
 }
 
 #[test]
@@ -549,10 +587,11 @@ fn thinking_toggles_everywhere() {
 fn export_holds_prompt_answers_stats_and_ledger() {
     let app = streaming_app();
     let doc = app.export_doc();
-    assert_eq!(doc.prompt, "What is 2+2?");
-    assert_eq!(doc.answers.len(), 3);
+    assert_eq!(doc.turns.len(), 1);
+    assert_eq!(doc.turns[0].prompt, "What is 2+2?");
+    assert_eq!(doc.turns[0].answers.len(), 3);
     let md = doc.to_markdown("2026-12-01T13:00:00Z");
-    assert!(md.contains("## mock/alpha (done)"), "{md}");
+    assert!(md.contains("### mock/alpha (done)"), "{md}");
     assert!(md.contains("The answer is **4**."));
     assert!(md.contains("| mock/alpha | 1 | 0 | 12 | 12 |"), "{md}");
     let js = doc.to_json("t");
@@ -593,11 +632,81 @@ fn retrying_and_fallback_states_show_in_the_header() {
     app.now = at(100);
     let s = screen(&app);
     assert!(
-        s.contains("retrying 2/3 in 6.0 s (503, Retry-After)"),
+        s.contains("retrying 2/3 in 6.0 s · 503, Retry-After"),
         "{s}"
     );
-    assert!(s.contains("fell back to mock/alpha"), "{s}");
+    assert!(
+        s.contains("mock/alpha · waiting · fallback for mock/beta"),
+        "{s}"
+    );
     assert!(s.contains("queued"), "{s}");
+}
+
+#[test]
+fn a_fallback_answer_is_credited_to_the_model_that_wrote_it() {
+    // Setup: anthropic fails, the [fallbacks] entry moves it to openai.
+    let mut app = app_with(&["anthropic/claude-sonnet-4-5", "mock/alpha"], (180, 45));
+    let run = send(&mut app, "What is 2+2?")[0].0;
+    ev(
+        &mut app,
+        100,
+        run,
+        0,
+        StreamEvent::FellBack {
+            from: "anthropic/claude-sonnet-4-5".into(),
+            to: "openai/gpt-4o".into(),
+            reason: "529 overloaded".into(),
+        },
+    );
+    ev(
+        &mut app,
+        110,
+        run,
+        0,
+        StreamEvent::Started {
+            provider: "openai".into(),
+            model: "gpt-4o".into(),
+            attempt: 1,
+        },
+    );
+    let mut c = completion("gpt-4o", "4", 2);
+    c.provider = "openai".into();
+    c.fell_back_from = Some("anthropic/claude-sonnet-4-5".into());
+    finished(&mut app, 500, run, 0, c);
+    finished(&mut app, 600, run, 1, completion("alpha", "4", 2));
+
+    // Check: the pane, the ledger, the consensus report and the export
+    // credit openai/gpt-4o, with the target asked for alongside.
+    assert_eq!(app.pane_name(0), "openai/gpt-4o");
+    let s = screen(&app);
+    assert!(s.contains("openai/gpt-4o · done"), "{s}");
+    assert!(
+        s.contains("fallback for anthropic/claude-sonnet-4-5"),
+        "{s}"
+    );
+    let ledger = app.live_ledger();
+    assert_eq!(
+        ledger[0].target,
+        "openai/gpt-4o (for anthropic/claude-sonnet-4-5)"
+    );
+    assert!(ledger
+        .iter()
+        .all(|r| r.target != "anthropic/claude-sonnet-4-5"));
+    let report = app.cons.report.as_ref().expect("report once all ended");
+    let labels: Vec<&str> = report
+        .consensus
+        .answers
+        .iter()
+        .map(|a| a.label.as_str())
+        .collect();
+    assert_eq!(labels, ["openai/gpt-4o", "mock/alpha"]);
+    let doc = app.export_doc();
+    let a = &doc.turns[0].answers[0];
+    assert_eq!(a.target, "openai/gpt-4o");
+    assert_eq!(a.asked_for.as_deref(), Some("anthropic/claude-sonnet-4-5"));
+    assert!(doc.to_markdown("t").contains(
+        "### openai/gpt-4o (done)\n\n*Fallback: asked for anthropic/claude-sonnet-4-5.*"
+    ));
 }
 
 #[test]
@@ -1098,4 +1207,550 @@ mod wrap_props {
             prop_assert_eq!(lines(&whole), lines(&fresh));
         }
     }
+}
+
+#[test]
+fn live_counts_take_the_larger_of_reported_and_counted_until_final() {
+    // Setup: Anthropic reports `output_tokens: 1` at message_start and the
+    // real count only at the end.
+    let mut app = app_with(&["anthropic/claude-sonnet-4-5"], (120, 36));
+    app.pricing = Some(llm_quorum::engine::cost::Pricing::builtin());
+    let run = send(&mut app, "Explain tides.")[0].0;
+    ev(
+        &mut app,
+        10,
+        run,
+        0,
+        StreamEvent::Started {
+            provider: "anthropic".into(),
+            model: "claude-sonnet-4-5".into(),
+            attempt: 1,
+        },
+    );
+    ev(
+        &mut app,
+        200,
+        run,
+        0,
+        StreamEvent::Usage(Usage {
+            input_tokens: 21,
+            output_tokens: 1,
+            ..Default::default()
+        }),
+    );
+    // Exec: 60 words over three seconds.
+    for i in 0..60u64 {
+        text(&mut app, 300 + i * 50, run, 0, "tidal words ");
+    }
+    app.now = at(3300);
+    app.update(Msg::Tick);
+    // Check: a running count above 1, marked ~, a rate, and an estimated cost.
+    let line = view::stats_line(&app, &app.panes[0], app.now).to_string();
+    let (n, exact) = app.panes[0].stats.out_tokens();
+    assert!(n > 50 && !exact, "{n} {exact}");
+    assert!(line.contains(&format!("~{n} tok")), "{line}");
+    assert!(line.contains("tok/s"), "{line}");
+    assert!(line.contains(" ~") && !line.contains('✓'), "{line}");
+    let ledger = app.live_ledger();
+    assert_eq!(ledger[0].usage.output_tokens, n);
+    assert_eq!(ledger[0].mark(), "~");
+    // The final usage replaces the estimate, exact and priced.
+    let mut c = completion("claude-sonnet-4-5", "tidal words", 130);
+    c.provider = "anthropic".into();
+    c.cost_usd = Some(0.002);
+    finished(&mut app, 3400, run, 0, c);
+    let line = view::stats_line(&app, &app.panes[0], app.now).to_string();
+    assert!(line.contains(" 130 tok") && line.contains('✓'), "{line}");
+}
+
+#[test]
+fn export_holds_every_turn_and_the_continue_and_stays_structurally_safe() {
+    // Setup: nothing sent yet: nothing to export, and nothing written.
+    let mut app = app_with(&["mock/alpha", "mock/beta"], (120, 36));
+    let cmds = app.update(ctrl('e'));
+    assert!(cmds.is_empty(), "{cmds:?}");
+    assert!(screen(&app).contains("nothing to export yet"));
+    assert!(app
+        .export_doc()
+        .write(std::path::Path::new("/nonexistent"), "s", "t")
+        .unwrap_err()
+        .contains("nothing to export"));
+
+    // Exec: turn 1, beta's answer has its own headings and a code fence.
+    let run = send(&mut app, "First question?")[0].0;
+    let tricky = "## Heading of beta\n\n```rust\nfn main() {}\n```\n";
+    finished(
+        &mut app,
+        500,
+        run,
+        0,
+        completion("alpha", "First answer.", 3),
+    );
+    finished(&mut app, 600, run, 1, completion("beta", tricky, 9));
+    // Continue with beta's answer, then turn 2.
+    app.update(key(KeyCode::Tab));
+    app.update(key(KeyCode::Tab));
+    app.update(key(KeyCode::Char('c')));
+    app.update(key(KeyCode::Esc));
+    let run2 = send(&mut app, "Second question?")[0].0;
+    finished(
+        &mut app,
+        900,
+        run2,
+        0,
+        completion("alpha", "Second answer.", 3),
+    );
+
+    // Check: both turns, in order, with the continue marked.
+    let doc = app.export_doc();
+    assert_eq!(doc.turns.len(), 2);
+    assert_eq!(doc.turns[0].prompt, "First question?");
+    assert_eq!(doc.turns[0].answers[1].text, tricky);
+    assert_eq!(doc.turns[1].prompt, "Second question?");
+    assert_eq!(doc.turns[1].continued_from.as_deref(), Some("mock/beta"));
+    let md = doc.to_markdown("t");
+    let a1 = md.find("First answer.").unwrap();
+    let a2 = md.find("Second answer.").unwrap();
+    assert!(a1 < a2, "{md}");
+    assert!(md.contains("Continues from mock/beta's answer"), "{md}");
+    // The answer's heading and fence sit inside a longer fence: the only
+    // level-2 headings at line start are the exporter's own.
+    assert!(md.contains("````markdown\n## Heading of beta"), "{md}");
+    let mut in_fence: Option<usize> = None;
+    let mut h2 = Vec::new();
+    for l in md.lines() {
+        let ticks = l.chars().take_while(|c| *c == '`').count();
+        match in_fence {
+            Some(n) if ticks == n && l.trim() == "`".repeat(n) => in_fence = None,
+            None if ticks >= 3 => in_fence = Some(ticks),
+            None if l.starts_with("## ") => h2.push(l.to_string()),
+            _ => {}
+        }
+    }
+    assert_eq!(h2, ["## Turn 1", "## Turn 2", "## Ledger"], "{md}");
+    let js = doc.to_json("t");
+    assert_eq!(js["turns"].as_array().unwrap().len(), 2);
+    assert_eq!(js["prompt"], "Second question?");
+}
+
+/// Four panes in every header situation: retrying with a long reason, a
+/// fallback, streaming, done.
+fn header_app(size: (u16, u16)) -> App {
+    let mut app = app_with(
+        &[
+            "anthropic/claude-sonnet-4-5",
+            "openai/gpt-4o-mini",
+            "gemini/gemini-2.5-flash",
+            "mock/alpha",
+        ],
+        size,
+    );
+    app.pricing = Some(llm_quorum::engine::cost::Pricing::builtin());
+    let run = send(&mut app, "What is 2+2?")[0].0;
+    ev(
+        &mut app,
+        100,
+        run,
+        0,
+        StreamEvent::Retrying {
+            attempt: 2,
+            max_attempts: 3,
+            wait: Duration::from_millis(1000),
+            reason: "429 Too Many Requests, Retry-After".into(),
+        },
+    );
+    ev(
+        &mut app,
+        100,
+        run,
+        1,
+        StreamEvent::FellBack {
+            from: "openai/gpt-4o-mini".into(),
+            to: "openrouter/openai/gpt-4o".into(),
+            reason: "503".into(),
+        },
+    );
+    ev(
+        &mut app,
+        120,
+        run,
+        1,
+        StreamEvent::Started {
+            provider: "openrouter".into(),
+            model: "openai/gpt-4o".into(),
+            attempt: 1,
+        },
+    );
+    text(&mut app, 300, run, 1, "Two plus two is four, ");
+    ev(
+        &mut app,
+        120,
+        run,
+        2,
+        StreamEvent::Started {
+            provider: "gemini".into(),
+            model: "gemini-2.5-flash".into(),
+            attempt: 1,
+        },
+    );
+    for i in 0..20 {
+        text(&mut app, 300 + i * 20, run, 2, "four ");
+    }
+    finished(&mut app, 900, run, 3, completion("alpha", "4", 2));
+    app.now = at(100);
+    app.update(Msg::Tick);
+    app
+}
+
+#[test]
+fn pane_headers_keep_state_and_cost_whole_at_every_width() {
+    for (w, h) in [(80, 24), (120, 36), (160, 40), (180, 45)] {
+        let mut app = header_app((w, h));
+        app.update(Msg::Resize(w, h));
+        for focus in [false, true] {
+            if focus {
+                app.update(key(KeyCode::Tab));
+            }
+            let s = screen(&app);
+            let retry = s.contains("retrying 2/3 in 1.0 s") || s.contains("retry 2/3 1.0s");
+            assert!(retry, "the retry state was cut at {w}x{h}:\n{s}");
+            assert!(s.matches("streaming ").count() >= 2, "{w}x{h}:\n{s}");
+            assert!(s.contains("· done "), "{w}x{h}:\n{s}");
+            // Every pane shows a whole cost figure.
+            let costs = s.matches(" ~").count() + s.matches(" ✓").count() + s.matches("$?").count();
+            assert!(costs >= 4, "a cost was cut at {w}x{h}:\n{s}");
+        }
+    }
+}
+
+#[test]
+fn snapshot_pane_headers_80x24() {
+    let app = header_app((80, 24));
+    insta::assert_snapshot!("headers_80x24", screen(&app));
+}
+
+#[test]
+fn snapshot_pane_headers_160x40() {
+    let app = header_app((160, 40));
+    insta::assert_snapshot!("headers_160x40", screen(&app));
+}
+
+#[test]
+fn snapshot_pane_headers_180x45_focused() {
+    let mut app = header_app((180, 45));
+    app.update(key(KeyCode::Tab));
+    insta::assert_snapshot!("headers_180x45_focused", screen(&app));
+}
+
+/// The streaming app at another size, with the offline banner of a first run.
+fn small_app(size: (u16, u16)) -> App {
+    let mut app = streaming_app();
+    app.banner = vec![llm_quorum::tui::OFFLINE_BANNER.to_string()];
+    app.update(Msg::Resize(size.0, size.1));
+    app
+}
+
+#[test]
+fn small_terminals_give_the_panes_room_and_the_banner_a_way_out() {
+    let mut app = small_app((80, 24));
+    let a = app.areas();
+    // Three panes side by side, each with a real body.
+    assert_eq!(a.panes.iter().map(|r| r.y).collect::<Vec<_>>().len(), 3);
+    assert!(a.panes.iter().all(|r| r.y == a.panes[0].y), "{:?}", a.panes);
+    assert!(
+        a.panes.iter().all(|r| layout::pane_body(*r).height >= 10),
+        "{:?}",
+        a.panes
+    );
+    // The banner takes one line and says how to hide it; the ledger one line.
+    assert_eq!(a.banner.height, 1);
+    assert_eq!(a.ledger.height, 1);
+    let s = screen(&app);
+    assert!(s.contains("Esc hides this"), "{s}");
+    assert!(s.contains("F1 help"), "{s}");
+    // Esc hides the banner; Shift+Tab opens the ledger in full.
+    app.update(key(KeyCode::Esc));
+    assert!(app.banner.is_empty());
+    app.update(key(KeyCode::BackTab));
+    assert_eq!(app.focus, Focus::Ledger);
+    assert!(app.areas().ledger.height >= 5);
+    // The status bar keeps F1 at every width.
+    for w in [40u16, 60, 80, 100, 119] {
+        app.update(Msg::Resize(w, 24));
+        let t = draw(&app, w, 24);
+        let last = t.backend().buffer().content()[(w as usize) * 23..]
+            .iter()
+            .map(|c| c.symbol())
+            .collect::<String>();
+        assert!(last.contains("F1 help"), "{w}: {last}");
+    }
+}
+
+#[test]
+fn the_help_scrolls_on_a_short_terminal() {
+    let mut app = small_app((80, 24));
+    app.update(key(KeyCode::F(1)));
+    let s = screen(&app);
+    assert!(s.contains("more below"), "{s}");
+    assert!(!s.contains("any other key closes"), "{s}");
+    for _ in 0..40 {
+        app.update(key(KeyCode::Char('j')));
+    }
+    assert!(
+        matches!(app.overlay, Overlay::Help(_)),
+        "j scrolls, not closes"
+    );
+    let s = screen(&app);
+    assert!(s.contains("any other key closes"), "{s}");
+    assert!(s.contains("above"), "{s}");
+    app.update(key(KeyCode::Char('q')));
+    assert!(matches!(app.overlay, Overlay::None));
+}
+
+#[test]
+fn snapshot_small_80x24() {
+    insta::assert_snapshot!("small_80x24", screen(&small_app((80, 24))));
+}
+
+#[test]
+fn snapshot_large_180x45() {
+    insta::assert_snapshot!("large_180x45", screen(&small_app((180, 45))));
+}
+
+#[test]
+fn snapshot_help_80x24_scrolled() {
+    let mut app = small_app((80, 24));
+    app.update(key(KeyCode::F(1)));
+    for _ in 0..5 {
+        app.update(key(KeyCode::Char('j')));
+    }
+    insta::assert_snapshot!("help_80x24_scrolled", screen(&app));
+}
+
+/// A pasted 5,000-word prompt.
+fn long_prompt() -> String {
+    let para =
+        "The committee reviewed the quarterly figures and asked for a summary of the risks. ";
+    let mut s = String::new();
+    for i in 0..350 {
+        s.push_str(para);
+        if i % 40 == 39 {
+            s.push('\n');
+        }
+    }
+    s
+}
+
+#[test]
+fn long_prompts_wrap_in_the_editor_and_fold_in_the_panes() {
+    for (w, h) in [(80u16, 24u16), (180, 45)] {
+        let mut app = app_with(&["mock/alpha", "mock/beta", "mock/thinker"], (w, h));
+        let prompt = long_prompt();
+        assert!(prompt.split_whitespace().count() > 4500);
+        app.update(Msg::Paste(prompt.clone()));
+        // The editor grows to its cap and wraps: no line runs off the screen,
+        // and the end of the text (where the cursor is) is in view.
+        let a = app.areas();
+        assert_eq!(a.editor.height, 10, "{w}x{h}");
+        let s = screen(&app);
+        assert!(s.contains("summary of the risks."), "{s}");
+        // Send: every pane echoes a few lines and says how much more there is.
+        let starts = app.update(key(KeyCode::Enter));
+        let sent = starts
+            .iter()
+            .find_map(|c| match c {
+                Cmd::Start { request, .. } => Some(request.messages[0].content.clone()),
+                _ => None,
+            })
+            .expect("sent");
+        assert_eq!(sent, prompt, "the whole prompt is sent");
+        for p in &app.panes {
+            let echo = p.doc.blocks()[0].raw();
+            assert!(echo.chars().count() < 700, "{}", echo.len());
+            assert!(echo.contains("prompt folded"), "{echo}");
+            assert!(
+                p.doc.total_lines(false) < 40,
+                "{}",
+                p.doc.total_lines(false)
+            );
+        }
+        let s = screen(&app);
+        assert!(s.contains("prompt folded"), "{s}");
+        // The export keeps the prompt whole.
+        assert_eq!(app.export_doc().turns[0].prompt, prompt);
+    }
+}
+
+#[test]
+fn snapshot_long_prompt_80x24() {
+    let mut app = app_with(&["mock/alpha", "mock/beta", "mock/thinker"], (80, 24));
+    app.update(Msg::Paste(long_prompt()));
+    app.update(key(KeyCode::Enter));
+    app.update(Msg::Paste(
+        "And a follow-up that wraps in the editor because it is long enough".into(),
+    ));
+    insta::assert_snapshot!("long_prompt_80x24", screen(&app));
+}
+
+#[test]
+fn snapshot_long_prompt_180x45() {
+    let mut app = app_with(&["mock/alpha", "mock/beta", "mock/thinker"], (180, 45));
+    app.update(Msg::Paste(long_prompt()));
+    insta::assert_snapshot!("long_prompt_editor_180x45", screen(&app));
+    app.update(key(KeyCode::Enter));
+    insta::assert_snapshot!("long_prompt_sent_180x45", screen(&app));
+}
+
+#[test]
+fn sends_carry_a_sane_output_limit_and_show_the_expected_cost_beside_the_bound() {
+    // Setup: one priced target; a [models] limit for another.
+    let mut app = app_with(
+        &["anthropic/claude-sonnet-4-5", "openai/gpt-4o-mini"],
+        (120, 36),
+    );
+    app.pricing = Some(llm_quorum::engine::cost::Pricing::builtin());
+    app.model_max_tokens
+        .insert("openai/gpt-4o-mini".into(), 1000);
+    // Exec: type; the projection asked for carries each target's limit.
+    let cmds = type_text(&mut app, "What is the capital of France? One word.");
+    let (gen, groups) = cmds
+        .iter()
+        .filter_map(|c| match c {
+            Cmd::Project { gen, groups } => Some((*gen, groups.clone())),
+            _ => None,
+        })
+        .next_back()
+        .expect("a projection is asked for");
+    let limits: Vec<(Option<u32>, Vec<String>)> = groups
+        .iter()
+        .map(|(r, t)| (r.max_tokens, t.clone()))
+        .collect();
+    assert_eq!(
+        limits,
+        [
+            (Some(4096), vec!["anthropic/claude-sonnet-4-5".to_string()]),
+            (Some(1000), vec!["openai/gpt-4o-mini".to_string()]),
+        ]
+    );
+    // The engine's bound for 21 prompt tokens and 4096 output tokens.
+    let p = Projection {
+        targets: vec![TargetProjection {
+            target: "anthropic/claude-sonnet-4-5".into(),
+            provider: "anthropic".into(),
+            model: "claude-sonnet-4-5".into(),
+            input_tokens: 21,
+            input_exact: false,
+            max_output_tokens: Some(4096),
+            bound_usd: Some(0.0615),
+            price_ref: None,
+        }],
+    };
+    let expected = app.expected_cost(&p).expect("priced");
+    assert!(expected > 0.0 && expected < 0.0615 / 5.0, "{expected}");
+    app.update(Msg::Projection { gen, result: Ok(p) });
+    let s = screen(&app);
+    assert!(s.contains("next send ~$0.006"), "{s}");
+    assert!(s.contains("(≤ $0.062)") || s.contains("(≤ $0.061"), "{s}");
+    // The send carries the limits too.
+    let starts: Vec<Option<u32>> = app
+        .update(key(KeyCode::Enter))
+        .iter()
+        .filter_map(|c| match c {
+            Cmd::Start { request, .. } => Some(request.max_tokens),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(starts, [Some(4096), Some(1000)]);
+}
+
+#[test]
+fn the_budget_question_keeps_its_line_breaks() {
+    let mut app = app3();
+    app.budget_set = true;
+    type_text(&mut app, "expensive");
+    app.update(key(KeyCode::Enter));
+    app.update(Msg::BudgetChecked(Err(
+        "this run may cost up to $0.97; with $0.10 spent, the session budget of $1.00 would be exceeded".into(),
+    )));
+    let s = screen(&app);
+    let exceeded = s
+        .lines()
+        .position(|l| l.contains("would be exceeded"))
+        .expect(&s);
+    let ask = s
+        .lines()
+        .position(|l| l.contains("Send anyway?"))
+        .expect(&s);
+    assert!(ask > exceeded + 1, "{s}");
+    assert!(!s.contains("exceededSend"), "{s}");
+}
+
+#[test]
+fn smaller_things_hints_keys_cancelled_and_the_ledger_total() {
+    // Status-bar hints follow the focus: in the editor, letters type, so
+    // blind and repeat are offered by their Ctrl keys only.
+    let mut app = app_with(&["mock/alpha", "mock/beta"], (200, 36));
+    let s = screen(&app);
+    let status = s.lines().last().unwrap().to_string();
+    assert!(
+        status.contains("Ctrl+B blind") && status.contains("Ctrl+N repeat"),
+        "{status}"
+    );
+    assert!(
+        !status.contains(" b blind") && !status.contains(" n repeat"),
+        "{status}"
+    );
+    app.update(key(KeyCode::Tab));
+    let s = screen(&app);
+    let status = s.lines().last().unwrap().to_string();
+    assert!(
+        status.contains("b blind") && status.contains("z zoom"),
+        "{status}"
+    );
+
+    // The picker marks targets whose provider has no key.
+    app.keyless = vec!["openai".into()];
+    app.update(ctrl('p'));
+    let s = screen(&app);
+    let line = s
+        .lines()
+        .find(|l| l.contains("openai/gpt-4o-mini"))
+        .unwrap();
+    assert!(line.contains("no key"), "{line}");
+    let line = s.lines().find(|l| l.contains("mock/gamma")).unwrap();
+    assert!(!line.contains("no key"), "{line}");
+    app.update(key(KeyCode::Esc));
+
+    // Cancelled is not failed; the total's cost fits its column.
+    let mut app = app_with(
+        &["mock/alpha", "mock/beta", "openai/gpt-4o-mini"],
+        (100, 36),
+    );
+    let run = send(&mut app, "q")[0].0;
+    let mut a = completion("alpha", "4", 2);
+    a.cost_usd = Some(0.00042);
+    finished(&mut app, 100, run, 0, a);
+    let c = Completion {
+        error: Some(EngineError::Cancelled),
+        finish_reason: FinishReason::Cancelled,
+        ..completion("beta", "", 0)
+    };
+    ev(&mut app, 200, run, 1, StreamEvent::Failed(Box::new(c)));
+    let mut u = completion("gpt-4o-mini", "4", 2);
+    u.provider = "openai".into();
+    u.cost_usd = None;
+    u.cost_source = CostSource::Unknown;
+    finished(&mut app, 300, run, 2, u);
+    let rows = app.live_ledger();
+    assert_eq!(rows[1].errors, 0);
+    assert_eq!(rows[1].cancelled, 1);
+    let s = screen(&app);
+    let total = s.lines().find(|l| l.contains("│total")).expect(&s);
+    assert!(total.contains(" $0.00042+? "), "{total}");
+    assert!(!total.contains("0$"), "{total}");
+    let fields: Vec<&str> = total
+        .trim_matches(|c| c == '│' || c == '"')
+        .split_whitespace()
+        .collect();
+    assert_eq!(fields[fields.len() - 2..], ["3", "0"], "{total}");
 }

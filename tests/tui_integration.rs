@@ -682,3 +682,105 @@ fn a_blind_export_names_answers_by_letter_until_the_vote() {
         );
     }
 }
+
+#[test]
+fn blind_means_shuffled_panes_and_no_tell_on_screen_or_in_exports() {
+    // Setup: a first, non-blind turn (with thinking and a price ref), then a blind one.
+    let targets = ["mock/alpha", "mock/beta", "mock/thinker", "mock/gamma"];
+    let mut app = app_with(&targets, (180, 45));
+    let first = send(&mut app, "Warm-up question");
+    finish_all(&mut app, &first);
+    app.update(ctrl('b'));
+    let runs = send(&mut app, QUESTION);
+    let (run, ts) = &runs[0];
+    for (i, t) in ts.iter().enumerate() {
+        let model = t.trim_start_matches("mock/");
+        ev(
+            &mut app,
+            600,
+            *run,
+            i,
+            StreamEvent::Started {
+                provider: "mock".into(),
+                model: model.into(),
+                attempt: 1,
+            },
+        );
+        if model == "thinker" {
+            ev(
+                &mut app,
+                620,
+                *run,
+                i,
+                StreamEvent::ThinkingDelta("SECRET-THINKING about sums".into()),
+            );
+        }
+        let mut c = completion(t, "4");
+        c.price_ref = Some(format!("builtin:{t}@2025"));
+        c.raw_finish_reason = "end_turn".into();
+        c.usage.reasoning_tokens = if model == "thinker" { 9 } else { 0 };
+        c.cost_usd = Some(0.00042);
+        ev(&mut app, 700, *run, i, StreamEvent::Finished(Box::new(c)));
+    }
+    app.update(ctrl('t')); // ask for thinking: still hidden while blind
+
+    // Check: screen order is the letter order, not the configured one.
+    let areas = app.areas();
+    let order = app.display_order();
+    assert_ne!(order, vec![0, 1, 2, 3], "the panes were not shuffled");
+    let mut by_pos: Vec<(u16, u16, String)> = (0..4)
+        .map(|i| (areas.panes[i].y, areas.panes[i].x, app.pane_name(i)))
+        .collect();
+    by_pos.sort();
+    let names: Vec<&str> = by_pos.iter().map(|(_, _, n)| n.as_str()).collect();
+    assert_eq!(names, ["Answer A", "Answer B", "Answer C", "Answer D"]);
+    // No model name, price, thinking or earlier turn anywhere on screen.
+    let s = screen(&app);
+    for t in targets {
+        assert!(!s.contains(t), "{t} on a blind screen:\n{s}");
+        assert!(
+            !s.contains(t.trim_start_matches("mock/")),
+            "{t} on a blind screen:\n{s}"
+        );
+    }
+    for tell in [
+        "SECRET-THINKING",
+        "thinking",
+        "Warm-up",
+        "$0.00042",
+        " reas",
+        "tok/s",
+    ] {
+        assert!(!s.contains(tell), "{tell} on a blind screen:\n{s}");
+    }
+    // Nor in the export (the blind turn by letter, in letter order).
+    let doc = app.export_doc();
+    let last = doc.turns.last().unwrap();
+    let letters: Vec<&str> = last.answers.iter().map(|a| a.target.as_str()).collect();
+    assert_eq!(letters, ["Answer A", "Answer B", "Answer C", "Answer D"]);
+    let text = format!(
+        "{}\n{}",
+        serde_json::to_string(&last).unwrap(),
+        serde_json::to_string(&doc.ledger).unwrap()
+    );
+    for tell in [
+        "mock/",
+        "alpha",
+        "thinker",
+        "price_ref",
+        "builtin:",
+        "end_turn",
+        "SECRET",
+        "0.00042",
+    ] {
+        assert!(!text.contains(tell), "{tell} in a blind export:\n{text}");
+    }
+    // After the vote: names, order and the earlier turn are back.
+    focus_pane(&mut app, 0);
+    app.update(ch('v'));
+    app.update(key(KeyCode::Char('=')));
+    app.update(key(KeyCode::Esc));
+    assert_eq!(app.display_order(), vec![0, 1, 2, 3]);
+    let s = screen(&app);
+    assert!(s.contains("mock/thinker") && s.contains("Warm-up"), "{s}");
+}

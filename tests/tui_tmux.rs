@@ -195,7 +195,7 @@ fn workbench_streams_every_pane_and_restores_the_terminal() {
 
     t.literal("What is 2+2?");
     t.wait_for("the prompt in the editor", 10, |s| {
-        s.contains("What is 2+2?") && s.contains("next send ≤ $0")
+        s.contains("What is 2+2?") && s.contains("next send ~$0 (≤ $0)")
     });
     t.keys(&["Enter"]);
 
@@ -374,4 +374,191 @@ fn blind_vote_and_judge_end_to_end() {
     assert!(votes[0].run_id.is_some());
     assert_eq!(votes[0].targets.len(), 2);
     assert!(votes[0].winner.is_some());
+}
+
+/// Quit, and check quorum exited cleanly.
+fn quit(t: &Tmux) {
+    t.keys(&["C-q"]);
+    let s = t.wait_for("the quit question or the exit", 30, |s| {
+        s.contains("QUORUM-EXIT-") || s.contains("Quit and cancel")
+    });
+    if s.contains("Quit and cancel") {
+        t.keys(&["y"]);
+    }
+    let after = t.wait_for("quorum to exit", 30, |s| s.contains("QUORUM-EXIT-"));
+    assert!(after.contains("QUORUM-EXIT-0"), "{after}");
+}
+
+#[test]
+fn zoom_then_esc_keeps_the_streams_running() {
+    if !have_tmux() {
+        eprintln!("SKIP: tmux is not installed; the TUI end-to-end test needs it");
+        return;
+    }
+    // Setup: slow mocks (5 tokens a second), so the answers are still streaming.
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(
+        dir.path().join("config.toml"),
+        "compare_targets = [\"mock/alpha\", \"mock/beta\"]\n",
+    )
+    .unwrap();
+    let script = write_script(dir.path(), "QUORUM_MOCK_TPS=5");
+    let t = start(&script, "zoom-esc");
+    t.wait_for("the first frame", 30, |s| s.contains("mock/beta · ready"));
+    t.literal("Explain how tides work in detail.");
+    t.keys(&["Enter"]);
+    t.wait_for("both panes streaming", 60, |s| {
+        s.matches("· streaming").count() == 2
+    });
+
+    // Exec: focus the first pane, zoom, Esc.
+    t.keys(&["Tab"]);
+    t.keys(&["z"]);
+    t.wait_for("the zoomed pane", 30, |s| {
+        s.contains("mock/alpha · streaming") && !s.contains("mock/beta") && !s.contains("ledger ·")
+    });
+    t.keys(&["Escape"]);
+
+    // Check: out of zoom, and both still streaming (nothing cancelled).
+    let s = t.wait_for("the panes again", 30, |s| {
+        s.contains("mock/beta") && s.contains("ledger ·")
+    });
+    assert!(!s.contains("cancelled"), "{s}");
+    assert_eq!(s.matches("· streaming").count(), 2, "{s}");
+    // Esc again (back to the editor): still nothing cancelled.
+    t.keys(&["Escape"]);
+    t.wait_for("the status bar of the editor", 30, |s| {
+        s.contains("Enter send")
+    });
+    assert!(!t.screen().contains("cancelled"));
+    // The deliberate key cancels.
+    t.keys(&["C-g"]);
+    t.wait_for("both cancelled", 30, |s| {
+        s.matches("cancelled").count() >= 2
+    });
+    quit(&t);
+}
+
+#[test]
+fn a_blind_run_shows_no_model_name_until_the_vote_and_the_mock_judges() {
+    if !have_tmux() {
+        eprintln!("SKIP: tmux is not installed; the TUI end-to-end test needs it");
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(
+        dir.path().join("config.toml"),
+        "compare_targets = [\"mock/alpha\", \"mock/thinker\", \"mock/contrarian\"]\n",
+    )
+    .unwrap();
+    let script = write_script(dir.path(), "");
+    let t = start(&script, "blind-names");
+    t.wait_for("the first frame", 30, |s| {
+        s.contains("mock/contrarian · ready")
+    });
+
+    // Exec: blind, send, wait for all three.
+    t.keys(&["C-b"]);
+    t.wait_for("blind mode on", 30, |s| s.contains("next: blind"));
+    t.literal("What is 2+2? Answer with one number.");
+    t.keys(&["Enter"]);
+    let blind = t.wait_for("three blind answers", 30, |s| {
+        ["Answer A · done", "Answer B · done", "Answer C · done"]
+            .iter()
+            .all(|a| s.contains(a))
+    });
+    // Check: no model name, no thinking, no price anywhere on screen.
+    for tell in [
+        "mock/",
+        "alpha",
+        "thinker",
+        "contrarian",
+        "thinking",
+        " reas",
+        "tok/s",
+    ] {
+        assert!(!blind.contains(tell), "{tell} shows while blind:\n{blind}");
+    }
+    // No price per answer (the session total is no tell).
+    for l in blind.lines().filter(|l| l.contains("Answer ")) {
+        assert!(!l.contains('$'), "a price while blind: {l}");
+    }
+    // The consensus view: still no names until the vote.
+    t.keys(&["Tab"]);
+    t.keys(&["v"]);
+    let view = t.wait_for("the blind view", 30, |s| s.contains("names hidden"));
+    assert!(!view.contains("mock/"), "{view}");
+    t.keys(&["="]);
+    t.wait_for("names revealed", 30, |s| {
+        s.contains("names revealed") && s.contains("mock/thinker")
+    });
+    // The judge answers offline, with a verdict.
+    t.keys(&["J"]);
+    t.wait_for("the mock judge's verdict", 30, |s| {
+        s.contains("agreement 0.67") && s.contains("best") && !s.contains("judging…")
+    });
+    quit(&t);
+}
+
+#[test]
+fn an_export_after_two_turns_holds_both() {
+    if !have_tmux() {
+        eprintln!("SKIP: tmux is not installed; the TUI end-to-end test needs it");
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(
+        dir.path().join("config.toml"),
+        "compare_targets = [\"mock/alpha\", \"mock/beta\"]\n",
+    )
+    .unwrap();
+    let script = write_script(dir.path(), "");
+    let t = start(&script, "export-two");
+    t.wait_for("the first frame", 30, |s| s.contains("mock/beta · ready"));
+
+    // Nothing yet: nothing is written.
+    t.keys(&["C-e"]);
+    t.wait_for("nothing to export", 30, |s| {
+        s.contains("nothing to export yet")
+    });
+
+    // Two turns.
+    t.literal("What is 2+2?");
+    t.keys(&["Enter"]);
+    t.wait_for("turn one", 30, |s| s.matches("· done").count() == 2);
+    t.literal("And what is 3*7?");
+    t.keys(&["Enter"]);
+    t.wait_for("turn two", 30, |s| {
+        s.matches("· done").count() == 2 && s.contains("· 2 sends")
+    });
+    t.keys(&["C-e"]);
+    t.wait_for("the export written", 30, |s| s.contains("exported to"));
+    quit(&t);
+
+    // Check: the Markdown holds both prompts and both answers of each.
+    let exports = dir.path().join("data/exports");
+    let md = std::fs::read_dir(&exports)
+        .unwrap()
+        .filter_map(|e| e.ok().map(|e| e.path()))
+        .find(|p| p.extension().is_some_and(|x| x == "md"))
+        .expect("a Markdown export");
+    let md = std::fs::read_to_string(md).unwrap();
+    assert_eq!(
+        std::fs::read_dir(&exports).unwrap().count(),
+        2,
+        "one .md, one .json"
+    );
+    let t1 = md.find("## Turn 1").expect(&md);
+    let t2 = md.find("## Turn 2").expect(&md);
+    assert!(t1 < t2);
+    assert!(
+        md[t1..t2].contains("What is 2+2?") && md[t1..t2].contains("4"),
+        "{md}"
+    );
+    assert!(
+        md[t2..].contains("And what is 3*7?") && md[t2..].contains("21"),
+        "{md}"
+    );
+    assert_eq!(md.matches("### mock/alpha (done)").count(), 2, "{md}");
+    assert_eq!(md.matches("### mock/beta (done)").count(), 2, "{md}");
 }

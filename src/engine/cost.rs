@@ -670,6 +670,13 @@ impl Pricing {
 /// Settle a finished request's cost: when the provider sent no usage but the model has a
 /// price, count the tokens locally (off the async threads: the tokenizer may need
 /// loading) and mark the cost `estimated`; then price it.
+///
+/// A stream that ended without the provider's last word (cut, cancelled, timed out,
+/// capped) arrives with its running usage (`usage_reported` false, see
+/// [`Accumulator::finish_unfinished`](super::event::Accumulator::finish_unfinished)):
+/// its output figure is kept as is (it is already the larger of the provider's running
+/// count and a local count of what arrived), and only input tokens the provider never
+/// reported are counted here.
 pub async fn settle(pricing: &Pricing, request: &Arc<ChatRequest>, c: &mut Completion) {
     let has_output = !c.text.is_empty() || !c.thinking.is_empty() || !c.tool_calls.is_empty();
     if !c.cached && !c.usage_reported && !has_output && c.error.as_ref().is_some_and(never_billed) {
@@ -679,25 +686,52 @@ pub async fn settle(pricing: &Pricing, request: &Arc<ChatRequest>, c: &mut Compl
         c.price_ref = None;
         return;
     }
-    let needs_count = !c.cached
-        && !c.usage_reported
-        && c.usage.reported_cost_usd.is_none()
-        && has_output
-        && pricing
-            .lookup(&c.provider, &c.model)
-            .is_some_and(|r| !r.is_free());
-    if needs_count {
-        let req = request.clone();
-        let done = c.clone();
-        if let Ok(u) = tokio::task::spawn_blocking(move || {
-            super::tokens::estimate_usage(&done.model, &req, &done)
-        })
-        .await
-        {
-            c.usage = u;
+    let priced = pricing
+        .lookup(&c.provider, &c.model)
+        .is_some_and(|r| !r.is_free());
+    let open = !c.cached && !c.usage_reported && c.usage.reported_cost_usd.is_none() && priced;
+    // Running figures of a stream that never finished.
+    let partial = c.error.is_some() && c.usage.total_tokens() > 0;
+    // Whether the prompt reached the model: an answer (even empty) or
+    // output came back, or it failed after the request was accepted.
+    let reached =
+        has_output || partial || c.error.is_none() || c.error.as_ref().is_some_and(reached_model);
+    if open && reached {
+        if partial || !has_output {
+            // Input only, counted without loading a tokenizer (and without
+            // copying the answer); the output figure stays as it is.
+            if c.usage.input_tokens == 0 {
+                c.usage.input_tokens = super::tokens::lower_estimate_request(request);
+            }
+        } else {
+            let req = request.clone();
+            let done = c.clone();
+            if let Ok(u) = tokio::task::spawn_blocking(move || {
+                super::tokens::estimate_usage(&done.model, &req, &done)
+            })
+            .await
+            {
+                c.usage = u;
+            }
         }
     }
     pricing.apply(c);
+}
+
+/// Errors that come after the provider accepted the request: the prompt was (or
+/// may well have been) processed, so its input tokens count.
+fn reached_model(e: &EngineError) -> bool {
+    matches!(
+        e,
+        EngineError::InStream { .. }
+            | EngineError::ResponseTooLarge { .. }
+            | EngineError::Timeout {
+                phase: super::error::TimeoutPhase::FirstToken
+                    | super::error::TimeoutPhase::Idle
+                    | super::error::TimeoutPhase::Total,
+                ..
+            }
+    )
 }
 
 /// Errors the provider answers with a refusal status before processing any token (or

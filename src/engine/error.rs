@@ -22,7 +22,7 @@ impl TimeoutPhase {
             TimeoutPhase::Connect => "connect",
             TimeoutPhase::FirstToken => "first token",
             TimeoutPhase::Idle => "idle gap between chunks",
-            TimeoutPhase::Total => "total",
+            TimeoutPhase::Total => "total for the request, retries and waits included",
         }
     }
 }
@@ -72,6 +72,17 @@ pub enum EngineError {
         /// The provider's message.
         message: String,
     },
+    /// 408 (request timeout) and 409 (conflict): client-side statuses that
+    /// say "try again", retried like 5xx (as the official SDKs do).
+    #[error("{} (HTTP {status}), retryable{}: {message}", transient_word(*.status), fmt_wait(.retry_after))]
+    Transient {
+        /// HTTP status.
+        status: u16,
+        /// The provider's message.
+        message: String,
+        /// Wait asked for by the provider.
+        retry_after: Option<Duration>,
+    },
     /// 5xx.
     #[error("server error (HTTP {status}): {message}")]
     Server {
@@ -106,6 +117,13 @@ pub enum EngineError {
         /// Which frame and why.
         message: String,
     },
+    /// The answer grew past a configured cap (bytes, or far past
+    /// `max_tokens`): reading stopped, the partial answer is kept.
+    #[error("response too large: {message}")]
+    ResponseTooLarge {
+        /// Which cap, and its value.
+        message: String,
+    },
     /// Cancelled by the user.
     #[error("cancelled")]
     Cancelled,
@@ -135,6 +153,14 @@ pub enum EngineError {
     },
 }
 
+fn transient_word(status: u16) -> &'static str {
+    match status {
+        408 => "request timeout",
+        409 => "conflict",
+        _ => "transient error",
+    }
+}
+
 fn fmt_wait(d: &Option<Duration>) -> String {
     match d {
         Some(d) => format!(", retry after {:.1} s", d.as_secs_f64()),
@@ -152,6 +178,10 @@ impl EngineError {
             EngineError::ContextLength { .. } => "context_length",
             EngineError::BadRequest { .. } => "bad_request",
             EngineError::Server { .. } => "server",
+            EngineError::Transient { status: 408, .. } => "request_timeout",
+            EngineError::Transient { status: 409, .. } => "conflict",
+            EngineError::Transient { .. } => "transient",
+            EngineError::ResponseTooLarge { .. } => "response_too_large",
             EngineError::InStream { .. } => "in_stream",
             EngineError::Timeout { .. } => "timeout",
             EngineError::Network { .. } => "network",
@@ -171,6 +201,7 @@ impl EngineError {
             EngineError::RateLimited { .. }
                 | EngineError::Overloaded { .. }
                 | EngineError::Server { .. }
+                | EngineError::Transient { .. }
                 | EngineError::Timeout { .. }
                 | EngineError::Network { .. }
         )
@@ -180,7 +211,8 @@ impl EngineError {
     pub fn retry_after(&self) -> Option<Duration> {
         match self {
             EngineError::RateLimited { retry_after, .. }
-            | EngineError::Overloaded { retry_after, .. } => *retry_after,
+            | EngineError::Overloaded { retry_after, .. }
+            | EngineError::Transient { retry_after, .. } => *retry_after,
             _ => None,
         }
     }
@@ -192,7 +224,8 @@ impl EngineError {
             | EngineError::Overloaded { status, .. }
             | EngineError::ContextLength { status, .. }
             | EngineError::BadRequest { status, .. }
-            | EngineError::Server { status, .. } => Some(*status),
+            | EngineError::Server { status, .. }
+            | EngineError::Transient { status, .. } => Some(*status),
             EngineError::RateLimited { .. } => Some(429),
             _ => None,
         }
@@ -200,26 +233,37 @@ impl EngineError {
 
     /// Replace every occurrence of `secret` in the messages with `***`: a
     /// provider (or a proxy) may echo the key back in an error body.
-    pub fn redact(mut self, secret: &str) -> EngineError {
+    pub fn redact(self, secret: &str) -> EngineError {
         if secret.len() < 4 {
             return self;
         }
+        self.map_message(|m| {
+            if m.contains(secret) {
+                m.replace(secret, "***")
+            } else {
+                m.to_string()
+            }
+        })
+    }
+
+    /// The same error with its message (if it has one) passed through `f`.
+    pub fn map_message(mut self, f: impl Fn(&str) -> String) -> EngineError {
         match &mut self {
             EngineError::Auth { message, .. }
             | EngineError::RateLimited { message, .. }
             | EngineError::Overloaded { message, .. }
             | EngineError::ContextLength { message, .. }
             | EngineError::BadRequest { message, .. }
+            | EngineError::Transient { message, .. }
             | EngineError::Server { message, .. }
             | EngineError::InStream { message }
             | EngineError::Network { message }
             | EngineError::Protocol { message }
+            | EngineError::ResponseTooLarge { message }
             | EngineError::Config { message }
             | EngineError::NotAllowed { message }
             | EngineError::Budget { message } => {
-                if message.contains(secret) {
-                    *message = message.replace(secret, "***");
-                }
+                *message = f(message);
             }
             EngineError::Timeout { .. }
             | EngineError::Cancelled
@@ -253,7 +297,34 @@ impl EngineError {
         headers: &reqwest::header::HeaderMap,
         body: &[u8],
     ) -> EngineError {
-        let message = provider_message(body);
+        Self::from_http_masked(
+            status,
+            headers,
+            body,
+            false,
+            &crate::engine::provider::mask::Masker::default(),
+        )
+    }
+
+    /// [`EngineError::from_http`] for a body that may echo secrets: every
+    /// known secret is masked in the raw body and again in the message
+    /// extracted from it (a JSON string may spell it with escapes), before
+    /// anything is cut. `truncated` says the body was cut by a read limit:
+    /// its last word is dropped (it may be a secret cut short).
+    pub fn from_http_masked(
+        status: u16,
+        headers: &reqwest::header::HeaderMap,
+        body: &[u8],
+        truncated: bool,
+        masker: &crate::engine::provider::mask::Masker,
+    ) -> EngineError {
+        let raw = masker.mask_bytes(body);
+        let raw = if truncated {
+            format!("{}…", crate::engine::provider::mask::drop_cut_word(&raw))
+        } else {
+            raw
+        };
+        let message = provider_message_with(raw.as_bytes(), &|m| masker.mask(m).into_owned());
         let retry_after = parse_retry_after(headers);
         let lower = message.to_ascii_lowercase();
         let context = lower.contains("context_length_exceeded")
@@ -274,6 +345,11 @@ impl EngineError {
                 retry_after,
             },
             400 | 413 | 422 if context => EngineError::ContextLength { status, message },
+            408 | 409 => EngineError::Transient {
+                status,
+                message,
+                retry_after,
+            },
             400..=499 => EngineError::BadRequest { status, message },
             _ => EngineError::Server { status, message },
         }
@@ -285,6 +361,13 @@ impl EngineError {
 /// OpenRouter, with OpenRouter's `metadata.raw` appended), `{"error":"..."}`
 /// (Ollama), `{"message":..}`, or the trimmed raw body.
 pub fn provider_message(body: &[u8]) -> String {
+    provider_message_with(body, &|m| m.to_string())
+}
+
+/// [`provider_message`], passing the extracted message through `mask`
+/// before it is cut.
+pub fn provider_message_with(body: &[u8], mask: &dyn Fn(&str) -> String) -> String {
+    let clip = |s: &str| clip(&mask(s));
     let text = String::from_utf8_lossy(body);
     let trimmed = text.trim();
     if let Ok(v) = serde_json::from_str::<serde_json::Value>(trimmed) {
@@ -324,15 +407,7 @@ pub fn provider_message(body: &[u8]) -> String {
 
 fn clip(s: &str) -> String {
     const MAX: usize = 600;
-    let s = s.trim();
-    if s.len() <= MAX {
-        return s.to_string();
-    }
-    let mut end = MAX;
-    while !s.is_char_boundary(end) {
-        end -= 1;
-    }
-    format!("{}…", &s[..end])
+    crate::engine::provider::mask::cut(s.trim(), MAX)
 }
 
 /// `retry-after-ms` (milliseconds, OpenAI/Anthropic) wins over `retry-after`

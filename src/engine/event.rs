@@ -300,6 +300,8 @@ pub struct Accumulator {
     pub completion: Completion,
     tool_slots: Vec<(usize, ToolCall)>,
     saw_finish: bool,
+    /// Local running count of the output that arrived.
+    estimate: super::tokens::TokenEstimator,
 }
 
 impl Accumulator {
@@ -307,8 +309,12 @@ impl Accumulator {
     pub fn push(&mut self, d: &Delta) {
         let c = &mut self.completion;
         match d {
-            Delta::Text(t) => c.text.push_str(t),
+            Delta::Text(t) => {
+                self.estimate.push(t);
+                c.text.push_str(t)
+            }
             Delta::Thinking(t) => {
+                self.estimate.push(t);
                 c.thinking.push_str(t);
                 // A signed block is closed: new thinking opens the next one.
                 match c.thinking_blocks.last_mut() {
@@ -332,7 +338,10 @@ impl Accumulator {
                         signature: s.clone(),
                     }),
             },
-            Delta::Refusal(r) => c.refusal.get_or_insert_with(String::new).push_str(r),
+            Delta::Refusal(r) => {
+                self.estimate.push(r);
+                c.refusal.get_or_insert_with(String::new).push_str(r)
+            }
             Delta::ToolCall {
                 index,
                 id,
@@ -356,6 +365,7 @@ impl Accumulator {
                         slot.name = n.clone();
                     }
                 }
+                self.estimate.push(arguments);
                 slot.arguments.push_str(arguments);
             }
             Delta::Usage(u) => {
@@ -380,6 +390,42 @@ impl Accumulator {
         !self.completion.text.is_empty()
             || !self.completion.thinking.is_empty()
             || !self.tool_slots.is_empty()
+    }
+
+    /// Output tokens so far: the larger of the provider's running count and
+    /// a local, lower-leaning count of what arrived (see
+    /// [`TokenEstimator`](super::tokens::TokenEstimator)).
+    pub fn running_output_tokens(&self) -> u64 {
+        let reported = if self.completion.usage_reported {
+            self.completion.usage.output_tokens
+        } else {
+            0
+        };
+        reported.max(self.estimate.tokens())
+    }
+
+    /// The local count alone.
+    pub fn local_output_tokens(&self) -> u64 {
+        self.estimate.tokens()
+    }
+
+    /// The usage so far, with [`Accumulator::running_output_tokens`] as its output.
+    pub fn running_usage(&self) -> Usage {
+        Usage {
+            output_tokens: self.running_output_tokens(),
+            ..self.completion.usage
+        }
+    }
+
+    /// Finish a stream that ended without the provider's last word (cut,
+    /// cancelled, timed out, stopped by a cap): its usage is the running
+    /// figure, marked not reported (so its cost is `estimated`).
+    pub fn finish_unfinished(self) -> Completion {
+        let usage = self.running_usage();
+        let mut c = self.finish();
+        c.usage = usage;
+        c.usage_reported = false;
+        c
     }
 
     /// Finish: tool calls in index order.
@@ -419,7 +465,11 @@ pub enum StreamEvent {
         /// Argument fragment.
         arguments: String,
     },
-    /// Usage snapshot so far (cumulative).
+    /// Usage snapshot so far (cumulative). Its `output_tokens` is the
+    /// running count: the larger of the provider's figure and a local count
+    /// of what arrived, so a provisional figure (Anthropic's `1` at the
+    /// start) never shows for a whole stream. Sent whenever the provider
+    /// reports usage, and as output arrives once it has.
     Usage(Usage),
     /// A retry is scheduled.
     Retrying {

@@ -16,7 +16,7 @@ use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 use tokio::time::Instant;
 
 use super::error::EngineError;
-use super::provider::http::Timeouts;
+use super::provider::http::{ResponseCaps, Timeouts};
 use super::provider::ProviderKind;
 use super::request::ChatRequest;
 
@@ -133,6 +133,8 @@ pub struct ProviderPolicy {
     pub breaker: BreakerPolicy,
     /// Concurrency and rate limits.
     pub limits: Limits,
+    /// What one request may take from the upstream (bytes, tokens).
+    pub caps: ResponseCaps,
 }
 
 /// Whether a failed attempt says the provider itself is unhealthy, and so

@@ -20,7 +20,7 @@ use super::error::EngineError;
 use super::event::{Accumulator, Completion, Delta, FinishReason, StreamEvent};
 use super::front::{Books, LedgerHealth, Settle};
 use super::ledger::{LedgerSink, RequestMeta};
-use super::provider::http::{Attempt, CallContext, LazyClient};
+use super::provider::http::{Attempt, AttemptOptions, CallContext, LazyClient};
 use super::registry::{Registry, Resolved};
 use super::request::ChatRequest;
 use super::routing::{estimate_tokens, BreakerState, Route, Router};
@@ -536,6 +536,25 @@ impl TargetJob {
             Ok(c) => c,
             Err(e) => return Outcome::Failed(Completion::default(), e, false),
         };
+        // `--timeout` / `total_secs` bounds the whole request: every attempt
+        // and every wait between them, counted from the job's start.
+        let deadline = policy.timeouts.total.map(|t| (started + t, t));
+        let total_timeout = || {
+            let after = policy.timeouts.total.unwrap_or_default();
+            Outcome::Failed(
+                Completion::default(),
+                EngineError::Timeout {
+                    phase: super::error::TimeoutPhase::Total,
+                    after,
+                },
+                false,
+            )
+        };
+        let opts = AttemptOptions {
+            timeouts: policy.timeouts,
+            caps: policy.caps,
+            deadline,
+        };
         let mut attempt_no = 1u32;
         loop {
             let ticket = match route.breaker.acquire() {
@@ -559,10 +578,12 @@ impl TargetJob {
                     if !self.emit(StreamEvent::Queued).await {
                         return cancelled();
                     }
+                    let until = deadline.map(|(d, _)| d);
                     tokio::select! {
                         biased;
                         _ = self.cancel.cancelled() => return cancelled(),
                         p = route.limiter.acquire(estimate) => p,
+                        _ = sleep_until_opt(until) => return total_timeout(),
                     }
                 }
             };
@@ -582,13 +603,15 @@ impl TargetJob {
             };
             let mut acc = Accumulator::default();
             let mut delivered = false;
+            // The running output count last sent in a Usage event.
+            let mut shown_out = 0u64;
             let result: Result<(), EngineError> = async {
                 // One cancellation waiter for the whole attempt, not one per chunk.
                 let mut stop = std::pin::pin!(self.cancel.cancelled());
                 let mut a = tokio::select! {
                     biased;
                     _ = &mut stop => return Err(EngineError::Cancelled),
-                    a = Attempt::start(&client, &r.spec, &r.model, &request, self.opts.stream, policy.timeouts, &ctx) => a?,
+                    a = Attempt::start_with(&client, &r.spec, &r.model, &request, self.opts.stream, &opts, &ctx) => a?,
                 };
                 loop {
                     let next = tokio::select! {
@@ -601,15 +624,35 @@ impl TargetJob {
                         Some(Err(e)) => return Err(e),
                         Some(Ok(d)) => {
                             acc.push(&d);
-                            if is_content(&d) {
+                            let content = is_content(&d);
+                            if content {
                                 delivered = true;
                                 if ttft.is_none() {
                                     *ttft = Some(started.elapsed());
                                 }
                             }
-                            if let Some(ev) = StreamEvent::from_delta_owned(d) {
+                            let ev = match d {
+                                // Usage carries the running output count.
+                                Delta::Usage(_) => {
+                                    shown_out = acc.running_output_tokens();
+                                    Some(StreamEvent::Usage(acc.running_usage()))
+                                }
+                                d => StreamEvent::from_delta_owned(d),
+                            };
+                            if let Some(ev) = ev {
                                 if !self.emit(ev).await {
                                     return Err(EngineError::Cancelled);
+                                }
+                            }
+                            // Once the provider has reported usage, keep the
+                            // figure moving as output arrives (every few tokens).
+                            if content && acc.completion.usage_reported {
+                                let now = acc.running_output_tokens();
+                                if now >= shown_out + 1 + shown_out / 32 {
+                                    shown_out = now;
+                                    if !self.emit(StreamEvent::Usage(acc.running_usage())).await {
+                                        return Err(EngineError::Cancelled);
+                                    }
                                 }
                             }
                         }
@@ -634,13 +677,20 @@ impl TargetJob {
                 Ok(()) => return Outcome::Done(acc.finish()),
                 Err(e) => {
                     // Once output reached the consumer the stream is never
-                    // retried or failed over: the partial text is kept.
+                    // retried or failed over: the partial text is kept, and
+                    // its usage is the running figure (estimated).
                     if delivered || matches!(e, EngineError::Cancelled) {
-                        return Outcome::Failed(acc.finish(), e, delivered);
+                        return Outcome::Failed(acc.finish_unfinished(), e, delivered);
                     }
                     let jitter: f64 = rand::random();
                     match policy.retry.next_wait(&e, attempt_no + 1, jitter) {
-                        None => return Outcome::Failed(acc.finish(), e, false),
+                        None => return Outcome::Failed(acc.finish_unfinished(), e, false),
+                        Some((wait, _))
+                            if deadline.is_some_and(|(d, _)| Instant::now() + wait >= d) =>
+                        {
+                            // The wait would outlast the request's total limit.
+                            return total_timeout();
+                        }
                         Some((wait, reason)) => {
                             attempt_no += 1;
                             *retries += 1;
@@ -677,6 +727,8 @@ impl TargetJob {
     ) {
         c.provider = r.spec.name.clone();
         c.model = r.model.clone();
+        // A key split across deltas (a model echoing it) is masked too.
+        super::provider::mask::mask_completion(&r.spec, &mut c);
         c.retries = retries;
         c.ttft_ms = ttft.map(ms);
         c.latency_ms = ms(started.elapsed());
@@ -765,6 +817,13 @@ fn is_content(d: &Delta) -> bool {
         d,
         Delta::Text(_) | Delta::Thinking(_) | Delta::ToolCall { .. } | Delta::Refusal(_)
     )
+}
+
+async fn sleep_until_opt(t: Option<Instant>) {
+    match t {
+        Some(t) => tokio::time::sleep_until(t).await,
+        None => std::future::pending().await,
+    }
 }
 
 fn ms(d: Duration) -> f64 {

@@ -128,6 +128,8 @@ pub fn engine_error(e: &EngineError) -> ApiError {
         E::Server { .. } | E::Network { .. } | E::Protocol { .. } | E::InStream { .. } => {
             (StatusCode::BAD_GATEWAY, "api_error", "upstream_error")
         }
+        E::Transient { .. } => (StatusCode::BAD_GATEWAY, "api_error", "upstream_error"),
+        E::ResponseTooLarge { .. } => (StatusCode::BAD_GATEWAY, "api_error", "response_too_large"),
     };
     ApiError {
         status,

@@ -16,7 +16,7 @@ use crate::engine::{
 };
 
 use super::consensus_overlay::ConsensusPanel;
-use super::export::{ExportAnswer, ExportDoc, ExportLedgerRow};
+use super::export::{ExportAnswer, ExportDoc, ExportLedgerRow, ExportTurn};
 use super::keys::{Action, KeyMap};
 use super::layout::{self, Areas};
 use super::msg::{Cmd, HistRun, Msg};
@@ -26,6 +26,13 @@ use super::theme::Theme;
 
 /// Most panes the picker allows.
 pub const MAX_PANES: usize = 12;
+
+/// Output limit of a send where neither `tui_max_tokens` nor `[models]` sets one.
+pub const DEFAULT_MAX_TOKENS: u32 = 4096;
+
+/// Output tokens an answer is expected to take when the session has no
+/// answer of that target yet (for the expected cost shown next to the bound).
+pub const TYPICAL_OUTPUT_TOKENS: u64 = 400;
 
 /// What has the keyboard.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -121,8 +128,8 @@ pub enum Overlay {
     /// None.
     #[default]
     None,
-    /// Key help.
-    Help,
+    /// Key help, scrolled this many lines.
+    Help(u16),
     /// Target picker.
     Picker(Picker),
     /// A y / n question.
@@ -136,12 +143,17 @@ pub enum Overlay {
 /// Session totals of one target.
 #[derive(Debug, Clone, Default, PartialEq)]
 pub struct LedgerRow {
-    /// Target.
+    /// Who is credited: the target, or `provider/model (for target)` when a
+    /// fallback answered.
     pub target: String,
+    /// The target asked for (the pane's).
+    pub asked: String,
     /// Requests finished or failed.
     pub requests: u64,
-    /// Failed or cancelled.
+    /// Failed (cancelled ones are not failures).
     pub errors: u64,
+    /// Cancelled.
+    pub cancelled: u64,
     /// Tokens.
     pub usage: Usage,
     /// Known cost.
@@ -157,8 +169,10 @@ pub struct LedgerRow {
 impl LedgerRow {
     fn add(&mut self, c: &Completion) {
         self.requests += 1;
-        if c.error.is_some() {
-            self.errors += 1;
+        match &c.error {
+            Some(EngineError::Cancelled) => self.cancelled += 1,
+            Some(_) => self.errors += 1,
+            None => {}
         }
         self.add_usage(&c.usage, c.cost_usd, c.cost_source);
     }
@@ -272,12 +286,25 @@ pub struct App {
     pub dirty: bool,
     /// The consensus view, blind mode, the judge and repeat-N.
     pub cons: ConsensusPanel,
+    /// Providers that need a key and have none (the picker marks their targets).
+    pub keyless: Vec<String>,
+    /// Output limit of sends where `model_max_tokens` has none (None: no limit).
+    pub max_tokens: Option<u32>,
+    /// `[models."provider/model"] max_tokens` from config, by target.
+    pub model_max_tokens: HashMap<String, u32>,
+    /// Earlier turns of the conversation, for the export.
+    pub past_turns: Vec<ExportTurn>,
+    pending_close: Option<ExportTurn>,
+    /// The pane whose answer the current turn continued from.
+    turn_continued: Option<String>,
+    next_continued: Option<String>,
 }
 
 /// Panes that get the same request go in one run.
 #[derive(Debug, Clone)]
 struct Group {
     messages: Vec<Message>,
+    max_tokens: Option<u32>,
     prompt: String,
     members: Vec<(usize, bool)>,
 }
@@ -324,6 +351,13 @@ impl App {
             dirty: true,
             cons: ConsensusPanel::new(&init.theme),
             theme: init.theme,
+            keyless: Vec::new(),
+            max_tokens: Some(DEFAULT_MAX_TOKENS),
+            model_max_tokens: HashMap::new(),
+            past_turns: Vec::new(),
+            pending_close: None,
+            turn_continued: None,
+            next_continued: None,
         };
         app.style_editor();
         app.relayout();
@@ -497,6 +531,7 @@ impl App {
                 }
             }
         }
+        self.sync_blind_view();
         if relayout {
             self.relayout();
         }
@@ -514,7 +549,7 @@ impl App {
 
     /// Count a request that did not come through a pane (the judge).
     pub(crate) fn add_ledger_completion(&mut self, label: &str, c: &Completion) {
-        self.ledger_row(label).add(c);
+        self.ledger_row(label, label).add(c);
     }
 
     /// The flash message, while fresh.
@@ -529,13 +564,14 @@ impl App {
 
     fn on_engine(&mut self, run: u64, target: usize, ev: StreamEvent) {
         if let StreamEvent::Finished(c) | StreamEvent::Failed(c) = &ev {
-            let label = self
+            let asked = self
                 .runs
                 .get(&run)
                 .and_then(|t| t.get(target))
                 .cloned()
                 .unwrap_or_else(|| c.model.clone());
-            self.ledger_row(&label).add(c);
+            let label = credit_label(&asked, c);
+            self.ledger_row(&label, &asked).add(c);
         }
         let ended = matches!(ev, StreamEvent::Finished(_) | StreamEvent::Failed(_));
         let now = self.now;
@@ -547,12 +583,13 @@ impl App {
         }
     }
 
-    fn ledger_row(&mut self, target: &str) -> &mut LedgerRow {
+    fn ledger_row(&mut self, target: &str, asked: &str) -> &mut LedgerRow {
         let i = match self.ledger.iter().position(|r| r.target == target) {
             Some(i) => i,
             None => {
                 self.ledger.push(LedgerRow {
                     target: target.to_string(),
+                    asked: asked.to_string(),
                     ..Default::default()
                 });
                 self.ledger.len() - 1
@@ -582,28 +619,22 @@ impl App {
             if !p.state.in_flight() {
                 continue;
             }
-            let i = match rows.iter().position(|r| r.target == p.target) {
+            let label = match p.answered_by() {
+                Some(by) => format!("{by} (for {})", p.target),
+                None => p.target.clone(),
+            };
+            let i = match rows.iter().position(|r| r.target == label) {
                 Some(i) => i,
                 None => {
                     rows.push(LedgerRow {
-                        target: p.target.clone(),
+                        target: label,
+                        asked: p.target.clone(),
                         ..Default::default()
                     });
                     rows.len() - 1
                 }
             };
-            let (out, _) = p.stats.out_tokens();
-            let u = match p.stats.usage {
-                Some(u) if u.output_tokens > 0 => u,
-                Some(u) => Usage {
-                    output_tokens: out,
-                    ..u
-                },
-                None => Usage {
-                    output_tokens: out,
-                    ..Default::default()
-                },
-            };
+            let u = p.stats.live_usage();
             let (cost, src) = p.cost(&|a, b, c, d| self.quote(a, b, c, d));
             let r = &mut rows[i];
             r.usage.input_tokens += u.input_tokens;
@@ -621,11 +652,13 @@ impl App {
                 r.estimated += 1;
             }
         }
-        // Panes' targets first, in pane order; targets no longer shown after.
+        // Panes' targets first, in screen order (letter order while blind);
+        // targets no longer shown after.
+        let order = self.display_order();
         rows.sort_by_key(|r| {
-            self.panes
+            order
                 .iter()
-                .position(|p| p.target == r.target)
+                .position(|&i| self.panes[i].target == r.asked)
                 .unwrap_or(usize::MAX)
         });
         rows
@@ -645,10 +678,15 @@ impl App {
                     (m, false)
                 }
             };
-            match groups.iter_mut().find(|g| g.messages == messages) {
+            let max_tokens = self.max_tokens_for(&p.target);
+            match groups
+                .iter_mut()
+                .find(|g| g.messages == messages && g.max_tokens == max_tokens)
+            {
                 Some(g) => g.members.push((i, re)),
                 None => groups.push(Group {
                     messages,
+                    max_tokens,
                     prompt: prompt.to_string(),
                     members: vec![(i, re)],
                 }),
@@ -663,6 +701,7 @@ impl App {
                 (
                     ChatRequest {
                         messages: g.messages.clone(),
+                        max_tokens: g.max_tokens,
                         ..Default::default()
                     },
                     g.members
@@ -716,12 +755,17 @@ impl App {
                 run,
                 request: ChatRequest {
                     messages: g.messages,
+                    max_tokens: g.max_tokens,
                     ..Default::default()
                 },
                 targets,
             });
         }
         if let Some(p) = new_prompt {
+            if let Some(t) = self.pending_close.take() {
+                self.past_turns.push(t);
+            }
+            self.turn_continued = self.next_continued.take();
             if self.prompt_history.last() != Some(&p) {
                 self.prompt_history.push(p.clone());
             }
@@ -753,10 +797,12 @@ impl App {
         if self.in_flight() {
             self.set_flash(format!(
                 "runs are in flight: wait, or {} cancels them",
-                self.keys.short(Action::Cancel)
+                self.keys.short(Action::CancelAll)
             ));
             return;
         }
+        // The turn on screen becomes history once this send starts.
+        self.pending_close = self.current_turn(false);
         self.prepare_send(&prompt);
         let plan = self.plan(&prompt, 0..self.panes.len(), false);
         self.submit(plan, cmds);
@@ -814,6 +860,45 @@ impl App {
         });
     }
 
+    /// Whether `target`'s provider needs a key it does not have.
+    pub fn lacks_key(&self, target: &str) -> bool {
+        target
+            .split_once('/')
+            .is_some_and(|(p, _)| self.keyless.iter().any(|k| k == p))
+    }
+
+    /// The output limit a send to `target` carries.
+    pub fn max_tokens_for(&self, target: &str) -> Option<u32> {
+        self.model_max_tokens
+            .get(target)
+            .copied()
+            .or(self.max_tokens)
+    }
+
+    /// What the next send is expected to cost (not its bound): the prompt,
+    /// plus as much output as this target's answers took so far this
+    /// session (else a typical answer), within its limit. None when a
+    /// target has no price.
+    pub fn expected_cost(&self, p: &Projection) -> Option<f64> {
+        let mut total = 0.0;
+        for t in &p.targets {
+            let typical = self
+                .ledger
+                .iter()
+                .find(|r| r.target == t.target && r.requests > r.errors + r.cancelled)
+                .map(|r| r.usage.output_tokens / (r.requests - r.errors - r.cancelled).max(1))
+                .unwrap_or(TYPICAL_OUTPUT_TOKENS);
+            let out = t.max_output_tokens.map_or(typical, |m| typical.min(m));
+            let u = Usage {
+                input_tokens: t.input_tokens,
+                output_tokens: out,
+                ..Default::default()
+            };
+            total += self.quote(&t.provider, &t.model, &u, true).0?;
+        }
+        Some(total)
+    }
+
     /// The projection for the editor as it is now, if ready.
     pub fn current_projection(&self) -> Option<&Projection> {
         self.projection
@@ -835,6 +920,7 @@ impl App {
         }
         let history = src.history.clone();
         let name = self.pane_name(i);
+        self.next_continued = Some(name.clone());
         for (j, p) in self.panes.iter_mut().enumerate() {
             p.history = history.clone();
             p.last_request = None;
@@ -876,16 +962,17 @@ impl App {
             self.send(cmds);
             return;
         }
-        if keys.is(Action::Cancel, &k) {
+        if keys.is(Action::CancelAll, &k) {
             if self.in_flight() || self.pending_send.is_some() {
                 self.cancel_all(cmds);
                 self.set_flash("cancelling everything in flight".into());
-            } else if self.zoom.is_some() {
-                self.zoom = None;
             } else {
-                self.focus = Focus::Editor;
-                self.style_editor();
+                self.set_flash("nothing in flight to cancel".into());
             }
+            return;
+        }
+        if keys.is(Action::Cancel, &k) {
+            self.leave_view();
             return;
         }
         if keys.is(Action::FocusNext, &k) {
@@ -905,7 +992,12 @@ impl App {
             return;
         }
         if keys.is(Action::Export, &k) {
-            cmds.push(Cmd::Export(Box::new(self.export_doc())));
+            let doc = self.export_doc();
+            if doc.is_empty() {
+                self.set_flash("nothing to export yet: send a prompt first".into());
+            } else {
+                cmds.push(Cmd::Export(Box::new(doc)));
+            }
             return;
         }
         if keys.is(Action::History, &k) {
@@ -918,7 +1010,7 @@ impl App {
             return;
         }
         if keys.is(Action::Help, &k) && (!in_editor || !self.is_char(&k)) {
-            self.overlay = Overlay::Help;
+            self.overlay = Overlay::Help(0);
             return;
         }
         // Letter keys act outside the editor only; Ctrl keys everywhere.
@@ -942,6 +1034,24 @@ impl App {
         }
     }
 
+    /// Esc: leave one level of view (zoom, then a pane's focus, then the
+    /// banner). Leaving a view never cancels anything: runs keep streaming.
+    fn leave_view(&mut self) {
+        if self.zoom.is_some() {
+            self.zoom = None;
+        } else if self.focus != Focus::Editor {
+            self.focus = Focus::Editor;
+            self.style_editor();
+        } else if !self.banner.is_empty() {
+            self.banner.clear();
+        } else if self.in_flight() {
+            self.set_flash(format!(
+                "runs keep going · {} cancels them",
+                self.keys.short(Action::CancelAll)
+            ));
+        }
+    }
+
     fn is_char(&self, k: &KeyEvent) -> bool {
         matches!(k.code, KeyCode::Char(_))
             && !k
@@ -950,9 +1060,8 @@ impl App {
     }
 
     fn cycle_focus(&mut self, forward: bool) {
-        let n = self.panes.len();
         let order: Vec<Focus> = std::iter::once(Focus::Editor)
-            .chain((0..n).map(Focus::Pane))
+            .chain(self.display_order().into_iter().map(Focus::Pane))
             .chain(std::iter::once(Focus::Ledger))
             .collect();
         let at = order.iter().position(|f| *f == self.focus).unwrap_or(0);
@@ -1232,8 +1341,28 @@ impl App {
         }
         match overlay {
             Overlay::None => {}
-            // Any key closes.
-            Overlay::Help => {}
+            // Scroll keys scroll (a short terminal cuts it); any other key closes.
+            Overlay::Help(top) => {
+                let keys = &self.keys;
+                let max = super::view::help_scroll_max(self);
+                let d: i32 = if keys.is(Action::ScrollDown, &k) {
+                    1
+                } else if keys.is(Action::ScrollUp, &k) {
+                    -1
+                } else if keys.is(Action::PageDown, &k) || k.code == KeyCode::Char(' ') {
+                    10
+                } else if keys.is(Action::PageUp, &k) {
+                    -10
+                } else if k.code == KeyCode::Home {
+                    -1000
+                } else if k.code == KeyCode::End {
+                    1000
+                } else {
+                    return;
+                };
+                let next = (i32::from(top) + d).clamp(0, i32::from(max)) as u16;
+                self.overlay = Overlay::Help(next);
+            }
             Overlay::Consensus => {
                 self.overlay = Overlay::Consensus;
                 self.consensus_key(k, cmds);
@@ -1361,50 +1490,104 @@ impl App {
 
     // ----- export --------------------------------------------------------
 
-    /// The comparison as it stands, named as on screen: while blind, answers and
-    /// ledger rows go by their letters and the completions carry no model names.
+    /// The turn on screen (None before the first send). With `as_shown`,
+    /// named as on screen: while blind, answers go by their letters in letter
+    /// order, with no model name, price, thinking or provider wording.
+    pub fn current_turn(&self, as_shown: bool) -> Option<ExportTurn> {
+        let prompt = self.last_prompt.clone()?;
+        let order: Vec<usize> = if as_shown {
+            self.display_order()
+        } else {
+            (0..self.panes.len()).collect()
+        };
+        let blind = as_shown && self.blind_hidden();
+        let answers = order
+            .into_iter()
+            .map(|i| {
+                let p = &self.panes[i];
+                let hidden = as_shown && self.pane_hidden(i);
+                let name = if as_shown {
+                    self.pane_name(i)
+                } else {
+                    p.credited()
+                };
+                let mut completion = p.stats.done.clone();
+                let mut thinking = p.thinking.clone();
+                if hidden {
+                    thinking.clear();
+                    if let Some(c) = completion.as_mut() {
+                        c.provider = String::new();
+                        c.model = name.clone();
+                        c.thinking.clear();
+                        c.price_ref = None;
+                        c.cost_usd = None;
+                        c.cost_source = crate::engine::CostSource::Unknown;
+                        c.raw_finish_reason = c.finish_reason.as_str().to_string();
+                        c.fell_back_from = None;
+                        c.usage.reasoning_tokens = 0;
+                        c.usage.cached_input_tokens = 0;
+                        c.usage.cache_creation_input_tokens = 0;
+                        c.usage.reported_cost_usd = None;
+                    }
+                }
+                ExportAnswer {
+                    target: name,
+                    asked_for: (!hidden && p.answered_by().is_some()).then(|| p.target.clone()),
+                    state: p.state.label(self.now),
+                    text: p.answer_text().to_string(),
+                    thinking,
+                    completion,
+                }
+            })
+            .collect();
+        Some(ExportTurn {
+            prompt,
+            continued_from: self.turn_continued.clone(),
+            blind,
+            answers,
+        })
+    }
+
+    /// The whole conversation as it stands: earlier turns, then the one on
+    /// screen named as on screen (letters while blind).
     pub fn export_doc(&self) -> ExportDoc {
+        let mut turns = self.past_turns.clone();
+        turns.extend(self.current_turn(true));
         ExportDoc {
-            prompt: self.last_prompt.clone().unwrap_or_default(),
-            answers: self
-                .panes
-                .iter()
-                .enumerate()
-                .map(|(i, p)| {
-                    let name = self.pane_name(i);
-                    let mut completion = p.stats.done.clone();
-                    if self.pane_hidden(i) {
-                        if let Some(c) = completion.as_mut() {
-                            c.provider = String::new();
-                            c.model = name.clone();
-                        }
-                    }
-                    ExportAnswer {
-                        target: name,
-                        state: p.state.label(self.now),
-                        text: p.answer_text().to_string(),
-                        thinking: p.thinking.clone(),
-                        completion,
-                    }
-                })
-                .collect(),
+            turns,
             ledger: self
                 .live_ledger()
                 .iter()
-                .map(|r| ExportLedgerRow {
-                    target: self.ledger_name(&r.target),
-                    requests: r.requests,
-                    errors: r.errors,
-                    input_tokens: r.usage.input_tokens,
-                    output_tokens: r.usage.output_tokens,
-                    cached_input_tokens: r.usage.cached_input_tokens,
-                    reasoning_tokens: r.usage.reasoning_tokens,
-                    cost_usd: r.cost_usd,
-                    unknown_cost: r.unknown,
-                    cost_mark: r.mark().to_string(),
+                .map(|r| {
+                    let hidden = self.ledger_hidden(&r.asked);
+                    ExportLedgerRow {
+                        target: self.ledger_name(r),
+                        requests: r.requests,
+                        errors: r.errors,
+                        input_tokens: r.usage.input_tokens,
+                        output_tokens: r.usage.output_tokens,
+                        cached_input_tokens: (!hidden).then_some(r.usage.cached_input_tokens),
+                        reasoning_tokens: (!hidden).then_some(r.usage.reasoning_tokens),
+                        cost_usd: (!hidden).then_some(r.cost_usd),
+                        unknown_cost: r.unknown,
+                        cost_mark: if hidden {
+                            String::new()
+                        } else {
+                            r.mark().to_string()
+                        },
+                    }
                 })
                 .collect(),
         }
+    }
+}
+
+/// The ledger's name for a request: the target, or the model that answered
+/// with the target asked for alongside when a fallback answered.
+pub fn credit_label(asked: &str, c: &Completion) -> String {
+    match &c.fell_back_from {
+        Some(_) if !c.provider.is_empty() => format!("{}/{} (for {asked})", c.provider, c.model),
+        _ => asked.to_string(),
     }
 }
 
@@ -1463,7 +1646,10 @@ pub fn history_panes(run: &HistRun, styles: TextStyles, now: Instant) -> Vec<Pan
             let mut p = Pane::new(r.target.clone(), styles);
             p.read_only = true;
             if let Some(prompt) = r.prompt.as_ref().or(run.prompt.as_ref()) {
-                p.doc.add(super::text::BlockKind::User, prompt);
+                p.doc.add(
+                    super::text::BlockKind::User,
+                    &super::pane::fold_prompt(prompt),
+                );
             }
             p.stats.sent_at = Some(now);
             p.serving = Some((r.provider.clone(), r.model.clone()));
@@ -1500,6 +1686,7 @@ pub fn history_panes(run: &HistRun, styles: TextStyles, now: Instant) -> Vec<Pan
                     _ => crate::engine::FinishReason::Stop,
                 },
                 cached: r.cache_hit,
+                fell_back_from: r.fell_back_from.clone(),
                 ..Default::default()
             };
             if !c.thinking.is_empty() {

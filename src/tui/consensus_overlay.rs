@@ -143,7 +143,7 @@ impl App {
             return String::new();
         };
         let (li, k) = self.slot_of(i);
-        let base = self.hidden_name(li).unwrap_or_else(|| p.target.clone());
+        let base = self.hidden_name(li).unwrap_or_else(|| p.credited());
         match k {
             Some(k) => format!("{base} #{k}"),
             None => base,
@@ -156,14 +156,49 @@ impl App {
     }
 
     /// What the ledger calls `target`: hidden behind its letter while blind.
-    pub fn ledger_name(&self, target: &str) -> String {
+    pub fn ledger_name(&self, row: &super::app::LedgerRow) -> String {
         self.cons
             .blind
             .as_ref()
             .filter(|b| !b.revealed())
-            .and_then(|b| b.targets().iter().position(|t| t == target))
+            .and_then(|b| b.targets().iter().position(|t| *t == row.asked))
             .and_then(|i| self.hidden_name(i))
-            .unwrap_or_else(|| target.to_string())
+            .unwrap_or_else(|| row.target.clone())
+    }
+
+    /// Whether the ledger row of `target` is hidden behind a letter.
+    pub fn ledger_hidden(&self, target: &str) -> bool {
+        self.cons
+            .blind
+            .as_ref()
+            .is_some_and(|b| !b.revealed() && b.targets().iter().any(|t| t == target))
+    }
+
+    /// Panes in screen order: configured order, or, while blind, the order
+    /// of their letters (so the position on screen tells nothing).
+    pub fn display_order(&self) -> Vec<usize> {
+        let mut v: Vec<usize> = (0..self.panes.len()).collect();
+        if let Some(b) = self.cons.blind.as_ref().filter(|b| !b.revealed()) {
+            let by_letter = b.panes_by_letter();
+            let rank = |li: usize| by_letter.iter().position(|x| *x == li).unwrap_or(li);
+            v.sort_by_key(|&i| {
+                let (li, k) = self.slot_of(i);
+                (rank(li), k)
+            });
+        }
+        v
+    }
+
+    /// Blind mode shows only the current turn of each hidden pane, without
+    /// thinking; revealed, everything again.
+    pub(crate) fn sync_blind_view(&mut self) {
+        for i in 0..self.panes.len() {
+            let from = self.pane_hidden(i).then(|| self.panes[i].turn_prompt);
+            if self.panes[i].doc.blind_from() != from {
+                self.panes[i].doc.set_blind_from(from);
+                self.panes[i].scroll = None;
+            }
+        }
     }
 
     /// Whether names are hidden now.
@@ -218,7 +253,7 @@ impl App {
                     .panes
                     .iter()
                     .map(|p| match (&p.stats.done, p.state.in_flight()) {
-                        (Some(c), false) => AnswerInput::from_completion(p.target.clone(), c),
+                        (Some(c), false) => AnswerInput::from_completion(p.credited(), c),
                         (_, true) => AnswerInput::failed(p.target.clone(), "still running"),
                         (None, false) => AnswerInput::failed(p.target.clone(), "no answer"),
                     })

@@ -12,8 +12,11 @@ pub enum Action {
     Send,
     /// Insert a newline in the editor.
     Newline,
-    /// Cancel everything in flight (or close an overlay).
+    /// Leave the current view: close an overlay, leave zoom, back to the
+    /// editor. Never cancels a request.
     Cancel,
+    /// Cancel every request in flight (a deliberate act, its own key).
+    CancelAll,
     /// Focus the next panel.
     FocusNext,
     /// Focus the previous panel.
@@ -69,7 +72,12 @@ pub const ACTIONS: &[(Action, &str, &str)] = &[
     (
         Action::Cancel,
         "cancel",
-        "cancel everything in flight / close",
+        "leave: close / unzoom / back to the prompt (never cancels)",
+    ),
+    (
+        Action::CancelAll,
+        "cancel_all",
+        "cancel every request in flight",
     ),
     (
         Action::FocusNext,
@@ -120,6 +128,7 @@ const DEFAULTS: &[(Action, &str)] = &[
     (Action::Send, "enter"),
     (Action::Newline, "alt+enter ctrl+j"),
     (Action::Cancel, "esc"),
+    (Action::CancelAll, "ctrl+g"),
     (Action::FocusNext, "tab"),
     (Action::FocusPrev, "shift+tab"),
     (Action::Targets, "ctrl+p"),
@@ -336,6 +345,19 @@ impl KeyMap {
             .get(&action)
             .map(|ks| ks.iter().map(Key::label).collect::<Vec<_>>().join(" / "))
             .unwrap_or_default()
+    }
+
+    /// The first key of `action` that works while typing (not a plain
+    /// letter, which the editor takes), for hints shown in the editor.
+    pub fn short_typing(&self, action: Action) -> Option<String> {
+        self.binds.get(&action).and_then(|ks| {
+            ks.iter()
+                .find(|k| {
+                    !matches!(k.code, KeyCode::Char(_))
+                        || k.mods.intersects(KeyModifiers::CONTROL | KeyModifiers::ALT)
+                })
+                .map(Key::label)
+        })
     }
 
     /// The first key of `action`, for the status bar.

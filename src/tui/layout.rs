@@ -56,12 +56,20 @@ pub fn columns(n: usize, width: u16) -> usize {
     n.div_ceil(rows).max(1)
 }
 
-/// `n` rectangles in a grid over `area`.
+/// Rows a terminal needs before it counts as short (small layouts below).
+pub const SHORT: u16 = 30;
+
+/// `n` rectangles in a grid over `area`. On a short area, narrower panes
+/// in one row beat panes of two or three lines each.
 pub fn grid(area: Rect, n: usize) -> Vec<Rect> {
     if n == 0 {
         return Vec::new();
     }
-    let cols = columns(n, area.width);
+    let mut cols = columns(n, area.width);
+    if n.div_ceil(cols) > 1 && (area.height as usize / n.div_ceil(cols)) < 10 {
+        let narrow = n.min(4).min((area.width as usize / 26).max(1));
+        cols = n.div_ceil(n.div_ceil(narrow)).max(cols);
+    }
     let rows = n.div_ceil(cols);
     let row_rects = Layout::default()
         .direction(Direction::Vertical)
@@ -82,15 +90,23 @@ pub fn grid(area: Rect, n: usize) -> Vec<Rect> {
 /// Rows the banner takes when wrapped at `width` (at most 4).
 pub fn banner_height(lines: &[String], width: u16) -> u16 {
     let w = (width as usize).saturating_sub(1).max(1);
+    // The last line also says how to hide the banner (" · Esc hides this").
+    let n = lines.len();
     let rows: usize = lines
         .iter()
-        .map(|l| {
-            unicode_width::UnicodeWidthStr::width(l.as_str())
+        .enumerate()
+        .map(|(i, l)| {
+            let extra = if i + 1 == n { 17 } else { 0 };
+            (unicode_width::UnicodeWidthStr::width(l.as_str()) + 1 + extra)
                 .div_ceil(w)
                 .max(1)
         })
         .sum();
     rows.min(4) as u16
+}
+
+fn ledger_width(width: u16) -> u16 {
+    (width * 45 / 100).clamp(40, 72)
 }
 
 /// Cut `area` up for `app`.
@@ -100,7 +116,13 @@ pub fn areas(app: &App, area: Rect) -> Areas {
         a.panes = vec![Rect::default(); app.panes.len()];
         return a;
     }
-    let banner_h = banner_height(&app.banner, area.width).min(area.height / 4);
+    // A short terminal gives the banner one line (Esc hides it).
+    let banner_cap = if area.height < SHORT {
+        1
+    } else {
+        area.height / 4
+    };
+    let banner_h = banner_height(&app.banner, area.width).min(banner_cap);
     let [banner, rest, status] = Layout::vertical([
         Constraint::Length(banner_h),
         Constraint::Min(0),
@@ -116,15 +138,26 @@ pub fn areas(app: &App, area: Rect) -> Areas {
         a.panes_area = rest;
         return a;
     }
-    let editor_h = (app.editor.lines().len() as u16).clamp(1, 8) + 2;
+    let wide = rest.width >= 110;
+    let editor_w = if wide {
+        rest.width - ledger_width(rest.width)
+    } else {
+        rest.width
+    };
+    // The editor wraps: its height follows the wrapped rows.
+    let rows = super::editor::row_count(app.editor.lines(), editor_w.saturating_sub(2).into());
+    let editor_h = (rows as u16).clamp(1, 8) + 2;
     let ledger_rows = app.live_ledger().len().max(app.panes.len()) as u16;
     // Header, rows, a total row, borders.
     let ledger_h = ledger_rows + 2 + u16::from(ledger_rows > 1) + 2;
-    let wide = rest.width >= 110;
-    let bottom_h = if wide {
-        editor_h.max(ledger_h.min(12))
-    } else {
-        editor_h + ledger_h.min(7)
+    // On a short terminal the ledger is one summary line until it has the
+    // focus (Shift+Tab from the editor): the panes need the rows more.
+    let short = area.height < SHORT && app.focus != super::app::Focus::Ledger;
+    let bottom_h = match (wide, short) {
+        (true, false) => editor_h.max(ledger_h.min(12)),
+        (true, true) => editor_h.max(ledger_h.min(5)),
+        (false, false) => editor_h + ledger_h.min(7),
+        (false, true) => editor_h + 1,
     };
     // Never let the bottom eat the panes on a short terminal.
     let bottom_h = bottom_h.min(
@@ -142,9 +175,14 @@ pub fn areas(app: &App, area: Rect) -> Areas {
         panes
     };
     a.panes_area = panes;
-    a.panes = grid(panes, app.panes.len());
+    // Screen slots in display order (shuffled while blind).
+    let rects = grid(panes, app.panes.len());
+    a.panes = vec![Rect::default(); app.panes.len()];
+    for (slot, i) in app.display_order().into_iter().enumerate() {
+        a.panes[i] = rects[slot];
+    }
     if wide {
-        let lw = (bottom.width * 45 / 100).clamp(40, 72);
+        let lw = ledger_width(bottom.width);
         let [ed, led] =
             Layout::horizontal([Constraint::Min(0), Constraint::Length(lw)]).areas(bottom);
         a.editor = ed;

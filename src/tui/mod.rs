@@ -7,6 +7,7 @@
 pub mod app;
 pub mod consensus;
 pub mod consensus_overlay;
+pub mod editor;
 pub mod export;
 pub mod keys;
 pub mod layout;
@@ -665,6 +666,12 @@ pub fn run(flags: &GlobalFlags, theme_flag: Option<String>) -> i32 {
         tracing::warn!("{w}");
     }
     let (targets, offline) = default_targets(&engine, &settings);
+    let keyless: Vec<String> = engine
+        .registry()
+        .providers()
+        .filter(|p| p.kind.needs_key() && !crate::engine::registry::has_key(p))
+        .map(|p| p.name.clone())
+        .collect();
     let mut banner = Vec::new();
     if offline {
         banner.push(OFFLINE_BANNER.to_string());
@@ -710,6 +717,18 @@ pub fn run(flags: &GlobalFlags, theme_flag: Option<String>) -> i32 {
         let mut fx = EngineEffects::new(engine, &settings, tx, data_dir.clone());
         let mut app = App::new(init);
         app.cons.judge_model = settings.config.judge_model.clone();
+        app.keyless = keyless;
+        app.max_tokens = match settings.config.tui_max_tokens {
+            Some(0) => None,
+            Some(n) => Some(n),
+            None => Some(app::DEFAULT_MAX_TOKENS),
+        };
+        app.model_max_tokens = settings
+            .config
+            .models
+            .iter()
+            .filter_map(|(id, m)| m.max_tokens.map(|n| (id.clone(), n)))
+            .collect();
         app.cons.vote_tag = settings.config.vote_tag.clone();
         let input = crossterm::event::EventStream::new();
         let r = run_loop(

@@ -12,6 +12,54 @@ pub fn approx_tokens(s: &str) -> u64 {
     crate::engine::tokens::quick_estimate(s)
 }
 
+/// Lines of a prompt echoed in a pane before the rest is folded.
+pub const PROMPT_ECHO_LINES: usize = 3;
+/// Characters of a prompt echoed in a pane before the rest is folded.
+pub const PROMPT_ECHO_CHARS: usize = 160;
+
+/// A prompt as a pane echoes it: whole when short, else its first lines
+/// and a note of how much more there is (the whole prompt was sent, and
+/// is in the export and the history).
+pub fn fold_prompt(prompt: &str) -> String {
+    let lines: Vec<&str> = prompt.lines().collect();
+    let chars = prompt.chars().count();
+    if lines.len() <= PROMPT_ECHO_LINES + 2 && chars <= PROMPT_ECHO_CHARS + 200 {
+        return prompt.to_string();
+    }
+    let mut out = String::new();
+    let mut used = 0;
+    let mut shown_lines = 0;
+    for l in lines.iter().take(PROMPT_ECHO_LINES) {
+        let room = PROMPT_ECHO_CHARS.saturating_sub(used);
+        if room == 0 {
+            break;
+        }
+        let part: String = l.chars().take(room).collect();
+        used += part.chars().count();
+        let cut = part.chars().count() < l.chars().count();
+        out.push_str(&part);
+        if cut {
+            out.push('…');
+        }
+        out.push('\n');
+        shown_lines += 1;
+        if cut {
+            break;
+        }
+    }
+    let more_lines = lines.len().saturating_sub(shown_lines);
+    let words = prompt.split_whitespace().count();
+    let more = if more_lines > 0 {
+        format!("{more_lines} more lines, ")
+    } else {
+        String::new()
+    };
+    out.push_str(&format!(
+        "⋯ prompt folded: {more}{words} words, {chars} characters in all (sent whole)"
+    ));
+    out
+}
+
 /// Where a pane's request is.
 #[derive(Debug, Clone, PartialEq)]
 pub enum PaneState {
@@ -54,6 +102,19 @@ impl PaneState {
                 | PaneState::Streaming
                 | PaneState::Retrying { .. }
         )
+    }
+
+    /// The label for a narrow header: "retry 2/3 6.0s" for a retry.
+    pub fn short_label(&self, now: Instant) -> String {
+        match self {
+            PaneState::Retrying {
+                attempt, max, at, ..
+            } => {
+                let left = at.saturating_duration_since(now).as_secs_f64();
+                format!("retry {attempt}/{max} {left:.1}s")
+            }
+            s => s.label(now),
+        }
     }
 
     /// What the header says.
@@ -107,17 +168,28 @@ pub struct Stats {
 }
 
 impl Stats {
-    /// Output tokens and whether the figure is exact.
+    /// Output tokens and whether the figure is exact (final and reported).
+    /// While streaming it is the larger of what the provider reported so far
+    /// and what was counted here: some providers report a provisional count
+    /// at the start (Anthropic's `message_start` says 1) and the real one
+    /// only at the end.
     pub fn out_tokens(&self) -> (u64, bool) {
         if let Some(c) = &self.done {
-            if c.usage_reported {
-                return (c.usage.output_tokens, true);
+            // An unfinished stream's figure is the engine's running count.
+            if c.usage_reported || c.usage.output_tokens > 0 {
+                return (c.usage.output_tokens, c.usage_reported);
             }
+            return (c.usage.output_tokens.max(self.approx_out), false);
         }
-        match &self.usage {
-            Some(u) if u.output_tokens > 0 => (u.output_tokens, true),
-            _ => (self.approx_out, false),
-        }
+        let reported = self.usage.map_or(0, |u| u.output_tokens);
+        (reported.max(self.approx_out), false)
+    }
+
+    /// Usage so far with the running output count in it (see `out_tokens`).
+    pub fn live_usage(&self) -> Usage {
+        let mut u = self.usage.unwrap_or_default();
+        u.output_tokens = self.out_tokens().0;
+        u
     }
 
     /// Time to first token in ms.
@@ -164,6 +236,8 @@ pub struct Pane {
     pub state: PaneState,
     /// A routing note: "fell back to X", "breaker open".
     pub note: Option<String>,
+    /// The target a fallback moved this request to, while it runs.
+    pub fell_back_to: Option<String>,
     /// The transcript.
     pub doc: Doc,
     /// Top row when the user scrolled; None follows the stream.
@@ -174,6 +248,8 @@ pub struct Pane {
     pub last_request: Option<Vec<Message>>,
     /// Block index where the current turn's output starts.
     pub turn_start: usize,
+    /// Block index of the current turn's prompt (blind mode shows from here).
+    pub turn_prompt: usize,
     answer_block: Option<usize>,
     thinking_block: Option<usize>,
     tool_blocks: Vec<(usize, usize)>,
@@ -197,11 +273,13 @@ impl Pane {
             serving: None,
             state: PaneState::Idle,
             note: None,
+            fell_back_to: None,
             doc: Doc::new(styles),
             scroll: None,
             history: Vec::new(),
             last_request: None,
             turn_start: 0,
+            turn_prompt: 0,
             answer_block: None,
             thinking_block: None,
             tool_blocks: Vec::new(),
@@ -221,7 +299,7 @@ impl Pane {
         run: (u64, usize),
         now: Instant,
     ) {
-        self.doc.add(BlockKind::User, prompt);
+        self.turn_prompt = self.doc.add(BlockKind::User, &fold_prompt(prompt));
         self.turn_start = self.doc.blocks().len();
         self.restart(messages, run, now);
     }
@@ -235,6 +313,7 @@ impl Pane {
         self.answer.clear();
         self.thinking.clear();
         self.note = None;
+        self.fell_back_to = None;
         self.serving = None;
         self.stats = Stats {
             sent_at: Some(now),
@@ -336,8 +415,9 @@ impl Pane {
                     reason,
                 };
             }
-            StreamEvent::FellBack { to, .. } => {
-                self.note = Some(format!("fell back to {to}"));
+            StreamEvent::FellBack { from, to, .. } => {
+                self.note = Some(format!("fallback for {from}"));
+                self.fell_back_to = Some(to);
                 self.state = PaneState::Waiting;
             }
             StreamEvent::BreakerOpen { provider } => {
@@ -362,7 +442,7 @@ impl Pane {
         }
         if let Some(from) = &c.fell_back_from {
             if self.note.is_none() {
-                self.note = Some(format!("fell back from {from}"));
+                self.note = Some(format!("fallback for {from}"));
             }
         }
         match &c.error {
@@ -409,24 +489,40 @@ impl Pane {
         let Some((p, m)) = &self.serving else {
             return (None, CostSource::Unknown);
         };
-        match &self.stats.usage {
-            Some(u) => quote(p, m, u, true),
-            None => {
-                let u = Usage {
-                    output_tokens: self.stats.approx_out,
-                    ..Default::default()
-                };
-                let (c, s) = quote(p, m, &u, false);
-                (
-                    c,
-                    if s == CostSource::Unknown {
-                        s
-                    } else {
-                        CostSource::Estimated
-                    },
-                )
+        // Until the final usage arrives the figure is an estimate (`~`),
+        // whatever the provider reported so far.
+        let u = self.stats.live_usage();
+        let (c, s) = quote(p, m, &u, self.stats.usage.is_some());
+        (
+            c,
+            if s == CostSource::Unknown {
+                s
+            } else {
+                CostSource::Estimated
+            },
+        )
+    }
+
+    /// The model that wrote this answer when it is not the target asked
+    /// for (a fallback answered): `provider/model`.
+    pub fn answered_by(&self) -> Option<String> {
+        if let Some(c) = &self.stats.done {
+            return c
+                .fell_back_from
+                .as_ref()
+                .map(|_| format!("{}/{}", c.provider, c.model));
+        }
+        if self.fell_back_to.is_some() {
+            if let Some((p, m)) = &self.serving {
+                return Some(format!("{p}/{m}"));
             }
         }
+        self.fell_back_to.clone()
+    }
+
+    /// Who gets the credit: the model that answered, else the target.
+    pub fn credited(&self) -> String {
+        self.answered_by().unwrap_or_else(|| self.target.clone())
     }
 
     /// Finish reason, once finished.

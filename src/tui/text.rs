@@ -772,6 +772,9 @@ pub struct Doc {
     blocks: Vec<Block>,
     width: usize,
     styles: TextStyles,
+    /// Blind mode: blocks before this one and every thinking block are not
+    /// shown (earlier turns and thinking would tell who wrote what).
+    blind_from: Option<usize>,
 }
 
 /// One visual row of a transcript as laid out.
@@ -788,6 +791,7 @@ impl Doc {
             blocks: Vec::new(),
             width: 80,
             styles,
+            blind_from: None,
         }
     }
 
@@ -816,6 +820,16 @@ impl Doc {
     /// Drop blocks from `i` on.
     pub fn truncate(&mut self, i: usize) {
         self.blocks.truncate(i);
+    }
+
+    /// Show only blocks from `from` on, and no thinking (blind mode); None shows all.
+    pub fn set_blind_from(&mut self, from: Option<usize>) {
+        self.blind_from = from;
+    }
+
+    /// Where blind mode starts showing, if on.
+    pub fn blind_from(&self) -> Option<usize> {
+        self.blind_from
     }
 
     /// Number of blocks.
@@ -847,8 +861,15 @@ impl Doc {
 
     fn segments(&self, show_thinking: bool) -> impl Iterator<Item = (usize, &Block, bool)> {
         // (visual rows, block, blank line before it)
+        let from = self.blind_from;
         self.blocks.iter().enumerate().filter_map(move |(i, b)| {
-            let blank = i > 0 && matches!(b.kind, BlockKind::User | BlockKind::Notice);
+            if let Some(f) = from {
+                if i < f || b.kind == BlockKind::Thinking {
+                    return None;
+                }
+            }
+            let first = from.map_or(0, |f| f);
+            let blank = i > first && matches!(b.kind, BlockKind::User | BlockKind::Notice);
             let rows = if b.kind == BlockKind::Thinking && !show_thinking {
                 if b.raw.is_empty() {
                     0

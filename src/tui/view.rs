@@ -29,11 +29,24 @@ pub fn render(app: &App, f: &mut Frame<'_>) {
     let t = &app.theme;
     f.render_widget(Block::new().style(t.base), area);
     if areas.banner.height > 0 {
-        let lines: Vec<Line<'_>> = app
+        const HIDE: &str = " · Esc hides this";
+        let mut lines: Vec<Line<'_>> = app
             .banner
             .iter()
             .map(|b| Line::styled(format!(" {b}"), t.banner))
             .collect();
+        let full: usize = layout::banner_height(&app.banner, area.width).into();
+        if full > areas.banner.height as usize {
+            // Cut to what fits, keeping the way out visible.
+            let room = (area.width as usize).saturating_sub(HIDE.width() + 2);
+            let first = app.banner.first().map(String::as_str).unwrap_or("");
+            lines = vec![Line::styled(
+                format!(" {}{HIDE}", fit(first, room).trim_end()),
+                t.banner,
+            )];
+        } else if let Some(last) = lines.last_mut() {
+            last.spans.push(Span::styled(HIDE, t.banner));
+        }
         f.render_widget(
             Paragraph::new(lines)
                 .style(t.banner)
@@ -73,7 +86,7 @@ pub fn render(app: &App, f: &mut Frame<'_>) {
     draw_status(f, app, areas.status);
     match &app.overlay {
         Overlay::None => {}
-        Overlay::Help => draw_help(f, app, area),
+        Overlay::Help(top) => draw_help(f, app, area, *top),
         Overlay::Picker(p) => draw_picker(f, app, p, area),
         Overlay::Confirm(c) => draw_confirm(f, app, c, area),
         Overlay::History(h) => draw_history(f, app, h, areas.history_panes),
@@ -101,33 +114,42 @@ fn secs(ms: f64) -> String {
     }
 }
 
-/// The stats line of a pane.
-pub fn stats_line(app: &App, p: &Pane, now: Instant) -> Line<'static> {
+/// One piece of a pane header: its text, style and priority (0 is never dropped).
+type Piece = (String, Style, u8);
+
+/// The figures of a pane as header pieces, in display order.
+fn stat_pieces(app: &App, p: &Pane, now: Instant) -> Vec<Piece> {
     let t = &app.theme;
     if p.stats.sent_at.is_none() {
-        return Line::styled("—", t.dim);
+        return vec![("—".into(), t.dim, 0)];
     }
-    let mut parts: Vec<Span<'static>> = Vec::new();
-    let sep = || Span::styled(" · ", t.dim);
+    let mut parts: Vec<Piece> = Vec::new();
+    let (n, exact) = p.stats.out_tokens();
+    let tok = format!("{}{n} tok", if exact { "" } else { "~" });
+    // While blind, price, speed and latency would tell who is who: only the
+    // size of the answer and how it ended.
+    let hidden = app
+        .panes
+        .iter()
+        .position(|q| std::ptr::eq(q, p))
+        .is_some_and(|i| app.pane_hidden(i));
+    if hidden {
+        // The answer's own size: thinking tokens would tell a reasoning model.
+        let n = super::pane::approx_tokens(p.answer_text());
+        parts.push((format!("~{n} tok"), t.dim, 0));
+        if let Some(fr) = p.finish_reason() {
+            parts.push((fr.as_str().to_string(), t.dim, 1));
+        }
+        return parts;
+    }
     if let Some(ttft) = p.stats.ttft_ms() {
-        parts.push(Span::styled(format!("TTFT {}", secs(ttft)), t.dim));
+        parts.push((format!("TTFT {}", secs(ttft)), t.dim, 4));
     }
     if let Some(tps) = p.stats.tokens_per_sec(now) {
-        if !parts.is_empty() {
-            parts.push(sep());
-        }
-        parts.push(Span::styled(format!("{tps:.0} tok/s"), t.dim));
+        parts.push((format!("{tps:.0} tok/s"), t.dim, 3));
     }
-    let (n, exact) = p.stats.out_tokens();
-    if !parts.is_empty() {
-        parts.push(sep());
-    }
-    parts.push(Span::styled(
-        format!("{}{n} tok", if exact { "" } else { "~" }),
-        t.dim,
-    ));
+    parts.push((tok, t.dim, 1));
     let (cost, src) = p.cost(&|a, b, c, d| app.quote(a, b, c, d));
-    parts.push(sep());
     let mark_style = match src {
         CostSource::Unknown => t.warn,
         CostSource::Estimated => t.warn,
@@ -135,51 +157,166 @@ pub fn stats_line(app: &App, p: &Pane, now: Instant) -> Line<'static> {
     };
     match cost {
         // Unknown is "?", never $0, and needs no second mark.
-        None => parts.push(Span::styled("$?", mark_style)),
-        Some(_) => {
-            parts.push(Span::styled(format_usd(cost), t.text));
-            parts.push(Span::styled(format!(" {}", src.mark()), mark_style));
-        }
+        None => parts.push(("$?".into(), mark_style, 0)),
+        Some(_) => parts.push((format!("{} {}", format_usd(cost), src.mark()), t.text, 0)),
     }
     if let Some(l) = p.stats.latency_ms(now) {
-        parts.push(sep());
-        parts.push(Span::styled(secs(l), t.dim));
+        parts.push((secs(l), t.dim, 2));
     }
     if let Some(fr) = p.finish_reason() {
-        parts.push(sep());
-        parts.push(Span::styled(fr.as_str().to_string(), t.dim));
+        parts.push((fr.as_str().to_string(), t.dim, 2));
     }
-    Line::from(parts)
+    parts
 }
 
-fn pane_title(app: &App, p: &Pane) -> Line<'static> {
+/// Lay `pieces` out in at most `max_lines` lines of `width`, joined by
+/// ` · `; when they do not fit, the lowest-priority pieces go first
+/// (priority 0 stays, cut only if it alone is wider than a line).
+fn pack(pieces: &[Piece], width: usize, max_lines: usize, sep: Style) -> Vec<Line<'static>> {
+    let max_lines = max_lines.max(1);
+    let mut keep: Vec<bool> = vec![true; pieces.len()];
+    loop {
+        let mut lines: Vec<Vec<Span<'static>>> = vec![Vec::new()];
+        let mut used = 0usize;
+        for (i, (text, style, _)) in pieces.iter().enumerate() {
+            if !keep[i] {
+                continue;
+            }
+            let w = text.width();
+            if lines.last().is_some_and(|l| !l.is_empty()) && used + 3 + w > width {
+                lines.push(Vec::new());
+                used = 0;
+            }
+            if let Some(cur) = lines.last_mut() {
+                if !cur.is_empty() {
+                    cur.push(Span::styled(" · ", sep));
+                    used += 3;
+                }
+                cur.push(Span::styled(text.clone(), *style));
+                used += w;
+            }
+        }
+        let fits = lines.len() <= max_lines;
+        let droppable = (0..pieces.len())
+            .filter(|&i| keep[i] && pieces[i].2 > 0)
+            .max_by_key(|&i| (pieces[i].2, i));
+        match (fits, droppable) {
+            (false, Some(i)) => keep[i] = false,
+            _ => {
+                lines.truncate(max_lines);
+                return lines.into_iter().map(Line::from).collect();
+            }
+        }
+    }
+}
+
+/// The stats line of a pane, everything on one line (the pane itself lays
+/// its header out by priority: see [`pane_header`]).
+pub fn stats_line(app: &App, p: &Pane, now: Instant) -> Line<'static> {
+    let pieces = stat_pieces(app, p, now);
+    pack(&pieces, usize::MAX / 4, 1, app.theme.dim)
+        .into_iter()
+        .next()
+        .unwrap_or_default()
+}
+
+/// Shorten a name to `w` columns: the whole name, else the model part
+/// (after the provider), else cut with `…`.
+fn short_name(name: &str, w: usize) -> String {
+    if name.width() <= w {
+        return name.to_string();
+    }
+    let model = name.split_once('/').map_or(name, |(_, m)| m);
+    if model.width() <= w {
+        return model.to_string();
+    }
+    fit(model, w).trim_end().to_string()
+}
+
+/// A pane's header: the border title (name and state, the state never cut)
+/// and the lines under it (figures, then notes). Narrow panes drop figures
+/// by priority; a focused pane, or one with room, takes more lines so that
+/// nothing is lost; the cost is never dropped.
+pub fn pane_header(
+    app: &App,
+    p: &Pane,
+    width: u16,
+    body_rows: u16,
+    focused: bool,
+) -> (Line<'static>, Vec<Line<'static>>) {
     let t = &app.theme;
-    // Shown panes go by their on-screen name (blind letters, repeat #k).
+    let w = width.saturating_sub(2) as usize;
     let name = app
         .panes
         .iter()
         .position(|q| std::ptr::eq(q, p))
         .map(|i| app.pane_name(i))
-        .unwrap_or_else(|| p.target.clone());
-    let mut spans = vec![
-        Span::styled(format!(" {name} "), t.title),
+        .unwrap_or_else(|| p.credited());
+    let (state, reason) = match &p.state {
+        PaneState::Retrying { reason, .. } => {
+            let full = p.state.label(app.now);
+            let short = full
+                .split_once(" (")
+                .map_or(full.clone(), |(a, _)| a.to_string());
+            (short, (!reason.is_empty()).then(|| reason.clone()))
+        }
+        s => (s.label(app.now), None),
+    };
+    // " name · state ": the state whole, the name what is left (at least
+    // eight columns: else the state's short form).
+    let state = if state.width() + 5 + 8 > w {
+        p.state.short_label(app.now)
+    } else {
+        state
+    };
+    let fixed = state.width() + 5;
+    let shown = short_name(&name, w.saturating_sub(fixed).max(1));
+    let cut = shown != name;
+    let mut title = vec![
+        Span::styled(format!(" {shown} "), t.title),
         Span::styled("· ", t.dim),
-        Span::styled(
-            format!("{} ", p.state.label(app.now)),
-            state_style(t, &p.state),
-        ),
+        Span::styled(format!("{state} "), state_style(t, &p.state)),
     ];
+    let mut used = shown.width() + fixed;
+    // Notes: on the title when they fit, else under the figures.
+    let mut notes: Vec<Piece> = Vec::new();
+    if cut && focused {
+        notes.push((name.clone(), t.title, 1));
+    }
+    if let Some(r) = reason {
+        notes.push((r, t.warn, 2));
+    }
     // A routing note names models: not while blind.
     if let Some(n) = p.note.as_ref().filter(|_| !app.blind_hidden()) {
-        spans.push(Span::styled(format!("· {n} "), t.warn));
+        notes.push((n.clone(), t.warn, 2));
     }
     if p.scroll.is_some() {
-        spans.push(Span::styled("· scrolled ", t.dim));
+        notes.push(("scrolled".into(), t.dim, 5));
     }
     if p.read_only {
-        spans.push(Span::styled("· read-only ", t.dim));
+        notes.push(("read-only".into(), t.dim, 5));
     }
-    Line::from(spans)
+    let mut rest: Vec<Piece> = Vec::new();
+    for n in notes {
+        let nw = n.0.width() + 3;
+        if rest.is_empty() && used + nw <= w && !(cut && n.0 == name) {
+            title.push(Span::styled("· ", t.dim));
+            title.push(Span::styled(format!("{} ", n.0), n.1));
+            used += nw;
+        } else {
+            rest.push(n);
+        }
+    }
+    let mut pieces = stat_pieces(app, p, app.now);
+    pieces.extend(rest);
+    let max_lines = if focused {
+        3
+    } else if body_rows >= 8 {
+        2
+    } else {
+        1
+    };
+    (Line::from(title), pack(&pieces, w, max_lines, t.dim))
 }
 
 /// Draw one pane into `r`.
@@ -191,16 +328,25 @@ pub fn draw_pane(f: &mut Frame<'_>, app: &App, p: &Pane, r: Rect, focused: bool)
         } else {
             BorderType::Plain
         })
-        .border_style(if focused { t.border_focused } else { t.border })
-        .title(pane_title(app, p));
+        .border_style(if focused { t.border_focused } else { t.border });
+    let (title, header) = pane_header(app, p, r.width, pane_body(r).height, focused);
+    let block = block.title(title);
     let inner = block.inner(r);
     f.render_widget(block, r);
     if inner.height == 0 || inner.width == 0 {
         return;
     }
-    let stats = Rect { height: 1, ..inner };
-    f.render_widget(Paragraph::new(stats_line(app, p, app.now)), stats);
-    let body = pane_body(r);
+    let head_h = (header.len() as u16).min(inner.height);
+    let stats = Rect {
+        height: head_h,
+        ..inner
+    };
+    f.render_widget(Paragraph::new(header), stats);
+    let body = Rect {
+        y: inner.y + head_h,
+        height: inner.height - head_h,
+        ..inner
+    };
     if body.height == 0 || body.width == 0 {
         return;
     }
@@ -211,7 +357,9 @@ pub fn draw_pane(f: &mut Frame<'_>, app: &App, p: &Pane, r: Rect, focused: bool)
     let mut lines = p.doc.visible(top, h, app.show_thinking);
     let nothing_yet = p.answer.is_empty() && p.thinking.is_empty();
     if p.state.in_flight() && nothing_yet && lines.len() < h {
-        lines.push(Line::styled(format!("{}…", p.state.label(app.now)), t.dim));
+        let label = p.state.label(app.now);
+        let short = label.split_once(" (").map_or(label.as_str(), |(a, _)| a);
+        lines.push(Line::styled(format!("{short}…"), t.dim));
     } else if p.state == PaneState::Streaming && p.scroll.is_none() {
         // A cursor where the text grows, when the last line has room for it.
         if let Some(last) = lines.last_mut() {
@@ -244,10 +392,17 @@ fn projection_text(app: &App) -> (String, String) {
         Some(p) if !p.targets.is_empty() => {
             let tok = p.targets.iter().map(|t| t.input_tokens).max().unwrap_or(0);
             let exact = p.targets.iter().all(|t| t.input_exact);
-            (
-                format!("{}{tok} tok", if exact { "" } else { "~" }),
-                format!("next send {}", p.display()),
-            )
+            let expected = match app.expected_cost(p) {
+                Some(e) => format!("~{} ", format_usd(Some(e))),
+                None => String::new(),
+            };
+            let bound = p.display();
+            let cost = if expected.is_empty() {
+                format!("next send {bound}")
+            } else {
+                format!("next send {expected}({bound})")
+            };
+            (format!("{}{tok} tok", if exact { "" } else { "~" }), cost)
         }
         Some(_) => (String::new(), "next send ≤ ?".into()),
         None => (
@@ -281,7 +436,22 @@ fn draw_editor(f: &mut Frame<'_>, app: &App, r: Rect) {
         .title(Line::from(title));
     let inner = block.inner(r);
     f.render_widget(block, r);
-    f.render_widget(&app.editor, inner);
+    let n = app.panes.len();
+    let placeholder = format!(
+        "Type a prompt · {} sends it to {n} target{}",
+        app.keys.short(Action::Send),
+        if n == 1 { "" } else { "s" }
+    );
+    f.render_widget(
+        super::editor::WrappedEditor {
+            lines: app.editor.lines(),
+            cursor: app.editor.cursor(),
+            style: t.text,
+            cursor_style: focused.then_some(t.text),
+            placeholder: Some((placeholder, t.dim)),
+        },
+        inner,
+    );
 }
 
 fn fit(s: &str, w: usize) -> String {
@@ -321,6 +491,11 @@ fn draw_ledger(f: &mut Frame<'_>, app: &App, r: Rect) {
         format_usd(Some(total))
     };
     let focused = app.focus == Focus::Ledger;
+    let details = if r.height < 3 {
+        format!("· {} for details ", app.keys.short(Action::FocusPrev))
+    } else {
+        String::new()
+    };
     let block = Block::bordered()
         .border_type(if focused {
             BorderType::Thick
@@ -338,6 +513,7 @@ fn draw_ledger(f: &mut Frame<'_>, app: &App, r: Rect) {
                 ),
                 t.dim,
             ),
+            Span::styled(details, t.dim),
         ]));
     let inner = block.inner(r);
     f.render_widget(block, r);
@@ -346,16 +522,36 @@ fn draw_ledger(f: &mut Frame<'_>, app: &App, r: Rect) {
     }
     let w = inner.width as usize;
     // Columns: in out cached reas cost src req err; the narrow form drops cached and reas.
-    let wide = w >= 66;
+    // While blind the cache and reasoning columns would be tells.
+    let wide = w >= 66 && !app.blind_hidden();
+    // The cost column fits its widest figure (`$0.00042+?` is ten wide).
+    let cost_of = |r: &LedgerRow| {
+        if r.unknown > 0 && r.priced == 0 {
+            "$?".to_string()
+        } else if r.unknown > 0 {
+            format!("{}+?", format_usd(Some(r.cost_usd)))
+        } else {
+            format_usd(Some(r.cost_usd))
+        }
+    };
+    let all_cost = format_usd(Some(total)).width() + 2;
+    let cw = rows
+        .iter()
+        .map(|r| cost_of(r).width())
+        .chain(std::iter::once(all_cost))
+        .max()
+        .unwrap_or(0)
+        .max(9)
+        + 1;
     let fixed = if wide {
-        7 + 7 + 7 + 6 + 10 + 2 + 4 + 4
+        7 + 7 + 7 + 6 + cw + 2 + 4 + 4
     } else {
-        7 + 7 + 10 + 2 + 4 + 4
+        7 + 7 + cw + 2 + 4 + 4
     };
     let name_w = w.saturating_sub(fixed).max(6);
     let header = if wide {
         format!(
-            "{}{:>7}{:>7}{:>7}{:>6}{:>10}{:>2}{:>4}{:>4}",
+            "{}{:>7}{:>7}{:>7}{:>6}{:>cw$}{:>2}{:>4}{:>4}",
             fit("target", name_w),
             "in",
             "out",
@@ -368,7 +564,7 @@ fn draw_ledger(f: &mut Frame<'_>, app: &App, r: Rect) {
         )
     } else {
         format!(
-            "{}{:>7}{:>7}{:>10}{:>2}{:>4}{:>4}",
+            "{}{:>7}{:>7}{:>cw$}{:>2}{:>4}{:>4}",
             fit("target", name_w),
             "in",
             "out",
@@ -416,35 +612,48 @@ fn draw_ledger(f: &mut Frame<'_>, app: &App, r: Rect) {
         shown.push((t, true));
     }
     for (row, is_total) in shown {
-        let all_unknown = row.unknown > 0 && row.priced == 0;
-        let cost = if all_unknown {
-            "$?".to_string()
-        } else if row.unknown > 0 {
-            format!("{}+?", format_usd(Some(row.cost_usd)))
-        } else {
-            format_usd(Some(row.cost_usd))
-        };
+        let cost = cost_of(row);
         let shown_name = if is_total {
             row.target.clone()
         } else {
-            app.ledger_name(&row.target)
+            app.ledger_name(row)
+        };
+        // While blind, cost, cache and reasoning figures would tell who is who.
+        let hidden = !is_total && app.ledger_hidden(&row.asked);
+        let out = if hidden {
+            // Reasoning counts as output: without it, no model stands out.
+            n(row
+                .usage
+                .output_tokens
+                .saturating_sub(row.usage.reasoning_tokens))
+        } else {
+            n(row.usage.output_tokens)
+        };
+        let (cost, cached, reas) = if hidden {
+            ("–".to_string(), "–".to_string(), "–".to_string())
+        } else {
+            (
+                cost,
+                n(row.usage.cached_input_tokens),
+                n(row.usage.reasoning_tokens),
+            )
         };
         let text = if wide {
             format!(
-                "{}{:>7}{:>7}{:>7}{:>6}{:>10}",
+                "{}{:>7}{:>7}{:>7}{:>6}{:>cw$}",
                 fit(&shown_name, name_w),
                 n(row.usage.input_tokens),
-                n(row.usage.output_tokens),
-                n(row.usage.cached_input_tokens),
-                n(row.usage.reasoning_tokens),
+                out,
+                cached,
+                reas,
                 cost
             )
         } else {
             format!(
-                "{}{:>7}{:>7}{:>10}",
+                "{}{:>7}{:>7}{:>cw$}",
                 fit(&shown_name, name_w),
                 n(row.usage.input_tokens),
-                n(row.usage.output_tokens),
+                out,
                 cost
             )
         };
@@ -461,7 +670,15 @@ fn draw_ledger(f: &mut Frame<'_>, app: &App, r: Rect) {
         lines.push(Line::from(vec![
             Span::styled(text, text_style),
             Span::styled(
-                format!(" {}", if all_unknown { " " } else { row.mark() }),
+                format!(
+                    " {}",
+                    // `+?` already says part is unknown: no second mark.
+                    if row.unknown > 0 || hidden {
+                        " "
+                    } else {
+                        row.mark()
+                    }
+                ),
                 mark_style,
             ),
             Span::styled(format!("{:>4}", row.requests), t.text),
@@ -508,6 +725,7 @@ fn hints(app: &App) -> Vec<(String, &'static str)> {
             ("Esc".into(), "apply"),
         ],
         (_, Focus::Pane(_)) => vec![
+            (k(Action::Help), "help"),
             (k(Action::CancelPane), "cancel"),
             (k(Action::RetryPane), "retry"),
             (k(Action::Zoom), "zoom"),
@@ -515,27 +733,44 @@ fn hints(app: &App) -> Vec<(String, &'static str)> {
             (k(Action::Continue), "continue"),
             ("j/k".into(), "scroll"),
             (k(Action::FocusNext), "focus"),
-            (k(Action::Help), "help"),
             (k(Action::Consensus), "consensus"),
             (k(Action::Diff), "diff"),
             (k(Action::Judge), "judge"),
             (k(Action::Blind), "blind"),
             (k(Action::Repeat), "repeat"),
         ],
-        _ => vec![
-            (k(Action::Send), "send"),
-            (k(Action::Newline), "newline"),
-            (k(Action::FocusNext), "focus"),
-            (k(Action::Targets), "targets"),
-            (k(Action::Cancel), "cancel"),
-            (k(Action::Help), "help"),
-            (k(Action::Quit), "quit"),
-            (k(Action::Rerun), "rerun"),
-            (k(Action::Export), "export"),
-            (k(Action::History), "history"),
-            (k(Action::Blind), "blind"),
-            (k(Action::Repeat), "repeat"),
-        ],
+        (_, focus) => {
+            // In the editor a letter types itself: show keys that work there.
+            let typing = focus == Focus::Editor;
+            let kt = |a| {
+                if typing {
+                    app.keys.short_typing(a)
+                } else {
+                    Some(app.keys.short(a))
+                }
+            };
+            let mut v = Vec::new();
+            let mut add = |a, what| {
+                if let Some(key) = kt(a) {
+                    v.push((key, what));
+                }
+            };
+            add(Action::Help, "help");
+            if app.in_flight() {
+                add(Action::CancelAll, "cancel all");
+            }
+            add(Action::Send, "send");
+            add(Action::Newline, "newline");
+            add(Action::FocusNext, "focus");
+            add(Action::Targets, "targets");
+            add(Action::Quit, "quit");
+            add(Action::Rerun, "rerun");
+            add(Action::Export, "export");
+            add(Action::History, "history");
+            add(Action::Blind, "blind");
+            add(Action::Repeat, "repeat");
+            v
+        }
     }
 }
 
@@ -617,9 +852,16 @@ fn overlay_block<'a>(t: &Theme, title: &'a str) -> Block<'a> {
         .style(t.base)
 }
 
-fn draw_help(f: &mut Frame<'_>, app: &App, area: Rect) {
+const HELP_FOOTER: [&str; 4] = [
+    "↑/↓ in an empty editor: prompt history · mouse wheel scrolls the pane under it",
+    "Letter keys act outside the editor; in it, use their Ctrl form (Ctrl+B blind, Ctrl+N repeat).",
+    "Keys are set in [keys] of the config file (see config.example.toml).",
+    "j/k PgUp/PgDn scroll this help · any other key closes it.",
+];
+
+fn help_lines(app: &App) -> Vec<Line<'static>> {
     let t = &app.theme;
-    let mut lines: Vec<Line<'_>> = Vec::new();
+    let mut lines: Vec<Line<'static>> = Vec::new();
     let kw = ACTIONS
         .iter()
         .map(|(a, _, _)| app.keys.label(*a).width())
@@ -634,22 +876,49 @@ fn draw_help(f: &mut Frame<'_>, app: &App, area: Rect) {
         ]));
     }
     lines.push(Line::default());
-    lines.push(Line::styled(
-        "↑/↓ in an empty editor: prompt history · mouse wheel scrolls the pane under it",
-        t.dim,
-    ));
-    lines.push(Line::styled(
-        "Keys are set in [keys] of the config file (see config.example.toml).",
-        t.dim,
-    ));
-    lines.push(Line::styled("Any key closes this help.", t.dim));
-    let h = lines.len() as u16 + 2;
-    let r = centered(area, 84, h);
+    for l in HELP_FOOTER {
+        lines.push(Line::styled(l, t.dim));
+    }
+    lines
+}
+
+/// The help's box in `area`, its rows after wrapping, and the furthest it scrolls.
+fn help_geometry(app: &App, area: Rect) -> (Rect, u16, u16) {
+    let lines = help_lines(app);
+    let inner_w = area.width.min(96).saturating_sub(2).max(1) as usize;
+    let total: usize = lines
+        .iter()
+        .map(|l| l.width().div_ceil(inner_w).max(1))
+        .sum();
+    let total = total as u16;
+    let r = centered(area, 96, total.saturating_add(2));
+    let room = r.height.saturating_sub(2);
+    (r, total, total.saturating_sub(room))
+}
+
+/// How far the help scrolls on a terminal of `size`.
+pub fn help_scroll_max(app: &App) -> u16 {
+    help_geometry(app, Rect::new(0, 0, app.size.0, app.size.1)).2
+}
+
+fn draw_help(f: &mut Frame<'_>, app: &App, area: Rect, top: u16) {
+    let t = &app.theme;
+    let lines = help_lines(app);
+    let (r, total, max) = help_geometry(app, area);
+    let room = r.height.saturating_sub(2);
+    let top = top.min(max);
+    let below = total.saturating_sub(top + room);
+    let title = match (top > 0, below > 0) {
+        (false, false) => "keys".to_string(),
+        (_, true) => format!("keys · {below} more below · j/k scroll"),
+        (true, false) => format!("keys · {top} above · k scrolls up"),
+    };
     f.render_widget(Clear, r);
     f.render_widget(
         Paragraph::new(lines)
-            .block(overlay_block(t, "keys"))
-            .wrap(Wrap { trim: false }),
+            .block(overlay_block(t, &title))
+            .wrap(Wrap { trim: false })
+            .scroll((top, 0)),
         r,
     );
 }
@@ -678,10 +947,14 @@ fn draw_picker(f: &mut Frame<'_>, app: &App, p: &Picker, area: Rect) {
         let (name, sel) = &p.items[i];
         let mark = if *sel { "[x] " } else { "[ ] " };
         let style = if row == p.cursor { t.selection } else { t.text };
-        lines.push(Line::from(vec![
+        let mut spans = vec![
             Span::styled(mark, if *sel { t.ok } else { t.dim }),
             Span::styled(name.clone(), style),
-        ]));
+        ];
+        if app.lacks_key(name) {
+            spans.push(Span::styled("  no key", t.warn));
+        }
+        lines.push(Line::from(spans));
     }
     if list.is_empty() {
         lines.push(Line::styled("no match · Enter adds it as typed", t.dim));
@@ -698,37 +971,30 @@ fn draw_confirm(f: &mut Frame<'_>, app: &App, c: &Confirm, area: Rect) {
         ),
         Confirm::Budget(why) => ("budget", format!("{why}\n\nSend anyway?")),
     };
-    let r = centered(area, 60, 9);
-    f.render_widget(Clear, r);
-    let lines = vec![
-        Line::styled(msg, t.text),
-        Line::default(),
-        Line::from(vec![
-            Span::styled("y", t.key),
-            Span::styled(" yes  ", t.text),
-            Span::styled("n", t.key),
-            Span::styled(" no", t.text),
-        ]),
-    ];
-    let text: Vec<Line<'_>> = lines
-        .into_iter()
-        .flat_map(|l| {
-            if l.spans.len() == 1 && l.spans[0].content.contains('\n') {
-                let style = l.spans[0].style;
-                l.spans[0]
-                    .content
-                    .split('\n')
-                    .map(|s| Line::styled(s.to_string(), style))
-                    .collect::<Vec<_>>()
-            } else {
-                vec![l]
-            }
-        })
+    // One Line per line of the message: a newline inside a span is not a line break.
+    let mut text: Vec<Line<'_>> = msg
+        .split('\n')
+        .map(|l| Line::styled(l.to_string(), t.text))
         .collect();
+    text.push(Line::default());
+    text.push(Line::from(vec![
+        Span::styled("y", t.key),
+        Span::styled(" yes  ", t.text),
+        Span::styled("n", t.key),
+        Span::styled(" no", t.text),
+    ]));
+    let w = area.width.min(72);
+    let inner_w = w.saturating_sub(2).max(1) as usize;
+    let rows: usize = text
+        .iter()
+        .map(|l| l.width().div_ceil(inner_w).max(1))
+        .sum();
+    let r = centered(area, w, rows as u16 + 2);
+    f.render_widget(Clear, r);
     f.render_widget(
         Paragraph::new(text)
             .block(overlay_block(t, title))
-            .wrap(Wrap { trim: true }),
+            .wrap(Wrap { trim: false }),
         r,
     );
 }

@@ -76,11 +76,11 @@ pub fn build(
     // The API refuses `temperature` together with thinking.
     if budget.is_none() {
         if let Some(t) = req.temperature {
-            body.insert("temperature".into(), json!(t));
+            body.insert("temperature".into(), super::param_json(t));
         }
     }
     if let Some(p) = req.top_p {
-        body.insert("top_p".into(), json!(p));
+        body.insert("top_p".into(), super::param_json(p));
     }
     if !req.stop.is_empty() {
         body.insert("stop_sequences".into(), json!(req.stop));
@@ -485,6 +485,11 @@ impl StreamDecoder for Decoder {
             "message_start" => {
                 if let Some(u) = ev.message.as_ref().and_then(|m| m.usage.as_ref()) {
                     self.usage.update(u);
+                    // Its `output_tokens` (1) is provisional: it counts
+                    // nothing streamed yet. The real count comes with
+                    // `message_delta`; until then the output is counted
+                    // locally from what arrives.
+                    self.usage.output = 0;
                     out.push(Delta::Usage(self.usage.to_usage()));
                 }
             }
@@ -934,7 +939,7 @@ mod tests {
         assert!(done);
         let usage = Usage {
             input_tokens: 17,
-            output_tokens: 1,
+            output_tokens: 0,
             cached_input_tokens: 5,
             cache_creation_input_tokens: 2,
             ..Default::default()

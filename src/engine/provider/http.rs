@@ -10,10 +10,12 @@ use std::time::Duration;
 
 use tokio::time::Instant;
 
+use super::mask::Masker;
 use super::{mock, ProviderKind, ProviderSpec, StreamDecoder};
 use crate::engine::error::{EngineError, TimeoutPhase};
 use crate::engine::event::Delta;
 use crate::engine::request::ChatRequest;
+use crate::engine::tokens::TokenEstimator;
 use crate::engine::wire::{NdjsonDecoder, SseDecoder};
 
 /// Timeouts of one attempt. `None` means no limit.
@@ -37,6 +39,49 @@ impl Default for Timeouts {
     }
 }
 
+/// What one request may take from an upstream, whatever it sends. The
+/// defaults are far above any real answer; they stop a broken or hostile
+/// upstream from filling memory.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ResponseCaps {
+    /// Bytes of an error body read (the rest is never read).
+    pub max_error_body: usize,
+    /// Bytes of an answer, streamed or whole; beyond it the request stops
+    /// with `response_too_large`, the partial answer kept.
+    pub max_response_bytes: u64,
+    /// An answer stops with `response_too_large` once its running token
+    /// count passes this many times `max_tokens` (plus 256); 0 turns it off.
+    pub max_tokens_factor: u64,
+}
+
+/// Default cap of an error body read: 64 KiB.
+pub const MAX_ERROR_BODY: usize = 64 << 10;
+/// Default cap of an answer: 16 MiB.
+pub const MAX_RESPONSE_BYTES: u64 = 16 << 20;
+
+impl Default for ResponseCaps {
+    fn default() -> Self {
+        ResponseCaps {
+            max_error_body: MAX_ERROR_BODY,
+            max_response_bytes: MAX_RESPONSE_BYTES,
+            max_tokens_factor: 4,
+        }
+    }
+}
+
+/// How one attempt runs: its timeouts, its caps, and the deadline of the
+/// whole request (all attempts and the waits between them) when there is one.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct AttemptOptions {
+    /// Per-attempt timeouts.
+    pub timeouts: Timeouts,
+    /// Resource caps.
+    pub caps: ResponseCaps,
+    /// When the whole request must be over, and the limit it comes from
+    /// (reported in the error): `--timeout` / `total_secs` across retries.
+    pub deadline: Option<(Instant, Duration)>,
+}
+
 /// Per-call context sent as headers: W3C trace context and a request id.
 #[derive(Debug, Clone, Default)]
 pub struct CallContext {
@@ -48,6 +93,8 @@ pub struct CallContext {
 
 struct HttpBody {
     resp: reqwest::Response,
+    /// The first chunk, read at the start to tell SSE from a whole JSON answer.
+    first: Option<bytes::Bytes>,
     framing: super::Framing,
     sse: SseDecoder,
     nd: NdjsonDecoder,
@@ -70,9 +117,17 @@ pub struct Attempt {
     deadline: Option<Instant>,
     got_first: bool,
     trailing: Option<EngineError>,
-    /// What errors must never show: the key and the values of the spec's
-    /// own headers (they may hold a token taken from `${VAR}`).
-    secrets: Vec<super::Secret>,
+    /// Masks the secrets we sent in everything the upstream sends back.
+    masker: Arc<Masker>,
+    caps: ResponseCaps,
+    /// Output tokens beyond which the answer is far past `max_tokens`.
+    token_cap: Option<u64>,
+    /// Running lower-leaning count of the output that arrived.
+    out_est: TokenEstimator,
+    /// Output tokens as last reported by the provider (running).
+    provider_out: u64,
+    /// The total limit to name in a timeout error.
+    total_after: Option<Duration>,
     /// The first-token / idle / total timer of the HTTP body (see `fill`).
     timer: Option<std::pin::Pin<Box<tokio::time::Sleep>>>,
     /// Bytes received so far.
@@ -99,27 +154,58 @@ impl Attempt {
         timeouts: Timeouts,
         ctx: &CallContext,
     ) -> Result<Attempt, EngineError> {
-        let secrets = secrets_of(spec);
-        match Self::start_inner(client, spec, model, req, stream, timeouts, ctx).await {
-            Ok(mut a) => {
-                a.secrets = secrets;
-                Ok(a)
-            }
-            Err(e) => Err(redact_all(e, &secrets)),
+        let opts = AttemptOptions {
+            timeouts,
+            ..Default::default()
+        };
+        Self::start_with(client, spec, model, req, stream, &opts, ctx).await
+    }
+
+    /// [`Attempt::start`] with caps and a deadline over the whole request.
+    pub async fn start_with(
+        client: &reqwest::Client,
+        spec: &ProviderSpec,
+        model: &str,
+        req: &ChatRequest,
+        stream: bool,
+        opts: &AttemptOptions,
+        ctx: &CallContext,
+    ) -> Result<Attempt, EngineError> {
+        let masker = if spec.kind == ProviderKind::Mock {
+            Arc::new(Masker::default())
+        } else {
+            Masker::for_spec(spec)
+        };
+        match Self::start_inner(client, spec, model, req, stream, opts, ctx, &masker).await {
+            Ok(a) => Ok(a),
+            Err(e) => Err(masker.mask_error(e)),
         }
     }
 
+    #[allow(clippy::too_many_arguments)]
     async fn start_inner(
         client: &reqwest::Client,
         spec: &ProviderSpec,
         model: &str,
         req: &ChatRequest,
         stream: bool,
-        timeouts: Timeouts,
+        opts: &AttemptOptions,
         ctx: &CallContext,
+        masker: &Arc<Masker>,
     ) -> Result<Attempt, EngineError> {
         let started = Instant::now();
-        let deadline = timeouts.total.map(|t| started + t);
+        let timeouts = opts.timeouts;
+        let own = timeouts.total.map(|t| (started + t, t));
+        // The earlier of the attempt's own limit and the request's deadline.
+        let (deadline, total_after) = match (own, opts.deadline) {
+            (Some(a), Some(b)) => {
+                let (d, t) = if b.0 < a.0 { b } else { a };
+                (Some(d), Some(t))
+            }
+            (Some((d, t)), None) | (None, Some((d, t))) => (Some(d), Some(t)),
+            (None, None) => (None, None),
+        };
+        let factor = opts.caps.max_tokens_factor;
         let mut attempt = Attempt {
             body: Body::Done,
             pending: VecDeque::new(),
@@ -129,7 +215,15 @@ impl Attempt {
             deadline,
             got_first: false,
             trailing: None,
-            secrets: Vec::new(),
+            masker: masker.clone(),
+            caps: opts.caps,
+            token_cap: req
+                .max_tokens
+                .filter(|_| factor > 0)
+                .map(|m| u64::from(m).saturating_mul(factor).saturating_add(256)),
+            out_est: TokenEstimator::new(),
+            provider_out: 0,
+            total_after,
             timer: None,
             bytes: 0,
         };
@@ -152,7 +246,7 @@ impl Attempt {
         })?;
         let send = client.post(&call.url).headers(headers).body(body).send();
         let limit = attempt.first_limit();
-        let resp = match limit {
+        let mut resp = match limit {
             Some((d, phase)) => match tokio::time::timeout(d, send).await {
                 Ok(r) => r,
                 Err(_) => return Err(attempt.timeout_error(phase)),
@@ -163,38 +257,100 @@ impl Attempt {
         let status = resp.status();
         if !status.is_success() {
             let headers = resp.headers().clone();
-            let bytes = match limit {
-                Some((d, _)) => tokio::time::timeout(d, resp.bytes())
+            let cap = attempt.caps.max_error_body;
+            let read = read_capped(&mut resp, None, cap);
+            let (bytes, truncated) = match limit {
+                Some((d, _)) => tokio::time::timeout(d, read)
                     .await
-                    .ok()
-                    .and_then(|r| r.ok())
-                    .unwrap_or_default(),
-                None => resp.bytes().await.unwrap_or_default(),
+                    .unwrap_or_else(|_| (Vec::new(), false)),
+                None => read.await,
             };
-            return Err(EngineError::from_http(status.as_u16(), &headers, &bytes));
+            return Err(EngineError::from_http_masked(
+                status.as_u16(),
+                &headers,
+                &bytes,
+                truncated,
+                masker,
+            ));
         }
-        if stream {
+        // A whole JSON answer to a streaming request (a server that does
+        // not stream, whatever content type it names) is read as the whole
+        // answer it is: an SSE body never starts with `{` or `[`.
+        let mut first: Option<bytes::Bytes> = None;
+        let mut whole_json = false;
+        if stream && spec.kind.framing() == super::Framing::Sse {
+            let read = resp.chunk();
+            let c = match limit {
+                Some((d, phase)) => match tokio::time::timeout(d, read).await {
+                    Ok(c) => c,
+                    Err(_) => return Err(attempt.timeout_error(phase)),
+                },
+                None => read.await,
+            }
+            .map_err(EngineError::from_reqwest)?;
+            whole_json = c.as_ref().is_some_and(|c| {
+                c.iter()
+                    .find(|b| !b.is_ascii_whitespace())
+                    .is_some_and(|b| matches!(b, b'{' | b'['))
+            });
+            first = c;
+        }
+        if stream && !whole_json {
             attempt.body = Body::Http(Box::new(HttpBody {
                 resp,
+                first,
                 framing: spec.kind.framing(),
                 sse: SseDecoder::new(),
                 nd: NdjsonDecoder::new(),
                 decoder: super::stream_decoder_for(spec, model),
             }));
         } else {
-            let bytes = match attempt.remaining_total() {
-                Some(d) => tokio::time::timeout(d, resp.bytes())
+            let cap = attempt.caps.max_response_bytes;
+            let read = read_capped(&mut resp, first, usize::try_from(cap).unwrap_or(usize::MAX));
+            let (bytes, truncated) = match attempt.remaining_total() {
+                Some(d) => tokio::time::timeout(d, read)
                     .await
                     .map_err(|_| attempt.timeout_error(TimeoutPhase::Total))?,
-                None => resp.bytes().await,
-            }
-            .map_err(EngineError::from_reqwest)?;
+                None => read.await,
+            };
             attempt.bytes = bytes.len() as u64;
-            attempt
-                .pending
-                .extend(super::parse_response_for(spec, model, &bytes)?);
+            if truncated {
+                return Err(too_large_bytes(cap));
+            }
+            let text = masker.mask_bytes(&bytes);
+            let deltas = super::parse_response_for(spec, model, text.as_bytes())?;
+            for d in &deltas {
+                attempt.observe(d);
+            }
+            attempt.pending.extend(deltas);
         }
         Ok(attempt)
+    }
+
+    /// Count what a delta says about the output, for the caps.
+    fn observe(&mut self, d: &Delta) {
+        match d {
+            Delta::Text(t) | Delta::Thinking(t) | Delta::Refusal(t) => self.out_est.push(t),
+            Delta::ToolCall { arguments, .. } => self.out_est.push(arguments),
+            Delta::Usage(u) => self.provider_out = u.output_tokens,
+            _ => {}
+        }
+    }
+
+    /// The running output count: the larger of the provider's and ours.
+    pub fn output_tokens(&self) -> u64 {
+        self.provider_out.max(self.out_est.tokens())
+    }
+
+    /// Whether the answer ran far past `max_tokens`.
+    fn past_token_cap(&self) -> Option<EngineError> {
+        let cap = self.token_cap?;
+        let n = self.output_tokens();
+        (n > cap).then(|| EngineError::ResponseTooLarge {
+            message: format!(
+                "about {n} output tokens, far past max_tokens (the cap is {cap}); the partial answer is kept"
+            ),
+        })
     }
 
     fn remaining_total(&self) -> Option<Duration> {
@@ -223,7 +379,7 @@ impl Attempt {
         let after = match phase {
             TimeoutPhase::FirstToken => self.timeouts.first_token,
             TimeoutPhase::Idle => self.timeouts.idle,
-            TimeoutPhase::Total => self.timeouts.total,
+            TimeoutPhase::Total => self.total_after,
             TimeoutPhase::Connect => None,
         }
         .unwrap_or_default();
@@ -238,7 +394,7 @@ impl Attempt {
     /// The next delta; `None` at the end of the response.
     pub async fn next(&mut self) -> Option<Result<Delta, EngineError>> {
         match self.next_inner().await {
-            Some(Err(e)) => Some(Err(redact_all(e, &self.secrets))),
+            Some(Err(e)) => Some(Err(self.masker.mask_error(e))),
             other => other,
         }
     }
@@ -294,12 +450,19 @@ impl Attempt {
             Body::Http(h) => {
                 let HttpBody {
                     resp,
+                    first,
                     framing,
                     sse,
                     nd,
                     decoder,
                 } = &mut **h;
-                let fut = resp.chunk();
+                let pre = first.take();
+                let fut = async {
+                    match pre {
+                        Some(c) => Ok(Some(c)),
+                        None => resp.chunk().await,
+                    }
+                };
                 let chunk = match limit {
                     Some((d, phase)) => {
                         // One timer per attempt, re-armed lazily: a stream of
@@ -327,7 +490,7 @@ impl Attempt {
                                         let after = match phase {
                                             TimeoutPhase::FirstToken => self.timeouts.first_token,
                                             TimeoutPhase::Idle => self.timeouts.idle,
-                                            _ => self.timeouts.total,
+                                            _ => self.total_after,
                                         };
                                         return Err(EngineError::Timeout {
                                             phase,
@@ -345,20 +508,40 @@ impl Attempt {
                 .map_err(EngineError::from_reqwest)?;
                 let out = &mut self.scratch;
                 out.clear();
+                // Every frame is masked before a decoder sees it: whatever
+                // it keeps (a finish word, a tool id, an error snippet) is
+                // clean, and nothing is cut before masking.
+                let masker = &*self.masker;
                 match chunk {
                     Some(bytes) => {
                         self.bytes += bytes.len() as u64;
                         let fed = match framing {
-                            super::Framing::Sse => {
-                                sse.feed(&bytes, |f| decoder.frame(f.event, f.data, out))
-                            }
-                            _ => nd.feed(&bytes, |l| decoder.frame("", l, out)),
+                            super::Framing::Sse => sse.feed(&bytes, |f| {
+                                decoder.frame(f.event, &masker.mask(f.data), out)
+                            }),
+                            _ => nd.feed(&bytes, |l| decoder.frame("", &masker.mask(l), out)),
                         };
                         // Deltas decoded before a failing frame (earlier frames of
                         // the same chunk, or the failing frame's own) still count:
                         // deliver them, then the error.
+                        for d in out.iter() {
+                            match d {
+                                Delta::Text(t) | Delta::Thinking(t) | Delta::Refusal(t) => {
+                                    self.out_est.push(t)
+                                }
+                                Delta::ToolCall { arguments, .. } => self.out_est.push(arguments),
+                                Delta::Usage(u) => self.provider_out = u.output_tokens,
+                                _ => {}
+                            }
+                        }
                         self.pending.extend(out.drain(..));
                         if let Err(e) = fed {
+                            self.body = Body::Done;
+                            self.trailing = Some(e);
+                        } else if self.bytes > self.caps.max_response_bytes {
+                            self.body = Body::Done;
+                            self.trailing = Some(too_large_bytes(self.caps.max_response_bytes));
+                        } else if let Some(e) = self.past_token_cap() {
                             self.body = Body::Done;
                             self.trailing = Some(e);
                         }
@@ -367,9 +550,9 @@ impl Attempt {
                     None => {
                         let fed = match framing {
                             super::Framing::Sse => {
-                                sse.finish(|f| decoder.frame(f.event, f.data, out))
+                                sse.finish(|f| decoder.frame(f.event, &masker.mask(f.data), out))
                             }
-                            _ => nd.finish(|l| decoder.frame("", l, out)),
+                            _ => nd.finish(|l| decoder.frame("", &masker.mask(l), out)),
                         }
                         .and_then(|()| decoder.end(out));
                         let done = decoder.is_done();
@@ -391,30 +574,41 @@ impl Attempt {
     }
 }
 
-/// The key and the spec's header values (at least 8 bytes: shorter ones are
-/// no secret worth the name, and masking them would garble messages).
-fn secrets_of(spec: &ProviderSpec) -> Vec<super::Secret> {
-    let mut out: Vec<super::Secret> = spec.api_key.iter().cloned().collect();
-    for (_, v) in &spec.headers {
-        let v = v.trim();
-        // `Bearer TOKEN`: the token alone is the secret too.
-        let token = v.rsplit(' ').next().unwrap_or(v);
-        for s in [v, token] {
-            if s.len() >= 8 && !out.iter().any(|o| o.expose() == s) {
-                out.push(super::Secret::new(s));
+/// Read at most `cap` bytes of a body; true when there was more.
+async fn read_capped(
+    resp: &mut reqwest::Response,
+    first: Option<bytes::Bytes>,
+    cap: usize,
+) -> (Vec<u8>, bool) {
+    let mut buf = Vec::new();
+    let mut first = first;
+    loop {
+        let next = match first.take() {
+            Some(c) => Ok(Some(c)),
+            None => resp.chunk().await,
+        };
+        match next {
+            Ok(Some(c)) => {
+                if buf.len() + c.len() > cap {
+                    buf.extend_from_slice(&c[..cap - buf.len()]);
+                    return (buf, true);
+                }
+                buf.extend_from_slice(&c);
             }
+            // A body cut mid-way still says what it said so far.
+            Ok(None) | Err(_) => return (buf, false),
         }
     }
-    // Longest first, so a secret containing another is masked whole.
-    out.sort_by_key(|s| std::cmp::Reverse(s.expose().len()));
-    out
 }
 
-fn redact_all(mut e: EngineError, secrets: &[super::Secret]) -> EngineError {
-    for s in secrets {
-        e = e.redact(s.expose());
+fn too_large_bytes(cap: u64) -> EngineError {
+    EngineError::ResponseTooLarge {
+        message: format!(
+            "the answer passed {} bytes ({:.1} MiB, max_response_bytes); the partial answer is kept",
+            cap,
+            cap as f64 / (1 << 20) as f64
+        ),
     }
-    e
 }
 
 fn is_content(d: &Delta) -> bool {

@@ -21,6 +21,14 @@
 //! Every model also breaks its stream halfway with a network error when the
 //! prompt contains "midstream", to show partial output followed by a failure.
 //!
+//! Every model can also judge: given the judge's request (the system prompt
+//! of `engine::judge`, then `# Prompt` and `# Answer A`, `# Answer B`, ...)
+//! it replies with the JSON verdict the judge asks for, decided the same way
+//! every time: answers that end on the same number or yes/no agree, else
+//! they are compared by the words they share; the best is the answer
+//! closest to the others (the first of the majority).
+//! So the judge key can be tried without any account.
+//!
 //! Prompts are understood just enough to be plausible: a simple arithmetic
 //! expression (`2+2`, `12 * 7`, `10 divided by 4`) is computed, a yes/no
 //! question (`Is ...?`, `Can ...?`) gets yes (no from the contrarian), and
@@ -253,6 +261,10 @@ fn plan(kind: Kind, req: &ChatRequest, seed: u64) -> Plan {
         });
         return p;
     }
+    if let Some(verdict) = judge_verdict(req) {
+        p.text = verdict;
+        return p;
+    }
     let after_tool = req.messages.last().filter(|m| m.role == Role::Tool);
     if after_tool.is_none() {
         if let Some(tool) = wanted_tool(req, &lower) {
@@ -295,6 +307,134 @@ fn plan(kind: Kind, req: &ChatRequest, seed: u64) -> Plan {
         answer(kind, &topic, &mut rng)
     };
     p
+}
+
+/// The answers of a judge request, as (letter, text), when `req` is one.
+fn judge_answers(req: &ChatRequest) -> Option<Vec<(String, String)>> {
+    let judged = req
+        .messages
+        .iter()
+        .any(|m| m.role == Role::System && m.content.contains("impartial judge"));
+    if !judged {
+        return None;
+    }
+    let body = req.last_user_text();
+    let mut out: Vec<(String, String)> = Vec::new();
+    for line in body.lines() {
+        if let Some(l) = line.strip_prefix("# Answer ") {
+            out.push((l.trim().to_string(), String::new()));
+        } else if line.starts_with("# Prompt") || line.starts_with("Reply with the JSON") {
+            continue;
+        } else if let Some((_, text)) = out.last_mut() {
+            text.push_str(line);
+            text.push('\n');
+        }
+    }
+    (!out.is_empty()).then_some(out)
+}
+
+/// What an answer comes down to, when it is short: its last number, or yes / no.
+fn answer_key(text: &str) -> Option<String> {
+    if let Some(n) = numbers(text).last() {
+        return Some(fmt_num(*n));
+    }
+    let lower = text.to_lowercase();
+    let first = lower
+        .split(|c: char| !c.is_alphanumeric())
+        .find(|w| !w.is_empty())?;
+    matches!(first, "yes" | "no").then(|| first.to_string())
+}
+
+fn word_set(text: &str) -> std::collections::BTreeSet<String> {
+    text.to_lowercase()
+        .split(|c: char| !c.is_alphanumeric())
+        .filter(|w| w.len() > 2)
+        .map(str::to_string)
+        .collect()
+}
+
+/// The mock judge's verdict (JSON text) on a judge request; None for other requests.
+fn judge_verdict(req: &ChatRequest) -> Option<String> {
+    let answers = judge_answers(req)?;
+    let n = answers.len();
+    let keys: Vec<Option<String>> = answers.iter().map(|(_, t)| answer_key(t)).collect();
+    let (agreement, best, disagreements, summary) = if keys.iter().all(Option::is_some) {
+        // Group by the final figure; the biggest group is the majority.
+        let mut groups: Vec<(String, Vec<usize>)> = Vec::new();
+        for (i, k) in keys.iter().flatten().enumerate() {
+            match groups.iter_mut().find(|(g, _)| g == k) {
+                Some((_, m)) => m.push(i),
+                None => groups.push((k.clone(), vec![i])),
+            }
+        }
+        let (key, members) = groups
+            .iter()
+            .max_by_key(|(_, m)| (m.len(), std::cmp::Reverse(m[0])))
+            .cloned()
+            .unwrap_or_default();
+        let dis: Vec<String> = groups
+            .iter()
+            .filter(|(k, _)| *k != key)
+            .flat_map(|(k, m)| {
+                m.iter()
+                    .map(|i| {
+                        format!(
+                            "Answer {} says {k} where the majority says {key}",
+                            answers[*i].0
+                        )
+                    })
+                    .collect::<Vec<_>>()
+            })
+            .collect();
+        let summary = format!(
+            "{} of {n} answers agree on {key}; Answer {} states it plainly.",
+            members.len(),
+            answers[members[0]].0
+        );
+        (members.len() as f64 / n as f64, members[0], dis, summary)
+    } else {
+        // Open answers: how much of their vocabulary they share.
+        let sets: Vec<_> = answers.iter().map(|(_, t)| word_set(t)).collect();
+        let sim = |a: usize, b: usize| {
+            let inter = sets[a].intersection(&sets[b]).count() as f64;
+            let union = sets[a].union(&sets[b]).count().max(1) as f64;
+            inter / union
+        };
+        let mean_to_others: Vec<f64> = (0..n)
+            .map(|i| {
+                let others: Vec<f64> = (0..n).filter(|j| *j != i).map(|j| sim(i, j)).collect();
+                others.iter().sum::<f64>() / others.len().max(1) as f64
+            })
+            .collect();
+        let best = (0..n)
+            .max_by(|a, b| {
+                mean_to_others[*a]
+                    .total_cmp(&mean_to_others[*b])
+                    .then(b.cmp(a))
+            })
+            .unwrap_or(0);
+        let agreement = if n < 2 {
+            1.0
+        } else {
+            mean_to_others.iter().sum::<f64>() / n as f64
+        };
+        let dis: Vec<String> = (0..n)
+            .filter(|i| n > 1 && mean_to_others[*i] < 0.2)
+            .map(|i| format!("Answer {} shares little with the others", answers[i].0))
+            .collect();
+        let summary = format!(
+            "The answers overlap in part; Answer {} is closest to what they have in common.",
+            answers[best].0
+        );
+        (agreement, best, dis, summary)
+    };
+    let v = json!({
+        "agreement": (agreement * 100.0).round() / 100.0,
+        "best": answers[best].0,
+        "disagreements": disagreements,
+        "summary": summary,
+    });
+    Some(v.to_string())
 }
 
 /// The tool a request asks for, if it should be called now.
@@ -1218,6 +1358,51 @@ mod tests {
 
     async fn text(model: &str, prompt: &str) -> String {
         run(model, &ChatRequest::from_prompt(prompt)).await.0.text
+    }
+
+    #[tokio::test]
+    async fn every_mock_can_judge_deterministically() {
+        use crate::engine::consensus::AnswerInput;
+        use crate::engine::judge::{parse_verdict, plan};
+        let answers = vec![
+            AnswerInput::new("mock/alpha", "2 + 2 = 4."),
+            AnswerInput::new("mock/contrarian", "I make it 5."),
+            AnswerInput::new("mock/gamma", "The sum is 4."),
+        ];
+        let judge = plan("What is 2+2?", &answers);
+        let letters: Vec<String> = judge.key.iter().map(|k| k.letter.clone()).collect();
+        for m in ["alpha", "thinker", "contrarian"] {
+            let (c, _, err) = run(m, &judge.request).await;
+            assert!(err.is_none());
+            let v = parse_verdict(&c.text, &letters).expect("a verdict");
+            assert_eq!(v.best.as_deref(), Some("A"), "{}", c.text);
+            assert_eq!(v.agreement, Some(0.67));
+            assert_eq!(v.disagreements.len(), 1, "{v:?}");
+            assert!(v.disagreements[0].contains("Answer B says 5"), "{v:?}");
+            // The same request, the same verdict.
+            assert_eq!(run(m, &judge.request).await.0.text, c.text);
+        }
+        // Open answers are compared by the words they share.
+        let open = plan(
+            "Explain tides.",
+            &[
+                AnswerInput::new(
+                    "a",
+                    "Tides come from the moon's gravity pulling the oceans.",
+                ),
+                AnswerInput::new("b", "The moon's gravity pulls the oceans, making tides."),
+                AnswerInput::new("c", "Bananas are yellow."),
+            ],
+        );
+        let (c, _, _) = run("alpha", &open.request).await;
+        let v = parse_verdict(&c.text, &["A".into(), "B".into(), "C".into()]).unwrap();
+        assert!(matches!(v.best.as_deref(), Some("A" | "B")), "{v:?}");
+        assert!(
+            v.disagreements.iter().any(|d| d.contains("Answer C")),
+            "{v:?}"
+        );
+        // Other requests are not judged.
+        assert!(!text("alpha", "What is 2+2?").await.contains("agreement"));
     }
 
     #[test]

@@ -7,6 +7,7 @@ pub mod anthropic;
 pub mod azure;
 pub mod gemini;
 pub mod http;
+pub mod mask;
 pub mod mock;
 pub mod ollama;
 pub mod openai;
@@ -389,11 +390,23 @@ pub(crate) fn parse_json(what: &str, data: &str) -> Result<serde_json::Value, En
     })
 }
 
+/// An `f32` parameter as the JSON number the user wrote (0.3, not the
+/// 0.30000001192092896 that widening to f64 gives): the shortest decimal
+/// that reads back as the same f32.
+pub(crate) fn param_json(x: f32) -> serde_json::Value {
+    x.to_string()
+        .parse::<f64>()
+        .ok()
+        .and_then(serde_json::Number::from_f64)
+        .map_or(serde_json::Value::Null, serde_json::Value::Number)
+}
+
 /// The first 120 characters of a frame, for error messages.
 pub(crate) fn snippet(s: &str) -> String {
     let s = s.trim();
     match s.char_indices().nth(120) {
-        Some((i, _)) => format!("{}…", &s[..i]),
+        // A word cut short is dropped (see `mask::cut`).
+        Some((i, _)) => mask::cut(s, i),
         None => s.to_string(),
     }
 }
