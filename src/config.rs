@@ -383,6 +383,10 @@ pub struct ProviderFile {
     pub breaker: Option<BreakerFile>,
     /// Model names for the picker.
     pub models: Option<Vec<String>>,
+    /// Azure OpenAI `api-version` (kind `azure`).
+    pub api_version: Option<String>,
+    /// Request template and response pointers (kind `template`).
+    pub template: Option<crate::engine::provider::template::TemplateSpec>,
 }
 
 /// `[providers.NAME.timeouts]`, seconds; 0 = no limit.
@@ -640,6 +644,8 @@ impl ProviderFile {
             retry,
             breaker,
             models: over(self.models, top.models),
+            api_version: over(self.api_version, top.api_version),
+            template: over(self.template, top.template),
         }
     }
 }
@@ -1019,6 +1025,8 @@ pub struct ProviderConfig {
     pub policy: ProviderPolicy,
     /// Model names for the picker.
     pub models: Vec<String>,
+    /// Kind-specific settings (Azure's api-version, a template).
+    pub extra: crate::engine::provider::ProviderExtra,
 }
 
 // Header values may carry tokens substituted from the environment.
@@ -1372,7 +1380,8 @@ fn build(
                 &at(),
                 format!(
                     "`kind` is required for a provider that is not built in (one of: openai, \
-                     anthropic, gemini, ollama, openrouter, compatible, mock); built-in \
+                     anthropic, gemini, ollama, openrouter, compatible, openai-responses, azure, \
+                     template, mock); built-in \
                      providers are {}",
                     BUILTIN_PROVIDERS.join(", ")
                 ),
@@ -1515,6 +1524,31 @@ fn build(
             requests_per_minute: p.requests_per_minute,
             tokens_per_minute: p.tokens_per_minute,
         };
+        let extra = crate::engine::provider::ProviderExtra {
+            api_version: p.api_version.clone(),
+            template: match (&p.template, kind) {
+                (Some(t), ProviderKind::Template) => {
+                    t.validate()
+                        .map_err(|why| err(&at().key("template"), why))?;
+                    Some(std::sync::Arc::new(t.clone()))
+                }
+                (Some(_), _) => {
+                    return Err(err(
+                        &at().key("template"),
+                        "only a provider of kind \"template\" takes a template".into(),
+                    ))
+                }
+                (None, ProviderKind::Template) => {
+                    return Err(err(
+                        &at(),
+                        "a provider of kind \"template\" needs a [template] table \
+                         (path, body, text pointer)"
+                            .into(),
+                    ))
+                }
+                (None, _) => None,
+            },
+        };
         let models = p.models.clone().unwrap_or_default();
         for (i, m) in models.iter().enumerate() {
             if m.trim().is_empty() {
@@ -1532,6 +1566,7 @@ fn build(
                 headers,
                 policy,
                 models,
+                extra,
             },
         );
     }
@@ -1860,6 +1895,7 @@ impl Config {
         let mut spec = ProviderSpec::new(p.name.clone(), p.kind);
         spec.base_url = p.base_url.clone();
         spec.headers = p.headers.clone();
+        spec.extra = p.extra.clone();
         spec.api_key = match &p.api_key_cmd {
             Some(cmd) => Some(run_key_cmd(&p.name, cmd)?),
             None => p

@@ -27,6 +27,7 @@ fn spec(kind: ProviderKind, server: &Server) -> ProviderSpec {
         base_url: format!("{}/v1", server.url),
         api_key: Some(Secret::new(KEY)),
         headers: Vec::new(),
+        extra: Default::default(),
     }
 }
 

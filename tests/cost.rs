@@ -948,6 +948,7 @@ fn cached_answer() -> CachedAnswer {
             id: "call_1".into(),
             name: "calc".into(),
             arguments: "{\"expr\":\"2+2\"}".into(),
+            ..Default::default()
         }],
         finish_reason: FinishReason::Stop,
         raw_finish_reason: "stop".into(),

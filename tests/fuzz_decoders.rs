@@ -23,8 +23,10 @@ use llm_quorum::engine::Delta;
 use proptest::prelude::*;
 use serde_json::{Map, Value};
 
-const KINDS: [ProviderKind; 6] = [
+const KINDS: [ProviderKind; 8] = [
     ProviderKind::Openai,
+    ProviderKind::Responses,
+    ProviderKind::Azure,
     ProviderKind::Openrouter,
     ProviderKind::Compatible,
     ProviderKind::Anthropic,

@@ -236,6 +236,7 @@ fn a_request_round_trips_with_its_price_row_and_shows_by_any_id() {
         id: "call_1".into(),
         name: "calc".into(),
         arguments: "{\"x\":1}".into(),
+        ..Default::default()
     }];
     c.retries = 2;
     c.fell_back_from = Some("anthropic/claude-haiku-4-5".into());
@@ -372,6 +373,7 @@ fn log_content_false_keeps_no_text() {
         id: "x".into(),
         name: "f".into(),
         arguments: "{}".into(),
+        ..Default::default()
     }];
     l.record_request(&meta("run-x", None), &c).unwrap();
     let r = l.recent(1).unwrap().remove(0);

@@ -35,6 +35,9 @@ pub struct AskArgs {
     /// Bypass the response cache for this request.
     #[arg(long)]
     pub no_cache: bool,
+    /// Reasoning, structured output, tools and attachments.
+    #[command(flatten)]
+    pub options: super::options::OptionFlags,
     /// The prompt (read from stdin when absent).
     pub prompt: Vec<String>,
 }
@@ -98,6 +101,11 @@ pub fn run(flags: &GlobalFlags, args: AskArgs) -> i32 {
     req.messages.push(Message::user(prompt));
     req.max_tokens = args.max_tokens;
     req.temperature = args.temperature;
+    // Files are read and checked here, before anything is sent.
+    if let Err(e) = args.options.to_options().apply(&mut req) {
+        eprintln!("quorum: {e}");
+        return EXIT_USAGE;
+    }
     let opts = StartOptions {
         run: RunOptions {
             stream: !args.no_stream,
@@ -160,8 +168,16 @@ pub fn run(flags: &GlobalFlags, args: AskArgs) -> i32 {
                     } else {
                         if !c.tool_calls.is_empty() {
                             for t in &c.tool_calls {
-                                let _ = writeln!(out, "\n[tool call] {}({})", t.name, t.arguments);
+                                let mark = super::options::tool_mark(t);
+                                let _ = writeln!(
+                                    out,
+                                    "\n[tool call] {}({}){mark}",
+                                    t.name, t.arguments
+                                );
                             }
+                        }
+                        for line in super::options::verdict_lines(&c) {
+                            eprintln!("quorum: {line}");
                         }
                         if !wrote_newline {
                             let _ = out.write_all(b"\n");

@@ -119,6 +119,9 @@ pub struct CompareArgs {
     /// Bypass the response cache for this run.
     #[arg(long)]
     pub no_cache: bool,
+    /// Reasoning, structured output, tools and attachments.
+    #[command(flatten)]
+    pub options: super::options::OptionFlags,
     /// The prompt (read from stdin when absent).
     pub prompt: Vec<String>,
 }
@@ -161,6 +164,11 @@ pub fn run(flags: &GlobalFlags, args: CompareArgs) -> i32 {
     req.messages.push(Message::user(prompt.clone()));
     req.max_tokens = args.max_tokens;
     req.temperature = args.temperature;
+    // Files are read and checked here, before anything is sent.
+    if let Err(e) = args.options.to_options().apply(&mut req) {
+        eprintln!("quorum: {e}");
+        return EXIT_USAGE;
+    }
     // The judge is checked before anything is sent; the targets at the front door.
     if let Some(j) = &args.judge {
         if let Err(e) = engine.check_targets(std::slice::from_ref(j)) {
@@ -351,7 +359,11 @@ pub fn to_text(r: &Report) -> String {
                     let _ = writeln!(s, "{text}");
                 }
                 for t in &c.tool_calls {
-                    let _ = writeln!(s, "[tool call] {}({})", t.name, t.arguments);
+                    let mark = super::options::tool_mark(t);
+                    let _ = writeln!(s, "[tool call] {}({}){mark}", t.name, t.arguments);
+                }
+                for line in super::options::verdict_lines(c) {
+                    let _ = writeln!(s, "[{line}]");
                 }
             }
         }

@@ -29,13 +29,24 @@ pub const TASK_FIELDS: &[&str] = &[
     "session_id",
     "trace_id",
     "source_agent",
+    "reasoning",
+    "thinking_budget",
+    "json_mode",
+    "schema",
+    "tools",
+    "tool_choice",
+    "files",
+    "images",
 ];
 
 const AFTER_HELP: &str = "\
 Task (one JSON object on stdin):
   {\"task_id\": \"t1\", \"title\": \"…\", \"description\": \"…\" | \"prompt\": \"…\", \"system\": \"…\",
    \"model\": \"provider/model\" | \"models\": [\"a/x\", \"b/y\"], \"max_tokens\": 256, \"temperature\": 0.2,
-   \"session_id\": \"…\", \"trace_id\": \"32 hex digits\", \"source_agent\": \"…\"}
+   \"session_id\": \"…\", \"trace_id\": \"32 hex digits\", \"source_agent\": \"…\",
+   \"reasoning\": \"minimal|low|medium|high\" | \"thinking_budget\": N, \"json_mode\": true |
+   \"schema\": \"schema.json\", \"tools\": \"tools.json\", \"tool_choice\": \"auto\",
+   \"files\": [\"notes.md\"], \"images\": [\"shot.png\"]}
   prompt wins over description; a title is put before the description. Unknown fields are
   ignored (named on stderr). The model defaults to $QUORUM_DEFAULT_MODEL.
 
@@ -85,8 +96,36 @@ pub struct Task {
     pub trace_id: Option<String>,
     /// Calling agent.
     pub source_agent: Option<String>,
+    /// Reasoning, structured output, tools and attachments (files are read
+    /// when the task runs, before anything is sent).
+    pub options: crate::engine::options::RequestOptions,
     /// Fields not understood.
     pub ignored: Vec<String>,
+}
+
+/// An optional list of file paths.
+fn paths(
+    map: &serde_json::Map<String, Value>,
+    k: &str,
+) -> Result<Vec<std::path::PathBuf>, FieldError> {
+    match map.get(k) {
+        None => Ok(Vec::new()),
+        Some(Value::Array(a)) => a
+            .iter()
+            .enumerate()
+            .map(|(i, v)| match v {
+                Value::String(s) if !s.trim().is_empty() => Ok(std::path::PathBuf::from(s)),
+                v => Err(FieldError::new(
+                    format!("{k}[{i}]"),
+                    format!("expected a file path, got {}", type_name(v)),
+                )),
+            })
+            .collect(),
+        Some(v) => Err(FieldError::new(
+            k,
+            format!("expected an array of file paths, got {}", type_name(v)),
+        )),
+    }
 }
 
 /// Parse and validate a task.
@@ -150,6 +189,18 @@ pub fn parse_task(text: &str) -> Result<Task, FieldError> {
         session_id: meta.session_id,
         trace_id: meta.trace_id,
         source_agent: meta.source_agent,
+        options: crate::engine::options::RequestOptions {
+            reasoning: f.nonempty_str("reasoning")?.map(String::from),
+            thinking_budget: f
+                .uint("thinking_budget", 0, u32::MAX as u64)?
+                .map(|v| v as u32),
+            json_mode: f.bool("json_mode")?.unwrap_or(false),
+            schema: f.nonempty_str("schema")?.map(std::path::PathBuf::from),
+            tools: f.nonempty_str("tools")?.map(std::path::PathBuf::from),
+            tool_choice: f.nonempty_str("tool_choice")?.map(String::from),
+            files: paths(map, "files")?,
+            images: paths(map, "images")?,
+        },
         ignored: f.unknown(TASK_FIELDS),
     })
 }
@@ -256,6 +307,18 @@ pub fn result_json(task: &Task, targets: &[String], cs: &[Completion], started: 
         "session_id": task.session_id,
         "source_agent": task.source_agent,
     });
+    // The verdicts of the answer, when JSON output or tools were asked for.
+    if let Some(c) = main {
+        let cv = serde_json::to_value(c).unwrap_or(Value::Null);
+        for k in ["schema_valid", "schema_error"] {
+            if let Some(x) = cv.get(k) {
+                v[k] = x.clone();
+            }
+        }
+        if !c.tool_calls.is_empty() {
+            v["tool_calls"] = cv["tool_calls"].clone();
+        }
+    }
     if task.several {
         let results: Vec<Value> = cs
             .iter()
@@ -377,6 +440,16 @@ pub fn run(flags: &GlobalFlags, args: ExecArgs) -> i32 {
     req.messages.push(Message::user(task.prompt.clone()));
     req.max_tokens = task.max_tokens;
     req.temperature = task.temperature;
+    // Files are read and checked before anything is sent.
+    if let Err(e) = task.options.apply(&mut req) {
+        let early = Early {
+            code: EXIT_USAGE,
+            kind: e.kind(),
+            message: e.to_string(),
+            field: None,
+        };
+        return bail(tid.as_deref(), early, started);
+    }
     let opts = StartOptions {
         run: crate::engine::RunOptions {
             session_id: task.session_id.clone(),

@@ -7,6 +7,7 @@ pub mod exec;
 pub mod leaderboard;
 pub mod ledger;
 pub mod models;
+pub mod options;
 pub mod pricing;
 
 pub use crate::shared::exit::{EXIT_FAILED, EXIT_OK, EXIT_USAGE};

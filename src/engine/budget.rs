@@ -137,13 +137,15 @@ pub fn project(
     let mut out = Projection::default();
     for (t, r) in targets.iter().zip(resolved) {
         let count = tokens::count_request(&r.model, req);
+        // Images by the provider's published formula: an estimate.
+        let images = super::attachment::request_image_tokens(r.spec.kind, &r.model, req);
         out.targets.push(project_target(
             engine.pricing(),
             t,
             &r.spec.name,
             &r.model,
-            count.tokens,
-            count.exact,
+            count.tokens + images,
+            count.exact && images == 0,
             req.max_tokens,
         ));
     }
@@ -162,7 +164,7 @@ pub fn project_quick(engine: &Engine, req: &ChatRequest, targets: &[String]) -> 
                 t,
                 &r.spec.name,
                 &r.model,
-                n,
+                n + super::attachment::request_image_tokens(r.spec.kind, &r.model, req),
                 false,
                 req.max_tokens,
             )),

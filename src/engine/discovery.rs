@@ -52,9 +52,13 @@ fn list_request(
     let mut headers = base_headers(spec)?;
     let key = spec.api_key.as_ref().map(|k| k.expose());
     let url = match spec.kind {
-        ProviderKind::Mock => return Ok(None),
+        // Azure lists deployments only on its management plane; a template has no list.
+        ProviderKind::Mock | ProviderKind::Azure | ProviderKind::Template => return Ok(None),
         ProviderKind::Ollama => format!("{base}/api/tags"),
-        ProviderKind::Openai | ProviderKind::Openrouter | ProviderKind::Compatible => {
+        ProviderKind::Openai
+        | ProviderKind::Openrouter
+        | ProviderKind::Compatible
+        | ProviderKind::Responses => {
             if let Some(k) = key {
                 if !headers.contains_key(reqwest::header::AUTHORIZATION) {
                     put_header(&mut headers, "authorization", &format!("Bearer {k}"), true)?;
@@ -206,7 +210,7 @@ pub fn parse_list(kind: ProviderKind, body: &[u8]) -> Result<Vec<DiscoveredModel
     let v: Value = serde_json::from_slice(body).map_err(|e| protocol(&e.to_string()))?;
     let mut out = Vec::new();
     match kind {
-        ProviderKind::Mock => {}
+        ProviderKind::Mock | ProviderKind::Azure | ProviderKind::Template => {}
         ProviderKind::Ollama => {
             let list = array(&v, "models")?;
             for m in list {
@@ -228,7 +232,10 @@ pub fn parse_list(kind: ProviderKind, body: &[u8]) -> Result<Vec<DiscoveredModel
                 });
             }
         }
-        ProviderKind::Openai | ProviderKind::Openrouter | ProviderKind::Compatible => {
+        ProviderKind::Openai
+        | ProviderKind::Openrouter
+        | ProviderKind::Compatible
+        | ProviderKind::Responses => {
             let list = array(&v, "data")?;
             for m in list {
                 let Some(id) = m.get("id").and_then(Value::as_str) else {

@@ -116,7 +116,7 @@ impl std::fmt::Display for FinishReason {
 }
 
 /// A finished tool call.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 pub struct ToolCall {
     /// Provider-assigned id ("" when the provider assigns none, as older Gemini models).
     pub id: String,
@@ -124,6 +124,13 @@ pub struct ToolCall {
     pub name: String,
     /// The exact argument string as sent (concatenated fragments when streamed).
     pub arguments: String,
+    /// Whether the call names an offered tool and its arguments match that
+    /// tool's schema; `None` when not checked (no tools were offered).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub valid: Option<bool>,
+    /// Why the call is invalid: the first error, with its JSON path.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub invalid_reason: Option<String>,
 }
 
 impl ToolCall {
@@ -226,6 +233,18 @@ pub struct Completion {
     /// Finished tool calls.
     #[serde(serialize_with = "ser_tool_calls")]
     pub tool_calls: Vec<ToolCall>,
+    /// The thinking split into the provider's signed blocks (for sending the
+    /// turn back; see [`crate::engine::request::Message::from_completion`]).
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub thinking_blocks: Vec<crate::engine::request::ThinkingBlock>,
+    /// Whether the answer is valid JSON (JSON mode) or matches the requested
+    /// JSON Schema; `None` when no JSON output was asked for.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub schema_valid: Option<bool>,
+    /// The first schema error: where in the answer (a JSON pointer, "" for
+    /// the whole answer) and what.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub schema_error: Option<SchemaError>,
     /// Normalised finish reason.
     pub finish_reason: FinishReason,
     /// The provider's own finish word.
@@ -264,6 +283,15 @@ pub struct Completion {
     pub not_recorded: Option<String>,
 }
 
+/// The first reason an answer failed its JSON check.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SchemaError {
+    /// JSON pointer into the answer (`/items/0/price`); "" is the answer itself.
+    pub path: String,
+    /// What is wrong there.
+    pub message: String,
+}
+
 fn is_zero(n: &u32) -> bool {
     *n == 0
 }
@@ -272,9 +300,16 @@ fn ser_tool_calls<S: serde::Serializer>(calls: &[ToolCall], s: S) -> Result<S::O
     use serde::ser::SerializeSeq;
     let mut seq = s.serialize_seq(Some(calls.len()))?;
     for c in calls {
-        seq.serialize_element(&serde_json::json!({
+        let mut o = serde_json::json!({
             "id": c.id, "name": c.name, "arguments": c.arguments_json(),
-        }))?;
+        });
+        if let Some(valid) = c.valid {
+            o["valid"] = serde_json::json!(valid);
+            if let Some(r) = &c.invalid_reason {
+                o["invalid_reason"] = serde_json::json!(r);
+            }
+        }
+        seq.serialize_element(&o)?;
     }
     seq.end()
 }
@@ -310,9 +345,29 @@ impl Accumulator {
             }
             Delta::Thinking(t) => {
                 self.estimate.push(t);
-                c.thinking.push_str(t)
+                c.thinking.push_str(t);
+                // A signed block is closed: new thinking opens the next one.
+                match c.thinking_blocks.last_mut() {
+                    Some(b) if b.signature.is_empty() => b.text.push_str(t),
+                    _ => c
+                        .thinking_blocks
+                        .push(crate::engine::request::ThinkingBlock {
+                            text: t.clone(),
+                            signature: String::new(),
+                        }),
+                }
             }
-            Delta::ThinkingSignature(_) => {}
+            Delta::ThinkingSignature(s) => match c.thinking_blocks.last_mut() {
+                Some(b) if b.signature.is_empty() => b.signature.push_str(s),
+                // A signature without thinking text (Gemini signs answer and
+                // call parts too, Anthropic may redact the text).
+                _ => c
+                    .thinking_blocks
+                    .push(crate::engine::request::ThinkingBlock {
+                        text: String::new(),
+                        signature: s.clone(),
+                    }),
+            },
             Delta::Refusal(r) => {
                 self.estimate.push(r);
                 c.refusal.get_or_insert_with(String::new).push_str(r)
@@ -326,14 +381,7 @@ impl Accumulator {
                 let slot = match self.tool_slots.iter().position(|(i, _)| i == index) {
                     Some(p) => &mut self.tool_slots[p].1,
                     None => {
-                        self.tool_slots.push((
-                            *index,
-                            ToolCall {
-                                id: String::new(),
-                                name: String::new(),
-                                arguments: String::new(),
-                            },
-                        ));
+                        self.tool_slots.push((*index, ToolCall::default()));
                         &mut self.tool_slots.last_mut().expect("just pushed").1
                     }
                 };

@@ -222,8 +222,7 @@ impl Engine {
         let targets = select::expand_targets(self, &targets, &request).map_err(Refusal::Target)?;
         let resolved = self.check_targets(&targets).map_err(Refusal::Target)?;
         for r in &resolved {
-            self.registry()
-                .check_capabilities(r, &request)
+            super::capability::check(self.registry(), self.pricing(), r, &request)
                 .map_err(Refusal::Target)?;
         }
         let targets: Vec<String> = resolved.iter().map(|r| r.id()).collect();

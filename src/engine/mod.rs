@@ -2,6 +2,7 @@
 //! It knows nothing of terminals: no UI crate is imported anywhere below
 //! this module (a test checks it).
 
+pub mod attachment;
 pub mod error;
 pub mod event;
 pub mod provider;
@@ -15,6 +16,7 @@ pub use event::{
 pub use request::{ChatRequest, Message, Role};
 pub mod budget;
 pub mod cache;
+pub mod capability;
 pub mod compare;
 pub mod consensus;
 pub mod cost;
@@ -23,12 +25,14 @@ pub mod files;
 pub mod front;
 pub mod judge;
 pub mod ledger;
+pub mod options;
 pub mod pricing_file;
 pub mod registry;
 pub mod routing;
 pub mod run;
 pub mod select;
 pub mod tokens;
+pub mod validate;
 
 pub use front::{Books, Refusal, StartOptions, Started};
 pub use run::{Engine, EngineConfig, RunHandle, RunOptions, TargetEvent};

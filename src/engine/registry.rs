@@ -393,6 +393,9 @@ impl Registry {
         if !matches!(req.response_format, ResponseFormat::Text) {
             lacks(c.json, "JSON output")?;
         }
+        if req.has_images() {
+            lacks(c.vision, "images")?;
+        }
         Ok(())
     }
 

@@ -44,6 +44,91 @@ pub struct Message {
     /// For a tool result: the tool's name (Gemini needs it).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub name: Option<String>,
+    /// Files and images sent with a user message, after its text.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub attachments: Vec<Attachment>,
+    /// For an assistant message: its thinking blocks with their signatures,
+    /// sent back so a provider that signs its thinking (Anthropic, Gemini)
+    /// can continue a multi-turn or tool-use conversation.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub thinking: Vec<ThinkingBlock>,
+}
+
+/// One signed block of thinking from an earlier assistant turn.
+#[derive(Debug, Clone, PartialEq, Eq, Default, Serialize, Deserialize)]
+pub struct ThinkingBlock {
+    /// The thinking text as the model produced it.
+    pub text: String,
+    /// The provider's opaque signature of it ("" when none was sent).
+    #[serde(default)]
+    pub signature: String,
+}
+
+/// What an attachment holds.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "kind", rename_all = "lowercase")]
+pub enum AttachmentData {
+    /// A text file, sent as text under its name.
+    Text {
+        /// The file's text.
+        text: String,
+    },
+    /// An image, sent as the provider's vision input.
+    Image {
+        /// `image/png`, `image/jpeg`, `image/webp` or `image/gif`.
+        media_type: String,
+        /// The image bytes, base64 (standard alphabet, padded).
+        base64: String,
+        /// Width in pixels.
+        width: u32,
+        /// Height in pixels.
+        height: u32,
+    },
+}
+
+/// A file or image attached to a message. Build one with
+/// [`crate::engine::attachment::load_text`] / [`crate::engine::attachment::load_image`],
+/// which check the file before anything is sent.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Attachment {
+    /// The file name as given (shown to the model for text files).
+    pub name: String,
+    /// Size of the file in bytes.
+    pub size: u64,
+    /// SHA-256 of the file's bytes, hex.
+    pub sha256: String,
+    /// The content.
+    #[serde(flatten)]
+    pub data: AttachmentData,
+}
+
+impl Attachment {
+    /// Whether this is an image.
+    pub fn is_image(&self) -> bool {
+        matches!(self.data, AttachmentData::Image { .. })
+    }
+
+    /// A text file as the text part a model reads: its name, then its content.
+    pub fn text_part(&self) -> Option<String> {
+        match &self.data {
+            AttachmentData::Text { text } => Some(format!(
+                "File: {}\n```\n{}\n```",
+                self.name,
+                text.trim_end_matches('\n')
+            )),
+            AttachmentData::Image { .. } => None,
+        }
+    }
+
+    /// An image as a `data:` URL (OpenAI's `image_url`).
+    pub fn data_url(&self) -> Option<String> {
+        match &self.data {
+            AttachmentData::Image {
+                media_type, base64, ..
+            } => Some(format!("data:{media_type};base64,{base64}")),
+            AttachmentData::Text { .. } => None,
+        }
+    }
 }
 
 impl Message {
@@ -55,6 +140,8 @@ impl Message {
             tool_calls: Vec::new(),
             tool_call_id: None,
             name: None,
+            attachments: Vec::new(),
+            thinking: Vec::new(),
         }
     }
     /// A user message.
@@ -81,7 +168,52 @@ impl Message {
             tool_calls: Vec::new(),
             tool_call_id: Some(call_id.into()),
             name: Some(name.into()),
+            attachments: Vec::new(),
+            thinking: Vec::new(),
         }
+    }
+
+    /// The assistant turn a completion was: its text, tool calls and signed
+    /// thinking, ready to be sent back in the next request.
+    pub fn from_completion(c: &crate::engine::event::Completion) -> Self {
+        let mut m = Message::assistant(c.text.clone());
+        m.tool_calls = c
+            .tool_calls
+            .iter()
+            .map(|t| ToolCallRef {
+                id: t.id.clone(),
+                name: t.name.clone(),
+                arguments: t.arguments_json(),
+            })
+            .collect();
+        m.thinking = c.thinking_blocks.clone();
+        m
+    }
+
+    /// The text of the message followed by its text attachments, each under
+    /// its name: for providers (and counts) that take one string.
+    pub fn text_with_files(&self) -> std::borrow::Cow<'_, str> {
+        let files: Vec<String> = self
+            .attachments
+            .iter()
+            .filter_map(Attachment::text_part)
+            .collect();
+        if files.is_empty() {
+            return std::borrow::Cow::Borrowed(&self.content);
+        }
+        let mut s = self.content.clone();
+        for f in files {
+            if !s.is_empty() {
+                s.push_str("\n\n");
+            }
+            s.push_str(&f);
+        }
+        std::borrow::Cow::Owned(s)
+    }
+
+    /// The images attached to this message.
+    pub fn images(&self) -> impl Iterator<Item = &Attachment> {
+        self.attachments.iter().filter(|a| a.is_image())
     }
 }
 
@@ -134,6 +266,8 @@ pub enum ResponseFormat {
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum ReasoningEffort {
+    /// As little thinking as the model allows (OpenAI `minimal`).
+    Minimal,
     /// Little thinking.
     Low,
     /// Some thinking.
@@ -146,14 +280,27 @@ impl ReasoningEffort {
     /// Wire word.
     pub fn as_str(self) -> &'static str {
         match self {
+            ReasoningEffort::Minimal => "minimal",
             ReasoningEffort::Low => "low",
             ReasoningEffort::Medium => "medium",
             ReasoningEffort::High => "high",
         }
     }
-    /// A thinking-token budget for providers that take one.
+    /// Parse `minimal`, `low`, `medium` or `high`.
+    pub fn parse(s: &str) -> Option<Self> {
+        Some(match s.trim().to_ascii_lowercase().as_str() {
+            "minimal" => ReasoningEffort::Minimal,
+            "low" => ReasoningEffort::Low,
+            "medium" => ReasoningEffort::Medium,
+            "high" => ReasoningEffort::High,
+            _ => return None,
+        })
+    }
+    /// A thinking-token budget for providers that take one (Anthropic's
+    /// smallest accepted budget is 1024, so `minimal` and `low` meet there).
     pub fn budget_tokens(self) -> u32 {
         match self {
+            ReasoningEffort::Minimal => 1024,
             ReasoningEffort::Low => 1024,
             ReasoningEffort::Medium => 4096,
             ReasoningEffort::High => 16384,
@@ -182,6 +329,7 @@ impl Reasoning {
     pub fn effort(self) -> ReasoningEffort {
         match self {
             Reasoning::Effort(e) => e,
+            Reasoning::Budget(0) => ReasoningEffort::Minimal,
             Reasoning::Budget(b) if b <= 2048 => ReasoningEffort::Low,
             Reasoning::Budget(b) if b <= 8192 => ReasoningEffort::Medium,
             Reasoning::Budget(_) => ReasoningEffort::High,
@@ -249,6 +397,11 @@ impl ChatRequest {
         } else {
             Some(parts.join("\n\n"))
         }
+    }
+
+    /// Whether any message carries an image.
+    pub fn has_images(&self) -> bool {
+        self.messages.iter().any(|m| m.images().next().is_some())
     }
 
     /// The text of the last user message.

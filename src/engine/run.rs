@@ -514,7 +514,12 @@ impl TargetJob {
         ttft: &mut Option<Duration>,
     ) -> Outcome {
         let cancelled = || Outcome::Failed(Completion::default(), EngineError::Cancelled, false);
-        if let Err(e) = self.inner.cfg.registry.check_capabilities(r, &self.request) {
+        if let Err(e) = super::capability::check(
+            &self.inner.cfg.registry,
+            &self.inner.cfg.pricing,
+            r,
+            &self.request,
+        ) {
             return Outcome::Failed(Completion::default(), e, false);
         }
         let route = self.inner.router.route_for(&r.spec.name, Some(r.spec.kind));
@@ -736,6 +741,9 @@ impl TargetJob {
                 FinishReason::Error
             };
             c.error = Some(e);
+        }
+        if !failed {
+            super::validate::judge(&self.request, &mut c);
         }
         super::cost::settle(&self.inner.cfg.pricing, &self.request, &mut c).await;
         if let Some(ledger) = &self.inner.ledger {

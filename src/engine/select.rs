@@ -32,6 +32,9 @@ fn table_lacks(engine: &Engine, r: &Resolved, req: &ChatRequest) -> Option<&'sta
     if !matches!(req.response_format, ResponseFormat::Text) && !has("json") {
         return Some("JSON output");
     }
+    if req.has_images() && !has("vision") {
+        return Some("vision");
+    }
     None
 }
 

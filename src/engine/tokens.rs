@@ -144,7 +144,9 @@ pub fn count_request(model: &str, req: &ChatRequest) -> TokenCount {
     let (enc, mut exact) = encoding_for(model);
     let mut n = REPLY_PRIMING;
     for m in &req.messages {
-        n += PER_MESSAGE + count_text(enc, role_word(m.role)) + count_text(enc, &m.content);
+        n += PER_MESSAGE
+            + count_text(enc, role_word(m.role))
+            + count_text(enc, &m.text_with_files());
         if let Some(name) = &m.name {
             n += 1 + count_text(enc, name);
         }
@@ -333,7 +335,7 @@ pub fn quick_estimate(text: &str) -> u64 {
 pub fn quick_estimate_request(req: &ChatRequest) -> u64 {
     let mut n = REPLY_PRIMING;
     for m in &req.messages {
-        n += PER_MESSAGE + 1 + quick_estimate(&m.content);
+        n += PER_MESSAGE + 1 + quick_estimate(&m.text_with_files());
         for c in &m.tool_calls {
             n += 1 + quick_estimate(&c.name) + quick_estimate(&c.arguments.to_string());
         }

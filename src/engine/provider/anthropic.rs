@@ -159,9 +159,19 @@ fn messages(req: &ChatRequest) -> Vec<Value> {
     for m in &req.messages {
         let (role, blocks) = match m.role {
             Role::System => continue,
-            Role::User => ("user", text_block(&m.content).into_iter().collect()),
+            Role::User => ("user", user_blocks(m)),
             Role::Assistant => {
-                let mut blocks: Vec<Value> = text_block(&m.content).into_iter().collect();
+                // Signed thinking goes back first, unchanged: the API requires
+                // it to continue a tool-use turn with thinking on.
+                let mut blocks: Vec<Value> = m
+                    .thinking
+                    .iter()
+                    .filter(|b| !b.signature.is_empty())
+                    .map(|b| {
+                        json!({"type": "thinking", "thinking": b.text, "signature": b.signature})
+                    })
+                    .collect();
+                blocks.extend(text_block(&m.content));
                 for c in &m.tool_calls {
                     let input = match &c.arguments {
                         Value::Object(_) => c.arguments.clone(),
@@ -219,6 +229,25 @@ fn messages(req: &ChatRequest) -> Vec<Value> {
     out.into_iter()
         .map(|(role, content)| json!({"role": role, "content": content}))
         .collect()
+}
+
+/// A user turn's blocks: images first (as the API's guide recommends), then
+/// the text with any attached files.
+fn user_blocks(m: &crate::engine::request::Message) -> Vec<Value> {
+    let mut blocks: Vec<Value> = m
+        .images()
+        .filter_map(|a| match &a.data {
+            crate::engine::request::AttachmentData::Image {
+                media_type, base64, ..
+            } => Some(json!({
+                "type": "image",
+                "source": {"type": "base64", "media_type": media_type, "data": base64},
+            })),
+            crate::engine::request::AttachmentData::Text { .. } => None,
+        })
+        .collect();
+    blocks.extend(text_block(&m.text_with_files()));
+    blocks
 }
 
 /// A text block, or none for empty text (the API rejects empty text blocks).

@@ -52,12 +52,12 @@ pub fn build(
     Ok(HttpCall {
         url,
         headers,
-        body: body(req),
+        body: body(model, req),
     })
 }
 
 /// The `GenerateContentRequest` JSON.
-fn body(req: &ChatRequest) -> Value {
+fn body(model: &str, req: &ChatRequest) -> Value {
     let mut body = Map::new();
     body.insert("contents".into(), Value::Array(contents(&req.messages)));
     if let Some(system) = req.system_text() {
@@ -66,7 +66,7 @@ fn body(req: &ChatRequest) -> Value {
             json!({ "parts": [{ "text": system }] }),
         );
     }
-    let config = generation_config(req);
+    let config = generation_config(model, req);
     if !config.is_empty() {
         body.insert("generationConfig".into(), Value::Object(config));
     }
@@ -112,7 +112,27 @@ fn contents(messages: &[Message]) -> Vec<Value> {
     for (i, m) in messages.iter().enumerate() {
         let (role, parts) = match m.role {
             Role::System => continue,
-            Role::User => ("user", vec![json!({ "text": m.content })]),
+            Role::User => {
+                let text = m.text_with_files();
+                let mut parts = Vec::new();
+                // An image alone needs no (empty) text part beside it.
+                if !text.is_empty() || m.images().next().is_none() {
+                    parts.push(json!({ "text": text }));
+                }
+                for a in m.images() {
+                    if let crate::engine::request::AttachmentData::Image {
+                        media_type,
+                        base64,
+                        ..
+                    } = &a.data
+                    {
+                        parts.push(
+                            json!({ "inlineData": { "mimeType": media_type, "data": base64 } }),
+                        );
+                    }
+                }
+                ("user", parts)
+            }
             Role::Assistant => ("model", model_parts(m)),
             Role::Tool => {
                 let mut fr = Map::new();
@@ -158,7 +178,14 @@ fn model_parts(m: &Message) -> Vec<Value> {
         let mut part = Map::new();
         part.insert("functionCall".into(), Value::Object(fc));
         if n == 0 {
-            part.insert("thoughtSignature".into(), json!(SKIP_SIGNATURE));
+            // The signature Gemini gave this turn, when it was kept.
+            let sig = m
+                .thinking
+                .iter()
+                .map(|b| b.signature.as_str())
+                .find(|s| !s.is_empty())
+                .unwrap_or(SKIP_SIGNATURE);
+            part.insert("thoughtSignature".into(), json!(sig));
         }
         parts.push(Value::Object(part));
     }
@@ -185,7 +212,7 @@ fn tool_name(messages: &[Message], i: usize) -> String {
     String::new()
 }
 
-fn generation_config(req: &ChatRequest) -> Map<String, Value> {
+fn generation_config(model: &str, req: &ChatRequest) -> Map<String, Value> {
     let mut c = Map::new();
     if let Some(t) = req.temperature {
         c.insert("temperature".into(), f32_json(t));
@@ -210,12 +237,26 @@ fn generation_config(req: &ChatRequest) -> Map<String, Value> {
         }
     }
     if let Some(r) = req.reasoning {
-        c.insert(
-            "thinkingConfig".into(),
-            json!({ "thinkingBudget": r.budget_tokens(), "includeThoughts": true }),
-        );
+        c.insert("thinkingConfig".into(), thinking_config(model, r));
     }
     c
+}
+
+/// `thinkingConfig`: Gemini 3 models take a `thinkingLevel` (`low` or
+/// `high`) for an effort; 2.5 models a `thinkingBudget` in tokens. A budget
+/// is sent as a budget either way.
+fn thinking_config(model: &str, r: crate::engine::request::Reasoning) -> Value {
+    use crate::engine::request::{Reasoning, ReasoningEffort};
+    match r {
+        Reasoning::Effort(e) if model.starts_with("gemini-3") => {
+            let level = match e {
+                ReasoningEffort::Minimal | ReasoningEffort::Low => "low",
+                ReasoningEffort::Medium | ReasoningEffort::High => "high",
+            };
+            json!({ "thinkingLevel": level, "includeThoughts": true })
+        }
+        r => json!({ "thinkingBudget": r.budget_tokens(), "includeThoughts": true }),
+    }
 }
 
 /// An `f32` setting as the JSON number it was written as (0.9, not
@@ -753,7 +794,7 @@ mod tests {
         let mut r = Message::tool_result("k9", "", "{\"ok\":true}");
         r.name = None;
         req.messages.push(r);
-        let b = body(&req);
+        let b = body("gemini-2.5-flash", &req);
         assert_eq!(
             b["contents"][2]["parts"][0]["functionResponse"]["name"],
             "lookup"
@@ -774,7 +815,7 @@ mod tests {
             (ToolChoice::Required, "ANY"),
         ] {
             req.tool_choice = choice;
-            let b = body(&req);
+            let b = body("gemini-2.5-flash", &req);
             assert_eq!(
                 b["toolConfig"]["functionCallingConfig"],
                 json!({"mode": mode})
@@ -787,7 +828,7 @@ mod tests {
         }
         req.tools.clear();
         req.tool_choice = ToolChoice::Required;
-        let b = body(&req);
+        let b = body("gemini-2.5-flash", &req);
         assert!(b.get("tools").is_none() && b.get("toolConfig").is_none());
     }
 
@@ -800,7 +841,7 @@ mod tests {
         req.stop = vec!["END".into()];
         req.reasoning = Some(Reasoning::Budget(2048));
         req.response_format = ResponseFormat::JsonObject;
-        let g = body(&req)["generationConfig"].clone();
+        let g = body("gemini-2.5-flash", &req)["generationConfig"].clone();
         assert_eq!(
             g,
             json!({
@@ -821,7 +862,7 @@ mod tests {
                 "strict": true
             }),
         };
-        let g = body(&req)["generationConfig"].clone();
+        let g = body("gemini-2.5-flash", &req)["generationConfig"].clone();
         assert_eq!(g["responseMimeType"], "application/json");
         assert_eq!(
             g["responseSchema"],

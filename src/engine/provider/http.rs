@@ -231,6 +231,8 @@ impl Attempt {
             attempt.body = Body::Mock(mock::start(model, req, stream)?);
             return Ok(attempt);
         }
+        // A kind that cannot stream (a templated API) is asked for the whole answer.
+        let stream = stream && spec.kind.can_stream();
         let call = super::build_call(spec, model, req, stream)?;
         let mut headers = call.headers;
         if let Some(tp) = &ctx.traceparent {
@@ -300,7 +302,7 @@ impl Attempt {
                 framing: spec.kind.framing(),
                 sse: SseDecoder::new(),
                 nd: NdjsonDecoder::new(),
-                decoder: super::stream_decoder(spec.kind),
+                decoder: super::stream_decoder_for(spec, model),
             }));
         } else {
             let cap = attempt.caps.max_response_bytes;
@@ -316,7 +318,7 @@ impl Attempt {
                 return Err(too_large_bytes(cap));
             }
             let text = masker.mask_bytes(&bytes);
-            let deltas = super::parse_response(spec.kind, text.as_bytes())?;
+            let deltas = super::parse_response_for(spec, model, text.as_bytes())?;
             for d in &deltas {
                 attempt.observe(d);
             }

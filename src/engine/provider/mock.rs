@@ -299,7 +299,9 @@ fn plan(kind: Kind, req: &ChatRequest, seed: u64) -> Plan {
     if kind == Kind::Thinker {
         p.thinking = thinking_for(&topic, &mut rng);
     }
-    p.text = if json_out {
+    p.text = if let ResponseFormat::JsonSchema { schema, .. } = &req.response_format {
+        schema_answer(kind, &topic, schema)
+    } else if json_out {
         json_answer(kind, &topic)
     } else {
         answer(kind, &topic, &mut rng)
@@ -1027,6 +1029,79 @@ fn json_answer(kind: Kind, topic: &Topic) -> String {
     json!({"answer": answer}).to_string()
 }
 
+/// An answer shaped by a JSON Schema: every listed property filled with a
+/// value of its type (the arithmetic result for numbers, the topic for
+/// strings). The contrarian follows schemas loosely: it gives its first
+/// property a value of the wrong type, so a comparison of the mock models
+/// shows both verdicts.
+fn schema_answer(kind: Kind, topic: &Topic, schema: &Value) -> String {
+    let base: Value = serde_json::from_str(&json_answer(kind, topic))
+        .ok()
+        .and_then(|v: Value| v.get("answer").cloned())
+        .unwrap_or(Value::Null);
+    let mut v = fill_schema(schema, &base, 0);
+    if kind == Kind::Contrarian {
+        if let Some((_, first)) = v.as_object_mut().and_then(|o| o.iter_mut().next()) {
+            *first = match first {
+                Value::String(_) => json!(0),
+                _ => json!("not sure"),
+            };
+        }
+    }
+    v.to_string()
+}
+
+fn fill_schema(s: &Value, base: &Value, depth: usize) -> Value {
+    if depth > 8 {
+        return Value::Null;
+    }
+    if let Some(e) = s
+        .get("enum")
+        .and_then(Value::as_array)
+        .and_then(|e| e.first())
+    {
+        return e.clone();
+    }
+    if let Some(c) = s.get("const") {
+        return c.clone();
+    }
+    let ty = match s.get("type") {
+        Some(Value::String(t)) => t.as_str(),
+        Some(Value::Array(ts)) => ts
+            .iter()
+            .filter_map(Value::as_str)
+            .find(|t| *t != "null")
+            .unwrap_or("null"),
+        _ if s.get("properties").is_some() => "object",
+        _ => "string",
+    };
+    let text = match base {
+        Value::String(t) => t.clone(),
+        Value::Null => String::new(),
+        other => other.to_string(),
+    };
+    match ty {
+        "object" => {
+            let mut o = serde_json::Map::new();
+            if let Some(props) = s.get("properties").and_then(Value::as_object) {
+                for (k, p) in props {
+                    o.insert(k.clone(), fill_schema(p, base, depth + 1));
+                }
+            }
+            Value::Object(o)
+        }
+        "array" => {
+            let item = s.get("items").unwrap_or(&Value::Null);
+            json!([fill_schema(item, base, depth + 1)])
+        }
+        "integer" => json!(base.as_f64().map_or(1, |x| x.round() as i64)),
+        "number" => base.as_f64().map_or(json!(1), |x| json!(x)),
+        "boolean" => json!(base.as_bool().unwrap_or(true)),
+        "null" => Value::Null,
+        _ => json!(text),
+    }
+}
+
 /// A JSON number, integral when the value is whole.
 fn num_value(x: f64) -> Value {
     if (x - x.round()).abs() < 1e-9 && x.abs() < 1e15 {
@@ -1579,6 +1654,17 @@ mod tests {
         req.response_format = ResponseFormat::JsonObject;
         let v: Value = serde_json::from_str(&run("gamma", &req).await.0.text).unwrap();
         assert_eq!(v, json!({"answer": 42}));
+        // A schema shapes the answer; the contrarian breaks its first property.
+        req.response_format = ResponseFormat::JsonSchema {
+            name: "r".into(),
+            schema: json!({"type": "object", "required": ["result", "unit"],
+                "properties": {"result": {"type": "integer"}, "unit": {"type": "string"},
+                               "steps": {"type": "array", "items": {"type": "string"}}}}),
+        };
+        let v: Value = serde_json::from_str(&run("gamma", &req).await.0.text).unwrap();
+        assert_eq!(v, json!({"result": 42, "unit": "42", "steps": ["42"]}));
+        let v: Value = serde_json::from_str(&run("contrarian", &req).await.0.text).unwrap();
+        assert_eq!(v["result"], json!("not sure"));
         let mut req = ChatRequest::from_prompt("What is 6*7?");
         req.stop = vec![".".into()];
         let (c, _, _) = run("alpha", &req).await;

@@ -4,12 +4,15 @@
 //! ([`http`], `routing`).
 
 pub mod anthropic;
+pub mod azure;
 pub mod gemini;
 pub mod http;
 pub mod mask;
 pub mod mock;
 pub mod ollama;
 pub mod openai;
+pub mod responses;
+pub mod template;
 
 use std::fmt;
 
@@ -37,6 +40,14 @@ pub enum ProviderKind {
     Compatible,
     /// Offline, in-process, deterministic.
     Mock,
+    /// OpenAI Responses API (`POST /responses`); also chosen automatically
+    /// for `openai` models served only there (o1-pro, o3-pro, codex...).
+    #[serde(rename = "openai-responses", alias = "responses")]
+    Responses,
+    /// Azure OpenAI deployments: the model name is the deployment name.
+    Azure,
+    /// A JSON API described in config: a request template and JSON pointers.
+    Template,
 }
 
 impl ProviderKind {
@@ -50,7 +61,16 @@ impl ProviderKind {
             ProviderKind::Openrouter => "openrouter",
             ProviderKind::Compatible => "compatible",
             ProviderKind::Mock => "mock",
+            ProviderKind::Responses => "openai-responses",
+            ProviderKind::Azure => "azure",
+            ProviderKind::Template => "template",
         }
+    }
+
+    /// Whether this kind can stream at all (a templated API is asked for
+    /// whole responses).
+    pub fn can_stream(self) -> bool {
+        self != ProviderKind::Template
     }
 
     /// How a streamed response is framed.
@@ -70,6 +90,8 @@ impl ProviderKind {
                 | ProviderKind::Anthropic
                 | ProviderKind::Gemini
                 | ProviderKind::Openrouter
+                | ProviderKind::Responses
+                | ProviderKind::Azure
         )
     }
 }
@@ -129,6 +151,17 @@ pub struct ProviderSpec {
     pub api_key: Option<Secret>,
     /// Extra headers sent with every request.
     pub headers: Vec<(String, String)>,
+    /// Settings only some kinds have (Azure's api-version, a template).
+    pub extra: ProviderExtra,
+}
+
+/// Settings of a provider that only some kinds use.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct ProviderExtra {
+    /// Azure OpenAI `api-version` (default [`azure::DEFAULT_API_VERSION`]).
+    pub api_version: Option<String>,
+    /// The request template and response pointers of a `template` provider.
+    pub template: Option<std::sync::Arc<template::TemplateSpec>>,
 }
 
 impl fmt::Debug for ProviderSpec {
@@ -138,6 +171,7 @@ impl fmt::Debug for ProviderSpec {
             .field("kind", &self.kind)
             .field("base_url", &self.base_url)
             .field("api_key", &self.api_key)
+            .field("extra", &self.extra)
             .field(
                 "headers",
                 &self
@@ -159,6 +193,7 @@ impl ProviderSpec {
             base_url: default_base_url(kind).to_string(),
             api_key: None,
             headers: Vec::new(),
+            extra: ProviderExtra::default(),
         }
     }
 }
@@ -173,6 +208,10 @@ pub fn default_base_url(kind: ProviderKind) -> &'static str {
         ProviderKind::Openrouter => "https://openrouter.ai/api/v1",
         ProviderKind::Compatible => "http://127.0.0.1:8000/v1",
         ProviderKind::Mock => "mock://local",
+        ProviderKind::Responses => "https://api.openai.com/v1",
+        // No sensible default: a resource endpoint is per customer.
+        ProviderKind::Azure => "https://YOUR-RESOURCE.openai.azure.com",
+        ProviderKind::Template => "http://127.0.0.1:8000",
     }
 }
 
@@ -204,6 +243,16 @@ pub trait StreamDecoder: Send {
     fn is_done(&self) -> bool;
 }
 
+/// The protocol a request to `model` at `spec` speaks: an `openai` model
+/// that only the Responses API serves (o1-pro, o3-pro, gpt-5-pro, codex
+/// models) is sent there.
+pub fn wire_kind(spec: &ProviderSpec, model: &str) -> ProviderKind {
+    match spec.kind {
+        ProviderKind::Openai if responses::needs_responses_api(model) => ProviderKind::Responses,
+        k => k,
+    }
+}
+
 /// Build the HTTP request for `model` at `spec`.
 pub fn build_call(
     spec: &ProviderSpec,
@@ -211,13 +260,16 @@ pub fn build_call(
     req: &ChatRequest,
     stream: bool,
 ) -> Result<HttpCall, EngineError> {
-    match spec.kind {
+    match wire_kind(spec, model) {
         ProviderKind::Openai | ProviderKind::Openrouter | ProviderKind::Compatible => {
             openai::build(spec, model, req, stream)
         }
         ProviderKind::Anthropic => anthropic::build(spec, model, req, stream),
         ProviderKind::Gemini => gemini::build(spec, model, req, stream),
         ProviderKind::Ollama => ollama::build(spec, model, req, stream),
+        ProviderKind::Responses => responses::build(spec, model, req, stream),
+        ProviderKind::Azure => azure::build(spec, model, req, stream),
+        ProviderKind::Template => template::build(spec, model, req),
         ProviderKind::Mock => Err(EngineError::Config {
             message: "the mock provider does not use HTTP".into(),
         }),
@@ -227,24 +279,51 @@ pub fn build_call(
 /// A fresh stream decoder for a provider kind.
 pub fn stream_decoder(kind: ProviderKind) -> Box<dyn StreamDecoder> {
     match kind {
-        ProviderKind::Openai | ProviderKind::Openrouter | ProviderKind::Compatible => {
-            Box::new(openai::Decoder::default())
-        }
+        ProviderKind::Openai
+        | ProviderKind::Openrouter
+        | ProviderKind::Compatible
+        | ProviderKind::Azure => Box::new(openai::Decoder::default()),
         ProviderKind::Anthropic => Box::new(anthropic::Decoder::default()),
         ProviderKind::Gemini => Box::new(gemini::Decoder::default()),
-        ProviderKind::Ollama | ProviderKind::Mock => Box::new(ollama::Decoder::default()),
+        ProviderKind::Responses => Box::new(responses::Decoder::default()),
+        ProviderKind::Ollama | ProviderKind::Mock | ProviderKind::Template => {
+            Box::new(ollama::Decoder::default())
+        }
     }
+}
+
+/// The stream decoder for a request to `model` at `spec` (see [`wire_kind`]).
+pub fn stream_decoder_for(spec: &ProviderSpec, model: &str) -> Box<dyn StreamDecoder> {
+    stream_decoder(wire_kind(spec, model))
 }
 
 /// Decode a complete non-streamed response body.
 pub fn parse_response(kind: ProviderKind, body: &[u8]) -> Result<Vec<Delta>, EngineError> {
     match kind {
-        ProviderKind::Openai | ProviderKind::Openrouter | ProviderKind::Compatible => {
-            openai::parse_response(body)
-        }
+        ProviderKind::Openai
+        | ProviderKind::Openrouter
+        | ProviderKind::Compatible
+        | ProviderKind::Azure => openai::parse_response(body),
         ProviderKind::Anthropic => anthropic::parse_response(body),
         ProviderKind::Gemini => gemini::parse_response(body),
-        ProviderKind::Ollama | ProviderKind::Mock => ollama::parse_response(body),
+        ProviderKind::Responses => responses::parse_response(body),
+        ProviderKind::Ollama | ProviderKind::Mock | ProviderKind::Template => {
+            ollama::parse_response(body)
+        }
+    }
+}
+
+/// Decode a complete body of a request to `model` at `spec`: like
+/// [`parse_response`], and a templated provider reads its own pointers.
+pub fn parse_response_for(
+    spec: &ProviderSpec,
+    model: &str,
+    body: &[u8],
+) -> Result<Vec<Delta>, EngineError> {
+    match (wire_kind(spec, model), &spec.extra.template) {
+        (ProviderKind::Template, Some(t)) => template::parse_response(t, body),
+        (ProviderKind::Template, None) => Err(template::missing(spec)),
+        (kind, _) => parse_response(kind, body),
     }
 }
 

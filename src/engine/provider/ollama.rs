@@ -126,7 +126,18 @@ fn message(m: &crate::engine::request::Message) -> Value {
     };
     let mut o = Map::new();
     o.insert("role".into(), json!(role));
-    o.insert("content".into(), json!(m.content));
+    o.insert("content".into(), json!(m.text_with_files()));
+    // Vision models take images as bare base64 strings beside the text.
+    let images: Vec<Value> = m
+        .images()
+        .filter_map(|a| match &a.data {
+            crate::engine::request::AttachmentData::Image { base64, .. } => Some(json!(base64)),
+            crate::engine::request::AttachmentData::Text { .. } => None,
+        })
+        .collect();
+    if !images.is_empty() {
+        o.insert("images".into(), Value::Array(images));
+    }
     if !m.tool_calls.is_empty() {
         let calls: Vec<Value> = m
             .tool_calls

@@ -75,7 +75,7 @@ pub fn build(
 
 /// The JSON body. Optional settings are left out when unset so servers apply
 /// their own defaults (and strict compatible servers see no unknown keys).
-fn body(kind: ProviderKind, model: &str, req: &ChatRequest, stream: bool) -> Value {
+pub(crate) fn body(kind: ProviderKind, model: &str, req: &ChatRequest, stream: bool) -> Value {
     let mut b = Map::new();
     b.insert("model".into(), json!(model));
     b.insert(
@@ -96,7 +96,7 @@ fn body(kind: ProviderKind, model: &str, req: &ChatRequest, stream: bool) -> Val
     if let Some(n) = req.max_tokens {
         // OpenAI deprecated `max_tokens` and its reasoning models reject it;
         // most other servers only know `max_tokens`.
-        let field = if kind == ProviderKind::Openai {
+        let field = if matches!(kind, ProviderKind::Openai | ProviderKind::Azure) {
             "max_completion_tokens"
         } else {
             "max_tokens"
@@ -166,7 +166,23 @@ fn body(kind: ProviderKind, model: &str, req: &ChatRequest, stream: bool) -> Val
 fn message(m: &Message) -> Value {
     match m.role {
         Role::System => json!({"role": "system", "content": m.content}),
-        Role::User => json!({"role": "user", "content": m.content}),
+        Role::User => {
+            let text = m.text_with_files();
+            if m.images().next().is_none() {
+                return json!({"role": "user", "content": text});
+            }
+            // Vision input: content parts, the text first.
+            let mut parts = Vec::new();
+            if !text.is_empty() {
+                parts.push(json!({"type": "text", "text": text}));
+            }
+            for img in m.images() {
+                if let Some(url) = img.data_url() {
+                    parts.push(json!({"type": "image_url", "image_url": {"url": url}}));
+                }
+            }
+            json!({"role": "user", "content": parts})
+        }
         Role::Assistant => {
             let mut o = Map::new();
             o.insert("role".into(), json!("assistant"));
