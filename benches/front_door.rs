@@ -19,6 +19,7 @@ use std::time::{Duration, Instant};
 use criterion::{criterion_group, criterion_main, Criterion};
 use llm_quorum::app::{self, GlobalFlags};
 use llm_quorum::engine::budget::Budget;
+use llm_quorum::engine::cost::{Price, Pricing};
 use llm_quorum::engine::ledger::{BackgroundLedger, LedgerOptions};
 use llm_quorum::engine::registry::Registry;
 use llm_quorum::engine::{Books, ChatRequest, Engine, EngineConfig, RunOptions, StartOptions};
@@ -26,8 +27,12 @@ use llm_quorum::serve::{router, AppState, ServeOptions};
 use serde_json::json;
 
 fn mock_engine() -> Engine {
+    // A priced mock, so a budget can bound (and reserve) every request.
+    let mut pricing = Pricing::empty();
+    pricing.insert("mock", "alpha", Price::flat(1.0, 2.0));
     Engine::new(EngineConfig {
         registry: Registry::from_env(&|_| None),
+        pricing,
         ..Default::default()
     })
     .unwrap()
@@ -58,7 +63,8 @@ fn front_door(c: &mut Criterion) {
         .enable_all()
         .build()
         .unwrap();
-    let req = ChatRequest::from_prompt("What is 2+2?");
+    let mut req = ChatRequest::from_prompt("What is 2+2?");
+    req.max_tokens = Some(256);
     let targets = vec!["mock/alpha".to_string()];
     let engine = mock_engine();
     let dir = tempfile::tempdir().unwrap();
