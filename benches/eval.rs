@@ -35,7 +35,8 @@ fn bench(c: &mut Criterion) {
         ..Default::default()
     })
     .unwrap();
-    let mut text = String::from("targets = [\"mock/alpha\", \"mock/gamma\", \"mock/contrarian\"]\n");
+    let mut text =
+        String::from("targets = [\"mock/alpha\", \"mock/gamma\", \"mock/contrarian\"]\n");
     for i in 0..CASES {
         text.push_str(&format!(
             "[[cases]]\nprompt = \"What is {i}+1? Answer with one number.\"\nassert = [{{ type = \"number\", value = {} }}, {{ type = \"contains\", value = \"{}\" }}]\n",

@@ -622,3 +622,54 @@ fn eval_diff_lists_regressions_between_runs() {
     let out = quorum(&["eval", "diff", ia, "eval-nope"], dir.path(), &[]);
     assert_eq!(out.status.code(), Some(2));
 }
+
+#[cfg(unix)]
+#[test]
+fn ctrl_c_stops_cleanly_and_the_run_can_be_resumed() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut suite = String::from("targets = [\"mock/alpha\", \"mock/gamma\"]\n");
+    for i in 0..6 {
+        suite.push_str(&format!("[[cases]]\nprompt = \"What is {i}+2?\"\n"));
+    }
+    write(dir.path(), "suite.toml", &suite);
+    let child = cmd(
+        &["eval", "suite.toml", "--concurrency", "2"],
+        dir.path(),
+        &[("QUORUM_MOCK_TPS", "40")],
+    )
+    .spawn()
+    .unwrap();
+    let seen = support::eventually_blocking(|| {
+        if !dir.path().join("data").join("ledger.sqlite3").exists() {
+            return false;
+        }
+        let l = ledger(dir.path());
+        let Ok(Some(run)) = l.eval_run(None, None) else {
+            return false;
+        };
+        l.eval_cases(&run.id)
+            .map(|c| !c.is_empty())
+            .unwrap_or(false)
+    });
+    // SIGINT, as Ctrl+C in a terminal sends.
+    unsafe {
+        libc::kill(child.id() as libc::pid_t, libc::SIGINT);
+    }
+    let out = child.wait_with_output().unwrap();
+    assert!(seen, "no case finished");
+    assert_eq!(out.status.code(), Some(130), "{}", stderr(&out));
+    assert!(stderr(&out).contains("--resume"), "{}", stderr(&out));
+    let l = ledger(dir.path());
+    let run = l.eval_run(None, None).unwrap().unwrap();
+    assert_eq!(run.status, "interrupted");
+    let kept = l.eval_cases(&run.id).unwrap().len();
+    assert!((1..6).contains(&kept), "{kept}");
+    drop(l);
+    let out = quorum(
+        &["eval", "suite.toml", "--resume", &run.id],
+        dir.path(),
+        &[],
+    );
+    assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
+    assert_eq!(ledger(dir.path()).eval_cases(&run.id).unwrap().len(), 6);
+}

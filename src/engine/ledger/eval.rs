@@ -87,10 +87,26 @@ impl SqliteLedger {
             .map_err(sql_err)
     }
 
-    /// Record one finished case; committed when this returns (WAL: it survives a crash
-    /// or kill of this process; the next request row's fsync makes it durable on disk).
+    /// Record one finished case; committed when this returns, so it survives a crash or
+    /// kill of this process (WAL); the next request row's fsync makes it durable against
+    /// a power cut too.
     pub fn record_eval_case(&self, eval_run_id: &str, row: &EvalCaseRow) -> Result<(), String> {
         let mut conn = self.lock()?;
+        // As with a run's note: committed (WAL) without an fsync of its own.
+        conn.pragma_update(None, "synchronous", "NORMAL")
+            .map_err(sql_err)?;
+        let r = Self::insert_eval_case(&mut conn, eval_run_id, row);
+        let full = conn
+            .pragma_update(None, "synchronous", "FULL")
+            .map_err(sql_err);
+        r.and(full)
+    }
+
+    fn insert_eval_case(
+        conn: &mut rusqlite::Connection,
+        eval_run_id: &str,
+        row: &EvalCaseRow,
+    ) -> Result<(), String> {
         let tx = conn
             .transaction_with_behavior(TransactionBehavior::Immediate)
             .map_err(sql_err)?;
