@@ -92,6 +92,10 @@ fn dispatch() -> i32 {
             EXIT_OK
         }
         Some(Command::Compare(a)) => compare::run(&flags, a),
+        Some(Command::Eval(eval::EvalArgs {
+            command: Some(eval::EvalCommand::View { run_id }),
+            ..
+        })) => llm_quorum::tui::eval_matrix::run(&flags, run_id),
         Some(Command::Eval(a)) => eval::run(&flags, a),
         Some(Command::Leaderboard(a)) => leaderboard::run(&flags, a),
         Some(Command::Ledger(a)) => ledger::run(a),

@@ -100,6 +100,11 @@ pub enum EvalCommand {
         #[arg(long)]
         json: bool,
     },
+    /// Open an eval run (the newest, or RUN_ID) in the terminal as cases × targets.
+    View {
+        /// The run id.
+        run_id: Option<String>,
+    },
 }
 
 fn ask_yes(question: &str) -> bool {
@@ -135,8 +140,14 @@ fn parse_cases(rows: Vec<crate::engine::ledger::EvalCaseRow>) -> Vec<CaseOutcome
 
 /// Run `quorum eval`.
 pub fn run(flags: &GlobalFlags, args: EvalArgs) -> i32 {
-    if let Some(EvalCommand::Diff { run_a, run_b, json }) = &args.command {
-        return diff(flags, run_a, run_b, *json);
+    match &args.command {
+        Some(EvalCommand::Diff { run_a, run_b, json }) => return diff(flags, run_a, run_b, *json),
+        Some(EvalCommand::View { .. }) => {
+            // The terminal view is the TUI's; `main` sends it there.
+            eprintln!("quorum: eval view is opened by the workbench");
+            return EXIT_USAGE;
+        }
+        None => {}
     }
     let Some(path) = args.suite.clone() else {
         eprintln!("quorum: eval: give a suite file");

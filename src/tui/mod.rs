@@ -8,6 +8,7 @@ pub mod app;
 pub mod consensus;
 pub mod consensus_overlay;
 pub mod editor;
+pub mod eval_matrix;
 pub mod export;
 pub mod keys;
 pub mod layout;
