@@ -673,3 +673,40 @@ fn ctrl_c_stops_cleanly_and_the_run_can_be_resumed() {
     assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
     assert_eq!(ledger(dir.path()).eval_cases(&run.id).unwrap().len(), 6);
 }
+
+#[test]
+fn cache_reuses_answers_across_runs() {
+    let dir = tempfile::tempdir().unwrap();
+    write(
+        dir.path(),
+        "suite.toml",
+        "targets = [\"mock/alpha\", \"mock/gamma\"]\n[[cases]]\nprompt = \"What is 5+5?\"\nassert = [{ type = \"number\", value = 10 }]\n",
+    );
+    let cached = |v: &Value| -> Vec<bool> {
+        v["cases"][0]["cells"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|c| c["runs"][0]["cached"].as_bool().unwrap())
+            .collect()
+    };
+    let first = json_of(&quorum(
+        &["eval", "suite.toml", "--cache", "--json"],
+        dir.path(),
+        &[],
+    ));
+    assert_eq!(cached(&first), vec![false, false]);
+    let second = json_of(&quorum(
+        &["eval", "suite.toml", "--cache", "--json"],
+        dir.path(),
+        &[],
+    ));
+    assert_eq!(cached(&second), vec![true, true], "{second}");
+    assert_eq!(second["summary"]["passed"], 1);
+    let bypass = json_of(&quorum(
+        &["eval", "suite.toml", "--no-cache", "--json"],
+        dir.path(),
+        &[],
+    ));
+    assert_eq!(cached(&bypass), vec![false, false]);
+}

@@ -83,8 +83,11 @@ pub struct EvalArgs {
     #[arg(long)]
     pub force: bool,
     /// Bypass the response cache.
-    #[arg(long)]
+    #[arg(long, conflicts_with = "cache")]
     pub no_cache: bool,
+    /// Use the response cache even when the config leaves it off (repeated runs reuse answers).
+    #[arg(long)]
+    pub cache: bool,
 }
 
 /// `quorum eval diff`.
@@ -292,7 +295,11 @@ pub fn run(flags: &GlobalFlags, args: EvalArgs) -> i32 {
         let opts = EvalOptions {
             concurrency: args.concurrency as usize,
             force,
-            cache: if args.no_cache { Some(false) } else { None },
+            cache: match (args.cache, args.no_cache) {
+                (true, _) => Some(true),
+                (_, true) => Some(false),
+                _ => None,
+            },
         };
         let tty = std::io::stderr().is_terminal();
         let already = (
