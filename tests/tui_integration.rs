@@ -82,7 +82,11 @@ fn ev(app: &mut App, ms: u64, run: u64, target: usize, event: StreamEvent) -> Ve
     app.now = at(ms);
     app.update(Msg::Engine {
         run,
-        event: TargetEvent { target, event },
+        event: TargetEvent {
+            run_id: "r".into(),
+            target,
+            event,
+        },
     })
 }
 

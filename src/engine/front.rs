@@ -317,6 +317,23 @@ impl Engine {
         })
     }
 
+    /// The bound [`Engine::start`] would reserve for `request` to `targets`, the names
+    /// resolved the same way (aliases, tiers, `cheapest:`) but labelled as given. For a
+    /// face's preview; nothing is reserved or sent. Loads a BPE vocabulary on first
+    /// use: call it off the UI thread.
+    pub fn preview(
+        &self,
+        request: &ChatRequest,
+        targets: &[String],
+    ) -> Result<Projection, EngineError> {
+        let expanded = select::expand_targets(self, targets, request)?;
+        let mut p = budget::project(self, request, &expanded)?;
+        for (t, name) in p.targets.iter_mut().zip(targets) {
+            t.target = name.clone();
+        }
+        Ok(p)
+    }
+
     /// Check the ledger now (open, known schema, writable) so a face can refuse before
     /// reading input; `Ok` when the ledger is off by choice.
     pub async fn check_ledger(&self) -> Result<(), LedgerProblem> {

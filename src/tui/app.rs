@@ -252,6 +252,10 @@ pub struct App {
     pub banner: Vec<String>,
     /// Runs in flight: key -> targets.
     pub runs: HashMap<u64, Vec<String>>,
+    /// The engine's run ids of the runs in flight -> our keys.
+    run_keys: HashMap<String, u64>,
+    /// Targets of a run in flight that have ended.
+    ended: HashMap<u64, usize>,
     next_run: u64,
     /// Session ledger rows, in order of first use.
     pub ledger: Vec<LedgerRow>,
@@ -330,6 +334,8 @@ impl App {
             show_thinking: false,
             banner: init.banner,
             runs: HashMap::new(),
+            run_keys: HashMap::new(),
+            ended: HashMap::new(),
             next_run: 1,
             ledger: Vec::new(),
             sends: 0,
@@ -436,8 +442,13 @@ impl App {
             Msg::Paste(s) => self.on_paste(&s, &mut cmds),
             Msg::Resize(w, h) => self.size = (w, h),
             Msg::Engine { run, event } => self.on_engine(run, event.target, event.event),
+            Msg::RunStarted { run, run_id } => {
+                if self.runs.contains_key(&run) {
+                    self.run_keys.insert(run_id, run);
+                }
+            }
             Msg::RunClosed { run } => {
-                self.runs.remove(&run);
+                self.close_run(run);
                 let now = self.now;
                 for p in &mut self.panes {
                     if p.run.is_some_and(|(r, _)| r == run) {
@@ -559,6 +570,18 @@ impl App {
 
     // ----- engine events -------------------------------------------------
 
+    /// Our key of the engine's run `run_id`, while it is in flight.
+    pub fn run_key(&self, run_id: &str) -> Option<u64> {
+        self.run_keys.get(run_id).copied()
+    }
+
+    /// Forget run `run`: a pane still waiting on it is marked cancelled.
+    fn close_run(&mut self, run: u64) {
+        self.runs.remove(&run);
+        self.ended.remove(&run);
+        self.run_keys.retain(|_, r| *r != run);
+    }
+
     fn on_engine(&mut self, run: u64, target: usize, ev: StreamEvent) {
         if let StreamEvent::Finished(c) | StreamEvent::Failed(c) = &ev {
             let asked = self
@@ -576,6 +599,12 @@ impl App {
             p.apply(ev, now);
         }
         if ended {
+            // Every target of the run has ended: it is closed.
+            let n = self.ended.entry(run).or_default();
+            *n += 1;
+            if self.runs.get(&run).is_some_and(|t| *n >= t.len()) {
+                self.close_run(run);
+            }
             self.on_answer_end();
         }
     }

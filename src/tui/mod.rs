@@ -21,6 +21,7 @@ pub mod view;
 use std::collections::HashMap;
 use std::io;
 use std::path::PathBuf;
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use crossterm::event::Event;
@@ -30,7 +31,7 @@ use ratatui::Terminal;
 use tokio::sync::{mpsc, watch};
 
 use crate::app::{GlobalFlags, Settings};
-use crate::engine::budget::{self, Budget, Projection, SpendLedger};
+use crate::engine::budget::{Budget, Projection, SpendLedger};
 use crate::engine::ledger::BackgroundLedger;
 use crate::engine::{
     ChatRequest, Completion, Engine, FinishReason, RunHandle, RunOptions, StartOptions,
@@ -55,6 +56,11 @@ pub trait Effects {
     fn run(&mut self, cmd: Cmd);
     /// See a message before the app does (bookkeeping).
     fn seen(&mut self, _msg: &Msg) {}
+    /// Messages the commands just run answered at once (a run's start, a refusal):
+    /// the app gets them before anything else, so it knows a run's id before its events.
+    fn replies(&mut self) -> Vec<Msg> {
+        Vec::new()
+    }
 }
 
 /// Set to panic right after the first frame (tests that the terminal is restored on panic).
@@ -89,19 +95,32 @@ fn input_msg(ev: Event) -> Option<Msg> {
 }
 
 fn feed<E: Effects>(app: &mut App, fx: &mut E, msg: Msg) {
-    app.now = Instant::now();
-    fx.seen(&msg);
-    for cmd in app.update(msg) {
-        fx.run(cmd);
+    let mut queue = std::collections::VecDeque::from([msg]);
+    while let Some(msg) = queue.pop_front() {
+        app.now = Instant::now();
+        fx.seen(&msg);
+        for cmd in app.update(msg) {
+            fx.run(cmd);
+        }
+        queue.extend(fx.replies());
     }
 }
 
-/// The loop: select over input, messages (engine events and results) and a
-/// frame timer; update; draw when dirty, at most every [`FRAME`].
+/// An engine event, for the app: tagged with our key of its run (dropped when the
+/// run is no longer ours, e.g. a late event of a run already forgotten).
+fn engine_msg(app: &App, event: TargetEvent) -> Option<Msg> {
+    let run = app.run_key(&event.run_id)?;
+    Some(Msg::Engine { run, event })
+}
+
+/// The loop: select over input, the engine's events (one channel for every run:
+/// each event names its run), messages (results of commands) and a frame timer;
+/// update; draw when dirty, at most every [`FRAME`].
 pub async fn run_loop<B, S, E>(
     terminal: &mut Terminal<B>,
     mut input: S,
     mut rx: mpsc::Receiver<Msg>,
+    mut events: mpsc::Receiver<TargetEvent>,
     app: &mut App,
     fx: &mut E,
     opts: LoopOptions,
@@ -126,6 +145,7 @@ where
     }
     let mut last_draw = Instant::now();
     let mut input_open = true;
+    let mut events_open = true;
     // Resizes are applied once per frame: a drag re-wraps the transcripts once, not per event.
     let mut pending_resize: Option<(u16, u16)> = None;
     loop {
@@ -153,6 +173,27 @@ where
                 }
                 Some(Err(e)) => return Err(e),
                 None => input_open = false,
+            },
+            ev = events.recv(), if events_open => match ev {
+                Some(ev) => {
+                    if let Some(m) = engine_msg(app, ev) {
+                        feed(app, fx, m);
+                    }
+                    // Drain what is queued: one frame for a burst of deltas.
+                    let mut n = 0;
+                    while n < 20_000 {
+                        match events.try_recv() {
+                            Ok(ev) => {
+                                if let Some(m) = engine_msg(app, ev) {
+                                    feed(app, fx, m);
+                                }
+                            }
+                            Err(_) => break,
+                        }
+                        n += 1;
+                    }
+                }
+                None => events_open = false,
             },
             m = rx.recv() => {
                 let Some(m) = m else { break };
@@ -197,7 +238,8 @@ type Groups = Vec<(ChatRequest, Vec<String>)>;
 pub fn project_groups(engine: &Engine, groups: &Groups) -> Result<Projection, String> {
     let mut out = Projection::default();
     for (req, targets) in groups {
-        let p = budget::project(engine, req, targets).map_err(|e| e.to_string())?;
+        // Named as the front door names them (`cheapest:`, tiers, aliases).
+        let p = engine.preview(req, targets).map_err(|e| e.to_string())?;
         out.targets.extend(p.targets);
     }
     Ok(out)
@@ -210,6 +252,12 @@ pub struct EngineEffects {
     budget: Budget,
     session: String,
     handles: HashMap<u64, RunHandle>,
+    /// Engine run id -> (our key, targets not yet ended).
+    left: HashMap<String, (u64, usize)>,
+    /// Where every run sends its events (the loop reads them directly).
+    events: mpsc::Sender<TargetEvent>,
+    /// Messages for the app, delivered right after the command that made them.
+    replies: Vec<Msg>,
     /// Our run keys -> the engine's run ids (votes name the run).
     run_ids: HashMap<u64, String>,
     tx: mpsc::Sender<Msg>,
@@ -225,6 +273,7 @@ impl EngineEffects {
         engine: Engine,
         settings: &Settings,
         tx: mpsc::Sender<Msg>,
+        events: mpsc::Sender<TargetEvent>,
         data_dir: Option<PathBuf>,
     ) -> Self {
         let (ptx, mut prx) = watch::channel::<Option<(u64, Groups)>>(None);
@@ -294,6 +343,9 @@ impl EngineEffects {
             budget: settings.budget,
             session,
             handles: HashMap::new(),
+            left: HashMap::new(),
+            events,
+            replies: Vec::new(),
             run_ids: HashMap::new(),
             tx,
             projector: ptx,
@@ -349,10 +401,24 @@ fn group_runs(rows: Vec<crate::engine::ledger::RequestRow>, limit: usize) -> Vec
 }
 
 impl Effects for EngineEffects {
+    fn replies(&mut self) -> Vec<Msg> {
+        std::mem::take(&mut self.replies)
+    }
+
     fn seen(&mut self, msg: &Msg) {
         match msg {
             Msg::RunClosed { run } => {
                 self.handles.remove(run);
+            }
+            // The run's last target ended: its handle is no longer needed.
+            Msg::Engine { run, event } if event.event.is_final() => {
+                if let Some((_, n)) = self.left.get_mut(&*event.run_id) {
+                    *n = n.saturating_sub(1);
+                    if *n == 0 {
+                        self.left.remove(&*event.run_id);
+                        self.handles.remove(run);
+                    }
+                }
             }
             // A send after a refused check is the user's "send anyway".
             Msg::BudgetChecked(r) => self.force_next = r.is_err(),
@@ -375,6 +441,8 @@ impl Effects for EngineEffects {
                     },
                     // The user saw the budget's refusal and chose to send anyway.
                     force: std::mem::take(&mut self.force_next),
+                    // Every run's events come straight to the loop, naming their run.
+                    events: Some(self.events.clone()),
                     ..Default::default()
                 };
                 // The front door is quick (a projection and one ledger transaction):
@@ -387,43 +455,36 @@ impl Effects for EngineEffects {
                         opts,
                     ))
                 });
-                let mut h = match started {
-                    Ok(s) => s.handle,
+                match started {
+                    Ok(s) => {
+                        let h = s.handle;
+                        self.replies.push(Msg::RunStarted {
+                            run,
+                            run_id: h.run_id.clone(),
+                        });
+                        self.left.insert(h.run_id.clone(), (run, h.targets.len()));
+                        self.run_ids.insert(run, h.run_id.clone());
+                        self.handles.insert(run, h);
+                    }
                     Err(refusal) => {
                         // Nothing was sent: every pane of the run says why.
-                        let tx = self.tx.clone();
-                        tokio::spawn(async move {
-                            for (target, t) in targets.iter().enumerate() {
-                                let c = Completion {
-                                    model: t.clone(),
-                                    finish_reason: FinishReason::Error,
-                                    error: Some(refusal.clone().into()),
-                                    ..Default::default()
-                                };
-                                let event = TargetEvent {
-                                    target,
-                                    event: StreamEvent::Failed(Box::new(c)),
-                                };
-                                let _ = tx.send(Msg::Engine { run, event }).await;
-                            }
-                            let _ = tx.send(Msg::RunClosed { run }).await;
-                        });
-                        return;
-                    }
-                };
-                let (_keep, dummy) = mpsc::channel(1);
-                let mut events = std::mem::replace(&mut h.events, dummy);
-                let tx = self.tx.clone();
-                tokio::spawn(async move {
-                    while let Some(event) = events.recv().await {
-                        if tx.send(Msg::Engine { run, event }).await.is_err() {
-                            return;
+                        for (target, t) in targets.iter().enumerate() {
+                            let c = Completion {
+                                model: t.clone(),
+                                finish_reason: FinishReason::Error,
+                                error: Some(refusal.clone().into()),
+                                ..Default::default()
+                            };
+                            let event = TargetEvent {
+                                run_id: Arc::from(""),
+                                target,
+                                event: StreamEvent::Failed(Box::new(c)),
+                            };
+                            self.replies.push(Msg::Engine { run, event });
                         }
+                        self.replies.push(Msg::RunClosed { run });
                     }
-                    let _ = tx.send(Msg::RunClosed { run }).await;
-                });
-                self.run_ids.insert(run, h.run_id.clone());
-                self.handles.insert(run, h);
+                }
             }
             Cmd::Cancel { run } => {
                 if let Some(h) = self.handles.get(&run) {
@@ -533,9 +594,14 @@ impl Effects for EngineEffects {
                 answers,
             } => {
                 let (engine, tx) = (self.engine.clone(), self.tx.clone());
-                let opts = RunOptions {
-                    session_id: Some(self.session.clone()),
-                    source_agent: Some("quorum-tui".into()),
+                // Through the front door, like any run: reserved against the budget
+                // and noted in the ledger.
+                let opts = StartOptions {
+                    run: RunOptions {
+                        session_id: Some(self.session.clone()),
+                        source_agent: Some("quorum-tui".into()),
+                        ..Default::default()
+                    },
                     ..Default::default()
                 };
                 tokio::spawn(async move {
@@ -713,8 +779,9 @@ pub fn run(flags: &GlobalFlags, theme_flag: Option<String>) -> i32 {
     };
     let result = rt.block_on(async {
         let (tx, rx) = mpsc::channel(8192);
+        let (etx, erx) = mpsc::channel(8192);
         spawn_signal_watch(tx.clone());
-        let mut fx = EngineEffects::new(engine, &settings, tx, data_dir.clone());
+        let mut fx = EngineEffects::new(engine, &settings, tx, etx, data_dir.clone());
         let mut app = App::new(init);
         app.cons.judge_model = settings.config.judge_model.clone();
         app.keyless = keyless;
@@ -735,6 +802,7 @@ pub fn run(flags: &GlobalFlags, theme_flag: Option<String>) -> i32 {
             guard.terminal(),
             input,
             rx,
+            erx,
             &mut app,
             &mut fx,
             LoopOptions {

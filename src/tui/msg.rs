@@ -43,7 +43,15 @@ pub enum Msg {
         /// The event.
         event: TargetEvent,
     },
-    /// Every target of run `run` is done (its channel closed).
+    /// The engine started run `run` as `run_id` (its events carry that id).
+    /// Delivered before any of the run's events.
+    RunStarted {
+        /// Run key.
+        run: u64,
+        /// The engine's run id.
+        run_id: String,
+    },
+    /// Forget run `run` (every target is done; a pane still waiting is cancelled).
     RunClosed {
         /// Run key.
         run: u64,
