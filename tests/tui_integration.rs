@@ -314,10 +314,7 @@ fn summary_bar_waits_then_shows_the_verdict() {
     let mut one = app_with(&["mock/alpha"], (120, 40));
     let runs = send(&mut one, QUESTION);
     finish_all(&mut one, &runs);
-    assert_eq!(
-        layout::areas(&one, Rect::new(0, 0, 120, 40)).summary.height,
-        0
-    );
+    assert_eq!(one.areas_in(Rect::new(0, 0, 120, 40)).summary.height, 0);
 }
 
 // ----- blind mode ----------------------------------------------------------

@@ -15,7 +15,7 @@ use crate::engine::{
     ChatRequest, Completion, CostSource, EngineError, Message, StreamEvent, Usage,
 };
 
-use super::consensus_overlay::ConsensusPanel;
+use super::consensus_state::ConsensusPanel;
 use super::export::{ExportAnswer, ExportDoc, ExportLedgerRow, ExportTurn};
 use super::keys::{Action, KeyMap};
 use super::layout::{self, Areas};
@@ -406,7 +406,26 @@ impl App {
 
     /// Screen areas for the current size.
     pub fn areas(&self) -> Areas {
-        layout::areas(self, Rect::new(0, 0, self.size.0, self.size.1))
+        self.areas_in(Rect::new(0, 0, self.size.0, self.size.1))
+    }
+
+    /// Screen areas in `area`.
+    pub fn areas_in(&self, area: Rect) -> Areas {
+        layout::areas(&self.layout_facts(), area)
+    }
+
+    /// What the layout needs to know of the state.
+    pub fn layout_facts(&self) -> layout::Facts<'_> {
+        layout::Facts {
+            panes: self.panes.len(),
+            banner: &self.banner,
+            zoom: self.zoom,
+            editor_lines: self.editor.lines(),
+            ledger_rows: self.live_ledger().len(),
+            ledger_focused: self.focus == Focus::Ledger,
+            answered: self.answer_progress().1,
+            order: self.display_order(),
+        }
     }
 
     /// Re-wrap panes for their current widths (cheap when unchanged).
@@ -1367,7 +1386,7 @@ impl App {
             // Scroll keys scroll (a short terminal cuts it); any other key closes.
             Overlay::Help(top) => {
                 let keys = &self.keys;
-                let max = super::view::help_scroll_max(self);
+                let max = super::help::scroll_max(&self.keys, &self.theme, self.size);
                 let d: i32 = if keys.is(Action::ScrollDown, &k) {
                     1
                 } else if keys.is(Action::ScrollUp, &k) {

@@ -7,8 +7,10 @@
 pub mod app;
 pub mod consensus;
 pub mod consensus_overlay;
+pub mod consensus_state;
 pub mod editor;
 pub mod export;
+pub mod help;
 pub mod keys;
 pub mod layout;
 pub mod msg;

@@ -14,9 +14,11 @@ use crate::engine::cost::format_usd;
 use crate::engine::CostSource;
 
 use super::app::{App, Confirm, Focus, HistoryView, LedgerRow, Overlay, Picker};
-use super::keys::{Action, ACTIONS};
-use super::layout::{self, pane_body};
+use super::help;
+use super::keys::Action;
+use super::layout::{self, centered, pane_body};
 use super::pane::{Pane, PaneState};
+use super::text::fit;
 use super::theme::Theme;
 
 /// Draw the whole screen.
@@ -25,7 +27,7 @@ pub fn render(app: &App, f: &mut Frame<'_>) {
     if area.width == 0 || area.height == 0 {
         return;
     }
-    let areas = layout::areas(app, area);
+    let areas = app.areas_in(area);
     let t = &app.theme;
     f.render_widget(Block::new().style(t.base), area);
     if areas.banner.height > 0 {
@@ -454,26 +456,6 @@ fn draw_editor(f: &mut Frame<'_>, app: &App, r: Rect) {
     );
 }
 
-fn fit(s: &str, w: usize) -> String {
-    if s.width() <= w {
-        return format!("{s:<w$}");
-    }
-    let mut out = String::new();
-    let mut used = 0;
-    for ch in s.chars() {
-        let cw = unicode_width::UnicodeWidthChar::width(ch).unwrap_or(0);
-        if used + cw + 1 > w {
-            break;
-        }
-        out.push(ch);
-        used += cw;
-    }
-    out.push('…');
-    used += 1;
-    out.push_str(&" ".repeat(w.saturating_sub(used)));
-    out
-}
-
 fn draw_ledger(f: &mut Frame<'_>, app: &App, r: Rect) {
     if r.width == 0 || r.height == 0 {
         return;
@@ -830,17 +812,6 @@ fn draw_status(f: &mut Frame<'_>, app: &App, r: Rect) {
     }
 }
 
-fn centered(area: Rect, w: u16, h: u16) -> Rect {
-    let w = w.min(area.width);
-    let h = h.min(area.height);
-    Rect {
-        x: area.x + (area.width - w) / 2,
-        y: area.y + (area.height - h) / 2,
-        width: w,
-        height: h,
-    }
-}
-
 fn overlay_block<'a>(t: &Theme, title: &'a str) -> Block<'a> {
     Block::bordered()
         .border_type(BorderType::Rounded)
@@ -849,59 +820,10 @@ fn overlay_block<'a>(t: &Theme, title: &'a str) -> Block<'a> {
         .style(t.base)
 }
 
-const HELP_FOOTER: [&str; 4] = [
-    "↑/↓ in an empty editor: prompt history · mouse wheel scrolls the pane under it",
-    "Letter keys act outside the editor; in it, use their Ctrl form (Ctrl+B blind, Ctrl+N repeat).",
-    "Keys are set in [keys] of the config file (see config.example.toml).",
-    "j/k PgUp/PgDn scroll this help · any other key closes it.",
-];
-
-fn help_lines(app: &App) -> Vec<Line<'static>> {
-    let t = &app.theme;
-    let mut lines: Vec<Line<'static>> = Vec::new();
-    let kw = ACTIONS
-        .iter()
-        .map(|(a, _, _)| app.keys.label(*a).width())
-        .max()
-        .unwrap_or(10)
-        .min(24);
-    for (a, _, what) in ACTIONS {
-        lines.push(Line::from(vec![
-            Span::styled(fit(&app.keys.label(*a), kw), t.key),
-            Span::raw("  "),
-            Span::styled(*what, t.text),
-        ]));
-    }
-    lines.push(Line::default());
-    for l in HELP_FOOTER {
-        lines.push(Line::styled(l, t.dim));
-    }
-    lines
-}
-
-/// The help's box in `area`, its rows after wrapping, and the furthest it scrolls.
-fn help_geometry(app: &App, area: Rect) -> (Rect, u16, u16) {
-    let lines = help_lines(app);
-    let inner_w = area.width.min(96).saturating_sub(2).max(1) as usize;
-    let total: usize = lines
-        .iter()
-        .map(|l| l.width().div_ceil(inner_w).max(1))
-        .sum();
-    let total = total as u16;
-    let r = centered(area, 96, total.saturating_add(2));
-    let room = r.height.saturating_sub(2);
-    (r, total, total.saturating_sub(room))
-}
-
-/// How far the help scrolls on a terminal of `size`.
-pub fn help_scroll_max(app: &App) -> u16 {
-    help_geometry(app, Rect::new(0, 0, app.size.0, app.size.1)).2
-}
-
 fn draw_help(f: &mut Frame<'_>, app: &App, area: Rect, top: u16) {
     let t = &app.theme;
-    let lines = help_lines(app);
-    let (r, total, max) = help_geometry(app, area);
+    let lines = help::lines(&app.keys, &app.theme);
+    let (r, total, max) = help::geometry(&app.keys, &app.theme, area);
     let room = r.height.saturating_sub(2);
     let top = top.min(max);
     let below = total.saturating_sub(top + room);
