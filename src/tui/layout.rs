@@ -142,7 +142,7 @@ pub fn areas(app: &Facts<'_>, area: Rect) -> Areas {
     } else {
         area.height / 4
     };
-    let banner_h = banner_height(&app.banner, area.width).min(banner_cap);
+    let banner_h = banner_height(app.banner, area.width).min(banner_cap);
     let [banner, rest, status] = Layout::vertical([
         Constraint::Length(banner_h),
         Constraint::Min(0),

@@ -946,6 +946,27 @@ impl Doc {
     }
 }
 
+/// `s` padded or cut (with …) to `w` columns.
+pub fn fit(s: &str, w: usize) -> String {
+    if unicode_width::UnicodeWidthStr::width(s) <= w {
+        return format!("{s:<w$}");
+    }
+    let mut out = String::new();
+    let mut used = 0;
+    for ch in s.chars() {
+        let cw = unicode_width::UnicodeWidthChar::width(ch).unwrap_or(0);
+        if used + cw + 1 > w {
+            break;
+        }
+        out.push(ch);
+        used += cw;
+    }
+    out.push('…');
+    used += 1;
+    out.push_str(&" ".repeat(w.saturating_sub(used)));
+    out
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -1057,25 +1078,4 @@ mod tests {
         let _ = d.visible(usize::MAX / 2, 5, true);
         let _ = d.visible(0, 0, true);
     }
-}
-
-/// `s` padded or cut (with …) to `w` columns.
-pub fn fit(s: &str, w: usize) -> String {
-    if unicode_width::UnicodeWidthStr::width(s) <= w {
-        return format!("{s:<w$}");
-    }
-    let mut out = String::new();
-    let mut used = 0;
-    for ch in s.chars() {
-        let cw = unicode_width::UnicodeWidthChar::width(ch).unwrap_or(0);
-        if used + cw + 1 > w {
-            break;
-        }
-        out.push(ch);
-        used += cw;
-    }
-    out.push('…');
-    used += 1;
-    out.push_str(&" ".repeat(w.saturating_sub(used)));
-    out
 }
