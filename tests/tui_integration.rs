@@ -11,7 +11,6 @@ use llm_quorum::engine::{Completion, CostSource, StreamEvent, TargetEvent, Usage
 use llm_quorum::tui::app::{Focus, Overlay};
 use llm_quorum::tui::consensus::{ConsensusTab, JudgeStatus};
 use llm_quorum::tui::keys::KeyMap;
-use llm_quorum::tui::layout;
 use llm_quorum::tui::theme::Theme;
 use llm_quorum::tui::{view, App, AppInit, Cmd, Msg};
 use ratatui::backend::TestBackend;
