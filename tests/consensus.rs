@@ -679,7 +679,7 @@ async fn judge_over_the_mock_provider_goes_in_the_ledger() {
                 "mock/contrarian".into(),
                 "mock/gamma".into(),
             ],
-            StartOptions::default(),
+            Default::default(),
         )
         .collect()
         .await;
