@@ -689,9 +689,15 @@ async fn judge_over_the_mock_provider_goes_in_the_ledger() {
     assert_eq!(c.dissenters, vec!["mock/contrarian"]);
 
     // Exec
-    let out = judge(&engine, "mock/beta", prompt, &inputs, StartOptions::default())
-        .await
-        .unwrap();
+    let out = judge(
+        &engine,
+        "mock/beta",
+        prompt,
+        &inputs,
+        StartOptions::default(),
+    )
+    .await
+    .unwrap();
 
     // Check: the judge's request is a request like any other.
     assert_eq!(out.completion.provider, "mock");
