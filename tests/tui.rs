@@ -91,6 +91,7 @@ fn send(app: &mut App, s: &str) -> Vec<(u64, Vec<String>, Vec<llm_quorum::engine
                 run,
                 request,
                 targets,
+                ..
             } => Some((run, targets, request.messages)),
             _ => None,
         })
@@ -342,6 +343,7 @@ fn pane_keys_cancel_retry_zoom_copy() {
                 run,
                 targets,
                 request,
+                ..
             } => Some((*run, targets.clone(), request.messages.clone())),
             _ => None,
         })
@@ -1011,6 +1013,7 @@ fn the_loop_runs_generic_over_backend_and_input() {
                 self.replies.push(Msg::RunStarted {
                     run,
                     run_id: run_id.clone(),
+                    targets: (0..targets.len()).collect(),
                 });
                 for (i, t) in targets.iter().enumerate() {
                     let send = |event| {

@@ -317,6 +317,18 @@ impl Engine {
         })
     }
 
+    /// Whether `target` can take `request`, checked as [`Engine::start`] checks it
+    /// (aliases, tiers, `cheapest:`, `allowed_models`, capabilities such as images),
+    /// nothing reserved or sent: so a face can name the targets it must leave out
+    /// of a run before sending it to the others.
+    pub fn check_target(&self, request: &ChatRequest, target: &str) -> Result<(), EngineError> {
+        let t = select::expand_targets(self, &[target.to_string()], request)?;
+        for r in self.check_targets(&t)? {
+            super::capability::check(self.registry(), self.pricing(), &r, request)?;
+        }
+        Ok(())
+    }
+
     /// The bound [`Engine::start`] would reserve for `request` to `targets`, the names
     /// resolved the same way (aliases, tiers, `cheapest:`) but labelled as given. For a
     /// face's preview; nothing is reserved or sent. Loads a BPE vocabulary on first

@@ -15,6 +15,7 @@ pub mod keys;
 pub mod layout;
 pub mod msg;
 pub mod pane;
+pub mod settings;
 pub mod terminal;
 pub mod text;
 pub mod theme;
@@ -35,6 +36,8 @@ use tokio::sync::{mpsc, watch};
 use crate::app::{GlobalFlags, Settings};
 use crate::engine::budget::{Budget, Projection, SpendLedger};
 use crate::engine::ledger::BackgroundLedger;
+use crate::engine::options::RequestOptions;
+use crate::engine::EngineError;
 use crate::engine::{
     ChatRequest, Completion, Engine, FinishReason, RunHandle, RunOptions, StartOptions,
     StreamEvent, TargetEvent,
@@ -110,8 +113,9 @@ fn feed<E: Effects>(app: &mut App, fx: &mut E, msg: Msg) {
 
 /// An engine event, for the app: tagged with our key of its run (dropped when the
 /// run is no longer ours, e.g. a late event of a run already forgotten).
-fn engine_msg(app: &App, event: TargetEvent) -> Option<Msg> {
-    let run = app.run_key(&event.run_id)?;
+fn engine_msg(app: &App, mut event: TargetEvent) -> Option<Msg> {
+    let (run, target) = app.route(&event.run_id, event.target)?;
+    event.target = target;
     Some(Msg::Engine { run, event })
 }
 
@@ -254,6 +258,8 @@ pub struct EngineEffects {
     budget: Budget,
     session: String,
     handles: HashMap<u64, RunHandle>,
+    /// Our run key -> for each of the engine run's targets, its index among ours.
+    subsets: HashMap<u64, Vec<usize>>,
     /// Engine run id -> (our key, targets not yet ended).
     left: HashMap<String, (u64, usize)>,
     /// Where every run sends its events (the loop reads them directly).
@@ -346,6 +352,7 @@ impl EngineEffects {
             session,
             handles: HashMap::new(),
             left: HashMap::new(),
+            subsets: HashMap::new(),
             events,
             replies: Vec::new(),
             run_ids: HashMap::new(),
@@ -402,6 +409,105 @@ fn group_runs(rows: Vec<crate::engine::ledger::RequestRow>, limit: usize) -> Vec
     runs
 }
 
+/// The names in `dir` (directories end in `/`), for `@path` completion.
+fn list_dir(dir: &str) -> Result<Vec<String>, String> {
+    let rd = std::fs::read_dir(dir).map_err(|e| format!("{dir}: {e}"))?;
+    Ok(rd
+        .flatten()
+        .take(5000)
+        .map(|e| {
+            let mut n = e.file_name().to_string_lossy().into_owned();
+            if e.file_type().is_ok_and(|t| t.is_dir()) {
+                n.push('/');
+            }
+            n
+        })
+        .collect())
+}
+
+impl EngineEffects {
+    /// Fail target `target` of run `run` before anything was sent, saying why.
+    fn refuse(&mut self, run: u64, target: usize, model: &str, why: EngineError) {
+        let c = Completion {
+            model: model.to_string(),
+            finish_reason: FinishReason::Error,
+            error: Some(why),
+            ..Default::default()
+        };
+        let event = TargetEvent {
+            run_id: Arc::from(""),
+            target,
+            event: StreamEvent::Failed(Box::new(c)),
+        };
+        self.replies.push(Msg::Engine { run, event });
+    }
+
+    /// Start a run through the front door: the request options are applied (their
+    /// files read) first, and targets that cannot take the request (a text-only model
+    /// given an image) are refused by name while the others are sent.
+    fn start(&mut self, run: u64, mut request: ChatRequest, targets: Vec<String>, options: RequestOptions) {
+        if let Err(e) = options.apply(&mut request) {
+            // A missing file, a bad schema: nothing is sent, every pane says why.
+            for (i, t) in targets.iter().enumerate() {
+                self.refuse(run, i, t, e.clone());
+            }
+            self.replies.push(Msg::RunClosed { run });
+            return;
+        }
+        let mut keep = Vec::new();
+        for (i, t) in targets.iter().enumerate() {
+            match self.engine.check_target(&request, t) {
+                Ok(()) => keep.push(i),
+                Err(e) => self.refuse(run, i, t, e),
+            }
+        }
+        if keep.is_empty() {
+            self.replies.push(Msg::RunClosed { run });
+            return;
+        }
+        let send: Vec<String> = keep.iter().map(|&i| targets[i].clone()).collect();
+        let opts = StartOptions {
+            run: RunOptions {
+                session_id: Some(self.session.clone()),
+                source_agent: Some("quorum-tui".into()),
+                ..Default::default()
+            },
+            // The user saw the budget's refusal and chose to send anyway.
+            force: std::mem::take(&mut self.force_next),
+            // Every run's events come straight to the loop, naming their run.
+            events: Some(self.events.clone()),
+            ..Default::default()
+        };
+        // The front door is quick (a projection and one ledger transaction):
+        // wait for it here so the run's handle exists before the next command.
+        let engine = self.engine.clone();
+        let started = tokio::task::block_in_place(|| {
+            tokio::runtime::Handle::current().block_on(engine.start(request, send, opts))
+        });
+        match started {
+            Ok(s) => {
+                let h = s.handle;
+                self.replies.push(Msg::RunStarted {
+                    run,
+                    run_id: h.run_id.clone(),
+                    targets: keep.clone(),
+                });
+                self.left.insert(h.run_id.clone(), (run, h.targets.len()));
+                self.run_ids.insert(run, h.run_id.clone());
+                self.subsets.insert(run, keep);
+                self.handles.insert(run, h);
+            }
+            Err(refusal) => {
+                // Nothing was sent: every pane of the run says why.
+                for i in keep {
+                    self.refuse(run, i, &targets[i], refusal.clone().into());
+                }
+                self.replies.push(Msg::RunClosed { run });
+            }
+        }
+    }
+}
+
 impl Effects for EngineEffects {
     fn replies(&mut self) -> Vec<Msg> {
         std::mem::take(&mut self.replies)
@@ -411,6 +517,7 @@ impl Effects for EngineEffects {
         match msg {
             Msg::RunClosed { run } => {
                 self.handles.remove(run);
+                self.subsets.remove(run);
             }
             // The run's last target ended: its handle is no longer needed.
             Msg::Engine { run, event } if event.event.is_final() => {
@@ -419,6 +526,7 @@ impl Effects for EngineEffects {
                     if *n == 0 {
                         self.left.remove(&*event.run_id);
                         self.handles.remove(run);
+                        self.subsets.remove(run);
                     }
                 }
             }
@@ -434,59 +542,13 @@ impl Effects for EngineEffects {
                 run,
                 request,
                 targets,
-            } => {
-                let opts = StartOptions {
-                    run: RunOptions {
-                        session_id: Some(self.session.clone()),
-                        source_agent: Some("quorum-tui".into()),
-                        ..Default::default()
-                    },
-                    // The user saw the budget's refusal and chose to send anyway.
-                    force: std::mem::take(&mut self.force_next),
-                    // Every run's events come straight to the loop, naming their run.
-                    events: Some(self.events.clone()),
-                    ..Default::default()
-                };
-                // The front door is quick (a projection and one ledger transaction):
-                // wait for it here so the run's handle exists before the next command.
-                let engine = self.engine.clone();
-                let started = tokio::task::block_in_place(|| {
-                    tokio::runtime::Handle::current().block_on(engine.start(
-                        request,
-                        targets.clone(),
-                        opts,
-                    ))
+                options,
+            } => self.start(run, request, targets, options),
+            Cmd::ListPath { prefix } => {
+                self.blocking(move || {
+                    let entries = list_dir(&settings::completion_dir(&prefix));
+                    Msg::PathEntries { prefix, entries }
                 });
-                match started {
-                    Ok(s) => {
-                        let h = s.handle;
-                        self.replies.push(Msg::RunStarted {
-                            run,
-                            run_id: h.run_id.clone(),
-                        });
-                        self.left.insert(h.run_id.clone(), (run, h.targets.len()));
-                        self.run_ids.insert(run, h.run_id.clone());
-                        self.handles.insert(run, h);
-                    }
-                    Err(refusal) => {
-                        // Nothing was sent: every pane of the run says why.
-                        for (target, t) in targets.iter().enumerate() {
-                            let c = Completion {
-                                model: t.clone(),
-                                finish_reason: FinishReason::Error,
-                                error: Some(refusal.clone().into()),
-                                ..Default::default()
-                            };
-                            let event = TargetEvent {
-                                run_id: Arc::from(""),
-                                target,
-                                event: StreamEvent::Failed(Box::new(c)),
-                            };
-                            self.replies.push(Msg::Engine { run, event });
-                        }
-                        self.replies.push(Msg::RunClosed { run });
-                    }
-                }
             }
             Cmd::Cancel { run } => {
                 if let Some(h) = self.handles.get(&run) {
@@ -494,8 +556,13 @@ impl Effects for EngineEffects {
                 }
             }
             Cmd::CancelTarget { run, index } => {
-                if let Some(h) = self.handles.get(&run) {
-                    h.cancel_target(index);
+                // The engine's run holds only the targets that were not refused.
+                let at = self
+                    .subsets
+                    .get(&run)
+                    .and_then(|m| m.iter().position(|i| *i == index));
+                if let (Some(h), Some(at)) = (self.handles.get(&run), at) {
+                    h.cancel_target(at);
                 }
             }
             Cmd::Project { gen, groups } => {

@@ -93,7 +93,67 @@ pub fn render(app: &App, f: &mut Frame<'_>) {
         Overlay::Confirm(c) => draw_confirm(f, app, c, area),
         Overlay::History(h) => draw_history(f, app, h, areas.history_panes),
         Overlay::Consensus => draw_consensus(f, app, area),
+        Overlay::Settings => draw_settings(f, app, area),
     }
+}
+
+/// The per-run settings: one row per setting, for every target or one target
+/// (a target's row shows what it inherits, dim, until it sets its own).
+fn draw_settings(f: &mut Frame<'_>, app: &App, area: Rect) {
+    use super::settings::{Field, FIELDS};
+    let t = &app.theme;
+    let st = &app.settings;
+    let rows = FIELDS.len() as u16 + 4 + u16::from(st.error.is_some());
+    let r = centered(area, 76, rows);
+    let title = match &st.scope {
+        None => "run settings · every target".to_string(),
+        Some(tg) => format!("run settings · {tg}"),
+    };
+    let label_w = 16usize;
+    let value_w = (r.width as usize).saturating_sub(label_w + 4).max(4);
+    let mut lines: Vec<Line<'static>> = Vec::new();
+    for (i, fl) in FIELDS.iter().enumerate() {
+        let selected = i == st.row;
+        let (value, inherited) = match (fl, &st.editing) {
+            (Field::Scope, _) => (
+                match &st.scope {
+                    None => "every target  (←/→: one target)".to_string(),
+                    Some(tg) => format!("{tg}  (←/→: another)"),
+                },
+                false,
+            ),
+            (_, Some(text)) if selected => (format!("{text}▏"), false),
+            _ => st.shown(*fl),
+        };
+        let value = if inherited && !value.is_empty() {
+            format!("{value} (every target)")
+        } else {
+            value
+        };
+        let vstyle = if inherited { t.dim } else { t.text };
+        let mut line = Line::from(vec![
+            Span::styled(fit(fl.label(), label_w), t.key),
+            Span::raw("  "),
+            Span::styled(fit(&value, value_w).trim_end().to_string(), vstyle),
+        ]);
+        if selected {
+            line = line.patch_style(Style::new().add_modifier(Modifier::REVERSED));
+        }
+        lines.push(line);
+    }
+    lines.push(Line::default());
+    if let Some(e) = &st.error {
+        lines.push(Line::styled(e.clone(), t.error));
+    }
+    lines.push(Line::styled(
+        "↑/↓ row · ←/→ change · Enter edit/store · Del unset · Esc close",
+        t.dim,
+    ));
+    f.render_widget(Clear, r);
+    f.render_widget(
+        Paragraph::new(lines).block(overlay_block(t, &title)),
+        r,
+    );
 }
 
 fn state_style(t: &Theme, s: &PaneState) -> Style {
@@ -698,6 +758,13 @@ fn hints(app: &App) -> Vec<(String, &'static str)> {
             v.push(("Esc".into(), "close"));
             v
         }
+        (Overlay::Settings, _) => vec![
+            ("↑/↓".into(), "row"),
+            ("←/→".into(), "change"),
+            ("Enter".into(), "edit"),
+            ("Del".into(), "unset"),
+            ("Esc".into(), "close"),
+        ],
         (Overlay::Picker(_), _) => vec![
             ("type".into(), "filter"),
             ("Space/Enter".into(), "toggle"),
@@ -742,6 +809,7 @@ fn hints(app: &App) -> Vec<(String, &'static str)> {
             add(Action::Newline, "newline");
             add(Action::FocusNext, "focus");
             add(Action::Targets, "targets");
+            add(Action::Settings, "settings");
             add(Action::Quit, "quit");
             add(Action::Rerun, "rerun");
             add(Action::Export, "export");
@@ -765,6 +833,10 @@ fn draw_status(f: &mut Frame<'_>, app: &App, r: Rect) {
     }
     if app.cons.next_repeat() > 1 {
         next.push(format!("×{}", app.cons.next_repeat()));
+    }
+    let knobs = app.settings.summary();
+    if !knobs.is_empty() {
+        next.push(knobs);
     }
     let proj = match (next.is_empty(), proj.is_empty()) {
         (true, _) => proj,
