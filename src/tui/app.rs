@@ -438,7 +438,11 @@ impl App {
                     0 => format!("no file matches @{prefix}"),
                     n => {
                         let shown: Vec<&str> = m.iter().take(6).map(|s| s.as_str()).collect();
-                        let more = if n > 6 { format!(" (+{})", n - 6) } else { String::new() };
+                        let more = if n > 6 {
+                            format!(" (+{})", n - 6)
+                        } else {
+                            String::new()
+                        };
                         format!("@{prefix}: {}{more}", shown.join("  "))
                     }
                 };
@@ -466,7 +470,9 @@ impl App {
                     text.pop();
                 }
                 KeyCode::Char(c)
-                    if !k.modifiers.intersects(KeyModifiers::CONTROL | KeyModifiers::ALT) =>
+                    if !k
+                        .modifiers
+                        .intersects(KeyModifiers::CONTROL | KeyModifiers::ALT) =>
                 {
                     text.push(c)
                 }
@@ -859,9 +865,10 @@ impl App {
             };
             let max_tokens = knobs.max_tokens.or_else(|| self.max_tokens_for(&p.target));
             let attach = settings::attachments(prompt);
-            match groups.iter_mut().find(|g| {
-                g.messages == messages && g.max_tokens == max_tokens && g.knobs == knobs
-            }) {
+            match groups
+                .iter_mut()
+                .find(|g| g.messages == messages && g.max_tokens == max_tokens && g.knobs == knobs)
+            {
                 Some(g) => g.members.push((i, re)),
                 None => groups.push(Group {
                     messages,

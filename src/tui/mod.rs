@@ -445,7 +445,13 @@ impl EngineEffects {
     /// Start a run through the front door: the request options are applied (their
     /// files read) first, and targets that cannot take the request (a text-only model
     /// given an image) are refused by name while the others are sent.
-    fn start(&mut self, run: u64, mut request: ChatRequest, targets: Vec<String>, options: RequestOptions) {
+    fn start(
+        &mut self,
+        run: u64,
+        mut request: ChatRequest,
+        targets: Vec<String>,
+        options: RequestOptions,
+    ) {
         if let Err(e) = options.apply(&mut request) {
             // A missing file, a bad schema: nothing is sent, every pane says why.
             for (i, t) in targets.iter().enumerate() {

@@ -251,7 +251,11 @@ impl SettingsPanel {
         }
         let i = all.iter().position(|s| *s == self.scope).unwrap_or(0);
         let n = all.len();
-        let j = if forward { (i + 1) % n } else { (i + n - 1) % n };
+        let j = if forward {
+            (i + 1) % n
+        } else {
+            (i + n - 1) % n
+        };
         self.scope = all[j].clone();
     }
 
@@ -272,7 +276,12 @@ impl SettingsPanel {
                     _ => None,
                 };
                 self.layer_mut().reasoning = next.map(|i| REASONING[i].to_string());
-                if self.layer().reasoning.as_deref().is_some_and(|r| r != "off") {
+                if self
+                    .layer()
+                    .reasoning
+                    .as_deref()
+                    .is_some_and(|r| r != "off")
+                {
                     // One way to ask for thinking at a time, as on the command line.
                     self.layer_mut().thinking_budget = None;
                 }
@@ -369,7 +378,9 @@ fn value_of(k: &Knobs, f: Field) -> Option<String> {
         Field::System => k.system.clone(),
         Field::Reasoning => k.reasoning.clone(),
         Field::ThinkingBudget => k.thinking_budget.map(|n| n.to_string()),
-        Field::JsonMode => k.json_mode.map(|b| if b { "on" } else { "off" }.to_string()),
+        Field::JsonMode => k
+            .json_mode
+            .map(|b| if b { "on" } else { "off" }.to_string()),
         Field::Schema => k.schema.clone(),
         Field::Tools => k.tools.clone(),
         Field::Temperature => k.temperature.map(|t| t.to_string()),

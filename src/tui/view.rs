@@ -150,10 +150,7 @@ fn draw_settings(f: &mut Frame<'_>, app: &App, area: Rect) {
         t.dim,
     ));
     f.render_widget(Clear, r);
-    f.render_widget(
-        Paragraph::new(lines).block(overlay_block(t, &title)),
-        r,
-    );
+    f.render_widget(Paragraph::new(lines).block(overlay_block(t, &title)), r);
 }
 
 fn state_style(t: &Theme, s: &PaneState) -> Style {
@@ -202,6 +199,8 @@ fn stat_pieces(app: &App, p: &Pane, now: Instant) -> Vec<Piece> {
         if let Some(fr) = p.finish_reason() {
             parts.push((fr.as_str().to_string(), t.dim, 1));
         }
+        // Whether the answer keeps to the schema says nothing of who wrote it.
+        parts.extend(verdict_pieces(app, p));
         return parts;
     }
     if let Some(ttft) = p.stats.ttft_ms() {
@@ -228,7 +227,49 @@ fn stat_pieces(app: &App, p: &Pane, now: Instant) -> Vec<Piece> {
     if let Some(fr) = p.finish_reason() {
         parts.push((fr.as_str().to_string(), t.dim, 2));
     }
+    parts.extend(verdict_pieces(app, p));
     parts
+}
+
+/// The answer's schema verdict and its tool calls' validity, as header pieces.
+fn verdict_pieces(app: &App, p: &Pane) -> Vec<Piece> {
+    let t = &app.theme;
+    let Some(c) = &p.stats.done else {
+        return Vec::new();
+    };
+    let mut out = Vec::new();
+    match super::pane::schema_verdict(c) {
+        Some(Ok(())) => out.push(("schema ✓".to_string(), t.ok, 0)),
+        // Where it broke; the transcript says why.
+        Some(Err(_)) => {
+            let at = c
+                .schema_error
+                .as_ref()
+                .map(|e| {
+                    if e.path.is_empty() {
+                        "/"
+                    } else {
+                        e.path.as_str()
+                    }
+                })
+                .unwrap_or("/");
+            out.push((format!("schema ✗ {at}"), t.error, 0))
+        }
+        None => {}
+    }
+    let checked: Vec<bool> = c.tool_calls.iter().filter_map(|t| t.valid).collect();
+    if !c.tool_calls.is_empty() {
+        let n = c.tool_calls.len();
+        let bad = checked.iter().filter(|v| !**v).count();
+        let word = if n == 1 { "tool call" } else { "tool calls" };
+        let (text, style) = match (checked.is_empty(), bad) {
+            (true, _) => (format!("{n} {word}"), t.dim),
+            (false, 0) => (format!("{n} {word} ✓"), t.ok),
+            (false, b) => (format!("{n} {word}, {b} ✗"), t.error),
+        };
+        out.push((text, style, 1));
+    }
+    out
 }
 
 /// Lay `pieces` out in at most `max_lines` lines of `width`, joined by
