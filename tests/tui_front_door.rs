@@ -86,8 +86,11 @@ impl Effects for Watch {
     fn seen(&mut self, msg: &Msg) {
         self.real.seen(msg);
         if let Msg::Engine { event, .. } = msg {
+            // Engine events name their run; a target refused before sending has none.
             assert!(
-                event.run_id.starts_with("run-"),
+                event.run_id.starts_with("run-")
+                    || (event.run_id.is_empty()
+                        && matches!(event.event, llm_quorum::engine::StreamEvent::Failed(_))),
                 "engine events name their run: {:?}",
                 event.run_id
             );
@@ -232,4 +235,142 @@ async fn the_judge_is_reserved_against_the_budget_like_any_run() {
     .expect("the judge runs");
     assert!(o.completion.error.is_none(), "{:?}", o.completion.error);
     assert_eq!(models_seen(&up), ["gpt-4o-mini"]);
+}
+
+/// A 1×1 PNG.
+const PNG_B64: &str = "iVBORw0KGgoAAAANSUhEUgAAAAEAAAABCAYAAAAfFcSJAAAADUlEQVR4nGP4z8DwHwAFAAH/iZk9HQAAAABJRU5ErkJggg==";
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_at_image_goes_to_the_vision_target_and_a_text_only_one_is_refused_by_name() {
+    use base64::Engine as _;
+    let up = Server::start_with(|_| Reply::sse(openai_sse())).await;
+    let dir = tempfile::tempdir().unwrap();
+    let png = dir.path().join("dot.png");
+    std::fs::write(
+        &png,
+        base64::engine::general_purpose::STANDARD
+            .decode(PNG_B64)
+            .unwrap(),
+    )
+    .unwrap();
+    let (engine, settings) = load(dir.path(), "", &up.url);
+
+    let (tx, rx) = mpsc::channel(1024);
+    let (etx, erx) = mpsc::channel(1024);
+    let real = EngineEffects::new(engine, &settings, tx, etx, None);
+    let mut fx = Watch {
+        real,
+        expect: 2,
+        ended: 0,
+        quit: false,
+    };
+    let mut app = App::new(AppInit {
+        targets: vec!["mock/alpha".into(), "openai/gpt-4o-mini".into()],
+        available: Vec::new(),
+        theme: Theme::builtin(),
+        keys: KeyMap::default(),
+        banner: Vec::new(),
+        budget_set: false,
+        pricing: None,
+        size: (120, 36),
+    });
+    let mut term = Terminal::new(TestBackend::new(120, 36)).unwrap();
+    let prompt = format!("What is in @{}?\r", png.display());
+    let input = futures_util::stream::iter(keys(&prompt)).chain(futures_util::stream::pending());
+    let run = run_loop(
+        &mut term,
+        input,
+        rx,
+        erx,
+        &mut app,
+        &mut fx,
+        LoopOptions::default(),
+    );
+    tokio::time::timeout(std::time::Duration::from_secs(120), run)
+        .await
+        .expect("both panes end")
+        .unwrap();
+
+    let (alpha, gpt) = (&app.panes[0], &app.panes[1]);
+    assert_eq!(alpha.state, PaneState::Failed);
+    let why = alpha
+        .stats
+        .done
+        .as_ref()
+        .and_then(|c| c.error.as_ref())
+        .map(|e| e.to_string())
+        .unwrap_or_default();
+    assert!(
+        why.contains("mock/alpha") && why.contains("images"),
+        "{why}"
+    );
+    assert_eq!(gpt.state, PaneState::Done, "{:?}", gpt.answer_text());
+    // Only the vision target was asked, with the image as its input.
+    let bodies: Vec<serde_json::Value> = up
+        .requests()
+        .iter()
+        .filter(|r| r.method == "POST")
+        .map(|r| r.json())
+        .collect();
+    assert_eq!(bodies.len(), 1);
+    let parts = bodies[0]["messages"][0]["content"].as_array().unwrap();
+    assert!(
+        parts.iter().any(|p| p["image_url"]["url"]
+            .as_str()
+            .is_some_and(|u| u == format!("data:image/png;base64,{PNG_B64}"))),
+        "{parts:?}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_missing_at_file_fails_every_pane_with_the_file_named_and_sends_nothing() {
+    let up = Server::start_with(|_| Reply::sse(openai_sse())).await;
+    let dir = tempfile::tempdir().unwrap();
+    let (engine, settings) = load(dir.path(), "", &up.url);
+    let (tx, rx) = mpsc::channel(1024);
+    let (etx, erx) = mpsc::channel(1024);
+    let real = EngineEffects::new(engine, &settings, tx, etx, None);
+    let mut fx = Watch {
+        real,
+        expect: 1,
+        ended: 0,
+        quit: false,
+    };
+    let mut app = App::new(AppInit {
+        targets: vec!["openai/gpt-4o-mini".into()],
+        theme: Theme::builtin(),
+        size: (100, 30),
+        ..Default::default()
+    });
+    let mut term = Terminal::new(TestBackend::new(100, 30)).unwrap();
+    let input = futures_util::stream::iter(keys("Summarise @no-such-notes.md\r"))
+        .chain(futures_util::stream::pending());
+    let run = run_loop(
+        &mut term,
+        input,
+        rx,
+        erx,
+        &mut app,
+        &mut fx,
+        LoopOptions::default(),
+    );
+    tokio::time::timeout(std::time::Duration::from_secs(120), run)
+        .await
+        .expect("the pane ends")
+        .unwrap();
+    let why = app.panes[0]
+        .stats
+        .done
+        .as_ref()
+        .and_then(|c| c.error.as_ref())
+        .map(|e| e.to_string())
+        .unwrap_or_default();
+    assert!(
+        why.contains("no-such-notes.md") && why.contains("no such file"),
+        "{why}"
+    );
+    assert_eq!(
+        up.requests().iter().filter(|r| r.method == "POST").count(),
+        0
+    );
 }
