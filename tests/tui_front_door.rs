@@ -374,3 +374,37 @@ async fn a_missing_at_file_fails_every_pane_with_the_file_named_and_sends_nothin
         0
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_workbenchs_budget_question_is_the_engines_check() {
+    let up = Server::start_with(|_| Reply::sse(openai_sse())).await;
+    let dir = tempfile::tempdir().unwrap();
+    let (engine, _) = load(
+        dir.path(),
+        &format!("{TIERS}[budget]\ndaily_usd = 0.0000001\n"),
+        &up.url,
+    );
+    let req = llm_quorum::engine::ChatRequest {
+        messages: vec![llm_quorum::engine::Message::user("What is 2+2?")],
+        max_tokens: Some(100),
+        ..Default::default()
+    };
+    let groups = vec![(req.clone(), vec!["cheapest:fast".to_string()])];
+    let e = tokio::task::spawn_blocking({
+        let (engine, groups) = (engine.clone(), groups.clone());
+        move || engine.check_budget(&groups, Some("tui-test"))
+    })
+    .await
+    .unwrap()
+    .expect_err("the cap is crossed");
+    assert!(
+        matches!(e, llm_quorum::engine::Refusal::Budget(_)),
+        "a budget refusal, not a target error: {e}"
+    );
+    // The front door agrees, and nothing was sent.
+    let r = engine
+        .start(req, vec!["cheapest:fast".into()], StartOptions::default())
+        .await;
+    assert!(matches!(r, Err(llm_quorum::engine::Refusal::Budget(_))));
+    assert_eq!(up.count(), 0);
+}

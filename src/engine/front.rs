@@ -317,6 +317,41 @@ impl Engine {
         })
     }
 
+    /// Whether sending `groups` (requests and their targets) now would cross a cap,
+    /// checked as [`Engine::start`] checks it (the same names, the same projection,
+    /// the ledger's spend so far in `session`); nothing is reserved or sent. For a
+    /// face that asks the user before sending; [`Engine::start`] still holds the cap.
+    /// Blocking (reads the ledger and may load a tokenizer): call it off the UI thread.
+    pub fn check_budget(
+        &self,
+        groups: &[(ChatRequest, Vec<String>)],
+        session: Option<&str>,
+    ) -> Result<(), Refusal> {
+        use super::budget::SpendLedger as _;
+        let budget = self.budget();
+        if !budget.is_set() {
+            return Ok(());
+        }
+        let mut p = Projection::default();
+        for (req, targets) in groups {
+            let one = self.preview(req, targets).map_err(Refusal::Target)?;
+            p.targets.extend(one.targets);
+        }
+        let spend = match self.books() {
+            Books::Off => {
+                return Err(Refusal::Target(EngineError::Config {
+                    message: "a budget is set but the ledger is off, so spending cannot be tracked"
+                        .into(),
+                }))
+            }
+            Books::Unusable(problem) => return Err(Refusal::Ledger(problem.clone())),
+            Books::On { ledger, path } => ledger
+                .spend(session)
+                .map_err(|e| Refusal::Ledger(LedgerProblem::at(path, &e)))?,
+        };
+        budget.check(spend, &p).map_err(Refusal::Budget)
+    }
+
     /// Whether `target` can take `request`, checked as [`Engine::start`] checks it
     /// (aliases, tiers, `cheapest:`, `allowed_models`, capabilities such as images),
     /// nothing reserved or sent: so a face can name the targets it must leave out

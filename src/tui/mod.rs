@@ -34,7 +34,7 @@ use ratatui::Terminal;
 use tokio::sync::{mpsc, watch};
 
 use crate::app::{GlobalFlags, Settings};
-use crate::engine::budget::{Budget, Projection, SpendLedger};
+use crate::engine::budget::Projection;
 use crate::engine::ledger::BackgroundLedger;
 use crate::engine::options::RequestOptions;
 use crate::engine::EngineError;
@@ -255,7 +255,6 @@ pub fn project_groups(engine: &Engine, groups: &Groups) -> Result<Projection, St
 pub struct EngineEffects {
     engine: Engine,
     ledger: Option<BackgroundLedger>,
-    budget: Budget,
     session: String,
     handles: HashMap<u64, RunHandle>,
     /// Our run key -> for each of the engine run's targets, its index among ours.
@@ -348,7 +347,6 @@ impl EngineEffects {
         EngineEffects {
             engine,
             ledger: settings.ledger.clone(),
-            budget: settings.budget,
             session,
             handles: HashMap::new(),
             left: HashMap::new(),
@@ -575,23 +573,15 @@ impl Effects for EngineEffects {
                 let _ = self.projector.send(Some((gen, groups)));
             }
             Cmd::CheckBudget { groups } => {
-                let (engine, ledger, budget, session) = (
-                    self.engine.clone(),
-                    self.ledger.clone(),
-                    self.budget,
-                    self.session.clone(),
-                );
+                // The engine's check, as its front door makes it (nothing reserved):
+                // a refusal asks the user, who may send anyway.
+                let (engine, session) = (self.engine.clone(), self.session.clone());
                 self.blocking(move || {
-                    let r = (|| -> Result<(), String> {
-                        let p = project_groups(&engine, &groups)?;
-                        let Some(l) = ledger else {
-                            return Err("a budget is set but the ledger is unavailable, so spending so far is unknown".into());
-                        };
-                        let spend = SpendLedger::spend(&l, Some(&session))?;
-                        budget.check(spend, &p).map_err(|r| {
-                            r.to_string().replace(" (pass --force to send anyway)", "").replace(" or pass --force", "")
-                        })
-                    })();
+                    let r = engine.check_budget(&groups, Some(&session)).map_err(|r| {
+                        r.to_string()
+                            .replace(" (pass --force to send anyway)", "")
+                            .replace(" or pass --force", "")
+                    });
                     Msg::BudgetChecked(r)
                 });
             }
