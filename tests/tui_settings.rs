@@ -102,7 +102,7 @@ fn send(app: &mut App, prompt: &str) -> Vec<(Vec<String>, ChatRequest, RequestOp
                 request,
                 options,
                 ..
-            } => Some((targets, request, options)),
+            } => Some((targets, request, *options)),
             _ => None,
         })
         .collect()
@@ -293,7 +293,7 @@ fn verdicts(size: (u16, u16)) -> App {
             name: "add".into(),
             arguments: r#"{"a":2,"b":2}"#.into(),
             valid: Some(true),
-            ..Default::default()
+            invalid_reason: None,
         },
         ToolCall {
             id: "c2".into(),
@@ -301,7 +301,6 @@ fn verdicts(size: (u16, u16)) -> App {
             arguments: r#"{"name":7}"#.into(),
             valid: Some(false),
             invalid_reason: Some("/name: 7 is not of type \"string\"".into()),
-            ..Default::default()
         },
     ];
     for (i, c) in [alpha, contra, beta].into_iter().enumerate() {

@@ -938,7 +938,7 @@ impl App {
             cmds.push(Cmd::Start {
                 run,
                 request: g.request(),
-                options: g.knobs.request_options(&g.attach),
+                options: Box::new(g.knobs.request_options(&g.attach)),
                 targets,
             });
         }

@@ -547,7 +547,7 @@ impl Effects for EngineEffects {
                 request,
                 targets,
                 options,
-            } => self.start(run, request, targets, options),
+            } => self.start(run, request, targets, *options),
             Cmd::ListPath { prefix } => {
                 self.blocking(move || {
                     let entries = list_dir(&settings::completion_dir(&prefix));

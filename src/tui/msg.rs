@@ -110,7 +110,7 @@ pub enum Cmd {
         targets: Vec<String>,
         /// Reasoning, output format, tools and attachments, as the CLI's flags give
         /// them: files are read when the run starts.
-        options: RequestOptions,
+        options: Box<RequestOptions>,
     },
     /// List the directory of an `@path` being completed.
     ListPath {
