@@ -82,6 +82,47 @@ fn no_face_imports_another() {
     );
 }
 
+/// `quorum eval` is a thin face: the suite, the assertions, the scheduling and the
+/// reports live in `engine::eval`; the face imports no other command and no UI crate.
+#[test]
+fn the_eval_face_stays_thin() {
+    let root = Path::new(env!("CARGO_MANIFEST_DIR"));
+    let face = std::fs::read_to_string(root.join("src/cli/eval.rs")).unwrap();
+    let mut hits = Vec::new();
+    for (n, line) in face.lines().enumerate() {
+        for other in [
+            "ask",
+            "compare",
+            "exec",
+            "leaderboard",
+            "ledger",
+            "models",
+            "options",
+            "pricing",
+        ] {
+            if line.contains(&format!("super::{other}")) || line.contains(&format!("cli::{other}"))
+            {
+                hits.push(format!("src/cli/eval.rs:{}: {}", n + 1, line.trim()));
+            }
+        }
+        for bad in ["ratatui", "crossterm", "crate::tui", "crate::serve"] {
+            if line.contains(bad) {
+                hits.push(format!("src/cli/eval.rs:{}: {}", n + 1, line.trim()));
+            }
+        }
+    }
+    assert!(
+        hits.is_empty(),
+        "the eval face reaches past the engine:\n{}",
+        hits.join("\n")
+    );
+    // The engine's eval module answers to no face.
+    for face in ["cli", "serve", "tui"] {
+        let used = uses("src/engine/eval", &format!("crate::{face}"));
+        assert!(used.is_empty(), "{}", used.join("\n"));
+    }
+}
+
 /// The modules of `src/tui` (files directly in it) that each one names through
 /// `super::x` or `crate::tui::x`.
 fn tui_module_deps() -> std::collections::BTreeMap<String, std::collections::BTreeSet<String>> {

@@ -9,6 +9,7 @@ pub mod consensus;
 pub mod consensus_overlay;
 pub mod consensus_state;
 pub mod editor;
+pub mod eval_matrix;
 pub mod export;
 pub mod help;
 pub mod keys;
