@@ -5,7 +5,7 @@
 //!   `llm.metrics`, `llm.health` ([`rpc`]).
 //! - `POST /v1/chat/completions`, `GET /v1/models`: OpenAI-compatible
 //!   ([`openai_compat`]).
-//! - `GET /metrics`: Prometheus text ([`metrics`]); `GET /healthz`.
+//! - `GET /metrics`: Prometheus / OpenMetrics text ([`metrics`]); `GET /healthz`.
 //!
 //! Every call goes through the same registry, router, budgets and ledger as
 //! the CLI. Loopback by default; any other address needs a bearer token.
@@ -58,7 +58,7 @@ Endpoints:
   POST /v1/chat/completions   OpenAI-compatible (stream or not); model = provider/model or alias
   GET  /v1/models             OpenAI-compatible model list
   GET  /v1/models/{id}        one model (id = provider/model)
-  GET  /metrics               Prometheus text
+  GET  /metrics               Prometheus metrics (OpenMetrics text)
   GET  /healthz               liveness (never needs the token)
 
 The bound address is printed on stderr: `quorum: listening on http://ADDR`.
@@ -599,14 +599,7 @@ async fn not_found() -> Response {
 
 async fn metrics_handler(State(state): State<Arc<AppState>>) -> Response {
     let text = state.metrics.render(&state.engine);
-    (
-        [(
-            header::CONTENT_TYPE,
-            "text/plain; version=0.0.4; charset=utf-8",
-        )],
-        text,
-    )
-        .into_response()
+    ([(header::CONTENT_TYPE, metrics::CONTENT_TYPE)], text).into_response()
 }
 
 /// Constant-time equality, so a wrong token's timing says nothing about the right one.
@@ -872,6 +865,7 @@ pub fn run(flags: &GlobalFlags, args: ServeArgs) -> i32 {
     let state = AppState::new(engine, settings, opts);
     let rt = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()
+        .max_blocking_threads(MAX_BLOCKING_THREADS)
         .build()
     {
         Ok(rt) => rt,
@@ -925,6 +919,12 @@ pub fn run(flags: &GlobalFlags, args: ServeArgs) -> i32 {
     eprintln!("quorum: stopped");
     code
 }
+
+/// Threads for blocking work (ledger and cache writes, token estimates). The
+/// ledger's writes queue on one SQLite connection anyway: tokio's default of
+/// 512 let a burst of 1,000 streams start ~500 threads that only waited on its
+/// lock, and the thread churn cost more CPU than the requests themselves.
+const MAX_BLOCKING_THREADS: usize = 16;
 
 /// How long cancelled runs get to record themselves after the shutdown timeout.
 const CANCEL_GRACE: Duration = Duration::from_secs(5);
