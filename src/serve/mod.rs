@@ -17,6 +17,7 @@ pub mod metrics;
 pub mod openai_compat;
 pub use crate::shared::params;
 pub mod rpc;
+pub mod telemetry;
 
 use std::collections::HashMap;
 use std::net::{IpAddr, SocketAddr, ToSocketAddrs};
@@ -416,10 +417,13 @@ tokio::task_local! {
 /// a header, a body or a prompt.
 pub(crate) struct Access {
     started: std::time::Instant,
+    started_at: std::time::SystemTime,
     method: String,
     route: String,
     status: std::sync::atomic::AtomicU16,
     runs: std::sync::Mutex<AccessRuns>,
+    /// The caller's span (`traceparent`), while traces are exported.
+    parent: Option<opentelemetry::trace::SpanContext>,
 }
 
 #[derive(Default)]
@@ -433,12 +437,21 @@ struct AccessRuns {
     cost_usd: f64,
     unpriced: u64,
     ttft_ms: Option<f64>,
+    /// Upstream calls for the trace (only while traces are exported; capped).
+    calls: Vec<telemetry::Call>,
 }
 
+/// Most upstream calls one request's trace shows.
+const MAX_TRACED_CALLS: usize = 256;
+
 impl Access {
-    fn new(method: &str, route: &str) -> Arc<Access> {
+    fn new(method: &str, route: &str, headers: &HeaderMap) -> Arc<Access> {
         Arc::new(Access {
             started: std::time::Instant::now(),
+            started_at: std::time::SystemTime::now(),
+            parent: telemetry::enabled()
+                .then(|| telemetry::parent_from(headers))
+                .flatten(),
             method: method.to_string(),
             route: route.to_string(),
             status: std::sync::atomic::AtomicU16::new(0),
@@ -469,6 +482,9 @@ impl Access {
         if r.ttft_ms.is_none() {
             r.ttft_ms = c.ttft_ms;
         }
+        if telemetry::enabled() && r.calls.len() < MAX_TRACED_CALLS {
+            r.calls.push(telemetry::Call::of(c));
+        }
     }
 }
 
@@ -495,6 +511,18 @@ impl Drop for Access {
             output_tokens = r.output_tokens,
             cost_usd = %cost,
         );
+        if telemetry::enabled() {
+            telemetry::export(&telemetry::Request {
+                method: &self.method,
+                route: &self.route,
+                status: self.status.load(Ordering::Relaxed),
+                started: self.started_at,
+                elapsed: self.started.elapsed(),
+                trace_id: r.trace_id.as_deref(),
+                parent: self.parent.as_ref(),
+                calls: &r.calls,
+            });
+        }
     }
 }
 
@@ -629,7 +657,7 @@ async fn guard(State(state): State<Arc<AppState>>, req: Request, next: Next) -> 
         _ => "other",
     }
     .to_string();
-    let access = Access::new(req.method().as_str(), &route);
+    let access = Access::new(req.method().as_str(), &route, req.headers());
     if let Some(token) = &state.opts.token {
         if route != "/healthz" && !authorized(token, req.headers()) {
             state.metrics.http(&route, 401);
@@ -856,6 +884,14 @@ pub fn run(flags: &GlobalFlags, args: ServeArgs) -> i32 {
             return EXIT_USAGE;
         }
     };
+    // Before the runtime: the exporter's HTTP client has a runtime of its own.
+    let traces = match telemetry::Telemetry::from_env() {
+        Ok(t) => t,
+        Err(e) => {
+            eprintln!("quorum: {e}");
+            return EXIT_USAGE;
+        }
+    };
     let ledger = settings.ledger.clone();
     let opts = ServeOptions {
         token,
@@ -916,6 +952,9 @@ pub fn run(flags: &GlobalFlags, args: ServeArgs) -> i32 {
     // Let the runtime finish whatever writes are left, then flush the ledger.
     rt.shutdown_timeout(Duration::from_secs(5));
     flush_ledger(ledger.as_ref());
+    if let Some(t) = traces {
+        t.shutdown(Duration::from_secs(5));
+    }
     eprintln!("quorum: stopped");
     code
 }
