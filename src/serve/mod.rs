@@ -912,7 +912,7 @@ pub fn run(flags: &GlobalFlags, args: ServeArgs) -> i32 {
     };
     let grace = Duration::from_secs_f64(args.shutdown_timeout);
     let code = rt.block_on(async move {
-        let listener = match tokio::net::TcpListener::bind(&addrs[..]).await {
+        let listener = match listener::bind(&addrs, limits.max_connections) {
             Ok(l) => l,
             Err(e) => {
                 eprintln!("quorum: cannot listen on {}: {e}", args.listen);
