@@ -24,6 +24,9 @@ use super::error::EngineError;
 use super::event::Completion;
 use super::files::{create_private_dir, data_dir, touch_private};
 
+mod eval;
+pub use eval::{EvalCaseRow, EvalRunRow};
+
 /// Who asked, for the ledger row.
 #[derive(Debug, Clone, Default)]
 pub struct RequestMeta {
@@ -155,6 +158,8 @@ fn migrations() -> Vec<String> {
         CREATE INDEX runs_open ON runs(settled_at) WHERE reserved_usd > 0;
         CREATE INDEX runs_budget_session ON runs(budget_session);"
             .to_string(),
+        // `quorum eval`: a suite run and each finished case (see `ledger/eval.rs`).
+        eval::MIGRATION.to_string(),
     ]
 }
 
