@@ -107,7 +107,7 @@ pub fn load_with_env(flags: &GlobalFlags, env: EnvFn<'_>) -> anyhow::Result<(Eng
         Books::Off
     } else {
         Books::Unusable(LedgerProblem {
-            path: None,
+            place: None,
             reason: "no data directory".into(),
             fix: "set QUORUM_DATA_DIR to a writable folder, or run with --no-ledger".into(),
         })
@@ -118,10 +118,7 @@ pub fn load_with_env(flags: &GlobalFlags, env: EnvFn<'_>) -> anyhow::Result<(Eng
         };
         let bg = BackgroundLedger::spawn(d.join(LEDGER_FILE), opts, Some(pricing));
         engine = engine.with_ledger(Arc::new(bg.clone()));
-        books = Books::On {
-            ledger: bg.clone(),
-            path: d.join(LEDGER_FILE),
-        };
+        books = Books::On { ledger: bg.clone() };
         let cache = CacheSettings {
             enabled: cfg.cache.enabled,
             ttl_secs: cfg.cache.ttl_secs,

@@ -7,7 +7,7 @@ use super::{EXIT_FAILED, EXIT_OK, EXIT_USAGE};
 use crate::engine::cost::format_usd;
 use crate::engine::files::data_dir;
 use crate::engine::ledger::{
-    GroupBy, LedgerOptions, RequestRow, Shown, SqliteLedger, TotalRow, LEDGER_FILE,
+    GroupBy, Ledger, LedgerOptions, RequestRow, Shown, TotalRow, LEDGER_FILE,
 };
 
 /// Arguments of `quorum ledger`.
@@ -65,13 +65,15 @@ enum LedgerCommand {
     },
 }
 
-fn open() -> Result<Option<SqliteLedger>, String> {
+fn open() -> Result<Option<Ledger>, String> {
     let dir = data_dir().ok_or("no data directory: set QUORUM_DATA_DIR")?;
     let path = dir.join(LEDGER_FILE);
     if !path.exists() {
         return Ok(None);
     }
-    SqliteLedger::open(&path, LedgerOptions::default()).map(Some)
+    Ledger::open(&path, LedgerOptions::default())
+        .map(Some)
+        .map_err(|e| e.to_string())
 }
 
 /// Run `quorum ledger`.
@@ -98,7 +100,7 @@ fn cost_cell(cost: f64, unknown: u64) -> String {
     }
 }
 
-fn totals(ledger: Option<&SqliteLedger>, by: Option<By>, json: bool) -> i32 {
+fn totals(ledger: Option<&Ledger>, by: Option<By>, json: bool) -> i32 {
     let groups: Vec<By> = match by {
         Some(b) => vec![b],
         None => vec![By::Session, By::Day, By::Provider, By::Model],
@@ -162,7 +164,7 @@ fn totals(ledger: Option<&SqliteLedger>, by: Option<By>, json: bool) -> i32 {
     EXIT_OK
 }
 
-fn sessions(ledger: Option<&SqliteLedger>, limit: usize, json: bool) -> i32 {
+fn sessions(ledger: Option<&Ledger>, limit: usize, json: bool) -> i32 {
     let rows = match ledger.map(|l| l.sessions(limit)) {
         None => Vec::new(),
         Some(Ok(r)) => r,
@@ -227,7 +229,7 @@ fn request_line(r: &RequestRow) -> String {
     s
 }
 
-fn show(ledger: Option<&SqliteLedger>, id: &str, json: bool) -> i32 {
+fn show(ledger: Option<&Ledger>, id: &str, json: bool) -> i32 {
     let Some(ledger) = ledger else {
         eprintln!("quorum: the ledger is empty");
         return EXIT_FAILED;

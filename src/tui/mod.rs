@@ -451,7 +451,7 @@ impl Effects for EngineEffects {
                         let Some(l) = ledger else {
                             return Err("a budget is set but the ledger is unavailable, so spending so far is unknown".into());
                         };
-                        let spend = SpendLedger::spend(&l, Some(&session))?;
+                        let spend = SpendLedger::spend(&l, Some(&session)).map_err(|e| e.to_string())?;
                         budget.check(spend, &p).map_err(|r| {
                             r.to_string().replace(" (pass --force to send anyway)", "").replace(" or pass --force", "")
                         })
@@ -493,7 +493,8 @@ impl Effects for EngineEffects {
                         Some(l) => l
                             .wait()
                             .and_then(|l| l.recent(3000))
-                            .map(|rows| group_runs(rows, 300)),
+                            .map(|rows| group_runs(rows, 300))
+                            .map_err(|e| e.to_string()),
                     };
                     Msg::History(r)
                 });
@@ -503,7 +504,7 @@ impl Effects for EngineEffects {
                 self.blocking(move || {
                     Msg::Votes(match ledger {
                         None => Err("no ledger (no data directory)".to_string()),
-                        Some(l) => l.wait().and_then(|l| l.votes()),
+                        Some(l) => l.wait().and_then(|l| l.votes()).map_err(|e| e.to_string()),
                     })
                 });
             }
@@ -515,15 +516,18 @@ impl Effects for EngineEffects {
                 self.blocking(move || {
                     Msg::VoteRecorded(match ledger {
                         None => Err("no ledger (no data directory)".to_string()),
-                        Some(l) => l.wait().and_then(|l| {
-                            l.record_vote(
-                                vote.run_id.as_deref(),
-                                &vote.targets,
-                                vote.winner.as_deref(),
-                                vote.tag.as_deref(),
-                            )?;
-                            l.votes()
-                        }),
+                        Some(l) => l
+                            .wait()
+                            .and_then(|l| {
+                                l.record_vote(
+                                    vote.run_id.as_deref(),
+                                    &vote.targets,
+                                    vote.winner.as_deref(),
+                                    vote.tag.as_deref(),
+                                )?;
+                                l.votes()
+                            })
+                            .map_err(|e| e.to_string()),
                     })
                 });
             }
