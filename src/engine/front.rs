@@ -314,6 +314,18 @@ impl Engine {
         })
     }
 
+    /// Rows waiting in the local spool for a shared ledger's database (0 for SQLite,
+    /// and while the ledger is opening).
+    pub fn ledger_backlog(&self) -> u64 {
+        match self.books() {
+            Books::On { ledger } => match ledger.ready() {
+                Some(Ok(l)) => l.backlog(),
+                _ => 0,
+            },
+            _ => 0,
+        }
+    }
+
     /// Check the ledger now (open, known schema, writable) so a face can refuse before
     /// reading input; `Ok` when the ledger is off by choice.
     pub async fn check_ledger(&self) -> Result<(), LedgerProblem> {

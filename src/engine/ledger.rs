@@ -25,7 +25,13 @@ use super::error::EngineError;
 use super::event::{Completion, CostSource, FinishReason, Usage};
 use super::files::data_dir;
 
+pub mod migrate;
+pub mod postgres;
+pub mod spool;
 mod sqlite;
+
+pub use migrate::{migrate, Migrated};
+pub use postgres::mask_url;
 
 /// Who asked, for the ledger row.
 #[derive(Debug, Clone, Default)]
@@ -52,6 +58,10 @@ pub trait LedgerSink: Send + Sync {
 
 /// File name of the ledger inside the data dir.
 pub const LEDGER_FILE: &str = "ledger.sqlite3";
+
+/// File name, inside the data dir, of the spool of a shared ledger (rows waiting for
+/// the database to return).
+pub const LEDGER_SPOOL_FILE: &str = "ledger-spool.jsonl";
 
 /// Spend so far.
 #[derive(Debug, Clone, Copy, Default, PartialEq)]
@@ -857,9 +867,21 @@ pub trait Backend: Send + Sync {
 
 /// The ledger: one type in front of either backend.
 pub struct Ledger {
-    backend: Box<dyn Backend>,
+    backend: Arc<dyn Backend>,
     opts: LedgerOptions,
     pricing: Option<Pricing>,
+    spool: Option<Arc<spool::Spool>>,
+    stop: Arc<(Mutex<bool>, Condvar)>,
+}
+
+impl Drop for Ledger {
+    fn drop(&mut self) {
+        let (m, cv) = &*self.stop;
+        if let Ok(mut g) = m.lock() {
+            *g = true;
+        }
+        cv.notify_all();
+    }
 }
 
 impl std::fmt::Debug for Ledger {
@@ -871,14 +893,89 @@ impl std::fmt::Debug for Ledger {
     }
 }
 
+/// Where a ledger lives.
+#[derive(Clone, PartialEq, Eq)]
+pub enum Location {
+    /// An SQLite file.
+    File(PathBuf),
+    /// A PostgreSQL URL (with its credentials; never shown: see [`Location::place`]).
+    Url(String),
+}
+
+impl std::fmt::Debug for Location {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Location::File(p) => f.debug_tuple("File").field(p).finish(),
+            Location::Url(u) => f.debug_tuple("Url").field(&mask_url(u)).finish(),
+        }
+    }
+}
+
+impl Location {
+    /// The file, or the URL with its password masked.
+    pub fn place(&self) -> String {
+        match self {
+            Location::File(p) => p.display().to_string(),
+            Location::Url(u) => mask_url(u),
+        }
+    }
+}
+
 impl Ledger {
     /// A ledger over `backend`.
     pub fn with_backend(backend: Box<dyn Backend>, opts: LedgerOptions) -> Ledger {
         Ledger {
-            backend,
+            backend: Arc::from(backend),
             opts,
             pricing: None,
+            spool: None,
+            stop: Arc::new((Mutex::new(false), Condvar::new())),
         }
+    }
+
+    /// Keep rows the database cannot take right now (it is away) in the spool file at
+    /// `path`, durably, and replay them in order when it returns. Only for runs without
+    /// a budget: with a budget set, a ledger that cannot be written refuses instead.
+    pub fn with_spool(mut self, path: &Path) -> Result<Self, LedgerError> {
+        let spool = Arc::new(spool::Spool::open(path)?);
+        let (backend, sp, stop) = (self.backend.clone(), spool.clone(), self.stop.clone());
+        std::thread::Builder::new()
+            .name("quorum-ledger-replay".into())
+            .spawn(move || replay_loop(&*backend, &sp, &stop))
+            .map_err(|e| LedgerError::Io {
+                place: path.display().to_string(),
+                detail: format!("cannot start the replay thread: {e}"),
+            })?;
+        self.spool = Some(spool);
+        Ok(self)
+    }
+
+    /// Rows waiting in the spool for the database.
+    pub fn backlog(&self) -> u64 {
+        self.spool.as_ref().map_or(0, |s| s.backlog())
+    }
+
+    /// Replay the spool now; how many entries went to the database.
+    pub fn replay_spool(&self) -> Result<usize, LedgerError> {
+        match &self.spool {
+            Some(sp) => replay(&*self.backend, sp),
+            None => Ok(0),
+        }
+    }
+
+    /// Spool `entry` (the database is away, or older rows still wait).
+    fn spooled(
+        &self,
+        sp: &spool::Spool,
+        entry: &spool::Entry,
+        why: Option<&LedgerError>,
+    ) -> Result<(), LedgerError> {
+        sp.append(entry)?;
+        if let Some(e) = why {
+            tracing::warn!("ledger: spooled a row to {} ({e})", sp.path().display());
+        }
+        self.stop.1.notify_all();
+        Ok(())
     }
 
     /// Open (creating and migrating as needed) the SQLite ledger at `path`.
@@ -898,6 +995,17 @@ impl Ledger {
     pub fn open_default(opts: LedgerOptions) -> Result<Ledger, LedgerError> {
         let dir = data_dir().ok_or(LedgerError::NoDataDir)?;
         Self::open_in(&dir, opts)
+    }
+
+    /// Open the ledger at `loc`.
+    pub fn open_at(loc: &Location, opts: LedgerOptions) -> Result<Ledger, LedgerError> {
+        match loc {
+            Location::File(p) => Self::open(p, opts),
+            Location::Url(u) => Ok(Self::with_backend(
+                Box::new(postgres::PgBackend::connect(u)?),
+                opts,
+            )),
+        }
     }
 
     /// Keep a copy of each price row used, so a ledger row stays explainable even after
@@ -924,7 +1032,10 @@ impl Ledger {
 
     /// Whether the ledger takes a write now.
     pub fn check_writable(&self) -> Result<(), LedgerError> {
-        self.backend.check_writable()
+        match (self.backend.check_writable(), &self.spool) {
+            (Err(e), Some(sp)) if e.is_unavailable() => sp.check_writable(),
+            (r, _) => r,
+        }
     }
 
     /// Lower the row length limit (SQLite's, bytes per string and per row).
@@ -951,6 +1062,20 @@ impl Ledger {
     /// Record one request; returns its row id. Committed when this returns.
     pub fn record_request(&self, meta: &RequestMeta, c: &Completion) -> Result<i64, LedgerError> {
         let row = self.new_request(meta, c);
+        if let Some(sp) = &self.spool {
+            // Older rows still wait: this one queues behind them, in order.
+            if sp.backlog() > 0 {
+                self.spooled(sp, &spool::Entry::Request(Box::new(row)), None)?;
+                return Ok(0);
+            }
+            return match self.backend.insert_requests(std::slice::from_ref(&row)) {
+                Err(e) if e.is_unavailable() => {
+                    self.spooled(sp, &spool::Entry::Request(Box::new(row)), Some(&e))?;
+                    Ok(0)
+                }
+                r => Ok(r?.first().copied().unwrap_or_default()),
+            };
+        }
         let ids = self.backend.insert_requests(std::slice::from_ref(&row))?;
         Ok(ids.first().copied().unwrap_or_default())
     }
@@ -1015,8 +1140,26 @@ impl Ledger {
             .opts
             .log_content
             .then(|| clip(note.prompt, cap).into_owned());
+        let ungated = gate.is_none();
         let gate = gate.map(|g| (g, g.projection.known_usd()));
-        self.backend.begin_run(note, prompt.as_deref(), gate)
+        let entry = || spool::Entry::Run {
+            id: note.run_id.to_string(),
+            session_id: note.session_id.map(String::from),
+            trace_id: note.trace_id.map(String::from),
+            targets: note.targets.to_vec(),
+            projected_usd: note.projected_usd,
+            prompt: prompt.clone(),
+        };
+        match (&self.spool, ungated) {
+            (Some(sp), true) if sp.backlog() > 0 => Ok(self.spooled(sp, &entry(), None)?),
+            (Some(sp), true) => match self.backend.begin_run(note, prompt.as_deref(), None) {
+                Err(Refused::Ledger(e)) if e.is_unavailable() => {
+                    Ok(self.spooled(sp, &entry(), Some(&e))?)
+                }
+                r => r,
+            },
+            _ => self.backend.begin_run(note, prompt.as_deref(), gate),
+        }
     }
 
     /// End a run's reservation: what it really cost is in its request rows now (a
@@ -1310,16 +1453,33 @@ impl std::fmt::Debug for BackgroundLedger {
 impl BackgroundLedger {
     /// Start opening the SQLite ledger at `path` on a new thread.
     pub fn spawn(path: PathBuf, opts: LedgerOptions, pricing: Option<Pricing>) -> Self {
-        let place: Arc<str> = path.display().to_string().into();
+        Self::spawn_at(Location::File(path), opts, pricing, None)
+    }
+
+    /// Start opening the ledger at `loc` on a new thread, with a spool at `spool` for
+    /// rows the database cannot take while it is away (see [`Ledger::with_spool`]).
+    pub fn spawn_at(
+        loc: Location,
+        opts: LedgerOptions,
+        pricing: Option<Pricing>,
+        spool: Option<PathBuf>,
+    ) -> Self {
+        let place: Arc<str> = loc.place().into();
         let cell: Arc<(Mutex<Slot>, Condvar)> = Arc::new((Mutex::new(None), Condvar::new()));
         let c2 = cell.clone();
         let started = std::thread::Builder::new()
             .name("quorum-ledger".into())
             .spawn(move || {
-                let r = Ledger::open(&path, opts).map(|l| match pricing {
-                    Some(p) => Arc::new(l.with_pricing(p)),
-                    None => Arc::new(l),
-                });
+                let r = Ledger::open_at(&loc, opts)
+                    .map(|l| match pricing {
+                        Some(p) => l.with_pricing(p),
+                        None => l,
+                    })
+                    .and_then(|l| match &spool {
+                        Some(s) => l.with_spool(s),
+                        None => Ok(l),
+                    })
+                    .map(Arc::new);
                 let (m, cv) = &*c2;
                 if let Ok(mut g) = m.lock() {
                     *g = Some(r);
@@ -1391,6 +1551,91 @@ impl BackgroundLedger {
 impl LedgerSink for BackgroundLedger {
     fn record(&self, meta: &RequestMeta, completion: &Completion) -> Result<(), LedgerError> {
         self.wait()?.record(meta, completion)
+    }
+}
+
+/// Write spooled entries through `backend`, in order, a chunk per transaction.
+fn replay(backend: &dyn Backend, sp: &spool::Spool) -> Result<usize, LedgerError> {
+    sp.replay(256, |entries| {
+        let mut rows: Vec<NewRequest> = Vec::new();
+        for e in entries {
+            match e {
+                spool::Entry::Request(r) => rows.push((**r).clone()),
+                spool::Entry::Run {
+                    id,
+                    session_id,
+                    trace_id,
+                    targets,
+                    projected_usd,
+                    prompt,
+                } => {
+                    if !rows.is_empty() {
+                        backend.insert_requests(&std::mem::take(&mut rows))?;
+                    }
+                    let note = RunNote {
+                        run_id: id,
+                        session_id: session_id.as_deref(),
+                        budget_session: None,
+                        trace_id: trace_id.as_deref(),
+                        targets,
+                        projected_usd: *projected_usd,
+                        prompt: "",
+                    };
+                    backend
+                        .begin_run(&note, prompt.as_deref(), None)
+                        .map_err(|r| match r {
+                            Refused::Ledger(e) => e,
+                            Refused::Budget(b) => LedgerError::Backend {
+                                place: backend.place().to_string(),
+                                detail: b.to_string(),
+                            },
+                        })?;
+                }
+            }
+        }
+        if !rows.is_empty() {
+            backend.insert_requests(&rows)?;
+        }
+        Ok(())
+    })
+}
+
+/// Replay the spool whenever it holds something, until the ledger is dropped.
+fn replay_loop(backend: &dyn Backend, sp: &spool::Spool, stop: &(Mutex<bool>, Condvar)) {
+    let (m, cv) = stop;
+    let mut wait = std::time::Duration::from_millis(200);
+    loop {
+        {
+            let Ok(g) = m.lock() else { return };
+            if *g {
+                return;
+            }
+            let Ok((g, _)) = cv.wait_timeout(g, wait) else {
+                return;
+            };
+            if *g {
+                return;
+            }
+        }
+        if sp.backlog() == 0 {
+            wait = std::time::Duration::from_millis(500);
+            continue;
+        }
+        match replay(backend, sp) {
+            Ok(n) => {
+                if n > 0 {
+                    tracing::info!(
+                        "ledger: replayed {n} spooled row(s) into {}",
+                        backend.place()
+                    );
+                }
+                wait = std::time::Duration::from_millis(200);
+            }
+            Err(e) => {
+                tracing::debug!("ledger: replay failed, will retry: {e}");
+                wait = (wait * 2).min(std::time::Duration::from_secs(2));
+            }
+        }
     }
 }
 

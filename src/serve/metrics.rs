@@ -582,6 +582,13 @@ impl Metrics {
         );
         head(
             &mut o,
+            "quorum_ledger_backlog",
+            "gauge",
+            "Ledger rows spooled locally, waiting for the shared database to return.",
+        );
+        let _ = writeln!(o, "quorum_ledger_backlog {}", engine.ledger_backlog());
+        head(
+            &mut o,
             "quorum_rpc_errors_total",
             "counter",
             "JSON-RPC error responses by error code.",
