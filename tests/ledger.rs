@@ -531,3 +531,48 @@ fn quorum_ledger_prints_totals_sessions_and_rows_as_json() {
     let out = quorum(&["ledger", "show", "no-such-thing"]);
     assert_eq!(out.status.code(), Some(2));
 }
+
+#[test]
+fn concurrent_writers_share_transactions_and_one_bad_row_fails_alone() {
+    // Setup: a trigger refuses one answer; 16 threads record 20 requests each at once,
+    // so rows are committed in shared batches (group commit).
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("ledger.sqlite3");
+    let l = std::sync::Arc::new(Ledger::open(&path, LedgerOptions::default()).unwrap());
+    let raw = rusqlite::Connection::open(&path).unwrap();
+    raw.execute_batch(
+        "CREATE TRIGGER no_13 BEFORE INSERT ON requests WHEN NEW.response = 'answer 13'
+         BEGIN SELECT RAISE(ABORT, 'answer 13 refused'); END;",
+    )
+    .unwrap();
+    drop(raw);
+
+    // Exec.
+    let threads: Vec<_> = (0..16)
+        .map(|t| {
+            let l = l.clone();
+            std::thread::spawn(move || {
+                (0..20u64)
+                    .map(|i| {
+                        let run = format!("run-{t}-{i}");
+                        (i, l.record_request(&meta(&run, None), &completion(i)))
+                    })
+                    .collect::<Vec<_>>()
+            })
+        })
+        .collect();
+    let results: Vec<(u64, Result<i64, ledger::LedgerError>)> = threads
+        .into_iter()
+        .flat_map(|t| t.join().unwrap())
+        .collect();
+
+    // Check: exactly the refused answers failed, every other row is there once.
+    for (i, r) in &results {
+        assert_eq!(r.is_err(), *i == 13, "answer {i}: {r:?}");
+    }
+    let mut ids: Vec<i64> = results.iter().filter_map(|(_, r)| r.clone().ok()).collect();
+    ids.sort();
+    ids.dedup();
+    assert_eq!(ids.len(), 16 * 19, "every good row has its own id");
+    assert_eq!(l.request_count().unwrap(), 16 * 19);
+}

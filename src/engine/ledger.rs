@@ -25,6 +25,7 @@ use super::error::EngineError;
 use super::event::{Completion, CostSource, FinishReason, Usage};
 use super::files::data_dir;
 
+mod batch;
 pub mod migrate;
 pub mod postgres;
 pub mod spool;
@@ -872,6 +873,7 @@ pub struct Ledger {
     pricing: Option<Pricing>,
     spool: Option<Arc<spool::Spool>>,
     stop: Arc<(Mutex<bool>, Condvar)>,
+    batcher: batch::Batcher,
 }
 
 impl Drop for Ledger {
@@ -930,6 +932,7 @@ impl Ledger {
             pricing: None,
             spool: None,
             stop: Arc::new((Mutex::new(false), Condvar::new())),
+            batcher: batch::Batcher::default(),
         }
     }
 
@@ -1068,16 +1071,16 @@ impl Ledger {
                 self.spooled(sp, &spool::Entry::Request(Box::new(row)), None)?;
                 return Ok(0);
             }
-            return match self.backend.insert_requests(std::slice::from_ref(&row)) {
+            return match self.batcher.write(&*self.backend, row.clone()) {
                 Err(e) if e.is_unavailable() => {
                     self.spooled(sp, &spool::Entry::Request(Box::new(row)), Some(&e))?;
                     Ok(0)
                 }
-                r => Ok(r?.first().copied().unwrap_or_default()),
+                r => r,
             };
         }
-        let ids = self.backend.insert_requests(std::slice::from_ref(&row))?;
-        Ok(ids.first().copied().unwrap_or_default())
+        // Requests finishing together share one transaction (group commit).
+        self.batcher.write(&*self.backend, row)
     }
 
     /// Write prepared rows in one transaction (a batch, or a replay).
