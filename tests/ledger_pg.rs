@@ -462,3 +462,44 @@ fn migrate_round_trips_an_sqlite_ledger_and_resumes() {
     assert_eq!(l.votes().unwrap(), sqlite.votes().unwrap());
     assert!(l.price_row("builtin:openai/gpt-4o-mini").is_ok());
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn with_a_budget_an_unreachable_database_refuses_before_sending() {
+    let Some(pg) = cluster_or_skip() else { return };
+    // Setup: a replica with a daily cap; one request goes through, then the
+    // database stops.
+    let up = Server::start(vec![Reply::sse(openai_sse(5))]).await;
+    let dir = tempfile::tempdir().unwrap();
+    let s = serve(command(
+        dir.path(),
+        "[budget]\ndaily_usd = 5.0\n",
+        &up.url,
+        &pg,
+    ));
+    let params =
+        json!({"model": "openai/gpt-4o-mini", "prompt": "What is 2+2?", "max_tokens": 100});
+    let v = rpc(&s.url, "llm.complete", params.clone()).await;
+    assert!(v["error"].is_null(), "{v}");
+    tokio::task::block_in_place(|| pg.stop());
+
+    // Exec: spending so far cannot be read, so the cap cannot be checked.
+    let v = rpc(&s.url, "llm.complete", params).await;
+
+    // Check: refused, loudly, naming the database without its password; nothing sent;
+    // nothing spooled (fail closed).
+    assert_eq!(v["error"]["code"], -32603, "{v}");
+    let msg = v["error"]["message"]
+        .as_str()
+        .unwrap_or_default()
+        .to_string();
+    assert!(msg.contains("127.0.0.1"), "{msg}");
+    assert!(msg.contains("***") && !msg.contains(&pg.password), "{msg}");
+    assert_eq!(up.count(), 1, "nothing reached the upstream");
+    assert!(!dir
+        .path()
+        .join("data")
+        .join(llm_quorum::engine::ledger::LEDGER_SPOOL_FILE)
+        .exists());
+    let log = s.log.lock().unwrap().clone();
+    assert!(!log.contains(&pg.password), "the password leaked: {log}");
+}
