@@ -261,6 +261,9 @@ const SESSION_LOCK: &str = "hashtext('quorum:budget:session:' || $1)";
 /// The advisory-lock key of migrations.
 const MIGRATE_LOCK: i64 = 0x7175_6f72_756d;
 
+/// How long a hold from another machine may stay open before it is taken as dead.
+const STALE_HOLD: &str = "6 hours";
+
 /// Runs holding a reservation.
 const OPEN: &str = "r.settled_at IS NULL AND r.reserved_usd > 0";
 /// What a run still holds: its reservation less what its finished requests cost.
@@ -356,7 +359,9 @@ async fn spend_in(
     })
 }
 
-/// Settle the holds of processes on this machine that are gone.
+/// Settle the holds of processes on this machine that are gone, and holds older than
+/// [`STALE_HOLD`] from anywhere (a replica on another machine that died: no request
+/// runs that long).
 async fn expire_dead(
     tx: &impl deadpool_postgres::GenericClient,
     host: &str,
@@ -370,6 +375,14 @@ async fn expire_dead(
             &[&host, &me],
         )
         .await?;
+    tx.execute(
+        &format!(
+            "UPDATE runs r SET settled_at = {NOW_PG} WHERE {OPEN} AND r.created_at <
+             to_char((clock_timestamp() - interval '{STALE_HOLD}') AT TIME ZONE 'UTC', 'YYYY-MM-DD\"T\"HH24:MI:SS.MS\"Z\"')"
+        ),
+        &[],
+    )
+    .await?;
     for r in rows {
         let pid: i64 = r.get(0);
         if !super::process_alive(pid) {
@@ -434,8 +447,8 @@ impl PgBackend {
             Pool::builder(mgr)
                 .max_size(16)
                 .runtime(Runtime::Tokio1)
-                .wait_timeout(Some(Duration::from_secs(10)))
-                .create_timeout(Some(Duration::from_secs(5)))
+                .wait_timeout(Some(Duration::from_secs(30)))
+                .create_timeout(Some(Duration::from_secs(30)))
                 .recycle_timeout(Some(Duration::from_secs(5)))
                 .build()
                 .map_err(|e| open(e.to_string()))?
@@ -747,6 +760,12 @@ impl Backend for PgBackend {
             let ce = |e: tokio_postgres::Error| classify(&place, &e);
             let mut client = pool.get().await.map_err(|e| pool_err(&place, e))?;
             let tx = client.transaction().await.map_err(ce)?;
+            // Bookkeeping before the send: atomic and visible to every replica at
+            // commit, without waiting for its own WAL flush; it becomes durable with
+            // the flush of the first request row after it (as SQLite's run notes do).
+            tx.batch_execute("SET LOCAL synchronous_commit = off")
+                .await
+                .map_err(ce)?;
             let mut reserved = None;
             if let Some((budget, projection, bound)) = &gate {
                 // One lock per budget scope, always in this order.
@@ -817,16 +836,23 @@ impl Backend for PgBackend {
     fn settle_run(&self, run_id: &str) -> Result<(), LedgerError> {
         let run_id = run_id.to_string();
         self.run(|pool, place, _| async move {
-            let c = pool.get().await.map_err(|e| pool_err(&place, e))?;
-            c.execute(
+            let ce = |e: tokio_postgres::Error| classify(&place, &e);
+            let mut c = pool.get().await.map_err(|e| pool_err(&place, e))?;
+            let tx = c.transaction().await.map_err(ce)?;
+            // Losing a settle in a crash only keeps a hold longer (until its process
+            // is seen gone): no need to wait for the WAL flush.
+            tx.batch_execute("SET LOCAL synchronous_commit = off")
+                .await
+                .map_err(ce)?;
+            tx.execute(
                 &format!(
                     "UPDATE runs SET settled_at = {NOW_PG} WHERE id = $1 AND settled_at IS NULL"
                 ),
                 &[&run_id],
             )
             .await
-            .map(|_| ())
-            .map_err(|e| classify(&place, &e))
+            .map_err(ce)?;
+            tx.commit().await.map_err(ce)
         })
     }
 
