@@ -65,6 +65,7 @@ fn delta(app: &mut App, run: u64, target: usize, text: String) {
     app.update(Msg::Engine {
         run,
         event: TargetEvent {
+            run_id: "r".into(),
             target,
             event: StreamEvent::TextDelta(text),
         },
@@ -103,6 +104,7 @@ fn fixture() -> Fixture {
         app.update(Msg::Engine {
             run,
             event: TargetEvent {
+                run_id: "r".into(),
                 target: t,
                 event: StreamEvent::Started {
                     provider: "mock".into(),

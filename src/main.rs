@@ -4,7 +4,7 @@
 use clap::{Parser, Subcommand};
 
 use llm_quorum::app::GlobalFlags;
-use llm_quorum::cli::{ask, compare, exec, leaderboard, ledger, models, pricing};
+use llm_quorum::cli::{ask, compare, eval, exec, leaderboard, ledger, models, pricing};
 use llm_quorum::shared::exit::{EXIT_OK, EXIT_USAGE};
 use llm_quorum::shared::version_string;
 
@@ -48,6 +48,8 @@ enum Command {
     },
     /// Ask several models at once; print every answer and whether they agree.
     Compare(compare::CompareArgs),
+    /// Run an eval suite: many prompts × several targets, with assertions, budgets and reports.
+    Eval(eval::EvalArgs),
     /// Win rates and Elo ratings from blind votes.
     Leaderboard(leaderboard::LeaderboardArgs),
     /// Spending and usage: totals by session, day, provider and model.
@@ -90,6 +92,11 @@ fn dispatch() -> i32 {
             EXIT_OK
         }
         Some(Command::Compare(a)) => compare::run(&flags, a),
+        Some(Command::Eval(eval::EvalArgs {
+            command: Some(eval::EvalCommand::View { run_id }),
+            ..
+        })) => llm_quorum::tui::eval_matrix::run(&flags, run_id),
+        Some(Command::Eval(a)) => eval::run(&flags, a),
         Some(Command::Leaderboard(a)) => leaderboard::run(&flags, a),
         Some(Command::Ledger(a)) => ledger::run(&flags, a),
         Some(Command::Pricing(a)) => pricing::run(&flags, a),

@@ -645,7 +645,7 @@ use std::sync::{Arc, Mutex};
 use llm_quorum::engine::judge::judge;
 use llm_quorum::engine::ledger::{LedgerSink, RequestMeta};
 use llm_quorum::engine::registry::Registry;
-use llm_quorum::engine::{ChatRequest, Engine, EngineConfig, RunOptions};
+use llm_quorum::engine::{ChatRequest, Engine, EngineConfig, StartOptions};
 
 #[derive(Default)]
 struct Rows(Mutex<Vec<(RequestMeta, Completion)>>);
@@ -683,7 +683,7 @@ async fn judge_over_the_mock_provider_goes_in_the_ledger() {
                 "mock/contrarian".into(),
                 "mock/gamma".into(),
             ],
-            RunOptions::default(),
+            Default::default(),
         )
         .collect()
         .await;
@@ -693,9 +693,15 @@ async fn judge_over_the_mock_provider_goes_in_the_ledger() {
     assert_eq!(c.dissenters, vec!["mock/contrarian"]);
 
     // Exec
-    let out = judge(&engine, "mock/beta", prompt, &inputs, RunOptions::default())
-        .await
-        .unwrap();
+    let out = judge(
+        &engine,
+        "mock/beta",
+        prompt,
+        &inputs,
+        StartOptions::default(),
+    )
+    .await
+    .unwrap();
 
     // Check: the judge's request is a request like any other.
     assert_eq!(out.completion.provider, "mock");
@@ -736,7 +742,7 @@ async fn a_judge_with_fewer_than_two_answers_sends_nothing() {
         "mock/gamma",
         "What is 2+2?",
         &inputs,
-        RunOptions::default(),
+        StartOptions::default(),
     )
     .await
     .unwrap_err();

@@ -414,6 +414,19 @@ fn migrate_round_trips_an_sqlite_ledger_and_resumes() {
         l.record_vote(Some("run-1"), &t, Some("openai/gpt-4o"), Some("math"))
             .unwrap();
         l.record_vote(Some("run-1"), &t, None, None).unwrap();
+        l.begin_eval_run("ev-1", "suite.toml", "h1", &t, 2).unwrap();
+        l.record_eval_case(
+            "ev-1",
+            &llm_quorum::engine::ledger::EvalCaseRow {
+                case_key: "c1".into(),
+                case_index: 0,
+                passed: true,
+                cost_usd: Some(0.001),
+                result: "{}".into(),
+            },
+        )
+        .unwrap();
+        l.end_eval_run("ev-1", "done").unwrap();
     }
 
     // Exec: migrate, then again (nothing new), then after losing rows (resumes).
@@ -461,6 +474,15 @@ fn migrate_round_trips_an_sqlite_ledger_and_resumes() {
     let sqlite = Ledger::open_in(&data, LedgerOptions::default()).unwrap();
     assert_eq!(l.votes().unwrap(), sqlite.votes().unwrap());
     assert!(l.price_row("builtin:openai/gpt-4o-mini").is_ok());
+    assert_eq!(
+        l.eval_run(None, Some("suite.toml")).unwrap(),
+        sqlite.eval_run(None, Some("suite.toml")).unwrap()
+    );
+    assert_eq!(
+        l.eval_cases("ev-1").unwrap(),
+        sqlite.eval_cases("ev-1").unwrap()
+    );
+    assert_eq!(l.eval_cases("ev-1").unwrap().len(), 1);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]

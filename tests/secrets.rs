@@ -990,6 +990,7 @@ fn tui_failed_panes_and_their_export_show_no_key() {
                     run,
                     request,
                     targets,
+                    ..
                 } => Some((run, request, targets)),
                 _ => None,
             })

@@ -91,6 +91,7 @@ fn send(app: &mut App, s: &str) -> Vec<(u64, Vec<String>, Vec<llm_quorum::engine
                 run,
                 request,
                 targets,
+                ..
             } => Some((run, targets, request.messages)),
             _ => None,
         })
@@ -101,7 +102,11 @@ fn ev(app: &mut App, ms: u64, run: u64, target: usize, event: StreamEvent) -> Ve
     app.now = at(ms);
     app.update(Msg::Engine {
         run,
-        event: TargetEvent { target, event },
+        event: TargetEvent {
+            run_id: "r".into(),
+            target,
+            event,
+        },
     })
 }
 
@@ -338,6 +343,7 @@ fn pane_keys_cancel_retry_zoom_copy() {
                 run,
                 targets,
                 request,
+                ..
             } => Some((*run, targets.clone(), request.messages.clone())),
             _ => None,
         })
@@ -991,20 +997,31 @@ fn the_loop_runs_generic_over_backend_and_input() {
     use llm_quorum::tui::{run_loop, Effects, LoopOptions};
     use tokio::sync::mpsc;
 
-    /// Answers every Start at once, then asks the loop to quit.
+    /// Answers every Start at once on the engine's event channel (events that name
+    /// their run, as the engine's do), then asks the loop to quit once every target
+    /// has ended.
     struct Fake {
-        tx: mpsc::Sender<Msg>,
+        events: mpsc::Sender<TargetEvent>,
         started: Vec<Vec<String>>,
+        replies: Vec<Msg>,
+        left: usize,
     }
     impl Effects for Fake {
         fn run(&mut self, cmd: Cmd) {
             if let Cmd::Start { run, targets, .. } = cmd {
+                let run_id = format!("run-engine-{run}");
+                self.replies.push(Msg::RunStarted {
+                    run,
+                    run_id: run_id.clone(),
+                    targets: (0..targets.len()).collect(),
+                });
                 for (i, t) in targets.iter().enumerate() {
                     let send = |event| {
-                        self.tx
-                            .try_send(Msg::Engine {
-                                run,
-                                event: TargetEvent { target: i, event },
+                        self.events
+                            .try_send(TargetEvent {
+                                run_id: run_id.as_str().into(),
+                                target: i,
+                                event,
                             })
                             .unwrap()
                     };
@@ -1015,10 +1032,23 @@ fn the_loop_runs_generic_over_backend_and_input() {
                         3,
                     ))));
                 }
-                self.tx.try_send(Msg::RunClosed { run }).unwrap();
-                self.tx.try_send(Msg::Quit).unwrap();
+                self.left = targets.len();
                 self.started.push(targets);
             }
+        }
+        fn seen(&mut self, msg: &Msg) {
+            if let Msg::Engine { event, .. } = msg {
+                assert!(event.run_id.starts_with("run-engine-"));
+                if event.event.is_final() {
+                    self.left -= 1;
+                    if self.left == 0 {
+                        self.replies.push(Msg::Quit);
+                    }
+                }
+            }
+        }
+        fn replies(&mut self) -> Vec<Msg> {
+            std::mem::take(&mut self.replies)
         }
     }
 
@@ -1027,10 +1057,13 @@ fn the_loop_runs_generic_over_backend_and_input() {
         .build()
         .unwrap();
     rt.block_on(async {
-        let (tx, rx) = mpsc::channel(64);
+        let (_tx, rx) = mpsc::channel(64);
+        let (etx, erx) = mpsc::channel(64);
         let mut fx = Fake {
-            tx,
+            events: etx,
             started: Vec::new(),
+            replies: Vec::new(),
+            left: 0,
         };
         let mut app = app3();
         let keys: Vec<std::io::Result<crossterm::event::Event>> = "hi\r"
@@ -1052,6 +1085,7 @@ fn the_loop_runs_generic_over_backend_and_input() {
             &mut term,
             futures_util::stream::iter(keys),
             rx,
+            erx,
             &mut app,
             &mut fx,
             LoopOptions::default(),
@@ -1066,6 +1100,9 @@ fn the_loop_runs_generic_over_backend_and_input() {
         );
         assert!(app.panes.iter().all(|p| p.state == PaneState::Done));
         assert_eq!(app.live_ledger().iter().map(|r| r.requests).sum::<u64>(), 3);
+        // The run closed by itself when its last target ended.
+        assert!(app.runs.is_empty(), "{:?}", app.runs);
+        assert_eq!(app.run_key("run-engine-1"), None);
     });
 }
 

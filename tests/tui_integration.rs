@@ -11,7 +11,6 @@ use llm_quorum::engine::{Completion, CostSource, StreamEvent, TargetEvent, Usage
 use llm_quorum::tui::app::{Focus, Overlay};
 use llm_quorum::tui::consensus::{ConsensusTab, JudgeStatus};
 use llm_quorum::tui::keys::KeyMap;
-use llm_quorum::tui::layout;
 use llm_quorum::tui::theme::Theme;
 use llm_quorum::tui::{view, App, AppInit, Cmd, Msg};
 use ratatui::backend::TestBackend;
@@ -82,7 +81,11 @@ fn ev(app: &mut App, ms: u64, run: u64, target: usize, event: StreamEvent) -> Ve
     app.now = at(ms);
     app.update(Msg::Engine {
         run,
-        event: TargetEvent { target, event },
+        event: TargetEvent {
+            run_id: "r".into(),
+            target,
+            event,
+        },
     })
 }
 
@@ -310,10 +313,7 @@ fn summary_bar_waits_then_shows_the_verdict() {
     let mut one = app_with(&["mock/alpha"], (120, 40));
     let runs = send(&mut one, QUESTION);
     finish_all(&mut one, &runs);
-    assert_eq!(
-        layout::areas(&one, Rect::new(0, 0, 120, 40)).summary.height,
-        0
-    );
+    assert_eq!(one.areas_in(Rect::new(0, 0, 120, 40)).summary.height, 0);
 }
 
 // ----- blind mode ----------------------------------------------------------

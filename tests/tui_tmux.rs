@@ -560,3 +560,74 @@ fn an_export_after_two_turns_holds_both() {
     assert_eq!(md.matches("### mock/alpha (done)").count(), 2, "{md}");
     assert_eq!(md.matches("### mock/beta (done)").count(), 2, "{md}");
 }
+
+#[test]
+fn a_json_schema_comparison_of_the_mocks_shows_each_panes_verdict() {
+    if !have_tmux() {
+        eprintln!("SKIP: tmux is not installed; the TUI end-to-end test needs it");
+        return;
+    }
+    // Setup: two mocks (the contrarian follows schemas loosely) and a schema file.
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(
+        dir.path().join("config.toml"),
+        "compare_targets = [\"mock/alpha\", \"mock/contrarian\"]\n",
+    )
+    .unwrap();
+    std::fs::write(
+        dir.path().join("answer.schema.json"),
+        r#"{"type": "object", "required": ["result", "unit"],
+            "properties": {"result": {"type": "number"}, "unit": {"type": "string"}}}"#,
+    )
+    .unwrap();
+    let script = write_script(dir.path(), "");
+    let t = start(&script, "schema");
+    t.wait_for("the first frame", 60, |s| {
+        s.contains("mock/alpha · ready") && s.contains("mock/contrarian · ready")
+    });
+
+    // Exec: F2 opens the settings; the schema row takes the file (the workbench
+    // runs in `dir`); Esc closes; the status bar says the next send has a schema.
+    t.keys(&["F2"]);
+    t.wait_for("the settings panel", 60, |s| {
+        s.contains("run settings · every target")
+    });
+    for _ in 0..5 {
+        t.keys(&["Down"]);
+    }
+    t.keys(&["Enter"]);
+    t.literal("answer.schema.json");
+    t.keys(&["Enter"]);
+    t.wait_for("the schema row set", 60, |s| {
+        s.contains("schema file       answer.schema.json")
+    });
+    t.keys(&["Escape"]);
+    t.wait_for("the panel closed", 60, |s| {
+        !s.contains("run settings") && s.contains("next: schema")
+    });
+    t.literal("Give 2+2 with its unit.");
+    t.keys(&["Enter"]);
+    let done = t.wait_for("both panes done with a verdict", 60, |s| {
+        s.contains("mock/alpha · done")
+            && s.contains("mock/contrarian · done")
+            && s.contains("schema ✓")
+            && s.contains("schema ✗")
+    });
+
+    // Check: the valid verdict is in alpha's column, the invalid one in the
+    // contrarian's, with the path of the first error.
+    let col = |needle: &str| {
+        done.lines()
+            .find_map(|l| l.find(needle).map(|b| l[..b].chars().count()))
+            .unwrap_or_else(|| panic!("{needle} not on screen:\n{done}"))
+    };
+    let contrarian = col("mock/contrarian · done");
+    assert!(col("schema ✓") < contrarian, "{done}");
+    assert!(col("schema ✗") >= contrarian - 2, "{done}");
+    assert!(done.contains("schema ✗ invalid at /"), "{done}");
+    t.keys(&["C-q"]);
+    let after = t.wait_for("quorum to exit", 60, |s| {
+        s.contains("QUORUM-EXIT-") && s.contains("TTY-")
+    });
+    assert!(after.contains("QUORUM-EXIT-0"), "{after}");
+}

@@ -198,6 +198,7 @@ pub fn run(flags: &GlobalFlags, args: CompareArgs) -> i32 {
         force: args.force,
         ..Default::default()
     };
+    let judge_start = start.clone();
     let rt = runtime();
     let report = rt.block_on(async {
         // The front door refuses the whole fan-out before anything is sent.
@@ -238,7 +239,7 @@ pub fn run(flags: &GlobalFlags, args: CompareArgs) -> i32 {
         let results = collect_results(done, &slots, &targets);
         let mut report = analyse(&prompt, repeat, labels, results, opts);
         if let Some(j) = &args.judge {
-            let outcome = judge_report(&engine, j, &report, RunOptions::default()).await;
+            let outcome = judge_report(&engine, j, &report, judge_start).await;
             report.judge = Some(outcome);
         }
         Ok::<_, Refusal>(report)

@@ -1,8 +1,9 @@
-//! Command-line faces: `ask`, `compare`, `exec`, `models`, `ledger`, `pricing`,
+//! Command-line faces: `ask`, `compare`, `eval`, `exec`, `models`, `ledger`, `pricing`,
 //! `leaderboard`. The argv dispatch lives in `main.rs`.
 
 pub mod ask;
 pub mod compare;
+pub mod eval;
 pub mod exec;
 pub mod leaderboard;
 pub mod ledger;

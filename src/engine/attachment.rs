@@ -128,6 +128,112 @@ pub fn image_from_bytes(name: &str, bytes: &[u8]) -> Result<Attachment, String> 
     })
 }
 
+/// An image given inline as a `data:` URL (`data:image/png;base64,...`), checked
+/// like a file (format from its bytes, dimensions readable, at most
+/// [`MAX_IMAGE_BYTES`]). `http(s)` URLs are refused: the engine does not fetch
+/// images from the network (that would let a request make the server fetch any URL).
+pub fn image_from_url(name: &str, url: &str) -> Result<Attachment, String> {
+    let url = url.trim();
+    let lower = url.get(..8).unwrap_or(url).to_ascii_lowercase();
+    if lower.starts_with("http://") || lower.starts_with("https:/") {
+        return Err(
+            "image URLs are not fetched; send the image inline as a data: URL \
+             (data:image/png;base64,...)"
+                .into(),
+        );
+    }
+    let Some(rest) = url.strip_prefix("data:") else {
+        return Err("expected a data: URL (data:image/png;base64,...)".into());
+    };
+    let Some((meta, data)) = rest.split_once(',') else {
+        return Err("a data: URL needs a comma before its data".into());
+    };
+    if !meta.to_ascii_lowercase().ends_with(";base64") {
+        return Err("the data: URL must be base64 (data:image/png;base64,...)".into());
+    }
+    // The decoded size is about 3/4 of the text: refuse a huge one before decoding.
+    if data.len() as u64 / 4 * 3 > MAX_IMAGE_BYTES + 3 {
+        return Err(format!(
+            "the image is over {MAX_IMAGE_BYTES} bytes, the limit for one image"
+        ));
+    }
+    let bytes = base64::engine::general_purpose::STANDARD
+        .decode(data.trim())
+        .map_err(|e| format!("the data: URL is not valid base64 ({e})"))?;
+    if bytes.len() as u64 > MAX_IMAGE_BYTES {
+        return Err(format!(
+            "the image is {} bytes; the limit for one image is {MAX_IMAGE_BYTES}",
+            bytes.len()
+        ));
+    }
+    image_from_bytes(name, &bytes).map_err(|why| format!("the image {why}"))
+}
+
+/// Where a content part went wrong: the part's path under its field (`[1].image_url.url`)
+/// and why.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PartError {
+    /// Path of the bad part, relative to the content field.
+    pub at: String,
+    /// Why it is refused.
+    pub message: String,
+}
+
+/// OpenAI-style content parts (`[{"type":"text","text":..}, {"type":"image_url",
+/// "image_url":{"url":"data:..."}}]`) as a message's text (text parts joined) and
+/// its images, in order. Images are only accepted where `images_ok` (user messages).
+pub fn content_parts(
+    parts: &[serde_json::Value],
+    images_ok: bool,
+) -> Result<(String, Vec<Attachment>), PartError> {
+    use serde_json::Value;
+    let mut text = String::new();
+    let mut images = Vec::new();
+    for (j, p) in parts.iter().enumerate() {
+        let err = |at: String, message: String| PartError { at, message };
+        let ty = p.get("type").and_then(Value::as_str).unwrap_or("");
+        match ty {
+            "text" => match p.get("text") {
+                Some(Value::String(t)) => text.push_str(t),
+                _ => return Err(err(format!("[{j}].text"), "expected a string".into())),
+            },
+            "image_url" if !images_ok => {
+                return Err(err(
+                    format!("[{j}].type"),
+                    "images are accepted in user messages only".into(),
+                ))
+            }
+            "image_url" => {
+                // `{"url": ...}` as OpenAI documents it; a bare string as some clients send.
+                let url = match p.get("image_url") {
+                    Some(Value::Object(o)) => o.get("url").and_then(Value::as_str),
+                    Some(Value::String(s)) => Some(s.as_str()),
+                    _ => None,
+                };
+                let Some(url) = url else {
+                    return Err(err(
+                        format!("[{j}].image_url.url"),
+                        "missing (a data: URL of the image)".into(),
+                    ));
+                };
+                let name = format!("image-{}", images.len() + 1);
+                let a = image_from_url(&name, url)
+                    .map_err(|m| err(format!("[{j}].image_url.url"), m))?;
+                images.push(a);
+            }
+            _ => {
+                return Err(err(
+                    format!("[{j}].type"),
+                    format!(
+                        "content parts of type {ty:?} are not supported (\"text\" or \"image_url\")"
+                    ),
+                ))
+            }
+        }
+    }
+    Ok((text, images))
+}
+
 /// Prompt tokens one image costs at `kind`/`model`, by the provider's
 /// published formula. Always an estimate: providers resize server-side.
 ///

@@ -9,7 +9,7 @@ use super::consensus::{
     analyze_with, stability, AnswerInput, Consensus, ConsensusOptions, QuestionKind, Stability,
 };
 use super::judge::{self, JudgeOutcome};
-use super::{Completion, Engine, EngineError, FinishReason, RunOptions};
+use super::{Completion, Engine, EngineError, FinishReason, StartOptions};
 
 /// Parse a kind as the faces spell it (`number`, `yes-no`, `choice`,
 /// `final-line`, `open`; case and `_`/`-` do not matter).
@@ -107,12 +107,13 @@ pub fn collect_results(
         .collect()
 }
 
-/// Ask `judge_target` to judge the answers standing for each target of `report`.
+/// Ask `judge_target` to judge the answers standing for each target of `report`
+/// (through the front door: the judge's request is reserved and noted like any run).
 pub async fn judge_report(
     engine: &Engine,
     judge_target: &str,
     report: &Report,
-    opts: RunOptions,
+    opts: StartOptions,
 ) -> Result<JudgeOutcome, String> {
     let reps: Vec<AnswerInput> = report
         .representative

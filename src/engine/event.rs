@@ -555,6 +555,11 @@ pub enum StreamEvent {
 }
 
 impl StreamEvent {
+    /// Whether this is a target's last event (finished or failed).
+    pub fn is_final(&self) -> bool {
+        matches!(self, StreamEvent::Finished(_) | StreamEvent::Failed(_))
+    }
+
     /// Map a provider delta to a face event, where it has one.
     pub fn from_delta(d: &Delta) -> Option<StreamEvent> {
         Some(match d {

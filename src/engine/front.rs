@@ -326,6 +326,70 @@ impl Engine {
         }
     }
 
+    /// Whether sending `groups` (requests and their targets) now would cross a cap,
+    /// checked as [`Engine::start`] checks it (the same names, the same projection,
+    /// the ledger's spend so far in `session`); nothing is reserved or sent. For a
+    /// face that asks the user before sending; [`Engine::start`] still holds the cap.
+    /// Blocking (reads the ledger and may load a tokenizer): call it off the UI thread.
+    pub fn check_budget(
+        &self,
+        groups: &[(ChatRequest, Vec<String>)],
+        session: Option<&str>,
+    ) -> Result<(), Refusal> {
+        use super::budget::SpendLedger as _;
+        let budget = self.budget();
+        if !budget.is_set() {
+            return Ok(());
+        }
+        let mut p = Projection::default();
+        for (req, targets) in groups {
+            let one = self.preview(req, targets).map_err(Refusal::Target)?;
+            p.targets.extend(one.targets);
+        }
+        let spend = match self.books() {
+            Books::Off => {
+                return Err(Refusal::Target(EngineError::Config {
+                    message: "a budget is set but the ledger is off, so spending cannot be tracked"
+                        .into(),
+                }))
+            }
+            Books::Unusable(problem) => return Err(Refusal::Ledger(problem.clone())),
+            Books::On { ledger } => ledger
+                .spend(session)
+                .map_err(|e| Refusal::Ledger(e.into()))?,
+        };
+        budget.check(spend, &p).map_err(Refusal::Budget)
+    }
+
+    /// Whether `target` can take `request`, checked as [`Engine::start`] checks it
+    /// (aliases, tiers, `cheapest:`, `allowed_models`, capabilities such as images),
+    /// nothing reserved or sent: so a face can name the targets it must leave out
+    /// of a run before sending it to the others.
+    pub fn check_target(&self, request: &ChatRequest, target: &str) -> Result<(), EngineError> {
+        let t = select::expand_targets(self, &[target.to_string()], request)?;
+        for r in self.check_targets(&t)? {
+            super::capability::check(self.registry(), self.pricing(), &r, request)?;
+        }
+        Ok(())
+    }
+
+    /// The bound [`Engine::start`] would reserve for `request` to `targets`, the names
+    /// resolved the same way (aliases, tiers, `cheapest:`) but labelled as given. For a
+    /// face's preview; nothing is reserved or sent. Loads a BPE vocabulary on first
+    /// use: call it off the UI thread.
+    pub fn preview(
+        &self,
+        request: &ChatRequest,
+        targets: &[String],
+    ) -> Result<Projection, EngineError> {
+        let expanded = select::expand_targets(self, targets, request)?;
+        let mut p = budget::project(self, request, &expanded)?;
+        for (t, name) in p.targets.iter_mut().zip(targets) {
+            t.target = name.clone();
+        }
+        Ok(p)
+    }
+
     /// Check the ledger now (open, known schema, writable) so a face can refuse before
     /// reading input; `Ok` when the ledger is off by choice.
     pub async fn check_ledger(&self) -> Result<(), LedgerProblem> {

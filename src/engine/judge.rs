@@ -1,7 +1,8 @@
 //! The judge: one chosen model reads the prompt and the anonymised answers
-//! (Answer A, Answer B, ...) and returns a JSON verdict. It runs through
-//! [`Engine::run`] like any request, so its cost lands in the ledger and is
-//! returned with the verdict.
+//! (Answer A, Answer B, ...) and returns a JSON verdict. It goes through the
+//! front door ([`Engine::start`]) like any request: resolved and checked, its cost
+//! projected and reserved against the budget, the run noted in the ledger; its cost
+//! is returned with the verdict.
 //!
 //! Models wrap JSON in prose and code fences, use percentages, write
 //! "Answer B" for "B": [`parse_verdict`] accepts all of that rather than
@@ -12,8 +13,9 @@ use serde_json::{Map, Value};
 
 use super::consensus::{AnswerInput, AnswerStatus};
 use super::event::Completion;
+use super::front::StartOptions;
 use super::request::{ChatRequest, Message};
-use super::run::{Engine, RunOptions};
+use super::run::Engine;
 
 /// Each answer is cut to this many characters before the judge sees it, so
 /// one runaway answer cannot blow the judge's context or the bill.
@@ -148,14 +150,15 @@ pub struct JudgeOutcome {
     pub completion: Completion,
 }
 
-/// Ask `target` to judge the answers to `prompt`. Needs at least two
-/// answered inputs; returns `Err` without sending anything otherwise.
+/// Ask `target` to judge the answers to `prompt`, through the front door. Needs at
+/// least two answered inputs; returns `Err` without sending anything otherwise, or
+/// when the front door refuses (an unknown target, a budget cap, the ledger).
 pub async fn judge(
     engine: &Engine,
     target: &str,
     prompt: &str,
     answers: &[AnswerInput],
-    opts: RunOptions,
+    mut opts: StartOptions,
 ) -> Result<JudgeOutcome, String> {
     let plan = plan(prompt, answers);
     if plan.key.len() < 2 {
@@ -164,8 +167,14 @@ pub async fn judge(
             plan.key.len()
         ));
     }
-    let handle = engine.run(plan.request, vec![target.to_string()], opts);
-    let completion = handle
+    // The verdict is read here, from the run's own channel.
+    opts.events = None;
+    let started = engine
+        .start(plan.request, vec![target.to_string()], opts)
+        .await
+        .map_err(|r| format!("the judge was not asked: {r}"))?;
+    let completion = started
+        .handle
         .collect()
         .await
         .into_iter()

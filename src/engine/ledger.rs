@@ -34,6 +34,9 @@ mod sqlite;
 pub use migrate::{migrate, Migrated};
 pub use postgres::mask_url;
 
+mod eval;
+pub use eval::{EvalCaseRow, EvalRunRow};
+
 /// Who asked, for the ledger row.
 #[derive(Debug, Clone, Default)]
 pub struct RequestMeta {
@@ -355,6 +358,8 @@ fn migrations() -> Vec<String> {
         CREATE INDEX runs_open ON runs(settled_at) WHERE reserved_usd > 0;
         CREATE INDEX runs_budget_session ON runs(budget_session);"
             .to_string(),
+        // `quorum eval`: a suite run and each finished case (see `ledger/eval.rs`).
+        eval::MIGRATION.to_string(),
     ]
 }
 
@@ -864,6 +869,33 @@ pub trait Backend: Send + Sync {
     fn flush(&self) -> Result<(), LedgerError>;
     /// Lower the backend's row limit (tests of oversized rows; SQLite only).
     fn set_length_limit(&self, bytes: i32) -> Result<(), LedgerError>;
+    /// Note an eval run (again on resume: back to `running`).
+    fn begin_eval_run(
+        &self,
+        id: &str,
+        suite: &str,
+        suite_hash: &str,
+        targets: &str,
+        cases: i64,
+    ) -> Result<(), LedgerError>;
+    /// Record (or replace) one finished eval case.
+    fn record_eval_case(&self, eval_run_id: &str, row: &EvalCaseRow) -> Result<(), LedgerError>;
+    /// Mark an eval run ended.
+    fn end_eval_run(&self, id: &str, status: &str) -> Result<(), LedgerError>;
+    /// An eval run by id, or the newest of a suite.
+    fn eval_run(
+        &self,
+        id: Option<&str>,
+        latest_for: Option<&str>,
+    ) -> Result<Option<EvalRunRow>, LedgerError>;
+    /// The finished cases of an eval run, in suite order.
+    fn eval_cases(&self, eval_run_id: &str) -> Result<Vec<EvalCaseRow>, LedgerError>;
+}
+
+impl From<LedgerError> for String {
+    fn from(e: LedgerError) -> String {
+        e.to_string()
+    }
 }
 
 /// The ledger: one type in front of either backend.

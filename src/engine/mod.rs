@@ -4,6 +4,7 @@
 
 pub mod attachment;
 pub mod error;
+pub mod eval;
 pub mod event;
 pub mod provider;
 pub mod request;

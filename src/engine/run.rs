@@ -72,9 +72,12 @@ impl Default for RunOptions {
     }
 }
 
-/// An event of one target of a run.
+/// An event of one target of a run. Several runs may share one channel
+/// ([`StartOptions::events`](super::front::StartOptions)): the run id tells them apart.
 #[derive(Debug, Clone)]
 pub struct TargetEvent {
+    /// The run's id ([`RunHandle::run_id`]).
+    pub run_id: Arc<str>,
     /// Index into the run's targets.
     pub target: usize,
     /// The event.
@@ -318,6 +321,7 @@ impl Engine {
         };
         let cancel = CancellationToken::new();
         let request = Arc::new(request);
+        let run_tag: Arc<str> = Arc::from(run_id.as_str());
         let mut per_target = Vec::new();
         for (i, t) in targets.iter().enumerate() {
             let token = cancel.child_token();
@@ -329,6 +333,7 @@ impl Engine {
                 request: request.clone(),
                 opts: opts.clone(),
                 run_id: run_id.clone(),
+                run_tag: run_tag.clone(),
                 trace_id: trace_id.clone(),
                 cancel: token,
                 _settle: settle.clone(),
@@ -361,6 +366,7 @@ struct TargetJob {
     request: Arc<ChatRequest>,
     opts: RunOptions,
     run_id: String,
+    run_tag: Arc<str>,
     trace_id: String,
     cancel: CancellationToken,
     /// Dropped before `tx`, so a run's reservation is settled before its channel closes.
@@ -378,6 +384,7 @@ impl TargetJob {
     async fn emit(&self, event: StreamEvent) -> bool {
         self.tx
             .send(TargetEvent {
+                run_id: self.run_tag.clone(),
                 target: self.index,
                 event,
             })

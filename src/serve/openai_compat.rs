@@ -21,10 +21,11 @@ use serde_json::{json, Map, Value};
 use super::metrics::unix_now;
 use super::params::{type_name, FieldError, Fields};
 use super::{read_body, AppState, BodyError, CallMeta, CancelOnDrop, StartError};
+use crate::engine::attachment::content_parts;
 use crate::engine::provider::ProviderKind;
 use crate::engine::registry::has_key;
 use crate::engine::request::{
-    Reasoning, ReasoningEffort, ResponseFormat, Role, Tool, ToolCallRef, ToolChoice,
+    Attachment, Reasoning, ReasoningEffort, ResponseFormat, Role, Tool, ToolCallRef, ToolChoice,
 };
 use crate::engine::{
     ChatRequest, Completion, EngineError, FinishReason, Message, StreamEvent, TargetEvent,
@@ -156,34 +157,20 @@ pub struct Parsed {
     pub meta: CallMeta,
 }
 
-fn text_content(v: Option<&Value>, field: &str) -> Result<String, ApiError> {
+/// A message's `content`: a string, or content parts (text, and `image_url` parts
+/// with data: URLs where `images_ok`); its text and its images.
+fn message_content(
+    v: Option<&Value>,
+    field: &str,
+    images_ok: bool,
+) -> Result<(String, Vec<Attachment>), ApiError> {
     match v {
-        None | Some(Value::Null) => Ok(String::new()),
-        Some(Value::String(s)) => Ok(s.clone()),
-        Some(Value::Array(parts)) => {
-            let mut out = String::new();
-            for (j, p) in parts.iter().enumerate() {
-                let ty = p.get("type").and_then(Value::as_str).unwrap_or("");
-                match (ty, p.get("text")) {
-                    ("text", Some(Value::String(t))) => out.push_str(t),
-                    ("text", _) => {
-                        return Err(ApiError::invalid(
-                            Some(&format!("{field}[{j}].text")),
-                            format!("{field}[{j}].text: expected a string"),
-                        ))
-                    }
-                    _ => {
-                        return Err(ApiError::invalid(
-                            Some(&format!("{field}[{j}].type")),
-                            format!(
-                                "{field}[{j}].type: content parts of type {ty:?} are not supported (only \"text\")"
-                            ),
-                        ))
-                    }
-                }
-            }
-            Ok(out)
-        }
+        None | Some(Value::Null) => Ok((String::new(), Vec::new())),
+        Some(Value::String(s)) => Ok((s.clone(), Vec::new())),
+        Some(Value::Array(parts)) => content_parts(parts, images_ok).map_err(|e| {
+            let at = format!("{field}{}", e.at);
+            ApiError::invalid(Some(&at), format!("{at}: {}", e.message))
+        }),
         Some(v) => Err(ApiError::invalid(
             Some(field),
             format!(
@@ -239,8 +226,13 @@ fn parse_messages(v: Option<&Value>) -> Result<Vec<Message>, ApiError> {
                 ))
             }
         };
-        let content = text_content(o.get("content"), &format!("{at}.content"))?;
+        let (content, images) = message_content(
+            o.get("content"),
+            &format!("{at}.content"),
+            role == Role::User,
+        )?;
         let mut msg = Message::new(role, content);
+        msg.attachments = images;
         if role == Role::Assistant {
             if let Some(Value::Array(calls)) = o.get("tool_calls") {
                 for (j, c) in calls.iter().enumerate() {

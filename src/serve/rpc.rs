@@ -41,7 +41,9 @@ use crate::engine::compare::{analyse, collect_results, judge_report, parse_kind,
 use crate::engine::consensus::{ConsensusOptions, DEFAULT_THRESHOLD};
 use crate::engine::registry::has_key;
 use crate::engine::routing::BreakerState;
-use crate::engine::{Completion, EngineError, FinishReason, StreamEvent, TargetEvent};
+use crate::engine::{
+    Completion, EngineError, FinishReason, StartOptions, StreamEvent, TargetEvent,
+};
 
 /// Parse error.
 pub const PARSE_ERROR: i64 = -32700;
@@ -725,7 +727,14 @@ async fn compare(state: &AppState, f: Fields<'_>, hmeta: CallMeta) -> Result<Val
     let opts = ConsensusOptions { kind, threshold };
     let mut report = analyse(&prompt, repeat, labels(&models), results, opts);
     if let Some(j) = &judge {
-        let outcome = judge_report(&state.engine, j, &report, judge_opts).await;
+        let mut run = judge_opts;
+        run.session_id.get_or_insert_with(|| state.session.clone());
+        let start = StartOptions {
+            run,
+            budget_session: Some(state.session.clone()),
+            ..Default::default()
+        };
+        let outcome = judge_report(&state.engine, j, &report, start).await;
         if let Ok(o) = &outcome {
             state.record("rpc", &o.completion, agent.as_deref());
         }

@@ -3,7 +3,8 @@
 
 use serde_json::{Map, Value};
 
-use crate::engine::request::{Tool, ToolChoice};
+use crate::engine::attachment::{content_parts, image_from_url};
+use crate::engine::request::{Role, Tool, ToolChoice};
 use crate::engine::{ChatRequest, Message, RunOptions};
 
 /// A field problem: which field, and why.
@@ -226,6 +227,7 @@ impl<'a> Fields<'a> {
 pub const PROMPT_FIELDS: &[&str] = &[
     "prompt",
     "messages",
+    "images",
     "system",
     "max_tokens",
     "temperature",
@@ -239,6 +241,35 @@ pub const PROMPT_FIELDS: &[&str] = &[
     "session_id",
     "source_agent",
 ];
+
+/// One of `messages`: `{role, content}` where `content` is a string or OpenAI-style
+/// content parts (text, and `image_url` parts with data: URLs in user messages).
+/// Attachments come only from image parts (or `images`), checked here: a client
+/// cannot hand in an `attachments` list of its own.
+fn message(i: usize, m: &Value) -> Result<Message, FieldError> {
+    let at = format!("messages[{i}]");
+    let mut m = m.clone();
+    let mut images = Vec::new();
+    if let Value::Object(o) = &mut m {
+        if o.contains_key("attachments") {
+            return Err(FieldError::new(
+                format!("{at}.attachments"),
+                "not accepted; send images as image_url content parts (data: URLs) or in images",
+            ));
+        }
+        let user = o.get("role").and_then(Value::as_str) == Some("user");
+        if let Some(Value::Array(parts)) = o.get("content") {
+            let (text, imgs) = content_parts(parts, user)
+                .map_err(|e| FieldError::new(format!("{at}.content{}", e.at), e.message))?;
+            o.insert("content".into(), Value::String(text));
+            images = imgs;
+        }
+    }
+    let mut msg: Message =
+        serde_json::from_value(m).map_err(|e| FieldError::new(at, e.to_string()))?;
+    msg.attachments = images;
+    Ok(msg)
+}
 
 /// The request of a prompt-taking method: `prompt` (string) or `messages`
 /// (`[{role, content}]`), plus `system`, `max_tokens`, `temperature`, `top_p`,
@@ -268,9 +299,7 @@ pub fn chat_request(f: &Fields<'_>) -> Result<ChatRequest, FieldError> {
                 return Err(FieldError::new("messages", "must not be empty"));
             }
             for (i, m) in a.iter().enumerate() {
-                let msg: Message = serde_json::from_value(m.clone())
-                    .map_err(|e| FieldError::new(format!("messages[{i}]"), e.to_string()))?;
-                req.messages.push(msg);
+                req.messages.push(message(i, m)?);
             }
         }
         (None, Some(v)) => {
@@ -280,6 +309,38 @@ pub fn chat_request(f: &Fields<'_>) -> Result<ChatRequest, FieldError> {
             ))
         }
         (None, None) => return Err(FieldError::new("prompt", "missing (or give messages)")),
+    }
+    // `images`: data: URLs attached to the prompt (the last user message).
+    if let Some(v) = f.get("images") {
+        let Value::Array(urls) = v else {
+            return Err(FieldError::new(
+                "images",
+                format!("expected an array of data: URLs, got {}", type_name(v)),
+            ));
+        };
+        let mut images = Vec::new();
+        for (j, u) in urls.iter().enumerate() {
+            let Some(u) = u.as_str() else {
+                return Err(FieldError::new(
+                    format!("images[{j}]"),
+                    format!("expected a data: URL string, got {}", type_name(u)),
+                ));
+            };
+            images.push(
+                image_from_url(&format!("image-{}", j + 1), u)
+                    .map_err(|m| FieldError::new(format!("images[{j}]"), m))?,
+            );
+        }
+        match req.messages.iter_mut().rev().find(|m| m.role == Role::User) {
+            Some(m) => m.attachments.extend(images),
+            None if images.is_empty() => {}
+            None => {
+                return Err(FieldError::new(
+                    "images",
+                    "there is no user message to attach them to",
+                ))
+            }
+        }
     }
     req.max_tokens = f.uint("max_tokens", 1, u32::MAX as u64)?.map(|v| v as u32);
     req.temperature = f.num("temperature", 0.0, 2.0)?.map(|v| v as f32);

@@ -12,15 +12,16 @@ use tui_textarea::TextArea;
 use crate::engine::budget::Projection;
 use crate::engine::cost::Pricing;
 use crate::engine::{
-    ChatRequest, Completion, CostSource, EngineError, Message, StreamEvent, Usage,
+    ChatRequest, Completion, CostSource, EngineError, Message, Role, StreamEvent, Usage,
 };
 
-use super::consensus_overlay::ConsensusPanel;
+use super::consensus_state::ConsensusPanel;
 use super::export::{ExportAnswer, ExportDoc, ExportLedgerRow, ExportTurn};
 use super::keys::{Action, KeyMap};
 use super::layout::{self, Areas};
 use super::msg::{Cmd, HistRun, Msg};
 use super::pane::{Pane, PaneState};
+use super::settings::{self, Attachments, Field, Knobs, SettingsPanel};
 use super::text::TextStyles;
 use super::theme::Theme;
 
@@ -138,6 +139,8 @@ pub enum Overlay {
     History(Box<HistoryView>),
     /// The consensus view (its state is `App::cons`).
     Consensus,
+    /// The per-run settings (their state is `App::settings`).
+    Settings,
 }
 
 /// Session totals of one target.
@@ -252,6 +255,11 @@ pub struct App {
     pub banner: Vec<String>,
     /// Runs in flight: key -> targets.
     pub runs: HashMap<u64, Vec<String>>,
+    /// The engine's run ids of the runs in flight -> our keys, and for each of the
+    /// engine run's targets its index among ours.
+    run_keys: HashMap<String, (u64, Vec<usize>)>,
+    /// Targets of a run in flight that have ended.
+    ended: HashMap<u64, usize>,
     next_run: u64,
     /// Session ledger rows, in order of first use.
     pub ledger: Vec<LedgerRow>,
@@ -291,6 +299,8 @@ pub struct App {
     pub model_max_tokens: HashMap<String, u32>,
     /// Earlier turns of the conversation, for the export.
     pub past_turns: Vec<ExportTurn>,
+    /// Per-run settings (system prompt, reasoning, JSON, schema, tools, per target).
+    pub settings: SettingsPanel,
     pending_close: Option<ExportTurn>,
     /// The pane whose answer the current turn continued from.
     turn_continued: Option<String>,
@@ -302,8 +312,23 @@ pub struct App {
 struct Group {
     messages: Vec<Message>,
     max_tokens: Option<u32>,
+    knobs: Knobs,
+    attach: Attachments,
     prompt: String,
     members: Vec<(usize, bool)>,
+}
+
+impl Group {
+    /// The request of this group: its messages, system prompt, temperature and limit
+    /// (its options and attachments go with it in [`Cmd::Start`]).
+    fn request(&self) -> ChatRequest {
+        ChatRequest {
+            messages: self.messages.clone(),
+            max_tokens: self.max_tokens,
+            temperature: self.knobs.temperature,
+            ..Default::default()
+        }
+    }
 }
 
 const FLASH_FOR: Duration = Duration::from_secs(6);
@@ -330,6 +355,8 @@ impl App {
             show_thinking: false,
             banner: init.banner,
             runs: HashMap::new(),
+            run_keys: HashMap::new(),
+            ended: HashMap::new(),
             next_run: 1,
             ledger: Vec::new(),
             sends: 0,
@@ -352,6 +379,7 @@ impl App {
             max_tokens: Some(DEFAULT_MAX_TOKENS),
             model_max_tokens: HashMap::new(),
             past_turns: Vec::new(),
+            settings: SettingsPanel::default(),
             pending_close: None,
             turn_continued: None,
             next_continued: None,
@@ -380,6 +408,108 @@ impl App {
         self.editor.set_cursor_style(cursor);
     }
 
+    /// The `@path` being typed just before the editor's cursor (without the `@`).
+    pub fn at_prefix(&self) -> Option<String> {
+        let (row, col) = self.editor.cursor();
+        let line = self.editor.lines().get(row)?;
+        let before: String = line.chars().take(col).collect();
+        settings::at_prefix(&before).map(str::to_string)
+    }
+
+    fn on_path_entries(&mut self, prefix: &str, entries: Result<Vec<String>, String>) {
+        // The user typed on meanwhile: this listing is stale.
+        if self.at_prefix().as_deref() != Some(prefix) {
+            return;
+        }
+        let entries = match entries {
+            Ok(e) => e,
+            Err(e) => return self.set_flash(format!("@{prefix}: {e}")),
+        };
+        match settings::complete(prefix, &entries) {
+            Some(done) => {
+                self.editor.insert_str(&done[prefix.len()..]);
+                self.hist_idx = None;
+            }
+            None => {
+                let stem = prefix.rsplit('/').next().unwrap_or(prefix);
+                let mut m: Vec<&String> = entries.iter().filter(|e| e.starts_with(stem)).collect();
+                m.sort();
+                let flash = match m.len() {
+                    0 => format!("no file matches @{prefix}"),
+                    n => {
+                        let shown: Vec<&str> = m.iter().take(6).map(|s| s.as_str()).collect();
+                        let more = if n > 6 {
+                            format!(" (+{})", n - 6)
+                        } else {
+                            String::new()
+                        };
+                        format!("@{prefix}: {}{more}", shown.join("  "))
+                    }
+                };
+                self.set_flash(flash);
+            }
+        }
+    }
+
+    /// A key in the settings panel: ↑/↓ rows, ←/→ change the target or a choice,
+    /// Enter edits a text row (Enter again stores it), Esc or the settings key closes.
+    fn settings_key(&mut self, k: KeyEvent) {
+        let targets: Vec<String> = self.panes.iter().map(|p| p.target.clone()).collect();
+        let close = self.keys.is(Action::Settings, &k);
+        let st = &mut self.settings;
+        if let Some(text) = &mut st.editing {
+            match k.code {
+                KeyCode::Enter => {
+                    let _ = st.commit_edit();
+                }
+                KeyCode::Esc => {
+                    st.editing = None;
+                    st.error = None;
+                }
+                KeyCode::Backspace => {
+                    text.pop();
+                }
+                KeyCode::Char(c)
+                    if !k
+                        .modifiers
+                        .intersects(KeyModifiers::CONTROL | KeyModifiers::ALT) =>
+                {
+                    text.push(c)
+                }
+                _ => {}
+            }
+            self.overlay = Overlay::Settings;
+            return;
+        }
+        if k.code == KeyCode::Esc || close {
+            st.open = false;
+            st.tidy();
+            return;
+        }
+        let n = settings::FIELDS.len();
+        match k.code {
+            KeyCode::Up => st.row = (st.row + n - 1) % n,
+            KeyCode::Down | KeyCode::Tab => st.row = (st.row + 1) % n,
+            KeyCode::Left | KeyCode::Right => {
+                let fwd = k.code == KeyCode::Right;
+                if st.field() == Field::Scope {
+                    st.step_scope(&targets, fwd);
+                } else {
+                    st.cycle(fwd);
+                }
+            }
+            KeyCode::Enter | KeyCode::Char(' ') => match st.field() {
+                Field::Scope => st.step_scope(&targets, true),
+                f if f.is_text() => st.start_edit(),
+                _ => st.cycle(true),
+            },
+            // Unset the row in this layer (a target then inherits it again).
+            KeyCode::Delete | KeyCode::Backspace => st.unset(),
+            _ => {}
+        }
+        self.overlay = Overlay::Settings;
+    }
+
     /// The editor's text.
     pub fn prompt_text(&self) -> String {
         self.editor.lines().join("\n")
@@ -400,7 +530,26 @@ impl App {
 
     /// Screen areas for the current size.
     pub fn areas(&self) -> Areas {
-        layout::areas(self, Rect::new(0, 0, self.size.0, self.size.1))
+        self.areas_in(Rect::new(0, 0, self.size.0, self.size.1))
+    }
+
+    /// Screen areas in `area`.
+    pub fn areas_in(&self, area: Rect) -> Areas {
+        layout::areas(&self.layout_facts(), area)
+    }
+
+    /// What the layout needs to know of the state.
+    pub fn layout_facts(&self) -> layout::Facts<'_> {
+        layout::Facts {
+            panes: self.panes.len(),
+            banner: &self.banner,
+            zoom: self.zoom,
+            editor_lines: self.editor.lines(),
+            ledger_rows: self.live_ledger().len(),
+            ledger_focused: self.focus == Focus::Ledger,
+            answered: self.answer_progress().1,
+            order: self.display_order(),
+        }
     }
 
     /// Re-wrap panes for their current widths (cheap when unchanged).
@@ -436,8 +585,18 @@ impl App {
             Msg::Paste(s) => self.on_paste(&s, &mut cmds),
             Msg::Resize(w, h) => self.size = (w, h),
             Msg::Engine { run, event } => self.on_engine(run, event.target, event.event),
+            Msg::RunStarted {
+                run,
+                run_id,
+                targets,
+            } => {
+                if self.runs.contains_key(&run) {
+                    self.run_keys.insert(run_id, (run, targets));
+                }
+            }
+            Msg::PathEntries { prefix, entries } => self.on_path_entries(&prefix, entries),
             Msg::RunClosed { run } => {
-                self.runs.remove(&run);
+                self.close_run(run);
                 let now = self.now;
                 for p in &mut self.panes {
                     if p.run.is_some_and(|(r, _)| r == run) {
@@ -559,6 +718,25 @@ impl App {
 
     // ----- engine events -------------------------------------------------
 
+    /// Our key of the engine's run `run_id`, while it is in flight.
+    pub fn run_key(&self, run_id: &str) -> Option<u64> {
+        self.run_keys.get(run_id).map(|(r, _)| *r)
+    }
+
+    /// An engine event as ours: our key of its run and its target's index among
+    /// ours (None when the run is not ours, or no longer in flight).
+    pub fn route(&self, run_id: &str, target: usize) -> Option<(u64, usize)> {
+        let (run, map) = self.run_keys.get(run_id)?;
+        Some((*run, *map.get(target)?))
+    }
+
+    /// Forget run `run`: a pane still waiting on it is marked cancelled.
+    fn close_run(&mut self, run: u64) {
+        self.runs.remove(&run);
+        self.ended.remove(&run);
+        self.run_keys.retain(|_, (r, _)| *r != run);
+    }
+
     fn on_engine(&mut self, run: u64, target: usize, ev: StreamEvent) {
         if let StreamEvent::Finished(c) | StreamEvent::Failed(c) = &ev {
             let asked = self
@@ -576,6 +754,12 @@ impl App {
             p.apply(ev, now);
         }
         if ended {
+            // Every target of the run has ended: it is closed.
+            let n = self.ended.entry(run).or_default();
+            *n += 1;
+            if self.runs.get(&run).is_some_and(|t| *n >= t.len()) {
+                self.close_run(run);
+            }
             self.on_answer_end();
         }
     }
@@ -664,23 +848,33 @@ impl App {
         let mut groups: Vec<Group> = Vec::new();
         for i in panes {
             let p = &self.panes[i];
+            let knobs = self.settings.for_target(&p.target);
             let (messages, re) = match (&p.last_request, restart) {
                 (Some(m), true) => (m.clone(), true),
                 _ => {
-                    let mut m = p.history.clone();
+                    // The system prompt of this send, then the conversation so far.
+                    let mut m: Vec<Message> = knobs
+                        .system_prompt()
+                        .map(|s| Message::system(s.to_string()))
+                        .into_iter()
+                        .collect();
+                    m.extend(p.history.iter().filter(|m| m.role != Role::System).cloned());
                     m.push(Message::user(prompt.to_string()));
                     (m, false)
                 }
             };
-            let max_tokens = self.max_tokens_for(&p.target);
+            let max_tokens = knobs.max_tokens.or_else(|| self.max_tokens_for(&p.target));
+            let attach = settings::attachments(prompt);
             match groups
                 .iter_mut()
-                .find(|g| g.messages == messages && g.max_tokens == max_tokens)
+                .find(|g| g.messages == messages && g.max_tokens == max_tokens && g.knobs == knobs)
             {
                 Some(g) => g.members.push((i, re)),
                 None => groups.push(Group {
                     messages,
                     max_tokens,
+                    knobs,
+                    attach,
                     prompt: prompt.to_string(),
                     members: vec![(i, re)],
                 }),
@@ -693,11 +887,7 @@ impl App {
         plan.iter()
             .map(|g| {
                 (
-                    ChatRequest {
-                        messages: g.messages.clone(),
-                        max_tokens: g.max_tokens,
-                        ..Default::default()
-                    },
+                    g.request(),
                     g.members
                         .iter()
                         .map(|(i, _)| self.panes[*i].target.clone())
@@ -747,11 +937,8 @@ impl App {
             self.cons.last_run = Some(run);
             cmds.push(Cmd::Start {
                 run,
-                request: ChatRequest {
-                    messages: g.messages,
-                    max_tokens: g.max_tokens,
-                    ..Default::default()
-                },
+                request: g.request(),
+                options: Box::new(g.knobs.request_options(&g.attach)),
                 targets,
             });
         }
@@ -969,6 +1156,13 @@ impl App {
             self.leave_view();
             return;
         }
+        // Tab after an `@path` in the editor completes the path.
+        if in_editor && k.code == KeyCode::Tab && k.modifiers.is_empty() {
+            if let Some(prefix) = self.at_prefix() {
+                cmds.push(Cmd::ListPath { prefix });
+                return;
+            }
+        }
         if keys.is(Action::FocusNext, &k) {
             self.cycle_focus(true);
             return;
@@ -979,6 +1173,15 @@ impl App {
         }
         if keys.is(Action::Targets, &k) {
             self.open_picker();
+            return;
+        }
+        if keys.is(Action::Settings, &k) {
+            self.settings.open = true;
+            self.settings.scope = match self.focus {
+                Focus::Pane(i) => self.panes.get(i).map(|p| p.target.clone()),
+                _ => None,
+            };
+            self.overlay = Overlay::Settings;
             return;
         }
         if keys.is(Action::Rerun, &k) {
@@ -1335,10 +1538,11 @@ impl App {
         }
         match overlay {
             Overlay::None => {}
+            Overlay::Settings => self.settings_key(k),
             // Scroll keys scroll (a short terminal cuts it); any other key closes.
             Overlay::Help(top) => {
                 let keys = &self.keys;
-                let max = super::view::help_scroll_max(self);
+                let max = super::help::scroll_max(&self.keys, &self.theme, self.size);
                 let d: i32 = if keys.is(Action::ScrollDown, &k) {
                     1
                 } else if keys.is(Action::ScrollUp, &k) {

@@ -23,6 +23,8 @@ pub enum Action {
     FocusPrev,
     /// Open the target picker.
     Targets,
+    /// Open the per-run settings (system prompt, reasoning, JSON, schema, tools, ...).
+    Settings,
     /// Rerun the last prompt.
     Rerun,
     /// Export the comparison.
@@ -86,6 +88,11 @@ pub const ACTIONS: &[(Action, &str, &str)] = &[
     ),
     (Action::FocusPrev, "focus_prev", "focus backwards"),
     (Action::Targets, "targets", "pick targets (fuzzy filter)"),
+    (
+        Action::Settings,
+        "settings",
+        "run settings: system, reasoning, JSON, schema, tools, per target",
+    ),
     (Action::Rerun, "rerun", "rerun the last prompt"),
     (Action::Export, "export", "export to Markdown and JSON"),
     (Action::History, "history", "past runs from the ledger"),
@@ -132,6 +139,7 @@ const DEFAULTS: &[(Action, &str)] = &[
     (Action::FocusNext, "tab"),
     (Action::FocusPrev, "shift+tab"),
     (Action::Targets, "ctrl+p"),
+    (Action::Settings, "f2 ctrl+s"),
     (Action::Rerun, "ctrl+r"),
     (Action::Export, "ctrl+e"),
     (Action::History, "ctrl+o"),

@@ -3,7 +3,27 @@
 
 use ratatui::layout::{Constraint, Direction, Layout, Rect};
 
-use super::app::App;
+/// What the layout depends on: a few facts of the state, so that this module
+/// sits below the app (the app builds them: `App::layout_facts`).
+#[derive(Debug, Clone, Default)]
+pub struct Facts<'a> {
+    /// Panes.
+    pub panes: usize,
+    /// Banner lines.
+    pub banner: &'a [String],
+    /// The zoomed pane.
+    pub zoom: Option<usize>,
+    /// The editor's lines.
+    pub editor_lines: &'a [String],
+    /// Rows of the ledger table.
+    pub ledger_rows: usize,
+    /// Whether the ledger has the focus.
+    pub ledger_focused: bool,
+    /// Panes sent a request in the current run (answered or not).
+    pub answered: usize,
+    /// Pane indices in screen order (shuffled while blind).
+    pub order: Vec<usize>,
+}
 
 /// The screen, cut up.
 #[derive(Debug, Clone, Default, PartialEq)]
@@ -30,8 +50,8 @@ pub struct Areas {
 pub const SUMMARY_MIN_HEIGHT: u16 = 24;
 
 /// Whether the consensus bar shows: a run with two or more panes, room to spare.
-pub fn shows_summary(app: &App, height: u16) -> bool {
-    height >= SUMMARY_MIN_HEIGHT && app.panes.len() >= 2 && app.answer_progress().1 >= 2
+pub fn shows_summary(app: &Facts<'_>, height: u16) -> bool {
+    height >= SUMMARY_MIN_HEIGHT && app.panes >= 2 && app.answered >= 2
 }
 
 /// A pane's text area: inside the border, below the stats line.
@@ -109,11 +129,11 @@ fn ledger_width(width: u16) -> u16 {
     (width * 45 / 100).clamp(40, 72)
 }
 
-/// Cut `area` up for `app`.
-pub fn areas(app: &App, area: Rect) -> Areas {
+/// Cut `area` up for a state with these facts.
+pub fn areas(app: &Facts<'_>, area: Rect) -> Areas {
     let mut a = Areas::default();
     if area.width == 0 || area.height == 0 {
-        a.panes = vec![Rect::default(); app.panes.len()];
+        a.panes = vec![Rect::default(); app.panes];
         return a;
     }
     // A short terminal gives the banner one line (Esc hides it).
@@ -122,7 +142,7 @@ pub fn areas(app: &App, area: Rect) -> Areas {
     } else {
         area.height / 4
     };
-    let banner_h = banner_height(&app.banner, area.width).min(banner_cap);
+    let banner_h = banner_height(app.banner, area.width).min(banner_cap);
     let [banner, rest, status] = Layout::vertical([
         Constraint::Length(banner_h),
         Constraint::Min(0),
@@ -132,8 +152,8 @@ pub fn areas(app: &App, area: Rect) -> Areas {
     a.banner = banner;
     a.status = status;
     a.history_panes = rest;
-    if let Some(z) = app.zoom.filter(|z| *z < app.panes.len()) {
-        a.panes = vec![Rect::default(); app.panes.len()];
+    if let Some(z) = app.zoom.filter(|z| *z < app.panes) {
+        a.panes = vec![Rect::default(); app.panes];
         a.panes[z] = rest;
         a.panes_area = rest;
         return a;
@@ -145,14 +165,14 @@ pub fn areas(app: &App, area: Rect) -> Areas {
         rest.width
     };
     // The editor wraps: its height follows the wrapped rows.
-    let rows = super::editor::row_count(app.editor.lines(), editor_w.saturating_sub(2).into());
+    let rows = super::editor::row_count(app.editor_lines, editor_w.saturating_sub(2).into());
     let editor_h = (rows as u16).clamp(1, 8) + 2;
-    let ledger_rows = app.live_ledger().len().max(app.panes.len()) as u16;
+    let ledger_rows = app.ledger_rows.max(app.panes) as u16;
     // Header, rows, a total row, borders.
     let ledger_h = ledger_rows + 2 + u16::from(ledger_rows > 1) + 2;
     // On a short terminal the ledger is one summary line until it has the
     // focus (Shift+Tab from the editor): the panes need the rows more.
-    let short = area.height < SHORT && app.focus != super::app::Focus::Ledger;
+    let short = area.height < SHORT && !app.ledger_focused;
     let bottom_h = match (wide, short) {
         (true, false) => editor_h.max(ledger_h.min(12)),
         (true, true) => editor_h.max(ledger_h.min(5)),
@@ -176,9 +196,9 @@ pub fn areas(app: &App, area: Rect) -> Areas {
     };
     a.panes_area = panes;
     // Screen slots in display order (shuffled while blind).
-    let rects = grid(panes, app.panes.len());
-    a.panes = vec![Rect::default(); app.panes.len()];
-    for (slot, i) in app.display_order().into_iter().enumerate() {
+    let rects = grid(panes, app.panes);
+    a.panes = vec![Rect::default(); app.panes];
+    for (slot, &i) in app.order.iter().enumerate() {
         a.panes[i] = rects[slot];
     }
     if wide {
@@ -197,4 +217,16 @@ pub fn areas(app: &App, area: Rect) -> Areas {
         a.ledger = led;
     }
     a
+}
+
+/// A `w`×`h` box centred in `area` (smaller when `area` is).
+pub fn centered(area: Rect, w: u16, h: u16) -> Rect {
+    let w = w.min(area.width);
+    let h = h.min(area.height);
+    Rect {
+        x: area.x + (area.width - w) / 2,
+        y: area.y + (area.height - h) / 2,
+        width: w,
+        height: h,
+    }
 }

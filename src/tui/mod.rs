@@ -7,12 +7,16 @@
 pub mod app;
 pub mod consensus;
 pub mod consensus_overlay;
+pub mod consensus_state;
 pub mod editor;
+pub mod eval_matrix;
 pub mod export;
+pub mod help;
 pub mod keys;
 pub mod layout;
 pub mod msg;
 pub mod pane;
+pub mod settings;
 pub mod terminal;
 pub mod text;
 pub mod theme;
@@ -21,6 +25,7 @@ pub mod view;
 use std::collections::HashMap;
 use std::io;
 use std::path::PathBuf;
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use crossterm::event::Event;
@@ -30,8 +35,10 @@ use ratatui::Terminal;
 use tokio::sync::{mpsc, watch};
 
 use crate::app::{GlobalFlags, Settings};
-use crate::engine::budget::{self, Budget, Projection, SpendLedger};
+use crate::engine::budget::Projection;
 use crate::engine::ledger::BackgroundLedger;
+use crate::engine::options::RequestOptions;
+use crate::engine::EngineError;
 use crate::engine::{
     ChatRequest, Completion, Engine, FinishReason, RunHandle, RunOptions, StartOptions,
     StreamEvent, TargetEvent,
@@ -55,6 +62,11 @@ pub trait Effects {
     fn run(&mut self, cmd: Cmd);
     /// See a message before the app does (bookkeeping).
     fn seen(&mut self, _msg: &Msg) {}
+    /// Messages the commands just run answered at once (a run's start, a refusal):
+    /// the app gets them before anything else, so it knows a run's id before its events.
+    fn replies(&mut self) -> Vec<Msg> {
+        Vec::new()
+    }
 }
 
 /// Set to panic right after the first frame (tests that the terminal is restored on panic).
@@ -89,19 +101,33 @@ fn input_msg(ev: Event) -> Option<Msg> {
 }
 
 fn feed<E: Effects>(app: &mut App, fx: &mut E, msg: Msg) {
-    app.now = Instant::now();
-    fx.seen(&msg);
-    for cmd in app.update(msg) {
-        fx.run(cmd);
+    let mut queue = std::collections::VecDeque::from([msg]);
+    while let Some(msg) = queue.pop_front() {
+        app.now = Instant::now();
+        fx.seen(&msg);
+        for cmd in app.update(msg) {
+            fx.run(cmd);
+        }
+        queue.extend(fx.replies());
     }
 }
 
-/// The loop: select over input, messages (engine events and results) and a
-/// frame timer; update; draw when dirty, at most every [`FRAME`].
+/// An engine event, for the app: tagged with our key of its run (dropped when the
+/// run is no longer ours, e.g. a late event of a run already forgotten).
+fn engine_msg(app: &App, mut event: TargetEvent) -> Option<Msg> {
+    let (run, target) = app.route(&event.run_id, event.target)?;
+    event.target = target;
+    Some(Msg::Engine { run, event })
+}
+
+/// The loop: select over input, the engine's events (one channel for every run:
+/// each event names its run), messages (results of commands) and a frame timer;
+/// update; draw when dirty, at most every [`FRAME`].
 pub async fn run_loop<B, S, E>(
     terminal: &mut Terminal<B>,
     mut input: S,
     mut rx: mpsc::Receiver<Msg>,
+    mut events: mpsc::Receiver<TargetEvent>,
     app: &mut App,
     fx: &mut E,
     opts: LoopOptions,
@@ -126,6 +152,7 @@ where
     }
     let mut last_draw = Instant::now();
     let mut input_open = true;
+    let mut events_open = true;
     // Resizes are applied once per frame: a drag re-wraps the transcripts once, not per event.
     let mut pending_resize: Option<(u16, u16)> = None;
     loop {
@@ -153,6 +180,27 @@ where
                 }
                 Some(Err(e)) => return Err(e),
                 None => input_open = false,
+            },
+            ev = events.recv(), if events_open => match ev {
+                Some(ev) => {
+                    if let Some(m) = engine_msg(app, ev) {
+                        feed(app, fx, m);
+                    }
+                    // Drain what is queued: one frame for a burst of deltas.
+                    let mut n = 0;
+                    while n < 20_000 {
+                        match events.try_recv() {
+                            Ok(ev) => {
+                                if let Some(m) = engine_msg(app, ev) {
+                                    feed(app, fx, m);
+                                }
+                            }
+                            Err(_) => break,
+                        }
+                        n += 1;
+                    }
+                }
+                None => events_open = false,
             },
             m = rx.recv() => {
                 let Some(m) = m else { break };
@@ -197,7 +245,8 @@ type Groups = Vec<(ChatRequest, Vec<String>)>;
 pub fn project_groups(engine: &Engine, groups: &Groups) -> Result<Projection, String> {
     let mut out = Projection::default();
     for (req, targets) in groups {
-        let p = budget::project(engine, req, targets).map_err(|e| e.to_string())?;
+        // Named as the front door names them (`cheapest:`, tiers, aliases).
+        let p = engine.preview(req, targets).map_err(|e| e.to_string())?;
         out.targets.extend(p.targets);
     }
     Ok(out)
@@ -207,9 +256,16 @@ pub fn project_groups(engine: &Engine, groups: &Groups) -> Result<Projection, St
 pub struct EngineEffects {
     engine: Engine,
     ledger: Option<BackgroundLedger>,
-    budget: Budget,
     session: String,
     handles: HashMap<u64, RunHandle>,
+    /// Our run key -> for each of the engine run's targets, its index among ours.
+    subsets: HashMap<u64, Vec<usize>>,
+    /// Engine run id -> (our key, targets not yet ended).
+    left: HashMap<String, (u64, usize)>,
+    /// Where every run sends its events (the loop reads them directly).
+    events: mpsc::Sender<TargetEvent>,
+    /// Messages for the app, delivered right after the command that made them.
+    replies: Vec<Msg>,
     /// Our run keys -> the engine's run ids (votes name the run).
     run_ids: HashMap<u64, String>,
     tx: mpsc::Sender<Msg>,
@@ -225,6 +281,7 @@ impl EngineEffects {
         engine: Engine,
         settings: &Settings,
         tx: mpsc::Sender<Msg>,
+        events: mpsc::Sender<TargetEvent>,
         data_dir: Option<PathBuf>,
     ) -> Self {
         let (ptx, mut prx) = watch::channel::<Option<(u64, Groups)>>(None);
@@ -291,9 +348,12 @@ impl EngineEffects {
         EngineEffects {
             engine,
             ledger: settings.ledger.clone(),
-            budget: settings.budget,
             session,
             handles: HashMap::new(),
+            left: HashMap::new(),
+            subsets: HashMap::new(),
+            events,
+            replies: Vec::new(),
             run_ids: HashMap::new(),
             tx,
             projector: ptx,
@@ -348,11 +408,132 @@ fn group_runs(rows: Vec<crate::engine::ledger::RequestRow>, limit: usize) -> Vec
     runs
 }
 
+/// The names in `dir` (directories end in `/`), for `@path` completion.
+fn list_dir(dir: &str) -> Result<Vec<String>, String> {
+    let rd = std::fs::read_dir(dir).map_err(|e| format!("{dir}: {e}"))?;
+    Ok(rd
+        .flatten()
+        .take(5000)
+        .map(|e| {
+            let mut n = e.file_name().to_string_lossy().into_owned();
+            if e.file_type().is_ok_and(|t| t.is_dir()) {
+                n.push('/');
+            }
+            n
+        })
+        .collect())
+}
+
+impl EngineEffects {
+    /// Fail target `target` of run `run` before anything was sent, saying why.
+    fn refuse(&mut self, run: u64, target: usize, model: &str, why: EngineError) {
+        let c = Completion {
+            model: model.to_string(),
+            finish_reason: FinishReason::Error,
+            error: Some(why),
+            ..Default::default()
+        };
+        let event = TargetEvent {
+            run_id: Arc::from(""),
+            target,
+            event: StreamEvent::Failed(Box::new(c)),
+        };
+        self.replies.push(Msg::Engine { run, event });
+    }
+
+    /// Start a run through the front door: the request options are applied (their
+    /// files read) first, and targets that cannot take the request (a text-only model
+    /// given an image) are refused by name while the others are sent.
+    fn start(
+        &mut self,
+        run: u64,
+        mut request: ChatRequest,
+        targets: Vec<String>,
+        options: RequestOptions,
+    ) {
+        if let Err(e) = options.apply(&mut request) {
+            // A missing file, a bad schema: nothing is sent, every pane says why.
+            for (i, t) in targets.iter().enumerate() {
+                self.refuse(run, i, t, e.clone());
+            }
+            self.replies.push(Msg::RunClosed { run });
+            return;
+        }
+        let mut keep = Vec::new();
+        for (i, t) in targets.iter().enumerate() {
+            match self.engine.check_target(&request, t) {
+                Ok(()) => keep.push(i),
+                Err(e) => self.refuse(run, i, t, e),
+            }
+        }
+        if keep.is_empty() {
+            self.replies.push(Msg::RunClosed { run });
+            return;
+        }
+        let send: Vec<String> = keep.iter().map(|&i| targets[i].clone()).collect();
+        let opts = StartOptions {
+            run: RunOptions {
+                session_id: Some(self.session.clone()),
+                source_agent: Some("quorum-tui".into()),
+                ..Default::default()
+            },
+            // The user saw the budget's refusal and chose to send anyway.
+            force: std::mem::take(&mut self.force_next),
+            // Every run's events come straight to the loop, naming their run.
+            events: Some(self.events.clone()),
+            ..Default::default()
+        };
+        // The front door is quick (a projection and one ledger transaction):
+        // wait for it here so the run's handle exists before the next command.
+        let engine = self.engine.clone();
+        let started = tokio::task::block_in_place(|| {
+            tokio::runtime::Handle::current().block_on(engine.start(request, send, opts))
+        });
+        match started {
+            Ok(s) => {
+                let h = s.handle;
+                self.replies.push(Msg::RunStarted {
+                    run,
+                    run_id: h.run_id.clone(),
+                    targets: keep.clone(),
+                });
+                self.left.insert(h.run_id.clone(), (run, h.targets.len()));
+                self.run_ids.insert(run, h.run_id.clone());
+                self.subsets.insert(run, keep);
+                self.handles.insert(run, h);
+            }
+            Err(refusal) => {
+                // Nothing was sent: every pane of the run says why.
+                for i in keep {
+                    self.refuse(run, i, &targets[i], refusal.clone().into());
+                }
+                self.replies.push(Msg::RunClosed { run });
+            }
+        }
+    }
+}
+
 impl Effects for EngineEffects {
+    fn replies(&mut self) -> Vec<Msg> {
+        std::mem::take(&mut self.replies)
+    }
+
     fn seen(&mut self, msg: &Msg) {
         match msg {
             Msg::RunClosed { run } => {
                 self.handles.remove(run);
+                self.subsets.remove(run);
+            }
+            // The run's last target ended: its handle is no longer needed.
+            Msg::Engine { run, event } if event.event.is_final() => {
+                if let Some((_, n)) = self.left.get_mut(&*event.run_id) {
+                    *n = n.saturating_sub(1);
+                    if *n == 0 {
+                        self.left.remove(&*event.run_id);
+                        self.handles.remove(run);
+                        self.subsets.remove(run);
+                    }
+                }
             }
             // A send after a refused check is the user's "send anyway".
             Msg::BudgetChecked(r) => self.force_next = r.is_err(),
@@ -366,64 +547,13 @@ impl Effects for EngineEffects {
                 run,
                 request,
                 targets,
-            } => {
-                let opts = StartOptions {
-                    run: RunOptions {
-                        session_id: Some(self.session.clone()),
-                        source_agent: Some("quorum-tui".into()),
-                        ..Default::default()
-                    },
-                    // The user saw the budget's refusal and chose to send anyway.
-                    force: std::mem::take(&mut self.force_next),
-                    ..Default::default()
-                };
-                // The front door is quick (a projection and one ledger transaction):
-                // wait for it here so the run's handle exists before the next command.
-                let engine = self.engine.clone();
-                let started = tokio::task::block_in_place(|| {
-                    tokio::runtime::Handle::current().block_on(engine.start(
-                        request,
-                        targets.clone(),
-                        opts,
-                    ))
+                options,
+            } => self.start(run, request, targets, *options),
+            Cmd::ListPath { prefix } => {
+                self.blocking(move || {
+                    let entries = list_dir(&settings::completion_dir(&prefix));
+                    Msg::PathEntries { prefix, entries }
                 });
-                let mut h = match started {
-                    Ok(s) => s.handle,
-                    Err(refusal) => {
-                        // Nothing was sent: every pane of the run says why.
-                        let tx = self.tx.clone();
-                        tokio::spawn(async move {
-                            for (target, t) in targets.iter().enumerate() {
-                                let c = Completion {
-                                    model: t.clone(),
-                                    finish_reason: FinishReason::Error,
-                                    error: Some(refusal.clone().into()),
-                                    ..Default::default()
-                                };
-                                let event = TargetEvent {
-                                    target,
-                                    event: StreamEvent::Failed(Box::new(c)),
-                                };
-                                let _ = tx.send(Msg::Engine { run, event }).await;
-                            }
-                            let _ = tx.send(Msg::RunClosed { run }).await;
-                        });
-                        return;
-                    }
-                };
-                let (_keep, dummy) = mpsc::channel(1);
-                let mut events = std::mem::replace(&mut h.events, dummy);
-                let tx = self.tx.clone();
-                tokio::spawn(async move {
-                    while let Some(event) = events.recv().await {
-                        if tx.send(Msg::Engine { run, event }).await.is_err() {
-                            return;
-                        }
-                    }
-                    let _ = tx.send(Msg::RunClosed { run }).await;
-                });
-                self.run_ids.insert(run, h.run_id.clone());
-                self.handles.insert(run, h);
             }
             Cmd::Cancel { run } => {
                 if let Some(h) = self.handles.get(&run) {
@@ -431,31 +561,28 @@ impl Effects for EngineEffects {
                 }
             }
             Cmd::CancelTarget { run, index } => {
-                if let Some(h) = self.handles.get(&run) {
-                    h.cancel_target(index);
+                // The engine's run holds only the targets that were not refused.
+                let at = self
+                    .subsets
+                    .get(&run)
+                    .and_then(|m| m.iter().position(|i| *i == index));
+                if let (Some(h), Some(at)) = (self.handles.get(&run), at) {
+                    h.cancel_target(at);
                 }
             }
             Cmd::Project { gen, groups } => {
                 let _ = self.projector.send(Some((gen, groups)));
             }
             Cmd::CheckBudget { groups } => {
-                let (engine, ledger, budget, session) = (
-                    self.engine.clone(),
-                    self.ledger.clone(),
-                    self.budget,
-                    self.session.clone(),
-                );
+                // The engine's check, as its front door makes it (nothing reserved):
+                // a refusal asks the user, who may send anyway.
+                let (engine, session) = (self.engine.clone(), self.session.clone());
                 self.blocking(move || {
-                    let r = (|| -> Result<(), String> {
-                        let p = project_groups(&engine, &groups)?;
-                        let Some(l) = ledger else {
-                            return Err("a budget is set but the ledger is unavailable, so spending so far is unknown".into());
-                        };
-                        let spend = SpendLedger::spend(&l, Some(&session)).map_err(|e| e.to_string())?;
-                        budget.check(spend, &p).map_err(|r| {
-                            r.to_string().replace(" (pass --force to send anyway)", "").replace(" or pass --force", "")
-                        })
-                    })();
+                    let r = engine.check_budget(&groups, Some(&session)).map_err(|r| {
+                        r.to_string()
+                            .replace(" (pass --force to send anyway)", "")
+                            .replace(" or pass --force", "")
+                    });
                     Msg::BudgetChecked(r)
                 });
             }
@@ -537,9 +664,14 @@ impl Effects for EngineEffects {
                 answers,
             } => {
                 let (engine, tx) = (self.engine.clone(), self.tx.clone());
-                let opts = RunOptions {
-                    session_id: Some(self.session.clone()),
-                    source_agent: Some("quorum-tui".into()),
+                // Through the front door, like any run: reserved against the budget
+                // and noted in the ledger.
+                let opts = StartOptions {
+                    run: RunOptions {
+                        session_id: Some(self.session.clone()),
+                        source_agent: Some("quorum-tui".into()),
+                        ..Default::default()
+                    },
                     ..Default::default()
                 };
                 tokio::spawn(async move {
@@ -717,8 +849,9 @@ pub fn run(flags: &GlobalFlags, theme_flag: Option<String>) -> i32 {
     };
     let result = rt.block_on(async {
         let (tx, rx) = mpsc::channel(8192);
+        let (etx, erx) = mpsc::channel(8192);
         spawn_signal_watch(tx.clone());
-        let mut fx = EngineEffects::new(engine, &settings, tx, data_dir.clone());
+        let mut fx = EngineEffects::new(engine, &settings, tx, etx, data_dir.clone());
         let mut app = App::new(init);
         app.cons.judge_model = settings.config.judge_model.clone();
         app.keyless = keyless;
@@ -739,6 +872,7 @@ pub fn run(flags: &GlobalFlags, theme_flag: Option<String>) -> i32 {
             guard.terminal(),
             input,
             rx,
+            erx,
             &mut app,
             &mut fx,
             LoopOptions {

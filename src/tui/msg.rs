@@ -8,6 +8,7 @@ use crate::engine::budget::Projection;
 use crate::engine::consensus::{AnswerInput, Vote};
 use crate::engine::judge::JudgeOutcome;
 use crate::engine::ledger::{RequestRow, VoteRow};
+use crate::engine::options::RequestOptions;
 use crate::engine::{ChatRequest, TargetEvent};
 
 use super::export::ExportDoc;
@@ -43,7 +44,18 @@ pub enum Msg {
         /// The event.
         event: TargetEvent,
     },
-    /// Every target of run `run` is done (its channel closed).
+    /// The engine started run `run` as `run_id` (its events carry that id).
+    /// Delivered before any of the run's events.
+    RunStarted {
+        /// Run key.
+        run: u64,
+        /// The engine's run id.
+        run_id: String,
+        /// For each of the engine run's targets, its index among ours (targets
+        /// refused before sending are not in the engine's run).
+        targets: Vec<usize>,
+    },
+    /// Forget run `run` (every target is done; a pane still waiting is cancelled).
     RunClosed {
         /// Run key.
         run: u64,
@@ -67,6 +79,13 @@ pub enum Msg {
     VoteRecorded(Result<Vec<VoteRow>, String>),
     /// The judge's verdict, or why it could not be asked.
     Judged(Result<Box<JudgeOutcome>, String>),
+    /// The names in the directory of an `@path` being completed.
+    PathEntries {
+        /// The path typed so far (after the `@`).
+        prefix: String,
+        /// Names in its directory (directories end in `/`), or why not.
+        entries: Result<Vec<String>, String>,
+    },
     /// Prompts of earlier sessions, newest first.
     PromptHistory(Vec<String>),
     /// Targets the providers listed themselves (a local Ollama's models, the
@@ -89,6 +108,14 @@ pub enum Cmd {
         request: ChatRequest,
         /// Its targets.
         targets: Vec<String>,
+        /// Reasoning, output format, tools and attachments, as the CLI's flags give
+        /// them: files are read when the run starts.
+        options: Box<RequestOptions>,
+    },
+    /// List the directory of an `@path` being completed.
+    ListPath {
+        /// The path typed so far (after the `@`).
+        prefix: String,
     },
     /// Cancel a whole run.
     Cancel {

@@ -12,6 +12,30 @@ pub fn approx_tokens(s: &str) -> u64 {
     crate::engine::tokens::quick_estimate(s)
 }
 
+/// The schema verdict of an answer: Ok when valid, Err with where and why when
+/// not (`at /items/0: ...`), None when no schema was asked for.
+pub fn schema_verdict(c: &Completion) -> Option<Result<(), String>> {
+    match (c.schema_valid?, &c.schema_error) {
+        (true, _) => Some(Ok(())),
+        (false, Some(e)) => Some(Err(format!(
+            "at {}: {}",
+            if e.path.is_empty() { "/" } else { &e.path },
+            e.message
+        ))),
+        (false, None) => Some(Err("(no detail)".into())),
+    }
+}
+
+/// ` ✓`, ` ✗ why` or nothing: a tool call's validity against its schema.
+pub fn tool_mark(t: &crate::engine::ToolCall) -> String {
+    match (t.valid, &t.invalid_reason) {
+        (Some(true), _) => " ✓".to_string(),
+        (Some(false), Some(r)) => format!(" ✗ {r}"),
+        (Some(false), None) => " ✗".to_string(),
+        (None, _) => String::new(),
+    }
+}
+
 /// Lines of a prompt echoed in a pane before the rest is folded.
 pub const PROMPT_ECHO_LINES: usize = 3;
 /// Characters of a prompt echoed in a pane before the rest is folded.
@@ -467,6 +491,7 @@ impl Pane {
                     h.push(m);
                     self.history = h;
                 }
+                self.show_verdicts(&c);
             }
             Some(crate::engine::EngineError::Cancelled) => {
                 self.state = PaneState::Cancelled;
@@ -479,6 +504,38 @@ impl Pane {
         }
         self.doc.close_all();
         self.stats.done = Some(c);
+    }
+
+    /// The answer's schema verdict and each tool call's validity, in the transcript.
+    fn show_verdicts(&mut self, c: &Completion) {
+        for (j, t) in c.tool_calls.iter().enumerate() {
+            let mark = tool_mark(t);
+            match self.tool_blocks.get(j) {
+                Some((_, b)) => {
+                    let b = *b;
+                    if !mark.is_empty() {
+                        self.doc.append(b, &mark);
+                    }
+                }
+                // Not streamed (a whole response, a cached answer): shown now.
+                None => {
+                    self.doc.add(
+                        BlockKind::Tool,
+                        &format!("⚙ tool call {} {}{mark}", t.name, t.arguments),
+                    );
+                }
+            }
+        }
+        match schema_verdict(c) {
+            Some(Ok(())) => {
+                self.doc.add(BlockKind::Notice, "schema ✓ valid");
+            }
+            Some(Err(e)) => {
+                self.doc
+                    .add(BlockKind::Error, &format!("schema ✗ invalid {e}"));
+            }
+            None => {}
+        }
     }
 
     /// Cost so far and its mark; `quote` prices a usage where the engine has not yet.

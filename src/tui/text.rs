@@ -933,7 +933,7 @@ impl Doc {
             .map(|r| match r {
                 Row::Blank => Line::default(),
                 Row::Summary(b) => {
-                    let toks = super::pane::approx_tokens(&b.raw);
+                    let toks = crate::engine::tokens::quick_estimate(&b.raw);
                     let arrow = if show_thinking { "▾" } else { "▸" };
                     Line::styled(
                         format!("{arrow} thinking · ~{toks} tok"),
@@ -944,6 +944,27 @@ impl Doc {
             })
             .collect()
     }
+}
+
+/// `s` padded or cut (with …) to `w` columns.
+pub fn fit(s: &str, w: usize) -> String {
+    if unicode_width::UnicodeWidthStr::width(s) <= w {
+        return format!("{s:<w$}");
+    }
+    let mut out = String::new();
+    let mut used = 0;
+    for ch in s.chars() {
+        let cw = unicode_width::UnicodeWidthChar::width(ch).unwrap_or(0);
+        if used + cw + 1 > w {
+            break;
+        }
+        out.push(ch);
+        used += cw;
+    }
+    out.push('…');
+    used += 1;
+    out.push_str(&" ".repeat(w.saturating_sub(used)));
+    out
 }
 
 #[cfg(test)]

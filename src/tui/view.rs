@@ -14,9 +14,11 @@ use crate::engine::cost::format_usd;
 use crate::engine::CostSource;
 
 use super::app::{App, Confirm, Focus, HistoryView, LedgerRow, Overlay, Picker};
-use super::keys::{Action, ACTIONS};
-use super::layout::{self, pane_body};
+use super::help;
+use super::keys::Action;
+use super::layout::{self, centered, pane_body};
 use super::pane::{Pane, PaneState};
+use super::text::fit;
 use super::theme::Theme;
 
 /// Draw the whole screen.
@@ -25,7 +27,7 @@ pub fn render(app: &App, f: &mut Frame<'_>) {
     if area.width == 0 || area.height == 0 {
         return;
     }
-    let areas = layout::areas(app, area);
+    let areas = app.areas_in(area);
     let t = &app.theme;
     f.render_widget(Block::new().style(t.base), area);
     if areas.banner.height > 0 {
@@ -91,7 +93,64 @@ pub fn render(app: &App, f: &mut Frame<'_>) {
         Overlay::Confirm(c) => draw_confirm(f, app, c, area),
         Overlay::History(h) => draw_history(f, app, h, areas.history_panes),
         Overlay::Consensus => draw_consensus(f, app, area),
+        Overlay::Settings => draw_settings(f, app, area),
     }
+}
+
+/// The per-run settings: one row per setting, for every target or one target
+/// (a target's row shows what it inherits, dim, until it sets its own).
+fn draw_settings(f: &mut Frame<'_>, app: &App, area: Rect) {
+    use super::settings::{Field, FIELDS};
+    let t = &app.theme;
+    let st = &app.settings;
+    let rows = FIELDS.len() as u16 + 4 + u16::from(st.error.is_some());
+    let r = centered(area, 76, rows);
+    let title = match &st.scope {
+        None => "run settings · every target".to_string(),
+        Some(tg) => format!("run settings · {tg}"),
+    };
+    let label_w = 16usize;
+    let value_w = (r.width as usize).saturating_sub(label_w + 4).max(4);
+    let mut lines: Vec<Line<'static>> = Vec::new();
+    for (i, fl) in FIELDS.iter().enumerate() {
+        let selected = i == st.row;
+        let (value, inherited) = match (fl, &st.editing) {
+            (Field::Scope, _) => (
+                match &st.scope {
+                    None => "every target  (←/→: one target)".to_string(),
+                    Some(tg) => format!("{tg}  (←/→: another)"),
+                },
+                false,
+            ),
+            (_, Some(text)) if selected => (format!("{text}▏"), false),
+            _ => st.shown(*fl),
+        };
+        let value = if inherited && !value.is_empty() {
+            format!("{value} (every target)")
+        } else {
+            value
+        };
+        let vstyle = if inherited { t.dim } else { t.text };
+        let mut line = Line::from(vec![
+            Span::styled(fit(fl.label(), label_w), t.key),
+            Span::raw("  "),
+            Span::styled(fit(&value, value_w).trim_end().to_string(), vstyle),
+        ]);
+        if selected {
+            line = line.patch_style(Style::new().add_modifier(Modifier::REVERSED));
+        }
+        lines.push(line);
+    }
+    lines.push(Line::default());
+    if let Some(e) = &st.error {
+        lines.push(Line::styled(e.clone(), t.error));
+    }
+    lines.push(Line::styled(
+        "↑/↓ row · ←/→ change · Enter edit/store · Del unset · Esc close",
+        t.dim,
+    ));
+    f.render_widget(Clear, r);
+    f.render_widget(Paragraph::new(lines).block(overlay_block(t, &title)), r);
 }
 
 fn state_style(t: &Theme, s: &PaneState) -> Style {
@@ -140,6 +199,8 @@ fn stat_pieces(app: &App, p: &Pane, now: Instant) -> Vec<Piece> {
         if let Some(fr) = p.finish_reason() {
             parts.push((fr.as_str().to_string(), t.dim, 1));
         }
+        // Whether the answer keeps to the schema says nothing of who wrote it.
+        parts.extend(verdict_pieces(app, p));
         return parts;
     }
     if let Some(ttft) = p.stats.ttft_ms() {
@@ -166,7 +227,49 @@ fn stat_pieces(app: &App, p: &Pane, now: Instant) -> Vec<Piece> {
     if let Some(fr) = p.finish_reason() {
         parts.push((fr.as_str().to_string(), t.dim, 2));
     }
+    parts.extend(verdict_pieces(app, p));
     parts
+}
+
+/// The answer's schema verdict and its tool calls' validity, as header pieces.
+fn verdict_pieces(app: &App, p: &Pane) -> Vec<Piece> {
+    let t = &app.theme;
+    let Some(c) = &p.stats.done else {
+        return Vec::new();
+    };
+    let mut out = Vec::new();
+    match super::pane::schema_verdict(c) {
+        Some(Ok(())) => out.push(("schema ✓".to_string(), t.ok, 0)),
+        // Where it broke; the transcript says why.
+        Some(Err(_)) => {
+            let at = c
+                .schema_error
+                .as_ref()
+                .map(|e| {
+                    if e.path.is_empty() {
+                        "/"
+                    } else {
+                        e.path.as_str()
+                    }
+                })
+                .unwrap_or("/");
+            out.push((format!("schema ✗ {at}"), t.error, 0))
+        }
+        None => {}
+    }
+    let checked: Vec<bool> = c.tool_calls.iter().filter_map(|t| t.valid).collect();
+    if !c.tool_calls.is_empty() {
+        let n = c.tool_calls.len();
+        let bad = checked.iter().filter(|v| !**v).count();
+        let word = if n == 1 { "tool call" } else { "tool calls" };
+        let (text, style) = match (checked.is_empty(), bad) {
+            (true, _) => (format!("{n} {word}"), t.dim),
+            (false, 0) => (format!("{n} {word} ✓"), t.ok),
+            (false, b) => (format!("{n} {word}, {b} ✗"), t.error),
+        };
+        out.push((text, style, 1));
+    }
+    out
 }
 
 /// Lay `pieces` out in at most `max_lines` lines of `width`, joined by
@@ -454,26 +557,6 @@ fn draw_editor(f: &mut Frame<'_>, app: &App, r: Rect) {
     );
 }
 
-fn fit(s: &str, w: usize) -> String {
-    if s.width() <= w {
-        return format!("{s:<w$}");
-    }
-    let mut out = String::new();
-    let mut used = 0;
-    for ch in s.chars() {
-        let cw = unicode_width::UnicodeWidthChar::width(ch).unwrap_or(0);
-        if used + cw + 1 > w {
-            break;
-        }
-        out.push(ch);
-        used += cw;
-    }
-    out.push('…');
-    used += 1;
-    out.push_str(&" ".repeat(w.saturating_sub(used)));
-    out
-}
-
 fn draw_ledger(f: &mut Frame<'_>, app: &App, r: Rect) {
     if r.width == 0 || r.height == 0 {
         return;
@@ -716,6 +799,13 @@ fn hints(app: &App) -> Vec<(String, &'static str)> {
             v.push(("Esc".into(), "close"));
             v
         }
+        (Overlay::Settings, _) => vec![
+            ("↑/↓".into(), "row"),
+            ("←/→".into(), "change"),
+            ("Enter".into(), "edit"),
+            ("Del".into(), "unset"),
+            ("Esc".into(), "close"),
+        ],
         (Overlay::Picker(_), _) => vec![
             ("type".into(), "filter"),
             ("Space/Enter".into(), "toggle"),
@@ -760,6 +850,7 @@ fn hints(app: &App) -> Vec<(String, &'static str)> {
             add(Action::Newline, "newline");
             add(Action::FocusNext, "focus");
             add(Action::Targets, "targets");
+            add(Action::Settings, "settings");
             add(Action::Quit, "quit");
             add(Action::Rerun, "rerun");
             add(Action::Export, "export");
@@ -783,6 +874,10 @@ fn draw_status(f: &mut Frame<'_>, app: &App, r: Rect) {
     }
     if app.cons.next_repeat() > 1 {
         next.push(format!("×{}", app.cons.next_repeat()));
+    }
+    let knobs = app.settings.summary();
+    if !knobs.is_empty() {
+        next.push(knobs);
     }
     let proj = match (next.is_empty(), proj.is_empty()) {
         (true, _) => proj,
@@ -830,17 +925,6 @@ fn draw_status(f: &mut Frame<'_>, app: &App, r: Rect) {
     }
 }
 
-fn centered(area: Rect, w: u16, h: u16) -> Rect {
-    let w = w.min(area.width);
-    let h = h.min(area.height);
-    Rect {
-        x: area.x + (area.width - w) / 2,
-        y: area.y + (area.height - h) / 2,
-        width: w,
-        height: h,
-    }
-}
-
 fn overlay_block<'a>(t: &Theme, title: &'a str) -> Block<'a> {
     Block::bordered()
         .border_type(BorderType::Rounded)
@@ -849,59 +933,10 @@ fn overlay_block<'a>(t: &Theme, title: &'a str) -> Block<'a> {
         .style(t.base)
 }
 
-const HELP_FOOTER: [&str; 4] = [
-    "↑/↓ in an empty editor: prompt history · mouse wheel scrolls the pane under it",
-    "Letter keys act outside the editor; in it, use their Ctrl form (Ctrl+B blind, Ctrl+N repeat).",
-    "Keys are set in [keys] of the config file (see config.example.toml).",
-    "j/k PgUp/PgDn scroll this help · any other key closes it.",
-];
-
-fn help_lines(app: &App) -> Vec<Line<'static>> {
-    let t = &app.theme;
-    let mut lines: Vec<Line<'static>> = Vec::new();
-    let kw = ACTIONS
-        .iter()
-        .map(|(a, _, _)| app.keys.label(*a).width())
-        .max()
-        .unwrap_or(10)
-        .min(24);
-    for (a, _, what) in ACTIONS {
-        lines.push(Line::from(vec![
-            Span::styled(fit(&app.keys.label(*a), kw), t.key),
-            Span::raw("  "),
-            Span::styled(*what, t.text),
-        ]));
-    }
-    lines.push(Line::default());
-    for l in HELP_FOOTER {
-        lines.push(Line::styled(l, t.dim));
-    }
-    lines
-}
-
-/// The help's box in `area`, its rows after wrapping, and the furthest it scrolls.
-fn help_geometry(app: &App, area: Rect) -> (Rect, u16, u16) {
-    let lines = help_lines(app);
-    let inner_w = area.width.min(96).saturating_sub(2).max(1) as usize;
-    let total: usize = lines
-        .iter()
-        .map(|l| l.width().div_ceil(inner_w).max(1))
-        .sum();
-    let total = total as u16;
-    let r = centered(area, 96, total.saturating_add(2));
-    let room = r.height.saturating_sub(2);
-    (r, total, total.saturating_sub(room))
-}
-
-/// How far the help scrolls on a terminal of `size`.
-pub fn help_scroll_max(app: &App) -> u16 {
-    help_geometry(app, Rect::new(0, 0, app.size.0, app.size.1)).2
-}
-
 fn draw_help(f: &mut Frame<'_>, app: &App, area: Rect, top: u16) {
     let t = &app.theme;
-    let lines = help_lines(app);
-    let (r, total, max) = help_geometry(app, area);
+    let lines = help::lines(&app.keys, &app.theme);
+    let (r, total, max) = help::geometry(&app.keys, &app.theme, area);
     let room = r.height.saturating_sub(2);
     let top = top.min(max);
     let below = total.saturating_sub(top + room);

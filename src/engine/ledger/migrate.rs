@@ -65,6 +65,10 @@ pub struct Batch {
     pub prices: Vec<(String, String, String)>,
     /// Requests: uid, created_at, values.
     pub requests: Vec<(String, String, NewRequest)>,
+    /// `eval_runs` rows, each column by name (the SQLite values as they are).
+    pub eval_runs: Vec<Vec<(String, Value)>>,
+    /// `eval_cases` rows, each column by name.
+    pub eval_cases: Vec<Vec<(String, Value)>>,
     /// Votes: uid, run id, targets, winner, tag, created_at.
     #[allow(clippy::type_complexity)]
     pub votes: Vec<(
@@ -89,6 +93,28 @@ pub struct Migrated {
 }
 
 const CHUNK: i64 = 500;
+
+/// The columns of `eval_runs` and `eval_cases` copied (the same in both schemas).
+pub(crate) const EVAL_RUN_COLUMNS: &[(&str, ColumnKind)] = &[
+    ("id", ColumnKind::Text),
+    ("suite", ColumnKind::Text),
+    ("suite_hash", ColumnKind::Text),
+    ("targets", ColumnKind::Text),
+    ("cases", ColumnKind::Int),
+    ("status", ColumnKind::Text),
+    ("created_at", ColumnKind::Text),
+    ("finished_at", ColumnKind::Text),
+];
+/// See [`EVAL_RUN_COLUMNS`].
+pub(crate) const EVAL_CASE_COLUMNS: &[(&str, ColumnKind)] = &[
+    ("eval_run_id", ColumnKind::Text),
+    ("case_key", ColumnKind::Text),
+    ("case_index", ColumnKind::Int),
+    ("passed", ColumnKind::Int),
+    ("cost_usd", ColumnKind::Real),
+    ("result", ColumnKind::Text),
+    ("created_at", ColumnKind::Text),
+];
 
 fn sql(place: &str) -> impl Fn(rusqlite::Error) -> LedgerError + '_ {
     move |e| super::sqlite::classify(place, e)
@@ -298,6 +324,56 @@ pub fn migrate(
             "votes",
             &mut out,
         )?;
+    }
+    // `quorum eval`'s tables, column by column.
+    for (table, cols) in [
+        ("eval_runs", EVAL_RUN_COLUMNS),
+        ("eval_cases", EVAL_CASE_COLUMNS),
+    ] {
+        let mut st = conn
+            .prepare(&format!(
+                "SELECT {} FROM {table} ORDER BY rowid",
+                cols.iter().map(|c| c.0).collect::<Vec<_>>().join(", ")
+            ))
+            .map_err(&e)?;
+        let rows = st
+            .query_map([], |r| {
+                cols.iter()
+                    .map(|(name, kind)| {
+                        Ok((
+                            name.to_string(),
+                            match kind {
+                                ColumnKind::Int => r
+                                    .get::<_, Option<i64>>(*name)?
+                                    .map_or(Value::Null, Value::Int),
+                                ColumnKind::Real => r
+                                    .get::<_, Option<f64>>(*name)?
+                                    .map_or(Value::Null, Value::Real),
+                                ColumnKind::Text => r
+                                    .get::<_, Option<String>>(*name)?
+                                    .map_or(Value::Null, Value::Text),
+                            },
+                        ))
+                    })
+                    .collect::<rusqlite::Result<Vec<_>>>()
+            })
+            .map_err(&e)?
+            .collect::<Result<Vec<_>, _>>()
+            .map_err(&e)?;
+        for c in rows.chunks(CHUNK as usize) {
+            let b = if table == "eval_runs" {
+                Batch {
+                    eval_runs: c.to_vec(),
+                    ..Default::default()
+                }
+            } else {
+                Batch {
+                    eval_cases: c.to_vec(),
+                    ..Default::default()
+                }
+            };
+            send(b, table, &mut out)?;
+        }
     }
     out.requests_after = pg.request_count()?;
     Ok(out)

@@ -26,9 +26,9 @@ use tokio_postgres::types::{to_sql_checked, IsNull, ToSql, Type};
 use tokio_postgres::NoTls;
 
 use super::{
-    content_cap_for, request_select_list, request_written_columns, Backend, BackendKind, Gate,
-    GroupBy, LedgerError, NewRequest, Refused, RequestFilter, RequestRow, RowRead, RunFilter,
-    RunNote, RunRow, SessionRow, Spend, TotalRow, Value, VoteRow,
+    content_cap_for, request_select_list, request_written_columns, Backend, BackendKind,
+    EvalCaseRow, EvalRunRow, Gate, GroupBy, LedgerError, NewRequest, Refused, RequestFilter,
+    RequestRow, RowRead, RunFilter, RunNote, RunRow, SessionRow, Spend, TotalRow, Value, VoteRow,
 };
 
 /// `url` with its password (and any `password=` parameter) replaced by `***`.
@@ -171,8 +171,9 @@ fn pool_err(place: &str, e: PoolError) -> LedgerError {
 /// Forward-only migrations; migration `i` takes `quorum_schema.version` from `i` to `i + 1`.
 fn migrations() -> Vec<String> {
     let now = NOW_PG;
-    vec![format!(
-        "CREATE TABLE sessions (
+    vec![
+        format!(
+            "CREATE TABLE sessions (
             id           TEXT PRIMARY KEY,
             created_at   TEXT NOT NULL DEFAULT ({now}),
             label        TEXT,
@@ -248,7 +249,10 @@ fn migrations() -> Vec<String> {
             created_at TEXT NOT NULL DEFAULT ({now})
         );
         CREATE INDEX votes_run ON votes(run_id);"
-    )]
+        ),
+        // `quorum eval`'s tables.
+        super::eval::PG_MIGRATION.to_string(),
+    ]
 }
 
 /// Now, as the same ISO 8601 UTC text SQLite writes (`2026-01-02T03:04:05.678Z`).
@@ -622,6 +626,23 @@ impl PgBackend {
                     )
                     .await
                     .map_err(ce)?;
+            }
+            for (table, key, rows) in [
+                ("eval_runs", "id", &batch.eval_runs),
+                ("eval_cases", "eval_run_id, case_key", &batch.eval_cases),
+            ] {
+                for row in rows {
+                    let cols: Vec<&str> = row.iter().map(|(c, _)| c.as_str()).collect();
+                    let marks: Vec<String> = (1..=cols.len()).map(|i| format!("${i}")).collect();
+                    let sql = format!(
+                        "INSERT INTO {table} ({}) VALUES ({}) ON CONFLICT ({key}) DO NOTHING",
+                        cols.join(", "),
+                        marks.join(", ")
+                    );
+                    let params: Vec<&(dyn ToSql + Sync)> =
+                        row.iter().map(|(_, v)| v as &(dyn ToSql + Sync)).collect();
+                    n += tx.execute(&sql, &params).await.map_err(ce)?;
+                }
             }
             tx.commit().await.map_err(ce)?;
             Ok(n)
@@ -1134,6 +1155,130 @@ impl Backend for PgBackend {
         Err(LedgerError::Backend {
             place: self.place.clone(),
             detail: "PostgreSQL's row limit cannot be changed per connection".into(),
+        })
+    }
+
+    fn begin_eval_run(
+        &self,
+        id: &str,
+        suite: &str,
+        suite_hash: &str,
+        targets: &str,
+        cases: i64,
+    ) -> Result<(), LedgerError> {
+        let (id, suite, hash, targets) = (
+            id.to_string(),
+            suite.to_string(),
+            suite_hash.to_string(),
+            targets.to_string(),
+        );
+        self.run(move |pool, place, _| async move {
+            let c = pool.get().await.map_err(|e| pool_err(&place, e))?;
+            c.execute(
+                "INSERT INTO eval_runs (id, suite, suite_hash, targets, cases) VALUES ($1, $2, $3, $4, $5)
+                 ON CONFLICT (id) DO UPDATE SET status = 'running', finished_at = NULL",
+                &[&id, &suite, &hash, &targets, &cases],
+            )
+            .await
+            .map(|_| ())
+            .map_err(|e| classify(&place, &e))
+        })
+    }
+
+    fn record_eval_case(&self, eval_run_id: &str, row: &EvalCaseRow) -> Result<(), LedgerError> {
+        let (run, row) = (eval_run_id.to_string(), row.clone());
+        self.run(move |pool, place, _| async move {
+            let c = pool.get().await.map_err(|e| pool_err(&place, e))?;
+            c.execute(
+                "INSERT INTO eval_cases (eval_run_id, case_key, case_index, passed, cost_usd, result)
+                 VALUES ($1, $2, $3, $4, $5, $6)
+                 ON CONFLICT (eval_run_id, case_key) DO UPDATE SET case_index = excluded.case_index,
+                     passed = excluded.passed, cost_usd = excluded.cost_usd, result = excluded.result,
+                     created_at = excluded.created_at",
+                &[
+                    &run,
+                    &row.case_key,
+                    &(row.case_index as i64),
+                    &i64::from(row.passed),
+                    &row.cost_usd,
+                    &row.result,
+                ],
+            )
+            .await
+            .map(|_| ())
+            .map_err(|e| classify(&place, &e))
+        })
+    }
+
+    fn end_eval_run(&self, id: &str, status: &str) -> Result<(), LedgerError> {
+        let (id, status) = (id.to_string(), status.to_string());
+        self.run(move |pool, place, _| async move {
+            let c = pool.get().await.map_err(|e| pool_err(&place, e))?;
+            c.execute(
+                &format!("UPDATE eval_runs SET status = $2, finished_at = {NOW_PG} WHERE id = $1"),
+                &[&id, &status],
+            )
+            .await
+            .map(|_| ())
+            .map_err(|e| classify(&place, &e))
+        })
+    }
+
+    fn eval_run(
+        &self,
+        id: Option<&str>,
+        latest_for: Option<&str>,
+    ) -> Result<Option<EvalRunRow>, LedgerError> {
+        let (id, suite) = (id.map(String::from), latest_for.map(String::from));
+        self.run(move |pool, place, _| async move {
+            let c = pool.get().await.map_err(|e| pool_err(&place, e))?;
+            let r = c
+                .query_opt(
+                    "SELECT id, suite, suite_hash, targets, cases, status, created_at, finished_at
+                     FROM eval_runs WHERE ($1::text IS NULL OR id = $1) AND ($2::text IS NULL OR suite = $2)
+                     ORDER BY created_at DESC, id DESC LIMIT 1",
+                    &[&id, &suite],
+                )
+                .await
+                .map_err(|e| classify(&place, &e))?;
+            Ok(r.map(|r| {
+                let targets: String = r.get(3);
+                EvalRunRow {
+                    id: r.get(0),
+                    suite: r.get(1),
+                    suite_hash: r.get(2),
+                    targets: serde_json::from_str(&targets).unwrap_or_default(),
+                    cases: r.get::<_, i64>(4).max(0) as u64,
+                    status: r.get(5),
+                    created_at: r.get(6),
+                    finished_at: r.get(7),
+                }
+            }))
+        })
+    }
+
+    fn eval_cases(&self, eval_run_id: &str) -> Result<Vec<EvalCaseRow>, LedgerError> {
+        let run = eval_run_id.to_string();
+        self.run(move |pool, place, _| async move {
+            let c = pool.get().await.map_err(|e| pool_err(&place, e))?;
+            let rows = c
+                .query(
+                    "SELECT case_key, case_index, passed, cost_usd, result FROM eval_cases
+                     WHERE eval_run_id = $1 ORDER BY case_index",
+                    &[&run],
+                )
+                .await
+                .map_err(|e| classify(&place, &e))?;
+            Ok(rows
+                .iter()
+                .map(|r| EvalCaseRow {
+                    case_key: r.get(0),
+                    case_index: r.get::<_, i64>(1).max(0) as u64,
+                    passed: r.get::<_, i64>(2) != 0,
+                    cost_usd: r.get(3),
+                    result: r.get(4),
+                })
+                .collect())
         })
     }
 }

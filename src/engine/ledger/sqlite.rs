@@ -14,8 +14,9 @@ use rusqlite::{
 
 use super::{
     content_cap_for, migrations, request_select_list, request_written_columns, Backend,
-    BackendKind, Gate, GroupBy, LedgerError, NewRequest, Refused, RequestFilter, RequestRow,
-    RowRead, RunFilter, RunNote, RunRow, SessionRow, Spend, TotalRow, Value, VoteRow, NOW,
+    BackendKind, EvalCaseRow, EvalRunRow, Gate, GroupBy, LedgerError, NewRequest, Refused,
+    RequestFilter, RequestRow, RowRead, RunFilter, RunNote, RunRow, SessionRow, Spend, TotalRow,
+    Value, VoteRow, NOW,
 };
 use crate::engine::files::{create_private_dir, touch_private};
 
@@ -633,5 +634,110 @@ impl Backend for SqliteBackend {
             .set_limit(rusqlite::limits::Limit::SQLITE_LIMIT_LENGTH, bytes)
             .map(|_| ())
             .map_err(|e| self.err(e))
+    }
+
+    fn begin_eval_run(
+        &self,
+        id: &str,
+        suite: &str,
+        suite_hash: &str,
+        targets: &str,
+        cases: i64,
+    ) -> Result<(), LedgerError> {
+        self.lock()?
+            .execute(
+                "INSERT INTO eval_runs (id, suite, suite_hash, targets, cases) VALUES (?1, ?2, ?3, ?4, ?5)
+                 ON CONFLICT(id) DO UPDATE SET status = 'running', finished_at = NULL",
+                params![id, suite, suite_hash, targets, cases],
+            )
+            .map(|_| ())
+            .map_err(|e| self.err(e))
+    }
+
+    fn record_eval_case(&self, eval_run_id: &str, row: &EvalCaseRow) -> Result<(), LedgerError> {
+        let conn = self.lock()?;
+        // As with a run's note: committed (WAL) without an fsync of its own.
+        conn.pragma_update(None, "synchronous", "NORMAL")
+            .map_err(|e| self.err(e))?;
+        let r = conn
+            .execute(
+                "INSERT OR REPLACE INTO eval_cases (eval_run_id, case_key, case_index, passed, cost_usd, result)
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
+                params![
+                    eval_run_id,
+                    row.case_key,
+                    row.case_index as i64,
+                    row.passed,
+                    row.cost_usd,
+                    row.result
+                ],
+            )
+            .map(|_| ())
+            .map_err(|e| self.err(e));
+        let full = conn
+            .pragma_update(None, "synchronous", "FULL")
+            .map_err(|e| self.err(e));
+        r.and(full)
+    }
+
+    fn end_eval_run(&self, id: &str, status: &str) -> Result<(), LedgerError> {
+        self.lock()?
+            .execute(
+                &format!("UPDATE eval_runs SET status = ?2, finished_at = {NOW} WHERE id = ?1"),
+                params![id, status],
+            )
+            .map(|_| ())
+            .map_err(|e| self.err(e))
+    }
+
+    fn eval_run(
+        &self,
+        id: Option<&str>,
+        latest_for: Option<&str>,
+    ) -> Result<Option<EvalRunRow>, LedgerError> {
+        let conn = self.lock()?;
+        let sql = "SELECT id, suite, suite_hash, targets, cases, status, created_at, finished_at
+                   FROM eval_runs WHERE (?1 IS NULL OR id = ?1) AND (?2 IS NULL OR suite = ?2)
+                   ORDER BY created_at DESC, rowid DESC LIMIT 1";
+        conn.query_row(sql, params![id, latest_for], |r| {
+            let targets: String = r.get(3)?;
+            Ok(EvalRunRow {
+                id: r.get(0)?,
+                suite: r.get(1)?,
+                suite_hash: r.get(2)?,
+                targets: serde_json::from_str(&targets).unwrap_or_default(),
+                cases: r.get::<_, i64>(4)? as u64,
+                status: r.get(5)?,
+                created_at: r.get(6)?,
+                finished_at: r.get(7)?,
+            })
+        })
+        .optional()
+        .map_err(|e| self.err(e))
+    }
+
+    fn eval_cases(&self, eval_run_id: &str) -> Result<Vec<EvalCaseRow>, LedgerError> {
+        let err = |e| self.err(e);
+        let conn = self.lock()?;
+        let mut st = conn
+            .prepare(
+                "SELECT case_key, case_index, passed, cost_usd, result FROM eval_cases
+                 WHERE eval_run_id = ?1 ORDER BY case_index",
+            )
+            .map_err(err)?;
+        let rows = st
+            .query_map([eval_run_id], |r| {
+                Ok(EvalCaseRow {
+                    case_key: r.get(0)?,
+                    case_index: r.get::<_, i64>(1)? as u64,
+                    passed: r.get(2)?,
+                    cost_usd: r.get(3)?,
+                    result: r.get(4)?,
+                })
+            })
+            .map_err(err)?
+            .collect::<Result<Vec<_>, _>>()
+            .map_err(err);
+        rows
     }
 }
