@@ -212,7 +212,18 @@ fn schema_is_versioned_wal_and_private() {
         .unwrap()
         .map(Result::unwrap)
         .collect();
-    assert_eq!(names, ["prices", "requests", "runs", "sessions", "votes"]);
+    assert_eq!(
+        names,
+        [
+            "eval_cases",
+            "eval_runs",
+            "prices",
+            "requests",
+            "runs",
+            "sessions",
+            "votes"
+        ]
+    );
     // Reopening an up-to-date file migrates nothing; a newer one is refused.
     let l = Ledger::open_in(&data, LedgerOptions::default()).unwrap();
     drop(l);

@@ -901,14 +901,17 @@ async fn metrics_parse_with_prometheus_client() {
         .send()
         .await
         .unwrap();
-    let text = http()
+    let r = http()
         .get(format!("{}/metrics", s.url))
         .send()
         .await
-        .unwrap()
-        .text()
-        .await
         .unwrap();
+    let ctype = r.headers()[reqwest::header::CONTENT_TYPE].to_str().unwrap();
+    assert!(
+        ctype.starts_with("application/openmetrics-text; version=1.0.0"),
+        "{ctype}"
+    );
+    let text = r.text().await.unwrap();
     let out = tokio::task::spawn_blocking(move || {
         use std::io::Write;
         let mut c = Command::new("python3")

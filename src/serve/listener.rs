@@ -83,6 +83,34 @@ fn refused_response() -> Vec<u8> {
     .into_bytes()
 }
 
+/// Listen on the first of `addrs` that binds, with an accept queue of
+/// `max_connections` (at least 1,024; the kernel caps it at `somaxconn`).
+/// Tokio's `TcpListener::bind` asks for 1,024: a burst of 1,000 clients
+/// overflowed it while the accept loop was busy, and every dropped SYN cost
+/// its client a one-second retransmission.
+pub fn bind(addrs: &[SocketAddr], max_connections: usize) -> io::Result<TcpListener> {
+    let backlog = u32::try_from(max_connections.clamp(1024, 65_535)).unwrap_or(65_535);
+    let mut last = io::Error::new(io::ErrorKind::InvalidInput, "no address to listen on");
+    for a in addrs {
+        let sock = if a.is_ipv4() {
+            tokio::net::TcpSocket::new_v4()
+        } else {
+            tokio::net::TcpSocket::new_v6()
+        };
+        let bound = sock.and_then(|s| {
+            #[cfg(unix)]
+            s.set_reuseaddr(true)?;
+            s.bind(*a)?;
+            s.listen(backlog)
+        });
+        match bound {
+            Ok(l) => return Ok(l),
+            Err(e) => last = e,
+        }
+    }
+    Err(last)
+}
+
 /// Serve `app` on `listener` until `stop` is cancelled, then stop accepting
 /// and ask every connection to finish its request and close. Returns when
 /// every connection is closed.

@@ -4,12 +4,22 @@
 //! Everything is folded from the completions the server hands out (each one
 //! already committed to the ledger), so the engine needs no hook. Prometheus
 //! counters only grow; `llm.metrics` has its own copy that `reset` clears.
+//!
+//! The exposition is the official `prometheus-client` crate's (OpenMetrics
+//! text); label values are bounded here before they reach it: models only
+//! when the registry knows them and at most [`MAX_MODEL_LABELS`], agents at
+//! most [`MAX_AGENT_LABELS`], the rest fold into [`OTHER`].
 
 use std::collections::{BTreeMap, HashSet};
-use std::fmt::Write as _;
-use std::sync::atomic::{AtomicI64, Ordering};
+use std::sync::atomic::{AtomicI64, AtomicU64, Ordering};
 use std::sync::Mutex;
 
+use prometheus_client::encoding::EncodeLabelSet;
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::metrics::histogram::Histogram;
+use prometheus_client::registry::Registry;
 use serde::Serialize;
 use serde_json::{json, Value};
 
@@ -20,28 +30,6 @@ use crate::engine::{Completion, Engine};
 pub const LATENCY_BUCKETS: &[f64] = &[
     0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 120.0,
 ];
-
-#[derive(Debug, Clone, Default)]
-struct Histogram {
-    counts: Vec<u64>,
-    sum: f64,
-    count: u64,
-}
-
-impl Histogram {
-    fn observe(&mut self, v: f64) {
-        if self.counts.is_empty() {
-            self.counts = vec![0; LATENCY_BUCKETS.len()];
-        }
-        for (i, b) in LATENCY_BUCKETS.iter().enumerate() {
-            if v <= *b {
-                self.counts[i] += 1;
-            }
-        }
-        self.sum += v;
-        self.count += 1;
-    }
-}
 
 /// Usage and spend of one provider/model pair.
 #[derive(Debug, Clone, Default, Serialize)]
@@ -90,17 +78,6 @@ impl UsageTotals {
     }
 }
 
-#[derive(Debug, Default)]
-struct ModelStats {
-    /// Finished requests by endpoint and status (`ok`, `error`, `cancelled`).
-    requests: BTreeMap<(String, String), u64>,
-    /// Errors by kind.
-    errors: BTreeMap<String, u64>,
-    latency: Histogram,
-    ttft: Histogram,
-    totals: UsageTotals,
-}
-
 /// The last error a provider gave.
 #[derive(Debug, Clone, Serialize)]
 pub struct LastError {
@@ -114,27 +91,15 @@ pub struct LastError {
 
 #[derive(Debug, Default)]
 struct State {
-    /// (provider, model) -> stats.
-    models: BTreeMap<(String, String), ModelStats>,
     /// Resettable copy for `llm.metrics`.
     usage: BTreeMap<(String, String), UsageTotals>,
     usage_since: Option<String>,
-    /// HTTP responses by route and status.
-    http: BTreeMap<(String, u16), u64>,
-    /// JSON-RPC errors by code.
-    rpc_errors: BTreeMap<i64, u64>,
-    /// Requests refused before sending, by kind.
-    refusals: BTreeMap<String, u64>,
     last_error: BTreeMap<String, LastError>,
-    /// Finished requests by calling agent and status.
-    agent_requests: BTreeMap<(String, &'static str), u64>,
-    /// Tokens by calling agent and kind.
-    agent_tokens: BTreeMap<(String, &'static str), u64>,
-    /// Known cost by calling agent.
-    agent_cost: BTreeMap<String, f64>,
     /// Model and agent label values handed out so far (capped).
     model_labels: HashSet<(String, String)>,
     agent_labels: HashSet<String>,
+    /// Ledger write failures already added to their counter.
+    ledger_failures_seen: u64,
 }
 
 /// Most model label values (provider/model pairs) ever handed out; later ones are `other`.
@@ -177,11 +142,250 @@ impl State {
     }
 }
 
+/// The `Content-Type` of [`Metrics::render`]'s text.
+pub const CONTENT_TYPE: &str = "application/openmetrics-text; version=1.0.0; charset=utf-8";
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct RequestLabels {
+    provider: String,
+    model: String,
+    endpoint: String,
+    status: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct ErrorLabels {
+    provider: String,
+    model: String,
+    kind: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct TokenLabels {
+    provider: String,
+    model: String,
+    kind: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct ModelLabels {
+    provider: String,
+    model: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct AgentStatus {
+    agent: String,
+    status: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct AgentKind {
+    agent: String,
+    kind: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct AgentLabel {
+    agent: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct ProviderLabel {
+    provider: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct HttpLabels {
+    route: String,
+    code: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct KindLabel {
+    kind: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct CodeLabel {
+    code: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct VersionLabel {
+    version: &'static str,
+}
+
+type FloatCounter = Counter<f64, AtomicU64>;
+type Histograms = Family<ModelLabels, Histogram, fn() -> Histogram>;
+
+fn latency_histogram() -> Histogram {
+    Histogram::new(LATENCY_BUCKETS.iter().copied())
+}
+
+/// The Prometheus families, registered once.
+struct Families {
+    registry: Registry,
+    requests: Family<RequestLabels, Counter>,
+    errors: Family<ErrorLabels, Counter>,
+    tokens: Family<TokenLabels, Counter>,
+    cost: Family<ModelLabels, FloatCounter>,
+    unpriced: Family<ModelLabels, Counter>,
+    latency: Histograms,
+    ttft: Histograms,
+    agent_requests: Family<AgentStatus, Counter>,
+    agent_tokens: Family<AgentKind, Counter>,
+    agent_cost: Family<AgentLabel, FloatCounter>,
+    in_flight: Gauge,
+    breaker: Family<ProviderLabel, Gauge>,
+    http: Family<HttpLabels, Counter>,
+    refusals: Family<KindLabel, Counter>,
+    ledger_failures: Counter,
+    ledger_backlog: Gauge,
+    rpc_errors: Family<CodeLabel, Counter>,
+}
+
+impl Families {
+    fn new() -> Families {
+        let mut r = Registry::with_prefix("quorum");
+        let build: Family<VersionLabel, Gauge> = Family::default();
+        build
+            .get_or_create(&VersionLabel {
+                version: env!("CARGO_PKG_VERSION"),
+            })
+            .set(1);
+        r.register("build_info", "Version of the running server.", build);
+        let f = Families {
+            requests: Family::default(),
+            errors: Family::default(),
+            tokens: Family::default(),
+            cost: Family::default(),
+            unpriced: Family::default(),
+            latency: Family::new_with_constructor(latency_histogram),
+            ttft: Family::new_with_constructor(latency_histogram),
+            agent_requests: Family::default(),
+            agent_tokens: Family::default(),
+            agent_cost: Family::default(),
+            in_flight: Gauge::default(),
+            breaker: Family::default(),
+            http: Family::default(),
+            refusals: Family::default(),
+            ledger_failures: Counter::default(),
+            ledger_backlog: Gauge::default(),
+            rpc_errors: Family::default(),
+            registry: Registry::default(),
+        };
+        r.register(
+            "requests",
+            "Finished upstream requests by provider, model, endpoint and status.",
+            f.requests.clone(),
+        );
+        r.register(
+            "request_errors",
+            "Failed upstream requests by provider, model and error kind.",
+            f.errors.clone(),
+        );
+        r.register(
+            "tokens",
+            "Tokens by provider, model and kind (input counts cached tokens too).",
+            f.tokens.clone(),
+        );
+        r.register(
+            "cost_usd",
+            "Known cost in US dollars by provider and model.",
+            f.cost.clone(),
+        );
+        r.register(
+            "unpriced_requests",
+            "Requests whose price is unknown (not in quorum_cost_usd_total).",
+            f.unpriced.clone(),
+        );
+        r.register(
+            "request_duration_seconds",
+            "Latency of upstream requests, from start to the last byte.",
+            f.latency.clone(),
+        );
+        r.register(
+            "time_to_first_token_seconds",
+            "Time to the first token of upstream requests.",
+            f.ttft.clone(),
+        );
+        r.register(
+            "agent_requests",
+            "Finished upstream requests by calling agent (source_agent) and status.",
+            f.agent_requests.clone(),
+        );
+        r.register(
+            "agent_tokens",
+            "Tokens by calling agent and kind.",
+            f.agent_tokens.clone(),
+        );
+        r.register(
+            "agent_cost_usd",
+            "Known cost in US dollars by calling agent.",
+            f.agent_cost.clone(),
+        );
+        r.register(
+            "in_flight_requests",
+            "HTTP requests being served now.",
+            f.in_flight.clone(),
+        );
+        r.register(
+            "breaker_state",
+            "Circuit breaker per provider: 0 closed, 1 half-open, 2 open.",
+            f.breaker.clone(),
+        );
+        r.register(
+            "http_responses",
+            "HTTP responses by route and status code.",
+            f.http.clone(),
+        );
+        r.register(
+            "refusals",
+            "Requests refused before sending, by kind (budget, not_allowed, config, internal).",
+            f.refusals.clone(),
+        );
+        r.register(
+            "ledger_write_failures",
+            "Requests answered whose ledger row could not be written.",
+            f.ledger_failures.clone(),
+        );
+        r.register(
+            "ledger_backlog",
+            "Ledger rows spooled locally, waiting for the shared database to return.",
+            f.ledger_backlog.clone(),
+        );
+        r.register(
+            "rpc_errors",
+            "JSON-RPC error responses by error code.",
+            f.rpc_errors.clone(),
+        );
+        Families { registry: r, ..f }
+    }
+}
+
+impl std::fmt::Debug for Families {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Families").finish_non_exhaustive()
+    }
+}
+
 /// The server's counters.
-#[derive(Debug, Default)]
+#[derive(Debug)]
 pub struct Metrics {
     state: Mutex<State>,
+    prom: Families,
     in_flight: AtomicI64,
+}
+
+impl Default for Metrics {
+    fn default() -> Self {
+        Metrics {
+            state: Mutex::default(),
+            prom: Families::new(),
+            in_flight: AtomicI64::new(0),
+        }
+    }
 }
 
 /// Counts one in-flight HTTP request while alive.
@@ -228,40 +432,20 @@ impl Metrics {
             c.provider.clone()
         };
         let model = s.model_label(&provider, &c.model, known);
-        let key = (provider.clone(), model);
+        let agent = s.agent_label(agent);
         let status = match &c.error {
             None => "ok",
             Some(crate::engine::EngineError::Cancelled) => "cancelled",
             Some(_) => "error",
         };
-        let agent = s.agent_label(agent);
-        *s.agent_requests.entry((agent.clone(), status)).or_default() += 1;
-        for (kind, n) in [
-            ("input", c.usage.input_tokens),
-            ("output", c.usage.output_tokens),
-        ] {
-            *s.agent_tokens.entry((agent.clone(), kind)).or_default() += n;
-        }
-        if let Some(x) = c.cost_usd {
-            *s.agent_cost.entry(agent).or_default() += x;
-        }
-        let st = s.models.entry(key.clone()).or_default();
-        *st.requests
-            .entry((endpoint.to_string(), status.to_string()))
-            .or_default() += 1;
-        if let Some(e) = &c.error {
-            *st.errors.entry(e.kind().to_string()).or_default() += 1;
-        }
-        st.latency.observe(c.latency_ms / 1000.0);
-        if let Some(t) = c.ttft_ms {
-            st.ttft.observe(t / 1000.0);
-        }
-        st.totals.add(c);
-        s.usage.entry(key).or_default().add(c);
+        s.usage
+            .entry((provider.clone(), model.clone()))
+            .or_default()
+            .add(c);
         if let Some(e) = &c.error {
             if !matches!(e, crate::engine::EngineError::Cancelled) {
                 s.last_error.insert(
-                    provider,
+                    provider.clone(),
                     LastError {
                         kind: e.kind().to_string(),
                         message: e.to_string(),
@@ -270,34 +454,110 @@ impl Metrics {
                 );
             }
         }
+        drop(s);
+        let p = &self.prom;
+        let u = &c.usage;
+        p.agent_requests
+            .get_or_create(&AgentStatus {
+                agent: agent.clone(),
+                status,
+            })
+            .inc();
+        for (kind, n) in [("input", u.input_tokens), ("output", u.output_tokens)] {
+            p.agent_tokens
+                .get_or_create(&AgentKind {
+                    agent: agent.clone(),
+                    kind,
+                })
+                .inc_by(n);
+        }
+        if let Some(x) = c.cost_usd {
+            p.agent_cost.get_or_create(&AgentLabel { agent }).inc_by(x);
+        }
+        p.requests
+            .get_or_create(&RequestLabels {
+                provider: provider.clone(),
+                model: model.clone(),
+                endpoint: endpoint.to_string(),
+                status,
+            })
+            .inc();
+        if let Some(e) = &c.error {
+            p.errors
+                .get_or_create(&ErrorLabels {
+                    provider: provider.clone(),
+                    model: model.clone(),
+                    kind: e.kind().to_string(),
+                })
+                .inc();
+        }
+        for (kind, n) in [
+            ("input", u.input_tokens),
+            ("output", u.output_tokens),
+            ("cached_input", u.cached_input_tokens),
+            ("cache_creation_input", u.cache_creation_input_tokens),
+            ("reasoning", u.reasoning_tokens),
+        ] {
+            p.tokens
+                .get_or_create(&TokenLabels {
+                    provider: provider.clone(),
+                    model: model.clone(),
+                    kind,
+                })
+                .inc_by(n);
+        }
+        let key = ModelLabels { provider, model };
+        let cost = p.cost.get_or_create(&key);
+        let unpriced = p.unpriced.get_or_create(&key);
+        match c.cost_usd {
+            Some(x) => {
+                cost.inc_by(x);
+            }
+            None => {
+                unpriced.inc();
+            }
+        }
+        p.latency.get_or_create(&key).observe(c.latency_ms / 1000.0);
+        if let Some(t) = c.ttft_ms {
+            p.ttft.get_or_create(&key).observe(t / 1000.0);
+        }
     }
 
     /// Count one HTTP response.
     pub fn http(&self, route: &str, status: u16) {
-        if let Ok(mut s) = self.state.lock() {
-            *s.http.entry((route.to_string(), status)).or_default() += 1;
-        }
+        self.prom
+            .http
+            .get_or_create(&HttpLabels {
+                route: route.to_string(),
+                code: status.to_string(),
+            })
+            .inc();
     }
 
     /// Count one request refused before anything was sent (`budget`, `not_allowed`, `config`).
     pub fn refusal(&self, kind: &str) {
-        if let Ok(mut s) = self.state.lock() {
-            *s.refusals.entry(kind.to_string()).or_default() += 1;
-        }
+        self.prom
+            .refusals
+            .get_or_create(&KindLabel {
+                kind: kind.to_string(),
+            })
+            .inc();
     }
 
     /// Count one JSON-RPC error response.
     pub fn rpc_error(&self, code: i64) {
-        if let Ok(mut s) = self.state.lock() {
-            *s.rpc_errors.entry(code).or_default() += 1;
-        }
+        self.prom
+            .rpc_errors
+            .get_or_create(&CodeLabel {
+                code: code.to_string(),
+            })
+            .inc();
     }
 
     /// The last error of a provider.
     pub fn last_error(&self, provider: &str) -> Option<LastError> {
         self.state.lock().ok()?.last_error.get(provider).cloned()
     }
-
     /// `llm.metrics`: usage and spend per provider and model since the last
     /// reset; `reset` clears them after reading.
     pub fn usage_json(&self, reset: bool) -> Value {
@@ -353,300 +613,123 @@ impl Metrics {
         out
     }
 
-    /// The Prometheus text exposition (format 0.0.4).
+    /// The exposition (OpenMetrics text, [`CONTENT_TYPE`]): the counters, plus
+    /// what is read from the engine now (breakers, ledger write failures).
     pub fn render(&self, engine: &Engine) -> String {
+        let p = &self.prom;
         let mut o = String::with_capacity(4096);
-        let Ok(s) = self.state.lock() else {
+        // One render at a time, so the ledger failures are added once.
+        let Ok(mut s) = self.state.lock() else {
             return o;
         };
-        let _ = writeln!(
-            o,
-            "# HELP quorum_build_info Version of the running server.\n# TYPE quorum_build_info gauge\nquorum_build_info{{version=\"{}\"}} 1",
-            esc(env!("CARGO_PKG_VERSION"))
-        );
-
-        head(
-            &mut o,
-            "quorum_requests_total",
-            "counter",
-            "Finished upstream requests by provider, model, endpoint and status.",
-        );
-        for ((p, m), st) in &s.models {
-            for ((ep, status), n) in &st.requests {
-                let _ = writeln!(
-                    o,
-                    "quorum_requests_total{{provider=\"{}\",model=\"{}\",endpoint=\"{}\",status=\"{}\"}} {n}",
-                    esc(p), esc(m), esc(ep), esc(status)
-                );
-            }
-        }
-        head(
-            &mut o,
-            "quorum_request_errors_total",
-            "counter",
-            "Failed upstream requests by provider, model and error kind.",
-        );
-        for ((p, m), st) in &s.models {
-            for (kind, n) in &st.errors {
-                let _ = writeln!(
-                    o,
-                    "quorum_request_errors_total{{provider=\"{}\",model=\"{}\",kind=\"{}\"}} {n}",
-                    esc(p),
-                    esc(m),
-                    esc(kind)
-                );
-            }
-        }
-        head(
-            &mut o,
-            "quorum_tokens_total",
-            "counter",
-            "Tokens by provider, model and kind (input counts cached tokens too).",
-        );
-        for ((p, m), st) in &s.models {
-            let t = &st.totals;
-            for (kind, n) in [
-                ("input", t.input_tokens),
-                ("output", t.output_tokens),
-                ("cached_input", t.cached_input_tokens),
-                ("cache_creation_input", t.cache_creation_input_tokens),
-                ("reasoning", t.reasoning_tokens),
-            ] {
-                let _ = writeln!(
-                    o,
-                    "quorum_tokens_total{{provider=\"{}\",model=\"{}\",kind=\"{kind}\"}} {n}",
-                    esc(p),
-                    esc(m)
-                );
-            }
-        }
-        head(
-            &mut o,
-            "quorum_cost_usd_total",
-            "counter",
-            "Known cost in US dollars by provider and model.",
-        );
-        for ((p, m), st) in &s.models {
-            let _ = writeln!(
-                o,
-                "quorum_cost_usd_total{{provider=\"{}\",model=\"{}\"}} {}",
-                esc(p),
-                esc(m),
-                float(st.totals.cost_usd)
-            );
-        }
-        head(
-            &mut o,
-            "quorum_unpriced_requests_total",
-            "counter",
-            "Requests whose price is unknown (not in quorum_cost_usd_total).",
-        );
-        for ((p, m), st) in &s.models {
-            let _ = writeln!(
-                o,
-                "quorum_unpriced_requests_total{{provider=\"{}\",model=\"{}\"}} {}",
-                esc(p),
-                esc(m),
-                st.totals.unpriced_requests
-            );
-        }
-        for (name, help, pick) in [
-            (
-                "quorum_request_duration_seconds",
-                "Latency of upstream requests, from start to the last byte.",
-                0,
-            ),
-            (
-                "quorum_time_to_first_token_seconds",
-                "Time to the first token of upstream requests.",
-                1,
-            ),
-        ] {
-            head(&mut o, name, "histogram", help);
-            for ((p, m), st) in &s.models {
-                let h = if pick == 0 { &st.latency } else { &st.ttft };
-                if h.count == 0 {
-                    continue;
-                }
-                let l = format!("provider=\"{}\",model=\"{}\"", esc(p), esc(m));
-                for (i, b) in LATENCY_BUCKETS.iter().enumerate() {
-                    let _ = writeln!(
-                        o,
-                        "{name}_bucket{{{l},le=\"{}\"}} {}",
-                        float(*b),
-                        h.counts[i]
-                    );
-                }
-                let _ = writeln!(o, "{name}_bucket{{{l},le=\"+Inf\"}} {}", h.count);
-                let _ = writeln!(o, "{name}_sum{{{l}}} {}", float(h.sum));
-                let _ = writeln!(o, "{name}_count{{{l}}} {}", h.count);
-            }
-        }
-        head(
-            &mut o,
-            "quorum_agent_requests_total",
-            "counter",
-            "Finished upstream requests by calling agent (source_agent) and status.",
-        );
-        for ((agent, status), n) in &s.agent_requests {
-            let _ = writeln!(
-                o,
-                "quorum_agent_requests_total{{agent=\"{}\",status=\"{status}\"}} {n}",
-                esc(agent)
-            );
-        }
-        head(
-            &mut o,
-            "quorum_agent_tokens_total",
-            "counter",
-            "Tokens by calling agent and kind.",
-        );
-        for ((agent, kind), n) in &s.agent_tokens {
-            let _ = writeln!(
-                o,
-                "quorum_agent_tokens_total{{agent=\"{}\",kind=\"{kind}\"}} {n}",
-                esc(agent)
-            );
-        }
-        head(
-            &mut o,
-            "quorum_agent_cost_usd_total",
-            "counter",
-            "Known cost in US dollars by calling agent.",
-        );
-        for (agent, x) in &s.agent_cost {
-            let _ = writeln!(
-                o,
-                "quorum_agent_cost_usd_total{{agent=\"{}\"}} {}",
-                esc(agent),
-                float(*x)
-            );
-        }
-        head(
-            &mut o,
-            "quorum_in_flight_requests",
-            "gauge",
-            "HTTP requests being served now.",
-        );
-        let _ = writeln!(o, "quorum_in_flight_requests {}", self.in_flight_now());
-        head(
-            &mut o,
-            "quorum_breaker_state",
-            "gauge",
-            "Circuit breaker per provider: 0 closed, 1 half-open, 2 open.",
-        );
+        p.in_flight.set(self.in_flight_now());
         for spec in engine.registry().providers() {
             let v = match engine.breaker_state(&spec.name) {
                 BreakerState::Closed => 0,
                 BreakerState::HalfOpen => 1,
                 BreakerState::Open => 2,
             };
-            let _ = writeln!(
-                o,
-                "quorum_breaker_state{{provider=\"{}\"}} {v}",
-                esc(&spec.name)
-            );
+            p.breaker
+                .get_or_create(&ProviderLabel {
+                    provider: spec.name.clone(),
+                })
+                .set(v);
         }
-        head(
-            &mut o,
-            "quorum_http_responses_total",
-            "counter",
-            "HTTP responses by route and status code.",
-        );
-        for ((route, status), n) in &s.http {
-            let _ = writeln!(
-                o,
-                "quorum_http_responses_total{{route=\"{}\",code=\"{status}\"}} {n}",
-                esc(route)
-            );
+        let failures = engine.ledger_health().failures();
+        if failures > s.ledger_failures_seen {
+            p.ledger_failures.inc_by(failures - s.ledger_failures_seen);
+            s.ledger_failures_seen = failures;
         }
-        head(
-            &mut o,
-            "quorum_refusals_total",
-            "counter",
-            "Requests refused before sending, by kind (budget, not_allowed, config, internal).",
-        );
-        for (kind, n) in &s.refusals {
-            let _ = writeln!(o, "quorum_refusals_total{{kind=\"{}\"}} {n}", esc(kind));
-        }
-        head(
-            &mut o,
-            "quorum_ledger_write_failures_total",
-            "counter",
-            "Requests answered whose ledger row could not be written.",
-        );
-        let _ = writeln!(
-            o,
-            "quorum_ledger_write_failures_total {}",
-            engine.ledger_health().failures()
-        );
-        head(
-            &mut o,
-            "quorum_ledger_backlog",
-            "gauge",
-            "Ledger rows spooled locally, waiting for the shared database to return.",
-        );
-        let _ = writeln!(o, "quorum_ledger_backlog {}", engine.ledger_backlog());
-        head(
-            &mut o,
-            "quorum_rpc_errors_total",
-            "counter",
-            "JSON-RPC error responses by error code.",
-        );
-        for (code, n) in &s.rpc_errors {
-            let _ = writeln!(o, "quorum_rpc_errors_total{{code=\"{code}\"}} {n}");
-        }
+        p.ledger_backlog
+            .set(i64::try_from(engine.ledger_backlog()).unwrap_or(i64::MAX));
+        let _ = prometheus_client::encoding::text::encode(&mut o, &p.registry);
         o
-    }
-}
-
-fn head(o: &mut String, name: &str, kind: &str, help: &str) {
-    let _ = writeln!(o, "# HELP {name} {help}\n# TYPE {name} {kind}");
-}
-
-/// Escape a label value: backslash, double quote and newline.
-fn esc(s: &str) -> String {
-    let mut out = String::with_capacity(s.len());
-    for ch in s.chars() {
-        match ch {
-            '\\' => out.push_str("\\\\"),
-            '"' => out.push_str("\\\""),
-            '\n' => out.push_str("\\n"),
-            c => out.push(c),
-        }
-    }
-    out
-}
-
-fn float(v: f64) -> String {
-    if v.is_finite() {
-        format!("{v}")
-    } else if v.is_nan() {
-        "NaN".into()
-    } else if v > 0.0 {
-        "+Inf".into()
-    } else {
-        "-Inf".into()
     }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::engine::EngineError;
 
-    #[test]
-    fn label_values_are_escaped() {
-        assert_eq!(esc("a\"b\\c\nd"), "a\\\"b\\\\c\\nd");
+    fn completion(model: &str, error: Option<EngineError>) -> Completion {
+        let mut c = Completion {
+            provider: "mock".into(),
+            model: model.into(),
+            error,
+            latency_ms: 3.0,
+            ttft_ms: Some(1.0),
+            cost_usd: Some(0.25),
+            ..Default::default()
+        };
+        c.usage.input_tokens = 7;
+        c.usage.output_tokens = 5;
+        c
     }
 
     #[test]
-    fn histogram_buckets_are_cumulative() {
-        let mut h = Histogram::default();
-        h.observe(0.003);
-        h.observe(0.2);
-        assert_eq!(h.count, 2);
-        assert_eq!(h.counts[0], 0);
-        assert_eq!(h.counts[2], 1); // 0.005
-        assert_eq!(*h.counts.last().unwrap(), 2);
+    fn exposition_has_every_family_with_bounded_labels() {
+        let engine = Engine::new(Default::default()).unwrap();
+        let m = Metrics::new();
+        m.record(
+            "chat_completions",
+            &completion("alpha", None),
+            true,
+            Some("bot \"1\""),
+        );
+        m.record(
+            "rpc",
+            &completion("alpha", Some(EngineError::Cancelled)),
+            true,
+            Some("a1"),
+        );
+        m.record("rpc", &completion("made-up", None), false, None);
+        m.http("/rpc", 200);
+        m.refusal("budget");
+        m.rpc_error(-32600);
+        let t = m.render(&engine);
+        for line in [
+            "quorum_requests_total{provider=\"mock\",model=\"alpha\",endpoint=\"chat_completions\",status=\"ok\"} 1",
+            "quorum_requests_total{provider=\"mock\",model=\"alpha\",endpoint=\"rpc\",status=\"cancelled\"} 1",
+            "quorum_requests_total{provider=\"mock\",model=\"other\",endpoint=\"rpc\",status=\"ok\"} 1",
+            "quorum_request_errors_total{provider=\"mock\",model=\"alpha\",kind=\"cancelled\"} 1",
+            "quorum_tokens_total{provider=\"mock\",model=\"alpha\",kind=\"input\"} 14",
+            "quorum_cost_usd_total{provider=\"mock\",model=\"alpha\"} 0.5",
+            "quorum_request_duration_seconds_bucket{le=\"0.005\",provider=\"mock\",model=\"alpha\"} 2",
+            "quorum_request_duration_seconds_count{provider=\"mock\",model=\"alpha\"} 2",
+            // An agent name that is not plain folds into `other`.
+            "quorum_agent_requests_total{agent=\"other\",status=\"ok\"} 1",
+            "quorum_agent_requests_total{agent=\"a1\",status=\"cancelled\"} 1",
+            "quorum_agent_requests_total{agent=\"none\",status=\"ok\"} 1",
+            "quorum_http_responses_total{route=\"/rpc\",code=\"200\"} 1",
+            "quorum_refusals_total{kind=\"budget\"} 1",
+            "quorum_rpc_errors_total{code=\"-32600\"} 1",
+            "quorum_in_flight_requests 0",
+            "quorum_ledger_write_failures_total 0",
+            "# TYPE quorum_request_duration_seconds histogram",
+            "# EOF",
+        ] {
+            assert!(t.lines().any(|l| l == line), "no line {line:?} in\n{t}");
+        }
+        assert!(t.contains("quorum_build_info{version="), "{t}");
+    }
+
+    #[test]
+    fn model_labels_are_capped() {
+        let m = Metrics::new();
+        for i in 0..MAX_MODEL_LABELS + 50 {
+            m.record("rpc", &completion(&format!("m{i}"), None), true, None);
+        }
+        let engine = Engine::new(Default::default()).unwrap();
+        let t = m.render(&engine);
+        let series = t
+            .lines()
+            .filter(|l| l.starts_with("quorum_requests_total{"))
+            .count();
+        assert_eq!(series, MAX_MODEL_LABELS + 1, "{t}");
+        assert!(
+            t.contains("model=\"other\",endpoint=\"rpc\",status=\"ok\"} 50"),
+            "{t}"
+        );
     }
 }

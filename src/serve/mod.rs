@@ -5,7 +5,7 @@
 //!   `llm.metrics`, `llm.health` ([`rpc`]).
 //! - `POST /v1/chat/completions`, `GET /v1/models`: OpenAI-compatible
 //!   ([`openai_compat`]).
-//! - `GET /metrics`: Prometheus text ([`metrics`]); `GET /healthz`.
+//! - `GET /metrics`: Prometheus / OpenMetrics text ([`metrics`]); `GET /healthz`.
 //!
 //! Every call goes through the same registry, router, budgets and ledger as
 //! the CLI. Loopback by default; any other address needs a bearer token.
@@ -17,6 +17,7 @@ pub mod metrics;
 pub mod openai_compat;
 pub use crate::shared::params;
 pub mod rpc;
+pub mod telemetry;
 
 use std::collections::HashMap;
 use std::net::{IpAddr, SocketAddr, ToSocketAddrs};
@@ -58,7 +59,7 @@ Endpoints:
   POST /v1/chat/completions   OpenAI-compatible (stream or not); model = provider/model or alias
   GET  /v1/models             OpenAI-compatible model list
   GET  /v1/models/{id}        one model (id = provider/model)
-  GET  /metrics               Prometheus text
+  GET  /metrics               Prometheus metrics (OpenMetrics text)
   GET  /healthz               liveness (never needs the token)
 
 The bound address is printed on stderr: `quorum: listening on http://ADDR`.
@@ -420,10 +421,13 @@ tokio::task_local! {
 /// a header, a body or a prompt.
 pub(crate) struct Access {
     started: std::time::Instant,
+    started_at: std::time::SystemTime,
     method: String,
     route: String,
     status: std::sync::atomic::AtomicU16,
     runs: std::sync::Mutex<AccessRuns>,
+    /// The caller's span (`traceparent`), while traces are exported.
+    parent: Option<opentelemetry::trace::SpanContext>,
 }
 
 #[derive(Default)]
@@ -437,12 +441,21 @@ struct AccessRuns {
     cost_usd: f64,
     unpriced: u64,
     ttft_ms: Option<f64>,
+    /// Upstream calls for the trace (only while traces are exported; capped).
+    calls: Vec<telemetry::Call>,
 }
 
+/// Most upstream calls one request's trace shows.
+const MAX_TRACED_CALLS: usize = 256;
+
 impl Access {
-    fn new(method: &str, route: &str) -> Arc<Access> {
+    fn new(method: &str, route: &str, headers: &HeaderMap) -> Arc<Access> {
         Arc::new(Access {
             started: std::time::Instant::now(),
+            started_at: std::time::SystemTime::now(),
+            parent: telemetry::enabled()
+                .then(|| telemetry::parent_from(headers))
+                .flatten(),
             method: method.to_string(),
             route: route.to_string(),
             status: std::sync::atomic::AtomicU16::new(0),
@@ -473,6 +486,9 @@ impl Access {
         if r.ttft_ms.is_none() {
             r.ttft_ms = c.ttft_ms;
         }
+        if telemetry::enabled() && r.calls.len() < MAX_TRACED_CALLS {
+            r.calls.push(telemetry::Call::of(c));
+        }
     }
 }
 
@@ -499,6 +515,18 @@ impl Drop for Access {
             output_tokens = r.output_tokens,
             cost_usd = %cost,
         );
+        if telemetry::enabled() {
+            telemetry::export(&telemetry::Request {
+                method: &self.method,
+                route: &self.route,
+                status: self.status.load(Ordering::Relaxed),
+                started: self.started_at,
+                elapsed: self.started.elapsed(),
+                trace_id: r.trace_id.as_deref(),
+                parent: self.parent.as_ref(),
+                calls: &r.calls,
+            });
+        }
     }
 }
 
@@ -604,14 +632,7 @@ async fn not_found() -> Response {
 
 async fn metrics_handler(State(state): State<Arc<AppState>>) -> Response {
     let text = state.metrics.render(&state.engine);
-    (
-        [(
-            header::CONTENT_TYPE,
-            "text/plain; version=0.0.4; charset=utf-8",
-        )],
-        text,
-    )
-        .into_response()
+    ([(header::CONTENT_TYPE, metrics::CONTENT_TYPE)], text).into_response()
 }
 
 /// Constant-time equality, so a wrong token's timing says nothing about the right one.
@@ -641,7 +662,7 @@ async fn guard(State(state): State<Arc<AppState>>, req: Request, next: Next) -> 
         _ => "other",
     }
     .to_string();
-    let access = Access::new(req.method().as_str(), &route);
+    let access = Access::new(req.method().as_str(), &route, req.headers());
     if let Some(token) = &state.opts.token {
         if route != "/healthz" && !authorized(token, req.headers()) {
             state.metrics.http(&route, 401);
@@ -868,6 +889,14 @@ pub fn run(flags: &GlobalFlags, args: ServeArgs) -> i32 {
             return EXIT_USAGE;
         }
     };
+    // Before the runtime: the exporter's HTTP client has a runtime of its own.
+    let traces = match telemetry::Telemetry::from_env() {
+        Ok(t) => t,
+        Err(e) => {
+            eprintln!("quorum: {e}");
+            return EXIT_USAGE;
+        }
+    };
     let ledger = settings.ledger.clone();
     let opts = ServeOptions {
         token,
@@ -877,6 +906,7 @@ pub fn run(flags: &GlobalFlags, args: ServeArgs) -> i32 {
     let state = AppState::new(engine, settings, opts);
     let rt = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()
+        .max_blocking_threads(MAX_BLOCKING_THREADS)
         .build()
     {
         Ok(rt) => rt,
@@ -887,7 +917,7 @@ pub fn run(flags: &GlobalFlags, args: ServeArgs) -> i32 {
     };
     let grace = Duration::from_secs_f64(args.shutdown_timeout);
     let code = rt.block_on(async move {
-        let listener = match tokio::net::TcpListener::bind(&addrs[..]).await {
+        let listener = match listener::bind(&addrs, limits.max_connections) {
             Ok(l) => l,
             Err(e) => {
                 eprintln!("quorum: cannot listen on {}: {e}", args.listen);
@@ -927,9 +957,18 @@ pub fn run(flags: &GlobalFlags, args: ServeArgs) -> i32 {
     // Let the runtime finish whatever writes are left, then flush the ledger.
     rt.shutdown_timeout(Duration::from_secs(5));
     flush_ledger(ledger.as_ref());
+    if let Some(t) = traces {
+        t.shutdown(Duration::from_secs(5));
+    }
     eprintln!("quorum: stopped");
     code
 }
+
+/// Threads for blocking work (ledger and cache writes, token estimates). The
+/// ledger's writes queue on one SQLite connection anyway: tokio's default of
+/// 512 let a burst of 1,000 streams start ~500 threads that only waited on its
+/// lock, and the thread churn cost more CPU than the requests themselves.
+const MAX_BLOCKING_THREADS: usize = 16;
 
 /// How long cancelled runs get to record themselves after the shutdown timeout.
 const CANCEL_GRACE: Duration = Duration::from_secs(5);

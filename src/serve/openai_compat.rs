@@ -890,6 +890,10 @@ impl Relay {
         if self.done {
             return Poll::Ready(None);
         }
+        // Allocated at the first frame (a poll that finds nothing allocates
+        // nothing), with room for a typical one (the constant head plus a short
+        // delta) so it is not grown several times per chunk.
+        let room = self.ch.head.len() + 256;
         let mut out = Vec::new();
         if !self.started {
             self.started = true;
@@ -909,6 +913,9 @@ impl Relay {
                     Poll::Pending => break,
                 },
             };
+            if out.capacity() == 0 {
+                out.reserve(room);
+            }
             self.frame(&mut out, ev);
         }
         if out.is_empty() {

@@ -1,0 +1,223 @@
+//! `quorum serve` exports OpenTelemetry traces to a real OTLP/HTTP receiver on
+//! 127.0.0.1 (tests/py/otlp_receiver.py, built on the `opentelemetry-proto`
+//! package): a server span per request that continues the caller's
+//! `traceparent`, a GenAI client span per upstream call, flushed on shutdown,
+//! and never a prompt or a token in them.
+
+mod support;
+
+use std::io::{BufRead, BufReader};
+use std::path::Path;
+use std::process::{Child, Command, Stdio};
+
+use serde_json::{json, Value};
+
+const TOKEN: &str = "serve-token-0123456789abcdef-SECRET";
+const PROMPT: &str = "PROMPT-TEXT-never-in-a-span";
+const TRACE: &str = "4bf92f3577b34da6a3ce929d0e0e4736";
+const PARENT: &str = "00f067aa0ba902b7";
+const OWN_TRACE: &str = "0af7651916cd43dd8448eb211c80319c";
+
+fn python_has(module: &str) -> bool {
+    Command::new("python3")
+        .args(["-c", &format!("import {module}")])
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .status()
+        .map(|s| s.success())
+        .unwrap_or(false)
+}
+
+/// Kills the child when dropped.
+struct Kill(Child);
+
+impl Drop for Kill {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+fn receiver(out: &Path) -> (Kill, u16) {
+    let mut child = Command::new("python3")
+        .arg(format!(
+            "{}/tests/py/otlp_receiver.py",
+            env!("CARGO_MANIFEST_DIR")
+        ))
+        .arg(out)
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::inherit())
+        .spawn()
+        .expect("python3");
+    let mut line = String::new();
+    BufReader::new(child.stdout.take().unwrap())
+        .read_line(&mut line)
+        .unwrap();
+    let port = line
+        .trim()
+        .strip_prefix("listening ")
+        .and_then(|p| p.parse().ok())
+        .unwrap_or_else(|| panic!("receiver said {line:?}"));
+    (Kill(child), port)
+}
+
+fn spans(out: &Path) -> Vec<Value> {
+    std::fs::read_to_string(out.join("spans.jsonl"))
+        .unwrap_or_default()
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn requests_are_genai_spans_continuing_the_callers_trace() {
+    if !python_has("opentelemetry.proto.collector.trace.v1.trace_service_pb2") {
+        eprintln!(
+            "SKIP: python3 with the opentelemetry-proto package is not available (pip install opentelemetry-proto)"
+        );
+        return;
+    }
+    let out = tempfile::tempdir().unwrap();
+    let (_rx, port) = receiver(out.path());
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = dir.path().join("config.toml");
+    std::fs::write(&cfg, "").unwrap();
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_quorum"));
+    cmd.env_clear()
+        .env("PATH", std::env::var("PATH").unwrap_or_default())
+        .env("HOME", dir.path())
+        .env("QUORUM_DATA_DIR", dir.path())
+        .env("QUORUM_CONFIG", &cfg)
+        .env("QUORUM_MOCK_TPS", "0")
+        .env("QTOKEN", TOKEN)
+        .env(
+            "OTEL_EXPORTER_OTLP_ENDPOINT",
+            format!("http://127.0.0.1:{port}"),
+        )
+        .env("OTEL_SERVICE_NAME", "quorum-under-test")
+        // Nothing would leave before the test ends but the flush on shutdown.
+        .env("OTEL_BSP_SCHEDULE_DELAY", "600000")
+        .args(["serve", "--listen", "127.0.0.1:0", "--token-env", "QTOKEN"]);
+    let (child, url, stderr) = support::spawn_serve(cmd);
+    let mut serve = Kill(child);
+    let http = reqwest::Client::builder()
+        .timeout(support::PATIENCE)
+        .build()
+        .unwrap();
+
+    // Whole, continuing the caller's trace.
+    let r = http
+        .post(format!("{url}/v1/chat/completions"))
+        .bearer_auth(TOKEN)
+        .header("traceparent", format!("00-{TRACE}-{PARENT}-01"))
+        .json(&json!({"model": "mock/alpha", "messages": [{"role": "user", "content": PROMPT}]}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+    let whole: Value = r.json().await.unwrap();
+    // Streamed, with only a quorum trace id.
+    let r = http
+        .post(format!("{url}/v1/chat/completions"))
+        .bearer_auth(TOKEN)
+        .header("x-quorum-trace-id", OWN_TRACE)
+        .json(&json!({"model": "mock/beta", "stream": true,
+                      "messages": [{"role": "user", "content": PROMPT}]}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+    assert!(r.text().await.unwrap().contains("[DONE]"));
+    // Refused before any upstream call.
+    let r = http
+        .post(format!("{url}/v1/chat/completions"))
+        .bearer_auth(TOKEN)
+        .json(&json!({"model": "nope/nothing", "messages": [{"role": "user", "content": PROMPT}]}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 404);
+
+    assert!(spans(out.path()).is_empty(), "exported before shutdown");
+    // SIGTERM: the server flushes its spans as it stops.
+    let pid = serve.0.id() as i32;
+    assert_eq!(unsafe { libc::kill(pid, libc::SIGTERM) }, 0);
+    let exited = support::eventually_blocking(|| matches!(serve.0.try_wait(), Ok(Some(_))));
+    assert!(exited, "serve did not stop: {}", stderr.lock().unwrap());
+    let got = spans(out.path());
+    let find = |pred: &dyn Fn(&Value) -> bool| -> Vec<Value> {
+        got.iter().filter(|s| pred(s)).cloned().collect()
+    };
+
+    // The first request: a server span under the caller's span ...
+    let server = find(&|s| s["trace_id"] == TRACE && s["kind"] == 2);
+    assert_eq!(server.len(), 1, "{got:#?}");
+    let server = &server[0];
+    assert_eq!(server["parent_span_id"], PARENT);
+    assert_eq!(server["name"], "POST /v1/chat/completions");
+    let a = &server["attributes"];
+    assert_eq!(a["http.request.method"], "POST");
+    assert_eq!(a["http.route"], "/v1/chat/completions");
+    assert_eq!(a["http.response.status_code"], 200);
+    assert_eq!(a["quorum.trace_id"], TRACE);
+    assert_eq!(server["resource"]["service.name"], "quorum-under-test");
+    // ... over one GenAI client span.
+    let call = find(&|s| s["parent_span_id"] == server["span_id"]);
+    assert_eq!(call.len(), 1, "{got:#?}");
+    let call = &call[0];
+    assert_eq!(call["trace_id"], TRACE);
+    assert_eq!(call["kind"], 3, "client");
+    assert_eq!(call["name"], "chat alpha");
+    let a = &call["attributes"];
+    assert_eq!(a["gen_ai.operation.name"], "chat");
+    assert_eq!(a["gen_ai.provider.name"], "mock");
+    assert_eq!(a["gen_ai.system"], "mock");
+    assert_eq!(a["gen_ai.request.model"], "alpha");
+    assert_eq!(a["gen_ai.response.model"], "alpha");
+    assert_eq!(a["gen_ai.response.finish_reasons"], json!(["stop"]));
+    assert_eq!(
+        a["gen_ai.usage.input_tokens"],
+        whole["usage"]["prompt_tokens"]
+    );
+    assert_eq!(
+        a["gen_ai.usage.output_tokens"],
+        whole["usage"]["completion_tokens"]
+    );
+    assert!(a["gen_ai.usage.output_tokens"].as_i64().unwrap() > 0);
+    assert!(a["quorum.ttft_ms"].as_f64().is_some(), "{a}");
+    assert!(a["quorum.latency_ms"].as_f64().is_some(), "{a}");
+    assert_eq!(a["quorum.cost_source"], whole["quorum"]["cost_source"]);
+    match whole["quorum"]["cost_usd"].as_f64() {
+        Some(x) => assert_eq!(a["quorum.cost_usd"].as_f64(), Some(x)),
+        None => assert!(a.get("quorum.cost_usd").is_none()),
+    }
+    let (s0, e0) = (
+        server["start"].as_u64().unwrap(),
+        server["end"].as_u64().unwrap(),
+    );
+    let (s1, e1) = (
+        call["start"].as_u64().unwrap(),
+        call["end"].as_u64().unwrap(),
+    );
+    assert!(s0 <= e0 && s1 <= e1, "{server} {call}");
+
+    // The streamed request: a root span whose trace id is quorum's own.
+    let root = find(&|s| s["trace_id"] == OWN_TRACE && s["kind"] == 2);
+    assert_eq!(root.len(), 1, "{got:#?}");
+    assert_eq!(root[0]["parent_span_id"], "");
+    let call = find(&|s| s["parent_span_id"] == root[0]["span_id"]);
+    assert_eq!(call.len(), 1);
+    assert_eq!(call[0]["attributes"]["gen_ai.request.model"], "beta");
+
+    // The refused one: a 404 span, no upstream call.
+    let refused = find(&|s| s["attributes"]["http.response.status_code"] == 404);
+    assert_eq!(refused.len(), 1, "{got:#?}");
+    assert!(find(&|s| s["parent_span_id"] == refused[0]["span_id"]).is_empty());
+
+    // Neither the prompt nor the token left.
+    let raw = std::fs::read(out.path().join("raw.bin")).unwrap();
+    let raw = String::from_utf8_lossy(&raw);
+    assert!(!raw.contains(PROMPT), "the prompt was exported");
+    assert!(!raw.contains(TOKEN), "the token was exported");
+}
