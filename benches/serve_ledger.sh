@@ -72,7 +72,7 @@ for mode in $MODES; do
   esac
   if [[ "$mode" == postgres* ]]; then
     as_pg "$PG_BIN/psql" -h "$WORK/pg" -p "$PG_PORT" -U quorum -d postgres -qc \
-      "DROP TABLE IF EXISTS requests, runs, sessions, prices, votes, quorum_schema" >/dev/null
+      "DROP TABLE IF EXISTS requests, runs, sessions, prices, votes, eval_runs, eval_cases, quorum_schema" >/dev/null
   fi
   env -i PATH="$PATH" HOME="$dir" QUORUM_DATA_DIR="$dir/data" QUORUM_CONFIG="$cfg" \
     QUORUM_NO_DISCOVERY=1 OPENAI_API_KEY=sk-bench OPENAI_BASE_URL="$UP/v1" BENCH_PG_URL="$PG_URL" \
