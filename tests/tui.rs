@@ -464,7 +464,7 @@ fn typing_projects_off_thread_and_shows_the_bound() {
     let gen = cmds
         .iter()
         .filter_map(|c| match c {
-            Cmd::Project { gen, groups } => {
+            Cmd::Project { gen, groups, .. } => {
                 assert_eq!(groups.len(), 1);
                 assert_eq!(groups[0].1.len(), 3);
                 Some(*gen)
@@ -508,7 +508,7 @@ fn a_send_over_budget_asks_first() {
     let cmds = app.update(key(KeyCode::Enter));
     assert!(cmds
         .iter()
-        .any(|c| matches!(c, Cmd::CheckBudget { groups } if groups[0].1.len() == 3)));
+        .any(|c| matches!(c, Cmd::CheckBudget { groups, .. } if groups[0].1.len() == 3)));
     assert!(app.panes.iter().all(|p| p.state == PaneState::Idle));
     app.update(Msg::BudgetChecked(Err(
         "this run may cost up to $2.00".into()
@@ -1653,7 +1653,7 @@ fn sends_carry_a_sane_output_limit_and_show_the_expected_cost_beside_the_bound()
     let (gen, groups) = cmds
         .iter()
         .filter_map(|c| match c {
-            Cmd::Project { gen, groups } => Some((*gen, groups.clone())),
+            Cmd::Project { gen, groups, .. } => Some((*gen, groups.clone())),
             _ => None,
         })
         .next_back()

@@ -408,3 +408,56 @@ async fn the_workbenchs_budget_question_is_the_engines_check() {
     assert!(matches!(r, Err(llm_quorum::engine::Refusal::Budget(_))));
     assert_eq!(up.count(), 0);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_workbenchs_projection_counts_an_attached_image() {
+    use base64::Engine as _;
+    let up = Server::start_with(|_| Reply::sse(openai_sse())).await;
+    let dir = tempfile::tempdir().unwrap();
+    let png = dir.path().join("dot.png");
+    std::fs::write(
+        &png,
+        base64::engine::general_purpose::STANDARD
+            .decode(PNG_B64)
+            .unwrap(),
+    )
+    .unwrap();
+    let (engine, settings) = load(dir.path(), "", &up.url);
+    let (tx, mut rx) = mpsc::channel(1024);
+    let (etx, _erx) = mpsc::channel(1024);
+    let mut fx = EngineEffects::new(engine, &settings, tx, etx, None);
+    let req = llm_quorum::engine::ChatRequest {
+        messages: vec![llm_quorum::engine::Message::user("What is in this image?")],
+        max_tokens: Some(100),
+        ..Default::default()
+    };
+    let groups = vec![(req, vec!["openai/gpt-4o-mini".to_string()])];
+    let mut input_tokens = Vec::new();
+    for (gen, images) in [(1, vec![]), (2, vec![png.clone()])] {
+        let options = vec![llm_quorum::engine::options::RequestOptions {
+            images,
+            ..Default::default()
+        }];
+        fx.run(Cmd::Project {
+            gen,
+            groups: groups.clone(),
+            options,
+        });
+        let p = loop {
+            match tokio::time::timeout(std::time::Duration::from_secs(60), rx.recv())
+                .await
+                .expect("a projection comes back")
+                .expect("the channel is open")
+            {
+                Msg::Projection { gen: g, result } if g == gen => break result.unwrap(),
+                _ => {}
+            }
+        };
+        input_tokens.push(p.targets[0].input_tokens);
+    }
+    // gpt-4o-mini prices an image at 2833 + 5667 per tile (one tile here).
+    assert!(
+        input_tokens[1] >= input_tokens[0] + 2833,
+        "{input_tokens:?}"
+    );
+}

@@ -70,10 +70,5 @@ pub fn verdict_lines(c: &crate::engine::Completion) -> Vec<String> {
 
 /// ` ✓`, ` ✗ why` or nothing: a tool call's validity against its schema.
 pub fn tool_mark(t: &crate::engine::ToolCall) -> String {
-    match (t.valid, &t.invalid_reason) {
-        (Some(true), _) => " ✓".to_string(),
-        (Some(false), Some(r)) => format!(" ✗ {r}"),
-        (Some(false), None) => " ✗".to_string(),
-        (None, _) => String::new(),
-    }
+    t.validity_mark()
 }

@@ -146,6 +146,17 @@ pub struct ToolCall {
 }
 
 impl ToolCall {
+    /// ` ✓`, ` ✗ why` or nothing: the call's validity against its tool's schema, as
+    /// every face shows it.
+    pub fn validity_mark(&self) -> String {
+        match (self.valid, &self.invalid_reason) {
+            (Some(true), _) => " ✓".to_string(),
+            (Some(false), Some(r)) => format!(" ✗ {r}"),
+            (Some(false), None) => " ✗".to_string(),
+            (None, _) => String::new(),
+        }
+    }
+
     /// The arguments parsed as JSON; an empty string is `{}`; unparsable text is kept as a string.
     pub fn arguments_json(&self) -> serde_json::Value {
         if self.arguments.trim().is_empty() {

@@ -318,6 +318,13 @@ struct Group {
     members: Vec<(usize, bool)>,
 }
 
+/// Each group's options, in the order of [`App::groups_for_cmd`].
+fn options_for_cmd(plan: &[Group]) -> Vec<crate::engine::options::RequestOptions> {
+    plan.iter()
+        .map(|g| g.knobs.request_options(&g.attach))
+        .collect()
+}
+
 impl Group {
     /// The request of this group: its messages, system prompt, temperature and limit
     /// (its options and attachments go with it in [`Cmd::Start`]).
@@ -904,6 +911,7 @@ impl App {
         if self.budget_set {
             cmds.push(Cmd::CheckBudget {
                 groups: self.groups_for_cmd(&plan),
+                options: options_for_cmd(&plan),
             });
             self.pending_send = Some(plan);
             self.set_flash("checking the budget…".into());
@@ -1038,6 +1046,7 @@ impl App {
         cmds.push(Cmd::Project {
             gen: self.proj_gen,
             groups: self.groups_for_cmd(&plan),
+            options: options_for_cmd(&plan),
         });
     }
 

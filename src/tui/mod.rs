@@ -241,6 +241,14 @@ where
 
 type Groups = Vec<(ChatRequest, Vec<String>)>;
 
+/// The groups' requests with their options applied (files read, as a send reads them).
+fn with_options(mut groups: Groups, options: &[RequestOptions]) -> Result<Groups, String> {
+    for ((req, _), o) in groups.iter_mut().zip(options) {
+        o.apply(req).map_err(|e| e.to_string())?;
+    }
+    Ok(groups)
+}
+
 /// Project several requests and their targets into one bound.
 pub fn project_groups(engine: &Engine, groups: &Groups) -> Result<Projection, String> {
     let mut out = Projection::default();
@@ -269,7 +277,7 @@ pub struct EngineEffects {
     /// Our run keys -> the engine's run ids (votes name the run).
     run_ids: HashMap<u64, String>,
     tx: mpsc::Sender<Msg>,
-    projector: watch::Sender<Option<(u64, Groups)>>,
+    projector: watch::Sender<Option<(u64, Groups, Vec<RequestOptions>)>>,
     data_dir: Option<PathBuf>,
     /// The next start skips the budget (the user chose to send anyway).
     force_next: bool,
@@ -284,17 +292,21 @@ impl EngineEffects {
         events: mpsc::Sender<TargetEvent>,
         data_dir: Option<PathBuf>,
     ) -> Self {
-        let (ptx, mut prx) = watch::channel::<Option<(u64, Groups)>>(None);
+        let (ptx, mut prx) = watch::channel::<Option<(u64, Groups, Vec<RequestOptions>)>>(None);
         let (e2, tx2) = (engine.clone(), tx.clone());
         // One projection at a time; edits made meanwhile collapse into the latest.
         tokio::spawn(async move {
             while prx.changed().await.is_ok() {
                 let job = prx.borrow_and_update().clone();
-                let Some((gen, groups)) = job else { continue };
+                let Some((gen, groups, options)) = job else {
+                    continue;
+                };
                 let e = e2.clone();
-                let result = tokio::task::spawn_blocking(move || project_groups(&e, &groups))
-                    .await
-                    .unwrap_or_else(|e| Err(e.to_string()));
+                let result = tokio::task::spawn_blocking(move || {
+                    project_groups(&e, &with_options(groups, &options)?)
+                })
+                .await
+                .unwrap_or_else(|e| Err(e.to_string()));
                 if tx2.send(Msg::Projection { gen, result }).await.is_err() {
                     break;
                 }
@@ -570,14 +582,23 @@ impl Effects for EngineEffects {
                     h.cancel_target(at);
                 }
             }
-            Cmd::Project { gen, groups } => {
-                let _ = self.projector.send(Some((gen, groups)));
+            Cmd::Project {
+                gen,
+                groups,
+                options,
+            } => {
+                let _ = self.projector.send(Some((gen, groups, options)));
             }
-            Cmd::CheckBudget { groups } => {
+            Cmd::CheckBudget { groups, options } => {
                 // The engine's check, as its front door makes it (nothing reserved):
                 // a refusal asks the user, who may send anyway.
                 let (engine, session) = (self.engine.clone(), self.session.clone());
                 self.blocking(move || {
+                    // A file that cannot be read fails the send itself, naming it,
+                    // before anything is sent: nothing to ask about here.
+                    let Ok(groups) = with_options(groups, &options) else {
+                        return Msg::BudgetChecked(Ok(()));
+                    };
                     let r = engine.check_budget(&groups, Some(&session)).map_err(|r| {
                         r.to_string()
                             .replace(" (pass --force to send anyway)", "")

@@ -135,11 +135,15 @@ pub enum Cmd {
         gen: u64,
         /// Requests and their targets.
         groups: Vec<(ChatRequest, Vec<String>)>,
+        /// Each group's options (attachments count: images by each provider's formula).
+        options: Vec<RequestOptions>,
     },
     /// Check a send against the budget, off the UI thread.
     CheckBudget {
         /// Requests and their targets.
         groups: Vec<(ChatRequest, Vec<String>)>,
+        /// Each group's options.
+        options: Vec<RequestOptions>,
     },
     /// Put text on the clipboard (OSC 52).
     Copy(String),

@@ -26,16 +26,6 @@ pub fn schema_verdict(c: &Completion) -> Option<Result<(), String>> {
     }
 }
 
-/// ` ✓`, ` ✗ why` or nothing: a tool call's validity against its schema.
-pub fn tool_mark(t: &crate::engine::ToolCall) -> String {
-    match (t.valid, &t.invalid_reason) {
-        (Some(true), _) => " ✓".to_string(),
-        (Some(false), Some(r)) => format!(" ✗ {r}"),
-        (Some(false), None) => " ✗".to_string(),
-        (None, _) => String::new(),
-    }
-}
-
 /// Lines of a prompt echoed in a pane before the rest is folded.
 pub const PROMPT_ECHO_LINES: usize = 3;
 /// Characters of a prompt echoed in a pane before the rest is folded.
@@ -509,7 +499,7 @@ impl Pane {
     /// The answer's schema verdict and each tool call's validity, in the transcript.
     fn show_verdicts(&mut self, c: &Completion) {
         for (j, t) in c.tool_calls.iter().enumerate() {
-            let mark = tool_mark(t);
+            let mark = t.validity_mark();
             match self.tool_blocks.get(j) {
                 Some((_, b)) => {
                     let b = *b;
