@@ -71,7 +71,6 @@ fn front_door(c: &mut Criterion) {
     let path = dir.path().join("ledger.sqlite3");
     let books = || Books::On {
         ledger: BackgroundLedger::spawn(path.clone(), LedgerOptions::default(), None),
-        path: path.clone(),
     };
     let noting = mock_engine().with_books(books(), Budget::default());
     let reserving = mock_engine().with_books(

@@ -8,7 +8,9 @@ use crate::engine::budget::Budget;
 use crate::engine::cache::{CacheSettings, ResponseCache};
 use crate::engine::cost::{Price, Pricing};
 use crate::engine::front::{Books, LedgerProblem};
-use crate::engine::ledger::{BackgroundLedger, LedgerOptions, LEDGER_FILE};
+use crate::engine::ledger::{
+    BackgroundLedger, LedgerOptions, Location, LEDGER_FILE, LEDGER_SPOOL_FILE,
+};
 use crate::engine::pricing_file;
 use crate::engine::registry::EnvFn;
 use crate::engine::Engine;
@@ -107,27 +109,49 @@ pub fn load_with_env(flags: &GlobalFlags, env: EnvFn<'_>) -> anyhow::Result<(Eng
         Books::Off
     } else {
         Books::Unusable(LedgerProblem {
-            path: None,
+            place: None,
             reason: "no data directory".into(),
             fix: "set QUORUM_DATA_DIR to a writable folder, or run with --no-ledger".into(),
         })
     };
-    if let Some(d) = data_dir.as_ref().filter(|_| !no_ledger) {
-        let opts = LedgerOptions {
-            log_content: cfg.log_content,
-        };
-        let bg = BackgroundLedger::spawn(d.join(LEDGER_FILE), opts, Some(pricing));
+    let opts = LedgerOptions {
+        log_content: cfg.log_content,
+    };
+    if let Some(url) = cfg.ledger_url.as_ref().filter(|_| !no_ledger) {
+        let u = url.expose();
+        if !(u.starts_with("postgres://") || u.starts_with("postgresql://")) {
+            anyhow::bail!(
+                "[ledger] url (or QUORUM_LEDGER_URL) must be a postgres:// URL, not {url}"
+            );
+        }
+        // Without a budget, rows the database cannot take while it is away wait in
+        // a local spool; with one, an unreachable database refuses (fail closed).
+        let spool = data_dir
+            .as_ref()
+            .filter(|_| !budget.is_set())
+            .map(|d| d.join(LEDGER_SPOOL_FILE));
+        let bg = BackgroundLedger::spawn_at(
+            Location::Url(u.to_string()),
+            opts,
+            Some(pricing.clone()),
+            spool,
+        );
         engine = engine.with_ledger(Arc::new(bg.clone()));
-        books = Books::On {
-            ledger: bg.clone(),
-            path: d.join(LEDGER_FILE),
-        };
+        books = Books::On { ledger: bg.clone() };
+        ledger = Some(bg);
+    }
+    if let Some(d) = data_dir.as_ref().filter(|_| !no_ledger) {
+        if ledger.is_none() {
+            let bg = BackgroundLedger::spawn(d.join(LEDGER_FILE), opts, Some(pricing));
+            engine = engine.with_ledger(Arc::new(bg.clone()));
+            books = Books::On { ledger: bg.clone() };
+            ledger = Some(bg);
+        }
         let cache = CacheSettings {
             enabled: cfg.cache.enabled,
             ttl_secs: cfg.cache.ttl_secs,
         };
         engine = engine.with_cache(Arc::new(ResponseCache::new(d, cache)));
-        ledger = Some(bg);
     }
     let engine = engine.with_books(books, budget);
     let settings = Settings {

@@ -311,6 +311,8 @@ pub struct FileConfig {
     pub budget: Option<BudgetConfig>,
     /// Local response cache.
     pub cache: Option<CacheFile>,
+    /// Where the ledger lives.
+    pub ledger: Option<LedgerFile>,
     /// Price overrides per `provider/model`.
     #[serde(default)]
     pub pricing: BTreeMap<String, PriceConfig>,
@@ -475,6 +477,49 @@ pub struct BudgetConfig {
     pub daily_usd: Option<f64>,
 }
 
+/// `[ledger]` as written.
+#[derive(Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct LedgerFile {
+    /// `postgres://user:${PASSWORD}@host/db`: a shared PostgreSQL ledger instead of
+    /// the SQLite file in the data dir.
+    pub url: Option<String>,
+}
+
+impl fmt::Debug for LedgerFile {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("LedgerFile")
+            .field("url", &self.url.as_deref().map(LedgerUrl::mask))
+            .finish()
+    }
+}
+
+/// A ledger database URL. Its password never shows: `Debug` and `Display` mask it.
+#[derive(Clone, PartialEq, Eq)]
+pub struct LedgerUrl(String);
+
+impl LedgerUrl {
+    /// The URL with its credentials, for connecting only.
+    pub fn expose(&self) -> &str {
+        &self.0
+    }
+    fn mask(u: &str) -> String {
+        crate::engine::ledger::mask_url(u)
+    }
+}
+
+impl fmt::Debug for LedgerUrl {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{:?}", Self::mask(&self.0))
+    }
+}
+
+impl fmt::Display for LedgerUrl {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&Self::mask(&self.0))
+    }
+}
+
 /// `[cache]` as written.
 #[derive(Debug, Clone, Default, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -570,7 +615,9 @@ impl FileConfig {
             }),
             (b, t) => t.or(b),
         };
+        let ledger = top.ledger.or(self.ledger.take());
         FileConfig {
+            ledger,
             default_model: over(self.default_model, top.default_model),
             compare_targets: over(self.compare_targets, top.compare_targets),
             judge_model: over(self.judge_model, top.judge_model),
@@ -1107,6 +1154,9 @@ pub struct Config {
     pub budget: BudgetConfig,
     /// Response cache.
     pub cache: CacheConfig,
+    /// A shared PostgreSQL ledger (`QUORUM_LEDGER_URL` over `[ledger] url`); None keeps
+    /// the SQLite file in the data dir.
+    pub ledger_url: Option<LedgerUrl>,
     /// Price overrides per `provider/model`.
     pub pricing: BTreeMap<String, PriceConfig>,
     /// TUI key bindings (validated by the TUI).
@@ -1263,6 +1313,7 @@ impl Config {
             models: BTreeMap::new(),
             budget: BudgetConfig::default(),
             cache: CacheConfig::default(),
+            ledger_url: None,
             pricing: BTreeMap::new(),
             keys: BTreeMap::new(),
             warnings: Vec::new(),
@@ -1320,6 +1371,7 @@ fn build(
 
     // --- environment layer (QUORUM_*) and flags, parsed up front.
     let env_default_model = env("QUORUM_DEFAULT_MODEL").filter(|s| !s.trim().is_empty());
+    let env_ledger_url = env("QUORUM_LEDGER_URL").filter(|s| !s.trim().is_empty());
     let env_allowed = env("QUORUM_ALLOWED_MODELS")
         .filter(|s| !s.trim().is_empty())
         .map(|s| env_list(&s));
@@ -1748,6 +1800,10 @@ fn build(
             enabled: cache.enabled.unwrap_or(false),
             ttl_secs: cache.ttl_secs.unwrap_or(86_400),
         },
+        ledger_url: env_ledger_url
+            .or_else(|| f.ledger.as_ref().and_then(|l| l.url.clone()))
+            .filter(|u| !u.trim().is_empty())
+            .map(|u| LedgerUrl(u.trim().to_string())),
         pricing: f.pricing.clone(),
         keys: f.keys.clone(),
         warnings: Vec::new(),

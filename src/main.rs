@@ -98,7 +98,7 @@ fn dispatch() -> i32 {
         })) => llm_quorum::tui::eval_matrix::run(&flags, run_id),
         Some(Command::Eval(a)) => eval::run(&flags, a),
         Some(Command::Leaderboard(a)) => leaderboard::run(&flags, a),
-        Some(Command::Ledger(a)) => ledger::run(a),
+        Some(Command::Ledger(a)) => ledger::run(&flags, a),
         Some(Command::Pricing(a)) => pricing::run(&flags, a),
         Some(Command::Exec(a)) => exec::run(&flags, a),
         Some(Command::Serve(a)) => llm_quorum::serve::run(&flags, a),

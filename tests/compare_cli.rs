@@ -938,9 +938,9 @@ output = 100.0
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn leaderboard_counts_votes_the_tui_stored_in_the_ledger_with_the_jsonl_ones() {
-    use llm_quorum::engine::ledger::{LedgerOptions, SqliteLedger};
+    use llm_quorum::engine::ledger::{Ledger, LedgerOptions};
     let data = tempfile::tempdir().unwrap();
-    let ledger = SqliteLedger::open_in(data.path(), LedgerOptions::default()).unwrap();
+    let ledger = Ledger::open_in(data.path(), LedgerOptions::default()).unwrap();
     let pair = ["x/a".to_string(), "y/b".to_string()];
     ledger
         .record_vote(Some("run-1"), &pair, Some("y/b"), Some("code"))

@@ -651,7 +651,11 @@ use llm_quorum::engine::{ChatRequest, Engine, EngineConfig, StartOptions};
 struct Rows(Mutex<Vec<(RequestMeta, Completion)>>);
 
 impl LedgerSink for Rows {
-    fn record(&self, meta: &RequestMeta, c: &Completion) -> Result<(), String> {
+    fn record(
+        &self,
+        meta: &RequestMeta,
+        c: &Completion,
+    ) -> Result<(), llm_quorum::engine::ledger::LedgerError> {
         self.0.lock().unwrap().push((meta.clone(), c.clone()));
         Ok(())
     }

@@ -11,7 +11,7 @@ use llm_quorum::engine::cache::{self, CacheSettings, CachedAnswer, ResponseCache
 use llm_quorum::engine::cost::{self, Price, Pricing};
 use llm_quorum::engine::front::LedgerProblem;
 use llm_quorum::engine::ledger::{
-    BackgroundLedger, LedgerOptions, LedgerSink, RequestMeta, SqliteLedger, LEDGER_FILE,
+    BackgroundLedger, Ledger, LedgerOptions, LedgerSink, RequestMeta, LEDGER_FILE,
 };
 use llm_quorum::engine::provider::{ProviderKind, ProviderSpec, Secret};
 use llm_quorum::engine::registry::Registry;
@@ -869,7 +869,7 @@ async fn budget_refuses_before_any_request_reaches_the_server() {
     let server = support::Server::start(vec![support::Reply::sse(OPENAI_SSE)]).await;
     let engine = engine_with(openai_at(&server.url), Pricing::builtin());
     let dir = tempfile::tempdir().unwrap();
-    let ledger = Arc::new(SqliteLedger::open_in(dir.path(), LedgerOptions::default()).unwrap());
+    let ledger = Arc::new(Ledger::open_in(dir.path(), LedgerOptions::default()).unwrap());
     // Spent today already: $0.0095.
     ledger
         .record(
@@ -891,7 +891,6 @@ async fn budget_refuses_before_any_request_reaches_the_server() {
     let path = dir.path().join(LEDGER_FILE);
     let books = Books::On {
         ledger: BackgroundLedger::spawn(path.clone(), LedgerOptions::default(), None),
-        path,
     };
     let gated = engine.clone().with_books(books, budget);
     let err = gated
@@ -976,7 +975,7 @@ async fn a_cache_hit_replays_at_once_and_sends_no_request() {
     cache
         .put(&cache::key("openai", "gpt-4o-mini", &req), &cached_answer())
         .unwrap();
-    let ledger = Arc::new(SqliteLedger::open_in(dir.path(), LedgerOptions::default()).unwrap());
+    let ledger = Arc::new(Ledger::open_in(dir.path(), LedgerOptions::default()).unwrap());
     let engine = engine_with(openai_at(&server.url), Pricing::builtin())
         .with_ledger(ledger.clone())
         .with_cache(cache.clone());

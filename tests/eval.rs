@@ -10,7 +10,7 @@ use std::process::{Command, Output, Stdio};
 use serde_json::Value;
 use support::{Reply, Server};
 
-use llm_quorum::engine::ledger::{LedgerOptions, SqliteLedger};
+use llm_quorum::engine::ledger::{Ledger, LedgerOptions};
 
 const FAKE_KEY: &str = "sk-test-eval-0000000000000000";
 
@@ -63,8 +63,8 @@ fn write(dir: &Path, name: &str, text: &str) {
     std::fs::write(dir.join(name), text).unwrap();
 }
 
-fn ledger(data: &Path) -> SqliteLedger {
-    SqliteLedger::open_in(&data.join("data"), LedgerOptions::default()).unwrap()
+fn ledger(data: &Path) -> Ledger {
+    Ledger::open_in(&data.join("data"), LedgerOptions::default()).unwrap()
 }
 
 /// `case -> target -> [(assertion, pass)]` from the JSON report.

@@ -431,7 +431,7 @@ fn no_ledger_with_a_budget_is_a_configuration_error() {
 /// A ledger whose `requests` table refuses every insert, as a full disk would after
 /// the run was noted: a real SQLite write failure on a real file.
 fn refuse_request_rows(db: &Path) {
-    let l = llm_quorum::engine::ledger::SqliteLedger::open(db, Default::default()).unwrap();
+    let l = llm_quorum::engine::ledger::Ledger::open(db, Default::default()).unwrap();
     drop(l);
     let c = rusqlite::Connection::open(db).unwrap();
     c.execute_batch(
@@ -490,7 +490,7 @@ async fn serve_turns_degraded_after_a_failed_write_and_refuses_while_a_budget_is
 
 #[test]
 fn an_answer_over_sqlites_row_limit_is_recorded_cut_with_its_cost() {
-    use llm_quorum::engine::ledger::{LedgerSink, RequestMeta, SqliteLedger};
+    use llm_quorum::engine::ledger::{Ledger, LedgerSink, RequestMeta};
     use llm_quorum::engine::Completion;
     let dir = tempfile::tempdir().unwrap();
     let db = dir.path().join("ledger.sqlite3");
@@ -504,7 +504,7 @@ fn an_answer_over_sqlites_row_limit_is_recorded_cut_with_its_cost() {
     assert!(raw.execute("INSERT INTO t VALUES (?1)", [&answer]).is_err());
     drop(raw);
 
-    let l = SqliteLedger::open(&db, Default::default()).unwrap();
+    let l = Ledger::open(&db, Default::default()).unwrap();
     l.set_length_limit(limit).unwrap();
     let c = Completion {
         provider: "openai".into(),

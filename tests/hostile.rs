@@ -15,7 +15,7 @@ use std::time::Duration;
 
 use llm_quorum::config::{self, Overrides};
 use llm_quorum::engine::error::TimeoutPhase;
-use llm_quorum::engine::ledger::{LedgerOptions, RequestRow, SqliteLedger};
+use llm_quorum::engine::ledger::{Ledger, LedgerOptions, RequestRow};
 use llm_quorum::engine::{
     ChatRequest, Completion, Engine, EngineError, RunHandle, RunOptions, StreamEvent,
 };
@@ -32,9 +32,7 @@ fn engine_with(text: &str, url: &str, ledger: Option<&Path>) -> Engine {
     ec.pricing = llm_quorum::engine::cost::Pricing::builtin();
     let e = Engine::new(ec).unwrap();
     match ledger {
-        Some(p) => e.with_ledger(Arc::new(
-            SqliteLedger::open(p, LedgerOptions::default()).unwrap(),
-        )),
+        Some(p) => e.with_ledger(Arc::new(Ledger::open(p, LedgerOptions::default()).unwrap())),
         None => e,
     }
 }
@@ -67,7 +65,7 @@ async fn drain(h: RunHandle) -> (Vec<StreamEvent>, Completion) {
 }
 
 fn rows(path: &Path) -> Vec<RequestRow> {
-    SqliteLedger::open(path, LedgerOptions::default())
+    Ledger::open(path, LedgerOptions::default())
         .unwrap()
         .recent(100)
         .unwrap()

@@ -12,7 +12,7 @@ use std::time::{Duration, Instant};
 
 use llm_quorum::engine::cost::Pricing;
 use llm_quorum::engine::ledger::{
-    self, BackgroundLedger, GroupBy, LedgerOptions, LedgerSink, RequestMeta, Shown, SqliteLedger,
+    self, BackgroundLedger, GroupBy, Ledger, LedgerOptions, LedgerSink, RequestMeta, Shown,
 };
 use llm_quorum::engine::{
     tokens, Completion, CostSource, EngineError, FinishReason, ToolCall, Usage,
@@ -60,7 +60,7 @@ fn ledger_child_writer() {
     };
     let tag = std::env::var("QUORUM_LEDGER_TAG").unwrap();
     let n: u64 = std::env::var("QUORUM_LEDGER_N").unwrap().parse().unwrap();
-    let l = SqliteLedger::open(Path::new(&path), LedgerOptions::default()).unwrap();
+    let l = Ledger::open(Path::new(&path), LedgerOptions::default()).unwrap();
     for i in 0..n {
         let run = format!("{tag}-{i}");
         l.record(&meta(&run, Some(&tag)), &completion(i)).unwrap();
@@ -99,7 +99,7 @@ fn committed_lines(out: impl std::io::Read) -> Vec<String> {
         .collect()
 }
 
-fn run_ids(l: &SqliteLedger, session: &str) -> std::collections::HashSet<String> {
+fn run_ids(l: &Ledger, session: &str) -> std::collections::HashSet<String> {
     match l.show(session).unwrap() {
         Some(Shown::Session { requests, .. }) => requests.into_iter().map(|r| r.run_id).collect(),
         _ => Default::default(),
@@ -141,7 +141,7 @@ fn sigkill_mid_run_loses_no_request_that_had_finished() {
     }
     // Lines it printed before dying were for committed rows too.
     committed.extend(committed_lines(reader));
-    let l = SqliteLedger::open(&path, LedgerOptions::default()).unwrap();
+    let l = Ledger::open(&path, LedgerOptions::default()).unwrap();
     let stored = run_ids(&l, "crash");
     for id in &committed {
         assert!(
@@ -171,7 +171,7 @@ fn two_processes_writing_one_ledger_at_once_lose_nothing() {
     assert!(a.wait().unwrap().success());
     assert!(b.wait().unwrap().success());
     assert_eq!((out_a.len(), out_b.len()), (n as usize, n as usize));
-    let l = SqliteLedger::open(&path, LedgerOptions::default()).unwrap();
+    let l = Ledger::open(&path, LedgerOptions::default()).unwrap();
     assert_eq!(l.request_count().unwrap(), 2 * n);
     let (sa, sb) = (run_ids(&l, "alpha"), run_ids(&l, "beta"));
     for id in &out_a {
@@ -187,7 +187,7 @@ fn two_processes_writing_one_ledger_at_once_lose_nothing() {
 fn schema_is_versioned_wal_and_private() {
     let dir = tempfile::tempdir().unwrap();
     let data = dir.path().join("a").join("quorum");
-    let l = SqliteLedger::open_in(&data, LedgerOptions::default()).unwrap();
+    let l = Ledger::open_in(&data, LedgerOptions::default()).unwrap();
     assert_eq!(l.version().unwrap(), ledger::schema_version());
     assert!(ledger::schema_version() >= 1);
     drop(l);
@@ -225,18 +225,23 @@ fn schema_is_versioned_wal_and_private() {
         ]
     );
     // Reopening an up-to-date file migrates nothing; a newer one is refused.
-    let l = SqliteLedger::open_in(&data, LedgerOptions::default()).unwrap();
+    let l = Ledger::open_in(&data, LedgerOptions::default()).unwrap();
     drop(l);
     c.pragma_update(None, "user_version", 99).unwrap();
-    let err = SqliteLedger::open_in(&data, LedgerOptions::default()).unwrap_err();
-    assert!(err.contains("newer"), "{err}");
+    let err = Ledger::open_in(&data, LedgerOptions::default()).unwrap_err();
+    assert!(
+        matches!(err, ledger::LedgerError::Schema { found: 99, .. }),
+        "{err}"
+    );
+    assert!(err.to_string().contains("newer"), "{err}");
+    assert!(err.to_string().contains("upgrade quorum"), "{err}");
 }
 
 #[test]
 fn a_request_round_trips_with_its_price_row_and_shows_by_any_id() {
     let dir = tempfile::tempdir().unwrap();
     let pricing = Pricing::builtin();
-    let l = SqliteLedger::open_in(dir.path(), LedgerOptions::default())
+    let l = Ledger::open_in(dir.path(), LedgerOptions::default())
         .unwrap()
         .with_pricing(pricing.clone());
     l.start_session("s1", Some("trying things"), Some("tui"))
@@ -377,7 +382,7 @@ fn a_request_round_trips_with_its_price_row_and_shows_by_any_id() {
 #[test]
 fn log_content_false_keeps_no_text() {
     let dir = tempfile::tempdir().unwrap();
-    let l = SqliteLedger::open_in(dir.path(), LedgerOptions { log_content: false }).unwrap();
+    let l = Ledger::open_in(dir.path(), LedgerOptions { log_content: false }).unwrap();
     let mut c = completion(3);
     c.thinking = "secret thoughts".into();
     c.tool_calls = vec![ToolCall {
@@ -405,7 +410,7 @@ fn log_content_false_keeps_no_text() {
 #[test]
 fn votes_are_kept_for_the_leaderboard() {
     let dir = tempfile::tempdir().unwrap();
-    let l = SqliteLedger::open_in(dir.path(), LedgerOptions::default()).unwrap();
+    let l = Ledger::open_in(dir.path(), LedgerOptions::default()).unwrap();
     let t = vec!["openai/gpt-4o-mini".to_string(), "mock/alpha".to_string()];
     l.record_vote(Some("run-1"), &t, Some("openai/gpt-4o-mini"), Some("math"))
         .unwrap();
@@ -435,7 +440,7 @@ fn the_background_ledger_opens_off_thread_and_records_durably() {
     );
     bg.record(&meta("bg-1", None), &completion(1)).unwrap();
     assert!(bg.ready().unwrap().is_ok());
-    let l = SqliteLedger::open(&path, LedgerOptions::default()).unwrap();
+    let l = Ledger::open(&path, LedgerOptions::default()).unwrap();
     assert_eq!(l.request_count().unwrap(), 1);
     // A ledger that cannot open reports it on record, it does not panic.
     let blocker = dir.path().join("file");
@@ -454,7 +459,7 @@ fn pricing_and_the_ledger_never_load_a_tokenizer() {
     let p = Pricing::builtin();
     assert!(p.lookup("openai", "gpt-4o-mini").is_some());
     let dir = tempfile::tempdir().unwrap();
-    let l = SqliteLedger::open_in(dir.path(), LedgerOptions::default()).unwrap();
+    let l = Ledger::open_in(dir.path(), LedgerOptions::default()).unwrap();
     l.record_request(&meta("r", None), &completion(0)).unwrap();
     let _ = l.totals(GroupBy::Model).unwrap();
     let _ = tokens::quick_estimate("as you type");
@@ -478,7 +483,7 @@ fn quorum_ledger_prints_totals_sessions_and_rows_as_json() {
     let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
     assert_eq!(v["by_day"], serde_json::json!([]));
     assert!(!data.path().join("ledger.sqlite3").exists());
-    let l = SqliteLedger::open_in(data.path(), LedgerOptions::default()).unwrap();
+    let l = Ledger::open_in(data.path(), LedgerOptions::default()).unwrap();
     l.record(&meta("run-a", Some("s-1")), &completion(1))
         .unwrap();
     l.record(&meta("run-a", Some("s-1")), &completion(2))
@@ -536,4 +541,49 @@ fn quorum_ledger_prints_totals_sessions_and_rows_as_json() {
     );
     let out = quorum(&["ledger", "show", "no-such-thing"]);
     assert_eq!(out.status.code(), Some(2));
+}
+
+#[test]
+fn concurrent_writers_share_transactions_and_one_bad_row_fails_alone() {
+    // Setup: a trigger refuses one answer; 16 threads record 20 requests each at once,
+    // so rows are committed in shared batches (group commit).
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("ledger.sqlite3");
+    let l = std::sync::Arc::new(Ledger::open(&path, LedgerOptions::default()).unwrap());
+    let raw = rusqlite::Connection::open(&path).unwrap();
+    raw.execute_batch(
+        "CREATE TRIGGER no_13 BEFORE INSERT ON requests WHEN NEW.response = 'answer 13'
+         BEGIN SELECT RAISE(ABORT, 'answer 13 refused'); END;",
+    )
+    .unwrap();
+    drop(raw);
+
+    // Exec.
+    let threads: Vec<_> = (0..16)
+        .map(|t| {
+            let l = l.clone();
+            std::thread::spawn(move || {
+                (0..20u64)
+                    .map(|i| {
+                        let run = format!("run-{t}-{i}");
+                        (i, l.record_request(&meta(&run, None), &completion(i)))
+                    })
+                    .collect::<Vec<_>>()
+            })
+        })
+        .collect();
+    let results: Vec<(u64, Result<i64, ledger::LedgerError>)> = threads
+        .into_iter()
+        .flat_map(|t| t.join().unwrap())
+        .collect();
+
+    // Check: exactly the refused answers failed, every other row is there once.
+    for (i, r) in &results {
+        assert_eq!(r.is_err(), *i == 13, "answer {i}: {r:?}");
+    }
+    let mut ids: Vec<i64> = results.iter().filter_map(|(_, r)| r.clone().ok()).collect();
+    ids.sort();
+    ids.dedup();
+    assert_eq!(ids.len(), 16 * 19, "every good row has its own id");
+    assert_eq!(l.request_count().unwrap(), 16 * 19);
 }

@@ -363,11 +363,9 @@ fn blind_vote_and_judge_end_to_end() {
     t.wait_for("quorum to exit", 10, |s| s.contains("QUORUM-EXIT-0"));
 
     // Check: the vote is in the SQLite ledger, with its run and tag.
-    let ledger = llm_quorum::engine::ledger::SqliteLedger::open_in(
-        &dir.path().join("data"),
-        Default::default(),
-    )
-    .unwrap();
+    let ledger =
+        llm_quorum::engine::ledger::Ledger::open_in(&dir.path().join("data"), Default::default())
+            .unwrap();
     let votes = ledger.votes().unwrap();
     assert_eq!(votes.len(), 1, "{votes:?}");
     assert_eq!(votes[0].tag.as_deref(), Some("e2e"));

@@ -11,7 +11,7 @@ use clap::Args;
 use super::{EXIT_OK, EXIT_USAGE};
 use crate::app::GlobalFlags;
 use crate::engine::consensus::{leaderboard, JsonlVoteStore, Leaderboard, Vote, VoteStore};
-use crate::engine::ledger::{LedgerOptions, SqliteLedger, LEDGER_FILE};
+use crate::engine::ledger::{Ledger, LedgerOptions, LEDGER_FILE};
 
 /// Arguments of `quorum leaderboard`.
 #[derive(Debug, Args)]
@@ -41,14 +41,19 @@ pub fn all_votes() -> Result<Vec<Vote>, String> {
     if let Some(dir) = crate::engine::files::data_dir() {
         let path = dir.join(LEDGER_FILE);
         if path.exists() {
-            let l = SqliteLedger::open(&path, LedgerOptions::default())?;
-            votes.extend(l.votes()?.into_iter().map(|r| Vote {
-                targets: r.targets,
-                winner: r.winner,
-                tag: r.tag,
-                run_id: r.run_id,
-                created_at: Some(r.created_at),
-            }));
+            let l = Ledger::open(&path, LedgerOptions::default()).map_err(|e| e.to_string())?;
+            votes.extend(
+                l.votes()
+                    .map_err(|e| e.to_string())?
+                    .into_iter()
+                    .map(|r| Vote {
+                        targets: r.targets,
+                        winner: r.winner,
+                        tag: r.tag,
+                        run_id: r.run_id,
+                        created_at: Some(r.created_at),
+                    }),
+            );
         }
     }
     votes.extend(open_store()?.votes()?);

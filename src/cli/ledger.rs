@@ -4,10 +4,11 @@
 use clap::{Args, Subcommand, ValueEnum};
 
 use super::{EXIT_FAILED, EXIT_OK, EXIT_USAGE};
+use crate::app::GlobalFlags;
 use crate::engine::cost::format_usd;
 use crate::engine::files::data_dir;
 use crate::engine::ledger::{
-    GroupBy, LedgerOptions, RequestRow, Shown, SqliteLedger, TotalRow, LEDGER_FILE,
+    mask_url, GroupBy, Ledger, LedgerOptions, Location, RequestRow, Shown, TotalRow, LEDGER_FILE,
 };
 
 /// Arguments of `quorum ledger`.
@@ -63,20 +64,95 @@ enum LedgerCommand {
         /// Request id, run id or session id.
         id: String,
     },
+    /// Copy the SQLite ledger into a PostgreSQL one (idempotent: run it again to
+    /// resume an interrupted copy; rows already there are kept).
+    Migrate {
+        /// The database: `postgres://user:password@host:port/db` (prefer a `${VAR}`
+        /// expanded by your shell for the password).
+        #[arg(long, value_name = "URL")]
+        to: String,
+        /// The SQLite file (default: ledger.sqlite3 in the data dir).
+        #[arg(long, value_name = "FILE")]
+        from: Option<std::path::PathBuf>,
+    },
 }
 
-fn open() -> Result<Option<SqliteLedger>, String> {
+/// The ledger the reports read: the PostgreSQL one when `QUORUM_LEDGER_URL` or
+/// `[ledger] url` names one, else the SQLite file in the data dir (None if none yet).
+fn open(flags: &GlobalFlags) -> Result<Option<Ledger>, String> {
+    let cfg = crate::config::load(&flags.overrides(), &|k| std::env::var(k).ok())
+        .map_err(|e| e.to_string())?;
+    if let Some(url) = &cfg.ledger_url {
+        return Ledger::open_at(
+            &Location::Url(url.expose().to_string()),
+            LedgerOptions::default(),
+        )
+        .map(Some)
+        .map_err(|e| e.to_string());
+    }
     let dir = data_dir().ok_or("no data directory: set QUORUM_DATA_DIR")?;
     let path = dir.join(LEDGER_FILE);
     if !path.exists() {
         return Ok(None);
     }
-    SqliteLedger::open(&path, LedgerOptions::default()).map(Some)
+    Ledger::open(&path, LedgerOptions::default())
+        .map(Some)
+        .map_err(|e| e.to_string())
+}
+
+fn migrate(to: &str, from: Option<std::path::PathBuf>, json: bool) -> i32 {
+    if !(to.starts_with("postgres://") || to.starts_with("postgresql://")) {
+        eprintln!(
+            "quorum: --to must be a postgres:// URL, not {}",
+            mask_url(to)
+        );
+        return EXIT_USAGE;
+    }
+    let src = match from.or_else(|| data_dir().map(|d| d.join(LEDGER_FILE))) {
+        Some(p) if p.exists() => p,
+        Some(p) => {
+            eprintln!("quorum: no SQLite ledger at {} to migrate", p.display());
+            return EXIT_FAILED;
+        }
+        None => {
+            eprintln!("quorum: no data directory: set QUORUM_DATA_DIR or pass --from");
+            return EXIT_USAGE;
+        }
+    };
+    let r = crate::engine::ledger::migrate(&src, to, |line| {
+        if !json {
+            eprintln!("quorum: {line}");
+        }
+    });
+    match r {
+        Ok(m) => {
+            if json {
+                println!("{}", serde_json::to_string(&m).unwrap_or_default());
+            } else {
+                println!(
+                    "migrated {} to {}: {} rows read, {} new, {} requests there now",
+                    src.display(),
+                    mask_url(to),
+                    m.read,
+                    m.written,
+                    m.requests_after
+                );
+            }
+            EXIT_OK
+        }
+        Err(e) => {
+            eprintln!("quorum: {e}; run the same command again to resume");
+            EXIT_FAILED
+        }
+    }
 }
 
 /// Run `quorum ledger`.
-pub fn run(args: LedgerArgs) -> i32 {
-    let ledger = match open() {
+pub fn run(flags: &GlobalFlags, args: LedgerArgs) -> i32 {
+    if let Some(LedgerCommand::Migrate { to, from }) = args.command {
+        return migrate(&to, from, args.json);
+    }
+    let ledger = match open(flags) {
         Ok(l) => l,
         Err(e) => {
             eprintln!("quorum: {e}");
@@ -87,6 +163,7 @@ pub fn run(args: LedgerArgs) -> i32 {
         None => totals(ledger.as_ref(), args.by, args.json),
         Some(LedgerCommand::Sessions { limit }) => sessions(ledger.as_ref(), limit, args.json),
         Some(LedgerCommand::Show { id }) => show(ledger.as_ref(), &id, args.json),
+        Some(LedgerCommand::Migrate { .. }) => EXIT_USAGE,
     }
 }
 
@@ -98,7 +175,7 @@ fn cost_cell(cost: f64, unknown: u64) -> String {
     }
 }
 
-fn totals(ledger: Option<&SqliteLedger>, by: Option<By>, json: bool) -> i32 {
+fn totals(ledger: Option<&Ledger>, by: Option<By>, json: bool) -> i32 {
     let groups: Vec<By> = match by {
         Some(b) => vec![b],
         None => vec![By::Session, By::Day, By::Provider, By::Model],
@@ -162,7 +239,7 @@ fn totals(ledger: Option<&SqliteLedger>, by: Option<By>, json: bool) -> i32 {
     EXIT_OK
 }
 
-fn sessions(ledger: Option<&SqliteLedger>, limit: usize, json: bool) -> i32 {
+fn sessions(ledger: Option<&Ledger>, limit: usize, json: bool) -> i32 {
     let rows = match ledger.map(|l| l.sessions(limit)) {
         None => Vec::new(),
         Some(Ok(r)) => r,
@@ -227,7 +304,7 @@ fn request_line(r: &RequestRow) -> String {
     s
 }
 
-fn show(ledger: Option<&SqliteLedger>, id: &str, json: bool) -> i32 {
+fn show(ledger: Option<&Ledger>, id: &str, json: bool) -> i32 {
     let Some(ledger) = ledger else {
         eprintln!("quorum: the ledger is empty");
         return EXIT_FAILED;

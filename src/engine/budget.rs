@@ -14,7 +14,7 @@
 use super::cost::Pricing;
 use super::error::EngineError;
 use super::event::Usage;
-use super::ledger::{BackgroundLedger, SqliteLedger};
+use super::ledger::{BackgroundLedger, Ledger, LedgerError};
 use super::request::ChatRequest;
 use super::run::Engine;
 use super::tokens;
@@ -300,11 +300,11 @@ impl From<Refusal> for EngineError {
     }
 }
 
-/// Where a budget reads spending so far and notes runs: the SQLite ledger, opened or
+/// Where a budget reads spending so far and notes runs: the ledger, opened or
 /// opening in the background.
 pub trait SpendLedger: Send + Sync {
     /// Spend today and in `session`.
-    fn spend(&self, session: Option<&str>) -> Result<Spend, String>;
+    fn spend(&self, session: Option<&str>) -> Result<Spend, LedgerError>;
     /// Note a run with its targets and bound.
     fn note_run(
         &self,
@@ -314,12 +314,12 @@ pub trait SpendLedger: Send + Sync {
         targets: &[String],
         projected_usd: Option<f64>,
         prompt: &str,
-    ) -> Result<(), String>;
+    ) -> Result<(), LedgerError>;
 }
 
-impl SpendLedger for SqliteLedger {
-    fn spend(&self, session: Option<&str>) -> Result<Spend, String> {
-        SqliteLedger::spend(self, session)
+impl SpendLedger for Ledger {
+    fn spend(&self, session: Option<&str>) -> Result<Spend, LedgerError> {
+        Ledger::spend(self, session)
     }
     fn note_run(
         &self,
@@ -329,8 +329,8 @@ impl SpendLedger for SqliteLedger {
         targets: &[String],
         projected_usd: Option<f64>,
         prompt: &str,
-    ) -> Result<(), String> {
-        SqliteLedger::note_run(
+    ) -> Result<(), LedgerError> {
+        Ledger::note_run(
             self,
             run_id,
             session_id,
@@ -343,7 +343,7 @@ impl SpendLedger for SqliteLedger {
 }
 
 impl SpendLedger for BackgroundLedger {
-    fn spend(&self, session: Option<&str>) -> Result<Spend, String> {
+    fn spend(&self, session: Option<&str>) -> Result<Spend, LedgerError> {
         self.wait()?.spend(session)
     }
     fn note_run(
@@ -354,7 +354,7 @@ impl SpendLedger for BackgroundLedger {
         targets: &[String],
         projected_usd: Option<f64>,
         prompt: &str,
-    ) -> Result<(), String> {
+    ) -> Result<(), LedgerError> {
         self.wait()?
             .note_run(run_id, session_id, trace_id, targets, projected_usd, prompt)
     }

@@ -107,6 +107,18 @@ impl FinishReason {
             FinishReason::Cancelled => "cancelled",
         }
     }
+
+    /// The reason of a wire word ([`FinishReason::as_str`]); unknown words are `Stop`.
+    pub fn parse(word: &str) -> FinishReason {
+        match word {
+            "length" => FinishReason::Length,
+            "tool_calls" => FinishReason::ToolCalls,
+            "content_filter" => FinishReason::ContentFilter,
+            "error" => FinishReason::Error,
+            "cancelled" => FinishReason::Cancelled,
+            _ => FinishReason::Stop,
+        }
+    }
 }
 
 impl std::fmt::Display for FinishReason {
@@ -215,6 +227,16 @@ impl CostSource {
             CostSource::Estimated => "estimated",
             CostSource::Unknown => "unknown",
             CostSource::Cached => "cached",
+        }
+    }
+    /// The source of a wire word ([`CostSource::as_str`]); unknown words are `Unknown`.
+    pub fn parse(word: &str) -> CostSource {
+        match word {
+            "provider" => CostSource::Provider,
+            "computed" => CostSource::Computed,
+            "estimated" => CostSource::Estimated,
+            "cached" => CostSource::Cached,
+            _ => CostSource::Unknown,
         }
     }
     /// One-character mark for the UI: ✓ priced, ~ estimated, ? unknown.

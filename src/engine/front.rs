@@ -8,7 +8,6 @@
 //! ledger refuses every run (unless the ledger is explicitly off), and a ledger whose
 //! writes have failed refuses runs while a budget is set.
 
-use std::path::PathBuf;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 
@@ -16,7 +15,7 @@ use tokio::sync::mpsc;
 
 use super::budget::{self, Projection};
 use super::error::EngineError;
-use super::ledger::{BackgroundLedger, Gate, Refused, RunNote};
+use super::ledger::{BackgroundLedger, Gate, LedgerError, Refused, RunNote};
 use super::request::ChatRequest;
 use super::run::{Engine, RunHandle, RunOptions, TargetEvent};
 use super::select;
@@ -29,12 +28,10 @@ pub enum Books {
     Off,
     /// A ledger was wanted but cannot be used (no data directory).
     Unusable(LedgerProblem),
-    /// The SQLite ledger (opening in the background) at `path`.
+    /// The ledger (opening in the background): SQLite or PostgreSQL.
     On {
         /// The ledger.
         ledger: BackgroundLedger,
-        /// Its file.
-        path: PathBuf,
     },
 }
 
@@ -68,8 +65,8 @@ impl LedgerHealth {
 /// Why the ledger cannot be used, and what to do about it.
 #[derive(Debug, Clone, PartialEq, Default)]
 pub struct LedgerProblem {
-    /// The ledger file, when there is one.
-    pub path: Option<PathBuf>,
+    /// The ledger file, or its URL with the password masked, when there is one.
+    pub place: Option<String>,
     /// What went wrong.
     pub reason: String,
     /// What the user can do.
@@ -77,35 +74,36 @@ pub struct LedgerProblem {
 }
 
 impl LedgerProblem {
-    /// A problem with the file at `path`, the fix guessed from the reason.
-    pub fn at(path: &std::path::Path, reason: &str) -> LedgerProblem {
-        let r = reason.to_ascii_lowercase();
-        let fix = if r.contains("newer than this quorum") {
-            "upgrade quorum, or point QUORUM_DATA_DIR at another folder"
-        } else if r.contains("not a database") || r.contains("malformed") || r.contains("corrupt") {
-            "move the file aside (quorum then starts a new ledger), or point QUORUM_DATA_DIR at another folder"
-        } else if r.contains("full") || r.contains("too large") || r.contains("no space") {
-            "free space on its filesystem, or point QUORUM_DATA_DIR at another folder"
-        } else {
-            "make the folder writable, or point QUORUM_DATA_DIR at a writable folder"
-        };
+    /// A problem at `place` (a file or a masked URL) that is not a [`LedgerError`].
+    pub fn at(place: &str, reason: &str, fix: &str) -> LedgerProblem {
         LedgerProblem {
-            path: Some(path.to_path_buf()),
-            reason: reason.trim_start_matches("ledger: ").to_string(),
+            place: Some(place.to_string()),
+            reason: reason.to_string(),
             fix: format!("{fix}; or run with --no-ledger (no budgets then)"),
         }
     }
 }
 
+impl From<&LedgerError> for LedgerProblem {
+    fn from(e: &LedgerError) -> Self {
+        LedgerProblem {
+            place: e.place().map(String::from),
+            reason: e.reason(),
+            fix: format!("{}; or run with --no-ledger (no budgets then)", e.fix()),
+        }
+    }
+}
+
+impl From<LedgerError> for LedgerProblem {
+    fn from(e: LedgerError) -> Self {
+        LedgerProblem::from(&e)
+    }
+}
+
 impl std::fmt::Display for LedgerProblem {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        match &self.path {
-            Some(p) => write!(
-                f,
-                "the ledger {} cannot be used: {}",
-                p.display(),
-                self.reason
-            )?,
+        match &self.place {
+            Some(p) => write!(f, "the ledger {p} cannot be used: {}", self.reason)?,
             None => write!(f, "the ledger cannot be used: {}", self.reason)?,
         }
         write!(f, " (fix: {}); nothing was sent", self.fix)
@@ -242,19 +240,20 @@ impl Engine {
             }
             Books::Off => {}
             Books::Unusable(p) => return Err(Refusal::Ledger(p.clone())),
-            Books::On { ledger, path } => {
+            Books::On { ledger } => {
                 let health = self.ledger_health();
                 if gated && health.failures() > 0 {
                     return Err(Refusal::Ledger(LedgerProblem::at(
-                        path,
+                        ledger.place(),
                         &format!(
                             "{} write(s) failed since start (last: {}), so spending so far is unknown",
                             health.failures(),
                             health.last_error().unwrap_or_default()
                         ),
+                        "fix the cause named above and restart",
                     )));
                 }
-                let (engine, ledger2, path2) = (self.clone(), ledger.clone(), path.clone());
+                let (engine, ledger2) = (self.clone(), ledger.clone());
                 let (req2, targets2) = (request.clone(), targets.clone());
                 let (rid, tid) = (run_id.clone(), trace_id.clone());
                 let session = opts.run.session_id.clone();
@@ -265,9 +264,7 @@ impl Engine {
                     } else {
                         None
                     };
-                    let l = ledger2
-                        .wait()
-                        .map_err(|e| Refusal::Ledger(LedgerProblem::at(&path2, &e)))?;
+                    let l = ledger2.wait().map_err(|e| Refusal::Ledger(e.into()))?;
                     let note = RunNote {
                         run_id: &rid,
                         session_id: session.as_deref(),
@@ -283,7 +280,7 @@ impl Engine {
                     });
                     l.begin_run(&note, gate).map_err(|r| match r {
                         Refused::Budget(b) => Refusal::Budget(b),
-                        Refused::Ledger(e) => Refusal::Ledger(LedgerProblem::at(&path2, &e)),
+                        Refused::Ledger(e) => Refusal::Ledger(e.into()),
                     })?;
                     Ok(p)
                 };
@@ -317,6 +314,18 @@ impl Engine {
         })
     }
 
+    /// Rows waiting in the local spool for a shared ledger's database (0 for SQLite,
+    /// and while the ledger is opening).
+    pub fn ledger_backlog(&self) -> u64 {
+        match self.books() {
+            Books::On { ledger } => match ledger.ready() {
+                Some(Ok(l)) => l.backlog(),
+                _ => 0,
+            },
+            _ => 0,
+        }
+    }
+
     /// Whether sending `groups` (requests and their targets) now would cross a cap,
     /// checked as [`Engine::start`] checks it (the same names, the same projection,
     /// the ledger's spend so far in `session`); nothing is reserved or sent. For a
@@ -345,9 +354,9 @@ impl Engine {
                 }))
             }
             Books::Unusable(problem) => return Err(Refusal::Ledger(problem.clone())),
-            Books::On { ledger, path } => ledger
+            Books::On { ledger } => ledger
                 .spend(session)
-                .map_err(|e| Refusal::Ledger(LedgerProblem::at(path, &e)))?,
+                .map_err(|e| Refusal::Ledger(e.into()))?,
         };
         budget.check(spend, &p).map_err(Refusal::Budget)
     }
@@ -384,17 +393,23 @@ impl Engine {
     /// Check the ledger now (open, known schema, writable) so a face can refuse before
     /// reading input; `Ok` when the ledger is off by choice.
     pub async fn check_ledger(&self) -> Result<(), LedgerProblem> {
-        let Books::On { ledger, path } = self.books().clone() else {
+        let Books::On { ledger } = self.books().clone() else {
             return match self.books() {
                 Books::Unusable(p) => Err(p.clone()),
                 _ => Ok(()),
             };
         };
         tokio::task::spawn_blocking(move || {
-            let l = ledger.wait().map_err(|e| LedgerProblem::at(&path, &e))?;
-            l.check_writable().map_err(|e| LedgerProblem::at(&path, &e))
+            let l = ledger.wait()?;
+            l.check_writable().map_err(LedgerProblem::from)
         })
         .await
-        .unwrap_or_else(|e| Err(LedgerProblem::at(std::path::Path::new(""), &e.to_string())))
+        .unwrap_or_else(|e| {
+            Err(LedgerProblem {
+                place: None,
+                reason: format!("the check failed: {e}"),
+                fix: "retry".into(),
+            })
+        })
     }
 }

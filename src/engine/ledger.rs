@@ -1,28 +1,38 @@
-//! The ledger of every request, in SQLite (`ledger.sqlite3` in the data dir).
+//! The ledger of every request: one [`Ledger`] type in front of a storage backend,
+//! SQLite (`ledger.sqlite3` in the data dir, the embedded default) or PostgreSQL
+//! (`[ledger] url = "postgres://…"`, shared by several processes and machines).
 //!
-//! Durability is the point: a request's row is committed (WAL, `synchronous=FULL`)
-//! before [`LedgerSink::record`] returns, and the engine calls it before any face hears
-//! that the request finished, so a crash or `kill -9` never loses a finished request.
-//! Several processes may write one ledger at once: writes take the lock up front
-//! (`BEGIN IMMEDIATE`) and wait for each other (`busy_timeout`).
+//! Durability is the point: a request's row is committed before [`LedgerSink::record`]
+//! returns, and the engine calls it before any face hears that the request finished, so
+//! a crash or `kill -9` never loses a finished request. Several processes may write one
+//! ledger at once; a run's budget reservation is checked and taken in one transaction.
 //!
-//! Users may query the file with `sqlite3`; the schema is versioned with `user_version`
-//! and migrated forward on open. API keys are never written: nothing here sees them.
+//! The `requests` columns are listed once ([`REQUEST_COLUMNS`]): that table drives the
+//! INSERT and the SELECT of both backends, and rows are read back by column name. The
+//! schema is versioned and migrated forward on open; a newer schema refuses. API keys
+//! are never written: nothing here sees them.
 //!
-//! Opening costs a few milliseconds of disk work, so faces that care about their first
-//! frame use [`BackgroundLedger`], which opens on its own thread.
+//! Opening costs a few milliseconds of disk work (or a connection), so faces that care
+//! about their first frame use [`BackgroundLedger`], which opens on its own thread.
 
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Condvar, Mutex};
-use std::time::Duration;
 
-use rusqlite::{params, Connection, OptionalExtension, TransactionBehavior};
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 
 use super::cost::Pricing;
 use super::error::EngineError;
-use super::event::Completion;
-use super::files::{create_private_dir, data_dir, touch_private};
+use super::event::{Completion, CostSource, FinishReason, Usage};
+use super::files::data_dir;
+
+mod batch;
+pub mod migrate;
+pub mod postgres;
+pub mod spool;
+mod sqlite;
+
+pub use migrate::{migrate, Migrated};
+pub use postgres::mask_url;
 
 mod eval;
 pub use eval::{EvalCaseRow, EvalRunRow};
@@ -47,11 +57,15 @@ pub struct RequestMeta {
 /// Where finished requests are recorded.
 pub trait LedgerSink: Send + Sync {
     /// Record one finished or failed request. Must be durable when it returns.
-    fn record(&self, meta: &RequestMeta, completion: &Completion) -> Result<(), String>;
+    fn record(&self, meta: &RequestMeta, completion: &Completion) -> Result<(), LedgerError>;
 }
 
 /// File name of the ledger inside the data dir.
 pub const LEDGER_FILE: &str = "ledger.sqlite3";
+
+/// File name, inside the data dir, of the spool of a shared ledger (rows waiting for
+/// the database to return).
+pub const LEDGER_SPOOL_FILE: &str = "ledger-spool.jsonl";
 
 /// Spend so far.
 #[derive(Debug, Clone, Copy, Default, PartialEq)]
@@ -72,6 +86,192 @@ pub struct LedgerOptions {
 impl Default for LedgerOptions {
     fn default() -> Self {
         LedgerOptions { log_content: true }
+    }
+}
+
+/// Everything that can go wrong with the ledger. `place` is the file, or the
+/// database URL with its password masked; every message names it and the fix.
+#[derive(Debug, Clone, PartialEq, thiserror::Error)]
+pub enum LedgerError {
+    /// No data directory to keep the ledger in.
+    #[error("no data directory for the ledger (fix: set QUORUM_DATA_DIR to a writable folder)")]
+    NoDataDir,
+    /// The ledger cannot be opened or reached.
+    #[error("the ledger {place} cannot be opened: {detail} (fix: {})", self.fix())]
+    Open {
+        /// File or masked URL.
+        place: String,
+        /// Why.
+        detail: String,
+    },
+    /// The schema is newer than this build knows.
+    #[error("the ledger {place} has schema version {found}, newer than this quorum knows ({known}) (fix: {})", self.fix())]
+    Schema {
+        /// File or masked URL.
+        place: String,
+        /// Version found.
+        found: i64,
+        /// Newest version this build knows.
+        known: i64,
+    },
+    /// The file or its folder is read-only.
+    #[error("the ledger {place} is read-only: {detail} (fix: {})", self.fix())]
+    ReadOnly {
+        /// File or masked URL.
+        place: String,
+        /// Why.
+        detail: String,
+    },
+    /// The disk (or the database) is full.
+    #[error("the ledger {place} is full: {detail} (fix: {})", self.fix())]
+    Full {
+        /// File or masked URL.
+        place: String,
+        /// Why.
+        detail: String,
+    },
+    /// A row is larger than the backend allows.
+    #[error("a row is too large for the ledger {place}: {detail} (fix: {})", self.fix())]
+    TooLarge {
+        /// File or masked URL.
+        place: String,
+        /// Why.
+        detail: String,
+    },
+    /// The file is not a database or is damaged.
+    #[error("the ledger {place} is corrupt: {detail} (fix: {})", self.fix())]
+    Corrupt {
+        /// File or masked URL.
+        place: String,
+        /// Why.
+        detail: String,
+    },
+    /// Another process held the lock for too long.
+    #[error("the ledger {place} is locked: {detail} (fix: {})", self.fix())]
+    Locked {
+        /// File or masked URL.
+        place: String,
+        /// Why.
+        detail: String,
+    },
+    /// A file operation failed.
+    #[error("the ledger {place} failed to read or write: {detail} (fix: {})", self.fix())]
+    Io {
+        /// File or masked URL.
+        place: String,
+        /// Why.
+        detail: String,
+    },
+    /// The database server cannot be reached right now.
+    #[error("the ledger database {place} is unavailable: {detail} (fix: {})", self.fix())]
+    Unavailable {
+        /// Masked URL.
+        place: String,
+        /// Why.
+        detail: String,
+    },
+    /// Anything else the backend reported.
+    #[error("the ledger {place} failed: {detail} (fix: {})", self.fix())]
+    Backend {
+        /// File or masked URL.
+        place: String,
+        /// Why.
+        detail: String,
+    },
+}
+
+impl LedgerError {
+    /// The file or masked URL, when there is one.
+    pub fn place(&self) -> Option<&str> {
+        match self {
+            LedgerError::NoDataDir => None,
+            LedgerError::Open { place, .. }
+            | LedgerError::Schema { place, .. }
+            | LedgerError::ReadOnly { place, .. }
+            | LedgerError::Full { place, .. }
+            | LedgerError::TooLarge { place, .. }
+            | LedgerError::Corrupt { place, .. }
+            | LedgerError::Locked { place, .. }
+            | LedgerError::Io { place, .. }
+            | LedgerError::Unavailable { place, .. }
+            | LedgerError::Backend { place, .. } => Some(place),
+        }
+    }
+
+    /// What went wrong, without the place or the fix.
+    pub fn reason(&self) -> String {
+        match self {
+            LedgerError::NoDataDir => "no data directory".into(),
+            LedgerError::Schema { found, known, .. } => {
+                format!("schema version {found}, newer than this quorum knows ({known})")
+            }
+            LedgerError::Open { detail, .. }
+            | LedgerError::ReadOnly { detail, .. }
+            | LedgerError::Full { detail, .. }
+            | LedgerError::TooLarge { detail, .. }
+            | LedgerError::Corrupt { detail, .. }
+            | LedgerError::Locked { detail, .. }
+            | LedgerError::Io { detail, .. }
+            | LedgerError::Unavailable { detail, .. }
+            | LedgerError::Backend { detail, .. } => detail.clone(),
+        }
+    }
+
+    /// What the user can do about it.
+    pub fn fix(&self) -> &'static str {
+        let remote = self.place().is_some_and(|p| p.contains("://"));
+        match self {
+            LedgerError::NoDataDir => "set QUORUM_DATA_DIR to a writable folder",
+            LedgerError::Schema { .. } if remote => {
+                "upgrade quorum on this machine, or point [ledger] url at another database"
+            }
+            LedgerError::Schema { .. } => {
+                "upgrade quorum, or point QUORUM_DATA_DIR at another folder"
+            }
+            LedgerError::Corrupt { .. } => {
+                "move the file aside (quorum then starts a new ledger), or point QUORUM_DATA_DIR at another folder"
+            }
+            LedgerError::Full { .. } if remote => "free space on the database server",
+            LedgerError::Full { .. } => {
+                "free space on its filesystem, or point QUORUM_DATA_DIR at another folder"
+            }
+            LedgerError::TooLarge { .. } => {
+                "lower the request's max_tokens, or set log_content = false"
+            }
+            LedgerError::Locked { .. } => {
+                "retry; if it lasts, stop the process that holds the ledger"
+            }
+            LedgerError::Unavailable { .. } | LedgerError::Open { .. } if remote => {
+                "start the database or check [ledger] url / QUORUM_LEDGER_URL and its credentials"
+            }
+            LedgerError::Backend { .. } if remote => {
+                "check the database server's log, or [ledger] url / QUORUM_LEDGER_URL"
+            }
+            _ => "make the folder writable, or point QUORUM_DATA_DIR at a writable folder",
+        }
+    }
+
+    /// Whether the backend is away for now (a retry later may succeed), as opposed
+    /// to refusing this row.
+    pub fn is_unavailable(&self) -> bool {
+        matches!(self, LedgerError::Unavailable { .. })
+    }
+
+    /// A stable word for metrics and logs.
+    pub fn kind(&self) -> &'static str {
+        match self {
+            LedgerError::NoDataDir => "no_data_dir",
+            LedgerError::Open { .. } => "open",
+            LedgerError::Schema { .. } => "schema",
+            LedgerError::ReadOnly { .. } => "read_only",
+            LedgerError::Full { .. } => "full",
+            LedgerError::TooLarge { .. } => "too_large",
+            LedgerError::Corrupt { .. } => "corrupt",
+            LedgerError::Locked { .. } => "locked",
+            LedgerError::Io { .. } => "io",
+            LedgerError::Unavailable { .. } => "unavailable",
+            LedgerError::Backend { .. } => "backend",
+        }
     }
 }
 
@@ -196,28 +396,371 @@ pub struct Gate<'a> {
     pub projection: &'a super::budget::Projection,
 }
 
-/// Why [`SqliteLedger::begin_run`] did not note the run.
+/// Why [`Ledger::begin_run`] did not note the run.
 #[derive(Debug, Clone, PartialEq)]
 pub enum Refused {
     /// A cap would be crossed.
     Budget(super::budget::Refusal),
     /// The ledger could not be written.
-    Ledger(String),
+    Ledger(LedgerError),
 }
 
-/// The most bytes one content field (prompt, response, thinking, tool calls) may take:
-/// a quarter of SQLite's length limit, less room for the rest of the row. A longer
-/// answer is stored cut, so its cost and tokens are still recorded.
-fn content_cap(conn: &Connection) -> usize {
-    let max = conn
-        .limit(rusqlite::limits::Limit::SQLITE_LIMIT_LENGTH)
-        .unwrap_or(1_000_000_000)
-        .max(0) as usize;
+impl From<LedgerError> for Refused {
+    fn from(e: LedgerError) -> Self {
+        Refused::Ledger(e)
+    }
+}
+
+/// How a column is stored (the same on both backends: integers, flags included, as
+/// 64-bit integers; reals as doubles; text as text; times as ISO 8601 UTC text).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ColumnKind {
+    /// 64-bit integer (flags are 0/1).
+    Int,
+    /// Double.
+    Real,
+    /// Text.
+    Text,
+}
+
+/// One column of `requests`.
+#[derive(Debug, Clone, Copy)]
+pub struct Column {
+    /// Its name.
+    pub name: &'static str,
+    /// How it is stored.
+    pub kind: ColumnKind,
+    /// Whether a recorded request writes it (`id` and `created_at` are the database's).
+    pub written: bool,
+}
+
+const fn col(name: &'static str, kind: ColumnKind) -> Column {
+    Column {
+        name,
+        kind,
+        written: true,
+    }
+}
+
+/// The columns of `requests`, once: the INSERT and the SELECT of every backend are
+/// built from this list, and rows are read back by these names.
+pub const REQUEST_COLUMNS: &[Column] = {
+    use ColumnKind::{Int, Real, Text};
+    &[
+        Column {
+            name: "id",
+            kind: Int,
+            written: false,
+        },
+        col("run_id", Text),
+        col("session_id", Text),
+        col("trace_id", Text),
+        col("source_agent", Text),
+        col("target", Text),
+        col("provider", Text),
+        col("model", Text),
+        col("input_tokens", Int),
+        col("output_tokens", Int),
+        col("cached_input_tokens", Int),
+        col("cache_write_tokens", Int),
+        col("reasoning_tokens", Int),
+        col("usage_reported", Int),
+        col("cost_usd", Real),
+        col("cost_source", Text),
+        col("price_ref", Text),
+        col("ttft_ms", Real),
+        col("latency_ms", Real),
+        col("status", Text),
+        col("finish_reason", Text),
+        col("raw_finish_reason", Text),
+        col("error_kind", Text),
+        col("error_message", Text),
+        col("retries", Int),
+        col("fell_back_from", Text),
+        col("cache_hit", Int),
+        col("prompt", Text),
+        col("response", Text),
+        col("thinking", Text),
+        col("tool_calls", Text),
+        Column {
+            name: "created_at",
+            kind: Text,
+            written: false,
+        },
+    ]
+};
+
+/// `a, b, c` of every column of `requests` (for SELECT).
+pub fn request_select_list() -> String {
+    REQUEST_COLUMNS
+        .iter()
+        .map(|c| c.name)
+        .collect::<Vec<_>>()
+        .join(", ")
+}
+
+/// The columns a recorded request writes, in INSERT order.
+pub fn request_written_columns() -> impl Iterator<Item = &'static Column> {
+    REQUEST_COLUMNS.iter().filter(|c| c.written)
+}
+
+/// A value bound to a statement.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(untagged)]
+pub enum Value {
+    /// NULL.
+    Null,
+    /// Integer.
+    Int(i64),
+    /// Real.
+    Real(f64),
+    /// Text.
+    Text(String),
+}
+
+impl Value {
+    fn text(s: Option<&str>) -> Value {
+        s.map_or(Value::Null, |s| Value::Text(s.to_string()))
+    }
+    fn real(f: Option<f64>) -> Value {
+        f.map_or(Value::Null, Value::Real)
+    }
+}
+
+/// A request row about to be written: everything the backends need, already clipped
+/// and serialised, so that a batch, the spool and a replay write exactly the same row.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct NewRequest {
+    /// Unique id of this request (idempotent writes and replays).
+    pub uid: String,
+    /// The session to note (with the calling agent), if any.
+    pub session: Option<(String, Option<String>)>,
+    /// The run: id, session, trace id, prompt (None without log_content).
+    pub run: (String, Option<String>, Option<String>, Option<String>),
+    /// The price row used, as JSON, to keep beside the ledger.
+    pub price: Option<(String, String)>,
+    /// `requests` values by column name (see [`REQUEST_COLUMNS`]).
+    pub values: Vec<(String, Value)>,
+}
+
+impl NewRequest {
+    /// The value of column `name` (NULL when absent).
+    pub fn value(&self, name: &str) -> &Value {
+        self.values
+            .iter()
+            .find(|(n, _)| n == name)
+            .map_or(&Value::Null, |(_, v)| v)
+    }
+
+    /// The row of `meta` and `c`, with content fields cut to `cap` bytes each.
+    pub fn build(
+        meta: &RequestMeta,
+        c: &Completion,
+        opts: LedgerOptions,
+        pricing: Option<&Pricing>,
+        cap: usize,
+    ) -> NewRequest {
+        let content = opts.log_content;
+        let price = c.price_ref.as_deref().and_then(|id| {
+            let p = pricing?.row_by_id(id)?;
+            Some((id.to_string(), serde_json::to_string(p).ok()?))
+        });
+        let status = match &c.error {
+            None => "ok",
+            Some(EngineError::Cancelled) => "cancelled",
+            Some(_) => "error",
+        };
+        let tool_calls = (content && !c.tool_calls.is_empty())
+            .then(|| {
+                serde_json::to_string(
+                    &c.tool_calls
+                        .iter()
+                        .map(|t| serde_json::json!({"id": t.id, "name": t.name, "arguments": t.arguments_json()}))
+                        .collect::<Vec<_>>(),
+                )
+                .ok()
+            })
+            .flatten()
+            .map(|t| clip(&t, cap).into_owned());
+        let u = &c.usage;
+        let int = |n: u64| Value::Int(n as i64);
+        let values = request_written_columns()
+            .map(|col| {
+                let v = match col.name {
+                    "run_id" => Value::Text(meta.run_id.clone()),
+                    "session_id" => Value::text(meta.session_id.as_deref()),
+                    "trace_id" => Value::text(meta.trace_id.as_deref()),
+                    "source_agent" => Value::text(meta.source_agent.as_deref()),
+                    "target" => Value::Text(meta.target.clone()),
+                    "provider" => Value::Text(c.provider.clone()),
+                    "model" => Value::Text(c.model.clone()),
+                    "input_tokens" => int(u.input_tokens),
+                    "output_tokens" => int(u.output_tokens),
+                    "cached_input_tokens" => int(u.cached_input_tokens),
+                    "cache_write_tokens" => int(u.cache_creation_input_tokens),
+                    "reasoning_tokens" => int(u.reasoning_tokens),
+                    "usage_reported" => Value::Int(c.usage_reported.into()),
+                    "cost_usd" => Value::real(c.cost_usd),
+                    "cost_source" => Value::Text(c.cost_source.as_str().into()),
+                    "price_ref" => Value::text(c.price_ref.as_deref()),
+                    "ttft_ms" => Value::real(c.ttft_ms),
+                    "latency_ms" => Value::Real(c.latency_ms),
+                    "status" => Value::Text(status.into()),
+                    "finish_reason" => Value::Text(c.finish_reason.as_str().into()),
+                    "raw_finish_reason" => Value::Text(c.raw_finish_reason.clone()),
+                    "error_kind" => Value::text(c.error.as_ref().map(|e| e.kind())),
+                    "error_message" => {
+                        Value::text(c.error.as_ref().map(|e| e.to_string()).as_deref())
+                    }
+                    "retries" => Value::Int(c.retries.into()),
+                    "fell_back_from" => Value::text(c.fell_back_from.as_deref()),
+                    "cache_hit" => Value::Int(c.cached.into()),
+                    "prompt" => Value::text(content.then(|| clip(&meta.prompt, cap)).as_deref()),
+                    "response" => Value::text(content.then(|| clip(&c.text, cap)).as_deref()),
+                    "thinking" => Value::text(
+                        (content && !c.thinking.is_empty())
+                            .then(|| clip(&c.thinking, cap))
+                            .as_deref(),
+                    ),
+                    "tool_calls" => Value::text(tool_calls.as_deref()),
+                    other => unreachable!("requests column {other} has no value"),
+                };
+                (col.name.to_string(), v)
+            })
+            .collect();
+        NewRequest {
+            uid: new_uid(),
+            session: meta
+                .session_id
+                .clone()
+                .map(|s| (s, meta.source_agent.clone())),
+            run: (
+                meta.run_id.clone(),
+                meta.session_id.clone(),
+                meta.trace_id.clone(),
+                content.then(|| clip(&meta.prompt, cap).into_owned()),
+            ),
+            price,
+            values,
+        }
+    }
+}
+
+/// A new unique request id: process, time and a counter, plus randomness so that
+/// two machines never collide.
+fn new_uid() -> String {
+    use std::sync::atomic::{AtomicU64, Ordering};
+    static N: AtomicU64 = AtomicU64::new(0);
+    let n = N.fetch_add(1, Ordering::Relaxed);
+    let t = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_nanos() as u64)
+        .unwrap_or(0);
+    format!(
+        "{t:016x}-{:08x}-{n:x}-{:08x}",
+        std::process::id(),
+        rand::random::<u32>()
+    )
+}
+
+/// Reads a stored row by column name (one implementation per backend).
+pub trait RowRead {
+    /// A text column (NULL is an error).
+    fn text(&self, name: &str) -> Result<String, String>;
+    /// A nullable text column.
+    fn opt_text(&self, name: &str) -> Result<Option<String>, String>;
+    /// An integer column (NULL reads as 0).
+    fn int(&self, name: &str) -> Result<i64, String>;
+    /// A nullable real column.
+    fn opt_real(&self, name: &str) -> Result<Option<f64>, String>;
+}
+
+impl RequestRow {
+    /// A stored row, read by the names of [`REQUEST_COLUMNS`].
+    pub fn from_row(r: &impl RowRead) -> Result<RequestRow, String> {
+        let u = |n: &str| r.int(n).map(|v| v.max(0) as u64);
+        Ok(RequestRow {
+            id: r.int("id")?,
+            run_id: r.text("run_id")?,
+            session_id: r.opt_text("session_id")?,
+            trace_id: r.opt_text("trace_id")?,
+            source_agent: r.opt_text("source_agent")?,
+            target: r.text("target")?,
+            provider: r.text("provider")?,
+            model: r.text("model")?,
+            input_tokens: u("input_tokens")?,
+            output_tokens: u("output_tokens")?,
+            cached_input_tokens: u("cached_input_tokens")?,
+            cache_write_tokens: u("cache_write_tokens")?,
+            reasoning_tokens: u("reasoning_tokens")?,
+            usage_reported: r.int("usage_reported")? != 0,
+            cost_usd: r.opt_real("cost_usd")?,
+            cost_source: r.text("cost_source")?,
+            price_ref: r.opt_text("price_ref")?,
+            ttft_ms: r.opt_real("ttft_ms")?,
+            latency_ms: r.opt_real("latency_ms")?,
+            status: r.text("status")?,
+            finish_reason: r.opt_text("finish_reason")?,
+            raw_finish_reason: r.opt_text("raw_finish_reason")?,
+            error_kind: r.opt_text("error_kind")?,
+            error_message: r.opt_text("error_message")?,
+            retries: r.int("retries")?.clamp(0, u32::MAX as i64) as u32,
+            fell_back_from: r.opt_text("fell_back_from")?,
+            cache_hit: r.int("cache_hit")? != 0,
+            prompt: r.opt_text("prompt")?,
+            response: r.opt_text("response")?,
+            thinking: r.opt_text("thinking")?,
+            tool_calls: r
+                .opt_text("tool_calls")?
+                .and_then(|t| serde_json::from_str(&t).ok()),
+            created_at: r.text("created_at")?,
+        })
+    }
+
+    /// The request as the engine reported it (what a face shows for a past run).
+    /// The error itself is not rebuilt: `error_message` carries its text.
+    pub fn to_completion(&self) -> Completion {
+        Completion {
+            provider: self.provider.clone(),
+            model: self.model.clone(),
+            text: self.response.clone().unwrap_or_default(),
+            thinking: self.thinking.clone().unwrap_or_default(),
+            usage: Usage {
+                input_tokens: self.input_tokens,
+                output_tokens: self.output_tokens,
+                cached_input_tokens: self.cached_input_tokens,
+                cache_creation_input_tokens: self.cache_write_tokens,
+                reasoning_tokens: self.reasoning_tokens,
+                reported_cost_usd: None,
+            },
+            usage_reported: self.usage_reported,
+            cost_usd: self.cost_usd,
+            cost_source: CostSource::parse(&self.cost_source),
+            price_ref: self.price_ref.clone(),
+            ttft_ms: self.ttft_ms,
+            latency_ms: self.latency_ms.unwrap_or(0.0),
+            finish_reason: self
+                .finish_reason
+                .as_deref()
+                .map_or(FinishReason::Stop, FinishReason::parse),
+            raw_finish_reason: self.raw_finish_reason.clone().unwrap_or_default(),
+            retries: self.retries,
+            cached: self.cache_hit,
+            fell_back_from: self.fell_back_from.clone(),
+            ..Default::default()
+        }
+    }
+}
+
+/// The most bytes one content field (prompt, response, thinking, tool calls) may take
+/// when the backend's row limit is `max` bytes: a quarter of it, less room for the rest
+/// of the row. A longer answer is stored cut, so its cost and tokens are still recorded.
+pub(crate) fn content_cap_for(max: usize) -> usize {
     (max.saturating_sub(64 * 1024) / 4).max(256)
 }
 
 /// `s`, cut at a character boundary to fit `cap` bytes with a note saying so.
-fn clip(s: &str, cap: usize) -> std::borrow::Cow<'_, str> {
+pub(crate) fn clip(s: &str, cap: usize) -> std::borrow::Cow<'_, str> {
     if s.len() <= cap {
         return std::borrow::Cow::Borrowed(s);
     }
@@ -232,162 +775,272 @@ fn clip(s: &str, cap: usize) -> std::borrow::Cow<'_, str> {
     ))
 }
 
-/// Runs holding a reservation.
-const OPEN: &str = "r.settled_at IS NULL AND r.reserved_usd > 0";
-/// What a run still holds: its reservation less what its finished requests cost.
-const OUTSTANDING: &str = "MAX(r.reserved_usd - COALESCE((SELECT SUM(q.cost_usd) FROM requests q WHERE q.run_id = r.id), 0), 0)";
-
-fn spend_in(conn: &Connection, session: Option<&str>) -> rusqlite::Result<Spend> {
-    let held: f64 = conn.query_row(
-        &format!("SELECT COALESCE(SUM({OUTSTANDING}), 0) FROM runs r WHERE {OPEN}"),
-        [],
-        |r| r.get(0),
-    )?;
-    let today: f64 = conn.query_row(
-        "SELECT COALESCE(SUM(cost_usd), 0) FROM requests
-         WHERE created_at >= strftime('%Y-%m-%dT%H:%M:%fZ', 'now', 'localtime', 'start of day', 'utc')",
-        [],
-        |r| r.get(0),
-    )?;
-    let session_usd: f64 = match session {
-        Some(s) => {
-            let done: f64 = conn.query_row(
-                "SELECT COALESCE(SUM(q.cost_usd), 0) FROM requests q
-                 WHERE q.run_id IN (SELECT id FROM runs WHERE budget_session = ?1)
-                    OR (q.session_id = ?1 AND q.run_id NOT IN
-                        (SELECT id FROM runs WHERE budget_session IS NOT NULL))",
-                [s],
-                |r| r.get(0),
-            )?;
-            let held: f64 = conn.query_row(
-                &format!(
-                    "SELECT COALESCE(SUM({OUTSTANDING}), 0) FROM runs r WHERE {OPEN} AND r.budget_session = ?1"
-                ),
-                [s],
-                |r| r.get(0),
-            )?;
-            done + held
-        }
-        None => 0.0,
-    };
-    Ok(Spend {
-        session_usd,
-        today_usd: today + held,
-    })
+/// Which requests a query returns.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum RequestFilter<'a> {
+    /// One request by row id.
+    Id(i64),
+    /// Every request of a run, in order.
+    Run(&'a str),
+    /// Every request of a session, in order.
+    Session(&'a str),
+    /// The newest `n`, newest first.
+    Recent(usize),
 }
 
-/// Settle the reservations of processes that are gone (a crash, a kill -9).
-fn expire_dead(conn: &Connection) -> rusqlite::Result<()> {
-    let me = std::process::id() as i64;
-    let pids: Vec<i64> = conn
-        .prepare(&format!(
-            "SELECT DISTINCT pid FROM runs r WHERE {OPEN} AND pid IS NOT NULL AND pid <> ?1"
-        ))?
-        .query_map([me], |r| r.get(0))?
-        .collect::<Result<_, _>>()?;
-    for pid in pids {
-        if !process_alive(pid) {
-            conn.execute(
-                &format!(
-                    "UPDATE runs SET settled_at = {NOW} WHERE pid = ?1 AND settled_at IS NULL"
-                ),
-                [pid],
-            )?;
-        }
+/// Which runs a query returns.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum RunFilter<'a> {
+    /// One run.
+    Id(&'a str),
+    /// The runs of a session, oldest first.
+    Session(&'a str),
+}
+
+/// Which backend a ledger uses.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum BackendKind {
+    /// An SQLite file.
+    Sqlite,
+    /// A PostgreSQL database.
+    Postgres,
+}
+
+/// What a ledger backend does: storage only. The [`Ledger`] in front of it builds
+/// rows, clips content, keeps price rows and batches writes, the same for every backend.
+pub trait Backend: Send + Sync {
+    /// Which backend.
+    fn kind(&self) -> BackendKind;
+    /// The file, or the URL with its password masked.
+    fn place(&self) -> &str;
+    /// The longest content field it takes (see [`content_cap_for`]).
+    fn content_cap(&self) -> usize;
+    /// The schema version.
+    fn version(&self) -> Result<i64, LedgerError>;
+    /// Whether it takes a write now (a real, committed write).
+    fn check_writable(&self) -> Result<(), LedgerError>;
+    /// Write requests (with their sessions, runs and price rows) in one transaction;
+    /// their row ids, in order. Durable when it returns.
+    fn insert_requests(&self, rows: &[NewRequest]) -> Result<Vec<i64>, LedgerError>;
+    /// Note a run, and with `gate` reserve its bound in the transaction that checks
+    /// the caps (`reserved` is the bound).
+    fn begin_run(
+        &self,
+        note: &RunNote<'_>,
+        prompt: Option<&str>,
+        gate: Option<(Gate<'_>, f64)>,
+    ) -> Result<(), Refused>;
+    /// End a run's reservation.
+    fn settle_run(&self, run_id: &str) -> Result<(), LedgerError>;
+    /// Start (or rename) a session.
+    fn start_session(
+        &self,
+        id: &str,
+        label: Option<&str>,
+        source_agent: Option<&str>,
+    ) -> Result<(), LedgerError>;
+    /// Spend today and in `session`, holds included.
+    fn spend(&self, session: Option<&str>) -> Result<Spend, LedgerError>;
+    /// Runs holding a reservation, and what they hold.
+    fn open_reservations(&self) -> Result<(u64, f64), LedgerError>;
+    /// Totals grouped by `by`, most recent first.
+    fn totals(&self, by: GroupBy) -> Result<Vec<TotalRow>, LedgerError>;
+    /// Sessions, most recent first.
+    fn sessions(&self, limit: usize) -> Result<Vec<SessionRow>, LedgerError>;
+    /// Requests.
+    fn requests(&self, filter: RequestFilter<'_>) -> Result<Vec<RequestRow>, LedgerError>;
+    /// Runs.
+    fn runs(&self, filter: RunFilter<'_>) -> Result<Vec<RunRow>, LedgerError>;
+    /// The stored copy of a price row (JSON text).
+    fn price_row(&self, id: &str) -> Result<Option<String>, LedgerError>;
+    /// Record a vote (`winner` "tie" for a tie).
+    fn record_vote(
+        &self,
+        run_id: Option<&str>,
+        targets: &str,
+        winner: &str,
+        tag: Option<&str>,
+    ) -> Result<(), LedgerError>;
+    /// Every vote, oldest first.
+    fn votes(&self) -> Result<Vec<VoteRow>, LedgerError>;
+    /// Number of request rows.
+    fn request_count(&self) -> Result<u64, LedgerError>;
+    /// Make every committed row whole for outside readers (SQLite: checkpoint the WAL).
+    fn flush(&self) -> Result<(), LedgerError>;
+    /// Lower the backend's row limit (tests of oversized rows; SQLite only).
+    fn set_length_limit(&self, bytes: i32) -> Result<(), LedgerError>;
+    /// Note an eval run (again on resume: back to `running`).
+    fn begin_eval_run(
+        &self,
+        id: &str,
+        suite: &str,
+        suite_hash: &str,
+        targets: &str,
+        cases: i64,
+    ) -> Result<(), LedgerError>;
+    /// Record (or replace) one finished eval case.
+    fn record_eval_case(&self, eval_run_id: &str, row: &EvalCaseRow) -> Result<(), LedgerError>;
+    /// Mark an eval run ended.
+    fn end_eval_run(&self, id: &str, status: &str) -> Result<(), LedgerError>;
+    /// An eval run by id, or the newest of a suite.
+    fn eval_run(
+        &self,
+        id: Option<&str>,
+        latest_for: Option<&str>,
+    ) -> Result<Option<EvalRunRow>, LedgerError>;
+    /// The finished cases of an eval run, in suite order.
+    fn eval_cases(&self, eval_run_id: &str) -> Result<Vec<EvalCaseRow>, LedgerError>;
+}
+
+impl From<LedgerError> for String {
+    fn from(e: LedgerError) -> String {
+        e.to_string()
     }
-    Ok(())
 }
 
-#[cfg(unix)]
-fn process_alive(pid: i64) -> bool {
-    let Ok(pid) = libc::pid_t::try_from(pid) else {
-        return false;
-    };
-    // Signal 0 checks existence only; EPERM means it exists under another user.
-    let alive = unsafe { libc::kill(pid, 0) } == 0;
-    alive || std::io::Error::last_os_error().raw_os_error() == Some(libc::EPERM)
-}
-
-#[cfg(not(unix))]
-fn process_alive(_pid: i64) -> bool {
-    true
-}
-
-/// The SQLite ledger.
-pub struct SqliteLedger {
-    conn: Mutex<Connection>,
-    path: PathBuf,
+/// The ledger: one type in front of either backend.
+pub struct Ledger {
+    backend: Arc<dyn Backend>,
     opts: LedgerOptions,
     pricing: Option<Pricing>,
+    spool: Option<Arc<spool::Spool>>,
+    stop: Arc<(Mutex<bool>, Condvar)>,
+    batcher: batch::Batcher,
 }
 
-impl std::fmt::Debug for SqliteLedger {
+impl Drop for Ledger {
+    fn drop(&mut self) {
+        let (m, cv) = &*self.stop;
+        if let Ok(mut g) = m.lock() {
+            *g = true;
+        }
+        cv.notify_all();
+    }
+}
+
+impl std::fmt::Debug for Ledger {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("SqliteLedger")
-            .field("path", &self.path)
+        f.debug_struct("Ledger")
+            .field("place", &self.backend.place())
             .field("log_content", &self.opts.log_content)
             .finish()
     }
 }
 
-fn sql_err(e: rusqlite::Error) -> String {
-    format!("ledger: {e}")
+/// Where a ledger lives.
+#[derive(Clone, PartialEq, Eq)]
+pub enum Location {
+    /// An SQLite file.
+    File(PathBuf),
+    /// A PostgreSQL URL (with its credentials; never shown: see [`Location::place`]).
+    Url(String),
 }
 
-impl SqliteLedger {
-    /// Open (creating and migrating as needed) the ledger at `path`.
-    pub fn open(path: &Path, opts: LedgerOptions) -> Result<SqliteLedger, String> {
-        if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
-            create_private_dir(dir)?;
+impl std::fmt::Debug for Location {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Location::File(p) => f.debug_tuple("File").field(p).finish(),
+            Location::Url(u) => f.debug_tuple("Url").field(&mask_url(u)).finish(),
         }
-        touch_private(path)?;
-        let conn = Connection::open(path).map_err(sql_err)?;
-        conn.busy_timeout(Duration::from_secs(10))
-            .map_err(sql_err)?;
-        // Switching to WAL needs a moment of exclusive access: retry while another
-        // process holds the file.
-        let mut tries = 0;
-        loop {
-            match conn.query_row("PRAGMA journal_mode=WAL", [], |r| r.get::<_, String>(0)) {
-                Ok(m) if m.eq_ignore_ascii_case("wal") => break,
-                Ok(m) => return Err(format!("ledger: cannot use WAL (journal_mode={m})")),
-                Err(_) if tries < 50 => {
-                    tries += 1;
-                    std::thread::sleep(Duration::from_millis(20));
-                }
-                Err(e) => return Err(sql_err(e)),
-            }
+    }
+}
+
+impl Location {
+    /// The file, or the URL with its password masked.
+    pub fn place(&self) -> String {
+        match self {
+            Location::File(p) => p.display().to_string(),
+            Location::Url(u) => mask_url(u),
         }
-        conn.pragma_update(None, "synchronous", "FULL")
-            .map_err(sql_err)?;
-        // No checkpoint when the connection closes: a one-shot `quorum ask` would
-        // otherwise pay two more fsyncs (WAL and database) at every exit, and
-        // recreate the WAL on the next start. The WAL stays beside the file
-        // (same 0600 mode) and is checkpointed automatically every 1000 pages.
-        conn.set_db_config(
-            rusqlite::config::DbConfig::SQLITE_DBCONFIG_NO_CKPT_ON_CLOSE,
-            true,
-        )
-        .map_err(sql_err)?;
-        let mut l = SqliteLedger {
-            conn: Mutex::new(conn),
-            path: path.to_path_buf(),
+    }
+}
+
+impl Ledger {
+    /// A ledger over `backend`.
+    pub fn with_backend(backend: Box<dyn Backend>, opts: LedgerOptions) -> Ledger {
+        Ledger {
+            backend: Arc::from(backend),
             opts,
             pricing: None,
-        };
-        l.migrate()?;
-        Ok(l)
+            spool: None,
+            stop: Arc::new((Mutex::new(false), Condvar::new())),
+            batcher: batch::Batcher::default(),
+        }
+    }
+
+    /// Keep rows the database cannot take right now (it is away) in the spool file at
+    /// `path`, durably, and replay them in order when it returns. Only for runs without
+    /// a budget: with a budget set, a ledger that cannot be written refuses instead.
+    pub fn with_spool(mut self, path: &Path) -> Result<Self, LedgerError> {
+        let spool = Arc::new(spool::Spool::open(path)?);
+        let (backend, sp, stop) = (self.backend.clone(), spool.clone(), self.stop.clone());
+        std::thread::Builder::new()
+            .name("quorum-ledger-replay".into())
+            .spawn(move || replay_loop(&*backend, &sp, &stop))
+            .map_err(|e| LedgerError::Io {
+                place: path.display().to_string(),
+                detail: format!("cannot start the replay thread: {e}"),
+            })?;
+        self.spool = Some(spool);
+        Ok(self)
+    }
+
+    /// Rows waiting in the spool for the database.
+    pub fn backlog(&self) -> u64 {
+        self.spool.as_ref().map_or(0, |s| s.backlog())
+    }
+
+    /// Replay the spool now; how many entries went to the database.
+    pub fn replay_spool(&self) -> Result<usize, LedgerError> {
+        match &self.spool {
+            Some(sp) => replay(&*self.backend, sp),
+            None => Ok(0),
+        }
+    }
+
+    /// Spool `entry` (the database is away, or older rows still wait).
+    fn spooled(
+        &self,
+        sp: &spool::Spool,
+        entry: &spool::Entry,
+        why: Option<&LedgerError>,
+    ) -> Result<(), LedgerError> {
+        sp.append(entry)?;
+        if let Some(e) = why {
+            tracing::warn!("ledger: spooled a row to {} ({e})", sp.path().display());
+        }
+        self.stop.1.notify_all();
+        Ok(())
+    }
+
+    /// Open (creating and migrating as needed) the SQLite ledger at `path`.
+    pub fn open(path: &Path, opts: LedgerOptions) -> Result<Ledger, LedgerError> {
+        Ok(Self::with_backend(
+            Box::new(sqlite::SqliteBackend::open(path)?),
+            opts,
+        ))
     }
 
     /// Open `ledger.sqlite3` in `dir` (created 0700 if missing).
-    pub fn open_in(dir: &Path, opts: LedgerOptions) -> Result<SqliteLedger, String> {
+    pub fn open_in(dir: &Path, opts: LedgerOptions) -> Result<Ledger, LedgerError> {
         Self::open(&dir.join(LEDGER_FILE), opts)
     }
 
-    /// Open the ledger in [`data_dir`].
-    pub fn open_default(opts: LedgerOptions) -> Result<SqliteLedger, String> {
-        let dir = data_dir().ok_or("no data directory: set QUORUM_DATA_DIR")?;
+    /// Open the SQLite ledger in [`data_dir`].
+    pub fn open_default(opts: LedgerOptions) -> Result<Ledger, LedgerError> {
+        let dir = data_dir().ok_or(LedgerError::NoDataDir)?;
         Self::open_in(&dir, opts)
+    }
+
+    /// Open the ledger at `loc`.
+    pub fn open_at(loc: &Location, opts: LedgerOptions) -> Result<Ledger, LedgerError> {
+        match loc {
+            Location::File(p) => Self::open(p, opts),
+            Location::Url(u) => Ok(Self::with_backend(
+                Box::new(postgres::PgBackend::connect(u)?),
+                opts,
+            )),
+        }
     }
 
     /// Keep a copy of each price row used, so a ledger row stays explainable even after
@@ -397,180 +1050,74 @@ impl SqliteLedger {
         self
     }
 
-    /// The database file.
-    pub fn path(&self) -> &Path {
-        &self.path
+    /// Which backend.
+    pub fn kind(&self) -> BackendKind {
+        self.backend.kind()
     }
 
-    fn migrate(&mut self) -> Result<(), String> {
-        let migs = migrations();
-        let conn = self.conn.get_mut().map_err(|_| "ledger: lock poisoned")?;
-        loop {
-            let tx = conn
-                .transaction_with_behavior(TransactionBehavior::Immediate)
-                .map_err(sql_err)?;
-            let v: i64 = tx
-                .query_row("PRAGMA user_version", [], |r| r.get(0))
-                .map_err(sql_err)?;
-            if v as usize >= migs.len() {
-                if v as usize > migs.len() {
-                    return Err(format!(
-                        "ledger: {} has schema version {v}, newer than this quorum knows ({}); upgrade quorum",
-                        self.path.display(),
-                        migs.len()
-                    ));
-                }
-                tx.commit().map_err(sql_err)?;
-                return Ok(());
-            }
-            tx.execute_batch(&migs[v as usize]).map_err(sql_err)?;
-            tx.pragma_update(None, "user_version", v + 1)
-                .map_err(sql_err)?;
-            tx.commit().map_err(sql_err)?;
+    /// The file, or the URL with its password masked.
+    pub fn place(&self) -> &str {
+        self.backend.place()
+    }
+
+    /// The backend.
+    pub fn backend(&self) -> &dyn Backend {
+        &*self.backend
+    }
+
+    /// Whether the ledger takes a write now.
+    pub fn check_writable(&self) -> Result<(), LedgerError> {
+        match (self.backend.check_writable(), &self.spool) {
+            (Err(e), Some(sp)) if e.is_unavailable() => sp.check_writable(),
+            (r, _) => r,
         }
     }
 
-    fn lock(&self) -> Result<std::sync::MutexGuard<'_, Connection>, String> {
-        self.conn
-            .lock()
-            .map_err(|_| "ledger: lock poisoned".to_string())
+    /// Lower the row length limit (SQLite's, bytes per string and per row).
+    pub fn set_length_limit(&self, bytes: i32) -> Result<(), LedgerError> {
+        self.backend.set_length_limit(bytes)
     }
 
-    /// Whether the file takes a write now: rewrites its schema version in a committed
-    /// transaction (the cheapest real write).
-    pub fn check_writable(&self) -> Result<(), String> {
-        let mut conn = self.lock()?;
-        let tx = conn
-            .transaction_with_behavior(TransactionBehavior::Immediate)
-            .map_err(sql_err)?;
-        let v: i64 = tx
-            .query_row("PRAGMA user_version", [], |r| r.get(0))
-            .map_err(sql_err)?;
-        tx.pragma_update(None, "user_version", v).map_err(sql_err)?;
-        tx.commit().map_err(sql_err)
+    /// The schema version.
+    pub fn version(&self) -> Result<i64, LedgerError> {
+        self.backend.version()
     }
 
-    /// Lower SQLite's length limit (bytes per string and per row) on this connection.
-    pub fn set_length_limit(&self, bytes: i32) -> Result<(), String> {
-        self.lock()?
-            .set_limit(rusqlite::limits::Limit::SQLITE_LIMIT_LENGTH, bytes)
-            .map(|_| ())
-            .map_err(sql_err)
-    }
-
-    /// The schema version of the open file.
-    pub fn version(&self) -> Result<i64, String> {
-        self.lock()?
-            .query_row("PRAGMA user_version", [], |r| r.get(0))
-            .map_err(sql_err)
+    /// The row `meta` and `c` make in this ledger.
+    pub fn new_request(&self, meta: &RequestMeta, c: &Completion) -> NewRequest {
+        NewRequest::build(
+            meta,
+            c,
+            self.opts,
+            self.pricing.as_ref(),
+            self.backend.content_cap(),
+        )
     }
 
     /// Record one request; returns its row id. Committed when this returns.
-    pub fn record_request(&self, meta: &RequestMeta, c: &Completion) -> Result<i64, String> {
-        let content = self.opts.log_content;
-        let price_row = c.price_ref.as_deref().and_then(|id| {
-            let p = self.pricing.as_ref()?.row_by_id(id)?;
-            serde_json::to_string(p).ok()
-        });
-        let status = match &c.error {
-            None => "ok",
-            Some(EngineError::Cancelled) => "cancelled",
-            Some(_) => "error",
-        };
-        let tool_calls = if content && !c.tool_calls.is_empty() {
-            serde_json::to_string(
-                &c.tool_calls
-                    .iter()
-                    .map(|t| serde_json::json!({"id": t.id, "name": t.name, "arguments": t.arguments_json()}))
-                    .collect::<Vec<_>>(),
-            )
-            .ok()
-        } else {
-            None
-        };
-        let mut conn = self.lock()?;
-        let cap = content_cap(&conn);
-        let (prompt, text, thinking) = (
-            clip(&meta.prompt, cap),
-            clip(&c.text, cap),
-            clip(&c.thinking, cap),
-        );
-        let tool_calls = tool_calls.map(|t| clip(&t, cap).into_owned());
-        let tx = conn
-            .transaction_with_behavior(TransactionBehavior::Immediate)
-            .map_err(sql_err)?;
-        if let Some(s) = &meta.session_id {
-            tx.execute(
-                "INSERT OR IGNORE INTO sessions (id, source_agent) VALUES (?1, ?2)",
-                params![s, meta.source_agent],
-            )
-            .map_err(sql_err)?;
+    pub fn record_request(&self, meta: &RequestMeta, c: &Completion) -> Result<i64, LedgerError> {
+        let row = self.new_request(meta, c);
+        if let Some(sp) = &self.spool {
+            // Older rows still wait: this one queues behind them, in order.
+            if sp.backlog() > 0 {
+                self.spooled(sp, &spool::Entry::Request(Box::new(row)), None)?;
+                return Ok(0);
+            }
+            return match self.batcher.write(&*self.backend, row.clone()) {
+                Err(e) if e.is_unavailable() => {
+                    self.spooled(sp, &spool::Entry::Request(Box::new(row)), Some(&e))?;
+                    Ok(0)
+                }
+                r => r,
+            };
         }
-        tx.execute(
-            "INSERT OR IGNORE INTO runs (id, session_id, trace_id, prompt) VALUES (?1, ?2, ?3, ?4)",
-            params![
-                meta.run_id,
-                meta.session_id,
-                meta.trace_id,
-                content.then_some(meta.prompt.as_str())
-            ],
-        )
-        .map_err(sql_err)?;
-        if let (Some(id), Some(row)) = (&c.price_ref, &price_row) {
-            tx.execute(
-                "INSERT OR IGNORE INTO prices (id, row) VALUES (?1, ?2)",
-                params![id, row],
-            )
-            .map_err(sql_err)?;
-        }
-        let u = &c.usage;
-        tx.execute(
-            "INSERT INTO requests (
-                run_id, session_id, trace_id, source_agent, target, provider, model,
-                input_tokens, output_tokens, cached_input_tokens, cache_write_tokens,
-                reasoning_tokens, usage_reported, cost_usd, cost_source, price_ref,
-                ttft_ms, latency_ms, status, finish_reason, raw_finish_reason,
-                error_kind, error_message, retries, fell_back_from, cache_hit,
-                prompt, response, thinking, tool_calls
-            ) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15, ?16,
-                      ?17, ?18, ?19, ?20, ?21, ?22, ?23, ?24, ?25, ?26, ?27, ?28, ?29, ?30)",
-            params![
-                meta.run_id,
-                meta.session_id,
-                meta.trace_id,
-                meta.source_agent,
-                meta.target,
-                c.provider,
-                c.model,
-                u.input_tokens as i64,
-                u.output_tokens as i64,
-                u.cached_input_tokens as i64,
-                u.cache_creation_input_tokens as i64,
-                u.reasoning_tokens as i64,
-                c.usage_reported,
-                c.cost_usd,
-                c.cost_source.as_str(),
-                c.price_ref,
-                c.ttft_ms,
-                c.latency_ms,
-                status,
-                c.finish_reason.as_str(),
-                c.raw_finish_reason,
-                c.error.as_ref().map(|e| e.kind()),
-                c.error.as_ref().map(|e| e.to_string()),
-                c.retries,
-                c.fell_back_from,
-                c.cached,
-                content.then_some(&*prompt),
-                content.then_some(&*text),
-                (content && !c.thinking.is_empty()).then_some(&*thinking),
-                tool_calls,
-            ],
-        )
-        .map_err(sql_err)?;
-        let id = tx.last_insert_rowid();
-        tx.commit().map_err(sql_err)?;
-        Ok(id)
+        // Requests finishing together share one transaction (group commit).
+        self.batcher.write(&*self.backend, row)
+    }
+
+    /// Write prepared rows in one transaction (a batch, or a replay).
+    pub fn insert_requests(&self, rows: &[NewRequest]) -> Result<Vec<i64>, LedgerError> {
+        self.backend.insert_requests(rows)
     }
 
     /// Note a run before its requests finish: its targets and the pre-send bound.
@@ -582,57 +1129,23 @@ impl SqliteLedger {
         targets: &[String],
         projected_usd: Option<f64>,
         prompt: &str,
-    ) -> Result<(), String> {
-        let targets = serde_json::to_string(targets).map_err(|e| e.to_string())?;
-        let content = self.opts.log_content;
-        let mut conn = self.lock()?;
-        // The run's row is bookkeeping, written before its requests are sent: it
-        // is committed without its own fsync (synchronous=NORMAL; WAL keeps that
-        // safe from corruption) and becomes durable with the fsync of the first
-        // request row after it, which stays synchronous=FULL. That keeps a
-        // durable write off the path to the first token.
-        conn.pragma_update(None, "synchronous", "NORMAL")
-            .map_err(sql_err)?;
-        let r = Self::insert_run(
-            &mut conn,
+    ) -> Result<(), LedgerError> {
+        let note = RunNote {
             run_id,
             session_id,
+            budget_session: None,
             trace_id,
-            &targets,
+            targets,
             projected_usd,
-            content.then_some(prompt),
-        );
-        let full = conn
-            .pragma_update(None, "synchronous", "FULL")
-            .map_err(sql_err);
-        r.and(full)
-    }
-
-    fn insert_run(
-        conn: &mut Connection,
-        run_id: &str,
-        session_id: Option<&str>,
-        trace_id: Option<&str>,
-        targets: &str,
-        projected_usd: Option<f64>,
-        prompt: Option<&str>,
-    ) -> Result<(), String> {
-        let tx = conn
-            .transaction_with_behavior(TransactionBehavior::Immediate)
-            .map_err(sql_err)?;
-        if let Some(s) = session_id {
-            tx.execute("INSERT OR IGNORE INTO sessions (id) VALUES (?1)", [s])
-                .map_err(sql_err)?;
-        }
-        tx.execute(
-            "INSERT INTO runs (id, session_id, trace_id, targets, projected_usd, prompt)
-             VALUES (?1, ?2, ?3, ?4, ?5, ?6)
-             ON CONFLICT(id) DO UPDATE SET targets = excluded.targets,
-                 projected_usd = excluded.projected_usd",
-            params![run_id, session_id, trace_id, targets, projected_usd, prompt],
-        )
-        .map_err(sql_err)?;
-        tx.commit().map_err(sql_err)
+            prompt,
+        };
+        self.begin_run(&note, None).map_err(|r| match r {
+            Refused::Ledger(e) => e,
+            Refused::Budget(b) => LedgerError::Backend {
+                place: self.place().to_string(),
+                detail: b.to_string(),
+            },
+        })
     }
 
     /// Start (or rename) a session.
@@ -641,225 +1154,93 @@ impl SqliteLedger {
         id: &str,
         label: Option<&str>,
         source_agent: Option<&str>,
-    ) -> Result<(), String> {
-        self.lock()?
-            .execute(
-                "INSERT INTO sessions (id, label, source_agent) VALUES (?1, ?2, ?3)
-                 ON CONFLICT(id) DO UPDATE SET label = COALESCE(excluded.label, label)",
-                params![id, label, source_agent],
-            )
-            .map(|_| ())
-            .map_err(sql_err)
+    ) -> Result<(), LedgerError> {
+        self.backend.start_session(id, label, source_agent)
     }
 
     /// What was spent today (local calendar day) and in `session`, counting what runs in
-    /// flight still hold (see [`SqliteLedger::begin_run`]). Unknown costs count as nothing
+    /// flight still hold (see [`Ledger::begin_run`]). Unknown costs count as nothing
     /// here: they are shown as unknown elsewhere.
-    pub fn spend(&self, session: Option<&str>) -> Result<Spend, String> {
-        let conn = self.lock()?;
-        spend_in(&conn, session).map_err(sql_err)
+    pub fn spend(&self, session: Option<&str>) -> Result<Spend, LedgerError> {
+        self.backend.spend(session)
     }
 
     /// Note a run before anything is sent, and when `gate` is given reserve its bound in
-    /// the same `BEGIN IMMEDIATE` transaction that checks the caps: concurrent runs, in
-    /// this process or another one sharing the file, can never together cross a cap.
-    /// The reservation holds until [`SqliteLedger::settle_run`].
+    /// the same transaction that checks the caps: concurrent runs, in this process or
+    /// another one sharing the ledger, can never together cross a cap. The reservation
+    /// holds until [`Ledger::settle_run`].
     pub fn begin_run(&self, note: &RunNote<'_>, gate: Option<Gate<'_>>) -> Result<(), Refused> {
-        let targets =
-            serde_json::to_string(note.targets).map_err(|e| Refused::Ledger(e.to_string()))?;
-        let content = self.opts.log_content;
-        let mut conn = self.lock().map_err(Refused::Ledger)?;
-        // Bookkeeping before the send: atomic and consistent (WAL) without its own
-        // fsync; it becomes durable with the first request row's.
-        conn.pragma_update(None, "synchronous", "NORMAL")
-            .map_err(|e| Refused::Ledger(sql_err(e)))?;
-        let r = (|| {
-            let tx = conn
-                .transaction_with_behavior(TransactionBehavior::Immediate)
-                .map_err(|e| Refused::Ledger(sql_err(e)))?;
-            let sql = |e| Refused::Ledger(sql_err(e));
-            let cap = content_cap(&tx);
-            let mut reserved = None;
-            if let Some(g) = gate {
-                expire_dead(&tx).map_err(sql)?;
-                let spend = spend_in(&tx, note.budget_session).map_err(sql)?;
-                g.budget
-                    .check(spend, g.projection)
-                    .map_err(Refused::Budget)?;
-                reserved = Some(g.projection.known_usd());
-            }
-            if let Some(s) = note.session_id {
-                tx.execute("INSERT OR IGNORE INTO sessions (id) VALUES (?1)", [s])
-                    .map_err(sql)?;
-            }
-            tx.execute(
-                "INSERT INTO runs (id, session_id, trace_id, targets, projected_usd, prompt,
-                                   reserved_usd, budget_session, pid)
-                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9)
-                 ON CONFLICT(id) DO UPDATE SET targets = excluded.targets,
-                     projected_usd = excluded.projected_usd,
-                     reserved_usd = excluded.reserved_usd,
-                     budget_session = excluded.budget_session, pid = excluded.pid",
-                params![
-                    note.run_id,
-                    note.session_id,
-                    note.trace_id,
-                    targets,
-                    note.projected_usd,
-                    content.then(|| clip(note.prompt, cap)),
-                    reserved,
-                    note.budget_session.or(note.session_id),
-                    std::process::id(),
-                ],
-            )
-            .map_err(sql)?;
-            tx.commit().map_err(sql)
-        })();
-        let full = conn.pragma_update(None, "synchronous", "FULL");
-        r?;
-        full.map_err(|e| Refused::Ledger(sql_err(e)))
+        let cap = self.backend.content_cap();
+        let prompt = self
+            .opts
+            .log_content
+            .then(|| clip(note.prompt, cap).into_owned());
+        let ungated = gate.is_none();
+        let gate = gate.map(|g| (g, g.projection.known_usd()));
+        let entry = || spool::Entry::Run {
+            id: note.run_id.to_string(),
+            session_id: note.session_id.map(String::from),
+            trace_id: note.trace_id.map(String::from),
+            targets: note.targets.to_vec(),
+            projected_usd: note.projected_usd,
+            prompt: prompt.clone(),
+        };
+        match (&self.spool, ungated) {
+            (Some(sp), true) if sp.backlog() > 0 => Ok(self.spooled(sp, &entry(), None)?),
+            (Some(sp), true) => match self.backend.begin_run(note, prompt.as_deref(), None) {
+                Err(Refused::Ledger(e)) if e.is_unavailable() => {
+                    Ok(self.spooled(sp, &entry(), Some(&e))?)
+                }
+                r => r,
+            },
+            _ => self.backend.begin_run(note, prompt.as_deref(), gate),
+        }
     }
 
     /// End a run's reservation: what it really cost is in its request rows now (a
     /// failed or cancelled request costs what it used, often nothing).
-    pub fn settle_run(&self, run_id: &str) -> Result<(), String> {
-        self.lock()?
-            .execute(
-                &format!("UPDATE runs SET settled_at = {NOW} WHERE id = ?1 AND settled_at IS NULL"),
-                [run_id],
-            )
-            .map(|_| ())
-            .map_err(sql_err)
+    pub fn settle_run(&self, run_id: &str) -> Result<(), LedgerError> {
+        self.backend.settle_run(run_id)
     }
 
     /// Runs still holding a reservation (for tests and `llm.health`).
-    pub fn open_reservations(&self) -> Result<(u64, f64), String> {
-        self.lock()?
-            .query_row(
-                &format!(
-                    "SELECT COUNT(*), COALESCE(SUM({OUTSTANDING}), 0) FROM runs r WHERE {OPEN}"
-                ),
-                [],
-                |r| Ok((r.get::<_, i64>(0)? as u64, r.get(1)?)),
-            )
-            .map_err(sql_err)
+    pub fn open_reservations(&self) -> Result<(u64, f64), LedgerError> {
+        self.backend.open_reservations()
     }
 
     /// Totals grouped by `by`, most recent first.
-    pub fn totals(&self, by: GroupBy) -> Result<Vec<TotalRow>, String> {
-        let key = match by {
-            GroupBy::Session => "COALESCE(session_id, '(none)')",
-            GroupBy::Day => "date(created_at, 'localtime')",
-            GroupBy::Provider => "provider",
-            GroupBy::Model => "provider || '/' || model",
-        };
-        let sql = format!(
-            "SELECT {key} AS k, COUNT(*), COALESCE(SUM(cost_usd), 0),
-                    SUM(cost_usd IS NULL), SUM(cost_source = 'estimated'),
-                    SUM(CASE WHEN cache_hit = 0 THEN input_tokens ELSE 0 END),
-                    SUM(CASE WHEN cache_hit = 0 THEN output_tokens ELSE 0 END),
-                    SUM(CASE WHEN cache_hit = 0 THEN cached_input_tokens ELSE 0 END),
-                    SUM(CASE WHEN cache_hit = 0 THEN reasoning_tokens ELSE 0 END),
-                    SUM(cache_hit), SUM(status <> 'ok'), MIN(created_at), MAX(created_at)
-             FROM requests GROUP BY k ORDER BY MAX(created_at) DESC"
-        );
-        let conn = self.lock()?;
-        let mut st = conn.prepare(&sql).map_err(sql_err)?;
-        let rows = st
-            .query_map([], |r| {
-                Ok(TotalRow {
-                    key: r.get(0)?,
-                    requests: r.get(1)?,
-                    cost_usd: r.get(2)?,
-                    unknown_cost: r.get(3)?,
-                    estimated: r.get(4)?,
-                    input_tokens: r.get(5)?,
-                    output_tokens: r.get(6)?,
-                    cached_input_tokens: r.get(7)?,
-                    reasoning_tokens: r.get(8)?,
-                    cache_hits: r.get(9)?,
-                    failed: r.get(10)?,
-                    first: r.get(11)?,
-                    last: r.get(12)?,
-                })
-            })
-            .map_err(sql_err)?;
-        rows.collect::<Result<Vec<_>, _>>().map_err(sql_err)
+    pub fn totals(&self, by: GroupBy) -> Result<Vec<TotalRow>, LedgerError> {
+        self.backend.totals(by)
     }
 
     /// Sessions, most recent first.
-    pub fn sessions(&self, limit: usize) -> Result<Vec<SessionRow>, String> {
-        let conn = self.lock()?;
-        let mut st = conn
-            .prepare(
-                "SELECT s.id, s.label, s.source_agent, s.created_at,
-                        COUNT(DISTINCT r.run_id), COUNT(r.id), COALESCE(SUM(r.cost_usd), 0),
-                        COALESCE(SUM(r.cost_usd IS NULL AND r.id IS NOT NULL), 0),
-                        COALESCE(MAX(r.created_at), s.created_at) AS last
-                 FROM sessions s LEFT JOIN requests r ON r.session_id = s.id
-                 GROUP BY s.id ORDER BY last DESC LIMIT ?1",
-            )
-            .map_err(sql_err)?;
-        let rows = st
-            .query_map([limit as i64], |r| {
-                Ok(SessionRow {
-                    id: r.get(0)?,
-                    label: r.get(1)?,
-                    source_agent: r.get(2)?,
-                    created_at: r.get(3)?,
-                    runs: r.get(4)?,
-                    requests: r.get(5)?,
-                    cost_usd: r.get(6)?,
-                    unknown_cost: r.get(7)?,
-                    last: r.get(8)?,
-                })
-            })
-            .map_err(sql_err)?;
-        rows.collect::<Result<Vec<_>, _>>().map_err(sql_err)
-    }
-
-    fn requests_where(&self, cond: &str, arg: &str) -> Result<Vec<RequestRow>, String> {
-        let conn = self.lock()?;
-        let sql = format!("SELECT {REQUEST_COLUMNS} FROM requests WHERE {cond} ORDER BY id");
-        let mut st = conn.prepare(&sql).map_err(sql_err)?;
-        let rows = st.query_map([arg], request_row).map_err(sql_err)?;
-        rows.collect::<Result<Vec<_>, _>>().map_err(sql_err)
+    pub fn sessions(&self, limit: usize) -> Result<Vec<SessionRow>, LedgerError> {
+        self.backend.sessions(limit)
     }
 
     /// Every request of a run, in order.
-    pub fn run_requests(&self, run_id: &str) -> Result<Vec<RequestRow>, String> {
-        self.requests_where("run_id = ?1", run_id)
+    pub fn run_requests(&self, run_id: &str) -> Result<Vec<RequestRow>, LedgerError> {
+        self.backend.requests(RequestFilter::Run(run_id))
     }
 
     /// The most recent requests, newest first.
-    pub fn recent(&self, limit: usize) -> Result<Vec<RequestRow>, String> {
-        let conn = self.lock()?;
-        let sql = format!("SELECT {REQUEST_COLUMNS} FROM requests ORDER BY id DESC LIMIT ?1");
-        let mut st = conn.prepare(&sql).map_err(sql_err)?;
-        let rows = st.query_map([limit as i64], request_row).map_err(sql_err)?;
-        rows.collect::<Result<Vec<_>, _>>().map_err(sql_err)
+    pub fn recent(&self, limit: usize) -> Result<Vec<RequestRow>, LedgerError> {
+        self.backend.requests(RequestFilter::Recent(limit))
     }
 
     /// Look up `id` as a request id, a run id, then a session id.
-    pub fn show(&self, id: &str) -> Result<Option<Shown>, String> {
+    pub fn show(&self, id: &str) -> Result<Option<Shown>, LedgerError> {
         if let Ok(n) = id.parse::<i64>() {
-            let r = self.requests_where("id = ?1", &n.to_string())?;
-            if let Some(r) = r.into_iter().next() {
+            if let Some(r) = self
+                .backend
+                .requests(RequestFilter::Id(n))?
+                .into_iter()
+                .next()
+            {
                 return Ok(Some(Shown::Request(Box::new(r))));
             }
         }
-        let run = {
-            let conn = self.lock()?;
-            conn.query_row(
-                "SELECT id, session_id, trace_id, created_at, targets, projected_usd, prompt
-                 FROM runs WHERE id = ?1",
-                [id],
-                run_row,
-            )
-            .optional()
-            .map_err(sql_err)?
-        };
-        if let Some(run) = run {
+        if let Some(run) = self.backend.runs(RunFilter::Id(id))?.into_iter().next() {
             let requests = self.run_requests(id)?;
             return Ok(Some(Shown::Run { run, requests }));
         }
@@ -868,18 +1249,8 @@ impl SqliteLedger {
             .into_iter()
             .find(|s| s.id == id);
         if let Some(session) = session {
-            let runs = {
-                let conn = self.lock()?;
-                let mut st = conn
-                    .prepare(
-                        "SELECT id, session_id, trace_id, created_at, targets, projected_usd, prompt
-                         FROM runs WHERE session_id = ?1 ORDER BY created_at",
-                    )
-                    .map_err(sql_err)?;
-                let rows = st.query_map([id], run_row).map_err(sql_err)?;
-                rows.collect::<Result<Vec<_>, _>>().map_err(sql_err)?
-            };
-            let requests = self.requests_where("session_id = ?1", id)?;
+            let runs = self.backend.runs(RunFilter::Session(id))?;
+            let requests = self.backend.requests(RequestFilter::Session(id))?;
             return Ok(Some(Shown::Session {
                 session,
                 runs,
@@ -890,13 +1261,11 @@ impl SqliteLedger {
     }
 
     /// The stored copy of a price row (as JSON), by id.
-    pub fn price_row(&self, id: &str) -> Result<Option<serde_json::Value>, String> {
-        let conn = self.lock()?;
-        let s: Option<String> = conn
-            .query_row("SELECT row FROM prices WHERE id = ?1", [id], |r| r.get(0))
-            .optional()
-            .map_err(sql_err)?;
-        Ok(s.and_then(|s| serde_json::from_str(&s).ok()))
+    pub fn price_row(&self, id: &str) -> Result<Option<serde_json::Value>, LedgerError> {
+        Ok(self
+            .backend
+            .price_row(id)?
+            .and_then(|s| serde_json::from_str(&s).ok()))
     }
 
     /// Record a vote on a run: the winning target, or None for a tie.
@@ -906,122 +1275,33 @@ impl SqliteLedger {
         targets: &[String],
         winner: Option<&str>,
         tag: Option<&str>,
-    ) -> Result<(), String> {
-        let targets = serde_json::to_string(targets).map_err(|e| e.to_string())?;
-        self.lock()?
-            .execute(
-                "INSERT INTO votes (run_id, targets, winner, tag) VALUES (?1, ?2, ?3, ?4)",
-                params![run_id, targets, winner.unwrap_or("tie"), tag],
-            )
-            .map(|_| ())
-            .map_err(sql_err)
+    ) -> Result<(), LedgerError> {
+        let targets = serde_json::to_string(targets).unwrap_or_else(|_| "[]".into());
+        self.backend
+            .record_vote(run_id, &targets, winner.unwrap_or("tie"), tag)
     }
 
     /// Every vote, oldest first.
-    pub fn votes(&self) -> Result<Vec<VoteRow>, String> {
-        let conn = self.lock()?;
-        let mut st = conn
-            .prepare("SELECT run_id, targets, winner, tag, created_at FROM votes ORDER BY id")
-            .map_err(sql_err)?;
-        let rows = st
-            .query_map([], |r| {
-                let targets: Option<String> = r.get(1)?;
-                let winner: String = r.get(2)?;
-                Ok(VoteRow {
-                    run_id: r.get(0)?,
-                    targets: targets
-                        .and_then(|t| serde_json::from_str(&t).ok())
-                        .unwrap_or_default(),
-                    winner: (winner != "tie").then_some(winner),
-                    tag: r.get(3)?,
-                    created_at: r.get(4)?,
-                })
-            })
-            .map_err(sql_err)?;
-        rows.collect::<Result<Vec<_>, _>>().map_err(sql_err)
+    pub fn votes(&self) -> Result<Vec<VoteRow>, LedgerError> {
+        self.backend.votes()
     }
 
     /// Number of request rows.
-    pub fn request_count(&self) -> Result<u64, String> {
-        self.lock()?
-            .query_row("SELECT COUNT(*) FROM requests", [], |r| r.get(0))
-            .map_err(sql_err)
+    pub fn request_count(&self) -> Result<u64, LedgerError> {
+        self.backend.request_count()
     }
 
-    /// Copy the write-ahead log into the main file (every row is already
-    /// committed; this leaves the file whole for readers that copy it).
-    pub fn checkpoint(&self) -> Result<(), String> {
-        self.lock()?
-            .query_row("PRAGMA wal_checkpoint(TRUNCATE)", [], |_| Ok(()))
-            .map_err(sql_err)
+    /// Make every committed row whole for outside readers (SQLite: copy the
+    /// write-ahead log into the main file).
+    pub fn checkpoint(&self) -> Result<(), LedgerError> {
+        self.backend.flush()
     }
 }
 
-impl LedgerSink for SqliteLedger {
-    fn record(&self, meta: &RequestMeta, completion: &Completion) -> Result<(), String> {
+impl LedgerSink for Ledger {
+    fn record(&self, meta: &RequestMeta, completion: &Completion) -> Result<(), LedgerError> {
         self.record_request(meta, completion).map(|_| ())
     }
-}
-
-const REQUEST_COLUMNS: &str =
-    "id, run_id, session_id, trace_id, source_agent, target, provider, model,
-    input_tokens, output_tokens, cached_input_tokens, cache_write_tokens, reasoning_tokens,
-    usage_reported, cost_usd, cost_source, price_ref, ttft_ms, latency_ms, status,
-    finish_reason, raw_finish_reason, error_kind, error_message, retries, fell_back_from,
-    cache_hit, prompt, response, thinking, tool_calls, created_at";
-
-fn request_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<RequestRow> {
-    Ok(RequestRow {
-        id: r.get(0)?,
-        run_id: r.get(1)?,
-        session_id: r.get(2)?,
-        trace_id: r.get(3)?,
-        source_agent: r.get(4)?,
-        target: r.get(5)?,
-        provider: r.get(6)?,
-        model: r.get(7)?,
-        input_tokens: r.get(8)?,
-        output_tokens: r.get(9)?,
-        cached_input_tokens: r.get(10)?,
-        cache_write_tokens: r.get(11)?,
-        reasoning_tokens: r.get(12)?,
-        usage_reported: r.get(13)?,
-        cost_usd: r.get(14)?,
-        cost_source: r.get(15)?,
-        price_ref: r.get(16)?,
-        ttft_ms: r.get(17)?,
-        latency_ms: r.get(18)?,
-        status: r.get(19)?,
-        finish_reason: r.get(20)?,
-        raw_finish_reason: r.get(21)?,
-        error_kind: r.get(22)?,
-        error_message: r.get(23)?,
-        retries: r.get(24)?,
-        fell_back_from: r.get(25)?,
-        cache_hit: r.get(26)?,
-        prompt: r.get(27)?,
-        response: r.get(28)?,
-        thinking: r.get(29)?,
-        tool_calls: r
-            .get::<_, Option<String>>(30)?
-            .and_then(|t| serde_json::from_str(&t).ok()),
-        created_at: r.get(31)?,
-    })
-}
-
-fn run_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<RunRow> {
-    let targets: Option<String> = r.get(4)?;
-    Ok(RunRow {
-        id: r.get(0)?,
-        session_id: r.get(1)?,
-        trace_id: r.get(2)?,
-        created_at: r.get(3)?,
-        targets: targets
-            .and_then(|t| serde_json::from_str(&t).ok())
-            .unwrap_or_default(),
-        projected_usd: r.get(5)?,
-        prompt: r.get(6)?,
-    })
 }
 
 /// How `quorum ledger` groups totals.
@@ -1187,33 +1467,54 @@ pub enum Shown {
     },
 }
 
-type Slot = Option<Result<Arc<SqliteLedger>, String>>;
+type Slot = Option<Result<Arc<Ledger>, LedgerError>>;
 
 /// A ledger opened on a background thread, so opening it never delays a first frame.
 /// Recording waits for the open to finish; [`BackgroundLedger::ready`] never waits.
 #[derive(Clone)]
 pub struct BackgroundLedger {
     cell: Arc<(Mutex<Slot>, Condvar)>,
+    place: Arc<str>,
 }
 
 impl std::fmt::Debug for BackgroundLedger {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("BackgroundLedger").finish_non_exhaustive()
+        f.debug_struct("BackgroundLedger")
+            .field("place", &self.place)
+            .finish_non_exhaustive()
     }
 }
 
 impl BackgroundLedger {
-    /// Start opening the ledger at `path` on a new thread.
+    /// Start opening the SQLite ledger at `path` on a new thread.
     pub fn spawn(path: PathBuf, opts: LedgerOptions, pricing: Option<Pricing>) -> Self {
+        Self::spawn_at(Location::File(path), opts, pricing, None)
+    }
+
+    /// Start opening the ledger at `loc` on a new thread, with a spool at `spool` for
+    /// rows the database cannot take while it is away (see [`Ledger::with_spool`]).
+    pub fn spawn_at(
+        loc: Location,
+        opts: LedgerOptions,
+        pricing: Option<Pricing>,
+        spool: Option<PathBuf>,
+    ) -> Self {
+        let place: Arc<str> = loc.place().into();
         let cell: Arc<(Mutex<Slot>, Condvar)> = Arc::new((Mutex::new(None), Condvar::new()));
         let c2 = cell.clone();
         let started = std::thread::Builder::new()
             .name("quorum-ledger".into())
             .spawn(move || {
-                let r = SqliteLedger::open(&path, opts).map(|l| match pricing {
-                    Some(p) => Arc::new(l.with_pricing(p)),
-                    None => Arc::new(l),
-                });
+                let r = Ledger::open_at(&loc, opts)
+                    .map(|l| match pricing {
+                        Some(p) => l.with_pricing(p),
+                        None => l,
+                    })
+                    .and_then(|l| match &spool {
+                        Some(s) => l.with_spool(s),
+                        None => Ok(l),
+                    })
+                    .map(Arc::new);
                 let (m, cv) = &*c2;
                 if let Ok(mut g) = m.lock() {
                     *g = Some(r);
@@ -1222,10 +1523,22 @@ impl BackgroundLedger {
             });
         if let Err(e) = started {
             if let Ok(mut g) = cell.0.lock() {
-                *g = Some(Err(format!("ledger: cannot start thread: {e}")));
+                *g = Some(Err(LedgerError::Io {
+                    place: place.to_string(),
+                    detail: format!("cannot start a thread: {e}"),
+                }));
             }
         }
-        BackgroundLedger { cell }
+        BackgroundLedger { cell, place }
+    }
+
+    /// A ledger already open.
+    pub fn ready_now(ledger: Arc<Ledger>) -> Self {
+        let place: Arc<str> = ledger.place().into();
+        BackgroundLedger {
+            cell: Arc::new((Mutex::new(Some(Ok(ledger))), Condvar::new())),
+            place,
+        }
     }
 
     /// Start opening `ledger.sqlite3` in [`data_dir`].
@@ -1234,33 +1547,218 @@ impl BackgroundLedger {
             Some(d) => Self::spawn(d.join(LEDGER_FILE), opts, pricing),
             None => BackgroundLedger {
                 cell: Arc::new((
-                    Mutex::new(Some(Err("no data directory: set QUORUM_DATA_DIR".into()))),
+                    Mutex::new(Some(Err(LedgerError::NoDataDir))),
                     Condvar::new(),
                 )),
+                place: "".into(),
             },
         }
     }
 
-    /// Wait for the open to finish.
-    pub fn wait(&self) -> Result<Arc<SqliteLedger>, String> {
-        let (m, cv) = &*self.cell;
-        let mut g = m.lock().map_err(|_| "ledger: lock poisoned")?;
-        while g.is_none() {
-            g = cv.wait(g).map_err(|_| "ledger: lock poisoned")?;
+    /// The file, or the URL with its password masked.
+    pub fn place(&self) -> &str {
+        &self.place
+    }
+
+    fn poisoned(&self) -> LedgerError {
+        LedgerError::Backend {
+            place: self.place.to_string(),
+            detail: "lock poisoned".into(),
         }
-        g.as_ref()
-            .cloned()
-            .unwrap_or_else(|| Err("ledger: not open".into()))
+    }
+
+    /// Wait for the open to finish.
+    pub fn wait(&self) -> Result<Arc<Ledger>, LedgerError> {
+        let (m, cv) = &*self.cell;
+        let mut g = m.lock().map_err(|_| self.poisoned())?;
+        while g.is_none() {
+            g = cv.wait(g).map_err(|_| self.poisoned())?;
+        }
+        g.as_ref().cloned().unwrap_or_else(|| Err(self.poisoned()))
     }
 
     /// The ledger if the open has finished (never waits).
-    pub fn ready(&self) -> Option<Result<Arc<SqliteLedger>, String>> {
+    pub fn ready(&self) -> Option<Result<Arc<Ledger>, LedgerError>> {
         self.cell.0.lock().ok().and_then(|g| g.clone())
     }
 }
 
 impl LedgerSink for BackgroundLedger {
-    fn record(&self, meta: &RequestMeta, completion: &Completion) -> Result<(), String> {
+    fn record(&self, meta: &RequestMeta, completion: &Completion) -> Result<(), LedgerError> {
         self.wait()?.record(meta, completion)
+    }
+}
+
+/// Write spooled entries through `backend`, in order, a chunk per transaction.
+fn replay(backend: &dyn Backend, sp: &spool::Spool) -> Result<usize, LedgerError> {
+    sp.replay(256, |entries| {
+        let mut rows: Vec<NewRequest> = Vec::new();
+        for e in entries {
+            match e {
+                spool::Entry::Request(r) => rows.push((**r).clone()),
+                spool::Entry::Run {
+                    id,
+                    session_id,
+                    trace_id,
+                    targets,
+                    projected_usd,
+                    prompt,
+                } => {
+                    if !rows.is_empty() {
+                        backend.insert_requests(&std::mem::take(&mut rows))?;
+                    }
+                    let note = RunNote {
+                        run_id: id,
+                        session_id: session_id.as_deref(),
+                        budget_session: None,
+                        trace_id: trace_id.as_deref(),
+                        targets,
+                        projected_usd: *projected_usd,
+                        prompt: "",
+                    };
+                    backend
+                        .begin_run(&note, prompt.as_deref(), None)
+                        .map_err(|r| match r {
+                            Refused::Ledger(e) => e,
+                            Refused::Budget(b) => LedgerError::Backend {
+                                place: backend.place().to_string(),
+                                detail: b.to_string(),
+                            },
+                        })?;
+                }
+            }
+        }
+        if !rows.is_empty() {
+            backend.insert_requests(&rows)?;
+        }
+        Ok(())
+    })
+}
+
+/// Replay the spool whenever it holds something, until the ledger is dropped.
+fn replay_loop(backend: &dyn Backend, sp: &spool::Spool, stop: &(Mutex<bool>, Condvar)) {
+    let (m, cv) = stop;
+    let mut wait = std::time::Duration::from_millis(200);
+    loop {
+        {
+            let Ok(g) = m.lock() else { return };
+            if *g {
+                return;
+            }
+            let Ok((g, _)) = cv.wait_timeout(g, wait) else {
+                return;
+            };
+            if *g {
+                return;
+            }
+        }
+        if sp.backlog() == 0 {
+            wait = std::time::Duration::from_millis(500);
+            continue;
+        }
+        match replay(backend, sp) {
+            Ok(n) => {
+                if n > 0 {
+                    tracing::info!(
+                        "ledger: replayed {n} spooled row(s) into {}",
+                        backend.place()
+                    );
+                }
+                wait = std::time::Duration::from_millis(200);
+            }
+            Err(e) => {
+                tracing::debug!("ledger: replay failed, will retry: {e}");
+                wait = (wait * 2).min(std::time::Duration::from_secs(2));
+            }
+        }
+    }
+}
+
+/// Whether process `pid` (on this machine) still runs.
+#[cfg(unix)]
+pub(crate) fn process_alive(pid: i64) -> bool {
+    let Ok(pid) = libc::pid_t::try_from(pid) else {
+        return false;
+    };
+    // Signal 0 checks existence only; EPERM means it exists under another user.
+    let alive = unsafe { libc::kill(pid, 0) } == 0;
+    alive || std::io::Error::last_os_error().raw_os_error() == Some(libc::EPERM)
+}
+
+/// Whether process `pid` still runs (always assumed elsewhere).
+#[cfg(not(unix))]
+pub(crate) fn process_alive(_pid: i64) -> bool {
+    true
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn every_written_column_has_a_value() {
+        let row = NewRequest::build(
+            &RequestMeta::default(),
+            &Completion::default(),
+            LedgerOptions::default(),
+            None,
+            1000,
+        );
+        let names: Vec<&str> = row.values.iter().map(|(n, _)| n.as_str()).collect();
+        let written: Vec<&str> = request_written_columns().map(|c| c.name).collect();
+        assert_eq!(names, written);
+    }
+
+    #[test]
+    fn a_row_reads_back_as_the_completion_it_was() {
+        let c = Completion {
+            provider: "openai".into(),
+            model: "m".into(),
+            text: "hi".into(),
+            finish_reason: FinishReason::Length,
+            cost_source: CostSource::Estimated,
+            cost_usd: Some(0.5),
+            latency_ms: 3.0,
+            ..Default::default()
+        };
+        let row = RequestRow {
+            id: 1,
+            run_id: "r".into(),
+            session_id: None,
+            trace_id: None,
+            source_agent: None,
+            target: "openai/m".into(),
+            provider: "openai".into(),
+            model: "m".into(),
+            input_tokens: 0,
+            output_tokens: 0,
+            cached_input_tokens: 0,
+            cache_write_tokens: 0,
+            reasoning_tokens: 0,
+            usage_reported: false,
+            cost_usd: Some(0.5),
+            cost_source: "estimated".into(),
+            price_ref: None,
+            ttft_ms: None,
+            latency_ms: Some(3.0),
+            status: "ok".into(),
+            finish_reason: Some("length".into()),
+            raw_finish_reason: None,
+            error_kind: None,
+            error_message: None,
+            retries: 0,
+            fell_back_from: None,
+            cache_hit: false,
+            prompt: None,
+            response: Some("hi".into()),
+            thinking: None,
+            tool_calls: None,
+            created_at: "".into(),
+        };
+        let back = row.to_completion();
+        assert_eq!(back.text, c.text);
+        assert_eq!(back.finish_reason, c.finish_reason);
+        assert_eq!(back.cost_source, c.cost_source);
+        assert_eq!(back.cost_usd, c.cost_usd);
     }
 }

@@ -765,7 +765,11 @@ impl TargetJob {
             let ledger = ledger.clone();
             let row = c.clone();
             let res = tokio::task::spawn_blocking(move || ledger.record(&meta, &row)).await;
-            if let Ok(Err(e)) | Err(e) = res.map_err(|e| e.to_string()) {
+            let res = match res {
+                Ok(r) => r.map_err(|e| e.to_string()),
+                Err(e) => Err(format!("the ledger write did not finish: {e}")),
+            };
+            if let Err(e) = res {
                 tracing::error!("ledger write failed: {e}");
                 self.inner.health.fail(&e);
                 c.not_recorded = Some(e);

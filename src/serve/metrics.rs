@@ -241,6 +241,7 @@ struct Families {
     http: Family<HttpLabels, Counter>,
     refusals: Family<KindLabel, Counter>,
     ledger_failures: Counter,
+    ledger_backlog: Gauge,
     rpc_errors: Family<CodeLabel, Counter>,
 }
 
@@ -270,6 +271,7 @@ impl Families {
             http: Family::default(),
             refusals: Family::default(),
             ledger_failures: Counter::default(),
+            ledger_backlog: Gauge::default(),
             rpc_errors: Family::default(),
             registry: Registry::default(),
         };
@@ -347,6 +349,11 @@ impl Families {
             "ledger_write_failures",
             "Requests answered whose ledger row could not be written.",
             f.ledger_failures.clone(),
+        );
+        r.register(
+            "ledger_backlog",
+            "Ledger rows spooled locally, waiting for the shared database to return.",
+            f.ledger_backlog.clone(),
         );
         r.register(
             "rpc_errors",
@@ -633,6 +640,8 @@ impl Metrics {
             p.ledger_failures.inc_by(failures - s.ledger_failures_seen);
             s.ledger_failures_seen = failures;
         }
+        p.ledger_backlog
+            .set(i64::try_from(engine.ledger_backlog()).unwrap_or(i64::MAX));
         let _ = prometheus_client::encoding::text::encode(&mut o, &p.registry);
         o
     }

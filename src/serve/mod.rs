@@ -256,10 +256,14 @@ impl AppState {
         }
     }
 
-    /// The ledger's state: `ok`, `opening`, `off`, `unavailable`, or `failing` (writes failed).
+    /// The ledger's state: `ok`, `opening`, `off`, `unavailable`, `failing` (writes
+    /// failed), or `spooling` (a shared database is away; rows wait in the local spool).
     pub fn ledger_word(&self) -> &'static str {
         if self.engine.ledger_health().failures() > 0 {
             return "failing";
+        }
+        if self.engine.ledger_backlog() > 0 {
+            return "spooling";
         }
         match self.engine.books() {
             Books::Off => "off",
@@ -612,6 +616,7 @@ async fn healthz(State(state): State<Arc<AppState>>) -> Response {
             "status": state.health_word(),
             "ledger": state.ledger_word(),
             "ledger_write_failures": state.engine.ledger_health().failures(),
+            "ledger_backlog": state.engine.ledger_backlog(),
         })),
     )
         .into_response()

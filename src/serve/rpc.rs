@@ -791,6 +791,7 @@ fn health(state: &AppState, f: Fields<'_>) -> Result<Value, RpcError> {
         "ledger": state.ledger_word(),
         "ledger_write_failures": state.engine.ledger_health().failures(),
         "ledger_last_error": state.engine.ledger_health().last_error(),
+        "ledger_backlog": state.engine.ledger_backlog(),
         "version": crate::shared::version_string(),
         "in_flight": state.metrics.in_flight_now(),
         "providers": providers,

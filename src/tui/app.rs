@@ -1860,42 +1860,7 @@ pub fn history_panes(run: &HistRun, styles: TextStyles, now: Instant) -> Vec<Pan
             }
             p.stats.sent_at = Some(now);
             p.serving = Some((r.provider.clone(), r.model.clone()));
-            let c = Completion {
-                provider: r.provider.clone(),
-                model: r.model.clone(),
-                text: r.response.clone().unwrap_or_default(),
-                thinking: r.thinking.clone().unwrap_or_default(),
-                usage: Usage {
-                    input_tokens: r.input_tokens,
-                    output_tokens: r.output_tokens,
-                    cached_input_tokens: r.cached_input_tokens,
-                    cache_creation_input_tokens: r.cache_write_tokens,
-                    reasoning_tokens: r.reasoning_tokens,
-                    reported_cost_usd: None,
-                },
-                usage_reported: r.usage_reported,
-                cost_usd: r.cost_usd,
-                cost_source: match r.cost_source.as_str() {
-                    "provider" => CostSource::Provider,
-                    "computed" => CostSource::Computed,
-                    "estimated" => CostSource::Estimated,
-                    "cached" => CostSource::Cached,
-                    _ => CostSource::Unknown,
-                },
-                ttft_ms: r.ttft_ms,
-                latency_ms: r.latency_ms.unwrap_or(0.0),
-                finish_reason: match r.finish_reason.as_deref() {
-                    Some("length") => crate::engine::FinishReason::Length,
-                    Some("tool_calls") => crate::engine::FinishReason::ToolCalls,
-                    Some("content_filter") => crate::engine::FinishReason::ContentFilter,
-                    Some("error") => crate::engine::FinishReason::Error,
-                    Some("cancelled") => crate::engine::FinishReason::Cancelled,
-                    _ => crate::engine::FinishReason::Stop,
-                },
-                cached: r.cache_hit,
-                fell_back_from: r.fell_back_from.clone(),
-                ..Default::default()
-            };
+            let c = r.to_completion();
             if !c.thinking.is_empty() {
                 p.apply(StreamEvent::ThinkingDelta(c.thinking.clone()), now);
             }

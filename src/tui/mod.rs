@@ -641,7 +641,8 @@ impl Effects for EngineEffects {
                         Some(l) => l
                             .wait()
                             .and_then(|l| l.recent(3000))
-                            .map(|rows| group_runs(rows, 300)),
+                            .map(|rows| group_runs(rows, 300))
+                            .map_err(|e| e.to_string()),
                     };
                     Msg::History(r)
                 });
@@ -651,7 +652,7 @@ impl Effects for EngineEffects {
                 self.blocking(move || {
                     Msg::Votes(match ledger {
                         None => Err("no ledger (no data directory)".to_string()),
-                        Some(l) => l.wait().and_then(|l| l.votes()),
+                        Some(l) => l.wait().and_then(|l| l.votes()).map_err(|e| e.to_string()),
                     })
                 });
             }
@@ -663,15 +664,18 @@ impl Effects for EngineEffects {
                 self.blocking(move || {
                     Msg::VoteRecorded(match ledger {
                         None => Err("no ledger (no data directory)".to_string()),
-                        Some(l) => l.wait().and_then(|l| {
-                            l.record_vote(
-                                vote.run_id.as_deref(),
-                                &vote.targets,
-                                vote.winner.as_deref(),
-                                vote.tag.as_deref(),
-                            )?;
-                            l.votes()
-                        }),
+                        Some(l) => l
+                            .wait()
+                            .and_then(|l| {
+                                l.record_vote(
+                                    vote.run_id.as_deref(),
+                                    &vote.targets,
+                                    vote.winner.as_deref(),
+                                    vote.tag.as_deref(),
+                                )?;
+                                l.votes()
+                            })
+                            .map_err(|e| e.to_string()),
                     })
                 });
             }

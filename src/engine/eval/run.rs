@@ -342,7 +342,7 @@ pub async fn check_budget(engine: &Engine, p: &Projection) -> Result<(), Refusal
     let spend = tokio::task::spawn_blocking(move || ledger.wait().and_then(|l| l.spend(None)))
         .await
         .map_err(|e| e.to_string())
-        .and_then(|r| r)
+        .and_then(|r| r.map_err(String::from))
         .map_err(|e| {
             Refusal::Target(EngineError::Config {
                 message: format!("cannot read spending from the ledger: {e}"),
@@ -381,6 +381,7 @@ pub async fn begin(engine: &Engine, id: &str, suite: &Suite) -> Result<(), Strin
         ledger
             .wait()?
             .begin_eval_run(&id, &name, &hash, &targets, n)
+            .map_err(String::from)
     })
     .await
     .map_err(|e| e.to_string())?
@@ -392,9 +393,14 @@ pub async fn end(engine: &Engine, id: &str, status: &str) -> Result<(), String> 
         return Ok(());
     };
     let (id, status) = (id.to_string(), status.to_string());
-    tokio::task::spawn_blocking(move || ledger.wait()?.end_eval_run(&id, &status))
-        .await
-        .map_err(|e| e.to_string())?
+    tokio::task::spawn_blocking(move || {
+        ledger
+            .wait()?
+            .end_eval_run(&id, &status)
+            .map_err(String::from)
+    })
+    .await
+    .map_err(|e| e.to_string())?
 }
 
 /// A new eval run id.
@@ -473,7 +479,7 @@ pub async fn run_suite(
                         tokio::task::spawn_blocking(move || l.wait()?.record_eval_case(&id, &row))
                             .await
                             .map_err(|e| e.to_string())
-                            .and_then(|r| r);
+                            .and_then(|r| r.map_err(String::from));
                     if let Err(e) = r {
                         engine.ledger_health().fail(&e);
                         unrecorded += 1;

@@ -1,0 +1,1303 @@
+//! The PostgreSQL backend: one database shared by every process and machine that
+//! points `[ledger] url` (or `QUORUM_LEDGER_URL`) at it.
+//!
+//! The same tables as the SQLite file (sessions, runs with their reservation columns,
+//! requests, prices, votes), with the same column types (integers and flags as BIGINT,
+//! reals as DOUBLE PRECISION, times as ISO 8601 UTC text) so every report reads the
+//! same. `requests.uid` makes writes idempotent: a replayed or re-migrated row is
+//! written once. Migrations are forward only, versioned in `quorum_schema`, and run
+//! under an advisory lock so several processes can start at once.
+//!
+//! A reservation takes `pg_advisory_xact_lock` on its budget scope (the daily cap,
+//! and the session) in the transaction that checks the cap and writes the hold, so
+//! replicas on any number of machines serialise on the check and can never together
+//! cross a cap by concurrency.
+//!
+//! The engine's calls are synchronous (they run on blocking threads); each one is
+//! sent to this backend's own small runtime and waited for, so a call is safe from
+//! any thread. The URL's password never appears in an error, a log line or `Debug`.
+
+use std::future::Future;
+use std::time::Duration;
+
+use deadpool_postgres::{Manager, ManagerConfig, Pool, PoolError, RecyclingMethod, Runtime};
+use tokio_postgres::error::SqlState;
+use tokio_postgres::types::{to_sql_checked, IsNull, ToSql, Type};
+use tokio_postgres::NoTls;
+
+use super::{
+    content_cap_for, request_select_list, request_written_columns, Backend, BackendKind,
+    EvalCaseRow, EvalRunRow, Gate, GroupBy, LedgerError, NewRequest, Refused, RequestFilter,
+    RequestRow, RowRead, RunFilter, RunNote, RunRow, SessionRow, Spend, TotalRow, Value, VoteRow,
+};
+
+/// `url` with its password (and any `password=` parameter) replaced by `***`.
+pub fn mask_url(url: &str) -> String {
+    let mut out = url.to_string();
+    if let Some(scheme_end) = out.find("://") {
+        let rest_start = scheme_end + 3;
+        let auth_end = out[rest_start..]
+            .find(['/', '?'])
+            .map_or(out.len(), |i| rest_start + i);
+        if let Some(at) = out[rest_start..auth_end].rfind('@') {
+            let userinfo = &out[rest_start..rest_start + at];
+            if let Some(colon) = userinfo.find(':') {
+                let start = rest_start + colon + 1;
+                out.replace_range(start..rest_start + at, "***");
+            }
+        }
+    }
+    // `?password=...` / key-value `password=...`
+    let lower = out.to_ascii_lowercase();
+    if let Some(i) = lower.find("password=") {
+        let start = i + "password=".len();
+        let end = out[start..]
+            .find(['&', ' '])
+            .map_or(out.len(), |j| start + j);
+        out.replace_range(start..end, "***");
+    }
+    out
+}
+
+/// A PostgreSQL backend.
+pub struct PgBackend {
+    rt: Option<tokio::runtime::Runtime>,
+    pool: Pool,
+    place: String,
+    host: String,
+}
+
+impl std::fmt::Debug for PgBackend {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("PgBackend")
+            .field("place", &self.place)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Drop for PgBackend {
+    fn drop(&mut self) {
+        if let Some(rt) = self.rt.take() {
+            rt.shutdown_background();
+        }
+    }
+}
+
+impl ToSql for Value {
+    fn to_sql(
+        &self,
+        ty: &Type,
+        out: &mut bytes::BytesMut,
+    ) -> Result<IsNull, Box<dyn std::error::Error + Sync + Send>> {
+        match self {
+            Value::Null => Ok(IsNull::Yes),
+            Value::Int(i) => i.to_sql(ty, out),
+            Value::Real(f) => f.to_sql(ty, out),
+            Value::Text(s) => s.to_sql(ty, out),
+        }
+    }
+
+    fn accepts(ty: &Type) -> bool {
+        matches!(*ty, Type::INT8 | Type::FLOAT8 | Type::TEXT | Type::VARCHAR)
+    }
+
+    to_sql_checked!();
+}
+
+impl RowRead for tokio_postgres::Row {
+    fn text(&self, name: &str) -> Result<String, String> {
+        self.try_get(name).map_err(|e| e.to_string())
+    }
+    fn opt_text(&self, name: &str) -> Result<Option<String>, String> {
+        self.try_get(name).map_err(|e| e.to_string())
+    }
+    fn int(&self, name: &str) -> Result<i64, String> {
+        self.try_get::<_, Option<i64>>(name)
+            .map(Option::unwrap_or_default)
+            .map_err(|e| e.to_string())
+    }
+    fn opt_real(&self, name: &str) -> Result<Option<f64>, String> {
+        self.try_get(name).map_err(|e| e.to_string())
+    }
+}
+
+/// Sort a PostgreSQL error into a [`LedgerError`] naming the (masked) URL.
+pub(crate) fn classify(place: &str, e: &tokio_postgres::Error) -> LedgerError {
+    let place = place.to_string();
+    let Some(db) = e.as_db_error() else {
+        // No answer from the server: the connection failed or closed.
+        return LedgerError::Unavailable {
+            place,
+            detail: e.to_string(),
+        };
+    };
+    let detail = format!("{} ({})", db.message(), db.code().code());
+    let code = db.code();
+    if *code == SqlState::DISK_FULL || *code == SqlState::INSUFFICIENT_RESOURCES {
+        LedgerError::Full { place, detail }
+    } else if *code == SqlState::PROGRAM_LIMIT_EXCEEDED {
+        LedgerError::TooLarge { place, detail }
+    } else if *code == SqlState::READ_ONLY_SQL_TRANSACTION {
+        LedgerError::ReadOnly { place, detail }
+    } else if *code == SqlState::DATA_CORRUPTED || *code == SqlState::INDEX_CORRUPTED {
+        LedgerError::Corrupt { place, detail }
+    } else if *code == SqlState::T_R_SERIALIZATION_FAILURE
+        || *code == SqlState::T_R_DEADLOCK_DETECTED
+        || *code == SqlState::LOCK_NOT_AVAILABLE
+    {
+        LedgerError::Locked { place, detail }
+    } else if code.code().starts_with("08")
+        || code.code().starts_with("57P")
+        || *code == SqlState::TOO_MANY_CONNECTIONS
+    {
+        LedgerError::Unavailable { place, detail }
+    } else if code.code().starts_with("28") || *code == SqlState::INVALID_CATALOG_NAME {
+        LedgerError::Open { place, detail }
+    } else {
+        LedgerError::Backend { place, detail }
+    }
+}
+
+fn pool_err(place: &str, e: PoolError) -> LedgerError {
+    match e {
+        PoolError::Backend(e) => classify(place, &e),
+        other => LedgerError::Unavailable {
+            place: place.to_string(),
+            detail: other.to_string(),
+        },
+    }
+}
+
+/// Forward-only migrations; migration `i` takes `quorum_schema.version` from `i` to `i + 1`.
+fn migrations() -> Vec<String> {
+    let now = NOW_PG;
+    vec![
+        format!(
+            "CREATE TABLE sessions (
+            id           TEXT PRIMARY KEY,
+            created_at   TEXT NOT NULL DEFAULT ({now}),
+            label        TEXT,
+            source_agent TEXT
+        );
+        CREATE TABLE runs (
+            id             TEXT PRIMARY KEY,
+            session_id     TEXT,
+            trace_id       TEXT,
+            created_at     TEXT NOT NULL DEFAULT ({now}),
+            targets        TEXT,
+            projected_usd  DOUBLE PRECISION,
+            prompt         TEXT,
+            reserved_usd   DOUBLE PRECISION,
+            budget_session TEXT,
+            pid            BIGINT,
+            host           TEXT,
+            settled_at     TEXT
+        );
+        CREATE INDEX runs_open ON runs(settled_at) WHERE reserved_usd > 0;
+        CREATE INDEX runs_budget_session ON runs(budget_session);
+        CREATE INDEX runs_session ON runs(session_id);
+        CREATE TABLE prices (
+            id            TEXT PRIMARY KEY,
+            row           TEXT NOT NULL,
+            first_used_at TEXT NOT NULL DEFAULT ({now})
+        );
+        CREATE TABLE requests (
+            id                  BIGINT GENERATED BY DEFAULT AS IDENTITY PRIMARY KEY,
+            uid                 TEXT NOT NULL UNIQUE,
+            run_id              TEXT NOT NULL,
+            session_id          TEXT,
+            trace_id            TEXT,
+            source_agent        TEXT,
+            target              TEXT NOT NULL,
+            provider            TEXT NOT NULL,
+            model               TEXT NOT NULL,
+            input_tokens        BIGINT NOT NULL DEFAULT 0,
+            output_tokens       BIGINT NOT NULL DEFAULT 0,
+            cached_input_tokens BIGINT NOT NULL DEFAULT 0,
+            cache_write_tokens  BIGINT NOT NULL DEFAULT 0,
+            reasoning_tokens    BIGINT NOT NULL DEFAULT 0,
+            usage_reported      BIGINT NOT NULL DEFAULT 0,
+            cost_usd            DOUBLE PRECISION,
+            cost_source         TEXT NOT NULL,
+            price_ref           TEXT,
+            ttft_ms             DOUBLE PRECISION,
+            latency_ms          DOUBLE PRECISION,
+            status              TEXT NOT NULL,
+            finish_reason       TEXT,
+            raw_finish_reason   TEXT,
+            error_kind          TEXT,
+            error_message       TEXT,
+            retries             BIGINT NOT NULL DEFAULT 0,
+            fell_back_from      TEXT,
+            cache_hit           BIGINT NOT NULL DEFAULT 0,
+            prompt              TEXT,
+            response            TEXT,
+            thinking            TEXT,
+            tool_calls          TEXT,
+            created_at          TEXT NOT NULL DEFAULT ({now})
+        );
+        CREATE INDEX requests_run ON requests(run_id);
+        CREATE INDEX requests_session ON requests(session_id);
+        CREATE INDEX requests_created ON requests(created_at);
+        CREATE TABLE votes (
+            id         BIGINT GENERATED BY DEFAULT AS IDENTITY PRIMARY KEY,
+            uid        TEXT UNIQUE,
+            run_id     TEXT,
+            targets    TEXT,
+            winner     TEXT NOT NULL,
+            tag        TEXT,
+            created_at TEXT NOT NULL DEFAULT ({now})
+        );
+        CREATE INDEX votes_run ON votes(run_id);"
+        ),
+        // `quorum eval`'s tables.
+        super::eval::PG_MIGRATION.to_string(),
+    ]
+}
+
+/// Now, as the same ISO 8601 UTC text SQLite writes (`2026-01-02T03:04:05.678Z`).
+pub(crate) const NOW_PG: &str =
+    "to_char(clock_timestamp() AT TIME ZONE 'UTC', 'YYYY-MM-DD\"T\"HH24:MI:SS.MS\"Z\"')";
+
+/// The advisory-lock key of the daily cap (any replica's), and of a session's cap.
+const DAILY_LOCK: &str = "hashtext('quorum:budget:daily')";
+const SESSION_LOCK: &str = "hashtext('quorum:budget:session:' || $1)";
+/// The advisory-lock key of migrations.
+const MIGRATE_LOCK: i64 = 0x7175_6f72_756d;
+
+/// How long a hold from another machine may stay open before it is taken as dead.
+const STALE_HOLD: &str = "6 hours";
+
+/// Runs holding a reservation.
+const OPEN: &str = "r.settled_at IS NULL AND r.reserved_usd > 0";
+/// What a run still holds: its reservation less what its finished requests cost.
+const OUTSTANDING: &str = "GREATEST(r.reserved_usd - COALESCE((SELECT SUM(q.cost_usd) FROM requests q WHERE q.run_id = r.id), 0), 0)";
+
+/// The local UTC offset in seconds now (days are local calendar days, as in SQLite).
+pub(crate) fn local_offset_secs() -> i64 {
+    #[cfg(unix)]
+    unsafe {
+        let t = libc::time(std::ptr::null_mut());
+        let mut tm: libc::tm = std::mem::zeroed();
+        if !libc::localtime_r(&t, &mut tm).is_null() {
+            return tm.tm_gmtoff;
+        }
+    }
+    0
+}
+
+/// The start of today (local calendar day) as ISO 8601 UTC text.
+fn local_day_start_utc() -> String {
+    let off = local_offset_secs();
+    let now = time::OffsetDateTime::now_utc().unix_timestamp();
+    let local = now + off;
+    let start_local = local - local.rem_euclid(86_400);
+    let start = time::OffsetDateTime::from_unix_timestamp(start_local - off)
+        .unwrap_or(time::OffsetDateTime::UNIX_EPOCH);
+    start
+        .format(time::macros::format_description!(
+            "[year]-[month]-[day]T[hour]:[minute]:[second].000Z"
+        ))
+        .unwrap_or_default()
+}
+
+fn this_host() -> String {
+    let mut buf = [0u8; 256];
+    #[cfg(unix)]
+    unsafe {
+        if libc::gethostname(buf.as_mut_ptr().cast(), buf.len()) == 0 {
+            let n = buf.iter().position(|&b| b == 0).unwrap_or(buf.len());
+            return String::from_utf8_lossy(&buf[..n]).into_owned();
+        }
+    }
+    String::new()
+}
+
+async fn spend_in(
+    tx: &impl deadpool_postgres::GenericClient,
+    session: Option<&str>,
+) -> Result<Spend, tokio_postgres::Error> {
+    let held: f64 = tx
+        .query_one(
+            &format!("SELECT COALESCE(SUM({OUTSTANDING}), 0)::float8 FROM runs r WHERE {OPEN}"),
+            &[],
+        )
+        .await?
+        .get(0);
+    let start = local_day_start_utc();
+    let today: f64 = tx
+        .query_one(
+            "SELECT COALESCE(SUM(cost_usd), 0)::float8 FROM requests WHERE created_at >= $1",
+            &[&start],
+        )
+        .await?
+        .get(0);
+    let session_usd = match session {
+        Some(s) => {
+            let done: f64 = tx
+                .query_one(
+                    "SELECT COALESCE(SUM(q.cost_usd), 0)::float8 FROM requests q
+                     WHERE q.run_id IN (SELECT id FROM runs WHERE budget_session = $1)
+                        OR (q.session_id = $1 AND q.run_id NOT IN
+                            (SELECT id FROM runs WHERE budget_session IS NOT NULL))",
+                    &[&s],
+                )
+                .await?
+                .get(0);
+            let held: f64 = tx
+                .query_one(
+                    &format!(
+                        "SELECT COALESCE(SUM({OUTSTANDING}), 0)::float8 FROM runs r WHERE {OPEN} AND r.budget_session = $1"
+                    ),
+                    &[&s],
+                )
+                .await?
+                .get(0);
+            done + held
+        }
+        None => 0.0,
+    };
+    Ok(Spend {
+        session_usd,
+        today_usd: today + held,
+    })
+}
+
+/// Settle the holds of processes on this machine that are gone, and holds older than
+/// [`STALE_HOLD`] from anywhere (a replica on another machine that died: no request
+/// runs that long).
+async fn expire_dead(
+    tx: &impl deadpool_postgres::GenericClient,
+    host: &str,
+) -> Result<(), tokio_postgres::Error> {
+    let me = std::process::id() as i64;
+    let rows = tx
+        .query(
+            &format!(
+                "SELECT DISTINCT pid FROM runs r WHERE {OPEN} AND host = $1 AND pid IS NOT NULL AND pid <> $2"
+            ),
+            &[&host, &me],
+        )
+        .await?;
+    tx.execute(
+        &format!(
+            "UPDATE runs r SET settled_at = {NOW_PG} WHERE {OPEN} AND r.created_at <
+             to_char((clock_timestamp() - interval '{STALE_HOLD}') AT TIME ZONE 'UTC', 'YYYY-MM-DD\"T\"HH24:MI:SS.MS\"Z\"')"
+        ),
+        &[],
+    )
+    .await?;
+    for r in rows {
+        let pid: i64 = r.get(0);
+        if !super::process_alive(pid) {
+            tx.execute(
+                &format!(
+                    "UPDATE runs SET settled_at = {NOW_PG} WHERE host = $1 AND pid = $2 AND settled_at IS NULL"
+                ),
+                &[&host, &pid],
+            )
+            .await?;
+        }
+    }
+    Ok(())
+}
+
+fn run_row(r: &tokio_postgres::Row) -> Result<RunRow, tokio_postgres::Error> {
+    let targets: Option<String> = r.try_get("targets")?;
+    Ok(RunRow {
+        id: r.try_get("id")?,
+        session_id: r.try_get("session_id")?,
+        trace_id: r.try_get("trace_id")?,
+        created_at: r.try_get("created_at")?,
+        targets: targets
+            .and_then(|t| serde_json::from_str(&t).ok())
+            .unwrap_or_default(),
+        projected_usd: r.try_get("projected_usd")?,
+        prompt: r.try_get("prompt")?,
+    })
+}
+
+impl PgBackend {
+    /// Connect to `url`, and create or migrate the schema.
+    pub fn connect(url: &str) -> Result<PgBackend, LedgerError> {
+        let place = mask_url(url);
+        let open = |detail: String| LedgerError::Open {
+            place: place.clone(),
+            detail,
+        };
+        let mut cfg: tokio_postgres::Config = url
+            .parse()
+            // The parser's message never repeats the password.
+            .map_err(|e: tokio_postgres::Error| open(format!("invalid URL: {e}")))?;
+        if cfg.get_connect_timeout().is_none() {
+            cfg.connect_timeout(Duration::from_secs(5));
+        }
+        cfg.application_name("quorum");
+        let rt = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(2)
+            .thread_name("quorum-ledger-pg")
+            .enable_all()
+            .build()
+            .map_err(|e| open(format!("cannot start its runtime: {e}")))?;
+        let mgr = Manager::from_config(
+            cfg,
+            NoTls,
+            ManagerConfig {
+                recycling_method: RecyclingMethod::Fast,
+            },
+        );
+        let pool = {
+            let _g = rt.enter();
+            Pool::builder(mgr)
+                .max_size(16)
+                .runtime(Runtime::Tokio1)
+                .wait_timeout(Some(Duration::from_secs(30)))
+                .create_timeout(Some(Duration::from_secs(30)))
+                .recycle_timeout(Some(Duration::from_secs(5)))
+                .build()
+                .map_err(|e| open(e.to_string()))?
+        };
+        let b = PgBackend {
+            rt: Some(rt),
+            pool,
+            place,
+            host: this_host(),
+        };
+        b.migrate()?;
+        Ok(b)
+    }
+
+    /// Run `f` on this backend's runtime and wait for it.
+    fn run<T, Fut>(&self, f: impl FnOnce(Pool, String, String) -> Fut) -> Result<T, LedgerError>
+    where
+        T: Send + 'static,
+        Fut: Future<Output = Result<T, LedgerError>> + Send + 'static,
+    {
+        let Some(rt) = &self.rt else {
+            return Err(LedgerError::Unavailable {
+                place: self.place.clone(),
+                detail: "the ledger is shutting down".into(),
+            });
+        };
+        let fut = f(self.pool.clone(), self.place.clone(), self.host.clone());
+        let (tx, rx) = std::sync::mpsc::sync_channel(1);
+        rt.spawn(async move {
+            let _ = tx.send(fut.await);
+        });
+        rx.recv().unwrap_or_else(|_| {
+            Err(LedgerError::Unavailable {
+                place: self.place.clone(),
+                detail: "the ledger's task ended without an answer".into(),
+            })
+        })
+    }
+
+    fn migrate(&self) -> Result<(), LedgerError> {
+        self.run(|pool, place, _| async move {
+            let pe = |e| pool_err(&place, e);
+            let ce = |e: tokio_postgres::Error| classify(&place, &e);
+            let mut client = pool.get().await.map_err(pe)?;
+            let migs = migrations();
+            let tx = client.transaction().await.map_err(ce)?;
+            tx.execute("SELECT pg_advisory_xact_lock($1)", &[&MIGRATE_LOCK])
+                .await
+                .map_err(ce)?;
+            tx.batch_execute("CREATE TABLE IF NOT EXISTS quorum_schema (version BIGINT NOT NULL)")
+                .await
+                .map_err(ce)?;
+            let v: Option<i64> = tx
+                .query_opt("SELECT version FROM quorum_schema", &[])
+                .await
+                .map_err(ce)?
+                .map(|r| r.get(0));
+            let mut v = match v {
+                Some(v) => v,
+                None => {
+                    tx.execute("INSERT INTO quorum_schema (version) VALUES (0)", &[])
+                        .await
+                        .map_err(ce)?;
+                    0
+                }
+            };
+            if v as usize > migs.len() {
+                return Err(LedgerError::Schema {
+                    place,
+                    found: v,
+                    known: migs.len() as i64,
+                });
+            }
+            while (v as usize) < migs.len() {
+                tx.batch_execute(&migs[v as usize]).await.map_err(ce)?;
+                v += 1;
+                tx.execute("UPDATE quorum_schema SET version = $1", &[&v])
+                    .await
+                    .map_err(ce)?;
+            }
+            tx.commit().await.map_err(ce)
+        })
+    }
+
+    fn insert_sql() -> String {
+        let mut cols: Vec<&str> = vec!["uid"];
+        cols.extend(request_written_columns().map(|c| c.name));
+        let marks: Vec<String> = (1..=cols.len()).map(|i| format!("${i}")).collect();
+        format!(
+            "INSERT INTO requests ({}) VALUES ({}) ON CONFLICT (uid) DO NOTHING RETURNING id",
+            cols.join(", "),
+            marks.join(", ")
+        )
+    }
+
+    /// Copy rows already made elsewhere (migration): requests keep their `created_at`,
+    /// runs their reservation state. Idempotent (existing rows are kept).
+    pub fn import(&self, batch: super::migrate::Batch) -> Result<u64, LedgerError> {
+        self.run(move |pool, place, _| async move {
+            let ce = |e: tokio_postgres::Error| classify(&place, &e);
+            let mut client = pool.get().await.map_err(|e| pool_err(&place, e))?;
+            let tx = client.transaction().await.map_err(ce)?;
+            let mut n = 0u64;
+            for s in &batch.sessions {
+                n += tx
+                    .execute(
+                        "INSERT INTO sessions (id, created_at, label, source_agent)
+                         VALUES ($1, $2, $3, $4) ON CONFLICT (id) DO NOTHING",
+                        &[&s.id, &s.created_at, &s.label, &s.source_agent],
+                    )
+                    .await
+                    .map_err(ce)?;
+            }
+            for r in &batch.runs {
+                n += tx
+                    .execute(
+                        "INSERT INTO runs (id, session_id, trace_id, created_at, targets, projected_usd,
+                                           prompt, reserved_usd, budget_session, pid, settled_at)
+                         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11)
+                         ON CONFLICT (id) DO NOTHING",
+                        &[
+                            &r.id,
+                            &r.session_id,
+                            &r.trace_id,
+                            &r.created_at,
+                            &r.targets,
+                            &r.projected_usd,
+                            &r.prompt,
+                            &r.reserved_usd,
+                            &r.budget_session,
+                            &r.pid,
+                            // A hold copied from another machine's file is over.
+                            &r.settled_at.clone().or_else(|| Some(r.created_at.clone())),
+                        ],
+                    )
+                    .await
+                    .map_err(ce)?;
+            }
+            for (id, row, first) in &batch.prices {
+                n += tx
+                    .execute(
+                        "INSERT INTO prices (id, row, first_used_at) VALUES ($1, $2, $3)
+                         ON CONFLICT (id) DO NOTHING",
+                        &[id, row, first],
+                    )
+                    .await
+                    .map_err(ce)?;
+            }
+            let mut cols: Vec<&str> = vec!["uid", "created_at"];
+            cols.extend(request_written_columns().map(|c| c.name));
+            let marks: Vec<String> = (1..=cols.len()).map(|i| format!("${i}")).collect();
+            let sql = format!(
+                "INSERT INTO requests ({}) VALUES ({}) ON CONFLICT (uid) DO NOTHING",
+                cols.join(", "),
+                marks.join(", ")
+            );
+            let st = tx.prepare(&sql).await.map_err(ce)?;
+            for (uid, created, row) in &batch.requests {
+                let mut params: Vec<&(dyn ToSql + Sync)> = vec![uid, created];
+                for c in request_written_columns() {
+                    params.push(row.value(c.name));
+                }
+                n += tx.execute(&st, &params).await.map_err(ce)?;
+            }
+            for v in &batch.votes {
+                n += tx
+                    .execute(
+                        "INSERT INTO votes (uid, run_id, targets, winner, tag, created_at)
+                         VALUES ($1, $2, $3, $4, $5, $6) ON CONFLICT (uid) DO NOTHING",
+                        &[&v.0, &v.1, &v.2, &v.3, &v.4, &v.5],
+                    )
+                    .await
+                    .map_err(ce)?;
+            }
+            for (table, key, rows) in [
+                ("eval_runs", "id", &batch.eval_runs),
+                ("eval_cases", "eval_run_id, case_key", &batch.eval_cases),
+            ] {
+                for row in rows {
+                    let cols: Vec<&str> = row.iter().map(|(c, _)| c.as_str()).collect();
+                    let marks: Vec<String> = (1..=cols.len()).map(|i| format!("${i}")).collect();
+                    let sql = format!(
+                        "INSERT INTO {table} ({}) VALUES ({}) ON CONFLICT ({key}) DO NOTHING",
+                        cols.join(", "),
+                        marks.join(", ")
+                    );
+                    let params: Vec<&(dyn ToSql + Sync)> =
+                        row.iter().map(|(_, v)| v as &(dyn ToSql + Sync)).collect();
+                    n += tx.execute(&sql, &params).await.map_err(ce)?;
+                }
+            }
+            tx.commit().await.map_err(ce)?;
+            Ok(n)
+        })
+    }
+}
+
+async fn query_requests(
+    client: &deadpool_postgres::Object,
+    sql: &str,
+    params: &[&(dyn ToSql + Sync)],
+    place: &str,
+) -> Result<Vec<RequestRow>, LedgerError> {
+    let rows = client
+        .query(sql, params)
+        .await
+        .map_err(|e| classify(place, &e))?;
+    rows.iter()
+        .map(|r| {
+            RequestRow::from_row(r).map_err(|detail| LedgerError::Backend {
+                place: place.to_string(),
+                detail,
+            })
+        })
+        .collect()
+}
+
+impl Backend for PgBackend {
+    fn kind(&self) -> BackendKind {
+        BackendKind::Postgres
+    }
+
+    fn place(&self) -> &str {
+        &self.place
+    }
+
+    fn content_cap(&self) -> usize {
+        // PostgreSQL takes up to 1 GB per field.
+        content_cap_for(1 << 30)
+    }
+
+    fn version(&self) -> Result<i64, LedgerError> {
+        self.run(|pool, place, _| async move {
+            let c = pool.get().await.map_err(|e| pool_err(&place, e))?;
+            c.query_one("SELECT version FROM quorum_schema", &[])
+                .await
+                .map(|r| r.get(0))
+                .map_err(|e| classify(&place, &e))
+        })
+    }
+
+    fn check_writable(&self) -> Result<(), LedgerError> {
+        self.run(|pool, place, _| async move {
+            let c = pool.get().await.map_err(|e| pool_err(&place, e))?;
+            c.execute("UPDATE quorum_schema SET version = version", &[])
+                .await
+                .map(|_| ())
+                .map_err(|e| classify(&place, &e))
+        })
+    }
+
+    fn insert_requests(&self, rows: &[NewRequest]) -> Result<Vec<i64>, LedgerError> {
+        let rows = rows.to_vec();
+        self.run(move |pool, place, _| async move {
+            let ce = |e: tokio_postgres::Error| classify(&place, &e);
+            let mut client = pool.get().await.map_err(|e| pool_err(&place, e))?;
+            let tx = client.transaction().await.map_err(ce)?;
+            let insert = tx.prepare_cached(&Self::insert_sql()).await.map_err(ce)?;
+            let session = tx
+                .prepare_cached(
+                    "INSERT INTO sessions (id, source_agent) VALUES ($1, $2) ON CONFLICT (id) DO NOTHING",
+                )
+                .await
+                .map_err(ce)?;
+            let run = tx
+                .prepare_cached(
+                    "INSERT INTO runs (id, session_id, trace_id, prompt) VALUES ($1, $2, $3, $4)
+                     ON CONFLICT (id) DO NOTHING",
+                )
+                .await
+                .map_err(ce)?;
+            let price = tx
+                .prepare_cached(
+                    "INSERT INTO prices (id, row) VALUES ($1, $2) ON CONFLICT (id) DO NOTHING",
+                )
+                .await
+                .map_err(ce)?;
+            let mut ids = Vec::with_capacity(rows.len());
+            for row in &rows {
+                if let Some((s, agent)) = &row.session {
+                    tx.execute(&session, &[s, agent]).await.map_err(ce)?;
+                }
+                let (r, s, t, p) = &row.run;
+                tx.execute(&run, &[r, s, t, p]).await.map_err(ce)?;
+                if let Some((id, json)) = &row.price {
+                    tx.execute(&price, &[id, json]).await.map_err(ce)?;
+                }
+                let mut params: Vec<&(dyn ToSql + Sync)> = vec![&row.uid];
+                for c in request_written_columns() {
+                    params.push(row.value(c.name));
+                }
+                let id = match tx.query_opt(&insert, &params).await.map_err(ce)? {
+                    Some(r) => r.get(0),
+                    // Written before (a replay): its existing id.
+                    None => tx
+                        .query_one("SELECT id FROM requests WHERE uid = $1", &[&row.uid])
+                        .await
+                        .map_err(ce)?
+                        .get(0),
+                };
+                ids.push(id);
+            }
+            tx.commit().await.map_err(ce)?;
+            Ok(ids)
+        })
+    }
+
+    fn begin_run(
+        &self,
+        note: &RunNote<'_>,
+        prompt: Option<&str>,
+        gate: Option<(Gate<'_>, f64)>,
+    ) -> Result<(), Refused> {
+        let targets = serde_json::to_string(note.targets).unwrap_or_else(|_| "[]".into());
+        let (run_id, session_id, trace_id) = (
+            note.run_id.to_string(),
+            note.session_id.map(String::from),
+            note.trace_id.map(String::from),
+        );
+        let budget_session = note.budget_session.or(note.session_id).map(String::from);
+        let check_session = note.budget_session.map(String::from);
+        let projected = note.projected_usd;
+        let prompt = prompt.map(String::from);
+        let gate = gate.map(|(g, bound)| (*g.budget, g.projection.clone(), bound));
+        let out = self.run(move |pool, place, host| async move {
+            let ce = |e: tokio_postgres::Error| classify(&place, &e);
+            let mut client = pool.get().await.map_err(|e| pool_err(&place, e))?;
+            let tx = client.transaction().await.map_err(ce)?;
+            // Bookkeeping before the send: atomic and visible to every replica at
+            // commit, without waiting for its own WAL flush; it becomes durable with
+            // the flush of the first request row after it (as SQLite's run notes do).
+            tx.batch_execute("SET LOCAL synchronous_commit = off")
+                .await
+                .map_err(ce)?;
+            let mut reserved = None;
+            if let Some((budget, projection, bound)) = &gate {
+                // One lock per budget scope, always in this order.
+                if budget.daily_usd.is_some() {
+                    tx.execute(&format!("SELECT pg_advisory_xact_lock({DAILY_LOCK})"), &[])
+                        .await
+                        .map_err(ce)?;
+                }
+                if let (Some(_), Some(s)) = (budget.session_usd, &budget_session) {
+                    tx.execute(
+                        &format!("SELECT pg_advisory_xact_lock({SESSION_LOCK})"),
+                        &[s],
+                    )
+                    .await
+                    .map_err(ce)?;
+                }
+                expire_dead(&tx, &host).await.map_err(ce)?;
+                let spend = spend_in(&tx, check_session.as_deref().or(session_id.as_deref()))
+                    .await
+                    .map_err(ce)?;
+                if let Err(r) = budget.check(spend, projection) {
+                    return Ok(Err(Refused::Budget(r)));
+                }
+                reserved = Some(*bound);
+            }
+            if let Some(s) = &session_id {
+                tx.execute(
+                    "INSERT INTO sessions (id) VALUES ($1) ON CONFLICT (id) DO NOTHING",
+                    &[s],
+                )
+                .await
+                .map_err(ce)?;
+            }
+            let pid = std::process::id() as i64;
+            tx.execute(
+                "INSERT INTO runs (id, session_id, trace_id, targets, projected_usd, prompt,
+                                   reserved_usd, budget_session, pid, host)
+                 VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10)
+                 ON CONFLICT (id) DO UPDATE SET targets = excluded.targets,
+                     projected_usd = excluded.projected_usd,
+                     reserved_usd = excluded.reserved_usd,
+                     budget_session = excluded.budget_session, pid = excluded.pid,
+                     host = excluded.host",
+                &[
+                    &run_id,
+                    &session_id,
+                    &trace_id,
+                    &targets,
+                    &projected,
+                    &prompt,
+                    &reserved,
+                    &budget_session,
+                    &pid,
+                    &host,
+                ],
+            )
+            .await
+            .map_err(ce)?;
+            tx.commit().await.map_err(ce)?;
+            Ok(Ok(()))
+        });
+        match out {
+            Ok(r) => r,
+            Err(e) => Err(Refused::Ledger(e)),
+        }
+    }
+
+    fn settle_run(&self, run_id: &str) -> Result<(), LedgerError> {
+        let run_id = run_id.to_string();
+        self.run(|pool, place, _| async move {
+            let ce = |e: tokio_postgres::Error| classify(&place, &e);
+            let mut c = pool.get().await.map_err(|e| pool_err(&place, e))?;
+            let tx = c.transaction().await.map_err(ce)?;
+            // Losing a settle in a crash only keeps a hold longer (until its process
+            // is seen gone): no need to wait for the WAL flush.
+            tx.batch_execute("SET LOCAL synchronous_commit = off")
+                .await
+                .map_err(ce)?;
+            tx.execute(
+                &format!(
+                    "UPDATE runs SET settled_at = {NOW_PG} WHERE id = $1 AND settled_at IS NULL"
+                ),
+                &[&run_id],
+            )
+            .await
+            .map_err(ce)?;
+            tx.commit().await.map_err(ce)
+        })
+    }
+
+    fn start_session(
+        &self,
+        id: &str,
+        label: Option<&str>,
+        source_agent: Option<&str>,
+    ) -> Result<(), LedgerError> {
+        let (id, label, agent) = (
+            id.to_string(),
+            label.map(String::from),
+            source_agent.map(String::from),
+        );
+        self.run(|pool, place, _| async move {
+            let c = pool.get().await.map_err(|e| pool_err(&place, e))?;
+            c.execute(
+                "INSERT INTO sessions (id, label, source_agent) VALUES ($1, $2, $3)
+                 ON CONFLICT (id) DO UPDATE SET label = COALESCE(excluded.label, sessions.label)",
+                &[&id, &label, &agent],
+            )
+            .await
+            .map(|_| ())
+            .map_err(|e| classify(&place, &e))
+        })
+    }
+
+    fn spend(&self, session: Option<&str>) -> Result<Spend, LedgerError> {
+        let session = session.map(String::from);
+        self.run(|pool, place, _| async move {
+            let c = pool.get().await.map_err(|e| pool_err(&place, e))?;
+            spend_in(&c, session.as_deref())
+                .await
+                .map_err(|e| classify(&place, &e))
+        })
+    }
+
+    fn open_reservations(&self) -> Result<(u64, f64), LedgerError> {
+        self.run(|pool, place, _| async move {
+            let c = pool.get().await.map_err(|e| pool_err(&place, e))?;
+            let r = c
+                .query_one(
+                    &format!(
+                        "SELECT COUNT(*), COALESCE(SUM({OUTSTANDING}), 0)::float8 FROM runs r WHERE {OPEN}"
+                    ),
+                    &[],
+                )
+                .await
+                .map_err(|e| classify(&place, &e))?;
+            Ok((r.get::<_, i64>(0) as u64, r.get(1)))
+        })
+    }
+
+    fn totals(&self, by: GroupBy) -> Result<Vec<TotalRow>, LedgerError> {
+        let key = match by {
+            GroupBy::Session => "COALESCE(session_id, '(none)')",
+            GroupBy::Day => {
+                "to_char((created_at::timestamptz AT TIME ZONE 'UTC') + make_interval(secs => $1), 'YYYY-MM-DD')"
+            }
+            GroupBy::Provider => "provider",
+            GroupBy::Model => "provider || '/' || model",
+        };
+        let offset = local_offset_secs() as f64;
+        let day = by == GroupBy::Day;
+        let sql = format!(
+            "SELECT {key} AS k, COUNT(*), COALESCE(SUM(cost_usd), 0)::float8,
+                    SUM(CASE WHEN cost_usd IS NULL THEN 1 ELSE 0 END)::int8,
+                    SUM(CASE WHEN cost_source = 'estimated' THEN 1 ELSE 0 END)::int8,
+                    SUM(CASE WHEN cache_hit = 0 THEN input_tokens ELSE 0 END)::int8,
+                    SUM(CASE WHEN cache_hit = 0 THEN output_tokens ELSE 0 END)::int8,
+                    SUM(CASE WHEN cache_hit = 0 THEN cached_input_tokens ELSE 0 END)::int8,
+                    SUM(CASE WHEN cache_hit = 0 THEN reasoning_tokens ELSE 0 END)::int8,
+                    SUM(cache_hit)::int8, SUM(CASE WHEN status <> 'ok' THEN 1 ELSE 0 END)::int8,
+                    MIN(created_at), MAX(created_at)
+             FROM requests GROUP BY k ORDER BY MAX(created_at) DESC"
+        );
+        self.run(move |pool, place, _| async move {
+            let c = pool.get().await.map_err(|e| pool_err(&place, e))?;
+            let rows = if day {
+                c.query(&sql, &[&offset]).await
+            } else {
+                c.query(&sql, &[]).await
+            }
+            .map_err(|e| classify(&place, &e))?;
+            let u = |r: &tokio_postgres::Row, i: usize| {
+                r.get::<_, Option<i64>>(i).unwrap_or(0).max(0) as u64
+            };
+            Ok(rows
+                .iter()
+                .map(|r| TotalRow {
+                    key: r.get(0),
+                    requests: u(r, 1),
+                    cost_usd: r.get(2),
+                    unknown_cost: u(r, 3),
+                    estimated: u(r, 4),
+                    input_tokens: u(r, 5),
+                    output_tokens: u(r, 6),
+                    cached_input_tokens: u(r, 7),
+                    reasoning_tokens: u(r, 8),
+                    cache_hits: u(r, 9),
+                    failed: u(r, 10),
+                    first: r.get(11),
+                    last: r.get(12),
+                })
+                .collect())
+        })
+    }
+
+    fn sessions(&self, limit: usize) -> Result<Vec<SessionRow>, LedgerError> {
+        let limit = limit.min(i64::MAX as usize) as i64;
+        self.run(move |pool, place, _| async move {
+            let c = pool.get().await.map_err(|e| pool_err(&place, e))?;
+            let rows = c
+                .query(
+                    "SELECT s.id, s.label, s.source_agent, s.created_at,
+                            COUNT(DISTINCT r.run_id), COUNT(r.id), COALESCE(SUM(r.cost_usd), 0)::float8,
+                            COALESCE(SUM(CASE WHEN r.cost_usd IS NULL AND r.id IS NOT NULL THEN 1 ELSE 0 END), 0)::int8,
+                            COALESCE(MAX(r.created_at), s.created_at) AS last
+                     FROM sessions s LEFT JOIN requests r ON r.session_id = s.id
+                     GROUP BY s.id ORDER BY last DESC LIMIT $1",
+                    &[&limit],
+                )
+                .await
+                .map_err(|e| classify(&place, &e))?;
+            Ok(rows
+                .iter()
+                .map(|r| SessionRow {
+                    id: r.get(0),
+                    label: r.get(1),
+                    source_agent: r.get(2),
+                    created_at: r.get(3),
+                    runs: r.get::<_, i64>(4) as u64,
+                    requests: r.get::<_, i64>(5) as u64,
+                    cost_usd: r.get(6),
+                    unknown_cost: r.get::<_, i64>(7) as u64,
+                    last: r.get(8),
+                })
+                .collect())
+        })
+    }
+
+    fn requests(&self, filter: RequestFilter<'_>) -> Result<Vec<RequestRow>, LedgerError> {
+        let cols = request_select_list();
+        let (sql, text, int): (String, Option<String>, Option<i64>) = match filter {
+            RequestFilter::Id(n) => (
+                format!("SELECT {cols} FROM requests WHERE id = $1 ORDER BY id"),
+                None,
+                Some(n),
+            ),
+            RequestFilter::Run(r) => (
+                format!("SELECT {cols} FROM requests WHERE run_id = $1 ORDER BY id"),
+                Some(r.to_string()),
+                None,
+            ),
+            RequestFilter::Session(s) => (
+                format!("SELECT {cols} FROM requests WHERE session_id = $1 ORDER BY id"),
+                Some(s.to_string()),
+                None,
+            ),
+            RequestFilter::Recent(n) => (
+                format!("SELECT {cols} FROM requests ORDER BY id DESC LIMIT $1"),
+                None,
+                Some(n.min(i64::MAX as usize) as i64),
+            ),
+        };
+        self.run(move |pool, place, _| async move {
+            let c = pool.get().await.map_err(|e| pool_err(&place, e))?;
+            match (&text, &int) {
+                (Some(t), _) => query_requests(&c, &sql, &[t], &place).await,
+                (_, Some(i)) => query_requests(&c, &sql, &[i], &place).await,
+                _ => query_requests(&c, &sql, &[], &place).await,
+            }
+        })
+    }
+
+    fn runs(&self, filter: RunFilter<'_>) -> Result<Vec<RunRow>, LedgerError> {
+        let (cond, arg) = match filter {
+            RunFilter::Id(id) => ("id = $1", id.to_string()),
+            RunFilter::Session(s) => ("session_id = $1", s.to_string()),
+        };
+        let sql = format!(
+            "SELECT id, session_id, trace_id, created_at, targets, projected_usd, prompt
+             FROM runs WHERE {cond} ORDER BY created_at"
+        );
+        self.run(move |pool, place, _| async move {
+            let c = pool.get().await.map_err(|e| pool_err(&place, e))?;
+            let rows = c
+                .query(&sql, &[&arg])
+                .await
+                .map_err(|e| classify(&place, &e))?;
+            rows.iter()
+                .map(|r| run_row(r).map_err(|e| classify(&place, &e)))
+                .collect()
+        })
+    }
+
+    fn price_row(&self, id: &str) -> Result<Option<String>, LedgerError> {
+        let id = id.to_string();
+        self.run(move |pool, place, _| async move {
+            let c = pool.get().await.map_err(|e| pool_err(&place, e))?;
+            c.query_opt("SELECT row FROM prices WHERE id = $1", &[&id])
+                .await
+                .map(|r| r.map(|r| r.get(0)))
+                .map_err(|e| classify(&place, &e))
+        })
+    }
+
+    fn record_vote(
+        &self,
+        run_id: Option<&str>,
+        targets: &str,
+        winner: &str,
+        tag: Option<&str>,
+    ) -> Result<(), LedgerError> {
+        let (run_id, targets, winner, tag) = (
+            run_id.map(String::from),
+            targets.to_string(),
+            winner.to_string(),
+            tag.map(String::from),
+        );
+        let uid = super::new_uid();
+        self.run(move |pool, place, _| async move {
+            let c = pool.get().await.map_err(|e| pool_err(&place, e))?;
+            c.execute(
+                "INSERT INTO votes (uid, run_id, targets, winner, tag) VALUES ($1, $2, $3, $4, $5)",
+                &[&uid, &run_id, &targets, &winner, &tag],
+            )
+            .await
+            .map(|_| ())
+            .map_err(|e| classify(&place, &e))
+        })
+    }
+
+    fn votes(&self) -> Result<Vec<VoteRow>, LedgerError> {
+        self.run(|pool, place, _| async move {
+            let c = pool.get().await.map_err(|e| pool_err(&place, e))?;
+            let rows = c
+                .query(
+                    "SELECT run_id, targets, winner, tag, created_at FROM votes ORDER BY id",
+                    &[],
+                )
+                .await
+                .map_err(|e| classify(&place, &e))?;
+            Ok(rows
+                .iter()
+                .map(|r| {
+                    let targets: Option<String> = r.get(1);
+                    let winner: String = r.get(2);
+                    VoteRow {
+                        run_id: r.get(0),
+                        targets: targets
+                            .and_then(|t| serde_json::from_str(&t).ok())
+                            .unwrap_or_default(),
+                        winner: (winner != "tie").then_some(winner),
+                        tag: r.get(3),
+                        created_at: r.get(4),
+                    }
+                })
+                .collect())
+        })
+    }
+
+    fn request_count(&self) -> Result<u64, LedgerError> {
+        self.run(|pool, place, _| async move {
+            let c = pool.get().await.map_err(|e| pool_err(&place, e))?;
+            c.query_one("SELECT COUNT(*) FROM requests", &[])
+                .await
+                .map(|r| r.get::<_, i64>(0) as u64)
+                .map_err(|e| classify(&place, &e))
+        })
+    }
+
+    fn flush(&self) -> Result<(), LedgerError> {
+        // Every row is committed (and fsynced by the server) when written.
+        Ok(())
+    }
+
+    fn set_length_limit(&self, _bytes: i32) -> Result<(), LedgerError> {
+        Err(LedgerError::Backend {
+            place: self.place.clone(),
+            detail: "PostgreSQL's row limit cannot be changed per connection".into(),
+        })
+    }
+
+    fn begin_eval_run(
+        &self,
+        id: &str,
+        suite: &str,
+        suite_hash: &str,
+        targets: &str,
+        cases: i64,
+    ) -> Result<(), LedgerError> {
+        let (id, suite, hash, targets) = (
+            id.to_string(),
+            suite.to_string(),
+            suite_hash.to_string(),
+            targets.to_string(),
+        );
+        self.run(move |pool, place, _| async move {
+            let c = pool.get().await.map_err(|e| pool_err(&place, e))?;
+            c.execute(
+                "INSERT INTO eval_runs (id, suite, suite_hash, targets, cases) VALUES ($1, $2, $3, $4, $5)
+                 ON CONFLICT (id) DO UPDATE SET status = 'running', finished_at = NULL",
+                &[&id, &suite, &hash, &targets, &cases],
+            )
+            .await
+            .map(|_| ())
+            .map_err(|e| classify(&place, &e))
+        })
+    }
+
+    fn record_eval_case(&self, eval_run_id: &str, row: &EvalCaseRow) -> Result<(), LedgerError> {
+        let (run, row) = (eval_run_id.to_string(), row.clone());
+        self.run(move |pool, place, _| async move {
+            let c = pool.get().await.map_err(|e| pool_err(&place, e))?;
+            c.execute(
+                "INSERT INTO eval_cases (eval_run_id, case_key, case_index, passed, cost_usd, result)
+                 VALUES ($1, $2, $3, $4, $5, $6)
+                 ON CONFLICT (eval_run_id, case_key) DO UPDATE SET case_index = excluded.case_index,
+                     passed = excluded.passed, cost_usd = excluded.cost_usd, result = excluded.result,
+                     created_at = excluded.created_at",
+                &[
+                    &run,
+                    &row.case_key,
+                    &(row.case_index as i64),
+                    &i64::from(row.passed),
+                    &row.cost_usd,
+                    &row.result,
+                ],
+            )
+            .await
+            .map(|_| ())
+            .map_err(|e| classify(&place, &e))
+        })
+    }
+
+    fn end_eval_run(&self, id: &str, status: &str) -> Result<(), LedgerError> {
+        let (id, status) = (id.to_string(), status.to_string());
+        self.run(move |pool, place, _| async move {
+            let c = pool.get().await.map_err(|e| pool_err(&place, e))?;
+            c.execute(
+                &format!("UPDATE eval_runs SET status = $2, finished_at = {NOW_PG} WHERE id = $1"),
+                &[&id, &status],
+            )
+            .await
+            .map(|_| ())
+            .map_err(|e| classify(&place, &e))
+        })
+    }
+
+    fn eval_run(
+        &self,
+        id: Option<&str>,
+        latest_for: Option<&str>,
+    ) -> Result<Option<EvalRunRow>, LedgerError> {
+        let (id, suite) = (id.map(String::from), latest_for.map(String::from));
+        self.run(move |pool, place, _| async move {
+            let c = pool.get().await.map_err(|e| pool_err(&place, e))?;
+            let r = c
+                .query_opt(
+                    "SELECT id, suite, suite_hash, targets, cases, status, created_at, finished_at
+                     FROM eval_runs WHERE ($1::text IS NULL OR id = $1) AND ($2::text IS NULL OR suite = $2)
+                     ORDER BY created_at DESC, id DESC LIMIT 1",
+                    &[&id, &suite],
+                )
+                .await
+                .map_err(|e| classify(&place, &e))?;
+            Ok(r.map(|r| {
+                let targets: String = r.get(3);
+                EvalRunRow {
+                    id: r.get(0),
+                    suite: r.get(1),
+                    suite_hash: r.get(2),
+                    targets: serde_json::from_str(&targets).unwrap_or_default(),
+                    cases: r.get::<_, i64>(4).max(0) as u64,
+                    status: r.get(5),
+                    created_at: r.get(6),
+                    finished_at: r.get(7),
+                }
+            }))
+        })
+    }
+
+    fn eval_cases(&self, eval_run_id: &str) -> Result<Vec<EvalCaseRow>, LedgerError> {
+        let run = eval_run_id.to_string();
+        self.run(move |pool, place, _| async move {
+            let c = pool.get().await.map_err(|e| pool_err(&place, e))?;
+            let rows = c
+                .query(
+                    "SELECT case_key, case_index, passed, cost_usd, result FROM eval_cases
+                     WHERE eval_run_id = $1 ORDER BY case_index",
+                    &[&run],
+                )
+                .await
+                .map_err(|e| classify(&place, &e))?;
+            Ok(rows
+                .iter()
+                .map(|r| EvalCaseRow {
+                    case_key: r.get(0),
+                    case_index: r.get::<_, i64>(1).max(0) as u64,
+                    passed: r.get::<_, i64>(2) != 0,
+                    cost_usd: r.get(3),
+                    result: r.get(4),
+                })
+                .collect())
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::mask_url;
+
+    #[test]
+    fn passwords_are_masked() {
+        assert_eq!(
+            mask_url("postgres://quorum:s3cret@db:5432/ledger"),
+            "postgres://quorum:***@db:5432/ledger"
+        );
+        assert_eq!(
+            mask_url("postgres://db/ledger?user=q&password=s3cret&sslmode=disable"),
+            "postgres://db/ledger?user=q&password=***&sslmode=disable"
+        );
+        assert_eq!(mask_url("postgres://q@db/l"), "postgres://q@db/l");
+        assert!(!mask_url("postgresql://u:p@ss@h/d").contains("p@ss"));
+    }
+}

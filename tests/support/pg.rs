@@ -1,0 +1,263 @@
+//! A real PostgreSQL for tests: a throwaway cluster in a temp dir (`initdb`, then
+//! `pg_ctl` on a free port on 127.0.0.1), with a password login, removed on drop.
+//! Needs Debian's `postgresql` package (`.ci/run` installs it); when its binaries are
+//! absent, [`PgCluster::start`] says why and the test prints `SKIP:` and returns.
+//! As root (initdb refuses root) the server runs as the `postgres` user.
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+
+/// A running throwaway cluster.
+pub struct PgCluster {
+    _dir: tempfile::TempDir,
+    root: PathBuf,
+    bin: PathBuf,
+    run_as: Option<String>,
+    /// Its port on 127.0.0.1.
+    pub port: u16,
+    /// The login's password (tests check it never leaks).
+    pub password: String,
+}
+
+fn find_bin() -> Option<PathBuf> {
+    let mut found: Vec<PathBuf> = std::fs::read_dir("/usr/lib/postgresql")
+        .ok()?
+        .filter_map(|e| e.ok())
+        .map(|e| e.path().join("bin"))
+        .filter(|b| b.join("initdb").exists() && b.join("pg_ctl").exists())
+        .collect();
+    found.sort();
+    found.pop()
+}
+
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+impl PgCluster {
+    /// Start a cluster, or say why it cannot be started here.
+    pub fn start() -> Result<PgCluster, String> {
+        let bin = find_bin().ok_or(
+            "PostgreSQL server binaries not found under /usr/lib/postgresql (apt-get install postgresql)",
+        )?;
+        let root_user = unsafe { libc::geteuid() } == 0;
+        let run_as = if root_user {
+            let ok = Command::new("id")
+                .arg("postgres")
+                .output()
+                .map(|o| o.status.success())
+                .unwrap_or(false);
+            if !ok {
+                return Err(
+                    "running as root and there is no `postgres` user to run the server".into(),
+                );
+            }
+            Some("postgres".to_string())
+        } else {
+            None
+        };
+        let dir = tempfile::Builder::new()
+            .prefix("quorum-pg-")
+            .tempdir()
+            .map_err(|e| e.to_string())?;
+        let root = dir.path().join("pg");
+        std::fs::create_dir(&root).map_err(|e| e.to_string())?;
+        let password = format!("pw-{:016x}", rand_u64());
+        std::fs::write(root.join("pwfile"), &password).map_err(|e| e.to_string())?;
+        if let Some(u) = &run_as {
+            use std::os::unix::fs::PermissionsExt;
+            std::fs::set_permissions(dir.path(), std::fs::Permissions::from_mode(0o755))
+                .map_err(|e| e.to_string())?;
+            let st = Command::new("chown")
+                .args(["-R", &format!("{u}:")])
+                .arg(&root)
+                .status()
+                .map_err(|e| e.to_string())?;
+            if !st.success() {
+                return Err(format!("cannot chown the cluster dir to {u}"));
+            }
+        }
+        let mut c = PgCluster {
+            _dir: dir,
+            root,
+            bin,
+            run_as,
+            port: free_port(),
+            password,
+        };
+        let data = c.root.join("data");
+        let out = c.run(
+            "initdb",
+            &[
+                "-D".as_ref(),
+                data.as_os_str(),
+                "-U".as_ref(),
+                "quorum".as_ref(),
+                "--pwfile".as_ref(),
+                c.root.join("pwfile").as_os_str(),
+                "--auth-host=scram-sha-256".as_ref(),
+                "--auth-local=trust".as_ref(),
+                "-E".as_ref(),
+                "UTF8".as_ref(),
+                "--no-instructions".as_ref(),
+            ],
+        )?;
+        if !out.status.success() {
+            return Err(format!(
+                "initdb failed: {}",
+                String::from_utf8_lossy(&out.stderr)
+            ));
+        }
+        // A free port can be taken between our check and the server's bind: retry.
+        for _ in 0..5 {
+            if c.start_server().is_ok() {
+                return Ok(c);
+            }
+            c.port = free_port();
+        }
+        c.start_server().map(|_| c)
+    }
+
+    fn run(&self, tool: &str, args: &[&std::ffi::OsStr]) -> Result<Output, String> {
+        let exe = self.bin.join(tool);
+        let mut cmd = match &self.run_as {
+            Some(u) => {
+                let mut c = Command::new("runuser");
+                c.args(["-u", u, "--"]).arg(&exe);
+                c
+            }
+            None => Command::new(&exe),
+        };
+        cmd.args(args)
+            .current_dir(&self.root)
+            .output()
+            .map_err(|e| format!("cannot run {}: {e}", exe.display()))
+    }
+
+    fn start_server(&self) -> Result<(), String> {
+        let data = self.root.join("data");
+        let log = self.root.join("log");
+        let opts = format!(
+            "-p {} -k {} -c listen_addresses=127.0.0.1 -c max_connections=200",
+            self.port,
+            self.root.display()
+        );
+        let out = self.run(
+            "pg_ctl",
+            &[
+                "-D".as_ref(),
+                data.as_os_str(),
+                "-l".as_ref(),
+                log.as_os_str(),
+                "-w".as_ref(),
+                "-t".as_ref(),
+                "120".as_ref(),
+                "-o".as_ref(),
+                opts.as_ref(),
+                "start".as_ref(),
+            ],
+        )?;
+        if out.status.success() {
+            Ok(())
+        } else {
+            Err(format!(
+                "pg_ctl start failed: {}{}",
+                String::from_utf8_lossy(&out.stderr),
+                std::fs::read_to_string(&log).unwrap_or_default()
+            ))
+        }
+    }
+
+    /// `postgres://quorum:PASSWORD@127.0.0.1:PORT/postgres`.
+    pub fn url(&self) -> String {
+        format!(
+            "postgres://quorum:{}@127.0.0.1:{}/postgres",
+            self.password, self.port
+        )
+    }
+
+    /// Stop the server (fast shutdown: sessions are cut, committed data stays).
+    pub fn stop(&self) {
+        let data = self.root.join("data");
+        let out = self
+            .run(
+                "pg_ctl",
+                &[
+                    "-D".as_ref(),
+                    data.as_os_str(),
+                    "-m".as_ref(),
+                    "fast".as_ref(),
+                    "-w".as_ref(),
+                    "stop".as_ref(),
+                ],
+            )
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "pg_ctl stop: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+
+    /// Start it again on the same port.
+    pub fn restart(&self) {
+        self.start_server().unwrap();
+    }
+
+    /// The data dir.
+    pub fn data_dir(&self) -> &Path {
+        &self.root
+    }
+}
+
+impl Drop for PgCluster {
+    fn drop(&mut self) {
+        let data = self.root.join("data");
+        let _ = self.run(
+            "pg_ctl",
+            &[
+                "-D".as_ref(),
+                data.as_os_str(),
+                "-m".as_ref(),
+                "immediate".as_ref(),
+                "-w".as_ref(),
+                "stop".as_ref(),
+            ],
+        );
+    }
+}
+
+fn rand_u64() -> u64 {
+    use std::hash::{BuildHasher, Hasher};
+    let mut h = std::collections::hash_map::RandomState::new().build_hasher();
+    h.write_u128(
+        std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap()
+            .as_nanos(),
+    );
+    h.finish()
+}
+
+/// The cluster, or `None` after printing `SKIP: <why>` when PostgreSQL is not
+/// installed here. Any other failure to start it fails the test.
+pub fn cluster_or_skip() -> Option<PgCluster> {
+    if find_bin().is_none() {
+        eprintln!(
+            "SKIP: PostgreSQL server binaries not found under /usr/lib/postgresql (apt-get install postgresql)"
+        );
+        return None;
+    }
+    match PgCluster::start() {
+        Ok(c) => Some(c),
+        Err(why) if why.contains("no `postgres` user") => {
+            eprintln!("SKIP: {why}");
+            None
+        }
+        Err(why) => panic!("cannot start a test PostgreSQL: {why}"),
+    }
+}
