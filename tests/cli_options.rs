@@ -24,13 +24,18 @@ const PNG: &[u8] = &[
 
 fn quorum(args: &[&str], env: &[(&str, &str)]) -> Output {
     let data = tempfile::tempdir().unwrap();
+    quorum_in(data.path(), args, env)
+}
+
+/// `quorum` with `data` as its data dir (and home), kept after it exits.
+fn quorum_in(data: &Path, args: &[&str], env: &[(&str, &str)]) -> Output {
     let mut cmd = Command::new(env!("CARGO_BIN_EXE_quorum"));
     cmd.args(args)
         .env_clear()
         .env("PATH", std::env::var("PATH").unwrap_or_default())
-        .env("HOME", data.path())
-        .env("QUORUM_DATA_DIR", data.path())
-        .env("QUORUM_CONFIG", data.path().join("none.toml"))
+        .env("HOME", data)
+        .env("QUORUM_DATA_DIR", data)
+        .env("QUORUM_CONFIG", data.join("none.toml"))
         .env("QUORUM_MOCK_TPS", "0")
         .stdin(Stdio::null())
         .stdout(Stdio::piped())
@@ -392,4 +397,103 @@ fn exec_task_takes_the_same_options() {
     assert_eq!(out.status.code(), Some(3));
     let v: Value = serde_json::from_slice(&out.stdout).unwrap();
     assert_eq!(v["error"]["field"], json!("files"), "{v}");
+}
+
+/// The ledger keeps what was attached by name, size and SHA-256, never the bytes.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn ledger_records_attachments_by_name_size_and_hash() {
+    use sha2::{Digest, Sha256};
+    let dir = tempfile::tempdir().unwrap();
+    let data = tempfile::tempdir().unwrap();
+    let body = "SECRET-FILE-BODY line one\nline two of the report\n";
+    let file = write(dir.path(), "report.txt", body.as_bytes());
+    let img = write(dir.path(), "dot.png", PNG);
+    let s = Server::start(vec![Reply::sse(
+        "data: {\"choices\":[{\"index\":0,\"delta\":{\"content\":\"A report and a dot.\"},\"finish_reason\":\"stop\"}]}\n\n\
+         data: [DONE]\n\n",
+    )])
+    .await;
+    let (base, home) = (s.url.clone(), data.path().to_path_buf());
+    // Names are kept as given on the command line.
+    let args = [&file, &img].map(|p| p.to_string());
+    let out = tokio::task::spawn_blocking(move || {
+        let (file, img) = (&args[0], &args[1]);
+        quorum_in(
+            &home,
+            &["ask", "-m", "openai/gpt-4o-mini", "-f", file, "-i", img, "Summarise this."],
+            &[("OPENAI_API_KEY", KEY), ("OPENAI_BASE_URL", &format!("{base}/v1"))],
+        )
+    })
+    .await
+    .unwrap();
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out.stderr));
+    // The file did reach the model; only the ledger leaves it out.
+    assert!(text(&s.requests()[0].body).contains("SECRET-FILE-BODY"));
+    let file_sha = hex::encode(Sha256::digest(body.as_bytes()));
+    let img_sha = hex::encode(Sha256::digest(PNG));
+
+    // The row as stored: every column, as text.
+    let db = rusqlite::Connection::open(data.path().join("ledger.sqlite3")).unwrap();
+    let (row, attachments): (String, String) = db
+        .query_row(
+            "SELECT quote(run_id) || quote(target) || quote(prompt) || quote(response) \
+                 || quote(attachments), attachments FROM requests",
+            [],
+            |r| Ok((r.get(0)?, r.get(1)?)),
+        )
+        .unwrap();
+    let list: Value = serde_json::from_str(&attachments).unwrap();
+    assert_eq!(
+        list,
+        json!([
+            {"name": file, "kind": "file", "media_type": "text/plain",
+             "bytes": body.len(), "sha256": file_sha},
+            {"name": img, "kind": "image", "media_type": "image/png",
+             "bytes": PNG.len(), "sha256": img_sha},
+        ]),
+        "{attachments}"
+    );
+    assert!(!row.contains("SECRET-FILE-BODY"), "{row}");
+    assert!(!row.contains(&PNG_B64[..24]), "{row}");
+    // No column of the row holds the file's text or the image's bytes.
+    let cols: Vec<String> = db
+        .prepare("SELECT name FROM pragma_table_info('requests')")
+        .unwrap()
+        .query_map([], |r| r.get(0))
+        .unwrap()
+        .map(Result::unwrap)
+        .collect();
+    assert!(cols.iter().any(|c| c == "attachments"), "{cols:?}");
+    for c in &cols {
+        let v: Option<String> = db
+            .query_row(&format!("SELECT CAST({c} AS TEXT) FROM requests"), [], |r| {
+                r.get(0)
+            })
+            .unwrap();
+        let v = v.unwrap_or_default();
+        assert!(!v.contains("SECRET-FILE-BODY"), "{c}: {v}");
+        assert!(!v.contains(&PNG_B64[..24]), "{c}: {v}");
+    }
+
+    // `quorum ledger show` names them, with size and hash.
+    let out = quorum_in(data.path(), &["ledger", "show", "1"], &[]);
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out.stderr));
+    let shown = text(&out.stdout);
+    let line = shown
+        .lines()
+        .find(|l| l.trim_start().starts_with("attachments:"))
+        .unwrap_or_else(|| panic!("no attachments line in:\n{shown}"));
+    assert!(
+        line.contains(&format!("report.txt ({} B, sha256 {}…)", body.len(), &file_sha[..12])),
+        "{line}"
+    );
+    assert!(
+        line.contains(&format!("dot.png ({} B, sha256 {}…)", PNG.len(), &img_sha[..12])),
+        "{line}"
+    );
+    assert!(!shown.contains("SECRET-FILE-BODY"), "{shown}");
+    let out = quorum_in(data.path(), &["ledger", "show", "1", "--json"], &[]);
+    let v: Value = serde_json::from_slice(&out.stdout).unwrap();
+    let got = serde_json::to_string(&v).unwrap();
+    assert!(got.contains(&file_sha) && got.contains(&img_sha), "{got}");
 }

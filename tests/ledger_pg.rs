@@ -324,6 +324,7 @@ fn meta(run: &str, session: Option<&str>) -> RequestMeta {
         source_agent: Some("test".into()),
         target: "openai/gpt-4o-mini".into(),
         prompt: "What is 2+2?".into(),
+        attachments: Vec::new(),
     }
 }
 

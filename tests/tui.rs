@@ -771,6 +771,7 @@ fn hist_run(id: &str, prompt: &str) -> HistRun {
         response: Some(text.into()),
         thinking: None,
         tool_calls: None,
+        attachments: Vec::new(),
         created_at: "2026-12-01T12:00:00.000Z".into(),
     };
     HistRun {

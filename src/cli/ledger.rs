@@ -367,6 +367,10 @@ fn show(ledger: Option<&Ledger>, id: &str, json: bool) -> i32 {
                 println!("  error: {m}");
             }
             println!("  at {}", r.created_at);
+            if !r.attachments.is_empty() {
+                let list: Vec<String> = r.attachments.iter().map(|a| a.summary()).collect();
+                println!("  attachments: {}", list.join(", "));
+            }
             if let Some(p) = &r.prompt {
                 println!("--- prompt\n{p}");
             }

@@ -24,6 +24,7 @@ use super::cost::Pricing;
 use super::error::EngineError;
 use super::event::{Completion, CostSource, FinishReason, Usage};
 use super::files::data_dir;
+use super::request::{Attachment, AttachmentData, ChatRequest};
 
 mod batch;
 pub mod migrate;
@@ -52,6 +53,64 @@ pub struct RequestMeta {
     pub target: String,
     /// The prompt (last user message).
     pub prompt: String,
+    /// What was attached to the request: names, sizes and hashes, never the bytes.
+    pub attachments: Vec<AttachmentNote>,
+}
+
+/// An attachment as the ledger keeps it: its name, kind, media type, size and
+/// SHA-256, never its bytes.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct AttachmentNote {
+    /// The file name as given.
+    pub name: String,
+    /// `file` (text) or `image`.
+    pub kind: String,
+    /// `text/plain` for files; the sniffed type (`image/png`, ...) for images.
+    pub media_type: String,
+    /// Size in bytes.
+    pub bytes: u64,
+    /// SHA-256 of the bytes, hex.
+    pub sha256: String,
+}
+
+impl AttachmentNote {
+    /// The note of one attachment.
+    pub fn of(a: &Attachment) -> AttachmentNote {
+        let (kind, media_type) = match &a.data {
+            AttachmentData::Text { .. } => ("file", "text/plain".to_string()),
+            AttachmentData::Image { media_type, .. } => ("image", media_type.clone()),
+        };
+        AttachmentNote {
+            name: a.name.clone(),
+            kind: kind.into(),
+            media_type,
+            bytes: a.size,
+            sha256: a.sha256.clone(),
+        }
+    }
+
+    /// `report.txt (12.3 KB, sha256 ab12cd34ef56…)`: how a face shows it.
+    pub fn summary(&self) -> String {
+        let b = self.bytes as f64;
+        let size = if self.bytes < 1000 {
+            format!("{} B", self.bytes)
+        } else if b < 1e6 {
+            format!("{:.1} KB", b / 1e3)
+        } else {
+            format!("{:.1} MB", b / 1e6)
+        };
+        let hash: String = self.sha256.chars().take(12).collect();
+        format!("{} ({size}, sha256 {hash}…)", self.name)
+    }
+
+    /// The notes of every attachment a request sends, in message order.
+    pub fn of_request(req: &ChatRequest) -> Vec<AttachmentNote> {
+        req.messages
+            .iter()
+            .flat_map(|m| &m.attachments)
+            .map(AttachmentNote::of)
+            .collect()
+    }
 }
 
 /// Where finished requests are recorded.
@@ -360,8 +419,13 @@ fn migrations() -> Vec<String> {
             .to_string(),
         // `quorum eval`: a suite run and each finished case (see `ledger/eval.rs`).
         eval::MIGRATION.to_string(),
+        // Attachments: a JSON list of {name, kind, media_type, bytes, sha256}.
+        ATTACHMENTS_MIGRATION.to_string(),
     ]
 }
+
+/// Adds `requests.attachments` (the same statement on both backends).
+pub(crate) const ATTACHMENTS_MIGRATION: &str = "ALTER TABLE requests ADD COLUMN attachments TEXT;";
 
 /// The schema version this build writes.
 pub fn schema_version() -> i64 {
@@ -482,6 +546,7 @@ pub const REQUEST_COLUMNS: &[Column] = {
         col("response", Text),
         col("thinking", Text),
         col("tool_calls", Text),
+        col("attachments", Text),
         Column {
             name: "created_at",
             kind: Text,
@@ -582,6 +647,11 @@ impl NewRequest {
             })
             .flatten()
             .map(|t| clip(&t, cap).into_owned());
+        // Names, sizes and hashes only: small whatever the files were, so never clipped
+        // (a clipped list would not parse back).
+        let attachments = (!meta.attachments.is_empty())
+            .then(|| serde_json::to_string(&meta.attachments).ok())
+            .flatten();
         let u = &c.usage;
         let int = |n: u64| Value::Int(n as i64);
         let values = request_written_columns()
@@ -623,6 +693,7 @@ impl NewRequest {
                             .as_deref(),
                     ),
                     "tool_calls" => Value::text(tool_calls.as_deref()),
+                    "attachments" => Value::text(attachments.as_deref()),
                     other => unreachable!("requests column {other} has no value"),
                 };
                 (col.name.to_string(), v)
@@ -713,6 +784,10 @@ impl RequestRow {
             tool_calls: r
                 .opt_text("tool_calls")?
                 .and_then(|t| serde_json::from_str(&t).ok()),
+            attachments: r
+                .opt_text("attachments")?
+                .and_then(|t| serde_json::from_str(&t).ok())
+                .unwrap_or_default(),
             created_at: r.text("created_at")?,
         })
     }
@@ -1425,6 +1500,9 @@ pub struct RequestRow {
     pub response: Option<String>,
     pub thinking: Option<String>,
     pub tool_calls: Option<serde_json::Value>,
+    /// Names, sizes and hashes of what was attached (empty when nothing was).
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub attachments: Vec<AttachmentNote>,
     pub created_at: String,
 }
 
@@ -1753,6 +1831,7 @@ mod tests {
             response: Some("hi".into()),
             thinking: None,
             tool_calls: None,
+            attachments: Vec::new(),
             created_at: "".into(),
         };
         let back = row.to_completion();

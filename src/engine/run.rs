@@ -761,6 +761,7 @@ impl TargetJob {
                 source_agent: self.opts.source_agent.clone(),
                 target: self.target.clone(),
                 prompt: self.request.last_user_text().to_string(),
+                attachments: crate::engine::ledger::AttachmentNote::of_request(&self.request),
             };
             let ledger = ledger.clone();
             let row = c.clone();

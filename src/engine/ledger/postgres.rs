@@ -252,6 +252,8 @@ fn migrations() -> Vec<String> {
         ),
         // `quorum eval`'s tables.
         super::eval::PG_MIGRATION.to_string(),
+        // Attachments: a JSON list of {name, kind, media_type, bytes, sha256}.
+        super::ATTACHMENTS_MIGRATION.to_string(),
     ]
 }
 
