@@ -588,3 +588,45 @@ fn concurrent_writers_share_transactions_and_one_bad_row_fails_alone() {
     assert_eq!(ids.len(), 16 * 19, "every good row has its own id");
     assert_eq!(l.request_count().unwrap(), 16 * 19);
 }
+
+/// A ledger written before `requests.attachments` existed migrates forward: its rows
+/// read back with no attachments, and new rows keep names, sizes and hashes.
+#[test]
+fn attachments_column_migrates_forward_and_round_trips() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("ledger.sqlite3");
+    let l = Ledger::open(&path, LedgerOptions::default()).unwrap();
+    l.record(&meta("old", None), &completion(1)).unwrap();
+    drop(l);
+    // Back to the schema before the column.
+    let c = rusqlite::Connection::open(&path).unwrap();
+    c.execute_batch("ALTER TABLE requests DROP COLUMN attachments;")
+        .unwrap();
+    c.pragma_update(None, "user_version", ledger::schema_version() - 1)
+        .unwrap();
+    drop(c);
+    let l = Ledger::open(&path, LedgerOptions::default()).unwrap();
+    assert_eq!(l.version().unwrap(), ledger::schema_version());
+    let Some(Shown::Run { requests, .. }) = l.show("old").unwrap() else {
+        panic!("the old run is gone");
+    };
+    assert!(requests[0].attachments.is_empty());
+    let note = ledger::AttachmentNote {
+        name: "notes/report.txt".into(),
+        kind: "file".into(),
+        media_type: "text/plain".into(),
+        bytes: 12_345,
+        sha256: "ab12cd34ef56".repeat(5) + "abcd",
+    };
+    let mut m = meta("new", None);
+    m.attachments = vec![note.clone()];
+    l.record(&m, &completion(2)).unwrap();
+    let Some(Shown::Run { requests, .. }) = l.show("new").unwrap() else {
+        panic!("the new run is missing");
+    };
+    assert_eq!(requests[0].attachments, vec![note.clone()]);
+    assert_eq!(
+        note.summary(),
+        "notes/report.txt (12.3 KB, sha256 ab12cd34ef56…)"
+    );
+}
