@@ -411,7 +411,15 @@ fn migrate_round_trips_an_sqlite_ledger_and_resumes() {
             message: "slow down".into(),
             retry_after: None,
         });
-        l.record_request(&meta("run-2", None), &failed).unwrap();
+        let mut m = meta("run-2", None);
+        m.attachments = vec![llm_quorum::engine::ledger::AttachmentNote {
+            name: "dot.png".into(),
+            kind: "image".into(),
+            media_type: "image/png".into(),
+            bytes: 70,
+            sha256: "4ff6ab670a58c14270e034e2090d9a432caa263a14e0a25785386b0c12f880b5".into(),
+        }];
+        l.record_request(&m, &failed).unwrap();
         l.record_vote(Some("run-1"), &t, Some("openai/gpt-4o"), Some("math"))
             .unwrap();
         l.record_vote(Some("run-1"), &t, None, None).unwrap();
@@ -471,6 +479,9 @@ fn migrate_round_trips_an_sqlite_ledger_and_resumes() {
         .as_deref()
         .unwrap()
         .contains("slow down"));
+    assert_eq!(requests[0].attachments.len(), 1);
+    assert_eq!(requests[0].attachments[0].name, "dot.png");
+    assert_eq!(requests[0].attachments[0].bytes, 70);
     assert_eq!(l.votes().unwrap().len(), 2);
     let sqlite = Ledger::open_in(&data, LedgerOptions::default()).unwrap();
     assert_eq!(l.votes().unwrap(), sqlite.votes().unwrap());
