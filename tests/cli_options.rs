@@ -420,8 +420,20 @@ async fn ledger_records_attachments_by_name_size_and_hash() {
         let (file, img) = (&args[0], &args[1]);
         quorum_in(
             &home,
-            &["ask", "-m", "openai/gpt-4o-mini", "-f", file, "-i", img, "Summarise this."],
-            &[("OPENAI_API_KEY", KEY), ("OPENAI_BASE_URL", &format!("{base}/v1"))],
+            &[
+                "ask",
+                "-m",
+                "openai/gpt-4o-mini",
+                "-f",
+                file,
+                "-i",
+                img,
+                "Summarise this.",
+            ],
+            &[
+                ("OPENAI_API_KEY", KEY),
+                ("OPENAI_BASE_URL", &format!("{base}/v1")),
+            ],
         )
     })
     .await
@@ -466,9 +478,11 @@ async fn ledger_records_attachments_by_name_size_and_hash() {
     assert!(cols.iter().any(|c| c == "attachments"), "{cols:?}");
     for c in &cols {
         let v: Option<String> = db
-            .query_row(&format!("SELECT CAST({c} AS TEXT) FROM requests"), [], |r| {
-                r.get(0)
-            })
+            .query_row(
+                &format!("SELECT CAST({c} AS TEXT) FROM requests"),
+                [],
+                |r| r.get(0),
+            )
             .unwrap();
         let v = v.unwrap_or_default();
         assert!(!v.contains("SECRET-FILE-BODY"), "{c}: {v}");
@@ -484,11 +498,19 @@ async fn ledger_records_attachments_by_name_size_and_hash() {
         .find(|l| l.trim_start().starts_with("attachments:"))
         .unwrap_or_else(|| panic!("no attachments line in:\n{shown}"));
     assert!(
-        line.contains(&format!("report.txt ({} B, sha256 {}…)", body.len(), &file_sha[..12])),
+        line.contains(&format!(
+            "report.txt ({} B, sha256 {}…)",
+            body.len(),
+            &file_sha[..12]
+        )),
         "{line}"
     );
     assert!(
-        line.contains(&format!("dot.png ({} B, sha256 {}…)", PNG.len(), &img_sha[..12])),
+        line.contains(&format!(
+            "dot.png ({} B, sha256 {}…)",
+            PNG.len(),
+            &img_sha[..12]
+        )),
         "{line}"
     );
     assert!(!shown.contains("SECRET-FILE-BODY"), "{shown}");
