@@ -81,7 +81,9 @@ pub fn load_with_env(flags: &GlobalFlags, env: EnvFn<'_>) -> anyhow::Result<(Eng
              spending cannot be tracked without it; remove one or the other"
         );
     }
-    let data_dir = crate::engine::files::data_dir();
+    // Through `env`, like the config: a caller with its own environment (tests,
+    // embedders) must never open the user's real ledger.
+    let data_dir = crate::engine::files::data_dir_in(env);
     let overrides: Vec<(String, Price)> = cfg
         .pricing
         .iter()

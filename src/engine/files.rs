@@ -7,7 +7,13 @@ use std::path::{Path, PathBuf};
 /// The folder of the ledger, caches and the user pricing file: `QUORUM_DATA_DIR`, else
 /// the platform data dir from `directories`.
 pub fn data_dir() -> Option<PathBuf> {
-    if let Some(d) = std::env::var_os("QUORUM_DATA_DIR").filter(|d| !d.is_empty()) {
+    data_dir_in(&|k| std::env::var(k).ok())
+}
+
+/// [`data_dir`] with `QUORUM_DATA_DIR` read through `env` (the environment the config
+/// was loaded with), so a caller with its own environment never touches the user's.
+pub fn data_dir_in(env: &dyn Fn(&str) -> Option<String>) -> Option<PathBuf> {
+    if let Some(d) = env("QUORUM_DATA_DIR").filter(|d| !d.is_empty()) {
         return Some(PathBuf::from(d));
     }
     directories::ProjectDirs::from("dev", "llm-quorum", "quorum")
