@@ -605,6 +605,7 @@ fn debug_output_of_the_loaded_config_and_engine_shows_no_key() {
             "OPENROUTER_API_KEY" => Some(OPENROUTER_KEY.into()),
             "LAB_TOKEN" => Some(HEADER_TOKEN.into()),
             "QUORUM_CONFIG" => Some(cfg_path.display().to_string()),
+            "QUORUM_DATA_DIR" => Some(home.data().display().to_string()),
             _ => None,
         }
     };
