@@ -216,6 +216,7 @@ fn schema_is_versioned_wal_and_private() {
     assert_eq!(
         names,
         [
+            "budget_spend",
             "eval_cases",
             "eval_runs",
             "prices",
@@ -598,12 +599,15 @@ fn attachments_column_migrates_forward_and_round_trips() {
     let l = Ledger::open(&path, LedgerOptions::default()).unwrap();
     l.record(&meta("old", None), &completion(1)).unwrap();
     drop(l);
-    // Back to the schema before the column.
+    // Back to the schema before the column (version 3; the budget counters of
+    // version 5 go too).
     let c = rusqlite::Connection::open(&path).unwrap();
-    c.execute_batch("ALTER TABLE requests DROP COLUMN attachments;")
-        .unwrap();
-    c.pragma_update(None, "user_version", ledger::schema_version() - 1)
-        .unwrap();
+    c.execute_batch(
+        "ALTER TABLE requests DROP COLUMN attachments;
+         DROP TABLE budget_spend; ALTER TABLE runs DROP COLUMN held_usd;",
+    )
+    .unwrap();
+    c.pragma_update(None, "user_version", 3).unwrap();
     drop(c);
     let l = Ledger::open(&path, LedgerOptions::default()).unwrap();
     assert_eq!(l.version().unwrap(), ledger::schema_version());
@@ -629,4 +633,281 @@ fn attachments_column_migrates_forward_and_round_trips() {
         note.summary(),
         "notes/report.txt (12.3 KB, sha256 ab12cd34ef56…)"
     );
+}
+
+// --- Budget counters -----------------------------------------------------------------
+
+use llm_quorum::engine::budget::{Budget, Projection, TargetProjection};
+use llm_quorum::engine::ledger::{Gate, Refused, RunNote};
+
+fn bounded(bound: f64) -> Projection {
+    Projection {
+        targets: vec![TargetProjection {
+            target: "openai/gpt-4o-mini".into(),
+            provider: "openai".into(),
+            model: "gpt-4o-mini".into(),
+            input_tokens: 10,
+            input_exact: true,
+            max_output_tokens: Some(100),
+            bound_usd: Some(bound),
+            price_ref: None,
+        }],
+    }
+}
+
+/// Note run `run` in `session`, reserving `bound` against `budget`.
+fn reserve(
+    l: &Ledger,
+    run: &str,
+    session: Option<&str>,
+    bound: f64,
+    budget: &Budget,
+) -> Result<(), Refused> {
+    let p = bounded(bound);
+    let targets = vec!["openai/gpt-4o-mini".to_string()];
+    let note = RunNote {
+        run_id: run,
+        session_id: session,
+        budget_session: session,
+        trace_id: None,
+        targets: &targets,
+        projected_usd: Some(bound),
+        prompt: "hi",
+    };
+    l.begin_run(
+        &note,
+        Some(Gate {
+            budget,
+            projection: &p,
+        }),
+    )
+}
+
+fn costing(i: u64, cost: Option<f64>) -> Completion {
+    let mut c = completion(i);
+    c.cost_usd = cost;
+    c
+}
+
+const ROOMY: Budget = Budget {
+    session_usd: Some(50.0),
+    daily_usd: Some(100.0),
+};
+
+/// The holding half of the counters test: reserves three runs, records one request,
+/// says `HELD` and waits to be killed (a crash with holds open).
+#[test]
+fn ledger_child_holder() {
+    let Ok(path) = std::env::var("QUORUM_LEDGER_HOLDER") else {
+        return;
+    };
+    let l = Ledger::open(Path::new(&path), LedgerOptions::default()).unwrap();
+    for i in 0..3 {
+        reserve(&l, &format!("dead-{i}"), Some("s-dead"), 0.004, &ROOMY).unwrap();
+    }
+    l.record(&meta("dead-0", Some("s-dead")), &costing(0, Some(0.001)))
+        .unwrap();
+    println!("HELD");
+    std::thread::sleep(Duration::from_secs(300));
+}
+
+/// Every counter equals its recount from the rows; and today's spend is what the
+/// rows say.
+fn assert_counters_agree(l: &Ledger) -> ledger::CounterCheck {
+    let c = l.budget_counters().unwrap();
+    let diff = c.differences(1e-9);
+    assert!(diff.is_empty(), "counters drifted from the rows: {diff:#?}");
+    c
+}
+
+fn recount(c: &ledger::CounterCheck, scope: &str) -> (f64, i64) {
+    c.recomputed
+        .iter()
+        .find(|(k, _, _)| k == scope)
+        .map_or((0.0, 0), |(_, u, n)| (*u, *n))
+}
+
+fn today() -> String {
+    let c = rusqlite::Connection::open_in_memory().unwrap();
+    c.query_row("SELECT date('now', 'localtime')", [], |r| r.get(0))
+        .unwrap()
+}
+
+#[test]
+fn budget_counters_equal_a_recount_after_a_mixed_workload_a_crash_and_a_migration() {
+    // Setup: a process that dies holding reservations.
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("ledger.sqlite3");
+    let l = std::sync::Arc::new(Ledger::open(&path, LedgerOptions::default()).unwrap());
+    let mut child = Command::new(std::env::current_exe().unwrap())
+        .args([
+            "ledger_child_holder",
+            "--exact",
+            "--nocapture",
+            "--test-threads=1",
+        ])
+        .env("QUORUM_LEDGER_HOLDER", &path)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let out = child.stdout.take().unwrap();
+    let held = BufReader::new(out)
+        .lines()
+        .map_while(Result::ok)
+        .any(|l| l.contains("HELD"));
+    assert!(held, "the holder never held");
+    let (n, usd) = l.open_reservations().unwrap();
+    assert_eq!(n, 3);
+    assert!((usd - (0.012 - 0.001)).abs() < 1e-12, "{usd}");
+    assert_counters_agree(&l);
+    child.kill().unwrap();
+    child.wait().unwrap();
+
+    // Exec: 8 threads at once, each a mix of settled, failed, cancelled, overshooting,
+    // left-open, ungated and unnoted runs in three budget sessions.
+    let threads: Vec<_> = (0..8u64)
+        .map(|t| {
+            let l = l.clone();
+            std::thread::spawn(move || {
+                for i in 0..10u64 {
+                    let run = format!("t{t}-{i}");
+                    let s = format!("s{}", t % 3);
+                    let s = Some(s.as_str());
+                    match i % 5 {
+                        0 => {
+                            reserve(&l, &run, s, 0.01, &ROOMY).unwrap();
+                            l.record(&meta(&run, s), &completion(i)).unwrap();
+                            l.record(&meta(&run, s), &completion(i + 1)).unwrap();
+                            l.settle_run(&run).unwrap();
+                        }
+                        1 => {
+                            reserve(&l, &run, s, 0.01, &ROOMY).unwrap();
+                            let mut failed = costing(i, None);
+                            failed.error = Some(EngineError::Cancelled);
+                            l.record(&meta(&run, s), &failed).unwrap();
+                            l.settle_run(&run).unwrap();
+                        }
+                        2 => {
+                            reserve(&l, &run, s, 0.01, &ROOMY).unwrap();
+                            l.settle_run(&run).unwrap();
+                        }
+                        3 => {
+                            reserve(&l, &run, s, 0.01, &ROOMY).unwrap();
+                            l.record(&meta(&run, s), &costing(i, Some(0.02))).unwrap();
+                            if t % 2 == 1 {
+                                l.settle_run(&run).unwrap();
+                            }
+                        }
+                        _ => {
+                            let targets = vec!["openai/gpt-4o-mini".to_string()];
+                            l.note_run(&run, s, None, &targets, None, "hi").unwrap();
+                            l.record(&meta(&run, s), &completion(i)).unwrap();
+                            l.record(&meta(&format!("loose-{run}"), s), &completion(i))
+                                .unwrap();
+                        }
+                    }
+                }
+                // Left open: a reservation with part of it spent.
+                let run = format!("open-{t}");
+                reserve(&l, &run, Some("s-open"), 0.01, &ROOMY).unwrap();
+                l.record(&meta(&run, Some("s-open")), &costing(t, Some(0.003)))
+                    .unwrap();
+            })
+        })
+        .collect();
+    for t in threads {
+        t.join().unwrap();
+    }
+    // A run noted twice holds its second bound less what it already cost.
+    reserve(&l, "renoted", Some("s0"), 0.01, &ROOMY).unwrap();
+    l.record(&meta("renoted", Some("s0")), &costing(0, Some(0.004)))
+        .unwrap();
+    reserve(&l, "renoted", Some("s0"), 0.02, &ROOMY).unwrap();
+    // A refused run holds nothing.
+    let tight = Budget {
+        session_usd: None,
+        daily_usd: Some(0.01),
+    };
+    assert!(matches!(
+        reserve(&l, "refused", Some("s0"), 0.01, &tight),
+        Err(Refused::Budget(_))
+    ));
+
+    // Check: the dead process's holds were expired; every counter equals its recount;
+    // spend and open reservations read the same figures.
+    let c = assert_counters_agree(&l);
+    let raw = rusqlite::Connection::open(&path).unwrap();
+    let open_dead: i64 = raw
+        .query_row(
+            "SELECT COUNT(*) FROM runs WHERE id LIKE 'dead-%' AND settled_at IS NULL",
+            [],
+            |r| r.get(0),
+        )
+        .unwrap();
+    assert_eq!(open_dead, 0, "the dead process's holds are still open");
+    let (held, open) = recount(&c, "held");
+    assert_eq!(open, 8 + 8 + 1, "open-*, unsettled overshoots, renoted");
+    let want_held = 8.0 * 0.007 + (0.02 - 0.004);
+    assert!((held - want_held).abs() < 1e-9, "{held} vs {want_held}");
+    assert_eq!(l.open_reservations().unwrap().0 as i64, open);
+    let day = recount(&c, &format!("day:{}", today())).0;
+    let s = l.spend(Some("s-open")).unwrap();
+    assert!((s.today_usd - (day + held)).abs() < 1e-9);
+    let (spent_open, _) = recount(&c, "session:s-open");
+    let (held_open, _) = recount(&c, "held:s-open");
+    assert!((s.session_usd - (spent_open + held_open)).abs() < 1e-9);
+    assert!((spent_open - 8.0 * 0.003).abs() < 1e-9);
+    assert!(l.spend(Some("refused")).unwrap().session_usd == 0.0);
+
+    // A ledger from before the counters migrates forward to the same counters.
+    let kept = c.kept.clone();
+    drop(l);
+    raw.execute_batch("DROP TABLE budget_spend; ALTER TABLE runs DROP COLUMN held_usd;")
+        .unwrap();
+    raw.pragma_update(None, "user_version", ledger::schema_version() - 1)
+        .unwrap();
+    drop(raw);
+    let l = Ledger::open(&path, LedgerOptions::default()).unwrap();
+    let c = assert_counters_agree(&l);
+    let again = ledger::CounterCheck {
+        kept,
+        recomputed: c.kept,
+    };
+    assert!(again.differences(1e-9).is_empty(), "{:#?}", again.differences(1e-9));
+}
+
+#[test]
+fn a_new_day_starts_at_zero_and_yesterday_stays_in_its_own_counter() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("ledger.sqlite3");
+    let l = Ledger::open(&path, LedgerOptions::default()).unwrap();
+    reserve(&l, "r1", Some("s"), 0.01, &ROOMY).unwrap();
+    l.record(&meta("r1", Some("s")), &costing(1, Some(0.004)))
+        .unwrap();
+    l.settle_run("r1").unwrap();
+    assert!((l.spend(None).unwrap().today_usd - 0.004).abs() < 1e-12);
+    // The same ledger seen a day later: its rows (and so its day counter) are
+    // yesterday's.
+    let raw = rusqlite::Connection::open(&path).unwrap();
+    raw.execute_batch(
+        "UPDATE requests SET created_at =
+             strftime('%Y-%m-%dT%H:%M:%fZ', created_at, '-1 day');
+         UPDATE budget_spend SET scope = 'day:' || date('now', 'localtime', '-1 day')
+          WHERE scope = 'day:' || date('now', 'localtime');",
+    )
+    .unwrap();
+    assert_counters_agree(&l);
+    let s = l.spend(Some("s")).unwrap();
+    assert_eq!(s.today_usd, 0.0, "yesterday's spend counted today");
+    assert!((s.session_usd - 0.004).abs() < 1e-12, "a session spans days");
+    // Today's first request starts today's counter.
+    reserve(&l, "r2", Some("s"), 0.01, &ROOMY).unwrap();
+    l.record(&meta("r2", Some("s")), &costing(2, Some(0.001)))
+        .unwrap();
+    l.settle_run("r2").unwrap();
+    assert_counters_agree(&l);
+    let s = l.spend(Some("s")).unwrap();
+    assert!((s.today_usd - 0.001).abs() < 1e-12);
+    assert!((s.session_usd - 0.005).abs() < 1e-12);
 }

@@ -421,6 +421,8 @@ fn migrations() -> Vec<String> {
         eval::MIGRATION.to_string(),
         // Attachments: a JSON list of {name, kind, media_type, bytes, sha256}.
         ATTACHMENTS_MIGRATION.to_string(),
+        // Budget counters, so a reservation checks its caps in O(1) (see `sqlite.rs`).
+        sqlite::COUNTERS_MIGRATION.clone(),
     ]
 }
 
@@ -458,6 +460,105 @@ pub struct Gate<'a> {
     pub budget: &'a super::budget::Budget,
     /// The run's projection.
     pub projection: &'a super::budget::Projection,
+}
+
+/// A run to note, owned (it may wait in a bookkeeping batch).
+#[derive(Debug, Clone)]
+pub struct RunEntry {
+    /// Run id.
+    pub run_id: String,
+    /// Ledger session.
+    pub session_id: Option<String>,
+    /// The session whose cap applies (the note's, else its ledger session).
+    pub budget_session: Option<String>,
+    /// Trace id.
+    pub trace_id: Option<String>,
+    /// Targets as resolved, as JSON.
+    pub targets: String,
+    /// The run's bound, when known.
+    pub projected_usd: Option<f64>,
+    /// The last user message (clipped), when content is logged.
+    pub prompt: Option<String>,
+    /// The caps and the run's projection, when the run is gated.
+    pub gate: Option<(super::budget::Budget, super::budget::Projection)>,
+}
+
+impl RunEntry {
+    /// The entry of `note`.
+    pub fn new(note: &RunNote<'_>, prompt: Option<&str>, gate: Option<Gate<'_>>) -> RunEntry {
+        RunEntry {
+            run_id: note.run_id.to_string(),
+            session_id: note.session_id.map(String::from),
+            budget_session: note.budget_session.or(note.session_id).map(String::from),
+            trace_id: note.trace_id.map(String::from),
+            targets: serde_json::to_string(note.targets).unwrap_or_else(|_| "[]".into()),
+            projected_usd: note.projected_usd,
+            prompt: prompt.map(String::from),
+            gate: gate.map(|g| (*g.budget, g.projection.clone())),
+        }
+    }
+
+    /// What it reserves: its known bound when gated, else nothing.
+    pub fn bound(&self) -> Option<f64> {
+        self.gate.as_ref().map(|(_, p)| p.known_usd())
+    }
+}
+
+/// One bookkeeping op (see [`Backend::book`]).
+#[derive(Debug, Clone)]
+pub enum BookOp {
+    /// Note a run (and reserve its bound when gated).
+    Begin(RunEntry),
+    /// End a run's reservation.
+    Settle(String),
+}
+
+/// The budget counters and their recomputation from rows (see
+/// [`Backend::budget_counters`]).
+#[derive(Debug, Clone, PartialEq, Default)]
+pub struct CounterCheck {
+    /// As kept: `(scope, usd, open runs)`.
+    pub kept: Vec<(String, f64, i64)>,
+    /// As recomputed from the rows.
+    pub recomputed: Vec<(String, f64, i64)>,
+}
+
+impl CounterCheck {
+    /// The scopes where kept and recomputed differ by more than `tol` USD (or in
+    /// open runs); a scope missing on one side counts as zero.
+    pub fn differences(&self, tol: f64) -> Vec<String> {
+        let mut all: std::collections::BTreeMap<&str, ((f64, i64), (f64, i64))> =
+            Default::default();
+        for (k, u, n) in &self.kept {
+            all.entry(k).or_default().0 = (*u, *n);
+        }
+        for (k, u, n) in &self.recomputed {
+            all.entry(k).or_default().1 = (*u, *n);
+        }
+        all.into_iter()
+            .filter(|(_, (a, b))| (a.0 - b.0).abs() > tol || a.1 != b.1)
+            .map(|(k, (a, b))| format!("{k}: kept ${} / {} open, rows say ${} / {} open", a.0, a.1, b.0, b.1))
+            .collect()
+    }
+}
+
+/// Budget counter scopes: what open runs hold (all, and per budget session), and what
+/// requests cost per local calendar day and per budget session.
+pub(crate) mod scope {
+    /// What every open run still holds.
+    pub const HELD: &str = "held";
+    /// What the open runs of budget session `s` still hold.
+    pub fn held_in(s: &str) -> String {
+        format!("held:{s}")
+    }
+    /// What requests cost on local day `d` (`YYYY-MM-DD`).
+    pub fn day(d: &str) -> String {
+        format!("day:{d}")
+    }
+    /// What the requests of budget session `s` cost.
+    pub fn session(s: &str) -> String {
+        format!("session:{s}")
+    }
 }
 
 /// Why [`Ledger::begin_run`] did not note the run.
@@ -897,16 +998,45 @@ pub trait Backend: Send + Sync {
     /// Write requests (with their sessions, runs and price rows) in one transaction;
     /// their row ids, in order. Durable when it returns.
     fn insert_requests(&self, rows: &[NewRequest]) -> Result<Vec<i64>, LedgerError>;
+    /// Apply run bookkeeping in one transaction, in order: note runs (a gated one
+    /// reserves its bound in the transaction that checks the caps, or is refused) and
+    /// settle them. One result per op; `Err` when the transaction failed as a whole.
+    /// Committed (visible to every process) when it returns; it becomes durable with
+    /// the next request row's commit at the latest.
+    fn book(&self, ops: &[BookOp]) -> Result<Vec<Result<(), Refused>>, LedgerError>;
     /// Note a run, and with `gate` reserve its bound in the transaction that checks
-    /// the caps (`reserved` is the bound).
+    /// the caps.
     fn begin_run(
         &self,
         note: &RunNote<'_>,
         prompt: Option<&str>,
-        gate: Option<(Gate<'_>, f64)>,
-    ) -> Result<(), Refused>;
+        gate: Option<Gate<'_>>,
+    ) -> Result<(), Refused> {
+        let op = BookOp::Begin(RunEntry::new(note, prompt, gate));
+        match self.book(std::slice::from_ref(&op)) {
+            Ok(mut out) if out.len() == 1 => out.remove(0),
+            Ok(_) => Ok(()),
+            Err(e) => Err(Refused::Ledger(e)),
+        }
+    }
     /// End a run's reservation.
-    fn settle_run(&self, run_id: &str) -> Result<(), LedgerError>;
+    fn settle_run(&self, run_id: &str) -> Result<(), LedgerError> {
+        match self.book(&[BookOp::Settle(run_id.to_string())]) {
+            Ok(mut out) if out.len() == 1 => out.remove(0).map_err(|r| match r {
+                Refused::Ledger(e) => e,
+                Refused::Budget(b) => LedgerError::Backend {
+                    place: self.place().to_string(),
+                    detail: b.to_string(),
+                },
+            }),
+            Ok(_) => Ok(()),
+            Err(e) => Err(e),
+        }
+    }
+    /// The budget counters, and the same figures recomputed from the rows (the
+    /// counters must always equal the recomputation; for tests and `quorum ledger`
+    /// checks). Each list is `(scope, usd, open runs)`, sorted by scope.
+    fn budget_counters(&self) -> Result<CounterCheck, LedgerError>;
     /// Start (or rename) a session.
     fn start_session(
         &self,
@@ -981,6 +1111,7 @@ pub struct Ledger {
     spool: Option<Arc<spool::Spool>>,
     stop: Arc<(Mutex<bool>, Condvar)>,
     batcher: batch::Batcher,
+    bookkeeper: batch::Bookkeeper,
 }
 
 impl Drop for Ledger {
@@ -1040,6 +1171,7 @@ impl Ledger {
             spool: None,
             stop: Arc::new((Mutex::new(false), Condvar::new())),
             batcher: batch::Batcher::default(),
+            bookkeeper: batch::Bookkeeper::default(),
         }
     }
 
@@ -1251,7 +1383,6 @@ impl Ledger {
             .log_content
             .then(|| clip(note.prompt, cap).into_owned());
         let ungated = gate.is_none();
-        let gate = gate.map(|g| (g, g.projection.known_usd()));
         let entry = || spool::Entry::Run {
             id: note.run_id.to_string(),
             session_id: note.session_id.map(String::from),
@@ -1268,14 +1399,31 @@ impl Ledger {
                 }
                 r => r,
             },
-            _ => self.backend.begin_run(note, prompt.as_deref(), gate),
+            // Concurrent notes share one transaction (see `batch.rs`).
+            _ => self.bookkeeper.apply(
+                &*self.backend,
+                BookOp::Begin(RunEntry::new(note, prompt.as_deref(), gate)),
+            ),
         }
     }
 
     /// End a run's reservation: what it really cost is in its request rows now (a
     /// failed or cancelled request costs what it used, often nothing).
     pub fn settle_run(&self, run_id: &str) -> Result<(), LedgerError> {
-        self.backend.settle_run(run_id)
+        self.bookkeeper
+            .apply(&*self.backend, BookOp::Settle(run_id.to_string()))
+            .map_err(|r| match r {
+                Refused::Ledger(e) => e,
+                Refused::Budget(b) => LedgerError::Backend {
+                    place: self.place().to_string(),
+                    detail: b.to_string(),
+                },
+            })
+    }
+
+    /// The budget counters beside their recomputation from the rows (they must agree).
+    pub fn budget_counters(&self) -> Result<CounterCheck, LedgerError> {
+        self.backend.budget_counters()
     }
 
     /// Runs still holding a reservation (for tests and `llm.health`).

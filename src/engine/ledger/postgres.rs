@@ -26,9 +26,10 @@ use tokio_postgres::types::{to_sql_checked, IsNull, ToSql, Type};
 use tokio_postgres::NoTls;
 
 use super::{
-    content_cap_for, request_select_list, request_written_columns, Backend, BackendKind,
-    EvalCaseRow, EvalRunRow, Gate, GroupBy, LedgerError, NewRequest, Refused, RequestFilter,
-    RequestRow, RowRead, RunFilter, RunNote, RunRow, SessionRow, Spend, TotalRow, Value, VoteRow,
+    content_cap_for, request_select_list, request_written_columns, scope, Backend, BackendKind,
+    BookOp, CounterCheck, EvalCaseRow, EvalRunRow, GroupBy, LedgerError, NewRequest, Refused,
+    RequestFilter, RequestRow, RowRead, RunEntry, RunFilter, RunRow, SessionRow, Spend, TotalRow,
+    Value, VoteRow,
 };
 
 /// `url` with its password (and any `password=` parameter) replaced by `***`.
@@ -254,6 +255,8 @@ fn migrations() -> Vec<String> {
         super::eval::PG_MIGRATION.to_string(),
         // Attachments: a JSON list of {name, kind, media_type, bytes, sha256}.
         super::ATTACHMENTS_MIGRATION.to_string(),
+        // Budget counters, so a reservation checks its caps in O(1).
+        counters_migration(),
     ]
 }
 
@@ -288,21 +291,6 @@ pub(crate) fn local_offset_secs() -> i64 {
     0
 }
 
-/// The start of today (local calendar day) as ISO 8601 UTC text.
-fn local_day_start_utc() -> String {
-    let off = local_offset_secs();
-    let now = time::OffsetDateTime::now_utc().unix_timestamp();
-    let local = now + off;
-    let start_local = local - local.rem_euclid(86_400);
-    let start = time::OffsetDateTime::from_unix_timestamp(start_local - off)
-        .unwrap_or(time::OffsetDateTime::UNIX_EPOCH);
-    start
-        .format(time::macros::format_description!(
-            "[year]-[month]-[day]T[hour]:[minute]:[second].000Z"
-        ))
-        .unwrap_or_default()
-}
-
 fn this_host() -> String {
     let mut buf = [0u8; 256];
     #[cfg(unix)]
@@ -315,62 +303,184 @@ fn this_host() -> String {
     String::new()
 }
 
+/// The local day (`YYYY-MM-DD`) of ISO 8601 UTC time `at` (now when `None`), with
+/// today's UTC offset, as the day reports count it.
+fn local_day(at: Option<&str>) -> String {
+    let t = at
+        .and_then(|a| {
+            time::OffsetDateTime::parse(a, &time::format_description::well_known::Rfc3339).ok()
+        })
+        .unwrap_or_else(time::OffsetDateTime::now_utc);
+    let local = t + time::Duration::seconds(local_offset_secs());
+    local
+        .date()
+        .format(time::macros::format_description!("[year]-[month]-[day]"))
+        .unwrap_or_default()
+}
+
+/// The budget counters recomputed from the rows, as `(scope, usd, n)` (see the SQLite
+/// backend's `recompute_sql`; days with today's UTC offset).
+fn recompute_sql() -> String {
+    let off = local_offset_secs();
+    format!(
+        "SELECT 'held' AS scope, COALESCE(SUM({OUTSTANDING}), 0)::float8 AS usd, COUNT(*)::int8 AS n
+           FROM runs r WHERE {OPEN}
+         UNION ALL
+         SELECT 'held:' || r.budget_session, SUM({OUTSTANDING})::float8, COUNT(*)::int8 FROM runs r
+          WHERE {OPEN} AND r.budget_session IS NOT NULL GROUP BY r.budget_session
+         UNION ALL
+         SELECT 'day:' || to_char((q.created_at::timestamptz AT TIME ZONE 'UTC')
+                    + make_interval(secs => {off}), 'YYYY-MM-DD'),
+                SUM(q.cost_usd)::float8, 0::int8 FROM requests q
+          WHERE q.cost_usd IS NOT NULL GROUP BY 1
+         UNION ALL
+         SELECT 'session:' || COALESCE(r.budget_session, q.session_id), SUM(q.cost_usd)::float8, 0::int8
+          FROM requests q LEFT JOIN runs r ON r.id = q.run_id
+          WHERE q.cost_usd IS NOT NULL AND COALESCE(r.budget_session, q.session_id) IS NOT NULL
+          GROUP BY 1"
+    )
+}
+
+/// Budget counters (see the SQLite backend's `COUNTERS_MIGRATION`), backfilled.
+fn counters_migration() -> String {
+    format!(
+        "ALTER TABLE runs ADD COLUMN held_usd DOUBLE PRECISION NOT NULL DEFAULT 0;
+         UPDATE runs r SET held_usd = {OUTSTANDING} WHERE {OPEN};
+         CREATE TABLE budget_spend (
+             scope TEXT PRIMARY KEY,
+             usd   DOUBLE PRECISION NOT NULL DEFAULT 0,
+             n     BIGINT NOT NULL DEFAULT 0
+         );
+         INSERT INTO budget_spend (scope, usd, n) {};",
+        recompute_sql()
+    )
+}
+
+/// Changes to the budget counters: scope → (usd, open runs).
+type Deltas = std::collections::BTreeMap<String, (f64, i64)>;
+
+fn add(d: &mut Deltas, scope: String, usd: f64, n: i64) {
+    let e = d.entry(scope).or_default();
+    e.0 += usd;
+    e.1 += n;
+}
+
+/// Apply `d` in one statement, scopes in order (every writer locks counter rows in
+/// the same order). A held scope whose last open run ends goes back to exactly zero.
+async fn bump(
+    tx: &impl deadpool_postgres::GenericClient,
+    d: Deltas,
+) -> Result<(), tokio_postgres::Error> {
+    if d.is_empty() {
+        return Ok(());
+    }
+    let (mut k, mut u, mut n) = (Vec::new(), Vec::new(), Vec::new());
+    for (scope, (usd, runs)) in d {
+        k.push(scope);
+        u.push(usd);
+        n.push(runs);
+    }
+    let st = tx
+        .prepare_cached(
+            "INSERT INTO budget_spend AS b (scope, usd, n)
+             SELECT * FROM unnest($1::text[], $2::float8[], $3::int8[]) ORDER BY 1
+             ON CONFLICT (scope) DO UPDATE SET
+                 usd = CASE WHEN excluded.n < 0 AND b.n + excluded.n <= 0 THEN 0
+                            ELSE b.usd + excluded.usd END,
+                 n = b.n + excluded.n",
+        )
+        .await?;
+    tx.execute(&st, &[&k, &u, &n]).await.map(|_| ())
+}
+
+/// Spend today and in budget session `session`: a few counter rows, read in one
+/// statement (one snapshot).
 async fn spend_in(
     tx: &impl deadpool_postgres::GenericClient,
     session: Option<&str>,
 ) -> Result<Spend, tokio_postgres::Error> {
-    let held: f64 = tx
-        .query_one(
-            &format!("SELECT COALESCE(SUM({OUTSTANDING}), 0)::float8 FROM runs r WHERE {OPEN}"),
-            &[],
-        )
+    let c = read_counters(tx, &counter_scopes(session.into_iter())).await?;
+    Ok(spend_of(&c, &Deltas::new(), session))
+}
+
+/// The counter scopes a check in `sessions` reads.
+fn counter_scopes<'a>(sessions: impl Iterator<Item = &'a str>) -> Vec<String> {
+    let mut k = vec![scope::HELD.to_string(), scope::day(&local_day(None))];
+    for s in sessions {
+        k.push(scope::session(s));
+        k.push(scope::held_in(s));
+    }
+    k
+}
+
+async fn read_counters(
+    tx: &impl deadpool_postgres::GenericClient,
+    scopes: &[String],
+) -> Result<std::collections::HashMap<String, f64>, tokio_postgres::Error> {
+    let st = tx
+        .prepare_cached("SELECT scope, usd FROM budget_spend WHERE scope = ANY($1)")
+        .await?;
+    Ok(tx
+        .query(&st, &[&scopes])
         .await?
-        .get(0);
-    let start = local_day_start_utc();
-    let today: f64 = tx
-        .query_one(
-            "SELECT COALESCE(SUM(cost_usd), 0)::float8 FROM requests WHERE created_at >= $1",
-            &[&start],
+        .iter()
+        .map(|r| (r.get(0), r.get(1)))
+        .collect())
+}
+
+/// Spend from counters `c` read at the start of a batch and the batch's changes `d`.
+fn spend_of(
+    c: &std::collections::HashMap<String, f64>,
+    d: &Deltas,
+    session: Option<&str>,
+) -> Spend {
+    let v = |k: &str| c.get(k).copied().unwrap_or(0.0) + d.get(k).map_or(0.0, |x| x.0);
+    Spend {
+        today_usd: v(&scope::day(&local_day(None))) + v(scope::HELD).max(0.0),
+        session_usd: session.map_or(0.0, |s| {
+            v(&scope::session(s)) + v(&scope::held_in(s)).max(0.0)
+        }),
+    }
+}
+
+/// Settle the open runs `cond` selects (rows locked in id order), releasing what they
+/// hold into `d`.
+async fn settle_where(
+    tx: &impl deadpool_postgres::GenericClient,
+    cond: &str,
+    params: &[&(dyn ToSql + Sync)],
+    d: &mut Deltas,
+) -> Result<(), tokio_postgres::Error> {
+    let rows = tx
+        .query(
+            &format!(
+                "WITH x AS (SELECT r.id, r.held_usd, r.reserved_usd, r.budget_session FROM runs r
+                            WHERE r.settled_at IS NULL AND ({cond}) ORDER BY r.id FOR UPDATE)
+                 UPDATE runs r SET settled_at = {NOW_PG}, held_usd = 0 FROM x WHERE r.id = x.id
+                 RETURNING x.held_usd, x.reserved_usd, x.budget_session"
+            ),
+            params,
         )
-        .await?
-        .get(0);
-    let session_usd = match session {
-        Some(s) => {
-            let done: f64 = tx
-                .query_one(
-                    "SELECT COALESCE(SUM(q.cost_usd), 0)::float8 FROM requests q
-                     WHERE q.run_id IN (SELECT id FROM runs WHERE budget_session = $1)
-                        OR (q.session_id = $1 AND q.run_id NOT IN
-                            (SELECT id FROM runs WHERE budget_session IS NOT NULL))",
-                    &[&s],
-                )
-                .await?
-                .get(0);
-            let held: f64 = tx
-                .query_one(
-                    &format!(
-                        "SELECT COALESCE(SUM({OUTSTANDING}), 0)::float8 FROM runs r WHERE {OPEN} AND r.budget_session = $1"
-                    ),
-                    &[&s],
-                )
-                .await?
-                .get(0);
-            done + held
+        .await?;
+    for r in rows {
+        let (held, reserved, bs): (f64, Option<f64>, Option<String>) = (r.get(0), r.get(1), r.get(2));
+        if reserved.unwrap_or(0.0) > 0.0 {
+            add(d, scope::HELD.into(), -held, -1);
+            if let Some(bs) = bs {
+                add(d, scope::held_in(&bs), -held, -1);
+            }
         }
-        None => 0.0,
-    };
-    Ok(Spend {
-        session_usd,
-        today_usd: today + held,
-    })
+    }
+    Ok(())
 }
 
 /// Settle the holds of processes on this machine that are gone, and holds older than
 /// [`STALE_HOLD`] from anywhere (a replica on another machine that died: no request
-/// runs that long).
+/// runs that long); what they held goes into `d`.
 async fn expire_dead(
     tx: &impl deadpool_postgres::GenericClient,
     host: &str,
+    d: &mut Deltas,
 ) -> Result<(), tokio_postgres::Error> {
     let me = std::process::id() as i64;
     let rows = tx
@@ -381,28 +491,298 @@ async fn expire_dead(
             &[&host, &me],
         )
         .await?;
-    tx.execute(
+    settle_where(
+        tx,
         &format!(
-            "UPDATE runs r SET settled_at = {NOW_PG} WHERE {OPEN} AND r.created_at <
+            "r.reserved_usd > 0 AND r.created_at <
              to_char((clock_timestamp() - interval '{STALE_HOLD}') AT TIME ZONE 'UTC', 'YYYY-MM-DD\"T\"HH24:MI:SS.MS\"Z\"')"
         ),
         &[],
+        d,
     )
     .await?;
-    for r in rows {
-        let pid: i64 = r.get(0);
-        if !super::process_alive(pid) {
-            tx.execute(
-                &format!(
-                    "UPDATE runs SET settled_at = {NOW_PG} WHERE host = $1 AND pid = $2 AND settled_at IS NULL"
-                ),
-                &[&host, &pid],
-            )
-            .await?;
-        }
+    let dead: Vec<i64> = rows
+        .iter()
+        .map(|r| r.get::<_, i64>(0))
+        .filter(|pid| !super::process_alive(*pid))
+        .collect();
+    if !dead.is_empty() {
+        settle_where(tx, "r.host = $1 AND r.pid = ANY($2)", &[&host, &dead], d).await?;
     }
     Ok(())
 }
+
+/// Count newly written requests `(run, own session, cost, created_at)` in the
+/// counters: each cost goes to its day and budget session, and releases as much of
+/// its run's hold.
+async fn count_requests(
+    tx: &impl deadpool_postgres::GenericClient,
+    rows: &[(String, Option<String>, f64, String)],
+) -> Result<(), tokio_postgres::Error> {
+    let rows: Vec<_> = rows.iter().filter(|r| r.2 != 0.0).collect();
+    if rows.is_empty() {
+        return Ok(());
+    }
+    let mut per_run: std::collections::BTreeMap<&str, f64> = Default::default();
+    for (run, _, cost, _) in &rows {
+        if *cost > 0.0 {
+            *per_run.entry(run.as_str()).or_default() += cost;
+        }
+    }
+    let ids: Vec<&str> = rows.iter().map(|r| r.0.as_str()).collect();
+    let (ids_r, costs_r): (Vec<&str>, Vec<f64>) = per_run.into_iter().unzip();
+    let sessions = tx
+        .prepare_cached("SELECT id, budget_session FROM runs WHERE id = ANY($1)")
+        .await?;
+    let release = tx
+        .prepare_cached(
+            "WITH d AS (SELECT * FROM unnest($1::text[], $2::float8[]) AS d(id, c)),
+                  o AS (SELECT r.id, r.held_usd, r.budget_session FROM runs r JOIN d ON d.id = r.id
+                        WHERE r.settled_at IS NULL AND r.reserved_usd > 0 AND r.held_usd > 0
+                        ORDER BY r.id FOR UPDATE OF r)
+             UPDATE runs r SET held_usd = GREATEST(o.held_usd - d.c, 0) FROM o, d
+             WHERE r.id = o.id AND d.id = o.id
+             RETURNING o.budget_session, o.held_usd - r.held_usd",
+        )
+        .await?;
+    let (p1, p2): (&[&(dyn ToSql + Sync)], &[&(dyn ToSql + Sync)]) =
+        (&[&ids], &[&ids_r, &costs_r]);
+    let (sessions, released) =
+        futures_util::try_join!(tx.query(&sessions, p1), tx.query(&release, p2))?;
+    let bs: std::collections::HashMap<String, Option<String>> =
+        sessions.iter().map(|r| (r.get(0), r.get(1))).collect();
+    let mut d = Deltas::new();
+    for (run, own, cost, at) in &rows {
+        add(&mut d, scope::day(&local_day(Some(at))), *cost, 0);
+        let budget_session = bs.get(run.as_str()).cloned().flatten().or_else(|| own.clone());
+        if let Some(s) = budget_session {
+            add(&mut d, scope::session(&s), *cost, 0);
+        }
+    }
+    for r in released {
+        let (bs, usd): (Option<String>, f64) = (r.get(0), r.get(1));
+        add(&mut d, scope::HELD.into(), -usd, 0);
+        if let Some(bs) = bs {
+            add(&mut d, scope::held_in(&bs), -usd, 0);
+        }
+    }
+    bump(tx, d).await
+}
+
+/// What [`count_requests`] needs of a request row written at `created_at`.
+fn counted_row(row: &NewRequest, created_at: String) -> (String, Option<String>, f64, String) {
+    let cost = match row.value("cost_usd") {
+        Value::Real(f) => *f,
+        Value::Int(i) => *i as f64,
+        _ => 0.0,
+    };
+    let own = match row.value("session_id") {
+        Value::Text(s) => Some(s.clone()),
+        _ => None,
+    };
+    (row.run.0.clone(), own, cost, created_at)
+}
+
+/// Apply bookkeeping `ops` in transaction `tx` (see [`Backend::book`]).
+async fn book_in(
+    tx: &deadpool_postgres::Transaction<'_>,
+    host: &str,
+    ops: &[BookOp],
+) -> Result<Vec<Result<(), Refused>>, tokio_postgres::Error> {
+    let gates: Vec<&RunEntry> = ops
+        .iter()
+        .filter_map(|o| match o {
+            BookOp::Begin(e) if e.gate.is_some() => Some(e),
+            _ => None,
+        })
+        .collect();
+    let mut d = Deltas::new();
+    let mut counters = Default::default();
+    if !gates.is_empty() {
+        // One lock per budget scope, always in this order: the daily cap, then
+        // sessions by name. Replicas anywhere serialise on the check.
+        if gates.iter().any(|e| e.gate.as_ref().is_some_and(|g| g.0.daily_usd.is_some())) {
+            tx.execute(&format!("SELECT pg_advisory_xact_lock({DAILY_LOCK})"), &[])
+                .await?;
+        }
+        let sessions: std::collections::BTreeSet<&str> = gates
+            .iter()
+            .filter(|e| e.gate.as_ref().is_some_and(|g| g.0.session_usd.is_some()))
+            .filter_map(|e| e.budget_session.as_deref())
+            .collect();
+        for s in &sessions {
+            tx.execute(&format!("SELECT pg_advisory_xact_lock({SESSION_LOCK})"), &[s])
+                .await?;
+        }
+        expire_dead(tx, host, &mut d).await?;
+        let scopes = counter_scopes(gates.iter().filter_map(|e| e.budget_session.as_deref()));
+        counters = read_counters(tx, &scopes).await?;
+    }
+    // What the runs named here hold now (locked: a request row's release waits).
+    let ids: Vec<&str> = ops
+        .iter()
+        .map(|o| match o {
+            BookOp::Begin(e) => e.run_id.as_str(),
+            BookOp::Settle(id) => id.as_str(),
+        })
+        .collect();
+    struct Run {
+        held: f64,
+        reserved: f64,
+        bs: Option<String>,
+        settled: bool,
+        spent: f64,
+    }
+    let st = tx
+        .prepare_cached(
+            "SELECT r.id, r.held_usd, r.reserved_usd, r.budget_session, r.settled_at IS NOT NULL,
+                    COALESCE((SELECT SUM(q.cost_usd) FROM requests q WHERE q.run_id = r.id), 0)::float8
+             FROM runs r WHERE r.id = ANY($1) ORDER BY r.id FOR UPDATE",
+        )
+        .await?;
+    let mut runs: std::collections::HashMap<String, Run> = tx
+        .query(&st, &[&ids])
+        .await?
+        .iter()
+        .map(|r| {
+            (
+                r.get(0),
+                Run {
+                    held: r.get(1),
+                    reserved: r.get::<_, Option<f64>>(2).unwrap_or(0.0),
+                    bs: r.get(3),
+                    settled: r.get(4),
+                    spent: r.get(5),
+                },
+            )
+        })
+        .collect();
+    let release = |d: &mut Deltas, r: &Run| {
+        if !r.settled && r.reserved > 0.0 {
+            add(d, scope::HELD.into(), -r.held, -1);
+            if let Some(bs) = &r.bs {
+                add(d, scope::held_in(bs), -r.held, -1);
+            }
+        }
+    };
+    let mut out = Vec::with_capacity(ops.len());
+    let mut begun: Vec<(&RunEntry, f64)> = Vec::new();
+    let mut settled: Vec<&str> = Vec::new();
+    for op in ops {
+        match op {
+            BookOp::Begin(e) => {
+                if let Some((budget, projection)) = &e.gate {
+                    let spend = spend_of(&counters, &d, e.budget_session.as_deref());
+                    if let Err(r) = budget.check(spend, projection) {
+                        out.push(Err(Refused::Budget(r)));
+                        continue;
+                    }
+                }
+                let prior = runs.remove(&e.run_id);
+                if let Some(p) = &prior {
+                    release(&mut d, p);
+                }
+                let reserved = e.bound().unwrap_or(0.0);
+                let was_settled = prior.as_ref().is_some_and(|p| p.settled);
+                let spent = prior.as_ref().map_or(0.0, |p| p.spent);
+                let holds = !was_settled && reserved > 0.0;
+                let held = if holds { (reserved - spent).max(0.0) } else { 0.0 };
+                if holds {
+                    add(&mut d, scope::HELD.into(), held, 1);
+                    if let Some(bs) = &e.budget_session {
+                        add(&mut d, scope::held_in(bs), held, 1);
+                    }
+                }
+                runs.insert(
+                    e.run_id.clone(),
+                    Run {
+                        held,
+                        reserved,
+                        bs: e.budget_session.clone(),
+                        settled: was_settled,
+                        spent,
+                    },
+                );
+                begun.push((e, held));
+                out.push(Ok(()));
+            }
+            BookOp::Settle(id) => {
+                if let Some(r) = runs.get_mut(id) {
+                    release(&mut d, r);
+                    r.settled = true;
+                    r.held = 0.0;
+                    settled.push(id);
+                }
+                out.push(Ok(()));
+            }
+        }
+    }
+    // The writes, pipelined: sessions, runs (in order), settlements, counters.
+    let new_sessions: Vec<&str> = begun
+        .iter()
+        .filter_map(|(e, _)| e.session_id.as_deref())
+        .collect();
+    let upsert = tx
+        .prepare_cached(
+            "INSERT INTO runs (id, session_id, trace_id, targets, projected_usd, prompt,
+                               reserved_usd, budget_session, pid, host, held_usd)
+             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11)
+             ON CONFLICT (id) DO UPDATE SET targets = excluded.targets,
+                 projected_usd = excluded.projected_usd,
+                 reserved_usd = excluded.reserved_usd,
+                 budget_session = excluded.budget_session, pid = excluded.pid,
+                 host = excluded.host, held_usd = excluded.held_usd",
+        )
+        .await?;
+    let pid = std::process::id() as i64;
+    let host = host.to_string();
+    let params: Vec<(&RunEntry, Option<f64>, f64)> =
+        begun.iter().map(|(e, held)| (*e, e.bound(), *held)).collect();
+    let upserts: Vec<[&(dyn ToSql + Sync); 11]> = params
+        .iter()
+        .map(|(e, reserved, held)| {
+            [
+                &e.run_id as &(dyn ToSql + Sync),
+                &e.session_id,
+                &e.trace_id,
+                &e.targets,
+                &e.projected_usd,
+                &e.prompt,
+                reserved,
+                &e.budget_session,
+                &pid,
+                &host,
+                held,
+            ]
+        })
+        .collect();
+    let (sessions_p, settled_p): ([&(dyn ToSql + Sync); 1], [&(dyn ToSql + Sync); 1]) =
+        ([&new_sessions], [&settled]);
+    let mut writes: Vec<Write<'_>> = Vec::new();
+    if !new_sessions.is_empty() {
+        writes.push(Box::pin(tx.execute(
+            "INSERT INTO sessions (id) SELECT DISTINCT unnest($1::text[]) ON CONFLICT (id) DO NOTHING",
+            &sessions_p,
+        )));
+    }
+    for p in &upserts {
+        writes.push(Box::pin(tx.execute(&upsert, p)));
+    }
+    if !settled.is_empty() {
+        writes.push(Box::pin(tx.execute(SETTLE_SQL.as_str(), &settled_p)));
+    }
+    futures_util::future::try_join_all(writes).await?;
+    bump(tx, d).await?;
+    Ok(out)
+}
+
+type Write<'a> =
+    std::pin::Pin<Box<dyn Future<Output = Result<u64, tokio_postgres::Error>> + Send + 'a>>;
+
+/// Settle runs by id (their holds are released by the caller).
+static SETTLE_SQL: std::sync::LazyLock<String> = std::sync::LazyLock::new(|| {
+    format!("UPDATE runs SET settled_at = {NOW_PG}, held_usd = 0 WHERE id = ANY($1) AND settled_at IS NULL")
+});
 
 fn run_row(r: &tokio_postgres::Row) -> Result<RunRow, tokio_postgres::Error> {
     let targets: Option<String> = r.try_get("targets")?;
@@ -544,7 +924,8 @@ impl PgBackend {
         cols.extend(request_written_columns().map(|c| c.name));
         let marks: Vec<String> = (1..=cols.len()).map(|i| format!("${i}")).collect();
         format!(
-            "INSERT INTO requests ({}) VALUES ({}) ON CONFLICT (uid) DO NOTHING RETURNING id",
+            "INSERT INTO requests ({}) VALUES ({}) ON CONFLICT (uid) DO NOTHING
+             RETURNING id, created_at",
             cols.join(", "),
             marks.join(", ")
         )
@@ -612,13 +993,20 @@ impl PgBackend {
                 marks.join(", ")
             );
             let st = tx.prepare(&sql).await.map_err(ce)?;
+            let mut counted = Vec::new();
             for (uid, created, row) in &batch.requests {
                 let mut params: Vec<&(dyn ToSql + Sync)> = vec![uid, created];
                 for c in request_written_columns() {
                     params.push(row.value(c.name));
                 }
-                n += tx.execute(&st, &params).await.map_err(ce)?;
+                let wrote = tx.execute(&st, &params).await.map_err(ce)?;
+                if wrote > 0 {
+                    counted.push(counted_row(row, created.clone()));
+                }
+                n += wrote;
             }
+            // Their costs count in the budget counters (their runs are settled).
+            count_requests(&tx, &counted).await.map_err(ce)?;
             for v in &batch.votes {
                 n += tx
                     .execute(
@@ -732,23 +1120,54 @@ impl Backend for PgBackend {
                 )
                 .await
                 .map_err(ce)?;
-            let mut ids = Vec::with_capacity(rows.len());
+            // Every statement of the batch pipelined (no row depends on another's
+            // answer), then the budget counters.
+            // Sessions, runs and price rows once each per batch.
+            let mut seen = std::collections::HashSet::new();
+            let mut aux_params: Vec<(&tokio_postgres::Statement, Vec<&(dyn ToSql + Sync)>)> =
+                Vec::new();
             for row in &rows {
                 if let Some((s, agent)) = &row.session {
-                    tx.execute(&session, &[s, agent]).await.map_err(ce)?;
+                    if seen.insert(("s", s.as_str())) {
+                        aux_params.push((&session, vec![s, agent]));
+                    }
                 }
                 let (r, s, t, p) = &row.run;
-                tx.execute(&run, &[r, s, t, p]).await.map_err(ce)?;
+                if seen.insert(("r", r.as_str())) {
+                    aux_params.push((&run, vec![r, s, t, p]));
+                }
                 if let Some((id, json)) = &row.price {
-                    tx.execute(&price, &[id, json]).await.map_err(ce)?;
+                    if seen.insert(("p", id.as_str())) {
+                        aux_params.push((&price, vec![id, json]));
+                    }
                 }
-                let mut params: Vec<&(dyn ToSql + Sync)> = vec![&row.uid];
-                for c in request_written_columns() {
-                    params.push(row.value(c.name));
-                }
-                let id = match tx.query_opt(&insert, &params).await.map_err(ce)? {
-                    Some(r) => r.get(0),
-                    // Written before (a replay): its existing id.
+            }
+            let aux = aux_params.iter().map(|(st, p)| tx.execute(*st, p));
+            let params: Vec<Vec<&(dyn ToSql + Sync)>> = rows
+                .iter()
+                .map(|row| {
+                    let mut p: Vec<&(dyn ToSql + Sync)> = vec![&row.uid];
+                    p.extend(
+                        request_written_columns().map(|c| row.value(c.name) as &(dyn ToSql + Sync)),
+                    );
+                    p
+                })
+                .collect();
+            let inserts = params.iter().map(|p| tx.query_opt(&insert, p));
+            let (_, inserted) = futures_util::try_join!(
+                futures_util::future::try_join_all(aux),
+                futures_util::future::try_join_all(inserts)
+            )
+            .map_err(ce)?;
+            let mut ids = Vec::with_capacity(rows.len());
+            let mut counted = Vec::new();
+            for (row, got) in rows.iter().zip(inserted) {
+                let id = match got {
+                    Some(r) => {
+                        counted.push(counted_row(row, r.get(1)));
+                        r.get(0)
+                    }
+                    // Written before (a replay): its existing id, counted then.
                     None => tx
                         .query_one("SELECT id FROM requests WHERE uid = $1", &[&row.uid])
                         .await
@@ -757,125 +1176,52 @@ impl Backend for PgBackend {
                 };
                 ids.push(id);
             }
+            count_requests(&tx, &counted).await.map_err(ce)?;
             tx.commit().await.map_err(ce)?;
             Ok(ids)
         })
     }
 
-    fn begin_run(
-        &self,
-        note: &RunNote<'_>,
-        prompt: Option<&str>,
-        gate: Option<(Gate<'_>, f64)>,
-    ) -> Result<(), Refused> {
-        let targets = serde_json::to_string(note.targets).unwrap_or_else(|_| "[]".into());
-        let (run_id, session_id, trace_id) = (
-            note.run_id.to_string(),
-            note.session_id.map(String::from),
-            note.trace_id.map(String::from),
-        );
-        let budget_session = note.budget_session.or(note.session_id).map(String::from);
-        let check_session = note.budget_session.map(String::from);
-        let projected = note.projected_usd;
-        let prompt = prompt.map(String::from);
-        let gate = gate.map(|(g, bound)| (*g.budget, g.projection.clone(), bound));
-        let out = self.run(move |pool, place, host| async move {
+    fn book(&self, ops: &[BookOp]) -> Result<Vec<Result<(), Refused>>, LedgerError> {
+        let ops = ops.to_vec();
+        self.run(move |pool, place, host| async move {
             let ce = |e: tokio_postgres::Error| classify(&place, &e);
             let mut client = pool.get().await.map_err(|e| pool_err(&place, e))?;
             let tx = client.transaction().await.map_err(ce)?;
             // Bookkeeping before the send: atomic and visible to every replica at
             // commit, without waiting for its own WAL flush; it becomes durable with
-            // the flush of the first request row after it (as SQLite's run notes do).
+            // the flush of the next request row (as SQLite's run notes do). Losing it
+            // in a crash of the database loses no request, only holds.
             tx.batch_execute("SET LOCAL synchronous_commit = off")
                 .await
                 .map_err(ce)?;
-            let mut reserved = None;
-            if let Some((budget, projection, bound)) = &gate {
-                // One lock per budget scope, always in this order.
-                if budget.daily_usd.is_some() {
-                    tx.execute(&format!("SELECT pg_advisory_xact_lock({DAILY_LOCK})"), &[])
-                        .await
-                        .map_err(ce)?;
-                }
-                if let (Some(_), Some(s)) = (budget.session_usd, &budget_session) {
-                    tx.execute(
-                        &format!("SELECT pg_advisory_xact_lock({SESSION_LOCK})"),
-                        &[s],
-                    )
-                    .await
-                    .map_err(ce)?;
-                }
-                expire_dead(&tx, &host).await.map_err(ce)?;
-                let spend = spend_in(&tx, check_session.as_deref().or(session_id.as_deref()))
-                    .await
-                    .map_err(ce)?;
-                if let Err(r) = budget.check(spend, projection) {
-                    return Ok(Err(Refused::Budget(r)));
-                }
-                reserved = Some(*bound);
-            }
-            if let Some(s) = &session_id {
-                tx.execute(
-                    "INSERT INTO sessions (id) VALUES ($1) ON CONFLICT (id) DO NOTHING",
-                    &[s],
-                )
-                .await
-                .map_err(ce)?;
-            }
-            let pid = std::process::id() as i64;
-            tx.execute(
-                "INSERT INTO runs (id, session_id, trace_id, targets, projected_usd, prompt,
-                                   reserved_usd, budget_session, pid, host)
-                 VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10)
-                 ON CONFLICT (id) DO UPDATE SET targets = excluded.targets,
-                     projected_usd = excluded.projected_usd,
-                     reserved_usd = excluded.reserved_usd,
-                     budget_session = excluded.budget_session, pid = excluded.pid,
-                     host = excluded.host",
-                &[
-                    &run_id,
-                    &session_id,
-                    &trace_id,
-                    &targets,
-                    &projected,
-                    &prompt,
-                    &reserved,
-                    &budget_session,
-                    &pid,
-                    &host,
-                ],
-            )
-            .await
-            .map_err(ce)?;
+            let out = book_in(&tx, &host, &ops).await.map_err(ce)?;
             tx.commit().await.map_err(ce)?;
-            Ok(Ok(()))
-        });
-        match out {
-            Ok(r) => r,
-            Err(e) => Err(Refused::Ledger(e)),
-        }
+            Ok(out)
+        })
     }
 
-    fn settle_run(&self, run_id: &str) -> Result<(), LedgerError> {
-        let run_id = run_id.to_string();
+    fn budget_counters(&self) -> Result<CounterCheck, LedgerError> {
         self.run(|pool, place, _| async move {
             let ce = |e: tokio_postgres::Error| classify(&place, &e);
-            let mut c = pool.get().await.map_err(|e| pool_err(&place, e))?;
-            let tx = c.transaction().await.map_err(ce)?;
-            // Losing a settle in a crash only keeps a hold longer (until its process
-            // is seen gone): no need to wait for the WAL flush.
-            tx.batch_execute("SET LOCAL synchronous_commit = off")
+            let c = pool.get().await.map_err(|e| pool_err(&place, e))?;
+            let read = |rows: Vec<tokio_postgres::Row>| {
+                rows.iter()
+                    .map(|r| (r.get(0), r.get(1), r.get(2)))
+                    .collect::<Vec<_>>()
+            };
+            let kept = c
+                .query("SELECT scope, usd, n FROM budget_spend ORDER BY scope", &[])
                 .await
                 .map_err(ce)?;
-            tx.execute(
-                &format!(
-                    "UPDATE runs SET settled_at = {NOW_PG} WHERE id = $1 AND settled_at IS NULL"
-                ),
-                &[&run_id],
-            )
-            .await
-            .map_err(ce)?;
-            tx.commit().await.map_err(ce)
+            let recomputed = c
+                .query(&format!("SELECT * FROM ({}) x ORDER BY 1", recompute_sql()), &[])
+                .await
+                .map_err(ce)?;
+            Ok(CounterCheck {
+                kept: read(kept),
+                recomputed: read(recomputed),
+            })
         })
     }
 

@@ -13,11 +13,12 @@ use rusqlite::{
 };
 
 use super::{
-    content_cap_for, migrations, request_select_list, request_written_columns, Backend,
-    BackendKind, EvalCaseRow, EvalRunRow, Gate, GroupBy, LedgerError, NewRequest, Refused,
-    RequestFilter, RequestRow, RowRead, RunFilter, RunNote, RunRow, SessionRow, Spend, TotalRow,
-    Value, VoteRow, NOW,
+    content_cap_for, migrations, request_select_list, request_written_columns, scope, Backend,
+    BackendKind, BookOp, CounterCheck, EvalCaseRow, EvalRunRow, GroupBy, LedgerError, NewRequest,
+    Refused, RequestFilter, RequestRow, RowRead, RunEntry, RunFilter, RunRow, SessionRow, Spend,
+    TotalRow, Value, VoteRow, NOW,
 };
+use crate::engine::budget::Refusal as BudgetRefusal;
 use crate::engine::files::{create_private_dir, touch_private};
 
 /// The SQLite backend.
@@ -86,62 +87,254 @@ const OPEN: &str = "r.settled_at IS NULL AND r.reserved_usd > 0";
 /// What a run still holds: its reservation less what its finished requests cost.
 const OUTSTANDING: &str = "MAX(r.reserved_usd - COALESCE((SELECT SUM(q.cost_usd) FROM requests q WHERE q.run_id = r.id), 0), 0)";
 
+/// The budget counters recomputed from the rows, as `(scope, usd, n)`: what open runs
+/// hold (all, and per budget session; `n` open runs), what requests cost per local
+/// day and per budget session (a request's budget session is its run's, else its own
+/// session). The migration fills `budget_spend` with it; tests compare the two.
+fn recompute_sql() -> String {
+    format!(
+        "SELECT 'held', COALESCE(SUM({OUTSTANDING}), 0), COUNT(*) FROM runs r WHERE {OPEN}
+         UNION ALL
+         SELECT 'held:' || r.budget_session, SUM({OUTSTANDING}), COUNT(*) FROM runs r
+          WHERE {OPEN} AND r.budget_session IS NOT NULL GROUP BY r.budget_session
+         UNION ALL
+         SELECT 'day:' || date(q.created_at, 'localtime'), SUM(q.cost_usd), 0 FROM requests q
+          WHERE q.cost_usd IS NOT NULL GROUP BY 1
+         UNION ALL
+         SELECT 'session:' || COALESCE(r.budget_session, q.session_id), SUM(q.cost_usd), 0
+          FROM requests q LEFT JOIN runs r ON r.id = q.run_id
+          WHERE q.cost_usd IS NOT NULL AND COALESCE(r.budget_session, q.session_id) IS NOT NULL
+          GROUP BY 1"
+    )
+}
+
+/// Budget counters (`budget_spend`, one row per scope, see `ledger::scope`), kept in
+/// the transaction of every change so a cap check reads a few rows instead of summing
+/// the day's requests; `runs.held_usd` is what an open run still holds. Backfilled
+/// from the rows.
+pub(crate) static COUNTERS_MIGRATION: std::sync::LazyLock<String> =
+    std::sync::LazyLock::new(|| {
+        format!(
+            "ALTER TABLE runs ADD COLUMN held_usd REAL NOT NULL DEFAULT 0;
+             UPDATE runs SET held_usd = MAX(reserved_usd - COALESCE(
+                 (SELECT SUM(q.cost_usd) FROM requests q WHERE q.run_id = runs.id), 0), 0)
+              WHERE settled_at IS NULL AND reserved_usd > 0;
+             CREATE TABLE budget_spend (
+                 scope TEXT PRIMARY KEY,
+                 usd   REAL NOT NULL DEFAULT 0,
+                 n     INTEGER NOT NULL DEFAULT 0
+             );
+             INSERT INTO budget_spend (scope, usd, n) SELECT * FROM ({}) WHERE true;",
+            recompute_sql()
+        )
+    });
+
+/// Add `usd` and `n` open runs to `scope`. A held scope whose last open run ends
+/// goes back to exactly zero (no rounding drift accumulates).
+fn bump(conn: &Connection, scope: &str, usd: f64, n: i64) -> rusqlite::Result<()> {
+    conn.prepare_cached(
+        "INSERT INTO budget_spend (scope, usd, n) VALUES (?1, ?2, ?3)
+         ON CONFLICT(scope) DO UPDATE SET
+             usd = CASE WHEN excluded.n < 0 AND n + excluded.n <= 0 THEN 0 ELSE usd + excluded.usd END,
+             n = n + excluded.n",
+    )?
+    .execute(params![scope, usd, n])
+    .map(|_| ())
+}
+
+/// Spend today and in budget session `session`: a few counter rows.
 fn spend_in(conn: &Connection, session: Option<&str>) -> rusqlite::Result<Spend> {
-    let held: f64 = conn.query_row(
-        &format!("SELECT COALESCE(SUM({OUTSTANDING}), 0) FROM runs r WHERE {OPEN}"),
-        [],
-        |r| r.get(0),
-    )?;
-    let today: f64 = conn.query_row(
-        "SELECT COALESCE(SUM(cost_usd), 0) FROM requests
-         WHERE created_at >= strftime('%Y-%m-%dT%H:%M:%fZ', 'now', 'localtime', 'start of day', 'utc')",
-        [],
-        |r| r.get(0),
-    )?;
-    let session_usd: f64 = match session {
-        Some(s) => {
-            let done: f64 = conn.query_row(
-                "SELECT COALESCE(SUM(q.cost_usd), 0) FROM requests q
-                 WHERE q.run_id IN (SELECT id FROM runs WHERE budget_session = ?1)
-                    OR (q.session_id = ?1 AND q.run_id NOT IN
-                        (SELECT id FROM runs WHERE budget_session IS NOT NULL))",
-                [s],
-                |r| r.get(0),
-            )?;
-            let held: f64 = conn.query_row(
-                &format!(
-                    "SELECT COALESCE(SUM({OUTSTANDING}), 0) FROM runs r WHERE {OPEN} AND r.budget_session = ?1"
-                ),
-                [s],
-                |r| r.get(0),
-            )?;
-            done + held
-        }
-        None => 0.0,
+    let (sess, held_s) = match session {
+        Some(s) => (Some(scope::session(s)), Some(scope::held_in(s))),
+        None => (None, None),
     };
+    let mut st = conn.prepare_cached(
+        "SELECT scope, usd FROM budget_spend
+         WHERE scope IN ('held', 'day:' || date('now', 'localtime'), ?1, ?2)",
+    )?;
+    let mut rows = st.query(params![sess, held_s])?;
+    let (mut held, mut day, mut spent_s, mut held_in) = (0.0, 0.0, 0.0, 0.0);
+    while let Some(r) = rows.next()? {
+        let (k, usd): (String, f64) = (r.get(0)?, r.get(1)?);
+        if k == scope::HELD {
+            held = usd.max(0.0);
+        } else if k.starts_with("day:") {
+            day = usd;
+        } else if Some(&k) == sess.as_ref() {
+            spent_s = usd;
+        } else {
+            held_in = usd.max(0.0);
+        }
+    }
     Ok(Spend {
-        session_usd,
-        today_usd: today + held,
+        session_usd: if session.is_some() { spent_s + held_in } else { 0.0 },
+        today_usd: day + held,
     })
+}
+
+/// End run `id`'s reservation (a no-op when it is settled): it holds nothing more.
+fn settle_in(conn: &Connection, id: &str) -> rusqlite::Result<()> {
+    let open: Option<(f64, Option<f64>, Option<String>)> = conn
+        .prepare_cached(
+            "SELECT held_usd, reserved_usd, budget_session FROM runs
+             WHERE id = ?1 AND settled_at IS NULL",
+        )?
+        .query_row([id], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)))
+        .optional()?;
+    let Some((held, reserved, bs)) = open else {
+        return Ok(());
+    };
+    conn.prepare_cached(&format!(
+        "UPDATE runs SET settled_at = {NOW}, held_usd = 0 WHERE id = ?1"
+    ))?
+    .execute([id])?;
+    if reserved.unwrap_or(0.0) > 0.0 {
+        bump(conn, scope::HELD, -held, -1)?;
+        if let Some(bs) = bs {
+            bump(conn, &scope::held_in(&bs), -held, -1)?;
+        }
+    }
+    Ok(())
 }
 
 /// Settle the reservations of processes that are gone (a crash, a kill -9).
 fn expire_dead(conn: &Connection) -> rusqlite::Result<()> {
     let me = std::process::id() as i64;
     let pids: Vec<i64> = conn
-        .prepare(&format!(
+        .prepare_cached(&format!(
             "SELECT DISTINCT pid FROM runs r WHERE {OPEN} AND pid IS NOT NULL AND pid <> ?1"
         ))?
         .query_map([me], |r| r.get(0))?
         .collect::<Result<_, _>>()?;
     for pid in pids {
         if !super::process_alive(pid) {
-            conn.execute(
-                &format!(
-                    "UPDATE runs SET settled_at = {NOW} WHERE pid = ?1 AND settled_at IS NULL"
-                ),
-                [pid],
-            )?;
+            let ids: Vec<String> = conn
+                .prepare_cached("SELECT id FROM runs WHERE pid = ?1 AND settled_at IS NULL")?
+                .query_map([pid], |r| r.get(0))?
+                .collect::<Result<_, _>>()?;
+            for id in ids {
+                settle_in(conn, &id)?;
+            }
+        }
+    }
+    Ok(())
+}
+
+/// Note run `e` (reserving its bound when gated and within the caps).
+fn begin_in(conn: &Connection, e: &RunEntry) -> rusqlite::Result<Result<(), BudgetRefusal>> {
+    if let Some((budget, projection)) = &e.gate {
+        let spend = spend_in(conn, e.budget_session.as_deref())?;
+        if let Err(r) = budget.check(spend, projection) {
+            return Ok(Err(r));
+        }
+    }
+    {
+        // A run noted again: what it held before is replaced by the new note's hold.
+        let prior: Option<(f64, Option<f64>, Option<String>, bool)> = conn
+            .prepare_cached(
+                "SELECT held_usd, reserved_usd, budget_session, settled_at IS NOT NULL
+                 FROM runs WHERE id = ?1",
+            )?
+            .query_row([&e.run_id], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?)))
+            .optional()?;
+        let mut settled = false;
+        let mut spent = 0.0;
+        if let Some((held, reserved, bs, was_settled)) = prior {
+            settled = was_settled;
+            if !was_settled && reserved.unwrap_or(0.0) > 0.0 {
+                bump(conn, scope::HELD, -held, -1)?;
+                if let Some(bs) = bs {
+                    bump(conn, &scope::held_in(&bs), -held, -1)?;
+                }
+            }
+            spent = conn
+                .prepare_cached(
+                    "SELECT COALESCE(SUM(cost_usd), 0) FROM requests WHERE run_id = ?1",
+                )?
+                .query_row([&e.run_id], |r| r.get(0))?;
+        }
+        let reserved = e.bound();
+        let holds = !settled && reserved.unwrap_or(0.0) > 0.0;
+        let held = if holds {
+            (reserved.unwrap_or(0.0) - spent).max(0.0)
+        } else {
+            0.0
+        };
+        if let Some(s) = &e.session_id {
+            conn.prepare_cached("INSERT OR IGNORE INTO sessions (id) VALUES (?1)")?
+                .execute([s])?;
+        }
+        conn.prepare_cached(
+            "INSERT INTO runs (id, session_id, trace_id, targets, projected_usd, prompt,
+                               reserved_usd, budget_session, pid, held_usd)
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10)
+             ON CONFLICT(id) DO UPDATE SET targets = excluded.targets,
+                 projected_usd = excluded.projected_usd,
+                 reserved_usd = excluded.reserved_usd,
+                 budget_session = excluded.budget_session, pid = excluded.pid,
+                 held_usd = excluded.held_usd",
+        )?
+        .execute(params![
+            e.run_id,
+            e.session_id,
+            e.trace_id,
+            e.targets,
+            e.projected_usd,
+            e.prompt,
+            reserved,
+            e.budget_session,
+            std::process::id(),
+            held,
+        ])?;
+        if holds {
+            bump(conn, scope::HELD, held, 1)?;
+            if let Some(bs) = &e.budget_session {
+                bump(conn, &scope::held_in(bs), held, 1)?;
+            }
+        }
+    }
+    Ok(Ok(()))
+}
+
+/// Count request `id` (just inserted from `row`) in the counters: its cost goes to
+/// its day and budget session, and releases as much of its run's hold.
+fn count_request(conn: &Connection, id: i64, row: &NewRequest) -> rusqlite::Result<()> {
+    let cost = match row.value("cost_usd") {
+        Value::Real(f) => *f,
+        Value::Int(i) => *i as f64,
+        _ => 0.0,
+    };
+    if cost == 0.0 {
+        return Ok(());
+    }
+    let run: Option<(Option<String>, f64, bool)> = conn
+        .prepare_cached(
+            "SELECT budget_session, held_usd, settled_at IS NULL AND COALESCE(reserved_usd, 0) > 0
+             FROM runs WHERE id = ?1",
+        )?
+        .query_row([&row.run.0], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)))
+        .optional()?;
+    let (bs, held, open) = run.unwrap_or((None, 0.0, false));
+    conn.prepare_cached(
+        "INSERT INTO budget_spend (scope, usd, n)
+         SELECT 'day:' || date(created_at, 'localtime'), ?2, 0 FROM requests WHERE id = ?1
+         ON CONFLICT(scope) DO UPDATE SET usd = usd + excluded.usd",
+    )?
+    .execute(params![id, cost])?;
+    let own = match row.value("session_id") {
+        Value::Text(s) => Some(s.clone()),
+        _ => None,
+    };
+    if let Some(s) = bs.clone().or(own) {
+        bump(conn, &scope::session(&s), cost, 0)?;
+    }
+    if cost > 0.0 && open && held > 0.0 {
+        let release = cost.min(held);
+        conn.prepare_cached("UPDATE runs SET held_usd = ?2 WHERE id = ?1")?
+            .execute(params![row.run.0, (held - release).max(0.0)])?;
+        bump(conn, scope::HELD, -release, 0)?;
+        if let Some(bs) = bs {
+            bump(conn, &scope::held_in(&bs), -release, 0)?;
         }
     }
     Ok(())
@@ -342,79 +535,60 @@ impl Backend for SqliteBackend {
                 insert
                     .execute(params_from_iter(names.iter().map(|n| row.value(n))))
                     .map_err(err)?;
-                ids.push(tx.last_insert_rowid());
+                let id = tx.last_insert_rowid();
+                count_request(&tx, id, row).map_err(err)?;
+                ids.push(id);
             }
         }
         tx.commit().map_err(err)?;
         Ok(ids)
     }
 
-    fn begin_run(
-        &self,
-        note: &RunNote<'_>,
-        prompt: Option<&str>,
-        gate: Option<(Gate<'_>, f64)>,
-    ) -> Result<(), Refused> {
-        let targets = serde_json::to_string(note.targets).unwrap_or_else(|_| "[]".into());
+    fn book(&self, ops: &[BookOp]) -> Result<Vec<Result<(), Refused>>, LedgerError> {
+        let err = |e| self.err(e);
         let mut conn = self.lock()?;
         // Bookkeeping before the send: atomic and consistent (WAL) without its own
-        // fsync; it becomes durable with the first request row's.
+        // fsync; it becomes durable with the next request row's. Losing it in a power
+        // cut loses no request row, only holds of runs that died with the machine.
         conn.pragma_update(None, "synchronous", "NORMAL")
-            .map_err(|e| self.err(e))?;
+            .map_err(err)?;
         let r = (|| {
-            let sql = |e| Refused::Ledger(self.err(e));
-            let tx = conn
-                .transaction_with_behavior(TransactionBehavior::Immediate)
-                .map_err(sql)?;
-            let mut reserved = None;
-            if let Some((g, bound)) = gate {
-                expire_dead(&tx).map_err(sql)?;
-                let spend = spend_in(&tx, note.budget_session).map_err(sql)?;
-                g.budget
-                    .check(spend, g.projection)
-                    .map_err(Refused::Budget)?;
-                reserved = Some(bound);
+            let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
+            if ops
+                .iter()
+                .any(|o| matches!(o, BookOp::Begin(e) if e.gate.is_some()))
+            {
+                expire_dead(&tx)?;
             }
-            if let Some(s) = note.session_id {
-                tx.execute("INSERT OR IGNORE INTO sessions (id) VALUES (?1)", [s])
-                    .map_err(sql)?;
+            let mut out = Vec::with_capacity(ops.len());
+            for op in ops {
+                out.push(match op {
+                    BookOp::Begin(e) => begin_in(&tx, e)?.map_err(Refused::Budget),
+                    BookOp::Settle(id) => settle_in(&tx, id).map(Ok)?,
+                });
             }
-            tx.execute(
-                "INSERT INTO runs (id, session_id, trace_id, targets, projected_usd, prompt,
-                                   reserved_usd, budget_session, pid)
-                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9)
-                 ON CONFLICT(id) DO UPDATE SET targets = excluded.targets,
-                     projected_usd = excluded.projected_usd,
-                     reserved_usd = excluded.reserved_usd,
-                     budget_session = excluded.budget_session, pid = excluded.pid",
-                params![
-                    note.run_id,
-                    note.session_id,
-                    note.trace_id,
-                    targets,
-                    note.projected_usd,
-                    prompt,
-                    reserved,
-                    note.budget_session.or(note.session_id),
-                    std::process::id(),
-                ],
-            )
-            .map_err(sql)?;
-            tx.commit().map_err(sql)
+            tx.commit()?;
+            Ok(out)
         })();
         let full = conn.pragma_update(None, "synchronous", "FULL");
-        r?;
-        full.map_err(|e| Refused::Ledger(self.err(e)))
+        let out = r.map_err(err)?;
+        full.map_err(err)?;
+        Ok(out)
     }
 
-    fn settle_run(&self, run_id: &str) -> Result<(), LedgerError> {
-        self.lock()?
-            .execute(
-                &format!("UPDATE runs SET settled_at = {NOW} WHERE id = ?1 AND settled_at IS NULL"),
-                [run_id],
-            )
-            .map(|_| ())
-            .map_err(|e| self.err(e))
+    fn budget_counters(&self) -> Result<CounterCheck, LedgerError> {
+        let err = |e| self.err(e);
+        let conn = self.lock()?;
+        let read = |sql: &str| -> rusqlite::Result<Vec<(String, f64, i64)>> {
+            conn.prepare(sql)?
+                .query_map([], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)))?
+                .collect()
+        };
+        Ok(CounterCheck {
+            kept: read("SELECT scope, usd, n FROM budget_spend ORDER BY scope").map_err(err)?,
+            recomputed: read(&format!("SELECT * FROM ({}) ORDER BY 1", recompute_sql()))
+                .map_err(err)?,
+        })
     }
 
     fn start_session(
