@@ -444,6 +444,14 @@ fn migrate_round_trips_an_sqlite_ledger_and_resumes() {
     assert!(first["written"].as_u64().unwrap() > 8, "{first}");
     let again = migrate(dir.path(), &pg);
     assert_eq!(again["written"], 0, "a second run copies nothing: {again}");
+    // The copied costs are in the budget counters, once.
+    let counters = open(&pg).budget_counters().unwrap();
+    assert!(
+        counters.differences(1e-9).is_empty(),
+        "{:#?}",
+        counters.differences(1e-9)
+    );
+    assert!(counters.kept.iter().any(|(k, u, _)| k.starts_with("day:") && *u > 0.0));
     let rt = tokio::runtime::Runtime::new().unwrap();
     rt.block_on(async {
         let (c, conn) = tokio_postgres::connect(&pg.url(), tokio_postgres::NoTls)
@@ -536,4 +544,191 @@ async fn with_a_budget_an_unreachable_database_refuses_before_sending() {
         .exists());
     let log = s.log.lock().unwrap().clone();
     assert!(!log.contains(&pg.password), "the password leaked: {log}");
+}
+
+// --- Budget counters -----------------------------------------------------------------
+
+use llm_quorum::engine::budget::{Budget, Projection, TargetProjection};
+use llm_quorum::engine::ledger::{Gate, LedgerSink, Refused, RunNote};
+
+/// Note run `run` in `session`, reserving `bound` against `budget`.
+fn reserve(
+    l: &Ledger,
+    run: &str,
+    session: Option<&str>,
+    bound: f64,
+    budget: &Budget,
+) -> Result<(), Refused> {
+    let p = Projection {
+        targets: vec![TargetProjection {
+            target: "openai/gpt-4o-mini".into(),
+            provider: "openai".into(),
+            model: "gpt-4o-mini".into(),
+            input_tokens: 10,
+            input_exact: true,
+            max_output_tokens: Some(100),
+            bound_usd: Some(bound),
+            price_ref: None,
+        }],
+    };
+    let targets = vec!["openai/gpt-4o-mini".to_string()];
+    let note = RunNote {
+        run_id: run,
+        session_id: session,
+        budget_session: session,
+        trace_id: None,
+        targets: &targets,
+        projected_usd: Some(bound),
+        prompt: "hi",
+    };
+    l.begin_run(
+        &note,
+        Some(Gate {
+            budget,
+            projection: &p,
+        }),
+    )
+}
+
+fn costing(i: u64, cost: Option<f64>) -> llm_quorum::engine::Completion {
+    let mut c = completion(i);
+    c.cost_usd = cost;
+    c
+}
+
+/// The first column of the first row of `q`, as text.
+fn sql(pg: &PgCluster, q: &str) -> Option<String> {
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    rt.block_on(async {
+        let (c, conn) = tokio_postgres::connect(&pg.url(), tokio_postgres::NoTls)
+            .await
+            .unwrap();
+        tokio::spawn(conn);
+        c.simple_query(q)
+            .await
+            .unwrap()
+            .into_iter()
+            .find_map(|m| match m {
+                tokio_postgres::SimpleQueryMessage::Row(r) => r.get(0).map(String::from),
+                _ => None,
+            })
+    })
+}
+
+#[test]
+fn budget_counters_equal_a_recount_after_a_mixed_workload_and_a_crash() {
+    let Some(pg) = cluster_or_skip() else { return };
+    let roomy = Budget {
+        session_usd: Some(50.0),
+        daily_usd: Some(100.0),
+    };
+    let l = Arc::new(open(&pg));
+    // Setup: holds of a process that crashed (its pid is gone).
+    for i in 0..3 {
+        reserve(&l, &format!("dead-{i}"), Some("s-dead"), 0.004, &roomy).unwrap();
+    }
+    l.record(&meta("dead-0", Some("s-dead")), &costing(0, Some(0.001)))
+        .unwrap();
+    let mut gone = Command::new("true").spawn().unwrap();
+    let pid = gone.id();
+    gone.wait().unwrap();
+    sql(&pg, &format!("UPDATE runs SET pid = {pid} WHERE id LIKE 'dead-%'"));
+    assert_eq!(l.open_reservations().unwrap().0, 3);
+
+    // Exec: 8 threads at once, each a mix of settled, failed, cancelled, overshooting,
+    // left-open, ungated and unnoted runs in three budget sessions.
+    let threads: Vec<_> = (0..8u64)
+        .map(|t| {
+            let l = l.clone();
+            std::thread::spawn(move || {
+                for i in 0..10u64 {
+                    let run = format!("t{t}-{i}");
+                    let s = format!("s{}", t % 3);
+                    let s = Some(s.as_str());
+                    match i % 5 {
+                        0 => {
+                            reserve(&l, &run, s, 0.01, &roomy).unwrap();
+                            l.record(&meta(&run, s), &completion(i)).unwrap();
+                            l.record(&meta(&run, s), &completion(i + 1)).unwrap();
+                            l.settle_run(&run).unwrap();
+                        }
+                        1 => {
+                            reserve(&l, &run, s, 0.01, &roomy).unwrap();
+                            let mut failed = costing(i, None);
+                            failed.error = Some(llm_quorum::engine::EngineError::Cancelled);
+                            l.record(&meta(&run, s), &failed).unwrap();
+                            l.settle_run(&run).unwrap();
+                        }
+                        2 => {
+                            reserve(&l, &run, s, 0.01, &roomy).unwrap();
+                            l.settle_run(&run).unwrap();
+                        }
+                        3 => {
+                            reserve(&l, &run, s, 0.01, &roomy).unwrap();
+                            l.record(&meta(&run, s), &costing(i, Some(0.02))).unwrap();
+                            if t % 2 == 1 {
+                                l.settle_run(&run).unwrap();
+                            }
+                        }
+                        _ => {
+                            let targets = vec!["openai/gpt-4o-mini".to_string()];
+                            l.note_run(&run, s, None, &targets, None, "hi").unwrap();
+                            l.record(&meta(&run, s), &completion(i)).unwrap();
+                            l.record(&meta(&format!("loose-{run}"), s), &completion(i))
+                                .unwrap();
+                        }
+                    }
+                }
+                let run = format!("open-{t}");
+                reserve(&l, &run, Some("s-open"), 0.01, &roomy).unwrap();
+                l.record(&meta(&run, Some("s-open")), &costing(t, Some(0.003)))
+                    .unwrap();
+            })
+        })
+        .collect();
+    for t in threads {
+        t.join().unwrap();
+    }
+    let tight = Budget {
+        session_usd: None,
+        daily_usd: Some(0.01),
+    };
+    assert!(matches!(
+        reserve(&l, "refused", Some("s0"), 0.01, &tight),
+        Err(Refused::Budget(_))
+    ));
+
+    // Check: the crashed process's holds expired; every counter equals its recount;
+    // spend and open reservations read the same figures.
+    let c = l.budget_counters().unwrap();
+    assert!(c.differences(1e-9).is_empty(), "{:#?}", c.differences(1e-9));
+    assert_eq!(
+        sql(&pg, "SELECT COUNT(*) FROM runs WHERE id LIKE 'dead-%' AND settled_at IS NULL")
+            .as_deref(),
+        Some("0")
+    );
+    let find = |k: &str| {
+        c.recomputed
+            .iter()
+            .find(|(s, _, _)| s == k)
+            .map_or((0.0, 0), |(_, u, n)| (*u, *n))
+    };
+    let (held, open_runs) = find("held");
+    assert_eq!(open_runs, 8 + 8, "open-* and unsettled overshoots");
+    assert!((held - 8.0 * 0.007).abs() < 1e-9, "{held}");
+    assert_eq!(l.open_reservations().unwrap().0 as i64, open_runs);
+    let day: f64 = c
+        .recomputed
+        .iter()
+        .filter(|(k, _, _)| k.starts_with("day:"))
+        .map(|(_, u, _)| u)
+        .sum();
+    let s = l.spend(Some("s-open")).unwrap();
+    assert!((s.today_usd - (day + held)).abs() < 1e-9, "{s:?}");
+    assert!((s.session_usd - (8.0 * 0.003 + 8.0 * 0.007)).abs() < 1e-9, "{s:?}");
+    // The reports read the same spend as the counters.
+    assert!((spent(&l) - day).abs() < 1e-9);
 }
