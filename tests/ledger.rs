@@ -874,7 +874,11 @@ fn budget_counters_equal_a_recount_after_a_mixed_workload_a_crash_and_a_migratio
         kept,
         recomputed: c.kept,
     };
-    assert!(again.differences(1e-9).is_empty(), "{:#?}", again.differences(1e-9));
+    assert!(
+        again.differences(1e-9).is_empty(),
+        "{:#?}",
+        again.differences(1e-9)
+    );
 }
 
 #[test]
@@ -900,7 +904,10 @@ fn a_new_day_starts_at_zero_and_yesterday_stays_in_its_own_counter() {
     assert_counters_agree(&l);
     let s = l.spend(Some("s")).unwrap();
     assert_eq!(s.today_usd, 0.0, "yesterday's spend counted today");
-    assert!((s.session_usd - 0.004).abs() < 1e-12, "a session spans days");
+    assert!(
+        (s.session_usd - 0.004).abs() < 1e-12,
+        "a session spans days"
+    );
     // Today's first request starts today's counter.
     reserve(&l, "r2", Some("s"), 0.01, &ROOMY).unwrap();
     l.record(&meta("r2", Some("s")), &costing(2, Some(0.001)))

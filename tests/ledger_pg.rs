@@ -451,7 +451,10 @@ fn migrate_round_trips_an_sqlite_ledger_and_resumes() {
         "{:#?}",
         counters.differences(1e-9)
     );
-    assert!(counters.kept.iter().any(|(k, u, _)| k.starts_with("day:") && *u > 0.0));
+    assert!(counters
+        .kept
+        .iter()
+        .any(|(k, u, _)| k.starts_with("day:") && *u > 0.0));
     let rt = tokio::runtime::Runtime::new().unwrap();
     rt.block_on(async {
         let (c, conn) = tokio_postgres::connect(&pg.url(), tokio_postgres::NoTls)
@@ -635,7 +638,10 @@ fn budget_counters_equal_a_recount_after_a_mixed_workload_and_a_crash() {
     let mut gone = Command::new("true").spawn().unwrap();
     let pid = gone.id();
     gone.wait().unwrap();
-    sql(&pg, &format!("UPDATE runs SET pid = {pid} WHERE id LIKE 'dead-%'"));
+    sql(
+        &pg,
+        &format!("UPDATE runs SET pid = {pid} WHERE id LIKE 'dead-%'"),
+    );
     assert_eq!(l.open_reservations().unwrap().0, 3);
 
     // Exec: 8 threads at once, each a mix of settled, failed, cancelled, overshooting,
@@ -706,8 +712,11 @@ fn budget_counters_equal_a_recount_after_a_mixed_workload_and_a_crash() {
     let c = l.budget_counters().unwrap();
     assert!(c.differences(1e-9).is_empty(), "{:#?}", c.differences(1e-9));
     assert_eq!(
-        sql(&pg, "SELECT COUNT(*) FROM runs WHERE id LIKE 'dead-%' AND settled_at IS NULL")
-            .as_deref(),
+        sql(
+            &pg,
+            "SELECT COUNT(*) FROM runs WHERE id LIKE 'dead-%' AND settled_at IS NULL"
+        )
+        .as_deref(),
         Some("0")
     );
     let find = |k: &str| {
@@ -728,7 +737,10 @@ fn budget_counters_equal_a_recount_after_a_mixed_workload_and_a_crash() {
         .sum();
     let s = l.spend(Some("s-open")).unwrap();
     assert!((s.today_usd - (day + held)).abs() < 1e-9, "{s:?}");
-    assert!((s.session_usd - (8.0 * 0.003 + 8.0 * 0.007)).abs() < 1e-9, "{s:?}");
+    assert!(
+        (s.session_usd - (8.0 * 0.003 + 8.0 * 0.007)).abs() < 1e-9,
+        "{s:?}"
+    );
     // The reports read the same spend as the counters.
     assert!((spent(&l) - day).abs() < 1e-9);
 }

@@ -527,8 +527,8 @@ impl CounterCheck {
     /// The scopes where kept and recomputed differ by more than `tol` USD (or in
     /// open runs); a scope missing on one side counts as zero.
     pub fn differences(&self, tol: f64) -> Vec<String> {
-        let mut all: std::collections::BTreeMap<&str, ((f64, i64), (f64, i64))> =
-            Default::default();
+        type Both = ((f64, i64), (f64, i64));
+        let mut all: std::collections::BTreeMap<&str, Both> = Default::default();
         for (k, u, n) in &self.kept {
             all.entry(k).or_default().0 = (*u, *n);
         }
@@ -537,7 +537,12 @@ impl CounterCheck {
         }
         all.into_iter()
             .filter(|(_, (a, b))| (a.0 - b.0).abs() > tol || a.1 != b.1)
-            .map(|(k, (a, b))| format!("{k}: kept ${} / {} open, rows say ${} / {} open", a.0, a.1, b.0, b.1))
+            .map(|(k, (a, b))| {
+                format!(
+                    "{k}: kept ${} / {} open, rows say ${} / {} open",
+                    a.0, a.1, b.0, b.1
+                )
+            })
             .collect()
     }
 }

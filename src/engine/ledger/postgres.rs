@@ -463,7 +463,8 @@ async fn settle_where(
         )
         .await?;
     for r in rows {
-        let (held, reserved, bs): (f64, Option<f64>, Option<String>) = (r.get(0), r.get(1), r.get(2));
+        let (held, reserved, bs): (f64, Option<f64>, Option<String>) =
+            (r.get(0), r.get(1), r.get(2));
         if reserved.unwrap_or(0.0) > 0.0 {
             add(d, scope::HELD.into(), -held, -1);
             if let Some(bs) = bs {
@@ -545,8 +546,7 @@ async fn count_requests(
              RETURNING o.budget_session, o.held_usd - r.held_usd",
         )
         .await?;
-    let (p1, p2): (&[&(dyn ToSql + Sync)], &[&(dyn ToSql + Sync)]) =
-        (&[&ids], &[&ids_r, &costs_r]);
+    let (p1, p2): (&[&(dyn ToSql + Sync)], &[&(dyn ToSql + Sync)]) = (&[&ids], &[&ids_r, &costs_r]);
     let (sessions, released) =
         futures_util::try_join!(tx.query(&sessions, p1), tx.query(&release, p2))?;
     let bs: std::collections::HashMap<String, Option<String>> =
@@ -554,7 +554,11 @@ async fn count_requests(
     let mut d = Deltas::new();
     for (run, own, cost, at) in &rows {
         add(&mut d, scope::day(&local_day(Some(at))), *cost, 0);
-        let budget_session = bs.get(run.as_str()).cloned().flatten().or_else(|| own.clone());
+        let budget_session = bs
+            .get(run.as_str())
+            .cloned()
+            .flatten()
+            .or_else(|| own.clone());
         if let Some(s) = budget_session {
             add(&mut d, scope::session(&s), *cost, 0);
         }
@@ -601,7 +605,10 @@ async fn book_in(
     if !gates.is_empty() {
         // One lock per budget scope, always in this order: the daily cap, then
         // sessions by name. Replicas anywhere serialise on the check.
-        if gates.iter().any(|e| e.gate.as_ref().is_some_and(|g| g.0.daily_usd.is_some())) {
+        if gates
+            .iter()
+            .any(|e| e.gate.as_ref().is_some_and(|g| g.0.daily_usd.is_some()))
+        {
             tx.execute(&format!("SELECT pg_advisory_xact_lock({DAILY_LOCK})"), &[])
                 .await?;
         }
@@ -611,8 +618,11 @@ async fn book_in(
             .filter_map(|e| e.budget_session.as_deref())
             .collect();
         for s in &sessions {
-            tx.execute(&format!("SELECT pg_advisory_xact_lock({SESSION_LOCK})"), &[s])
-                .await?;
+            tx.execute(
+                &format!("SELECT pg_advisory_xact_lock({SESSION_LOCK})"),
+                &[s],
+            )
+            .await?;
         }
         expire_dead(tx, host, &mut d).await?;
         let scopes = counter_scopes(gates.iter().filter_map(|e| e.budget_session.as_deref()));
@@ -686,7 +696,11 @@ async fn book_in(
                 let was_settled = prior.as_ref().is_some_and(|p| p.settled);
                 let spent = prior.as_ref().map_or(0.0, |p| p.spent);
                 let holds = !was_settled && reserved > 0.0;
-                let held = if holds { (reserved - spent).max(0.0) } else { 0.0 };
+                let held = if holds {
+                    (reserved - spent).max(0.0)
+                } else {
+                    0.0
+                };
                 if holds {
                     add(&mut d, scope::HELD.into(), held, 1);
                     if let Some(bs) = &e.budget_session {
@@ -736,8 +750,10 @@ async fn book_in(
         .await?;
     let pid = std::process::id() as i64;
     let host = host.to_string();
-    let params: Vec<(&RunEntry, Option<f64>, f64)> =
-        begun.iter().map(|(e, held)| (*e, e.bound(), *held)).collect();
+    let params: Vec<(&RunEntry, Option<f64>, f64)> = begun
+        .iter()
+        .map(|(e, held)| (*e, e.bound(), *held))
+        .collect();
     let upserts: Vec<[&(dyn ToSql + Sync); 11]> = params
         .iter()
         .map(|(e, reserved, held)| {
@@ -1215,7 +1231,10 @@ impl Backend for PgBackend {
                 .await
                 .map_err(ce)?;
             let recomputed = c
-                .query(&format!("SELECT * FROM ({}) x ORDER BY 1", recompute_sql()), &[])
+                .query(
+                    &format!("SELECT * FROM ({}) x ORDER BY 1", recompute_sql()),
+                    &[],
+                )
                 .await
                 .map_err(ce)?;
             Ok(CounterCheck {

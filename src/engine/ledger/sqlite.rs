@@ -167,7 +167,11 @@ fn spend_in(conn: &Connection, session: Option<&str>) -> rusqlite::Result<Spend>
         }
     }
     Ok(Spend {
-        session_usd: if session.is_some() { spent_s + held_in } else { 0.0 },
+        session_usd: if session.is_some() {
+            spent_s + held_in
+        } else {
+            0.0
+        },
         today_usd: day + held,
     })
 }
@@ -235,7 +239,9 @@ fn begin_in(conn: &Connection, e: &RunEntry) -> rusqlite::Result<Result<(), Budg
                 "SELECT held_usd, reserved_usd, budget_session, settled_at IS NOT NULL
                  FROM runs WHERE id = ?1",
             )?
-            .query_row([&e.run_id], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?)))
+            .query_row([&e.run_id], |r| {
+                Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?))
+            })
             .optional()?;
         let mut settled = false;
         let mut spent = 0.0;
