@@ -4,7 +4,7 @@
 # Everything on 127.0.0.1: mockllm (shared/bench/mockllm) upstream, wrk as the client,
 # the data dir and the PostgreSQL cluster on the VM's disk (fsync on). Release build.
 #
-#   cargo build --release --bin quorum
+#   cargo build --profile bench --bin quorum   (thin LTO; QUORUM=target/release/quorum)
 #   (cd ../shared/bench/mockllm && CARGO_TARGET_DIR=/tmp/mockllm-target cargo build --release)
 #   MOCK=/tmp/mockllm-target/release/mockllm benches/serve_ledger.sh
 #
@@ -72,7 +72,7 @@ for mode in $MODES; do
   esac
   if [[ "$mode" == postgres* ]]; then
     as_pg "$PG_BIN/psql" -h "$WORK/pg" -p "$PG_PORT" -U quorum -d postgres -qc \
-      "DROP TABLE IF EXISTS requests, runs, sessions, prices, votes, eval_runs, eval_cases, quorum_schema" >/dev/null
+      "DROP TABLE IF EXISTS requests, runs, sessions, prices, votes, eval_runs, eval_cases, budget_spend, quorum_schema" >/dev/null
   fi
   env -i PATH="$PATH" HOME="$dir" QUORUM_DATA_DIR="$dir/data" QUORUM_CONFIG="$cfg" \
     QUORUM_NO_DISCOVERY=1 OPENAI_API_KEY=sk-bench OPENAI_BASE_URL="$UP/v1" BENCH_PG_URL="$PG_URL" \
