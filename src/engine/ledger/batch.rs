@@ -10,40 +10,53 @@
 //! Two queues use it: request rows ([`Batcher`]) and run bookkeeping
 //! ([`Bookkeeper`]: run notes with their budget reservations, and settlements).
 
-use std::collections::HashMap;
-use std::sync::{Condvar, Mutex};
+use std::sync::{Arc, Condvar, Mutex};
 
 use super::{Backend, BookOp, LedgerError, NewRequest, Refused};
 
-struct State<I, O> {
-    next: u64,
-    pending: Vec<(u64, I)>,
-    done: HashMap<u64, O>,
-    committing: bool,
+/// Where a writer waits: its result, or the word that it leads the next batch. Each
+/// writer has its own, so a commit wakes exactly the writers it served (and one more to
+/// lead), not every writer waiting.
+struct Slot<O> {
+    state: Mutex<(Option<O>, bool)>,
+    cv: Condvar,
 }
 
-impl<I, O> Default for State<I, O> {
-    fn default() -> Self {
-        State {
-            next: 0,
-            pending: Vec::new(),
-            done: HashMap::new(),
-            committing: false,
+impl<O> Slot<O> {
+    fn new() -> Self {
+        Slot {
+            state: Mutex::new((None, false)),
+            cv: Condvar::new(),
         }
     }
+
+    fn put(&self, r: Option<O>) {
+        let mut g = self.state.lock().unwrap_or_else(|p| p.into_inner());
+        match r {
+            Some(r) => g.0 = Some(r),
+            None => g.1 = true,
+        }
+        self.cv.notify_one();
+    }
+}
+
+struct State<I, O> {
+    pending: Vec<(Arc<Slot<O>>, I)>,
+    committing: bool,
 }
 
 /// A group-commit queue of items `I` with results `O`.
 pub(crate) struct Queue<I, O> {
     state: Mutex<State<I, O>>,
-    cv: Condvar,
 }
 
 impl<I, O> Default for Queue<I, O> {
     fn default() -> Self {
         Queue {
-            state: Mutex::new(State::default()),
-            cv: Condvar::new(),
+            state: Mutex::new(State {
+                pending: Vec::new(),
+                committing: false,
+            }),
         }
     }
 }
@@ -55,27 +68,38 @@ impl<I, O> Queue<I, O> {
     /// Commit `item` with whatever items arrive alongside it, through `commit` (which
     /// returns one result per item, in order); `item`'s result once committed.
     pub(crate) fn submit(&self, item: I, commit: impl Fn(Vec<I>) -> Vec<O>) -> O {
+        let slot = Arc::new(Slot::new());
         let mut g = self.state.lock().unwrap_or_else(|p| p.into_inner());
-        let ticket = g.next;
-        g.next += 1;
-        g.pending.push((ticket, item));
+        g.pending.push((slot.clone(), item));
         loop {
-            if let Some(r) = g.done.remove(&ticket) {
-                return r;
-            }
             if !g.committing {
                 g.committing = true;
                 let n = g.pending.len().min(MAX_BATCH);
-                let (tickets, items): (Vec<u64>, Vec<I>) = g.pending.drain(..n).unzip();
+                let (slots, items): (Vec<Arc<Slot<O>>>, Vec<I>) = g.pending.drain(..n).unzip();
                 drop(g);
                 let results = commit(items);
+                for (s, r) in slots.iter().zip(results) {
+                    s.put(Some(r));
+                }
                 g = self.state.lock().unwrap_or_else(|p| p.into_inner());
-                g.done.extend(tickets.into_iter().zip(results));
                 g.committing = false;
-                self.cv.notify_all();
-                continue;
+                // Whoever waits first leads the next batch.
+                if let Some((next, _)) = g.pending.first() {
+                    next.put(None);
+                }
             }
-            g = self.cv.wait(g).unwrap_or_else(|p| p.into_inner());
+            drop(g);
+            {
+                let mut s = slot.state.lock().unwrap_or_else(|p| p.into_inner());
+                while s.0.is_none() && !s.1 {
+                    s = slot.cv.wait(s).unwrap_or_else(|p| p.into_inner());
+                }
+                if let Some(r) = s.0.take() {
+                    return r;
+                }
+                s.1 = false;
+            }
+            g = self.state.lock().unwrap_or_else(|p| p.into_inner());
         }
     }
 }
