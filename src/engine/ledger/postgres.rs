@@ -573,6 +573,70 @@ async fn count_requests(
     bump(tx, d).await
 }
 
+/// The batch insert of request rows: one array per column.
+static INSERT_MANY: std::sync::LazyLock<String> = std::sync::LazyLock::new(insert_many_sql);
+
+fn insert_many_sql() -> String {
+    let mut cols = vec!["uid"];
+    let mut args = vec!["$1::text[]".to_string()];
+    for (i, c) in request_written_columns().enumerate() {
+        cols.push(c.name);
+        let t = match c.kind {
+            super::ColumnKind::Int => "int8",
+            super::ColumnKind::Real => "float8",
+            super::ColumnKind::Text => "text",
+        };
+        args.push(format!("${}::{t}[]", i + 2));
+    }
+    format!(
+        "INSERT INTO requests ({}) SELECT * FROM unnest({}) ON CONFLICT (uid) DO NOTHING
+         RETURNING uid, id, created_at",
+        cols.join(", "),
+        args.join(", ")
+    )
+}
+
+/// The columns of `rows` as arrays, in [`INSERT_MANY`]'s order.
+fn request_arrays(rows: &[NewRequest]) -> Vec<Box<dyn ToSql + Sync + Send>> {
+    let mut out: Vec<Box<dyn ToSql + Sync + Send>> = vec![Box::new(
+        rows.iter().map(|r| r.uid.clone()).collect::<Vec<String>>(),
+    )];
+    for c in request_written_columns() {
+        let values = rows.iter().map(|r| r.value(c.name));
+        out.push(match c.kind {
+            super::ColumnKind::Int => Box::new(
+                values
+                    .map(|v| match v {
+                        Value::Int(i) => Some(*i),
+                        Value::Real(f) => Some(*f as i64),
+                        _ => None,
+                    })
+                    .collect::<Vec<Option<i64>>>(),
+            ),
+            super::ColumnKind::Real => Box::new(
+                values
+                    .map(|v| match v {
+                        Value::Real(f) => Some(*f),
+                        Value::Int(i) => Some(*i as f64),
+                        _ => None,
+                    })
+                    .collect::<Vec<Option<f64>>>(),
+            ),
+            super::ColumnKind::Text => Box::new(
+                values
+                    .map(|v| match v {
+                        Value::Text(s) => Some(s.clone()),
+                        Value::Int(i) => Some(i.to_string()),
+                        Value::Real(f) => Some(f.to_string()),
+                        Value::Null => None,
+                    })
+                    .collect::<Vec<Option<String>>>(),
+            ),
+        });
+    }
+    out
+}
+
 /// What [`count_requests`] needs of a request row written at `created_at`.
 fn counted_row(row: &NewRequest, created_at: String) -> (String, Option<String>, f64, String) {
     let cost = match row.value("cost_usd") {
@@ -736,11 +800,39 @@ async fn book_in(
         .iter()
         .filter_map(|(e, _)| e.session_id.as_deref())
         .collect();
+    // One row per run (a run noted twice in the batch: its last note).
+    let mut last = std::collections::HashMap::new();
+    for (i, (e, _)) in begun.iter().enumerate() {
+        last.insert(e.run_id.as_str(), i);
+    }
+    let begun: Vec<&(&RunEntry, f64)> = begun
+        .iter()
+        .enumerate()
+        .filter(|(i, (e, _))| last.get(e.run_id.as_str()) == Some(i))
+        .map(|(_, b)| b)
+        .collect();
+    let pid = std::process::id() as i64;
+    let a_id: Vec<&str> = begun.iter().map(|(e, _)| e.run_id.as_str()).collect();
+    let a_session: Vec<Option<&str>> = begun.iter().map(|(e, _)| e.session_id.as_deref()).collect();
+    let a_trace: Vec<Option<&str>> = begun.iter().map(|(e, _)| e.trace_id.as_deref()).collect();
+    let a_targets: Vec<&str> = begun.iter().map(|(e, _)| e.targets.as_str()).collect();
+    let a_projected: Vec<Option<f64>> = begun.iter().map(|(e, _)| e.projected_usd).collect();
+    let a_prompt: Vec<Option<&str>> = begun.iter().map(|(e, _)| e.prompt.as_deref()).collect();
+    let a_reserved: Vec<Option<f64>> = begun.iter().map(|(e, _)| e.bound()).collect();
+    let a_bs: Vec<Option<&str>> = begun
+        .iter()
+        .map(|(e, _)| e.budget_session.as_deref())
+        .collect();
+    let a_pid: Vec<i64> = begun.iter().map(|_| pid).collect();
+    let a_host: Vec<&str> = begun.iter().map(|_| host).collect();
+    let a_held: Vec<f64> = begun.iter().map(|(_, h)| *h).collect();
     let upsert = tx
         .prepare_cached(
             "INSERT INTO runs (id, session_id, trace_id, targets, projected_usd, prompt,
                                reserved_usd, budget_session, pid, host, held_usd)
-             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11)
+             SELECT * FROM unnest($1::text[], $2::text[], $3::text[], $4::text[], $5::float8[],
+                                  $6::text[], $7::float8[], $8::text[], $9::int8[], $10::text[],
+                                  $11::float8[])
              ON CONFLICT (id) DO UPDATE SET targets = excluded.targets,
                  projected_usd = excluded.projected_usd,
                  reserved_usd = excluded.reserved_usd,
@@ -748,30 +840,19 @@ async fn book_in(
                  host = excluded.host, held_usd = excluded.held_usd",
         )
         .await?;
-    let pid = std::process::id() as i64;
-    let host = host.to_string();
-    let params: Vec<(&RunEntry, Option<f64>, f64)> = begun
-        .iter()
-        .map(|(e, held)| (*e, e.bound(), *held))
-        .collect();
-    let upserts: Vec<[&(dyn ToSql + Sync); 11]> = params
-        .iter()
-        .map(|(e, reserved, held)| {
-            [
-                &e.run_id as &(dyn ToSql + Sync),
-                &e.session_id,
-                &e.trace_id,
-                &e.targets,
-                &e.projected_usd,
-                &e.prompt,
-                reserved,
-                &e.budget_session,
-                &pid,
-                &host,
-                held,
-            ]
-        })
-        .collect();
+    let upsert_p: [&(dyn ToSql + Sync); 11] = [
+        &a_id,
+        &a_session,
+        &a_trace,
+        &a_targets,
+        &a_projected,
+        &a_prompt,
+        &a_reserved,
+        &a_bs,
+        &a_pid,
+        &a_host,
+        &a_held,
+    ];
     let (sessions_p, settled_p): ([&(dyn ToSql + Sync); 1], [&(dyn ToSql + Sync); 1]) =
         ([&new_sessions], [&settled]);
     let mut writes: Vec<Write<'_>> = Vec::new();
@@ -781,8 +862,8 @@ async fn book_in(
             &sessions_p,
         )));
     }
-    for p in &upserts {
-        writes.push(Box::pin(tx.execute(&upsert, p)));
+    if !begun.is_empty() {
+        writes.push(Box::pin(tx.execute(&upsert, &upsert_p)));
     }
     if !settled.is_empty() {
         writes.push(Box::pin(tx.execute(SETTLE_SQL.as_str(), &settled_p)));
@@ -933,18 +1014,6 @@ impl PgBackend {
             }
             tx.commit().await.map_err(ce)
         })
-    }
-
-    fn insert_sql() -> String {
-        let mut cols: Vec<&str> = vec!["uid"];
-        cols.extend(request_written_columns().map(|c| c.name));
-        let marks: Vec<String> = (1..=cols.len()).map(|i| format!("${i}")).collect();
-        format!(
-            "INSERT INTO requests ({}) VALUES ({}) ON CONFLICT (uid) DO NOTHING
-             RETURNING id, created_at",
-            cols.join(", "),
-            marks.join(", ")
-        )
     }
 
     /// Copy rows already made elsewhere (migration): requests keep their `created_at`,
@@ -1116,79 +1185,102 @@ impl Backend for PgBackend {
             let ce = |e: tokio_postgres::Error| classify(&place, &e);
             let mut client = pool.get().await.map_err(|e| pool_err(&place, e))?;
             let tx = client.transaction().await.map_err(ce)?;
-            let insert = tx.prepare_cached(&Self::insert_sql()).await.map_err(ce)?;
-            let session = tx
-                .prepare_cached(
-                    "INSERT INTO sessions (id, source_agent) VALUES ($1, $2) ON CONFLICT (id) DO NOTHING",
-                )
-                .await
-                .map_err(ce)?;
-            let run = tx
-                .prepare_cached(
-                    "INSERT INTO runs (id, session_id, trace_id, prompt) VALUES ($1, $2, $3, $4)
+            // One statement per table for the whole batch (arrays, `unnest`), all four
+            // pipelined; then the budget counters.
+            let (insert, session, run, price) = futures_util::try_join!(
+                tx.prepare_cached(&INSERT_MANY),
+                tx.prepare_cached(
+                    "INSERT INTO sessions (id, source_agent)
+                     SELECT * FROM unnest($1::text[], $2::text[]) ON CONFLICT (id) DO NOTHING",
+                ),
+                tx.prepare_cached(
+                    "INSERT INTO runs (id, session_id, trace_id, prompt)
+                     SELECT * FROM unnest($1::text[], $2::text[], $3::text[], $4::text[])
                      ON CONFLICT (id) DO NOTHING",
+                ),
+                tx.prepare_cached(
+                    "INSERT INTO prices (id, row)
+                     SELECT * FROM unnest($1::text[], $2::text[]) ON CONFLICT (id) DO NOTHING",
                 )
-                .await
-                .map_err(ce)?;
-            let price = tx
-                .prepare_cached(
-                    "INSERT INTO prices (id, row) VALUES ($1, $2) ON CONFLICT (id) DO NOTHING",
-                )
-                .await
-                .map_err(ce)?;
-            // Every statement of the batch pipelined (no row depends on another's
-            // answer), then the budget counters.
+            )
+            .map_err(ce)?;
             // Sessions, runs and price rows once each per batch.
             let mut seen = std::collections::HashSet::new();
-            let mut aux_params: Vec<(&tokio_postgres::Statement, Vec<&(dyn ToSql + Sync)>)> =
-                Vec::new();
+            let (mut s_id, mut s_agent) = (Vec::new(), Vec::new());
+            let (mut r_id, mut r_session, mut r_trace, mut r_prompt) =
+                (Vec::new(), Vec::new(), Vec::new(), Vec::new());
+            let (mut p_id, mut p_row) = (Vec::new(), Vec::new());
             for row in &rows {
                 if let Some((s, agent)) = &row.session {
                     if seen.insert(("s", s.as_str())) {
-                        aux_params.push((&session, vec![s, agent]));
+                        s_id.push(s.as_str());
+                        s_agent.push(agent.as_deref());
                     }
                 }
                 let (r, s, t, p) = &row.run;
                 if seen.insert(("r", r.as_str())) {
-                    aux_params.push((&run, vec![r, s, t, p]));
+                    r_id.push(r.as_str());
+                    r_session.push(s.as_deref());
+                    r_trace.push(t.as_deref());
+                    r_prompt.push(p.as_deref());
                 }
                 if let Some((id, json)) = &row.price {
                     if seen.insert(("p", id.as_str())) {
-                        aux_params.push((&price, vec![id, json]));
+                        p_id.push(id.as_str());
+                        p_row.push(json.as_str());
                     }
                 }
             }
-            let aux = aux_params.iter().map(|(st, p)| tx.execute(*st, p));
-            let params: Vec<Vec<&(dyn ToSql + Sync)>> = rows
+            let columns = request_arrays(&rows);
+            let params: Vec<&(dyn ToSql + Sync)> = columns
                 .iter()
-                .map(|row| {
-                    let mut p: Vec<&(dyn ToSql + Sync)> = vec![&row.uid];
-                    p.extend(
-                        request_written_columns().map(|c| row.value(c.name) as &(dyn ToSql + Sync)),
-                    );
-                    p
-                })
+                .map(|c| &**c as &(dyn ToSql + Sync))
                 .collect();
-            let inserts = params.iter().map(|p| tx.query_opt(&insert, p));
-            let (_, inserted) = futures_util::try_join!(
-                futures_util::future::try_join_all(aux),
-                futures_util::future::try_join_all(inserts)
+            let sp: [&(dyn ToSql + Sync); 2] = [&s_id, &s_agent];
+            let rp: [&(dyn ToSql + Sync); 4] = [&r_id, &r_session, &r_trace, &r_prompt];
+            let pp: [&(dyn ToSql + Sync); 2] = [&p_id, &p_row];
+            let (_, _, _, inserted) = futures_util::try_join!(
+                tx.execute(&session, &sp),
+                tx.execute(&run, &rp),
+                tx.execute(&price, &pp),
+                tx.query(&insert, &params)
             )
             .map_err(ce)?;
+            let mut new: std::collections::HashMap<String, (i64, String)> = inserted
+                .iter()
+                .map(|r| (r.get(0), (r.get(1), r.get(2))))
+                .collect();
+            // Rows written before (a replay) keep their ids, and were counted then.
+            let old: Vec<&str> = rows
+                .iter()
+                .filter(|r| !new.contains_key(&r.uid))
+                .map(|r| r.uid.as_str())
+                .collect();
+            let mut old_ids = std::collections::HashMap::new();
+            if !old.is_empty() {
+                for r in tx
+                    .query("SELECT uid, id FROM requests WHERE uid = ANY($1)", &[&old])
+                    .await
+                    .map_err(ce)?
+                {
+                    old_ids.insert(r.get::<_, String>(0), r.get::<_, i64>(1));
+                }
+            }
             let mut ids = Vec::with_capacity(rows.len());
             let mut counted = Vec::new();
-            for (row, got) in rows.iter().zip(inserted) {
-                let id = match got {
-                    Some(r) => {
-                        counted.push(counted_row(row, r.get(1)));
-                        r.get(0)
+            for row in &rows {
+                let id = match new.remove(&row.uid) {
+                    Some((id, at)) => {
+                        counted.push(counted_row(row, at));
+                        id
                     }
-                    // Written before (a replay): its existing id, counted then.
-                    None => tx
-                        .query_one("SELECT id FROM requests WHERE uid = $1", &[&row.uid])
-                        .await
-                        .map_err(ce)?
-                        .get(0),
+                    None => old_ids
+                        .get(&row.uid)
+                        .copied()
+                        .ok_or_else(|| LedgerError::Backend {
+                            place: place.clone(),
+                            detail: format!("request {} was neither written nor found", row.uid),
+                        })?,
                 };
                 ids.push(id);
             }
