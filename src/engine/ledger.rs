@@ -28,6 +28,7 @@ use super::request::{Attachment, AttachmentData, ChatRequest};
 
 mod batch;
 pub mod migrate;
+pub mod pg_tls;
 pub mod postgres;
 pub mod spool;
 mod sqlite;
