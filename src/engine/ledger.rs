@@ -982,6 +982,9 @@ pub struct Ledger {
     spool: Option<Arc<spool::Spool>>,
     stop: Arc<(Mutex<bool>, Condvar)>,
     batcher: batch::Batcher,
+    /// Why the database is known to be away (rows go to the spool), until a replay
+    /// or a probe reaches it again.
+    away: Arc<Mutex<Option<String>>>,
 }
 
 impl Drop for Ledger {
@@ -1041,7 +1044,53 @@ impl Ledger {
             spool: None,
             stop: Arc::new((Mutex::new(false), Condvar::new())),
             batcher: batch::Batcher::default(),
+            away: Arc::new(Mutex::new(None)),
         }
+    }
+
+    /// Open the PostgreSQL ledger at `url` with a spool at `spool` (see
+    /// [`Ledger::with_spool`]), even while the database cannot be reached: rows then
+    /// wait in the spool, a warning says so, and the schema is made or migrated when
+    /// the database is first reached. Anything but an unreachable database (a bad URL,
+    /// TLS, a refused login, a newer schema) still fails here.
+    pub fn open_spooled(
+        url: &str,
+        opts: LedgerOptions,
+        spool: &Path,
+    ) -> Result<Ledger, LedgerError> {
+        let (backend, away) = postgres::PgBackend::connect_lazy(url)?;
+        let l = Self::with_backend(Box::new(backend), opts).with_spool(spool)?;
+        if let Some(e) = away {
+            tracing::warn!(
+                "ledger: {e}; no budget is set, so rows are kept in {} and written to the \
+                 database when it returns",
+                spool.display()
+            );
+            l.set_away(Some(e.to_string()));
+        }
+        Ok(l)
+    }
+
+    fn set_away(&self, why: Option<String>) {
+        set_away(&self.away, why);
+    }
+
+    /// Why the shared database is away while rows go to the local spool (`None` when
+    /// it is reachable, and for SQLite).
+    pub fn away(&self) -> Option<String> {
+        self.away.lock().ok().and_then(|g| g.clone())
+    }
+
+    /// A line for the user while the shared database is away and rows wait in the
+    /// local spool.
+    pub fn away_warning(&self) -> Option<String> {
+        let why = self.away()?;
+        let sp = self.spool.as_ref()?;
+        Some(format!(
+            "{why}; rows are kept in {} ({} waiting) and written when it returns",
+            sp.path().display(),
+            sp.backlog()
+        ))
     }
 
     /// Keep rows the database cannot take right now (it is away) in the spool file at
@@ -1050,9 +1099,10 @@ impl Ledger {
     pub fn with_spool(mut self, path: &Path) -> Result<Self, LedgerError> {
         let spool = Arc::new(spool::Spool::open(path)?);
         let (backend, sp, stop) = (self.backend.clone(), spool.clone(), self.stop.clone());
+        let away = self.away.clone();
         std::thread::Builder::new()
             .name("quorum-ledger-replay".into())
-            .spawn(move || replay_loop(&*backend, &sp, &stop))
+            .spawn(move || replay_loop(&*backend, &sp, &stop, &away))
             .map_err(|e| LedgerError::Io {
                 place: path.display().to_string(),
                 detail: format!("cannot start the replay thread: {e}"),
@@ -1069,7 +1119,11 @@ impl Ledger {
     /// Replay the spool now; how many entries went to the database.
     pub fn replay_spool(&self) -> Result<usize, LedgerError> {
         match &self.spool {
-            Some(sp) => replay(&*self.backend, sp),
+            Some(sp) => {
+                let n = replay(&*self.backend, sp)?;
+                self.set_away(None);
+                Ok(n)
+            }
             None => Ok(0),
         }
     }
@@ -1084,6 +1138,7 @@ impl Ledger {
         sp.append(entry)?;
         if let Some(e) = why {
             tracing::warn!("ledger: spooled a row to {} ({e})", sp.path().display());
+            self.set_away(Some(e.to_string()));
         }
         self.stop.1.notify_all();
         Ok(())
@@ -1584,16 +1639,17 @@ impl BackgroundLedger {
         let started = std::thread::Builder::new()
             .name("quorum-ledger".into())
             .spawn(move || {
-                let r = Ledger::open_at(&loc, opts)
-                    .map(|l| match pricing {
-                        Some(p) => l.with_pricing(p),
-                        None => l,
-                    })
-                    .and_then(|l| match &spool {
-                        Some(s) => l.with_spool(s),
-                        None => Ok(l),
-                    })
-                    .map(Arc::new);
+                let r = match (&loc, &spool) {
+                    // A shared database may be away at start: rows wait in the spool.
+                    (Location::Url(u), Some(s)) => Ledger::open_spooled(u, opts, s),
+                    (_, Some(s)) => Ledger::open_at(&loc, opts).and_then(|l| l.with_spool(s)),
+                    (_, None) => Ledger::open_at(&loc, opts),
+                }
+                .map(|l| match pricing {
+                    Some(p) => l.with_pricing(p),
+                    None => l,
+                })
+                .map(Arc::new);
                 let (m, cv) = &*c2;
                 if let Ok(mut g) = m.lock() {
                     *g = Some(r);
@@ -1714,10 +1770,27 @@ fn replay(backend: &dyn Backend, sp: &spool::Spool) -> Result<usize, LedgerError
     })
 }
 
-/// Replay the spool whenever it holds something, until the ledger is dropped.
-fn replay_loop(backend: &dyn Backend, sp: &spool::Spool, stop: &(Mutex<bool>, Condvar)) {
+fn set_away(away: &Mutex<Option<String>>, why: Option<String>) {
+    if let Ok(mut g) = away.lock() {
+        *g = why;
+    }
+}
+
+/// Replay the spool whenever it holds something, until the ledger is dropped; while
+/// the database is known away and nothing waits, check now and then whether it is
+/// back (the first call that reaches it also makes or migrates the schema).
+fn replay_loop(
+    backend: &dyn Backend,
+    sp: &spool::Spool,
+    stop: &(Mutex<bool>, Condvar),
+    away: &Mutex<Option<String>>,
+) {
     let (m, cv) = stop;
     let mut wait = std::time::Duration::from_millis(200);
+    let is_away = || away.lock().map(|g| g.is_some()).unwrap_or(false);
+    // The last failure that was not the database being away (a setting to fix),
+    // said once.
+    let mut said: Option<String> = None;
     loop {
         {
             let Ok(g) = m.lock() else { return };
@@ -1731,22 +1804,41 @@ fn replay_loop(backend: &dyn Backend, sp: &spool::Spool, stop: &(Mutex<bool>, Co
                 return;
             }
         }
-        if sp.backlog() == 0 {
+        let outcome = if sp.backlog() > 0 {
+            replay(backend, sp)
+        } else if is_away() {
+            backend.check_writable().map(|()| 0)
+        } else {
             wait = std::time::Duration::from_millis(500);
             continue;
-        }
-        match replay(backend, sp) {
+        };
+        match outcome {
             Ok(n) => {
+                if is_away() {
+                    tracing::warn!("ledger: the database {} is back", backend.place());
+                    set_away(away, None);
+                }
                 if n > 0 {
                     tracing::info!(
                         "ledger: replayed {n} spooled row(s) into {}",
                         backend.place()
                     );
                 }
+                said = None;
                 wait = std::time::Duration::from_millis(200);
             }
             Err(e) => {
-                tracing::debug!("ledger: replay failed, will retry: {e}");
+                if e.is_unavailable() {
+                    tracing::debug!("ledger: the database is still away, will retry: {e}");
+                } else if said.as_deref() != Some(&e.to_string()) {
+                    // Not a database that is away: it will not pass by waiting.
+                    tracing::error!(
+                        "ledger: cannot write the {} spooled row(s) in {}: {e}",
+                        sp.backlog(),
+                        sp.path().display()
+                    );
+                    said = Some(e.to_string());
+                }
                 wait = (wait * 2).min(std::time::Duration::from_secs(2));
             }
         }

@@ -262,7 +262,7 @@ impl AppState {
         if self.engine.ledger_health().failures() > 0 {
             return "failing";
         }
-        if self.engine.ledger_backlog() > 0 {
+        if self.engine.ledger_backlog() > 0 || self.engine.ledger_away().is_some() {
             return "spooling";
         }
         match self.engine.books() {

@@ -437,9 +437,11 @@ where
             // A Unix socket (no name; the server never offers TLS there) or an odd
             // name: only verify-full needs it.
             Err(_) if !self.names => ServerName::try_from("localhost").expect("a valid name"),
-            Err(e) => return Err(TlsFailure(format!(
+            Err(e) => {
+                return Err(TlsFailure(format!(
                 "sslmode=verify-full needs a host name to check, and {domain:?} is not one ({e})"
-            ))),
+            )))
+            }
         };
         Ok(RustlsConnector {
             config: self.config.clone(),

@@ -486,7 +486,9 @@ impl PgBackend {
         if cfg.get_connect_timeout().is_none() {
             cfg.connect_timeout(Duration::from_secs(5));
         }
-        cfg.application_name("quorum");
+        if cfg.get_application_name().is_none() {
+            cfg.application_name("quorum");
+        }
         let tls = pg_tls::settings(&cfg, mode, root);
         cfg.ssl_mode(tls.ssl_mode());
         let connector = tls
