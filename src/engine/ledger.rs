@@ -301,6 +301,11 @@ impl LedgerError {
             LedgerError::Locked { .. } => {
                 "retry; if it lasts, stop the process that holds the ledger"
             }
+            LedgerError::Open { detail, .. }
+                if remote && (detail.starts_with("TLS") || detail.starts_with("[ledger] url")) =>
+            {
+                "correct sslmode / sslrootcert in [ledger] url or QUORUM_LEDGER_URL (see the README's shared ledger section), or the server's TLS setup"
+            }
             LedgerError::Unavailable { .. } | LedgerError::Open { .. } if remote => {
                 "start the database or check [ledger] url / QUORUM_LEDGER_URL and its credentials"
             }
@@ -1067,6 +1072,16 @@ impl Ledger {
                 spool.display()
             );
             l.set_away(Some(e.to_string()));
+        } else if l.backlog() > 0 {
+            // Rows an earlier process left: written before this one's, and before a
+            // short-lived process (`quorum ask`) is gone again.
+            match l.replay_spool() {
+                Ok(n) => tracing::info!("ledger: replayed {n} spooled row(s) into {}", l.place()),
+                Err(e) => tracing::warn!(
+                    "ledger: cannot replay the spool {} yet ({e}); rows keep waiting there",
+                    spool.display()
+                ),
+            }
         }
         Ok(l)
     }

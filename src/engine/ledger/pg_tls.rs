@@ -518,8 +518,8 @@ pub fn explain(e: &tokio_postgres::Error) -> String {
         .map(|c| c.to_string())
         .unwrap_or_else(|| e.to_string());
     let hint = if cause.contains("does not support TLS") {
-        "the server does not offer TLS, and sslmode (require unless the URL says otherwise, for \
-         a remote database) demands it: enable ssl on the server, or set sslmode=disable in \
+        "the server does not offer TLS and the sslmode in force requires it (require is the \
+         default for a remote database): enable ssl on the server, or set sslmode=disable in \
          [ledger] url if plaintext is acceptable"
     } else if cause.contains("UnknownIssuer") || cause.contains("unknown issuer") {
         "the server's certificate is not signed by a root in sslrootcert"
