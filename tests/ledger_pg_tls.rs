@@ -79,7 +79,7 @@ fn ssl_of(pg: &PgCluster, app: &str) -> Vec<bool> {
 
 /// The error's text, checked never to show the password.
 fn message(pg: &PgCluster, r: Result<Ledger, LedgerError>) -> String {
-    let e = r.err().expect("the ledger must not open");
+    let e = r.expect_err("the ledger must not open");
     let msg = e.to_string();
     eprintln!("refused: {msg}");
     assert!(!msg.contains(&pg.password), "the password leaked: {msg}");
