@@ -363,6 +363,82 @@ async fn serve_starts_with_the_database_down_spools_and_replays_each_row_once() 
     assert_eq!(prompts.iter().filter(|p| *p == "up again").count(), 1);
 }
 
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn with_a_budget_serve_starts_with_the_database_down_refuses_then_recovers() {
+    let Some(pg) = cluster_or_skip() else { return };
+    // Setup: a daily cap, and the database down before quorum ever reached it.
+    tokio::task::block_in_place(|| pg.stop());
+    let up = Server::start(vec![Reply::sse(openai_sse())]).await;
+    let dir = tempfile::tempdir().unwrap();
+    let mut cmd = command(dir.path(), "[budget]\ndaily_usd = 5.0\n", &up.url, &pg);
+    cmd.args(["serve", "--listen", "127.0.0.1:0"]);
+    let (child, url, log) = support::spawn_serve(cmd);
+    let s = Serving { child, url, log };
+    let complete = |prompt: &str| {
+        let url = format!("{}/rpc", s.url);
+        let params = json!({"model": "openai/gpt-4o-mini", "prompt": prompt, "max_tokens": 100});
+        async move {
+            http()
+                .post(url)
+                .json(
+                    &json!({"jsonrpc": "2.0", "id": 1, "method": "llm.complete", "params": params}),
+                )
+                .send()
+                .await
+                .unwrap()
+                .json::<Value>()
+                .await
+                .unwrap()
+        }
+    };
+
+    // Exec + check: refused before sending, naming the database (masked); health
+    // says the ledger is unavailable; nothing spooled (fail closed).
+    let v = complete("while down").await;
+    assert_eq!(v["error"]["code"], -32603, "{v}");
+    let msg = v["error"]["message"]
+        .as_str()
+        .unwrap_or_default()
+        .to_string();
+    assert!(msg.contains("quorum:***@127.0.0.1"), "{msg}");
+    assert!(!msg.contains(&pg.password), "{msg}");
+    assert_eq!(up.count(), 0, "nothing reached the upstream");
+    let h = health(&s.url).await;
+    assert_eq!(
+        (h["status"].as_str(), h["ledger"].as_str()),
+        (Some("degraded"), Some("unavailable")),
+        "{h}"
+    );
+    assert!(!dir
+        .path()
+        .join("data")
+        .join(llm_quorum::engine::ledger::LEDGER_SPOOL_FILE)
+        .exists());
+
+    // Exec: the database returns; the same process takes requests again.
+    tokio::task::block_in_place(|| pg.restart());
+    let deadline = std::time::Instant::now() + support::PATIENCE;
+    loop {
+        let h = health(&s.url).await;
+        if h["ledger"] == "ok" {
+            break;
+        }
+        assert!(std::time::Instant::now() < deadline, "never back: {h}");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let v = complete("after").await;
+    assert!(v["error"].is_null(), "{v}");
+    assert_eq!(up.count(), 1);
+    let prompts = tokio::task::block_in_place(|| prompts_in(&pg));
+    assert_eq!(prompts, ["after"]);
+    let log = s.log.lock().unwrap().clone();
+    assert!(
+        log.contains("every request is refused until it returns"),
+        "{log}"
+    );
+    assert!(!log.contains(&pg.password), "the password leaked: {log}");
+}
+
 #[test]
 fn ask_with_the_database_down_spools_without_a_budget_and_refuses_with_one() {
     let Some(pg) = cluster_or_skip() else { return };

@@ -329,8 +329,9 @@ impl Engine {
         }
     }
 
-    /// Why a shared ledger's database is away while rows go to the local spool (`None`
-    /// when it is reachable, for SQLite, and while the ledger is opening).
+    /// Why a shared ledger's database is known to be away (rows go to the local spool
+    /// without a budget; with one, requests are refused): `None` when it is reachable,
+    /// for SQLite, and while the ledger is opening.
     pub fn ledger_away(&self) -> Option<String> {
         match self.books() {
             Books::On { ledger } => match ledger.ready() {

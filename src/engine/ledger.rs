@@ -1053,18 +1053,38 @@ impl Ledger {
         }
     }
 
-    /// Open the PostgreSQL ledger at `url` with a spool at `spool` (see
-    /// [`Ledger::with_spool`]), even while the database cannot be reached: rows then
-    /// wait in the spool, a warning says so, and the schema is made or migrated when
-    /// the database is first reached. Anything but an unreachable database (a bad URL,
-    /// TLS, a refused login, a newer schema) still fails here.
-    pub fn open_spooled(
+    /// Open the PostgreSQL ledger at `url` even while the database cannot be reached
+    /// (a warning says so; the schema is made or migrated when it is first reached).
+    /// With a spool at `spool` (no budget, see [`Ledger::with_spool`]) rows wait there
+    /// meanwhile; without one (a budget is set) every write is refused until it
+    /// returns (fail closed), and no process needs a restart when it does. Anything but
+    /// an unreachable database (a bad URL, TLS, a refused login, a newer schema) still
+    /// fails here.
+    pub fn open_url(
         url: &str,
         opts: LedgerOptions,
-        spool: &Path,
+        spool: Option<&Path>,
     ) -> Result<Ledger, LedgerError> {
         let (backend, away) = postgres::PgBackend::connect_lazy(url)?;
-        let l = Self::with_backend(Box::new(backend), opts).with_spool(spool)?;
+        let l = Self::with_backend(Box::new(backend), opts);
+        let Some(spool) = spool else {
+            if let Some(e) = away {
+                tracing::warn!(
+                    "ledger: {e}; a budget is set, so every request is refused until it returns"
+                );
+                l.set_away(Some(e.to_string()));
+                let (backend, stop, away) = (l.backend.clone(), l.stop.clone(), l.away.clone());
+                std::thread::Builder::new()
+                    .name("quorum-ledger-watch".into())
+                    .spawn(move || replay_loop(&*backend, None, &stop, &away))
+                    .map_err(|e| LedgerError::Io {
+                        place: l.place().to_string(),
+                        detail: format!("cannot start the watch thread: {e}"),
+                    })?;
+            }
+            return Ok(l);
+        };
+        let l = l.with_spool(spool)?;
         if let Some(e) = away {
             tracing::warn!(
                 "ledger: {e}; no budget is set, so rows are kept in {} and written to the \
@@ -1090,8 +1110,8 @@ impl Ledger {
         set_away(&self.away, why);
     }
 
-    /// Why the shared database is away while rows go to the local spool (`None` when
-    /// it is reachable, and for SQLite).
+    /// Why the shared database is known to be away (`None` when it is reachable, and
+    /// for SQLite).
     pub fn away(&self) -> Option<String> {
         self.away.lock().ok().and_then(|g| g.clone())
     }
@@ -1117,7 +1137,7 @@ impl Ledger {
         let away = self.away.clone();
         std::thread::Builder::new()
             .name("quorum-ledger-replay".into())
-            .spawn(move || replay_loop(&*backend, &sp, &stop, &away))
+            .spawn(move || replay_loop(&*backend, Some(&sp), &stop, &away))
             .map_err(|e| LedgerError::Io {
                 place: path.display().to_string(),
                 detail: format!("cannot start the replay thread: {e}"),
@@ -1655,8 +1675,8 @@ impl BackgroundLedger {
             .name("quorum-ledger".into())
             .spawn(move || {
                 let r = match (&loc, &spool) {
-                    // A shared database may be away at start: rows wait in the spool.
-                    (Location::Url(u), Some(s)) => Ledger::open_spooled(u, opts, s),
+                    // A shared database may be away at start.
+                    (Location::Url(u), s) => Ledger::open_url(u, opts, s.as_deref()),
                     (_, Some(s)) => Ledger::open_at(&loc, opts).and_then(|l| l.with_spool(s)),
                     (_, None) => Ledger::open_at(&loc, opts),
                 }
@@ -1793,10 +1813,11 @@ fn set_away(away: &Mutex<Option<String>>, why: Option<String>) {
 
 /// Replay the spool whenever it holds something, until the ledger is dropped; while
 /// the database is known away and nothing waits, check now and then whether it is
-/// back (the first call that reaches it also makes or migrates the schema).
+/// back (the first call that reaches it also makes or migrates the schema). Without
+/// a spool, only watch until the database is back.
 fn replay_loop(
     backend: &dyn Backend,
-    sp: &spool::Spool,
+    sp: Option<&spool::Spool>,
     stop: &(Mutex<bool>, Condvar),
     away: &Mutex<Option<String>>,
 ) {
@@ -1819,13 +1840,16 @@ fn replay_loop(
                 return;
             }
         }
-        let outcome = if sp.backlog() > 0 {
-            replay(backend, sp)
-        } else if is_away() {
-            backend.check_writable().map(|()| 0)
-        } else {
-            wait = std::time::Duration::from_millis(500);
-            continue;
+        let backlog = sp.map_or(0, |sp| sp.backlog());
+        let outcome = match sp {
+            Some(sp) if backlog > 0 => replay(backend, sp),
+            _ if is_away() => backend.check_writable().map(|()| 0),
+            // Nothing to watch without a spool once the database is back.
+            None => return,
+            Some(_) => {
+                wait = std::time::Duration::from_millis(500);
+                continue;
+            }
         };
         match outcome {
             Ok(n) => {
@@ -1847,11 +1871,13 @@ fn replay_loop(
                     tracing::debug!("ledger: the database is still away, will retry: {e}");
                 } else if said.as_deref() != Some(&e.to_string()) {
                     // Not a database that is away: it will not pass by waiting.
-                    tracing::error!(
-                        "ledger: cannot write the {} spooled row(s) in {}: {e}",
-                        sp.backlog(),
-                        sp.path().display()
-                    );
+                    match sp {
+                        Some(sp) => tracing::error!(
+                            "ledger: cannot write the {backlog} spooled row(s) in {}: {e}",
+                            sp.path().display()
+                        ),
+                        None => tracing::error!("ledger: {e}"),
+                    }
                     said = Some(e.to_string());
                 }
                 wait = (wait * 2).min(std::time::Duration::from_secs(2));
