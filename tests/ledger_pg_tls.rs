@@ -110,7 +110,11 @@ fn tls_verify_full_with_the_right_root_records_and_a_wrong_root_is_refused() {
     {
         let url = pg.url_with(
             host,
-            &format!("sslmode=verify-full&sslrootcert={ca}&application_name={app}"),
+            // channel_binding=require: the login is SCRAM-SHA-256-PLUS, bound to
+            // this TLS session, or it fails.
+            &format!(
+                "sslmode=verify-full&sslrootcert={ca}&application_name={app}&channel_binding=require"
+            ),
         );
         let l = open(&url).unwrap_or_else(|e| panic!("{host}: {e}"));
         let id = l.record_request(&meta(app), &completion(i as u64)).unwrap();

@@ -473,10 +473,18 @@ pub struct RustlsStream<S>(Box<tokio_rustls::client::TlsStream<S>>);
 
 impl<S: AsyncRead + AsyncWrite + Unpin> TlsStream for RustlsStream<S> {
     fn channel_binding(&self) -> ChannelBinding {
-        // SCRAM's channel binding (tls-server-end-point) needs the certificate's
-        // signature hash; without it the login is plain SCRAM-SHA-256 (libpq's
-        // `channel_binding=prefer` does the same when it cannot bind).
-        ChannelBinding::none()
+        // SCRAM-SHA-256-PLUS binds the login to this TLS session (RFC 5929
+        // tls-server-end-point), so even an unverified `require` link cannot be relayed
+        // by a man in the middle. Without a known hash the login is plain SCRAM.
+        let (_, conn) = self.0.get_ref();
+        match conn
+            .peer_certificates()
+            .and_then(|c| c.first())
+            .and_then(|c| server_end_point(c.as_ref()))
+        {
+            Some(hash) => ChannelBinding::tls_server_end_point(hash),
+            None => ChannelBinding::none(),
+        }
     }
 }
 
@@ -504,6 +512,59 @@ impl<S: AsyncRead + AsyncWrite + Unpin> AsyncWrite for RustlsStream<S> {
     fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
         Pin::new(&mut *self.0).poll_shutdown(cx)
     }
+}
+
+/// One DER element at the start of `b`: (tag, contents, rest).
+fn der(b: &[u8]) -> Option<(u8, &[u8], &[u8])> {
+    let (&tag, b) = b.split_first()?;
+    let (&first, b) = b.split_first()?;
+    let (len, b) = if first < 0x80 {
+        (first as usize, b)
+    } else {
+        let n = (first & 0x7f) as usize;
+        if n == 0 || n > 4 || b.len() < n {
+            return None;
+        }
+        let len = b[..n].iter().fold(0usize, |a, &x| (a << 8) | x as usize);
+        (len, &b[n..])
+    };
+    (b.len() >= len).then(|| (tag, &b[..len], &b[len..]))
+}
+
+/// RFC 5929's tls-server-end-point: the certificate hashed with its signature's hash
+/// (SHA-256 for MD5 and SHA-1). `None` for a signature without one hash (Ed25519,
+/// RSASSA-PSS), as PostgreSQL itself.
+fn server_end_point(cert: &[u8]) -> Option<Vec<u8>> {
+    use sha2::Digest;
+    let (0x30, body, _) = der(cert)? else {
+        return None;
+    };
+    let (_, _tbs, rest) = der(body)?;
+    let (0x30, alg, _) = der(rest)? else {
+        return None;
+    };
+    let (0x06, oid, _) = der(alg)? else {
+        return None;
+    };
+    const RSA: &[u8] = &[0x2a, 0x86, 0x48, 0x86, 0xf7, 0x0d, 0x01, 0x01];
+    const ECDSA: &[u8] = &[0x2a, 0x86, 0x48, 0xce, 0x3d, 0x04];
+    let bits = match oid {
+        // md5, sha1, sha256 WithRSAEncryption
+        [p @ .., 0x04 | 0x05 | 0x0b] if p == RSA => 256,
+        [p @ .., 0x0c] if p == RSA => 384,
+        [p @ .., 0x0d] if p == RSA => 512,
+        // ecdsa-with-SHA1, ecdsa-with-SHA256/384/512
+        [p @ .., 0x01] if p == ECDSA => 256,
+        [p @ .., 0x03, 0x02] if p == ECDSA => 256,
+        [p @ .., 0x03, 0x03] if p == ECDSA => 384,
+        [p @ .., 0x03, 0x04] if p == ECDSA => 512,
+        _ => return None,
+    };
+    Some(match bits {
+        256 => sha2::Sha256::digest(cert).to_vec(),
+        384 => sha2::Sha384::digest(cert).to_vec(),
+        _ => sha2::Sha512::digest(cert).to_vec(),
+    })
 }
 
 /// Whether `e` is a TLS failure (handshake, certificate, or a server without TLS), as
