@@ -149,11 +149,20 @@ pub(crate) fn classify(place: &str, e: &tokio_postgres::Error) -> LedgerError {
         };
     }
     let Some(db) = e.as_db_error() else {
-        // No answer from the server: the connection failed or closed.
-        return LedgerError::Unavailable {
-            place,
-            detail: e.to_string(),
+        // tokio-postgres's own message names only the kind; its cause says what happened
+        // ("Connection refused"). Neither repeats the password.
+        let detail = match std::error::Error::source(e) {
+            Some(c) => format!("{e}: {c}"),
+            None => e.to_string(),
         };
+        let kind = e.to_string();
+        if kind.starts_with("authentication error") || kind.starts_with("invalid configuration") {
+            // The login cannot work as configured (say, channel_binding=require without
+            // TLS): a setting to fix, not a database that is away.
+            return LedgerError::Open { place, detail };
+        }
+        // No answer from the server: the connection failed or closed.
+        return LedgerError::Unavailable { place, detail };
     };
     let detail = format!("{} ({})", db.message(), db.code().code());
     let code = db.code();
