@@ -322,6 +322,10 @@ async fn serve_starts_with_the_database_down_spools_and_replays_each_row_once() 
             .any(|l| l == format!("quorum_ledger_backlog {}", 2 * n)),
         "{m}"
     );
+    assert!(
+        m.lines().any(|l| l == "quorum_ledger_database_away 1"),
+        "{m}"
+    );
     let log = s.log.lock().unwrap().clone();
     eprintln!("serve's log: {log}");
     assert!(log.contains("rows are kept in"), "{log}");
@@ -342,6 +346,18 @@ async fn serve_starts_with_the_database_down_spools_and_replays_each_row_once() 
         assert!(std::time::Instant::now() < deadline, "never drained: {h}");
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
+    let m = http()
+        .get(format!("{}/metrics", s.url))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    assert!(
+        m.lines().any(|l| l == "quorum_ledger_database_away 0"),
+        "{m}"
+    );
     let prompts = tokio::task::block_in_place(|| prompts_in(&pg));
     let mut want: Vec<String> = (0..n).map(|i| format!("down {i}")).collect();
     let mut got = prompts.clone();
