@@ -88,6 +88,7 @@ impl std::fmt::Debug for PgBackend {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("PgBackend")
             .field("place", &self.place)
+            .field("tls", &self.tls.describe())
             .finish_non_exhaustive()
     }
 }
@@ -471,12 +472,6 @@ impl PgBackend {
             Err(e) if e.is_unavailable() => Ok((b, Some(e))),
             Err(e) => Err(e),
         }
-    }
-
-    /// The TLS mode in force, described (`sslmode=require (the default for a remote
-    /// database)`).
-    pub fn tls(&self) -> String {
-        self.tls.describe()
     }
 
     /// The pool, without connecting.
