@@ -112,7 +112,11 @@ fn percent_decode(s: &str) -> String {
 /// part) out of a `postgres://` URL's query. Returns the URL left and what was taken.
 /// Client certificates (`sslcert`, `sslkey`) are refused by name.
 pub fn split_url(url: &str) -> Result<(String, Option<Mode>, Option<Roots>), String> {
-    let Some(q) = url.find('?') else {
+    // The query starts after the authority (a raw `?` in a password is not one).
+    let rest = url.find("://").map_or(0, |i| i + 3);
+    let path = url[rest..].find('/').map_or(url.len(), |i| rest + i);
+    let host = url[rest..path].rfind('@').map_or(rest, |i| rest + i + 1);
+    let Some(q) = url[host..].find('?').map(|i| host + i) else {
         return Ok((url.to_string(), None, None));
     };
     let (base, query) = (&url[..q], &url[q + 1..]);
@@ -622,6 +626,13 @@ mod tests {
         );
         let e = split_url("postgres://db/l?sslmode=allow-ish").unwrap_err();
         assert!(e.contains("allow-ish") && e.contains("verify-full"), "{e}");
+        // A raw `?` in the password is not the query.
+        let (u, m, _) = split_url("postgres://q:p?w@db/l?sslmode=disable").unwrap();
+        assert_eq!(
+            (u.as_str(), m),
+            ("postgres://q:p?w@db/l", Some(Mode::Disable))
+        );
+        assert_eq!(split_url("postgres://q:p?w@db/l").unwrap().1, None);
         let e = split_url("postgres://db/l?sslcert=/c.pem").unwrap_err();
         assert!(e.contains("sslcert"), "{e}");
     }

@@ -48,8 +48,10 @@ pub fn mask_url(url: &str) -> String {
     let mut out = url.to_string();
     if let Some(scheme_end) = out.find("://") {
         let rest_start = scheme_end + 3;
+        // The authority ends at the path; a password may hold a raw `?` or `#`
+        // (it should be percent-encoded, but must never show either way).
         let auth_end = out[rest_start..]
-            .find(['/', '?'])
+            .find('/')
             .map_or(out.len(), |i| rest_start + i);
         if let Some(at) = out[rest_start..auth_end].rfind('@') {
             let userinfo = &out[rest_start..rest_start + at];
@@ -1391,5 +1393,10 @@ mod tests {
         );
         assert_eq!(mask_url("postgres://q@db/l"), "postgres://q@db/l");
         assert!(!mask_url("postgresql://u:p@ss@h/d").contains("p@ss"));
+        assert!(!mask_url("postgresql://u:p?ss#w@h/d?sslmode=require").contains("p?ss"));
+        assert_eq!(
+            mask_url("postgresql://u:p?ss@h/d?sslmode=require"),
+            "postgresql://u:***@h/d?sslmode=require"
+        );
     }
 }
