@@ -300,9 +300,9 @@ fn migrations() -> Vec<String> {
 pub(crate) const NOW_PG: &str =
     "to_char(clock_timestamp() AT TIME ZONE 'UTC', 'YYYY-MM-DD\"T\"HH24:MI:SS.MS\"Z\"')";
 
-/// The advisory-lock key of the daily cap (any replica's), and of a session's cap.
-const DAILY_LOCK: &str = "hashtext('quorum:budget:daily')";
-const SESSION_LOCK: &str = "hashtext('quorum:budget:session:' || $1)";
+// The advisory-lock keys of the daily cap (any replica's) and of a session's cap are
+// `hashtext('quorum:budget:daily')` and `hashtext('quorum:budget:session:' || id)`
+// (see `book_in`).
 /// The advisory-lock key of migrations.
 const MIGRATE_LOCK: i64 = 0x7175_6f72_756d;
 
@@ -487,17 +487,15 @@ async fn settle_where(
     params: &[&(dyn ToSql + Sync)],
     d: &mut Deltas,
 ) -> Result<(), tokio_postgres::Error> {
-    let rows = tx
-        .query(
-            &format!(
-                "WITH x AS (SELECT r.id, r.held_usd, r.reserved_usd, r.budget_session FROM runs r
+    let st = tx
+        .prepare_cached(&format!(
+            "WITH x AS (SELECT r.id, r.held_usd, r.reserved_usd, r.budget_session FROM runs r
                             WHERE r.settled_at IS NULL AND ({cond}) ORDER BY r.id FOR UPDATE)
                  UPDATE runs r SET settled_at = {NOW_PG}, held_usd = 0 FROM x WHERE r.id = x.id
                  RETURNING x.held_usd, x.reserved_usd, x.budget_session"
-            ),
-            params,
-        )
+        ))
         .await?;
+    let rows = tx.query(&st, params).await?;
     for r in rows {
         let (held, reserved, bs): (f64, Option<f64>, Option<String>) =
             (r.get(0), r.get(1), r.get(2));
@@ -520,14 +518,12 @@ async fn expire_dead(
     d: &mut Deltas,
 ) -> Result<(), tokio_postgres::Error> {
     let me = std::process::id() as i64;
-    let rows = tx
-        .query(
-            &format!(
-                "SELECT DISTINCT pid FROM runs r WHERE {OPEN} AND host = $1 AND pid IS NOT NULL AND pid <> $2"
-            ),
-            &[&host, &me],
-        )
+    let st = tx
+        .prepare_cached(&format!(
+            "SELECT DISTINCT pid FROM runs r WHERE {OPEN} AND host = $1 AND pid IS NOT NULL AND pid <> $2"
+        ))
         .await?;
+    let rows = tx.query(&st, &[&host, &me]).await?;
     settle_where(
         tx,
         &format!(
@@ -687,77 +683,27 @@ fn counted_row(row: &NewRequest, created_at: String) -> (String, Option<String>,
     (row.run.0.clone(), own, cost, created_at)
 }
 
-/// Apply bookkeeping `ops` in transaction `tx` (see [`Backend::book`]).
-async fn book_in(
-    tx: &deadpool_postgres::Transaction<'_>,
-    host: &str,
-    ops: &[BookOp],
-) -> Result<Vec<Result<(), Refused>>, tokio_postgres::Error> {
-    let gates: Vec<&RunEntry> = ops
-        .iter()
-        .filter_map(|o| match o {
-            BookOp::Begin(e) if e.gate.is_some() => Some(e),
-            _ => None,
-        })
-        .collect();
-    let mut d = Deltas::new();
-    let mut counters = Default::default();
-    if !gates.is_empty() {
-        // One lock per budget scope, always in this order: the daily cap, then
-        // sessions by name. Replicas anywhere serialise on the check.
-        if gates
-            .iter()
-            .any(|e| e.gate.as_ref().is_some_and(|g| g.0.daily_usd.is_some()))
-        {
-            tx.execute(&format!("SELECT pg_advisory_xact_lock({DAILY_LOCK})"), &[])
-                .await?;
-        }
-        let sessions: std::collections::BTreeSet<&str> = gates
-            .iter()
-            .filter(|e| e.gate.as_ref().is_some_and(|g| g.0.session_usd.is_some()))
-            .filter_map(|e| e.budget_session.as_deref())
-            .collect();
-        for s in &sessions {
-            tx.execute(
-                &format!("SELECT pg_advisory_xact_lock({SESSION_LOCK})"),
-                &[s],
-            )
-            .await?;
-        }
-        expire_dead(tx, host, &mut d).await?;
-        let scopes = counter_scopes(gates.iter().filter_map(|e| e.budget_session.as_deref()));
-        counters = read_counters(tx, &scopes).await?;
-    }
-    // What the runs named here hold now (locked: a request row's release waits).
-    let ids: Vec<&str> = ops
-        .iter()
-        .map(|o| match o {
-            BookOp::Begin(e) => e.run_id.as_str(),
-            BookOp::Settle(id) => id.as_str(),
-        })
-        .collect();
-    struct Run {
-        held: f64,
-        reserved: f64,
-        bs: Option<String>,
-        settled: bool,
-        spent: f64,
-    }
-    let st = tx
-        .prepare_cached(
-            "SELECT r.id, r.held_usd, r.reserved_usd, r.budget_session, r.settled_at IS NOT NULL,
-                    COALESCE((SELECT SUM(q.cost_usd) FROM requests q WHERE q.run_id = r.id), 0)::float8
-             FROM runs r WHERE r.id = ANY($1) ORDER BY r.id FOR UPDATE",
-        )
-        .await?;
-    let mut runs: std::collections::HashMap<String, Run> = tx
-        .query(&st, &[&ids])
-        .await?
-        .iter()
+/// A run's bookkeeping state as a batch sees it.
+struct RunState {
+    held: f64,
+    reserved: f64,
+    bs: Option<String>,
+    settled: bool,
+    spent: f64,
+}
+
+/// The runs `ids` as they are now, locked (a request row's release waits for us).
+const PRIORS_SQL: &str =
+    "SELECT r.id, r.held_usd, r.reserved_usd, r.budget_session, r.settled_at IS NOT NULL,
+            COALESCE((SELECT SUM(q.cost_usd) FROM requests q WHERE q.run_id = r.id), 0)::float8
+     FROM runs r WHERE r.id = ANY($1) ORDER BY r.id FOR UPDATE";
+
+fn priors(rows: &[tokio_postgres::Row]) -> std::collections::HashMap<String, RunState> {
+    rows.iter()
         .map(|r| {
             (
                 r.get(0),
-                Run {
+                RunState {
                     held: r.get(1),
                     reserved: r.get::<_, Option<f64>>(2).unwrap_or(0.0),
                     bs: r.get(3),
@@ -766,8 +712,27 @@ async fn book_in(
                 },
             )
         })
-        .collect();
-    let release = |d: &mut Deltas, r: &Run| {
+        .collect()
+}
+
+/// What a batch decides: one result per op, the runs to write with what each holds,
+/// the runs to settle, and the counter changes.
+type Decided<'a> = (
+    Vec<Result<(), Refused>>,
+    Vec<(&'a RunEntry, f64)>,
+    Vec<&'a str>,
+    Deltas,
+);
+
+/// Decide `ops` in order against the runs as they are and the counters read at the
+/// start of the batch (`d` holds changes made so far).
+fn decide<'a>(
+    ops: &'a [BookOp],
+    mut runs: std::collections::HashMap<String, RunState>,
+    counters: &std::collections::HashMap<String, f64>,
+    mut d: Deltas,
+) -> Decided<'a> {
+    let release = |d: &mut Deltas, r: &RunState| {
         if !r.settled && r.reserved > 0.0 {
             add(d, scope::HELD.into(), -r.held, -1);
             if let Some(bs) = &r.bs {
@@ -782,7 +747,7 @@ async fn book_in(
         match op {
             BookOp::Begin(e) => {
                 if let Some((budget, projection)) = &e.gate {
-                    let spend = spend_of(&counters, &d, e.budget_session.as_deref());
+                    let spend = spend_of(counters, &d, e.budget_session.as_deref());
                     if let Err(r) = budget.check(spend, projection) {
                         out.push(Err(Refused::Budget(r)));
                         continue;
@@ -809,7 +774,7 @@ async fn book_in(
                 }
                 runs.insert(
                     e.run_id.clone(),
-                    Run {
+                    RunState {
                         held,
                         reserved,
                         bs: e.budget_session.clone(),
@@ -825,87 +790,213 @@ async fn book_in(
                     release(&mut d, r);
                     r.settled = true;
                     r.held = 0.0;
-                    settled.push(id);
                 }
+                settled.push(id);
                 out.push(Ok(()));
             }
         }
     }
-    // The writes, pipelined: sessions, runs (in order), settlements, counters.
-    let new_sessions: Vec<&str> = begun
-        .iter()
-        .filter_map(|(e, _)| e.session_id.as_deref())
-        .collect();
     // One row per run (a run noted twice in the batch: its last note).
     let mut last = std::collections::HashMap::new();
     for (i, (e, _)) in begun.iter().enumerate() {
         last.insert(e.run_id.as_str(), i);
     }
-    let begun: Vec<&(&RunEntry, f64)> = begun
+    let begun = begun
         .iter()
         .enumerate()
         .filter(|(i, (e, _))| last.get(e.run_id.as_str()) == Some(i))
-        .map(|(_, b)| b)
+        .map(|(_, b)| *b)
         .collect();
-    let pid = std::process::id() as i64;
-    let a_id: Vec<&str> = begun.iter().map(|(e, _)| e.run_id.as_str()).collect();
-    let a_session: Vec<Option<&str>> = begun.iter().map(|(e, _)| e.session_id.as_deref()).collect();
-    let a_trace: Vec<Option<&str>> = begun.iter().map(|(e, _)| e.trace_id.as_deref()).collect();
-    let a_targets: Vec<&str> = begun.iter().map(|(e, _)| e.targets.as_str()).collect();
-    let a_projected: Vec<Option<f64>> = begun.iter().map(|(e, _)| e.projected_usd).collect();
-    let a_prompt: Vec<Option<&str>> = begun.iter().map(|(e, _)| e.prompt.as_deref()).collect();
-    let a_reserved: Vec<Option<f64>> = begun.iter().map(|(e, _)| e.bound()).collect();
-    let a_bs: Vec<Option<&str>> = begun
+    (out, begun, settled, d)
+}
+
+/// The writes of a batch as arrays: sessions, run notes (one upsert), settlements.
+struct Writes<'a> {
+    sessions: Vec<&'a str>,
+    id: Vec<&'a str>,
+    session: Vec<Option<&'a str>>,
+    trace: Vec<Option<&'a str>>,
+    targets: Vec<&'a str>,
+    projected: Vec<Option<f64>>,
+    prompt: Vec<Option<&'a str>>,
+    reserved: Vec<Option<f64>>,
+    bs: Vec<Option<&'a str>>,
+    pid: Vec<i64>,
+    host: Vec<&'a str>,
+    held: Vec<f64>,
+    settled: Vec<&'a str>,
+}
+
+impl<'a> Writes<'a> {
+    fn new(begun: &[(&'a RunEntry, f64)], settled: Vec<&'a str>, host: &'a str) -> Self {
+        let pid = std::process::id() as i64;
+        Writes {
+            sessions: begun
+                .iter()
+                .filter_map(|(e, _)| e.session_id.as_deref())
+                .collect(),
+            id: begun.iter().map(|(e, _)| e.run_id.as_str()).collect(),
+            session: begun.iter().map(|(e, _)| e.session_id.as_deref()).collect(),
+            trace: begun.iter().map(|(e, _)| e.trace_id.as_deref()).collect(),
+            targets: begun.iter().map(|(e, _)| e.targets.as_str()).collect(),
+            projected: begun.iter().map(|(e, _)| e.projected_usd).collect(),
+            prompt: begun.iter().map(|(e, _)| e.prompt.as_deref()).collect(),
+            reserved: begun.iter().map(|(e, _)| e.bound()).collect(),
+            bs: begun
+                .iter()
+                .map(|(e, _)| e.budget_session.as_deref())
+                .collect(),
+            pid: begun.iter().map(|_| pid).collect(),
+            host: begun.iter().map(|_| host).collect(),
+            held: begun.iter().map(|(_, h)| *h).collect(),
+            settled,
+        }
+    }
+
+    /// The statements, to pipeline in this order.
+    async fn send<'s>(
+        &'s self,
+        tx: &'s deadpool_postgres::Transaction<'s>,
+    ) -> Result<Vec<Write<'s>>, tokio_postgres::Error> {
+        let (sessions, upsert, settle) = futures_util::try_join!(
+            tx.prepare_cached(
+                "INSERT INTO sessions (id) SELECT DISTINCT unnest($1::text[])
+                 ON CONFLICT (id) DO NOTHING",
+            ),
+            tx.prepare_cached(
+                "INSERT INTO runs (id, session_id, trace_id, targets, projected_usd, prompt,
+                                   reserved_usd, budget_session, pid, host, held_usd)
+                 SELECT * FROM unnest($1::text[], $2::text[], $3::text[], $4::text[],
+                                      $5::float8[], $6::text[], $7::float8[], $8::text[],
+                                      $9::int8[], $10::text[], $11::float8[])
+                 ON CONFLICT (id) DO UPDATE SET targets = excluded.targets,
+                     projected_usd = excluded.projected_usd,
+                     reserved_usd = excluded.reserved_usd,
+                     budget_session = excluded.budget_session, pid = excluded.pid,
+                     host = excluded.host, held_usd = excluded.held_usd",
+            ),
+            tx.prepare_cached(SETTLE_SQL.as_str())
+        )?;
+        let mut w: Vec<Write<'s>> = Vec::new();
+        if !self.sessions.is_empty() {
+            let p = [&self.sessions as &(dyn ToSql + Sync)];
+            w.push(Box::pin(async move { tx.execute_raw(&sessions, p).await }));
+        }
+        if !self.id.is_empty() {
+            let p: [&(dyn ToSql + Sync); 11] = [
+                &self.id,
+                &self.session,
+                &self.trace,
+                &self.targets,
+                &self.projected,
+                &self.prompt,
+                &self.reserved,
+                &self.bs,
+                &self.pid,
+                &self.host,
+                &self.held,
+            ];
+            w.push(Box::pin(async move { tx.execute_raw(&upsert, p).await }));
+        }
+        if !self.settled.is_empty() {
+            let p = [&self.settled as &(dyn ToSql + Sync)];
+            w.push(Box::pin(async move { tx.execute_raw(&settle, p).await }));
+        }
+        Ok(w)
+    }
+}
+
+/// Apply bookkeeping `ops` in transaction `tx` (see [`Backend::book`]), with as few
+/// round trips as the decisions allow: a batch without caps sends everything at once.
+async fn book_in(
+    tx: &deadpool_postgres::Transaction<'_>,
+    host: &str,
+    ops: &[BookOp],
+) -> Result<Vec<Result<(), Refused>>, tokio_postgres::Error> {
+    // Bookkeeping before the send: atomic and visible to every replica at commit,
+    // without waiting for its own WAL flush; it becomes durable with the flush of the
+    // next request row (as SQLite's run notes do). Losing it in a crash of the
+    // database loses no request, only holds.
+    let sync_off = tx.batch_execute("SET LOCAL synchronous_commit = off");
+    let gates: Vec<&RunEntry> = ops
         .iter()
-        .map(|(e, _)| e.budget_session.as_deref())
+        .filter_map(|o| match o {
+            BookOp::Begin(e) if e.gate.is_some() => Some(e),
+            _ => None,
+        })
         .collect();
-    let a_pid: Vec<i64> = begun.iter().map(|_| pid).collect();
-    let a_host: Vec<&str> = begun.iter().map(|_| host).collect();
-    let a_held: Vec<f64> = begun.iter().map(|(_, h)| *h).collect();
-    let upsert = tx
-        .prepare_cached(
-            "INSERT INTO runs (id, session_id, trace_id, targets, projected_usd, prompt,
-                               reserved_usd, budget_session, pid, host, held_usd)
-             SELECT * FROM unnest($1::text[], $2::text[], $3::text[], $4::text[], $5::float8[],
-                                  $6::text[], $7::float8[], $8::text[], $9::int8[], $10::text[],
-                                  $11::float8[])
-             ON CONFLICT (id) DO UPDATE SET targets = excluded.targets,
-                 projected_usd = excluded.projected_usd,
-                 reserved_usd = excluded.reserved_usd,
-                 budget_session = excluded.budget_session, pid = excluded.pid,
-                 host = excluded.host, held_usd = excluded.held_usd",
-        )
+    let ids: Vec<&str> = ops
+        .iter()
+        .map(|o| match o {
+            BookOp::Begin(e) => e.run_id.as_str(),
+            BookOp::Settle(id) => id.as_str(),
+        })
+        .collect();
+    let priors_st = tx.prepare_cached(PRIORS_SQL).await?;
+    if gates.is_empty() {
+        // No cap to check: what to write does not depend on what is there (a run
+        // noted without a gate holds nothing), so the runs are read (and locked)
+        // and written in one pipeline; the counters learn what was released.
+        let (_, begun, settled, _) =
+            decide(ops, Default::default(), &Default::default(), Deltas::new());
+        let writes = Writes::new(&begun, settled, host);
+        let sent = writes.send(tx).await?;
+        let ids_p: [&(dyn ToSql + Sync); 1] = [&ids];
+        let (_, rows, _) = futures_util::try_join!(
+            sync_off,
+            tx.query(&priors_st, &ids_p),
+            futures_util::future::try_join_all(sent)
+        )?;
+        let (out, _, _, d) = decide(ops, priors(&rows), &Default::default(), Deltas::new());
+        bump(tx, d).await?;
+        return Ok(out);
+    }
+    // One lock per budget scope, always in this order: the daily cap, then sessions by
+    // name. Replicas anywhere serialise on the check.
+    let lock = tx
+        .prepare_cached("SELECT pg_advisory_xact_lock(hashtext($1))")
         .await?;
-    let upsert_p: [&(dyn ToSql + Sync); 11] = [
-        &a_id,
-        &a_session,
-        &a_trace,
-        &a_targets,
-        &a_projected,
-        &a_prompt,
-        &a_reserved,
-        &a_bs,
-        &a_pid,
-        &a_host,
-        &a_held,
-    ];
-    let (sessions_p, settled_p): ([&(dyn ToSql + Sync); 1], [&(dyn ToSql + Sync); 1]) =
-        ([&new_sessions], [&settled]);
-    let mut writes: Vec<Write<'_>> = Vec::new();
-    if !new_sessions.is_empty() {
-        writes.push(Box::pin(tx.execute(
-            "INSERT INTO sessions (id) SELECT DISTINCT unnest($1::text[]) ON CONFLICT (id) DO NOTHING",
-            &sessions_p,
-        )));
+    let mut keys: Vec<String> = Vec::new();
+    if gates
+        .iter()
+        .any(|e| e.gate.as_ref().is_some_and(|g| g.0.daily_usd.is_some()))
+    {
+        keys.push("quorum:budget:daily".into());
     }
-    if !begun.is_empty() {
-        writes.push(Box::pin(tx.execute(&upsert, &upsert_p)));
-    }
-    if !settled.is_empty() {
-        writes.push(Box::pin(tx.execute(SETTLE_SQL.as_str(), &settled_p)));
-    }
-    futures_util::future::try_join_all(writes).await?;
-    bump(tx, d).await?;
+    let sessions: std::collections::BTreeSet<&str> = gates
+        .iter()
+        .filter(|e| e.gate.as_ref().is_some_and(|g| g.0.session_usd.is_some()))
+        .filter_map(|e| e.budget_session.as_deref())
+        .collect();
+    keys.extend(
+        sessions
+            .iter()
+            .map(|s| format!("quorum:budget:session:{s}")),
+    );
+    let lock = &lock;
+    let locks = keys.iter().map(|k| async move {
+        let p: [&(dyn ToSql + Sync); 1] = [k];
+        tx.execute(lock, &p).await
+    });
+    futures_util::try_join!(sync_off, futures_util::future::try_join_all(locks))?;
+    let mut d = Deltas::new();
+    expire_dead(tx, host, &mut d).await?;
+    let scopes = counter_scopes(gates.iter().filter_map(|e| e.budget_session.as_deref()));
+    let counters_st = tx
+        .prepare_cached("SELECT scope, usd FROM budget_spend WHERE scope = ANY($1)")
+        .await?;
+    let (ids_p, scopes_p): ([&(dyn ToSql + Sync); 1], [&(dyn ToSql + Sync); 1]) =
+        ([&ids], [&scopes]);
+    let (rows, counters) = futures_util::try_join!(
+        tx.query(&priors_st, &ids_p),
+        tx.query(&counters_st, &scopes_p)
+    )?;
+    let counters: std::collections::HashMap<String, f64> =
+        counters.iter().map(|r| (r.get(0), r.get(1))).collect();
+    let (out, begun, settled, d) = decide(ops, priors(&rows), &counters, d);
+    let writes = Writes::new(&begun, settled, host);
+    let sent = writes.send(tx).await?;
+    futures_util::try_join!(futures_util::future::try_join_all(sent), bump(tx, d))?;
     Ok(out)
 }
 
@@ -1388,13 +1479,6 @@ impl Backend for PgBackend {
             let ce = |e: tokio_postgres::Error| classify(&place, &e);
             let mut client = pool.get().await.map_err(|e| pool_err(&place, e))?;
             let tx = client.transaction().await.map_err(ce)?;
-            // Bookkeeping before the send: atomic and visible to every replica at
-            // commit, without waiting for its own WAL flush; it becomes durable with
-            // the flush of the next request row (as SQLite's run notes do). Losing it
-            // in a crash of the database loses no request, only holds.
-            tx.batch_execute("SET LOCAL synchronous_commit = off")
-                .await
-                .map_err(ce)?;
             let out = book_in(&tx, &host, &ops).await.map_err(ce)?;
             tx.commit().await.map_err(ce)?;
             Ok(out)
