@@ -224,6 +224,15 @@ impl AppState {
         if opts.session_id.is_none() {
             opts.session_id = Some(self.session.clone());
         }
+        // The upstream `traceparent` continues the caller's trace. While spans are
+        // exported its parent is this request's call span (a child of the server
+        // span); otherwise quorum is transparent and passes the caller's span on.
+        if opts.upstream_parent.is_none() && !telemetry::enabled() {
+            opts.upstream_parent = ACCESS
+                .try_with(|a| a.parent.as_ref().map(|sc| sc.span_id().to_string()))
+                .ok()
+                .flatten();
+        }
         let start = StartOptions {
             run: opts,
             budget_session: Some(self.session.clone()),
@@ -426,7 +435,7 @@ pub(crate) struct Access {
     route: String,
     status: std::sync::atomic::AtomicU16,
     runs: std::sync::Mutex<AccessRuns>,
-    /// The caller's span (`traceparent`), while traces are exported.
+    /// The caller's span (`traceparent`).
     parent: Option<opentelemetry::trace::SpanContext>,
 }
 
@@ -453,7 +462,8 @@ impl Access {
         Arc::new(Access {
             started: std::time::Instant::now(),
             started_at: std::time::SystemTime::now(),
-            parent: telemetry::enabled()
+            parent: headers
+                .contains_key("traceparent")
                 .then(|| telemetry::parent_from(headers))
                 .flatten(),
             method: method.to_string(),
