@@ -447,8 +447,8 @@ fn judge_key_sends_the_answers_and_the_verdict_lands_in_the_view() {
         .iter()
         .find(|r| r.target == "judge mock/gamma")
         .expect("judge row");
-    assert_eq!(row.requests, 1);
-    let total: f64 = app.live_ledger().iter().map(|r| r.cost_usd).sum();
+    assert_eq!(row.tally.requests, 1);
+    let total: f64 = app.live_ledger().iter().map(|r| r.tally.cost_usd).sum();
     assert!((total - 0.25).abs() < 1e-9);
 }
 

@@ -37,5 +37,5 @@ pub mod tokens;
 pub mod validate;
 
 pub use front::{Books, Refusal, StartOptions, Started};
-pub use tally::Tally;
 pub use run::{Engine, EngineConfig, RunHandle, RunOptions, TargetEvent};
+pub use tally::Tally;

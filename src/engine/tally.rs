@@ -240,7 +240,10 @@ mod tests {
         let sent = done(100, 50, Some(0.3), CostSource::Computed);
         let t = Tally::of([&hit, &sent]);
         assert_eq!((t.requests, t.cache_hits), (2, 1));
-        assert_eq!(t.usage.input_tokens, 100, "the replayed tokens were not billed");
+        assert_eq!(
+            t.usage.input_tokens, 100,
+            "the replayed tokens were not billed"
+        );
         assert_eq!(t.usage.output_tokens, 50);
         assert_eq!(t.cost(), Some(0.3));
         assert_eq!(t.mark(), "✓");

@@ -1711,8 +1711,7 @@ impl App {
                         errors: r.tally.errors,
                         input_tokens: r.tally.usage.input_tokens,
                         output_tokens: r.tally.usage.output_tokens,
-                        cached_input_tokens: (!hidden)
-                            .then_some(r.tally.usage.cached_input_tokens),
+                        cached_input_tokens: (!hidden).then_some(r.tally.usage.cached_input_tokens),
                         reasoning_tokens: (!hidden).then_some(r.tally.usage.reasoning_tokens),
                         cost_usd: (!hidden).then_some(r.tally.cost_usd),
                         unknown_cost: r.tally.unpriced,

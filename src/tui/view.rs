@@ -733,7 +733,11 @@ fn draw_ledger(f: &mut Frame<'_>, app: &App, r: Rect) {
             "✓" => t.ok,
             _ => t.warn,
         };
-        let err_style = if row.tally.errors > 0 { t.error } else { t.text };
+        let err_style = if row.tally.errors > 0 {
+            t.error
+        } else {
+            t.text
+        };
         let text_style = if is_total {
             t.text.add_modifier(Modifier::BOLD)
         } else {
