@@ -1100,7 +1100,13 @@ fn the_loop_runs_generic_over_backend_and_input() {
             [vec!["mock/alpha", "mock/beta", "mock/thinker"]]
         );
         assert!(app.panes.iter().all(|p| p.state == PaneState::Done));
-        assert_eq!(app.live_ledger().iter().map(|r| r.tally.requests).sum::<u64>(), 3);
+        assert_eq!(
+            app.live_ledger()
+                .iter()
+                .map(|r| r.tally.requests)
+                .sum::<u64>(),
+            3
+        );
         // The run closed by itself when its last target ended.
         assert!(app.runs.is_empty(), "{:?}", app.runs);
         assert_eq!(app.run_key("run-engine-1"), None);

@@ -4,6 +4,7 @@
 #![allow(dead_code)]
 
 pub mod pg;
+pub mod tmux;
 
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicUsize, Ordering};
