@@ -5,80 +5,14 @@
 
 mod support;
 
-use std::process::{Child, Command, Stdio};
-use std::sync::{Arc, Mutex};
+use std::process::{Command, Stdio};
 use std::time::Duration;
 
 use serde_json::{json, Value};
+use support::serve::{command, serve, Serve};
 use support::{Reply, Server};
 
 const FAKE_KEY: &str = "sk-quorum-test-FAKEKEY-0123456789abcdef";
-
-struct Serve {
-    child: Child,
-    url: String,
-    dir: tempfile::TempDir,
-    stderr: Arc<Mutex<String>>,
-}
-
-impl Drop for Serve {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-impl Serve {
-    fn ledger_rows(&self) -> i64 {
-        let c = rusqlite::Connection::open(self.dir.path().join("ledger.sqlite3")).unwrap();
-        c.query_row("SELECT COUNT(*) FROM requests", [], |r| r.get(0))
-            .unwrap()
-    }
-    fn stderr(&self) -> String {
-        self.stderr.lock().unwrap().clone()
-    }
-    /// stderr once it holds `needle` (the reader thread may lag the process's
-    /// exit by a moment), or as it is after [`support::PATIENCE`].
-    fn stderr_with(&self, needle: &str) -> String {
-        support::eventually_blocking(|| self.stderr().contains(needle));
-        self.stderr()
-    }
-    fn pid(&self) -> i32 {
-        self.child.id() as i32
-    }
-}
-
-fn command(dir: &std::path::Path, config: Option<&str>, env: &[(&str, &str)]) -> Command {
-    let cfg = dir.join("config.toml");
-    if let Some(c) = config {
-        std::fs::write(&cfg, c).unwrap();
-    }
-    let mut cmd = Command::new(env!("CARGO_BIN_EXE_quorum"));
-    cmd.env_clear()
-        .env("PATH", std::env::var("PATH").unwrap_or_default())
-        .env("HOME", dir)
-        .env("QUORUM_DATA_DIR", dir)
-        .env("QUORUM_CONFIG", &cfg)
-        .env("QUORUM_MOCK_TPS", "0");
-    for (k, v) in env {
-        cmd.env(k, v);
-    }
-    cmd
-}
-
-/// Start `quorum serve --listen 127.0.0.1:0 ARGS` and wait for its address.
-fn serve(args: &[&str], config: Option<&str>, env: &[(&str, &str)]) -> Serve {
-    let dir = tempfile::tempdir().unwrap();
-    let mut cmd = command(dir.path(), config, env);
-    cmd.args(["serve", "--listen", "127.0.0.1:0"]).args(args);
-    let (child, url, log) = support::spawn_serve(cmd);
-    Serve {
-        child,
-        url,
-        dir,
-        stderr: log,
-    }
-}
 
 fn http() -> reqwest::Client {
     reqwest::Client::builder()

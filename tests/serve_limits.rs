@@ -7,59 +7,23 @@ mod support;
 
 use std::io::{Read, Write};
 use std::net::TcpStream;
-use std::process::{Child, Command};
-use std::sync::{Arc, Mutex};
+use std::process::Command;
 use std::time::{Duration, Instant};
 
 use serde_json::{json, Value};
+use support::serve::Serve;
 use support::{Reply, Server};
 
 const FAKE_KEY: &str = "sk-quorum-test-FAKEKEY-0123456789abcdef";
 
-struct Serve {
-    child: Child,
-    url: String,
-    addr: String,
-    dir: tempfile::TempDir,
-    stderr: Arc<Mutex<String>>,
-}
-
-impl Drop for Serve {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-fn command(dir: &std::path::Path, config: Option<&str>, env: &[(&str, &str)]) -> Command {
-    let cfg = dir.join("config.toml");
-    std::fs::write(&cfg, config.unwrap_or("")).unwrap();
-    let mut cmd = Command::new(env!("CARGO_BIN_EXE_quorum"));
-    cmd.env_clear()
-        .env("PATH", std::env::var("PATH").unwrap_or_default())
-        .env("HOME", dir)
-        .env("QUORUM_DATA_DIR", dir)
-        .env("QUORUM_CONFIG", &cfg)
-        .env("QUORUM_MOCK_TPS", "0");
-    for (k, v) in env {
-        cmd.env(k, v);
-    }
-    cmd
-}
-
+/// `quorum serve` with `config` (an empty config file when `None`).
 fn serve(args: &[&str], config: Option<&str>, env: &[(&str, &str)]) -> Serve {
-    let dir = tempfile::tempdir().unwrap();
-    let mut cmd = command(dir.path(), config, env);
-    cmd.args(["serve", "--listen", "127.0.0.1:0"]).args(args);
-    let (child, url, log) = support::spawn_serve(cmd);
-    let addr = url.trim_start_matches("http://").to_string();
-    Serve {
-        child,
-        url,
-        addr,
-        dir,
-        stderr: log,
-    }
+    support::serve::serve(args, Some(config.unwrap_or("")), env)
+}
+
+/// `quorum` with `config` (an empty config file when `None`).
+fn command(dir: &std::path::Path, config: Option<&str>, env: &[(&str, &str)]) -> Command {
+    support::serve::command(dir, Some(config.unwrap_or("")), env)
 }
 
 fn http() -> reqwest::Client {
