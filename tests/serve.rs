@@ -500,6 +500,45 @@ async fn stream_is_sse_of_engine_events() {
     assert_eq!(code(&v), -32602);
 }
 
+/// `llm.metrics` tallies as the ledger's totals do: a cache hit is a request and a
+/// hit, but its replayed tokens were not sent and are not counted again.
+#[tokio::test(flavor = "multi_thread")]
+async fn metrics_count_cache_hits_as_the_ledger_does() {
+    use llm_quorum::engine::ledger::{GroupBy, Ledger};
+    let s = serve(&[], Some("[cache]\nenabled = true\n"), &[]);
+    for id in 1..=3 {
+        let v = rpc(
+            &s,
+            req(
+                id,
+                "llm.complete",
+                json!({"model": "mock/alpha", "prompt": "What is 2+2?"}),
+            ),
+        )
+        .await;
+        assert!(v["error"].is_null(), "{v}");
+    }
+    let m = rpc(&s, req(9, "llm.metrics", json!({}))).await;
+    let total = &m["result"]["total"];
+    assert_eq!(total["requests"], 3, "{m}");
+    assert_eq!(total["cache_hits"], 2, "{m}");
+    let ledger = Ledger::open_in(s.dir.path(), Default::default()).unwrap();
+    let rows = ledger.totals(GroupBy::Model).unwrap();
+    let row = rows.iter().find(|r| r.key == "mock/alpha").expect("a row");
+    assert_eq!((row.requests, row.cache_hits), (3, 2), "{row:?}");
+    assert!(row.input_tokens > 0 && row.output_tokens > 0, "{row:?}");
+    for (key, n) in [
+        ("input_tokens", row.input_tokens),
+        ("output_tokens", row.output_tokens),
+        ("cached_input_tokens", row.cached_input_tokens),
+        ("reasoning_tokens", row.reasoning_tokens),
+    ] {
+        assert_eq!(total[key], n, "{key}: {m} vs {row:?}");
+    }
+    assert_eq!(total["cost_usd"].as_f64(), Some(row.cost_usd), "{m}");
+    no_panic(&s);
+}
+
 #[tokio::test(flavor = "multi_thread")]
 async fn compare_models_metrics_health() {
     let s = serve(&[], None, &[]);

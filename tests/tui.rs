@@ -991,6 +991,14 @@ fn tool_calls_and_cached_answers_show() {
     assert!(s.contains("{\"city\":\"Paris\"}"), "{s}");
     assert!(s.contains("mock/beta · cached"), "{s}");
     assert!(s.contains("It is sunny."), "{s}");
+    // The ledger pane counts the hit as the ledger does: a request, no tokens billed.
+    let beta = app
+        .live_ledger()
+        .into_iter()
+        .find(|r| r.asked == "mock/beta")
+        .expect("beta's row");
+    assert_eq!((beta.tally.requests, beta.tally.cache_hits), (1, 1));
+    assert_eq!(beta.tally.usage.output_tokens, 0, "{beta:?}");
 }
 
 #[test]
