@@ -702,56 +702,17 @@ fn a_readable_config_with_a_literal_secret_is_warned_about() {
 // ---------------------------------------------------------------------------
 // `quorum serve`
 
-/// A running `quorum serve` under audit.
-struct Serving {
-    child: std::process::Child,
-    url: String,
-    stderr: std::sync::Arc<Mutex<String>>,
-}
-
-impl Drop for Serving {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-impl Serving {
-    fn start(home: &Home, urls: &Urls, global: &[&str]) -> Serving {
-        let mut cmd = Command::new(env!("CARGO_BIN_EXE_quorum"));
-        cmd.env_clear()
-            .env("PATH", std::env::var("PATH").unwrap_or_default())
-            .envs(env_pairs(home, urls))
-            .env("RUST_LOG", "trace")
-            .env("RUST_BACKTRACE", "1")
-            .env("QUORUM_SERVE_TOKEN", SERVE_TOKEN)
-            .args(global)
-            .args([
-                "serve",
-                "--listen",
-                "127.0.0.1:0",
-                "--token-env",
-                "QUORUM_SERVE_TOKEN",
-            ]);
-        let (child, url, log) = support::spawn_serve(cmd);
-        Serving {
-            child,
-            url,
-            stderr: log,
-        }
-    }
-
-    /// SIGTERM (the ledger is flushed), wait, then the whole stderr.
-    fn stop(mut self) -> String {
-        #[cfg(unix)]
-        unsafe {
-            libc::kill(self.child.id() as i32, libc::SIGTERM);
-        }
-        let _ = self.child.wait();
-        // The reader thread may still be draining the pipe: wait for the last line.
-        support::eventually_blocking(|| self.stderr.lock().unwrap().contains("stopped"));
-        self.stderr.lock().unwrap().clone()
-    }
+/// A `quorum serve` under audit: the home's environment, every log line, a token.
+fn start_serve(home: &Home, urls: &Urls, global: &[&str]) -> support::serve::Serve {
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_quorum"));
+    cmd.env_clear()
+        .env("PATH", std::env::var("PATH").unwrap_or_default())
+        .envs(env_pairs(home, urls))
+        .env("RUST_LOG", "trace")
+        .env("RUST_BACKTRACE", "1")
+        .env("QUORUM_SERVE_TOKEN", SERVE_TOKEN)
+        .args(global);
+    support::serve::start(cmd, &["--token-env", "QUORUM_SERVE_TOKEN"])
 }
 
 /// One HTTP exchange: (what, status, body).
@@ -855,7 +816,7 @@ fn serve_shows_no_key_on_any_failure_path() {
     let mut modes = failures(&s);
     modes.push(("working upstreams", Urls::of(&s), vec![]));
     for (what, urls, flags) in modes {
-        let srv = Serving::start(&home, &urls, &flags);
+        let srv = start_serve(&home, &urls, &flags);
         let answers = rt.block_on(serve_traffic(&srv.url));
         let err = srv.stop();
         for (call, status, body) in &answers {

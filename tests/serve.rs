@@ -9,17 +9,11 @@ use std::process::{Command, Stdio};
 use std::time::Duration;
 
 use serde_json::{json, Value};
-use support::serve::{command, serve, Serve};
+use support::python_has;
+use support::serve::{command, http, serve, Serve};
 use support::{Reply, Server};
 
 const FAKE_KEY: &str = "sk-quorum-test-FAKEKEY-0123456789abcdef";
-
-fn http() -> reqwest::Client {
-    reqwest::Client::builder()
-        .timeout(Duration::from_secs(30))
-        .build()
-        .unwrap()
-}
 
 async fn rpc_raw(s: &Serve, body: impl Into<reqwest::Body>) -> (u16, String) {
     let r = http()
@@ -52,16 +46,6 @@ fn code(v: &Value) -> i64 {
 fn no_panic(s: &Serve) {
     let e = s.stderr();
     assert!(!e.contains("panicked"), "{e}");
-}
-
-fn python_has(module: &str) -> bool {
-    Command::new("python3")
-        .args(["-c", &format!("import {module}")])
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .status()
-        .map(|s| s.success())
-        .unwrap_or(false)
 }
 
 fn py_script(name: &str) -> String {
@@ -522,7 +506,7 @@ async fn metrics_count_cache_hits_as_the_ledger_does() {
     let total = &m["result"]["total"];
     assert_eq!(total["requests"], 3, "{m}");
     assert_eq!(total["cache_hits"], 2, "{m}");
-    let ledger = Ledger::open_in(s.dir.path(), Default::default()).unwrap();
+    let ledger = Ledger::open_in(s.dir(), Default::default()).unwrap();
     let rows = ledger.totals(GroupBy::Model).unwrap();
     let row = rows.iter().find(|r| r.key == "mock/alpha").expect("a row");
     assert_eq!((row.requests, row.cache_hits), (3, 2), "{row:?}");
@@ -634,7 +618,7 @@ async fn trace_session_agent_reach_the_provider_and_the_ledger() {
         tp1.starts_with("00-4bf92f3577b34da6a3ce929d0e0e4736-"),
         "{tp1}"
     );
-    let c = rusqlite::Connection::open(s.dir.path().join("ledger.sqlite3")).unwrap();
+    let c = rusqlite::Connection::open(s.dir().join("ledger.sqlite3")).unwrap();
     let rows: Vec<(String, String, String)> = c
         .prepare("SELECT trace_id, session_id, source_agent FROM requests ORDER BY id")
         .unwrap()
@@ -736,7 +720,7 @@ async fn openai_sdk_as_a_client() {
         .iter()
         .any(|m| !m.as_str().unwrap().starts_with("mock/")));
     // The session from extra_body reached the ledger.
-    let c = rusqlite::Connection::open(s.dir.path().join("ledger.sqlite3")).unwrap();
+    let c = rusqlite::Connection::open(s.dir().join("ledger.sqlite3")).unwrap();
     let n: i64 = c
         .query_row(
             "SELECT COUNT(*) FROM requests WHERE session_id = 'sdk-session' AND source_agent = 'openai-python'",
@@ -1125,7 +1109,7 @@ async fn sigterm_finishes_the_request_in_flight_and_keeps_its_ledger_row() {
     let e = s.stderr_with("stopped");
     assert!(e.contains("shutting down"), "{e}");
     assert!(e.contains("stopped"), "{e}");
-    let c = rusqlite::Connection::open(s.dir.path().join("ledger.sqlite3")).unwrap();
+    let c = rusqlite::Connection::open(s.dir().join("ledger.sqlite3")).unwrap();
     let (n, status): (i64, String) = c
         .query_row("SELECT COUNT(*), MAX(status) FROM requests", [], |r| {
             Ok((r.get(0)?, r.get(1)?))
@@ -1165,7 +1149,7 @@ async fn a_client_that_goes_away_cancels_the_upstream_stream() {
     assert_eq!(up.aborted.load(std::sync::atomic::Ordering::SeqCst), 1);
     // The ledger says so, once the cancelled request is written.
     let mut status = String::new();
-    let db = s.dir.path().join("ledger.sqlite3");
+    let db = s.dir().join("ledger.sqlite3");
     support::eventually(|| {
         let Ok(c) = rusqlite::Connection::open(&db) else {
             return false;

@@ -11,22 +11,13 @@ use std::path::Path;
 use std::process::{Child, Command, Stdio};
 
 use serde_json::{json, Value};
+use support::python_has;
 
 const TOKEN: &str = "serve-token-0123456789abcdef-SECRET";
 const PROMPT: &str = "PROMPT-TEXT-never-in-a-span";
 const TRACE: &str = "4bf92f3577b34da6a3ce929d0e0e4736";
 const PARENT: &str = "00f067aa0ba902b7";
 const OWN_TRACE: &str = "0af7651916cd43dd8448eb211c80319c";
-
-fn python_has(module: &str) -> bool {
-    Command::new("python3")
-        .args(["-c", &format!("import {module}")])
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .status()
-        .map(|s| s.success())
-        .unwrap_or(false)
-}
 
 /// Kills the child when dropped.
 struct Kill(Child);

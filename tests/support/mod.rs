@@ -443,3 +443,11 @@ pub fn refused_port() -> u16 {
         u16::from_be(out.sin_port)
     }
 }
+
+/// Whether `python3` can import `module` (tests that need it skip without it).
+pub fn python_has(module: &str) -> bool {
+    std::process::Command::new("python3")
+        .args(["-c", &format!("import {module}")])
+        .output()
+        .is_ok_and(|o| o.status.success())
+}

@@ -14,10 +14,10 @@ pub struct Serve {
     pub url: String,
     /// `ADDR` (`127.0.0.1:PORT`).
     pub addr: String,
-    /// Its home, data dir (the ledger is `ledger.sqlite3` in it) and config.
-    pub dir: tempfile::TempDir,
     /// Its stderr so far (growing).
     pub stderr: Arc<Mutex<String>>,
+    /// The temp dir [`serve`] made: home, data dir and config.
+    home: Option<tempfile::TempDir>,
 }
 
 impl Drop for Serve {
@@ -28,9 +28,18 @@ impl Drop for Serve {
 }
 
 impl Serve {
+    /// Its home, data dir (the ledger is `ledger.sqlite3` in it) and config, when
+    /// [`serve`] made them.
+    pub fn dir(&self) -> &Path {
+        self.home
+            .as_ref()
+            .expect("a server started by serve() (start() gets its dir from the caller)")
+            .path()
+    }
+
     /// Rows in the ledger's `requests` table.
     pub fn ledger_rows(&self) -> i64 {
-        let c = rusqlite::Connection::open(self.dir.path().join("ledger.sqlite3")).unwrap();
+        let c = rusqlite::Connection::open(self.dir().join("ledger.sqlite3")).unwrap();
         c.query_row("SELECT COUNT(*) FROM requests", [], |r| r.get(0))
             .unwrap()
     }
@@ -50,6 +59,18 @@ impl Serve {
     /// Its process id.
     pub fn pid(&self) -> i32 {
         self.child.id() as i32
+    }
+
+    /// SIGTERM, wait for the exit, then the whole stderr (once the reader thread
+    /// has the server's last line, `stopped`).
+    pub fn stop(mut self) -> String {
+        // SAFETY: a plain kill(2) on our own child's pid.
+        unsafe {
+            libc::kill(self.pid(), libc::SIGTERM);
+        }
+        let _ = self.child.wait();
+        super::eventually_blocking(|| self.stderr().contains("stopped"));
+        self.stderr()
     }
 }
 
@@ -74,11 +95,9 @@ pub fn command(dir: &Path, config: Option<&str>, env: &[(&str, &str)]) -> Comman
     cmd
 }
 
-/// Start `quorum serve --listen 127.0.0.1:0 ARGS` in a fresh temp dir
-/// ([`command`]) and wait for its address.
-pub fn serve(args: &[&str], config: Option<&str>, env: &[(&str, &str)]) -> Serve {
-    let dir = tempfile::tempdir().unwrap();
-    let mut cmd = command(dir.path(), config, env);
+/// Start `cmd` (a `quorum` command, its environment and global flags set) as
+/// `serve --listen 127.0.0.1:0 ARGS` and wait for its address.
+pub fn start(mut cmd: Command, args: &[&str]) -> Serve {
     cmd.args(["serve", "--listen", "127.0.0.1:0"]).args(args);
     let (child, url, stderr) = super::spawn_serve(cmd);
     let addr = url.trim_start_matches("http://").to_string();
@@ -86,7 +105,25 @@ pub fn serve(args: &[&str], config: Option<&str>, env: &[(&str, &str)]) -> Serve
         child,
         url,
         addr,
-        dir,
         stderr,
+        home: None,
     }
+}
+
+/// Start `quorum serve --listen 127.0.0.1:0 ARGS` in a fresh temp dir
+/// ([`command`]) and wait for its address.
+pub fn serve(args: &[&str], config: Option<&str>, env: &[(&str, &str)]) -> Serve {
+    let home = tempfile::tempdir().unwrap();
+    let mut s = start(command(home.path(), config, env), args);
+    s.home = Some(home);
+    s
+}
+
+/// An HTTP client for talking to a test server: a request that hangs fails
+/// after twice [`super::PATIENCE`], long after a loaded machine would answer.
+pub fn http() -> reqwest::Client {
+    reqwest::Client::builder()
+        .timeout(2 * super::PATIENCE)
+        .build()
+        .unwrap()
 }
