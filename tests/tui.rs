@@ -1,6 +1,8 @@
 //! The workbench without a terminal: `App::update` as pure state tests,
 //! screens as insta snapshots on a TestBackend, colours cell by cell.
 
+mod support;
+
 use std::time::{Duration, Instant};
 
 use crossterm::event::{KeyCode, KeyEvent, KeyModifiers, MouseEvent, MouseEventKind};
@@ -18,6 +20,7 @@ use ratatui::backend::TestBackend;
 use ratatui::layout::Rect;
 use ratatui::style::Color;
 use ratatui::Terminal;
+use support::tui::{at, base, ctrl, key};
 
 // ----- helpers -------------------------------------------------------------
 
@@ -53,24 +56,6 @@ fn app_themed(targets: &[&str], size: (u16, u16), theme: Theme) -> App {
 
 fn app3() -> App {
     app_with(&["mock/alpha", "mock/beta", "mock/thinker"], (120, 36))
-}
-
-fn base() -> Instant {
-    use std::sync::OnceLock;
-    static BASE: OnceLock<Instant> = OnceLock::new();
-    *BASE.get_or_init(Instant::now)
-}
-
-fn at(ms: u64) -> Instant {
-    base() + Duration::from_millis(ms)
-}
-
-fn key(code: KeyCode) -> Msg {
-    Msg::Key(KeyEvent::new(code, KeyModifiers::NONE))
-}
-
-fn ctrl(c: char) -> Msg {
-    Msg::Key(KeyEvent::new(KeyCode::Char(c), KeyModifiers::CONTROL))
 }
 
 fn type_text(app: &mut App, s: &str) -> Vec<Cmd> {

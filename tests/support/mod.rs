@@ -6,6 +6,7 @@
 pub mod pg;
 pub mod serve;
 pub mod tmux;
+pub mod tui;
 
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicUsize, Ordering};
