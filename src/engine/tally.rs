@@ -1,6 +1,7 @@
 //! The one usage tally every face sums finished requests with: the TUI's
-//! ledger pane, `serve`'s `llm.metrics` and access log, `exec`'s result, the
-//! comparison report and the eval runner.
+//! ledger pane and history, `serve`'s `llm.metrics` and access log, `exec`'s
+//! result, `ledger show`, the comparison report and the eval runner. It adds
+//! completions ([`Tally::add`]) or stored rows ([`Tally::add_row`]) alike.
 //!
 //! The rules, the same as the ledger's own totals (`ledger totals`):
 //! - a cancelled request is not an error: `errors` and `cancelled` are apart
@@ -13,6 +14,7 @@
 
 use super::error::EngineError;
 use super::event::{Completion, CostSource, Usage};
+use super::ledger::RequestRow;
 
 /// Requests, tokens and spend of any number of finished requests.
 #[derive(Debug, Clone, Copy, Default, PartialEq)]
@@ -52,6 +54,39 @@ impl Tally {
             self.usage += c.usage;
         }
         self.add_cost(c.cost_usd, c.cost_source);
+    }
+
+    /// Count one request as the ledger stored it (`status` `ok`, `cancelled`, or
+    /// an error): the same as [`Tally::add`] of the completion it was.
+    pub fn add_row(&mut self, r: &RequestRow) {
+        self.requests += 1;
+        match r.status.as_str() {
+            "ok" => {}
+            "cancelled" => self.cancelled += 1,
+            _ => self.errors += 1,
+        }
+        if r.cache_hit {
+            self.cache_hits += 1;
+        } else {
+            self.usage += Usage {
+                input_tokens: r.input_tokens,
+                output_tokens: r.output_tokens,
+                cached_input_tokens: r.cached_input_tokens,
+                cache_creation_input_tokens: r.cache_write_tokens,
+                reasoning_tokens: r.reasoning_tokens,
+                reported_cost_usd: None,
+            };
+        }
+        self.add_cost(r.cost_usd, CostSource::parse(&r.cost_source));
+    }
+
+    /// The tally of some stored requests.
+    pub fn of_rows<'a>(rows: impl IntoIterator<Item = &'a RequestRow>) -> Tally {
+        let mut t = Tally::default();
+        for r in rows {
+            t.add_row(r);
+        }
+        t
     }
 
     /// Count the usage and cost of a request still in flight (a live figure):

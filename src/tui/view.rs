@@ -1064,9 +1064,8 @@ fn draw_history(f: &mut Frame<'_>, app: &App, h: &HistoryView, area: Rect) {
             let room = inner.height as usize;
             let start = h.selected.saturating_sub(room.saturating_sub(1));
             for (i, run) in runs.iter().enumerate().skip(start).take(room) {
-                let cost: f64 = run.rows.iter().filter_map(|r| r.cost_usd).sum();
-                let unknown = run.rows.iter().any(|r| r.cost_usd.is_none());
-                let failed = run.rows.iter().filter(|r| r.status != "ok").count();
+                let tally = Tally::of_rows(&run.rows);
+                let (cost, unknown, failed) = (tally.cost_usd, tally.unpriced > 0, tally.failed());
                 let when: String = run
                     .created_at
                     .chars()
