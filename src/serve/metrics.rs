@@ -35,22 +35,24 @@ pub const LATENCY_BUCKETS: &[f64] = &[
 /// or the total). `errors` counts cancelled requests too.
 fn usage_totals(t: &Tally) -> serde_json::Map<String, Value> {
     let u = &t.usage;
-    let v = json!({
-        "requests": t.requests,
-        "errors": t.failed(),
-        "input_tokens": u.input_tokens,
-        "output_tokens": u.output_tokens,
-        "cached_input_tokens": u.cached_input_tokens,
-        "cache_creation_input_tokens": u.cache_creation_input_tokens,
-        "reasoning_tokens": u.reasoning_tokens,
-        "cost_usd": t.cost_usd,
-        "unpriced_requests": t.unpriced,
-        "cache_hits": t.cache_hits,
-    });
-    match v {
-        Value::Object(o) => o,
-        _ => unreachable!("a json! object"),
-    }
+    [
+        ("requests", json!(t.requests)),
+        ("errors", json!(t.failed())),
+        ("input_tokens", json!(u.input_tokens)),
+        ("output_tokens", json!(u.output_tokens)),
+        ("cached_input_tokens", json!(u.cached_input_tokens)),
+        (
+            "cache_creation_input_tokens",
+            json!(u.cache_creation_input_tokens),
+        ),
+        ("reasoning_tokens", json!(u.reasoning_tokens)),
+        ("cost_usd", json!(t.cost_usd)),
+        ("unpriced_requests", json!(t.unpriced)),
+        ("cache_hits", json!(t.cache_hits)),
+    ]
+    .into_iter()
+    .map(|(k, v)| (k.to_string(), v))
+    .collect()
 }
 
 /// The last error a provider gave.
