@@ -224,7 +224,7 @@ impl Engine {
                 .map_err(Refusal::Target)?;
         }
         let targets: Vec<String> = resolved.iter().map(|r| r.id()).collect();
-        let warnings = select::deprecation_warnings(self, &targets);
+        let mut warnings = select::deprecation_warnings(self, &targets);
         let budget = self.budget();
         let gated = budget.is_set() && !opts.force;
         let run_id = self.next_run_id();
@@ -258,7 +258,7 @@ impl Engine {
                 let (rid, tid) = (run_id.clone(), trace_id.clone());
                 let session = opts.run.session_id.clone();
                 let bsession = opts.budget_session.clone();
-                let work = move || -> Result<Option<Projection>, Refusal> {
+                let work = move || -> Result<(Option<Projection>, Option<String>), Refusal> {
                     let p = if gated {
                         Some(budget::project(&engine, &req2, &targets2).map_err(Refusal::Target)?)
                     } else {
@@ -282,13 +282,16 @@ impl Engine {
                         Refused::Budget(b) => Refusal::Budget(b),
                         Refused::Ledger(e) => Refusal::Ledger(e.into()),
                     })?;
-                    Ok(p)
+                    Ok((p, l.away_warning()))
                 };
-                projection = tokio::task::spawn_blocking(work).await.map_err(|e| {
+                let away;
+                (projection, away) = tokio::task::spawn_blocking(work).await.map_err(|e| {
                     Refusal::Target(EngineError::Config {
                         message: format!("the front door failed: {e}"),
                     })
                 })??;
+                // The shared database is away: the run goes on, its rows wait locally.
+                warnings.extend(away);
                 if projection.is_some() {
                     settle = Some(Arc::new(Settle {
                         ledger: ledger.clone(),
@@ -323,6 +326,19 @@ impl Engine {
                 _ => 0,
             },
             _ => 0,
+        }
+    }
+
+    /// Why a shared ledger's database is known to be away (rows go to the local spool
+    /// without a budget; with one, requests are refused): `None` when it is reachable,
+    /// for SQLite, and while the ledger is opening.
+    pub fn ledger_away(&self) -> Option<String> {
+        match self.books() {
+            Books::On { ledger } => match ledger.ready() {
+                Some(Ok(l)) => l.away(),
+                _ => None,
+            },
+            _ => None,
         }
     }
 

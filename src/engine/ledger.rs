@@ -28,6 +28,7 @@ use super::request::{Attachment, AttachmentData, ChatRequest};
 
 mod batch;
 pub mod migrate;
+pub mod pg_tls;
 pub mod postgres;
 pub mod spool;
 mod sqlite;
@@ -299,6 +300,11 @@ impl LedgerError {
             }
             LedgerError::Locked { .. } => {
                 "retry; if it lasts, stop the process that holds the ledger"
+            }
+            LedgerError::Open { detail, .. }
+                if remote && (detail.starts_with("TLS") || detail.starts_with("[ledger] url")) =>
+            {
+                "correct sslmode / sslrootcert in [ledger] url or QUORUM_LEDGER_URL (see the README's shared ledger section), or the server's TLS setup"
             }
             LedgerError::Unavailable { .. } | LedgerError::Open { .. } if remote => {
                 "start the database or check [ledger] url / QUORUM_LEDGER_URL and its credentials"
@@ -981,6 +987,9 @@ pub struct Ledger {
     spool: Option<Arc<spool::Spool>>,
     stop: Arc<(Mutex<bool>, Condvar)>,
     batcher: batch::Batcher,
+    /// Why the database is known to be away (rows go to the spool), until a replay
+    /// or a probe reaches it again.
+    away: Arc<Mutex<Option<String>>>,
 }
 
 impl Drop for Ledger {
@@ -1040,7 +1049,83 @@ impl Ledger {
             spool: None,
             stop: Arc::new((Mutex::new(false), Condvar::new())),
             batcher: batch::Batcher::default(),
+            away: Arc::new(Mutex::new(None)),
         }
+    }
+
+    /// Open the PostgreSQL ledger at `url` even while the database cannot be reached
+    /// (a warning says so; the schema is made or migrated when it is first reached).
+    /// With a spool at `spool` (no budget, see [`Ledger::with_spool`]) rows wait there
+    /// meanwhile; without one (a budget is set) every write is refused until it
+    /// returns (fail closed), and no process needs a restart when it does. Anything but
+    /// an unreachable database (a bad URL, TLS, a refused login, a newer schema) still
+    /// fails here.
+    pub fn open_url(
+        url: &str,
+        opts: LedgerOptions,
+        spool: Option<&Path>,
+    ) -> Result<Ledger, LedgerError> {
+        let (backend, away) = postgres::PgBackend::connect_lazy(url)?;
+        let l = Self::with_backend(Box::new(backend), opts);
+        let Some(spool) = spool else {
+            if let Some(e) = away {
+                tracing::warn!(
+                    "ledger: {e}; a budget is set, so every request is refused until it returns"
+                );
+                l.set_away(Some(e.to_string()));
+                let (backend, stop, away) = (l.backend.clone(), l.stop.clone(), l.away.clone());
+                std::thread::Builder::new()
+                    .name("quorum-ledger-watch".into())
+                    .spawn(move || replay_loop(&*backend, None, &stop, &away))
+                    .map_err(|e| LedgerError::Io {
+                        place: l.place().to_string(),
+                        detail: format!("cannot start the watch thread: {e}"),
+                    })?;
+            }
+            return Ok(l);
+        };
+        let l = l.with_spool(spool)?;
+        if let Some(e) = away {
+            tracing::warn!(
+                "ledger: {e}; no budget is set, so rows are kept in {} and written to the \
+                 database when it returns",
+                spool.display()
+            );
+            l.set_away(Some(e.to_string()));
+        } else if l.backlog() > 0 {
+            // Rows an earlier process left: written before this one's, and before a
+            // short-lived process (`quorum ask`) is gone again.
+            match l.replay_spool() {
+                Ok(n) => tracing::info!("ledger: replayed {n} spooled row(s) into {}", l.place()),
+                Err(e) => tracing::warn!(
+                    "ledger: cannot replay the spool {} yet ({e}); rows keep waiting there",
+                    spool.display()
+                ),
+            }
+        }
+        Ok(l)
+    }
+
+    fn set_away(&self, why: Option<String>) {
+        set_away(&self.away, why);
+    }
+
+    /// Why the shared database is known to be away (`None` when it is reachable, and
+    /// for SQLite).
+    pub fn away(&self) -> Option<String> {
+        self.away.lock().ok().and_then(|g| g.clone())
+    }
+
+    /// A line for the user while the shared database is away and rows wait in the
+    /// local spool.
+    pub fn away_warning(&self) -> Option<String> {
+        let why = self.away()?;
+        let sp = self.spool.as_ref()?;
+        Some(format!(
+            "{why}; rows are kept in {} ({} waiting) and written when it returns",
+            sp.path().display(),
+            sp.backlog()
+        ))
     }
 
     /// Keep rows the database cannot take right now (it is away) in the spool file at
@@ -1049,9 +1134,10 @@ impl Ledger {
     pub fn with_spool(mut self, path: &Path) -> Result<Self, LedgerError> {
         let spool = Arc::new(spool::Spool::open(path)?);
         let (backend, sp, stop) = (self.backend.clone(), spool.clone(), self.stop.clone());
+        let away = self.away.clone();
         std::thread::Builder::new()
             .name("quorum-ledger-replay".into())
-            .spawn(move || replay_loop(&*backend, &sp, &stop))
+            .spawn(move || replay_loop(&*backend, Some(&sp), &stop, &away))
             .map_err(|e| LedgerError::Io {
                 place: path.display().to_string(),
                 detail: format!("cannot start the replay thread: {e}"),
@@ -1068,7 +1154,11 @@ impl Ledger {
     /// Replay the spool now; how many entries went to the database.
     pub fn replay_spool(&self) -> Result<usize, LedgerError> {
         match &self.spool {
-            Some(sp) => replay(&*self.backend, sp),
+            Some(sp) => {
+                let n = replay(&*self.backend, sp)?;
+                self.set_away(None);
+                Ok(n)
+            }
             None => Ok(0),
         }
     }
@@ -1083,6 +1173,7 @@ impl Ledger {
         sp.append(entry)?;
         if let Some(e) = why {
             tracing::warn!("ledger: spooled a row to {} ({e})", sp.path().display());
+            self.set_away(Some(e.to_string()));
         }
         self.stop.1.notify_all();
         Ok(())
@@ -1583,16 +1674,17 @@ impl BackgroundLedger {
         let started = std::thread::Builder::new()
             .name("quorum-ledger".into())
             .spawn(move || {
-                let r = Ledger::open_at(&loc, opts)
-                    .map(|l| match pricing {
-                        Some(p) => l.with_pricing(p),
-                        None => l,
-                    })
-                    .and_then(|l| match &spool {
-                        Some(s) => l.with_spool(s),
-                        None => Ok(l),
-                    })
-                    .map(Arc::new);
+                let r = match (&loc, &spool) {
+                    // A shared database may be away at start.
+                    (Location::Url(u), s) => Ledger::open_url(u, opts, s.as_deref()),
+                    (_, Some(s)) => Ledger::open_at(&loc, opts).and_then(|l| l.with_spool(s)),
+                    (_, None) => Ledger::open_at(&loc, opts),
+                }
+                .map(|l| match pricing {
+                    Some(p) => l.with_pricing(p),
+                    None => l,
+                })
+                .map(Arc::new);
                 let (m, cv) = &*c2;
                 if let Ok(mut g) = m.lock() {
                     *g = Some(r);
@@ -1713,10 +1805,28 @@ fn replay(backend: &dyn Backend, sp: &spool::Spool) -> Result<usize, LedgerError
     })
 }
 
-/// Replay the spool whenever it holds something, until the ledger is dropped.
-fn replay_loop(backend: &dyn Backend, sp: &spool::Spool, stop: &(Mutex<bool>, Condvar)) {
+fn set_away(away: &Mutex<Option<String>>, why: Option<String>) {
+    if let Ok(mut g) = away.lock() {
+        *g = why;
+    }
+}
+
+/// Replay the spool whenever it holds something, until the ledger is dropped; while
+/// the database is known away and nothing waits, check now and then whether it is
+/// back (the first call that reaches it also makes or migrates the schema). Without
+/// a spool, only watch until the database is back.
+fn replay_loop(
+    backend: &dyn Backend,
+    sp: Option<&spool::Spool>,
+    stop: &(Mutex<bool>, Condvar),
+    away: &Mutex<Option<String>>,
+) {
     let (m, cv) = stop;
     let mut wait = std::time::Duration::from_millis(200);
+    let is_away = || away.lock().map(|g| g.is_some()).unwrap_or(false);
+    // The last failure that was not the database being away (a setting to fix),
+    // said once.
+    let mut said: Option<String> = None;
     loop {
         {
             let Ok(g) = m.lock() else { return };
@@ -1730,22 +1840,46 @@ fn replay_loop(backend: &dyn Backend, sp: &spool::Spool, stop: &(Mutex<bool>, Co
                 return;
             }
         }
-        if sp.backlog() == 0 {
-            wait = std::time::Duration::from_millis(500);
-            continue;
-        }
-        match replay(backend, sp) {
+        let backlog = sp.map_or(0, |sp| sp.backlog());
+        let outcome = match sp {
+            Some(sp) if backlog > 0 => replay(backend, sp),
+            _ if is_away() => backend.check_writable().map(|()| 0),
+            // Nothing to watch without a spool once the database is back.
+            None => return,
+            Some(_) => {
+                wait = std::time::Duration::from_millis(500);
+                continue;
+            }
+        };
+        match outcome {
             Ok(n) => {
+                if is_away() {
+                    tracing::warn!("ledger: the database {} is back", backend.place());
+                    set_away(away, None);
+                }
                 if n > 0 {
                     tracing::info!(
                         "ledger: replayed {n} spooled row(s) into {}",
                         backend.place()
                     );
                 }
+                said = None;
                 wait = std::time::Duration::from_millis(200);
             }
             Err(e) => {
-                tracing::debug!("ledger: replay failed, will retry: {e}");
+                if e.is_unavailable() {
+                    tracing::debug!("ledger: the database is still away, will retry: {e}");
+                } else if said.as_deref() != Some(&e.to_string()) {
+                    // Not a database that is away: it will not pass by waiting.
+                    match sp {
+                        Some(sp) => tracing::error!(
+                            "ledger: cannot write the {backlog} spooled row(s) in {}: {e}",
+                            sp.path().display()
+                        ),
+                        None => tracing::error!("ledger: {e}"),
+                    }
+                    said = Some(e.to_string());
+                }
                 wait = (wait * 2).min(std::time::Duration::from_secs(2));
             }
         }

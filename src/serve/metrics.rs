@@ -219,6 +219,7 @@ struct Families {
     refusals: Family<KindLabel, Counter>,
     ledger_failures: Counter,
     ledger_backlog: Gauge,
+    ledger_away: Gauge,
     rpc_errors: Family<CodeLabel, Counter>,
 }
 
@@ -249,6 +250,7 @@ impl Families {
             refusals: Family::default(),
             ledger_failures: Counter::default(),
             ledger_backlog: Gauge::default(),
+            ledger_away: Gauge::default(),
             rpc_errors: Family::default(),
             registry: Registry::default(),
         };
@@ -331,6 +333,11 @@ impl Families {
             "ledger_backlog",
             "Ledger rows spooled locally, waiting for the shared database to return.",
             f.ledger_backlog.clone(),
+        );
+        r.register(
+            "ledger_database_away",
+            "1 while the shared ledger database cannot be reached (rows spool, or with a budget requests are refused).",
+            f.ledger_away.clone(),
         );
         r.register(
             "rpc_errors",
@@ -605,6 +612,7 @@ impl Metrics {
         }
         p.ledger_backlog
             .set(i64::try_from(engine.ledger_backlog()).unwrap_or(i64::MAX));
+        p.ledger_away.set(i64::from(engine.ledger_away().is_some()));
         let _ = prometheus_client::encoding::text::encode(&mut o, &p.registry);
         o
     }

@@ -265,6 +265,15 @@ impl AppState {
         if self.engine.ledger_backlog() > 0 {
             return "spooling";
         }
+        // A shared database that is away: rows spool without a budget; with one,
+        // requests are refused until it returns.
+        if self.engine.ledger_away().is_some() {
+            return if self.engine.budget().is_set() {
+                "unavailable"
+            } else {
+                "spooling"
+            };
+        }
         match self.engine.books() {
             Books::Off => "off",
             Books::Unusable(_) => "unavailable",

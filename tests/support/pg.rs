@@ -17,6 +17,112 @@ pub struct PgCluster {
     pub port: u16,
     /// The login's password (tests check it never leaks).
     pub password: String,
+    /// With TLS on: the certificates made for it.
+    pub tls: Option<TlsFiles>,
+}
+
+/// The certificates of a cluster started with TLS: a test CA, the server's
+/// certificate signed by it (for `localhost` and `127.0.0.1`), and a second CA that
+/// signed nothing (a wrong root).
+pub struct TlsFiles {
+    /// The CA that signed the server's certificate (PEM).
+    pub ca: PathBuf,
+    /// A CA that did not (PEM).
+    pub other_ca: PathBuf,
+    cert: PathBuf,
+    key: PathBuf,
+}
+
+fn openssl(dir: &Path, args: &[&str]) -> Result<(), String> {
+    let out = Command::new("openssl")
+        .args(args)
+        .current_dir(dir)
+        .output()
+        .map_err(|e| format!("cannot run openssl: {e}"))?;
+    if out.status.success() {
+        Ok(())
+    } else {
+        Err(format!(
+            "openssl {}: {}",
+            args.join(" "),
+            String::from_utf8_lossy(&out.stderr)
+        ))
+    }
+}
+
+/// Make a CA, a server certificate it signs, and an unrelated CA, in `dir`.
+fn make_certs(dir: &Path) -> Result<TlsFiles, String> {
+    std::fs::create_dir_all(dir).map_err(|e| e.to_string())?;
+    let ec = [
+        "-newkey",
+        "ec",
+        "-pkeyopt",
+        "ec_paramgen_curve:prime256v1",
+        "-nodes",
+    ];
+    for (name, cn) in [("ca", "quorum test CA"), ("other_ca", "quorum other CA")] {
+        let mut a = vec!["req", "-x509"];
+        a.extend(ec);
+        let (key, crt, subj) = (
+            format!("{name}.key"),
+            format!("{name}.crt"),
+            format!("/CN={cn}"),
+        );
+        a.extend(["-keyout", &key, "-out", &crt, "-days", "2", "-subj", &subj]);
+        openssl(dir, &a)?;
+    }
+    let mut a = vec!["req"];
+    a.extend(ec);
+    a.extend([
+        "-keyout",
+        "server.key",
+        "-out",
+        "server.csr",
+        "-subj",
+        "/CN=localhost",
+    ]);
+    openssl(dir, &a)?;
+    std::fs::write(
+        dir.join("server.ext"),
+        "subjectAltName=DNS:localhost,IP:127.0.0.1\nbasicConstraints=CA:FALSE\n\
+         keyUsage=digitalSignature,keyEncipherment\nextendedKeyUsage=serverAuth\n",
+    )
+    .map_err(|e| e.to_string())?;
+    openssl(
+        dir,
+        &[
+            "x509",
+            "-req",
+            "-in",
+            "server.csr",
+            "-CA",
+            "ca.crt",
+            "-CAkey",
+            "ca.key",
+            "-CAcreateserial",
+            "-out",
+            "server.crt",
+            "-days",
+            "2",
+            "-extfile",
+            "server.ext",
+        ],
+    )?;
+    {
+        use std::os::unix::fs::PermissionsExt;
+        // The server refuses a key others can read.
+        std::fs::set_permissions(
+            dir.join("server.key"),
+            std::fs::Permissions::from_mode(0o600),
+        )
+        .map_err(|e| e.to_string())?;
+    }
+    Ok(TlsFiles {
+        ca: dir.join("ca.crt"),
+        other_ca: dir.join("other_ca.crt"),
+        cert: dir.join("server.crt"),
+        key: dir.join("server.key"),
+    })
 }
 
 fn find_bin() -> Option<PathBuf> {
@@ -41,6 +147,16 @@ fn free_port() -> u16 {
 impl PgCluster {
     /// Start a cluster, or say why it cannot be started here.
     pub fn start() -> Result<PgCluster, String> {
+        Self::start_with(false)
+    }
+
+    /// Start a cluster serving TLS (`ssl=on`) with certificates made for it (see
+    /// [`TlsFiles`]); plaintext is still accepted, as a default server does.
+    pub fn start_tls() -> Result<PgCluster, String> {
+        Self::start_with(true)
+    }
+
+    fn start_with(tls: bool) -> Result<PgCluster, String> {
         let bin = find_bin().ok_or(
             "PostgreSQL server binaries not found under /usr/lib/postgresql (apt-get install postgresql)",
         )?;
@@ -68,6 +184,11 @@ impl PgCluster {
         std::fs::create_dir(&root).map_err(|e| e.to_string())?;
         let password = format!("pw-{:016x}", rand_u64());
         std::fs::write(root.join("pwfile"), &password).map_err(|e| e.to_string())?;
+        let tls = if tls {
+            Some(make_certs(&root.join("tls"))?)
+        } else {
+            None
+        };
         if let Some(u) = &run_as {
             use std::os::unix::fs::PermissionsExt;
             std::fs::set_permissions(dir.path(), std::fs::Permissions::from_mode(0o755))
@@ -88,6 +209,7 @@ impl PgCluster {
             run_as,
             port: free_port(),
             password,
+            tls,
         };
         let data = c.root.join("data");
         let out = c.run(
@@ -141,11 +263,18 @@ impl PgCluster {
     fn start_server(&self) -> Result<(), String> {
         let data = self.root.join("data");
         let log = self.root.join("log");
-        let opts = format!(
+        let mut opts = format!(
             "-p {} -k {} -c listen_addresses=127.0.0.1 -c max_connections=200",
             self.port,
             self.root.display()
         );
+        if let Some(t) = &self.tls {
+            opts.push_str(&format!(
+                " -c ssl=on -c ssl_cert_file={} -c ssl_key_file={}",
+                t.cert.display(),
+                t.key.display()
+            ));
+        }
         let out = self.run(
             "pg_ctl",
             &[
@@ -176,6 +305,15 @@ impl PgCluster {
     pub fn url(&self) -> String {
         format!(
             "postgres://quorum:{}@127.0.0.1:{}/postgres",
+            self.password, self.port
+        )
+    }
+
+    /// `postgres://quorum:PASSWORD@HOST:PORT/postgres?QUERY` (`host` as given:
+    /// `localhost` or `127.0.0.1`).
+    pub fn url_with(&self, host: &str, query: &str) -> String {
+        format!(
+            "postgres://quorum:{}@{host}:{}/postgres?{query}",
             self.password, self.port
         )
     }
@@ -246,13 +384,28 @@ fn rand_u64() -> u64 {
 /// The cluster, or `None` after printing `SKIP: <why>` when PostgreSQL is not
 /// installed here. Any other failure to start it fails the test.
 pub fn cluster_or_skip() -> Option<PgCluster> {
+    start_or_skip(false)
+}
+
+/// A cluster serving TLS (see [`PgCluster::start_tls`]), or `None` after printing
+/// `SKIP: <why>` when PostgreSQL (or the `openssl` tool, which Debian's postgresql
+/// package pulls in) is not installed here.
+pub fn tls_cluster_or_skip() -> Option<PgCluster> {
+    if Command::new("openssl").arg("version").output().is_err() {
+        eprintln!("SKIP: the openssl tool is not installed (apt-get install openssl)");
+        return None;
+    }
+    start_or_skip(true)
+}
+
+fn start_or_skip(tls: bool) -> Option<PgCluster> {
     if find_bin().is_none() {
         eprintln!(
             "SKIP: PostgreSQL server binaries not found under /usr/lib/postgresql (apt-get install postgresql)"
         );
         return None;
     }
-    match PgCluster::start() {
+    match PgCluster::start_with(tls) {
         Ok(c) => Some(c),
         Err(why) if why.contains("no `postgres` user") => {
             eprintln!("SKIP: {why}");

@@ -13,17 +13,29 @@
 //! replicas on any number of machines serialise on the check and can never together
 //! cross a cap by concurrency.
 //!
+//! TLS follows libpq's `sslmode` (and `sslrootcert`) over rustls; see [`super::pg_tls`]
+//! for the modes and the default (`prefer` on this machine, `require` elsewhere).
+//!
+//! The schema is created or migrated on the first connection: [`PgBackend::connect`]
+//! makes it at once (and fails when the database cannot be reached);
+//! [`PgBackend::connect_lazy`] lets a process start while the database is away (every
+//! call then reports it unavailable, and the first one that reaches it migrates).
+//!
 //! The engine's calls are synchronous (they run on blocking threads); each one is
 //! sent to this backend's own small runtime and waited for, so a call is safe from
 //! any thread. The URL's password never appears in an error, a log line or `Debug`.
 
 use std::future::Future;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
 use std::time::Duration;
 
 use deadpool_postgres::{Manager, ManagerConfig, Pool, PoolError, RecyclingMethod, Runtime};
 use tokio_postgres::error::SqlState;
 use tokio_postgres::types::{to_sql_checked, IsNull, ToSql, Type};
 use tokio_postgres::NoTls;
+
+use super::pg_tls;
 
 use super::{
     content_cap_for, request_select_list, request_written_columns, Backend, BackendKind,
@@ -36,8 +48,10 @@ pub fn mask_url(url: &str) -> String {
     let mut out = url.to_string();
     if let Some(scheme_end) = out.find("://") {
         let rest_start = scheme_end + 3;
+        // The authority ends at the path; a password may hold a raw `?` or `#`
+        // (it should be percent-encoded, but must never show either way).
         let auth_end = out[rest_start..]
-            .find(['/', '?'])
+            .find('/')
             .map_or(out.len(), |i| rest_start + i);
         if let Some(at) = out[rest_start..auth_end].rfind('@') {
             let userinfo = &out[rest_start..rest_start + at];
@@ -65,12 +79,18 @@ pub struct PgBackend {
     pool: Pool,
     place: String,
     host: String,
+    /// The schema is this build's (migrated on the first connection).
+    migrated: Arc<AtomicBool>,
+    /// One migration at a time in this process.
+    migrating: Arc<tokio::sync::Mutex<()>>,
+    tls: pg_tls::Settings,
 }
 
 impl std::fmt::Debug for PgBackend {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("PgBackend")
             .field("place", &self.place)
+            .field("tls", &self.tls.describe())
             .finish_non_exhaustive()
     }
 }
@@ -124,12 +144,28 @@ impl RowRead for tokio_postgres::Row {
 /// Sort a PostgreSQL error into a [`LedgerError`] naming the (masked) URL.
 pub(crate) fn classify(place: &str, e: &tokio_postgres::Error) -> LedgerError {
     let place = place.to_string();
-    let Some(db) = e.as_db_error() else {
-        // No answer from the server: the connection failed or closed.
-        return LedgerError::Unavailable {
+    if pg_tls::is_tls_error(e) {
+        // A setting to fix, not a database that is away: never spooled.
+        return LedgerError::Open {
             place,
-            detail: e.to_string(),
+            detail: pg_tls::explain(e),
         };
+    }
+    let Some(db) = e.as_db_error() else {
+        // tokio-postgres's own message names only the kind; its cause says what happened
+        // ("Connection refused"). Neither repeats the password.
+        let detail = match std::error::Error::source(e) {
+            Some(c) => format!("{e}: {c}"),
+            None => e.to_string(),
+        };
+        let kind = e.to_string();
+        if kind.starts_with("authentication error") || kind.starts_with("invalid configuration") {
+            // The login cannot work as configured (say, channel_binding=require without
+            // TLS): a setting to fix, not a database that is away.
+            return LedgerError::Open { place, detail };
+        }
+        // No answer from the server: the connection failed or closed.
+        return LedgerError::Unavailable { place, detail };
     };
     let detail = format!("{} ({})", db.message(), db.code().code());
     let code = db.code();
@@ -422,11 +458,33 @@ fn run_row(r: &tokio_postgres::Row) -> Result<RunRow, tokio_postgres::Error> {
 impl PgBackend {
     /// Connect to `url`, and create or migrate the schema.
     pub fn connect(url: &str) -> Result<PgBackend, LedgerError> {
+        let b = Self::build(url)?;
+        b.run(|_, _, _| async { Ok(()) })?;
+        Ok(b)
+    }
+
+    /// Like [`PgBackend::connect`], but a database that cannot be reached now is not
+    /// an error: the backend is returned with why (every call reports it unavailable
+    /// until it returns, and the first call that reaches it migrates the schema).
+    /// Anything else (a bad URL, TLS, a refused login, a newer schema) still fails.
+    pub fn connect_lazy(url: &str) -> Result<(PgBackend, Option<LedgerError>), LedgerError> {
+        let b = Self::build(url)?;
+        match b.run(|_, _, _| async { Ok(()) }) {
+            Ok(()) => Ok((b, None)),
+            Err(e) if e.is_unavailable() => Ok((b, Some(e))),
+            Err(e) => Err(e),
+        }
+    }
+
+    /// The pool, without connecting.
+    fn build(url: &str) -> Result<PgBackend, LedgerError> {
         let place = mask_url(url);
         let open = |detail: String| LedgerError::Open {
             place: place.clone(),
             detail,
         };
+        let (url, mode, root) =
+            pg_tls::split_url(url).map_err(|e| open(format!("[ledger] url: {e}")))?;
         let mut cfg: tokio_postgres::Config = url
             .parse()
             // The parser's message never repeats the password.
@@ -434,20 +492,27 @@ impl PgBackend {
         if cfg.get_connect_timeout().is_none() {
             cfg.connect_timeout(Duration::from_secs(5));
         }
-        cfg.application_name("quorum");
+        if cfg.get_application_name().is_none() {
+            cfg.application_name("quorum");
+        }
+        let tls = pg_tls::settings(&cfg, mode, root);
+        cfg.ssl_mode(tls.ssl_mode());
+        let connector = tls
+            .connector()
+            .map_err(|e| open(format!("TLS ({}): {e}", tls.describe())))?;
         let rt = tokio::runtime::Builder::new_multi_thread()
             .worker_threads(2)
             .thread_name("quorum-ledger-pg")
             .enable_all()
             .build()
             .map_err(|e| open(format!("cannot start its runtime: {e}")))?;
-        let mgr = Manager::from_config(
-            cfg,
-            NoTls,
-            ManagerConfig {
-                recycling_method: RecyclingMethod::Fast,
-            },
-        );
+        let mc = ManagerConfig {
+            recycling_method: RecyclingMethod::Fast,
+        };
+        let mgr = match connector {
+            Some(c) => Manager::from_config(cfg, c, mc),
+            None => Manager::from_config(cfg, NoTls, mc),
+        };
         let pool = {
             let _g = rt.enter();
             Pool::builder(mgr)
@@ -459,17 +524,19 @@ impl PgBackend {
                 .build()
                 .map_err(|e| open(e.to_string()))?
         };
-        let b = PgBackend {
+        Ok(PgBackend {
             rt: Some(rt),
             pool,
             place,
             host: this_host(),
-        };
-        b.migrate()?;
-        Ok(b)
+            migrated: Arc::new(AtomicBool::new(false)),
+            migrating: Arc::new(tokio::sync::Mutex::new(())),
+            tls,
+        })
     }
 
-    /// Run `f` on this backend's runtime and wait for it.
+    /// Run `f` on this backend's runtime and wait for it; the schema is migrated
+    /// first when no call has reached the database yet.
     fn run<T, Fut>(&self, f: impl FnOnce(Pool, String, String) -> Fut) -> Result<T, LedgerError>
     where
         T: Send + 'static,
@@ -481,9 +548,23 @@ impl PgBackend {
                 detail: "the ledger is shutting down".into(),
             });
         };
+        let ready = (!self.migrated.load(Ordering::Acquire)).then(|| {
+            migrate(
+                self.pool.clone(),
+                self.place.clone(),
+                self.migrated.clone(),
+                self.migrating.clone(),
+            )
+        });
         let fut = f(self.pool.clone(), self.place.clone(), self.host.clone());
         let (tx, rx) = std::sync::mpsc::sync_channel(1);
         rt.spawn(async move {
+            if let Some(ready) = ready {
+                if let Err(e) = ready.await {
+                    let _ = tx.send(Err(e));
+                    return;
+                }
+            }
             let _ = tx.send(fut.await);
         });
         rx.recv().unwrap_or_else(|_| {
@@ -491,51 +572,6 @@ impl PgBackend {
                 place: self.place.clone(),
                 detail: "the ledger's task ended without an answer".into(),
             })
-        })
-    }
-
-    fn migrate(&self) -> Result<(), LedgerError> {
-        self.run(|pool, place, _| async move {
-            let pe = |e| pool_err(&place, e);
-            let ce = |e: tokio_postgres::Error| classify(&place, &e);
-            let mut client = pool.get().await.map_err(pe)?;
-            let migs = migrations();
-            let tx = client.transaction().await.map_err(ce)?;
-            tx.execute("SELECT pg_advisory_xact_lock($1)", &[&MIGRATE_LOCK])
-                .await
-                .map_err(ce)?;
-            tx.batch_execute("CREATE TABLE IF NOT EXISTS quorum_schema (version BIGINT NOT NULL)")
-                .await
-                .map_err(ce)?;
-            let v: Option<i64> = tx
-                .query_opt("SELECT version FROM quorum_schema", &[])
-                .await
-                .map_err(ce)?
-                .map(|r| r.get(0));
-            let mut v = match v {
-                Some(v) => v,
-                None => {
-                    tx.execute("INSERT INTO quorum_schema (version) VALUES (0)", &[])
-                        .await
-                        .map_err(ce)?;
-                    0
-                }
-            };
-            if v as usize > migs.len() {
-                return Err(LedgerError::Schema {
-                    place,
-                    found: v,
-                    known: migs.len() as i64,
-                });
-            }
-            while (v as usize) < migs.len() {
-                tx.batch_execute(&migs[v as usize]).await.map_err(ce)?;
-                v += 1;
-                tx.execute("UPDATE quorum_schema SET version = $1", &[&v])
-                    .await
-                    .map_err(ce)?;
-            }
-            tx.commit().await.map_err(ce)
         })
     }
 
@@ -650,6 +686,62 @@ impl PgBackend {
             Ok(n)
         })
     }
+}
+
+/// Create or migrate the schema, once per process (under an advisory lock, so that
+/// several processes may start at once).
+async fn migrate(
+    pool: Pool,
+    place: String,
+    migrated: Arc<AtomicBool>,
+    migrating: Arc<tokio::sync::Mutex<()>>,
+) -> Result<(), LedgerError> {
+    let _one = migrating.lock().await;
+    if migrated.load(Ordering::Acquire) {
+        return Ok(());
+    }
+    let pe = |e| pool_err(&place, e);
+    let ce = |e: tokio_postgres::Error| classify(&place, &e);
+    let mut client = pool.get().await.map_err(pe)?;
+    let migs = migrations();
+    let tx = client.transaction().await.map_err(ce)?;
+    tx.execute("SELECT pg_advisory_xact_lock($1)", &[&MIGRATE_LOCK])
+        .await
+        .map_err(ce)?;
+    tx.batch_execute("CREATE TABLE IF NOT EXISTS quorum_schema (version BIGINT NOT NULL)")
+        .await
+        .map_err(ce)?;
+    let v: Option<i64> = tx
+        .query_opt("SELECT version FROM quorum_schema", &[])
+        .await
+        .map_err(ce)?
+        .map(|r| r.get(0));
+    let mut v = match v {
+        Some(v) => v,
+        None => {
+            tx.execute("INSERT INTO quorum_schema (version) VALUES (0)", &[])
+                .await
+                .map_err(ce)?;
+            0
+        }
+    };
+    if v as usize > migs.len() {
+        return Err(LedgerError::Schema {
+            place,
+            found: v,
+            known: migs.len() as i64,
+        });
+    }
+    while (v as usize) < migs.len() {
+        tx.batch_execute(&migs[v as usize]).await.map_err(ce)?;
+        v += 1;
+        tx.execute("UPDATE quorum_schema SET version = $1", &[&v])
+            .await
+            .map_err(ce)?;
+    }
+    tx.commit().await.map_err(ce)?;
+    migrated.store(true, Ordering::Release);
+    Ok(())
 }
 
 async fn query_requests(
@@ -1301,5 +1393,10 @@ mod tests {
         );
         assert_eq!(mask_url("postgres://q@db/l"), "postgres://q@db/l");
         assert!(!mask_url("postgresql://u:p@ss@h/d").contains("p@ss"));
+        assert!(!mask_url("postgresql://u:p?ss#w@h/d?sslmode=require").contains("p?ss"));
+        assert_eq!(
+            mask_url("postgresql://u:p?ss@h/d?sslmode=require"),
+            "postgresql://u:***@h/d?sslmode=require"
+        );
     }
 }
