@@ -520,6 +520,23 @@ async fn metrics_count_cache_hits_as_the_ledger_does() {
         assert_eq!(total[key], n, "{key}: {m} vs {row:?}");
     }
     assert_eq!(total["cost_usd"].as_f64(), Some(row.cost_usd), "{m}");
+    // Prometheus counts the same tokens.
+    let text = reqwest::get(format!("{}/metrics", s.url))
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    let line = text
+        .lines()
+        .find(|l| {
+            l.starts_with("quorum_tokens_total{")
+                && l.contains("model=\"alpha\"")
+                && l.contains("kind=\"input\"")
+        })
+        .unwrap_or_else(|| panic!("no input token series in {text}"));
+    let n: u64 = line.rsplit(' ').next().unwrap().parse().unwrap();
+    assert_eq!(n, row.input_tokens, "{line}");
     no_panic(&s);
 }
 

@@ -266,7 +266,7 @@ impl Families {
         );
         r.register(
             "tokens",
-            "Tokens by provider, model and kind (input counts cached tokens too).",
+            "Tokens sent and received by provider, model and kind (input counts cached tokens too; answers from the local response cache count none).",
             f.tokens.clone(),
         );
         r.register(
@@ -440,7 +440,14 @@ impl Metrics {
         }
         drop(s);
         let p = &self.prom;
-        let u = &c.usage;
+        // A cache hit's tokens were not sent again: count them once, as the
+        // ledger and `llm.metrics` (the engine's Tally) do.
+        let billed = if c.cached {
+            crate::engine::Usage::default()
+        } else {
+            c.usage
+        };
+        let u = &billed;
         p.agent_requests
             .get_or_create(&AgentStatus {
                 agent: agent.clone(),
