@@ -11,22 +11,13 @@ use std::path::Path;
 use std::process::{Child, Command, Stdio};
 
 use serde_json::{json, Value};
+use support::python_has;
 
 const TOKEN: &str = "serve-token-0123456789abcdef-SECRET";
 const PROMPT: &str = "PROMPT-TEXT-never-in-a-span";
 const TRACE: &str = "4bf92f3577b34da6a3ce929d0e0e4736";
 const PARENT: &str = "00f067aa0ba902b7";
 const OWN_TRACE: &str = "0af7651916cd43dd8448eb211c80319c";
-
-fn python_has(module: &str) -> bool {
-    Command::new("python3")
-        .args(["-c", &format!("import {module}")])
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .status()
-        .map(|s| s.success())
-        .unwrap_or(false)
-}
 
 /// Kills the child when dropped.
 struct Kill(Child);
@@ -80,27 +71,19 @@ async fn requests_are_genai_spans_continuing_the_callers_trace() {
     }
     let out = tempfile::tempdir().unwrap();
     let (_rx, port) = receiver(out.path());
-    let dir = tempfile::tempdir().unwrap();
-    let cfg = dir.path().join("config.toml");
-    std::fs::write(&cfg, "").unwrap();
-    let mut cmd = Command::new(env!("CARGO_BIN_EXE_quorum"));
-    cmd.env_clear()
-        .env("PATH", std::env::var("PATH").unwrap_or_default())
-        .env("HOME", dir.path())
-        .env("QUORUM_DATA_DIR", dir.path())
-        .env("QUORUM_CONFIG", &cfg)
-        .env("QUORUM_MOCK_TPS", "0")
-        .env("QTOKEN", TOKEN)
-        .env(
-            "OTEL_EXPORTER_OTLP_ENDPOINT",
-            format!("http://127.0.0.1:{port}"),
-        )
-        .env("OTEL_SERVICE_NAME", "quorum-under-test")
-        // Nothing would leave before the test ends but the flush on shutdown.
-        .env("OTEL_BSP_SCHEDULE_DELAY", "600000")
-        .args(["serve", "--listen", "127.0.0.1:0", "--token-env", "QTOKEN"]);
-    let (child, url, stderr) = support::spawn_serve(cmd);
-    let mut serve = Kill(child);
+    let otlp = format!("http://127.0.0.1:{port}");
+    let mut serve = support::serve::serve(
+        &["--token-env", "QTOKEN"],
+        Some(""),
+        &[
+            ("QTOKEN", TOKEN),
+            ("OTEL_EXPORTER_OTLP_ENDPOINT", &otlp),
+            ("OTEL_SERVICE_NAME", "quorum-under-test"),
+            // Nothing would leave before the test ends but the flush on shutdown.
+            ("OTEL_BSP_SCHEDULE_DELAY", "600000"),
+        ],
+    );
+    let url = serve.url.clone();
     let http = reqwest::Client::builder()
         .timeout(support::PATIENCE)
         .build()
@@ -141,10 +124,10 @@ async fn requests_are_genai_spans_continuing_the_callers_trace() {
 
     assert!(spans(out.path()).is_empty(), "exported before shutdown");
     // SIGTERM: the server flushes its spans as it stops.
-    let pid = serve.0.id() as i32;
+    let pid = serve.pid();
     assert_eq!(unsafe { libc::kill(pid, libc::SIGTERM) }, 0);
-    let exited = support::eventually_blocking(|| matches!(serve.0.try_wait(), Ok(Some(_))));
-    assert!(exited, "serve did not stop: {}", stderr.lock().unwrap());
+    let exited = support::eventually_blocking(|| matches!(serve.child.try_wait(), Ok(Some(_))));
+    assert!(exited, "serve did not stop: {}", serve.stderr());
     let got = spans(out.path());
     let find = |pred: &dyn Fn(&Value) -> bool| -> Vec<Value> {
         got.iter().filter(|s| pred(s)).cloned().collect()
