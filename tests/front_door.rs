@@ -12,6 +12,7 @@ use std::process::{Command, Output, Stdio};
 use std::time::Duration;
 
 use serde_json::{json, Value};
+use support::serve::http;
 use support::{Reply, Server};
 
 const FAKE_KEY: &str = "sk-quorum-test-FAKEKEY-0123456789abcdef";
@@ -63,29 +64,9 @@ fn text(b: &[u8]) -> String {
     String::from_utf8_lossy(b).to_string()
 }
 
-fn http() -> reqwest::Client {
-    reqwest::Client::builder()
-        .timeout(Duration::from_secs(120))
-        .build()
-        .unwrap()
-}
-
-struct Serving {
-    child: std::process::Child,
-    url: String,
-}
-
-impl Drop for Serving {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-fn serve(mut cmd: Command) -> Serving {
-    cmd.args(["serve", "--listen", "127.0.0.1:0"]);
-    let (child, url, _log) = support::spawn_serve(cmd);
-    Serving { child, url }
+/// `quorum serve` from `cmd` (environment and config set).
+fn serve(cmd: Command) -> support::serve::Serve {
+    support::serve::start(cmd, &[])
 }
 
 async fn rpc(url: &str, method: &str, params: Value) -> Value {

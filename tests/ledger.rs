@@ -918,3 +918,61 @@ fn a_new_day_starts_at_zero_and_yesterday_stays_in_its_own_counter() {
     assert!((s.today_usd - 0.001).abs() < 1e-12);
     assert!((s.session_usd - 0.005).abs() < 1e-12);
 }
+
+/// The one tally adds completions as the ledger's own totals do, and the rows read
+/// back tally the same: errors and cancels, unknown costs, estimated costs and cache
+/// hits (a hit is a request, but its replayed tokens are not counted again).
+#[test]
+fn the_tally_of_completions_is_the_ledgers_totals_and_its_rows() {
+    use llm_quorum::engine::Tally;
+    let dir = tempfile::tempdir().unwrap();
+    let l = Ledger::open_in(dir.path(), LedgerOptions::default()).unwrap();
+    let mut failed = completion(1);
+    failed.error = Some(EngineError::RateLimited {
+        message: "slow down".into(),
+        retry_after: None,
+    });
+    let mut cancelled = completion(2);
+    cancelled.error = Some(EngineError::Cancelled);
+    cancelled.cost_source = CostSource::Estimated;
+    let mut unknown = completion(3);
+    unknown.cost_usd = None;
+    unknown.cost_source = CostSource::Unknown;
+    let mut hit = completion(4);
+    hit.cached = true;
+    hit.cost_usd = Some(0.0);
+    hit.cost_source = CostSource::Cached;
+    let cs = [completion(0), failed, cancelled, unknown, hit];
+    for c in &cs {
+        l.record_request(&meta("run-t", Some("s-t")), c).unwrap();
+    }
+    let t = Tally::of(&cs);
+    assert_eq!((t.requests, t.errors, t.cancelled), (5, 1, 1));
+    assert_eq!((t.unpriced, t.estimated, t.cache_hits), (1, 1, 1));
+
+    let totals = l.totals(GroupBy::Session).unwrap();
+    let row = totals.iter().find(|r| r.key == "s-t").expect("the session");
+    assert_eq!(row.requests, t.requests);
+    assert_eq!(row.failed, t.failed());
+    assert_eq!(row.unknown_cost, t.unpriced);
+    assert_eq!(row.estimated, t.estimated);
+    assert_eq!(row.cache_hits, t.cache_hits);
+    assert_eq!(row.input_tokens, t.usage.input_tokens);
+    assert_eq!(row.output_tokens, t.usage.output_tokens);
+    assert_eq!(row.cached_input_tokens, t.usage.cached_input_tokens);
+    assert_eq!(row.reasoning_tokens, t.usage.reasoning_tokens);
+    assert!((row.cost_usd - t.cost_usd).abs() < 1e-12, "{row:?} {t:?}");
+
+    let Some(Shown::Run { requests, .. }) = l.show("run-t").unwrap() else {
+        panic!("run-t is there");
+    };
+    let back = Tally::of_rows(&requests);
+    assert_eq!(
+        Tally {
+            cost_usd: 0.0,
+            ..back
+        },
+        Tally { cost_usd: 0.0, ..t }
+    );
+    assert!((back.cost_usd - t.cost_usd).abs() < 1e-12, "{back:?} {t:?}");
+}

@@ -14,6 +14,7 @@ use std::time::Duration;
 use llm_quorum::engine::ledger::{GroupBy, Ledger, LedgerOptions, Location, RequestMeta, Shown};
 use serde_json::{json, Value};
 use support::pg::{cluster_or_skip, PgCluster};
+use support::serve::http;
 use support::{Reply, Server};
 
 const FAKE_KEY: &str = "sk-quorum-test-FAKEKEY-0123456789abcdef";
@@ -52,30 +53,9 @@ fn command(dir: &Path, config: &str, upstream: &str, pg: &PgCluster) -> Command 
     cmd
 }
 
-fn http() -> reqwest::Client {
-    reqwest::Client::builder()
-        .timeout(Duration::from_secs(120))
-        .build()
-        .unwrap()
-}
-
-struct Serving {
-    child: std::process::Child,
-    url: String,
-    log: Arc<std::sync::Mutex<String>>,
-}
-
-impl Drop for Serving {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-fn serve(mut cmd: Command) -> Serving {
-    cmd.args(["serve", "--listen", "127.0.0.1:0"]);
-    let (child, url, log) = support::spawn_serve(cmd);
-    Serving { child, url, log }
+/// `quorum serve` from `cmd` (environment and config set).
+fn serve(cmd: Command) -> support::serve::Serve {
+    support::serve::start(cmd, &[])
 }
 
 async fn rpc(url: &str, method: &str, params: Value) -> Value {
@@ -174,7 +154,7 @@ async fn two_servers_on_one_postgres_never_cross_the_daily_cap() {
     );
     // The password was only ever in the environment, and never in a log line.
     for s in [&a, &b] {
-        let log = s.log.lock().unwrap().clone();
+        let log = s.stderr();
         assert!(!log.contains(&pg.password), "the password leaked: {log}");
     }
     drop(l);
@@ -545,7 +525,7 @@ async fn with_a_budget_an_unreachable_database_refuses_before_sending() {
         .join("data")
         .join(llm_quorum::engine::ledger::LEDGER_SPOOL_FILE)
         .exists());
-    let log = s.log.lock().unwrap().clone();
+    let log = s.stderr();
     assert!(!log.contains(&pg.password), "the password leaked: {log}");
 }
 

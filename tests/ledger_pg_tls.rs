@@ -12,6 +12,7 @@ use std::time::Duration;
 use llm_quorum::engine::ledger::{Ledger, LedgerError, LedgerOptions, Location, RequestMeta};
 use serde_json::{json, Value};
 use support::pg::{cluster_or_skip, tls_cluster_or_skip, PgCluster};
+use support::serve::http;
 use support::{Reply, Server};
 
 const FAKE_KEY: &str = "sk-quorum-test-FAKEKEY-0123456789abcdef";
@@ -204,30 +205,20 @@ fn tls_require_against_a_server_without_tls_fails_clearly_and_disable_works() {
 /// `quorum` with a clean environment, its data and config in `dir`, the ledger at
 /// `${QUORUM_TEST_PG_URL}` (the password only in the environment).
 fn command(dir: &Path, config: &str, upstream: &str, pg: &PgCluster) -> Command {
-    let cfg = dir.join("config.toml");
-    std::fs::write(
-        &cfg,
-        format!("{config}\n[ledger]\nurl = \"${{QUORUM_TEST_PG_URL}}\"\n"),
+    let config = format!("{config}\n[ledger]\nurl = \"${{QUORUM_TEST_PG_URL}}\"\n");
+    let data = dir.join("data");
+    let base = format!("{upstream}/v1");
+    support::serve::command(
+        dir,
+        Some(&config),
+        &[
+            ("QUORUM_DATA_DIR", data.to_str().unwrap()),
+            ("QUORUM_NO_DISCOVERY", "1"),
+            ("QUORUM_TEST_PG_URL", &pg.url()),
+            ("OPENAI_API_KEY", FAKE_KEY),
+            ("OPENAI_BASE_URL", &base),
+        ],
     )
-    .unwrap();
-    let mut cmd = Command::new(env!("CARGO_BIN_EXE_quorum"));
-    cmd.env_clear()
-        .env("PATH", std::env::var("PATH").unwrap_or_default())
-        .env("HOME", dir)
-        .env("QUORUM_DATA_DIR", dir.join("data"))
-        .env("QUORUM_CONFIG", &cfg)
-        .env("QUORUM_NO_DISCOVERY", "1")
-        .env("QUORUM_TEST_PG_URL", pg.url())
-        .env("OPENAI_API_KEY", FAKE_KEY)
-        .env("OPENAI_BASE_URL", format!("{upstream}/v1"));
-    cmd
-}
-
-fn http() -> reqwest::Client {
-    reqwest::Client::builder()
-        .timeout(Duration::from_secs(120))
-        .build()
-        .unwrap()
 }
 
 /// An OpenAI stream of 5 output tokens (14 prompt tokens).
@@ -237,19 +228,6 @@ fn openai_sse() -> String {
      data: {\"id\":\"c1\",\"object\":\"chat.completion.chunk\",\"model\":\"gpt-4o-mini\",\"choices\":[],\"usage\":{\"prompt_tokens\":14,\"completion_tokens\":5,\"total_tokens\":19}}\n\n\
      data: [DONE]\n\n"
         .to_string()
-}
-
-struct Serving {
-    child: std::process::Child,
-    url: String,
-    log: std::sync::Arc<std::sync::Mutex<String>>,
-}
-
-impl Drop for Serving {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
 }
 
 async fn health(url: &str) -> Value {
@@ -283,10 +261,8 @@ async fn serve_starts_with_the_database_down_spools_and_replays_each_row_once() 
     tokio::task::block_in_place(|| pg.stop());
     let up = Server::start(vec![Reply::sse(openai_sse())]).await;
     let dir = tempfile::tempdir().unwrap();
-    let mut cmd = command(dir.path(), "", &up.url, &pg);
-    cmd.args(["serve", "--listen", "127.0.0.1:0"]);
-    let (child, url, log) = support::spawn_serve(cmd);
-    let s = Serving { child, url, log };
+    let cmd = command(dir.path(), "", &up.url, &pg);
+    let s = support::serve::start(cmd, &[]);
 
     // Exec: requests while it is down, both faces of serve.
     let n = 12;
@@ -326,7 +302,7 @@ async fn serve_starts_with_the_database_down_spools_and_replays_each_row_once() 
         m.lines().any(|l| l == "quorum_ledger_database_away 1"),
         "{m}"
     );
-    let log = s.log.lock().unwrap().clone();
+    let log = s.stderr();
     eprintln!("serve's log: {log}");
     assert!(log.contains("rows are kept in"), "{log}");
     assert!(log.contains("quorum:***@127.0.0.1"), "{log}");
@@ -388,10 +364,8 @@ async fn with_a_budget_serve_starts_with_the_database_down_refuses_then_recovers
     tokio::task::block_in_place(|| pg.stop());
     let up = Server::start(vec![Reply::sse(openai_sse())]).await;
     let dir = tempfile::tempdir().unwrap();
-    let mut cmd = command(dir.path(), "[budget]\ndaily_usd = 5.0\n", &up.url, &pg);
-    cmd.args(["serve", "--listen", "127.0.0.1:0"]);
-    let (child, url, log) = support::spawn_serve(cmd);
-    let s = Serving { child, url, log };
+    let cmd = command(dir.path(), "[budget]\ndaily_usd = 5.0\n", &up.url, &pg);
+    let s = support::serve::start(cmd, &[]);
     let complete = |prompt: &str| {
         let url = format!("{}/rpc", s.url);
         let params = json!({"model": "openai/gpt-4o-mini", "prompt": prompt, "max_tokens": 100});
@@ -449,7 +423,7 @@ async fn with_a_budget_serve_starts_with_the_database_down_refuses_then_recovers
     assert_eq!(up.count(), 1);
     let prompts = tokio::task::block_in_place(|| prompts_in(&pg));
     assert_eq!(prompts, ["after"]);
-    let log = s.log.lock().unwrap().clone();
+    let log = s.stderr();
     assert!(
         log.contains("every request is refused until it returns"),
         "{log}"

@@ -189,33 +189,8 @@ struct Servers {
     closed: String,
 }
 
-/// A port that refuses connections and stays reserved: a socket bound to it that never
-/// listens (held open for the rest of the process). A listener bound and dropped would
-/// free the port, and the next server bound in this process could get it (seen: the
-/// "closed port" case then talked to the working Anthropic stand-in).
-fn refused_port() -> u16 {
-    // SAFETY: plain socket calls on a fresh descriptor and a zeroed sockaddr_in of the
-    // right size; the descriptor is deliberately never closed.
-    unsafe {
-        let fd = libc::socket(libc::AF_INET, libc::SOCK_STREAM, 0);
-        assert!(fd >= 0, "socket: {}", std::io::Error::last_os_error());
-        let mut addr: libc::sockaddr_in = std::mem::zeroed();
-        addr.sin_family = libc::AF_INET as libc::sa_family_t;
-        addr.sin_addr.s_addr = u32::from_ne_bytes([127, 0, 0, 1]);
-        addr.sin_port = 0;
-        let len = std::mem::size_of::<libc::sockaddr_in>() as libc::socklen_t;
-        let rc = libc::bind(fd, &addr as *const _ as *const libc::sockaddr, len);
-        assert_eq!(rc, 0, "bind: {}", std::io::Error::last_os_error());
-        let mut out: libc::sockaddr_in = std::mem::zeroed();
-        let mut out_len = len;
-        let rc = libc::getsockname(fd, &mut out as *mut _ as *mut libc::sockaddr, &mut out_len);
-        assert_eq!(rc, 0, "getsockname: {}", std::io::Error::last_os_error());
-        u16::from_be(out.sin_port)
-    }
-}
-
 async fn servers() -> Servers {
-    let closed = format!("http://127.0.0.1:{}", refused_port());
+    let closed = format!("http://127.0.0.1:{}", support::refused_port());
     let mut slow = ok(openai_sse());
     slow.delay = Duration::from_secs(5);
     Servers {
@@ -727,56 +702,17 @@ fn a_readable_config_with_a_literal_secret_is_warned_about() {
 // ---------------------------------------------------------------------------
 // `quorum serve`
 
-/// A running `quorum serve` under audit.
-struct Serving {
-    child: std::process::Child,
-    url: String,
-    stderr: std::sync::Arc<Mutex<String>>,
-}
-
-impl Drop for Serving {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-impl Serving {
-    fn start(home: &Home, urls: &Urls, global: &[&str]) -> Serving {
-        let mut cmd = Command::new(env!("CARGO_BIN_EXE_quorum"));
-        cmd.env_clear()
-            .env("PATH", std::env::var("PATH").unwrap_or_default())
-            .envs(env_pairs(home, urls))
-            .env("RUST_LOG", "trace")
-            .env("RUST_BACKTRACE", "1")
-            .env("QUORUM_SERVE_TOKEN", SERVE_TOKEN)
-            .args(global)
-            .args([
-                "serve",
-                "--listen",
-                "127.0.0.1:0",
-                "--token-env",
-                "QUORUM_SERVE_TOKEN",
-            ]);
-        let (child, url, log) = support::spawn_serve(cmd);
-        Serving {
-            child,
-            url,
-            stderr: log,
-        }
-    }
-
-    /// SIGTERM (the ledger is flushed), wait, then the whole stderr.
-    fn stop(mut self) -> String {
-        #[cfg(unix)]
-        unsafe {
-            libc::kill(self.child.id() as i32, libc::SIGTERM);
-        }
-        let _ = self.child.wait();
-        // The reader thread may still be draining the pipe: wait for the last line.
-        support::eventually_blocking(|| self.stderr.lock().unwrap().contains("stopped"));
-        self.stderr.lock().unwrap().clone()
-    }
+/// A `quorum serve` under audit: the home's environment, every log line, a token.
+fn start_serve(home: &Home, urls: &Urls, global: &[&str]) -> support::serve::Serve {
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_quorum"));
+    cmd.env_clear()
+        .env("PATH", std::env::var("PATH").unwrap_or_default())
+        .envs(env_pairs(home, urls))
+        .env("RUST_LOG", "trace")
+        .env("RUST_BACKTRACE", "1")
+        .env("QUORUM_SERVE_TOKEN", SERVE_TOKEN)
+        .args(global);
+    support::serve::start(cmd, &["--token-env", "QUORUM_SERVE_TOKEN"])
 }
 
 /// One HTTP exchange: (what, status, body).
@@ -880,7 +816,7 @@ fn serve_shows_no_key_on_any_failure_path() {
     let mut modes = failures(&s);
     modes.push(("working upstreams", Urls::of(&s), vec![]));
     for (what, urls, flags) in modes {
-        let srv = Serving::start(&home, &urls, &flags);
+        let srv = start_serve(&home, &urls, &flags);
         let answers = rt.block_on(serve_traffic(&srv.url));
         let err = srv.stop();
         for (call, status, body) in &answers {

@@ -5,87 +5,15 @@
 
 mod support;
 
-use std::process::{Child, Command, Stdio};
-use std::sync::{Arc, Mutex};
+use std::process::{Command, Stdio};
 use std::time::Duration;
 
 use serde_json::{json, Value};
+use support::python_has;
+use support::serve::{command, http, serve, Serve};
 use support::{Reply, Server};
 
 const FAKE_KEY: &str = "sk-quorum-test-FAKEKEY-0123456789abcdef";
-
-struct Serve {
-    child: Child,
-    url: String,
-    dir: tempfile::TempDir,
-    stderr: Arc<Mutex<String>>,
-}
-
-impl Drop for Serve {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-impl Serve {
-    fn ledger_rows(&self) -> i64 {
-        let c = rusqlite::Connection::open(self.dir.path().join("ledger.sqlite3")).unwrap();
-        c.query_row("SELECT COUNT(*) FROM requests", [], |r| r.get(0))
-            .unwrap()
-    }
-    fn stderr(&self) -> String {
-        self.stderr.lock().unwrap().clone()
-    }
-    /// stderr once it holds `needle` (the reader thread may lag the process's
-    /// exit by a moment), or as it is after [`support::PATIENCE`].
-    fn stderr_with(&self, needle: &str) -> String {
-        support::eventually_blocking(|| self.stderr().contains(needle));
-        self.stderr()
-    }
-    fn pid(&self) -> i32 {
-        self.child.id() as i32
-    }
-}
-
-fn command(dir: &std::path::Path, config: Option<&str>, env: &[(&str, &str)]) -> Command {
-    let cfg = dir.join("config.toml");
-    if let Some(c) = config {
-        std::fs::write(&cfg, c).unwrap();
-    }
-    let mut cmd = Command::new(env!("CARGO_BIN_EXE_quorum"));
-    cmd.env_clear()
-        .env("PATH", std::env::var("PATH").unwrap_or_default())
-        .env("HOME", dir)
-        .env("QUORUM_DATA_DIR", dir)
-        .env("QUORUM_CONFIG", &cfg)
-        .env("QUORUM_MOCK_TPS", "0");
-    for (k, v) in env {
-        cmd.env(k, v);
-    }
-    cmd
-}
-
-/// Start `quorum serve --listen 127.0.0.1:0 ARGS` and wait for its address.
-fn serve(args: &[&str], config: Option<&str>, env: &[(&str, &str)]) -> Serve {
-    let dir = tempfile::tempdir().unwrap();
-    let mut cmd = command(dir.path(), config, env);
-    cmd.args(["serve", "--listen", "127.0.0.1:0"]).args(args);
-    let (child, url, log) = support::spawn_serve(cmd);
-    Serve {
-        child,
-        url,
-        dir,
-        stderr: log,
-    }
-}
-
-fn http() -> reqwest::Client {
-    reqwest::Client::builder()
-        .timeout(Duration::from_secs(30))
-        .build()
-        .unwrap()
-}
 
 async fn rpc_raw(s: &Serve, body: impl Into<reqwest::Body>) -> (u16, String) {
     let r = http()
@@ -118,16 +46,6 @@ fn code(v: &Value) -> i64 {
 fn no_panic(s: &Serve) {
     let e = s.stderr();
     assert!(!e.contains("panicked"), "{e}");
-}
-
-fn python_has(module: &str) -> bool {
-    Command::new("python3")
-        .args(["-c", &format!("import {module}")])
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .status()
-        .map(|s| s.success())
-        .unwrap_or(false)
 }
 
 fn py_script(name: &str) -> String {
@@ -566,6 +484,62 @@ async fn stream_is_sse_of_engine_events() {
     assert_eq!(code(&v), -32602);
 }
 
+/// `llm.metrics` tallies as the ledger's totals do: a cache hit is a request and a
+/// hit, but its replayed tokens were not sent and are not counted again.
+#[tokio::test(flavor = "multi_thread")]
+async fn metrics_count_cache_hits_as_the_ledger_does() {
+    use llm_quorum::engine::ledger::{GroupBy, Ledger};
+    let s = serve(&[], Some("[cache]\nenabled = true\n"), &[]);
+    for id in 1..=3 {
+        let v = rpc(
+            &s,
+            req(
+                id,
+                "llm.complete",
+                json!({"model": "mock/alpha", "prompt": "What is 2+2?"}),
+            ),
+        )
+        .await;
+        assert!(v["error"].is_null(), "{v}");
+    }
+    let m = rpc(&s, req(9, "llm.metrics", json!({}))).await;
+    let total = &m["result"]["total"];
+    assert_eq!(total["requests"], 3, "{m}");
+    assert_eq!(total["cache_hits"], 2, "{m}");
+    let ledger = Ledger::open_in(s.dir(), Default::default()).unwrap();
+    let rows = ledger.totals(GroupBy::Model).unwrap();
+    let row = rows.iter().find(|r| r.key == "mock/alpha").expect("a row");
+    assert_eq!((row.requests, row.cache_hits), (3, 2), "{row:?}");
+    assert!(row.input_tokens > 0 && row.output_tokens > 0, "{row:?}");
+    for (key, n) in [
+        ("input_tokens", row.input_tokens),
+        ("output_tokens", row.output_tokens),
+        ("cached_input_tokens", row.cached_input_tokens),
+        ("reasoning_tokens", row.reasoning_tokens),
+    ] {
+        assert_eq!(total[key], n, "{key}: {m} vs {row:?}");
+    }
+    assert_eq!(total["cost_usd"].as_f64(), Some(row.cost_usd), "{m}");
+    // Prometheus counts the same tokens.
+    let text = reqwest::get(format!("{}/metrics", s.url))
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    let line = text
+        .lines()
+        .find(|l| {
+            l.starts_with("quorum_tokens_total{")
+                && l.contains("model=\"alpha\"")
+                && l.contains("kind=\"input\"")
+        })
+        .unwrap_or_else(|| panic!("no input token series in {text}"));
+    let n: u64 = line.rsplit(' ').next().unwrap().parse().unwrap();
+    assert_eq!(n, row.input_tokens, "{line}");
+    no_panic(&s);
+}
+
 #[tokio::test(flavor = "multi_thread")]
 async fn compare_models_metrics_health() {
     let s = serve(&[], None, &[]);
@@ -661,7 +635,7 @@ async fn trace_session_agent_reach_the_provider_and_the_ledger() {
         tp1.starts_with("00-4bf92f3577b34da6a3ce929d0e0e4736-"),
         "{tp1}"
     );
-    let c = rusqlite::Connection::open(s.dir.path().join("ledger.sqlite3")).unwrap();
+    let c = rusqlite::Connection::open(s.dir().join("ledger.sqlite3")).unwrap();
     let rows: Vec<(String, String, String)> = c
         .prepare("SELECT trace_id, session_id, source_agent FROM requests ORDER BY id")
         .unwrap()
@@ -763,7 +737,7 @@ async fn openai_sdk_as_a_client() {
         .iter()
         .any(|m| !m.as_str().unwrap().starts_with("mock/")));
     // The session from extra_body reached the ledger.
-    let c = rusqlite::Connection::open(s.dir.path().join("ledger.sqlite3")).unwrap();
+    let c = rusqlite::Connection::open(s.dir().join("ledger.sqlite3")).unwrap();
     let n: i64 = c
         .query_row(
             "SELECT COUNT(*) FROM requests WHERE session_id = 'sdk-session' AND source_agent = 'openai-python'",
@@ -1152,7 +1126,7 @@ async fn sigterm_finishes_the_request_in_flight_and_keeps_its_ledger_row() {
     let e = s.stderr_with("stopped");
     assert!(e.contains("shutting down"), "{e}");
     assert!(e.contains("stopped"), "{e}");
-    let c = rusqlite::Connection::open(s.dir.path().join("ledger.sqlite3")).unwrap();
+    let c = rusqlite::Connection::open(s.dir().join("ledger.sqlite3")).unwrap();
     let (n, status): (i64, String) = c
         .query_row("SELECT COUNT(*), MAX(status) FROM requests", [], |r| {
             Ok((r.get(0)?, r.get(1)?))
@@ -1192,7 +1166,7 @@ async fn a_client_that_goes_away_cancels_the_upstream_stream() {
     assert_eq!(up.aborted.load(std::sync::atomic::Ordering::SeqCst), 1);
     // The ledger says so, once the cancelled request is written.
     let mut status = String::new();
-    let db = s.dir.path().join("ledger.sqlite3");
+    let db = s.dir().join("ledger.sqlite3");
     support::eventually(|| {
         let Ok(c) = rusqlite::Connection::open(&db) else {
             return false;

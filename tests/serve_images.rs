@@ -6,11 +6,9 @@
 
 mod support;
 
-use std::path::Path;
-use std::process::Command;
-
 use serde_json::{json, Value};
-use support::{spawn_serve, Reply, Server};
+use support::serve::Serve;
+use support::{Reply, Server};
 
 const FAKE_KEY: &str = "sk-quorum-test-FAKEKEY-0123456789abcdef";
 
@@ -25,33 +23,17 @@ fn openai_sse() -> String {
         .to_string()
 }
 
-struct Serving {
-    child: std::process::Child,
-    url: String,
-}
-
-impl Drop for Serving {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-fn serve(dir: &Path, upstream: &str) -> Serving {
-    let cfg = dir.join("config.toml");
-    std::fs::write(&cfg, "").unwrap();
-    let mut cmd = Command::new(env!("CARGO_BIN_EXE_quorum"));
-    cmd.env_clear()
-        .env("PATH", std::env::var("PATH").unwrap_or_default())
-        .env("HOME", dir)
-        .env("QUORUM_DATA_DIR", dir.join("data"))
-        .env("QUORUM_CONFIG", &cfg)
-        .env("QUORUM_NO_DISCOVERY", "1")
-        .env("OPENAI_API_KEY", FAKE_KEY)
-        .env("OPENAI_BASE_URL", format!("{upstream}/v1"))
-        .args(["serve", "--listen", "127.0.0.1:0"]);
-    let (child, url, _log) = spawn_serve(cmd);
-    Serving { child, url }
+/// `quorum serve` with an empty config and OpenAI at `upstream`.
+fn serve(upstream: &str) -> Serve {
+    support::serve::serve(
+        &[],
+        Some(""),
+        &[
+            ("QUORUM_NO_DISCOVERY", "1"),
+            ("OPENAI_API_KEY", FAKE_KEY),
+            ("OPENAI_BASE_URL", &format!("{upstream}/v1")),
+        ],
+    )
 }
 
 async fn post(url: &str, body: Value) -> (u16, Value) {
@@ -92,8 +74,7 @@ fn upstream_images(up: &Server) -> Vec<String> {
 #[tokio::test(flavor = "multi_thread")]
 async fn v1_image_parts_reach_the_provider_and_bad_ones_are_refused() {
     let up = Server::start_with(|_| Reply::sse(openai_sse())).await;
-    let dir = tempfile::tempdir().unwrap();
-    let s = serve(dir.path(), &up.url);
+    let s = serve(&up.url);
     let chat = format!("{}/v1/chat/completions", s.url);
 
     let (status, v) = post(
@@ -156,8 +137,7 @@ async fn v1_image_parts_reach_the_provider_and_bad_ones_are_refused() {
 #[tokio::test(flavor = "multi_thread")]
 async fn llm_complete_takes_image_parts_and_images() {
     let up = Server::start_with(|_| Reply::sse(openai_sse())).await;
-    let dir = tempfile::tempdir().unwrap();
-    let s = serve(dir.path(), &up.url);
+    let s = serve(&up.url);
     let rpc = format!("{}/rpc", s.url);
     let call = |params: Value| json!({"jsonrpc": "2.0", "id": 1, "method": "llm.complete", "params": params});
 

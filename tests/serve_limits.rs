@@ -7,66 +7,24 @@ mod support;
 
 use std::io::{Read, Write};
 use std::net::TcpStream;
-use std::process::{Child, Command};
-use std::sync::{Arc, Mutex};
+use std::process::Command;
 use std::time::{Duration, Instant};
 
 use serde_json::{json, Value};
+use support::python_has;
+use support::serve::{http, Serve};
 use support::{Reply, Server};
 
 const FAKE_KEY: &str = "sk-quorum-test-FAKEKEY-0123456789abcdef";
 
-struct Serve {
-    child: Child,
-    url: String,
-    addr: String,
-    dir: tempfile::TempDir,
-    stderr: Arc<Mutex<String>>,
-}
-
-impl Drop for Serve {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-fn command(dir: &std::path::Path, config: Option<&str>, env: &[(&str, &str)]) -> Command {
-    let cfg = dir.join("config.toml");
-    std::fs::write(&cfg, config.unwrap_or("")).unwrap();
-    let mut cmd = Command::new(env!("CARGO_BIN_EXE_quorum"));
-    cmd.env_clear()
-        .env("PATH", std::env::var("PATH").unwrap_or_default())
-        .env("HOME", dir)
-        .env("QUORUM_DATA_DIR", dir)
-        .env("QUORUM_CONFIG", &cfg)
-        .env("QUORUM_MOCK_TPS", "0");
-    for (k, v) in env {
-        cmd.env(k, v);
-    }
-    cmd
-}
-
+/// `quorum serve` with `config` (an empty config file when `None`).
 fn serve(args: &[&str], config: Option<&str>, env: &[(&str, &str)]) -> Serve {
-    let dir = tempfile::tempdir().unwrap();
-    let mut cmd = command(dir.path(), config, env);
-    cmd.args(["serve", "--listen", "127.0.0.1:0"]).args(args);
-    let (child, url, log) = support::spawn_serve(cmd);
-    let addr = url.trim_start_matches("http://").to_string();
-    Serve {
-        child,
-        url,
-        addr,
-        dir,
-        stderr: log,
-    }
+    support::serve::serve(args, Some(config.unwrap_or("")), env)
 }
 
-fn http() -> reqwest::Client {
-    reqwest::Client::builder()
-        .timeout(Duration::from_secs(60))
-        .build()
-        .unwrap()
+/// `quorum` with `config` (an empty config file when `None`).
+fn command(dir: &std::path::Path, config: Option<&str>, env: &[(&str, &str)]) -> Command {
+    support::serve::command(dir, Some(config.unwrap_or("")), env)
 }
 
 /// Read what the server sends until it closes the connection (or 30 s pass).
@@ -214,7 +172,7 @@ async fn oversized_batches_and_fan_outs_are_refused_before_sending() {
     assert_eq!(status, 413, "{v}");
     assert_eq!(v["error"]["data"]["fanout"], 9);
     // Nothing reached the ledger from the refused ones: only the 5 completes.
-    let c = rusqlite::Connection::open(s.dir.path().join("ledger.sqlite3")).unwrap();
+    let c = rusqlite::Connection::open(s.dir().join("ledger.sqlite3")).unwrap();
     let n: i64 = c
         .query_row("SELECT COUNT(*) FROM requests", [], |r| r.get(0))
         .unwrap();
@@ -430,7 +388,7 @@ async fn shutdown_timeout_cancels_what_is_in_flight_and_records_it() {
         assert!(Instant::now() < deadline, "serve did not exit");
         std::thread::sleep(Duration::from_millis(20));
     }
-    let c = rusqlite::Connection::open(s.dir.path().join("ledger.sqlite3")).unwrap();
+    let c = rusqlite::Connection::open(s.dir().join("ledger.sqlite3")).unwrap();
     let status: String = c
         .query_row("SELECT status FROM requests", [], |r| r.get(0))
         .unwrap();
@@ -493,14 +451,6 @@ async fn one_access_line_per_request_and_never_a_secret() {
         "{log}"
     );
     assert!(!log.contains("secret prompt"), "{log}");
-}
-
-fn python_has(module: &str) -> bool {
-    Command::new("python3")
-        .args(["-c", &format!("import {module}")])
-        .output()
-        .map(|o| o.status.success())
-        .unwrap_or(false)
 }
 
 #[tokio::test(flavor = "multi_thread")]

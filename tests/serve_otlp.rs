@@ -11,22 +11,13 @@ use std::path::Path;
 use std::process::{Child, Command, Stdio};
 
 use serde_json::{json, Value};
+use support::python_has;
 
 const TOKEN: &str = "serve-token-0123456789abcdef-SECRET";
 const PROMPT: &str = "PROMPT-TEXT-never-in-a-span";
 const TRACE: &str = "4bf92f3577b34da6a3ce929d0e0e4736";
 const PARENT: &str = "00f067aa0ba902b7";
 const OWN_TRACE: &str = "0af7651916cd43dd8448eb211c80319c";
-
-fn python_has(module: &str) -> bool {
-    Command::new("python3")
-        .args(["-c", &format!("import {module}")])
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .status()
-        .map(|s| s.success())
-        .unwrap_or(false)
-}
 
 /// Kills the child when dropped.
 struct Kill(Child);
@@ -80,27 +71,19 @@ async fn requests_are_genai_spans_continuing_the_callers_trace() {
     }
     let out = tempfile::tempdir().unwrap();
     let (_rx, port) = receiver(out.path());
-    let dir = tempfile::tempdir().unwrap();
-    let cfg = dir.path().join("config.toml");
-    std::fs::write(&cfg, "").unwrap();
-    let mut cmd = Command::new(env!("CARGO_BIN_EXE_quorum"));
-    cmd.env_clear()
-        .env("PATH", std::env::var("PATH").unwrap_or_default())
-        .env("HOME", dir.path())
-        .env("QUORUM_DATA_DIR", dir.path())
-        .env("QUORUM_CONFIG", &cfg)
-        .env("QUORUM_MOCK_TPS", "0")
-        .env("QTOKEN", TOKEN)
-        .env(
-            "OTEL_EXPORTER_OTLP_ENDPOINT",
-            format!("http://127.0.0.1:{port}"),
-        )
-        .env("OTEL_SERVICE_NAME", "quorum-under-test")
-        // Nothing would leave before the test ends but the flush on shutdown.
-        .env("OTEL_BSP_SCHEDULE_DELAY", "600000")
-        .args(["serve", "--listen", "127.0.0.1:0", "--token-env", "QTOKEN"]);
-    let (child, url, stderr) = support::spawn_serve(cmd);
-    let mut serve = Kill(child);
+    let otlp = format!("http://127.0.0.1:{port}");
+    let mut serve = support::serve::serve(
+        &["--token-env", "QTOKEN"],
+        Some(""),
+        &[
+            ("QTOKEN", TOKEN),
+            ("OTEL_EXPORTER_OTLP_ENDPOINT", &otlp),
+            ("OTEL_SERVICE_NAME", "quorum-under-test"),
+            // Nothing would leave before the test ends but the flush on shutdown.
+            ("OTEL_BSP_SCHEDULE_DELAY", "600000"),
+        ],
+    );
+    let url = serve.url.clone();
     let http = reqwest::Client::builder()
         .timeout(support::PATIENCE)
         .build()
@@ -141,10 +124,10 @@ async fn requests_are_genai_spans_continuing_the_callers_trace() {
 
     assert!(spans(out.path()).is_empty(), "exported before shutdown");
     // SIGTERM: the server flushes its spans as it stops.
-    let pid = serve.0.id() as i32;
+    let pid = serve.pid();
     assert_eq!(unsafe { libc::kill(pid, libc::SIGTERM) }, 0);
-    let exited = support::eventually_blocking(|| matches!(serve.0.try_wait(), Ok(Some(_))));
-    assert!(exited, "serve did not stop: {}", stderr.lock().unwrap());
+    let exited = support::eventually_blocking(|| matches!(serve.child.try_wait(), Ok(Some(_))));
+    assert!(exited, "serve did not stop: {}", serve.stderr());
     let got = spans(out.path());
     let find = |pred: &dyn Fn(&Value) -> bool| -> Vec<Value> {
         got.iter().filter(|s| pred(s)).cloned().collect()
@@ -220,4 +203,171 @@ async fn requests_are_genai_spans_continuing_the_callers_trace() {
     let raw = String::from_utf8_lossy(&raw);
     assert!(!raw.contains(PROMPT), "the prompt was exported");
     assert!(!raw.contains(TOKEN), "the token was exported");
+}
+
+const UPSTREAM_SSE: &str = "data: {\"choices\":[{\"index\":0,\"delta\":{\"content\":\"ok\"}}]}\n\ndata: {\"choices\":[{\"index\":0,\"delta\":{},\"finish_reason\":\"stop\"}],\"usage\":{\"prompt_tokens\":3,\"completion_tokens\":1,\"total_tokens\":4}}\n\ndata: [DONE]\n\n";
+
+/// `quorum serve` in front of an OpenAI-wire stand-in on 127.0.0.1, with or
+/// without an OTLP endpoint.
+fn serve_in_front(
+    dir: &Path,
+    upstream: &str,
+    otlp: Option<u16>,
+) -> (Kill, String, std::sync::Arc<std::sync::Mutex<String>>) {
+    let cfg = dir.join("config.toml");
+    std::fs::write(&cfg, "").unwrap();
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_quorum"));
+    cmd.env_clear()
+        .env("PATH", std::env::var("PATH").unwrap_or_default())
+        .env("HOME", dir)
+        .env("QUORUM_DATA_DIR", dir)
+        .env("QUORUM_CONFIG", &cfg)
+        .env("OPENAI_API_KEY", "sk-FAKE-test-key")
+        .env("OPENAI_BASE_URL", format!("{upstream}/v1"))
+        .env("QTOKEN", TOKEN)
+        .args(["serve", "--listen", "127.0.0.1:0", "--token-env", "QTOKEN"]);
+    if let Some(port) = otlp {
+        cmd.env(
+            "OTEL_EXPORTER_OTLP_ENDPOINT",
+            format!("http://127.0.0.1:{port}"),
+        )
+        .env("OTEL_BSP_SCHEDULE_DELAY", "600000");
+    }
+    let (child, url, stderr) = support::spawn_serve(cmd);
+    (Kill(child), url, stderr)
+}
+
+/// The `traceparent` an upstream request carried: (trace id, parent span id).
+fn upstream_parent(seen: &support::Seen) -> (String, String) {
+    let tp = seen.header("traceparent").expect("upstream traceparent");
+    let parts: Vec<&str> = tp.split('-').collect();
+    assert_eq!(parts.len(), 4, "{tp}");
+    assert_eq!(parts[0], "00", "{tp}");
+    assert_eq!(parts[2].len(), 16, "{tp}");
+    (parts[1].to_string(), parts[2].to_string())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn upstream_requests_continue_the_trace_under_the_call_span() {
+    if !python_has("opentelemetry.proto.collector.trace.v1.trace_service_pb2") {
+        eprintln!(
+            "SKIP: python3 with the opentelemetry-proto package is not available (pip install opentelemetry-proto)"
+        );
+        return;
+    }
+    let up = support::Server::start(vec![support::Reply::sse(UPSTREAM_SSE)]).await;
+    let out = tempfile::tempdir().unwrap();
+    let (_rx, port) = receiver(out.path());
+    let dir = tempfile::tempdir().unwrap();
+    let (mut serve, url, stderr) = serve_in_front(dir.path(), &up.url, Some(port));
+    let http = reqwest::Client::builder()
+        .timeout(support::PATIENCE)
+        .build()
+        .unwrap();
+    // Whole, under the caller's span.
+    let r = http
+        .post(format!("{url}/v1/chat/completions"))
+        .bearer_auth(TOKEN)
+        .header("traceparent", format!("00-{TRACE}-{PARENT}-01"))
+        .json(&json!({"model": "openai/gpt-4o-mini", "messages": [{"role": "user", "content": PROMPT}]}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200, "{}", stderr.lock().unwrap());
+    // Streamed, with no caller span: the trace is quorum's own.
+    let r = http
+        .post(format!("{url}/v1/chat/completions"))
+        .bearer_auth(TOKEN)
+        .header("x-quorum-trace-id", OWN_TRACE)
+        .json(&json!({"model": "openai/gpt-4o-mini", "stream": true,
+                      "messages": [{"role": "user", "content": PROMPT}]}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+    assert!(r.text().await.unwrap().contains("[DONE]"));
+    let seen = up.requests();
+    assert_eq!(seen.len(), 2, "{seen:?}");
+
+    let pid = serve.0.id() as i32;
+    assert_eq!(unsafe { libc::kill(pid, libc::SIGTERM) }, 0);
+    let exited = support::eventually_blocking(|| matches!(serve.0.try_wait(), Ok(Some(_))));
+    assert!(exited, "serve did not stop: {}", stderr.lock().unwrap());
+    let got = spans(out.path());
+
+    for (seen, trace) in [(&seen[0], TRACE), (&seen[1], OWN_TRACE)] {
+        let (t, parent) = upstream_parent(seen);
+        assert_eq!(t, trace);
+        assert_ne!(
+            parent, PARENT,
+            "the parent is quorum's call span, not the caller's"
+        );
+        // The upstream's parent is the exported GenAI client span ...
+        let call: Vec<&Value> = got.iter().filter(|s| s["span_id"] == parent).collect();
+        assert_eq!(call.len(), 1, "no span {parent} in {got:#?}");
+        let call = call[0];
+        assert_eq!(call["trace_id"], trace);
+        assert_eq!(call["kind"], 3, "client");
+        assert_eq!(call["name"], "chat gpt-4o-mini");
+        // ... whose parent is the request's server span.
+        let server: Vec<&Value> = got
+            .iter()
+            .filter(|s| s["span_id"] == call["parent_span_id"])
+            .collect();
+        assert_eq!(server.len(), 1, "{got:#?}");
+        assert_eq!(server[0]["kind"], 2, "server");
+        assert_eq!(server[0]["trace_id"], trace);
+        let expect_parent = if trace == TRACE { PARENT } else { "" };
+        assert_eq!(server[0]["parent_span_id"], expect_parent);
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn without_traces_the_callers_span_is_passed_upstream() {
+    let up = support::Server::start(vec![support::Reply::sse(UPSTREAM_SSE)]).await;
+    let dir = tempfile::tempdir().unwrap();
+    let (_serve, url, stderr) = serve_in_front(dir.path(), &up.url, None);
+    let http = reqwest::Client::builder()
+        .timeout(support::PATIENCE)
+        .build()
+        .unwrap();
+    let send = |h: Option<(&'static str, String)>| {
+        let mut r = http
+            .post(format!("{url}/v1/chat/completions"))
+            .bearer_auth(TOKEN)
+            .json(&json!({"model": "openai/gpt-4o-mini", "messages": [{"role": "user", "content": "hi"}]}));
+        if let Some((k, v)) = h {
+            r = r.header(k, v);
+        }
+        r.send()
+    };
+    let r = send(Some(("traceparent", format!("00-{TRACE}-{PARENT}-01"))))
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200, "{}", stderr.lock().unwrap());
+    assert_eq!(r.headers()["x-quorum-trace-id"], TRACE);
+    let r = send(Some(("x-quorum-trace-id", OWN_TRACE.to_string())))
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+    let r = send(None).await.unwrap();
+    assert_eq!(r.status(), 200);
+    let own = r.headers()["x-quorum-trace-id"]
+        .to_str()
+        .unwrap()
+        .to_string();
+    let seen = up.requests();
+    assert_eq!(seen.len(), 3, "{seen:?}");
+    // The caller's own span is the provider's parent: quorum is transparent.
+    assert_eq!(
+        upstream_parent(&seen[0]),
+        (TRACE.to_string(), PARENT.to_string())
+    );
+    // Without a caller span, the trace is quorum's (as in the ledger and the
+    // response header) under a span id of its own.
+    let (t, p) = upstream_parent(&seen[1]);
+    assert_eq!(t, OWN_TRACE);
+    assert!(p != PARENT && p != "0000000000000000", "{p}");
+    let (t, _) = upstream_parent(&seen[2]);
+    assert_eq!(t, own);
 }

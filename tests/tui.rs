@@ -1,6 +1,8 @@
 //! The workbench without a terminal: `App::update` as pure state tests,
 //! screens as insta snapshots on a TestBackend, colours cell by cell.
 
+mod support;
+
 use std::time::{Duration, Instant};
 
 use crossterm::event::{KeyCode, KeyEvent, KeyModifiers, MouseEvent, MouseEventKind};
@@ -18,6 +20,7 @@ use ratatui::backend::TestBackend;
 use ratatui::layout::Rect;
 use ratatui::style::Color;
 use ratatui::Terminal;
+use support::tui::{at, base, ctrl, key};
 
 // ----- helpers -------------------------------------------------------------
 
@@ -53,24 +56,6 @@ fn app_themed(targets: &[&str], size: (u16, u16), theme: Theme) -> App {
 
 fn app3() -> App {
     app_with(&["mock/alpha", "mock/beta", "mock/thinker"], (120, 36))
-}
-
-fn base() -> Instant {
-    use std::sync::OnceLock;
-    static BASE: OnceLock<Instant> = OnceLock::new();
-    *BASE.get_or_init(Instant::now)
-}
-
-fn at(ms: u64) -> Instant {
-    base() + Duration::from_millis(ms)
-}
-
-fn key(code: KeyCode) -> Msg {
-    Msg::Key(KeyEvent::new(code, KeyModifiers::NONE))
-}
-
-fn ctrl(c: char) -> Msg {
-    Msg::Key(KeyEvent::new(KeyCode::Char(c), KeyModifiers::CONTROL))
 }
 
 fn type_text(app: &mut App, s: &str) -> Vec<Cmd> {
@@ -236,12 +221,12 @@ fn events_fold_into_panes_and_the_ledger() {
     let rows = app.live_ledger();
     let order: Vec<&str> = rows.iter().map(|r| r.target.as_str()).collect();
     assert_eq!(order, ["mock/alpha", "mock/beta", "mock/thinker"]);
-    assert_eq!(rows[0].requests, 1);
-    assert_eq!(rows[0].usage.output_tokens, 12);
+    assert_eq!(rows[0].tally.requests, 1);
+    assert_eq!(rows[0].tally.usage.output_tokens, 12);
     // Live: beta counts while streaming.
     let beta = rows.iter().find(|r| r.target == "mock/beta").unwrap();
-    assert_eq!(beta.requests, 0);
-    assert!(beta.usage.output_tokens > 10);
+    assert_eq!(beta.tally.requests, 0);
+    assert!(beta.tally.usage.output_tokens > 10);
     // Finished answers become history.
     assert_eq!(app.panes[0].history.len(), 2);
     assert_eq!(app.panes[0].history[1].role, Role::Assistant);
@@ -991,6 +976,14 @@ fn tool_calls_and_cached_answers_show() {
     assert!(s.contains("{\"city\":\"Paris\"}"), "{s}");
     assert!(s.contains("mock/beta · cached"), "{s}");
     assert!(s.contains("It is sunny."), "{s}");
+    // The ledger pane counts the hit as the ledger does: a request, no tokens billed.
+    let beta = app
+        .live_ledger()
+        .into_iter()
+        .find(|r| r.asked == "mock/beta")
+        .expect("beta's row");
+    assert_eq!((beta.tally.requests, beta.tally.cache_hits), (1, 1));
+    assert_eq!(beta.tally.usage.output_tokens, 0, "{beta:?}");
 }
 
 #[test]
@@ -1100,7 +1093,13 @@ fn the_loop_runs_generic_over_backend_and_input() {
             [vec!["mock/alpha", "mock/beta", "mock/thinker"]]
         );
         assert!(app.panes.iter().all(|p| p.state == PaneState::Done));
-        assert_eq!(app.live_ledger().iter().map(|r| r.requests).sum::<u64>(), 3);
+        assert_eq!(
+            app.live_ledger()
+                .iter()
+                .map(|r| r.tally.requests)
+                .sum::<u64>(),
+            3
+        );
         // The run closed by itself when its last target ended.
         assert!(app.runs.is_empty(), "{:?}", app.runs);
         assert_eq!(app.run_key("run-engine-1"), None);
@@ -1290,8 +1289,8 @@ fn live_counts_take_the_larger_of_reported_and_counted_until_final() {
     assert!(line.contains("tok/s"), "{line}");
     assert!(line.contains(" ~") && !line.contains('✓'), "{line}");
     let ledger = app.live_ledger();
-    assert_eq!(ledger[0].usage.output_tokens, n);
-    assert_eq!(ledger[0].mark(), "~");
+    assert_eq!(ledger[0].tally.usage.output_tokens, n);
+    assert_eq!(ledger[0].tally.mark(), "~");
     // The final usage replaces the estimate, exact and priced.
     let mut c = completion("claude-sonnet-4-5", "tidal words", 130);
     c.provider = "anthropic".into();
@@ -1780,8 +1779,8 @@ fn smaller_things_hints_keys_cancelled_and_the_ledger_total() {
     u.cost_source = CostSource::Unknown;
     finished(&mut app, 300, run, 2, u);
     let rows = app.live_ledger();
-    assert_eq!(rows[1].errors, 0);
-    assert_eq!(rows[1].cancelled, 1);
+    assert_eq!(rows[1].tally.errors, 0);
+    assert_eq!(rows[1].tally.cancelled, 1);
     let s = screen(&app);
     let total = s.lines().find(|l| l.contains("│total")).expect(&s);
     assert!(total.contains(" $0.00042+? "), "{total}");

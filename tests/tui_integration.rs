@@ -2,66 +2,23 @@
 //! (the overlay, key routing, blind mode and votes, the judge, repeat-N,
 //! the diff key) and insta snapshots of the screens on a 120×40 TestBackend.
 
-use std::time::{Duration, Instant};
+mod support;
 
-use crossterm::event::{KeyCode, KeyEvent, KeyModifiers};
+use crossterm::event::KeyCode;
 use llm_quorum::engine::judge::{JudgeKey, JudgeOutcome, Verdict};
 use llm_quorum::engine::ledger::VoteRow;
 use llm_quorum::engine::{Completion, CostSource, StreamEvent, TargetEvent, Usage};
 use llm_quorum::tui::app::{Focus, Overlay};
 use llm_quorum::tui::consensus::{ConsensusTab, JudgeStatus};
-use llm_quorum::tui::keys::KeyMap;
 use llm_quorum::tui::theme::Theme;
-use llm_quorum::tui::{view, App, AppInit, Cmd, Msg};
-use ratatui::backend::TestBackend;
+use llm_quorum::tui::{App, Cmd, Msg};
 use ratatui::layout::Rect;
-use ratatui::Terminal;
+use support::tui::{app_with, at, ch, ctrl, key, screen, shift};
 
 // ----- helpers -------------------------------------------------------------
 
 const QUESTION: &str = "What is 2+2? Answer with one number.";
 const THREE: [&str; 3] = ["mock/alpha", "mock/beta", "mock/contrarian"];
-
-fn app_with(targets: &[&str], size: (u16, u16)) -> App {
-    let mut app = App::new(AppInit {
-        targets: targets.iter().map(|s| s.to_string()).collect(),
-        available: Vec::new(),
-        theme: Theme::builtin(),
-        keys: KeyMap::default(),
-        banner: Vec::new(),
-        budget_set: false,
-        pricing: None,
-        size,
-    });
-    app.now = at(0);
-    app
-}
-
-fn base() -> Instant {
-    use std::sync::OnceLock;
-    static BASE: OnceLock<Instant> = OnceLock::new();
-    *BASE.get_or_init(Instant::now)
-}
-
-fn at(ms: u64) -> Instant {
-    base() + Duration::from_millis(ms)
-}
-
-fn key(code: KeyCode) -> Msg {
-    Msg::Key(KeyEvent::new(code, KeyModifiers::NONE))
-}
-
-fn ch(c: char) -> Msg {
-    key(KeyCode::Char(c))
-}
-
-fn shift(c: char) -> Msg {
-    Msg::Key(KeyEvent::new(KeyCode::Char(c), KeyModifiers::SHIFT))
-}
-
-fn ctrl(c: char) -> Msg {
-    Msg::Key(KeyEvent::new(KeyCode::Char(c), KeyModifiers::CONTROL))
-}
 
 /// Type and send; the Start commands as (run, targets).
 fn send(app: &mut App, s: &str) -> Vec<(u64, Vec<String>)> {
@@ -145,12 +102,6 @@ fn finish_all(app: &mut App, runs: &[(u64, Vec<String>)]) {
         }
     }
     app.now = at(ms + 100);
-}
-
-fn screen(app: &App) -> String {
-    let mut t = Terminal::new(TestBackend::new(app.size.0, app.size.1)).unwrap();
-    t.draw(|f| view::render(app, f)).unwrap();
-    t.backend().to_string()
 }
 
 fn snapshot(name: &str, s: String) {
@@ -447,8 +398,8 @@ fn judge_key_sends_the_answers_and_the_verdict_lands_in_the_view() {
         .iter()
         .find(|r| r.target == "judge mock/gamma")
         .expect("judge row");
-    assert_eq!(row.requests, 1);
-    let total: f64 = app.live_ledger().iter().map(|r| r.cost_usd).sum();
+    assert_eq!(row.tally.requests, 1);
+    let total: f64 = app.live_ledger().iter().map(|r| r.tally.cost_usd).sum();
     assert!((total - 0.25).abs() < 1e-9);
 }
 

@@ -4,61 +4,24 @@
 //! completes it) and insta snapshots of the panel and the verdicts at 80×24 and
 //! 160×40 on a TestBackend.
 
-use std::path::PathBuf;
-use std::time::{Duration, Instant};
+mod support;
 
-use crossterm::event::{KeyCode, KeyEvent, KeyModifiers};
+use std::path::PathBuf;
+
+use crossterm::event::KeyCode;
 use llm_quorum::engine::event::SchemaError;
 use llm_quorum::engine::options::RequestOptions;
 use llm_quorum::engine::{
     ChatRequest, Completion, CostSource, Role, StreamEvent, TargetEvent, ToolCall, Usage,
 };
 use llm_quorum::tui::app::Overlay;
-use llm_quorum::tui::keys::KeyMap;
-use llm_quorum::tui::theme::Theme;
-use llm_quorum::tui::{view, App, AppInit, Cmd, Msg};
-use ratatui::backend::TestBackend;
-use ratatui::Terminal;
-
-fn app_with(targets: &[&str], size: (u16, u16)) -> App {
-    let mut app = App::new(AppInit {
-        targets: targets.iter().map(|s| s.to_string()).collect(),
-        available: Vec::new(),
-        theme: Theme::builtin(),
-        keys: KeyMap::default(),
-        banner: Vec::new(),
-        budget_set: false,
-        pricing: None,
-        size,
-    });
-    app.now = at(0);
-    app
-}
-
-fn base() -> Instant {
-    use std::sync::OnceLock;
-    static BASE: OnceLock<Instant> = OnceLock::new();
-    *BASE.get_or_init(Instant::now)
-}
-
-fn at(ms: u64) -> Instant {
-    base() + Duration::from_millis(ms)
-}
-
-fn key(code: KeyCode) -> Msg {
-    Msg::Key(KeyEvent::new(code, KeyModifiers::NONE))
-}
+use llm_quorum::tui::{App, Cmd, Msg};
+use support::tui::{app_with, at, key, screen};
 
 fn typed(app: &mut App, s: &str) {
     for c in s.chars() {
         app.update(key(KeyCode::Char(c)));
     }
-}
-
-fn screen(app: &App) -> String {
-    let mut t = Terminal::new(TestBackend::new(app.size.0, app.size.1)).unwrap();
-    t.draw(|f| view::render(app, f)).unwrap();
-    t.backend().to_string()
 }
 
 /// Open the settings and go to row `row` (0 is the scope row).

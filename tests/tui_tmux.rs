@@ -2,69 +2,12 @@
 //! with the mock models. Type a prompt, send it, watch every pane answer and
 //! the ledger count tokens, quit, and find the terminal restored.
 
-use std::path::Path;
-use std::process::{Command, Output};
-use std::time::{Duration, Instant};
+mod support;
 
-struct Tmux {
-    socket: String,
-}
+use std::path::{Path, PathBuf};
+use std::process::Command;
 
-impl Tmux {
-    fn cmd(&self, args: &[&str]) -> Output {
-        Command::new("tmux")
-            .arg("-L")
-            .arg(&self.socket)
-            .args(args)
-            .output()
-            .expect("run tmux")
-    }
-
-    fn screen(&self) -> String {
-        String::from_utf8_lossy(&self.cmd(&["capture-pane", "-p", "-t", "q"]).stdout).into_owned()
-    }
-
-    fn keys(&self, keys: &[&str]) {
-        let mut args = vec!["send-keys", "-t", "q"];
-        args.extend_from_slice(keys);
-        assert!(self.cmd(&args).status.success());
-    }
-
-    fn literal(&self, text: &str) {
-        assert!(self
-            .cmd(&["send-keys", "-t", "q", "-l", text])
-            .status
-            .success());
-    }
-
-    /// Poll the screen until `ok` holds; panics with the screen after `secs`.
-    fn wait_for(&self, what: &str, secs: u64, ok: impl Fn(&str) -> bool) -> String {
-        let deadline = Instant::now() + Duration::from_secs(secs);
-        loop {
-            let s = self.screen();
-            if ok(&s) {
-                return s;
-            }
-            if Instant::now() > deadline {
-                panic!("timed out waiting for {what}; screen:\n{s}");
-            }
-            std::thread::sleep(Duration::from_millis(40));
-        }
-    }
-}
-
-impl Drop for Tmux {
-    fn drop(&mut self) {
-        let _ = self.cmd(&["kill-server"]);
-    }
-}
-
-fn have_tmux() -> bool {
-    Command::new("tmux")
-        .arg("-V")
-        .output()
-        .is_ok_and(|o| o.status.success())
-}
+use support::tmux::{quorum_script, Tmux};
 
 /// The ledger row of `target`: (in, out, requests, errors), if on screen.
 fn ledger_row(screen: &str, target: &str) -> Option<(u64, u64, u64, u64)> {
@@ -85,62 +28,24 @@ fn ledger_row(screen: &str, target: &str) -> Option<(u64, u64, u64, u64)> {
     None
 }
 
-fn write_script(dir: &Path, extra_env: &str) -> std::path::PathBuf {
-    let bin = env!("CARGO_BIN_EXE_quorum");
-    let d = dir.display();
-    let path = std::env::var("PATH").unwrap_or_else(|_| "/usr/bin:/bin".into());
-    let script = format!(
-        "#!/bin/sh\n\
-         cd '{d}'\n\
-         env -i PATH='{path}' HOME='{d}' TERM=xterm-256color LANG=C.UTF-8 \
-         QUORUM_DATA_DIR='{d}/data' QUORUM_CONFIG='{d}/config.toml' QUORUM_MOCK_TPS=5000 {extra_env} '{bin}'\n\
-         echo \"QUORUM-EXIT-$?\"\n\
-         if stty -a | tr ' ;' '\\n\\n' | grep -qx icanon; then echo TTY-RESTORED; else echo TTY-RAW; fi\n\
-         exec sleep 120\n"
-    );
-    let p = dir.join("run.sh");
-    std::fs::write(&p, script).unwrap();
-    p
+fn write_script(dir: &Path, extra_env: &str) -> PathBuf {
+    quorum_script(dir, &format!("QUORUM_MOCK_TPS=5000 {extra_env}"), "")
 }
 
 fn start(script: &Path, name: &str) -> Tmux {
-    let nanos = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .unwrap()
-        .subsec_nanos();
-    let t = Tmux {
-        socket: format!("quorum-e2e-{name}-{}-{nanos}", std::process::id()),
-    };
-    let out = t.cmd(&[
-        "new-session",
-        "-d",
-        "-s",
-        "q",
-        "-x",
-        "160",
-        "-y",
-        "45",
-        "sh",
-        script.to_str().unwrap(),
-    ]);
-    assert!(
-        out.status.success(),
-        "tmux: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    t
+    Tmux::start(script, name, 160, 45)
 }
 
 #[test]
 fn a_panic_restores_the_terminal() {
-    if !have_tmux() {
+    if !Tmux::installed() {
         eprintln!("SKIP: tmux is not installed; the TUI end-to-end test needs it");
         return;
     }
     let dir = tempfile::tempdir().unwrap();
     let script = write_script(dir.path(), "QUORUM_TUI_TEST_PANIC=1");
     let t = start(&script, "panic");
-    let after = t.wait_for("quorum to exit", 20, |s| {
+    let after = t.wait_for("quorum to exit", |s| {
         s.contains("QUORUM-EXIT-") && s.contains("TTY-")
     });
     assert!(after.contains("QUORUM-EXIT-101"), "{after}");
@@ -154,53 +59,30 @@ fn a_panic_restores_the_terminal() {
 
 #[test]
 fn workbench_streams_every_pane_and_restores_the_terminal() {
-    if !have_tmux() {
+    if !Tmux::installed() {
         eprintln!("SKIP: tmux is not installed; the TUI end-to-end test needs it");
         return;
     }
     // Setup
     let dir = tempfile::tempdir().unwrap();
     let script = write_script(dir.path(), "");
-    let nanos = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .unwrap()
-        .subsec_nanos();
-    let t = Tmux {
-        socket: format!("quorum-e2e-{}-{nanos}", std::process::id()),
-    };
-    let out = t.cmd(&[
-        "new-session",
-        "-d",
-        "-s",
-        "q",
-        "-x",
-        "160",
-        "-y",
-        "45",
-        "sh",
-        script.to_str().unwrap(),
-    ]);
-    assert!(
-        out.status.success(),
-        "tmux: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    let t = start(&script, "workbench");
 
     // Exec: the first screen, offline.
-    let first = t.wait_for("the first frame", 20, |s| {
+    let first = t.wait_for("the first frame", |s| {
         s.contains("mock/alpha · ready") && s.contains("mock/thinker · ready")
     });
     assert!(first.contains("offline: no API key found"), "{first}");
     assert!(first.contains("ledger"), "{first}");
 
     t.literal("What is 2+2?");
-    t.wait_for("the prompt in the editor", 10, |s| {
+    t.wait_for("the prompt in the editor", |s| {
         s.contains("What is 2+2?") && s.contains("next send ~$0 (≤ $0)")
     });
     t.keys(&["Enter"]);
 
     // Check: every pane answers, the ledger counts tokens.
-    let done = t.wait_for("every pane done", 20, |s| {
+    let done = t.wait_for("every pane done", |s| {
         ["mock/alpha", "mock/beta", "mock/thinker"]
             .iter()
             .all(|m| s.contains(&format!("{m} · done")))
@@ -214,28 +96,22 @@ fn workbench_streams_every_pane_and_restores_the_terminal() {
     assert!(done.contains("· 1 send"), "{done}");
 
     // Resize the terminal: the panes re-flow (a grid when narrow) and nothing breaks.
-    assert!(t
-        .cmd(&["resize-window", "-t", "q", "-x", "70", "-y", "30"])
-        .status
-        .success());
-    t.wait_for("the narrow layout", 10, |s| {
+    t.resize(70, 30);
+    t.wait_for("the narrow layout", |s| {
         s.lines().next().is_some_and(|l| l.chars().count() <= 70)
             && s.contains("mock/thinker · done")
             && s.lines()
                 .any(|l| l.contains("mock/alpha · done") && !l.contains("mock/thinker"))
     });
-    assert!(t
-        .cmd(&["resize-window", "-t", "q", "-x", "160", "-y", "45"])
-        .status
-        .success());
-    t.wait_for("the wide layout again", 10, |s| {
+    t.resize(160, 45);
+    t.wait_for("the wide layout again", |s| {
         s.lines()
             .any(|l| l.contains("mock/alpha · done") && l.contains("mock/thinker · done"))
     });
 
     // Quit; the shell after quorum sees a restored terminal.
     t.keys(&["C-q"]);
-    let after = t.wait_for("quorum to exit", 10, |s| {
+    let after = t.wait_for("quorum to exit", |s| {
         s.contains("QUORUM-EXIT-") && s.contains("TTY-")
     });
     assert!(after.contains("QUORUM-EXIT-0"), "{after}");
@@ -268,7 +144,7 @@ fn without_a_terminal_the_workbench_says_so_and_exits_2() {
 
 #[test]
 fn consensus_view_opens_after_the_mock_answers() {
-    if !have_tmux() {
+    if !Tmux::installed() {
         eprintln!("SKIP: tmux is not installed; the TUI end-to-end test needs it");
         return;
     }
@@ -281,17 +157,17 @@ fn consensus_view_opens_after_the_mock_answers() {
     .unwrap();
     let script = write_script(dir.path(), "");
     let t = start(&script, "consensus");
-    t.wait_for("the first frame", 20, |s| {
+    t.wait_for("the first frame", |s| {
         s.contains("mock/alpha · ready") && s.contains("mock/contrarian · ready")
     });
 
     // Exec: ask a closed question, wait for every answer.
     t.literal("What is 2+2? Answer with one number.");
-    t.wait_for("the prompt in the editor", 10, |s| {
+    t.wait_for("the prompt in the editor", |s| {
         s.contains("Answer with one number.")
     });
     t.keys(&["Enter"]);
-    let done = t.wait_for("every pane done and the summary bar", 20, |s| {
+    let done = t.wait_for("every pane done and the summary bar", |s| {
         ["mock/alpha", "mock/beta", "mock/contrarian"]
             .iter()
             .all(|m| s.contains(&format!("{m} · done")))
@@ -302,19 +178,19 @@ fn consensus_view_opens_after_the_mock_answers() {
     // Check: `v` on a pane opens the consensus view with the agreement line.
     t.keys(&["Tab"]);
     t.keys(&["v"]);
-    let view = t.wait_for("the consensus view", 10, |s| {
+    let view = t.wait_for("the consensus view", |s| {
         s.contains("1 matrix") && s.contains("2 clusters")
     });
     assert!(view.contains("agreement"), "{view}");
     assert!(view.contains("mock/contrarian"), "{view}");
     t.keys(&["2"]);
-    t.wait_for("the clusters tab", 10, |s| {
+    t.wait_for("the clusters tab", |s| {
         s.contains("dissent") && s.contains("mock/contrarian said")
     });
     t.keys(&["Escape"]);
-    t.wait_for("the view closed", 10, |s| !s.contains("1 matrix"));
+    t.wait_for("the view closed", |s| !s.contains("1 matrix"));
     t.keys(&["C-q"]);
-    let after = t.wait_for("quorum to exit", 10, |s| {
+    let after = t.wait_for("quorum to exit", |s| {
         s.contains("QUORUM-EXIT-") && s.contains("TTY-")
     });
     assert!(after.contains("QUORUM-EXIT-0"), "{after}");
@@ -322,7 +198,7 @@ fn consensus_view_opens_after_the_mock_answers() {
 
 #[test]
 fn blind_vote_and_judge_end_to_end() {
-    if !have_tmux() {
+    if !Tmux::installed() {
         eprintln!("SKIP: tmux is not installed; the TUI end-to-end test needs it");
         return;
     }
@@ -335,32 +211,32 @@ fn blind_vote_and_judge_end_to_end() {
     .unwrap();
     let script = write_script(dir.path(), "");
     let t = start(&script, "blind");
-    t.wait_for("the first frame", 20, |s| s.contains("mock/beta · ready"));
+    t.wait_for("the first frame", |s| s.contains("mock/beta · ready"));
 
     // Exec: blind mode, send, vote for Answer A.
     t.keys(&["C-b"]);
-    t.wait_for("blind mode on", 10, |s| s.contains("next: blind"));
+    t.wait_for("blind mode on", |s| s.contains("next: blind"));
     t.literal("What is 2+2? Answer with one number.");
     t.keys(&["Enter"]);
-    let blind = t.wait_for("both answers, blind", 20, |s| {
+    let blind = t.wait_for("both answers, blind", |s| {
         s.contains("Answer A · done") && s.contains("Answer B · done")
     });
     assert!(!blind.contains("mock/alpha · done"), "{blind}");
     t.keys(&["Tab"]);
     t.keys(&["v"]);
-    t.wait_for("the blind view", 10, |s| s.contains("names hidden"));
+    t.wait_for("the blind view", |s| s.contains("names hidden"));
     t.keys(&["A"]);
-    t.wait_for("names revealed", 10, |s| {
+    t.wait_for("names revealed", |s| {
         s.contains("names revealed") && s.contains("mock/alpha · done")
     });
     // The judge: its request is counted in the ledger.
     t.keys(&["J"]);
-    t.wait_for("the judge's row in the ledger", 20, |s| {
+    t.wait_for("the judge's row in the ledger", |s| {
         s.contains("judge mock/gamma") && !s.contains("judging…")
     });
     // The quit key works from the overlay (no Esc first: Esc then Ctrl+Q can read as Alt+Ctrl+Q).
     t.keys(&["C-q"]);
-    t.wait_for("quorum to exit", 10, |s| s.contains("QUORUM-EXIT-0"));
+    t.wait_for("quorum to exit", |s| s.contains("QUORUM-EXIT-0"));
 
     // Check: the vote is in the SQLite ledger, with its run and tag.
     let ledger =
@@ -377,19 +253,19 @@ fn blind_vote_and_judge_end_to_end() {
 /// Quit, and check quorum exited cleanly.
 fn quit(t: &Tmux) {
     t.keys(&["C-q"]);
-    let s = t.wait_for("the quit question or the exit", 30, |s| {
+    let s = t.wait_for("the quit question or the exit", |s| {
         s.contains("QUORUM-EXIT-") || s.contains("Quit and cancel")
     });
     if s.contains("Quit and cancel") {
         t.keys(&["y"]);
     }
-    let after = t.wait_for("quorum to exit", 30, |s| s.contains("QUORUM-EXIT-"));
+    let after = t.wait_for("quorum to exit", |s| s.contains("QUORUM-EXIT-"));
     assert!(after.contains("QUORUM-EXIT-0"), "{after}");
 }
 
 #[test]
 fn zoom_then_esc_keeps_the_streams_running() {
-    if !have_tmux() {
+    if !Tmux::installed() {
         eprintln!("SKIP: tmux is not installed; the TUI end-to-end test needs it");
         return;
     }
@@ -402,44 +278,40 @@ fn zoom_then_esc_keeps_the_streams_running() {
     .unwrap();
     let script = write_script(dir.path(), "QUORUM_MOCK_TPS=5");
     let t = start(&script, "zoom-esc");
-    t.wait_for("the first frame", 30, |s| s.contains("mock/beta · ready"));
+    t.wait_for("the first frame", |s| s.contains("mock/beta · ready"));
     t.literal("Explain how tides work in detail.");
     t.keys(&["Enter"]);
-    t.wait_for("both panes streaming", 60, |s| {
+    t.wait_for("both panes streaming", |s| {
         s.matches("· streaming").count() == 2
     });
 
     // Exec: focus the first pane, zoom, Esc.
     t.keys(&["Tab"]);
     t.keys(&["z"]);
-    t.wait_for("the zoomed pane", 30, |s| {
+    t.wait_for("the zoomed pane", |s| {
         s.contains("mock/alpha · streaming") && !s.contains("mock/beta") && !s.contains("ledger ·")
     });
     t.keys(&["Escape"]);
 
     // Check: out of zoom, and both still streaming (nothing cancelled).
-    let s = t.wait_for("the panes again", 30, |s| {
+    let s = t.wait_for("the panes again", |s| {
         s.contains("mock/beta") && s.contains("ledger ·")
     });
     assert!(!s.contains("cancelled"), "{s}");
     assert_eq!(s.matches("· streaming").count(), 2, "{s}");
     // Esc again (back to the editor): still nothing cancelled.
     t.keys(&["Escape"]);
-    t.wait_for("the status bar of the editor", 30, |s| {
-        s.contains("Enter send")
-    });
+    t.wait_for("the status bar of the editor", |s| s.contains("Enter send"));
     assert!(!t.screen().contains("cancelled"));
     // The deliberate key cancels.
     t.keys(&["C-g"]);
-    t.wait_for("both cancelled", 30, |s| {
-        s.matches("cancelled").count() >= 2
-    });
+    t.wait_for("both cancelled", |s| s.matches("cancelled").count() >= 2);
     quit(&t);
 }
 
 #[test]
 fn a_blind_run_shows_no_model_name_until_the_vote_and_the_mock_judges() {
-    if !have_tmux() {
+    if !Tmux::installed() {
         eprintln!("SKIP: tmux is not installed; the TUI end-to-end test needs it");
         return;
     }
@@ -451,16 +323,14 @@ fn a_blind_run_shows_no_model_name_until_the_vote_and_the_mock_judges() {
     .unwrap();
     let script = write_script(dir.path(), "");
     let t = start(&script, "blind-names");
-    t.wait_for("the first frame", 30, |s| {
-        s.contains("mock/contrarian · ready")
-    });
+    t.wait_for("the first frame", |s| s.contains("mock/contrarian · ready"));
 
     // Exec: blind, send, wait for all three.
     t.keys(&["C-b"]);
-    t.wait_for("blind mode on", 30, |s| s.contains("next: blind"));
+    t.wait_for("blind mode on", |s| s.contains("next: blind"));
     t.literal("What is 2+2? Answer with one number.");
     t.keys(&["Enter"]);
-    let blind = t.wait_for("three blind answers", 30, |s| {
+    let blind = t.wait_for("three blind answers", |s| {
         ["Answer A · done", "Answer B · done", "Answer C · done"]
             .iter()
             .all(|a| s.contains(a))
@@ -484,15 +354,15 @@ fn a_blind_run_shows_no_model_name_until_the_vote_and_the_mock_judges() {
     // The consensus view: still no names until the vote.
     t.keys(&["Tab"]);
     t.keys(&["v"]);
-    let view = t.wait_for("the blind view", 30, |s| s.contains("names hidden"));
+    let view = t.wait_for("the blind view", |s| s.contains("names hidden"));
     assert!(!view.contains("mock/"), "{view}");
     t.keys(&["="]);
-    t.wait_for("names revealed", 30, |s| {
+    t.wait_for("names revealed", |s| {
         s.contains("names revealed") && s.contains("mock/thinker")
     });
     // The judge answers offline, with a verdict.
     t.keys(&["J"]);
-    t.wait_for("the mock judge's verdict", 30, |s| {
+    t.wait_for("the mock judge's verdict", |s| {
         s.contains("agreement 0.67") && s.contains("best") && !s.contains("judging…")
     });
     quit(&t);
@@ -500,7 +370,7 @@ fn a_blind_run_shows_no_model_name_until_the_vote_and_the_mock_judges() {
 
 #[test]
 fn an_export_after_two_turns_holds_both() {
-    if !have_tmux() {
+    if !Tmux::installed() {
         eprintln!("SKIP: tmux is not installed; the TUI end-to-end test needs it");
         return;
     }
@@ -512,25 +382,23 @@ fn an_export_after_two_turns_holds_both() {
     .unwrap();
     let script = write_script(dir.path(), "");
     let t = start(&script, "export-two");
-    t.wait_for("the first frame", 30, |s| s.contains("mock/beta · ready"));
+    t.wait_for("the first frame", |s| s.contains("mock/beta · ready"));
 
     // Nothing yet: nothing is written.
     t.keys(&["C-e"]);
-    t.wait_for("nothing to export", 30, |s| {
-        s.contains("nothing to export yet")
-    });
+    t.wait_for("nothing to export", |s| s.contains("nothing to export yet"));
 
     // Two turns.
     t.literal("What is 2+2?");
     t.keys(&["Enter"]);
-    t.wait_for("turn one", 30, |s| s.matches("· done").count() == 2);
+    t.wait_for("turn one", |s| s.matches("· done").count() == 2);
     t.literal("And what is 3*7?");
     t.keys(&["Enter"]);
-    t.wait_for("turn two", 30, |s| {
+    t.wait_for("turn two", |s| {
         s.matches("· done").count() == 2 && s.contains("· 2 sends")
     });
     t.keys(&["C-e"]);
-    t.wait_for("the export written", 30, |s| s.contains("exported to"));
+    t.wait_for("the export written", |s| s.contains("exported to"));
     quit(&t);
 
     // Check: the Markdown holds both prompts and both answers of each.
@@ -563,7 +431,7 @@ fn an_export_after_two_turns_holds_both() {
 
 #[test]
 fn a_json_schema_comparison_of_the_mocks_shows_each_panes_verdict() {
-    if !have_tmux() {
+    if !Tmux::installed() {
         eprintln!("SKIP: tmux is not installed; the TUI end-to-end test needs it");
         return;
     }
@@ -582,14 +450,14 @@ fn a_json_schema_comparison_of_the_mocks_shows_each_panes_verdict() {
     .unwrap();
     let script = write_script(dir.path(), "");
     let t = start(&script, "schema");
-    t.wait_for("the first frame", 60, |s| {
+    t.wait_for("the first frame", |s| {
         s.contains("mock/alpha · ready") && s.contains("mock/contrarian · ready")
     });
 
     // Exec: F2 opens the settings; the schema row takes the file (the workbench
     // runs in `dir`); Esc closes; the status bar says the next send has a schema.
     t.keys(&["F2"]);
-    t.wait_for("the settings panel", 60, |s| {
+    t.wait_for("the settings panel", |s| {
         s.contains("run settings · every target")
     });
     for _ in 0..5 {
@@ -598,16 +466,16 @@ fn a_json_schema_comparison_of_the_mocks_shows_each_panes_verdict() {
     t.keys(&["Enter"]);
     t.literal("answer.schema.json");
     t.keys(&["Enter"]);
-    t.wait_for("the schema row set", 60, |s| {
+    t.wait_for("the schema row set", |s| {
         s.contains("schema file       answer.schema.json")
     });
     t.keys(&["Escape"]);
-    t.wait_for("the panel closed", 60, |s| {
+    t.wait_for("the panel closed", |s| {
         !s.contains("run settings") && s.contains("next: schema")
     });
     t.literal("Give 2+2 with its unit.");
     t.keys(&["Enter"]);
-    let done = t.wait_for("both panes done with a verdict", 60, |s| {
+    let done = t.wait_for("both panes done with a verdict", |s| {
         s.contains("mock/alpha · done")
             && s.contains("mock/contrarian · done")
             && s.contains("schema ✓")
@@ -626,7 +494,7 @@ fn a_json_schema_comparison_of_the_mocks_shows_each_panes_verdict() {
     assert!(col("schema ✗") >= contrarian - 2, "{done}");
     assert!(done.contains("schema ✗ invalid at /"), "{done}");
     t.keys(&["C-q"]);
-    let after = t.wait_for("quorum to exit", 60, |s| {
+    let after = t.wait_for("quorum to exit", |s| {
         s.contains("QUORUM-EXIT-") && s.contains("TTY-")
     });
     assert!(after.contains("QUORUM-EXIT-0"), "{after}");

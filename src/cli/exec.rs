@@ -9,7 +9,9 @@ use serde_json::{json, Value};
 
 use super::{runtime, EXIT_FAILED, EXIT_OK, EXIT_USAGE};
 use crate::app::{self, GlobalFlags};
-use crate::engine::{ChatRequest, Completion, CostSource, EngineError, Message, StartOptions};
+use crate::engine::{
+    ChatRequest, Completion, CostSource, EngineError, Message, StartOptions, Tally,
+};
 use crate::shared::params::{type_name, FieldError, Fields};
 
 /// Exit code: the task spec is invalid (the message names the field).
@@ -258,7 +260,8 @@ fn bail(task_id: Option<&str>, e: Early, started: Instant) -> i32 {
 
 /// The result object of finished completions.
 pub fn result_json(task: &Task, targets: &[String], cs: &[Completion], started: Instant) -> Value {
-    let failed = cs.iter().filter(|c| c.error.is_some()).count();
+    let tally = Tally::of(cs);
+    let failed = tally.failed() as usize;
     let status = match failed {
         0 => "success",
         n if n == cs.len() => "error",
@@ -266,9 +269,9 @@ pub fn result_json(task: &Task, targets: &[String], cs: &[Completion], started: 
     };
     let code = if failed == 0 { EXIT_OK } else { EXIT_FAILED };
     let main = cs.iter().find(|c| c.error.is_none()).or_else(|| cs.first());
-    let prompt_tokens: u64 = cs.iter().map(|c| c.usage.input_tokens).sum();
-    let completion_tokens: u64 = cs.iter().map(|c| c.usage.output_tokens).sum();
-    let cost: Option<f64> = cs.iter().map(|c| c.cost_usd).sum();
+    let prompt_tokens = tally.usage.input_tokens;
+    let completion_tokens = tally.usage.output_tokens;
+    let cost = tally.cost();
     let sources: Vec<CostSource> = cs.iter().map(|c| c.cost_source).collect();
     let cost_source = match sources.first() {
         Some(s) if sources.iter().all(|x| x == s) => s.as_str(),

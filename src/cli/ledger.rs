@@ -10,6 +10,7 @@ use crate::engine::files::data_dir;
 use crate::engine::ledger::{
     mask_url, GroupBy, Ledger, LedgerOptions, Location, RequestRow, Shown, TotalRow, LEDGER_FILE,
 };
+use crate::engine::Tally;
 
 /// Arguments of `quorum ledger`.
 #[derive(Debug, Args)]
@@ -394,9 +395,8 @@ fn show(ledger: Option<&Ledger>, id: &str, json: bool) -> i32 {
             if let Some(p) = run.projected_usd {
                 println!("  projected ≤ {}", format_usd(Some(p)));
             }
-            let known: f64 = requests.iter().filter_map(|r| r.cost_usd).sum();
-            let unknown = requests.iter().filter(|r| r.cost_usd.is_none()).count() as u64;
-            println!("  cost {}", cost_cell(known, unknown));
+            let tally = Tally::of_rows(&requests);
+            println!("  cost {}", cost_cell(tally.cost_usd, tally.unpriced));
             if let Some(p) = &run.prompt {
                 println!("  prompt: {}", p.lines().next().unwrap_or(""));
             }

@@ -9,7 +9,7 @@ use super::consensus::{
     analyze_with, stability, AnswerInput, Consensus, ConsensusOptions, QuestionKind, Stability,
 };
 use super::judge::{self, JudgeOutcome};
-use super::{Completion, Engine, EngineError, FinishReason, StartOptions};
+use super::{Completion, Engine, EngineError, FinishReason, StartOptions, Tally};
 
 /// Parse a kind as the faces spell it (`number`, `yes-no`, `choice`,
 /// `final-line`, `open`; case and `_`/`-` do not matter).
@@ -46,12 +46,9 @@ pub struct Report {
 }
 
 impl Report {
-    /// Results that failed.
+    /// Results that failed (cancelled ones included).
     pub fn failed(&self) -> usize {
-        self.results
-            .iter()
-            .filter(|(_, _, c)| c.error.is_some())
-            .count()
+        Tally::of(self.results.iter().map(|(_, _, c)| c)).failed() as usize
     }
 
     /// Whether every result failed (and there was at least one).
@@ -67,14 +64,19 @@ impl Report {
         }
     }
 
+    /// The tally of every request, the judge's included.
+    pub fn tally(&self) -> Tally {
+        Tally::of(self.all_completions())
+    }
+
     /// Total cost when every request's price is known, else `None`.
     pub fn cost_usd(&self) -> Option<f64> {
-        self.all_completions().map(|c| c.cost_usd).sum()
+        self.tally().cost()
     }
 
     /// Sum of the costs that are known.
     pub fn cost_usd_known(&self) -> f64 {
-        self.all_completions().filter_map(|c| c.cost_usd).sum()
+        self.tally().cost_usd
     }
 
     fn all_completions(&self) -> impl Iterator<Item = &Completion> {

@@ -314,6 +314,10 @@ pub struct Completion {
     /// the face says so and exits 1.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub not_recorded: Option<String>,
+    /// The span id upstream requests carried as their `traceparent` parent
+    /// (16 hex digits): the id of this call's span when traces are exported.
+    #[serde(skip)]
+    pub span_id: Option<String>,
 }
 
 /// The first reason an answer failed its JSON check.

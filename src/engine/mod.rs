@@ -32,8 +32,10 @@ pub mod registry;
 pub mod routing;
 pub mod run;
 pub mod select;
+pub mod tally;
 pub mod tokens;
 pub mod validate;
 
 pub use front::{Books, Refusal, StartOptions, Started};
 pub use run::{Engine, EngineConfig, RunHandle, RunOptions, TargetEvent};
+pub use tally::Tally;

@@ -57,6 +57,12 @@ pub struct RunOptions {
     pub fallbacks: bool,
     /// Use the response cache: None follows the configured default.
     pub cache: Option<bool>,
+    /// The span id upstream requests name as their parent in `traceparent`
+    /// (16 hex digits). `None`: each target makes one of its own (the id of its
+    /// call span, kept in [`Completion::span_id`]). A gateway that exports no
+    /// spans of its own passes its caller's span here, so the provider's spans
+    /// hang under the caller's.
+    pub upstream_parent: Option<String>,
 }
 
 impl Default for RunOptions {
@@ -68,6 +74,7 @@ impl Default for RunOptions {
             source_agent: None,
             fallbacks: true,
             cache: None,
+            upstream_parent: None,
         }
     }
 }
@@ -334,6 +341,13 @@ impl Engine {
                 opts: opts.clone(),
                 run_id: run_id.clone(),
                 run_tag: run_tag.clone(),
+                traceparent: format!(
+                    "00-{trace_id}-{}-01",
+                    opts.upstream_parent
+                        .as_deref()
+                        .filter(|p| is_span_id(p))
+                        .map_or_else(|| new_id(8), str::to_string)
+                ),
                 trace_id: trace_id.clone(),
                 cancel: token,
                 _settle: settle.clone(),
@@ -352,6 +366,14 @@ impl Engine {
     }
 }
 
+/// 16 lowercase hex digits, not all zero (a W3C span id).
+fn is_span_id(s: &str) -> bool {
+    s.len() == 16
+        && s.bytes()
+            .all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b))
+        && s.bytes().any(|b| b != b'0')
+}
+
 /// Random hex id of `bytes` bytes.
 pub fn new_id(bytes: usize) -> String {
     let mut b = vec![0u8; bytes];
@@ -368,6 +390,9 @@ struct TargetJob {
     run_id: String,
     run_tag: Arc<str>,
     trace_id: String,
+    /// This target's `traceparent`: `00-{trace}-{span}-01`, the span being its
+    /// call span (the same for every attempt and fallback).
+    traceparent: String,
     cancel: CancellationToken,
     /// Dropped before `tx`, so a run's reservation is settled before its channel closes.
     _settle: Option<Arc<Settle>>,
@@ -605,7 +630,7 @@ impl TargetJob {
                 return cancelled();
             }
             let ctx = CallContext {
-                traceparent: Some(format!("00-{}-{}-01", self.trace_id, new_id(8))),
+                traceparent: Some(self.traceparent.clone()),
                 request_id: Some(format!("{}-{}-{attempt_no}", self.run_id, self.index)),
             };
             let mut acc = Accumulator::default();
@@ -735,6 +760,7 @@ impl TargetJob {
     ) {
         c.provider = r.spec.name.clone();
         c.model = r.model.clone();
+        c.span_id = self.span_id().map(str::to_string);
         // A key split across deltas (a model echoing it) is masked too.
         super::provider::mask::mask_completion(&r.spec, &mut c);
         c.retries = retries;
@@ -786,6 +812,11 @@ impl TargetJob {
 }
 
 impl TargetJob {
+    /// The span id this target's upstream requests name as their parent.
+    fn span_id(&self) -> Option<&str> {
+        self.traceparent.split('-').nth(2)
+    }
+
     fn cache(&self) -> Option<Arc<ResponseCache>> {
         self.inner
             .cache

@@ -24,58 +24,35 @@ use serde::Serialize;
 use serde_json::{json, Value};
 
 use crate::engine::routing::BreakerState;
-use crate::engine::{Completion, Engine};
+use crate::engine::{Completion, Engine, Tally};
 
 /// Upper bounds (seconds) of the latency buckets.
 pub const LATENCY_BUCKETS: &[f64] = &[
     0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 120.0,
 ];
 
-/// Usage and spend of one provider/model pair.
-#[derive(Debug, Clone, Default, Serialize)]
-pub struct UsageTotals {
-    /// Requests finished (successful or not).
-    pub requests: u64,
-    /// Requests that failed.
-    pub errors: u64,
-    /// Prompt tokens (cached included).
-    pub input_tokens: u64,
-    /// Output tokens (reasoning included).
-    pub output_tokens: u64,
-    /// Prompt tokens read from a provider cache.
-    pub cached_input_tokens: u64,
-    /// Prompt tokens written to a provider cache.
-    pub cache_creation_input_tokens: u64,
-    /// Reasoning tokens.
-    pub reasoning_tokens: u64,
-    /// Known cost in USD.
-    pub cost_usd: f64,
-    /// Requests whose price is unknown (their cost is not in `cost_usd`).
-    pub unpriced_requests: u64,
-    /// Answers served from the local response cache.
-    pub cache_hits: u64,
-}
-
-impl UsageTotals {
-    fn add(&mut self, c: &Completion) {
-        self.requests += 1;
-        if c.error.is_some() {
-            self.errors += 1;
-        }
-        let u = &c.usage;
-        self.input_tokens += u.input_tokens;
-        self.output_tokens += u.output_tokens;
-        self.cached_input_tokens += u.cached_input_tokens;
-        self.cache_creation_input_tokens += u.cache_creation_input_tokens;
-        self.reasoning_tokens += u.reasoning_tokens;
-        match c.cost_usd {
-            Some(x) => self.cost_usd += x,
-            None => self.unpriced_requests += 1,
-        }
-        if c.cached {
-            self.cache_hits += 1;
-        }
-    }
+/// The `llm.metrics` object of a tally (one provider/model pair, a provider,
+/// or the total). `errors` counts cancelled requests too.
+fn usage_totals(t: &Tally) -> serde_json::Map<String, Value> {
+    let u = &t.usage;
+    [
+        ("requests", json!(t.requests)),
+        ("errors", json!(t.failed())),
+        ("input_tokens", json!(u.input_tokens)),
+        ("output_tokens", json!(u.output_tokens)),
+        ("cached_input_tokens", json!(u.cached_input_tokens)),
+        (
+            "cache_creation_input_tokens",
+            json!(u.cache_creation_input_tokens),
+        ),
+        ("reasoning_tokens", json!(u.reasoning_tokens)),
+        ("cost_usd", json!(t.cost_usd)),
+        ("unpriced_requests", json!(t.unpriced)),
+        ("cache_hits", json!(t.cache_hits)),
+    ]
+    .into_iter()
+    .map(|(k, v)| (k.to_string(), v))
+    .collect()
 }
 
 /// The last error a provider gave.
@@ -92,7 +69,7 @@ pub struct LastError {
 #[derive(Debug, Default)]
 struct State {
     /// Resettable copy for `llm.metrics`.
-    usage: BTreeMap<(String, String), UsageTotals>,
+    usage: BTreeMap<(String, String), Tally>,
     usage_since: Option<String>,
     last_error: BTreeMap<String, LastError>,
     /// Model and agent label values handed out so far (capped).
@@ -289,7 +266,7 @@ impl Families {
         );
         r.register(
             "tokens",
-            "Tokens by provider, model and kind (input counts cached tokens too).",
+            "Tokens sent and received by provider, model and kind (input counts cached tokens too; answers from the local response cache count none).",
             f.tokens.clone(),
         );
         r.register(
@@ -463,7 +440,14 @@ impl Metrics {
         }
         drop(s);
         let p = &self.prom;
-        let u = &c.usage;
+        // A cache hit's tokens were not sent again: count them once, as the
+        // ledger and `llm.metrics` (the engine's Tally) do.
+        let billed = if c.cached {
+            crate::engine::Usage::default()
+        } else {
+            c.usage
+        };
+        let u = &billed;
         p.agent_requests
             .get_or_create(&AgentStatus {
                 agent: agent.clone(),
@@ -572,39 +556,25 @@ impl Metrics {
             return Value::Null;
         };
         let mut by_model = Vec::new();
-        let mut by_provider: BTreeMap<String, UsageTotals> = BTreeMap::new();
-        let mut total = UsageTotals::default();
-        for ((p, m), u) in &s.usage {
-            let mut v = serde_json::to_value(u).unwrap_or(Value::Null);
-            if let Value::Object(o) = &mut v {
-                o.insert("provider".into(), json!(p));
-                o.insert("model".into(), json!(m));
-            }
-            by_model.push(v);
-            let bp = by_provider.entry(p.clone()).or_default();
-            for t in [&mut *bp, &mut total] {
-                t.requests += u.requests;
-                t.errors += u.errors;
-                t.input_tokens += u.input_tokens;
-                t.output_tokens += u.output_tokens;
-                t.cached_input_tokens += u.cached_input_tokens;
-                t.cache_creation_input_tokens += u.cache_creation_input_tokens;
-                t.reasoning_tokens += u.reasoning_tokens;
-                t.cost_usd += u.cost_usd;
-                t.unpriced_requests += u.unpriced_requests;
-                t.cache_hits += u.cache_hits;
-            }
+        let mut by_provider: BTreeMap<&str, Tally> = BTreeMap::new();
+        let mut total = Tally::default();
+        for ((p, m), t) in &s.usage {
+            let mut o = usage_totals(t);
+            o.insert("provider".into(), json!(p));
+            o.insert("model".into(), json!(m));
+            by_model.push(Value::Object(o));
+            *by_provider.entry(p).or_default() += t;
+            total += t;
         }
         let providers: Vec<Value> = by_provider
             .into_iter()
-            .map(|(p, u)| {
-                let mut v = serde_json::to_value(u).unwrap_or(Value::Null);
-                if let Value::Object(o) = &mut v {
-                    o.insert("provider".into(), json!(p));
-                }
-                v
+            .map(|(p, t)| {
+                let mut o = usage_totals(&t);
+                o.insert("provider".into(), json!(p));
+                Value::Object(o)
             })
             .collect();
+        let total = Value::Object(usage_totals(&total));
         let out = json!({
             "since": s.usage_since,
             "in_flight": self.in_flight_now(),

@@ -16,6 +16,11 @@
 //! `gen_ai.response.finish_reasons`, `error.type`, plus `quorum.cost_usd`,
 //! `quorum.ttft_ms` and the like. Spans carry no prompt, answer, header or
 //! key: only names, counts, timings and kinds.
+//!
+//! Upstream requests carry a W3C `traceparent` in the same trace whose parent
+//! is that call's client span, so the provider's own spans hang under it.
+//! With traces off, the parent is the caller's span when it sent one (quorum
+//! passes the trace through), else a span id of quorum's own.
 
 use std::cell::Cell;
 use std::sync::OnceLock;
@@ -24,7 +29,8 @@ use std::time::{Duration, SystemTime};
 use axum::http::HeaderMap;
 use opentelemetry::propagation::{Extractor, TextMapPropagator};
 use opentelemetry::trace::{
-    SpanContext, SpanKind, Status, TraceContextExt, TraceId, Tracer as _, TracerProvider as _,
+    SpanContext, SpanId, SpanKind, Status, TraceContextExt, TraceId, Tracer as _,
+    TracerProvider as _,
 };
 use opentelemetry::{Context, KeyValue};
 use opentelemetry_sdk::propagation::TraceContextPropagator;
@@ -38,6 +44,9 @@ static TRACER: OnceLock<Tracer> = OnceLock::new();
 thread_local! {
     /// The trace id the next root span takes (set just before it starts).
     static NEXT_TRACE_ID: Cell<Option<TraceId>> = const { Cell::new(None) };
+    /// The span id the next span takes (set just before it starts): an upstream
+    /// call's span keeps the id its request sent as the `traceparent` parent.
+    static NEXT_SPAN_ID: Cell<Option<SpanId>> = const { Cell::new(None) };
 }
 
 /// Root spans take the request's quorum trace id, so the ledger's rows and
@@ -52,8 +61,10 @@ impl IdGenerator for QuorumIds {
             .unwrap_or_else(|| self.0.new_trace_id())
     }
 
-    fn new_span_id(&self) -> opentelemetry::trace::SpanId {
-        self.0.new_span_id()
+    fn new_span_id(&self) -> SpanId {
+        NEXT_SPAN_ID
+            .with(Cell::take)
+            .unwrap_or_else(|| self.0.new_span_id())
     }
 }
 
@@ -148,6 +159,8 @@ pub struct Call {
     finish: &'static str,
     error: Option<&'static str>,
     ended: SystemTime,
+    /// The span id its upstream requests named as their parent.
+    span_id: Option<SpanId>,
 }
 
 impl Call {
@@ -173,6 +186,11 @@ impl Call {
             finish: finish_word(c.finish_reason),
             error: c.error.as_ref().map(EngineError::kind),
             ended: SystemTime::now(),
+            span_id: c
+                .span_id
+                .as_deref()
+                .and_then(|s| SpanId::from_hex(s).ok())
+                .filter(|s| *s != SpanId::INVALID),
         }
     }
 }
@@ -287,12 +305,15 @@ fn call_span(tracer: &Tracer, parent: &Context, c: &Call) {
         .ended
         .checked_sub(Duration::from_secs_f64(c.latency_ms.max(0.0) / 1000.0))
         .unwrap_or(c.ended);
+    NEXT_SPAN_ID.with(|s| s.set(c.span_id));
     let mut span = tracer
         .span_builder(format!("chat {}", c.requested))
         .with_kind(SpanKind::Client)
         .with_start_time(started)
         .with_attributes(attrs)
         .start_with_context(tracer, parent);
+    // Never left set for an unrelated span on this thread.
+    NEXT_SPAN_ID.with(|s| s.take());
     if let Some(e) = c.error {
         use opentelemetry::trace::Span as _;
         span.set_status(Status::error(e));

@@ -12,7 +12,7 @@ use tui_textarea::TextArea;
 use crate::engine::budget::Projection;
 use crate::engine::cost::Pricing;
 use crate::engine::{
-    ChatRequest, Completion, CostSource, EngineError, Message, Role, StreamEvent, Usage,
+    ChatRequest, Completion, CostSource, EngineError, Message, Role, StreamEvent, Tally, Usage,
 };
 
 use super::consensus_state::ConsensusPanel;
@@ -151,59 +151,8 @@ pub struct LedgerRow {
     pub target: String,
     /// The target asked for (the pane's).
     pub asked: String,
-    /// Requests finished or failed.
-    pub requests: u64,
-    /// Failed (cancelled ones are not failures).
-    pub errors: u64,
-    /// Cancelled.
-    pub cancelled: u64,
-    /// Tokens.
-    pub usage: Usage,
-    /// Known cost.
-    pub cost_usd: f64,
-    /// Requests of unknown cost.
-    pub unknown: u64,
-    /// Requests with a known cost.
-    pub priced: u64,
-    /// Requests of estimated cost.
-    pub estimated: u64,
-}
-
-impl LedgerRow {
-    fn add(&mut self, c: &Completion) {
-        self.requests += 1;
-        match &c.error {
-            Some(EngineError::Cancelled) => self.cancelled += 1,
-            Some(_) => self.errors += 1,
-            None => {}
-        }
-        self.add_usage(&c.usage, c.cost_usd, c.cost_source);
-    }
-
-    fn add_usage(&mut self, u: &Usage, cost: Option<f64>, src: CostSource) {
-        self.usage += *u;
-        match cost {
-            Some(c) => {
-                self.cost_usd += c;
-                self.priced += 1;
-            }
-            None => self.unknown += 1,
-        }
-        if src == CostSource::Estimated {
-            self.estimated += 1;
-        }
-    }
-
-    /// ✓ priced, ~ estimated, ? unknown.
-    pub fn mark(&self) -> &'static str {
-        if self.unknown > 0 {
-            "?"
-        } else if self.estimated > 0 {
-            "~"
-        } else {
-            "✓"
-        }
-    }
+    /// Requests, tokens and spend.
+    pub tally: Tally,
 }
 
 /// What the app is given at start.
@@ -712,7 +661,7 @@ impl App {
 
     /// Count a request that did not come through a pane (the judge).
     pub(crate) fn add_ledger_completion(&mut self, label: &str, c: &Completion) {
-        self.ledger_row(label, label).add(c);
+        self.ledger_row(label, label).tally.add(c);
     }
 
     /// The flash message, while fresh.
@@ -753,7 +702,7 @@ impl App {
                 .cloned()
                 .unwrap_or_else(|| c.model.clone());
             let label = credit_label(&asked, c);
-            self.ledger_row(&label, &asked).add(c);
+            self.ledger_row(&label, &asked).tally.add(c);
         }
         let ended = matches!(ev, StreamEvent::Finished(_) | StreamEvent::Failed(_));
         let now = self.now;
@@ -824,18 +773,7 @@ impl App {
             };
             let u = p.stats.live_usage();
             let (cost, src) = p.cost(&|a, b, c, d| self.quote(a, b, c, d));
-            let r = &mut rows[i];
-            r.usage += u;
-            match cost {
-                Some(c) => {
-                    r.cost_usd += c;
-                    r.priced += 1;
-                }
-                None => r.unknown += 1,
-            }
-            if src == CostSource::Estimated {
-                r.estimated += 1;
-            }
+            rows[i].tally.add_in_flight(u, cost, src);
         }
         // Panes' targets first, in screen order (letter order while blind);
         // targets no longer shown after.
@@ -1075,8 +1013,8 @@ impl App {
             let typical = self
                 .ledger
                 .iter()
-                .find(|r| r.target == t.target && r.requests > r.errors + r.cancelled)
-                .map(|r| r.usage.output_tokens / (r.requests - r.errors - r.cancelled).max(1))
+                .find(|r| r.target == t.target)
+                .and_then(|r| r.tally.mean_output_tokens())
                 .unwrap_or(TYPICAL_OUTPUT_TOKENS);
             let out = t.max_output_tokens.map_or(typical, |m| typical.min(m));
             let u = Usage {
@@ -1769,18 +1707,18 @@ impl App {
                     let hidden = self.ledger_hidden(&r.asked);
                     ExportLedgerRow {
                         target: self.ledger_name(r),
-                        requests: r.requests,
-                        errors: r.errors,
-                        input_tokens: r.usage.input_tokens,
-                        output_tokens: r.usage.output_tokens,
-                        cached_input_tokens: (!hidden).then_some(r.usage.cached_input_tokens),
-                        reasoning_tokens: (!hidden).then_some(r.usage.reasoning_tokens),
-                        cost_usd: (!hidden).then_some(r.cost_usd),
-                        unknown_cost: r.unknown,
+                        requests: r.tally.requests,
+                        errors: r.tally.errors,
+                        input_tokens: r.tally.usage.input_tokens,
+                        output_tokens: r.tally.usage.output_tokens,
+                        cached_input_tokens: (!hidden).then_some(r.tally.usage.cached_input_tokens),
+                        reasoning_tokens: (!hidden).then_some(r.tally.usage.reasoning_tokens),
+                        cost_usd: (!hidden).then_some(r.tally.cost_usd),
+                        unknown_cost: r.tally.unpriced,
                         cost_mark: if hidden {
                             String::new()
                         } else {
-                            r.mark().to_string()
+                            r.tally.mark().to_string()
                         },
                     }
                 })

@@ -11,7 +11,7 @@ use ratatui::Frame;
 use unicode_width::UnicodeWidthStr;
 
 use crate::engine::cost::format_usd;
-use crate::engine::CostSource;
+use crate::engine::{CostSource, Tally};
 
 use super::app::{App, Confirm, Focus, HistoryView, LedgerRow, Overlay, Picker};
 use super::help;
@@ -563,9 +563,10 @@ fn draw_ledger(f: &mut Frame<'_>, app: &App, r: Rect) {
     }
     let t = &app.theme;
     let rows = app.live_ledger();
-    let total: f64 = rows.iter().map(|r| r.cost_usd).sum();
-    let unknown = rows.iter().any(|r| r.unknown > 0);
-    let priced = rows.iter().any(|r| r.priced > 0);
+    let all: Tally = rows.iter().map(|r| &r.tally).sum();
+    let total = all.cost_usd;
+    let unknown = all.unpriced > 0;
+    let priced = all.priced > 0;
     let total_s = if unknown && !priced {
         "$?".to_string()
     } else if unknown {
@@ -609,12 +610,13 @@ fn draw_ledger(f: &mut Frame<'_>, app: &App, r: Rect) {
     let wide = w >= 66 && !app.blind_hidden();
     // The cost column fits its widest figure (`$0.00042+?` is ten wide).
     let cost_of = |r: &LedgerRow| {
-        if r.unknown > 0 && r.priced == 0 {
+        let t = &r.tally;
+        if t.unpriced > 0 && t.priced == 0 {
             "$?".to_string()
-        } else if r.unknown > 0 {
-            format!("{}+?", format_usd(Some(r.cost_usd)))
+        } else if t.unpriced > 0 {
+            format!("{}+?", format_usd(Some(t.cost_usd)))
         } else {
-            format_usd(Some(r.cost_usd))
+            format_usd(Some(t.cost_usd))
         }
     };
     let all_cost = format_usd(Some(total)).width() + 2;
@@ -672,21 +674,10 @@ fn draw_ledger(f: &mut Frame<'_>, app: &App, r: Rect) {
         .skip(app.ledger_scroll)
         .map(|r| (r, false))
         .collect();
-    let total_row = (rows.len() > 1).then(|| {
-        let mut tot = LedgerRow {
-            target: "total".into(),
-            ..Default::default()
-        };
-        for r in &rows {
-            tot.requests += r.requests;
-            tot.errors += r.errors;
-            tot.usage += r.usage;
-            tot.cost_usd += r.cost_usd;
-            tot.unknown += r.unknown;
-            tot.priced += r.priced;
-            tot.estimated += r.estimated;
-        }
-        tot
+    let total_row = (rows.len() > 1).then(|| LedgerRow {
+        target: "total".into(),
+        tally: all,
+        ..Default::default()
     });
     if let Some(t) = &total_row {
         shown.push((t, true));
@@ -703,26 +694,27 @@ fn draw_ledger(f: &mut Frame<'_>, app: &App, r: Rect) {
         let out = if hidden {
             // Reasoning counts as output: without it, no model stands out.
             n(row
+                .tally
                 .usage
                 .output_tokens
-                .saturating_sub(row.usage.reasoning_tokens))
+                .saturating_sub(row.tally.usage.reasoning_tokens))
         } else {
-            n(row.usage.output_tokens)
+            n(row.tally.usage.output_tokens)
         };
         let (cost, cached, reas) = if hidden {
             ("–".to_string(), "–".to_string(), "–".to_string())
         } else {
             (
                 cost,
-                n(row.usage.cached_input_tokens),
-                n(row.usage.reasoning_tokens),
+                n(row.tally.usage.cached_input_tokens),
+                n(row.tally.usage.reasoning_tokens),
             )
         };
         let text = if wide {
             format!(
                 "{}{:>7}{:>7}{:>7}{:>6}{:>cw$}",
                 fit(&shown_name, name_w),
-                n(row.usage.input_tokens),
+                n(row.tally.usage.input_tokens),
                 out,
                 cached,
                 reas,
@@ -732,16 +724,20 @@ fn draw_ledger(f: &mut Frame<'_>, app: &App, r: Rect) {
             format!(
                 "{}{:>7}{:>7}{:>cw$}",
                 fit(&shown_name, name_w),
-                n(row.usage.input_tokens),
+                n(row.tally.usage.input_tokens),
                 out,
                 cost
             )
         };
-        let mark_style = match row.mark() {
+        let mark_style = match row.tally.mark() {
             "✓" => t.ok,
             _ => t.warn,
         };
-        let err_style = if row.errors > 0 { t.error } else { t.text };
+        let err_style = if row.tally.errors > 0 {
+            t.error
+        } else {
+            t.text
+        };
         let text_style = if is_total {
             t.text.add_modifier(Modifier::BOLD)
         } else {
@@ -753,16 +749,16 @@ fn draw_ledger(f: &mut Frame<'_>, app: &App, r: Rect) {
                 format!(
                     " {}",
                     // `+?` already says part is unknown: no second mark.
-                    if row.unknown > 0 || hidden {
+                    if row.tally.unpriced > 0 || hidden {
                         " "
                     } else {
-                        row.mark()
+                        row.tally.mark()
                     }
                 ),
                 mark_style,
             ),
-            Span::styled(format!("{:>4}", row.requests), t.text),
-            Span::styled(format!("{:>4}", row.errors), err_style),
+            Span::styled(format!("{:>4}", row.tally.requests), t.text),
+            Span::styled(format!("{:>4}", row.tally.errors), err_style),
         ]));
     }
     if rows.is_empty() {
@@ -1068,9 +1064,8 @@ fn draw_history(f: &mut Frame<'_>, app: &App, h: &HistoryView, area: Rect) {
             let room = inner.height as usize;
             let start = h.selected.saturating_sub(room.saturating_sub(1));
             for (i, run) in runs.iter().enumerate().skip(start).take(room) {
-                let cost: f64 = run.rows.iter().filter_map(|r| r.cost_usd).sum();
-                let unknown = run.rows.iter().any(|r| r.cost_usd.is_none());
-                let failed = run.rows.iter().filter(|r| r.status != "ok").count();
+                let tally = Tally::of_rows(&run.rows);
+                let (cost, unknown, failed) = (tally.cost_usd, tally.unpriced > 0, tally.failed());
                 let when: String = run
                     .created_at
                     .chars()

@@ -4,6 +4,9 @@
 #![allow(dead_code)]
 
 pub mod pg;
+pub mod serve;
+pub mod tmux;
+pub mod tui;
 
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -415,4 +418,37 @@ pub fn eventually_blocking(mut done: impl FnMut() -> bool) -> bool {
         std::thread::sleep(Duration::from_millis(10));
     }
     done()
+}
+
+/// A port that refuses connections and stays reserved: a socket bound to it that never
+/// listens (held open for the rest of the process). A listener bound and dropped would
+/// free the port, and the next server bound in this process could get it (seen: the
+/// "closed port" case then talked to the working Anthropic stand-in).
+pub fn refused_port() -> u16 {
+    // SAFETY: plain socket calls on a fresh descriptor and a zeroed sockaddr_in of the
+    // right size; the descriptor is deliberately never closed.
+    unsafe {
+        let fd = libc::socket(libc::AF_INET, libc::SOCK_STREAM, 0);
+        assert!(fd >= 0, "socket: {}", std::io::Error::last_os_error());
+        let mut addr: libc::sockaddr_in = std::mem::zeroed();
+        addr.sin_family = libc::AF_INET as libc::sa_family_t;
+        addr.sin_addr.s_addr = u32::from_ne_bytes([127, 0, 0, 1]);
+        addr.sin_port = 0;
+        let len = std::mem::size_of::<libc::sockaddr_in>() as libc::socklen_t;
+        let rc = libc::bind(fd, &addr as *const _ as *const libc::sockaddr, len);
+        assert_eq!(rc, 0, "bind: {}", std::io::Error::last_os_error());
+        let mut out: libc::sockaddr_in = std::mem::zeroed();
+        let mut out_len = len;
+        let rc = libc::getsockname(fd, &mut out as *mut _ as *mut libc::sockaddr, &mut out_len);
+        assert_eq!(rc, 0, "getsockname: {}", std::io::Error::last_os_error());
+        u16::from_be(out.sin_port)
+    }
+}
+
+/// Whether `python3` can import `module` (tests that need it skip without it).
+pub fn python_has(module: &str) -> bool {
+    std::process::Command::new("python3")
+        .args(["-c", &format!("import {module}")])
+        .output()
+        .is_ok_and(|o| o.status.success())
 }

@@ -20,7 +20,7 @@ use crate::engine::consensus::{ConsensusOptions, DEFAULT_THRESHOLD};
 use crate::engine::front::Books;
 use crate::engine::ledger::EvalCaseRow;
 use crate::engine::request::{ChatRequest, Message};
-use crate::engine::{Completion, Engine, EngineError, Refusal, RunOptions, StartOptions};
+use crate::engine::{Completion, Engine, EngineError, Refusal, RunOptions, StartOptions, Tally};
 
 /// The judge's reply is cut at this many tokens (so its cost has a bound).
 pub const JUDGE_MAX_TOKENS: u32 = 512;
@@ -573,15 +573,7 @@ async fn run_case(
         .zip(cs)
         .map(|(&(ti, r), c)| (ti, r, c))
         .collect();
-    let mut cost: Option<f64> = Some(0.0);
-    let mut cost_known = 0.0;
-    let mut add_cost = |c: &Completion| {
-        cost = match (cost, c.cost_usd) {
-            (Some(a), Some(b)) => Some(a + b),
-            _ => None,
-        };
-        cost_known += c.cost_usd.unwrap_or(0.0);
-    };
+    let mut tally = Tally::default();
     let mut cells: Vec<Cell> = labels
         .iter()
         .map(|l| Cell {
@@ -592,7 +584,7 @@ async fn run_case(
         })
         .collect();
     for (ti, run, c) in &results {
-        add_cost(c);
+        tally.add(c);
         let checks: Vec<CheckResult> = case.asserts.iter().filter_map(|a| a.on_answer(c)).collect();
         cells[*ti].runs.push(RunAnswer {
             run: *run,
@@ -678,7 +670,7 @@ async fn run_case(
             if cancel.is_cancelled() && matches!(jc.error, Some(EngineError::Cancelled)) {
                 return Ok(None);
             }
-            add_cost(&jc);
+            tally.add(&jc);
             let r = match &jc.error {
                 Some(e) => CheckResult {
                     assertion: a.label.clone(),
@@ -719,8 +711,8 @@ async fn run_case(
         checks: case_checks,
         cells,
         run_ids,
-        cost_usd: cost,
-        cost_usd_known: cost_known,
+        cost_usd: tally.cost(),
+        cost_usd_known: tally.cost_usd,
     }))
 }
 

@@ -120,6 +120,67 @@ fn sql(place: &str) -> impl Fn(rusqlite::Error) -> LedgerError + '_ {
     move |e| super::sqlite::classify(place, e)
 }
 
+impl Batch {
+    /// Rows in the batch.
+    fn len(&self) -> u64 {
+        (self.sessions.len()
+            + self.runs.len()
+            + self.prices.len()
+            + self.requests.len()
+            + self.eval_runs.len()
+            + self.eval_cases.len()
+            + self.votes.len()) as u64
+    }
+}
+
+/// Copy one table page by page in key order: `select` reads the row's key (its
+/// rowid) as its first column, takes the last key copied as `?1` and the page
+/// size as `?2`; `row` reads one row; each page goes to `send` as one batch.
+fn copy_pages<T>(
+    conn: &Connection,
+    e: &dyn Fn(rusqlite::Error) -> LedgerError,
+    select: &str,
+    row: impl Fn(&rusqlite::Row<'_>) -> rusqlite::Result<T>,
+    mut send: impl FnMut(Vec<T>) -> Result<(), LedgerError>,
+) -> Result<(), LedgerError> {
+    let mut st = conn.prepare(select).map_err(e)?;
+    let mut after = i64::MIN;
+    loop {
+        let rows = st
+            .query_map([after, CHUNK], |r| Ok((r.get::<_, i64>(0)?, row(r)?)))
+            .map_err(e)?
+            .collect::<Result<Vec<_>, _>>()
+            .map_err(e)?;
+        let Some(last) = rows.last().map(|r| r.0) else {
+            return Ok(());
+        };
+        after = last;
+        send(rows.into_iter().map(|r| r.1).collect())?;
+    }
+}
+
+/// The named columns of a row as ledger values.
+fn values(
+    r: &rusqlite::Row<'_>,
+    cols: impl Iterator<Item = (&'static str, ColumnKind)>,
+) -> rusqlite::Result<Vec<(String, Value)>> {
+    cols.map(|(name, kind)| {
+        let v = match kind {
+            ColumnKind::Int => r
+                .get::<_, Option<i64>>(name)?
+                .map_or(Value::Null, Value::Int),
+            ColumnKind::Real => r
+                .get::<_, Option<f64>>(name)?
+                .map_or(Value::Null, Value::Real),
+            ColumnKind::Text => r
+                .get::<_, Option<String>>(name)?
+                .map_or(Value::Null, Value::Text),
+        };
+        Ok((name.to_string(), v))
+    })
+    .collect()
+}
+
 /// Copy the SQLite ledger at `src` into the database at `url`; `progress` hears a line
 /// per chunk.
 pub fn migrate(
@@ -134,11 +195,8 @@ pub fn migrate(
     let conn = Connection::open_with_flags(src, OpenFlags::SQLITE_OPEN_READ_ONLY).map_err(&e)?;
     let pg = PgBackend::connect(url)?;
     let mut out = Migrated::default();
-    let mut send = |b: Batch, what: &str, out: &mut Migrated| -> Result<(), LedgerError> {
-        let n =
-            (b.sessions.len() + b.runs.len() + b.prices.len() + b.requests.len() + b.votes.len())
-                as u64;
-        out.read += n;
+    let mut send = |b: Batch, what: &str| -> Result<(), LedgerError> {
+        out.read += b.len();
         out.written += pg.import(b)?;
         progress(&format!(
             "{what}: {} rows read, {} written",
@@ -148,232 +206,170 @@ pub fn migrate(
     };
 
     // Sessions, then runs, then prices: what requests and votes refer to.
-    let mut st = conn
-        .prepare("SELECT id, created_at, label, source_agent FROM sessions ORDER BY rowid")
-        .map_err(&e)?;
-    let sessions = st
-        .query_map([], |r| {
+    copy_pages(
+        &conn,
+        &e,
+        "SELECT rowid, id, created_at, label, source_agent FROM sessions
+         WHERE rowid > ?1 ORDER BY rowid LIMIT ?2",
+        |r| {
             Ok(SessionCopy {
-                id: r.get(0)?,
-                created_at: r.get(1)?,
-                label: r.get(2)?,
-                source_agent: r.get(3)?,
+                id: r.get("id")?,
+                created_at: r.get("created_at")?,
+                label: r.get("label")?,
+                source_agent: r.get("source_agent")?,
             })
-        })
-        .map_err(&e)?
-        .collect::<Result<Vec<_>, _>>()
-        .map_err(&e)?;
-    for c in sessions.chunks(CHUNK as usize) {
-        send(
-            Batch {
-                sessions: c.to_vec(),
-                ..Default::default()
-            },
-            "sessions",
-            &mut out,
-        )?;
-    }
-    let mut after = 0i64;
-    loop {
-        let mut st = conn
-            .prepare(
-                "SELECT rowid, id, session_id, trace_id, created_at, targets, projected_usd, prompt,
-                        reserved_usd, budget_session, pid, settled_at
-                 FROM runs WHERE rowid > ?1 ORDER BY rowid LIMIT ?2",
-            )
-            .map_err(&e)?;
-        let rows = st
-            .query_map([after, CHUNK], |r| {
-                Ok((
-                    r.get::<_, i64>(0)?,
-                    RunCopy {
-                        id: r.get(1)?,
-                        session_id: r.get(2)?,
-                        trace_id: r.get(3)?,
-                        created_at: r.get(4)?,
-                        targets: r.get(5)?,
-                        projected_usd: r.get(6)?,
-                        prompt: r.get(7)?,
-                        reserved_usd: r.get(8)?,
-                        budget_session: r.get(9)?,
-                        pid: r.get(10)?,
-                        settled_at: r.get(11)?,
-                    },
-                ))
-            })
-            .map_err(&e)?
-            .collect::<Result<Vec<_>, _>>()
-            .map_err(&e)?;
-        let Some(last) = rows.last().map(|r| r.0) else {
-            break;
-        };
-        after = last;
-        let runs = rows.into_iter().map(|r| r.1).collect();
-        send(
-            Batch {
-                runs,
-                ..Default::default()
-            },
-            "runs",
-            &mut out,
-        )?;
-    }
-    let mut st = conn
-        .prepare("SELECT id, row, first_used_at FROM prices ORDER BY rowid")
-        .map_err(&e)?;
-    let prices = st
-        .query_map([], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)))
-        .map_err(&e)?
-        .collect::<Result<Vec<_>, _>>()
-        .map_err(&e)?;
-    send(
-        Batch {
-            prices,
-            ..Default::default()
         },
-        "prices",
-        &mut out,
+        |sessions| {
+            send(
+                Batch {
+                    sessions,
+                    ..Default::default()
+                },
+                "sessions",
+            )
+        },
+    )?;
+    copy_pages(
+        &conn,
+        &e,
+        "SELECT rowid, id, session_id, trace_id, created_at, targets, projected_usd, prompt,
+                reserved_usd, budget_session, pid, settled_at
+         FROM runs WHERE rowid > ?1 ORDER BY rowid LIMIT ?2",
+        |r| {
+            Ok(RunCopy {
+                id: r.get("id")?,
+                session_id: r.get("session_id")?,
+                trace_id: r.get("trace_id")?,
+                created_at: r.get("created_at")?,
+                targets: r.get("targets")?,
+                projected_usd: r.get("projected_usd")?,
+                prompt: r.get("prompt")?,
+                reserved_usd: r.get("reserved_usd")?,
+                budget_session: r.get("budget_session")?,
+                pid: r.get("pid")?,
+                settled_at: r.get("settled_at")?,
+            })
+        },
+        |runs| {
+            send(
+                Batch {
+                    runs,
+                    ..Default::default()
+                },
+                "runs",
+            )
+        },
+    )?;
+    copy_pages(
+        &conn,
+        &e,
+        "SELECT rowid, id, row, first_used_at FROM prices
+         WHERE rowid > ?1 ORDER BY rowid LIMIT ?2",
+        |r| Ok((r.get("id")?, r.get("row")?, r.get("first_used_at")?)),
+        |prices| {
+            send(
+                Batch {
+                    prices,
+                    ..Default::default()
+                },
+                "prices",
+            )
+        },
     )?;
 
     // Requests, by the column table.
-    let cols: Vec<&str> = request_written_columns().map(|c| c.name).collect();
     let select = format!(
         "SELECT id, created_at, {} FROM requests WHERE id > ?1 ORDER BY id LIMIT ?2",
-        cols.join(", ")
+        request_written_columns()
+            .map(|c| c.name)
+            .collect::<Vec<_>>()
+            .join(", ")
     );
-    let mut after = 0i64;
-    loop {
-        let mut st = conn.prepare_cached(&select).map_err(&e)?;
-        let rows = st
-            .query_map([after, CHUNK], |r| {
-                let id: i64 = r.get("id")?;
-                let created: String = r.get("created_at")?;
-                let mut values = Vec::with_capacity(cols.len());
-                for c in request_written_columns() {
-                    let v = match c.kind {
-                        ColumnKind::Int => r
-                            .get::<_, Option<i64>>(c.name)?
-                            .map_or(Value::Null, Value::Int),
-                        ColumnKind::Real => r
-                            .get::<_, Option<f64>>(c.name)?
-                            .map_or(Value::Null, Value::Real),
-                        ColumnKind::Text => r
-                            .get::<_, Option<String>>(c.name)?
-                            .map_or(Value::Null, Value::Text),
-                    };
-                    values.push((c.name.to_string(), v));
-                }
-                let run_id: String = r.get("run_id")?;
-                Ok((
-                    id,
-                    (
-                        format!("sqlite:{run_id}:{id}"),
-                        created,
-                        NewRequest {
-                            uid: String::new(),
-                            session: None,
-                            run: (run_id, None, None, None),
-                            price: None,
-                            values,
-                        },
-                    ),
-                ))
-            })
-            .map_err(&e)?
-            .collect::<Result<Vec<_>, _>>()
-            .map_err(&e)?;
-        let Some(last) = rows.last().map(|r| r.0) else {
-            break;
-        };
-        after = last;
-        let requests = rows.into_iter().map(|r| r.1).collect();
-        send(
-            Batch {
-                requests,
-                ..Default::default()
-            },
-            "requests",
-            &mut out,
-        )?;
-    }
-    let mut st = conn
-        .prepare("SELECT id, run_id, targets, winner, tag, created_at FROM votes ORDER BY id")
-        .map_err(&e)?;
-    let votes = st
-        .query_map([], |r| {
-            let id: i64 = r.get(0)?;
-            let created: String = r.get(5)?;
+    copy_pages(
+        &conn,
+        &e,
+        &select,
+        |r| {
+            let id: i64 = r.get("id")?;
+            let run_id: String = r.get("run_id")?;
+            Ok((
+                format!("sqlite:{run_id}:{id}"),
+                r.get("created_at")?,
+                NewRequest {
+                    uid: String::new(),
+                    session: None,
+                    run: (run_id, None, None, None),
+                    price: None,
+                    values: values(r, request_written_columns().map(|c| (c.name, c.kind)))?,
+                },
+            ))
+        },
+        |requests| {
+            send(
+                Batch {
+                    requests,
+                    ..Default::default()
+                },
+                "requests",
+            )
+        },
+    )?;
+    copy_pages(
+        &conn,
+        &e,
+        "SELECT id, run_id, targets, winner, tag, created_at FROM votes
+         WHERE id > ?1 ORDER BY id LIMIT ?2",
+        |r| {
+            let id: i64 = r.get("id")?;
+            let created: String = r.get("created_at")?;
             Ok((
                 format!("sqlite:vote:{created}:{id}"),
-                r.get(1)?,
-                r.get(2)?,
-                r.get(3)?,
-                r.get(4)?,
+                r.get("run_id")?,
+                r.get("targets")?,
+                r.get("winner")?,
+                r.get("tag")?,
                 created,
             ))
-        })
-        .map_err(&e)?
-        .collect::<Result<Vec<_>, _>>()
-        .map_err(&e)?;
-    for c in votes.chunks(CHUNK as usize) {
-        send(
-            Batch {
-                votes: c.to_vec(),
-                ..Default::default()
-            },
-            "votes",
-            &mut out,
-        )?;
-    }
+        },
+        |votes| {
+            send(
+                Batch {
+                    votes,
+                    ..Default::default()
+                },
+                "votes",
+            )
+        },
+    )?;
     // `quorum eval`'s tables, column by column.
     for (table, cols) in [
         ("eval_runs", EVAL_RUN_COLUMNS),
         ("eval_cases", EVAL_CASE_COLUMNS),
     ] {
-        let mut st = conn
-            .prepare(&format!(
-                "SELECT {} FROM {table} ORDER BY rowid",
-                cols.iter().map(|c| c.0).collect::<Vec<_>>().join(", ")
-            ))
-            .map_err(&e)?;
-        let rows = st
-            .query_map([], |r| {
-                cols.iter()
-                    .map(|(name, kind)| {
-                        Ok((
-                            name.to_string(),
-                            match kind {
-                                ColumnKind::Int => r
-                                    .get::<_, Option<i64>>(*name)?
-                                    .map_or(Value::Null, Value::Int),
-                                ColumnKind::Real => r
-                                    .get::<_, Option<f64>>(*name)?
-                                    .map_or(Value::Null, Value::Real),
-                                ColumnKind::Text => r
-                                    .get::<_, Option<String>>(*name)?
-                                    .map_or(Value::Null, Value::Text),
-                            },
-                        ))
-                    })
-                    .collect::<rusqlite::Result<Vec<_>>>()
-            })
-            .map_err(&e)?
-            .collect::<Result<Vec<_>, _>>()
-            .map_err(&e)?;
-        for c in rows.chunks(CHUNK as usize) {
-            let b = if table == "eval_runs" {
-                Batch {
-                    eval_runs: c.to_vec(),
-                    ..Default::default()
-                }
-            } else {
-                Batch {
-                    eval_cases: c.to_vec(),
-                    ..Default::default()
-                }
-            };
-            send(b, table, &mut out)?;
-        }
+        let select = format!(
+            "SELECT rowid, {} FROM {table} WHERE rowid > ?1 ORDER BY rowid LIMIT ?2",
+            cols.iter().map(|c| c.0).collect::<Vec<_>>().join(", ")
+        );
+        copy_pages(
+            &conn,
+            &e,
+            &select,
+            |r| values(r, cols.iter().copied()),
+            |rows| {
+                let b = if table == "eval_runs" {
+                    Batch {
+                        eval_runs: rows,
+                        ..Default::default()
+                    }
+                } else {
+                    Batch {
+                        eval_cases: rows,
+                        ..Default::default()
+                    }
+                };
+                send(b, table)
+            },
+        )?;
     }
     out.requests_after = pg.request_count()?;
     Ok(out)
