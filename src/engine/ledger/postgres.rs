@@ -979,21 +979,39 @@ async fn book_in(
         tx.execute(lock, &p).await
     });
     futures_util::try_join!(sync_off, futures_util::future::try_join_all(locks))?;
-    let mut d = Deltas::new();
-    expire_dead(tx, host, &mut d).await?;
     let scopes = counter_scopes(gates.iter().filter_map(|e| e.budget_session.as_deref()));
     let counters_st = tx
         .prepare_cached("SELECT scope, usd FROM budget_spend WHERE scope = ANY($1)")
         .await?;
     let (ids_p, scopes_p): ([&(dyn ToSql + Sync); 1], [&(dyn ToSql + Sync); 1]) =
         ([&ids], [&scopes]);
-    let (rows, counters) = futures_util::try_join!(
-        tx.query(&priors_st, &ids_p),
-        tx.query(&counters_st, &scopes_p)
-    )?;
-    let counters: std::collections::HashMap<String, f64> =
-        counters.iter().map(|r| (r.get(0), r.get(1))).collect();
-    let (out, begun, settled, d) = decide(ops, priors(&rows), &counters, d);
+    let read = || async {
+        let (rows, counters) = futures_util::try_join!(
+            tx.query(&priors_st, &ids_p),
+            tx.query(&counters_st, &scopes_p)
+        )?;
+        let counters: std::collections::HashMap<String, f64> =
+            counters.iter().map(|r| (r.get(0), r.get(1))).collect();
+        Ok::<_, tokio_postgres::Error>((priors(&rows), counters))
+    };
+    let (runs, counters) = read().await?;
+    let mut decided = decide(ops, runs, &counters, Deltas::new());
+    // Dead and stale holds are expired lazily, only when a cap check fails (then the
+    // batch is decided again on fresh reads). This is safe: such holds only add to
+    // the held counters, so leaving them in place can only make a check stricter,
+    // never let a run pass that should be refused; a check that fails with them gets
+    // its second chance without them. Nothing was written yet: `decide` is in memory.
+    if decided
+        .0
+        .iter()
+        .any(|r| matches!(r, Err(Refused::Budget(_))))
+    {
+        let mut d = Deltas::new();
+        expire_dead(tx, host, &mut d).await?;
+        let (runs, counters) = read().await?;
+        decided = decide(ops, runs, &counters, d);
+    }
+    let (out, begun, settled, d) = decided;
     let writes = Writes::new(&begun, settled, host);
     let sent = writes.send(tx).await?;
     futures_util::try_join!(futures_util::future::try_join_all(sent), bump(tx, d))?;

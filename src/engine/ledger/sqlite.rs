@@ -4,6 +4,7 @@
 //! `user_version`.
 
 use std::path::Path;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Mutex, MutexGuard};
 use std::time::Duration;
 
@@ -25,6 +26,19 @@ use crate::engine::files::{create_private_dir, touch_private};
 pub(crate) struct SqliteBackend {
     conn: Mutex<Connection>,
     place: String,
+    /// The longest content field taken ([`content_cap_for`] of SQLite's length
+    /// limit), read once at open and on [`Backend::set_length_limit`]: asked for
+    /// every request, it must not take the connection lock.
+    content_cap: AtomicUsize,
+}
+
+/// [`content_cap_for`] of the connection's `SQLITE_LIMIT_LENGTH`.
+fn cap_of(conn: &Connection) -> usize {
+    content_cap_for(
+        conn.limit(rusqlite::limits::Limit::SQLITE_LIMIT_LENGTH)
+            .unwrap_or(1_000_000_000)
+            .max(0) as usize,
+    )
 }
 
 impl rusqlite::ToSql for Value {
@@ -409,6 +423,7 @@ impl SqliteBackend {
         )
         .map_err(err)?;
         let mut b = SqliteBackend {
+            content_cap: AtomicUsize::new(cap_of(&conn)),
             conn: Mutex::new(conn),
             place: place.clone(),
         };
@@ -480,13 +495,7 @@ impl Backend for SqliteBackend {
     }
 
     fn content_cap(&self) -> usize {
-        let max = self
-            .lock()
-            .ok()
-            .and_then(|c| c.limit(rusqlite::limits::Limit::SQLITE_LIMIT_LENGTH).ok())
-            .unwrap_or(1_000_000_000)
-            .max(0) as usize;
-        content_cap_for(max)
+        self.content_cap.load(Ordering::Relaxed)
     }
 
     fn version(&self) -> Result<i64, LedgerError> {
@@ -560,16 +569,24 @@ impl Backend for SqliteBackend {
             .map_err(err)?;
         let r = (|| {
             let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
-            if ops
-                .iter()
-                .any(|o| matches!(o, BookOp::Begin(e) if e.gate.is_some()))
-            {
-                expire_dead(&tx)?;
-            }
+            // Dead processes' holds are expired lazily, only when a cap check fails
+            // (then the check runs again). This is safe: a dead process's holds only
+            // add to the held counters, so leaving them in place can only make a check
+            // stricter, never let a run pass that should be refused; and a check that
+            // fails with them gets its second chance without them.
+            let mut expired = false;
             let mut out = Vec::with_capacity(ops.len());
             for op in ops {
                 out.push(match op {
-                    BookOp::Begin(e) => begin_in(&tx, e)?.map_err(Refused::Budget),
+                    BookOp::Begin(e) => {
+                        let mut r = begin_in(&tx, e)?;
+                        if r.is_err() && !expired {
+                            expire_dead(&tx)?;
+                            expired = true;
+                            r = begin_in(&tx, e)?;
+                        }
+                        r.map_err(Refused::Budget)
+                    }
                     BookOp::Settle(id) => settle_in(&tx, id).map(Ok)?,
                 });
             }
@@ -810,10 +827,11 @@ impl Backend for SqliteBackend {
     }
 
     fn set_length_limit(&self, bytes: i32) -> Result<(), LedgerError> {
-        self.lock()?
-            .set_limit(rusqlite::limits::Limit::SQLITE_LIMIT_LENGTH, bytes)
-            .map(|_| ())
-            .map_err(|e| self.err(e))
+        let conn = self.lock()?;
+        conn.set_limit(rusqlite::limits::Limit::SQLITE_LIMIT_LENGTH, bytes)
+            .map_err(|e| self.err(e))?;
+        self.content_cap.store(cap_of(&conn), Ordering::Relaxed);
+        Ok(())
     }
 
     fn begin_eval_run(
