@@ -191,11 +191,12 @@ pub(crate) struct Settle {
 impl Drop for Settle {
     fn drop(&mut self) {
         let (ledger, run_id) = (self.ledger.clone(), std::mem::take(&mut self.run_id));
-        let settle = move || {
-            if let Err(e) = ledger.wait().and_then(|l| l.settle_run(&run_id)) {
-                // The hold expires when this process exits.
-                tracing::error!("ledger: cannot settle run {run_id}: {e}");
-            }
+        // Detached: the blocking thread returns as soon as the settlement is queued
+        // when a bookkeeping commit is running (it rides in the next batch).
+        let settle = move || match ledger.wait() {
+            Ok(l) => l.settle_run_detached(&run_id),
+            // The hold expires when this process exits.
+            Err(e) => tracing::error!("ledger: cannot settle run {run_id}: {e}"),
         };
         match tokio::runtime::Handle::try_current() {
             Ok(h) => {

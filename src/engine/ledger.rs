@@ -1517,6 +1517,28 @@ impl Ledger {
             })
     }
 
+    /// [`Ledger::settle_run`] without waiting: the settlement rides in the bookkeeping
+    /// batch being formed (or commits now when none is running); a failure is logged
+    /// (the hold then expires when this process exits, as after a crash).
+    pub fn settle_run_detached(&self, run_id: &str) {
+        let id = run_id.to_string();
+        self.bookkeeper.apply_detached(
+            &*self.backend,
+            BookOp::Settle(run_id.to_string()),
+            move |r| {
+                match r {
+                    Ok(()) => {}
+                    Err(Refused::Ledger(e)) => {
+                        tracing::error!("ledger: cannot settle run {id}: {e}")
+                    }
+                    Err(Refused::Budget(b)) => {
+                        tracing::error!("ledger: cannot settle run {id}: {b}")
+                    }
+                }
+            },
+        )
+    }
+
     /// The budget counters beside their recomputation from the rows (they must agree).
     pub fn budget_counters(&self) -> Result<CounterCheck, LedgerError> {
         self.backend.budget_counters()

@@ -20,21 +20,42 @@ use super::{Backend, BookOp, LedgerError, NewRequest, Refused};
 struct Slot<O> {
     state: Mutex<(Option<O>, bool)>,
     cv: Condvar,
+    /// A detached item's handler: nobody waits on this slot, its result goes here.
+    detached: Mutex<Option<Detached<O>>>,
 }
+
+type Detached<O> = Box<dyn FnOnce(O) + Send>;
 
 impl<O> Slot<O> {
     fn new() -> Self {
         Slot {
             state: Mutex::new((None, false)),
             cv: Condvar::new(),
+            detached: Mutex::new(None),
         }
     }
 
+    fn is_detached(&self) -> bool {
+        self.detached
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .is_some()
+    }
+
     fn put(&self, r: Option<O>) {
-        let mut g = self.state.lock().unwrap_or_else(|p| p.into_inner());
-        match r {
-            Some(r) => g.0 = Some(r),
-            None => g.1 = true,
+        if let Some(r) = r {
+            let handler = self
+                .detached
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .take();
+            if let Some(h) = handler {
+                h(r);
+                return;
+            }
+            self.state.lock().unwrap_or_else(|p| p.into_inner()).0 = Some(r);
+        } else {
+            self.state.lock().unwrap_or_else(|p| p.into_inner()).1 = true;
         }
         self.cv.notify_one();
     }
@@ -73,20 +94,7 @@ impl<I, O> Queue<I, O> {
         g.pending.push((slot.clone(), item));
         loop {
             if !g.committing {
-                g.committing = true;
-                let n = g.pending.len().min(MAX_BATCH);
-                let (slots, items): (Vec<Arc<Slot<O>>>, Vec<I>) = g.pending.drain(..n).unzip();
-                drop(g);
-                let results = commit(items);
-                for (s, r) in slots.iter().zip(results) {
-                    s.put(Some(r));
-                }
-                g = self.state.lock().unwrap_or_else(|p| p.into_inner());
-                g.committing = false;
-                // Whoever waits first leads the next batch.
-                if let Some((next, _)) = g.pending.first() {
-                    next.put(None);
-                }
+                g = self.lead(g, &commit);
             }
             drop(g);
             {
@@ -100,6 +108,59 @@ impl<I, O> Queue<I, O> {
                 s.1 = false;
             }
             g = self.state.lock().unwrap_or_else(|p| p.into_inner());
+        }
+    }
+}
+
+impl<I, O> Queue<I, O> {
+    /// Queue `item` without waiting for it: it rides in the batch being formed (or
+    /// the next one), and `done` gets its result once committed. When no commit is
+    /// running the caller commits it now; otherwise it returns at once, and the
+    /// running leader hands it to the next batch (committing it itself when nobody
+    /// else waits).
+    pub(crate) fn submit_detached(
+        &self,
+        item: I,
+        done: impl FnOnce(O) + Send + 'static,
+        commit: impl Fn(Vec<I>) -> Vec<O>,
+    ) {
+        let slot = Arc::new(Slot::new());
+        *slot.detached.lock().unwrap_or_else(|p| p.into_inner()) = Some(Box::new(done));
+        let mut g = self.state.lock().unwrap_or_else(|p| p.into_inner());
+        g.pending.push((slot, item));
+        if !g.committing {
+            drop(self.lead(g, &commit));
+        }
+    }
+
+    /// Commit batches as the leader (`g.committing` is false on entry): one, then
+    /// more while only detached items wait (nobody else would take them); then the
+    /// first waiting writer leads the next batch.
+    fn lead<'a>(
+        &'a self,
+        mut g: std::sync::MutexGuard<'a, State<I, O>>,
+        commit: &impl Fn(Vec<I>) -> Vec<O>,
+    ) -> std::sync::MutexGuard<'a, State<I, O>> {
+        loop {
+            g.committing = true;
+            let n = g.pending.len().min(MAX_BATCH);
+            let (slots, items): (Vec<Arc<Slot<O>>>, Vec<I>) = g.pending.drain(..n).unzip();
+            drop(g);
+            let results = commit(items);
+            for (s, r) in slots.iter().zip(results) {
+                s.put(Some(r));
+            }
+            g = self.state.lock().unwrap_or_else(|p| p.into_inner());
+            g.committing = false;
+            // Whoever waits first leads the next batch.
+            match g.pending.iter().find(|(s, _)| !s.is_detached()) {
+                Some((next, _)) => {
+                    next.put(None);
+                    return g;
+                }
+                None if g.pending.is_empty() => return g,
+                None => {}
+            }
         }
     }
 }
@@ -141,6 +202,18 @@ impl Bookkeeper {
     /// Apply `op` through `backend`, with whatever ops arrive alongside it.
     pub(crate) fn apply(&self, backend: &dyn Backend, op: BookOp) -> Result<(), Refused> {
         self.0.submit(op, |ops| commit_ops(backend, ops))
+    }
+
+    /// Apply `op` with the batch being formed (or the next one) without waiting for
+    /// it; `done` gets its result.
+    pub(crate) fn apply_detached(
+        &self,
+        backend: &dyn Backend,
+        op: BookOp,
+        done: impl FnOnce(Result<(), Refused>) + Send + 'static,
+    ) {
+        self.0
+            .submit_detached(op, done, |ops| commit_ops(backend, ops))
     }
 }
 
