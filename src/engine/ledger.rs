@@ -1525,15 +1525,13 @@ impl Ledger {
         self.bookkeeper.apply_detached(
             &*self.backend,
             BookOp::Settle(run_id.to_string()),
-            move |r| {
-                match r {
-                    Ok(()) => {}
-                    Err(Refused::Ledger(e)) => {
-                        tracing::error!("ledger: cannot settle run {id}: {e}")
-                    }
-                    Err(Refused::Budget(b)) => {
-                        tracing::error!("ledger: cannot settle run {id}: {b}")
-                    }
+            move |r| match r {
+                Ok(()) => {}
+                Err(Refused::Ledger(e)) => {
+                    tracing::error!("ledger: cannot settle run {id}: {e}")
+                }
+                Err(Refused::Budget(b)) => {
+                    tracing::error!("ledger: cannot settle run {id}: {b}")
                 }
             },
         )

@@ -235,3 +235,47 @@ fn commit_ops(backend: &dyn Backend, ops: Vec<BookOp>) -> Vec<Result<(), Refused
             .collect(),
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::Queue;
+    use std::sync::mpsc;
+    use std::sync::{Arc, Barrier};
+    use std::time::Duration;
+
+    /// A detached item queued while a commit runs is committed by that leader once
+    /// its batch is done, although nobody else submits anything.
+    #[test]
+    fn a_detached_item_is_committed_without_another_writer() {
+        let q: Arc<Queue<u32, u32>> = Arc::default();
+        let (entered, release) = (Arc::new(Barrier::new(2)), Arc::new(Barrier::new(2)));
+        let leader = {
+            let (q, entered, release) = (q.clone(), entered.clone(), release.clone());
+            std::thread::spawn(move || {
+                q.submit(1, |items| {
+                    if items == [1] {
+                        entered.wait();
+                        release.wait();
+                    }
+                    items.iter().map(|i| i * 10).collect()
+                })
+            })
+        };
+        entered.wait();
+        // The leader is inside its commit: this returns at once.
+        let (tx, rx) = mpsc::channel();
+        q.submit_detached(2, move |r| tx.send(r).unwrap(), |_| unreachable!());
+        assert!(rx.try_recv().is_err());
+        release.wait();
+        assert_eq!(leader.join().unwrap(), 10);
+        assert_eq!(rx.recv_timeout(Duration::from_secs(60)).unwrap(), 20);
+        // With no commit running, the caller commits it itself.
+        let (tx, rx) = mpsc::channel();
+        q.submit_detached(
+            3,
+            move |r| tx.send(r).unwrap(),
+            |items| items.iter().map(|i| i * 10).collect(),
+        );
+        assert_eq!(rx.try_recv().unwrap(), 30);
+    }
+}
