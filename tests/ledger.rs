@@ -5,6 +5,8 @@
 //! child records requests in a loop and prints `COMMITTED <run id>` after each
 //! `record` returns; the parent kills it or waits, then reopens the file.
 
+mod support;
+
 use std::io::{BufRead, BufReader};
 use std::path::Path;
 use std::process::{Command, Stdio};
@@ -12,46 +14,10 @@ use std::time::{Duration, Instant};
 
 use llm_quorum::engine::cost::Pricing;
 use llm_quorum::engine::ledger::{
-    self, BackgroundLedger, GroupBy, Ledger, LedgerOptions, LedgerSink, RequestMeta, Shown,
+    self, BackgroundLedger, GroupBy, Ledger, LedgerOptions, LedgerSink, Shown,
 };
-use llm_quorum::engine::{
-    tokens, Completion, CostSource, EngineError, FinishReason, ToolCall, Usage,
-};
-
-fn completion(i: u64) -> Completion {
-    let pricing = Pricing::builtin();
-    let mut c = Completion {
-        provider: "openai".into(),
-        model: "gpt-4o-mini".into(),
-        text: format!("answer {i}"),
-        finish_reason: FinishReason::Stop,
-        raw_finish_reason: "stop".into(),
-        usage: Usage {
-            input_tokens: 100 + i,
-            output_tokens: 10,
-            cached_input_tokens: 50,
-            ..Default::default()
-        },
-        usage_reported: true,
-        ttft_ms: Some(12.5),
-        latency_ms: 40.0,
-        ..Default::default()
-    };
-    pricing.apply(&mut c);
-    c
-}
-
-fn meta(run: &str, session: Option<&str>) -> RequestMeta {
-    RequestMeta {
-        run_id: run.into(),
-        session_id: session.map(String::from),
-        trace_id: Some("0af7651916cd43dd8448eb211c80319c".into()),
-        source_agent: Some("test".into()),
-        target: "openai/gpt-4o-mini".into(),
-        prompt: "What is 2+2?".into(),
-        attachments: Vec::new(),
-    }
-}
+use llm_quorum::engine::{tokens, Completion, CostSource, EngineError, FinishReason, ToolCall};
+use support::ledger::{completion, costing, meta, reserve, ROOMY};
 
 /// The child half of the crash and concurrency tests.
 #[test]
@@ -637,62 +603,8 @@ fn attachments_column_migrates_forward_and_round_trips() {
 
 // --- Budget counters -----------------------------------------------------------------
 
-use llm_quorum::engine::budget::{Budget, Projection, TargetProjection};
-use llm_quorum::engine::ledger::{Gate, Refused, RunNote};
-
-fn bounded(bound: f64) -> Projection {
-    Projection {
-        targets: vec![TargetProjection {
-            target: "openai/gpt-4o-mini".into(),
-            provider: "openai".into(),
-            model: "gpt-4o-mini".into(),
-            input_tokens: 10,
-            input_exact: true,
-            max_output_tokens: Some(100),
-            bound_usd: Some(bound),
-            price_ref: None,
-        }],
-    }
-}
-
-/// Note run `run` in `session`, reserving `bound` against `budget`.
-fn reserve(
-    l: &Ledger,
-    run: &str,
-    session: Option<&str>,
-    bound: f64,
-    budget: &Budget,
-) -> Result<(), Refused> {
-    let p = bounded(bound);
-    let targets = vec!["openai/gpt-4o-mini".to_string()];
-    let note = RunNote {
-        run_id: run,
-        session_id: session,
-        budget_session: session,
-        trace_id: None,
-        targets: &targets,
-        projected_usd: Some(bound),
-        prompt: "hi",
-    };
-    l.begin_run(
-        &note,
-        Some(Gate {
-            budget,
-            projection: &p,
-        }),
-    )
-}
-
-fn costing(i: u64, cost: Option<f64>) -> Completion {
-    let mut c = completion(i);
-    c.cost_usd = cost;
-    c
-}
-
-const ROOMY: Budget = Budget {
-    session_usd: Some(50.0),
-    daily_usd: Some(100.0),
-};
+use llm_quorum::engine::budget::Budget;
+use llm_quorum::engine::ledger::Refused;
 
 /// The holding half of the counters test: reserves three runs, records one request,
 /// says `HELD` and waits to be killed (a crash with holds open).
@@ -764,61 +676,8 @@ fn budget_counters_equal_a_recount_after_a_mixed_workload_a_crash_and_a_migratio
     child.kill().unwrap();
     child.wait().unwrap();
 
-    // Exec: 8 threads at once, each a mix of settled, failed, cancelled, overshooting,
-    // left-open, ungated and unnoted runs in three budget sessions.
-    let threads: Vec<_> = (0..8u64)
-        .map(|t| {
-            let l = l.clone();
-            std::thread::spawn(move || {
-                for i in 0..10u64 {
-                    let run = format!("t{t}-{i}");
-                    let s = format!("s{}", t % 3);
-                    let s = Some(s.as_str());
-                    match i % 5 {
-                        0 => {
-                            reserve(&l, &run, s, 0.01, &ROOMY).unwrap();
-                            l.record(&meta(&run, s), &completion(i)).unwrap();
-                            l.record(&meta(&run, s), &completion(i + 1)).unwrap();
-                            l.settle_run(&run).unwrap();
-                        }
-                        1 => {
-                            reserve(&l, &run, s, 0.01, &ROOMY).unwrap();
-                            let mut failed = costing(i, None);
-                            failed.error = Some(EngineError::Cancelled);
-                            l.record(&meta(&run, s), &failed).unwrap();
-                            l.settle_run(&run).unwrap();
-                        }
-                        2 => {
-                            reserve(&l, &run, s, 0.01, &ROOMY).unwrap();
-                            l.settle_run(&run).unwrap();
-                        }
-                        3 => {
-                            reserve(&l, &run, s, 0.01, &ROOMY).unwrap();
-                            l.record(&meta(&run, s), &costing(i, Some(0.02))).unwrap();
-                            if t % 2 == 1 {
-                                l.settle_run(&run).unwrap();
-                            }
-                        }
-                        _ => {
-                            let targets = vec!["openai/gpt-4o-mini".to_string()];
-                            l.note_run(&run, s, None, &targets, None, "hi").unwrap();
-                            l.record(&meta(&run, s), &completion(i)).unwrap();
-                            l.record(&meta(&format!("loose-{run}"), s), &completion(i))
-                                .unwrap();
-                        }
-                    }
-                }
-                // Left open: a reservation with part of it spent.
-                let run = format!("open-{t}");
-                reserve(&l, &run, Some("s-open"), 0.01, &ROOMY).unwrap();
-                l.record(&meta(&run, Some("s-open")), &costing(t, Some(0.003)))
-                    .unwrap();
-            })
-        })
-        .collect();
-    for t in threads {
-        t.join().unwrap();
-    }
+    // Exec: the mixed concurrent workload.
+    support::ledger::mixed_workload(&l);
     // A run noted twice holds its second bound less what it already cost.
     reserve(&l, "renoted", Some("s0"), 0.01, &ROOMY).unwrap();
     l.record(&meta("renoted", Some("s0")), &costing(0, Some(0.004)))

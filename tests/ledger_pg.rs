@@ -11,8 +11,9 @@ use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
-use llm_quorum::engine::ledger::{GroupBy, Ledger, LedgerOptions, Location, RequestMeta, Shown};
+use llm_quorum::engine::ledger::{GroupBy, Ledger, LedgerOptions, Location, Shown};
 use serde_json::{json, Value};
+use support::ledger::{completion, costing, meta, reserve, ROOMY};
 use support::pg::{cluster_or_skip, PgCluster};
 use support::serve::http;
 use support::{Reply, Server};
@@ -273,41 +274,6 @@ async fn a_database_stopped_mid_run_loses_and_doubles_nothing() {
     assert_eq!(up.count(), total);
 }
 
-fn completion(i: u64) -> llm_quorum::engine::Completion {
-    let pricing = llm_quorum::engine::cost::Pricing::builtin();
-    let mut c = llm_quorum::engine::Completion {
-        provider: "openai".into(),
-        model: "gpt-4o-mini".into(),
-        text: format!("answer {i}"),
-        finish_reason: llm_quorum::engine::FinishReason::Stop,
-        raw_finish_reason: "stop".into(),
-        usage: llm_quorum::engine::Usage {
-            input_tokens: 100 + i,
-            output_tokens: 10,
-            cached_input_tokens: 50,
-            ..Default::default()
-        },
-        usage_reported: true,
-        ttft_ms: Some(12.5),
-        latency_ms: 40.0,
-        ..Default::default()
-    };
-    pricing.apply(&mut c);
-    c
-}
-
-fn meta(run: &str, session: Option<&str>) -> RequestMeta {
-    RequestMeta {
-        run_id: run.into(),
-        session_id: session.map(String::from),
-        trace_id: Some("0af7651916cd43dd8448eb211c80319c".into()),
-        source_agent: Some("test".into()),
-        target: "openai/gpt-4o-mini".into(),
-        prompt: "What is 2+2?".into(),
-        attachments: Vec::new(),
-    }
-}
-
 /// `quorum ledger ARGS --json` against `dir`'s ledger (PostgreSQL when `pg` is given).
 fn report(dir: &Path, pg: Option<&PgCluster>, args: &[&str]) -> Value {
     let mut cmd = Command::new(env!("CARGO_BIN_EXE_quorum"));
@@ -531,53 +497,8 @@ async fn with_a_budget_an_unreachable_database_refuses_before_sending() {
 
 // --- Budget counters -----------------------------------------------------------------
 
-use llm_quorum::engine::budget::{Budget, Projection, TargetProjection};
-use llm_quorum::engine::ledger::{Gate, LedgerSink, Refused, RunNote};
-
-/// Note run `run` in `session`, reserving `bound` against `budget`.
-fn reserve(
-    l: &Ledger,
-    run: &str,
-    session: Option<&str>,
-    bound: f64,
-    budget: &Budget,
-) -> Result<(), Refused> {
-    let p = Projection {
-        targets: vec![TargetProjection {
-            target: "openai/gpt-4o-mini".into(),
-            provider: "openai".into(),
-            model: "gpt-4o-mini".into(),
-            input_tokens: 10,
-            input_exact: true,
-            max_output_tokens: Some(100),
-            bound_usd: Some(bound),
-            price_ref: None,
-        }],
-    };
-    let targets = vec!["openai/gpt-4o-mini".to_string()];
-    let note = RunNote {
-        run_id: run,
-        session_id: session,
-        budget_session: session,
-        trace_id: None,
-        targets: &targets,
-        projected_usd: Some(bound),
-        prompt: "hi",
-    };
-    l.begin_run(
-        &note,
-        Some(Gate {
-            budget,
-            projection: &p,
-        }),
-    )
-}
-
-fn costing(i: u64, cost: Option<f64>) -> llm_quorum::engine::Completion {
-    let mut c = completion(i);
-    c.cost_usd = cost;
-    c
-}
+use llm_quorum::engine::budget::Budget;
+use llm_quorum::engine::ledger::{LedgerSink, Refused};
 
 /// The first column of the first row of `q`, as text.
 fn sql(pg: &PgCluster, q: &str) -> Option<String> {
@@ -604,14 +525,10 @@ fn sql(pg: &PgCluster, q: &str) -> Option<String> {
 #[test]
 fn budget_counters_equal_a_recount_after_a_mixed_workload_and_a_crash() {
     let Some(pg) = cluster_or_skip() else { return };
-    let roomy = Budget {
-        session_usd: Some(50.0),
-        daily_usd: Some(100.0),
-    };
     let l = Arc::new(open(&pg));
     // Setup: holds of a process that crashed (its pid is gone).
     for i in 0..3 {
-        reserve(&l, &format!("dead-{i}"), Some("s-dead"), 0.004, &roomy).unwrap();
+        reserve(&l, &format!("dead-{i}"), Some("s-dead"), 0.004, &ROOMY).unwrap();
     }
     l.record(&meta("dead-0", Some("s-dead")), &costing(0, Some(0.001)))
         .unwrap();
@@ -624,60 +541,8 @@ fn budget_counters_equal_a_recount_after_a_mixed_workload_and_a_crash() {
     );
     assert_eq!(l.open_reservations().unwrap().0, 3);
 
-    // Exec: 8 threads at once, each a mix of settled, failed, cancelled, overshooting,
-    // left-open, ungated and unnoted runs in three budget sessions.
-    let threads: Vec<_> = (0..8u64)
-        .map(|t| {
-            let l = l.clone();
-            std::thread::spawn(move || {
-                for i in 0..10u64 {
-                    let run = format!("t{t}-{i}");
-                    let s = format!("s{}", t % 3);
-                    let s = Some(s.as_str());
-                    match i % 5 {
-                        0 => {
-                            reserve(&l, &run, s, 0.01, &roomy).unwrap();
-                            l.record(&meta(&run, s), &completion(i)).unwrap();
-                            l.record(&meta(&run, s), &completion(i + 1)).unwrap();
-                            l.settle_run(&run).unwrap();
-                        }
-                        1 => {
-                            reserve(&l, &run, s, 0.01, &roomy).unwrap();
-                            let mut failed = costing(i, None);
-                            failed.error = Some(llm_quorum::engine::EngineError::Cancelled);
-                            l.record(&meta(&run, s), &failed).unwrap();
-                            l.settle_run(&run).unwrap();
-                        }
-                        2 => {
-                            reserve(&l, &run, s, 0.01, &roomy).unwrap();
-                            l.settle_run(&run).unwrap();
-                        }
-                        3 => {
-                            reserve(&l, &run, s, 0.01, &roomy).unwrap();
-                            l.record(&meta(&run, s), &costing(i, Some(0.02))).unwrap();
-                            if t % 2 == 1 {
-                                l.settle_run(&run).unwrap();
-                            }
-                        }
-                        _ => {
-                            let targets = vec!["openai/gpt-4o-mini".to_string()];
-                            l.note_run(&run, s, None, &targets, None, "hi").unwrap();
-                            l.record(&meta(&run, s), &completion(i)).unwrap();
-                            l.record(&meta(&format!("loose-{run}"), s), &completion(i))
-                                .unwrap();
-                        }
-                    }
-                }
-                let run = format!("open-{t}");
-                reserve(&l, &run, Some("s-open"), 0.01, &roomy).unwrap();
-                l.record(&meta(&run, Some("s-open")), &costing(t, Some(0.003)))
-                    .unwrap();
-            })
-        })
-        .collect();
-    for t in threads {
-        t.join().unwrap();
-    }
+    // Exec: the mixed concurrent workload.
+    support::ledger::mixed_workload(&l);
     let tight = Budget {
         session_usd: None,
         daily_usd: Some(0.01),

@@ -1,0 +1,164 @@
+//! The ledger's test rows: a priced completion, its request metadata, a reservation
+//! under a budget, and the mixed concurrent workload the budget-counter tests run on
+//! both backends (SQLite and PostgreSQL).
+
+use std::sync::Arc;
+
+use llm_quorum::engine::budget::{Budget, Projection, TargetProjection};
+use llm_quorum::engine::cost::Pricing;
+use llm_quorum::engine::ledger::{Gate, Ledger, LedgerSink, Refused, RequestMeta, RunNote};
+use llm_quorum::engine::{Completion, EngineError, FinishReason, Usage};
+
+/// Request `i`: openai/gpt-4o-mini, 100+i input tokens (50 cached), 10 output, priced
+/// from the built-in table.
+pub fn completion(i: u64) -> Completion {
+    let pricing = Pricing::builtin();
+    let mut c = Completion {
+        provider: "openai".into(),
+        model: "gpt-4o-mini".into(),
+        text: format!("answer {i}"),
+        finish_reason: FinishReason::Stop,
+        raw_finish_reason: "stop".into(),
+        usage: Usage {
+            input_tokens: 100 + i,
+            output_tokens: 10,
+            cached_input_tokens: 50,
+            ..Default::default()
+        },
+        usage_reported: true,
+        ttft_ms: Some(12.5),
+        latency_ms: 40.0,
+        ..Default::default()
+    };
+    pricing.apply(&mut c);
+    c
+}
+
+/// Request `i` costing `cost` (`None`: price unknown).
+pub fn costing(i: u64, cost: Option<f64>) -> Completion {
+    let mut c = completion(i);
+    c.cost_usd = cost;
+    c
+}
+
+/// Metadata of a request of run `run` in `session`.
+pub fn meta(run: &str, session: Option<&str>) -> RequestMeta {
+    RequestMeta {
+        run_id: run.into(),
+        session_id: session.map(String::from),
+        trace_id: Some("0af7651916cd43dd8448eb211c80319c".into()),
+        source_agent: Some("test".into()),
+        target: "openai/gpt-4o-mini".into(),
+        prompt: "What is 2+2?".into(),
+        attachments: Vec::new(),
+    }
+}
+
+/// A projection of one gpt-4o-mini call bounded at `bound`.
+pub fn bounded(bound: f64) -> Projection {
+    Projection {
+        targets: vec![TargetProjection {
+            target: "openai/gpt-4o-mini".into(),
+            provider: "openai".into(),
+            model: "gpt-4o-mini".into(),
+            input_tokens: 10,
+            input_exact: true,
+            max_output_tokens: Some(100),
+            bound_usd: Some(bound),
+            price_ref: None,
+        }],
+    }
+}
+
+/// Note run `run` in `session`, reserving `bound` against `budget`.
+pub fn reserve(
+    l: &Ledger,
+    run: &str,
+    session: Option<&str>,
+    bound: f64,
+    budget: &Budget,
+) -> Result<(), Refused> {
+    let p = bounded(bound);
+    let targets = vec!["openai/gpt-4o-mini".to_string()];
+    let note = RunNote {
+        run_id: run,
+        session_id: session,
+        budget_session: session,
+        trace_id: None,
+        targets: &targets,
+        projected_usd: Some(bound),
+        prompt: "hi",
+    };
+    l.begin_run(
+        &note,
+        Some(Gate {
+            budget,
+            projection: &p,
+        }),
+    )
+}
+
+/// Caps no test run reaches.
+pub const ROOMY: Budget = Budget {
+    session_usd: Some(50.0),
+    daily_usd: Some(100.0),
+};
+
+/// 8 threads at once, each a mix of settled, failed, cancelled, overshooting,
+/// left-open, ungated and unnoted runs in three budget sessions (`s0`..`s2`), and
+/// one run per thread left open in `s-open`.
+pub fn mixed_workload(l: &Arc<Ledger>) {
+    let threads: Vec<_> = (0..8u64)
+        .map(|t| {
+            let l = l.clone();
+            std::thread::spawn(move || {
+                for i in 0..10u64 {
+                    let run = format!("t{t}-{i}");
+                    let s = format!("s{}", t % 3);
+                    let s = Some(s.as_str());
+                    match i % 5 {
+                        0 => {
+                            reserve(&l, &run, s, 0.01, &ROOMY).unwrap();
+                            l.record(&meta(&run, s), &completion(i)).unwrap();
+                            l.record(&meta(&run, s), &completion(i + 1)).unwrap();
+                            l.settle_run(&run).unwrap();
+                        }
+                        1 => {
+                            reserve(&l, &run, s, 0.01, &ROOMY).unwrap();
+                            let mut failed = costing(i, None);
+                            failed.error = Some(EngineError::Cancelled);
+                            l.record(&meta(&run, s), &failed).unwrap();
+                            l.settle_run(&run).unwrap();
+                        }
+                        2 => {
+                            reserve(&l, &run, s, 0.01, &ROOMY).unwrap();
+                            l.settle_run(&run).unwrap();
+                        }
+                        3 => {
+                            reserve(&l, &run, s, 0.01, &ROOMY).unwrap();
+                            l.record(&meta(&run, s), &costing(i, Some(0.02))).unwrap();
+                            if t % 2 == 1 {
+                                l.settle_run(&run).unwrap();
+                            }
+                        }
+                        _ => {
+                            let targets = vec!["openai/gpt-4o-mini".to_string()];
+                            l.note_run(&run, s, None, &targets, None, "hi").unwrap();
+                            l.record(&meta(&run, s), &completion(i)).unwrap();
+                            l.record(&meta(&format!("loose-{run}"), s), &completion(i))
+                                .unwrap();
+                        }
+                    }
+                }
+                // Left open: a reservation with part of it spent.
+                let run = format!("open-{t}");
+                reserve(&l, &run, Some("s-open"), 0.01, &ROOMY).unwrap();
+                l.record(&meta(&run, Some("s-open")), &costing(t, Some(0.003)))
+                    .unwrap();
+            })
+        })
+        .collect();
+    for t in threads {
+        t.join().unwrap();
+    }
+}
