@@ -11,32 +11,12 @@ use std::time::Duration;
 
 use llm_quorum::engine::ledger::{Ledger, LedgerError, LedgerOptions, Location, RequestMeta};
 use serde_json::{json, Value};
+use support::ledger::completion;
 use support::pg::{cluster_or_skip, tls_cluster_or_skip, PgCluster};
 use support::serve::http;
 use support::{Reply, Server};
 
 const FAKE_KEY: &str = "sk-quorum-test-FAKEKEY-0123456789abcdef";
-
-fn completion(i: u64) -> llm_quorum::engine::Completion {
-    let pricing = llm_quorum::engine::cost::Pricing::builtin();
-    let mut c = llm_quorum::engine::Completion {
-        provider: "openai".into(),
-        model: "gpt-4o-mini".into(),
-        text: format!("answer {i}"),
-        finish_reason: llm_quorum::engine::FinishReason::Stop,
-        raw_finish_reason: "stop".into(),
-        usage: llm_quorum::engine::Usage {
-            input_tokens: 100 + i,
-            output_tokens: 10,
-            ..Default::default()
-        },
-        usage_reported: true,
-        latency_ms: 40.0,
-        ..Default::default()
-    };
-    pricing.apply(&mut c);
-    c
-}
 
 fn meta(run: &str) -> RequestMeta {
     RequestMeta {
