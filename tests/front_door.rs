@@ -454,14 +454,7 @@ async fn serve_turns_degraded_after_a_failed_write_and_refuses_while_a_budget_is
     let h = rpc(&s.url, "llm.health", json!({})).await;
     assert_eq!(h["result"]["status"], "degraded", "{h}");
     assert_eq!(h["result"]["ledger"], "failing", "{h}");
-    let m = http()
-        .get(format!("{}/metrics", s.url))
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    let m = s.metrics().await;
     assert!(m.contains("quorum_ledger_write_failures_total 1"), "{m}");
     // Spending is unknown now: the next request is refused before sending.
     let v = rpc(&s.url, "llm.complete", params).await;

@@ -223,14 +223,7 @@ async fn a_database_stopped_mid_run_loses_and_doubles_nothing() {
         "{h}"
     );
     assert_eq!(h["result"]["ledger"], "spooling", "{h}");
-    let m = http()
-        .get(format!("{}/metrics", s.url))
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    let m = s.metrics().await;
     assert!(
         m.lines()
             .any(|l| l.starts_with("quorum_ledger_backlog ") && !l.ends_with(" 0")),

@@ -265,14 +265,7 @@ async fn serve_starts_with_the_database_down_spools_and_replays_each_row_once() 
     assert_eq!(h["ledger"], "spooling", "{h}");
     assert_eq!(h["status"], "degraded", "{h}");
     assert_eq!(h["ledger_backlog"].as_u64(), Some(2 * n), "{h}");
-    let m = http()
-        .get(format!("{}/metrics", s.url))
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    let m = s.metrics().await;
     assert!(
         m.lines()
             .any(|l| l == format!("quorum_ledger_backlog {}", 2 * n)),
@@ -302,14 +295,7 @@ async fn serve_starts_with_the_database_down_spools_and_replays_each_row_once() 
         assert!(std::time::Instant::now() < deadline, "never drained: {h}");
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
-    let m = http()
-        .get(format!("{}/metrics", s.url))
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    let m = s.metrics().await;
     assert!(
         m.lines().any(|l| l == "quorum_ledger_database_away 0"),
         "{m}"

@@ -238,14 +238,7 @@ async fn application_error_codes() {
     assert_eq!(code(&v), -32002, "{v}");
     assert_eq!(v["error"]["data"]["kind"], "budget");
     assert_eq!(up.count(), 0, "a refused request must not be sent");
-    let m = http()
-        .get(format!("{}/metrics", s.url))
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    let m = s.metrics().await;
     assert!(
         m.contains("quorum_refusals_total{kind=\"budget\"} 1"),
         "{m}"
@@ -521,12 +514,7 @@ async fn metrics_count_cache_hits_as_the_ledger_does() {
     }
     assert_eq!(total["cost_usd"].as_f64(), Some(row.cost_usd), "{m}");
     // Prometheus counts the same tokens.
-    let text = reqwest::get(format!("{}/metrics", s.url))
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    let text = s.metrics().await;
     let line = text
         .lines()
         .find(|l| {
@@ -659,14 +647,7 @@ async fn trace_session_agent_reach_the_provider_and_the_ledger() {
         ]
     );
     // Serve never echoes the key or an Authorization header.
-    let m = http()
-        .get(format!("{}/metrics", s.url))
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    let m = s.metrics().await;
     assert!(!m.contains(FAKE_KEY));
     assert!(!s.stderr().contains(FAKE_KEY));
 }

@@ -56,6 +56,18 @@ impl Serve {
         self.stderr()
     }
 
+    /// Its `/metrics` text (OpenMetrics).
+    pub async fn metrics(&self) -> String {
+        http()
+            .get(format!("{}/metrics", self.url))
+            .send()
+            .await
+            .unwrap()
+            .text()
+            .await
+            .unwrap()
+    }
+
     /// Its process id.
     pub fn pid(&self) -> i32 {
         self.child.id() as i32
