@@ -320,6 +320,20 @@ pub struct Completion {
     pub span_id: Option<String>,
 }
 
+impl Completion {
+    /// The tokens this request sent and received: none for an answer replayed
+    /// from the local response cache (its `usage` is the original call's). Every
+    /// tally (the ledger's totals, [`super::tally::Tally`], serve's counters)
+    /// counts these.
+    pub fn billed_usage(&self) -> Usage {
+        if self.cached {
+            Usage::default()
+        } else {
+            self.usage
+        }
+    }
+}
+
 /// The first reason an answer failed its JSON check.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct SchemaError {

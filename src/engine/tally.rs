@@ -48,11 +48,8 @@ impl Tally {
             Some(_) => self.errors += 1,
             None => {}
         }
-        if c.cached {
-            self.cache_hits += 1;
-        } else {
-            self.usage += c.usage;
-        }
+        self.cache_hits += u64::from(c.cached);
+        self.usage += c.billed_usage();
         self.add_cost(c.cost_usd, c.cost_source);
     }
 

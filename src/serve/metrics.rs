@@ -440,14 +440,7 @@ impl Metrics {
         }
         drop(s);
         let p = &self.prom;
-        // A cache hit's tokens were not sent again: count them once, as the
-        // ledger and `llm.metrics` (the engine's Tally) do.
-        let billed = if c.cached {
-            crate::engine::Usage::default()
-        } else {
-            c.usage
-        };
-        let u = &billed;
+        let u = &c.billed_usage();
         p.agent_requests
             .get_or_create(&AgentStatus {
                 agent: agent.clone(),
