@@ -510,13 +510,47 @@ impl RunEntry {
     }
 }
 
-/// One bookkeeping op (see [`Backend::book`]).
+/// One bookkeeping op (see [`WriteOp`]).
 #[derive(Debug, Clone)]
 pub enum BookOp {
     /// Note a run (and reserve its bound when gated).
     Begin(RunEntry),
     /// End a run's reservation.
     Settle(String),
+}
+
+/// One write of the ledger's queue (see [`Backend::write`]).
+#[derive(Debug, Clone)]
+pub enum WriteOp {
+    /// Run bookkeeping.
+    Book(BookOp),
+    /// A request row; with `settle`, its run's reservation ends in the same
+    /// transaction (it was the run's last row).
+    Row {
+        /// The row.
+        row: Box<NewRequest>,
+        /// Settle its run too.
+        settle: bool,
+    },
+}
+
+impl WriteOp {
+    /// The spool entry this write becomes while a shared database is away: rows and
+    /// notes without a reservation; never a reservation or a settlement.
+    fn spool_entry(&self) -> Option<spool::Entry> {
+        match self {
+            WriteOp::Row { row, settle: false } => Some(spool::Entry::Request(row.clone())),
+            WriteOp::Book(BookOp::Begin(e)) if e.gate.is_none() => Some(spool::Entry::Run {
+                id: e.run_id.clone(),
+                session_id: e.session_id.clone(),
+                trace_id: e.trace_id.clone(),
+                targets: serde_json::from_str(&e.targets).unwrap_or_default(),
+                projected_usd: e.projected_usd,
+                prompt: e.prompt.clone(),
+            }),
+            _ => None,
+        }
+    }
 }
 
 /// The budget counters and their recomputation from rows (see
@@ -579,6 +613,17 @@ pub enum Refused {
     Budget(super::budget::Refusal),
     /// The ledger could not be written.
     Ledger(LedgerError),
+}
+
+/// A refusal where only a ledger error can be told.
+fn refused_error(place: &str, r: Refused) -> LedgerError {
+    match r {
+        Refused::Ledger(e) => e,
+        Refused::Budget(b) => LedgerError::Backend {
+            place: place.to_string(),
+            detail: b.to_string(),
+        },
+    }
 }
 
 impl From<LedgerError> for Refused {
@@ -1006,15 +1051,29 @@ pub trait Backend: Send + Sync {
     fn version(&self) -> Result<i64, LedgerError>;
     /// Whether it takes a write now (a real, committed write).
     fn check_writable(&self) -> Result<(), LedgerError>;
-    /// Write requests (with their sessions, runs and price rows) in one transaction;
-    /// their row ids, in order. Durable when it returns.
-    fn insert_requests(&self, rows: &[NewRequest]) -> Result<Vec<i64>, LedgerError>;
-    /// Apply run bookkeeping in one transaction, in order: note runs (a gated one
-    /// reserves its bound in the transaction that checks the caps, or is refused) and
-    /// settle them. One result per op; `Err` when the transaction failed as a whole.
-    /// Committed (visible to every process) when it returns; it becomes durable with
-    /// the next request row's commit at the latest.
-    fn book(&self, ops: &[BookOp]) -> Result<Vec<Result<(), Refused>>, LedgerError>;
+    /// Apply `ops` in one transaction: note runs (a gated one reserves its bound in the
+    /// transaction that checks the caps, or is refused), write request rows (with
+    /// their sessions, runs and price rows, counted in the budget counters), settle
+    /// runs. One result per op, in order: a row's id, 0 for bookkeeping; `Err` when
+    /// the transaction failed as a whole. Committed (visible to every process) when it
+    /// returns, and durable when it holds a request row; bookkeeping alone may skip
+    /// its own flush (it becomes durable with the next request row's commit).
+    fn write(&self, ops: &[WriteOp]) -> Result<Vec<Result<i64, Refused>>, LedgerError>;
+    /// Write requests in one transaction; their row ids, in order. Durable when it
+    /// returns.
+    fn insert_requests(&self, rows: &[NewRequest]) -> Result<Vec<i64>, LedgerError> {
+        let ops: Vec<WriteOp> = rows
+            .iter()
+            .map(|r| WriteOp::Row {
+                row: Box::new(r.clone()),
+                settle: false,
+            })
+            .collect();
+        self.write(&ops)?
+            .into_iter()
+            .map(|r| r.map_err(|r| refused_error(self.place(), r)))
+            .collect()
+    }
     /// Note a run, and with `gate` reserve its bound in the transaction that checks
     /// the caps.
     fn begin_run(
@@ -1023,23 +1082,20 @@ pub trait Backend: Send + Sync {
         prompt: Option<&str>,
         gate: Option<Gate<'_>>,
     ) -> Result<(), Refused> {
-        let op = BookOp::Begin(RunEntry::new(note, prompt, gate));
-        match self.book(std::slice::from_ref(&op)) {
-            Ok(mut out) if out.len() == 1 => out.remove(0),
+        let op = WriteOp::Book(BookOp::Begin(RunEntry::new(note, prompt, gate)));
+        match self.write(std::slice::from_ref(&op)) {
+            Ok(mut out) if out.len() == 1 => out.remove(0).map(|_| ()),
             Ok(_) => Ok(()),
             Err(e) => Err(Refused::Ledger(e)),
         }
     }
     /// End a run's reservation.
     fn settle_run(&self, run_id: &str) -> Result<(), LedgerError> {
-        match self.book(&[BookOp::Settle(run_id.to_string())]) {
-            Ok(mut out) if out.len() == 1 => out.remove(0).map_err(|r| match r {
-                Refused::Ledger(e) => e,
-                Refused::Budget(b) => LedgerError::Backend {
-                    place: self.place().to_string(),
-                    detail: b.to_string(),
-                },
-            }),
+        match self.write(&[WriteOp::Book(BookOp::Settle(run_id.to_string()))]) {
+            Ok(mut out) if out.len() == 1 => out
+                .remove(0)
+                .map(|_| ())
+                .map_err(|r| refused_error(self.place(), r)),
             Ok(_) => Ok(()),
             Err(e) => Err(e),
         }
@@ -1121,8 +1177,8 @@ pub struct Ledger {
     pricing: Option<Pricing>,
     spool: Option<Arc<spool::Spool>>,
     stop: Arc<(Mutex<bool>, Condvar)>,
-    batcher: batch::Batcher,
-    bookkeeper: batch::Bookkeeper,
+    /// Every write goes through this one group-commit queue (see `batch.rs`).
+    writes: Arc<batch::Writes>,
     /// Why the database is known to be away (rows go to the spool), until a replay
     /// or a probe reaches it again.
     away: Arc<Mutex<Option<String>>>,
@@ -1178,15 +1234,17 @@ impl Location {
 impl Ledger {
     /// A ledger over `backend`.
     pub fn with_backend(backend: Box<dyn Backend>, opts: LedgerOptions) -> Ledger {
+        let backend: Arc<dyn Backend> = Arc::from(backend);
+        let stop = Arc::new((Mutex::new(false), Condvar::new()));
+        let away = Arc::new(Mutex::new(None));
         Ledger {
-            backend: Arc::from(backend),
+            writes: write_queue(&backend, None, &away, &stop),
+            backend,
             opts,
             pricing: None,
             spool: None,
-            stop: Arc::new((Mutex::new(false), Condvar::new())),
-            batcher: batch::Batcher::default(),
-            bookkeeper: batch::Bookkeeper::default(),
-            away: Arc::new(Mutex::new(None)),
+            stop,
+            away,
         }
     }
 
@@ -1279,6 +1337,7 @@ impl Ledger {
                 place: path.display().to_string(),
                 detail: format!("cannot start the replay thread: {e}"),
             })?;
+        self.writes = write_queue(&self.backend, Some(&spool), &self.away, &self.stop);
         self.spool = Some(spool);
         Ok(self)
     }
@@ -1298,22 +1357,6 @@ impl Ledger {
             }
             None => Ok(0),
         }
-    }
-
-    /// Spool `entry` (the database is away, or older rows still wait).
-    fn spooled(
-        &self,
-        sp: &spool::Spool,
-        entry: &spool::Entry,
-        why: Option<&LedgerError>,
-    ) -> Result<(), LedgerError> {
-        sp.append(entry)?;
-        if let Some(e) = why {
-            tracing::warn!("ledger: spooled a row to {} ({e})", sp.path().display());
-            self.set_away(Some(e.to_string()));
-        }
-        self.stop.1.notify_all();
-        Ok(())
     }
 
     /// Open (creating and migrating as needed) the SQLite ledger at `path`.
@@ -1399,23 +1442,25 @@ impl Ledger {
 
     /// Record one request; returns its row id. Committed when this returns.
     pub fn record_request(&self, meta: &RequestMeta, c: &Completion) -> Result<i64, LedgerError> {
-        let row = self.new_request(meta, c);
-        if let Some(sp) = &self.spool {
-            // Older rows still wait: this one queues behind them, in order.
-            if sp.backlog() > 0 {
-                self.spooled(sp, &spool::Entry::Request(Box::new(row)), None)?;
-                return Ok(0);
-            }
-            return match self.batcher.write(&*self.backend, row.clone()) {
-                Err(e) if e.is_unavailable() => {
-                    self.spooled(sp, &spool::Entry::Request(Box::new(row)), Some(&e))?;
-                    Ok(0)
-                }
-                r => r,
-            };
-        }
-        // Requests finishing together share one transaction (group commit).
-        self.batcher.write(&*self.backend, row)
+        self.write_row(meta, c, false)
+    }
+
+    /// Record a run's last request and end its reservation in the same transaction
+    /// (see [`Ledger::settle_run`]); its row id. Committed when this returns.
+    pub fn record_settling(
+        &self,
+        meta: &RequestMeta,
+        c: &Completion,
+    ) -> Result<i64, LedgerError> {
+        self.write_row(meta, c, true)
+    }
+
+    fn write_row(&self, meta: &RequestMeta, c: &Completion, settle: bool) -> Result<i64, LedgerError> {
+        let row = Box::new(self.new_request(meta, c));
+        // Writes arriving together share one transaction (group commit).
+        self.writes
+            .submit(WriteOp::Row { row, settle })
+            .map_err(|r| refused_error(self.place(), r))
     }
 
     /// Write prepared rows in one transaction (a batch, or a replay).
@@ -1442,13 +1487,8 @@ impl Ledger {
             projected_usd,
             prompt,
         };
-        self.begin_run(&note, None).map_err(|r| match r {
-            Refused::Ledger(e) => e,
-            Refused::Budget(b) => LedgerError::Backend {
-                place: self.place().to_string(),
-                detail: b.to_string(),
-            },
-        })
+        self.begin_run(&note, None)
+            .map_err(|r| refused_error(self.place(), r))
     }
 
     /// Start (or rename) a session.
@@ -1473,60 +1513,56 @@ impl Ledger {
     /// another one sharing the ledger, can never together cross a cap. The reservation
     /// holds until [`Ledger::settle_run`].
     pub fn begin_run(&self, note: &RunNote<'_>, gate: Option<Gate<'_>>) -> Result<(), Refused> {
-        let cap = self.backend.content_cap();
+        // Concurrent writes share one transaction (see `batch.rs`).
+        self.writes
+            .submit(WriteOp::Book(BookOp::Begin(self.entry(note, gate))))
+            .map(|_| ())
+    }
+
+    /// Note a run that reserves nothing without waiting for it: the note rides in the
+    /// next transaction (usually with the run's first request row), or is committed on
+    /// its own within moments when none comes. `done` gets the outcome, once committed
+    /// (or spooled): a failure must be made loud there.
+    pub fn note_run_passenger(
+        &self,
+        note: &RunNote<'_>,
+        done: impl FnOnce(Result<(), LedgerError>) + Send + 'static,
+    ) {
+        let place = self.place().to_string();
+        self.writes.submit_passenger(
+            WriteOp::Book(BookOp::Begin(self.entry(note, None))),
+            move |r| done(r.map(|_| ()).map_err(|r| refused_error(&place, r))),
+        )
+    }
+
+    /// The owned entry of `note` (its prompt clipped, or left out without
+    /// `log_content`).
+    fn entry(&self, note: &RunNote<'_>, gate: Option<Gate<'_>>) -> RunEntry {
         let prompt = self
             .opts
             .log_content
-            .then(|| clip(note.prompt, cap).into_owned());
-        let ungated = gate.is_none();
-        let entry = || spool::Entry::Run {
-            id: note.run_id.to_string(),
-            session_id: note.session_id.map(String::from),
-            trace_id: note.trace_id.map(String::from),
-            targets: note.targets.to_vec(),
-            projected_usd: note.projected_usd,
-            prompt: prompt.clone(),
-        };
-        match (&self.spool, ungated) {
-            (Some(sp), true) if sp.backlog() > 0 => Ok(self.spooled(sp, &entry(), None)?),
-            (Some(sp), true) => match self.backend.begin_run(note, prompt.as_deref(), None) {
-                Err(Refused::Ledger(e)) if e.is_unavailable() => {
-                    Ok(self.spooled(sp, &entry(), Some(&e))?)
-                }
-                r => r,
-            },
-            // Concurrent notes share one transaction (see `batch.rs`).
-            _ => self.bookkeeper.apply(
-                &*self.backend,
-                BookOp::Begin(RunEntry::new(note, prompt.as_deref(), gate)),
-            ),
-        }
+            .then(|| clip(note.prompt, self.backend.content_cap()));
+        RunEntry::new(note, prompt.as_deref(), gate)
     }
 
     /// End a run's reservation: what it really cost is in its request rows now (a
     /// failed or cancelled request costs what it used, often nothing).
     pub fn settle_run(&self, run_id: &str) -> Result<(), LedgerError> {
-        self.bookkeeper
-            .apply(&*self.backend, BookOp::Settle(run_id.to_string()))
-            .map_err(|r| match r {
-                Refused::Ledger(e) => e,
-                Refused::Budget(b) => LedgerError::Backend {
-                    place: self.place().to_string(),
-                    detail: b.to_string(),
-                },
-            })
+        self.writes
+            .submit(WriteOp::Book(BookOp::Settle(run_id.to_string())))
+            .map(|_| ())
+            .map_err(|r| refused_error(self.place(), r))
     }
 
-    /// [`Ledger::settle_run`] without waiting: the settlement rides in the bookkeeping
-    /// batch being formed (or commits now when none is running); a failure is logged
-    /// (the hold then expires when this process exits, as after a crash).
+    /// [`Ledger::settle_run`] without waiting: the settlement rides in the batch being
+    /// formed (or commits now when none is running); a failure is logged (the hold
+    /// then expires when this process exits, as after a crash).
     pub fn settle_run_detached(&self, run_id: &str) {
         let id = run_id.to_string();
-        self.bookkeeper.apply_detached(
-            &*self.backend,
-            BookOp::Settle(run_id.to_string()),
+        self.writes.submit_detached(
+            WriteOp::Book(BookOp::Settle(run_id.to_string())),
             move |r| match r {
-                Ok(()) => {}
+                Ok(_) => {}
                 Err(Refused::Ledger(e)) => {
                     tracing::error!("ledger: cannot settle run {id}: {e}")
                 }
@@ -1935,10 +1971,13 @@ impl LedgerSink for BackgroundLedger {
 /// Write spooled entries through `backend`, in order, a chunk per transaction.
 fn replay(backend: &dyn Backend, sp: &spool::Spool) -> Result<usize, LedgerError> {
     sp.replay(256, |entries| {
-        let mut rows: Vec<NewRequest> = Vec::new();
-        for e in entries {
-            match e {
-                spool::Entry::Request(r) => rows.push((**r).clone()),
+        let ops: Vec<WriteOp> = entries
+            .iter()
+            .map(|e| match e {
+                spool::Entry::Request(r) => WriteOp::Row {
+                    row: r.clone(),
+                    settle: false,
+                },
                 spool::Entry::Run {
                     id,
                     session_id,
@@ -1946,36 +1985,87 @@ fn replay(backend: &dyn Backend, sp: &spool::Spool) -> Result<usize, LedgerError
                     targets,
                     projected_usd,
                     prompt,
-                } => {
-                    if !rows.is_empty() {
-                        backend.insert_requests(&std::mem::take(&mut rows))?;
-                    }
-                    let note = RunNote {
-                        run_id: id,
-                        session_id: session_id.as_deref(),
-                        budget_session: None,
-                        trace_id: trace_id.as_deref(),
-                        targets,
-                        projected_usd: *projected_usd,
-                        prompt: "",
-                    };
-                    backend
-                        .begin_run(&note, prompt.as_deref(), None)
-                        .map_err(|r| match r {
-                            Refused::Ledger(e) => e,
-                            Refused::Budget(b) => LedgerError::Backend {
-                                place: backend.place().to_string(),
-                                detail: b.to_string(),
-                            },
-                        })?;
-                }
-            }
-        }
-        if !rows.is_empty() {
-            backend.insert_requests(&rows)?;
+                } => WriteOp::Book(BookOp::Begin(RunEntry {
+                    run_id: id.clone(),
+                    session_id: session_id.clone(),
+                    budget_session: session_id.clone(),
+                    trace_id: trace_id.clone(),
+                    targets: serde_json::to_string(targets).unwrap_or_else(|_| "[]".into()),
+                    projected_usd: *projected_usd,
+                    prompt: prompt.clone(),
+                    gate: None,
+                })),
+            })
+            .collect();
+        for r in backend.write(&ops)? {
+            r.map_err(|r| refused_error(backend.place(), r))?;
         }
         Ok(())
     })
+}
+
+/// The write queue of a ledger over `backend`: with `spool` (a shared database, no
+/// budget), writes it cannot take because it is away, and writes arriving while older
+/// ones still wait there, go to the spool instead, in queue order.
+fn write_queue(
+    backend: &Arc<dyn Backend>,
+    spool: Option<&Arc<spool::Spool>>,
+    away: &Arc<Mutex<Option<String>>>,
+    stop: &Arc<(Mutex<bool>, Condvar)>,
+) -> Arc<batch::Writes> {
+    let backend = backend.clone();
+    let Some(sp) = spool.cloned() else {
+        return Arc::new(batch::Queue::new(move |ops: Vec<WriteOp>| {
+            batch::commit(&*backend, &ops)
+        }));
+    };
+    let (away, stop) = (away.clone(), stop.clone());
+    Arc::new(batch::Queue::new(move |ops: Vec<WriteOp>| {
+        let spooled = |entry: spool::Entry, why: Option<&LedgerError>| {
+            sp.append(&entry).map_err(Refused::Ledger)?;
+            if let Some(e) = why {
+                tracing::warn!("ledger: spooled a write to {} ({e})", sp.path().display());
+                set_away(&away, Some(e.to_string()));
+            }
+            stop.1.notify_all();
+            Ok(0)
+        };
+        if sp.backlog() > 0 {
+            // Older entries still wait: these queue behind them, in order (what cannot
+            // be spooled goes to the database).
+            let mut out: Vec<Option<Result<i64, Refused>>> = Vec::with_capacity(ops.len());
+            let mut direct = Vec::new();
+            for (i, op) in ops.iter().enumerate() {
+                match op.spool_entry() {
+                    Some(entry) => out.push(Some(spooled(entry, None))),
+                    None => {
+                        out.push(None);
+                        direct.push(i);
+                    }
+                }
+            }
+            if !direct.is_empty() {
+                let d: Vec<WriteOp> = direct.iter().map(|&i| ops[i].clone()).collect();
+                for (i, r) in direct.into_iter().zip(batch::commit(&*backend, &d)) {
+                    out[i] = Some(r);
+                }
+            }
+            return out
+                .into_iter()
+                .map(|r| r.unwrap_or(Ok(0)))
+                .collect();
+        }
+        batch::commit(&*backend, &ops)
+            .into_iter()
+            .zip(&ops)
+            .map(|(r, op)| match (r, op.spool_entry()) {
+                (Err(Refused::Ledger(e)), Some(entry)) if e.is_unavailable() => {
+                    spooled(entry, Some(&e))
+                }
+                (r, _) => r,
+            })
+            .collect()
+    }))
 }
 
 fn set_away(away: &Mutex<Option<String>>, why: Option<String>) {

@@ -1,18 +1,40 @@
 //! Group commit: writes that arrive together share one transaction (and one fsync).
 //!
-//! The first writer to arrive while no commit is running becomes the leader: it takes
-//! every item waiting, writes them in one transaction, hands each writer its own result
-//! and wakes them. Writers that arrive meanwhile wait and are taken by the next leader.
-//! Nobody returns before the transaction holding its item committed, so a row is still
-//! durable before its answer is released. When a batch fails as a whole, its items are
-//! retried one by one, so one bad row (say, too large) never fails its neighbours.
+//! Every write of a ledger goes through one queue: run notes (with their budget
+//! reservations), request rows and settlements ([`WriteOp`]). The first writer to
+//! arrive while no commit is running becomes the leader: it takes every item waiting,
+//! writes them in one transaction ([`Backend::write`]), hands each writer its own
+//! result and wakes them. Writers that arrive meanwhile wait and are taken by the next
+//! leader. Nobody who waits returns before the transaction holding its item committed,
+//! so a row is still durable before its answer is released. When a batch fails as a
+//! whole, its items are retried one by one, so one bad row (say, too large) never
+//! fails its neighbours.
 //!
-//! Two queues use it: request rows ([`Batcher`]) and run bookkeeping
-//! ([`Bookkeeper`]: run notes with their budget reservations, and settlements).
+//! Two kinds of items nobody waits for:
+//! - *detached* items ([`Queue::submit_detached`], a settlement whose run wrote no row):
+//!   committed now when no commit runs, else by the running leader after its batch;
+//! - *passengers* ([`Queue::submit_passenger`], the note of a run without a budget): they
+//!   ride in the next transaction anyone commits (usually with the run's first request
+//!   row); a flusher thread commits those that waited [`PASSENGER_WAIT`] without a ride,
+//!   and dropping the queue commits what is left. Their results go to a handler, which
+//!   must make a failure loud.
 
-use std::sync::{Arc, Condvar, Mutex};
+use std::sync::{Arc, Condvar, Mutex, MutexGuard, OnceLock, Weak};
+use std::time::{Duration, Instant};
 
-use super::{Backend, BookOp, LedgerError, NewRequest, Refused};
+use super::{Backend, LedgerError, Refused, WriteOp};
+
+/// How long a passenger waits for a transaction to ride in before the flusher
+/// commits it.
+pub(crate) const PASSENGER_WAIT: Duration = Duration::from_millis(20);
+
+/// Who learns an item's result.
+enum Taker<O> {
+    /// A writer waiting on the slot.
+    Waiting,
+    /// A handler (detached items and passengers).
+    Handler(Box<dyn FnOnce(O) + Send>),
+}
 
 /// Where a writer waits: its result, or the word that it leads the next batch. Each
 /// writer has its own, so a commit wakes exactly the writers it served (and one more to
@@ -20,36 +42,22 @@ use super::{Backend, BookOp, LedgerError, NewRequest, Refused};
 struct Slot<O> {
     state: Mutex<(Option<O>, bool)>,
     cv: Condvar,
-    /// A detached item's handler: nobody waits on this slot, its result goes here.
-    detached: Mutex<Option<Detached<O>>>,
+    taker: Mutex<Option<Taker<O>>>,
 }
 
-type Detached<O> = Box<dyn FnOnce(O) + Send>;
-
 impl<O> Slot<O> {
-    fn new() -> Self {
+    fn new(taker: Taker<O>) -> Self {
         Slot {
             state: Mutex::new((None, false)),
             cv: Condvar::new(),
-            detached: Mutex::new(None),
+            taker: Mutex::new(Some(taker)),
         }
-    }
-
-    fn is_detached(&self) -> bool {
-        self.detached
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .is_some()
     }
 
     fn put(&self, r: Option<O>) {
         if let Some(r) = r {
-            let handler = self
-                .detached
-                .lock()
-                .unwrap_or_else(|p| p.into_inner())
-                .take();
-            if let Some(h) = handler {
+            let taker = self.taker.lock().unwrap_or_else(|p| p.into_inner()).take();
+            if let Some(Taker::Handler(h)) = taker {
                 h(r);
                 return;
             }
@@ -61,40 +69,72 @@ impl<O> Slot<O> {
     }
 }
 
+/// An item waiting, with who takes its result and how it waits.
+struct Pending<I, O> {
+    slot: Arc<Slot<O>>,
+    item: I,
+    kind: Kind,
+}
+
+#[derive(Clone, Copy, PartialEq, Debug)]
+enum Kind {
+    /// A writer blocks on its slot.
+    Waiting,
+    /// Detached: the leader commits it after its batch when nobody else waits.
+    Detached,
+    /// A passenger since then: rides in the next transaction, or the flusher's.
+    Passenger(Instant),
+}
+
 struct State<I, O> {
-    pending: Vec<(Arc<Slot<O>>, I)>,
+    pending: Vec<Pending<I, O>>,
     committing: bool,
 }
 
-/// A group-commit queue of items `I` with results `O`.
+type Commit<I, O> = Box<dyn Fn(Vec<I>) -> Vec<O> + Send + Sync>;
+
+/// A group-commit queue of items `I` with results `O`, committed by its `commit`
+/// function (one result per item, in order).
 pub(crate) struct Queue<I, O> {
     state: Mutex<State<I, O>>,
-}
-
-impl<I, O> Default for Queue<I, O> {
-    fn default() -> Self {
-        Queue {
-            state: Mutex::new(State {
-                pending: Vec::new(),
-                committing: false,
-            }),
-        }
-    }
+    commit: Commit<I, O>,
+    /// The thread that commits passengers nobody took along.
+    flusher: OnceLock<Option<std::thread::Thread>>,
 }
 
 /// The most items one transaction takes.
 const MAX_BATCH: usize = 512;
 
-impl<I, O> Queue<I, O> {
-    /// Commit `item` with whatever items arrive alongside it, through `commit` (which
-    /// returns one result per item, in order); `item`'s result once committed.
-    pub(crate) fn submit(&self, item: I, commit: impl Fn(Vec<I>) -> Vec<O>) -> O {
-        let slot = Arc::new(Slot::new());
-        let mut g = self.state.lock().unwrap_or_else(|p| p.into_inner());
-        g.pending.push((slot.clone(), item));
+impl<I: Send + 'static, O: Send + 'static> Queue<I, O> {
+    /// A queue committing through `commit`.
+    pub(crate) fn new(commit: impl Fn(Vec<I>) -> Vec<O> + Send + Sync + 'static) -> Self {
+        Queue {
+            state: Mutex::new(State {
+                pending: Vec::new(),
+                committing: false,
+            }),
+            commit: Box::new(commit),
+            flusher: OnceLock::new(),
+        }
+    }
+
+    fn lock(&self) -> MutexGuard<'_, State<I, O>> {
+        self.state.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Commit `item` with whatever items arrive alongside it; `item`'s result once
+    /// committed.
+    pub(crate) fn submit(&self, item: I) -> O {
+        let slot = Arc::new(Slot::new(Taker::Waiting));
+        let mut g = self.lock();
+        g.pending.push(Pending {
+            slot: slot.clone(),
+            item,
+            kind: Kind::Waiting,
+        });
         loop {
             if !g.committing {
-                g = self.lead(g, &commit);
+                g = self.lead(g);
             }
             drop(g);
             {
@@ -107,128 +147,162 @@ impl<I, O> Queue<I, O> {
                 }
                 s.1 = false;
             }
-            g = self.state.lock().unwrap_or_else(|p| p.into_inner());
+            g = self.lock();
         }
     }
-}
 
-impl<I, O> Queue<I, O> {
     /// Queue `item` without waiting for it: it rides in the batch being formed (or
     /// the next one), and `done` gets its result once committed. When no commit is
     /// running the caller commits it now; otherwise it returns at once, and the
     /// running leader hands it to the next batch (committing it itself when nobody
     /// else waits).
-    pub(crate) fn submit_detached(
-        &self,
+    pub(crate) fn submit_detached(&self, item: I, done: impl FnOnce(O) + Send + 'static) {
+        let slot = Arc::new(Slot::new(Taker::Handler(Box::new(done))));
+        let mut g = self.lock();
+        g.pending.push(Pending {
+            slot,
+            item,
+            kind: Kind::Detached,
+        });
+        if !g.committing {
+            drop(self.lead(g));
+        }
+    }
+
+    /// Queue `item` as a passenger: it never makes anyone wait, the caller included.
+    /// It rides in the next transaction committed (anyone's); when none starts within
+    /// [`PASSENGER_WAIT`], the flusher thread commits it. `done` gets its result.
+    pub(crate) fn submit_passenger(
+        self: &Arc<Self>,
         item: I,
         done: impl FnOnce(O) + Send + 'static,
-        commit: impl Fn(Vec<I>) -> Vec<O>,
     ) {
-        let slot = Arc::new(Slot::new());
-        *slot.detached.lock().unwrap_or_else(|p| p.into_inner()) = Some(Box::new(done));
-        let mut g = self.state.lock().unwrap_or_else(|p| p.into_inner());
-        g.pending.push((slot, item));
-        if !g.committing {
-            drop(self.lead(g, &commit));
+        let slot = Arc::new(Slot::new(Taker::Handler(Box::new(done))));
+        self.lock().pending.push(Pending {
+            slot,
+            item,
+            kind: Kind::Passenger(Instant::now()),
+        });
+        match self.flusher.get_or_init(|| self.spawn_flusher()) {
+            Some(t) => t.unpark(),
+            // No thread to spare: commit it now rather than never.
+            None => {
+                let g = self.lock();
+                if !g.committing {
+                    drop(self.lead(g));
+                }
+            }
         }
+    }
+
+    fn spawn_flusher(self: &Arc<Self>) -> Option<std::thread::Thread> {
+        let q: Weak<Self> = Arc::downgrade(self);
+        std::thread::Builder::new()
+            .name("quorum-ledger-flush".into())
+            .spawn(move || loop {
+                let next = match q.upgrade() {
+                    Some(q) => q.flush_due(),
+                    None => return,
+                };
+                // Woken early by a new passenger; rechecks at least every second
+                // whether the queue is gone.
+                std::thread::park_timeout(next.unwrap_or(Duration::from_secs(1)));
+            })
+            .ok()
+            .map(|h| h.thread().clone())
+    }
+
+    /// Commit the passengers that waited long enough, when no commit is running; when
+    /// to look again (`None`: no passenger waits).
+    fn flush_due(&self) -> Option<Duration> {
+        let g = self.lock();
+        let oldest = g
+            .pending
+            .iter()
+            .filter_map(|p| match p.kind {
+                Kind::Passenger(t) => Some(t),
+                _ => None,
+            })
+            .min()?;
+        let waited = oldest.elapsed();
+        if g.committing || waited < PASSENGER_WAIT {
+            return Some(PASSENGER_WAIT.saturating_sub(waited).max(Duration::from_millis(1)));
+        }
+        drop(self.lead(g));
+        Some(Duration::ZERO)
     }
 
     /// Commit batches as the leader (`g.committing` is false on entry): one, then
-    /// more while only detached items wait (nobody else would take them); then the
-    /// first waiting writer leads the next batch.
-    fn lead<'a>(
-        &'a self,
-        mut g: std::sync::MutexGuard<'a, State<I, O>>,
-        commit: &impl Fn(Vec<I>) -> Vec<O>,
-    ) -> std::sync::MutexGuard<'a, State<I, O>> {
+    /// more while only detached items wait (nobody else would take them at once); then
+    /// the first waiting writer leads the next batch. Passengers left over wait for
+    /// the next transaction, or the flusher.
+    fn lead<'a>(&'a self, mut g: MutexGuard<'a, State<I, O>>) -> MutexGuard<'a, State<I, O>> {
         loop {
             g.committing = true;
             let n = g.pending.len().min(MAX_BATCH);
-            let (slots, items): (Vec<Arc<Slot<O>>>, Vec<I>) = g.pending.drain(..n).unzip();
+            let (slots, items): (Vec<Arc<Slot<O>>>, Vec<I>) =
+                g.pending.drain(..n).map(|p| (p.slot, p.item)).unzip();
             drop(g);
-            let results = commit(items);
+            let results = (self.commit)(items);
             for (s, r) in slots.iter().zip(results) {
                 s.put(Some(r));
             }
-            g = self.state.lock().unwrap_or_else(|p| p.into_inner());
+            g = self.lock();
             g.committing = false;
             // Whoever waits first leads the next batch.
-            match g.pending.iter().find(|(s, _)| !s.is_detached()) {
-                Some((next, _)) => {
-                    next.put(None);
-                    return g;
+            if let Some(next) = g.pending.iter().find(|p| p.kind == Kind::Waiting) {
+                next.slot.put(None);
+                return g;
+            }
+            if !g.pending.iter().any(|p| p.kind == Kind::Detached) {
+                if !g.pending.is_empty() {
+                    if let Some(Some(t)) = self.flusher.get() {
+                        t.unpark();
+                    }
                 }
-                None if g.pending.is_empty() => return g,
-                None => {}
+                return g;
             }
         }
     }
 }
 
-/// The group-commit queue of request rows.
-#[derive(Default)]
-pub(crate) struct Batcher(Queue<NewRequest, Result<i64, LedgerError>>);
-
-impl Batcher {
-    /// Write `row` through `backend`, with whatever rows arrive alongside it; its
-    /// row id once committed.
-    pub(crate) fn write(&self, backend: &dyn Backend, row: NewRequest) -> Result<i64, LedgerError> {
-        self.0.submit(row, |rows| commit_rows(backend, rows))
+impl<I, O> Drop for Queue<I, O> {
+    /// Items nobody waits for are committed before the queue goes.
+    fn drop(&mut self) {
+        let st = self.state.get_mut().unwrap_or_else(|p| p.into_inner());
+        let (slots, items): (Vec<Arc<Slot<O>>>, Vec<I>) = std::mem::take(&mut st.pending)
+            .into_iter()
+            .map(|p| (p.slot, p.item))
+            .unzip();
+        if items.is_empty() {
+            return;
+        }
+        for (s, r) in slots.iter().zip((self.commit)(items)) {
+            s.put(Some(r));
+        }
     }
 }
 
-fn commit_rows(backend: &dyn Backend, rows: Vec<NewRequest>) -> Vec<Result<i64, LedgerError>> {
-    match backend.insert_requests(&rows) {
-        Ok(ids) if ids.len() == rows.len() => ids.into_iter().map(Ok).collect(),
-        Err(e) if rows.len() == 1 => vec![Err(e)],
-        // The batch failed as a whole: find which rows are at fault.
-        _ => rows
-            .iter()
-            .map(|r| {
-                backend
-                    .insert_requests(std::slice::from_ref(r))
-                    .map(|ids| ids.first().copied().unwrap_or_default())
-            })
-            .collect(),
-    }
-}
+/// The ledger's write queue.
+pub(crate) type Writes = Queue<WriteOp, Result<i64, Refused>>;
 
-/// The group-commit queue of run bookkeeping: concurrent reservations share one
-/// transaction (and, on PostgreSQL, one round of budget locks).
-#[derive(Default)]
-pub(crate) struct Bookkeeper(Queue<BookOp, Result<(), Refused>>);
-
-impl Bookkeeper {
-    /// Apply `op` through `backend`, with whatever ops arrive alongside it.
-    pub(crate) fn apply(&self, backend: &dyn Backend, op: BookOp) -> Result<(), Refused> {
-        self.0.submit(op, |ops| commit_ops(backend, ops))
-    }
-
-    /// Apply `op` with the batch being formed (or the next one) without waiting for
-    /// it; `done` gets its result.
-    pub(crate) fn apply_detached(
-        &self,
-        backend: &dyn Backend,
-        op: BookOp,
-        done: impl FnOnce(Result<(), Refused>) + Send + 'static,
-    ) {
-        self.0
-            .submit_detached(op, done, |ops| commit_ops(backend, ops))
-    }
-}
-
-fn commit_ops(backend: &dyn Backend, ops: Vec<BookOp>) -> Vec<Result<(), Refused>> {
-    match backend.book(&ops) {
+/// Write `ops` through `backend` in one transaction; one result per op. When the
+/// transaction fails as a whole, each op is written alone, in order, so one bad op
+/// fails alone.
+pub(crate) fn commit(backend: &dyn Backend, ops: &[WriteOp]) -> Vec<Result<i64, Refused>> {
+    match backend.write(ops) {
         Ok(out) if out.len() == ops.len() => out,
         Err(e) if ops.len() == 1 => vec![Err(Refused::Ledger(e))],
-        // The batch failed as a whole: each op alone, so one bad op fails alone.
+        // The database is away: no op is at fault, and none would get through alone.
+        Err(e) if e.is_unavailable() => ops.iter().map(|_| Err(Refused::Ledger(e.clone()))).collect(),
+        // The batch failed as a whole: find which ops are at fault.
         _ => ops
             .iter()
-            .map(|op| match backend.book(std::slice::from_ref(op)) {
+            .map(|op| match backend.write(std::slice::from_ref(op)) {
                 Ok(mut out) if out.len() == 1 => out.remove(0),
                 Ok(_) => Err(Refused::Ledger(LedgerError::Backend {
                     place: backend.place().to_string(),
-                    detail: "the ledger answered a bookkeeping batch with the wrong count".into(),
+                    detail: "the ledger answered a write batch with the wrong count".into(),
                 })),
                 Err(e) => Err(Refused::Ledger(e)),
             })
@@ -238,44 +312,96 @@ fn commit_ops(backend: &dyn Backend, ops: Vec<BookOp>) -> Vec<Result<(), Refused
 
 #[cfg(test)]
 mod tests {
-    use super::Queue;
+    use super::{Queue, PASSENGER_WAIT};
     use std::sync::mpsc;
-    use std::sync::{Arc, Barrier};
+    use std::sync::{Arc, Barrier, Mutex};
     use std::time::Duration;
+
+    type Log = Arc<Mutex<Vec<Vec<u32>>>>;
+
+    /// A queue whose commits multiply by 10 and are logged; the first commit of
+    /// exactly `[hold]` waits at `entered`/`release`.
+    fn queue(hold: u32, entered: Arc<Barrier>, release: Arc<Barrier>) -> (Arc<Queue<u32, u32>>, Log) {
+        let log: Log = Arc::default();
+        let l = log.clone();
+        let q = Queue::new(move |items: Vec<u32>| {
+            l.lock().unwrap().push(items.clone());
+            if items == [hold] {
+                entered.wait();
+                release.wait();
+            }
+            items.iter().map(|i| i * 10).collect()
+        });
+        (Arc::new(q), log)
+    }
 
     /// A detached item queued while a commit runs is committed by that leader once
     /// its batch is done, although nobody else submits anything.
     #[test]
     fn a_detached_item_is_committed_without_another_writer() {
-        let q: Arc<Queue<u32, u32>> = Arc::default();
         let (entered, release) = (Arc::new(Barrier::new(2)), Arc::new(Barrier::new(2)));
+        let (q, _) = queue(1, entered.clone(), release.clone());
         let leader = {
-            let (q, entered, release) = (q.clone(), entered.clone(), release.clone());
-            std::thread::spawn(move || {
-                q.submit(1, |items| {
-                    if items == [1] {
-                        entered.wait();
-                        release.wait();
-                    }
-                    items.iter().map(|i| i * 10).collect()
-                })
-            })
+            let q = q.clone();
+            std::thread::spawn(move || q.submit(1))
         };
         entered.wait();
         // The leader is inside its commit: this returns at once.
         let (tx, rx) = mpsc::channel();
-        q.submit_detached(2, move |r| tx.send(r).unwrap(), |_| unreachable!());
+        q.submit_detached(2, move |r| tx.send(r).unwrap());
         assert!(rx.try_recv().is_err());
         release.wait();
         assert_eq!(leader.join().unwrap(), 10);
         assert_eq!(rx.recv_timeout(Duration::from_secs(60)).unwrap(), 20);
         // With no commit running, the caller commits it itself.
         let (tx, rx) = mpsc::channel();
-        q.submit_detached(
-            3,
-            move |r| tx.send(r).unwrap(),
-            |items| items.iter().map(|i| i * 10).collect(),
-        );
+        q.submit_detached(3, move |r| tx.send(r).unwrap());
         assert_eq!(rx.try_recv().unwrap(), 30);
+    }
+
+    /// A passenger rides in the next writer's transaction, and the caller never
+    /// commits it itself.
+    #[test]
+    fn a_passenger_rides_with_the_next_writer() {
+        let never = || Arc::new(Barrier::new(1));
+        let (q, log) = queue(u32::MAX, never(), never());
+        let (tx, rx) = mpsc::channel();
+        q.submit_passenger(4, move |r| tx.send(r).unwrap());
+        // Nothing committed by the caller; the next writer takes it along (unless the
+        // flusher was quicker: then it committed alone).
+        assert_eq!(q.submit(5), 50);
+        assert_eq!(rx.recv_timeout(Duration::from_secs(60)).unwrap(), 40);
+        let log = log.lock().unwrap().clone();
+        assert!(
+            log == [vec![4, 5]] || log == [vec![4], vec![5]],
+            "commits: {log:?}"
+        );
+    }
+
+    /// A passenger no writer takes along is committed by the flusher, after it waited
+    /// at least PASSENGER_WAIT.
+    #[test]
+    fn a_passenger_without_a_ride_is_flushed() {
+        let never = || Arc::new(Barrier::new(1));
+        let (q, log) = queue(u32::MAX, never(), never());
+        let (tx, rx) = mpsc::channel();
+        let t0 = std::time::Instant::now();
+        q.submit_passenger(6, move |r| tx.send(r).unwrap());
+        assert_eq!(rx.recv_timeout(Duration::from_secs(60)).unwrap(), 60);
+        assert!(t0.elapsed() >= PASSENGER_WAIT);
+        assert_eq!(*log.lock().unwrap(), [vec![6]]);
+    }
+
+    /// Dropping the queue commits the passengers still waiting.
+    #[test]
+    fn dropping_the_queue_commits_waiting_passengers() {
+        let never = || Arc::new(Barrier::new(1));
+        let (q, log) = queue(u32::MAX, never(), never());
+        let (tx, rx) = mpsc::channel();
+        q.submit_passenger(7, move |r| tx.send(r).unwrap());
+        drop(q);
+        // Either the flusher was quicker or the drop committed it: exactly once.
+        assert_eq!(rx.recv_timeout(Duration::from_secs(60)).unwrap(), 70);
+        assert_eq!(*log.lock().unwrap(), [vec![7]]);
     }
 }

@@ -41,7 +41,7 @@ use super::{
     content_cap_for, request_select_list, request_written_columns, scope, Backend, BackendKind,
     BookOp, CounterCheck, EvalCaseRow, EvalRunRow, GroupBy, LedgerError, NewRequest, Refused,
     RequestFilter, RequestRow, RowRead, RunEntry, RunFilter, RunRow, SessionRow, Spend, TotalRow,
-    Value, VoteRow,
+    Value, VoteRow, WriteOp,
 };
 
 /// `url` with its password (and any `password=` parameter) replaced by `***`.
@@ -545,16 +545,16 @@ async fn expire_dead(
     Ok(())
 }
 
-/// Count newly written requests `(run, own session, cost, created_at)` in the
-/// counters: each cost goes to its day and budget session, and releases as much of
-/// its run's hold.
+/// Count newly written requests `(run, own session, cost, created_at)`: each cost
+/// goes to its day and budget session, and releases as much of its run's hold. The
+/// counter changes are returned (the caller applies them once per transaction).
 async fn count_requests(
     tx: &impl deadpool_postgres::GenericClient,
     rows: &[(String, Option<String>, f64, String)],
-) -> Result<(), tokio_postgres::Error> {
+) -> Result<Deltas, tokio_postgres::Error> {
     let rows: Vec<_> = rows.iter().filter(|r| r.2 != 0.0).collect();
     if rows.is_empty() {
-        return Ok(());
+        return Ok(Deltas::new());
     }
     let mut per_run: std::collections::BTreeMap<&str, f64> = Default::default();
     for (run, _, cost, _) in &rows {
@@ -602,7 +602,7 @@ async fn count_requests(
             add(&mut d, scope::held_in(&bs), -usd, 0);
         }
     }
-    bump(tx, d).await
+    Ok(d)
 }
 
 /// The batch insert of request rows: one array per column.
@@ -629,7 +629,7 @@ fn insert_many_sql() -> String {
 }
 
 /// The columns of `rows` as arrays, in [`INSERT_MANY`]'s order.
-fn request_arrays(rows: &[NewRequest]) -> Vec<Box<dyn ToSql + Sync + Send>> {
+fn request_arrays(rows: &[&NewRequest]) -> Vec<Box<dyn ToSql + Sync + Send>> {
     let mut out: Vec<Box<dyn ToSql + Sync + Send>> = vec![Box::new(
         rows.iter().map(|r| r.uid.clone()).collect::<Vec<String>>(),
     )];
@@ -727,7 +727,7 @@ type Decided<'a> = (
 /// Decide `ops` in order against the runs as they are and the counters read at the
 /// start of the batch (`d` holds changes made so far).
 fn decide<'a>(
-    ops: &'a [BookOp],
+    ops: &[&'a BookOp],
     mut runs: std::collections::HashMap<String, RunState>,
     counters: &std::collections::HashMap<String, f64>,
     mut d: Deltas,
@@ -743,7 +743,7 @@ fn decide<'a>(
     let mut out = Vec::with_capacity(ops.len());
     let mut begun: Vec<(&RunEntry, f64)> = Vec::new();
     let mut settled: Vec<&str> = Vec::new();
-    for op in ops {
+    for &op in ops {
         match op {
             BookOp::Begin(e) => {
                 if let Some((budget, projection)) = &e.gate {
@@ -906,18 +906,28 @@ impl<'a> Writes<'a> {
     }
 }
 
-/// Apply bookkeeping `ops` in transaction `tx` (see [`Backend::book`]), with as few
+/// Apply bookkeeping `ops` in transaction `tx` (see [`Backend::write`]), with as few
 /// round trips as the decisions allow: a batch without caps sends everything at once.
+/// The counter changes are returned (the caller applies them once per transaction).
+/// With `no_flush` (a batch of bookkeeping alone), the commit does not wait for its
+/// WAL flush.
 async fn book_in(
     tx: &deadpool_postgres::Transaction<'_>,
     host: &str,
-    ops: &[BookOp],
-) -> Result<Vec<Result<(), Refused>>, tokio_postgres::Error> {
+    ops: &[&BookOp],
+    no_flush: bool,
+) -> Result<(Vec<Result<(), Refused>>, Deltas), tokio_postgres::Error> {
     // Bookkeeping before the send: atomic and visible to every replica at commit,
     // without waiting for its own WAL flush; it becomes durable with the flush of the
     // next request row (as SQLite's run notes do). Losing it in a crash of the
     // database loses no request, only holds.
-    let sync_off = tx.batch_execute("SET LOCAL synchronous_commit = off");
+    let sync_off = async {
+        if no_flush {
+            tx.batch_execute("SET LOCAL synchronous_commit = off").await
+        } else {
+            Ok(())
+        }
+    };
     let gates: Vec<&RunEntry> = ops
         .iter()
         .filter_map(|o| match o {
@@ -948,8 +958,7 @@ async fn book_in(
             futures_util::future::try_join_all(sent)
         )?;
         let (out, _, _, d) = decide(ops, priors(&rows), &Default::default(), Deltas::new());
-        bump(tx, d).await?;
-        return Ok(out);
+        return Ok((out, d));
     }
     // One lock per budget scope, always in this order: the daily cap, then sessions by
     // name. Replicas anywhere serialise on the check.
@@ -1014,8 +1023,8 @@ async fn book_in(
     let (out, begun, settled, d) = decided;
     let writes = Writes::new(&begun, settled, host);
     let sent = writes.send(tx).await?;
-    futures_util::try_join!(futures_util::future::try_join_all(sent), bump(tx, d))?;
-    Ok(out)
+    futures_util::future::try_join_all(sent).await?;
+    Ok((out, d))
 }
 
 type Write<'a> =
@@ -1025,6 +1034,118 @@ type Write<'a> =
 static SETTLE_SQL: std::sync::LazyLock<String> = std::sync::LazyLock::new(|| {
     format!("UPDATE runs SET settled_at = {NOW_PG}, held_usd = 0 WHERE id = ANY($1) AND settled_at IS NULL")
 });
+
+/// Insert request `rows` (with their sessions, runs and price rows) in transaction
+/// `tx`: their ids, and the counter changes they make (applied by the caller). Rows
+/// written before (a replay) keep their ids, and were counted then.
+async fn insert_in(
+    tx: &deadpool_postgres::Transaction<'_>,
+    place: &str,
+    rows: &[&NewRequest],
+) -> Result<(Vec<i64>, Deltas), LedgerError> {
+    let ce = |e: tokio_postgres::Error| classify(place, &e);
+    // One statement per table for the whole batch (arrays, `unnest`), all four
+    // pipelined; then the budget counters.
+    let (insert, session, run, price) = futures_util::try_join!(
+        tx.prepare_cached(&INSERT_MANY),
+        tx.prepare_cached(
+            "INSERT INTO sessions (id, source_agent)
+             SELECT * FROM unnest($1::text[], $2::text[]) ON CONFLICT (id) DO NOTHING",
+        ),
+        tx.prepare_cached(
+            "INSERT INTO runs (id, session_id, trace_id, prompt)
+             SELECT * FROM unnest($1::text[], $2::text[], $3::text[], $4::text[])
+             ON CONFLICT (id) DO NOTHING",
+        ),
+        tx.prepare_cached(
+            "INSERT INTO prices (id, row)
+             SELECT * FROM unnest($1::text[], $2::text[]) ON CONFLICT (id) DO NOTHING",
+        )
+    )
+    .map_err(ce)?;
+    // Sessions, runs and price rows once each per batch.
+    let mut seen = std::collections::HashSet::new();
+    let (mut s_id, mut s_agent) = (Vec::new(), Vec::new());
+    let (mut r_id, mut r_session, mut r_trace, mut r_prompt) =
+        (Vec::new(), Vec::new(), Vec::new(), Vec::new());
+    let (mut p_id, mut p_row) = (Vec::new(), Vec::new());
+    for &row in rows {
+        if let Some((s, agent)) = &row.session {
+            if seen.insert(("s", s.as_str())) {
+                s_id.push(s.as_str());
+                s_agent.push(agent.as_deref());
+            }
+        }
+        let (r, s, t, p) = &row.run;
+        if seen.insert(("r", r.as_str())) {
+            r_id.push(r.as_str());
+            r_session.push(s.as_deref());
+            r_trace.push(t.as_deref());
+            r_prompt.push(p.as_deref());
+        }
+        if let Some((id, json)) = &row.price {
+            if seen.insert(("p", id.as_str())) {
+                p_id.push(id.as_str());
+                p_row.push(json.as_str());
+            }
+        }
+    }
+    let columns = request_arrays(rows);
+    let params: Vec<&(dyn ToSql + Sync)> = columns
+        .iter()
+        .map(|c| &**c as &(dyn ToSql + Sync))
+        .collect();
+    let sp: [&(dyn ToSql + Sync); 2] = [&s_id, &s_agent];
+    let rp: [&(dyn ToSql + Sync); 4] = [&r_id, &r_session, &r_trace, &r_prompt];
+    let pp: [&(dyn ToSql + Sync); 2] = [&p_id, &p_row];
+    let (_, _, _, inserted) = futures_util::try_join!(
+        tx.execute(&session, &sp),
+        tx.execute(&run, &rp),
+        tx.execute(&price, &pp),
+        tx.query(&insert, &params)
+    )
+    .map_err(ce)?;
+    let mut new: std::collections::HashMap<String, (i64, String)> = inserted
+        .iter()
+        .map(|r| (r.get(0), (r.get(1), r.get(2))))
+        .collect();
+    // Rows written before (a replay) keep their ids, and were counted then.
+    let old: Vec<&str> = rows
+        .iter()
+        .filter(|r| !new.contains_key(&r.uid))
+        .map(|r| r.uid.as_str())
+        .collect();
+    let mut old_ids = std::collections::HashMap::new();
+    if !old.is_empty() {
+        for r in tx
+            .query("SELECT uid, id FROM requests WHERE uid = ANY($1)", &[&old])
+            .await
+            .map_err(ce)?
+        {
+            old_ids.insert(r.get::<_, String>(0), r.get::<_, i64>(1));
+        }
+    }
+    let mut ids = Vec::with_capacity(rows.len());
+    let mut counted = Vec::new();
+    for &row in rows {
+        let id = match new.remove(&row.uid) {
+            Some((id, at)) => {
+                counted.push(counted_row(row, at));
+                id
+            }
+            None => old_ids
+                .get(&row.uid)
+                .copied()
+                .ok_or_else(|| LedgerError::Backend {
+                    place: place.to_string(),
+                    detail: format!("request {} was neither written nor found", row.uid),
+                })?,
+        };
+        ids.push(id);
+    }
+    let d = count_requests(tx, &counted).await.map_err(ce)?;
+    Ok((ids, d))
+}
 
 fn run_row(r: &tokio_postgres::Row) -> Result<RunRow, tokio_postgres::Error> {
     let targets: Option<String> = r.try_get("targets")?;
@@ -1380,126 +1501,77 @@ impl Backend for PgBackend {
         })
     }
 
-    fn insert_requests(&self, rows: &[NewRequest]) -> Result<Vec<i64>, LedgerError> {
-        let rows = rows.to_vec();
-        self.run(move |pool, place, _| async move {
-            let ce = |e: tokio_postgres::Error| classify(&place, &e);
-            let mut client = pool.get().await.map_err(|e| pool_err(&place, e))?;
-            let tx = client.transaction().await.map_err(ce)?;
-            // One statement per table for the whole batch (arrays, `unnest`), all four
-            // pipelined; then the budget counters.
-            let (insert, session, run, price) = futures_util::try_join!(
-                tx.prepare_cached(&INSERT_MANY),
-                tx.prepare_cached(
-                    "INSERT INTO sessions (id, source_agent)
-                     SELECT * FROM unnest($1::text[], $2::text[]) ON CONFLICT (id) DO NOTHING",
-                ),
-                tx.prepare_cached(
-                    "INSERT INTO runs (id, session_id, trace_id, prompt)
-                     SELECT * FROM unnest($1::text[], $2::text[], $3::text[], $4::text[])
-                     ON CONFLICT (id) DO NOTHING",
-                ),
-                tx.prepare_cached(
-                    "INSERT INTO prices (id, row)
-                     SELECT * FROM unnest($1::text[], $2::text[]) ON CONFLICT (id) DO NOTHING",
-                )
-            )
-            .map_err(ce)?;
-            // Sessions, runs and price rows once each per batch.
-            let mut seen = std::collections::HashSet::new();
-            let (mut s_id, mut s_agent) = (Vec::new(), Vec::new());
-            let (mut r_id, mut r_session, mut r_trace, mut r_prompt) =
-                (Vec::new(), Vec::new(), Vec::new(), Vec::new());
-            let (mut p_id, mut p_row) = (Vec::new(), Vec::new());
-            for row in &rows {
-                if let Some((s, agent)) = &row.session {
-                    if seen.insert(("s", s.as_str())) {
-                        s_id.push(s.as_str());
-                        s_agent.push(agent.as_deref());
-                    }
-                }
-                let (r, s, t, p) = &row.run;
-                if seen.insert(("r", r.as_str())) {
-                    r_id.push(r.as_str());
-                    r_session.push(s.as_deref());
-                    r_trace.push(t.as_deref());
-                    r_prompt.push(p.as_deref());
-                }
-                if let Some((id, json)) = &row.price {
-                    if seen.insert(("p", id.as_str())) {
-                        p_id.push(id.as_str());
-                        p_row.push(json.as_str());
-                    }
-                }
-            }
-            let columns = request_arrays(&rows);
-            let params: Vec<&(dyn ToSql + Sync)> = columns
-                .iter()
-                .map(|c| &**c as &(dyn ToSql + Sync))
-                .collect();
-            let sp: [&(dyn ToSql + Sync); 2] = [&s_id, &s_agent];
-            let rp: [&(dyn ToSql + Sync); 4] = [&r_id, &r_session, &r_trace, &r_prompt];
-            let pp: [&(dyn ToSql + Sync); 2] = [&p_id, &p_row];
-            let (_, _, _, inserted) = futures_util::try_join!(
-                tx.execute(&session, &sp),
-                tx.execute(&run, &rp),
-                tx.execute(&price, &pp),
-                tx.query(&insert, &params)
-            )
-            .map_err(ce)?;
-            let mut new: std::collections::HashMap<String, (i64, String)> = inserted
-                .iter()
-                .map(|r| (r.get(0), (r.get(1), r.get(2))))
-                .collect();
-            // Rows written before (a replay) keep their ids, and were counted then.
-            let old: Vec<&str> = rows
-                .iter()
-                .filter(|r| !new.contains_key(&r.uid))
-                .map(|r| r.uid.as_str())
-                .collect();
-            let mut old_ids = std::collections::HashMap::new();
-            if !old.is_empty() {
-                for r in tx
-                    .query("SELECT uid, id FROM requests WHERE uid = ANY($1)", &[&old])
-                    .await
-                    .map_err(ce)?
-                {
-                    old_ids.insert(r.get::<_, String>(0), r.get::<_, i64>(1));
-                }
-            }
-            let mut ids = Vec::with_capacity(rows.len());
-            let mut counted = Vec::new();
-            for row in &rows {
-                let id = match new.remove(&row.uid) {
-                    Some((id, at)) => {
-                        counted.push(counted_row(row, at));
-                        id
-                    }
-                    None => old_ids
-                        .get(&row.uid)
-                        .copied()
-                        .ok_or_else(|| LedgerError::Backend {
-                            place: place.clone(),
-                            detail: format!("request {} was neither written nor found", row.uid),
-                        })?,
-                };
-                ids.push(id);
-            }
-            count_requests(&tx, &counted).await.map_err(ce)?;
-            tx.commit().await.map_err(ce)?;
-            Ok(ids)
-        })
-    }
-
-    fn book(&self, ops: &[BookOp]) -> Result<Vec<Result<(), Refused>>, LedgerError> {
+    fn write(&self, ops: &[WriteOp]) -> Result<Vec<Result<i64, Refused>>, LedgerError> {
         let ops = ops.to_vec();
         self.run(move |pool, place, host| async move {
             let ce = |e: tokio_postgres::Error| classify(&place, &e);
             let mut client = pool.get().await.map_err(|e| pool_err(&place, e))?;
             let tx = client.transaction().await.map_err(ce)?;
-            let out = book_in(&tx, &host, &ops).await.map_err(ce)?;
+            // Run notes first (a cap is checked before this batch's rows release their
+            // runs' holds: stricter, never looser), then settlements, then the rows (a
+            // settled run's row releases nothing more); the counters change once, at
+            // the end, so their rows are locked in one order by every writer.
+            let row_settles: Vec<BookOp> = ops
+                .iter()
+                .filter_map(|o| match o {
+                    WriteOp::Row { row, settle: true } => Some(BookOp::Settle(row.run.0.clone())),
+                    _ => None,
+                })
+                .collect();
+            let mut book: Vec<&BookOp> = Vec::new();
+            let mut at = Vec::new();
+            for (i, o) in ops.iter().enumerate() {
+                if let WriteOp::Book(b @ BookOp::Begin(_)) = o {
+                    book.push(b);
+                    at.push(i);
+                }
+            }
+            for (i, o) in ops.iter().enumerate() {
+                if let WriteOp::Book(b @ BookOp::Settle(_)) = o {
+                    book.push(b);
+                    at.push(i);
+                }
+            }
+            let booked = at.len();
+            book.extend(row_settles.iter());
+            let rows: Vec<&NewRequest> = ops
+                .iter()
+                .filter_map(|o| match o {
+                    WriteOp::Row { row, .. } => Some(&**row),
+                    _ => None,
+                })
+                .collect();
+            let (out, mut d) = if book.is_empty() {
+                (Vec::new(), Deltas::new())
+            } else {
+                book_in(&tx, &host, &book, rows.is_empty())
+                    .await
+                    .map_err(ce)?
+            };
+            let ids = if rows.is_empty() {
+                Vec::new()
+            } else {
+                let (ids, more) = insert_in(&tx, &place, &rows).await?;
+                for (k, (usd, n)) in more {
+                    add(&mut d, k, usd, n);
+                }
+                ids
+            };
+            bump(&tx, d).await.map_err(ce)?;
             tx.commit().await.map_err(ce)?;
-            Ok(out)
+            let mut res: Vec<Result<i64, Refused>> = (0..ops.len()).map(|_| Ok(0)).collect();
+            for (i, r) in at.into_iter().zip(out.into_iter().take(booked)) {
+                res[i] = r.map(|()| 0);
+            }
+            let rows_at = ops
+                .iter()
+                .enumerate()
+                .filter(|(_, o)| matches!(o, WriteOp::Row { .. }))
+                .map(|(i, _)| i);
+            for (i, id) in rows_at.zip(ids) {
+                res[i] = Ok(id);
+            }
+            Ok(res)
         })
     }
 

@@ -15,7 +15,7 @@ use rusqlite::{
 
 use super::{
     content_cap_for, migrations, request_select_list, request_written_columns, scope, Backend,
-    BackendKind, BookOp, CounterCheck, EvalCaseRow, EvalRunRow, GroupBy, LedgerError, NewRequest,
+    BackendKind, BookOp, WriteOp, CounterCheck, EvalCaseRow, EvalRunRow, GroupBy, LedgerError, NewRequest,
     Refused, RequestFilter, RequestRow, RowRead, RunEntry, RunFilter, RunRow, SessionRow, Spend,
     TotalRow, Value, VoteRow, NOW,
 };
@@ -360,6 +360,41 @@ fn count_request(conn: &Connection, id: i64, row: &NewRequest) -> rusqlite::Resu
     Ok(())
 }
 
+/// Insert request `row` (with its session, run and price row) and count it; its id.
+fn insert_in(tx: &Connection, row: &NewRequest) -> rusqlite::Result<i64> {
+    if let Some((s, agent)) = &row.session {
+        tx.prepare_cached("INSERT OR IGNORE INTO sessions (id, source_agent) VALUES (?1, ?2)")?
+            .execute(params![s, agent])?;
+    }
+    let (run, session, trace, prompt) = &row.run;
+    tx.prepare_cached(
+        "INSERT OR IGNORE INTO runs (id, session_id, trace_id, prompt) VALUES (?1, ?2, ?3, ?4)",
+    )?
+    .execute(params![run, session, trace, prompt])?;
+    if let Some((id, json)) = &row.price {
+        tx.prepare_cached("INSERT OR IGNORE INTO prices (id, row) VALUES (?1, ?2)")?
+            .execute(params![id, json])?;
+    }
+    tx.prepare_cached(&INSERT_SQL)?
+        .execute(params_from_iter(
+            request_written_columns().map(|c| row.value(c.name)),
+        ))?;
+    let id = tx.last_insert_rowid();
+    count_request(tx, id, row)?;
+    Ok(id)
+}
+
+/// The insert of one request row.
+static INSERT_SQL: std::sync::LazyLock<String> = std::sync::LazyLock::new(|| {
+    let cols: Vec<&str> = request_written_columns().map(|c| c.name).collect();
+    let marks: Vec<String> = (1..=cols.len()).map(|i| format!("?{i}")).collect();
+    format!(
+        "INSERT INTO requests ({}) VALUES ({})",
+        cols.join(", "),
+        marks.join(", ")
+    )
+});
+
 fn run_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<RunRow> {
     let targets: Option<String> = r.get("targets")?;
     Ok(RunRow {
@@ -473,16 +508,6 @@ impl SqliteBackend {
             detail: "lock poisoned".into(),
         })
     }
-
-    fn insert_sql() -> String {
-        let cols: Vec<&str> = request_written_columns().map(|c| c.name).collect();
-        let marks: Vec<String> = (1..=cols.len()).map(|i| format!("?{i}")).collect();
-        format!(
-            "INSERT INTO requests ({}) VALUES ({})",
-            cols.join(", "),
-            marks.join(", ")
-        )
-    }
 }
 
 impl Backend for SqliteBackend {
@@ -518,55 +543,18 @@ impl Backend for SqliteBackend {
         tx.commit().map_err(err)
     }
 
-    fn insert_requests(&self, rows: &[NewRequest]) -> Result<Vec<i64>, LedgerError> {
+    fn write(&self, ops: &[WriteOp]) -> Result<Vec<Result<i64, Refused>>, LedgerError> {
         let err = |e| self.err(e);
-        let names: Vec<&str> = request_written_columns().map(|c| c.name).collect();
         let mut conn = self.lock()?;
-        let tx = conn
-            .transaction_with_behavior(TransactionBehavior::Immediate)
-            .map_err(err)?;
-        let mut ids = Vec::with_capacity(rows.len());
-        {
-            let mut insert = tx.prepare_cached(&Self::insert_sql()).map_err(err)?;
-            for row in rows {
-                if let Some((s, agent)) = &row.session {
-                    tx.prepare_cached(
-                        "INSERT OR IGNORE INTO sessions (id, source_agent) VALUES (?1, ?2)",
-                    )
-                    .and_then(|mut st| st.execute(params![s, agent]))
-                    .map_err(err)?;
-                }
-                let (run, session, trace, prompt) = &row.run;
-                tx.prepare_cached(
-                    "INSERT OR IGNORE INTO runs (id, session_id, trace_id, prompt) VALUES (?1, ?2, ?3, ?4)",
-                )
-                .and_then(|mut st| st.execute(params![run, session, trace, prompt]))
+        // Bookkeeping alone (run notes before the send, settlements): atomic and
+        // consistent (WAL) without its own fsync; it becomes durable with the next
+        // request row's. Losing it in a power cut loses no request row, only holds of
+        // runs that died with the machine. A batch with a row is fsynced.
+        let rows = ops.iter().any(|o| matches!(o, WriteOp::Row { .. }));
+        if !rows {
+            conn.pragma_update(None, "synchronous", "NORMAL")
                 .map_err(err)?;
-                if let Some((id, json)) = &row.price {
-                    tx.prepare_cached("INSERT OR IGNORE INTO prices (id, row) VALUES (?1, ?2)")
-                        .and_then(|mut st| st.execute(params![id, json]))
-                        .map_err(err)?;
-                }
-                insert
-                    .execute(params_from_iter(names.iter().map(|n| row.value(n))))
-                    .map_err(err)?;
-                let id = tx.last_insert_rowid();
-                count_request(&tx, id, row).map_err(err)?;
-                ids.push(id);
-            }
         }
-        tx.commit().map_err(err)?;
-        Ok(ids)
-    }
-
-    fn book(&self, ops: &[BookOp]) -> Result<Vec<Result<(), Refused>>, LedgerError> {
-        let err = |e| self.err(e);
-        let mut conn = self.lock()?;
-        // Bookkeeping before the send: atomic and consistent (WAL) without its own
-        // fsync; it becomes durable with the next request row's. Losing it in a power
-        // cut loses no request row, only holds of runs that died with the machine.
-        conn.pragma_update(None, "synchronous", "NORMAL")
-            .map_err(err)?;
         let r = (|| {
             let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
             // Dead processes' holds are expired lazily, only when a cap check fails
@@ -578,22 +566,33 @@ impl Backend for SqliteBackend {
             let mut out = Vec::with_capacity(ops.len());
             for op in ops {
                 out.push(match op {
-                    BookOp::Begin(e) => {
+                    WriteOp::Book(BookOp::Begin(e)) => {
                         let mut r = begin_in(&tx, e)?;
                         if r.is_err() && !expired {
                             expire_dead(&tx)?;
                             expired = true;
                             r = begin_in(&tx, e)?;
                         }
-                        r.map_err(Refused::Budget)
+                        r.map(|()| 0).map_err(Refused::Budget)
                     }
-                    BookOp::Settle(id) => settle_in(&tx, id).map(Ok)?,
+                    WriteOp::Book(BookOp::Settle(id)) => settle_in(&tx, id).map(|()| Ok(0))?,
+                    WriteOp::Row { row, settle } => {
+                        let id = insert_in(&tx, row)?;
+                        if *settle {
+                            settle_in(&tx, &row.run.0)?;
+                        }
+                        Ok(id)
+                    }
                 });
             }
             tx.commit()?;
             Ok(out)
         })();
-        let full = conn.pragma_update(None, "synchronous", "FULL");
+        let full = if rows {
+            Ok(())
+        } else {
+            conn.pragma_update(None, "synchronous", "FULL")
+        };
         let out = r.map_err(err)?;
         full.map_err(err)?;
         Ok(out)
