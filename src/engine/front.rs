@@ -15,7 +15,7 @@ use tokio::sync::mpsc;
 
 use super::budget::{self, Projection};
 use super::error::EngineError;
-use super::ledger::{BackgroundLedger, Gate, LedgerError, Refused, RunNote};
+use super::ledger::{BackgroundLedger, Gate, Ledger, LedgerError, Refused, RunNote};
 use super::request::ChatRequest;
 use super::run::{Engine, RunHandle, RunOptions, TargetEvent};
 use super::select;
@@ -182,14 +182,27 @@ impl From<Refusal> for EngineError {
 }
 
 /// Settles a run's reservation when the last of its targets is done (every request
-/// row is written by then).
+/// row is written by then). Usually the last target's row settles it in the same
+/// commit ([`Settle::mark_done`]); dropping it settles it otherwise (a run that ends
+/// without a row, two targets finishing at once, a failed write).
 pub(crate) struct Settle {
     ledger: BackgroundLedger,
     run_id: String,
+    done: std::sync::atomic::AtomicBool,
+}
+
+impl Settle {
+    /// The reservation was ended with the run's last row.
+    pub(crate) fn mark_done(&self) {
+        self.done.store(true, Ordering::Relaxed);
+    }
 }
 
 impl Drop for Settle {
     fn drop(&mut self) {
+        if *self.done.get_mut() {
+            return;
+        }
         let (ledger, run_id) = (self.ledger.clone(), std::mem::take(&mut self.run_id));
         // Detached: the blocking thread returns as soon as the settlement is queued
         // when a bookkeeping commit is running (it rides in the next batch).
@@ -254,6 +267,34 @@ impl Engine {
                         "fix the cause named above and restart",
                     )));
                 }
+                if !gated {
+                    // Nothing to reserve: the note is queued and the run goes on at
+                    // once (no wait before the first byte); it rides in the next
+                    // commit, usually with the run's first request row.
+                    if let Some(Ok(l)) = ledger.ready() {
+                        let sessions = (
+                            opts.run.session_id.as_deref(),
+                            opts.budget_session.as_deref(),
+                        );
+                        self.note_passenger(&l, &request, &targets, &run_id, &trace_id, sessions);
+                        warnings.extend(l.away_warning());
+                        let handle = self.run_with(
+                            request,
+                            targets.clone(),
+                            opts.run,
+                            run_id,
+                            trace_id,
+                            opts.events,
+                            None,
+                        );
+                        return Ok(Started {
+                            handle,
+                            targets,
+                            warnings,
+                            projection: None,
+                        });
+                    }
+                }
                 let (engine, ledger2) = (self.clone(), ledger.clone());
                 let (req2, targets2) = (request.clone(), targets.clone());
                 let (rid, tid) = (run_id.clone(), trace_id.clone());
@@ -266,6 +307,11 @@ impl Engine {
                         None
                     };
                     let l = ledger2.wait().map_err(|e| Refusal::Ledger(e.into()))?;
+                    if !gated {
+                        let sessions = (session.as_deref(), bsession.as_deref());
+                        engine.note_passenger(&l, &req2, &targets2, &rid, &tid, sessions);
+                        return Ok((None, l.away_warning()));
+                    }
                     let note = RunNote {
                         run_id: &rid,
                         session_id: session.as_deref(),
@@ -297,6 +343,7 @@ impl Engine {
                     settle = Some(Arc::new(Settle {
                         ledger: ledger.clone(),
                         run_id: run_id.clone(),
+                        done: Default::default(),
                     }));
                 }
             }
@@ -316,6 +363,36 @@ impl Engine {
             warnings,
             projection,
         })
+    }
+
+    /// Note an ungated run in `l` without waiting (see [`Ledger::note_run_passenger`]);
+    /// a failure is counted in [`LedgerHealth`] and logged, so that `serve` reports
+    /// itself degraded and refuses runs while a budget is set.
+    fn note_passenger(
+        &self,
+        l: &Ledger,
+        request: &ChatRequest,
+        targets: &[String],
+        run_id: &str,
+        trace_id: &str,
+        (session_id, budget_session): (Option<&str>, Option<&str>),
+    ) {
+        let note = RunNote {
+            run_id,
+            session_id,
+            budget_session,
+            trace_id: Some(trace_id),
+            targets,
+            projected_usd: None,
+            prompt: request.last_user_text(),
+        };
+        let (health, id) = (self.ledger_health_arc(), run_id.to_string());
+        l.note_run_passenger(&note, move |r| {
+            if let Err(e) = r {
+                tracing::error!("ledger: run {id} was not noted: {e}");
+                health.fail(&format!("run {id} was not noted: {e}"));
+            }
+        });
     }
 
     /// Rows waiting in the local spool for a shared ledger's database (0 for SQLite,

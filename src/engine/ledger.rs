@@ -118,6 +118,16 @@ impl AttachmentNote {
 pub trait LedgerSink: Send + Sync {
     /// Record one finished or failed request. Must be durable when it returns.
     fn record(&self, meta: &RequestMeta, completion: &Completion) -> Result<(), LedgerError>;
+    /// Record the last request of a run that holds a reservation, and end the
+    /// reservation in the same commit; whether it was ended (else the caller settles
+    /// it separately). Durable when it returns.
+    fn record_settling(
+        &self,
+        meta: &RequestMeta,
+        completion: &Completion,
+    ) -> Result<bool, LedgerError> {
+        self.record(meta, completion).map(|()| false)
+    }
 }
 
 /// File name of the ledger inside the data dir.
@@ -1677,6 +1687,14 @@ impl LedgerSink for Ledger {
     fn record(&self, meta: &RequestMeta, completion: &Completion) -> Result<(), LedgerError> {
         self.record_request(meta, completion).map(|_| ())
     }
+
+    fn record_settling(
+        &self,
+        meta: &RequestMeta,
+        completion: &Completion,
+    ) -> Result<bool, LedgerError> {
+        self.record_settling(meta, completion).map(|_| true)
+    }
 }
 
 /// How `quorum ledger` groups totals.
@@ -1965,6 +1983,14 @@ impl BackgroundLedger {
 impl LedgerSink for BackgroundLedger {
     fn record(&self, meta: &RequestMeta, completion: &Completion) -> Result<(), LedgerError> {
         self.wait()?.record(meta, completion)
+    }
+
+    fn record_settling(
+        &self,
+        meta: &RequestMeta,
+        completion: &Completion,
+    ) -> Result<bool, LedgerError> {
+        LedgerSink::record_settling(&*self.wait()?, meta, completion)
     }
 }
 

@@ -263,6 +263,11 @@ impl Engine {
         &self.inner.health
     }
 
+    /// Failed ledger writes since start, shared (for handlers that outlive a call).
+    pub(crate) fn ledger_health_arc(&self) -> Arc<LedgerHealth> {
+        self.inner.health.clone()
+    }
+
     /// The registry.
     pub fn registry(&self) -> &Registry {
         &self.inner.cfg.registry
@@ -791,7 +796,18 @@ impl TargetJob {
             };
             let ledger = ledger.clone();
             let row = c.clone();
-            let res = tokio::task::spawn_blocking(move || ledger.record(&meta, &row)).await;
+            // The run's last target still going (the others dropped their share): its
+            // row ends the run's reservation in the same commit.
+            let last = self._settle.clone().filter(|s| Arc::strong_count(s) == 2);
+            let res = tokio::task::spawn_blocking(move || match last {
+                Some(settle) => ledger.record_settling(&meta, &row).map(|done| {
+                    if done {
+                        settle.mark_done();
+                    }
+                }),
+                None => ledger.record(&meta, &row),
+            })
+            .await;
             let res = match res {
                 Ok(r) => r.map_err(|e| e.to_string()),
                 Err(e) => Err(format!("the ledger write did not finish: {e}")),

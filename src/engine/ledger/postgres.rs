@@ -1357,7 +1357,8 @@ impl PgBackend {
                 n += wrote;
             }
             // Their costs count in the budget counters (their runs are settled).
-            count_requests(&tx, &counted).await.map_err(ce)?;
+            let d = count_requests(&tx, &counted).await.map_err(ce)?;
+            bump(&tx, d).await.map_err(ce)?;
             for v in &batch.votes {
                 n += tx
                     .execute(
