@@ -1457,15 +1457,16 @@ impl Ledger {
 
     /// Record a run's last request and end its reservation in the same transaction
     /// (see [`Ledger::settle_run`]); its row id. Committed when this returns.
-    pub fn record_settling(
-        &self,
-        meta: &RequestMeta,
-        c: &Completion,
-    ) -> Result<i64, LedgerError> {
+    pub fn record_settling(&self, meta: &RequestMeta, c: &Completion) -> Result<i64, LedgerError> {
         self.write_row(meta, c, true)
     }
 
-    fn write_row(&self, meta: &RequestMeta, c: &Completion, settle: bool) -> Result<i64, LedgerError> {
+    fn write_row(
+        &self,
+        meta: &RequestMeta,
+        c: &Completion,
+        settle: bool,
+    ) -> Result<i64, LedgerError> {
         let row = Box::new(self.new_request(meta, c));
         // Writes arriving together share one transaction (group commit).
         self.writes
@@ -2076,10 +2077,7 @@ fn write_queue(
                     out[i] = Some(r);
                 }
             }
-            return out
-                .into_iter()
-                .map(|r| r.unwrap_or(Ok(0)))
-                .collect();
+            return out.into_iter().map(|r| r.unwrap_or(Ok(0))).collect();
         }
         batch::commit(&*backend, &ops)
             .into_iter()

@@ -226,7 +226,11 @@ impl<I: Send + 'static, O: Send + 'static> Queue<I, O> {
             .min()?;
         let waited = oldest.elapsed();
         if g.committing || waited < PASSENGER_WAIT {
-            return Some(PASSENGER_WAIT.saturating_sub(waited).max(Duration::from_millis(1)));
+            return Some(
+                PASSENGER_WAIT
+                    .saturating_sub(waited)
+                    .max(Duration::from_millis(1)),
+            );
         }
         drop(self.lead(g));
         Some(Duration::ZERO)
@@ -294,7 +298,10 @@ pub(crate) fn commit(backend: &dyn Backend, ops: &[WriteOp]) -> Vec<Result<i64, 
         Ok(out) if out.len() == ops.len() => out,
         Err(e) if ops.len() == 1 => vec![Err(Refused::Ledger(e))],
         // The database is away: no op is at fault, and none would get through alone.
-        Err(e) if e.is_unavailable() => ops.iter().map(|_| Err(Refused::Ledger(e.clone()))).collect(),
+        Err(e) if e.is_unavailable() => ops
+            .iter()
+            .map(|_| Err(Refused::Ledger(e.clone())))
+            .collect(),
         // The batch failed as a whole: find which ops are at fault.
         _ => ops
             .iter()
@@ -321,7 +328,11 @@ mod tests {
 
     /// A queue whose commits multiply by 10 and are logged; the first commit of
     /// exactly `[hold]` waits at `entered`/`release`.
-    fn queue(hold: u32, entered: Arc<Barrier>, release: Arc<Barrier>) -> (Arc<Queue<u32, u32>>, Log) {
+    fn queue(
+        hold: u32,
+        entered: Arc<Barrier>,
+        release: Arc<Barrier>,
+    ) -> (Arc<Queue<u32, u32>>, Log) {
         let log: Log = Arc::default();
         let l = log.clone();
         let q = Queue::new(move |items: Vec<u32>| {

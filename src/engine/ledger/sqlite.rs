@@ -15,9 +15,9 @@ use rusqlite::{
 
 use super::{
     content_cap_for, migrations, request_select_list, request_written_columns, scope, Backend,
-    BackendKind, BookOp, WriteOp, CounterCheck, EvalCaseRow, EvalRunRow, GroupBy, LedgerError, NewRequest,
+    BackendKind, BookOp, CounterCheck, EvalCaseRow, EvalRunRow, GroupBy, LedgerError, NewRequest,
     Refused, RequestFilter, RequestRow, RowRead, RunEntry, RunFilter, RunRow, SessionRow, Spend,
-    TotalRow, Value, VoteRow, NOW,
+    TotalRow, Value, VoteRow, WriteOp, NOW,
 };
 use crate::engine::budget::Refusal as BudgetRefusal;
 use crate::engine::files::{create_private_dir, touch_private};
@@ -375,10 +375,9 @@ fn insert_in(tx: &Connection, row: &NewRequest) -> rusqlite::Result<i64> {
         tx.prepare_cached("INSERT OR IGNORE INTO prices (id, row) VALUES (?1, ?2)")?
             .execute(params![id, json])?;
     }
-    tx.prepare_cached(&INSERT_SQL)?
-        .execute(params_from_iter(
-            request_written_columns().map(|c| row.value(c.name)),
-        ))?;
+    tx.prepare_cached(&INSERT_SQL)?.execute(params_from_iter(
+        request_written_columns().map(|c| row.value(c.name)),
+    ))?;
     let id = tx.last_insert_rowid();
     count_request(tx, id, row)?;
     Ok(id)
