@@ -462,6 +462,46 @@ async fn serve_turns_degraded_after_a_failed_write_and_refuses_while_a_budget_is
     assert_eq!(up.count(), 1);
 }
 
+/// Without a budget a run's note is not waited for (it rides in a later commit), but a
+/// note that cannot be written is still loud: `serve` counts it as a failed write and
+/// reports itself degraded. The answer and its row are not harmed.
+#[tokio::test(flavor = "multi_thread")]
+async fn serve_counts_a_run_note_it_could_not_write_without_waiting_for_it() {
+    let up = Server::start(vec![Reply::sse(openai_sse(1))]).await;
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("data");
+    std::fs::create_dir_all(&data).unwrap();
+    let db = data.join("ledger.sqlite3");
+    drop(llm_quorum::engine::ledger::Ledger::open(&db, Default::default()).unwrap());
+    // Notes carry targets; a request row's own run insert does not.
+    rusqlite::Connection::open(&db)
+        .unwrap()
+        .execute_batch(
+            "CREATE TRIGGER no_notes BEFORE INSERT ON runs WHEN NEW.targets IS NOT NULL
+             BEGIN SELECT RAISE(ABORT, 'database or disk is full'); END;",
+        )
+        .unwrap();
+    let s = serve(command(dir.path(), "", &up.url));
+    let params = json!({"model": "openai/gpt-4o-mini", "prompt": "What is 2+2?"});
+    let v = rpc(&s.url, "llm.complete", params).await;
+    assert!(v["error"].is_null(), "{v}");
+    assert_eq!(recorded(&db).1, 1, "the row is written");
+    // Counted before the answer was released (the note's commit came first), but
+    // waited for all the same: the event, with a generous deadline.
+    let deadline = std::time::Instant::now() + support::PATIENCE;
+    let mut h = rpc(&s.url, "llm.health", json!({})).await;
+    while h["result"]["status"] != "degraded" && std::time::Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(20)).await;
+        h = rpc(&s.url, "llm.health", json!({})).await;
+    }
+    assert_eq!(h["result"]["status"], "degraded", "{h}");
+    assert_eq!(h["result"]["ledger"], "failing", "{h}");
+    let last = h["result"]["ledger_last_error"].as_str().unwrap_or_default();
+    assert!(last.contains("not noted") && last.contains("disk is full"), "{h}");
+    let m = s.metrics().await;
+    assert!(m.contains("quorum_ledger_write_failures_total 1"), "{m}");
+}
+
 #[test]
 fn an_answer_over_sqlites_row_limit_is_recorded_cut_with_its_cost() {
     use llm_quorum::engine::ledger::{Ledger, LedgerSink, RequestMeta};

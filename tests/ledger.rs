@@ -835,3 +835,69 @@ fn the_tally_of_completions_is_the_ledgers_totals_and_its_rows() {
     );
     assert!((back.cost_usd - t.cost_usd).abs() < 1e-12, "{back:?} {t:?}");
 }
+
+/// An ungated run's note does not wait for a commit: it rides in the next one, and
+/// when no row follows (a run that writes none) it is committed on its own, visible
+/// to another connection, and its handler hears once that it was.
+#[test]
+fn a_passenger_note_is_committed_though_its_run_writes_no_row() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("ledger.sqlite3");
+    let l = Ledger::open(&path, LedgerOptions::default()).unwrap();
+    let targets = vec!["openai/gpt-4o-mini".to_string()];
+    let note = ledger::RunNote {
+        run_id: "rowless",
+        session_id: Some("s1"),
+        budget_session: None,
+        trace_id: Some("0123456789abcdef0123456789abcdef"),
+        targets: &targets,
+        projected_usd: None,
+        prompt: "hi",
+    };
+    let (tx, rx) = std::sync::mpsc::channel();
+    l.note_run_passenger(&note, move |r| tx.send(r).unwrap());
+    let r = rx.recv_timeout(support::PATIENCE).expect("the note's outcome");
+    assert_eq!(r, Ok(()));
+    // Committed: another connection sees it, with its targets.
+    let other = Ledger::open(&path, LedgerOptions::default()).unwrap();
+    match other.show("rowless").unwrap() {
+        Some(Shown::Run { run, .. }) => assert_eq!(run.targets, targets),
+        other => panic!("{other:?}"),
+    }
+    assert!(rx.try_recv().is_err(), "told once");
+}
+
+/// A passenger note whose write fails is reported to its handler (the front door
+/// counts it in the ledger's health), and the request row that rode with it is still
+/// written: one bad op never fails its neighbours.
+#[test]
+fn a_passenger_note_that_fails_is_reported_and_its_row_still_written() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("ledger.sqlite3");
+    let l = Ledger::open(&path, LedgerOptions::default()).unwrap();
+    // Notes carry targets; the row's own run insert does not.
+    rusqlite::Connection::open(&path)
+        .unwrap()
+        .execute_batch(
+            "CREATE TRIGGER no_notes BEFORE INSERT ON runs WHEN NEW.targets IS NOT NULL
+             BEGIN SELECT RAISE(ABORT, 'database or disk is full'); END;",
+        )
+        .unwrap();
+    let targets = vec!["openai/gpt-4o-mini".to_string()];
+    let note = ledger::RunNote {
+        run_id: "unnoted",
+        session_id: None,
+        budget_session: None,
+        trace_id: None,
+        targets: &targets,
+        projected_usd: None,
+        prompt: "hi",
+    };
+    let (tx, rx) = std::sync::mpsc::channel();
+    l.note_run_passenger(&note, move |r| tx.send(r).unwrap());
+    l.record(&meta("unnoted", None), &completion(1)).unwrap();
+    let r = rx.recv_timeout(support::PATIENCE).expect("the note's outcome");
+    let e = r.expect_err("the note cannot be written");
+    assert!(e.to_string().contains("disk is full"), "{e}");
+    assert_eq!(l.run_requests("unnoted").unwrap().len(), 1);
+}

@@ -106,11 +106,17 @@ pub const ROOMY: Budget = Budget {
 
 /// 8 threads at once, each a mix of settled, failed, cancelled, overshooting,
 /// left-open, ungated and unnoted runs in three budget sessions (`s0`..`s2`), and
-/// one run per thread left open in `s-open`.
+/// one run per thread left open in `s-open`. Half the threads settle runs with their
+/// last row (in its commit) and note ungated runs as passengers (not waited for),
+/// the other half settle and note on their own. Checks that exactly the runs left
+/// open still hold a reservation, and that every passenger note was committed.
 pub fn mixed_workload(l: &Arc<Ledger>) {
+    let open_before = l.open_reservations().unwrap().0;
+    let (noted_tx, noted) = std::sync::mpsc::channel::<Result<(), String>>();
     let threads: Vec<_> = (0..8u64)
         .map(|t| {
             let l = l.clone();
+            let noted_tx = noted_tx.clone();
             std::thread::spawn(move || {
                 for i in 0..10u64 {
                     let run = format!("t{t}-{i}");
@@ -120,8 +126,13 @@ pub fn mixed_workload(l: &Arc<Ledger>) {
                         0 => {
                             reserve(&l, &run, s, 0.01, &ROOMY).unwrap();
                             l.record(&meta(&run, s), &completion(i)).unwrap();
-                            l.record(&meta(&run, s), &completion(i + 1)).unwrap();
-                            l.settle_run(&run).unwrap();
+                            if t % 2 == 0 {
+                                l.record_settling(&meta(&run, s), &completion(i + 1))
+                                    .unwrap();
+                            } else {
+                                l.record(&meta(&run, s), &completion(i + 1)).unwrap();
+                                l.settle_run(&run).unwrap();
+                            }
                         }
                         1 => {
                             reserve(&l, &run, s, 0.01, &ROOMY).unwrap();
@@ -136,14 +147,39 @@ pub fn mixed_workload(l: &Arc<Ledger>) {
                         }
                         3 => {
                             reserve(&l, &run, s, 0.01, &ROOMY).unwrap();
-                            l.record(&meta(&run, s), &costing(i, Some(0.02))).unwrap();
-                            if t % 2 == 1 {
-                                l.settle_run(&run).unwrap();
+                            let over = costing(i, Some(0.02));
+                            match t % 4 {
+                                1 => {
+                                    l.record(&meta(&run, s), &over).unwrap();
+                                    l.settle_run(&run).unwrap();
+                                }
+                                3 => {
+                                    l.record_settling(&meta(&run, s), &over).unwrap();
+                                }
+                                _ => {
+                                    l.record(&meta(&run, s), &over).unwrap();
+                                }
                             }
                         }
                         _ => {
                             let targets = vec!["openai/gpt-4o-mini".to_string()];
-                            l.note_run(&run, s, None, &targets, None, "hi").unwrap();
+                            if t % 2 == 0 {
+                                let note = RunNote {
+                                    run_id: &run,
+                                    session_id: s,
+                                    budget_session: s,
+                                    trace_id: None,
+                                    targets: &targets,
+                                    projected_usd: None,
+                                    prompt: "hi",
+                                };
+                                let tx = noted_tx.clone();
+                                l.note_run_passenger(&note, move |r| {
+                                    let _ = tx.send(r.map_err(|e| e.to_string()));
+                                });
+                            } else {
+                                l.note_run(&run, s, None, &targets, None, "hi").unwrap();
+                            }
                             l.record(&meta(&run, s), &completion(i)).unwrap();
                             l.record(&meta(&format!("loose-{run}"), s), &completion(i))
                                 .unwrap();
@@ -161,4 +197,12 @@ pub fn mixed_workload(l: &Arc<Ledger>) {
     for t in threads {
         t.join().unwrap();
     }
+    drop(noted_tx);
+    // 4 threads × 2 passenger notes, each committed once.
+    let notes: Vec<_> = (0..8)
+        .map(|_| noted.recv_timeout(super::PATIENCE).expect("a passenger note's outcome"))
+        .collect();
+    assert!(notes.iter().all(|r| r.is_ok()), "{notes:?}");
+    // Left open: runs 3 and 8 of the threads that do not settle them, and `open-*`.
+    assert_eq!(l.open_reservations().unwrap().0 - open_before, 8 + 8);
 }
