@@ -8,6 +8,7 @@
 #   (cd ../shared/bench/mockllm && CARGO_TARGET_DIR=/tmp/mockllm-target cargo build --release)
 #   MOCK=/tmp/mockllm-target/release/mockllm benches/serve_ledger.sh
 #
+# The last column is the serve process's CPU time (user + system) per request served.
 # Settings: DUR (wrk duration, 15s), CONC (connections, 64), MODES, TOKENS (mock answer tokens, 20).
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -58,7 +59,7 @@ wrk.headers["Content-Type"] = "application/json"
 wrk.body = '{"model": "openai/gpt-4o-mini", "messages": [{"role": "user", "content": "Write a short story."}], "max_tokens": 100}'
 LUA
 
-printf "| ledger | req/s | p50 | p99 | non-2xx | rows recorded |\n|---|---|---|---|---|---|\n"
+printf "| ledger | req/s | p50 | p99 | non-2xx | rows recorded | serve CPU µs/req |\n|---|---|---|---|---|---|---|\n"
 for mode in $MODES; do
   dir="$WORK/$mode"; mkdir -p "$dir/data"
   cfg="$dir/config.toml"; : > "$cfg"
@@ -83,7 +84,11 @@ for mode in $MODES; do
   url=$(grep -o "listening on http://[0-9.:]*" "$dir/serve.log" | head -1 | sed 's/listening on //')
   # Warm up (opens the ledger, fills pools), then measure.
   wrk -t2 -c"$CONC" -d3s -s "$WORK/post.lua" "$url/v1/chat/completions" >/dev/null
+  tck=$(getconf CLK_TCK); c0=$(awk '{print $14+$15}' "/proc/$spid/stat")
   wrk -t2 -c"$CONC" -d"$DUR" --latency -s "$WORK/post.lua" "$url/v1/chat/completions" > "$dir/wrk.txt"
+  c1=$(awk '{print $14+$15}' "/proc/$spid/stat")
+  reqs=$(awk '/requests in/ {print $1}' "$dir/wrk.txt")
+  cpu=$(python3 -c "print(round(($c1-$c0)/$tck/max($reqs,1)*1e6))")
   rps=$(awk '/Requests\/sec/ {print $2}' "$dir/wrk.txt")
   p50=$(awk '$1=="50%" {print $2}' "$dir/wrk.txt")
   p99=$(awk '$1=="99%" {print $2}' "$dir/wrk.txt")
@@ -96,5 +101,5 @@ for mode in $MODES; do
     postgres*) rows=$(env -i PATH="$PATH" HOME="$dir" QUORUM_DATA_DIR="$dir/data" QUORUM_CONFIG="$cfg" BENCH_PG_URL="$PG_URL" \
       "$QUORUM" ledger --by provider --json | python3 -c 'import json,sys; print(sum(r["requests"] for r in json.load(sys.stdin)["by_provider"]))') ;;
   esac
-  printf "| %s | %s | %s | %s | %s | %s |\n" "$mode" "$rps" "$p50" "$p99" "$non2xx" "$rows"
+  printf "| %s | %s | %s | %s | %s | %s | %s |\n" "$mode" "$rps" "$p50" "$p99" "$non2xx" "$rows" "$cpu"
 done

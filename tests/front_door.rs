@@ -496,8 +496,13 @@ async fn serve_counts_a_run_note_it_could_not_write_without_waiting_for_it() {
     }
     assert_eq!(h["result"]["status"], "degraded", "{h}");
     assert_eq!(h["result"]["ledger"], "failing", "{h}");
-    let last = h["result"]["ledger_last_error"].as_str().unwrap_or_default();
-    assert!(last.contains("not noted") && last.contains("disk is full"), "{h}");
+    let last = h["result"]["ledger_last_error"]
+        .as_str()
+        .unwrap_or_default();
+    assert!(
+        last.contains("not noted") && last.contains("disk is full"),
+        "{h}"
+    );
     let m = s.metrics().await;
     assert!(m.contains("quorum_ledger_write_failures_total 1"), "{m}");
 }

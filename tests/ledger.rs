@@ -856,7 +856,9 @@ fn a_passenger_note_is_committed_though_its_run_writes_no_row() {
     };
     let (tx, rx) = std::sync::mpsc::channel();
     l.note_run_passenger(&note, move |r| tx.send(r).unwrap());
-    let r = rx.recv_timeout(support::PATIENCE).expect("the note's outcome");
+    let r = rx
+        .recv_timeout(support::PATIENCE)
+        .expect("the note's outcome");
     assert_eq!(r, Ok(()));
     // Committed: another connection sees it, with its targets.
     let other = Ledger::open(&path, LedgerOptions::default()).unwrap();
@@ -896,7 +898,9 @@ fn a_passenger_note_that_fails_is_reported_and_its_row_still_written() {
     let (tx, rx) = std::sync::mpsc::channel();
     l.note_run_passenger(&note, move |r| tx.send(r).unwrap());
     l.record(&meta("unnoted", None), &completion(1)).unwrap();
-    let r = rx.recv_timeout(support::PATIENCE).expect("the note's outcome");
+    let r = rx
+        .recv_timeout(support::PATIENCE)
+        .expect("the note's outcome");
     let e = r.expect_err("the note cannot be written");
     assert!(e.to_string().contains("disk is full"), "{e}");
     assert_eq!(l.run_requests("unnoted").unwrap().len(), 1);

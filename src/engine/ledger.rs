@@ -128,6 +128,18 @@ pub trait LedgerSink: Send + Sync {
     ) -> Result<bool, LedgerError> {
         self.record(meta, completion).map(|()| false)
     }
+    /// Record without blocking the caller (with `settle`, as
+    /// [`LedgerSink::record_settling`]): the outcome arrives on the receiver once
+    /// committed. `None` when this sink cannot (or not yet): then call the blocking
+    /// methods from a blocking thread.
+    fn record_async(
+        &self,
+        _meta: &RequestMeta,
+        _completion: &Completion,
+        _settle: bool,
+    ) -> Option<tokio::sync::oneshot::Receiver<Result<bool, LedgerError>>> {
+        None
+    }
 }
 
 /// File name of the ledger inside the data dir.
@@ -1069,6 +1081,10 @@ pub trait Backend: Send + Sync {
     /// returns, and durable when it holds a request row; bookkeeping alone may skip
     /// its own flush (it becomes durable with the next request row's commit).
     fn write(&self, ops: &[WriteOp]) -> Result<Vec<Result<i64, Refused>>, LedgerError>;
+    /// How many [`Backend::write`] transactions the ledger's queue runs at once.
+    fn concurrent_writes(&self) -> usize {
+        1
+    }
     /// Write requests in one transaction; their row ids, in order. Durable when it
     /// returns.
     fn insert_requests(&self, rows: &[NewRequest]) -> Result<Vec<i64>, LedgerError> {
@@ -1696,6 +1712,22 @@ impl LedgerSink for Ledger {
     ) -> Result<bool, LedgerError> {
         self.record_settling(meta, completion).map(|_| true)
     }
+
+    fn record_async(
+        &self,
+        meta: &RequestMeta,
+        completion: &Completion,
+        settle: bool,
+    ) -> Option<tokio::sync::oneshot::Receiver<Result<bool, LedgerError>>> {
+        let row = Box::new(self.new_request(meta, completion));
+        let (tx, rx) = tokio::sync::oneshot::channel();
+        let place = self.place().to_string();
+        self.writes
+            .submit_async(WriteOp::Row { row, settle }, move |r| {
+                let _ = tx.send(r.map(|_| settle).map_err(|r| refused_error(&place, r)));
+            });
+        Some(rx)
+    }
 }
 
 /// How `quorum ledger` groups totals.
@@ -1993,6 +2025,18 @@ impl LedgerSink for BackgroundLedger {
     ) -> Result<bool, LedgerError> {
         LedgerSink::record_settling(&*self.wait()?, meta, completion)
     }
+
+    fn record_async(
+        &self,
+        meta: &RequestMeta,
+        completion: &Completion,
+        settle: bool,
+    ) -> Option<tokio::sync::oneshot::Receiver<Result<bool, LedgerError>>> {
+        match self.ready() {
+            Some(Ok(l)) => l.record_async(meta, completion, settle),
+            _ => None,
+        }
+    }
 }
 
 /// Write spooled entries through `backend`, in order, a chunk per transaction.
@@ -2041,13 +2085,16 @@ fn write_queue(
     stop: &Arc<(Mutex<bool>, Condvar)>,
 ) -> Arc<batch::Writes> {
     let backend = backend.clone();
+    let leaders = backend.concurrent_writes();
     let Some(sp) = spool.cloned() else {
-        return Arc::new(batch::Queue::new(move |ops: Vec<WriteOp>| {
+        return Arc::new(batch::Queue::new(leaders, move |ops: Vec<WriteOp>| {
             batch::commit(&*backend, &ops)
         }));
     };
     let (away, stop) = (away.clone(), stop.clone());
-    Arc::new(batch::Queue::new(move |ops: Vec<WriteOp>| {
+    // Two batches spooling at once may interleave; a replay does not mind the order
+    // of a run's note and its rows (both are upserts of the run).
+    Arc::new(batch::Queue::new(leaders, move |ops: Vec<WriteOp>| {
         let spooled = |entry: spool::Entry, why: Option<&LedgerError>| {
             sp.append(&entry).map_err(Refused::Ledger)?;
             if let Some(e) = why {

@@ -794,23 +794,35 @@ impl TargetJob {
                 prompt: self.request.last_user_text().to_string(),
                 attachments: crate::engine::ledger::AttachmentNote::of_request(&self.request),
             };
-            let ledger = ledger.clone();
-            let row = c.clone();
             // The run's last target still going (the others dropped their share): its
             // row ends the run's reservation in the same commit.
             let last = self._settle.clone().filter(|s| Arc::strong_count(s) == 2);
-            let res = tokio::task::spawn_blocking(move || match last {
-                Some(settle) => ledger.record_settling(&meta, &row).map(|done| {
-                    if done {
-                        settle.mark_done();
+            let settled = |done: bool| {
+                if let (true, Some(s)) = (done, &last) {
+                    s.mark_done();
+                }
+            };
+            let res = match ledger.record_async(&meta, &c, last.is_some()) {
+                // The ledger's writer thread commits it; nothing blocks here.
+                Some(rx) => match rx.await {
+                    Ok(r) => r.map(settled).map_err(|e| e.to_string()),
+                    Err(_) => Err("the ledger write did not finish".to_string()),
+                },
+                None => {
+                    let (ledger, row, settle) = (ledger.clone(), c.clone(), last.is_some());
+                    let res = tokio::task::spawn_blocking(move || {
+                        if settle {
+                            ledger.record_settling(&meta, &row)
+                        } else {
+                            ledger.record(&meta, &row).map(|()| false)
+                        }
+                    })
+                    .await;
+                    match res {
+                        Ok(r) => r.map(settled).map_err(|e| e.to_string()),
+                        Err(e) => Err(format!("the ledger write did not finish: {e}")),
                     }
-                }),
-                None => ledger.record(&meta, &row),
-            })
-            .await;
-            let res = match res {
-                Ok(r) => r.map_err(|e| e.to_string()),
-                Err(e) => Err(format!("the ledger write did not finish: {e}")),
+                }
             };
             if let Err(e) = res {
                 tracing::error!("ledger write failed: {e}");

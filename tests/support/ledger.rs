@@ -200,7 +200,11 @@ pub fn mixed_workload(l: &Arc<Ledger>) {
     drop(noted_tx);
     // 4 threads × 2 passenger notes, each committed once.
     let notes: Vec<_> = (0..8)
-        .map(|_| noted.recv_timeout(super::PATIENCE).expect("a passenger note's outcome"))
+        .map(|_| {
+            noted
+                .recv_timeout(super::PATIENCE)
+                .expect("a passenger note's outcome")
+        })
         .collect();
     assert!(notes.iter().all(|r| r.is_ok()), "{notes:?}");
     // Left open: runs 3 and 8 of the threads that do not settle them, and `open-*`.

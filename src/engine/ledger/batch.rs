@@ -19,6 +19,7 @@
 //!   and dropping the queue commits what is left. Their results go to a handler, which
 //!   must make a failure loud.
 
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Condvar, Mutex, MutexGuard, OnceLock, Weak};
 use std::time::{Duration, Instant};
 
@@ -80,6 +81,8 @@ struct Pending<I, O> {
 enum Kind {
     /// A writer blocks on its slot.
     Waiting,
+    /// An async caller awaits its handler: a writer thread commits it at once.
+    Async,
     /// Detached: the leader commits it after its batch when nobody else waits.
     Detached,
     /// A passenger since then: rides in the next transaction, or the flusher's.
@@ -88,7 +91,8 @@ enum Kind {
 
 struct State<I, O> {
     pending: Vec<Pending<I, O>>,
-    committing: bool,
+    /// Commits running now.
+    committing: usize,
 }
 
 type Commit<I, O> = Box<dyn Fn(Vec<I>) -> Vec<O> + Send + Sync>;
@@ -98,23 +102,31 @@ type Commit<I, O> = Box<dyn Fn(Vec<I>) -> Vec<O> + Send + Sync>;
 pub(crate) struct Queue<I, O> {
     state: Mutex<State<I, O>>,
     commit: Commit<I, O>,
-    /// The thread that commits passengers nobody took along.
-    flusher: OnceLock<Option<std::thread::Thread>>,
+    /// How many commits may run at once (1: one after the other).
+    leaders: usize,
+    /// Threads that commit what nobody blocks on (as many as `leaders`).
+    writers: OnceLock<Vec<std::thread::Thread>>,
+    next_writer: AtomicUsize,
 }
 
 /// The most items one transaction takes.
 const MAX_BATCH: usize = 512;
 
 impl<I: Send + 'static, O: Send + 'static> Queue<I, O> {
-    /// A queue committing through `commit`.
-    pub(crate) fn new(commit: impl Fn(Vec<I>) -> Vec<O> + Send + Sync + 'static) -> Self {
+    /// A queue committing through `commit`, up to `leaders` commits at once.
+    pub(crate) fn new(
+        leaders: usize,
+        commit: impl Fn(Vec<I>) -> Vec<O> + Send + Sync + 'static,
+    ) -> Self {
         Queue {
             state: Mutex::new(State {
                 pending: Vec::new(),
-                committing: false,
+                committing: 0,
             }),
             commit: Box::new(commit),
-            flusher: OnceLock::new(),
+            leaders: leaders.max(1),
+            writers: OnceLock::new(),
+            next_writer: AtomicUsize::new(0),
         }
     }
 
@@ -133,7 +145,7 @@ impl<I: Send + 'static, O: Send + 'static> Queue<I, O> {
             kind: Kind::Waiting,
         });
         loop {
-            if !g.committing {
+            if g.committing < self.leaders {
                 g = self.lead(g);
             }
             drop(g);
@@ -164,85 +176,129 @@ impl<I: Send + 'static, O: Send + 'static> Queue<I, O> {
             item,
             kind: Kind::Detached,
         });
-        if !g.committing {
+        if g.committing < self.leaders {
             drop(self.lead(g));
         }
     }
 
     /// Queue `item` as a passenger: it never makes anyone wait, the caller included.
     /// It rides in the next transaction committed (anyone's); when none starts within
-    /// [`PASSENGER_WAIT`], the flusher thread commits it. `done` gets its result.
+    /// [`PASSENGER_WAIT`], a writer thread commits it. `done` gets its result.
     pub(crate) fn submit_passenger(
         self: &Arc<Self>,
         item: I,
         done: impl FnOnce(O) + Send + 'static,
     ) {
+        self.push_handled(item, done, Kind::Passenger(Instant::now()));
+    }
+
+    /// Queue `item` for a caller that must not block (an async task): a writer thread
+    /// commits it with whatever waits alongside, at once (or right after the commits
+    /// running), and `done` gets its result once committed.
+    pub(crate) fn submit_async(self: &Arc<Self>, item: I, done: impl FnOnce(O) + Send + 'static) {
+        self.push_handled(item, done, Kind::Async);
+    }
+
+    fn push_handled(self: &Arc<Self>, item: I, done: impl FnOnce(O) + Send + 'static, kind: Kind) {
         let slot = Arc::new(Slot::new(Taker::Handler(Box::new(done))));
-        self.lock().pending.push(Pending {
-            slot,
-            item,
-            kind: Kind::Passenger(Instant::now()),
-        });
-        match self.flusher.get_or_init(|| self.spawn_flusher()) {
-            Some(t) => t.unpark(),
+        let wake = {
+            let mut g = self.lock();
+            // A writer already keeps time for the passengers waiting.
+            let timed = matches!(kind, Kind::Passenger(_))
+                && g.pending
+                    .iter()
+                    .any(|p| matches!(p.kind, Kind::Passenger(_)));
+            g.pending.push(Pending { slot, item, kind });
+            g.committing < self.leaders && !timed
+        };
+        let writers = self.writers.get_or_init(|| self.spawn_writers());
+        if writers.is_empty() {
             // No thread to spare: commit it now rather than never.
-            None => {
-                let g = self.lock();
-                if !g.committing {
-                    drop(self.lead(g));
-                }
+            let g = self.lock();
+            if g.committing < self.leaders {
+                drop(self.lead(g));
             }
+        } else if wake {
+            // Busy leaders wake a writer themselves once their commit is done.
+            self.wake(writers);
         }
     }
 
-    fn spawn_flusher(self: &Arc<Self>) -> Option<std::thread::Thread> {
-        let q: Weak<Self> = Arc::downgrade(self);
-        std::thread::Builder::new()
-            .name("quorum-ledger-flush".into())
-            .spawn(move || loop {
-                let next = match q.upgrade() {
-                    Some(q) => q.flush_due(),
-                    None => return,
-                };
-                // Woken early by a new passenger; rechecks at least every second
-                // whether the queue is gone.
-                std::thread::park_timeout(next.unwrap_or(Duration::from_secs(1)));
-            })
-            .ok()
-            .map(|h| h.thread().clone())
+    /// Wake one writer thread (in turn).
+    fn wake(&self, writers: &[std::thread::Thread]) {
+        let i = self.next_writer.fetch_add(1, Ordering::Relaxed);
+        writers[i % writers.len()].unpark();
     }
 
-    /// Commit the passengers that waited long enough, when no commit is running; when
-    /// to look again (`None`: no passenger waits).
-    fn flush_due(&self) -> Option<Duration> {
+    fn spawn_writers(self: &Arc<Self>) -> Vec<std::thread::Thread> {
+        (0..self.leaders)
+            .filter_map(|_| {
+                let q: Weak<Self> = Arc::downgrade(self);
+                std::thread::Builder::new()
+                    .name("quorum-ledger-write".into())
+                    .spawn(move || loop {
+                        let next = match q.upgrade() {
+                            Some(q) => q.work(),
+                            None => return,
+                        };
+                        match next {
+                            Some(d) if d.is_zero() => {}
+                            // Woken early by new work; rechecks at least every second
+                            // whether the queue is gone.
+                            _ => std::thread::park_timeout(next.unwrap_or(Duration::from_secs(1))),
+                        }
+                    })
+                    .ok()
+                    .map(|h| h.thread().clone())
+            })
+            .collect()
+    }
+
+    /// A writer thread's turn: commit what nobody blocks on (async and detached items
+    /// now, passengers once they waited long enough) when a leader is free; when to
+    /// look again (`None`: nothing waits for a writer).
+    fn work(&self) -> Option<Duration> {
         let g = self.lock();
-        let oldest = g
+        if g.committing >= self.leaders || g.pending.is_empty() {
+            return None;
+        }
+        let urgent = g
             .pending
             .iter()
-            .filter_map(|p| match p.kind {
-                Kind::Passenger(t) => Some(t),
-                _ => None,
-            })
-            .min()?;
-        let waited = oldest.elapsed();
-        if g.committing || waited < PASSENGER_WAIT {
-            return Some(
-                PASSENGER_WAIT
-                    .saturating_sub(waited)
-                    .max(Duration::from_millis(1)),
-            );
+            .any(|p| matches!(p.kind, Kind::Async | Kind::Detached));
+        if !urgent {
+            let oldest = g
+                .pending
+                .iter()
+                .filter_map(|p| match p.kind {
+                    Kind::Passenger(t) => Some(t),
+                    _ => None,
+                })
+                .min()?;
+            let waited = oldest.elapsed();
+            if g.committing > 0 || waited < PASSENGER_WAIT {
+                return Some(
+                    PASSENGER_WAIT
+                        .saturating_sub(waited)
+                        .max(Duration::from_millis(1)),
+                );
+            }
         }
         drop(self.lead(g));
         Some(Duration::ZERO)
     }
 
-    /// Commit batches as the leader (`g.committing` is false on entry): one, then
-    /// more while only detached items wait (nobody else would take them at once); then
-    /// the first waiting writer leads the next batch. Passengers left over wait for
-    /// the next transaction, or the flusher.
+    /// Commit batches as a leader (fewer than `leaders` commits run on entry): one,
+    /// then more while only detached items wait (nobody else would take them at once);
+    /// then the first waiting writer leads the next batch. Passengers left over wait
+    /// for the next transaction, or the flusher.
     fn lead<'a>(&'a self, mut g: MutexGuard<'a, State<I, O>>) -> MutexGuard<'a, State<I, O>> {
         loop {
-            g.committing = true;
+            // Another leader took everything (its own item included) meanwhile.
+            if g.pending.is_empty() {
+                return g;
+            }
+            g.committing += 1;
             let n = g.pending.len().min(MAX_BATCH);
             let (slots, items): (Vec<Arc<Slot<O>>>, Vec<I>) =
                 g.pending.drain(..n).map(|p| (p.slot, p.item)).unzip();
@@ -252,19 +308,27 @@ impl<I: Send + 'static, O: Send + 'static> Queue<I, O> {
                 s.put(Some(r));
             }
             g = self.lock();
-            g.committing = false;
+            g.committing -= 1;
             // Whoever waits first leads the next batch.
             if let Some(next) = g.pending.iter().find(|p| p.kind == Kind::Waiting) {
                 next.slot.put(None);
                 return g;
             }
-            if !g.pending.iter().any(|p| p.kind == Kind::Detached) {
-                if !g.pending.is_empty() {
-                    if let Some(Some(t)) = self.flusher.get() {
-                        t.unpark();
-                    }
-                }
+            if g.pending.is_empty() {
                 return g;
+            }
+            let urgent = g
+                .pending
+                .iter()
+                .any(|p| matches!(p.kind, Kind::Async | Kind::Detached));
+            match self.writers.get().filter(|w| !w.is_empty()) {
+                // A writer thread takes what is left (passengers when due).
+                Some(w) => {
+                    self.wake(w);
+                    return g;
+                }
+                None if urgent => {}
+                None => return g,
             }
         }
     }
@@ -335,7 +399,7 @@ mod tests {
     ) -> (Arc<Queue<u32, u32>>, Log) {
         let log: Log = Arc::default();
         let l = log.clone();
-        let q = Queue::new(move |items: Vec<u32>| {
+        let q = Queue::new(1, move |items: Vec<u32>| {
             l.lock().unwrap().push(items.clone());
             if items == [hold] {
                 entered.wait();

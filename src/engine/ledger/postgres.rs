@@ -860,7 +860,7 @@ impl<'a> Writes<'a> {
     ) -> Result<Vec<Write<'s>>, tokio_postgres::Error> {
         let (sessions, upsert, settle) = futures_util::try_join!(
             tx.prepare_cached(
-                "INSERT INTO sessions (id) SELECT DISTINCT unnest($1::text[])
+                "INSERT INTO sessions (id) SELECT DISTINCT unnest($1::text[]) ORDER BY 1
                  ON CONFLICT (id) DO NOTHING",
             ),
             tx.prepare_cached(
@@ -868,7 +868,7 @@ impl<'a> Writes<'a> {
                                    reserved_usd, budget_session, pid, host, held_usd)
                  SELECT * FROM unnest($1::text[], $2::text[], $3::text[], $4::text[],
                                       $5::float8[], $6::text[], $7::float8[], $8::text[],
-                                      $9::int8[], $10::text[], $11::float8[])
+                                      $9::int8[], $10::text[], $11::float8[]) ORDER BY 1
                  ON CONFLICT (id) DO UPDATE SET targets = excluded.targets,
                      projected_usd = excluded.projected_usd,
                      reserved_usd = excluded.reserved_usd,
@@ -1050,16 +1050,16 @@ async fn insert_in(
         tx.prepare_cached(&INSERT_MANY),
         tx.prepare_cached(
             "INSERT INTO sessions (id, source_agent)
-             SELECT * FROM unnest($1::text[], $2::text[]) ON CONFLICT (id) DO NOTHING",
+             SELECT * FROM unnest($1::text[], $2::text[]) ORDER BY 1 ON CONFLICT (id) DO NOTHING",
         ),
         tx.prepare_cached(
             "INSERT INTO runs (id, session_id, trace_id, prompt)
-             SELECT * FROM unnest($1::text[], $2::text[], $3::text[], $4::text[])
+             SELECT * FROM unnest($1::text[], $2::text[], $3::text[], $4::text[]) ORDER BY 1
              ON CONFLICT (id) DO NOTHING",
         ),
         tx.prepare_cached(
             "INSERT INTO prices (id, row)
-             SELECT * FROM unnest($1::text[], $2::text[]) ON CONFLICT (id) DO NOTHING",
+             SELECT * FROM unnest($1::text[], $2::text[]) ORDER BY 1 ON CONFLICT (id) DO NOTHING",
         )
     )
     .map_err(ce)?;
@@ -1471,6 +1471,12 @@ async fn query_requests(
 impl Backend for PgBackend {
     fn kind(&self) -> BackendKind {
         BackendKind::Postgres
+    }
+
+    /// Two: the database works on one batch while the next is sent (every statement
+    /// locks runs in id order, counters last, so concurrent batches do not deadlock).
+    fn concurrent_writes(&self) -> usize {
+        2
     }
 
     fn place(&self) -> &str {
