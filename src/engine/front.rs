@@ -181,6 +181,17 @@ impl From<Refusal> for EngineError {
     }
 }
 
+/// Whether [`budget::project`] is quick for `request` to `resolved` (a short prompt,
+/// every tokenizer it needs loaded already): then the front door runs it in place
+/// instead of on a blocking thread.
+fn projects_quickly(request: &ChatRequest, resolved: &[super::registry::Resolved]) -> bool {
+    use super::tokens;
+    tokens::quick_estimate_request(request) <= 8192
+        && resolved
+            .iter()
+            .all(|r| tokens::is_loaded(tokens::encoding_for(&r.model).0))
+}
+
 /// Settles a run's reservation when the last of its targets is done (every request
 /// row is written by then). Usually the last target's row settles it in the same
 /// commit ([`Settle::mark_done`]); dropping it settles it otherwise (a run that ends
@@ -267,76 +278,101 @@ impl Engine {
                         "fix the cause named above and restart",
                     )));
                 }
-                if !gated {
+                let refused = |r: Refused| match r {
+                    Refused::Budget(b) => Refusal::Budget(b),
+                    Refused::Ledger(e) => Refusal::Ledger(e.into()),
+                };
+                let away;
+                match ledger.ready().and_then(Result::ok) {
                     // Nothing to reserve: the note is queued and the run goes on at
                     // once (no wait before the first byte); it rides in the next
                     // commit, usually with the run's first request row.
-                    if let Some(Ok(l)) = ledger.ready() {
+                    Some(l) if !gated => {
                         let sessions = (
                             opts.run.session_id.as_deref(),
                             opts.budget_session.as_deref(),
                         );
                         self.note_passenger(&l, &request, &targets, &run_id, &trace_id, sessions);
-                        warnings.extend(l.away_warning());
-                        let handle = self.run_with(
-                            request,
-                            targets.clone(),
-                            opts.run,
-                            run_id,
-                            trace_id,
-                            opts.events,
-                            None,
-                        );
-                        return Ok(Started {
-                            handle,
-                            targets,
-                            warnings,
-                            projection: None,
-                        });
+                        away = l.away_warning();
+                    }
+                    // A short prompt and tokenizers loaded already: projected here, and
+                    // the reservation awaited without holding a blocking thread.
+                    Some(l) if projects_quickly(&request, &resolved) => {
+                        let p =
+                            budget::project(self, &request, &targets).map_err(Refusal::Target)?;
+                        let note = RunNote {
+                            run_id: &run_id,
+                            session_id: opts.run.session_id.as_deref(),
+                            budget_session: opts.budget_session.as_deref(),
+                            trace_id: Some(&trace_id),
+                            targets: &targets,
+                            projected_usd: p.total_usd(),
+                            prompt: request.last_user_text(),
+                        };
+                        let gate = Gate {
+                            budget: &budget,
+                            projection: &p,
+                        };
+                        match l.begin_run_async(&note, gate).await {
+                            Ok(r) => r.map_err(refused)?,
+                            Err(_) => {
+                                return Err(Refusal::Ledger(LedgerProblem::at(
+                                    l.place(),
+                                    "the reservation was not answered (the ledger is closing)",
+                                    "retry",
+                                )))
+                            }
+                        }
+                        projection = Some(p);
+                        away = l.away_warning();
+                    }
+                    _ => {
+                        let (engine, ledger2) = (self.clone(), ledger.clone());
+                        let (req2, targets2) = (request.clone(), targets.clone());
+                        let (rid, tid) = (run_id.clone(), trace_id.clone());
+                        let session = opts.run.session_id.clone();
+                        let bsession = opts.budget_session.clone();
+                        let work =
+                            move || -> Result<(Option<Projection>, Option<String>), Refusal> {
+                                let p = if gated {
+                                    Some(
+                                        budget::project(&engine, &req2, &targets2)
+                                            .map_err(Refusal::Target)?,
+                                    )
+                                } else {
+                                    None
+                                };
+                                let l = ledger2.wait().map_err(|e| Refusal::Ledger(e.into()))?;
+                                let sessions = (session.as_deref(), bsession.as_deref());
+                                let Some(projection) = p.as_ref() else {
+                                    engine
+                                        .note_passenger(&l, &req2, &targets2, &rid, &tid, sessions);
+                                    return Ok((None, l.away_warning()));
+                                };
+                                let note = RunNote {
+                                    run_id: &rid,
+                                    session_id: session.as_deref(),
+                                    budget_session: bsession.as_deref(),
+                                    trace_id: Some(&tid),
+                                    targets: &targets2,
+                                    projected_usd: projection.total_usd(),
+                                    prompt: req2.last_user_text(),
+                                };
+                                let gate = Gate {
+                                    budget: &budget,
+                                    projection,
+                                };
+                                l.begin_run(&note, Some(gate)).map_err(refused)?;
+                                Ok((p, l.away_warning()))
+                            };
+                        (projection, away) =
+                            tokio::task::spawn_blocking(work).await.map_err(|e| {
+                                Refusal::Target(EngineError::Config {
+                                    message: format!("the front door failed: {e}"),
+                                })
+                            })??;
                     }
                 }
-                let (engine, ledger2) = (self.clone(), ledger.clone());
-                let (req2, targets2) = (request.clone(), targets.clone());
-                let (rid, tid) = (run_id.clone(), trace_id.clone());
-                let session = opts.run.session_id.clone();
-                let bsession = opts.budget_session.clone();
-                let work = move || -> Result<(Option<Projection>, Option<String>), Refusal> {
-                    let p = if gated {
-                        Some(budget::project(&engine, &req2, &targets2).map_err(Refusal::Target)?)
-                    } else {
-                        None
-                    };
-                    let l = ledger2.wait().map_err(|e| Refusal::Ledger(e.into()))?;
-                    if !gated {
-                        let sessions = (session.as_deref(), bsession.as_deref());
-                        engine.note_passenger(&l, &req2, &targets2, &rid, &tid, sessions);
-                        return Ok((None, l.away_warning()));
-                    }
-                    let note = RunNote {
-                        run_id: &rid,
-                        session_id: session.as_deref(),
-                        budget_session: bsession.as_deref(),
-                        trace_id: Some(&tid),
-                        targets: &targets2,
-                        projected_usd: p.as_ref().and_then(|p| p.total_usd()),
-                        prompt: req2.last_user_text(),
-                    };
-                    let gate = p.as_ref().map(|projection| Gate {
-                        budget: &budget,
-                        projection,
-                    });
-                    l.begin_run(&note, gate).map_err(|r| match r {
-                        Refused::Budget(b) => Refusal::Budget(b),
-                        Refused::Ledger(e) => Refusal::Ledger(e.into()),
-                    })?;
-                    Ok((p, l.away_warning()))
-                };
-                let away;
-                (projection, away) = tokio::task::spawn_blocking(work).await.map_err(|e| {
-                    Refusal::Target(EngineError::Config {
-                        message: format!("the front door failed: {e}"),
-                    })
-                })??;
                 // The shared database is away: the run goes on, its rows wait locally.
                 warnings.extend(away);
                 if projection.is_some() {

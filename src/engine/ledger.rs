@@ -1546,6 +1546,23 @@ impl Ledger {
             .map(|_| ())
     }
 
+    /// [`Ledger::begin_run`] for an async caller: nothing blocks, the outcome arrives
+    /// on the receiver once the decision is committed.
+    pub fn begin_run_async(
+        &self,
+        note: &RunNote<'_>,
+        gate: Gate<'_>,
+    ) -> tokio::sync::oneshot::Receiver<Result<(), Refused>> {
+        let (tx, rx) = tokio::sync::oneshot::channel();
+        self.writes.submit_async(
+            WriteOp::Book(BookOp::Begin(self.entry(note, Some(gate)))),
+            move |r| {
+                let _ = tx.send(r.map(|_| ()));
+            },
+        );
+        rx
+    }
+
     /// Note a run that reserves nothing without waiting for it: the note rides in the
     /// next transaction (usually with the run's first request row), or is committed on
     /// its own within moments when none comes. `done` gets the outcome, once committed

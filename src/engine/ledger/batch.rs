@@ -1,23 +1,30 @@
 //! Group commit: writes that arrive together share one transaction (and one fsync).
 //!
 //! Every write of a ledger goes through one queue: run notes (with their budget
-//! reservations), request rows and settlements ([`WriteOp`]). The first writer to
-//! arrive while no commit is running becomes the leader: it takes every item waiting,
-//! writes them in one transaction ([`Backend::write`]), hands each writer its own
-//! result and wakes them. Writers that arrive meanwhile wait and are taken by the next
-//! leader. Nobody who waits returns before the transaction holding its item committed,
-//! so a row is still durable before its answer is released. When a batch fails as a
-//! whole, its items are retried one by one, so one bad row (say, too large) never
-//! fails its neighbours.
+//! reservations), request rows and settlements ([`WriteOp`]), written together by
+//! [`Backend::write`] in one transaction. A blocking writer ([`Queue::submit`]) that
+//! arrives while a leader is free becomes one: it takes every item waiting, commits
+//! them, hands each its own result and wakes the writers it served. Writers that
+//! arrive while every leader is busy wait and are taken by the next one. Up to
+//! `leaders` commits run at once (one on SQLite; two on PostgreSQL, so the database
+//! works on one batch while the next is sent). Nobody who waits hears of its item
+//! before the transaction holding it committed, so a row is still durable before its
+//! answer is released. When a batch fails as a whole, its items are retried one by
+//! one, so one bad row (say, too large) never fails its neighbours; when the database
+//! is away, no op is at fault and none is retried alone.
 //!
-//! Two kinds of items nobody waits for:
-//! - *detached* items ([`Queue::submit_detached`], a settlement whose run wrote no row):
-//!   committed now when no commit runs, else by the running leader after its batch;
+//! Items nobody blocks on go to a handler with their result:
+//! - *async* items ([`Queue::submit_async`], an engine task's request row, awaited on a
+//!   oneshot): the queue's writer threads (one per leader) commit them at once, or
+//!   right after the commits running;
+//! - *detached* items ([`Queue::submit_detached`], a settlement whose run ended without
+//!   settling with its last row): committed now when a leader is free, else with the
+//!   next batch;
 //! - *passengers* ([`Queue::submit_passenger`], the note of a run without a budget): they
-//!   ride in the next transaction anyone commits (usually with the run's first request
-//!   row); a flusher thread commits those that waited [`PASSENGER_WAIT`] without a ride,
-//!   and dropping the queue commits what is left. Their results go to a handler, which
-//!   must make a failure loud.
+//!   never make anyone wait; they ride in the next transaction committed (usually with
+//!   the run's first request row), and a writer thread commits those that waited
+//!   [`PASSENGER_WAIT`] without a ride; dropping the queue commits what is left. Their
+//!   handler must make a failure loud.
 
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Condvar, Mutex, MutexGuard, OnceLock, Weak};
@@ -465,6 +472,55 @@ mod tests {
         assert_eq!(rx.recv_timeout(Duration::from_secs(60)).unwrap(), 60);
         assert!(t0.elapsed() >= PASSENGER_WAIT);
         assert_eq!(*log.lock().unwrap(), [vec![6]]);
+    }
+
+    /// An async item is committed by a writer thread, never by its caller, and its
+    /// handler hears the result once.
+    #[test]
+    fn an_async_item_is_committed_by_a_writer_thread() {
+        let caller = std::thread::current().id();
+        let log: Arc<Mutex<Vec<std::thread::ThreadId>>> = Arc::default();
+        let l = log.clone();
+        let q = Arc::new(Queue::new(1, move |items: Vec<u32>| {
+            l.lock().unwrap().push(std::thread::current().id());
+            items.iter().map(|i| i * 10).collect()
+        }));
+        let (tx, rx) = mpsc::channel();
+        q.submit_async(8, move |r| tx.send(r).unwrap());
+        assert_eq!(rx.recv_timeout(Duration::from_secs(60)).unwrap(), 80);
+        let log = log.lock().unwrap().clone();
+        assert_eq!(log.len(), 1);
+        assert_ne!(log[0], caller);
+    }
+
+    /// With two leaders, a second commit runs while the first is still inside its
+    /// transaction.
+    #[test]
+    fn two_leaders_commit_at_once() {
+        let (entered, release) = (Arc::new(Barrier::new(2)), Arc::new(Barrier::new(2)));
+        let (e, r) = (entered.clone(), release.clone());
+        let q = Arc::new(Queue::new(2, move |items: Vec<u32>| {
+            if items == [1] {
+                e.wait();
+                r.wait();
+            }
+            items.iter().map(|i| i * 10).collect()
+        }));
+        let first = {
+            let q = q.clone();
+            std::thread::spawn(move || q.submit(1))
+        };
+        entered.wait();
+        let (tx, rx) = mpsc::channel();
+        let second = {
+            let q = q.clone();
+            std::thread::spawn(move || tx.send(q.submit(2)).unwrap())
+        };
+        let r = rx.recv_timeout(Duration::from_secs(60));
+        release.wait();
+        assert_eq!(r, Ok(20), "the second commit waited for the first");
+        assert_eq!(first.join().unwrap(), 10);
+        second.join().unwrap();
     }
 
     /// Dropping the queue commits the passengers still waiting.
