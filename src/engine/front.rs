@@ -181,6 +181,25 @@ impl From<Refusal> for EngineError {
     }
 }
 
+/// The note of run `run_id` (no bound yet: see [`RunNote::projecting`]).
+fn run_note<'a>(
+    run_id: &'a str,
+    trace_id: &'a str,
+    targets: &'a [String],
+    request: &'a ChatRequest,
+    (session_id, budget_session): (Option<&'a str>, Option<&'a str>),
+) -> RunNote<'a> {
+    RunNote {
+        run_id,
+        session_id,
+        budget_session,
+        trace_id: Some(trace_id),
+        targets,
+        projected_usd: None,
+        prompt: request.last_user_text(),
+    }
+}
+
 /// Whether [`budget::project`] is quick for `request` to `resolved` (a short prompt,
 /// every tokenizer it needs loaded already): then the front door runs it in place
 /// instead of on a blocking thread.
@@ -300,15 +319,12 @@ impl Engine {
                     Some(l) if projects_quickly(&request, &resolved) => {
                         let p =
                             budget::project(self, &request, &targets).map_err(Refusal::Target)?;
-                        let note = RunNote {
-                            run_id: &run_id,
-                            session_id: opts.run.session_id.as_deref(),
-                            budget_session: opts.budget_session.as_deref(),
-                            trace_id: Some(&trace_id),
-                            targets: &targets,
-                            projected_usd: p.total_usd(),
-                            prompt: request.last_user_text(),
-                        };
+                        let sessions = (
+                            opts.run.session_id.as_deref(),
+                            opts.budget_session.as_deref(),
+                        );
+                        let note = run_note(&run_id, &trace_id, &targets, &request, sessions)
+                            .projecting(p.total_usd());
                         let gate = Gate {
                             budget: &budget,
                             projection: &p,
@@ -349,15 +365,8 @@ impl Engine {
                                         .note_passenger(&l, &req2, &targets2, &rid, &tid, sessions);
                                     return Ok((None, l.away_warning()));
                                 };
-                                let note = RunNote {
-                                    run_id: &rid,
-                                    session_id: session.as_deref(),
-                                    budget_session: bsession.as_deref(),
-                                    trace_id: Some(&tid),
-                                    targets: &targets2,
-                                    projected_usd: projection.total_usd(),
-                                    prompt: req2.last_user_text(),
-                                };
+                                let note = run_note(&rid, &tid, &targets2, &req2, sessions)
+                                    .projecting(projection.total_usd());
                                 let gate = Gate {
                                     budget: &budget,
                                     projection,
@@ -411,17 +420,9 @@ impl Engine {
         targets: &[String],
         run_id: &str,
         trace_id: &str,
-        (session_id, budget_session): (Option<&str>, Option<&str>),
+        sessions: (Option<&str>, Option<&str>),
     ) {
-        let note = RunNote {
-            run_id,
-            session_id,
-            budget_session,
-            trace_id: Some(trace_id),
-            targets,
-            projected_usd: None,
-            prompt: request.last_user_text(),
-        };
+        let note = run_note(run_id, trace_id, targets, request, sessions);
         let (health, id) = (self.ledger_health_arc(), run_id.to_string());
         l.note_run_passenger(&note, move |r| {
             if let Err(e) = r {

@@ -481,6 +481,16 @@ pub struct RunNote<'a> {
     pub prompt: &'a str,
 }
 
+impl RunNote<'_> {
+    /// The same note with bound `usd`.
+    pub fn projecting(self, usd: Option<f64>) -> Self {
+        RunNote {
+            projected_usd: usd,
+            ..self
+        }
+    }
+}
+
 /// The caps a run must fit, with its bound.
 #[derive(Debug, Clone, Copy)]
 pub struct Gate<'a> {
