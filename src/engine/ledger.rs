@@ -546,7 +546,7 @@ impl RunEntry {
 #[derive(Debug, Clone)]
 pub enum BookOp {
     /// Note a run (and reserve its bound when gated).
-    Begin(RunEntry),
+    Begin(Box<RunEntry>),
     /// End a run's reservation.
     Settle(String),
 }
@@ -1118,7 +1118,7 @@ pub trait Backend: Send + Sync {
         prompt: Option<&str>,
         gate: Option<Gate<'_>>,
     ) -> Result<(), Refused> {
-        let op = WriteOp::Book(BookOp::Begin(RunEntry::new(note, prompt, gate)));
+        let op = WriteOp::Book(BookOp::Begin(Box::new(RunEntry::new(note, prompt, gate))));
         match self.write(std::slice::from_ref(&op)) {
             Ok(mut out) if out.len() == 1 => out.remove(0).map(|_| ()),
             Ok(_) => Ok(()),
@@ -1552,7 +1552,9 @@ impl Ledger {
     pub fn begin_run(&self, note: &RunNote<'_>, gate: Option<Gate<'_>>) -> Result<(), Refused> {
         // Concurrent writes share one transaction (see `batch.rs`).
         self.writes
-            .submit(WriteOp::Book(BookOp::Begin(self.entry(note, gate))))
+            .submit(WriteOp::Book(BookOp::Begin(Box::new(
+                self.entry(note, gate),
+            ))))
             .map(|_| ())
     }
 
@@ -1565,7 +1567,7 @@ impl Ledger {
     ) -> tokio::sync::oneshot::Receiver<Result<(), Refused>> {
         let (tx, rx) = tokio::sync::oneshot::channel();
         self.writes.submit_async(
-            WriteOp::Book(BookOp::Begin(self.entry(note, Some(gate)))),
+            WriteOp::Book(BookOp::Begin(Box::new(self.entry(note, Some(gate))))),
             move |r| {
                 let _ = tx.send(r.map(|_| ()));
             },
@@ -1584,7 +1586,7 @@ impl Ledger {
     ) {
         let place = self.place().to_string();
         self.writes.submit_passenger(
-            WriteOp::Book(BookOp::Begin(self.entry(note, None))),
+            WriteOp::Book(BookOp::Begin(Box::new(self.entry(note, None)))),
             move |r| done(r.map(|_| ()).map_err(|r| refused_error(&place, r))),
         )
     }
@@ -2083,7 +2085,7 @@ fn replay(backend: &dyn Backend, sp: &spool::Spool) -> Result<usize, LedgerError
                     targets,
                     projected_usd,
                     prompt,
-                } => WriteOp::Book(BookOp::Begin(RunEntry {
+                } => WriteOp::Book(BookOp::Begin(Box::new(RunEntry {
                     run_id: id.clone(),
                     session_id: session_id.clone(),
                     budget_session: session_id.clone(),
@@ -2092,7 +2094,7 @@ fn replay(backend: &dyn Backend, sp: &spool::Spool) -> Result<usize, LedgerError
                     projected_usd: *projected_usd,
                     prompt: prompt.clone(),
                     gate: None,
-                })),
+                }))),
             })
             .collect();
         for r in backend.write(&ops)? {

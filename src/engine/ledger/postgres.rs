@@ -782,7 +782,7 @@ fn decide<'a>(
                         spent,
                     },
                 );
-                begun.push((e, held));
+                begun.push((&**e, held));
                 out.push(Ok(()));
             }
             BookOp::Settle(id) => {
@@ -931,7 +931,7 @@ async fn book_in(
     let gates: Vec<&RunEntry> = ops
         .iter()
         .filter_map(|o| match o {
-            BookOp::Begin(e) if e.gate.is_some() => Some(e),
+            BookOp::Begin(e) if e.gate.is_some() => Some(&**e),
             _ => None,
         })
         .collect();
