@@ -567,6 +567,15 @@ pub enum WriteOp {
 }
 
 impl WriteOp {
+    /// The run it belongs to.
+    fn run_id(&self) -> Option<&str> {
+        Some(match self {
+            WriteOp::Book(BookOp::Begin(e)) => &e.run_id,
+            WriteOp::Book(BookOp::Settle(id)) => id,
+            WriteOp::Row { row, .. } => &row.run.0,
+        })
+    }
+
     /// The spool entry this write becomes while a shared database is away: rows and
     /// notes without a reservation; never a reservation or a settlement.
     fn spool_entry(&self) -> Option<spool::Entry> {
@@ -2116,56 +2125,62 @@ fn write_queue(
     let backend = backend.clone();
     let leaders = backend.concurrent_writes();
     let Some(sp) = spool.cloned() else {
-        return Arc::new(batch::Queue::new(leaders, move |ops: Vec<WriteOp>| {
-            batch::commit(&*backend, &ops)
-        }));
+        return Arc::new(
+            batch::Queue::new(leaders, move |ops: Vec<WriteOp>| {
+                batch::commit(&*backend, &ops)
+            })
+            .keyed(WriteOp::run_id),
+        );
     };
     let (away, stop) = (away.clone(), stop.clone());
     // Two batches spooling at once may interleave; a replay does not mind the order
     // of a run's note and its rows (both are upserts of the run).
-    Arc::new(batch::Queue::new(leaders, move |ops: Vec<WriteOp>| {
-        let spooled = |entry: spool::Entry, why: Option<&LedgerError>| {
-            sp.append(&entry).map_err(Refused::Ledger)?;
-            if let Some(e) = why {
-                tracing::warn!("ledger: spooled a write to {} ({e})", sp.path().display());
-                set_away(&away, Some(e.to_string()));
-            }
-            stop.1.notify_all();
-            Ok(0)
-        };
-        if sp.backlog() > 0 {
-            // Older entries still wait: these queue behind them, in order (what cannot
-            // be spooled goes to the database).
-            let mut out: Vec<Option<Result<i64, Refused>>> = Vec::with_capacity(ops.len());
-            let mut direct = Vec::new();
-            for (i, op) in ops.iter().enumerate() {
-                match op.spool_entry() {
-                    Some(entry) => out.push(Some(spooled(entry, None))),
-                    None => {
-                        out.push(None);
-                        direct.push(i);
+    Arc::new(
+        batch::Queue::new(leaders, move |ops: Vec<WriteOp>| {
+            let spooled = |entry: spool::Entry, why: Option<&LedgerError>| {
+                sp.append(&entry).map_err(Refused::Ledger)?;
+                if let Some(e) = why {
+                    tracing::warn!("ledger: spooled a write to {} ({e})", sp.path().display());
+                    set_away(&away, Some(e.to_string()));
+                }
+                stop.1.notify_all();
+                Ok(0)
+            };
+            if sp.backlog() > 0 {
+                // Older entries still wait: these queue behind them, in order (what cannot
+                // be spooled goes to the database).
+                let mut out: Vec<Option<Result<i64, Refused>>> = Vec::with_capacity(ops.len());
+                let mut direct = Vec::new();
+                for (i, op) in ops.iter().enumerate() {
+                    match op.spool_entry() {
+                        Some(entry) => out.push(Some(spooled(entry, None))),
+                        None => {
+                            out.push(None);
+                            direct.push(i);
+                        }
                     }
                 }
-            }
-            if !direct.is_empty() {
-                let d: Vec<WriteOp> = direct.iter().map(|&i| ops[i].clone()).collect();
-                for (i, r) in direct.into_iter().zip(batch::commit(&*backend, &d)) {
-                    out[i] = Some(r);
+                if !direct.is_empty() {
+                    let d: Vec<WriteOp> = direct.iter().map(|&i| ops[i].clone()).collect();
+                    for (i, r) in direct.into_iter().zip(batch::commit(&*backend, &d)) {
+                        out[i] = Some(r);
+                    }
                 }
+                return out.into_iter().map(|r| r.unwrap_or(Ok(0))).collect();
             }
-            return out.into_iter().map(|r| r.unwrap_or(Ok(0))).collect();
-        }
-        batch::commit(&*backend, &ops)
-            .into_iter()
-            .zip(&ops)
-            .map(|(r, op)| match (r, op.spool_entry()) {
-                (Err(Refused::Ledger(e)), Some(entry)) if e.is_unavailable() => {
-                    spooled(entry, Some(&e))
-                }
-                (r, _) => r,
-            })
-            .collect()
-    }))
+            batch::commit(&*backend, &ops)
+                .into_iter()
+                .zip(&ops)
+                .map(|(r, op)| match (r, op.spool_entry()) {
+                    (Err(Refused::Ledger(e)), Some(entry)) if e.is_unavailable() => {
+                        spooled(entry, Some(&e))
+                    }
+                    (r, _) => r,
+                })
+                .collect()
+        })
+        .keyed(WriteOp::run_id),
+    )
 }
 
 fn set_away(away: &Mutex<Option<String>>, why: Option<String>) {

@@ -21,10 +21,10 @@
 //!   settling with its last row): committed now when a leader is free, else with the
 //!   next batch;
 //! - *passengers* ([`Queue::submit_passenger`], the note of a run without a budget): they
-//!   never make anyone wait; they ride in the next transaction committed (usually with
-//!   the run's first request row), and a writer thread commits those that waited
-//!   [`PASSENGER_WAIT`] without a ride; dropping the queue commits what is left. Their
-//!   handler must make a failure loud.
+//!   never make anyone wait; they ride in the transaction of their run's first request
+//!   row (the ledger's queue is keyed by run), and a writer thread commits those that
+//!   waited [`PASSENGER_WAIT`] without a ride (with whatever else is due); dropping the
+//!   queue commits what is left. Their handler must make a failure loud.
 
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Condvar, Mutex, MutexGuard, OnceLock, Weak};
@@ -111,6 +111,8 @@ pub(crate) struct Queue<I, O> {
     commit: Commit<I, O>,
     /// How many commits may run at once (1: one after the other).
     leaders: usize,
+    /// The key of an item (see [`Queue::keyed`]).
+    key: Option<fn(&I) -> Option<&str>>,
     /// Threads that commit what nobody blocks on (as many as `leaders`).
     writers: OnceLock<Vec<std::thread::Thread>>,
     next_writer: AtomicUsize,
@@ -132,9 +134,17 @@ impl<I: Send + 'static, O: Send + 'static> Queue<I, O> {
             }),
             commit: Box::new(commit),
             leaders: leaders.max(1),
+            key: None,
             writers: OnceLock::new(),
             next_writer: AtomicUsize::new(0),
         }
+    }
+
+    /// Passengers of this queue wait for an item of the same `key` (or until due)
+    /// rather than ride in the next batch.
+    pub(crate) fn keyed(mut self, key: fn(&I) -> Option<&str>) -> Self {
+        self.key = Some(key);
+        self
     }
 
     fn lock(&self) -> MutexGuard<'_, State<I, O>> {
@@ -295,20 +305,53 @@ impl<I: Send + 'static, O: Send + 'static> Queue<I, O> {
         Some(Duration::ZERO)
     }
 
+    /// The next batch out of `pending`, in order, up to [`MAX_BATCH`] items. In a
+    /// keyed queue a passenger not yet due rides only with an item of its own key (a
+    /// run's note with the run's row): a note and its row then share a transaction,
+    /// instead of landing in two that run at once, the second waiting on the first's
+    /// locks.
+    fn take(&self, pending: &mut Vec<Pending<I, O>>) -> Vec<Pending<I, O>> {
+        let Some(key) = self.key else {
+            let n = pending.len().min(MAX_BATCH);
+            return pending.drain(..n).collect();
+        };
+        let keys: std::collections::HashSet<String> = pending
+            .iter()
+            .filter(|p| !matches!(p.kind, Kind::Passenger(_)))
+            .filter_map(|p| key(&p.item).map(String::from))
+            .collect();
+        let (mut taken, mut left) = (Vec::new(), Vec::new());
+        for p in pending.drain(..) {
+            let rides = match p.kind {
+                Kind::Passenger(t) => {
+                    t.elapsed() >= PASSENGER_WAIT || key(&p.item).is_some_and(|k| keys.contains(k))
+                }
+                _ => true,
+            };
+            if rides && taken.len() < MAX_BATCH {
+                taken.push(p);
+            } else {
+                left.push(p);
+            }
+        }
+        *pending = left;
+        taken
+    }
+
     /// Commit batches as a leader (fewer than `leaders` commits run on entry): one,
     /// then more while only detached items wait (nobody else would take them at once);
     /// then the first waiting writer leads the next batch. Passengers left over wait
     /// for the next transaction, or the flusher.
     fn lead<'a>(&'a self, mut g: MutexGuard<'a, State<I, O>>) -> MutexGuard<'a, State<I, O>> {
         loop {
+            let batch = self.take(&mut g.pending);
             // Another leader took everything (its own item included) meanwhile.
-            if g.pending.is_empty() {
+            if batch.is_empty() {
                 return g;
             }
             g.committing += 1;
-            let n = g.pending.len().min(MAX_BATCH);
             let (slots, items): (Vec<Arc<Slot<O>>>, Vec<I>) =
-                g.pending.drain(..n).map(|p| (p.slot, p.item)).unzip();
+                batch.into_iter().map(|p| (p.slot, p.item)).unzip();
             drop(g);
             let results = (self.commit)(items);
             for (s, r) in slots.iter().zip(results) {
@@ -460,8 +503,39 @@ mod tests {
         );
     }
 
-    /// A passenger no writer takes along is committed by the flusher, after it waited
-    /// at least PASSENGER_WAIT.
+    /// In a keyed queue a passenger rides with an item of its own key, not with the
+    /// next item of another key (it is committed once due instead).
+    #[test]
+    fn a_keyed_passenger_rides_with_its_own_key() {
+        type Log = Arc<Mutex<Vec<Vec<u32>>>>;
+        let log: Log = Arc::default();
+        let l = log.clone();
+        let q = Arc::new(
+            Queue::new(1, move |items: Vec<(&'static str, u32)>| {
+                l.lock().unwrap().push(items.iter().map(|i| i.1).collect());
+                items.iter().map(|i| i.1 * 10).collect::<Vec<u32>>()
+            })
+            .keyed(|i| Some(i.0)),
+        );
+        let (tx, rx) = mpsc::channel();
+        let t0 = std::time::Instant::now();
+        q.submit_passenger(("a", 1), move |r| tx.send(r).unwrap());
+        assert_eq!(q.submit(("b", 2)), 20);
+        let young = t0.elapsed() < PASSENGER_WAIT;
+        assert_eq!(q.submit(("a", 3)), 30);
+        assert_eq!(rx.recv_timeout(Duration::from_secs(60)).unwrap(), 10);
+        let log = log.lock().unwrap().clone();
+        if young {
+            // Not taken by "b" while young: with "a", or alone once due.
+            assert!(
+                log == [vec![2], vec![1, 3]] || log == [vec![2], vec![1], vec![3]],
+                "{log:?}"
+            );
+        }
+    }
+
+    /// A passenger no writer takes along is committed by a writer thread, after it
+    /// waited at least PASSENGER_WAIT.
     #[test]
     fn a_passenger_without_a_ride_is_flushed() {
         let never = || Arc::new(Barrier::new(1));
