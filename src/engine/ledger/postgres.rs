@@ -1548,13 +1548,19 @@ impl Backend for PgBackend {
                     _ => None,
                 })
                 .collect();
-            let (out, mut d) = if book.is_empty() {
-                (Vec::new(), Deltas::new())
-            } else {
-                book_in(&tx, &host, &book, rows.is_empty())
-                    .await
-                    .map_err(ce)?
+            // Every statement here is planned for the ids it is given: a generic plan
+            // made while the tables were small (a fresh ledger) would stay cached on
+            // the pooled connection and scan them whole ever after (measured: 2.3x
+            // fewer requests/s). Sent ahead of the batch's first statements.
+            let custom = tx.batch_execute("SET LOCAL plan_cache_mode = force_custom_plan");
+            let book_ops = async {
+                if book.is_empty() {
+                    Ok((Vec::new(), Deltas::new()))
+                } else {
+                    book_in(&tx, &host, &book, rows.is_empty()).await
+                }
             };
+            let (_, (out, mut d)) = futures_util::try_join!(custom, book_ops).map_err(ce)?;
             let ids = if rows.is_empty() {
                 Vec::new()
             } else {
