@@ -473,14 +473,7 @@ async fn serve_counts_a_run_note_it_could_not_write_without_waiting_for_it() {
     std::fs::create_dir_all(&data).unwrap();
     let db = data.join("ledger.sqlite3");
     drop(llm_quorum::engine::ledger::Ledger::open(&db, Default::default()).unwrap());
-    // Notes carry targets; a request row's own run insert does not.
-    rusqlite::Connection::open(&db)
-        .unwrap()
-        .execute_batch(
-            "CREATE TRIGGER no_notes BEFORE INSERT ON runs WHEN NEW.targets IS NOT NULL
-             BEGIN SELECT RAISE(ABORT, 'database or disk is full'); END;",
-        )
-        .unwrap();
+    support::ledger::refuse_run_notes(&db);
     let s = serve(command(dir.path(), "", &up.url));
     let params = json!({"model": "openai/gpt-4o-mini", "prompt": "What is 2+2?"});
     let v = rpc(&s.url, "llm.complete", params).await;

@@ -877,14 +877,7 @@ fn a_passenger_note_that_fails_is_reported_and_its_row_still_written() {
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("ledger.sqlite3");
     let l = Ledger::open(&path, LedgerOptions::default()).unwrap();
-    // Notes carry targets; the row's own run insert does not.
-    rusqlite::Connection::open(&path)
-        .unwrap()
-        .execute_batch(
-            "CREATE TRIGGER no_notes BEFORE INSERT ON runs WHEN NEW.targets IS NOT NULL
-             BEGIN SELECT RAISE(ABORT, 'database or disk is full'); END;",
-        )
-        .unwrap();
+    support::ledger::refuse_run_notes(&path);
     let targets = vec!["openai/gpt-4o-mini".to_string()];
     let note = ledger::RunNote {
         run_id: "unnoted",

@@ -9,6 +9,19 @@ use llm_quorum::engine::cost::Pricing;
 use llm_quorum::engine::ledger::{Gate, Ledger, LedgerSink, Refused, RequestMeta, RunNote};
 use llm_quorum::engine::{Completion, EngineError, FinishReason, Usage};
 
+/// Make the SQLite ledger at `db` (made already) refuse every run note as a full
+/// disk would, while request rows still go in: a note carries targets, a row's own
+/// insert of its run does not. A real SQLite write failure on a real file.
+pub fn refuse_run_notes(db: &std::path::Path) {
+    rusqlite::Connection::open(db)
+        .unwrap()
+        .execute_batch(
+            "CREATE TRIGGER no_notes BEFORE INSERT ON runs WHEN NEW.targets IS NOT NULL
+             BEGIN SELECT RAISE(ABORT, 'database or disk is full'); END;",
+        )
+        .unwrap();
+}
+
 /// Request `i`: openai/gpt-4o-mini, 100+i input tokens (50 cached), 10 output, priced
 /// from the built-in table.
 pub fn completion(i: u64) -> Completion {
