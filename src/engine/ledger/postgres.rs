@@ -1064,25 +1064,15 @@ impl PgBackend {
 
     /// The pool, without connecting.
     fn build(url: &str) -> Result<PgBackend, LedgerError> {
-        let place = mask_url(url);
+        let super::pg_conn::Resolved { cfg, tls, place } =
+            super::pg_conn::resolve(url).map_err(|r| LedgerError::Open {
+                place: r.place,
+                detail: r.detail,
+            })?;
         let open = |detail: String| LedgerError::Open {
             place: place.clone(),
             detail,
         };
-        let (url, mode, root) =
-            pg_tls::split_url(url).map_err(|e| open(format!("[ledger] url: {e}")))?;
-        let mut cfg: tokio_postgres::Config = url
-            .parse()
-            // The parser's message never repeats the password.
-            .map_err(|e: tokio_postgres::Error| open(format!("invalid URL: {e}")))?;
-        if cfg.get_connect_timeout().is_none() {
-            cfg.connect_timeout(Duration::from_secs(5));
-        }
-        if cfg.get_application_name().is_none() {
-            cfg.application_name("quorum");
-        }
-        let tls = pg_tls::settings(&cfg, mode, root);
-        cfg.ssl_mode(tls.ssl_mode());
         let connector = tls
             .connector()
             .map_err(|e| open(format!("TLS ({}): {e}", tls.describe())))?;
