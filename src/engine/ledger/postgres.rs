@@ -168,7 +168,15 @@ pub(crate) fn classify(place: &str, e: &tokio_postgres::Error) -> LedgerError {
         // No answer from the server: the connection failed or closed.
         return LedgerError::Unavailable { place, detail };
     };
-    let detail = format!("{} ({})", db.message(), db.code().code());
+    let mut detail = format!("{} ({})", db.message(), db.code().code());
+    if db.message().contains("client certificate") {
+        // `hostssl ... cert` (or clientcert=verify-full) in the server's pg_hba.conf.
+        detail.push_str(
+            ": the server wants a client certificate for this user: set sslcert and sslkey \
+             in [ledger] url (or PGSSLCERT and PGSSLKEY) to a certificate whose CN is the \
+             user, signed by a CA in the server's ssl_ca_file",
+        );
+    }
     let code = db.code();
     if *code == SqlState::DISK_FULL || *code == SqlState::INSUFFICIENT_RESOURCES {
         LedgerError::Full { place, detail }
