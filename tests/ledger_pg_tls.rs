@@ -285,6 +285,11 @@ fn client_certificates_log_in_where_the_server_requires_one() {
         msg.contains("garbled.crt") && msg.contains("sslcert"),
         "{msg}"
     );
+    assert!(
+        msg.contains("has no `-----END CERTIFICATE-----` line"),
+        "{msg}"
+    );
+    assert!(msg.contains("correct the TLS parameters"), "the fix: {msg}");
 }
 
 #[test]

@@ -303,7 +303,11 @@ impl LedgerError {
                 "retry; if it lasts, stop the process that holds the ledger"
             }
             LedgerError::Open { detail, .. }
-                if remote && (detail.starts_with("TLS") || detail.starts_with("[ledger] url")) =>
+                if remote
+                    && (detail.starts_with("TLS")
+                        || detail.starts_with("[ledger] url")
+                        || detail.starts_with("ssl")
+                        || detail.contains("client certificate")) =>
             {
                 "correct the TLS parameters (sslmode, sslrootcert, sslcert, sslkey, sslcrl) in [ledger] url or QUORUM_LEDGER_URL, or their PG* variables (see the README's shared ledger section), or the server's TLS setup"
             }

@@ -353,12 +353,29 @@ impl Settings {
     }
 }
 
+/// A PEM parse error in words (rustls prints the markers as byte lists).
+fn pem_reason(e: &rustls::pki_types::pem::Error) -> String {
+    use rustls::pki_types::pem::Error as E;
+    match e {
+        E::MissingSectionEnd { end_marker } => {
+            let label = String::from_utf8_lossy(end_marker);
+            let label = label.trim();
+            format!("a `-----BEGIN {label}-----` section has no `-----END {label}-----` line")
+        }
+        E::IllegalSectionStart { line } => {
+            format!("malformed line `{}`", String::from_utf8_lossy(line).trim())
+        }
+        E::Base64Decode(e) => format!("bad base64 ({e})"),
+        other => other.to_string(),
+    }
+}
+
 /// The client's certificate chain from a PEM file.
 fn load_client_cert(f: &FileParam) -> Result<Vec<CertificateDer<'static>>, String> {
     let pem = std::fs::read(&f.path).map_err(|e| format!("cannot read {f}: {e}"))?;
     let chain = CertificateDer::pem_slice_iter(&pem)
         .collect::<Result<Vec<_>, _>>()
-        .map_err(|e| format!("{f} is not PEM: {e}"))?;
+        .map_err(|e| format!("{f} is not PEM: {}", pem_reason(&e)))?;
     if chain.is_empty() {
         return Err(format!(
             "{f} holds no certificate (expected PEM: -----BEGIN CERTIFICATE-----)"
@@ -411,7 +428,7 @@ fn load_client_key(f: &FileParam) -> Result<PrivateKeyDer<'static>, String> {
                  EC PRIVATE KEY)"
             )
         } else {
-            format!("{f} is not a PEM private key: {e}")
+            format!("{f} is not a PEM private key: {}", pem_reason(&e))
         }
     })
 }
@@ -421,7 +438,7 @@ fn load_crls(f: &FileParam) -> Result<Vec<CertificateRevocationListDer<'static>>
     let pem = std::fs::read(&f.path).map_err(|e| format!("cannot read {f}: {e}"))?;
     let crls = CertificateRevocationListDer::pem_slice_iter(&pem)
         .collect::<Result<Vec<_>, _>>()
-        .map_err(|e| format!("{f} is not PEM: {e}"))?;
+        .map_err(|e| format!("{f} is not PEM: {}", pem_reason(&e)))?;
     if crls.is_empty() {
         return Err(format!(
             "{f} holds no CRL (expected PEM: -----BEGIN X509 CRL-----)"
@@ -471,7 +488,13 @@ fn load_roots(root: Option<&Roots>, mode: Mode) -> Result<RootCertStore, String>
         .map_err(|e| format!("cannot read sslrootcert {}: {e}", file.display()))?;
     let mut n = 0;
     for c in CertificateDer::pem_slice_iter(&pem) {
-        let c = c.map_err(|e| format!("sslrootcert {} is not PEM: {e}", file.display()))?;
+        let c = c.map_err(|e| {
+            format!(
+                "sslrootcert {} is not PEM: {}",
+                file.display(),
+                pem_reason(&e)
+            )
+        })?;
         store
             .add(c)
             .map_err(|e| format!("sslrootcert {}: {e}", file.display()))?;
