@@ -477,7 +477,18 @@ async fn libpq_environment_variables_fill_what_the_url_leaves_out() {
     assert!(err.contains("PGSSLMODE=sometimes"), "{err}");
     assert!(!err.contains(&pg.password), "the password leaked: {err}");
 
-    // And a one-shot report with everything from the environment works.
+    // And a one-shot report with everything from the environment works, the
+    // password from ~/.pgpass (its HOME is `dir`).
+    let pgpass = dir.path().join(".pgpass");
+    std::fs::write(
+        &pgpass,
+        format!("localhost:{port}:postgres:quorum:{}\n", pg.password),
+    )
+    .unwrap();
+    {
+        use std::os::unix::fs::PermissionsExt;
+        std::fs::set_permissions(&pgpass, std::fs::Permissions::from_mode(0o600)).unwrap();
+    }
     let out = support::serve::command(
         dir.path(),
         Some(""),
@@ -486,7 +497,6 @@ async fn libpq_environment_variables_fill_what_the_url_leaves_out() {
             ("PGHOST", "localhost"),
             ("PGPORT", &port),
             ("PGUSER", "quorum"),
-            ("PGPASSWORD", &pg.password),
             ("PGDATABASE", "postgres"),
             ("PGSSLMODE", "verify-full"),
             ("PGSSLROOTCERT", &ca),

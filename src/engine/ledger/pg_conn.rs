@@ -7,8 +7,10 @@
 //! `PGPORT`, `PGUSER`, `PGPASSWORD`, `PGDATABASE`, `PGAPPNAME`, `PGCONNECT_TIMEOUT`,
 //! `PGSSLMODE`, `PGSSLROOTCERT`, `PGSSLCERT`, `PGSSLKEY`, `PGSSLCRL`. What the URL
 //! says always wins. The user defaults to the operating system's user, as libpq;
-//! the database to the user (the server's default). Not read: `PGPASSFILE` /
-//! `~/.pgpass`, `PGHOSTADDR`, `PGSERVICE` and the other variables.
+//! the database to the user (the server's default). Without a password from the
+//! URL or `PGPASSWORD`, libpq's password file is read (`PGPASSFILE`, else
+//! `~/.pgpass`; skipped when group or others can read it), matched against the
+//! first host. Not read: `PGHOSTADDR`, `PGSERVICE` and the other variables.
 //!
 //! One departure: with no host in the URL nor in `PGHOST`, libpq would try its
 //! compiled-in socket directory; quorum refuses and says to name one, so that a
@@ -202,6 +204,17 @@ pub fn resolve_with(
                 used.push("PGDATABASE");
             }
         }
+        if cfg.get_password().is_none() {
+            let file = env("PGPASSFILE")
+                .map(|f| (PathBuf::from(f), "PGPASSFILE"))
+                .or_else(|| env("HOME").map(|h| (PathBuf::from(h).join(".pgpass"), "~/.pgpass")));
+            if let Some((file, via)) = file {
+                if let Some(p) = password_from_file(&file, &cfg) {
+                    cfg.password(p);
+                    used.push(via);
+                }
+            }
+        }
         if cfg.get_application_name().is_none() {
             if let Some(a) = env("PGAPPNAME") {
                 cfg.application_name(a);
@@ -326,6 +339,67 @@ pub fn resolve_with(
             detail,
         }),
     }
+}
+
+/// libpq's password file (`PGPASSFILE`, else `~/.pgpass`): the password of the
+/// first line `host:port:database:user:password` that matches the first host of
+/// `cfg` (`*` matches anything; `\:` and `\\` escape; a socket directory matches
+/// `localhost`), or `None`. As libpq, a file readable by group or others is skipped
+/// with a warning.
+fn password_from_file(file: &std::path::Path, cfg: &tokio_postgres::Config) -> Option<String> {
+    let meta = std::fs::metadata(file).ok()?;
+    if !meta.is_file() {
+        return None;
+    }
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::PermissionsExt;
+        if meta.permissions().mode() & 0o077 != 0 {
+            tracing::warn!(
+                "password file {} has group or world access and is not read (chmod 600 {})",
+                file.display(),
+                file.display()
+            );
+            return None;
+        }
+    }
+    let text = std::fs::read_to_string(file).ok()?;
+    let host = match cfg.get_hosts().first() {
+        Some(Host::Tcp(h)) => h.clone(),
+        #[cfg(unix)]
+        Some(Host::Unix(_)) => "localhost".to_string(),
+        None => "localhost".to_string(),
+    };
+    let port = cfg.get_ports().first().copied().unwrap_or(5432).to_string();
+    let user = cfg.get_user().unwrap_or_default();
+    let db = cfg.get_dbname().unwrap_or(user);
+    let want = [host.as_str(), port.as_str(), db, user];
+    text.lines()
+        .filter(|l| !l.starts_with('#'))
+        .find_map(|line| pgpass_line(line.trim_end_matches('\r'), &want))
+}
+
+/// The password of one `.pgpass` line if its four fields match `want`.
+fn pgpass_line(line: &str, want: &[&str; 4]) -> Option<String> {
+    let mut fields: Vec<String> = vec![String::new()];
+    let mut chars = line.chars();
+    while let Some(c) = chars.next() {
+        match c {
+            '\\' => fields.last_mut()?.push(chars.next().unwrap_or('\\')),
+            ':' if fields.len() < 5 => fields.push(String::new()),
+            // As libpq, the password ends at an unescaped `:`.
+            ':' => break,
+            c => fields.last_mut()?.push(c),
+        }
+    }
+    if fields.len() != 5 {
+        return None;
+    }
+    let matches = |f: &str, w: &str| f == "*" || f == w;
+    (0..4)
+        .all(|i| matches(&fields[i], want[i]))
+        .then(|| fields[4].clone())
+        .filter(|p| !p.is_empty())
 }
 
 /// The byte range of the host list in a URL's authority (after any `user:pw@`,
@@ -550,5 +624,72 @@ mod tests {
         // Neither does the password reach a failed parse.
         let e = with("postgres://u:s3cret@h:notaport/d", &[]).unwrap_err();
         assert!(!format!("{e:?}").contains("s3cret"), "{e:?}");
+    }
+
+    #[test]
+    fn the_password_file_is_read_as_libpq_reads_it() {
+        use std::os::unix::fs::PermissionsExt;
+        let dir = tempfile::tempdir().unwrap();
+        let pass = dir.path().join(".pgpass");
+        std::fs::write(
+            &pass,
+            "# a comment\n\
+             other:5432:*:q:wrong-host\n\
+             db.example.com:6000:*:q:wrong-port\n\
+             db.example.com:*:ledger:q:pa\\:ss\\\\w:ignored\n\
+             *:*:*:*:fallback\n",
+        )
+        .unwrap();
+        std::fs::set_permissions(&pass, std::fs::Permissions::from_mode(0o600)).unwrap();
+        let home = dir.path().to_str().unwrap();
+        let pw = |url: &str, vars: &[(&str, &str)]| {
+            let r = with(url, vars).unwrap();
+            let pw = r
+                .cfg
+                .get_password()
+                .map(|p| String::from_utf8(p.to_vec()).unwrap());
+            assert!(!r.place.contains("pa:ss"), "{}", r.place);
+            (pw, r.place)
+        };
+        let (p, place) = pw("postgres://q@db.example.com/ledger", &[("HOME", home)]);
+        assert_eq!(p.as_deref(), Some("pa:ss\\w"));
+        assert!(place.contains("~/.pgpass"), "{place}");
+        assert_eq!(
+            pw("postgres://q@db.example.com/other", &[("HOME", home)])
+                .0
+                .as_deref(),
+            Some("fallback")
+        );
+        // The URL and PGPASSWORD come first; PGPASSFILE over ~/.pgpass.
+        assert_eq!(
+            pw("postgres://q:url@db.example.com/ledger", &[("HOME", home)])
+                .0
+                .as_deref(),
+            Some("url")
+        );
+        assert_eq!(
+            pw(
+                "postgres://q@db.example.com/ledger",
+                &[("HOME", home), ("PGPASSWORD", "env")]
+            )
+            .0
+            .as_deref(),
+            Some("env")
+        );
+        let other = dir.path().join("other.pass");
+        std::fs::write(&other, "*:*:*:*:from-pgpassfile\n").unwrap();
+        std::fs::set_permissions(&other, std::fs::Permissions::from_mode(0o600)).unwrap();
+        let (p, place) = pw(
+            "postgres://q@db.example.com/ledger",
+            &[("HOME", home), ("PGPASSFILE", other.to_str().unwrap())],
+        );
+        assert_eq!(p.as_deref(), Some("from-pgpassfile"));
+        assert!(place.contains("PGPASSFILE"), "{place}");
+        // A file others can read is skipped, as libpq.
+        std::fs::set_permissions(&pass, std::fs::Permissions::from_mode(0o644)).unwrap();
+        assert_eq!(
+            pw("postgres://q@db.example.com/ledger", &[("HOME", home)]).0,
+            None
+        );
     }
 }

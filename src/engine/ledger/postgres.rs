@@ -62,14 +62,15 @@ pub fn mask_url(url: &str) -> String {
             }
         }
     }
-    // `?password=...` / key-value `password=...`
-    let lower = out.to_ascii_lowercase();
-    if let Some(i) = lower.find("password=") {
-        let start = i + "password=".len();
+    // Every `?password=...` / `&sslpassword=...` / key-value `password=...`.
+    let mut from = 0;
+    while let Some(i) = out[from..].to_ascii_lowercase().find("password=") {
+        let start = from + i + "password=".len();
         let end = out[start..]
             .find(['&', ' '])
             .map_or(out.len(), |j| start + j);
         out.replace_range(start..end, "***");
+        from = start + 3;
     }
     out
 }
@@ -1949,6 +1950,10 @@ mod tests {
             "postgres://db/ledger?user=q&password=***&sslmode=disable"
         );
         assert_eq!(mask_url("postgres://q@db/l"), "postgres://q@db/l");
+        assert_eq!(
+            mask_url("postgres://db/l?sslpassword=k3y&password=s3cret&sslmode=disable"),
+            "postgres://db/l?sslpassword=***&password=***&sslmode=disable"
+        );
         assert!(!mask_url("postgresql://u:p@ss@h/d").contains("p@ss"));
         assert!(!mask_url("postgresql://u:p?ss#w@h/d?sslmode=require").contains("p?ss"));
         assert_eq!(
