@@ -528,6 +528,7 @@ pub fn tls_cluster_or_skip() -> Option<PgCluster> {
 /// (`hostssl all all 127.0.0.1/32 cert`, `ssl_ca_file`), or `None` after printing
 /// `SKIP:` as [`tls_cluster_or_skip`].
 pub fn client_cert_cluster_or_skip() -> Option<PgCluster> {
+    note_pg_env();
     if Command::new("openssl").arg("version").output().is_err() {
         eprintln!("SKIP: the openssl tool is not installed (apt-get install openssl)");
         return None;
@@ -548,7 +549,25 @@ pub fn client_cert_cluster_or_skip() -> Option<PgCluster> {
     }
 }
 
+/// libpq's variables the ledger reads where a test's URL leaves a parameter out
+/// (tests set them only for the processes they start): say so when the test
+/// process itself has some, as they may change what an in-process test connects with.
+fn note_pg_env() {
+    let set: Vec<String> = std::env::vars()
+        .map(|(k, _)| k)
+        .filter(|k| k.starts_with("PG"))
+        .collect();
+    if !set.is_empty() {
+        eprintln!(
+            "note: {} set in the test's environment; the ledger reads libpq's PG* variables \
+             where a URL leaves a parameter out (unset them if a test misbehaves)",
+            set.join(", ")
+        );
+    }
+}
+
 fn start_or_skip(tls: bool) -> Option<PgCluster> {
+    note_pg_env();
     if find_bin().is_none() {
         eprintln!(
             "SKIP: PostgreSQL server binaries not found under /usr/lib/postgresql (apt-get install postgresql)"

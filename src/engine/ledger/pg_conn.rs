@@ -223,7 +223,12 @@ pub fn resolve_with(
                 cfg.application_name("quorum");
             }
         }
-        if cfg.get_connect_timeout().is_none() {
+        // The URL's `connect_timeout=0` (wait forever) leaves no trace in `cfg`.
+        let url_has_timeout = rest
+            .split(['?', '&'])
+            .skip(1)
+            .any(|p| p.starts_with("connect_timeout="));
+        if cfg.get_connect_timeout().is_none() && !url_has_timeout {
             // libpq: whole seconds, 0 (or less) waits forever, 1 counts as 2.
             let from_env = match env("PGCONNECT_TIMEOUT") {
                 Some(v) => {
@@ -577,6 +582,16 @@ mod tests {
         };
         assert_eq!(t("0"), None);
         assert_eq!(t("1"), Some(Duration::from_secs(2)));
+        let r = with(
+            "postgres://h/d?connect_timeout=0",
+            &[("PGCONNECT_TIMEOUT", "9")],
+        )
+        .unwrap();
+        assert_eq!(
+            r.cfg.get_connect_timeout(),
+            None,
+            "the URL's 0 waits forever"
+        );
     }
 
     #[test]
