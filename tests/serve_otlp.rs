@@ -356,12 +356,34 @@ async fn without_traces_the_callers_span_is_passed_upstream() {
         .to_str()
         .unwrap()
         .to_string();
+    // A caller that does not sample, with a vendor's tracestate.
+    let r = http
+        .post(format!("{url}/v1/chat/completions"))
+        .bearer_auth(TOKEN)
+        .header("traceparent", format!("00-{TRACE}-{PARENT}-00"))
+        .header("tracestate", "congo=t61rcWkgMzE,rojo=00f067aa0ba902b7")
+        .json(&json!({"model": "openai/gpt-4o-mini", "messages": [{"role": "user", "content": "hi"}]}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
     let seen = up.requests();
-    assert_eq!(seen.len(), 3, "{seen:?}");
-    // The caller's own span is the provider's parent: quorum is transparent.
+    assert_eq!(seen.len(), 4, "{seen:?}");
+    // The caller's own span is the provider's parent: quorum is transparent,
+    // sampling decision and tracestate included.
     assert_eq!(
         upstream_parent(&seen[0]),
         (TRACE.to_string(), PARENT.to_string())
+    );
+    assert!(seen[0].header("traceparent").unwrap().ends_with("-01"));
+    assert_eq!(seen[0].header("tracestate"), None);
+    assert_eq!(
+        seen[3].header("traceparent"),
+        Some(format!("00-{TRACE}-{PARENT}-00").as_str())
+    );
+    assert_eq!(
+        seen[3].header("tracestate"),
+        Some("congo=t61rcWkgMzE,rojo=00f067aa0ba902b7")
     );
     // Without a caller span, the trace is quorum's (as in the ledger and the
     // response header) under a span id of its own.
@@ -370,4 +392,63 @@ async fn without_traces_the_callers_span_is_passed_upstream() {
     assert!(p != PARENT && p != "0000000000000000", "{p}");
     let (t, _) = upstream_parent(&seen[2]);
     assert_eq!(t, own);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_judges_call_is_a_span_in_the_comparisons_trace() {
+    if !python_has("opentelemetry.proto.collector.trace.v1.trace_service_pb2") {
+        eprintln!(
+            "SKIP: python3 with the opentelemetry-proto package is not available (pip install opentelemetry-proto)"
+        );
+        return;
+    }
+    let up = support::Server::start(vec![]).await;
+    let out = tempfile::tempdir().unwrap();
+    let (_rx, port) = receiver(out.path());
+    let dir = tempfile::tempdir().unwrap();
+    let (mut serve, url, stderr) = serve_in_front(dir.path(), &up.url, Some(port));
+    let http = reqwest::Client::builder()
+        .timeout(support::PATIENCE)
+        .build()
+        .unwrap();
+    let r: Value = http
+        .post(format!("{url}/rpc"))
+        .bearer_auth(TOKEN)
+        .header("traceparent", format!("00-{TRACE}-{PARENT}-01"))
+        .json(
+            &json!({"jsonrpc": "2.0", "id": 1, "method": "llm.compare", "params": {
+            "prompt": "What is 2+2?",
+            "models": ["mock/alpha", "mock/contrarian", "mock/gamma"],
+            "judge": "mock/beta"}}),
+        )
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert!(
+        r["result"]["judge"].is_object(),
+        "{r:#} {}",
+        stderr.lock().unwrap()
+    );
+    let pid = serve.0.id() as i32;
+    assert_eq!(unsafe { libc::kill(pid, libc::SIGTERM) }, 0);
+    let exited = support::eventually_blocking(|| matches!(serve.0.try_wait(), Ok(Some(_))));
+    assert!(exited, "serve did not stop: {}", stderr.lock().unwrap());
+    let got = spans(out.path());
+    let server: Vec<&Value> = got.iter().filter(|s| s["kind"] == 2).collect();
+    assert_eq!(server.len(), 1, "{got:#?}");
+    let calls: Vec<&Value> = got
+        .iter()
+        .filter(|s| s["kind"] == 3 && s["parent_span_id"] == server[0]["span_id"])
+        .collect();
+    let mut names: Vec<&str> = calls.iter().map(|s| s["name"].as_str().unwrap()).collect();
+    names.sort();
+    assert_eq!(
+        names,
+        ["chat alpha", "chat beta", "chat contrarian", "chat gamma"],
+        "three answers and the judge, under the request's span: {got:#?}"
+    );
+    assert!(calls.iter().all(|s| s["trace_id"] == TRACE));
 }

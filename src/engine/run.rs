@@ -63,6 +63,11 @@ pub struct RunOptions {
     /// spans of its own passes its caller's span here, so the provider's spans
     /// hang under the caller's.
     pub upstream_parent: Option<String>,
+    /// The sampled flag upstream `traceparent`s carry: a gateway follows its
+    /// caller's (W3C: a span whose parent is not sampled is not sampled either).
+    pub upstream_sampled: bool,
+    /// The W3C `tracestate` passed upstream (the caller's, at most 512 bytes).
+    pub upstream_tracestate: Option<String>,
 }
 
 impl Default for RunOptions {
@@ -75,6 +80,8 @@ impl Default for RunOptions {
             fallbacks: true,
             cache: None,
             upstream_parent: None,
+            upstream_sampled: true,
+            upstream_tracestate: None,
         }
     }
 }
@@ -342,11 +349,12 @@ impl Engine {
                 run_id: run_id.clone(),
                 run_tag: run_tag.clone(),
                 traceparent: format!(
-                    "00-{trace_id}-{}-01",
+                    "00-{trace_id}-{}-{}",
                     opts.upstream_parent
                         .as_deref()
                         .filter(|p| is_span_id(p))
-                        .map_or_else(|| new_id(8), str::to_string)
+                        .map_or_else(|| new_id(8), str::to_string),
+                    if opts.upstream_sampled { "01" } else { "00" }
                 ),
                 trace_id: trace_id.clone(),
                 cancel: token,
@@ -381,6 +389,9 @@ pub fn new_id(bytes: usize) -> String {
     hex::encode(b)
 }
 
+/// The longest `tracestate` passed on (W3C: vendors may drop a longer one).
+const MAX_TRACESTATE: usize = 512;
+
 struct TargetJob {
     inner: Arc<Inner>,
     index: usize,
@@ -390,8 +401,8 @@ struct TargetJob {
     run_id: String,
     run_tag: Arc<str>,
     trace_id: String,
-    /// This target's `traceparent`: `00-{trace}-{span}-01`, the span being its
-    /// call span (the same for every attempt and fallback).
+    /// This target's `traceparent`: `00-{trace}-{span}-{flags}`, the span being
+    /// its call span (the same for every attempt and fallback).
     traceparent: String,
     cancel: CancellationToken,
     /// Dropped before `tx`, so a run's reservation is settled before its channel closes.
@@ -631,6 +642,11 @@ impl TargetJob {
             }
             let ctx = CallContext {
                 traceparent: Some(self.traceparent.clone()),
+                tracestate: self
+                    .opts
+                    .upstream_tracestate
+                    .clone()
+                    .filter(|t| !t.is_empty() && t.len() <= MAX_TRACESTATE),
                 request_id: Some(format!("{}-{}-{attempt_no}", self.run_id, self.index)),
             };
             let mut acc = Accumulator::default();

@@ -221,18 +221,7 @@ impl AppState {
         targets: Vec<String>,
         mut opts: RunOptions,
     ) -> Result<RunHandle, StartError> {
-        if opts.session_id.is_none() {
-            opts.session_id = Some(self.session.clone());
-        }
-        // The upstream `traceparent` continues the caller's trace. While spans are
-        // exported its parent is this request's call span (a child of the server
-        // span); otherwise quorum is transparent and passes the caller's span on.
-        if opts.upstream_parent.is_none() && !telemetry::enabled() {
-            opts.upstream_parent = ACCESS
-                .try_with(|a| a.parent.as_ref().map(|sc| sc.span_id().to_string()))
-                .ok()
-                .flatten();
-        }
+        self.continue_trace(&mut opts);
         let start = StartOptions {
             run: opts,
             budget_session: Some(self.session.clone()),
@@ -251,6 +240,28 @@ impl AppState {
                 })
             }
         }
+    }
+
+    /// Fill in what every run of this request shares: the server's session, and
+    /// the trace context upstream requests carry.
+    pub(crate) fn continue_trace(&self, opts: &mut RunOptions) {
+        if opts.session_id.is_none() {
+            opts.session_id = Some(self.session.clone());
+        }
+        let Some(parent) = ACCESS.try_with(|a| a.parent.clone()).ok().flatten() else {
+            return;
+        };
+        // The upstream `traceparent` continues the caller's trace. While spans are
+        // exported its parent is this request's call span (a child of the server
+        // span); otherwise quorum is transparent and passes the caller's span on.
+        // Either way it keeps the caller's sampling decision (the exporter's
+        // sampler follows the parent) and its `tracestate`.
+        if opts.upstream_parent.is_none() && !telemetry::enabled() {
+            opts.upstream_parent = Some(parent.span_id().to_string());
+        }
+        opts.upstream_sampled = parent.is_sampled();
+        let state = parent.trace_state().header();
+        opts.upstream_tracestate = (!state.is_empty()).then_some(state);
     }
 
     /// `ok`, or `degraded` when the ledger cannot be used or a write to it failed.
@@ -423,8 +434,12 @@ fn record(engine: &Engine, metrics: &Metrics, endpoint: &str, c: &Completion, ag
 }
 
 impl AppState {
-    /// Count a completion that no run guard counts (a judge's verdict).
+    /// Count a completion that no run guard counts (a judge's verdict): in the
+    /// metrics, and in this request's access line and trace.
     pub(crate) fn record(&self, endpoint: &str, c: &Completion, agent: Option<&str>) {
+        if let Ok(a) = ACCESS.try_with(Arc::clone) {
+            a.completion(c);
+        }
         record(&self.engine, &self.metrics, endpoint, c, agent);
     }
 }

@@ -727,8 +727,10 @@ async fn compare(state: &AppState, f: Fields<'_>, hmeta: CallMeta) -> Result<Val
     let opts = ConsensusOptions { kind, threshold };
     let mut report = analyse(&prompt, repeat, labels(&models), results, opts);
     if let Some(j) = &judge {
+        // The judge's call belongs to the same trace as the answers it judges.
         let mut run = judge_opts;
-        run.session_id.get_or_insert_with(|| state.session.clone());
+        run.trace_id = Some(handle.trace_id.clone());
+        state.continue_trace(&mut run);
         let start = StartOptions {
             run,
             budget_session: Some(state.session.clone()),

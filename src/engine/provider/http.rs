@@ -87,6 +87,8 @@ pub struct AttemptOptions {
 pub struct CallContext {
     /// `traceparent` header value.
     pub traceparent: Option<String>,
+    /// `tracestate` header value (sent only with a `traceparent`).
+    pub tracestate: Option<String>,
     /// `x-request-id` header value.
     pub request_id: Option<String>,
 }
@@ -237,6 +239,9 @@ impl Attempt {
         let mut headers = call.headers;
         if let Some(tp) = &ctx.traceparent {
             super::put_header(&mut headers, "traceparent", tp, false)?;
+            if let Some(ts) = &ctx.tracestate {
+                super::put_header(&mut headers, "tracestate", ts, false)?;
+            }
         }
         if let Some(id) = &ctx.request_id {
             super::put_header(&mut headers, "x-request-id", id, false)?;
