@@ -242,7 +242,12 @@ fn quorum_ask_against_an_endless_stream_ends_bounded() {
     assert!(libc::WIFEXITED(status) && libc::WEXITSTATUS(status) != 0);
     assert!(stderr.contains("response too large"), "{stderr}");
     assert!(!stderr.contains(KEY));
-    assert!(peak_mb < 100.0, "{peak_mb} MB");
+    // Bounded by the 16 MB response cap, not by the stream: the text, the final
+    // completion and its ledger row each hold up to one copy, and growing a huge
+    // buffer briefly holds the old one beside the new (mimalloc copies where
+    // glibc's realloc remaps: 111 MB here against glibc's 91 MB).
+    let cap_mb = (llm_quorum::engine::provider::http::MAX_RESPONSE_BYTES >> 20) as f64;
+    assert!(peak_mb < 8.0 * cap_mb, "{peak_mb} MB");
     let db = data.path().join(llm_quorum::engine::ledger::LEDGER_FILE);
     let rows = rows(&db);
     assert_eq!(rows.len(), 1);

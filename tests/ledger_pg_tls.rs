@@ -1,6 +1,8 @@
-//! The shared PostgreSQL ledger's connection: TLS (`sslmode`, `sslrootcert`) against a
-//! real server with certificates made for the test, and a `quorum serve` that starts
-//! while the database is down. Each test prints `SKIP:` and returns when PostgreSQL
+//! The shared PostgreSQL ledger's connection: TLS (`sslmode`, `sslrootcert`, client
+//! certificates with `sslcert`/`sslkey`, `sslcrl`) against a real server with
+//! certificates made for the test, libpq's `PG*` variables (set only in the
+//! environment of the `quorum` processes the tests start), and a `quorum serve` that
+//! starts while the database is down. Each test prints `SKIP:` and returns when PostgreSQL
 //! is not installed.
 
 mod support;
@@ -12,7 +14,7 @@ use std::time::Duration;
 use llm_quorum::engine::ledger::{Ledger, LedgerError, LedgerOptions, Location, RequestMeta};
 use serde_json::{json, Value};
 use support::ledger::completion;
-use support::pg::{cluster_or_skip, tls_cluster_or_skip, PgCluster};
+use support::pg::{client_cert_cluster_or_skip, cluster_or_skip, tls_cluster_or_skip, PgCluster};
 use support::serve::http;
 use support::{Reply, Server};
 
@@ -180,6 +182,332 @@ fn tls_require_against_a_server_without_tls_fails_clearly_and_disable_works() {
         let ssl = ssl_of(&pg, app);
         assert!(!ssl.is_empty() && ssl.iter().all(|s| !*s), "{app}: {ssl:?}");
     }
+}
+
+/// The error's text for a URL without a password (client-certificate logins).
+fn refused(r: Result<Ledger, LedgerError>) -> String {
+    let e = r.expect_err("the ledger must not open");
+    let msg = e.to_string();
+    eprintln!("refused: {msg}");
+    assert!(
+        !e.is_unavailable(),
+        "a setting to fix, not a database away: {e:?}"
+    );
+    msg
+}
+
+#[test]
+fn client_certificates_log_in_where_the_server_requires_one() {
+    let Some(pg) = client_cert_cluster_or_skip() else {
+        return;
+    };
+    let tls = pg.tls.as_ref().unwrap();
+    // No password: the server lets in only a certificate for `quorum` signed by its CA.
+    let url = |q: &str| {
+        format!(
+            "postgres://quorum@127.0.0.1:{}/postgres?sslmode=verify-full&sslrootcert={}{q}",
+            pg.port,
+            tls.ca.display()
+        )
+    };
+    let with = |cert: &Path, key: &Path| {
+        url(&format!(
+            "&sslcert={}&sslkey={}",
+            cert.display(),
+            key.display()
+        ))
+    };
+
+    // An EC key in SEC1 and in PKCS#8, and an RSA key in PKCS#1: each logs in.
+    for (i, (cert, key)) in [
+        (&tls.client_cert, &tls.client_key),
+        (&tls.client_cert, &tls.client_key_pkcs8),
+        (&tls.client_rsa_cert, &tls.client_rsa_key),
+    ]
+    .into_iter()
+    .enumerate()
+    {
+        let l = open(&with(cert, key)).unwrap_or_else(|e| panic!("{}: {e}", key.display()));
+        l.record_request(&meta(&format!("cert-{i}")), &completion(i as u64))
+            .unwrap();
+        assert_eq!(l.request_count().unwrap(), i as u64 + 1);
+    }
+
+    // Without a certificate: the server refuses the login, and the message says
+    // which parameters to set.
+    let msg = refused(open(&url("")));
+    assert!(msg.contains("client certificate"), "{msg}");
+    assert!(msg.contains("sslcert") && msg.contains("sslkey"), "{msg}");
+
+    // A certificate signed by another CA: the server ends the TLS session; a TLS
+    // failure naming the client certificate.
+    let msg = refused(open(&with(&tls.rogue_cert, &tls.rogue_key)));
+    assert!(msg.contains("TLS failed"), "{msg}");
+    assert!(msg.contains("client certificate"), "{msg}");
+
+    // A key others can read: refused before connecting, as libpq, with the fix.
+    let dir = tempfile::tempdir().unwrap();
+    let open_key = dir.path().join("open.key");
+    std::fs::copy(&tls.client_key, &open_key).unwrap();
+    {
+        use std::os::unix::fs::PermissionsExt;
+        std::fs::set_permissions(&open_key, std::fs::Permissions::from_mode(0o644)).unwrap();
+    }
+    let msg = refused(open(&with(&tls.client_cert, &open_key)));
+    assert!(msg.contains("sslkey") && msg.contains("open.key"), "{msg}");
+    assert!(msg.contains("group or world access"), "{msg}");
+    assert!(
+        msg.contains(&format!("chmod 600 {}", open_key.display())),
+        "{msg}"
+    );
+
+    // One without the other names both; a key that does not go with the
+    // certificate names both files.
+    let msg = refused(open(&url(&format!(
+        "&sslcert={}",
+        tls.client_cert.display()
+    ))));
+    assert!(
+        msg.contains("without its key") && msg.contains("sslkey"),
+        "{msg}"
+    );
+    let msg = refused(open(&with(&tls.client_cert, &tls.rogue_key)));
+    assert!(msg.contains("do not go together"), "{msg}");
+    assert!(
+        msg.contains("client.crt") && msg.contains("rogue.key"),
+        "{msg}"
+    );
+    // A garbled certificate file: named, with why.
+    let garbled = dir.path().join("garbled.crt");
+    std::fs::write(&garbled, "-----BEGIN CERTIFICATE-----\nnot base64!\n").unwrap();
+    let msg = refused(open(&with(&garbled, &tls.client_key)));
+    assert!(
+        msg.contains("garbled.crt") && msg.contains("sslcert"),
+        "{msg}"
+    );
+    assert!(
+        msg.contains("has no `-----END CERTIFICATE-----` line"),
+        "{msg}"
+    );
+    assert!(msg.contains("correct the TLS parameters"), "the fix: {msg}");
+}
+
+#[test]
+fn a_server_certificate_revoked_in_sslcrl_is_refused() {
+    let Some(pg) = tls_cluster_or_skip() else {
+        return;
+    };
+    let tls = pg.tls.as_ref().unwrap();
+    let q = |crl: &Path, app: &str| {
+        format!(
+            "sslmode=verify-full&sslrootcert={}&sslcrl={}&application_name={app}",
+            tls.ca.display(),
+            crl.display()
+        )
+    };
+
+    // A CRL of the CA that does not list the server's certificate: connects.
+    let l = open(&pg.url_with("127.0.0.1", &q(&tls.crl_clean, "crl-clean"))).unwrap();
+    l.record_request(&meta("crl"), &completion(1)).unwrap();
+    let ssl = ssl_of(&pg, "crl-clean");
+    assert!(!ssl.is_empty() && ssl.iter().all(|s| *s), "{ssl:?}");
+
+    // One that revokes it: refused, saying so.
+    let msg = message(
+        &pg,
+        open(&pg.url_with("127.0.0.1", &q(&tls.crl_revoked, "crl-revoked"))),
+    );
+    assert!(msg.contains("TLS failed"), "{msg}");
+    assert!(msg.contains("revoked by a CRL in sslcrl"), "{msg}");
+    // verify-ca checks it too.
+    let msg = message(
+        &pg,
+        open(&pg.url_with(
+            "127.0.0.1",
+            &q(&tls.crl_revoked, "crl-ca").replace("verify-full", "verify-ca"),
+        )),
+    );
+    assert!(msg.contains("revoked"), "{msg}");
+
+    // A CRL where nothing checks the server's certificate is refused, not ignored;
+    // a CRL file that is not one is named.
+    let msg = message(
+        &pg,
+        open(&pg.url_with(
+            "127.0.0.1",
+            &format!("sslmode=require&sslcrl={}", tls.crl_clean.display()),
+        )),
+    );
+    assert!(
+        msg.contains("sslcrl") && msg.contains("verify-full"),
+        "{msg}"
+    );
+    let msg = message(&pg, open(&pg.url_with("127.0.0.1", &q(&tls.ca, "x"))));
+    assert!(
+        msg.contains("holds no CRL") && msg.contains("ca.crt"),
+        "{msg}"
+    );
+}
+
+/// llm.health once the ledger is open (`ok`), failing after the test's patience.
+async fn health_once_open(url: &str) -> Value {
+    let deadline = std::time::Instant::now() + support::PATIENCE;
+    loop {
+        let h = health(url).await;
+        if h["ledger"] != "opening" {
+            return h;
+        }
+        assert!(std::time::Instant::now() < deadline, "never opened: {h}");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+/// `quorum serve` with a clean environment plus `env` (the ledger URL and libpq's
+/// variables), no config file, no budget.
+fn serve_with_env(dir: &Path, env: &[(&str, &str)]) -> support::serve::Serve {
+    let data = dir.join("data");
+    let mut all = vec![
+        ("QUORUM_DATA_DIR", data.to_str().unwrap()),
+        ("QUORUM_NO_DISCOVERY", "1"),
+    ];
+    all.extend_from_slice(env);
+    support::serve::start(support::serve::command(dir, Some(""), &all), &[])
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn libpq_environment_variables_fill_what_the_url_leaves_out() {
+    let Some(pg) = tls_cluster_or_skip() else {
+        return;
+    };
+    let tls = pg.tls.as_ref().unwrap();
+    let port = pg.port.to_string();
+    let ca = tls.ca.display().to_string();
+
+    // A bare URL: host, port, user, password, database, TLS and the application
+    // name all from libpq's variables, set for the child process only.
+    let dir = tempfile::tempdir().unwrap();
+    let s = serve_with_env(
+        dir.path(),
+        &[
+            ("QUORUM_LEDGER_URL", "postgres://"),
+            ("PGHOST", "127.0.0.1"),
+            ("PGPORT", &port),
+            ("PGUSER", "quorum"),
+            ("PGPASSWORD", &pg.password),
+            ("PGDATABASE", "postgres"),
+            ("PGSSLMODE", "verify-full"),
+            ("PGSSLROOTCERT", &ca),
+            ("PGAPPNAME", "from-env"),
+            ("PGCONNECT_TIMEOUT", "30"),
+        ],
+    );
+    let h = health_once_open(&s.url).await;
+    assert_eq!(h["ledger"], "ok", "{h}");
+    let ssl = tokio::task::block_in_place(|| ssl_of(&pg, "from-env"));
+    assert!(!ssl.is_empty() && ssl.iter().all(|x| *x), "{ssl:?}");
+    let text = h.to_string();
+    assert!(!text.contains(&pg.password), "the password leaked: {text}");
+    let log = s.stop();
+    assert!(!log.contains(&pg.password), "the password leaked: {log}");
+
+    // The URL wins over every variable: a wrong host, password, mode and name in the
+    // environment change nothing.
+    let dir = tempfile::tempdir().unwrap();
+    let url = pg.url_with("127.0.0.1", "sslmode=require&application_name=from-url");
+    let s = serve_with_env(
+        dir.path(),
+        &[
+            ("QUORUM_LEDGER_URL", &url),
+            ("PGHOST", "192.0.2.1"),
+            ("PGPORT", "1"),
+            ("PGUSER", "nobody"),
+            ("PGPASSWORD", "not-the-password"),
+            ("PGDATABASE", "nowhere"),
+            ("PGSSLMODE", "disable"),
+            ("PGAPPNAME", "from-env"),
+        ],
+    );
+    let h = health_once_open(&s.url).await;
+    assert_eq!(h["ledger"], "ok", "{h}");
+    let ssl = tokio::task::block_in_place(|| ssl_of(&pg, "from-url"));
+    assert!(!ssl.is_empty() && ssl.iter().all(|x| *x), "{ssl:?}");
+    drop(s);
+
+    // No host anywhere: a one-shot command refuses, naming PGHOST, without the
+    // password it was given.
+    let dir = tempfile::tempdir().unwrap();
+    let out = support::serve::command(
+        dir.path(),
+        Some(""),
+        &[
+            ("QUORUM_LEDGER_URL", "postgres://"),
+            ("PGPASSWORD", &pg.password),
+            ("QUORUM_DATA_DIR", dir.path().to_str().unwrap()),
+        ],
+    )
+    .args(["ledger", "sessions"])
+    .output()
+    .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr).to_string();
+    eprintln!("no host: {err}");
+    assert!(!out.status.success(), "{err}");
+    assert!(err.contains("PGHOST") && err.contains("no host"), "{err}");
+    assert!(!err.contains(&pg.password), "the password leaked: {err}");
+
+    // A bad variable is named; PGPASSWORD never shows in the refusal.
+    let out = support::serve::command(
+        dir.path(),
+        Some(""),
+        &[
+            ("QUORUM_LEDGER_URL", "postgres://"),
+            ("PGHOST", "127.0.0.1"),
+            ("PGPORT", &port),
+            ("PGUSER", "quorum"),
+            ("PGPASSWORD", &pg.password),
+            ("PGSSLMODE", "sometimes"),
+            ("QUORUM_DATA_DIR", dir.path().to_str().unwrap()),
+        ],
+    )
+    .args(["ledger", "sessions"])
+    .output()
+    .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr).to_string();
+    eprintln!("bad PGSSLMODE: {err}");
+    assert!(!out.status.success(), "{err}");
+    assert!(err.contains("PGSSLMODE=sometimes"), "{err}");
+    assert!(!err.contains(&pg.password), "the password leaked: {err}");
+
+    // And a one-shot report with everything from the environment works, the
+    // password from ~/.pgpass (its HOME is `dir`).
+    let pgpass = dir.path().join(".pgpass");
+    std::fs::write(
+        &pgpass,
+        format!("localhost:{port}:postgres:quorum:{}\n", pg.password),
+    )
+    .unwrap();
+    {
+        use std::os::unix::fs::PermissionsExt;
+        std::fs::set_permissions(&pgpass, std::fs::Permissions::from_mode(0o600)).unwrap();
+    }
+    let out = support::serve::command(
+        dir.path(),
+        Some(""),
+        &[
+            ("QUORUM_LEDGER_URL", "postgres://"),
+            ("PGHOST", "localhost"),
+            ("PGPORT", &port),
+            ("PGUSER", "quorum"),
+            ("PGDATABASE", "postgres"),
+            ("PGSSLMODE", "verify-full"),
+            ("PGSSLROOTCERT", &ca),
+            ("QUORUM_DATA_DIR", dir.path().to_str().unwrap()),
+        ],
+    )
+    .args(["ledger", "sessions"])
+    .output()
+    .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr).to_string();
+    assert!(out.status.success(), "{err}");
 }
 
 /// `quorum` with a clean environment, its data and config in `dir`, the ledger at

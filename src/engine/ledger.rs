@@ -28,6 +28,7 @@ use super::request::{Attachment, AttachmentData, ChatRequest};
 
 mod batch;
 pub mod migrate;
+pub mod pg_conn;
 pub mod pg_tls;
 pub mod postgres;
 pub mod spool;
@@ -324,9 +325,18 @@ impl LedgerError {
                 "retry; if it lasts, stop the process that holds the ledger"
             }
             LedgerError::Open { detail, .. }
-                if remote && (detail.starts_with("TLS") || detail.starts_with("[ledger] url")) =>
+                if remote
+                    && (detail.starts_with("TLS")
+                        || detail.starts_with("[ledger] url")
+                        || detail.starts_with("ssl")
+                        || detail.contains("client certificate")) =>
             {
-                "correct sslmode / sslrootcert in [ledger] url or QUORUM_LEDGER_URL (see the README's shared ledger section), or the server's TLS setup"
+                "correct the TLS parameters (sslmode, sslrootcert, sslcert, sslkey, sslcrl) in [ledger] url or QUORUM_LEDGER_URL, or their PG* variables (see the README's shared ledger section), or the server's TLS setup"
+            }
+            LedgerError::Open { detail, .. }
+                if remote && (detail.starts_with("PG") || detail.starts_with("the URL names no")) =>
+            {
+                "correct the PG* variable named, or give the value in [ledger] url / QUORUM_LEDGER_URL (the URL wins over the environment)"
             }
             LedgerError::Unavailable { .. } | LedgerError::Open { .. } if remote => {
                 "start the database or check [ledger] url / QUORUM_LEDGER_URL and its credentials"

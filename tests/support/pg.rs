@@ -19,11 +19,14 @@ pub struct PgCluster {
     pub password: String,
     /// With TLS on: the certificates made for it.
     pub tls: Option<TlsFiles>,
+    /// TCP logins need a client certificate signed by the test CA (`hostssl ... cert`).
+    client_certs: bool,
 }
 
 /// The certificates of a cluster started with TLS: a test CA, the server's
-/// certificate signed by it (for `localhost` and `127.0.0.1`), and a second CA that
-/// signed nothing (a wrong root).
+/// certificate signed by it (for `localhost` and `127.0.0.1`), a second CA that
+/// signed no server certificate (a wrong root), client certificates for the user
+/// `quorum`, and CRLs of the test CA.
 pub struct TlsFiles {
     /// The CA that signed the server's certificate (PEM).
     pub ca: PathBuf,
@@ -31,6 +34,25 @@ pub struct TlsFiles {
     pub other_ca: PathBuf,
     cert: PathBuf,
     key: PathBuf,
+    /// A client certificate (CN=quorum, EC P-256) signed by `ca`, and its key in
+    /// PKCS#8 (`-----BEGIN PRIVATE KEY-----`), mode 0600.
+    pub client_cert: PathBuf,
+    /// The same key in SEC1 (`-----BEGIN EC PRIVATE KEY-----`), mode 0600.
+    pub client_key: PathBuf,
+    /// The same key in PKCS#8, mode 0600.
+    pub client_key_pkcs8: PathBuf,
+    /// A client certificate (CN=quorum, RSA) signed by `ca`.
+    pub client_rsa_cert: PathBuf,
+    /// Its key in PKCS#1 (`-----BEGIN RSA PRIVATE KEY-----`), mode 0600.
+    pub client_rsa_key: PathBuf,
+    /// A client certificate (CN=quorum) signed by `other_ca`, and its key (0600).
+    pub rogue_cert: PathBuf,
+    /// The rogue certificate's key.
+    pub rogue_key: PathBuf,
+    /// A CRL of `ca` that revokes nothing.
+    pub crl_clean: PathBuf,
+    /// A CRL of `ca` that revokes the server's certificate.
+    pub crl_revoked: PathBuf,
 }
 
 fn openssl(dir: &Path, args: &[&str]) -> Result<(), String> {
@@ -108,20 +130,107 @@ fn make_certs(dir: &Path) -> Result<TlsFiles, String> {
             "server.ext",
         ],
     )?;
+    // Client certificates for the user `quorum`: EC (its key also in SEC1) and RSA
+    // (PKCS#1) signed by the CA, and one signed by the other CA.
+    std::fs::write(
+        dir.join("client.ext"),
+        "basicConstraints=CA:FALSE\nkeyUsage=digitalSignature,keyEncipherment\n\
+         extendedKeyUsage=clientAuth\n",
+    )
+    .map_err(|e| e.to_string())?;
+    openssl(
+        dir,
+        &["genrsa", "-traditional", "-out", "client_rsa.key", "2048"],
+    )?;
+    for (name, ca, rsa) in [
+        ("client", "ca", false),
+        ("client_rsa", "ca", true),
+        ("rogue", "other_ca", false),
+    ] {
+        let (key, csr, crt) = (
+            format!("{name}.key"),
+            format!("{name}.csr"),
+            format!("{name}.crt"),
+        );
+        let mut a = vec!["req"];
+        if rsa {
+            a.extend(["-new", "-key", &key]);
+        } else {
+            a.extend(ec);
+            a.extend(["-keyout", &key]);
+        }
+        a.extend(["-out", &csr, "-subj", "/CN=quorum"]);
+        openssl(dir, &a)?;
+        let (ca_crt, ca_key) = (format!("{ca}.crt"), format!("{ca}.key"));
+        openssl(
+            dir,
+            &[
+                "x509",
+                "-req",
+                "-in",
+                &csr,
+                "-CA",
+                &ca_crt,
+                "-CAkey",
+                &ca_key,
+                "-CAcreateserial",
+                "-out",
+                &crt,
+                "-days",
+                "2",
+                "-extfile",
+                "client.ext",
+            ],
+        )?;
+    }
+    openssl(dir, &["ec", "-in", "client.key", "-out", "client.sec1.key"])?;
+    // CRLs of the CA: one revoking nothing, one revoking the server's certificate.
+    std::fs::write(dir.join("index.txt"), "").map_err(|e| e.to_string())?;
+    std::fs::write(dir.join("crlnumber"), "01\n").map_err(|e| e.to_string())?;
+    std::fs::write(
+        dir.join("ca.cnf"),
+        "[ca]\ndefault_ca = d\n[d]\ndatabase = index.txt\ncrlnumber = crlnumber\n\
+         default_md = sha256\ndefault_crl_days = 2\n",
+    )
+    .map_err(|e| e.to_string())?;
+    let ca_args = ["-config", "ca.cnf", "-keyfile", "ca.key", "-cert", "ca.crt"];
+    let mut a = vec!["ca", "-gencrl", "-out", "clean.crl"];
+    a.extend(ca_args);
+    openssl(dir, &a)?;
+    let mut a = vec!["ca", "-revoke", "server.crt"];
+    a.extend(ca_args);
+    openssl(dir, &a)?;
+    let mut a = vec!["ca", "-gencrl", "-out", "revoked.crl"];
+    a.extend(ca_args);
+    openssl(dir, &a)?;
     {
         use std::os::unix::fs::PermissionsExt;
-        // The server refuses a key others can read.
-        std::fs::set_permissions(
-            dir.join("server.key"),
-            std::fs::Permissions::from_mode(0o600),
-        )
-        .map_err(|e| e.to_string())?;
+        // The server refuses a key others can read, and so does quorum (as libpq).
+        for key in [
+            "server.key",
+            "client.key",
+            "client.sec1.key",
+            "client_rsa.key",
+            "rogue.key",
+        ] {
+            std::fs::set_permissions(dir.join(key), std::fs::Permissions::from_mode(0o600))
+                .map_err(|e| e.to_string())?;
+        }
     }
     Ok(TlsFiles {
         ca: dir.join("ca.crt"),
         other_ca: dir.join("other_ca.crt"),
         cert: dir.join("server.crt"),
         key: dir.join("server.key"),
+        client_cert: dir.join("client.crt"),
+        client_key: dir.join("client.sec1.key"),
+        client_key_pkcs8: dir.join("client.key"),
+        client_rsa_cert: dir.join("client_rsa.crt"),
+        client_rsa_key: dir.join("client_rsa.key"),
+        rogue_cert: dir.join("rogue.crt"),
+        rogue_key: dir.join("rogue.key"),
+        crl_clean: dir.join("clean.crl"),
+        crl_revoked: dir.join("revoked.crl"),
     })
 }
 
@@ -157,6 +266,10 @@ impl PgCluster {
     }
 
     fn start_with(tls: bool) -> Result<PgCluster, String> {
+        Self::start_full(tls, false)
+    }
+
+    fn start_full(tls: bool, client_certs: bool) -> Result<PgCluster, String> {
         let bin = find_bin().ok_or(
             "PostgreSQL server binaries not found under /usr/lib/postgresql (apt-get install postgresql)",
         )?;
@@ -210,6 +323,7 @@ impl PgCluster {
             port: free_port(),
             password,
             tls,
+            client_certs,
         };
         let data = c.root.join("data");
         let out = c.run(
@@ -233,6 +347,15 @@ impl PgCluster {
                 "initdb failed: {}",
                 String::from_utf8_lossy(&out.stderr)
             ));
+        }
+        if client_certs {
+            // Over TCP only TLS with a client certificate for the user (its CN) is
+            // let in; no password is asked.
+            std::fs::write(
+                data.join("pg_hba.conf"),
+                "local all all trust\nhostssl all all 127.0.0.1/32 cert\n",
+            )
+            .map_err(|e| e.to_string())?;
         }
         // A free port can be taken between our check and the server's bind: retry.
         for _ in 0..5 {
@@ -274,6 +397,9 @@ impl PgCluster {
                 t.cert.display(),
                 t.key.display()
             ));
+            if self.client_certs {
+                opts.push_str(&format!(" -c ssl_ca_file={}", t.ca.display()));
+            }
         }
         let out = self.run(
             "pg_ctl",
@@ -398,7 +524,50 @@ pub fn tls_cluster_or_skip() -> Option<PgCluster> {
     start_or_skip(true)
 }
 
+/// A TLS cluster whose TCP logins need a client certificate signed by its CA
+/// (`hostssl all all 127.0.0.1/32 cert`, `ssl_ca_file`), or `None` after printing
+/// `SKIP:` as [`tls_cluster_or_skip`].
+pub fn client_cert_cluster_or_skip() -> Option<PgCluster> {
+    note_pg_env();
+    if Command::new("openssl").arg("version").output().is_err() {
+        eprintln!("SKIP: the openssl tool is not installed (apt-get install openssl)");
+        return None;
+    }
+    if find_bin().is_none() {
+        eprintln!(
+            "SKIP: PostgreSQL server binaries not found under /usr/lib/postgresql (apt-get install postgresql)"
+        );
+        return None;
+    }
+    match PgCluster::start_full(true, true) {
+        Ok(c) => Some(c),
+        Err(why) if why.contains("no `postgres` user") => {
+            eprintln!("SKIP: {why}");
+            None
+        }
+        Err(why) => panic!("cannot start a test PostgreSQL: {why}"),
+    }
+}
+
+/// libpq's variables the ledger reads where a test's URL leaves a parameter out
+/// (tests set them only for the processes they start): say so when the test
+/// process itself has some, as they may change what an in-process test connects with.
+fn note_pg_env() {
+    let set: Vec<String> = std::env::vars()
+        .map(|(k, _)| k)
+        .filter(|k| k.starts_with("PG"))
+        .collect();
+    if !set.is_empty() {
+        eprintln!(
+            "note: {} set in the test's environment; the ledger reads libpq's PG* variables \
+             where a URL leaves a parameter out (unset them if a test misbehaves)",
+            set.join(", ")
+        );
+    }
+}
+
 fn start_or_skip(tls: bool) -> Option<PgCluster> {
+    note_pg_env();
     if find_bin().is_none() {
         eprintln!(
             "SKIP: PostgreSQL server binaries not found under /usr/lib/postgresql (apt-get install postgresql)"

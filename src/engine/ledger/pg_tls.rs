@@ -25,7 +25,9 @@ use rustls::client::danger::{HandshakeSignatureValid, ServerCertVerified, Server
 use rustls::client::WebPkiServerVerifier;
 use rustls::crypto::CryptoProvider;
 use rustls::pki_types::pem::PemObject;
-use rustls::pki_types::{CertificateDer, ServerName, UnixTime};
+use rustls::pki_types::{
+    CertificateDer, CertificateRevocationListDer, PrivateKeyDer, ServerName, UnixTime,
+};
 use rustls::{CertificateError, DigitallySignedStruct, RootCertStore, SignatureScheme};
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio_postgres::config::{Host, SslMode};
@@ -79,15 +81,52 @@ pub enum Roots {
     System,
 }
 
+/// A file named by a parameter, with where it was named (`sslkey` in the URL, or
+/// libpq's `PGSSLKEY` variable), for messages.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct FileParam {
+    /// The file.
+    pub path: PathBuf,
+    /// `sslcert`, `sslkey`, `sslcrl`, or the variable that gave it.
+    pub via: &'static str,
+}
+
+impl std::fmt::Display for FileParam {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{} {}", self.via, self.path.display())
+    }
+}
+
+/// The TLS parameters a URL names (each `None` when absent).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct UrlTls {
+    /// `sslmode`.
+    pub mode: Option<Mode>,
+    /// `sslrootcert`.
+    pub root: Option<Roots>,
+    /// `sslcert`: the client certificate (PEM).
+    pub cert: Option<PathBuf>,
+    /// `sslkey`: its private key (PEM).
+    pub key: Option<PathBuf>,
+    /// `sslcrl`: revoked certificates (PEM CRLs).
+    pub crl: Option<PathBuf>,
+}
+
 /// The TLS settings of a ledger URL.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Settings {
     /// The mode in force.
     pub mode: Mode,
-    /// Whether the URL said it (otherwise the default for its host).
+    /// Whether the URL (or `PGSSLMODE`) said it (otherwise the default for its host).
     pub explicit: bool,
+    /// Which said it: `sslmode` or `PGSSLMODE`.
+    pub mode_via: &'static str,
     /// `sslrootcert`, as given.
     pub root: Option<Roots>,
+    /// The client certificate and its key (`sslcert`, `sslkey`).
+    pub client: Option<(FileParam, FileParam)>,
+    /// `sslcrl`.
+    pub crl: Option<FileParam>,
 }
 
 fn percent_decode(s: &str) -> String {
@@ -108,44 +147,54 @@ fn percent_decode(s: &str) -> String {
     String::from_utf8_lossy(&out).into_owned()
 }
 
-/// Take `sslmode`, `sslrootcert` (which tokio-postgres does not know, or knows only in
-/// part) out of a `postgres://` URL's query. Returns the URL left and what was taken.
-/// Client certificates (`sslcert`, `sslkey`) are refused by name.
-pub fn split_url(url: &str) -> Result<(String, Option<Mode>, Option<Roots>), String> {
+/// Take the TLS parameters (`sslmode`, `sslrootcert`, `sslcert`, `sslkey`, `sslcrl`,
+/// which tokio-postgres does not know, or knows only in part) out of a `postgres://`
+/// URL's query. Returns the URL left and what was taken. `sslpassword` (encrypted
+/// keys), `sslcrldir` and `sslsni` are refused by name.
+pub fn split_url(url: &str) -> Result<(String, UrlTls), String> {
     // The query starts after the authority (a raw `?` in a password is not one).
     let rest = url.find("://").map_or(0, |i| i + 3);
     let path = url[rest..].find('/').map_or(url.len(), |i| rest + i);
     let host = url[rest..path].rfind('@').map_or(rest, |i| rest + i + 1);
     let Some(q) = url[host..].find('?').map(|i| host + i) else {
-        return Ok((url.to_string(), None, None));
+        return Ok((url.to_string(), UrlTls::default()));
     };
     let (base, query) = (&url[..q], &url[q + 1..]);
-    let (mut mode, mut root) = (None, None);
+    let mut t = UrlTls::default();
     let mut kept: Vec<&str> = Vec::new();
+    let file = |k: &str, v: &str| {
+        let v = percent_decode(v);
+        if v.is_empty() {
+            Err(format!("{k} is empty (give the path of a PEM file)"))
+        } else {
+            Ok(Some(PathBuf::from(v)))
+        }
+    };
     for pair in query.split('&').filter(|p| !p.is_empty()) {
         let (k, v) = pair.split_once('=').unwrap_or((pair, ""));
         match percent_decode(k).as_str() {
             "sslmode" => {
                 let v = percent_decode(v);
-                mode = Some(Mode::parse(&v).ok_or_else(|| {
+                t.mode = Some(Mode::parse(&v).ok_or_else(|| {
                     format!(
                         "sslmode={v} is not one of disable, prefer, require, verify-ca, verify-full"
                     )
                 })?);
             }
-            "sslrootcert" => {
-                let v = percent_decode(v);
-                root = Some(if v == "system" {
-                    Roots::System
-                } else if v.is_empty() {
-                    return Err("sslrootcert is empty (give a PEM file, or `system`)".into());
-                } else {
-                    Roots::File(PathBuf::from(v))
-                });
+            "sslrootcert" => t.root = Some(parse_roots(&percent_decode(v))?),
+            "sslcert" => t.cert = file("sslcert", v)?,
+            "sslkey" => t.key = file("sslkey", v)?,
+            "sslcrl" => t.crl = file("sslcrl", v)?,
+            "sslpassword" => {
+                return Err(
+                    "sslpassword is not supported: give sslkey an unencrypted key \
+                     (openssl pkey -in key.pem -out plain.key; chmod 600 plain.key)"
+                        .into(),
+                )
             }
-            k @ ("sslcert" | "sslkey" | "sslpassword" | "sslcrl" | "sslcrldir" | "sslsni") => {
+            k @ ("sslcrldir" | "sslsni") => {
                 return Err(format!(
-                    "{k} is not supported (quorum's TLS verifies the server; it sends no client certificate)"
+                    "{k} is not supported (sslcrl=FILE names a PEM file of CRLs)"
                 ));
             }
             _ => kept.push(pair),
@@ -156,7 +205,23 @@ pub fn split_url(url: &str) -> Result<(String, Option<Mode>, Option<Roots>), Str
     } else {
         format!("{base}?{}", kept.join("&"))
     };
-    Ok((url, mode, root))
+    Ok((url, t))
+}
+
+/// `sslrootcert`'s value: `system`, or a file.
+pub fn parse_roots(v: &str) -> Result<Roots, String> {
+    if v == "system" {
+        Ok(Roots::System)
+    } else if v.is_empty() {
+        Err("sslrootcert is empty (give a PEM file, or `system`)".into())
+    } else {
+        Ok(Roots::File(PathBuf::from(v)))
+    }
+}
+
+/// `sslmode`'s value.
+pub fn parse_mode(v: &str) -> Option<Mode> {
+    Mode::parse(v)
 }
 
 /// Whether every host of `cfg` is this machine (a Unix socket, `localhost`, a loopback
@@ -187,7 +252,10 @@ pub fn settings(cfg: &tokio_postgres::Config, mode: Option<Mode>, root: Option<R
     Settings {
         mode,
         explicit,
+        mode_via: "sslmode",
         root,
+        client: None,
+        crl: None,
     }
 }
 
@@ -205,7 +273,7 @@ impl Settings {
     /// `sslmode=require (the default for a remote host)`.
     pub fn describe(&self) -> String {
         if self.explicit {
-            format!("sslmode={}", self.mode.as_str())
+            format!("{}={}", self.mode_via, self.mode.as_str())
         } else if self.mode == Mode::Prefer {
             "sslmode=prefer (the default for a database on this machine)".into()
         } else {
@@ -213,7 +281,8 @@ impl Settings {
         }
     }
 
-    /// The connector, or why the roots cannot be loaded.
+    /// The connector, or why the roots, the client certificate or the CRLs cannot be
+    /// loaded.
     pub fn connector(&self) -> Result<Option<RustlsConnect>, String> {
         if self.mode == Mode::Disable {
             return Ok(None);
@@ -226,13 +295,33 @@ impl Settings {
             _ => Check::Nothing,
         };
         let verifier: Arc<dyn ServerCertVerifier> = match check {
-            Check::Nothing => Arc::new(AcceptAny(provider.clone())),
+            Check::Nothing => {
+                if let Some(crl) = &self.crl {
+                    // libpq would ignore it; a revocation list that is never checked
+                    // is a setting that does not do what it says.
+                    return Err(format!(
+                        "{crl} is only checked when the server's certificate is: use \
+                         sslmode=verify-full (or verify-ca) with sslrootcert, or drop {}",
+                        crl.via
+                    ));
+                }
+                Arc::new(AcceptAny(provider.clone()))
+            }
             Check::Chain | Check::Full => {
                 let roots = load_roots(self.root.as_ref(), self.mode)?;
-                let inner =
-                    WebPkiServerVerifier::builder_with_provider(Arc::new(roots), provider.clone())
-                        .build()
-                        .map_err(|e| format!("cannot use the root certificates: {e}"))?;
+                let mut builder =
+                    WebPkiServerVerifier::builder_with_provider(Arc::new(roots), provider.clone());
+                if let Some(crl) = &self.crl {
+                    // As libpq (OpenSSL's CRL_CHECK_ALL): every certificate of the
+                    // chain must be covered, and a CRL past its next update fails.
+                    builder = builder
+                        .with_crls(load_crls(crl)?)
+                        .enforce_revocation_expiration();
+                }
+                let inner = builder.build().map_err(|e| match &self.crl {
+                    Some(crl) => format!("cannot use the root certificates with {crl}: {e}"),
+                    None => format!("cannot use the root certificates: {e}"),
+                })?;
                 Arc::new(Verify {
                     inner,
                     names: check == Check::Full,
@@ -243,13 +332,119 @@ impl Settings {
             .with_safe_default_protocol_versions()
             .map_err(|e| format!("TLS setup: {e}"))?
             .dangerous()
-            .with_custom_certificate_verifier(verifier)
-            .with_no_client_auth();
+            .with_custom_certificate_verifier(verifier);
+        let config = match &self.client {
+            None => config.with_no_client_auth(),
+            Some((cert, key)) => {
+                let chain = load_client_cert(cert)?;
+                let der = load_client_key(key)?;
+                config.with_client_auth_cert(chain, der).map_err(|e| {
+                    format!(
+                        "{cert} and {key} do not go together ({e}): give the key made with \
+                         that certificate"
+                    )
+                })?
+            }
+        };
         Ok(Some(RustlsConnect {
             config: Arc::new(config),
             names: check == Check::Full,
         }))
     }
+}
+
+/// A PEM parse error in words (rustls prints the markers as byte lists).
+fn pem_reason(e: &rustls::pki_types::pem::Error) -> String {
+    use rustls::pki_types::pem::Error as E;
+    match e {
+        E::MissingSectionEnd { end_marker } => {
+            let label = String::from_utf8_lossy(end_marker);
+            let label = label.trim();
+            format!("a `-----BEGIN {label}-----` section has no `-----END {label}-----` line")
+        }
+        E::IllegalSectionStart { line } => {
+            format!("malformed line `{}`", String::from_utf8_lossy(line).trim())
+        }
+        E::Base64Decode(e) => format!("bad base64 ({e})"),
+        other => other.to_string(),
+    }
+}
+
+/// The client's certificate chain from a PEM file.
+fn load_client_cert(f: &FileParam) -> Result<Vec<CertificateDer<'static>>, String> {
+    let pem = std::fs::read(&f.path).map_err(|e| format!("cannot read {f}: {e}"))?;
+    let chain = CertificateDer::pem_slice_iter(&pem)
+        .collect::<Result<Vec<_>, _>>()
+        .map_err(|e| format!("{f} is not PEM: {}", pem_reason(&e)))?;
+    if chain.is_empty() {
+        return Err(format!(
+            "{f} holds no certificate (expected PEM: -----BEGIN CERTIFICATE-----)"
+        ));
+    }
+    Ok(chain)
+}
+
+/// libpq's rule for a private key file: none of group/others' bits when it is
+/// ours, at most group read when root owns it (0600 / 0640 or stricter).
+fn key_permissions_ok(mode: u32, owner: u32, me: u32) -> bool {
+    if owner == me && mode & 0o077 != 0 {
+        return false;
+    }
+    !(owner == 0 && mode & 0o037 != 0)
+}
+
+/// The client's private key from a PEM file (PKCS#8, PKCS#1 RSA or SEC1 EC), after
+/// libpq's permission check.
+fn load_client_key(f: &FileParam) -> Result<PrivateKeyDer<'static>, String> {
+    let meta = std::fs::metadata(&f.path).map_err(|e| format!("cannot read {f}: {e}"))?;
+    if !meta.is_file() {
+        return Err(format!("{f} is not a regular file"));
+    }
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::MetadataExt;
+        // SAFETY: geteuid(2) cannot fail and touches no memory.
+        let me = unsafe { libc::geteuid() };
+        if !key_permissions_ok(meta.mode(), meta.uid(), me) {
+            return Err(format!(
+                "{f} has group or world access (mode {:04o}); as libpq, the key must be \
+                 u=rw (0600) or less when owned by you, or u=rw,g=r (0640) or less when \
+                 owned by root: chmod 600 {}",
+                meta.mode() & 0o7777,
+                f.path.display()
+            ));
+        }
+    }
+    let pem = std::fs::read(&f.path).map_err(|e| format!("cannot read {f}: {e}"))?;
+    PrivateKeyDer::from_pem_slice(&pem).map_err(|e| {
+        if pem.windows(b"ENCRYPTED".len()).any(|w| w == b"ENCRYPTED") {
+            format!(
+                "{f} is encrypted, and quorum takes no key password: decrypt it \
+                 (openssl pkey -in KEY -out plain.key; chmod 600 plain.key)"
+            )
+        } else if matches!(e, rustls::pki_types::pem::Error::NoItemsFound) {
+            format!(
+                "{f} holds no private key (expected PEM: PRIVATE KEY, RSA PRIVATE KEY or \
+                 EC PRIVATE KEY)"
+            )
+        } else {
+            format!("{f} is not a PEM private key: {}", pem_reason(&e))
+        }
+    })
+}
+
+/// Certificate revocation lists from a PEM file.
+fn load_crls(f: &FileParam) -> Result<Vec<CertificateRevocationListDer<'static>>, String> {
+    let pem = std::fs::read(&f.path).map_err(|e| format!("cannot read {f}: {e}"))?;
+    let crls = CertificateRevocationListDer::pem_slice_iter(&pem)
+        .collect::<Result<Vec<_>, _>>()
+        .map_err(|e| format!("{f} is not PEM: {}", pem_reason(&e)))?;
+    if crls.is_empty() {
+        return Err(format!(
+            "{f} holds no CRL (expected PEM: -----BEGIN X509 CRL-----)"
+        ));
+    }
+    Ok(crls)
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -293,7 +488,13 @@ fn load_roots(root: Option<&Roots>, mode: Mode) -> Result<RootCertStore, String>
         .map_err(|e| format!("cannot read sslrootcert {}: {e}", file.display()))?;
     let mut n = 0;
     for c in CertificateDer::pem_slice_iter(&pem) {
-        let c = c.map_err(|e| format!("sslrootcert {} is not PEM: {e}", file.display()))?;
+        let c = c.map_err(|e| {
+            format!(
+                "sslrootcert {} is not PEM: {}",
+                file.display(),
+                pem_reason(&e)
+            )
+        })?;
         store
             .add(c)
             .map_err(|e| format!("sslrootcert {}: {e}", file.display()))?;
@@ -571,21 +772,54 @@ fn server_end_point(cert: &[u8]) -> Option<Vec<u8>> {
     })
 }
 
+/// The text of `e` and its causes.
+fn chain_text(e: &tokio_postgres::Error) -> String {
+    let mut text = e.to_string();
+    let mut cause = std::error::Error::source(e);
+    while let Some(c) = cause {
+        text.push_str(": ");
+        text.push_str(&c.to_string());
+        cause = c.source();
+    }
+    text
+}
+
 /// Whether `e` is a TLS failure (handshake, certificate, or a server without TLS), as
 /// opposed to a database that is away: one is a setting to fix, the other passes.
+/// Under TLS 1.3 the server's verdict on our client certificate arrives after the
+/// handshake, as an alert on the first read: that is a TLS failure too.
 pub fn is_tls_error(e: &tokio_postgres::Error) -> bool {
     e.to_string().starts_with("error performing TLS handshake")
+        || chain_text(e).contains("received fatal alert")
 }
 
 /// A sentence for a TLS failure: what failed, and what to change.
 pub fn explain(e: &tokio_postgres::Error) -> String {
-    let cause = std::error::Error::source(e)
-        .map(|c| c.to_string())
-        .unwrap_or_else(|| e.to_string());
+    let cause = if e.to_string().starts_with("error performing TLS handshake") {
+        std::error::Error::source(e)
+            .map(|c| c.to_string())
+            .unwrap_or_else(|| e.to_string())
+    } else {
+        chain_text(e)
+    };
     let hint = if cause.contains("does not support TLS") {
         "the server does not offer TLS and the sslmode in force requires it (require is the \
          default for a remote database): enable ssl on the server, or set sslmode=disable in \
          [ledger] url if plaintext is acceptable"
+    } else if cause.contains("UnknownRevocationStatus") {
+        "sslcrl holds no CRL from the CA that issued a certificate of the server's chain \
+         (every certificate of the chain must be covered, as libpq): add that CA's CRL to the file"
+    } else if cause.contains("Revoked") {
+        "the server's certificate is revoked by a CRL in sslcrl: the server needs a new \
+         certificate"
+    } else if cause.contains("revocation list expired") || cause.contains("ExpiredRevocationList") {
+        "the CRL in sslcrl is past its next update: fetch a fresh one from the CA"
+    } else if cause.contains("received fatal alert: CertificateRequired") {
+        "the server requires a client certificate: set sslcert and sslkey in [ledger] url \
+         (or PGSSLCERT and PGSSLKEY)"
+    } else if cause.contains("received fatal alert") {
+        "the server refused the TLS session, most likely our client certificate (sslcert): \
+         it must be signed by a CA in the server's ssl_ca_file, unexpired and unrevoked"
     } else if cause.contains("UnknownIssuer") || cause.contains("unknown issuer") {
         "the server's certificate is not signed by a root in sslrootcert"
     } else if cause.contains("NotValidForName") || cause.contains("not valid for name") {
@@ -607,34 +841,43 @@ mod tests {
     }
 
     #[test]
-    fn sslmode_and_sslrootcert_are_taken_out_of_the_url() {
-        let (u, m, r) = split_url(
-            "postgres://q:pw@db/l?application_name=x&sslmode=verify-full&sslrootcert=%2Fetc%2Fca.pem",
+    fn the_tls_parameters_are_taken_out_of_the_url() {
+        let (u, t) = split_url(
+            "postgres://q:pw@db/l?application_name=x&sslmode=verify-full&sslrootcert=%2Fetc%2Fca.pem\
+             &sslcert=/c.crt&sslkey=/c.key&sslcrl=/c.crl",
         )
         .unwrap();
         assert_eq!(u, "postgres://q:pw@db/l?application_name=x");
-        assert_eq!(m, Some(Mode::VerifyFull));
-        assert_eq!(r, Some(Roots::File("/etc/ca.pem".into())));
-        let (u, m, r) = split_url("postgres://db/l?sslmode=require").unwrap();
+        assert_eq!(t.mode, Some(Mode::VerifyFull));
+        assert_eq!(t.root, Some(Roots::File("/etc/ca.pem".into())));
+        assert_eq!(t.cert, Some("/c.crt".into()));
+        assert_eq!(t.key, Some("/c.key".into()));
+        assert_eq!(t.crl, Some("/c.crl".into()));
+        let (u, t) = split_url("postgres://db/l?sslmode=require").unwrap();
         assert_eq!(
-            (u.as_str(), m, r),
+            (u.as_str(), t.mode, t.root),
             ("postgres://db/l", Some(Mode::Require), None)
         );
         assert_eq!(
-            split_url("postgres://db/l?sslrootcert=system").unwrap().2,
+            split_url("postgres://db/l?sslrootcert=system")
+                .unwrap()
+                .1
+                .root,
             Some(Roots::System)
         );
         let e = split_url("postgres://db/l?sslmode=allow-ish").unwrap_err();
         assert!(e.contains("allow-ish") && e.contains("verify-full"), "{e}");
         // A raw `?` in the password is not the query.
-        let (u, m, _) = split_url("postgres://q:p?w@db/l?sslmode=disable").unwrap();
+        let (u, t) = split_url("postgres://q:p?w@db/l?sslmode=disable").unwrap();
         assert_eq!(
-            (u.as_str(), m),
+            (u.as_str(), t.mode),
             ("postgres://q:p?w@db/l", Some(Mode::Disable))
         );
-        assert_eq!(split_url("postgres://q:p?w@db/l").unwrap().1, None);
-        let e = split_url("postgres://db/l?sslcert=/c.pem").unwrap_err();
-        assert!(e.contains("sslcert"), "{e}");
+        assert_eq!(split_url("postgres://q:p?w@db/l").unwrap().1.mode, None);
+        for k in ["sslcrldir", "sslsni", "sslpassword"] {
+            let e = split_url(&format!("postgres://db/l?{k}=x")).unwrap_err();
+            assert!(e.contains(k), "{e}");
+        }
     }
 
     #[test]
@@ -669,7 +912,10 @@ mod tests {
         let s = Settings {
             mode: Mode::VerifyFull,
             explicit: true,
+            mode_via: "sslmode",
             root: Some(Roots::File("/nonexistent/quorum-root.crt".into())),
+            client: None,
+            crl: None,
         };
         let e = s.connector().err().unwrap();
         assert!(e.contains("/nonexistent/quorum-root.crt"), "{e}");
@@ -685,8 +931,115 @@ mod tests {
         let s = Settings {
             mode: Mode::Require,
             explicit: true,
+            mode_via: "sslmode",
             root: None,
+            client: None,
+            crl: None,
         };
         assert!(s.connector().unwrap().is_some());
+    }
+
+    #[test]
+    fn a_key_file_follows_libpqs_permission_rule() {
+        let (me, root) = (1000, 0);
+        assert!(key_permissions_ok(0o100600, me, me));
+        assert!(key_permissions_ok(0o100400, me, me));
+        assert!(!key_permissions_ok(0o100640, me, me));
+        assert!(!key_permissions_ok(0o100604, me, me));
+        // Owned by root (and we are not root): group read is allowed.
+        assert!(key_permissions_ok(0o100640, root, me));
+        assert!(!key_permissions_ok(0o100660, root, me));
+        assert!(!key_permissions_ok(0o100644, root, me));
+        // We are root: as any owner.
+        assert!(!key_permissions_ok(0o100640, root, root));
+        // Someone else's file: the server decides.
+        assert!(key_permissions_ok(0o100644, 1001, me));
+    }
+
+    #[test]
+    fn client_certificate_and_crl_files_are_refused_clearly() {
+        use std::os::unix::fs::PermissionsExt;
+        let dir = tempfile::tempdir().unwrap();
+        let file = |name: &str, text: &str, mode: u32| {
+            let p = dir.path().join(name);
+            std::fs::write(&p, text).unwrap();
+            std::fs::set_permissions(&p, std::fs::Permissions::from_mode(mode)).unwrap();
+            p
+        };
+        let param = |path: &Path, via| FileParam {
+            path: path.to_path_buf(),
+            via,
+        };
+        let garbage = file("garbage.pem", "not PEM at all", 0o600);
+        let open_key = file("open.key", "-----BEGIN PRIVATE KEY-----\n", 0o644);
+        let enc = file(
+            "enc.key",
+            "-----BEGIN ENCRYPTED PRIVATE KEY-----\nAAAA\n-----END ENCRYPTED PRIVATE KEY-----\n",
+            0o600,
+        );
+        let missing = dir.path().join("missing.crt");
+        let client = |c: &Path, k: &Path| Settings {
+            mode: Mode::Require,
+            explicit: true,
+            mode_via: "sslmode",
+            root: None,
+            client: Some((param(c, "sslcert"), param(k, "PGSSLKEY"))),
+            crl: None,
+        };
+        let err = |s: Settings| s.connector().err().expect("refused");
+
+        let e = err(client(&missing, &garbage));
+        assert!(
+            e.contains("cannot read sslcert") && e.contains("missing.crt"),
+            "{e}"
+        );
+        let e = err(client(&garbage, &garbage));
+        assert!(
+            e.contains("sslcert") && e.contains("holds no certificate"),
+            "{e}"
+        );
+
+        // The key's checks, with a certificate that parses.
+        let cert = file(
+            "c.crt",
+            "-----BEGIN CERTIFICATE-----\nMAA=\n-----END CERTIFICATE-----\n",
+            0o644,
+        );
+        let e = err(client(&cert, &open_key));
+        assert!(
+            e.contains("PGSSLKEY") && e.contains("group or world access") && e.contains("0644"),
+            "{e}"
+        );
+        assert!(
+            e.contains(&format!("chmod 600 {}", open_key.display())),
+            "{e}"
+        );
+        let e = err(client(&cert, &garbage));
+        assert!(
+            e.contains("PGSSLKEY") && e.contains("holds no private key"),
+            "{e}"
+        );
+        let e = err(client(&cert, &enc));
+        assert!(e.contains("is encrypted"), "{e}");
+        let e = err(client(&cert, &dir.path().join("nokey")));
+        assert!(
+            e.contains("cannot read PGSSLKEY") && e.contains("nokey"),
+            "{e}"
+        );
+
+        // A CRL is refused where nothing would check it, and a bad one named.
+        let crl = |mode, root| Settings {
+            mode,
+            explicit: true,
+            mode_via: "sslmode",
+            root,
+            client: None,
+            crl: Some(param(&garbage, "sslcrl")),
+        };
+        let e = err(crl(Mode::Require, None));
+        assert!(e.contains("sslcrl") && e.contains("verify-full"), "{e}");
+        let e = err(crl(Mode::VerifyFull, Some(Roots::File(cert.clone()))));
+        // (the root is read first; this one is not a valid certificate)
+        assert!(e.contains("sslrootcert") || e.contains("sslcrl"), "{e}");
     }
 }

@@ -62,14 +62,15 @@ pub fn mask_url(url: &str) -> String {
             }
         }
     }
-    // `?password=...` / key-value `password=...`
-    let lower = out.to_ascii_lowercase();
-    if let Some(i) = lower.find("password=") {
-        let start = i + "password=".len();
+    // Every `?password=...` / `&sslpassword=...` / key-value `password=...`.
+    let mut from = 0;
+    while let Some(i) = out[from..].to_ascii_lowercase().find("password=") {
+        let start = from + i + "password=".len();
         let end = out[start..]
             .find(['&', ' '])
             .map_or(out.len(), |j| start + j);
         out.replace_range(start..end, "***");
+        from = start + 3;
     }
     out
 }
@@ -168,7 +169,15 @@ pub(crate) fn classify(place: &str, e: &tokio_postgres::Error) -> LedgerError {
         // No answer from the server: the connection failed or closed.
         return LedgerError::Unavailable { place, detail };
     };
-    let detail = format!("{} ({})", db.message(), db.code().code());
+    let mut detail = format!("{} ({})", db.message(), db.code().code());
+    if db.message().contains("client certificate") {
+        // `hostssl ... cert` (or clientcert=verify-full) in the server's pg_hba.conf.
+        detail.push_str(
+            ": the server wants a client certificate for this user: set sslcert and sslkey \
+             in [ledger] url (or PGSSLCERT and PGSSLKEY) to a certificate whose CN is the \
+             user, signed by a CA in the server's ssl_ca_file",
+        );
+    }
     let code = db.code();
     if *code == SqlState::DISK_FULL || *code == SqlState::INSUFFICIENT_RESOURCES {
         LedgerError::Full { place, detail }
@@ -1185,25 +1194,15 @@ impl PgBackend {
 
     /// The pool, without connecting.
     fn build(url: &str) -> Result<PgBackend, LedgerError> {
-        let place = mask_url(url);
+        let super::pg_conn::Resolved { cfg, tls, place } =
+            super::pg_conn::resolve(url).map_err(|r| LedgerError::Open {
+                place: r.place,
+                detail: r.detail,
+            })?;
         let open = |detail: String| LedgerError::Open {
             place: place.clone(),
             detail,
         };
-        let (url, mode, root) =
-            pg_tls::split_url(url).map_err(|e| open(format!("[ledger] url: {e}")))?;
-        let mut cfg: tokio_postgres::Config = url
-            .parse()
-            // The parser's message never repeats the password.
-            .map_err(|e: tokio_postgres::Error| open(format!("invalid URL: {e}")))?;
-        if cfg.get_connect_timeout().is_none() {
-            cfg.connect_timeout(Duration::from_secs(5));
-        }
-        if cfg.get_application_name().is_none() {
-            cfg.application_name("quorum");
-        }
-        let tls = pg_tls::settings(&cfg, mode, root);
-        cfg.ssl_mode(tls.ssl_mode());
         let connector = tls
             .connector()
             .map_err(|e| open(format!("TLS ({}): {e}", tls.describe())))?;
@@ -2036,6 +2035,10 @@ mod tests {
             "postgres://db/ledger?user=q&password=***&sslmode=disable"
         );
         assert_eq!(mask_url("postgres://q@db/l"), "postgres://q@db/l");
+        assert_eq!(
+            mask_url("postgres://db/l?sslpassword=k3y&password=s3cret&sslmode=disable"),
+            "postgres://db/l?sslpassword=***&password=***&sslmode=disable"
+        );
         assert!(!mask_url("postgresql://u:p@ss@h/d").contains("p@ss"));
         assert!(!mask_url("postgresql://u:p?ss#w@h/d?sslmode=require").contains("p?ss"));
         assert_eq!(
