@@ -876,6 +876,7 @@ async fn budget_refuses_before_any_request_reaches_the_server() {
             &RequestMeta {
                 run_id: "earlier".into(),
                 target: "openai/gpt-4o-mini".into(),
+                lease_id: None,
                 ..Default::default()
             },
             &spent_completion(0.0095),

@@ -228,6 +228,89 @@ async fn two_servers_sharing_a_ledger_never_cross_the_daily_cap() {
     );
 }
 
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn two_servers_drawing_on_budget_leases_never_cross_the_daily_cap() {
+    // Setup: a cap large enough for leases (each holds 1/64 of it, about three
+    // requests' bounds) and answers that use 90% of their bound: about 200 requests
+    // fit under the cap.
+    let up = Server::start(vec![
+        Reply::sse(openai_sse(900)).chunked(48, Duration::from_millis(5))
+    ])
+    .await;
+    let dir = tempfile::tempdir().unwrap();
+    let cap = 0.12;
+    let config = format!("[budget]\ndaily_usd = {cap}\n");
+    let a = serve(command(dir.path(), &config, &up.url));
+    let b = serve(command(dir.path(), &config, &up.url));
+
+    // Exec: 2 processes x 20 clients, each asking until it is refused.
+    let mut clients = Vec::new();
+    for s in [&a, &b] {
+        for i in 0..20 {
+            let url = s.url.clone();
+            clients.push(tokio::spawn(async move {
+                let mut ok = 0;
+                for n in 0..100 {
+                    let v = rpc(
+                        &url,
+                        "llm.complete",
+                        json!({"model": "openai/gpt-4o-mini",
+                               "prompt": format!("question {i}.{n}"), "max_tokens": 1000}),
+                    )
+                    .await;
+                    if !v["error"].is_null() {
+                        assert_eq!(v["error"]["data"]["kind"], "budget", "{v}");
+                        return (ok, 1);
+                    }
+                    ok += 1;
+                }
+                (ok, 0)
+            }));
+        }
+    }
+    let (mut ok, mut refused) = (0, 0);
+    for c in clients {
+        let (o, r) = c.await.unwrap();
+        ok += o;
+        refused += r;
+    }
+
+    // Check: leases were used, the cap held across both processes, nothing refused
+    // went upstream, and every lease is released once its runs are over.
+    let db = dir.path().join("data/ledger.sqlite3");
+    let (spent, rows) = recorded(&db);
+    let c = rusqlite::Connection::open(&db).unwrap();
+    let count = |sql: &str| c.query_row(sql, [], |r| r.get::<_, i64>(0)).unwrap();
+    let leases = count("SELECT COUNT(*) FROM runs WHERE id LIKE 'lease-%'");
+    let on_lease = count("SELECT COUNT(*) FROM requests WHERE lease_id IS NOT NULL");
+    eprintln!(
+        "answered {ok} ({on_lease} on {leases} leases), refused {refused}, \
+         recorded ${spent:.6} against a cap of ${cap}"
+    );
+    assert!(leases > 0 && on_lease > 0, "no request drew on a lease");
+    assert!(
+        spent <= cap,
+        "recorded spend ${spent} crossed the cap ${cap}"
+    );
+    assert!(ok > 0 && refused > 0, "ok {ok}, refused {refused}");
+    assert_eq!(rows, ok as i64, "one row per answered request");
+    assert_eq!(up.count(), ok, "refused requests never reach the upstream");
+    let open = "SELECT COUNT(*) FROM runs WHERE reserved_usd > 0 AND settled_at IS NULL";
+    assert!(
+        support::eventually(|| count(open) == 0).await,
+        "{} reservations still open",
+        count(open)
+    );
+    let held: f64 = c
+        .query_row(
+            "SELECT COALESCE(SUM(usd), 0) FROM budget_spend WHERE scope LIKE 'held%'",
+            [],
+            |r| r.get(0),
+        )
+        .unwrap();
+    assert!(held.abs() < 1e-12, "${held} still held");
+}
+
 /// Run `cmd` with every file it writes limited to `bytes` (a full disk, as the
 /// process sees it: writes past the limit fail with EFBIG, SIGXFSZ ignored).
 fn with_file_limit(cmd: &mut Command, bytes: u64) {
@@ -528,6 +611,7 @@ fn an_answer_over_sqlites_row_limit_is_recorded_cut_with_its_cost() {
     let meta = RequestMeta {
         run_id: "r1".into(),
         target: "openai/gpt-4o-mini".into(),
+        lease_id: None,
         prompt: "write a lot".into(),
         ..Default::default()
     };

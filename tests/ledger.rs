@@ -566,11 +566,12 @@ fn attachments_column_migrates_forward_and_round_trips() {
     l.record(&meta("old", None), &completion(1)).unwrap();
     drop(l);
     // Back to the schema before the column (version 3; the budget counters of
-    // version 5 go too).
+    // version 5 and the leases of version 6 go too).
     let c = rusqlite::Connection::open(&path).unwrap();
     c.execute_batch(
         "ALTER TABLE requests DROP COLUMN attachments;
-         DROP TABLE budget_spend; ALTER TABLE runs DROP COLUMN held_usd;",
+         DROP TABLE budget_spend; ALTER TABLE runs DROP COLUMN held_usd;
+         DROP INDEX requests_lease; ALTER TABLE requests DROP COLUMN lease_id;",
     )
     .unwrap();
     c.pragma_update(None, "user_version", 3).unwrap();
@@ -643,6 +644,39 @@ fn today() -> String {
     let c = rusqlite::Connection::open_in_memory().unwrap();
     c.query_row("SELECT date('now', 'localtime')", [], |r| r.get(0))
         .unwrap()
+}
+
+#[test]
+fn a_lease_is_drawn_down_by_its_runs_requests_and_released_when_settled() {
+    let dir = tempfile::tempdir().unwrap();
+    let l = Ledger::open(&dir.path().join("ledger.sqlite3"), LedgerOptions::default()).unwrap();
+    let close = |a: f64, b: f64| (a - b).abs() < 1e-9;
+    reserve(&l, "lease-1", Some("s"), 0.012, &ROOMY).unwrap();
+    assert_eq!(l.open_reservations().unwrap().0, 1);
+    // A run on the lease holds nothing itself: its request's cost draws the lease down.
+    let mut m = meta("run-a", Some("s"));
+    m.lease_id = Some("lease-1".into());
+    l.record(&m, &costing(1, Some(0.005))).unwrap();
+    let (n, held) = l.open_reservations().unwrap();
+    assert!(n == 1 && close(held, 0.007), "{n} open, ${held} held");
+    let spend = l.spend(Some("s")).unwrap();
+    assert!(close(spend.today_usd, 0.012), "{spend:?}");
+    assert!(close(spend.session_usd, 0.012), "{spend:?}");
+    // Another run's two requests, the second beyond what is left: the lease gives
+    // what it has, no more.
+    let mut b = meta("run-b", Some("s"));
+    b.lease_id = Some("lease-1".into());
+    l.record(&b, &costing(2, Some(0.004))).unwrap();
+    let (_, held) = l.open_reservations().unwrap();
+    assert!(close(held, 0.003), "${held} held");
+    l.record(&b, &costing(3, Some(0.006))).unwrap();
+    let (n, held) = l.open_reservations().unwrap();
+    assert!(n == 1 && close(held, 0.0), "{n} open, ${held} held");
+    let spend = l.spend(Some("s")).unwrap();
+    assert!(close(spend.today_usd, 0.015), "{spend:?}");
+    l.settle_run("lease-1").unwrap();
+    assert_eq!(l.open_reservations().unwrap().0, 0);
+    assert_counters_agree(&l);
 }
 
 #[test]
@@ -722,9 +756,12 @@ fn budget_counters_equal_a_recount_after_a_mixed_workload_a_crash_and_a_migratio
     // A ledger from before the counters migrates forward to the same counters.
     let kept = c.kept.clone();
     drop(l);
-    raw.execute_batch("DROP TABLE budget_spend; ALTER TABLE runs DROP COLUMN held_usd;")
-        .unwrap();
-    raw.pragma_update(None, "user_version", ledger::schema_version() - 1)
+    raw.execute_batch(
+        "DROP TABLE budget_spend; ALTER TABLE runs DROP COLUMN held_usd;
+         DROP INDEX requests_lease; ALTER TABLE requests DROP COLUMN lease_id;",
+    )
+    .unwrap();
+    raw.pragma_update(None, "user_version", ledger::schema_version() - 2)
         .unwrap();
     drop(raw);
     let l = Ledger::open(&path, LedgerOptions::default()).unwrap();

@@ -24,6 +24,7 @@ fn meta(run: &str) -> RequestMeta {
     RequestMeta {
         run_id: run.into(),
         target: "openai/gpt-4o-mini".into(),
+        lease_id: None,
         prompt: format!("prompt of {run}"),
         ..Default::default()
     }

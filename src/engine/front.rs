@@ -15,6 +15,7 @@ use tokio::sync::mpsc;
 
 use super::budget::{self, Projection};
 use super::error::EngineError;
+use super::lease::{InFlight, Lease, Take};
 use super::ledger::{BackgroundLedger, Gate, Ledger, LedgerError, Refused, RunNote};
 use super::request::ChatRequest;
 use super::run::{Engine, RunHandle, RunOptions, TargetEvent};
@@ -214,11 +215,16 @@ fn projects_quickly(request: &ChatRequest, resolved: &[super::registry::Resolved
 /// Settles a run's reservation when the last of its targets is done (every request
 /// row is written by then). Usually the last target's row settles it in the same
 /// commit ([`Settle::mark_done`]); dropping it settles it otherwise (a run that ends
-/// without a row, two targets finishing at once, a failed write).
+/// without a row, two targets finishing at once, a failed write). A run whose bound
+/// came from a lease holds nothing itself: its rows draw the lease down, and the
+/// lease is released when its last run ends.
 pub(crate) struct Settle {
     ledger: BackgroundLedger,
     run_id: String,
     done: std::sync::atomic::AtomicBool,
+    /// The lease the run's bound was claimed from (dropped before `_in_flight`).
+    lease: Option<Arc<Lease>>,
+    _in_flight: Option<InFlight>,
 }
 
 impl Settle {
@@ -226,27 +232,36 @@ impl Settle {
     pub(crate) fn mark_done(&self) {
         self.done.store(true, Ordering::Relaxed);
     }
+
+    /// The lease whose hold the run's rows draw down, if its bound came from one.
+    pub(crate) fn lease_id(&self) -> Option<&str> {
+        self.lease.as_deref().map(Lease::id)
+    }
 }
 
 impl Drop for Settle {
     fn drop(&mut self) {
-        if *self.done.get_mut() {
+        if *self.done.get_mut() || self.lease.is_some() {
             return;
         }
-        let (ledger, run_id) = (self.ledger.clone(), std::mem::take(&mut self.run_id));
-        // Detached: the blocking thread returns as soon as the settlement is queued
-        // when a bookkeeping commit is running (it rides in the next batch).
-        let settle = move || match ledger.wait() {
-            Ok(l) => l.settle_run_detached(&run_id),
-            // The hold expires when this process exits.
-            Err(e) => tracing::error!("ledger: cannot settle run {run_id}: {e}"),
-        };
-        match tokio::runtime::Handle::try_current() {
-            Ok(h) => {
-                h.spawn_blocking(settle);
-            }
-            Err(_) => settle(),
+        settle_detached(self.ledger.clone(), std::mem::take(&mut self.run_id));
+    }
+}
+
+/// Settle run (or lease) `run_id` in `ledger` without waiting for the commit.
+pub(crate) fn settle_detached(ledger: BackgroundLedger, run_id: String) {
+    // Detached: the blocking thread returns as soon as the settlement is queued
+    // when a bookkeeping commit is running (it rides in the next batch).
+    let settle = move || match ledger.wait() {
+        Ok(l) => l.settle_run_detached(&run_id),
+        // The hold expires when this process exits.
+        Err(e) => tracing::error!("ledger: cannot settle run {run_id}: {e}"),
+    };
+    match tokio::runtime::Handle::try_current() {
+        Ok(h) => {
+            h.spawn_blocking(settle);
         }
+        Err(_) => settle(),
     }
 }
 
@@ -311,11 +326,14 @@ impl Engine {
                             opts.run.session_id.as_deref(),
                             opts.budget_session.as_deref(),
                         );
-                        self.note_passenger(&l, &request, &targets, &run_id, &trace_id, sessions);
+                        self.note_passenger(
+                            &l, &request, &targets, &run_id, &trace_id, sessions, None,
+                        );
                         away = l.away_warning();
                     }
                     // A short prompt and tokenizers loaded already: projected here, and
-                    // the reservation awaited without holding a blocking thread.
+                    // the reservation (the run's own, or a lease's) awaited without
+                    // holding a blocking thread.
                     Some(l) if projects_quickly(&request, &resolved) => {
                         let p =
                             budget::project(self, &request, &targets).map_err(Refusal::Target)?;
@@ -325,20 +343,67 @@ impl Engine {
                         );
                         let note = run_note(&run_id, &trace_id, &targets, &request, sessions)
                             .projecting(p.total_usd());
-                        let gate = Gate {
-                            budget: &budget,
-                            projection: &p,
-                        };
-                        match l.begin_run_async(&note, gate).await {
-                            Ok(r) => r.map_err(refused)?,
-                            Err(_) => {
-                                return Err(Refusal::Ledger(LedgerProblem::at(
-                                    l.place(),
-                                    "the reservation was not answered (the ledger is closing)",
-                                    "retry",
-                                )))
+                        let scope = note.budget_session.or(note.session_id);
+                        let leases = self.leases();
+                        let in_flight = leases.enter(scope);
+                        let mut leased = None;
+                        if let Some(bound) = p.total_usd() {
+                            leased = match leases.take(scope, bound, &budget) {
+                                Take::Leased(lease, renew) => {
+                                    if let Some(size) = renew {
+                                        self.renew_lease(&l, ledger, scope, size);
+                                    }
+                                    Some(lease)
+                                }
+                                Take::Reserve(size) => {
+                                    let lease = self.reserve_lease(&l, ledger, scope, size).await;
+                                    match &lease {
+                                        Some(lease) => {
+                                            leases.opened(scope, lease.clone(), size, bound)
+                                        }
+                                        None => leases.failed(scope),
+                                    }
+                                    lease
+                                }
+                                Take::Own => None,
+                            };
+                        }
+                        match &leased {
+                            // The bound is inside the lease's hold: the note rides with
+                            // the run's first row, as without a budget.
+                            Some(_) => {
+                                self.note_passenger(
+                                    &l,
+                                    &request,
+                                    &targets,
+                                    &run_id,
+                                    &trace_id,
+                                    sessions,
+                                    p.total_usd(),
+                                );
+                            }
+                            None => {
+                                let gate = Gate {
+                                    budget: &budget,
+                                    projection: &p,
+                                };
+                                match l.begin_run_async(&note, gate).await {
+                                    Ok(r) => r.map_err(refused)?,
+                                    Err(_) => return Err(Refusal::Ledger(LedgerProblem::at(
+                                        l.place(),
+                                        "the reservation was not answered (the ledger is closing)",
+                                        "retry",
+                                    ))),
+                                }
                             }
                         }
+                        settle = Some(Arc::new(Settle {
+                            ledger: ledger.clone(),
+                            run_id: run_id.clone(),
+                            done: Default::default(),
+                            lease: leased,
+                            _in_flight: Some(in_flight),
+                        }));
                         projection = Some(p);
                         away = l.away_warning();
                     }
@@ -361,8 +426,9 @@ impl Engine {
                                 let l = ledger2.wait().map_err(|e| Refusal::Ledger(e.into()))?;
                                 let sessions = (session.as_deref(), bsession.as_deref());
                                 let Some(projection) = p.as_ref() else {
-                                    engine
-                                        .note_passenger(&l, &req2, &targets2, &rid, &tid, sessions);
+                                    engine.note_passenger(
+                                        &l, &req2, &targets2, &rid, &tid, sessions, None,
+                                    );
                                     return Ok((None, l.away_warning()));
                                 };
                                 let note = run_note(&rid, &tid, &targets2, &req2, sessions)
@@ -384,11 +450,13 @@ impl Engine {
                 }
                 // The shared database is away: the run goes on, its rows wait locally.
                 warnings.extend(away);
-                if projection.is_some() {
+                if projection.is_some() && settle.is_none() {
                     settle = Some(Arc::new(Settle {
                         ledger: ledger.clone(),
                         run_id: run_id.clone(),
                         done: Default::default(),
+                        lease: None,
+                        _in_flight: None,
                     }));
                 }
             }
@@ -413,6 +481,7 @@ impl Engine {
     /// Note an ungated run in `l` without waiting (see [`Ledger::note_run_passenger`]);
     /// a failure is counted in [`LedgerHealth`] and logged, so that `serve` reports
     /// itself degraded and refuses runs while a budget is set.
+    #[allow(clippy::too_many_arguments)]
     fn note_passenger(
         &self,
         l: &Ledger,
@@ -421,8 +490,9 @@ impl Engine {
         run_id: &str,
         trace_id: &str,
         sessions: (Option<&str>, Option<&str>),
+        projected_usd: Option<f64>,
     ) {
-        let note = run_note(run_id, trace_id, targets, request, sessions);
+        let note = run_note(run_id, trace_id, targets, request, sessions).projecting(projected_usd);
         let (health, id) = (self.ledger_health_arc(), run_id.to_string());
         l.note_run_passenger(&note, move |r| {
             if let Err(e) = r {
@@ -430,6 +500,68 @@ impl Engine {
                 health.fail(&format!("run {id} was not noted: {e}"));
             }
         });
+    }
+
+    /// Reserve the next lease for `scope` in the background, while the open one lasts.
+    fn renew_lease(
+        &self,
+        l: &Arc<Ledger>,
+        ledger: &BackgroundLedger,
+        scope: Option<&str>,
+        size: f64,
+    ) {
+        let (engine, l, ledger) = (self.clone(), l.clone(), ledger.clone());
+        let scope = scope.map(String::from);
+        tokio::spawn(async move {
+            let scope = scope.as_deref();
+            match engine.reserve_lease(&l, &ledger, scope, size).await {
+                Some(lease) => engine.leases().opened(scope, lease, size, 0.0),
+                None => engine.leases().failed(scope),
+            }
+        });
+    }
+
+    /// Reserve a lease of `size` against the budget for `scope` (see [`super::lease`]):
+    /// `None` when the caps refuse it or the ledger cannot (the run then reserves its
+    /// own bound, and hears why if that fails too).
+    async fn reserve_lease(
+        &self,
+        l: &Ledger,
+        ledger: &BackgroundLedger,
+        scope: Option<&str>,
+        size: f64,
+    ) -> Option<Arc<Lease>> {
+        let id = self.next_run_id().replacen("run-", "lease-", 1);
+        let projection = Projection {
+            targets: vec![budget::TargetProjection {
+                target: "lease".into(),
+                provider: String::new(),
+                model: String::new(),
+                input_tokens: 0,
+                input_exact: true,
+                max_output_tokens: None,
+                bound_usd: Some(size),
+                price_ref: None,
+            }],
+        };
+        let note = RunNote {
+            run_id: &id,
+            session_id: None,
+            budget_session: scope,
+            trace_id: None,
+            targets: &[],
+            projected_usd: Some(size),
+            prompt: "",
+        };
+        let budget = self.budget();
+        let gate = Gate {
+            budget: &budget,
+            projection: &projection,
+        };
+        match l.begin_run_async(&note, gate).await {
+            Ok(Ok(())) => Some(Arc::new(Lease::new(id, ledger.clone()))),
+            Ok(Err(_)) | Err(_) => None,
+        }
     }
 
     /// Rows waiting in the local spool for a shared ledger's database (0 for SQLite,

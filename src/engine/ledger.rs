@@ -53,6 +53,9 @@ pub struct RequestMeta {
     pub source_agent: Option<String>,
     /// Target as requested.
     pub target: String,
+    /// The lease whose hold this request's cost draws down, when its run took its
+    /// bound from a lease rather than holding it itself (see `engine::lease`).
+    pub lease_id: Option<String>,
     /// The prompt (last user message).
     pub prompt: String,
     /// What was attached to the request: names, sizes and hashes, never the bytes.
@@ -461,8 +464,14 @@ fn migrations() -> Vec<String> {
         ATTACHMENTS_MIGRATION.to_string(),
         // Budget counters, so a reservation checks its caps in O(1) (see `sqlite.rs`).
         sqlite::COUNTERS_MIGRATION.clone(),
+        // Budget leases: the lease a request's cost drew down (see `engine::lease`).
+        LEASES_MIGRATION.to_string(),
     ]
 }
+
+/// Adds `requests.lease_id` (the same statements on both backends).
+pub(crate) const LEASES_MIGRATION: &str = "ALTER TABLE requests ADD COLUMN lease_id TEXT;
+     CREATE INDEX requests_lease ON requests(lease_id) WHERE lease_id IS NOT NULL;";
 
 /// Adds `requests.attachments` (the same statement on both backends).
 pub(crate) const ATTACHMENTS_MIGRATION: &str = "ALTER TABLE requests ADD COLUMN attachments TEXT;";
@@ -755,6 +764,7 @@ pub const REQUEST_COLUMNS: &[Column] = {
         col("thinking", Text),
         col("tool_calls", Text),
         col("attachments", Text),
+        col("lease_id", Text),
         Column {
             name: "created_at",
             kind: Text,
@@ -902,6 +912,7 @@ impl NewRequest {
                     ),
                     "tool_calls" => Value::text(tool_calls.as_deref()),
                     "attachments" => Value::text(attachments.as_deref()),
+                    "lease_id" => Value::text(meta.lease_id.as_deref()),
                     other => unreachable!("requests column {other} has no value"),
                 };
                 (col.name.to_string(), v)
@@ -1648,6 +1659,24 @@ impl Ledger {
         )
     }
 
+    /// Settle run (or lease) `run_id` without blocking the caller: a writer thread
+    /// commits it with whatever else is due; a failure is logged.
+    pub fn settle_run_async(&self, run_id: &str) {
+        let id = run_id.to_string();
+        self.writes.submit_async(
+            WriteOp::Book(BookOp::Settle(run_id.to_string())),
+            move |r| match r {
+                Ok(_) => {}
+                Err(Refused::Ledger(e)) => {
+                    tracing::error!("ledger: cannot settle run {id}: {e}")
+                }
+                Err(Refused::Budget(b)) => {
+                    tracing::error!("ledger: cannot settle run {id}: {b}")
+                }
+            },
+        )
+    }
+
     /// The budget counters beside their recomputation from the rows (they must agree).
     pub fn budget_counters(&self) -> Result<CounterCheck, LedgerError> {
         self.backend.budget_counters()
@@ -2016,6 +2045,15 @@ impl BackgroundLedger {
         BackgroundLedger {
             cell: Arc::new((Mutex::new(Some(Ok(ledger))), Condvar::new())),
             place,
+        }
+    }
+
+    /// A ledger that failed to open with `e`.
+    #[cfg(test)]
+    pub(crate) fn failed(e: LedgerError) -> Self {
+        BackgroundLedger {
+            cell: Arc::new((Mutex::new(Some(Err(e))), Condvar::new())),
+            place: "".into(),
         }
     }
 

@@ -25,6 +25,7 @@ pub mod discovery;
 pub mod files;
 pub mod front;
 pub mod judge;
+mod lease;
 pub mod ledger;
 pub mod options;
 pub mod pricing_file;

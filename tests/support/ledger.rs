@@ -62,6 +62,7 @@ pub fn meta(run: &str, session: Option<&str>) -> RequestMeta {
         trace_id: Some("0af7651916cd43dd8448eb211c80319c".into()),
         source_agent: Some("test".into()),
         target: "openai/gpt-4o-mini".into(),
+        lease_id: None,
         prompt: "What is 2+2?".into(),
         attachments: Vec::new(),
     }
@@ -199,6 +200,19 @@ pub fn mixed_workload(l: &Arc<Ledger>) {
                         }
                     }
                 }
+                // A lease: the requests of two runs noted without a hold of their own
+                // draw it down (one beyond what is left), then it is released.
+                let lease = format!("lease-{t}");
+                let s = format!("s{}", t % 3);
+                let s = Some(s.as_str());
+                reserve(&l, &lease, s, 0.012, &ROOMY).unwrap();
+                for k in 0..3u64 {
+                    let run = format!("leased-{t}-{k}");
+                    let mut m = meta(&run, s);
+                    m.lease_id = Some(lease.clone());
+                    l.record(&m, &costing(k, Some(0.005))).unwrap();
+                }
+                l.settle_run(&lease).unwrap();
                 // Left open: a reservation with part of it spent.
                 let run = format!("open-{t}");
                 reserve(&l, &run, Some("s-open"), 0.01, &ROOMY).unwrap();

@@ -302,6 +302,8 @@ fn migrations() -> Vec<String> {
         super::ATTACHMENTS_MIGRATION.to_string(),
         // Budget counters, so a reservation checks its caps in O(1).
         counters_migration(),
+        // Budget leases: the lease a request's cost drew down.
+        super::LEASES_MIGRATION.to_string(),
     ]
 }
 
@@ -320,8 +322,12 @@ const STALE_HOLD: &str = "6 hours";
 
 /// Runs holding a reservation.
 const OPEN: &str = "r.settled_at IS NULL AND r.reserved_usd > 0";
-/// What a run still holds: its reservation less what its finished requests cost.
-const OUTSTANDING: &str = "GREATEST(r.reserved_usd - COALESCE((SELECT SUM(q.cost_usd) FROM requests q WHERE q.run_id = r.id), 0), 0)";
+/// What a run still holds: its reservation less what its finished requests cost (a
+/// lease's: its runs' requests).
+const OUTSTANDING: &str = "GREATEST(r.reserved_usd - COALESCE((SELECT SUM(q.cost_usd) FROM requests q WHERE q.run_id = r.id), 0)
+    - COALESCE((SELECT SUM(q.cost_usd) FROM requests q WHERE q.lease_id = r.id), 0), 0)";
+/// [`OUTSTANDING`] before leases (schema 5).
+const OUTSTANDING_V5: &str = "GREATEST(r.reserved_usd - COALESCE((SELECT SUM(q.cost_usd) FROM requests q WHERE q.run_id = r.id), 0), 0)";
 
 /// The local UTC offset in seconds now (days are local calendar days, as in SQLite).
 pub(crate) fn local_offset_secs() -> i64 {
@@ -366,12 +372,17 @@ fn local_day(at: Option<&str>) -> String {
 /// The budget counters recomputed from the rows, as `(scope, usd, n)` (see the SQLite
 /// backend's `recompute_sql`; days with today's UTC offset).
 fn recompute_sql() -> String {
+    recompute_sql_with(OUTSTANDING)
+}
+
+/// [`recompute_sql`] with `outstanding` for what an open run holds.
+fn recompute_sql_with(outstanding: &str) -> String {
     let off = local_offset_secs();
     format!(
-        "SELECT 'held' AS scope, COALESCE(SUM({OUTSTANDING}), 0)::float8 AS usd, COUNT(*)::int8 AS n
+        "SELECT 'held' AS scope, COALESCE(SUM({outstanding}), 0)::float8 AS usd, COUNT(*)::int8 AS n
            FROM runs r WHERE {OPEN}
          UNION ALL
-         SELECT 'held:' || r.budget_session, SUM({OUTSTANDING})::float8, COUNT(*)::int8 FROM runs r
+         SELECT 'held:' || r.budget_session, SUM({outstanding})::float8, COUNT(*)::int8 FROM runs r
           WHERE {OPEN} AND r.budget_session IS NOT NULL GROUP BY r.budget_session
          UNION ALL
          SELECT 'day:' || to_char((q.created_at::timestamptz AT TIME ZONE 'UTC')
@@ -390,14 +401,14 @@ fn recompute_sql() -> String {
 fn counters_migration() -> String {
     format!(
         "ALTER TABLE runs ADD COLUMN held_usd DOUBLE PRECISION NOT NULL DEFAULT 0;
-         UPDATE runs r SET held_usd = {OUTSTANDING} WHERE {OPEN};
+         UPDATE runs r SET held_usd = {OUTSTANDING_V5} WHERE {OPEN};
          CREATE TABLE budget_spend (
              scope TEXT PRIMARY KEY,
              usd   DOUBLE PRECISION NOT NULL DEFAULT 0,
              n     BIGINT NOT NULL DEFAULT 0
          );
          INSERT INTO budget_spend (scope, usd, n) {};",
-        recompute_sql()
+        recompute_sql_with(OUTSTANDING_V5)
     )
 }
 
@@ -559,16 +570,17 @@ async fn expire_dead(
 /// counter changes are returned (the caller applies them once per transaction).
 async fn count_requests(
     tx: &impl deadpool_postgres::GenericClient,
-    rows: &[(String, Option<String>, f64, String)],
+    rows: &[Counted],
 ) -> Result<Deltas, tokio_postgres::Error> {
     let rows: Vec<_> = rows.iter().filter(|r| r.2 != 0.0).collect();
     if rows.is_empty() {
         return Ok(Deltas::new());
     }
+    // What each holder releases: a run's own hold, or the lease its run drew from.
     let mut per_run: std::collections::BTreeMap<&str, f64> = Default::default();
-    for (run, _, cost, _) in &rows {
+    for (run, _, cost, _, holder) in &rows {
         if *cost > 0.0 {
-            *per_run.entry(run.as_str()).or_default() += cost;
+            *per_run.entry(holder.as_deref().unwrap_or(run)).or_default() += cost;
         }
     }
     let ids: Vec<&str> = rows.iter().map(|r| r.0.as_str()).collect();
@@ -593,7 +605,7 @@ async fn count_requests(
     let bs: std::collections::HashMap<String, Option<String>> =
         sessions.iter().map(|r| (r.get(0), r.get(1))).collect();
     let mut d = Deltas::new();
-    for (run, own, cost, at) in &rows {
+    for (run, own, cost, at, _) in &rows {
         add(&mut d, scope::day(&local_day(Some(at))), *cost, 0);
         let budget_session = bs
             .get(run.as_str())
@@ -679,7 +691,7 @@ fn request_arrays(rows: &[&NewRequest]) -> Vec<Box<dyn ToSql + Sync + Send>> {
 }
 
 /// What [`count_requests`] needs of a request row written at `created_at`.
-fn counted_row(row: &NewRequest, created_at: String) -> (String, Option<String>, f64, String) {
+fn counted_row(row: &NewRequest, created_at: String) -> Counted {
     let cost = match row.value("cost_usd") {
         Value::Real(f) => *f,
         Value::Int(i) => *i as f64,
@@ -689,8 +701,15 @@ fn counted_row(row: &NewRequest, created_at: String) -> (String, Option<String>,
         Value::Text(s) => Some(s.clone()),
         _ => None,
     };
-    (row.run.0.clone(), own, cost, created_at)
+    let lease = match row.value("lease_id") {
+        Value::Text(s) => Some(s.clone()),
+        _ => None,
+    };
+    (row.run.0.clone(), own, cost, created_at, lease)
 }
+
+/// A request row to count: its run, own session, cost, creation time and lease.
+type Counted = (String, Option<String>, f64, String, Option<String>);
 
 /// A run's bookkeeping state as a batch sees it.
 struct RunState {

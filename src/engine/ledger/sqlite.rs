@@ -3,6 +3,7 @@
 //! (`busy_timeout`). Users may query the file with `sqlite3`; the schema version is
 //! `user_version`.
 
+use std::collections::BTreeMap;
 use std::path::Path;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Mutex, MutexGuard};
@@ -98,18 +99,27 @@ pub(crate) fn classify(place: &str, e: rusqlite::Error) -> LedgerError {
 
 /// Runs holding a reservation.
 const OPEN: &str = "r.settled_at IS NULL AND r.reserved_usd > 0";
-/// What a run still holds: its reservation less what its finished requests cost.
-const OUTSTANDING: &str = "MAX(r.reserved_usd - COALESCE((SELECT SUM(q.cost_usd) FROM requests q WHERE q.run_id = r.id), 0), 0)";
+/// What a run still holds: its reservation less what its finished requests cost (a
+/// lease's: its runs' requests).
+const OUTSTANDING: &str = "MAX(r.reserved_usd - COALESCE((SELECT SUM(q.cost_usd) FROM requests q WHERE q.run_id = r.id), 0)
+    - COALESCE((SELECT SUM(q.cost_usd) FROM requests q WHERE q.lease_id = r.id), 0), 0)";
+/// [`OUTSTANDING`] before leases (schema 5).
+const OUTSTANDING_V5: &str = "MAX(r.reserved_usd - COALESCE((SELECT SUM(q.cost_usd) FROM requests q WHERE q.run_id = r.id), 0), 0)";
 
 /// The budget counters recomputed from the rows, as `(scope, usd, n)`: what open runs
 /// hold (all, and per budget session; `n` open runs), what requests cost per local
 /// day and per budget session (a request's budget session is its run's, else its own
 /// session). The migration fills `budget_spend` with it; tests compare the two.
 fn recompute_sql() -> String {
+    recompute_sql_with(OUTSTANDING)
+}
+
+/// [`recompute_sql`] with `outstanding` for what an open run holds.
+fn recompute_sql_with(outstanding: &str) -> String {
     format!(
-        "SELECT 'held', COALESCE(SUM({OUTSTANDING}), 0), COUNT(*) FROM runs r WHERE {OPEN}
+        "SELECT 'held', COALESCE(SUM({outstanding}), 0), COUNT(*) FROM runs r WHERE {OPEN}
          UNION ALL
-         SELECT 'held:' || r.budget_session, SUM({OUTSTANDING}), COUNT(*) FROM runs r
+         SELECT 'held:' || r.budget_session, SUM({outstanding}), COUNT(*) FROM runs r
           WHERE {OPEN} AND r.budget_session IS NOT NULL GROUP BY r.budget_session
          UNION ALL
          SELECT 'day:' || date(q.created_at, 'localtime'), SUM(q.cost_usd), 0 FROM requests q
@@ -139,7 +149,7 @@ pub(crate) static COUNTERS_MIGRATION: std::sync::LazyLock<String> =
                  n     INTEGER NOT NULL DEFAULT 0
              );
              INSERT INTO budget_spend (scope, usd, n) SELECT * FROM ({}) WHERE true;",
-            recompute_sql()
+            recompute_sql_with(OUTSTANDING_V5)
         )
     });
 
@@ -317,8 +327,15 @@ fn begin_in(conn: &Connection, e: &RunEntry) -> rusqlite::Result<Result<(), Budg
 }
 
 /// Count request `id` (just inserted from `row`) in the counters: its cost goes to
-/// its day and budget session, and releases as much of its run's hold.
-fn count_request(conn: &Connection, id: i64, row: &NewRequest) -> rusqlite::Result<()> {
+/// its day and budget session, and releases as much of its run's hold. A run on a
+/// lease holds nothing itself: its cost is added to `leases`, to draw the lease's hold
+/// down once per transaction ([`release_in`]).
+fn count_request(
+    conn: &Connection,
+    id: i64,
+    row: &NewRequest,
+    leases: &mut BTreeMap<String, f64>,
+) -> rusqlite::Result<()> {
     let cost = match row.value("cost_usd") {
         Value::Real(f) => *f,
         Value::Int(i) => *i as f64,
@@ -348,20 +365,66 @@ fn count_request(conn: &Connection, id: i64, row: &NewRequest) -> rusqlite::Resu
     if let Some(s) = bs.clone().or(own) {
         bump(conn, &scope::session(&s), cost, 0)?;
     }
-    if cost > 0.0 && open && held > 0.0 {
-        let release = cost.min(held);
-        conn.prepare_cached("UPDATE runs SET held_usd = ?2 WHERE id = ?1")?
-            .execute(params![row.run.0, (held - release).max(0.0)])?;
-        bump(conn, scope::HELD, -release, 0)?;
-        if let Some(bs) = bs {
-            bump(conn, &scope::held_in(&bs), -release, 0)?;
+    match row.value("lease_id") {
+        Value::Text(lease) if *lease != row.run.0 => {
+            if cost > 0.0 {
+                *leases.entry(lease.to_string()).or_default() += cost;
+            }
+        }
+        _ => {
+            if cost > 0.0 && open && held > 0.0 {
+                release(conn, &row.run.0, held, bs.as_deref(), cost)?;
+            }
         }
     }
     Ok(())
 }
 
-/// Insert request `row` (with its session, run and price row) and count it; its id.
-fn insert_in(tx: &Connection, row: &NewRequest) -> rusqlite::Result<i64> {
+/// Release `cost` (as much as it holds) of the hold of run `id`, which holds `held`
+/// in budget session `bs`.
+fn release(
+    conn: &Connection,
+    id: &str,
+    held: f64,
+    bs: Option<&str>,
+    cost: f64,
+) -> rusqlite::Result<()> {
+    let release = cost.min(held);
+    conn.prepare_cached("UPDATE runs SET held_usd = ?2 WHERE id = ?1")?
+        .execute(params![id, (held - release).max(0.0)])?;
+    bump(conn, scope::HELD, -release, 0)?;
+    if let Some(bs) = bs {
+        bump(conn, &scope::held_in(bs), -release, 0)?;
+    }
+    Ok(())
+}
+
+/// Draw each lease's hold down by what its runs' requests in this transaction cost.
+fn release_in(conn: &Connection, leases: BTreeMap<String, f64>) -> rusqlite::Result<()> {
+    for (id, cost) in leases {
+        let lease: Option<(Option<String>, f64, bool)> = conn
+            .prepare_cached(
+                "SELECT budget_session, held_usd, settled_at IS NULL AND COALESCE(reserved_usd, 0) > 0
+                 FROM runs WHERE id = ?1",
+            )?
+            .query_row([&id], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)))
+            .optional()?;
+        if let Some((bs, held, true)) = lease {
+            if held > 0.0 {
+                release(conn, &id, held, bs.as_deref(), cost)?;
+            }
+        }
+    }
+    Ok(())
+}
+
+/// Insert request `row` (with its session, run and price row) and count it (its
+/// lease's share in `leases`); its id.
+fn insert_in(
+    tx: &Connection,
+    row: &NewRequest,
+    leases: &mut BTreeMap<String, f64>,
+) -> rusqlite::Result<i64> {
     if let Some((s, agent)) = &row.session {
         tx.prepare_cached("INSERT OR IGNORE INTO sessions (id, source_agent) VALUES (?1, ?2)")?
             .execute(params![s, agent])?;
@@ -379,7 +442,7 @@ fn insert_in(tx: &Connection, row: &NewRequest) -> rusqlite::Result<i64> {
         request_written_columns().map(|c| row.value(c.name)),
     ))?;
     let id = tx.last_insert_rowid();
-    count_request(tx, id, row)?;
+    count_request(tx, id, row, leases)?;
     Ok(id)
 }
 
@@ -562,10 +625,15 @@ impl Backend for SqliteBackend {
             // stricter, never let a run pass that should be refused; and a check that
             // fails with them gets its second chance without them.
             let mut expired = false;
+            let mut leases = BTreeMap::new();
             let mut out = Vec::with_capacity(ops.len());
             for op in ops {
                 out.push(match op {
                     WriteOp::Book(BookOp::Begin(e)) => {
+                        if e.gate.is_some() {
+                            // The caps see what earlier rows released.
+                            release_in(&tx, std::mem::take(&mut leases))?;
+                        }
                         let mut r = begin_in(&tx, e)?;
                         if r.is_err() && !expired {
                             expire_dead(&tx)?;
@@ -574,9 +642,13 @@ impl Backend for SqliteBackend {
                         }
                         r.map(|()| 0).map_err(Refused::Budget)
                     }
-                    WriteOp::Book(BookOp::Settle(id)) => settle_in(&tx, id).map(|()| Ok(0))?,
+                    WriteOp::Book(BookOp::Settle(id)) => {
+                        // A lease settles after its runs' rows: they draw it down first.
+                        release_in(&tx, std::mem::take(&mut leases))?;
+                        settle_in(&tx, id).map(|()| Ok(0))?
+                    }
                     WriteOp::Row { row, settle } => {
-                        let id = insert_in(&tx, row)?;
+                        let id = insert_in(&tx, row, &mut leases)?;
                         if *settle {
                             settle_in(&tx, &row.run.0)?;
                         }
@@ -584,6 +656,7 @@ impl Backend for SqliteBackend {
                     }
                 });
             }
+            release_in(&tx, leases)?;
             tx.commit()?;
             Ok(out)
         })();
