@@ -162,6 +162,103 @@ async fn two_servers_on_one_postgres_never_cross_the_daily_cap() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn two_servers_drawing_on_budget_leases_in_one_postgres_never_cross_the_daily_cap() {
+    let Some(pg) = cluster_or_skip() else { return };
+    // Setup: a cap large enough for leases (each holds 1/64 of it, about three
+    // requests' bounds) and answers that use 90% of their bound: about 200 requests
+    // fit under the cap. Two data dirs: the replicas share nothing but the database.
+    let up = Server::start(vec![
+        Reply::sse(openai_sse(900)).chunked(48, Duration::from_millis(5))
+    ])
+    .await;
+    let (da, db) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+    let cap = 0.12;
+    let config = format!("[budget]\ndaily_usd = {cap}\n");
+    let a = serve(command(da.path(), &config, &up.url, &pg));
+    let b = serve(command(db.path(), &config, &up.url, &pg));
+
+    // Exec: 2 processes x 20 clients, each asking until it is refused.
+    let mut clients = Vec::new();
+    for s in [&a, &b] {
+        for i in 0..20 {
+            let url = s.url.clone();
+            clients.push(tokio::spawn(async move {
+                let mut ok = 0;
+                for n in 0..100 {
+                    let v = rpc(
+                        &url,
+                        "llm.complete",
+                        json!({"model": "openai/gpt-4o-mini",
+                               "prompt": format!("question {i}.{n}"), "max_tokens": 1000}),
+                    )
+                    .await;
+                    if !v["error"].is_null() {
+                        assert_eq!(v["error"]["data"]["kind"], "budget", "{v}");
+                        return (ok, 1);
+                    }
+                    ok += 1;
+                }
+                (ok, 0)
+            }));
+        }
+    }
+    let (mut ok, mut refused) = (0, 0);
+    for c in clients {
+        let (o, r) = c.await.unwrap();
+        ok += o;
+        refused += r;
+    }
+
+    // Check: leases were used, the cap held across both processes, nothing refused
+    // went upstream, every lease is released, and the counters equal a recount.
+    let (client, conn) = tokio_postgres::connect(&pg.url(), tokio_postgres::NoTls)
+        .await
+        .unwrap();
+    tokio::spawn(conn);
+    let count = |sql: &'static str| {
+        let client = &client;
+        async move { client.query_one(sql, &[]).await.unwrap().get::<_, i64>(0) }
+    };
+    let leases = count("SELECT COUNT(*) FROM runs WHERE id LIKE 'lease-%'").await;
+    let on_lease = count("SELECT COUNT(*) FROM requests WHERE lease_id IS NOT NULL").await;
+    let l = tokio::task::spawn_blocking({
+        let url = pg.url();
+        move || Ledger::open_at(&Location::Url(url), LedgerOptions::default()).unwrap()
+    })
+    .await
+    .unwrap();
+    let l = Arc::new(l);
+    let l2 = l.clone();
+    let (spent, rows) =
+        tokio::task::spawn_blocking(move || (spent(&l2), l2.request_count().unwrap()))
+            .await
+            .unwrap();
+    eprintln!(
+        "answered {ok} ({on_lease} on {leases} leases), refused {refused}, \
+         recorded ${spent:.6} against a cap of ${cap}"
+    );
+    assert!(leases > 0 && on_lease > 0, "no request drew on a lease");
+    assert!(
+        spent <= cap,
+        "recorded spend ${spent} crossed the cap ${cap}"
+    );
+    assert!(ok > 0 && refused > 0, "ok {ok}, refused {refused}");
+    assert_eq!(rows, ok as u64, "one row per answered request");
+    assert_eq!(up.count(), ok, "refused requests never reach the upstream");
+    let l3 = l.clone();
+    assert!(
+        support::eventually(move || l3.open_reservations().unwrap().0 == 0).await,
+        "every lease and reservation is released"
+    );
+    let l4 = l.clone();
+    let diff = tokio::task::spawn_blocking(move || l4.budget_counters().unwrap().differences(1e-9))
+        .await
+        .unwrap();
+    assert!(diff.is_empty(), "counters drifted from the rows: {diff:#?}");
+    drop(l);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn a_database_stopped_mid_run_loses_and_doubles_nothing() {
     let Some(pg) = cluster_or_skip() else { return };
     // Setup: one replica without a budget, so rows the database cannot take are
