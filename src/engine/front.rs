@@ -15,7 +15,7 @@ use tokio::sync::mpsc;
 
 use super::budget::{self, Projection};
 use super::error::EngineError;
-use super::lease::{InFlight, Lease, Take};
+use super::lease::{InFlight, Lease, Reserving, Take};
 use super::ledger::{BackgroundLedger, Gate, Ledger, LedgerError, Refused, RunNote};
 use super::request::ChatRequest;
 use super::run::{Engine, RunHandle, RunOptions, TargetEvent};
@@ -350,18 +350,18 @@ impl Engine {
                         if let Some(bound) = p.total_usd() {
                             leased = match leases.take(scope, bound, &budget) {
                                 Take::Leased(lease, renew) => {
-                                    if let Some(size) = renew {
-                                        self.renew_lease(&l, ledger, scope, size);
+                                    if let Some(r) = renew {
+                                        self.renew_lease(&l, ledger, scope, r);
                                     }
                                     Some(lease)
                                 }
-                                Take::Reserve(size) => {
-                                    let lease = self.reserve_lease(&l, ledger, scope, size).await;
-                                    match &lease {
-                                        Some(lease) => {
-                                            leases.opened(scope, lease.clone(), size, bound)
-                                        }
-                                        None => leases.failed(scope),
+                                // Dropped mid-way (the client went away), `r` lets the
+                                // scope reserve again.
+                                Take::Reserve(r) => {
+                                    let lease =
+                                        self.reserve_lease(&l, ledger, scope, r.size()).await;
+                                    if let Some(lease) = &lease {
+                                        r.opened(lease.clone(), bound);
                                     }
                                     lease
                                 }
@@ -508,15 +508,16 @@ impl Engine {
         l: &Arc<Ledger>,
         ledger: &BackgroundLedger,
         scope: Option<&str>,
-        size: f64,
+        r: Reserving,
     ) {
         let (engine, l, ledger) = (self.clone(), l.clone(), ledger.clone());
         let scope = scope.map(String::from);
         tokio::spawn(async move {
-            let scope = scope.as_deref();
-            match engine.reserve_lease(&l, &ledger, scope, size).await {
-                Some(lease) => engine.leases().opened(scope, lease, size, 0.0),
-                None => engine.leases().failed(scope),
+            if let Some(lease) = engine
+                .reserve_lease(&l, &ledger, scope.as_deref(), r.size())
+                .await
+            {
+                r.opened(lease, 0.0);
             }
         });
     }

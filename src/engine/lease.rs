@@ -116,15 +116,45 @@ impl std::fmt::Debug for Lease {
 
 /// What a gated run does about its bound.
 pub(crate) enum Take {
-    /// Claimed from this lease; with a size, the lease is half spent and the next
-    /// one, of that size, should be reserved now, without waiting for it (then
-    /// [`Leases::opened`] or [`Leases::failed`]).
-    Leased(Arc<Lease>, Option<f64>),
-    /// Reserve a lease of this size for this run (then [`Leases::opened`] or
-    /// [`Leases::failed`]).
-    Reserve(f64),
+    /// Claimed from this lease; with a reservation, the lease is half spent and the
+    /// next one should be reserved now, without waiting for it.
+    Leased(Arc<Lease>, Option<Reserving>),
+    /// Reserve a lease for this run.
+    Reserve(Reserving),
     /// Reserve its own bound.
     Own,
+}
+
+/// The scope's one lease reservation under way: [`Reserving::opened`] once the lease
+/// is reserved. Dropped otherwise (the caps refused it, the ledger failed, or the
+/// caller went away mid-way), the scope may reserve a lease again.
+pub(crate) struct Reserving {
+    leases: Arc<Leases>,
+    scope: Option<String>,
+    size: f64,
+    done: bool,
+}
+
+impl Reserving {
+    /// The size of the lease to reserve.
+    pub(crate) fn size(&self) -> f64 {
+        self.size
+    }
+
+    /// The lease was reserved, `claimed` already (see [`Leases::opened`]).
+    pub(crate) fn opened(mut self, lease: Arc<Lease>, claimed: f64) {
+        self.done = true;
+        self.leases
+            .opened(self.scope.as_deref(), lease, self.size, claimed);
+    }
+}
+
+impl Drop for Reserving {
+    fn drop(&mut self) {
+        if !self.done {
+            self.leases.failed(self.scope.as_deref());
+        }
+    }
 }
 
 /// A gated run counted in flight in its scope until dropped.
@@ -223,7 +253,13 @@ impl Leases {
     /// How a run of bound `bound` in `scope` (entered) reserves it under `budget`:
     /// from the open lease when it covers the bound; by reserving a lease when another
     /// run of the scope is in flight and no lease is being reserved; else on its own.
-    pub(crate) fn take(&self, scope: Option<&str>, bound: f64, budget: &Budget) -> Take {
+    pub(crate) fn take(self: &Arc<Self>, scope: Option<&str>, bound: f64, budget: &Budget) -> Take {
+        let reserving = |size| Reserving {
+            leases: self.clone(),
+            scope: scope.map(String::from),
+            size,
+            done: false,
+        };
         let mut scopes = self.lock();
         let Some(s) = scopes.get_mut(&scope.map(String::from)) else {
             return Take::Own;
@@ -240,7 +276,7 @@ impl Leases {
                 let renew = match size {
                     Some(size) if !s.reserving && s.next.is_none() && o.claimed * 2.0 > o.size => {
                         s.reserving = true;
-                        Some(size)
+                        Some(reserving(size))
                     }
                     _ => None,
                 };
@@ -250,7 +286,7 @@ impl Leases {
         match size {
             Some(size) if s.in_flight > 1 && !s.reserving => {
                 s.reserving = true;
-                Take::Reserve(size)
+                Take::Reserve(reserving(size))
             }
             _ => Take::Own,
         }
@@ -261,7 +297,7 @@ impl Leases {
     /// waits until the open one is spent; one reserved for a run replaces it (its runs
     /// keep it until they end). A lease reserved ahead for a scope whose runs all ended
     /// meanwhile is released at once.
-    pub(crate) fn opened(&self, scope: Option<&str>, lease: Arc<Lease>, size: f64, claimed: f64) {
+    fn opened(&self, scope: Option<&str>, lease: Arc<Lease>, size: f64, claimed: f64) {
         let mut scopes = self.lock();
         let mut gone = Some(lease);
         if let Some(s) = scopes.get_mut(&scope.map(String::from)) {
@@ -282,7 +318,7 @@ impl Leases {
     }
 
     /// The lease for `scope` could not be reserved.
-    pub(crate) fn failed(&self, scope: Option<&str>) {
+    fn failed(&self, scope: Option<&str>) {
         if let Some(s) = self.lock().get_mut(&scope.map(String::from)) {
             s.reserving = false;
         }
@@ -336,22 +372,24 @@ mod tests {
         // Alone in its scope: it reserves its own bound.
         assert!(matches!(leases.take(None, 1.0, &b), Take::Own));
         let second = leases.enter(None);
-        let Take::Reserve(size) = leases.take(None, 1.0, &b) else {
+        let Take::Reserve(r) = leases.take(None, 1.0, &b) else {
             panic!("a second run in flight reserves a lease");
         };
-        assert_eq!(size, 16.0);
+        assert_eq!(r.size(), 16.0);
         // While it is being reserved, others reserve their own.
         let third = leases.enter(None);
         assert!(matches!(leases.take(None, 1.0, &b), Take::Own));
         let lease = Arc::new(Lease::new("lease-1".into(), ledger()));
-        leases.opened(None, lease.clone(), size, 1.0);
+        r.opened(lease.clone(), 1.0);
         let mut claims = vec![lease];
         // Claims up to half the lease renew nothing; the claim past half renews it
         // (once).
+        let mut renewal = None;
         for n in 2..=16 {
             match leases.take(None, 1.0, &b) {
                 Take::Leased(l, renew) => {
                     assert_eq!(renew.is_some(), n == 9, "claim {n}");
+                    renewal = renewal.or(renew);
                     claims.push(l);
                 }
                 _ => panic!("the lease covers 16 runs"),
@@ -361,7 +399,7 @@ mod tests {
         assert!(matches!(leases.take(None, 1.0, &b), Take::Own));
         let next = Arc::new(Lease::new("lease-2".into(), ledger()));
         let watch = Arc::downgrade(&next);
-        leases.opened(None, next, 16.0, 0.0);
+        renewal.expect("renewed").opened(next, 0.0);
         match leases.take(None, 1.0, &b) {
             Take::Leased(l, None) => {
                 assert_eq!(l.id(), "lease-2");
@@ -390,6 +428,16 @@ mod tests {
         let late = Arc::new(Lease::new("lease-3".into(), ledger()));
         let watch = Arc::downgrade(&late);
         leases.opened(None, late, 16.0, 0.0);
+        // A reservation given up (refused, or its caller gone) lets the scope reserve
+        // again.
+        let runs: Vec<_> = (0..2).map(|_| leases.enter(None)).collect();
+        let Take::Reserve(r) = leases.take(None, 1.0, &b) else {
+            panic!("reserves a lease");
+        };
+        assert!(matches!(leases.take(None, 1.0, &b), Take::Own));
+        drop(r);
+        assert!(matches!(leases.take(None, 1.0, &b), Take::Reserve(_)));
+        drop(runs);
         assert!(watch.upgrade().is_none());
         assert_eq!(leases.scopes(), 0);
     }
@@ -399,31 +447,28 @@ mod tests {
         let b = budget(64.0 * 1000.0);
         let leases = Arc::new(Leases::default());
         let runs: Vec<_> = (0..2).map(|_| leases.enter(None)).collect();
-        assert!(matches!(leases.take(None, 1.0, &b), Take::Reserve(_)));
-        leases.opened(
-            None,
-            Arc::new(Lease::new("lease-1".into(), ledger())),
-            4.0,
-            1.0,
-        );
+        let Take::Reserve(mut r) = leases.take(None, 1.0, &b) else {
+            panic!("reserves a lease");
+        };
+        // A lease of four runs.
+        r.size = 4.0;
+        r.opened(Arc::new(Lease::new("lease-1".into(), ledger())), 1.0);
         let mut claims = Vec::new();
-        let mut renewed = 0;
+        let mut renewals = Vec::new();
         for _ in 0..3 {
             match leases.take(None, 1.0, &b) {
                 Take::Leased(l, renew) => {
-                    renewed += usize::from(renew.is_some());
+                    renewals.extend(renew);
                     claims.push(l);
                 }
                 _ => panic!("lease-1 covers four runs"),
             }
         }
-        assert_eq!(renewed, 1);
-        leases.opened(
-            None,
-            Arc::new(Lease::new("lease-2".into(), ledger())),
-            4.0,
-            0.0,
-        );
+        assert_eq!(renewals.len(), 1);
+        renewals
+            .pop()
+            .unwrap()
+            .opened(Arc::new(Lease::new("lease-2".into(), ledger())), 0.0);
         assert!(claims.iter().all(|l| l.id() == "lease-1"));
         // lease-1 is spent: the next claim opens lease-2.
         match leases.take(None, 1.0, &b) {
@@ -439,10 +484,12 @@ mod tests {
         let b = budget(64.0 * 1000.0);
         let leases = Arc::new(Leases::default());
         let runs: Vec<_> = (0..2).map(|_| leases.enter(None)).collect();
-        assert!(matches!(leases.take(None, 1.0, &b), Take::Reserve(_)));
+        let Take::Reserve(r) = leases.take(None, 1.0, &b) else {
+            panic!("reserves a lease");
+        };
         let lease = Arc::new(Lease::new("lease-1".into(), ledger()));
         let watch = Arc::downgrade(&lease);
-        leases.opened(None, lease, 16.0, 1.0);
+        r.opened(lease, 1.0);
         drop(runs);
         // The next run comes before the sweep looks (it cannot run before this task
         // yields): the lease stays open for it.
