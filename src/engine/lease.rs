@@ -4,7 +4,7 @@
 //! anything. Under load, that commit is most of what a budget costs: a transaction and
 //! a wait before every request's first byte. So while a budget scope (a budget session,
 //! or none) already has a run in flight, the front door reserves a *lease* instead: a
-//! hold of up to [`LEASE_RUNS`] runs' bounds, checked against the caps in the same kind
+//! hold of [`LEASE_PER_RUN`] bounds per run in flight, checked against the caps in the same kind
 //! of commit, written as a run of its own (`lease-…`) so that every process sharing the
 //! ledger counts it and a dead process's lease expires like its runs. The runs that
 //! follow claim their bound from the lease in memory and note themselves in the ledger
@@ -25,9 +25,10 @@ use std::time::{Duration, Instant};
 use super::budget::Budget;
 use super::ledger::BackgroundLedger;
 
-/// How many runs' bounds a lease holds at least (four times the runs in flight in its
-/// scope when that is more).
-pub(crate) const LEASE_RUNS: usize = 16;
+/// How many bounds a lease holds per run in flight in its scope. It is in proportion,
+/// so that a client cannot hold much more of a cap than its own runs in flight would
+/// (two runs at once hold eight bounds, not more).
+pub(crate) const LEASE_PER_RUN: usize = 4;
 
 /// How long a scope's open lease outlives its last run in flight: runs often end
 /// together (a commit answers many), and the next ones follow at once.
@@ -44,7 +45,7 @@ pub(crate) fn lease_size(budget: &Budget, bound: f64, in_flight: usize) -> Optio
         .into_iter()
         .flatten()
         .fold(f64::INFINITY, f64::min);
-    let runs = LEASE_RUNS.max(4 * in_flight) as f64;
+    let runs = (LEASE_PER_RUN * in_flight.max(1)) as f64;
     let size = (bound * runs).min(cap * LEASE_SHARE);
     (bound > 0.0 && size.is_finite() && size >= 2.0 * bound).then_some(size)
 }
@@ -343,20 +344,20 @@ mod tests {
     }
 
     #[test]
-    fn a_lease_holds_sixteen_runs_or_four_times_those_in_flight_but_never_more_than_a_share_of_the_cap(
-    ) {
-        assert_eq!(lease_size(&budget(1000.0), 0.01, 1), Some(0.16));
-        assert_eq!(lease_size(&budget(1000.0), 0.01, 20), Some(0.8));
+    fn a_lease_holds_four_bounds_per_run_in_flight_but_never_more_than_a_share_of_the_cap() {
+        let close = |a: Option<f64>, b: f64| a.is_some_and(|a| (a - b).abs() < 1e-12);
+        assert!(close(lease_size(&budget(1000.0), 0.01, 2), 0.08));
+        assert!(close(lease_size(&budget(1000.0), 0.01, 20), 0.8));
         // 1/64 of $6.40 is $0.10: room for 10 runs of $0.01.
-        assert_eq!(lease_size(&budget(6.4), 0.01, 1), Some(0.1));
+        assert!(close(lease_size(&budget(6.4), 0.01, 20), 0.1));
         // Not two runs' worth: each run reserves its own.
-        assert_eq!(lease_size(&budget(1.0), 0.01, 1), None);
-        assert_eq!(lease_size(&budget(1000.0), 0.0, 1), None);
+        assert_eq!(lease_size(&budget(1.0), 0.01, 20), None);
+        assert_eq!(lease_size(&budget(1000.0), 0.0, 20), None);
         let both = Budget {
             session_usd: Some(0.64),
             daily_usd: Some(1000.0),
         };
-        assert_eq!(lease_size(&both, 0.001, 1), Some(0.01));
+        assert!(close(lease_size(&both, 0.001, 20), 0.01));
     }
 
     fn ledger() -> BackgroundLedger {
@@ -365,15 +366,16 @@ mod tests {
 
     #[test]
     fn runs_claim_a_lease_renew_it_half_way_and_the_scope_is_forgotten_after() {
-        // Leases of 16 runs of $1.
+        // Runs of $1, under a cap that does not limit the leases.
         let b = budget(64.0 * 1000.0);
         let leases = Arc::new(Leases::default());
         let first = leases.enter(None);
         // Alone in its scope: it reserves its own bound.
         assert!(matches!(leases.take(None, 1.0, &b), Take::Own));
-        let second = leases.enter(None);
+        // Four in flight: a lease of 16 bounds.
+        let second: Vec<_> = (0..3).map(|_| leases.enter(None)).collect();
         let Take::Reserve(r) = leases.take(None, 1.0, &b) else {
-            panic!("a second run in flight reserves a lease");
+            panic!("a run with others in flight reserves a lease");
         };
         assert_eq!(r.size(), 16.0);
         // While it is being reserved, others reserve their own.
