@@ -244,36 +244,7 @@ async fn two_servers_drawing_on_budget_leases_never_cross_the_daily_cap() {
     let b = serve(command(dir.path(), &config, &up.url));
 
     // Exec: 2 processes x 20 clients, each asking until it is refused.
-    let mut clients = Vec::new();
-    for s in [&a, &b] {
-        for i in 0..20 {
-            let url = s.url.clone();
-            clients.push(tokio::spawn(async move {
-                let mut ok = 0;
-                for n in 0..100 {
-                    let v = rpc(
-                        &url,
-                        "llm.complete",
-                        json!({"model": "openai/gpt-4o-mini",
-                               "prompt": format!("question {i}.{n}"), "max_tokens": 1000}),
-                    )
-                    .await;
-                    if !v["error"].is_null() {
-                        assert_eq!(v["error"]["data"]["kind"], "budget", "{v}");
-                        return (ok, 1);
-                    }
-                    ok += 1;
-                }
-                (ok, 0)
-            }));
-        }
-    }
-    let (mut ok, mut refused) = (0, 0);
-    for c in clients {
-        let (o, r) = c.await.unwrap();
-        ok += o;
-        refused += r;
-    }
+    let (ok, refused) = support::serve::complete_until_refused(&[&a.url, &b.url], 20).await;
 
     // Check: leases were used, the cap held across both processes, nothing refused
     // went upstream, and every lease is released once its runs are over.

@@ -1644,37 +1644,15 @@ impl Ledger {
     /// formed (or commits now when none is running); a failure is logged (the hold
     /// then expires when this process exits, as after a crash).
     pub fn settle_run_detached(&self, run_id: &str) {
-        let id = run_id.to_string();
-        self.writes.submit_detached(
-            WriteOp::Book(BookOp::Settle(run_id.to_string())),
-            move |r| match r {
-                Ok(_) => {}
-                Err(Refused::Ledger(e)) => {
-                    tracing::error!("ledger: cannot settle run {id}: {e}")
-                }
-                Err(Refused::Budget(b)) => {
-                    tracing::error!("ledger: cannot settle run {id}: {b}")
-                }
-            },
-        )
+        self.writes
+            .submit_detached(settle_op(run_id), log_settle_failure(run_id))
     }
 
     /// Settle run (or lease) `run_id` without blocking the caller: a writer thread
     /// commits it with whatever else is due; a failure is logged.
     pub fn settle_run_async(&self, run_id: &str) {
-        let id = run_id.to_string();
-        self.writes.submit_async(
-            WriteOp::Book(BookOp::Settle(run_id.to_string())),
-            move |r| match r {
-                Ok(_) => {}
-                Err(Refused::Ledger(e)) => {
-                    tracing::error!("ledger: cannot settle run {id}: {e}")
-                }
-                Err(Refused::Budget(b)) => {
-                    tracing::error!("ledger: cannot settle run {id}: {b}")
-                }
-            },
-        )
+        self.writes
+            .submit_async(settle_op(run_id), log_settle_failure(run_id))
     }
 
     /// The budget counters beside their recomputation from the rows (they must agree).
@@ -2309,6 +2287,21 @@ fn replay_loop(
                 wait = (wait * 2).min(std::time::Duration::from_secs(2));
             }
         }
+    }
+}
+
+/// The op that settles run `run_id`.
+fn settle_op(run_id: &str) -> WriteOp {
+    WriteOp::Book(BookOp::Settle(run_id.to_string()))
+}
+
+/// The handler of a settlement nobody waits for: a failure is logged.
+fn log_settle_failure(run_id: &str) -> impl FnOnce(Result<i64, Refused>) + Send + 'static {
+    let id = run_id.to_string();
+    move |r| match r {
+        Ok(_) => {}
+        Err(Refused::Ledger(e)) => tracing::error!("ledger: cannot settle run {id}: {e}"),
+        Err(Refused::Budget(b)) => tracing::error!("ledger: cannot settle run {id}: {b}"),
     }
 }
 

@@ -139,3 +139,44 @@ pub fn http() -> reqwest::Client {
         .build()
         .unwrap()
 }
+
+/// `clients` clients per server in `urls`, each sending `llm.complete` (a 1,000-token
+/// allowance to `openai/gpt-4o-mini`) until the budget refuses it (at most 100 each):
+/// how many were answered, and how many clients were refused. Any other error fails.
+#[allow(dead_code)]
+pub async fn complete_until_refused(urls: &[&str], clients: usize) -> (usize, usize) {
+    let mut tasks = Vec::new();
+    for url in urls {
+        for i in 0..clients {
+            let url = format!("{url}/rpc");
+            tasks.push(tokio::spawn(async move {
+                for n in 0..100 {
+                    let body = serde_json::json!({"jsonrpc": "2.0", "id": 1, "method": "llm.complete",
+                        "params": {"model": "openai/gpt-4o-mini",
+                                   "prompt": format!("question {i}.{n}"), "max_tokens": 1000}});
+                    let v: serde_json::Value = http()
+                        .post(&url)
+                        .json(&body)
+                        .send()
+                        .await
+                        .unwrap()
+                        .json()
+                        .await
+                        .unwrap();
+                    if !v["error"].is_null() {
+                        assert_eq!(v["error"]["data"]["kind"], "budget", "{v}");
+                        return (n, 1);
+                    }
+                }
+                (100, 0)
+            }));
+        }
+    }
+    let (mut ok, mut refused) = (0, 0);
+    for t in tasks {
+        let (o, r) = t.await.unwrap();
+        ok += o;
+        refused += r;
+    }
+    (ok, refused)
+}

@@ -344,14 +344,7 @@ fn count_request(
     if cost == 0.0 {
         return Ok(());
     }
-    let run: Option<(Option<String>, f64, bool)> = conn
-        .prepare_cached(
-            "SELECT budget_session, held_usd, settled_at IS NULL AND COALESCE(reserved_usd, 0) > 0
-             FROM runs WHERE id = ?1",
-        )?
-        .query_row([&row.run.0], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)))
-        .optional()?;
-    let (bs, held, open) = run.unwrap_or((None, 0.0, false));
+    let (bs, held, open) = holding(conn, &row.run.0)?.unwrap_or((None, 0.0, false));
     conn.prepare_cached(
         "INSERT INTO budget_spend (scope, usd, n)
          SELECT 'day:' || date(created_at, 'localtime'), ?2, 0 FROM requests WHERE id = ?1
@@ -399,17 +392,21 @@ fn release(
     Ok(())
 }
 
+/// What run (or lease) `id` holds: its budget session, what it still holds, and
+/// whether its reservation is open.
+fn holding(conn: &Connection, id: &str) -> rusqlite::Result<Option<(Option<String>, f64, bool)>> {
+    conn.prepare_cached(
+        "SELECT budget_session, held_usd, settled_at IS NULL AND COALESCE(reserved_usd, 0) > 0
+         FROM runs WHERE id = ?1",
+    )?
+    .query_row([id], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)))
+    .optional()
+}
+
 /// Draw each lease's hold down by what its runs' requests in this transaction cost.
 fn release_in(conn: &Connection, leases: BTreeMap<String, f64>) -> rusqlite::Result<()> {
     for (id, cost) in leases {
-        let lease: Option<(Option<String>, f64, bool)> = conn
-            .prepare_cached(
-                "SELECT budget_session, held_usd, settled_at IS NULL AND COALESCE(reserved_usd, 0) > 0
-                 FROM runs WHERE id = ?1",
-            )?
-            .query_row([&id], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)))
-            .optional()?;
-        if let Some((bs, held, true)) = lease {
+        if let Some((bs, held, true)) = holding(conn, &id)? {
             if held > 0.0 {
                 release(conn, &id, held, bs.as_deref(), cost)?;
             }
