@@ -1268,3 +1268,111 @@ async fn pricing_update_from_a_url_prints_what_changed_and_keeps_history() {
     assert!(!out.status.success());
     assert!(String::from_utf8_lossy(&out.stdout).contains("no price known"));
 }
+
+/// A run started `inline` goes on the task that reads it: read to the end, it
+/// delivers what a spawned run does and writes the same ledger row.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_inline_run_read_to_the_end_is_recorded_like_a_spawned_one() {
+    let server = support::Server::start(vec![
+        support::Reply::sse(OPENAI_SSE),
+        support::Reply::sse(OPENAI_SSE),
+    ])
+    .await;
+    let dir = tempfile::tempdir().unwrap();
+    let ledger = Arc::new(Ledger::open_in(dir.path(), LedgerOptions::default()).unwrap());
+    let engine =
+        engine_with(openai_at(&server.url), Pricing::builtin()).with_ledger(ledger.clone());
+    let mut done = Vec::new();
+    for inline in [false, true] {
+        let mut h = engine
+            .start(
+                ChatRequest::from_prompt("What is 2+2?"),
+                vec!["openai/gpt-4o-mini".into()],
+                StartOptions {
+                    inline,
+                    ..Default::default()
+                },
+            )
+            .await
+            .unwrap()
+            .handle;
+        let mut events = Vec::new();
+        while let Some(ev) = h.recv().await {
+            events.push(ev.event);
+        }
+        let Some(StreamEvent::Finished(c)) = events.last() else {
+            panic!("inline={inline}: ends with Finished: {events:?}")
+        };
+        assert!(events
+            .iter()
+            .any(|e| matches!(e, StreamEvent::TextDelta(t) if t == "4")));
+        done.push((
+            c.text.clone(),
+            c.usage.input_tokens,
+            c.usage.output_tokens,
+            c.cost_usd,
+        ));
+    }
+    assert_eq!(done[0], done[1]);
+    assert_eq!(server.count(), 2);
+    let rows = ledger.recent(10).unwrap();
+    assert_eq!(rows.len(), 2);
+    for r in &rows {
+        assert_eq!((r.status.as_str(), r.output_tokens), ("ok", 1), "{r:?}");
+    }
+}
+
+/// A consumer that cancels an inline run and drops it mid-stream (a client
+/// that went away) leaves nothing unrecorded: the rest of the run goes on in
+/// a task of its own, stops its upstream request and writes a `cancelled` row.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_inline_run_dropped_mid_stream_still_records_itself_as_cancelled() {
+    let mut sse = String::new();
+    for i in 0..200 {
+        sse.push_str(&format!(
+            "data: {{\"choices\":[{{\"index\":0,\"delta\":{{\"content\":\"w{i} \"}}}}]}}\n\n"
+        ));
+    }
+    sse.push_str("data: {\"choices\":[{\"index\":0,\"delta\":{},\"finish_reason\":\"stop\"}]}\n\ndata: [DONE]\n\n");
+    let server = support::Server::start(vec![
+        support::Reply::sse(sse).chunked(64, std::time::Duration::from_millis(20))
+    ])
+    .await;
+    let dir = tempfile::tempdir().unwrap();
+    let ledger = Arc::new(Ledger::open_in(dir.path(), LedgerOptions::default()).unwrap());
+    let engine =
+        engine_with(openai_at(&server.url), Pricing::builtin()).with_ledger(ledger.clone());
+    let mut h = engine
+        .start(
+            ChatRequest::from_prompt("go on"),
+            vec!["openai/gpt-4o-mini".into()],
+            StartOptions {
+                inline: true,
+                ..Default::default()
+            },
+        )
+        .await
+        .unwrap()
+        .handle;
+    // Read until the first words arrive, then go away.
+    loop {
+        let ev = h
+            .recv()
+            .await
+            .expect("the stream goes on past its first words");
+        if matches!(ev.event, StreamEvent::TextDelta(_)) {
+            break;
+        }
+    }
+    h.cancel();
+    drop(h);
+    support::eventually(|| server.aborted.load(std::sync::atomic::Ordering::SeqCst) > 0).await;
+    let mut rows = Vec::new();
+    support::eventually(|| {
+        rows = ledger.recent(10).unwrap();
+        !rows.is_empty()
+    })
+    .await;
+    assert_eq!(rows.len(), 1);
+    assert_eq!(rows[0].status, "cancelled", "{:?}", rows[0]);
+}

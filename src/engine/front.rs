@@ -123,6 +123,14 @@ pub struct StartOptions {
     pub budget_session: Option<String>,
     /// Send the run's events here instead of a channel of its own.
     pub events: Option<mpsc::Sender<TargetEvent>>,
+    /// Run a one-target run on the task that reads its events instead of a
+    /// task of its own (ignored for several targets or with `events`): each
+    /// upstream chunk then costs one task wake-up less. That task must read
+    /// the events through [`RunHandle::recv`](super::run::RunHandle::recv) or
+    /// [`RunHandle::poll_event`](super::run::RunHandle::poll_event), the only
+    /// calls that drive the run; dropping the handle early hands the rest of
+    /// the run to a task, so it still ends and records itself.
+    pub inline: bool,
 }
 
 /// A run that passed the front door.
@@ -469,6 +477,7 @@ impl Engine {
             trace_id,
             opts.events,
             settle,
+            opts.inline,
         );
         Ok(Started {
             handle,

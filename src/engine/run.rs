@@ -108,13 +108,80 @@ pub struct RunHandle {
     pub trace_id: String,
     /// Targets as requested.
     pub targets: Vec<String>,
-    /// The events of every target; closes when all targets are done.
+    /// The events of every target; closes when all targets are done. A run
+    /// started with [`StartOptions::inline`](super::front::StartOptions::inline)
+    /// makes progress only while [`RunHandle::recv`] or
+    /// [`RunHandle::poll_event`] is polled: read it through those.
     pub events: mpsc::Receiver<TargetEvent>,
     cancel: CancellationToken,
     per_target: Vec<CancellationToken>,
+    /// The target's work when it runs on the consumer's task (see `inline`).
+    driver: Option<Driver>,
+}
+
+/// The future of a target driven by the task that reads its events.
+struct Driver(std::pin::Pin<Box<dyn std::future::Future<Output = ()> + Send>>);
+
+impl std::fmt::Debug for Driver {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Driver")
+    }
+}
+
+impl Drop for RunHandle {
+    /// An inline target whose consumer goes away early goes on in a task of
+    /// its own, as a spawned one would: it still records itself (as
+    /// cancelled, when the consumer cancelled it) and settles its budget.
+    fn drop(&mut self) {
+        if let Some(d) = self.driver.take() {
+            match tokio::runtime::Handle::try_current() {
+                Ok(rt) => {
+                    rt.spawn(d.0);
+                }
+                Err(_) => tracing::error!(
+                    run = %self.run_id,
+                    "a run was dropped outside a runtime before it finished; it is not recorded"
+                ),
+            }
+        }
+    }
 }
 
 impl RunHandle {
+    /// The next event of any target; `None` when every target is done.
+    pub async fn recv(&mut self) -> Option<TargetEvent> {
+        std::future::poll_fn(|cx| self.poll_event(cx)).await
+    }
+
+    /// Poll for the next event. An inline target's work is polled only when
+    /// nothing it sent is waiting, so a burst of queued events costs one poll
+    /// of it; its own wakers (the upstream's socket, timers) wake the caller.
+    pub fn poll_event(
+        &mut self,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Option<TargetEvent>> {
+        use mpsc::error::TryRecvError;
+        use std::task::Poll;
+        let Some(d) = self.driver.as_mut() else {
+            return self.events.poll_recv(cx);
+        };
+        match self.events.try_recv() {
+            Ok(ev) => return Poll::Ready(Some(ev)),
+            Err(TryRecvError::Disconnected) => return Poll::Ready(None),
+            Err(TryRecvError::Empty) => {}
+        }
+        if d.0.as_mut().poll(cx).is_ready() {
+            // Done: its sender is gone, so the channel ends after what it holds.
+            self.driver = None;
+            return self.events.poll_recv(cx);
+        }
+        match self.events.try_recv() {
+            Ok(ev) => Poll::Ready(Some(ev)),
+            Err(TryRecvError::Disconnected) => Poll::Ready(None),
+            Err(TryRecvError::Empty) => Poll::Pending,
+        }
+    }
+
     /// Cancel every target: their HTTP streams are dropped at once.
     pub fn cancel(&self) {
         self.cancel.cancel();
@@ -135,7 +202,7 @@ impl RunHandle {
     /// Wait for every target; the final completion of each, in target order.
     pub async fn collect(mut self) -> Vec<Completion> {
         let mut out: Vec<Option<Completion>> = vec![None; self.targets.len()];
-        while let Some(ev) = self.events.recv().await {
+        while let Some(ev) = self.recv().await {
             match ev.event {
                 StreamEvent::Finished(c) | StreamEvent::Failed(c) => out[ev.target] = Some(*c),
                 _ => {}
@@ -319,7 +386,7 @@ impl Engine {
     pub fn run(&self, request: ChatRequest, targets: Vec<String>, opts: RunOptions) -> RunHandle {
         let run_id = self.next_run_id();
         let trace_id = self.trace_id_for(&opts);
-        self.run_with(request, targets, opts, run_id, trace_id, None, None)
+        self.run_with(request, targets, opts, run_id, trace_id, None, None, false)
     }
 
     /// A new run id: `run-<ms since 1970, 12 hex digits>-<8 random bytes>-<seq>`. The
@@ -352,7 +419,12 @@ impl Engine {
         trace_id: String,
         events: Option<mpsc::Sender<TargetEvent>>,
         settle: Option<Arc<Settle>>,
+        inline: bool,
     ) -> RunHandle {
+        // Only a run of one target reading its own channel: events sent
+        // elsewhere would have no consumer polling the work.
+        let inline = inline && targets.len() == 1 && events.is_none();
+        let mut driver = None;
         let (tx, rx) = match events {
             Some(tx) => (tx, mpsc::channel(1).1),
             None => mpsc::channel(1024),
@@ -385,7 +457,11 @@ impl Engine {
                 _settle: settle.clone(),
                 tx: tx.clone(),
             };
-            tokio::spawn(job.run());
+            if inline {
+                driver = Some(Driver(Box::pin(job.run())));
+            } else {
+                tokio::spawn(job.run());
+            }
         }
         RunHandle {
             run_id,
@@ -394,6 +470,7 @@ impl Engine {
             events: rx,
             cancel,
             per_target,
+            driver,
         }
     }
 }

@@ -219,12 +219,26 @@ impl AppState {
         &self,
         req: ChatRequest,
         targets: Vec<String>,
+        opts: RunOptions,
+    ) -> Result<RunHandle, StartError> {
+        self.start_with(req, targets, opts, false).await
+    }
+
+    /// [`AppState::start`], with the run driven by the caller's task when
+    /// `inline` (see [`StartOptions::inline`]): read its events with
+    /// [`RunHandle::recv`] or [`RunHandle::poll_event`].
+    pub async fn start_with(
+        &self,
+        req: ChatRequest,
+        targets: Vec<String>,
         mut opts: RunOptions,
+        inline: bool,
     ) -> Result<RunHandle, StartError> {
         self.continue_trace(&mut opts);
         let start = StartOptions {
             run: opts,
             budget_session: Some(self.session.clone()),
+            inline,
             ..Default::default()
         };
         match self.engine.start(req, targets, start).await {

@@ -698,8 +698,10 @@ async fn chat(state: Arc<AppState>, headers: HeaderMap, body: Body) -> Result<Re
         }
     }
     let agent = meta.source_agent.clone();
+    // The run goes on this connection's task: each upstream chunk wakes one
+    // task fewer on its way to the client.
     let handle = state
-        .start(p.request, vec![p.model.clone()], meta.run_options())
+        .start_with(p.request, vec![p.model.clone()], meta.run_options(), true)
         .await
         .map_err(|e| match e {
             StartError::Engine(e) => engine_error(&e),
@@ -903,7 +905,7 @@ impl Relay {
         while out.len() < COALESCE_BYTES {
             let ev = match self.early.next() {
                 Some(ev) => ev,
-                None => match self.handle.events.poll_recv(cx) {
+                None => match self.handle.poll_event(cx) {
                     Poll::Ready(Some(ev)) => ev,
                     Poll::Ready(None) => {
                         out.extend_from_slice(b"data: [DONE]\n\n");
@@ -939,7 +941,7 @@ async fn stream(
     let mut cancel = CancelOnDrop::new(&state, &handle, "chat_completions", agent);
     let mut early: Vec<TargetEvent> = Vec::new();
     loop {
-        match handle.events.recv().await {
+        match handle.recv().await {
             None => break,
             Some(ev) => {
                 if let StreamEvent::Failed(c) = &ev.event {
