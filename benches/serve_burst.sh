@@ -1,0 +1,45 @@
+#!/usr/bin/env bash
+# Bursts of concurrent streams through `quorum serve` on one core (issue #14's 1,000-stream case):
+# per rep, direct to the mock once, then for each binary a fresh process: an optional 100-stream
+# burst (PRE100=1, as run_gateways.sh does before its 1,000), a first burst of N, a warm burst of N.
+# Prints TTFT and wall per burst and the gateway's CPU ticks (1/100 s) and peak RSS.
+#
+#   cargo build --profile bench --bin quorum; cp target/release/quorum /tmp/q-a   (and a /tmp/q-b to compare)
+#   (cd ../shared/bench/mockllm && CARGO_TARGET_DIR=/tmp/mockllm-target cargo build --release)
+#   benches/serve_burst.sh 3 /tmp/q-a /tmp/q-b
+# A binary whose name starts with `floor` is run as benches/floor_relay (LISTEN UPSTREAM_URL).
+# Settings: N (1000), PRE100, MOCKDIR (/tmp/mockllm-target/release), QENV (extra env for serve).
+set -u
+REPS=$1; shift
+N=${N:-1000}
+MOCKDIR=${MOCKDIR:-/tmp/mockllm-target/release}
+MOCK=$MOCKDIR/mockllm; LOAD=$MOCKDIR/mockload
+MP=${PORT:-18500}; QP=$((MP + 1))
+OUT=$(mktemp -d /tmp/quorum-burst-XXXXXX)
+ulimit -n "$(ulimit -Hn)" 2>/dev/null || true
+taskset -c 1 "$MOCK" --listen 127.0.0.1:$MP --tokens 100 --delay-ms 10 >"$OUT/mock.log" 2>&1 & MPID=$!
+trap 'kill $MPID 2>/dev/null; rm -rf "$OUT"' EXIT
+for _ in $(seq 100); do curl -sf http://127.0.0.1:$MP/mock/health >/dev/null && break; sleep 0.1; done
+load() { taskset -c 1 "$LOAD" --provider openai --url "$1" --model "$2" --stream --expect-tokens 100 --timeout-s 600 --mode conc --requests "$3"; }
+summ() { python3 -c 'import json,sys; o=json.loads(sys.stdin.read()); print("ok=%d err=%d wall=%.3f ttft_med=%.1f ttft_p95=%.1f lat_med=%.1f" % (o["ok"],o["errors"],o["wall_s"],o["ttft_ms"]["median"],o["ttft_ms"]["p95"],o["lat_ms"]["median"]))'; }
+ticks() { awk '{print $14+$15}' "/proc/$1/stat"; }
+for r in $(seq "$REPS"); do
+  echo "rep $r direct: $(load http://127.0.0.1:$MP/v1/chat/completions gpt-4o-mini "$N" | summ)"
+  for B in "$@"; do
+    D=$OUT/data-$r-$(basename "$B"); mkdir -p "$D"
+    if [[ $(basename "$B") == floor* ]]; then
+      taskset -c 0 "$B" 127.0.0.1:$QP http://127.0.0.1:$MP/v1/chat/completions >"$OUT/q.log" 2>&1 & QPID=$!
+    else
+      taskset -c 0 env QUORUM_DATA_DIR="$D" QUORUM_CONFIG="$OUT/none.toml" OPENAI_BASE_URL=http://127.0.0.1:$MP/v1 \
+        OPENAI_API_KEY=sk-mock ${QENV:-} "$B" serve --listen 127.0.0.1:$QP >"$OUT/q.log" 2>&1 & QPID=$!
+    fi
+    for _ in $(seq 100); do curl -sf http://127.0.0.1:$QP/healthz >/dev/null && break; sleep 0.1; done
+    [[ -n "${PRE100:-}" ]] && load http://127.0.0.1:$QP/v1/chat/completions openai/gpt-4o-mini 100 >/dev/null
+    c0=$(ticks $QPID); a=$(load http://127.0.0.1:$QP/v1/chat/completions openai/gpt-4o-mini "$N" | summ)
+    c1=$(ticks $QPID); b=$(load http://127.0.0.1:$QP/v1/chat/completions openai/gpt-4o-mini "$N" | summ)
+    c2=$(ticks $QPID); rss=$(awk '/VmHWM/{print $2/1024}' "/proc/$QPID/status")
+    echo "rep $r $(basename "$B") first: $a cpu_ticks=$((c1 - c0))"
+    echo "rep $r $(basename "$B") warm:  $b cpu_ticks=$((c2 - c1)) peak_rss_mb=$rss"
+    kill $QPID; wait $QPID 2>/dev/null
+  done
+done
