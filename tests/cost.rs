@@ -1327,13 +1327,7 @@ async fn an_inline_run_read_to_the_end_is_recorded_like_a_spawned_one() {
 /// a task of its own, stops its upstream request and writes a `cancelled` row.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_inline_run_dropped_mid_stream_still_records_itself_as_cancelled() {
-    let mut sse = String::new();
-    for i in 0..200 {
-        sse.push_str(&format!(
-            "data: {{\"choices\":[{{\"index\":0,\"delta\":{{\"content\":\"w{i} \"}}}}]}}\n\n"
-        ));
-    }
-    sse.push_str("data: {\"choices\":[{\"index\":0,\"delta\":{},\"finish_reason\":\"stop\"}]}\n\ndata: [DONE]\n\n");
+    let sse = support::openai_words_sse(200);
     let server = support::Server::start(vec![
         support::Reply::sse(sse).chunked(64, std::time::Duration::from_millis(20))
     ])

@@ -1118,13 +1118,7 @@ async fn sigterm_finishes_the_request_in_flight_and_keeps_its_ledger_row() {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn a_client_that_goes_away_cancels_the_upstream_stream() {
-    let mut sse = String::new();
-    for i in 0..200 {
-        sse.push_str(&format!(
-            "data: {{\"choices\":[{{\"index\":0,\"delta\":{{\"content\":\"w{i} \"}}}}]}}\n\n"
-        ));
-    }
-    sse.push_str("data: {\"choices\":[{\"index\":0,\"delta\":{},\"finish_reason\":\"stop\"}]}\n\ndata: [DONE]\n\n");
+    let sse = support::openai_words_sse(200);
     let up = Server::start(vec![Reply::sse(sse).chunked(64, Duration::from_millis(20))]).await;
     let base = format!("{}/v1", up.url);
     let s = serve(
@@ -1166,13 +1160,7 @@ async fn a_client_that_goes_away_cancels_the_upstream_stream() {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn sigterm_lets_a_stream_in_flight_finish() {
-    let mut sse = String::new();
-    for i in 0..20 {
-        sse.push_str(&format!(
-            "data: {{\"choices\":[{{\"index\":0,\"delta\":{{\"content\":\"w{i} \"}}}}]}}\n\n"
-        ));
-    }
-    sse.push_str("data: {\"choices\":[{\"index\":0,\"delta\":{},\"finish_reason\":\"stop\"}]}\n\ndata: [DONE]\n\n");
+    let sse = support::openai_words_sse(20);
     let up = Server::start(vec![Reply::sse(sse).chunked(64, Duration::from_millis(15))]).await;
     let base = format!("{}/v1", up.url);
     let mut s = serve(

@@ -147,6 +147,15 @@ impl Drop for RunHandle {
     }
 }
 
+/// What the channel has without waiting: `Some(None)` once it is closed and empty.
+fn queued(rx: &mut mpsc::Receiver<TargetEvent>) -> Option<Option<TargetEvent>> {
+    match rx.try_recv() {
+        Ok(ev) => Some(Some(ev)),
+        Err(mpsc::error::TryRecvError::Disconnected) => Some(None),
+        Err(mpsc::error::TryRecvError::Empty) => None,
+    }
+}
+
 impl RunHandle {
     /// The next event of any target; `None` when every target is done.
     pub async fn recv(&mut self) -> Option<TargetEvent> {
@@ -160,26 +169,19 @@ impl RunHandle {
         &mut self,
         cx: &mut std::task::Context<'_>,
     ) -> std::task::Poll<Option<TargetEvent>> {
-        use mpsc::error::TryRecvError;
         use std::task::Poll;
         let Some(d) = self.driver.as_mut() else {
             return self.events.poll_recv(cx);
         };
-        match self.events.try_recv() {
-            Ok(ev) => return Poll::Ready(Some(ev)),
-            Err(TryRecvError::Disconnected) => return Poll::Ready(None),
-            Err(TryRecvError::Empty) => {}
+        if let Some(ev) = queued(&mut self.events) {
+            return Poll::Ready(ev);
         }
         if d.0.as_mut().poll(cx).is_ready() {
             // Done: its sender is gone, so the channel ends after what it holds.
             self.driver = None;
             return self.events.poll_recv(cx);
         }
-        match self.events.try_recv() {
-            Ok(ev) => Poll::Ready(Some(ev)),
-            Err(TryRecvError::Disconnected) => Poll::Ready(None),
-            Err(TryRecvError::Empty) => Poll::Pending,
-        }
+        queued(&mut self.events).map_or(Poll::Pending, Poll::Ready)
     }
 
     /// Cancel every target: their HTTP streams are dropped at once.

@@ -453,3 +453,15 @@ pub fn python_has(module: &str) -> bool {
         .output()
         .is_ok_and(|o| o.status.success())
 }
+
+/// An OpenAI stream of `n` content chunks (`w0 `, `w1 `, …), then `stop` and `[DONE]`.
+pub fn openai_words_sse(n: usize) -> String {
+    let mut sse = String::new();
+    for i in 0..n {
+        sse.push_str(&format!(
+            "data: {{\"choices\":[{{\"index\":0,\"delta\":{{\"content\":\"w{i} \"}}}}]}}\n\n"
+        ));
+    }
+    sse.push_str("data: {\"choices\":[{\"index\":0,\"delta\":{},\"finish_reason\":\"stop\"}]}\n\ndata: [DONE]\n\n");
+    sse
+}
