@@ -2,7 +2,8 @@
 # Bursts of concurrent streams through `quorum serve` on one core (issue #14's 1,000-stream case):
 # per rep, direct to the mock once, then for each binary a fresh process: an optional 100-stream
 # burst (PRE100=1, as run_gateways.sh does before its 1,000), a first burst of N, a warm burst of N.
-# Prints TTFT and wall per burst and the gateway's CPU ticks (1/100 s) and peak RSS.
+# Prints TTFT and wall per burst and the gateway's CPU ticks (1/100 s) and peak RSS, then, from
+# serve's access log, where the TTFT went (benches/access_split.py: before the handler or after).
 #
 #   cargo build --profile bench --bin quorum; cp target/release/quorum /tmp/q-a   (and a /tmp/q-b to compare)
 #   (cd ../shared/bench/mockllm && CARGO_TARGET_DIR=/tmp/mockllm-target cargo build --release)
@@ -41,5 +42,6 @@ for r in $(seq "$REPS"); do
     echo "rep $r $(basename "$B") first: $a cpu_ticks=$((c1 - c0))"
     echo "rep $r $(basename "$B") warm:  $b cpu_ticks=$((c2 - c1)) peak_rss_mb=$rss"
     kill $QPID; wait $QPID 2>/dev/null
+    [[ $(basename "$B") == floor* ]] || python3 "$(dirname "$0")/access_split.py" "$OUT/q.log"
   done
 done
