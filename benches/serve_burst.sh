@@ -23,7 +23,9 @@ trap 'kill $MPID 2>/dev/null; rm -rf "$OUT"' EXIT
 for _ in $(seq 100); do curl -sf http://127.0.0.1:$MP/mock/health >/dev/null && break; sleep 0.1; done
 load() { taskset -c 1 "$LOAD" --provider openai --url "$1" --model "$2" --stream --expect-tokens 100 --timeout-s 600 --mode conc --requests "$3"; }
 summ() { python3 -c 'import json,sys; o=json.loads(sys.stdin.read()); print("ok=%d err=%d wall=%.3f ttft_med=%.1f ttft_p95=%.1f lat_med=%.1f" % (o["ok"],o["errors"],o["wall_s"],o["ttft_ms"]["median"],o["ttft_ms"]["p95"],o["lat_ms"]["median"]))'; }
-ticks() { awk '{print $14+$15}' "/proc/$1/stat"; }
+# user and system ticks, as "U S" (the kernel's share is mostly loopback TCP, alike for any relay)
+ticks() { awk '{print $14, $15}' "/proc/$1/stat"; }
+spent() { set -- $1 $2; echo "cpu_ticks=$(($3 + $4 - $1 - $2)) (user $(($3 - $1)), sys $(($4 - $2)))"; }
 for r in $(seq "$REPS"); do
   echo "rep $r direct: $(load http://127.0.0.1:$MP/v1/chat/completions gpt-4o-mini "$N" | summ)"
   for B in "$@"; do
@@ -39,8 +41,8 @@ for r in $(seq "$REPS"); do
     c0=$(ticks $QPID); a=$(load http://127.0.0.1:$QP/v1/chat/completions openai/gpt-4o-mini "$N" | summ)
     c1=$(ticks $QPID); b=$(load http://127.0.0.1:$QP/v1/chat/completions openai/gpt-4o-mini "$N" | summ)
     c2=$(ticks $QPID); rss=$(awk '/VmHWM/{print $2/1024}' "/proc/$QPID/status")
-    echo "rep $r $(basename "$B") first: $a cpu_ticks=$((c1 - c0))"
-    echo "rep $r $(basename "$B") warm:  $b cpu_ticks=$((c2 - c1)) peak_rss_mb=$rss"
+    echo "rep $r $(basename "$B") first: $a $(spent "$c0" "$c1")"
+    echo "rep $r $(basename "$B") warm:  $b $(spent "$c1" "$c2") peak_rss_mb=$rss"
     kill $QPID; wait $QPID 2>/dev/null
     [[ $(basename "$B") == floor* ]] || python3 "$(dirname "$0")/access_split.py" "$OUT/q.log"
   done
