@@ -159,7 +159,7 @@ async fn engine_once(engine: &Engine, req: &ChatRequest) -> usize {
     );
     let mut texts = 0;
     let mut ok = false;
-    while let Some(ev) = h.events.recv().await {
+    while let Some(ev) = h.recv().await {
         match ev.event {
             StreamEvent::TextDelta(_) => texts += 1,
             StreamEvent::Finished(_) => ok = true,

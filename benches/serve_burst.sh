@@ -23,9 +23,10 @@ trap 'kill $MPID 2>/dev/null; rm -rf "$OUT"' EXIT
 for _ in $(seq 100); do curl -sf http://127.0.0.1:$MP/mock/health >/dev/null && break; sleep 0.1; done
 load() { taskset -c 1 "$LOAD" --provider openai --url "$1" --model "$2" --stream --expect-tokens 100 --timeout-s 600 --mode conc --requests "$3"; }
 summ() { python3 -c 'import json,sys; o=json.loads(sys.stdin.read()); print("ok=%d err=%d wall=%.3f ttft_med=%.1f ttft_p95=%.1f lat_med=%.1f" % (o["ok"],o["errors"],o["wall_s"],o["ttft_ms"]["median"],o["ttft_ms"]["p95"],o["lat_ms"]["median"]))'; }
-# user and system ticks, as "U S" (the kernel's share is mostly loopback TCP, alike for any relay)
-ticks() { awk '{print $14, $15}' "/proc/$1/stat"; }
-spent() { set -- $1 $2; echo "cpu_ticks=$(($3 + $4 - $1 - $2)) (user $(($3 - $1)), sys $(($4 - $2)))"; }
+# user ticks, system ticks and minor page faults, as "U S F" (the kernel's share is mostly
+# loopback TCP, alike for any relay; faults are fresh memory touched, mostly in a first burst)
+ticks() { awk '{print $14, $15, $10}' "/proc/$1/stat"; }
+spent() { set -- $1 $2; echo "cpu_ticks=$(($4 + $5 - $1 - $2)) (user $(($4 - $1)), sys $(($5 - $2))) faults=$(($6 - $3))"; }
 for r in $(seq "$REPS"); do
   echo "rep $r direct: $(load http://127.0.0.1:$MP/v1/chat/completions gpt-4o-mini "$N" | summ)"
   for B in "$@"; do

@@ -169,7 +169,7 @@ async fn one(engine: &Engine, o: &Opts, target: &str, req: &ChatRequest) -> Outc
     let mut h = engine.run(req.clone(), vec![target.to_string()], opts);
     let mut out = Outcome::default();
     let mut finished = false;
-    while let Some(ev) = h.events.recv().await {
+    while let Some(ev) = h.recv().await {
         match ev.event {
             StreamEvent::TextDelta(t) if !t.is_empty() => {
                 out.tokens += 1;

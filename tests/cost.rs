@@ -986,7 +986,7 @@ async fn a_cache_hit_replays_at_once_and_sends_no_request() {
         RunOptions::default(),
     );
     let mut events = Vec::new();
-    while let Some(ev) = h.events.recv().await {
+    while let Some(ev) = h.recv().await {
         events.push(ev.event);
     }
     assert_eq!(server.count(), 0, "a hit sends nothing");
@@ -1322,6 +1322,59 @@ async fn an_inline_run_read_to_the_end_is_recorded_like_a_spawned_one() {
     }
 }
 
+/// A one-target run of `prompt` on gpt-4o-mini, driven by its reader.
+async fn start_inline(
+    engine: &llm_quorum::engine::Engine,
+    prompt: &str,
+) -> llm_quorum::engine::RunHandle {
+    engine
+        .start(
+            ChatRequest::from_prompt(prompt),
+            vec!["openai/gpt-4o-mini".into()],
+            StartOptions {
+                inline: true,
+                ..Default::default()
+            },
+        )
+        .await
+        .unwrap()
+        .handle
+}
+
+/// A long answer sent at once through an inline run (its events go through
+/// the run's own queue, not a channel): every word arrives, once and in
+/// order, and the run is recorded. The queue's bound is tested in `run.rs`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_long_answer_sent_at_once_through_an_inline_run_arrives_whole() {
+    let n = 3000;
+    let server =
+        support::Server::start(vec![support::Reply::sse(support::openai_words_sse(n))]).await;
+    let dir = tempfile::tempdir().unwrap();
+    let ledger = Arc::new(Ledger::open_in(dir.path(), LedgerOptions::default()).unwrap());
+    let engine =
+        engine_with(openai_at(&server.url), Pricing::builtin()).with_ledger(ledger.clone());
+    let mut h = start_inline(&engine, "Count.").await;
+    let mut text = String::new();
+    let mut finished = None;
+    while let Some(ev) = h.recv().await {
+        match ev.event {
+            StreamEvent::TextDelta(t) => text.push_str(&t),
+            StreamEvent::Finished(c) => finished = Some(c),
+            _ => {}
+        }
+    }
+    let want: String = (0..n).map(|i| format!("w{i} ")).collect();
+    assert!(
+        text == want,
+        "{} of {} bytes arrived",
+        text.len(),
+        want.len()
+    );
+    assert_eq!(finished.expect("finished").text, want);
+    let rows = ledger.recent(1).unwrap();
+    assert_eq!(rows[0].status, "ok");
+}
+
 /// A consumer that cancels an inline run and drops it mid-stream (a client
 /// that went away) leaves nothing unrecorded: the rest of the run goes on in
 /// a task of its own, stops its upstream request and writes a `cancelled` row.
@@ -1336,18 +1389,7 @@ async fn an_inline_run_dropped_mid_stream_still_records_itself_as_cancelled() {
     let ledger = Arc::new(Ledger::open_in(dir.path(), LedgerOptions::default()).unwrap());
     let engine =
         engine_with(openai_at(&server.url), Pricing::builtin()).with_ledger(ledger.clone());
-    let mut h = engine
-        .start(
-            ChatRequest::from_prompt("go on"),
-            vec!["openai/gpt-4o-mini".into()],
-            StartOptions {
-                inline: true,
-                ..Default::default()
-            },
-        )
-        .await
-        .unwrap()
-        .handle;
+    let mut h = start_inline(&engine, "go on").await;
     // Read until the first words arrive, then go away.
     loop {
         let ev = h

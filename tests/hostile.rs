@@ -52,7 +52,7 @@ fn prompt() -> ChatRequest {
 async fn drain(h: RunHandle) -> (Vec<StreamEvent>, Completion) {
     let mut h = h;
     let mut evs = Vec::new();
-    while let Some(ev) = h.events.recv().await {
+    while let Some(ev) = h.recv().await {
         evs.push(ev.event);
     }
     let done = evs
@@ -394,7 +394,7 @@ async fn a_cancelled_anthropic_stream_records_its_running_output_estimated() {
     let mut texts = 0;
     let mut usage_outs = Vec::new();
     let mut done = None;
-    while let Some(ev) = h.events.recv().await {
+    while let Some(ev) = h.recv().await {
         match ev.event {
             StreamEvent::TextDelta(_) => {
                 texts += 1;

@@ -117,7 +117,7 @@ async fn drain_after(
         events[t].push(ev);
     }
     let fut = async {
-        while let Some(ev) = h.events.recv().await {
+        while let Some(ev) = h.recv().await {
             if let StreamEvent::Finished(c) | StreamEvent::Failed(c) = &ev.event {
                 done[ev.target] = Some((**c).clone());
             }
@@ -446,7 +446,7 @@ async fn requests_per_minute_queue_and_a_queued_target_can_be_cancelled() {
     // One target goes, the other waits a minute for the bucket: it says "queued".
     let mut seen = Vec::new();
     let q = loop {
-        let ev = tokio::time::timeout(Duration::from_secs(5), h.events.recv())
+        let ev = tokio::time::timeout(Duration::from_secs(5), h.recv())
             .await
             .unwrap()
             .expect("a target queues");
@@ -472,7 +472,7 @@ async fn cancelling_a_run_closes_its_connection_promptly() {
     let e = engine(&one_provider(""), &[&server.url]);
     let mut h = e.run(prompt(), vec!["p/m".into()], RunOptions::default());
     loop {
-        let ev = tokio::time::timeout(Duration::from_secs(5), h.events.recv())
+        let ev = tokio::time::timeout(Duration::from_secs(5), h.recv())
             .await
             .unwrap()
             .unwrap();
@@ -509,7 +509,7 @@ async fn cancelling_one_target_leaves_the_others_streaming() {
         RunOptions::default(),
     );
     loop {
-        let ev = tokio::time::timeout(Duration::from_secs(5), h.events.recv())
+        let ev = tokio::time::timeout(Duration::from_secs(5), h.recv())
             .await
             .unwrap()
             .unwrap();

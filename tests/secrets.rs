@@ -956,7 +956,7 @@ fn tui_failed_panes_and_their_export_show_no_key() {
             .expect("Enter starts a run");
         rt.block_on(async {
             let mut h = engine.run(request, targets, Default::default());
-            while let Some(event) = h.events.recv().await {
+            while let Some(event) = h.recv().await {
                 app.update(Msg::Engine { run, event });
             }
         });

@@ -139,7 +139,7 @@ pub fn run(flags: &GlobalFlags, args: AskArgs) -> i32 {
         let mut out = stdout.lock();
         let mut code = EXIT_FAILED;
         let mut wrote_newline = true;
-        while let Some(ev) = handle.events.recv().await {
+        while let Some(ev) = handle.recv().await {
             match ev.event {
                 StreamEvent::TextDelta(t) if !args.json => {
                     let _ = out.write_all(t.as_bytes());

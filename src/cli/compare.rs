@@ -219,7 +219,7 @@ pub fn run(flags: &GlobalFlags, args: CompareArgs) -> i32 {
         });
         let mut done: Vec<Option<Completion>> = vec![None; targets.len()];
         let mut finished = 0;
-        while let Some(TargetEvent { target, event, .. }) = handle.events.recv().await {
+        while let Some(TargetEvent { target, event, .. }) = handle.recv().await {
             if let StreamEvent::Finished(c) | StreamEvent::Failed(c) = event {
                 finished += 1;
                 if progress {

@@ -108,15 +108,58 @@ pub struct RunHandle {
     pub trace_id: String,
     /// Targets as requested.
     pub targets: Vec<String>,
-    /// The events of every target; closes when all targets are done. A run
-    /// started with [`StartOptions::inline`](super::front::StartOptions::inline)
-    /// makes progress only while [`RunHandle::recv`] or
-    /// [`RunHandle::poll_event`] is polled: read it through those.
-    pub events: mpsc::Receiver<TargetEvent>,
+    /// The events of every target (read through [`RunHandle::recv`]); closes
+    /// when all targets are done. None when they go to the caller's channel
+    /// ([`StartOptions::events`](super::front::StartOptions)) or to `local`.
+    events: Option<mpsc::Receiver<TargetEvent>>,
     cancel: CancellationToken,
     per_target: Vec<CancellationToken>,
     /// The target's work when it runs on the consumer's task (see `inline`).
     driver: Option<Driver>,
+    /// Where an inline target's events wait for [`RunHandle::poll_event`].
+    local: Option<Arc<Local>>,
+}
+
+/// The events of an inline target. Its work and its reader are one task, so
+/// a plain queue does what the run's channel would, without the channel's
+/// block of 32 slots (about 4 KB) allocated for every run.
+#[derive(Debug, Default)]
+struct Local {
+    queue: std::sync::Mutex<std::collections::VecDeque<TargetEvent>>,
+    /// The reader is gone: every further event is refused, as a closed channel's.
+    closed: std::sync::atomic::AtomicBool,
+}
+
+/// Events an inline target may have waiting before its work pauses (its
+/// reader polls the work again once the queue is empty), as a channel's bound.
+const LOCAL_CAP: usize = 1024;
+
+impl Local {
+    fn lock(&self) -> std::sync::MutexGuard<'_, std::collections::VecDeque<TargetEvent>> {
+        self.queue.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    fn pop(&self) -> Option<TargetEvent> {
+        self.lock().pop_front()
+    }
+
+    /// Queue `ev`; `false` once the reader is gone. Pending while the queue is
+    /// full: only the reader polls this work, and it does so again only after
+    /// it has taken everything queued, so no waker is needed.
+    fn push(&self, ev: &mut Option<TargetEvent>) -> std::task::Poll<bool> {
+        use std::task::Poll;
+        if self.closed.load(Ordering::Acquire) {
+            return Poll::Ready(false);
+        }
+        let mut q = self.lock();
+        if q.len() >= LOCAL_CAP {
+            return Poll::Pending;
+        }
+        if let Some(ev) = ev.take() {
+            q.push_back(ev);
+        }
+        Poll::Ready(true)
+    }
 }
 
 /// The future of a target driven by the task that reads its events.
@@ -133,6 +176,12 @@ impl Drop for RunHandle {
     /// its own, as a spawned one would: it still records itself (as
     /// cancelled, when the consumer cancelled it) and settles its budget.
     fn drop(&mut self) {
+        if let Some(l) = &self.local {
+            // Before the work moves to its own task: whatever it sends from
+            // now on is refused, as on a channel whose reader is gone.
+            l.closed.store(true, Ordering::Release);
+            l.lock().clear();
+        }
         if let Some(d) = self.driver.take() {
             match tokio::runtime::Handle::try_current() {
                 Ok(rt) => {
@@ -144,15 +193,6 @@ impl Drop for RunHandle {
                 ),
             }
         }
-    }
-}
-
-/// What the channel has without waiting: `Some(None)` once it is closed and empty.
-fn queued(rx: &mut mpsc::Receiver<TargetEvent>) -> Option<Option<TargetEvent>> {
-    match rx.try_recv() {
-        Ok(ev) => Some(Some(ev)),
-        Err(mpsc::error::TryRecvError::Disconnected) => Some(None),
-        Err(mpsc::error::TryRecvError::Empty) => None,
     }
 }
 
@@ -170,18 +210,26 @@ impl RunHandle {
         cx: &mut std::task::Context<'_>,
     ) -> std::task::Poll<Option<TargetEvent>> {
         use std::task::Poll;
-        let Some(d) = self.driver.as_mut() else {
-            return self.events.poll_recv(cx);
+        let Some(local) = &self.local else {
+            return match &mut self.events {
+                Some(rx) => rx.poll_recv(cx),
+                None => Poll::Ready(None),
+            };
         };
-        if let Some(ev) = queued(&mut self.events) {
-            return Poll::Ready(ev);
+        if let Some(ev) = local.pop() {
+            return Poll::Ready(Some(ev));
         }
+        let Some(d) = self.driver.as_mut() else {
+            // The work is done and everything it sent was taken.
+            return Poll::Ready(None);
+        };
         if d.0.as_mut().poll(cx).is_ready() {
-            // Done: its sender is gone, so the channel ends after what it holds.
             self.driver = None;
-            return self.events.poll_recv(cx);
+            return Poll::Ready(local.pop());
         }
-        queued(&mut self.events).map_or(Poll::Pending, Poll::Ready)
+        local
+            .pop()
+            .map_or(Poll::Pending, |ev| Poll::Ready(Some(ev)))
     }
 
     /// Cancel every target: their HTTP streams are dropped at once.
@@ -427,9 +475,18 @@ impl Engine {
         // elsewhere would have no consumer polling the work.
         let inline = inline && targets.len() == 1 && events.is_none();
         let mut driver = None;
-        let (tx, rx) = match events {
-            Some(tx) => (tx, mpsc::channel(1).1),
-            None => mpsc::channel(1024),
+        // An inline run's events go through a plain queue.
+        let (sink, rx) = match events {
+            Some(tx) => (Sink::Channel(tx), None),
+            None if inline => (Sink::Local(Arc::default()), None),
+            None => {
+                let (tx, rx) = mpsc::channel(1024);
+                (Sink::Channel(tx), Some(rx))
+            }
+        };
+        let local = match &sink {
+            Sink::Local(l) => Some(l.clone()),
+            Sink::Channel(_) => None,
         };
         let cancel = CancellationToken::new();
         let request = Arc::new(request);
@@ -457,7 +514,7 @@ impl Engine {
                 trace_id: trace_id.clone(),
                 cancel: token,
                 _settle: settle.clone(),
-                tx: tx.clone(),
+                tx: sink.clone(),
             };
             if inline {
                 driver = Some(Driver(Box::pin(job.run())));
@@ -473,6 +530,7 @@ impl Engine {
             cancel,
             per_target,
             driver,
+            local,
         }
     }
 }
@@ -510,7 +568,16 @@ struct TargetJob {
     cancel: CancellationToken,
     /// Dropped before `tx`, so a run's reservation is settled before its channel closes.
     _settle: Option<Arc<Settle>>,
-    tx: mpsc::Sender<TargetEvent>,
+    tx: Sink,
+}
+
+/// Where a target's events go.
+#[derive(Clone)]
+enum Sink {
+    /// The run's channel (a spawned target, or several targets).
+    Channel(mpsc::Sender<TargetEvent>),
+    /// An inline target's queue.
+    Local(Arc<Local>),
 }
 
 enum Outcome {
@@ -521,14 +588,18 @@ enum Outcome {
 
 impl TargetJob {
     async fn emit(&self, event: StreamEvent) -> bool {
-        self.tx
-            .send(TargetEvent {
-                run_id: self.run_tag.clone(),
-                target: self.index,
-                event,
-            })
-            .await
-            .is_ok()
+        let ev = TargetEvent {
+            run_id: self.run_tag.clone(),
+            target: self.index,
+            event,
+        };
+        match &self.tx {
+            Sink::Channel(tx) => tx.send(ev).await.is_ok(),
+            Sink::Local(l) => {
+                let mut ev = Some(ev);
+                std::future::poll_fn(|_| l.push(&mut ev)).await
+            }
+        }
     }
 
     async fn run(self) {
@@ -1022,4 +1093,39 @@ async fn sleep_until_opt(t: Option<Instant>) {
 
 fn ms(d: Duration) -> f64 {
     (d.as_secs_f64() * 1e6).round() / 1e3
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::task::Poll;
+
+    fn ev(i: usize) -> Option<TargetEvent> {
+        Some(TargetEvent {
+            run_id: Arc::from("run"),
+            target: i,
+            event: StreamEvent::Queued,
+        })
+    }
+
+    /// A full queue pauses the work (Pending, the event kept) until the reader
+    /// takes one; a closed one refuses everything, as a channel would.
+    #[test]
+    fn an_inline_queue_is_bounded_and_refuses_once_its_reader_is_gone() {
+        let l = Local::default();
+        for i in 0..LOCAL_CAP {
+            assert_eq!(l.push(&mut ev(i)), Poll::Ready(true));
+        }
+        let mut next = ev(LOCAL_CAP);
+        assert_eq!(l.push(&mut next), Poll::Pending);
+        assert!(next.is_some(), "a paused event is kept for the next poll");
+        assert_eq!(l.pop().map(|e| e.target), Some(0));
+        assert_eq!(l.push(&mut next), Poll::Ready(true));
+        assert!(next.is_none());
+        let order: Vec<usize> = std::iter::from_fn(|| l.pop().map(|e| e.target)).collect();
+        assert_eq!(order, (1..=LOCAL_CAP).collect::<Vec<_>>());
+        l.closed.store(true, Ordering::Release);
+        assert_eq!(l.push(&mut ev(0)), Poll::Ready(false));
+        assert!(l.pop().is_none());
+    }
 }

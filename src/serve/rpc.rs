@@ -611,7 +611,7 @@ async fn stream(
             return;
         }
         let mut last: Option<Completion> = None;
-        while let Some(ev) = handle.events.recv().await {
+        while let Some(ev) = handle.recv().await {
             if let StreamEvent::Finished(c) | StreamEvent::Failed(c) = &ev.event {
                 cancel.record(ev.target, c);
                 last = Some((**c).clone());
@@ -717,7 +717,7 @@ async fn compare(state: &AppState, f: Fields<'_>, hmeta: CallMeta) -> Result<Val
         .map_err(start_error)?;
     let mut cancel = CancelOnDrop::new(state, &handle, "rpc", agent.clone());
     let mut done: Vec<Option<Completion>> = vec![None; targets.len()];
-    while let Some(TargetEvent { target, event, .. }) = handle.events.recv().await {
+    while let Some(TargetEvent { target, event, .. }) = handle.recv().await {
         if let StreamEvent::Finished(c) | StreamEvent::Failed(c) = event {
             cancel.record(target, &c);
             done[target] = Some(*c);
