@@ -13,14 +13,8 @@
 set -u
 REPS=$1; shift
 N=${N:-1000}
-MOCKDIR=${MOCKDIR:-/tmp/mockllm-target/release}
-MOCK=$MOCKDIR/mockllm; LOAD=$MOCKDIR/mockload
-MP=${PORT:-18500}; QP=$((MP + 1))
-OUT=$(mktemp -d /tmp/quorum-burst-XXXXXX)
-ulimit -n "$(ulimit -Hn)" 2>/dev/null || true
-taskset -c 1 "$MOCK" --listen 127.0.0.1:$MP --tokens 100 --delay-ms 10 >"$OUT/mock.log" 2>&1 & MPID=$!
-trap 'kill $MPID 2>/dev/null; rm -rf "$OUT"' EXIT
-for _ in $(seq 100); do curl -sf http://127.0.0.1:$MP/mock/health >/dev/null && break; sleep 0.1; done
+TOKENS=100; PORT_BASE=18500
+. "$(dirname "$0")/burst_env.sh"
 load() { taskset -c 1 "$LOAD" --provider openai --url "$1" --model "$2" --stream --expect-tokens 100 --timeout-s 600 --mode conc --requests "$3"; }
 summ() { python3 -c 'import json,sys; o=json.loads(sys.stdin.read()); print("ok=%d err=%d wall=%.3f ttft_med=%.1f ttft_p95=%.1f lat_med=%.1f" % (o["ok"],o["errors"],o["wall_s"],o["ttft_ms"]["median"],o["ttft_ms"]["p95"],o["lat_ms"]["median"]))'; }
 # user ticks, system ticks and minor page faults, as "U S F" (the kernel's share is mostly
@@ -33,11 +27,10 @@ for r in $(seq "$REPS"); do
     D=$OUT/data-$r-$(basename "$B"); mkdir -p "$D"
     if [[ $(basename "$B") == floor* ]]; then
       taskset -c 0 "$B" 127.0.0.1:$QP http://127.0.0.1:$MP/v1/chat/completions >"$OUT/q.log" 2>&1 & QPID=$!
+      wait_up http://127.0.0.1:$QP/healthz
     else
-      taskset -c 0 env QUORUM_DATA_DIR="$D" QUORUM_CONFIG="$OUT/none.toml" OPENAI_BASE_URL=http://127.0.0.1:$MP/v1 \
-        OPENAI_API_KEY=sk-mock ${QENV:-} "$B" serve --listen 127.0.0.1:$QP >"$OUT/q.log" 2>&1 & QPID=$!
+      serve "$B" "$D"
     fi
-    for _ in $(seq 100); do curl -sf http://127.0.0.1:$QP/healthz >/dev/null && break; sleep 0.1; done
     [[ -n "${PRE100:-}" ]] && load http://127.0.0.1:$QP/v1/chat/completions openai/gpt-4o-mini 100 >/dev/null
     c0=$(ticks $QPID); a=$(load http://127.0.0.1:$QP/v1/chat/completions openai/gpt-4o-mini "$N" | summ)
     c1=$(ticks $QPID); b=$(load http://127.0.0.1:$QP/v1/chat/completions openai/gpt-4o-mini "$N" | summ)

@@ -10,23 +10,15 @@
 set -u
 REPS=$1; shift
 K=${K:-10}; N=${N:-1000}
-MOCKDIR=${MOCKDIR:-/tmp/mockllm-target/release}
-MOCK=$MOCKDIR/mockllm; LOAD=$MOCKDIR/mockload
-MP=${PORT:-18700}; QP=$((MP + 1))
-OUT=$(mktemp -d /tmp/quorum-setup-XXXXXX)
-ulimit -n "$(ulimit -Hn)" 2>/dev/null || true
-taskset -c 1 "$MOCK" --listen 127.0.0.1:$MP --tokens 1 --delay-ms 10 >"$OUT/mock.log" 2>&1 & MPID=$!
-trap 'kill $MPID 2>/dev/null; rm -rf "$OUT"' EXIT
-for _ in $(seq 100); do curl -sf http://127.0.0.1:$MP/mock/health >/dev/null && break; sleep 0.1; done
+TOKENS=1; PORT_BASE=18700
+. "$(dirname "$0")/burst_env.sh"
 burst() { taskset -c 1 "$LOAD" --provider openai --url http://127.0.0.1:$QP/v1/chat/completions \
   --model openai/gpt-4o-mini --stream --expect-tokens 1 --timeout-s 600 --mode conc --requests "$N" |
   python3 -c 'import json,sys; o=json.loads(sys.stdin.read()); sys.exit(0 if o["errors"] == 0 else 1)'; }
 for r in $(seq "$REPS"); do
   for B in "$@"; do
     D=$OUT/data-$r-$(basename "$B"); mkdir -p "$D"
-    taskset -c 0 env QUORUM_DATA_DIR="$D" QUORUM_CONFIG="$OUT/none.toml" OPENAI_BASE_URL=http://127.0.0.1:$MP/v1 \
-      OPENAI_API_KEY=sk-mock ${QENV:-} "$B" serve --listen 127.0.0.1:$QP >"$OUT/q.log" 2>&1 & QPID=$!
-    for _ in $(seq 100); do curl -sf http://127.0.0.1:$QP/healthz >/dev/null && break; sleep 0.1; done
+    serve "$B" "$D"
     burst || echo "errors in the unmeasured burst"
     sleep 1
     read -r u0 s0 < <(awk '{print $14, $15}' "/proc/$QPID/stat")

@@ -110,14 +110,19 @@ pub struct RunHandle {
     pub targets: Vec<String>,
     /// The events of every target (read through [`RunHandle::recv`]); closes
     /// when all targets are done. None when they go to the caller's channel
-    /// ([`StartOptions::events`](super::front::StartOptions)) or to `local`.
+    /// ([`StartOptions::events`](super::front::StartOptions)) or the run is inline.
     events: Option<mpsc::Receiver<TargetEvent>>,
     cancel: CancellationToken,
     per_target: Vec<CancellationToken>,
-    /// The target's work when it runs on the consumer's task (see `inline`).
-    driver: Option<Driver>,
-    /// Where an inline target's events wait for [`RunHandle::poll_event`].
-    local: Option<Arc<Local>>,
+    /// A target run on the consumer's task (see `inline`).
+    inline: Option<Inline>,
+}
+
+/// An inline target: its events, and its work until that is done.
+#[derive(Debug)]
+struct Inline {
+    queue: Arc<Local>,
+    work: Option<Driver>,
 }
 
 /// The events of an inline target. Its work and its reader are one task, so
@@ -176,13 +181,14 @@ impl Drop for RunHandle {
     /// its own, as a spawned one would: it still records itself (as
     /// cancelled, when the consumer cancelled it) and settles its budget.
     fn drop(&mut self) {
-        if let Some(l) = &self.local {
-            // Before the work moves to its own task: whatever it sends from
-            // now on is refused, as on a channel whose reader is gone.
-            l.closed.store(true, Ordering::Release);
-            l.lock().clear();
-        }
-        if let Some(d) = self.driver.take() {
+        let Some(inline) = &mut self.inline else {
+            return;
+        };
+        // Before the work moves to its own task: whatever it sends from now
+        // on is refused, as on a channel whose reader is gone.
+        inline.queue.closed.store(true, Ordering::Release);
+        inline.queue.lock().clear();
+        if let Some(d) = inline.work.take() {
             match tokio::runtime::Handle::try_current() {
                 Ok(rt) => {
                     rt.spawn(d.0);
@@ -210,24 +216,25 @@ impl RunHandle {
         cx: &mut std::task::Context<'_>,
     ) -> std::task::Poll<Option<TargetEvent>> {
         use std::task::Poll;
-        let Some(local) = &self.local else {
+        let Some(inline) = &mut self.inline else {
             return match &mut self.events {
                 Some(rx) => rx.poll_recv(cx),
                 None => Poll::Ready(None),
             };
         };
-        if let Some(ev) = local.pop() {
+        if let Some(ev) = inline.queue.pop() {
             return Poll::Ready(Some(ev));
         }
-        let Some(d) = self.driver.as_mut() else {
+        let Some(d) = inline.work.as_mut() else {
             // The work is done and everything it sent was taken.
             return Poll::Ready(None);
         };
         if d.0.as_mut().poll(cx).is_ready() {
-            self.driver = None;
-            return Poll::Ready(local.pop());
+            inline.work = None;
+            return Poll::Ready(inline.queue.pop());
         }
-        local
+        inline
+            .queue
             .pop()
             .map_or(Poll::Pending, |ev| Poll::Ready(Some(ev)))
     }
@@ -474,20 +481,17 @@ impl Engine {
         // Only a run of one target reading its own channel: events sent
         // elsewhere would have no consumer polling the work.
         let inline = inline && targets.len() == 1 && events.is_none();
-        let mut driver = None;
         // An inline run's events go through a plain queue.
-        let (sink, rx) = match events {
-            Some(tx) => (Sink::Channel(tx), None),
-            None if inline => (Sink::Local(Arc::default()), None),
-            None => {
+        let queue: Option<Arc<Local>> = inline.then(Arc::default);
+        let (sink, rx) = match (events, &queue) {
+            (_, Some(q)) => (Sink::Local(q.clone()), None),
+            (Some(tx), None) => (Sink::Channel(tx), None),
+            (None, None) => {
                 let (tx, rx) = mpsc::channel(1024);
                 (Sink::Channel(tx), Some(rx))
             }
         };
-        let local = match &sink {
-            Sink::Local(l) => Some(l.clone()),
-            Sink::Channel(_) => None,
-        };
+        let mut work = None;
         let cancel = CancellationToken::new();
         let request = Arc::new(request);
         let run_tag: Arc<str> = Arc::from(run_id.as_str());
@@ -517,7 +521,7 @@ impl Engine {
                 tx: sink.clone(),
             };
             if inline {
-                driver = Some(Driver(Box::pin(job.run())));
+                work = Some(Driver(Box::pin(job.run())));
             } else {
                 tokio::spawn(job.run());
             }
@@ -529,8 +533,7 @@ impl Engine {
             events: rx,
             cancel,
             per_target,
-            driver,
-            local,
+            inline: queue.map(|queue| Inline { queue, work }),
         }
     }
 }
