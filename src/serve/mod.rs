@@ -528,28 +528,64 @@ impl Access {
     }
 }
 
+impl Access {
+    /// The access line's fields: `trace_id="…" method=… route=… status=…
+    /// model=… upstream_requests=… upstream_errors=… latency_ms=… ttft_ms=…
+    /// input_tokens=… output_tokens=… cost_usd=…`.
+    fn line(&self, r: &AccessRuns) -> String {
+        use std::fmt::Write;
+        let mut l = String::with_capacity(320);
+        let _ = write!(
+            l,
+            "trace_id={:?} method={} route={} status={} model=",
+            r.trace_id.as_deref().unwrap_or("-"),
+            self.method,
+            self.route,
+            self.status.load(Ordering::Relaxed)
+        );
+        if r.models.is_empty() {
+            l.push('-');
+        }
+        for (i, m) in r.models.iter().enumerate() {
+            if i > 0 {
+                l.push(',');
+            }
+            l.push_str(m);
+        }
+        let _ = write!(
+            l,
+            " upstream_requests={} upstream_errors={} latency_ms={:.1} ttft_ms=",
+            r.tally.requests,
+            r.tally.failed(),
+            self.started.elapsed().as_secs_f64() * 1000.0
+        );
+        match r.ttft_ms {
+            Some(t) => {
+                let _ = write!(l, "{t:.1}");
+            }
+            None => l.push('-'),
+        }
+        let _ = write!(
+            l,
+            " input_tokens={} output_tokens={} cost_usd=",
+            r.tally.usage.input_tokens, r.tally.usage.output_tokens
+        );
+        match r.tally.cost() {
+            Some(x) => {
+                let _ = write!(l, "{x:.6}");
+            }
+            None => l.push_str("unknown"),
+        }
+        l
+    }
+}
+
 impl Drop for Access {
     fn drop(&mut self) {
         let r = self.runs.get_mut().map(std::mem::take).unwrap_or_default();
-        let cost = match r.tally.cost() {
-            Some(x) => format!("{x:.6}"),
-            None => "unknown".to_string(),
-        };
-        tracing::info!(
-            target: "quorum::access",
-            trace_id = r.trace_id.as_deref().unwrap_or("-"),
-            method = %self.method,
-            route = %self.route,
-            status = self.status.load(Ordering::Relaxed),
-            model = %if r.models.is_empty() { "-".to_string() } else { r.models.join(",") },
-            upstream_requests = r.tally.requests,
-            upstream_errors = r.tally.failed(),
-            latency_ms = format_args!("{:.1}", self.started.elapsed().as_secs_f64() * 1000.0),
-            ttft_ms = format_args!("{}", r.ttft_ms.map_or("-".to_string(), |t| format!("{t:.1}"))),
-            input_tokens = r.tally.usage.input_tokens,
-            output_tokens = r.tally.usage.output_tokens,
-            cost_usd = %cost,
-        );
+        if tracing::enabled!(target: "quorum::access", tracing::Level::INFO) {
+            crate::logging::access_line(&self.line(&r));
+        }
         if telemetry::enabled() {
             telemetry::export(&telemetry::Request {
                 method: &self.method,

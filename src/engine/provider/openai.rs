@@ -395,9 +395,21 @@ impl StreamDecoder for Decoder {
             };
             return Err(EngineError::InStream { message });
         }
-        if let Some(text) = plain_text_chunk(data) {
-            if !text.is_empty() {
+        if let Some(c) = common_chunk(data) {
+            if let Some(text) = c.text.filter(|t| !t.is_empty()) {
                 out.push(Delta::Text(text.into_owned()));
+            }
+            // Only the usage object itself is read as a tree.
+            if let Some(raw) = c.usage {
+                if let Some(u) = serde_json::from_str::<Value>(raw.get())
+                    .ok()
+                    .and_then(|v| usage(Some(&v)))
+                {
+                    out.push(Delta::Usage(u));
+                }
+            }
+            if let Some(raw) = c.finish {
+                self.finish_once(raw.into_owned(), out);
             }
             return Ok(());
         }
@@ -437,28 +449,46 @@ impl Decoder {
             tracing::warn!(%message, "provider error after the finish of the stream; ignored");
         }
         if let Some(raw) = finish {
-            // OpenRouter repeats the finish in its usage chunk: report it once.
-            if self.finish.as_deref() != Some(raw.as_str()) {
-                out.push(Delta::Finish {
-                    reason: finish_reason(&raw),
-                    raw: raw.clone(),
-                });
-                self.finish = Some(raw);
-            }
+            self.finish_once(raw, out);
         }
         Ok(())
     }
+
+    /// A finish, reported once: OpenRouter repeats it in its usage chunk.
+    fn finish_once(&mut self, raw: String, out: &mut Vec<Delta>) {
+        if self.finish.as_deref() != Some(raw.as_str()) {
+            out.push(Delta::Finish {
+                reason: finish_reason(&raw),
+                raw: raw.clone(),
+            });
+            self.finish = Some(raw);
+        }
+    }
 }
 
-/// The common chunk, typed: one choice 0 whose delta holds at most `role`
-/// and `content`, no finish, no usage, no error. Parsing it this way costs a
+/// What [`common_chunk`] reads of a chunk.
+struct Common<'a> {
+    /// `choices[0].delta.content` (`None` without a choice).
+    text: Option<std::borrow::Cow<'a, str>>,
+    /// `choices[0].finish_reason` when it is a string.
+    finish: Option<std::borrow::Cow<'a, str>>,
+    /// The `usage` object's text when it is there and not `null`.
+    usage: Option<&'a serde_json::value::RawValue>,
+}
+
+/// The common chunks, typed: at most one choice (index 0) whose delta holds
+/// at most `role` and `content`, with or without a string finish, and with or
+/// without `usage`; no error. That is every chunk of a plain text answer,
+/// its finish chunk and its usage chunk. Parsing them this way costs a
 /// fraction of a [`Value`] tree (no map per object, borrowed text), and it
-/// yields exactly what the general path below would. Anything else (tool
-/// calls, reasoning, refusals, a finish, usage, an error, a duplicate key, an
-/// odd type) is `None` and takes the general path.
-fn plain_text_chunk(data: &str) -> Option<std::borrow::Cow<'_, str>> {
+/// yields exactly what the general path below would (a property test checks
+/// this). Anything else (tool calls, reasoning, refusals, several choices,
+/// Groq's `x_groq`, an error, a duplicate key, an odd type) is `None` and
+/// takes the general path.
+fn common_chunk(data: &str) -> Option<Common<'_>> {
     use serde::de::IgnoredAny;
     use serde::Deserialize;
+    use serde_json::value::RawValue;
     use std::borrow::Cow;
 
     /// `T` from a JSON object only: serde's derived structs also accept an
@@ -480,11 +510,38 @@ fn plain_text_chunk(data: &str) -> Option<std::borrow::Cow<'_, str>> {
         }
     }
 
+    /// No choice, or one: a second choice goes the general way (which looks
+    /// for index 0 among them).
+    struct AtMostOne<T>(Option<T>);
+    impl<'de, T: Deserialize<'de>> Deserialize<'de> for AtMostOne<T> {
+        fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+            struct V<T>(std::marker::PhantomData<T>);
+            impl<'de, T: Deserialize<'de>> serde::de::Visitor<'de> for V<T> {
+                type Value = AtMostOne<T>;
+                fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+                    f.write_str("an array of at most one choice")
+                }
+                fn visit_seq<A: serde::de::SeqAccess<'de>>(
+                    self,
+                    mut seq: A,
+                ) -> Result<Self::Value, A::Error> {
+                    let first = seq.next_element()?;
+                    if first.is_some() && seq.next_element::<IgnoredAny>()?.is_some() {
+                        return Err(serde::de::Error::custom("more than one choice"));
+                    }
+                    Ok(AtMostOne(first))
+                }
+            }
+            d.deserialize_seq(V(std::marker::PhantomData))
+        }
+    }
+
     #[derive(Deserialize)]
     struct Chunk<'a> {
         #[serde(borrow)]
-        choices: [Obj<Choice<'a>>; 1],
-        usage: Option<IgnoredAny>,
+        choices: AtMostOne<Obj<Choice<'a>>>,
+        #[serde(borrow)]
+        usage: Option<&'a RawValue>,
         error: Option<IgnoredAny>,
         x_groq: Option<IgnoredAny>,
     }
@@ -492,8 +549,9 @@ fn plain_text_chunk(data: &str) -> Option<std::borrow::Cow<'_, str>> {
     struct Choice<'a> {
         index: Option<u64>,
         #[serde(borrow)]
-        delta: Obj<PlainDelta<'a>>,
-        finish_reason: Option<IgnoredAny>,
+        delta: Option<Obj<PlainDelta<'a>>>,
+        #[serde(borrow)]
+        finish_reason: Option<Cow<'a, str>>,
     }
     #[derive(Deserialize)]
     #[serde(deny_unknown_fields)]
@@ -509,19 +567,37 @@ fn plain_text_chunk(data: &str) -> Option<std::borrow::Cow<'_, str>> {
         function_call: Option<IgnoredAny>,
     }
     let Obj(c) = serde_json::from_str::<Obj<Chunk<'_>>>(data).ok()?;
-    let [Obj(choice)] = c.choices;
-    let Obj(d) = choice.delta;
-    let plain = c.usage.is_none()
-        && c.error.is_none()
-        && c.x_groq.is_none()
-        && choice.index.unwrap_or(0) == 0
-        && choice.finish_reason.is_none()
-        && d.refusal.is_none()
-        && d.reasoning.is_none()
-        && d.reasoning_content.is_none()
-        && d.tool_calls.is_none()
-        && d.function_call.is_none();
-    plain.then(|| d.content.unwrap_or(Cow::Borrowed("")))
+    if c.error.is_some() || c.x_groq.is_some() {
+        return None;
+    }
+    let usage = c.usage.filter(|u| u.get() != "null");
+    let Some(Obj(choice)) = c.choices.0 else {
+        return Some(Common {
+            text: None,
+            finish: None,
+            usage,
+        });
+    };
+    if choice.index.unwrap_or(0) != 0 {
+        return None;
+    }
+    let mut text = None;
+    if let Some(Obj(d)) = choice.delta {
+        let plain = d.refusal.is_none()
+            && d.reasoning.is_none()
+            && d.reasoning_content.is_none()
+            && d.tool_calls.is_none()
+            && d.function_call.is_none();
+        if !plain {
+            return None;
+        }
+        text = d.content;
+    }
+    Some(Common {
+        text,
+        finish: choice.finish_reason,
+        usage,
+    })
 }
 
 /// The deltas of one `choices[0].delta` object.
@@ -990,6 +1066,9 @@ mod fast_path_tests {
             Just("{}".to_string()),
             Just("[\"x\"]".to_string()),
             Just("{\"prompt_tokens\":1}".to_string()),
+            Just("{\"prompt_tokens\":3,\"completion_tokens\":2.0,\"prompt_tokens_details\":{\"cached_tokens\":1},\"cost\":0.5}".to_string()),
+            Just("\"length\"".to_string()),
+            Just("\"\"".to_string()),
         ];
         let delta_keys = proptest::sample::subsequence(
             vec![
@@ -1094,18 +1173,26 @@ mod fast_path_tests {
     #[test]
     fn the_common_chunk_takes_the_fast_path() {
         let d = r#"{"id":"c","object":"chat.completion.chunk","created":1,"model":"m","choices":[{"index":0,"delta":{"content":"Hi \u00e9"},"finish_reason":null,"logprobs":null}],"usage":null}"#;
-        assert_eq!(plain_text_chunk(d).as_deref(), Some("Hi é"));
+        let text = |d| common_chunk(d).and_then(|c| c.text.map(|t| t.into_owned()));
+        assert_eq!(text(d).as_deref(), Some("Hi é"));
         let first =
             r#"{"choices":[{"index":0,"delta":{"role":"assistant","content":"","refusal":null}}]}"#;
-        assert_eq!(plain_text_chunk(first).as_deref(), Some(""));
+        assert_eq!(text(first).as_deref(), Some(""));
+        let fin = common_chunk(r#"{"choices":[{"index":0,"delta":{},"finish_reason":"stop"}]}"#)
+            .expect("a finish chunk is common");
+        assert_eq!(fin.finish.as_deref(), Some("stop"));
+        let u = common_chunk(r#"{"choices":[],"usage":{"prompt_tokens":1}}"#)
+            .expect("a usage chunk is common");
+        assert_eq!(u.usage.map(|u| u.get()), Some(r#"{"prompt_tokens":1}"#));
         for other in [
-            r#"{"choices":[{"index":0,"delta":{},"finish_reason":"stop"}]}"#,
-            r#"{"choices":[],"usage":{"prompt_tokens":1}}"#,
             r#"{"choices":[{"delta":{"tool_calls":[]}}]}"#,
             r#"{"choices":[{"delta":["x"]}]}"#,
+            r#"{"choices":[{"delta":{}},{"delta":{}}]}"#,
+            r#"{"choices":[{"index":1,"delta":{}}]}"#,
+            r#"{"choices":[],"error":{"message":"x"}}"#,
             r#"[[{"delta":{"content":"x"}}]]"#,
         ] {
-            assert_eq!(plain_text_chunk(other), None, "{other}");
+            assert!(common_chunk(other).is_none(), "{other}");
         }
     }
 }
