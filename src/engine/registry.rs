@@ -13,6 +13,21 @@ use super::error::EngineError;
 use super::provider::{ProviderKind, ProviderSpec, Secret};
 use super::request::{ChatRequest, ResponseFormat};
 
+/// `f("{provider}/{model}")`, built on the stack when it is short: resolving a
+/// target and looking up a model's facts happen several times per request.
+fn with_id<R>(provider: &str, model: &str, f: impl FnOnce(&str) -> R) -> R {
+    let n = provider.len() + 1 + model.len();
+    let mut buf = [0u8; 192];
+    if n > buf.len() {
+        return f(&format!("{provider}/{model}"));
+    }
+    buf[..provider.len()].copy_from_slice(provider.as_bytes());
+    buf[provider.len()] = b'/';
+    buf[provider.len() + 1..n].copy_from_slice(model.as_bytes());
+    // Two whole strs around an ASCII '/': always UTF-8.
+    f(std::str::from_utf8(&buf[..n]).unwrap_or_default())
+}
+
 /// A target resolved to a provider and a model name.
 #[derive(Debug, Clone)]
 pub struct Resolved {
@@ -233,7 +248,10 @@ impl Registry {
 
     /// Facts about `provider/model`, if configured.
     pub fn model_meta(&self, provider: &str, model: &str) -> Option<&ModelMeta> {
-        self.meta.get(&format!("{provider}/{model}"))
+        if self.meta.is_empty() {
+            return None;
+        }
+        with_id(provider, model, |id| self.meta.get(id))
     }
 
     /// Every `provider/model` with configured facts.
@@ -305,11 +323,10 @@ impl Registry {
         if spec.kind == ProviderKind::Mock && !super::provider::mock::is_mock_model(m) {
             return Err(self.unknown(target, "no such mock model"));
         }
-        let id = format!("{p}/{m}");
-        if !self.is_allowed(&id) {
+        if self.allowed.is_some() && !with_id(p, m, |id| self.is_allowed(id)) {
             return Err(EngineError::NotAllowed {
                 message: format!(
-                    "{id} is not in allowed_models [{}]",
+                    "{p}/{m} is not in allowed_models [{}]",
                     self.allowed_patterns().join(", ")
                 ),
             });
@@ -498,6 +515,28 @@ pub fn mask_url_credentials(url: &str) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn ids_are_joined_on_the_stack_or_the_heap() {
+        assert_eq!(with_id("openai", "gpt-4o", str::to_string), "openai/gpt-4o");
+        let long = "m".repeat(400);
+        assert_eq!(
+            with_id("openai", &long, str::to_string),
+            format!("openai/{long}")
+        );
+        let edge = "é".repeat(92); // 184 bytes: 6 + 1 + 184 = 191 fit
+        assert_eq!(with_id("openai", &edge, str::len), 191);
+        let mut r = reg();
+        r.set_model_meta("openai/gpt-4o", ModelMeta::default());
+        assert!(r.model_meta("openai", "gpt-4o").is_some());
+        assert!(r.model_meta("openai", &long).is_none());
+        r.set_allowed(vec!["openai/gpt-4o*".into()]).unwrap();
+        assert!(r.resolve("openai/gpt-4o").is_ok());
+        assert!(matches!(
+            r.resolve("openai/o3"),
+            Err(EngineError::NotAllowed { message }) if message.starts_with("openai/o3 is not in allowed_models")
+        ));
+    }
 
     fn reg() -> Registry {
         let mut r = Registry::new();

@@ -249,7 +249,11 @@ fn expire_dead(conn: &Connection) -> rusqlite::Result<()> {
 }
 
 /// Note run `e` (reserving its bound when gated and within the caps).
-fn begin_in(conn: &Connection, e: &RunEntry) -> rusqlite::Result<Result<(), BudgetRefusal>> {
+fn begin_in(
+    conn: &Connection,
+    e: &RunEntry,
+    now: &str,
+) -> rusqlite::Result<Result<(), BudgetRefusal>> {
     if let Some((budget, projection)) = &e.gate {
         let spend = spend_in(conn, e.budget_session.as_deref())?;
         if let Err(r) = budget.check(spend, projection) {
@@ -291,13 +295,13 @@ fn begin_in(conn: &Connection, e: &RunEntry) -> rusqlite::Result<Result<(), Budg
             0.0
         };
         if let Some(s) = &e.session_id {
-            conn.prepare_cached("INSERT OR IGNORE INTO sessions (id) VALUES (?1)")?
-                .execute([s])?;
+            conn.prepare_cached("INSERT OR IGNORE INTO sessions (id, created_at) VALUES (?1, ?2)")?
+                .execute([s, now])?;
         }
         conn.prepare_cached(
             "INSERT INTO runs (id, session_id, trace_id, targets, projected_usd, prompt,
-                               reserved_usd, budget_session, pid, held_usd)
-             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10)
+                               reserved_usd, budget_session, pid, held_usd, created_at)
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11)
              ON CONFLICT(id) DO UPDATE SET targets = excluded.targets,
                  projected_usd = excluded.projected_usd,
                  reserved_usd = excluded.reserved_usd,
@@ -315,6 +319,7 @@ fn begin_in(conn: &Connection, e: &RunEntry) -> rusqlite::Result<Result<(), Budg
             e.budget_session,
             std::process::id(),
             held,
+            now,
         ])?;
         if holds {
             bump(conn, scope::HELD, held, 1)?;
@@ -421,31 +426,62 @@ fn insert_in(
     tx: &Connection,
     row: &NewRequest,
     leases: &mut BTreeMap<String, f64>,
+    now: &str,
 ) -> rusqlite::Result<i64> {
     if let Some((s, agent)) = &row.session {
-        tx.prepare_cached("INSERT OR IGNORE INTO sessions (id, source_agent) VALUES (?1, ?2)")?
-            .execute(params![s, agent])?;
+        tx.prepare_cached(
+            "INSERT OR IGNORE INTO sessions (id, source_agent, created_at) VALUES (?1, ?2, ?3)",
+        )?
+        .execute(params![s, agent, now])?;
     }
     let (run, session, trace, prompt) = &row.run;
     tx.prepare_cached(
-        "INSERT OR IGNORE INTO runs (id, session_id, trace_id, prompt) VALUES (?1, ?2, ?3, ?4)",
+        "INSERT OR IGNORE INTO runs (id, session_id, trace_id, prompt, created_at)
+         VALUES (?1, ?2, ?3, ?4, ?5)",
     )?
-    .execute(params![run, session, trace, prompt])?;
+    .execute(params![run, session, trace, prompt, now])?;
     if let Some((id, json)) = &row.price {
-        tx.prepare_cached("INSERT OR IGNORE INTO prices (id, row) VALUES (?1, ?2)")?
-            .execute(params![id, json])?;
+        tx.prepare_cached(
+            "INSERT OR IGNORE INTO prices (id, row, first_used_at) VALUES (?1, ?2, ?3)",
+        )?
+        .execute(params![id, json, now])?;
     }
+    let now = Value::Text(now.to_string());
     tx.prepare_cached(&INSERT_SQL)?.execute(params_from_iter(
-        request_written_columns().map(|c| row.value(c.name)),
+        request_written_columns()
+            .map(|c| row.value(c.name))
+            .chain(std::iter::once(&now)),
     ))?;
     let id = tx.last_insert_rowid();
     count_request(tx, id, row, leases)?;
     Ok(id)
 }
 
+/// Now, as the schema's `DEFAULT (strftime('%Y-%m-%dT%H:%M:%fZ','now'))` writes
+/// it (UTC, milliseconds). Computed once per write batch and bound into each
+/// insert: SQLite's `strftime` cost about 3,000 instructions per call, six times
+/// per streamed request through `serve` (callgrind, issue #14).
+pub(crate) fn sql_now() -> String {
+    let t = time::OffsetDateTime::now_utc();
+    format!(
+        "{:04}-{:02}-{:02}T{:02}:{:02}:{:02}.{:03}Z",
+        t.year(),
+        u8::from(t.month()),
+        t.day(),
+        t.hour(),
+        t.minute(),
+        t.second(),
+        t.millisecond()
+    )
+}
+
 /// The insert of one request row.
 static INSERT_SQL: std::sync::LazyLock<String> = std::sync::LazyLock::new(|| {
-    let cols: Vec<&str> = request_written_columns().map(|c| c.name).collect();
+    // `created_at` last: the batch's time, bound by the caller (see [`sql_now`]).
+    let cols: Vec<&str> = request_written_columns()
+        .map(|c| c.name)
+        .chain(["created_at"])
+        .collect();
     let marks: Vec<String> = (1..=cols.len()).map(|i| format!("?{i}")).collect();
     format!(
         "INSERT INTO requests ({}) VALUES ({})",
@@ -624,6 +660,7 @@ impl Backend for SqliteBackend {
             let mut expired = false;
             let mut leases = BTreeMap::new();
             let mut out = Vec::with_capacity(ops.len());
+            let now = sql_now();
             for op in ops {
                 out.push(match op {
                     WriteOp::Book(BookOp::Begin(e)) => {
@@ -631,11 +668,11 @@ impl Backend for SqliteBackend {
                             // The caps see what earlier rows released.
                             release_in(&tx, std::mem::take(&mut leases))?;
                         }
-                        let mut r = begin_in(&tx, e)?;
+                        let mut r = begin_in(&tx, e, &now)?;
                         if r.is_err() && !expired {
                             expire_dead(&tx)?;
                             expired = true;
-                            r = begin_in(&tx, e)?;
+                            r = begin_in(&tx, e, &now)?;
                         }
                         r.map(|()| 0).map_err(Refused::Budget)
                     }
@@ -645,7 +682,7 @@ impl Backend for SqliteBackend {
                         settle_in(&tx, id).map(|()| Ok(0))?
                     }
                     WriteOp::Row { row, settle } => {
-                        let id = insert_in(&tx, row, &mut leases)?;
+                        let id = insert_in(&tx, row, &mut leases, &now)?;
                         if *settle {
                             settle_in(&tx, &row.run.0)?;
                         }
@@ -1005,5 +1042,35 @@ impl Backend for SqliteBackend {
             .collect::<Result<Vec<_>, _>>()
             .map_err(err);
         rows
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// `sql_now` writes what the schema's `strftime` default wrote, so times
+    /// sort and compare as before.
+    #[test]
+    fn the_batch_time_has_the_schema_default_shape() {
+        let conn = Connection::open_in_memory().unwrap();
+        let before: String = conn
+            .query_row(&format!("SELECT {}", super::super::NOW), [], |r| r.get(0))
+            .unwrap();
+        let ours = sql_now();
+        let after: String = conn
+            .query_row(&format!("SELECT {}", super::super::NOW), [], |r| r.get(0))
+            .unwrap();
+        let shape = |s: &str| -> String {
+            s.chars()
+                .map(|c| if c.is_ascii_digit() { '9' } else { c })
+                .collect()
+        };
+        assert_eq!(shape(&ours), shape(&before), "{ours} vs {before}");
+        assert_eq!(shape(&ours), "9999-99-99T99:99:99.999Z");
+        assert!(
+            before <= ours && ours <= after,
+            "{before} <= {ours} <= {after}"
+        );
     }
 }
