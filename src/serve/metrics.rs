@@ -10,7 +10,7 @@
 //! when the registry knows them and at most [`MAX_MODEL_LABELS`], agents at
 //! most [`MAX_AGENT_LABELS`], the rest fold into [`OTHER`].
 
-use std::collections::{BTreeMap, HashSet};
+use std::collections::{BTreeMap, HashMap, HashSet};
 use std::sync::atomic::{AtomicI64, AtomicU64, Ordering};
 use std::sync::Mutex;
 
@@ -66,15 +66,23 @@ pub struct LastError {
     pub at: String,
 }
 
-#[derive(Debug, Default)]
+#[derive(Default)]
 struct State {
-    /// Resettable copy for `llm.metrics`.
-    usage: BTreeMap<(String, String), Tally>,
+    /// Resettable copy for `llm.metrics`, by provider then model label.
+    usage: BTreeMap<String, BTreeMap<String, Tally>>,
     usage_since: Option<String>,
     last_error: BTreeMap<String, LastError>,
-    /// Model and agent label values handed out so far (capped).
-    model_labels: HashSet<(String, String)>,
+    /// Model label values handed out so far, by provider (capped at
+    /// [`MAX_MODEL_LABELS`] in all), and agent label values (capped).
+    model_labels: HashMap<String, HashSet<String>>,
+    model_label_count: usize,
     agent_labels: HashSet<String>,
+    /// The series a finished request adds to, by provider, model label and
+    /// endpoint, and by agent label: found once, so that recording a request
+    /// costs a few lookups and atomic adds rather than a dozen label sets
+    /// built, hashed and looked up. Bounded by the label sets above.
+    series: HashMap<String, HashMap<String, Vec<ModelSeries>>>,
+    agents: HashMap<String, AgentSeries>,
     /// Ledger write failures already added to their counter.
     ledger_failures_seen: u64,
 }
@@ -89,34 +97,116 @@ pub const OTHER: &str = "other";
 impl State {
     /// The model label: the model itself when the registry knows it and the
     /// label set has room, else `other`.
-    fn model_label(&mut self, provider: &str, model: &str, known: bool) -> String {
-        let key = (provider.to_string(), model.to_string());
-        if known && (self.model_labels.contains(&key) || self.model_labels.len() < MAX_MODEL_LABELS)
-        {
-            self.model_labels.insert(key);
-            model.to_string()
-        } else {
-            OTHER.to_string()
+    fn model_label<'a>(&mut self, provider: &str, model: &'a str, known: bool) -> &'a str {
+        if !known {
+            return OTHER;
         }
+        if let Some(ms) = self.model_labels.get(provider) {
+            if ms.contains(model) {
+                return model;
+            }
+        }
+        if self.model_label_count >= MAX_MODEL_LABELS {
+            return OTHER;
+        }
+        self.model_label_count += 1;
+        self.model_labels
+            .entry(provider.to_string())
+            .or_default()
+            .insert(model.to_string());
+        model
     }
 
     /// The agent label: `none` without one; a short plain name while the
     /// label set has room; else `other`.
-    fn agent_label(&mut self, agent: Option<&str>) -> String {
+    fn agent_label<'a>(&mut self, agent: Option<&'a str>) -> &'a str {
         let Some(a) = agent else {
-            return "none".to_string();
+            return "none";
         };
         let plain = !a.is_empty()
             && a.len() <= 64
             && a.bytes()
                 .all(|b| b.is_ascii_alphanumeric() || b"-_.:/@".contains(&b));
-        if plain && (self.agent_labels.contains(a) || self.agent_labels.len() < MAX_AGENT_LABELS) {
+        if !plain {
+            return OTHER;
+        }
+        if self.agent_labels.contains(a) {
+            return a;
+        }
+        if self.agent_labels.len() < MAX_AGENT_LABELS {
             self.agent_labels.insert(a.to_string());
-            a.to_string()
+            a
         } else {
-            OTHER.to_string()
+            OTHER
         }
     }
+}
+
+impl std::fmt::Debug for State {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("State")
+            .field("usage", &self.usage)
+            .field("model_labels", &self.model_label_count)
+            .field("agent_labels", &self.agent_labels.len())
+            .finish_non_exhaustive()
+    }
+}
+
+/// The index of a request status in the per-status handles.
+const STATUSES: [&str; 3] = ["ok", "cancelled", "error"];
+
+/// The token kinds of `quorum_tokens_total`, in [`ModelSeries::tokens`]' order.
+const TOKEN_KINDS: [&str; 5] = [
+    "input",
+    "output",
+    "cached_input",
+    "cache_creation_input",
+    "reasoning",
+];
+
+/// The series one provider, model label and endpoint add to. A series is
+/// created when first added to, as `get_or_create` would at that moment:
+/// the per-status and TTFT ones on first use, the others with the entry.
+struct ModelSeries {
+    endpoint: String,
+    requests: [Option<Counter>; 3],
+    tokens: [Counter; 5],
+    cost: FloatCounter,
+    unpriced: Counter,
+    latency: Histogram,
+    ttft: Option<Histogram>,
+}
+
+impl ModelSeries {
+    fn new(p: &Families, provider: &str, model: &str, endpoint: &str) -> ModelSeries {
+        let key = ModelLabels {
+            provider: provider.to_string(),
+            model: model.to_string(),
+        };
+        ModelSeries {
+            endpoint: endpoint.to_string(),
+            requests: Default::default(),
+            tokens: TOKEN_KINDS.map(|kind| {
+                p.tokens
+                    .get_or_create_owned(&TokenLabels {
+                        provider: provider.to_string(),
+                        model: model.to_string(),
+                        kind,
+                    })
+            }),
+            cost: p.cost.get_or_create_owned(&key),
+            unpriced: p.unpriced.get_or_create_owned(&key),
+            latency: p.latency.get_or_create_owned(&key),
+            ttft: None,
+        }
+    }
+}
+
+/// The series one agent label adds to (see [`ModelSeries`]).
+struct AgentSeries {
+    requests: [Option<Counter>; 3],
+    tokens: [Counter; 2],
+    cost: Option<FloatCounter>,
 }
 
 /// The `Content-Type` of [`Metrics::render`]'s text.
@@ -409,27 +499,34 @@ impl Metrics {
     /// ...). `known`: the registry knows the model, so it may be a label
     /// value; `agent`: the calling agent (`source_agent`).
     pub fn record(&self, endpoint: &str, c: &Completion, known: bool, agent: Option<&str>) {
-        let Ok(mut s) = self.state.lock() else { return };
-        let provider = if c.provider.is_empty() {
-            "unknown".to_string()
-        } else {
-            c.provider.clone()
+        let Ok(mut guard) = self.state.lock() else {
+            return;
         };
-        let model = s.model_label(&provider, &c.model, known);
+        let s = &mut *guard;
+        let provider = if c.provider.is_empty() {
+            "unknown"
+        } else {
+            c.provider.as_str()
+        };
+        let model = s.model_label(provider, &c.model, known);
         let agent = s.agent_label(agent);
         let status = match &c.error {
-            None => "ok",
-            Some(crate::engine::EngineError::Cancelled) => "cancelled",
-            Some(_) => "error",
+            None => 0,
+            Some(crate::engine::EngineError::Cancelled) => 1,
+            Some(_) => 2,
         };
-        s.usage
-            .entry((provider.clone(), model.clone()))
-            .or_default()
-            .add(c);
+        let by_model = match s.usage.get_mut(provider) {
+            Some(m) => m,
+            None => s.usage.entry(provider.to_string()).or_default(),
+        };
+        match by_model.get_mut(model) {
+            Some(t) => t.add(c),
+            None => by_model.entry(model.to_string()).or_default().add(c),
+        }
         if let Some(e) = &c.error {
             if !matches!(e, crate::engine::EngineError::Cancelled) {
                 s.last_error.insert(
-                    provider.clone(),
+                    provider.to_string(),
                     LastError {
                         kind: e.kind().to_string(),
                         message: e.to_string(),
@@ -438,72 +535,106 @@ impl Metrics {
                 );
             }
         }
-        drop(s);
         let p = &self.prom;
         let u = &c.billed_usage();
-        p.agent_requests
-            .get_or_create(&AgentStatus {
-                agent: agent.clone(),
-                status,
+
+        let a = match s.agents.get_mut(agent) {
+            Some(a) => a,
+            None => s
+                .agents
+                .entry(agent.to_string())
+                .or_insert_with(|| AgentSeries {
+                    requests: Default::default(),
+                    tokens: ["input", "output"].map(|kind| {
+                        p.agent_tokens.get_or_create_owned(&AgentKind {
+                            agent: agent.to_string(),
+                            kind,
+                        })
+                    }),
+                    cost: None,
+                }),
+        };
+        a.requests[status]
+            .get_or_insert_with(|| {
+                p.agent_requests.get_or_create_owned(&AgentStatus {
+                    agent: agent.to_string(),
+                    status: STATUSES[status],
+                })
             })
             .inc();
-        for (kind, n) in [("input", u.input_tokens), ("output", u.output_tokens)] {
-            p.agent_tokens
-                .get_or_create(&AgentKind {
-                    agent: agent.clone(),
-                    kind,
-                })
-                .inc_by(n);
-        }
+        a.tokens[0].inc_by(u.input_tokens);
+        a.tokens[1].inc_by(u.output_tokens);
         if let Some(x) = c.cost_usd {
-            p.agent_cost.get_or_create(&AgentLabel { agent }).inc_by(x);
+            a.cost
+                .get_or_insert_with(|| {
+                    p.agent_cost.get_or_create_owned(&AgentLabel {
+                        agent: agent.to_string(),
+                    })
+                })
+                .inc_by(x);
         }
-        p.requests
-            .get_or_create(&RequestLabels {
-                provider: provider.clone(),
-                model: model.clone(),
-                endpoint: endpoint.to_string(),
-                status,
+
+        let models = match s.series.get_mut(provider) {
+            Some(m) => m,
+            None => s.series.entry(provider.to_string()).or_default(),
+        };
+        let list = match models.get_mut(model) {
+            Some(l) => l,
+            None => models.entry(model.to_string()).or_default(),
+        };
+        let m = match list.iter().position(|m| m.endpoint == endpoint) {
+            Some(i) => &mut list[i],
+            None => {
+                list.push(ModelSeries::new(p, provider, model, endpoint));
+                list.last_mut().expect("just pushed")
+            }
+        };
+        m.requests[status]
+            .get_or_insert_with(|| {
+                p.requests.get_or_create_owned(&RequestLabels {
+                    provider: provider.to_string(),
+                    model: model.to_string(),
+                    endpoint: endpoint.to_string(),
+                    status: STATUSES[status],
+                })
             })
             .inc();
         if let Some(e) = &c.error {
             p.errors
                 .get_or_create(&ErrorLabels {
-                    provider: provider.clone(),
-                    model: model.clone(),
+                    provider: provider.to_string(),
+                    model: model.to_string(),
                     kind: e.kind().to_string(),
                 })
                 .inc();
         }
-        for (kind, n) in [
-            ("input", u.input_tokens),
-            ("output", u.output_tokens),
-            ("cached_input", u.cached_input_tokens),
-            ("cache_creation_input", u.cache_creation_input_tokens),
-            ("reasoning", u.reasoning_tokens),
-        ] {
-            p.tokens
-                .get_or_create(&TokenLabels {
-                    provider: provider.clone(),
-                    model: model.clone(),
-                    kind,
-                })
-                .inc_by(n);
+        for (t, n) in m.tokens.iter().zip([
+            u.input_tokens,
+            u.output_tokens,
+            u.cached_input_tokens,
+            u.cache_creation_input_tokens,
+            u.reasoning_tokens,
+        ]) {
+            t.inc_by(n);
         }
-        let key = ModelLabels { provider, model };
-        let cost = p.cost.get_or_create(&key);
-        let unpriced = p.unpriced.get_or_create(&key);
         match c.cost_usd {
             Some(x) => {
-                cost.inc_by(x);
+                m.cost.inc_by(x);
             }
             None => {
-                unpriced.inc();
+                m.unpriced.inc();
             }
         }
-        p.latency.get_or_create(&key).observe(c.latency_ms / 1000.0);
+        m.latency.observe(c.latency_ms / 1000.0);
         if let Some(t) = c.ttft_ms {
-            p.ttft.get_or_create(&key).observe(t / 1000.0);
+            m.ttft
+                .get_or_insert_with(|| {
+                    p.ttft.get_or_create_owned(&ModelLabels {
+                        provider: provider.to_string(),
+                        model: model.to_string(),
+                    })
+                })
+                .observe(t / 1000.0);
         }
     }
 
@@ -551,13 +682,15 @@ impl Metrics {
         let mut by_model = Vec::new();
         let mut by_provider: BTreeMap<&str, Tally> = BTreeMap::new();
         let mut total = Tally::default();
-        for ((p, m), t) in &s.usage {
-            let mut o = usage_totals(t);
-            o.insert("provider".into(), json!(p));
-            o.insert("model".into(), json!(m));
-            by_model.push(Value::Object(o));
-            *by_provider.entry(p).or_default() += t;
-            total += t;
+        for (p, ms) in &s.usage {
+            for (m, t) in ms {
+                let mut o = usage_totals(t);
+                o.insert("provider".into(), json!(p));
+                o.insert("model".into(), json!(m));
+                by_model.push(Value::Object(o));
+                *by_provider.entry(p).or_default() += t;
+                total += t;
+            }
         }
         let providers: Vec<Value> = by_provider
             .into_iter()
@@ -683,6 +816,48 @@ mod tests {
             assert!(t.lines().any(|l| l == line), "no line {line:?} in\n{t}");
         }
         assert!(t.contains("quorum_build_info{version="), "{t}");
+    }
+
+    /// Recording goes through handles found once per series; a series still
+    /// appears only when first added to, and counts keep adding up.
+    #[test]
+    fn series_appear_when_first_used_and_keep_counting() {
+        let engine = Engine::new(Default::default()).unwrap();
+        let m = Metrics::new();
+        let mut bare = completion("alpha", None);
+        bare.ttft_ms = None;
+        bare.cost_usd = None;
+        m.record("rpc", &bare, true, Some("a1"));
+        m.record("rpc", &bare, true, Some("a1"));
+        let t = m.render(&engine);
+        for absent in [
+            "quorum_time_to_first_token_seconds_count{",
+            "quorum_agent_cost_usd_total{",
+            "status=\"error\"",
+        ] {
+            assert!(!t.contains(absent), "{absent} in\n{t}");
+        }
+        assert!(t.contains("quorum_unpriced_requests_total{provider=\"mock\",model=\"alpha\"} 2"), "{t}");
+        m.record("rpc", &completion("alpha", None), true, Some("a1"));
+        m.record("rpc", &completion("alpha", Some(EngineError::Network { message: "x".into() })), true, Some("a1"));
+        let t = m.render(&engine);
+        for line in [
+            "quorum_requests_total{provider=\"mock\",model=\"alpha\",endpoint=\"rpc\",status=\"ok\"} 3",
+            "quorum_requests_total{provider=\"mock\",model=\"alpha\",endpoint=\"rpc\",status=\"error\"} 1",
+            "quorum_time_to_first_token_seconds_count{provider=\"mock\",model=\"alpha\"} 2",
+            "quorum_agent_requests_total{agent=\"a1\",status=\"ok\"} 3",
+            "quorum_agent_tokens_total{agent=\"a1\",kind=\"output\"} 20",
+            "quorum_agent_cost_usd_total{agent=\"a1\"} 0.5",
+            "quorum_tokens_total{provider=\"mock\",model=\"alpha\",kind=\"input\"} 28",
+            "quorum_unpriced_requests_total{provider=\"mock\",model=\"alpha\"} 2",
+        ] {
+            assert!(t.lines().any(|l| l == line), "no line {line:?} in\n{t}");
+        }
+        // `llm.metrics` keeps its own, resettable, copy.
+        let u = m.usage_json(true);
+        assert_eq!(u["models"][0]["requests"], 4, "{u}");
+        assert_eq!(m.usage_json(false)["models"], json!([]));
+        assert!(m.render(&engine).contains("status=\"ok\"} 3"));
     }
 
     #[test]
