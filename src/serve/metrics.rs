@@ -187,12 +187,11 @@ impl ModelSeries {
             endpoint: endpoint.to_string(),
             requests: Default::default(),
             tokens: TOKEN_KINDS.map(|kind| {
-                p.tokens
-                    .get_or_create_owned(&TokenLabels {
-                        provider: provider.to_string(),
-                        model: model.to_string(),
-                        kind,
-                    })
+                p.tokens.get_or_create_owned(&TokenLabels {
+                    provider: provider.to_string(),
+                    model: model.to_string(),
+                    kind,
+                })
             }),
             cost: p.cost.get_or_create_owned(&key),
             unpriced: p.unpriced.get_or_create_owned(&key),
@@ -837,9 +836,22 @@ mod tests {
         ] {
             assert!(!t.contains(absent), "{absent} in\n{t}");
         }
-        assert!(t.contains("quorum_unpriced_requests_total{provider=\"mock\",model=\"alpha\"} 2"), "{t}");
+        assert!(
+            t.contains("quorum_unpriced_requests_total{provider=\"mock\",model=\"alpha\"} 2"),
+            "{t}"
+        );
         m.record("rpc", &completion("alpha", None), true, Some("a1"));
-        m.record("rpc", &completion("alpha", Some(EngineError::Network { message: "x".into() })), true, Some("a1"));
+        m.record(
+            "rpc",
+            &completion(
+                "alpha",
+                Some(EngineError::Network {
+                    message: "x".into(),
+                }),
+            ),
+            true,
+            Some("a1"),
+        );
         let t = m.render(&engine);
         for line in [
             "quorum_requests_total{provider=\"mock\",model=\"alpha\",endpoint=\"rpc\",status=\"ok\"} 3",
