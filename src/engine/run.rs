@@ -839,11 +839,18 @@ impl TargetJob {
                     a = Attempt::start_with(&client, &r.spec, &r.model, &request, self.opts.stream, &opts, &ctx) => a?,
                 };
                 loop {
+                    // The next delta first, then the cancellation flag: the waiter
+                    // (a lock and a waker, ~1,000 instructions) is polled only while
+                    // the upstream has nothing ready. A cancelled run still emits
+                    // nothing more.
                     let next = tokio::select! {
                         biased;
-                        _ = &mut stop => return Err(EngineError::Cancelled),
                         d = a.next() => d,
+                        _ = &mut stop => return Err(EngineError::Cancelled),
                     };
+                    if self.cancel.is_cancelled() {
+                        return Err(EngineError::Cancelled);
+                    }
                     match next {
                         None => return Ok(()),
                         Some(Err(e)) => return Err(e),

@@ -241,6 +241,27 @@ fn char_class(c: char) -> u8 {
     }
 }
 
+/// [`char_class`] of each ASCII character, looked up rather than worked out:
+/// streamed text is mostly ASCII and is counted as it arrives, chunk by chunk.
+const ASCII_CLASS: [u8; 128] = {
+    let mut t = [C_SYM; 128];
+    let mut i = 0;
+    while i < 128 {
+        let c = i as u8;
+        t[i] = if c == b' ' || (c >= 0x09 && c <= 0x0d) {
+            C_SPACE
+        } else if c.is_ascii_digit() {
+            C_DIGIT
+        } else if c.is_ascii_alphabetic() {
+            C_WORD
+        } else {
+            C_SYM
+        };
+        i += 1;
+    }
+    t
+};
+
 fn is_cjk(c: char) -> bool {
     matches!(c as u32,
         0x3040..=0x30FF      // Hiragana, Katakana
@@ -270,16 +291,26 @@ impl TokenEstimator {
 
     /// Feed the next piece of text.
     pub fn push(&mut self, s: &str) {
-        for ch in s.chars() {
-            let c = char_class(ch);
-            if c != self.class {
-                self.close_run();
-                self.prev = self.class;
-                self.class = c;
-                self.run = 0;
+        if s.is_ascii() {
+            for &b in s.as_bytes() {
+                self.step(ASCII_CLASS[b as usize]);
             }
-            self.run += 1;
+            return;
         }
+        for ch in s.chars() {
+            self.step(char_class(ch));
+        }
+    }
+
+    #[inline]
+    fn step(&mut self, c: u8) {
+        if c != self.class {
+            self.close_run();
+            self.prev = self.class;
+            self.class = c;
+            self.run = 0;
+        }
+        self.run += 1;
     }
 
     /// The count so far.
@@ -352,6 +383,13 @@ pub fn quick_estimate_request(req: &ChatRequest) -> u64 {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_ascii_table_classes_as_char_class_does() {
+        for b in 0u8..128 {
+            assert_eq!(ASCII_CLASS[b as usize], char_class(b as char), "{b}");
+        }
+    }
 
     #[test]
     fn encodings_by_family() {
