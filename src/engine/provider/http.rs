@@ -517,18 +517,18 @@ impl Attempt {
                 .map_err(EngineError::from_reqwest)?;
                 let out = &mut self.scratch;
                 out.clear();
-                // Every frame is masked before a decoder sees it: whatever
-                // it keeps (a finish word, a tool id, an error snippet) is
-                // clean, and nothing is cut before masking.
+                // Every frame is masked before a decoder keeps or emits any of
+                // it (a finish word, a tool id, an error snippet), and nothing is
+                // cut before masking (`StreamDecoder::frame_unmasked`).
                 let masker = &*self.masker;
                 match chunk {
                     Some(bytes) => {
                         self.bytes += bytes.len() as u64;
                         let fed = match framing {
                             super::Framing::Sse => sse.feed(&bytes, |f| {
-                                decoder.frame(f.event, &masker.mask(f.data), out)
+                                decoder.frame_unmasked(f.event, f.data, masker, out)
                             }),
-                            _ => nd.feed(&bytes, |l| decoder.frame("", &masker.mask(l), out)),
+                            _ => nd.feed(&bytes, |l| decoder.frame_unmasked("", l, masker, out)),
                         };
                         // Deltas decoded before a failing frame (earlier frames of
                         // the same chunk, or the failing frame's own) still count:
@@ -559,9 +559,9 @@ impl Attempt {
                     None => {
                         let fed = match framing {
                             super::Framing::Sse => {
-                                sse.finish(|f| decoder.frame(f.event, &masker.mask(f.data), out))
+                                sse.finish(|f| decoder.frame_unmasked(f.event, f.data, masker, out))
                             }
-                            _ => nd.finish(|l| decoder.frame("", &masker.mask(l), out)),
+                            _ => nd.finish(|l| decoder.frame_unmasked("", l, masker, out)),
                         }
                         .and_then(|()| decoder.end(out));
                         let done = decoder.is_done();

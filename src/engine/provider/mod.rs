@@ -232,6 +232,19 @@ pub trait StreamDecoder: Send {
     /// (`event` is ""). Pushes what it extracts onto `out`.
     fn frame(&mut self, event: &str, data: &str, out: &mut Vec<Delta>) -> Result<(), EngineError>;
 
+    /// One frame as the upstream sent it: nothing of it may be kept or
+    /// emitted before `masker` has masked it. By default the whole frame is
+    /// masked, then read by [`StreamDecoder::frame`].
+    fn frame_unmasked(
+        &mut self,
+        event: &str,
+        data: &str,
+        masker: &mask::Masker,
+        out: &mut Vec<Delta>,
+    ) -> Result<(), EngineError> {
+        self.frame(event, &masker.mask(data), out)
+    }
+
     /// The body ended. Emit whatever was held back (e.g. a final usage).
     fn end(&mut self, _out: &mut Vec<Delta>) -> Result<(), EngineError> {
         Ok(())

@@ -510,6 +510,31 @@ impl StreamDecoder for Decoder {
         self.general_frame(data, out)
     }
 
+    /// A chunk in the kept envelope needs only its text masked: the envelope
+    /// is the same bytes as a chunk already masked, and a secret cannot reach
+    /// across the quotes around the text (nor can its base64 widening).
+    fn frame_unmasked(
+        &mut self,
+        event: &str,
+        data: &str,
+        masker: &super::mask::Masker,
+        out: &mut Vec<Delta>,
+    ) -> Result<(), EngineError> {
+        if self.done_marker {
+            return Ok(());
+        }
+        if event != "error" {
+            if let Some(text) = self.envelope.text(data.trim()) {
+                let text = masker.mask(text);
+                if !text.is_empty() {
+                    out.push(Delta::Text(text.into_owned()));
+                }
+                return Ok(());
+            }
+        }
+        self.frame(event, &masker.mask(data), out)
+    }
+
     fn is_done(&self) -> bool {
         self.done_marker || self.finish.is_some()
     }
@@ -1646,6 +1671,39 @@ mod fast_path_tests {
                 None
             );
         }
+    }
+
+    /// On the envelope path only the text is masked, and that is enough: a
+    /// secret in the text is masked, one in the envelope misses it.
+    #[test]
+    fn secrets_are_masked_on_the_envelope_path() {
+        let key = "sk-secret-key-0123456789abcdef";
+        let masker = super::super::mask::Masker::new([key]);
+        let chunk = |id: &str, text: &str| {
+            format!(
+                r#"{{"id":"{id}","choices":[{{"index":0,"delta":{{"content":"{text}"}},"finish_reason":null}}],"usage":null,"obfuscation":"pad"}}"#
+            )
+        };
+        let mut d = Decoder::default();
+        let mut out = Vec::new();
+        d.frame_unmasked("message", &chunk("c1", "Hi"), &masker, &mut out)
+            .unwrap();
+        assert!(d.envelope.set);
+        let secret_text = format!("key {key} ok");
+        d.frame_unmasked("message", &chunk("c1", &secret_text), &masker, &mut out)
+            .unwrap();
+        d.frame_unmasked("message", &chunk(key, "there"), &masker, &mut out)
+            .unwrap();
+        assert_eq!(
+            out,
+            vec![
+                Delta::Text("Hi".into()),
+                Delta::Text("key *** ok".into()),
+                Delta::Text("there".into()),
+            ]
+        );
+        // The id with the key took the full path and was masked there.
+        assert!(!d.envelope.before.contains(key), "{:?}", d.envelope.before);
     }
 
     /// Untouched common chunks all take the fast path.
