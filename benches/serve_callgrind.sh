@@ -9,6 +9,8 @@
 # Prints, per binary: instructions per one-chunk request (setup: accept, parse, front door,
 # upstream request, one chunk, finish, ledger) and per extra chunk; keeps the callgrind files
 # in KEEP (if set) for `callgrind_annotate --inclusive=yes FILE`.
+# With the ledger on, the per-request figure moves by several % between runs (how many rows
+# share a commit depends on timing); QENV=QUORUM_NO_LEDGER=1 gives a steadier one.
 # Settings: N (200), QENV (e.g. QUORUM_NO_LEDGER=1), MOCKDIR as for serve_burst.sh.
 set -u
 command -v valgrind >/dev/null || { echo "needs valgrind (apt-get install valgrind)"; exit 1; }
@@ -30,10 +32,10 @@ measure() {
     python3 -c 'import json,sys; o=json.loads(sys.stdin.read()); sys.exit(0 if o["errors"] == 0 else 1)' ||
     echo "errors in a burst" >&2; }
   burst "$3" "$2"
-  callgrind_control -i on $qp >/dev/null
+  callgrind_control -i on $qp >/dev/null 2>&1
   burst "$3" "$2"
-  callgrind_control -i off $qp >/dev/null
-  callgrind_control -d $qp >/dev/null
+  callgrind_control -i off $qp >/dev/null 2>&1
+  callgrind_control -d $qp >/dev/null 2>&1
   kill $qp; wait $qp 2>/dev/null; kill $mp; wait $mp 2>/dev/null
   local f; f=$(ls -t "$OUT"/cg.$qp.* | head -1)
   [[ -n "${KEEP:-}" ]] && mkdir -p "$KEEP" && cp "$f" "$KEEP/$(basename "$1")-$2chunks.callgrind"
