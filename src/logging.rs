@@ -41,21 +41,9 @@ pub fn access_line(fields: &str) -> bool {
     if !tracing::enabled!(target: "quorum::access", tracing::Level::INFO) {
         return false;
     }
-    let t = time::OffsetDateTime::now_utc();
-    let mut line = String::with_capacity(fields.len() + 48);
-    let _ = std::fmt::Write::write_fmt(
-        &mut line,
-        format_args!(
-            "{:04}-{:02}-{:02}T{:02}:{:02}:{:02}.{:06}Z  INFO quorum::access: ",
-            t.year(),
-            u8::from(t.month()),
-            t.day(),
-            t.hour(),
-            t.minute(),
-            t.second(),
-            t.microsecond()
-        ),
-    );
+    let mut line = crate::shared::clock::utc_stamp(true);
+    line.reserve(fields.len() + 32);
+    line.push_str("  INFO quorum::access: ");
     line.push_str(fields);
     line.push('\n');
     let _ = std::io::stderr().lock().write_all(line.as_bytes());

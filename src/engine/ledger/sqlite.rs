@@ -462,17 +462,7 @@ fn insert_in(
 /// insert: SQLite's `strftime` cost about 3,000 instructions per call, six times
 /// per streamed request through `serve` (callgrind, issue #14).
 pub(crate) fn sql_now() -> String {
-    let t = time::OffsetDateTime::now_utc();
-    format!(
-        "{:04}-{:02}-{:02}T{:02}:{:02}:{:02}.{:03}Z",
-        t.year(),
-        u8::from(t.month()),
-        t.day(),
-        t.hour(),
-        t.minute(),
-        t.second(),
-        t.millisecond()
-    )
+    crate::shared::clock::utc_stamp(false)
 }
 
 /// The insert of one request row.

@@ -1394,6 +1394,26 @@ mod fast_path_tests {
             })
     }
 
+    /// `data` read by `fast` (the decoder's own way) and by `general` (the
+    /// general path alone) gives the same deltas, result and finish.
+    fn read_alike(
+        fast: &mut Decoder,
+        general: &mut Decoder,
+        data: &str,
+    ) -> Result<(), TestCaseError> {
+        let (mut a, mut b) = (Vec::new(), Vec::new());
+        let ra = fast
+            .frame("message", data, &mut a)
+            .map_err(|e| e.to_string());
+        let rb = general
+            .general_frame(data.trim(), &mut b)
+            .map_err(|e| e.to_string());
+        prop_assert_eq!(&a, &b, "{}", data);
+        prop_assert_eq!(ra, rb, "{}", data);
+        prop_assert_eq!(&fast.finish, &general.finish);
+        Ok(())
+    }
+
     /// Chunks shaped like the real ones, with the odd twist.
     fn chunk() -> impl Strategy<Value = String> {
         let scalar = prop_oneof![
@@ -1524,14 +1544,8 @@ mod fast_path_tests {
         /// The typed fast path yields exactly what the general path yields.
         #[test]
         fn fast_path_matches_the_general_path(data in chunk()) {
-            let mut fast = Decoder::default();
-            let mut a = Vec::new();
-            let ra = fast.frame("message", &data, &mut a).map_err(|e| e.to_string());
-            let mut general = Decoder::default();
-            let mut b = Vec::new();
-            let rb = general.general_frame(data.trim(), &mut b).map_err(|e| e.to_string());
-            prop_assert_eq!(&a, &b, "{}", data);
-            prop_assert_eq!(ra, rb, "{}", data);
+            let (mut fast, mut general) = (Decoder::default(), Decoder::default());
+            read_alike(&mut fast, &mut general, &data)?;
             prop_assert_eq!(fast, general);
         }
     }
@@ -1549,14 +1563,8 @@ mod fast_path_tests {
         /// real-looking chunks and on near misses.
         #[test]
         fn common_chunks_read_as_the_general_path_reads_them(data in common(true)) {
-            let mut fast = Decoder::default();
-            let mut a = Vec::new();
-            let ra = fast.frame("message", &data, &mut a).map_err(|e| e.to_string());
-            let mut general = Decoder::default();
-            let mut b = Vec::new();
-            let rb = general.general_frame(data.trim(), &mut b).map_err(|e| e.to_string());
-            prop_assert_eq!(&a, &b, "{}", data);
-            prop_assert_eq!(ra, rb, "{}", data);
+            let (mut fast, mut general) = (Decoder::default(), Decoder::default());
+            read_alike(&mut fast, &mut general, &data)?;
             prop_assert_eq!(fast, general);
         }
     }
@@ -1626,15 +1634,9 @@ mod fast_path_tests {
 
         #[test]
         fn streams_in_one_envelope_read_as_the_general_path_reads_them(chunks in envelope_stream()) {
-            let mut fast = Decoder::default();
-            let mut general = Decoder::default();
+            let (mut fast, mut general) = (Decoder::default(), Decoder::default());
             for data in &chunks {
-                let (mut a, mut b) = (Vec::new(), Vec::new());
-                let ra = fast.frame("message", data, &mut a).map_err(|e| e.to_string());
-                let rb = general.general_frame(data.trim(), &mut b).map_err(|e| e.to_string());
-                prop_assert_eq!(&a, &b, "{}", data);
-                prop_assert_eq!(ra, rb, "{}", data);
-                prop_assert_eq!(&fast.finish, &general.finish);
+                read_alike(&mut fast, &mut general, data)?;
             }
         }
     }
