@@ -768,7 +768,7 @@ fn common_chunk(data: &str) -> Option<Common<'_>> {
                 fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Chunk<'de>, A::Error> {
                     let (mut choices, mut usage, mut error, mut x_groq) = (None, None, None, None);
                     let mut seen = [false; 4];
-                    while let Some(k) = map.next_key::<Cow<'de, str>>()? {
+                    while let Some(Text(k)) = map.next_key::<Text<'de>>()? {
                         match k.as_ref() {
                             "choices" => {
                                 let mut c = None;
@@ -812,7 +812,7 @@ fn common_chunk(data: &str) -> Option<Common<'_>> {
                 fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Choice<'de>, A::Error> {
                     let (mut index, mut delta, mut finish_reason) = (None, None, None);
                     let mut seen = [false; 3];
-                    while let Some(k) = map.next_key::<Cow<'de, str>>()? {
+                    while let Some(Text(k)) = map.next_key::<Text<'de>>()? {
                         match k.as_ref() {
                             "index" => once(&mut index, &mut seen[0], &mut map)?,
                             "delta" => once(&mut delta, &mut seen[1], &mut map)?,
