@@ -502,6 +502,20 @@ fn config_overrides_beat_the_user_file_which_beats_the_table() {
         .row_by_id("builtin:openai/gpt-4o-mini@2024-07-18")
         .is_some());
     assert!(p.row_by_id("builtin:openai/o3@2025-04-16").is_some());
+    // A row's JSON (what the ledger's `prices` table keeps) is written once.
+    let id = "builtin:openai/gpt-4o-mini@2024-07-18";
+    let json = p.row_json_by_id(id).unwrap();
+    assert_eq!(
+        &*json,
+        serde_json::to_string(p.row_by_id(id).unwrap()).unwrap()
+    );
+    assert!(std::sync::Arc::ptr_eq(
+        &json,
+        &p.row_json_by_id(id).unwrap()
+    ));
+    assert!(p
+        .row_json_by_id("builtin:openai/no-such@2024-01-01")
+        .is_none());
     // A broken user file is reported and skipped, not fatal.
     std::fs::write(&user, b"{not json").unwrap();
     let p = Pricing::load(Vec::new(), Some(user));

@@ -242,6 +242,9 @@ struct TomlTable {
 #[derive(Debug, Default, Clone)]
 struct Table {
     rows: Vec<Arc<PriceRow>>,
+    /// Each row's JSON, as the ledger's `prices` table keeps it: written once
+    /// per row rather than for every request row that cites it.
+    json: Vec<std::sync::OnceLock<Option<Arc<str>>>>,
     current: HashMap<String, HashMap<String, usize>>,
     by_id: HashMap<String, usize>,
 }
@@ -292,6 +295,7 @@ impl Table {
         for ((p, m), i) in best {
             t.current.entry(p).or_default().insert(m, i);
         }
+        t.json = rows.iter().map(|_| Default::default()).collect();
         t.rows = rows.into_iter().map(Arc::new).collect();
         t
     }
@@ -531,6 +535,17 @@ impl Pricing {
             .iter()
             .flatten()
             .find_map(|t| t.by_id.get(id).map(|&i| &*t.rows[i]))
+    }
+
+    /// A row's JSON by its id (see [`Pricing::row_by_id`]), serialised on first use.
+    pub fn row_json_by_id(&self, id: &str) -> Option<Arc<str>> {
+        self.tables().iter().flatten().find_map(|t| {
+            let &i = t.by_id.get(id)?;
+            t.json
+                .get(i)?
+                .get_or_init(|| serde_json::to_string(&*t.rows[i]).ok().map(Arc::from))
+                .clone()
+        })
     }
 
     /// Context window, output limit and capabilities: the first layer that knows each

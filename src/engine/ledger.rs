@@ -845,8 +845,8 @@ impl NewRequest {
     ) -> NewRequest {
         let content = opts.log_content;
         let price = c.price_ref.as_deref().and_then(|id| {
-            let p = pricing?.row_by_id(id)?;
-            Some((id.to_string(), serde_json::to_string(p).ok()?))
+            let json = pricing?.row_json_by_id(id)?;
+            Some((id.to_string(), json.to_string()))
         });
         let status = match &c.error {
             None => "ok",
