@@ -11,6 +11,8 @@
 # in KEEP (if set) for `callgrind_annotate --inclusive=yes FILE`.
 # With the ledger on, the per-request figure moves by several % between runs (how many rows
 # share a commit depends on timing); QENV=QUORUM_NO_LEDGER=1 gives a steadier one.
+# A binary whose name starts with `floor` is run as benches/floor_relay (LISTEN UPSTREAM_URL),
+# the lowest any relay here can cost.
 # Settings: N (200), QENV (e.g. QUORUM_NO_LEDGER=1), MOCKDIR as for serve_burst.sh.
 set -u
 command -v valgrind >/dev/null || { echo "needs valgrind (apt-get install valgrind)"; exit 1; }
@@ -23,12 +25,18 @@ measure() {
   taskset -c 1 "$MOCK" --listen 127.0.0.1:$MP --tokens "$2" --delay-ms 10 >"$OUT/mock.log" 2>&1 & local mp=$!
   wait_up http://127.0.0.1:$MP/mock/health
   local d; d=$(mktemp -d "$OUT/data-XXXX")
-  env QUORUM_DATA_DIR="$d" QUORUM_CONFIG="$OUT/none.toml" OPENAI_BASE_URL=http://127.0.0.1:$MP/v1 \
-    OPENAI_API_KEY=sk-mock ${QENV:-} valgrind --tool=callgrind --instr-atstart=no \
-    --callgrind-out-file="$OUT/cg.%p" "$1" serve --listen 127.0.0.1:$QP >"$OUT/q.log" 2>&1 & local qp=$!
+  local cg=(valgrind --tool=callgrind --instr-atstart=no --callgrind-out-file="$OUT/cg.%p")
+  local model=openai/gpt-4o-mini
+  if [[ $(basename "$1") == floor* ]]; then
+    model=gpt-4o-mini
+    "${cg[@]}" "$1" 127.0.0.1:$QP http://127.0.0.1:$MP/v1/chat/completions >"$OUT/q.log" 2>&1 & local qp=$!
+  else
+    env QUORUM_DATA_DIR="$d" QUORUM_CONFIG="$OUT/none.toml" OPENAI_BASE_URL=http://127.0.0.1:$MP/v1 \
+      OPENAI_API_KEY=sk-mock ${QENV:-} "${cg[@]}" "$1" serve --listen 127.0.0.1:$QP >"$OUT/q.log" 2>&1 & local qp=$!
+  fi
   for _ in $(seq 300); do curl -sf http://127.0.0.1:$QP/healthz >/dev/null && break; sleep 0.2; done
   burst() { "$LOAD" --provider openai --url http://127.0.0.1:$QP/v1/chat/completions \
-    --model openai/gpt-4o-mini --stream --expect-tokens "$2" --timeout-s 600 --mode conc --requests "$1" |
+    --model "$model" --stream --expect-tokens "$2" --timeout-s 600 --mode conc --requests "$1" |
     python3 -c 'import json,sys; o=json.loads(sys.stdin.read()); sys.exit(0 if o["errors"] == 0 else 1)' ||
     echo "errors in a burst" >&2; }
   burst "$3" "$2"
