@@ -28,7 +28,7 @@ pub fn init_stderr(default: Option<&str>) {
 
 /// Write one `quorum::access` line on stderr, in the stderr logger's format
 /// (`2026-12-04T15:53:24.000630Z  INFO quorum::access: {fields}`), when the
-/// installed logger enables that target at `info`.
+/// installed logger enables that target at `info` (`fields` is only built then).
 ///
 /// The line is written here rather than as a `tracing` event: the fmt layer
 /// sanitises and copies a message character by character, which cost about
@@ -36,15 +36,16 @@ pub fn init_stderr(default: Option<&str>) {
 /// (`callgrind`, issue #14). The fields are quorum's own text (fixed route
 /// names, registry model ids, numbers, a quoted trace id), so they need no
 /// escaping. Returns whether the line was written.
-pub fn access_line(fields: &str) -> bool {
+pub fn access_line(fields: impl FnOnce() -> String) -> bool {
     use std::io::Write;
     if !tracing::enabled!(target: "quorum::access", tracing::Level::INFO) {
         return false;
     }
+    let fields = fields();
     let mut line = crate::shared::clock::utc_stamp(true);
     line.reserve(fields.len() + 32);
     line.push_str("  INFO quorum::access: ");
-    line.push_str(fields);
+    line.push_str(&fields);
     line.push('\n');
     let _ = std::io::stderr().lock().write_all(line.as_bytes());
     true

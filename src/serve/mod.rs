@@ -526,9 +526,7 @@ impl Access {
             r.calls.push(telemetry::Call::of(c));
         }
     }
-}
 
-impl Access {
     /// The access line's fields: `trace_id="…" method=… route=… status=…
     /// model=… upstream_requests=… upstream_errors=… latency_ms=… ttft_ms=…
     /// input_tokens=… output_tokens=… cost_usd=…`.
@@ -583,9 +581,7 @@ impl Access {
 impl Drop for Access {
     fn drop(&mut self) {
         let r = self.runs.get_mut().map(std::mem::take).unwrap_or_default();
-        if tracing::enabled!(target: "quorum::access", tracing::Level::INFO) {
-            crate::logging::access_line(&self.line(&r));
-        }
+        crate::logging::access_line(|| self.line(&r));
         if telemetry::enabled() {
             telemetry::export(&telemetry::Request {
                 method: &self.method,

@@ -1045,11 +1045,11 @@ mod tests {
     fn the_batch_time_has_the_schema_default_shape() {
         let conn = Connection::open_in_memory().unwrap();
         let before: String = conn
-            .query_row(&format!("SELECT {}", super::super::NOW), [], |r| r.get(0))
+            .query_row(&format!("SELECT {NOW}"), [], |r| r.get(0))
             .unwrap();
         let ours = sql_now();
         let after: String = conn
-            .query_row(&format!("SELECT {}", super::super::NOW), [], |r| r.get(0))
+            .query_row(&format!("SELECT {NOW}"), [], |r| r.get(0))
             .unwrap();
         let shape = |s: &str| -> String {
             s.chars()

@@ -479,12 +479,6 @@ impl StreamDecoder for Decoder {
             };
             return Err(EngineError::InStream { message });
         }
-        if let Some(text) = self.envelope.text(data) {
-            if !text.is_empty() {
-                out.push(Delta::Text(text.to_string()));
-            }
-            return Ok(());
-        }
         if let Some(c) = common_chunk(data) {
             if let (Some(Cow::Borrowed(text)), None, None) = (&c.text, &c.finish, &c.usage) {
                 self.envelope.keep(data, text);
@@ -752,7 +746,7 @@ fn common_chunk(data: &str) -> Option<Common<'_>> {
     /// Unknown fields are read as [`Checked`], so these two are written out
     /// rather than derived (a derived struct skips them unchecked).
     struct Chunk<'a> {
-        choices: AtMostOne<Obj<Choice<'a>>>,
+        choices: AtMostOne<Choice<'a>>,
         usage: Option<&'a RawValue>,
         error: Option<Checked>,
         x_groq: Option<Checked>,
@@ -770,11 +764,7 @@ fn common_chunk(data: &str) -> Option<Common<'_>> {
                     let mut seen = [false; 4];
                     while let Some(Text(k)) = map.next_key::<Text<'de>>()? {
                         match k.as_ref() {
-                            "choices" => {
-                                let mut c = None;
-                                once(&mut c, &mut seen[0], &mut map)?;
-                                choices = c.map(Some);
-                            }
+                            "choices" => once(&mut choices, &mut seen[0], &mut map)?,
                             "usage" => once(&mut usage, &mut seen[1], &mut map)?,
                             "error" => once(&mut error, &mut seen[2], &mut map)?,
                             "x_groq" => once(&mut x_groq, &mut seen[3], &mut map)?,
@@ -784,9 +774,7 @@ fn common_chunk(data: &str) -> Option<Common<'_>> {
                         }
                     }
                     Ok(Chunk {
-                        choices: choices
-                            .flatten()
-                            .ok_or_else(|| A::Error::missing_field("choices"))?,
+                        choices: choices.ok_or_else(|| A::Error::missing_field("choices"))?,
                         usage,
                         error,
                         x_groq,
@@ -845,12 +833,12 @@ fn common_chunk(data: &str) -> Option<Common<'_>> {
         tool_calls: Option<Checked>,
         function_call: Option<Checked>,
     }
-    let Obj(c) = serde_json::from_str::<Obj<Chunk<'_>>>(data).ok()?;
+    let c = serde_json::from_str::<Chunk<'_>>(data).ok()?;
     if c.error.is_some() || c.x_groq.is_some() {
         return None;
     }
-    let usage = c.usage.filter(|u| u.get() != "null");
-    let Some(Obj(choice)) = c.choices.0 else {
+    let usage = c.usage;
+    let Some(choice) = c.choices.0 else {
         return Some(Common {
             text: None,
             finish: None,
@@ -1403,7 +1391,12 @@ mod fast_path_tests {
     ) -> Result<(), TestCaseError> {
         let (mut a, mut b) = (Vec::new(), Vec::new());
         let ra = fast
-            .frame("message", data, &mut a)
+            .frame_unmasked(
+                "message",
+                data,
+                &super::super::mask::Masker::new([]),
+                &mut a,
+            )
             .map_err(|e| e.to_string());
         let rb = general
             .general_frame(data.trim(), &mut b)
