@@ -309,10 +309,10 @@ impl<I: Send + 'static, O: Send + 'static> Queue<I, O> {
     }
 
     /// The next batch out of `pending`, in order, up to [`MAX_BATCH`] items. In a
-    /// keyed queue a passenger not yet due rides only with an item of its own key (a
-    /// run's note with the run's row): a note and its row then share a transaction,
-    /// instead of landing in two that run at once, the second waiting on the first's
-    /// locks.
+    /// keyed queue, while no passenger is due, a passenger rides only with an item of
+    /// its own key (a run's note with the run's row): a note and its row then share a
+    /// transaction, instead of landing in two that run at once, the second waiting on
+    /// the first's locks.
     fn take(&self, pending: &mut Vec<Pending<I, O>>) -> Vec<Pending<I, O>> {
         let Some(key) = self.key else {
             let n = pending.len().min(MAX_BATCH);
@@ -325,13 +325,17 @@ impl<I: Send + 'static, O: Send + 'static> Queue<I, O> {
             .collect();
         let (mut taken, mut left) = (Vec::new(), Vec::new());
         // One clock read for the batch: a burst can leave a thousand passengers here.
+        // Once the oldest is due, every passenger rides: a burst's notes go in one
+        // transaction (or a few of MAX_BATCH), not one small transaction for each
+        // few that came due since the last.
         let now = Instant::now();
+        let due = pending.iter().any(|p| match p.kind {
+            Kind::Passenger(t) => now.saturating_duration_since(t) >= PASSENGER_WAIT,
+            _ => false,
+        });
         for p in pending.drain(..) {
             let rides = match p.kind {
-                Kind::Passenger(t) => {
-                    now.saturating_duration_since(t) >= PASSENGER_WAIT
-                        || key(&p.item).is_some_and(|k| keys.contains(k))
-                }
+                Kind::Passenger(_) => due || key(&p.item).is_some_and(|k| keys.contains(k)),
                 _ => true,
             };
             if rides && taken.len() < MAX_BATCH {
@@ -552,6 +556,39 @@ mod tests {
         assert_eq!(rx.recv_timeout(Duration::from_secs(60)).unwrap(), 60);
         assert!(t0.elapsed() >= PASSENGER_WAIT);
         assert_eq!(*log.lock().unwrap(), [vec![6]]);
+    }
+
+    /// In a keyed queue, once the oldest passenger is due, the flusher takes every
+    /// passenger waiting, of any key and however young: a burst's notes go in one
+    /// transaction, not one per few that came due.
+    #[test]
+    fn due_passengers_take_the_younger_ones_along() {
+        let log: Log = Arc::default();
+        let l = log.clone();
+        let q = Arc::new(
+            Queue::new(1, move |items: Vec<(&'static str, u32)>| {
+                l.lock().unwrap().push(items.iter().map(|i| i.1).collect());
+                items.iter().map(|i| i.1 * 10).collect::<Vec<u32>>()
+            })
+            .keyed(|i| Some(i.0)),
+        );
+        let (tx, rx) = mpsc::channel();
+        let t0 = std::time::Instant::now();
+        let tx2 = tx.clone();
+        q.submit_passenger(("a", 1), move |r| tx.send(r).unwrap());
+        // Younger by a clear margin, so it is not due when the first is.
+        std::thread::sleep(PASSENGER_WAIT / 4);
+        q.submit_passenger(("b", 2), move |r| tx2.send(r).unwrap());
+        let young = t0.elapsed() < PASSENGER_WAIT;
+        let mut got = vec![
+            rx.recv_timeout(Duration::from_secs(60)).unwrap(),
+            rx.recv_timeout(Duration::from_secs(60)).unwrap(),
+        ];
+        got.sort();
+        assert_eq!(got, [10, 20]);
+        if young {
+            assert_eq!(*log.lock().unwrap(), [vec![1, 2]]);
+        }
     }
 
     /// An async item is committed by a writer thread, never by its caller, and its
