@@ -279,6 +279,36 @@ async fn a_stall_after_the_first_token_trips_the_idle_timeout() {
     assert_eq!(server.count(), 1);
 }
 
+/// The idle timer is armed once and moved on lazily: a stream whose pieces keep
+/// coming, each well inside the idle limit, never trips it, however long the whole
+/// stream lasts (here about four idle limits).
+#[tokio::test]
+async fn a_steady_stream_longer_than_the_idle_limit_never_trips_it() {
+    let words: Vec<String> = (0..24).map(|i| format!("w{i} ")).collect();
+    let words: Vec<&str> = words.iter().map(String::as_str).collect();
+    let body = sse_body(&words);
+    // 24 text events and the rest, in about 40 pieces 60 ms apart: ~2.4 s in all.
+    let piece = body.len() / 40 + 1;
+    let server = Server::start(vec![
+        Reply::sse(body).chunked(piece, Duration::from_millis(60))
+    ])
+    .await;
+    let e = engine(
+        &one_provider("[providers.p.timeouts]\nidle_secs = 0.6\n"),
+        &[&server.url],
+    );
+    let t0 = Instant::now();
+    let (_, done) = drain(e.run(prompt(), vec!["p/m".into()], RunOptions::default())).await;
+    assert!(done[0].error.is_none(), "{:?}", done[0].error);
+    assert_eq!(done[0].text, words.concat());
+    assert!(
+        t0.elapsed() > Duration::from_millis(1200),
+        "{:?}",
+        t0.elapsed()
+    );
+    assert_eq!(server.count(), 1);
+}
+
 #[tokio::test]
 async fn no_first_token_in_time_is_a_first_token_timeout_and_is_retried() {
     let mut slow = ok_stream();

@@ -838,19 +838,38 @@ impl TargetJob {
                     _ = &mut stop => return Err(EngineError::Cancelled),
                     a = Attempt::start_with(&client, &r.spec, &r.model, &request, self.opts.stream, &opts, &ctx) => a?,
                 };
+                // The waker the cancellation waiter was last polled with.
+                let mut stop_waker: Option<std::task::Waker> = None;
                 loop {
-                    // The next delta first, then the cancellation flag: the waiter
-                    // (a lock and a waker, ~1,000 instructions) is polled only while
-                    // the upstream has nothing ready. A cancelled run still emits
-                    // nothing more.
-                    let next = tokio::select! {
-                        biased;
-                        d = a.next() => d,
-                        _ = &mut stop => return Err(EngineError::Cancelled),
-                    };
-                    if self.cancel.is_cancelled() {
+                    // The next delta first, then cancellation, only while the upstream
+                    // has nothing ready. Polling the waiter takes two locks (~800
+                    // instructions, per chunk); once it holds this task's waker it
+                    // wakes the task when cancelled, so until the waker changes (the
+                    // run moved to a task of its own) the flag alone is checked.
+                    use std::future::Future;
+                    use std::task::Poll;
+                    let mut d = std::pin::pin!(a.next());
+                    let next = std::future::poll_fn(|cx| {
+                        if let Poll::Ready(d) = d.as_mut().poll(cx) {
+                            return Poll::Ready(Some(d));
+                        }
+                        if stop_waker.as_ref().is_some_and(|w| w.will_wake(cx.waker())) {
+                            if self.cancel.is_cancelled() {
+                                return Poll::Ready(None);
+                            }
+                        } else {
+                            stop_waker = Some(cx.waker().clone());
+                            if stop.as_mut().poll(cx).is_ready() {
+                                return Poll::Ready(None);
+                            }
+                        }
+                        Poll::Pending
+                    })
+                    .await;
+                    // A cancelled run emits nothing more.
+                    let Some(next) = next.filter(|_| !self.cancel.is_cancelled()) else {
                         return Err(EngineError::Cancelled);
-                    }
+                    };
                     match next {
                         None => return Ok(()),
                         Some(Err(e)) => return Err(e),
