@@ -8,7 +8,9 @@ mod support;
 use std::path::PathBuf;
 use std::time::Duration;
 
-use llm_quorum::engine::provider::http::{build_client, Attempt, CallContext, Timeouts};
+use llm_quorum::engine::provider::http::{
+    build_client, Attempt, AttemptOptions, CallContext, LazyClient, Timeouts,
+};
 use llm_quorum::engine::provider::openai::Decoder;
 use llm_quorum::engine::provider::{ProviderKind, ProviderSpec, Secret, StreamDecoder};
 use llm_quorum::engine::wire::SseDecoder;
@@ -43,21 +45,59 @@ struct Outcome {
     error: Option<EngineError>,
 }
 
+/// One attempt through reqwest, then the same through the engine's lease, which
+/// sends to a plain `http://` endpoint with hyper's client directly (what a local
+/// server or gateway gets): both must deliver the same deltas and error.
 async fn run(spec: &ProviderSpec, model: &str, streaming: bool) -> Outcome {
+    let out = run_via(spec, model, streaming, false).await;
+    let plain = run_via(spec, model, streaming, true).await;
+    assert_eq!(
+        format!("{:?}", out.deltas),
+        format!("{:?}", plain.deltas),
+        "reqwest and hyper's plain client delivered different deltas"
+    );
+    // The same kind of error (the wording of a network error is each client's).
+    assert_eq!(
+        out.error.as_ref().map(|e| e.kind()),
+        plain.error.as_ref().map(|e| e.kind()),
+        "reqwest and hyper's plain client ended differently: {:?} / {:?}",
+        out.error,
+        plain.error
+    );
+    out
+}
+
+async fn run_via(spec: &ProviderSpec, model: &str, streaming: bool, leased: bool) -> Outcome {
     let req = ChatRequest::from_prompt("conformance");
     let mut deltas = Vec::new();
     let mut error = None;
-    match Attempt::start(
-        &client(),
-        spec,
-        model,
-        &req,
-        streaming,
-        Timeouts::default(),
-        &CallContext::default(),
-    )
-    .await
-    {
+    let lazy = LazyClient::new(Duration::from_secs(5));
+    let started = if leased {
+        let lease = lazy.lease(&spec.base_url).unwrap();
+        let opts = AttemptOptions::default();
+        Attempt::start_leased(
+            &lease,
+            spec,
+            model,
+            &req,
+            streaming,
+            &opts,
+            &CallContext::default(),
+        )
+        .await
+    } else {
+        Attempt::start(
+            &client(),
+            spec,
+            model,
+            &req,
+            streaming,
+            Timeouts::default(),
+            &CallContext::default(),
+        )
+        .await
+    };
+    match started {
         Err(e) => error = Some(e),
         Ok(mut attempt) => {
             while let Some(r) = attempt.next().await {
@@ -201,35 +241,37 @@ async fn conformance(dir: &str, kind: ProviderKind) {
             bad.push("no finish delta".into());
         }
         let seen = server.requests();
-        let r = &seen[0];
-        let body = r.json();
-        if r.method != "POST" || r.path != "/v1/chat/completions" {
-            bad.push(format!("request line {} {}", r.method, r.path));
-        }
-        if r.header("authorization") != Some(&format!("Bearer {KEY}")) {
-            bad.push(format!("authorization {:?}", r.header("authorization")));
-        }
-        if body["model"] != model {
-            bad.push(format!("model {}", body["model"]));
-        }
-        let want_stream = if streaming {
-            serde_json::json!({"stream": true, "stream_options": {"include_usage": true}})
-        } else {
-            serde_json::json!({"stream": null, "stream_options": null})
-        };
-        if body["stream"] != want_stream["stream"]
-            || body["stream_options"] != want_stream["stream_options"]
-        {
-            bad.push(format!(
-                "stream {} stream_options {}",
-                body["stream"], body["stream_options"]
-            ));
-        }
-        if kind == ProviderKind::Openrouter
-            && (r.header("x-title") != Some("llm-quorum")
-                || r.header("http-referer") != Some("https://github.com/llm-quorum/llm-quorum"))
-        {
-            bad.push("openrouter attribution headers missing".into());
+        assert_eq!(seen.len(), 2, "one request per client");
+        for r in &seen {
+            let body = r.json();
+            if r.method != "POST" || r.path != "/v1/chat/completions" {
+                bad.push(format!("request line {} {}", r.method, r.path));
+            }
+            if r.header("authorization") != Some(&format!("Bearer {KEY}")) {
+                bad.push(format!("authorization {:?}", r.header("authorization")));
+            }
+            if body["model"] != model {
+                bad.push(format!("model {}", body["model"]));
+            }
+            let want_stream = if streaming {
+                serde_json::json!({"stream": true, "stream_options": {"include_usage": true}})
+            } else {
+                serde_json::json!({"stream": null, "stream_options": null})
+            };
+            if body["stream"] != want_stream["stream"]
+                || body["stream_options"] != want_stream["stream_options"]
+            {
+                bad.push(format!(
+                    "stream {} stream_options {}",
+                    body["stream"], body["stream_options"]
+                ));
+            }
+            if kind == ProviderKind::Openrouter
+                && (r.header("x-title") != Some("llm-quorum")
+                    || r.header("http-referer") != Some("https://github.com/llm-quorum/llm-quorum"))
+            {
+                bad.push("openrouter attribution headers missing".into());
+            }
         }
         for b in bad {
             failures.push(format!("{}: {b}", case.id));

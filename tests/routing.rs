@@ -253,6 +253,28 @@ async fn a_cut_after_the_first_token_is_not_retried_nor_failed_over_and_keeps_th
         .any(|e| matches!(e, StreamEvent::FellBack { .. })));
 }
 
+/// A plain `http://` upstream that redirects: the engine's own hyper client leaves
+/// the redirect to reqwest, which sends the request again and follows it.
+#[tokio::test]
+async fn a_redirect_from_a_plain_http_upstream_is_followed() {
+    let b = Server::start(vec![ok_stream()]).await;
+    let to = format!("{}/v1/chat/completions", b.url);
+    let a = Server::start(vec![Reply::json(307, "").header("location", &to)]).await;
+    let e = engine(&one_provider(""), &[&a.url]);
+    let (_, done) = drain(e.run(prompt(), vec!["p/m".into()], RunOptions::default())).await;
+    assert!(done[0].error.is_none(), "{:?}", done[0].error);
+    assert_eq!(done[0].text, "Hello world");
+    assert_eq!(a.count(), 2, "hyper's request, then reqwest's");
+    for r in a.requests() {
+        let ua = r.header("user-agent").unwrap_or_default();
+        assert!(ua.starts_with("llm-quorum/"), "{ua}");
+    }
+    assert_eq!(b.count(), 1);
+    let seen = b.requests();
+    assert_eq!(seen[0].method, "POST");
+    assert_eq!(seen[0].json()["model"], "m");
+}
+
 // ---------------------------------------------------------------------------
 // Timeouts
 

@@ -836,7 +836,7 @@ impl TargetJob {
                 let mut a = tokio::select! {
                     biased;
                     _ = &mut stop => return Err(EngineError::Cancelled),
-                    a = Attempt::start_with(&client, &r.spec, &r.model, &request, self.opts.stream, &opts, &ctx) => a?,
+                    a = Attempt::start_leased(&client, &r.spec, &r.model, &request, self.opts.stream, &opts, &ctx) => a?,
                 };
                 // The waker the cancellation waiter was last polled with.
                 let mut stop_waker: Option<std::task::Waker> = None;

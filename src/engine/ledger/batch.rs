@@ -515,18 +515,23 @@ mod tests {
 
     /// In a keyed queue a passenger rides with an item of its own key, not with the
     /// next item of another key (it is committed once due instead).
-    #[test]
-    fn a_keyed_passenger_rides_with_its_own_key() {
-        type Log = Arc<Mutex<Vec<Vec<u32>>>>;
+    type Keyed = Arc<Queue<(&'static str, u32), u32>>;
+
+    /// A queue keyed by each item's name whose commits multiply by 10 and are logged.
+    fn keyed_queue() -> (Keyed, Log) {
         let log: Log = Arc::default();
         let l = log.clone();
-        let q = Arc::new(
-            Queue::new(1, move |items: Vec<(&'static str, u32)>| {
-                l.lock().unwrap().push(items.iter().map(|i| i.1).collect());
-                items.iter().map(|i| i.1 * 10).collect::<Vec<u32>>()
-            })
-            .keyed(|i| Some(i.0)),
-        );
+        let q = Queue::new(1, move |items: Vec<(&'static str, u32)>| {
+            l.lock().unwrap().push(items.iter().map(|i| i.1).collect());
+            items.iter().map(|i| i.1 * 10).collect::<Vec<u32>>()
+        })
+        .keyed(|i| Some(i.0));
+        (Arc::new(q), log)
+    }
+
+    #[test]
+    fn a_keyed_passenger_rides_with_its_own_key() {
+        let (q, log) = keyed_queue();
         let (tx, rx) = mpsc::channel();
         let t0 = std::time::Instant::now();
         q.submit_passenger(("a", 1), move |r| tx.send(r).unwrap());
@@ -563,15 +568,7 @@ mod tests {
     /// transaction, not one per few that came due.
     #[test]
     fn due_passengers_take_the_younger_ones_along() {
-        let log: Log = Arc::default();
-        let l = log.clone();
-        let q = Arc::new(
-            Queue::new(1, move |items: Vec<(&'static str, u32)>| {
-                l.lock().unwrap().push(items.iter().map(|i| i.1).collect());
-                items.iter().map(|i| i.1 * 10).collect::<Vec<u32>>()
-            })
-            .keyed(|i| Some(i.0)),
-        );
+        let (q, log) = keyed_queue();
         let (tx, rx) = mpsc::channel();
         let t0 = std::time::Instant::now();
         let tx2 = tx.clone();

@@ -336,28 +336,8 @@ fn begin_in(
     // noted again has what it held replaced by the new note's hold, less what its
     // requests already cost.
     let fresh = reserved.filter(|r| *r > 0.0).unwrap_or(0.0);
-    let inserted = !memo.runs.contains_key(&e.run_id)
-        && conn
-            .prepare_cached(
-                "INSERT INTO runs (id, session_id, trace_id, targets, projected_usd, prompt,
-                                   reserved_usd, budget_session, pid, held_usd, created_at)
-                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11)
-                 ON CONFLICT(id) DO NOTHING",
-            )?
-            .execute(params![
-                e.run_id,
-                e.session_id,
-                e.trace_id,
-                e.targets,
-                e.projected_usd,
-                e.prompt,
-                reserved,
-                e.budget_session,
-                std::process::id(),
-                fresh,
-                memo.now,
-            ])?
-            == 1;
+    let inserted =
+        !memo.runs.contains_key(&e.run_id) && write_run(conn, e, fresh, &memo.now, false)?;
     let (holds, held) = if inserted {
         (fresh > 0.0, fresh)
     } else {
@@ -407,30 +387,48 @@ fn renote(conn: &Connection, memo: &Memo, e: &RunEntry) -> rusqlite::Result<(boo
     } else {
         0.0
     };
-    conn.prepare_cached(
-        "INSERT INTO runs (id, session_id, trace_id, targets, projected_usd, prompt,
-                           reserved_usd, budget_session, pid, held_usd, created_at)
-         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11)
-         ON CONFLICT(id) DO UPDATE SET targets = excluded.targets,
-             projected_usd = excluded.projected_usd,
-             reserved_usd = excluded.reserved_usd,
-             budget_session = excluded.budget_session, pid = excluded.pid,
-             held_usd = excluded.held_usd",
-    )?
-    .execute(params![
+    write_run(conn, e, held, &memo.now, true)?;
+    Ok((holds, held))
+}
+
+/// Write run `e`'s row holding `held`: a new row, or with `replace` the existing
+/// row's note replaced (its time and session kept). Whether a row was written.
+fn write_run(
+    conn: &Connection,
+    e: &RunEntry,
+    held: f64,
+    now: &str,
+    replace: bool,
+) -> rusqlite::Result<bool> {
+    const INSERT: &str = "INSERT INTO runs (id, session_id, trace_id, targets, projected_usd,
+            prompt, reserved_usd, budget_session, pid, held_usd, created_at)
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11)";
+    static NEW: std::sync::LazyLock<String> =
+        std::sync::LazyLock::new(|| format!("{INSERT} ON CONFLICT(id) DO NOTHING"));
+    static REPLACE: std::sync::LazyLock<String> = std::sync::LazyLock::new(|| {
+        format!(
+            "{INSERT} ON CONFLICT(id) DO UPDATE SET targets = excluded.targets,
+                 projected_usd = excluded.projected_usd,
+                 reserved_usd = excluded.reserved_usd,
+                 budget_session = excluded.budget_session, pid = excluded.pid,
+                 held_usd = excluded.held_usd"
+        )
+    });
+    let sql = if replace { &*REPLACE } else { &*NEW };
+    let n = conn.prepare_cached(sql)?.execute(params![
         e.run_id,
         e.session_id,
         e.trace_id,
         e.targets,
         e.projected_usd,
         e.prompt,
-        reserved,
+        e.bound(),
         e.budget_session,
         std::process::id(),
         held,
-        memo.now,
+        now,
     ])?;
-    Ok((holds, held))
+    Ok(n == 1)
 }
 
 /// Count request `id` (just inserted from `row`) in the counters: its cost goes to

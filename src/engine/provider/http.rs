@@ -94,7 +94,7 @@ pub struct CallContext {
 }
 
 struct HttpBody {
-    resp: reqwest::Response,
+    resp: Resp,
     /// The first chunk, read at the start to tell SSE from a whole JSON answer.
     first: Option<bytes::Bytes>,
     framing: super::Framing,
@@ -175,12 +175,46 @@ impl Attempt {
         opts: &AttemptOptions,
         ctx: &CallContext,
     ) -> Result<Attempt, EngineError> {
+        let via = Via {
+            client,
+            plain: None,
+        };
+        Self::start_via(via, spec, model, req, stream, opts, ctx).await
+    }
+
+    /// [`Attempt::start_with`] through `lease`: a plain `http://` endpoint is sent
+    /// to by hyper's client directly, without reqwest's layers (see [`PlainClient`]).
+    pub async fn start_leased(
+        lease: &ClientLease,
+        spec: &ProviderSpec,
+        model: &str,
+        req: &ChatRequest,
+        stream: bool,
+        opts: &AttemptOptions,
+        ctx: &CallContext,
+    ) -> Result<Attempt, EngineError> {
+        let via = Via {
+            client: &lease.client,
+            plain: lease.plain.as_ref(),
+        };
+        Self::start_via(via, spec, model, req, stream, opts, ctx).await
+    }
+
+    async fn start_via(
+        via: Via<'_>,
+        spec: &ProviderSpec,
+        model: &str,
+        req: &ChatRequest,
+        stream: bool,
+        opts: &AttemptOptions,
+        ctx: &CallContext,
+    ) -> Result<Attempt, EngineError> {
         let masker = if spec.kind == ProviderKind::Mock {
             Arc::new(Masker::default())
         } else {
             Masker::for_spec(spec)
         };
-        match Self::start_inner(client, spec, model, req, stream, opts, ctx, &masker).await {
+        match Self::start_inner(via, spec, model, req, stream, opts, ctx, &masker).await {
             Ok(a) => Ok(a),
             Err(e) => Err(masker.mask_error(e)),
         }
@@ -188,7 +222,7 @@ impl Attempt {
 
     #[allow(clippy::too_many_arguments)]
     async fn start_inner(
-        client: &reqwest::Client,
+        via: Via<'_>,
         spec: &ProviderSpec,
         model: &str,
         req: &ChatRequest,
@@ -252,11 +286,7 @@ impl Attempt {
         let body = serde_json::to_vec(&call.body).map_err(|e| EngineError::Protocol {
             message: format!("could not encode request: {e}"),
         })?;
-        let send = client
-            .post(parsed_url(&call.url)?)
-            .headers(headers)
-            .body(body)
-            .send();
+        let send = via.send(&call.url, headers, bytes::Bytes::from(body));
         let limit = attempt.first_limit();
         let mut resp = match limit {
             Some((d, phase)) => match tokio::time::timeout(d, send).await {
@@ -264,8 +294,7 @@ impl Attempt {
                 Err(_) => return Err(attempt.timeout_error(phase)),
             },
             None => send.await,
-        }
-        .map_err(EngineError::from_reqwest)?;
+        }?;
         let status = resp.status();
         if !status.is_success() {
             let headers = resp.headers().clone();
@@ -298,8 +327,7 @@ impl Attempt {
                     Err(_) => return Err(attempt.timeout_error(phase)),
                 },
                 None => read.await,
-            }
-            .map_err(EngineError::from_reqwest)?;
+            }?;
             whole_json = c.as_ref().is_some_and(|c| {
                 c.iter()
                     .find(|b| !b.is_ascii_whitespace())
@@ -543,8 +571,7 @@ impl Attempt {
                         }
                     }
                     None => fut.await,
-                }
-                .map_err(EngineError::from_reqwest)?;
+                }?;
                 let out = &mut self.scratch;
                 out.clear();
                 // Every frame is masked before a decoder keeps or emits any of
@@ -614,11 +641,7 @@ impl Attempt {
 }
 
 /// Read at most `cap` bytes of a body; true when there was more.
-async fn read_capped(
-    resp: &mut reqwest::Response,
-    first: Option<bytes::Bytes>,
-    cap: usize,
-) -> (Vec<u8>, bool) {
+async fn read_capped(resp: &mut Resp, first: Option<bytes::Bytes>, cap: usize) -> (Vec<u8>, bool) {
     let mut buf = Vec::new();
     let mut first = first;
     loop {
@@ -638,6 +661,169 @@ async fn read_capped(
             Ok(None) | Err(_) => return (buf, false),
         }
     }
+}
+
+/// How an attempt reaches its upstream: reqwest, or for a plain `http://` endpoint
+/// hyper's client directly when the lease has one.
+struct Via<'a> {
+    client: &'a reqwest::Client,
+    plain: Option<&'a PlainClient>,
+}
+
+impl Via<'_> {
+    /// POST `body` to `url` with `headers`; the response once its headers are in.
+    async fn send(
+        &self,
+        url: &str,
+        headers: reqwest::header::HeaderMap,
+        body: bytes::Bytes,
+    ) -> Result<Resp, EngineError> {
+        if let Some((plain, uri)) = self.plain.zip(parsed_uri(url)) {
+            let mut rq = hyper::Request::new(http_body_util::Full::new(body.clone()));
+            *rq.method_mut() = hyper::Method::POST;
+            *rq.uri_mut() = uri;
+            *rq.headers_mut() = headers.clone();
+            for (name, value) in [
+                (hyper::header::USER_AGENT, USER_AGENT),
+                (hyper::header::ACCEPT, "*/*"),
+            ] {
+                rq.headers_mut()
+                    .entry(name)
+                    .or_insert(hyper::header::HeaderValue::from_static(value));
+            }
+            let resp = plain.request(rq).await.map_err(|e| from_hyper(&e))?;
+            // A redirect is left to reqwest, which follows it (or refuses another
+            // scheme) as the TLS client would: sent again from the start.
+            if !resp.status().is_redirection() {
+                return Ok(Resp::Hyper(resp));
+            }
+        }
+        self.client
+            .post(parsed_url(url)?)
+            .headers(headers)
+            .body(body)
+            .send()
+            .await
+            .map(Resp::Reqwest)
+            .map_err(EngineError::from_reqwest)
+    }
+}
+
+/// An upstream's response, from reqwest or from hyper's client.
+enum Resp {
+    Reqwest(reqwest::Response),
+    Hyper(hyper::Response<hyper::body::Incoming>),
+}
+
+impl Resp {
+    fn status(&self) -> reqwest::StatusCode {
+        match self {
+            Resp::Reqwest(r) => r.status(),
+            Resp::Hyper(r) => r.status(),
+        }
+    }
+
+    fn headers(&self) -> &reqwest::header::HeaderMap {
+        match self {
+            Resp::Reqwest(r) => r.headers(),
+            Resp::Hyper(r) => r.headers(),
+        }
+    }
+
+    /// The next piece of the body; `None` at its end.
+    async fn chunk(&mut self) -> Result<Option<bytes::Bytes>, EngineError> {
+        use http_body_util::BodyExt;
+        match self {
+            Resp::Reqwest(r) => r.chunk().await.map_err(EngineError::from_reqwest),
+            Resp::Hyper(r) => loop {
+                match r.body_mut().frame().await {
+                    None => return Ok(None),
+                    Some(Ok(f)) => {
+                        // Trailers carry no body: read on.
+                        if let Ok(data) = f.into_data() {
+                            return Ok(Some(data));
+                        }
+                    }
+                    Some(Err(e)) => return Err(from_hyper(&e)),
+                }
+            },
+        }
+    }
+}
+
+/// A network error from hyper's client: its message and causes, which name no URL
+/// (reqwest's name it; [`EngineError::from_reqwest`] drops it). A connect that
+/// timed out is a connect timeout, as reqwest's is.
+fn from_hyper(e: &(dyn std::error::Error + 'static)) -> EngineError {
+    let mut message = e.to_string();
+    let mut src = e.source();
+    while let Some(s) = src {
+        if s.downcast_ref::<std::io::Error>()
+            .is_some_and(|io| io.kind() == std::io::ErrorKind::TimedOut)
+        {
+            return EngineError::Timeout {
+                phase: TimeoutPhase::Connect,
+                after: Duration::ZERO,
+            };
+        }
+        message.push_str(": ");
+        message.push_str(&s.to_string());
+        src = s.source();
+    }
+    EngineError::Network { message }
+}
+
+/// hyper's own client for plain `http://` endpoints (a local server, a gateway on
+/// the same host): the keep-alive pool under reqwest without reqwest's layers. Those
+/// (the redirect policy parsing the URL again, the proxy matcher, the response's
+/// URL) cost about 25,000 instructions per request and 400 per streamed chunk
+/// through `quorum serve` (callgrind, issue #14). Not used when a proxy is set in
+/// the environment (reqwest honours it); redirects are left to reqwest.
+pub type PlainClient = hyper_util::client::legacy::Client<
+    hyper_util::client::legacy::connect::HttpConnector,
+    http_body_util::Full<bytes::Bytes>,
+>;
+
+const USER_AGENT: &str = concat!("llm-quorum/", env!("CARGO_PKG_VERSION"));
+
+fn build_plain_hyper(connect_timeout: Duration) -> PlainClient {
+    let mut c = hyper_util::client::legacy::connect::HttpConnector::new();
+    c.set_nodelay(true);
+    c.set_connect_timeout(Some(connect_timeout));
+    hyper_util::client::legacy::Client::builder(hyper_util::rt::TokioExecutor::new())
+        .pool_idle_timeout(Duration::from_secs(90))
+        .pool_timer(hyper_util::rt::TokioTimer::new())
+        .build(c)
+}
+
+/// Whether the environment names a proxy reqwest would send plain `http://`
+/// requests through.
+fn proxy_in_env() -> bool {
+    ["HTTP_PROXY", "http_proxy", "ALL_PROXY", "all_proxy"]
+        .iter()
+        .any(|k| std::env::var_os(k).is_some_and(|v| !v.is_empty()))
+}
+
+/// `url` as hyper's URI, parsed once per process like [`parsed_url`]; `None` when
+/// hyper's stricter parser refuses it (reqwest then sends it).
+fn parsed_uri(url: &str) -> Option<hyper::Uri> {
+    use std::collections::HashMap;
+    use std::sync::Mutex;
+    static CACHE: OnceLock<Mutex<HashMap<String, Option<hyper::Uri>>>> = OnceLock::new();
+    let cache = CACHE.get_or_init(Default::default);
+    if let Some(u) = cache.lock().unwrap_or_else(|p| p.into_inner()).get(url) {
+        return u.clone();
+    }
+    let parsed = url
+        .parse::<hyper::Uri>()
+        .ok()
+        .filter(|u| u.scheme() == Some(&hyper::http::uri::Scheme::HTTP) && u.host().is_some());
+    let mut c = cache.lock().unwrap_or_else(|p| p.into_inner());
+    if c.len() >= PARSED_URLS {
+        c.clear();
+    }
+    c.insert(url.to_string(), parsed.clone());
+    parsed
 }
 
 fn too_large_bytes(cap: u64) -> EngineError {
@@ -688,7 +874,7 @@ fn builder(connect_timeout: Duration) -> reqwest::ClientBuilder {
         .connect_timeout(connect_timeout)
         .pool_idle_timeout(Duration::from_secs(90))
         .tcp_nodelay(true)
-        .user_agent(concat!("llm-quorum/", env!("CARGO_PKG_VERSION")))
+        .user_agent(USER_AGENT)
 }
 
 /// Build the shared HTTP client: rustls, HTTP/2 where offered, keep-alive pool.
@@ -744,8 +930,15 @@ const MAX_SHARDS: usize = 64;
 
 #[derive(Debug)]
 struct Shards {
-    clients: Vec<OnceLock<Result<reqwest::Client, EngineError>>>,
+    clients: Vec<OnceLock<Result<Shard, EngineError>>>,
     in_flight: AtomicUsize,
+}
+
+/// The clients of one shard: reqwest's, and for plain `http://` hyper's.
+#[derive(Debug, Clone)]
+struct Shard {
+    client: reqwest::Client,
+    plain: Option<PlainClient>,
 }
 
 impl Default for Shards {
@@ -761,6 +954,8 @@ impl Default for Shards {
 #[derive(Debug)]
 pub struct ClientLease {
     client: reqwest::Client,
+    /// For a plain `http://` endpoint when no proxy is set.
+    plain: Option<PlainClient>,
     shards: Arc<Shards>,
 }
 
@@ -801,15 +996,22 @@ impl LazyClient {
         let built = shards.clients[(n / PER_SHARD).min(MAX_SHARDS - 1)]
             .get_or_init(|| {
                 if plain {
-                    build_plain_client(self.connect_timeout)
+                    Ok(Shard {
+                        client: build_plain_client(self.connect_timeout)?,
+                        plain: (!proxy_in_env()).then(|| build_plain_hyper(self.connect_timeout)),
+                    })
                 } else {
-                    build_client(self.connect_timeout)
+                    Ok(Shard {
+                        client: build_client(self.connect_timeout)?,
+                        plain: None,
+                    })
                 }
             })
             .clone();
         match built {
-            Ok(client) => Ok(ClientLease {
+            Ok(Shard { client, plain }) => Ok(ClientLease {
                 client,
+                plain,
                 shards: shards.clone(),
             }),
             Err(e) => {
