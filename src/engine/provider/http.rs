@@ -539,6 +539,7 @@ impl Attempt {
                                     .as_ref()
                                     .is_some_and(|w| w.will_wake(cx.waker()))
                                     && Instant::now() < timer.deadline()
+                                    && !timer.is_elapsed()
                                 {
                                     return Poll::Pending;
                                 }
