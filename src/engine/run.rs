@@ -21,7 +21,7 @@ use super::event::{Accumulator, Completion, Delta, FinishReason, StreamEvent};
 use super::front::{Books, LedgerHealth, Settle};
 use super::lease::Leases;
 use super::ledger::{LedgerSink, RequestMeta};
-use super::provider::http::{Attempt, AttemptOptions, CallContext, LazyClient};
+use super::provider::http::{Attempt, AttemptOptions, CallContext, LazyClient, PolledWith};
 use super::registry::{Registry, Resolved};
 use super::request::ChatRequest;
 use super::routing::{estimate_tokens, BreakerState, Route, Router};
@@ -838,8 +838,7 @@ impl TargetJob {
                     _ = &mut stop => return Err(EngineError::Cancelled),
                     a = Attempt::start_leased(&client, &r.spec, &r.model, &request, self.opts.stream, &opts, &ctx) => a?,
                 };
-                // The waker the cancellation waiter was last polled with.
-                let mut stop_waker: Option<std::task::Waker> = None;
+                let mut stop_polled = PolledWith::default();
                 loop {
                     // The next delta first, then cancellation, only while the upstream
                     // has nothing ready. Polling the waiter takes two locks (~800
@@ -853,17 +852,16 @@ impl TargetJob {
                         if let Poll::Ready(d) = d.as_mut().poll(cx) {
                             return Poll::Ready(Some(d));
                         }
-                        if stop_waker.as_ref().is_some_and(|w| w.will_wake(cx.waker())) {
-                            if self.cancel.is_cancelled() {
-                                return Poll::Ready(None);
-                            }
+                        let stopped = if stop_polled.holds(cx) {
+                            self.cancel.is_cancelled()
                         } else {
-                            stop_waker = Some(cx.waker().clone());
-                            if stop.as_mut().poll(cx).is_ready() {
-                                return Poll::Ready(None);
-                            }
+                            stop.as_mut().poll(cx).is_ready()
+                        };
+                        if stopped {
+                            Poll::Ready(None)
+                        } else {
+                            Poll::Pending
                         }
-                        Poll::Pending
                     })
                     .await;
                     // A cancelled run emits nothing more.

@@ -266,8 +266,9 @@ struct Memo {
     sessions: HashSet<String>,
     /// Price rows this transaction inserted or found.
     prices: HashSet<String>,
-    /// Cost to add to the day and session counters, per scope: written before a
+    /// Cost to add to the day's counter and to each session's: written before a
     /// cap check reads them ([`Memo::flush`]) and before the commit.
+    day_usd: f64,
     spend: BTreeMap<String, f64>,
     /// What each lease's runs' requests cost, to draw its hold down ([`release_in`]).
     leases: BTreeMap<String, f64>,
@@ -281,6 +282,7 @@ impl Memo {
         Memo {
             now: sql_now(),
             day: None,
+            day_usd: 0.0,
             runs: HashMap::new(),
             sessions: HashSet::new(),
             prices: HashSet::new(),
@@ -305,6 +307,10 @@ impl Memo {
     /// reads the counters next.
     fn flush(&mut self, conn: &Connection) -> rusqlite::Result<()> {
         release_in(conn, self)?;
+        let usd = std::mem::take(&mut self.day_usd);
+        if usd != 0.0 {
+            bump(conn, self.day(conn)?, usd, 0)?;
+        }
         for (scope, usd) in std::mem::take(&mut self.spend) {
             bump(conn, &scope, usd, 0)?;
         }
@@ -445,9 +451,8 @@ fn count_request(conn: &Connection, memo: &mut Memo, row: &NewRequest) -> rusqli
         return Ok(());
     }
     let (bs, held, open) = holding(conn, memo, &row.run.0)?.unwrap_or((None, 0.0, false));
-    // The row's `created_at` is the transaction's time.
-    let day = memo.day(conn)?.to_string();
-    *memo.spend.entry(day).or_default() += cost;
+    // To the day of the row's `created_at`: the transaction's time.
+    memo.day_usd += cost;
     let own = match row.value("session_id") {
         Value::Text(s) => Some(s.clone()),
         _ => None,

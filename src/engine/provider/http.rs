@@ -132,8 +132,8 @@ pub struct Attempt {
     total_after: Option<Duration>,
     /// The first-token / idle / total timer of the HTTP body (see `fill`).
     timer: Option<std::pin::Pin<Box<tokio::time::Sleep>>>,
-    /// The waker `timer` was last polled with.
-    timer_waker: Option<std::task::Waker>,
+    /// Whether `timer` holds the task's current waker.
+    timer_polled: PolledWith,
     /// Bytes received so far.
     pub bytes: u64,
 }
@@ -263,7 +263,7 @@ impl Attempt {
             provider_out: 0,
             total_after,
             timer: None,
-            timer_waker: None,
+            timer_polled: PolledWith::default(),
             bytes: 0,
         };
         if spec.kind == ProviderKind::Mock {
@@ -416,14 +416,7 @@ impl Attempt {
     }
 
     fn timeout_error(&self, phase: TimeoutPhase) -> EngineError {
-        let after = match phase {
-            TimeoutPhase::FirstToken => self.timeouts.first_token,
-            TimeoutPhase::Idle => self.timeouts.idle,
-            TimeoutPhase::Total => self.total_after,
-            TimeoutPhase::Connect => None,
-        }
-        .unwrap_or_default();
-        EngineError::Timeout { phase, after }
+        timeout_error(&self.timeouts, self.total_after, phase)
     }
 
     /// Time since the attempt started.
@@ -517,12 +510,12 @@ impl Attempt {
                                 t
                             }
                             None => {
-                                self.timer_waker = None;
+                                self.timer_polled.forget();
                                 self.timer
                                     .insert(Box::pin(tokio::time::sleep_until(deadline)))
                             }
                         };
-                        let timer_waker = &mut self.timer_waker;
+                        let polled = &mut self.timer_polled;
                         let mut fut = std::pin::pin!(fut);
                         let read = std::future::poll_fn(|cx| {
                             use std::future::Future;
@@ -535,15 +528,12 @@ impl Attempt {
                                 // the task when due: until the waker changes or its
                                 // time comes, a clock read says enough (polling it
                                 // cost ~500 instructions per chunk).
-                                if timer_waker
-                                    .as_ref()
-                                    .is_some_and(|w| w.will_wake(cx.waker()))
+                                if polled.holds(cx)
                                     && Instant::now() < timer.deadline()
                                     && !timer.is_elapsed()
                                 {
                                     return Poll::Pending;
                                 }
-                                *timer_waker = Some(cx.waker().clone());
                                 if timer.as_mut().poll(cx).is_pending() {
                                     return Poll::Pending;
                                 }
@@ -552,22 +542,14 @@ impl Attempt {
                                 }
                                 // Armed for an earlier wait: wait on to this one's end.
                                 timer.as_mut().reset(deadline);
-                                *timer_waker = None;
+                                polled.forget();
                             }
                         })
                         .await;
                         match read {
                             Some(x) => x,
                             None => {
-                                let after = match phase {
-                                    TimeoutPhase::FirstToken => self.timeouts.first_token,
-                                    TimeoutPhase::Idle => self.timeouts.idle,
-                                    _ => self.total_after,
-                                };
-                                return Err(EngineError::Timeout {
-                                    phase,
-                                    after: after.unwrap_or_default(),
-                                });
+                                return Err(timeout_error(&self.timeouts, self.total_after, phase))
                             }
                         }
                     }
@@ -641,6 +623,18 @@ impl Attempt {
     }
 }
 
+/// The timeout error of `phase`, naming the limit that ran out.
+fn timeout_error(t: &Timeouts, total_after: Option<Duration>, phase: TimeoutPhase) -> EngineError {
+    let after = match phase {
+        TimeoutPhase::FirstToken => t.first_token,
+        TimeoutPhase::Idle => t.idle,
+        TimeoutPhase::Total => total_after,
+        TimeoutPhase::Connect => None,
+    }
+    .unwrap_or_default();
+    EngineError::Timeout { phase, after }
+}
+
 /// Read at most `cap` bytes of a body; true when there was more.
 async fn read_capped(resp: &mut Resp, first: Option<bytes::Bytes>, cap: usize) -> (Vec<u8>, bool) {
     let mut buf = Vec::new();
@@ -661,6 +655,30 @@ async fn read_capped(resp: &mut Resp, first: Option<bytes::Bytes>, cap: usize) -
             // A body cut mid-way still says what it said so far.
             Ok(None) | Err(_) => return (buf, false),
         }
+    }
+}
+
+/// The waker a waiter (a timer, a cancellation waiter) was last polled with. Once
+/// polled, a waiter wakes the task it was polled by; until the task's waker changes
+/// (a future moved to another task) a cheap check of its state says as much as
+/// polling it again, which costs a lock or a timer-wheel touch per chunk.
+#[derive(Default)]
+pub(crate) struct PolledWith(Option<std::task::Waker>);
+
+impl PolledWith {
+    /// Whether the waiter holds `cx`'s waker; if not, it is taken as polled with it
+    /// now (the caller polls it next).
+    pub(crate) fn holds(&mut self, cx: &std::task::Context<'_>) -> bool {
+        if self.0.as_ref().is_some_and(|w| w.will_wake(cx.waker())) {
+            return true;
+        }
+        self.0 = Some(cx.waker().clone());
+        false
+    }
+
+    /// The waiter was replaced or re-armed: poll it again.
+    pub(crate) fn forget(&mut self) {
+        self.0 = None;
     }
 }
 
