@@ -948,7 +948,7 @@ fn new_uid() -> String {
         .unwrap_or(0);
     format!(
         "{t:016x}-{:08x}-{n:x}-{:08x}",
-        std::process::id(),
+        crate::shared::pid(),
         rand::random::<u32>()
     )
 }

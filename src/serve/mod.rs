@@ -206,7 +206,7 @@ impl AppState {
             clients: Arc::default(),
             session: format!(
                 "serve-{}-{}",
-                std::process::id(),
+                crate::shared::pid(),
                 crate::engine::run::new_id(4)
             ),
         })

@@ -15,3 +15,11 @@ pub fn version_string() -> &'static str {
         ")"
     )
 }
+
+/// This process's id, read once: `std::process::id()` is a system call each
+/// time, and the ledger writes it into every run row (the process never forks
+/// without exec, so it cannot change).
+pub fn pid() -> u32 {
+    static PID: std::sync::OnceLock<u32> = std::sync::OnceLock::new();
+    *PID.get_or_init(std::process::id)
+}

@@ -537,7 +537,7 @@ async fn expire_dead(
     host: &str,
     d: &mut Deltas,
 ) -> Result<(), tokio_postgres::Error> {
-    let me = std::process::id() as i64;
+    let me = crate::shared::pid() as i64;
     let st = tx
         .prepare_cached(&format!(
             "SELECT DISTINCT pid FROM runs r WHERE {OPEN} AND host = $1 AND pid IS NOT NULL AND pid <> $2"
@@ -857,7 +857,7 @@ struct Writes<'a> {
 
 impl<'a> Writes<'a> {
     fn new(begun: &[(&'a RunEntry, f64)], settled: Vec<&'a str>, host: &'a str) -> Self {
-        let pid = std::process::id() as i64;
+        let pid = crate::shared::pid() as i64;
         Writes {
             sessions: begun
                 .iter()

@@ -228,7 +228,7 @@ fn settle_in(conn: &Connection, memo: &mut Memo, id: &str) -> rusqlite::Result<(
 
 /// Settle the reservations of processes that are gone (a crash, a kill -9).
 fn expire_dead(conn: &Connection, memo: &mut Memo) -> rusqlite::Result<()> {
-    let me = std::process::id() as i64;
+    let me = crate::shared::pid() as i64;
     let pids: Vec<i64> = conn
         .prepare_cached(&format!(
             "SELECT DISTINCT pid FROM runs r WHERE {OPEN} AND pid IS NOT NULL AND pid <> ?1"
@@ -430,7 +430,7 @@ fn write_run(
         e.prompt,
         e.bound(),
         e.budget_session,
-        std::process::id(),
+        crate::shared::pid(),
         held,
         now,
     ])?;
