@@ -381,19 +381,29 @@ pub struct Accumulator {
     pub completion: Completion,
     tool_slots: Vec<(usize, ToolCall)>,
     saw_finish: bool,
-    /// Local running count of the output that arrived.
+    /// Local running count of the output that arrived, up to `uncounted`.
     estimate: super::tokens::TokenEstimator,
+    /// Where the answer text not yet fed to `estimate` starts: text is counted
+    /// when a count is asked for (or other output arrives), not chunk by chunk,
+    /// since most streams report their usage and need no count. Feeding the
+    /// estimator in pieces or whole gives the same figure.
+    uncounted: Option<usize>,
 }
 
 impl Accumulator {
     /// Fold one delta.
     pub fn push(&mut self, d: &Delta) {
+        if let Delta::Text(t) = d {
+            let c = &mut self.completion;
+            self.uncounted.get_or_insert(c.text.len());
+            c.text.push_str(t);
+            return;
+        }
+        // Other output is counted after the text that came before it.
+        self.count_text();
         let c = &mut self.completion;
         match d {
-            Delta::Text(t) => {
-                self.estimate.push(t);
-                c.text.push_str(t)
-            }
+            Delta::Text(_) => unreachable!("handled above"),
             Delta::Thinking(t) => {
                 self.estimate.push(t);
                 c.thinking.push_str(t);
@@ -473,25 +483,40 @@ impl Accumulator {
             || !self.tool_slots.is_empty()
     }
 
+    /// Feed the answer text not yet counted to the estimator.
+    fn count_text(&mut self) {
+        if let Some(from) = self.uncounted.take() {
+            self.estimate.push(&self.completion.text[from..]);
+        }
+    }
+
     /// Output tokens so far: the larger of the provider's running count and
     /// a local, lower-leaning count of what arrived (see
-    /// [`TokenEstimator`](super::tokens::TokenEstimator)).
-    pub fn running_output_tokens(&self) -> u64 {
-        let reported = if self.completion.usage_reported {
-            self.completion.usage.output_tokens
-        } else {
-            0
-        };
+    /// [`TokenEstimator`](super::tokens::TokenEstimator)). Once the answer
+    /// finished, the provider's figure is its final word and stands alone
+    /// (OpenAI's usage chunk comes after the finish: a long answer is then
+    /// never counted locally at all).
+    pub fn running_output_tokens(&mut self) -> u64 {
+        if !self.completion.usage_reported {
+            self.count_text();
+            return self.estimate.tokens();
+        }
+        let reported = self.completion.usage.output_tokens;
+        if self.saw_finish {
+            return reported;
+        }
+        self.count_text();
         reported.max(self.estimate.tokens())
     }
 
     /// The local count alone.
-    pub fn local_output_tokens(&self) -> u64 {
+    pub fn local_output_tokens(&mut self) -> u64 {
+        self.count_text();
         self.estimate.tokens()
     }
 
     /// The usage so far, with [`Accumulator::running_output_tokens`] as its output.
-    pub fn running_usage(&self) -> Usage {
+    pub fn running_usage(&mut self) -> Usage {
         Usage {
             output_tokens: self.running_output_tokens(),
             ..self.completion.usage
@@ -501,7 +526,7 @@ impl Accumulator {
     /// Finish a stream that ended without the provider's last word (cut,
     /// cancelled, timed out, stopped by a cap): its usage is the running
     /// figure, marked not reported (so its cost is `estimated`).
-    pub fn finish_unfinished(self) -> Completion {
+    pub fn finish_unfinished(mut self) -> Completion {
         let usage = self.running_usage();
         let mut c = self.finish();
         c.usage = usage;
@@ -661,5 +686,40 @@ mod usage_tests {
         assert_eq!(t.cache_creation_input_tokens, 3);
         assert_eq!(t.reasoning_tokens, 9);
         assert_eq!(t.reported_cost_usd, Some(1.0));
+    }
+}
+
+#[cfg(test)]
+mod accumulator_tests {
+    use super::{Accumulator, Delta};
+    use crate::engine::tokens::TokenEstimator;
+
+    proptest::proptest! {
+        /// Text counted when a count is asked for gives the figure counting
+        /// every delta as it came gives, whatever the mix of outputs.
+        #[test]
+        fn a_count_taken_late_equals_one_taken_as_output_came(
+            steps in proptest::collection::vec(
+                (0u8..5, "[a-z0-9 .,!\\u{4e00}-\\u{4e10}]{0,10}"),
+                0..60,
+            ),
+        ) {
+            let mut acc = Accumulator::default();
+            let mut eager = TokenEstimator::new();
+            for (kind, t) in steps {
+                let d = match kind {
+                    0 | 1 => Delta::Text(t.clone()),
+                    2 => Delta::Thinking(t.clone()),
+                    3 => Delta::Refusal(t.clone()),
+                    _ => Delta::ToolCall { index: 0, id: None, name: None, arguments: t.clone() },
+                };
+                acc.push(&d);
+                eager.push(&t);
+                if kind == 1 {
+                    proptest::prop_assert_eq!(acc.running_output_tokens(), eager.tokens());
+                }
+            }
+            proptest::prop_assert_eq!(acc.local_output_tokens(), eager.tokens());
+        }
     }
 }

@@ -131,6 +131,9 @@ struct Inline {
 #[derive(Debug, Default)]
 struct Local {
     queue: std::sync::Mutex<std::collections::VecDeque<TargetEvent>>,
+    /// Events queued: the reader looks here before it takes the lock (it finds
+    /// the queue empty about as often as not).
+    len: std::sync::atomic::AtomicUsize,
     /// The reader is gone: every further event is refused, as a closed channel's.
     closed: std::sync::atomic::AtomicBool,
 }
@@ -145,7 +148,19 @@ impl Local {
     }
 
     fn pop(&self) -> Option<TargetEvent> {
-        self.lock().pop_front()
+        if self.len.load(Ordering::Acquire) == 0 {
+            return None;
+        }
+        let mut q = self.lock();
+        let ev = q.pop_front();
+        self.len.store(q.len(), Ordering::Release);
+        ev
+    }
+
+    fn clear(&self) {
+        let mut q = self.lock();
+        q.clear();
+        self.len.store(0, Ordering::Release);
     }
 
     /// Queue `ev`; `false` once the reader is gone. Pending while the queue is
@@ -162,6 +177,7 @@ impl Local {
         }
         if let Some(ev) = ev.take() {
             q.push_back(ev);
+            self.len.store(q.len(), Ordering::Release);
         }
         Poll::Ready(true)
     }
@@ -187,7 +203,7 @@ impl Drop for RunHandle {
         // Before the work moves to its own task: whatever it sends from now
         // on is refused, as on a channel whose reader is gone.
         inline.queue.closed.store(true, Ordering::Release);
-        inline.queue.lock().clear();
+        inline.queue.clear();
         if let Some(d) = inline.work.take() {
             match tokio::runtime::Handle::try_current() {
                 Ok(rt) => {
@@ -599,8 +615,24 @@ impl TargetJob {
         match &self.tx {
             Sink::Channel(tx) => tx.send(ev).await.is_ok(),
             Sink::Local(l) => {
+                // Once queued, the work pauses: its reader takes the event and
+                // polls the work again only when the queue is empty, so the
+                // upstream is polled once per chunk that came (and once more
+                // when there is none) rather than again right after each one.
                 let mut ev = Some(ev);
-                std::future::poll_fn(|_| l.push(&mut ev)).await
+                let mut queued = false;
+                std::future::poll_fn(|_| {
+                    if queued {
+                        return std::task::Poll::Ready(true);
+                    }
+                    let pushed = l.push(&mut ev);
+                    if let std::task::Poll::Ready(true) = pushed {
+                        queued = true;
+                        return std::task::Poll::Pending;
+                    }
+                    pushed
+                })
+                .await
             }
         }
     }

@@ -122,12 +122,8 @@ pub struct Attempt {
     /// Masks the secrets we sent in everything the upstream sends back.
     masker: Arc<Masker>,
     caps: ResponseCaps,
-    /// Output tokens beyond which the answer is far past `max_tokens`.
-    token_cap: Option<u64>,
-    /// Running lower-leaning count of the output that arrived.
-    out_est: TokenEstimator,
-    /// Output tokens as last reported by the provider (running).
-    provider_out: u64,
+    /// The output so far, against the cap far past `max_tokens`.
+    out: OutputCount,
     /// The total limit to name in a timeout error.
     total_after: Option<Duration>,
     /// The first-token / idle / total timer of the HTTP body (see `fill`).
@@ -143,6 +139,69 @@ impl std::fmt::Debug for Attempt {
         f.debug_struct("Attempt")
             .field("bytes", &self.bytes)
             .finish()
+    }
+}
+
+/// The output of an attempt counted against its cap (an answer far past
+/// `max_tokens`): the larger of the provider's running count and a local,
+/// lower-leaning one ([`TokenEstimator`]).
+#[derive(Debug)]
+struct OutputCount {
+    cap: Option<u64>,
+    est: TokenEstimator,
+    /// `est`'s count when it was last fed.
+    counted: u64,
+    /// Output that arrived since, not fed to `est` yet. Each byte adds at most
+    /// one token to the count, so while `counted` plus these bytes stays within
+    /// the cap the count cannot pass it, and counting waits: most answers end
+    /// long before, and are never counted chunk by chunk.
+    unfed: String,
+    /// Output tokens as last reported by the provider (running).
+    provider: u64,
+}
+
+impl OutputCount {
+    fn new(cap: Option<u64>) -> Self {
+        OutputCount {
+            cap,
+            est: TokenEstimator::new(),
+            counted: 0,
+            unfed: String::new(),
+            provider: 0,
+        }
+    }
+
+    /// Count what a delta says about the output.
+    fn observe(&mut self, d: &Delta) {
+        let text = match d {
+            Delta::Text(t) | Delta::Thinking(t) | Delta::Refusal(t) => t,
+            Delta::ToolCall { arguments, .. } => arguments,
+            Delta::Usage(u) => {
+                self.provider = u.output_tokens;
+                return;
+            }
+            _ => return,
+        };
+        // Without a cap nothing reads the count.
+        let Some(cap) = self.cap else { return };
+        self.unfed.push_str(text);
+        if self.counted.saturating_add(self.unfed.len() as u64) > cap {
+            self.est.push(&self.unfed);
+            self.unfed.clear();
+            self.counted = self.est.tokens();
+        }
+    }
+
+    /// The error once the output is past the cap.
+    fn past_cap(&self) -> Option<EngineError> {
+        let cap = self.cap?;
+        // `counted` is exact whenever the count could be past the cap.
+        let n = self.provider.max(self.counted);
+        (n > cap).then(|| EngineError::ResponseTooLarge {
+            message: format!(
+                "about {n} output tokens, far past max_tokens (the cap is {cap}); the partial answer is kept"
+            ),
+        })
     }
 }
 
@@ -255,12 +314,11 @@ impl Attempt {
             trailing: None,
             masker: masker.clone(),
             caps: opts.caps,
-            token_cap: req
-                .max_tokens
-                .filter(|_| factor > 0)
-                .map(|m| u64::from(m).saturating_mul(factor).saturating_add(256)),
-            out_est: TokenEstimator::new(),
-            provider_out: 0,
+            out: OutputCount::new(
+                req.max_tokens
+                    .filter(|_| factor > 0)
+                    .map(|m| u64::from(m).saturating_mul(factor).saturating_add(256)),
+            ),
             total_after,
             timer: None,
             timer_polled: PolledWith::default(),
@@ -360,37 +418,11 @@ impl Attempt {
             let text = masker.mask_bytes(&bytes);
             let deltas = super::parse_response_for(spec, model, text.as_bytes())?;
             for d in &deltas {
-                attempt.observe(d);
+                attempt.out.observe(d);
             }
             attempt.pending.extend(deltas);
         }
         Ok(attempt)
-    }
-
-    /// Count what a delta says about the output, for the caps.
-    fn observe(&mut self, d: &Delta) {
-        match d {
-            Delta::Text(t) | Delta::Thinking(t) | Delta::Refusal(t) => self.out_est.push(t),
-            Delta::ToolCall { arguments, .. } => self.out_est.push(arguments),
-            Delta::Usage(u) => self.provider_out = u.output_tokens,
-            _ => {}
-        }
-    }
-
-    /// The running output count: the larger of the provider's and ours.
-    pub fn output_tokens(&self) -> u64 {
-        self.provider_out.max(self.out_est.tokens())
-    }
-
-    /// Whether the answer ran far past `max_tokens`.
-    fn past_token_cap(&self) -> Option<EngineError> {
-        let cap = self.token_cap?;
-        let n = self.output_tokens();
-        (n > cap).then(|| EngineError::ResponseTooLarge {
-            message: format!(
-                "about {n} output tokens, far past max_tokens (the cap is {cap}); the partial answer is kept"
-            ),
-        })
     }
 
     fn remaining_total(&self) -> Option<Duration> {
@@ -574,14 +606,7 @@ impl Attempt {
                         // the same chunk, or the failing frame's own) still count:
                         // deliver them, then the error.
                         for d in out.iter() {
-                            match d {
-                                Delta::Text(t) | Delta::Thinking(t) | Delta::Refusal(t) => {
-                                    self.out_est.push(t)
-                                }
-                                Delta::ToolCall { arguments, .. } => self.out_est.push(arguments),
-                                Delta::Usage(u) => self.provider_out = u.output_tokens,
-                                _ => {}
-                            }
+                            self.out.observe(d);
                         }
                         self.pending.extend(out.drain(..));
                         if let Err(e) = fed {
@@ -590,7 +615,7 @@ impl Attempt {
                         } else if self.bytes > self.caps.max_response_bytes {
                             self.body = Body::Done;
                             self.trailing = Some(too_large_bytes(self.caps.max_response_bytes));
-                        } else if let Some(e) = self.past_token_cap() {
+                        } else if let Some(e) = self.out.past_cap() {
                             self.body = Body::Done;
                             self.trailing = Some(e);
                         }
@@ -1060,5 +1085,25 @@ mod tests {
             .unwrap_err()
             .to_string();
         assert!(!e.contains("sk-secret"), "{e}");
+    }
+
+    proptest::proptest! {
+        /// Counting lazily stops an answer exactly where counting every piece
+        /// would: after each piece, past the cap or not alike.
+        #[test]
+        fn a_lazy_count_passes_the_cap_where_an_eager_one_does(
+            pieces in proptest::collection::vec("[a-z0-9 .,!\u{4e00}-\u{4e10}é]{0,12}", 0..80),
+            cap in 0u64..60,
+            thinking in proptest::collection::vec(proptest::bool::ANY, 80),
+        ) {
+            let mut lazy = OutputCount::new(Some(cap));
+            let mut eager = TokenEstimator::new();
+            for (i, p) in pieces.iter().enumerate() {
+                let d = if thinking[i] { Delta::Thinking(p.clone()) } else { Delta::Text(p.clone()) };
+                lazy.observe(&d);
+                eager.push(p);
+                proptest::prop_assert_eq!(lazy.past_cap().is_some(), eager.tokens() > cap, "piece {}", i);
+            }
+        }
     }
 }
