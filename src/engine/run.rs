@@ -183,6 +183,83 @@ impl Local {
     }
 }
 
+/// A run's cancellation waiter, polled with a waker of its own that marks it
+/// fired before it wakes the task. Until it fires, the run is not cancelled:
+/// tokio-util's `is_cancelled` takes the token's lock, which per relayed chunk
+/// was ~2% of `serve`'s instructions (issue #14).
+#[derive(Default)]
+struct CancelWatch {
+    flag: Arc<CancelFlag>,
+    /// The waiter was polled with `flag`'s waker (and stays registered).
+    armed: bool,
+    /// The task waker `flag` wakes.
+    task: PolledWith,
+}
+
+#[derive(Default)]
+struct CancelFlag {
+    fired: std::sync::atomic::AtomicBool,
+    task: std::sync::Mutex<Option<std::task::Waker>>,
+}
+
+impl std::task::Wake for CancelFlag {
+    fn wake(self: Arc<Self>) {
+        self.wake_by_ref()
+    }
+
+    fn wake_by_ref(self: &Arc<Self>) {
+        self.fired.store(true, Ordering::Release);
+        let task = self.task.lock().unwrap_or_else(|p| p.into_inner()).clone();
+        if let Some(w) = task {
+            w.wake();
+        }
+    }
+}
+
+impl CancelWatch {
+    /// Whether the waiter is known not to have fired (so the run is not cancelled).
+    fn quiet(&self) -> bool {
+        self.armed && !self.flag.fired.load(Ordering::Acquire)
+    }
+
+    /// Whether the run is cancelled, the waiter left to wake the task in
+    /// `cx` when it is.
+    fn poll(
+        &mut self,
+        stop: std::pin::Pin<&mut tokio_util::sync::WaitForCancellationFuture<'_>>,
+        cx: &mut std::task::Context<'_>,
+    ) -> bool {
+        use std::future::Future;
+        if !self.task.holds(cx) {
+            *self.flag.task.lock().unwrap_or_else(|p| p.into_inner()) = Some(cx.waker().clone());
+        }
+        if self.quiet() {
+            return false;
+        }
+        // Not polled yet, or woken: poll the waiter (a spurious wake re-arms it).
+        self.flag.fired.store(false, Ordering::Release);
+        let waker = std::task::Waker::from(self.flag.clone());
+        self.armed = true;
+        stop.poll(&mut std::task::Context::from_waker(&waker))
+            .is_ready()
+    }
+}
+
+/// Pending once, without a wake-up: for an inline run with events queued,
+/// whose reader polls it again once it has taken them.
+async fn pause_once() {
+    let mut paused = false;
+    std::future::poll_fn(|_| {
+        if paused {
+            std::task::Poll::Ready(())
+        } else {
+            paused = true;
+            std::task::Poll::Pending
+        }
+    })
+    .await
+}
+
 /// The future of a target driven by the task that reads its events.
 struct Driver(std::pin::Pin<Box<dyn std::future::Future<Output = ()> + Send>>);
 
@@ -253,6 +330,16 @@ impl RunHandle {
             .queue
             .pop()
             .map_or(Poll::Pending, |ev| Poll::Ready(Some(ev)))
+    }
+
+    /// Whether events are waiting to be taken without any more work (an inline
+    /// target's queue, or the run's channel).
+    pub fn has_queued(&self) -> bool {
+        match (&self.inline, &self.events) {
+            (Some(inline), _) => inline.queue.len.load(Ordering::Acquire) > 0,
+            (None, Some(rx)) => !rx.is_empty(),
+            (None, None) => false,
+        }
     }
 
     /// Cancel every target: their HTTP streams are dropped at once.
@@ -615,24 +702,8 @@ impl TargetJob {
         match &self.tx {
             Sink::Channel(tx) => tx.send(ev).await.is_ok(),
             Sink::Local(l) => {
-                // Once queued, the work pauses: its reader takes the event and
-                // polls the work again only when the queue is empty, so the
-                // upstream is polled once per chunk that came (and once more
-                // when there is none) rather than again right after each one.
                 let mut ev = Some(ev);
-                let mut queued = false;
-                std::future::poll_fn(|_| {
-                    if queued {
-                        return std::task::Poll::Ready(true);
-                    }
-                    let pushed = l.push(&mut ev);
-                    if let std::task::Poll::Ready(true) = pushed {
-                        queued = true;
-                        return std::task::Poll::Pending;
-                    }
-                    pushed
-                })
-                .await
+                std::future::poll_fn(|_| l.push(&mut ev)).await
             }
         }
     }
@@ -870,34 +941,32 @@ impl TargetJob {
                     _ = &mut stop => return Err(EngineError::Cancelled),
                     a = Attempt::start_leased(&client, &r.spec, &r.model, &request, self.opts.stream, &opts, &ctx) => a?,
                 };
-                let mut stop_polled = PolledWith::default();
+                let mut watch = CancelWatch::default();
                 loop {
                     // The next delta first, then cancellation, only while the upstream
                     // has nothing ready. Polling the waiter takes two locks (~800
-                    // instructions, per chunk); once it holds this task's waker it
-                    // wakes the task when cancelled, so until the waker changes (the
-                    // run moved to a task of its own) the flag alone is checked.
+                    // instructions, per chunk) and asking the token one; the waiter
+                    // is polled with a waker that marks it fired, so until it does
+                    // an atomic load says the run goes on.
                     use std::future::Future;
                     use std::task::Poll;
-                    let mut d = std::pin::pin!(a.next());
-                    let next = std::future::poll_fn(|cx| {
-                        if let Poll::Ready(d) = d.as_mut().poll(cx) {
-                            return Poll::Ready(Some(d));
-                        }
-                        let stopped = if stop_polled.holds(cx) {
-                            self.cancel.is_cancelled()
-                        } else {
-                            stop.as_mut().poll(cx).is_ready()
-                        };
-                        if stopped {
-                            Poll::Ready(None)
-                        } else {
-                            Poll::Pending
-                        }
-                    })
-                    .await;
-                    // A cancelled run emits nothing more.
-                    let Some(next) = next.filter(|_| !self.cancel.is_cancelled()) else {
+                    let next = {
+                        let mut d = std::pin::pin!(a.next());
+                        std::future::poll_fn(|cx| {
+                            if let Poll::Ready(d) = d.as_mut().poll(cx) {
+                                // A cancelled run emits nothing more.
+                                let cancelled = !watch.quiet() && self.cancel.is_cancelled();
+                                return Poll::Ready((!cancelled).then_some(d));
+                            }
+                            if watch.poll(stop.as_mut(), cx) {
+                                Poll::Ready(None)
+                            } else {
+                                Poll::Pending
+                            }
+                        })
+                        .await
+                    };
+                    let Some(next) = next else {
                         return Err(EngineError::Cancelled);
                     };
                     match next {
@@ -920,6 +989,7 @@ impl TargetJob {
                                 }
                                 d => StreamEvent::from_delta_owned(d),
                             };
+                            let emitted = ev.is_some();
                             if let Some(ev) = ev {
                                 if !self.emit(ev).await {
                                     return Err(EngineError::Cancelled);
@@ -934,6 +1004,15 @@ impl TargetJob {
                                     if !self.emit(StreamEvent::Usage(acc.running_usage())).await {
                                         return Err(EngineError::Cancelled);
                                     }
+                                }
+                            }
+                            // An inline run pauses once what the upstream sent is
+                            // queued: its reader takes the events and polls the run
+                            // again when it wants more, so the upstream is not asked
+                            // again (and found empty) before the events are relayed.
+                            if emitted && !a.has_buffered() {
+                                if let Sink::Local(_) = &self.tx {
+                                    pause_once().await;
                                 }
                             }
                         }

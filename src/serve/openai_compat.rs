@@ -919,6 +919,12 @@ impl Relay {
                 out.reserve(room);
             }
             self.frame(&mut out, ev);
+            // What is queued goes in this frame; the run itself is polled
+            // again on the server's next poll, not now (it would find the
+            // upstream empty, and the server polls until it does anyway).
+            if self.early.len() == 0 && !self.handle.has_queued() {
+                break;
+            }
         }
         if out.is_empty() {
             Poll::Pending

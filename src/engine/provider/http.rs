@@ -425,6 +425,12 @@ impl Attempt {
         Ok(attempt)
     }
 
+    /// Whether deltas already read wait to be taken (the next one needs no
+    /// read from the upstream).
+    pub fn has_buffered(&self) -> bool {
+        !self.pending.is_empty()
+    }
+
     fn remaining_total(&self) -> Option<Duration> {
         self.deadline
             .map(|d| d.saturating_duration_since(Instant::now()))
