@@ -483,11 +483,10 @@ impl StreamDecoder for Decoder {
             if let (Some(Cow::Borrowed(text)), None, None) = (&c.text, &c.finish, &c.usage) {
                 self.envelope.keep(data, text);
             }
-            // Only the usage object itself is read as a tree (a bad one: the
-            // general path says what is wrong).
-            let used = match c.usage.map(|raw| serde_json::from_str::<Value>(raw.get())) {
+            // A bad usage object: the general path says what is wrong.
+            let used = match c.usage.map(|raw| usage_typed(raw.get())) {
                 None => None,
-                Some(Ok(v)) => usage(Some(&v)),
+                Some(Ok(u)) => u,
                 Some(Err(_)) => return self.general_frame(data, out),
             };
             if let Some(text) = c.text.filter(|t| !t.is_empty()) {
@@ -579,35 +578,18 @@ impl Decoder {
     }
 }
 
-/// What [`common_chunk`] reads of a chunk.
-struct Common<'a> {
-    /// `choices[0].delta.content` (`None` without a choice).
-    text: Option<std::borrow::Cow<'a, str>>,
-    /// `choices[0].finish_reason` when it is a string.
-    finish: Option<std::borrow::Cow<'a, str>>,
-    /// The `usage` object's text when it is there and not `null`.
-    usage: Option<&'a serde_json::value::RawValue>,
-}
-
-/// The common chunks, typed: at most one choice (index 0) whose delta holds
-/// at most `role` and `content`, with or without a string finish, and with or
-/// without `usage`; no error. That is every chunk of a plain text answer,
-/// its finish chunk and its usage chunk. Parsing them this way costs a
-/// fraction of a [`Value`] tree (no map per object, borrowed text), and it
-/// yields exactly what the general path below would (a property test checks
-/// this). Anything else (tool calls, reasoning, refusals, several choices,
-/// Groq's `x_groq`, an error, a duplicate key, an odd type) is `None` and
-/// takes the general path.
-fn common_chunk(data: &str) -> Option<Common<'_>> {
-    use serde::de::{Error as _, MapAccess, Visitor};
+/// Typed reads of chunk parts that must accept and refuse exactly what a
+/// [`Value`] read does.
+mod typed {
+    use serde::de::{MapAccess, Visitor};
     use serde::Deserialize;
-    use serde_json::value::RawValue;
+    use std::borrow::Cow;
 
     /// Any value, checked as a [`Value`] would be (escapes, surrogate pairs,
     /// number ranges) but not kept. serde's `IgnoredAny` skips a value without
     /// those checks, which would let this path read a frame the general path
     /// refuses.
-    struct Checked;
+    pub(super) struct Checked;
     impl<'de> Deserialize<'de> for Checked {
         fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
             struct V;
@@ -661,7 +643,7 @@ fn common_chunk(data: &str) -> Option<Common<'_>> {
 
     /// A string, borrowed from the chunk when it has no escapes (serde's
     /// `Cow<str>` inside an `Option` is always owned).
-    struct Text<'a>(Cow<'a, str>);
+    pub(super) struct Text<'a>(pub(super) Cow<'a, str>);
     impl<'de: 'a, 'a> Deserialize<'de> for Text<'a> {
         fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
             struct V<'a>(std::marker::PhantomData<&'a ()>);
@@ -683,6 +665,264 @@ fn common_chunk(data: &str) -> Option<Common<'_>> {
             d.deserialize_str(V(std::marker::PhantomData))
         }
     }
+}
+
+/// A `usage` object's text read as [`usage`] reads its [`Value`], typed: the
+/// same figures from the same input, and an error for exactly the input a
+/// [`Value`] read refuses (a property test checks both). `None` when it is not
+/// an object. Reading it as a tree cost ~10,000 instructions per streamed
+/// answer (callgrind, issue #14); this reads only what [`usage`] looks at and
+/// checks the rest.
+fn usage_typed(raw: &str) -> serde_json::Result<Option<Usage>> {
+    use serde::de::{MapAccess, Visitor};
+    use serde::Deserialize;
+    use typed::{Checked, Text};
+
+    /// A value as [`count`] and `as_f64` see it.
+    #[derive(Clone, Copy)]
+    enum Num {
+        U(u64),
+        I(i64),
+        F(f64),
+        /// Not a number (checked, not kept).
+        Other,
+    }
+    impl Num {
+        fn count(self) -> u64 {
+            match self {
+                Num::U(n) => n,
+                Num::F(f) if f >= 0.0 => f as u64,
+                _ => 0,
+            }
+        }
+        fn as_f64(self) -> Option<f64> {
+            match self {
+                Num::U(n) => Some(n as f64),
+                Num::I(n) => Some(n as f64),
+                Num::F(f) => Some(f),
+                Num::Other => None,
+            }
+        }
+    }
+    impl<'de> Deserialize<'de> for Num {
+        fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+            struct V;
+            impl<'de> Visitor<'de> for V {
+                type Value = Num;
+                fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+                    f.write_str("a value")
+                }
+                fn visit_u64<E>(self, n: u64) -> Result<Num, E> {
+                    Ok(Num::U(n))
+                }
+                fn visit_i64<E>(self, n: i64) -> Result<Num, E> {
+                    // serde_json gives i64 only below zero; a tree keeps
+                    // others as unsigned.
+                    Ok(if n >= 0 { Num::U(n as u64) } else { Num::I(n) })
+                }
+                fn visit_f64<E>(self, f: f64) -> Result<Num, E> {
+                    Ok(Num::F(f))
+                }
+                fn visit_bool<E>(self, _: bool) -> Result<Num, E> {
+                    Ok(Num::Other)
+                }
+                fn visit_str<E>(self, _: &str) -> Result<Num, E> {
+                    Ok(Num::Other)
+                }
+                fn visit_unit<E>(self) -> Result<Num, E> {
+                    Ok(Num::Other)
+                }
+                fn visit_seq<A: serde::de::SeqAccess<'de>>(
+                    self,
+                    mut seq: A,
+                ) -> Result<Num, A::Error> {
+                    while seq.next_element::<Checked>()?.is_some() {}
+                    Ok(Num::Other)
+                }
+                fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Num, A::Error> {
+                    while map.next_entry::<Checked, Checked>()?.is_some() {}
+                    Ok(Num::Other)
+                }
+            }
+            d.deserialize_any(V)
+        }
+    }
+
+    /// `prompt_tokens_details` / `completion_tokens_details`: the fields asked
+    /// for, present or not (`None`: not an object). A repeated key keeps its
+    /// last value, as a tree's map does.
+    struct Details {
+        object: bool,
+        cached: Option<Num>,
+        cache_write: Option<Num>,
+        reasoning: Option<Num>,
+    }
+    impl<'de> Deserialize<'de> for Details {
+        fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+            struct V;
+            impl<'de> Visitor<'de> for V {
+                type Value = Details;
+                fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+                    f.write_str("a value")
+                }
+                fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Details, A::Error> {
+                    let mut d = Details {
+                        object: true,
+                        cached: None,
+                        cache_write: None,
+                        reasoning: None,
+                    };
+                    while let Some(Text(k)) = map.next_key::<Text>()? {
+                        let slot = match k.as_ref() {
+                            "cached_tokens" => &mut d.cached,
+                            "cache_write_tokens" => &mut d.cache_write,
+                            "reasoning_tokens" => &mut d.reasoning,
+                            _ => {
+                                map.next_value::<Checked>()?;
+                                continue;
+                            }
+                        };
+                        *slot = Some(map.next_value::<Num>()?);
+                    }
+                    Ok(d)
+                }
+                fn visit_bool<E>(self, _: bool) -> Result<Details, E> {
+                    Ok(Details::NONE)
+                }
+                fn visit_u64<E>(self, _: u64) -> Result<Details, E> {
+                    Ok(Details::NONE)
+                }
+                fn visit_i64<E>(self, _: i64) -> Result<Details, E> {
+                    Ok(Details::NONE)
+                }
+                fn visit_f64<E>(self, _: f64) -> Result<Details, E> {
+                    Ok(Details::NONE)
+                }
+                fn visit_str<E>(self, _: &str) -> Result<Details, E> {
+                    Ok(Details::NONE)
+                }
+                fn visit_unit<E>(self) -> Result<Details, E> {
+                    Ok(Details::NONE)
+                }
+                fn visit_seq<A: serde::de::SeqAccess<'de>>(
+                    self,
+                    mut seq: A,
+                ) -> Result<Details, A::Error> {
+                    while seq.next_element::<Checked>()?.is_some() {}
+                    Ok(Details::NONE)
+                }
+            }
+            d.deserialize_any(V)
+        }
+    }
+    impl Details {
+        const NONE: Details = Details {
+            object: false,
+            cached: None,
+            cache_write: None,
+            reasoning: None,
+        };
+    }
+
+    struct Read(Option<Usage>);
+    impl<'de> Deserialize<'de> for Read {
+        fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+            struct V;
+            impl<'de> Visitor<'de> for V {
+                type Value = Read;
+                fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+                    f.write_str("a value")
+                }
+                fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Read, A::Error> {
+                    let (mut prompt, mut completion, mut hit, mut cost) = (None, None, None, None);
+                    let (mut pd, mut cd) = (Details::NONE, Details::NONE);
+                    while let Some(Text(k)) = map.next_key::<Text>()? {
+                        match k.as_ref() {
+                            "prompt_tokens" => prompt = Some(map.next_value::<Num>()?),
+                            "completion_tokens" => completion = Some(map.next_value::<Num>()?),
+                            "prompt_cache_hit_tokens" => hit = Some(map.next_value::<Num>()?),
+                            "cost" => cost = Some(map.next_value::<Num>()?),
+                            "prompt_tokens_details" => pd = map.next_value::<Details>()?,
+                            "completion_tokens_details" => cd = map.next_value::<Details>()?,
+                            _ => {
+                                map.next_value::<Checked>()?;
+                            }
+                        }
+                    }
+                    let count = |n: Option<Num>| n.map_or(0, Num::count);
+                    // DeepSeek reports cache hits at the top level.
+                    let cached = if pd.object && pd.cached.is_some() {
+                        pd.cached
+                    } else {
+                        hit
+                    };
+                    Ok(Read(Some(Usage {
+                        input_tokens: count(prompt),
+                        output_tokens: count(completion),
+                        cached_input_tokens: count(cached),
+                        cache_creation_input_tokens: count(pd.cache_write.filter(|_| pd.object)),
+                        reasoning_tokens: count(cd.reasoning.filter(|_| cd.object)),
+                        reported_cost_usd: cost.and_then(Num::as_f64),
+                    })))
+                }
+                fn visit_bool<E>(self, _: bool) -> Result<Read, E> {
+                    Ok(Read(None))
+                }
+                fn visit_u64<E>(self, _: u64) -> Result<Read, E> {
+                    Ok(Read(None))
+                }
+                fn visit_i64<E>(self, _: i64) -> Result<Read, E> {
+                    Ok(Read(None))
+                }
+                fn visit_f64<E>(self, _: f64) -> Result<Read, E> {
+                    Ok(Read(None))
+                }
+                fn visit_str<E>(self, _: &str) -> Result<Read, E> {
+                    Ok(Read(None))
+                }
+                fn visit_unit<E>(self) -> Result<Read, E> {
+                    Ok(Read(None))
+                }
+                fn visit_seq<A: serde::de::SeqAccess<'de>>(
+                    self,
+                    mut seq: A,
+                ) -> Result<Read, A::Error> {
+                    while seq.next_element::<Checked>()?.is_some() {}
+                    Ok(Read(None))
+                }
+            }
+            d.deserialize_any(V)
+        }
+    }
+
+    serde_json::from_str::<Read>(raw).map(|r| r.0)
+}
+
+/// What [`common_chunk`] reads of a chunk.
+struct Common<'a> {
+    /// `choices[0].delta.content` (`None` without a choice).
+    text: Option<std::borrow::Cow<'a, str>>,
+    /// `choices[0].finish_reason` when it is a string.
+    finish: Option<std::borrow::Cow<'a, str>>,
+    /// The `usage` object's text when it is there and not `null`.
+    usage: Option<&'a serde_json::value::RawValue>,
+}
+
+/// The common chunks, typed: at most one choice (index 0) whose delta holds
+/// at most `role` and `content`, with or without a string finish, and with or
+/// without `usage`; no error. That is every chunk of a plain text answer,
+/// its finish chunk and its usage chunk. Parsing them this way costs a
+/// fraction of a [`Value`] tree (no map per object, borrowed text), and it
+/// yields exactly what the general path below would (a property test checks
+/// this). Anything else (tool calls, reasoning, refusals, several choices,
+/// Groq's `x_groq`, an error, a duplicate key, an odd type) is `None` and
+/// takes the general path.
+fn common_chunk(data: &str) -> Option<Common<'_>> {
+    use serde::de::{Error as _, MapAccess, Visitor};
+    use serde::Deserialize;
+    use serde_json::value::RawValue;
+
+    use typed::{Checked, Text};
 
     /// `Some(value)` for the first time a field comes, an error the second
     /// (serde's derived structs refuse repeated fields the same way).
@@ -1380,6 +1620,112 @@ mod fast_path_tests {
                 }
                 c
             })
+    }
+
+    /// Usage objects as servers send them and odder: repeated and escaped
+    /// keys, details that are not objects, numbers of every kind, strings a
+    /// tree refuses (lone surrogates), with or without a twist that breaks them.
+    fn usage_object() -> impl Strategy<Value = String> {
+        let scalar = prop_oneof![
+            Just("null"),
+            Just("0"),
+            Just("7"),
+            Just("-3"),
+            Just("2.0"),
+            Just("2.9"),
+            Just("-0.5"),
+            Just("1e3"),
+            Just("-0"),
+            Just("12345678901234567890123"),
+            Just("18446744073709551615"),
+            Just("true"),
+            Just("\"9\""),
+            Just("\"\\ud800\""),
+            Just("[]"),
+            Just("[1,{\"a\":2}]"),
+            Just("{}"),
+            Just("1e999"),
+        ];
+        let detail_key = prop_oneof![
+            Just("cached_tokens"),
+            Just("cache_write_tokens"),
+            Just("reasoning_tokens"),
+            Just("cached\\u005ftokens"),
+            Just("audio_tokens"),
+        ];
+        let details = prop_oneof![
+            scalar.clone().prop_map(str::to_string),
+            proptest::collection::vec((detail_key, scalar.clone()), 0..4).prop_map(|kv| {
+                let body: Vec<String> = kv.iter().map(|(k, v)| format!("\"{k}\":{v}")).collect();
+                format!("{{{}}}", body.join(","))
+            }),
+        ];
+        let key = prop_oneof![
+            Just("prompt_tokens"),
+            Just("completion_tokens"),
+            Just("total_tokens"),
+            Just("prompt_cache_hit_tokens"),
+            Just("cost"),
+            Just("prompt_tokens_details"),
+            Just("completion_tokens_details"),
+            Just("prompt\\u005ftokens"),
+            Just("other"),
+        ];
+        let entry = (key, details, scalar).prop_map(|(k, d, v)| {
+            let value = if k.ends_with("details") {
+                d
+            } else {
+                v.to_string()
+            };
+            format!("\"{k}\":{value}")
+        });
+        (
+            proptest::collection::vec(entry, 0..8),
+            0..10u8,
+            proptest::option::of((
+                0..400usize,
+                0..3u8,
+                proptest::sample::select(vec![
+                    '"', ',', '}', ']', '{', '\\', ' ', '0', '-', 'e', '.',
+                ]),
+            )),
+        )
+            .prop_map(|(entries, shape, twist)| {
+                let mut s = match shape {
+                    0 => "5".to_string(),
+                    1 => "\"usage\"".to_string(),
+                    2 => "[1,2]".to_string(),
+                    _ => format!("{{{}}}", entries.join(",")),
+                };
+                if let Some((at, how, ch)) = twist {
+                    let mut cs: Vec<char> = s.chars().collect();
+                    let at = at % cs.len();
+                    match how {
+                        0 => {
+                            cs.remove(at);
+                        }
+                        1 => cs.insert(at, ch),
+                        _ => cs[at] = ch,
+                    }
+                    s = cs.into_iter().collect();
+                }
+                s
+            })
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(2000))]
+        /// The typed usage read gives what the tree read gives, and refuses
+        /// what it refuses.
+        #[test]
+        fn typed_usage_reads_as_the_tree_does(raw in usage_object()) {
+            let tree = serde_json::from_str::<Value>(&raw).map(|v| usage(Some(&v)));
+            let typed = usage_typed(&raw);
+            prop_assert_eq!(tree.is_ok(), typed.is_ok(), "{}", raw);
+            if let (Ok(a), Ok(b)) = (tree, typed) {
+                prop_assert_eq!(a, b, "{}", raw);
+            }
+        }
     }
 
     /// `data` read by `fast` (the decoder's own way) and by `general` (the
