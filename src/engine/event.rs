@@ -400,7 +400,12 @@ impl Accumulator {
             return;
         }
         // Other output is counted after the text that came before it.
-        self.count_text();
+        if matches!(
+            d,
+            Delta::Thinking(_) | Delta::Refusal(_) | Delta::ToolCall { .. }
+        ) {
+            self.count_text();
+        }
         let c = &mut self.completion;
         match d {
             Delta::Text(_) => unreachable!("handled above"),
@@ -700,7 +705,7 @@ mod accumulator_tests {
         #[test]
         fn a_count_taken_late_equals_one_taken_as_output_came(
             steps in proptest::collection::vec(
-                (0u8..5, "[a-z0-9 .,!\\u{4e00}-\\u{4e10}]{0,10}"),
+                (0u8..7, "[a-z0-9 .,!\\u{4e00}-\\u{4e10}]{0,10}"),
                 0..60,
             ),
         ) {
@@ -711,12 +716,17 @@ mod accumulator_tests {
                     0 | 1 => Delta::Text(t.clone()),
                     2 => Delta::Thinking(t.clone()),
                     3 => Delta::Refusal(t.clone()),
-                    _ => Delta::ToolCall { index: 0, id: None, name: None, arguments: t.clone() },
+                    4 => Delta::ToolCall { index: 0, id: None, name: None, arguments: t.clone() },
+                    // Neither is output: nothing to count.
+                    5 => Delta::Usage(super::Usage::default()),
+                    _ => Delta::Finish { reason: super::FinishReason::Stop, raw: "stop".into() },
                 };
                 acc.push(&d);
-                eager.push(&t);
+                if kind < 5 {
+                    eager.push(&t);
+                }
                 if kind == 1 {
-                    proptest::prop_assert_eq!(acc.running_output_tokens(), eager.tokens());
+                    proptest::prop_assert_eq!(acc.local_output_tokens(), eager.tokens());
                 }
             }
             proptest::prop_assert_eq!(acc.local_output_tokens(), eager.tokens());

@@ -3,7 +3,6 @@
 //! total timeouts. Dropping an [`Attempt`] drops the response body, which
 //! closes the connection: that is how cancellation works.
 
-use std::collections::VecDeque;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, OnceLock};
 use std::time::Duration;
@@ -112,8 +111,9 @@ enum Body {
 /// A request in flight.
 pub struct Attempt {
     body: Body,
-    pending: VecDeque<Delta>,
-    scratch: Vec<Delta>,
+    /// Deltas read and not taken yet, the next one last (a chunk's deltas are
+    /// decoded straight into it, then turned around).
+    pending: Vec<Delta>,
     timeouts: Timeouts,
     started: Instant,
     deadline: Option<Instant>,
@@ -305,8 +305,7 @@ impl Attempt {
         let factor = opts.caps.max_tokens_factor;
         let mut attempt = Attempt {
             body: Body::Done,
-            pending: VecDeque::new(),
-            scratch: Vec::new(),
+            pending: Vec::new(),
             timeouts,
             started,
             deadline,
@@ -420,7 +419,7 @@ impl Attempt {
             for d in &deltas {
                 attempt.out.observe(d);
             }
-            attempt.pending.extend(deltas);
+            attempt.pending.extend(deltas.into_iter().rev());
         }
         Ok(attempt)
     }
@@ -472,7 +471,7 @@ impl Attempt {
 
     async fn next_inner(&mut self) -> Option<Result<Delta, EngineError>> {
         loop {
-            if let Some(d) = self.pending.pop_front() {
+            if let Some(d) = self.pending.pop() {
                 if !self.got_first && is_content(&d) {
                     self.got_first = true;
                 }
@@ -508,7 +507,7 @@ impl Attempt {
                 };
                 match item {
                     Some(Ok(d)) => {
-                        self.pending.push_back(d);
+                        self.pending.push(d);
                         Ok(true)
                     }
                     Some(Err(e)) => Err(e),
@@ -593,8 +592,9 @@ impl Attempt {
                     }
                     None => fut.await,
                 }?;
-                let out = &mut self.scratch;
-                out.clear();
+                // Only called once everything read was taken.
+                let out = &mut self.pending;
+                debug_assert!(out.is_empty());
                 // Every frame is masked before a decoder keeps or emits any of
                 // it (a finish word, a tool id, an error snippet), and nothing is
                 // cut before masking (`StreamDecoder::frame_unmasked`).
@@ -614,7 +614,7 @@ impl Attempt {
                         for d in out.iter() {
                             self.out.observe(d);
                         }
-                        self.pending.extend(out.drain(..));
+                        out.reverse();
                         if let Err(e) = fed {
                             self.body = Body::Done;
                             self.trailing = Some(e);
@@ -636,7 +636,7 @@ impl Attempt {
                         }
                         .and_then(|()| decoder.end(out));
                         let done = decoder.is_done();
-                        self.pending.extend(out.drain(..));
+                        out.reverse();
                         self.body = Body::Done;
                         if let Err(e) = fed {
                             self.trailing = Some(e);
