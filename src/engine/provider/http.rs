@@ -153,12 +153,16 @@ struct OutputCount {
     counted: u64,
     /// Output that arrived since, not fed to `est` yet. Each byte adds at most
     /// one token to the count, so while `counted` plus these bytes stays within
-    /// the cap the count cannot pass it, and counting waits: most answers end
-    /// long before, and are never counted chunk by chunk.
+    /// the cap the count cannot pass it, and counting waits (up to
+    /// [`UNFED_MAX`] bytes): the estimator runs once per few KB of answer
+    /// instead of once per chunk.
     unfed: String,
     /// Output tokens as last reported by the provider (running).
     provider: u64,
 }
+
+/// Output bytes an [`OutputCount`] keeps before it counts them anyway.
+const UNFED_MAX: usize = 4096;
 
 impl OutputCount {
     fn new(cap: Option<u64>) -> Self {
@@ -185,7 +189,11 @@ impl OutputCount {
         // Without a cap nothing reads the count.
         let Some(cap) = self.cap else { return };
         self.unfed.push_str(text);
-        if self.counted.saturating_add(self.unfed.len() as u64) > cap {
+        // Fed in pieces of a few KB at most, so the text kept stays small
+        // whatever the cap.
+        if self.unfed.len() >= UNFED_MAX
+            || self.counted.saturating_add(self.unfed.len() as u64) > cap
+        {
             self.est.push(&self.unfed);
             self.unfed.clear();
             self.counted = self.est.tokens();
@@ -1095,11 +1103,12 @@ mod tests {
 
     proptest::proptest! {
         /// Counting lazily stops an answer exactly where counting every piece
-        /// would: after each piece, past the cap or not alike.
+        /// would: after each piece, past the cap or not alike; the text kept
+        /// uncounted stays under its bound.
         #[test]
         fn a_lazy_count_passes_the_cap_where_an_eager_one_does(
-            pieces in proptest::collection::vec("[a-z0-9 .,!\u{4e00}-\u{4e10}é]{0,12}", 0..80),
-            cap in 0u64..60,
+            pieces in proptest::collection::vec("[a-z0-9 .,!\u{4e00}-\u{4e10}é]{0,12}|[a-z ]{200,400}", 0..80),
+            cap in proptest::prop_oneof![0u64..60, 0u64..5000],
             thinking in proptest::collection::vec(proptest::bool::ANY, 80),
         ) {
             let mut lazy = OutputCount::new(Some(cap));
@@ -1109,6 +1118,7 @@ mod tests {
                 lazy.observe(&d);
                 eager.push(p);
                 proptest::prop_assert_eq!(lazy.past_cap().is_some(), eager.tokens() > cap, "piece {}", i);
+                proptest::prop_assert!(lazy.unfed.len() < UNFED_MAX, "text kept: {}", lazy.unfed.len());
             }
         }
     }
