@@ -579,7 +579,8 @@ pub enum StreamEvent {
     /// Usage snapshot so far (cumulative). Its `output_tokens` is the
     /// running count: the larger of the provider's figure and a local count
     /// of what arrived, so a provisional figure (Anthropic's `1` at the
-    /// start) never shows for a whole stream. Sent whenever the provider
+    /// start) never shows for a whole stream; once the answer finished, the
+    /// provider's figure alone (its final word). Sent whenever the provider
     /// reports usage, and as output arrives once it has.
     Usage(Usage),
     /// A retry is scheduled.
