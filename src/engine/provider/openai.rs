@@ -748,150 +748,129 @@ fn usage_typed(raw: &str) -> serde_json::Result<Option<Usage>> {
         }
     }
 
+    /// What is read from an object; any other value is checked and gives
+    /// [`FromMap::OTHER`].
+    trait FromMap<'de>: Sized {
+        const OTHER: Self;
+        fn from_map<A: MapAccess<'de>>(map: A) -> Result<Self, A::Error>;
+    }
+    struct ObjectOr<T>(std::marker::PhantomData<T>);
+    impl<'de, T: FromMap<'de>> Visitor<'de> for ObjectOr<T> {
+        type Value = T;
+        fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+            f.write_str("a value")
+        }
+        fn visit_map<A: MapAccess<'de>>(self, map: A) -> Result<T, A::Error> {
+            T::from_map(map)
+        }
+        fn visit_bool<E>(self, _: bool) -> Result<T, E> {
+            Ok(T::OTHER)
+        }
+        fn visit_u64<E>(self, _: u64) -> Result<T, E> {
+            Ok(T::OTHER)
+        }
+        fn visit_i64<E>(self, _: i64) -> Result<T, E> {
+            Ok(T::OTHER)
+        }
+        fn visit_f64<E>(self, _: f64) -> Result<T, E> {
+            Ok(T::OTHER)
+        }
+        fn visit_str<E>(self, _: &str) -> Result<T, E> {
+            Ok(T::OTHER)
+        }
+        fn visit_unit<E>(self) -> Result<T, E> {
+            Ok(T::OTHER)
+        }
+        fn visit_seq<A: serde::de::SeqAccess<'de>>(self, mut seq: A) -> Result<T, A::Error> {
+            while seq.next_element::<Checked>()?.is_some() {}
+            Ok(T::OTHER)
+        }
+    }
+    fn object_or<'de, D: serde::Deserializer<'de>, T: FromMap<'de>>(d: D) -> Result<T, D::Error> {
+        d.deserialize_any(ObjectOr(std::marker::PhantomData))
+    }
+
     /// `prompt_tokens_details` / `completion_tokens_details`: the fields asked
-    /// for, present or not (`None`: not an object). A repeated key keeps its
-    /// last value, as a tree's map does.
+    /// for, present or not (`object`: whether it is an object at all). A
+    /// repeated key keeps its last value, as a tree's map does.
     struct Details {
         object: bool,
         cached: Option<Num>,
         cache_write: Option<Num>,
         reasoning: Option<Num>,
     }
-    impl<'de> Deserialize<'de> for Details {
-        fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
-            struct V;
-            impl<'de> Visitor<'de> for V {
-                type Value = Details;
-                fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-                    f.write_str("a value")
-                }
-                fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Details, A::Error> {
-                    let mut d = Details {
-                        object: true,
-                        cached: None,
-                        cache_write: None,
-                        reasoning: None,
-                    };
-                    while let Some(Text(k)) = map.next_key::<Text>()? {
-                        let slot = match k.as_ref() {
-                            "cached_tokens" => &mut d.cached,
-                            "cache_write_tokens" => &mut d.cache_write,
-                            "reasoning_tokens" => &mut d.reasoning,
-                            _ => {
-                                map.next_value::<Checked>()?;
-                                continue;
-                            }
-                        };
-                        *slot = Some(map.next_value::<Num>()?);
-                    }
-                    Ok(d)
-                }
-                fn visit_bool<E>(self, _: bool) -> Result<Details, E> {
-                    Ok(Details::NONE)
-                }
-                fn visit_u64<E>(self, _: u64) -> Result<Details, E> {
-                    Ok(Details::NONE)
-                }
-                fn visit_i64<E>(self, _: i64) -> Result<Details, E> {
-                    Ok(Details::NONE)
-                }
-                fn visit_f64<E>(self, _: f64) -> Result<Details, E> {
-                    Ok(Details::NONE)
-                }
-                fn visit_str<E>(self, _: &str) -> Result<Details, E> {
-                    Ok(Details::NONE)
-                }
-                fn visit_unit<E>(self) -> Result<Details, E> {
-                    Ok(Details::NONE)
-                }
-                fn visit_seq<A: serde::de::SeqAccess<'de>>(
-                    self,
-                    mut seq: A,
-                ) -> Result<Details, A::Error> {
-                    while seq.next_element::<Checked>()?.is_some() {}
-                    Ok(Details::NONE)
-                }
-            }
-            d.deserialize_any(V)
-        }
-    }
-    impl Details {
-        const NONE: Details = Details {
+    impl<'de> FromMap<'de> for Details {
+        const OTHER: Details = Details {
             object: false,
             cached: None,
             cache_write: None,
             reasoning: None,
         };
+        fn from_map<A: MapAccess<'de>>(mut map: A) -> Result<Details, A::Error> {
+            let mut d = Details {
+                object: true,
+                ..Details::OTHER
+            };
+            while let Some(Text(k)) = map.next_key::<Text>()? {
+                let slot = match k.as_ref() {
+                    "cached_tokens" => &mut d.cached,
+                    "cache_write_tokens" => &mut d.cache_write,
+                    "reasoning_tokens" => &mut d.reasoning,
+                    _ => {
+                        map.next_value::<Checked>()?;
+                        continue;
+                    }
+                };
+                *slot = Some(map.next_value::<Num>()?);
+            }
+            Ok(d)
+        }
+    }
+    impl<'de> Deserialize<'de> for Details {
+        fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+            object_or(d)
+        }
     }
 
     struct Read(Option<Usage>);
-    impl<'de> Deserialize<'de> for Read {
-        fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
-            struct V;
-            impl<'de> Visitor<'de> for V {
-                type Value = Read;
-                fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-                    f.write_str("a value")
-                }
-                fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Read, A::Error> {
-                    let (mut prompt, mut completion, mut hit, mut cost) = (None, None, None, None);
-                    let (mut pd, mut cd) = (Details::NONE, Details::NONE);
-                    while let Some(Text(k)) = map.next_key::<Text>()? {
-                        match k.as_ref() {
-                            "prompt_tokens" => prompt = Some(map.next_value::<Num>()?),
-                            "completion_tokens" => completion = Some(map.next_value::<Num>()?),
-                            "prompt_cache_hit_tokens" => hit = Some(map.next_value::<Num>()?),
-                            "cost" => cost = Some(map.next_value::<Num>()?),
-                            "prompt_tokens_details" => pd = map.next_value::<Details>()?,
-                            "completion_tokens_details" => cd = map.next_value::<Details>()?,
-                            _ => {
-                                map.next_value::<Checked>()?;
-                            }
-                        }
+    impl<'de> FromMap<'de> for Read {
+        const OTHER: Read = Read(None);
+        fn from_map<A: MapAccess<'de>>(mut map: A) -> Result<Read, A::Error> {
+            let (mut prompt, mut completion, mut hit, mut cost) = (None, None, None, None);
+            let (mut pd, mut cd) = (Details::OTHER, Details::OTHER);
+            while let Some(Text(k)) = map.next_key::<Text>()? {
+                match k.as_ref() {
+                    "prompt_tokens" => prompt = Some(map.next_value::<Num>()?),
+                    "completion_tokens" => completion = Some(map.next_value::<Num>()?),
+                    "prompt_cache_hit_tokens" => hit = Some(map.next_value::<Num>()?),
+                    "cost" => cost = Some(map.next_value::<Num>()?),
+                    "prompt_tokens_details" => pd = map.next_value::<Details>()?,
+                    "completion_tokens_details" => cd = map.next_value::<Details>()?,
+                    _ => {
+                        map.next_value::<Checked>()?;
                     }
-                    let count = |n: Option<Num>| n.map_or(0, Num::count);
-                    // DeepSeek reports cache hits at the top level.
-                    let cached = if pd.object && pd.cached.is_some() {
-                        pd.cached
-                    } else {
-                        hit
-                    };
-                    Ok(Read(Some(Usage {
-                        input_tokens: count(prompt),
-                        output_tokens: count(completion),
-                        cached_input_tokens: count(cached),
-                        cache_creation_input_tokens: count(pd.cache_write.filter(|_| pd.object)),
-                        reasoning_tokens: count(cd.reasoning.filter(|_| cd.object)),
-                        reported_cost_usd: cost.and_then(Num::as_f64),
-                    })))
-                }
-                fn visit_bool<E>(self, _: bool) -> Result<Read, E> {
-                    Ok(Read(None))
-                }
-                fn visit_u64<E>(self, _: u64) -> Result<Read, E> {
-                    Ok(Read(None))
-                }
-                fn visit_i64<E>(self, _: i64) -> Result<Read, E> {
-                    Ok(Read(None))
-                }
-                fn visit_f64<E>(self, _: f64) -> Result<Read, E> {
-                    Ok(Read(None))
-                }
-                fn visit_str<E>(self, _: &str) -> Result<Read, E> {
-                    Ok(Read(None))
-                }
-                fn visit_unit<E>(self) -> Result<Read, E> {
-                    Ok(Read(None))
-                }
-                fn visit_seq<A: serde::de::SeqAccess<'de>>(
-                    self,
-                    mut seq: A,
-                ) -> Result<Read, A::Error> {
-                    while seq.next_element::<Checked>()?.is_some() {}
-                    Ok(Read(None))
                 }
             }
-            d.deserialize_any(V)
+            let count = |n: Option<Num>| n.map_or(0, Num::count);
+            // DeepSeek reports cache hits at the top level.
+            let cached = if pd.object && pd.cached.is_some() {
+                pd.cached
+            } else {
+                hit
+            };
+            Ok(Read(Some(Usage {
+                input_tokens: count(prompt),
+                output_tokens: count(completion),
+                cached_input_tokens: count(cached),
+                cache_creation_input_tokens: count(pd.cache_write.filter(|_| pd.object)),
+                reasoning_tokens: count(cd.reasoning.filter(|_| cd.object)),
+                reported_cost_usd: cost.and_then(Num::as_f64),
+            })))
+        }
+    }
+    impl<'de> Deserialize<'de> for Read {
+        fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+            object_or(d)
         }
     }
 
@@ -1559,6 +1538,21 @@ mod fast_path_tests {
     use super::*;
     use proptest::prelude::*;
 
+    /// `s` with one character (at `at`, modulo its length) deleted, doubled
+    /// by `ch` inserted, or replaced by `ch`.
+    fn twisted(s: &str, at: usize, how: u8, ch: char) -> String {
+        let mut cs: Vec<char> = s.chars().collect();
+        let at = at % cs.len();
+        match how {
+            0 => {
+                cs.remove(at);
+            }
+            1 => cs.insert(at, ch),
+            _ => cs[at] = ch,
+        }
+        cs.into_iter().collect()
+    }
+
     /// Common chunks as servers send them (spacing, escapes, usage, finish),
     /// half of them with one character deleted, doubled or replaced: the
     /// fast path must read every valid one and refuse whatever the general
@@ -1607,16 +1601,7 @@ mod fast_path_tests {
                     r#"{{"id":"chatcmpl-1","object":"chat.completion.chunk","created":1700000000,{sp}"model":"gpt-4o-mini","system_fingerprint":"fp_1","choices":{choices},"usage":{usage}}}"#
                 );
                 if let Some((at, how, ch)) = twist.filter(|_| twists) {
-                    let mut cs: Vec<char> = c.chars().collect();
-                    let at = at % cs.len();
-                    match how {
-                        0 => {
-                            cs.remove(at);
-                        }
-                        1 => cs.insert(at, ch),
-                        _ => cs[at] = ch,
-                    }
-                    c = cs.into_iter().collect();
+                    c = twisted(&c, at, how, ch);
                 }
                 c
             })
@@ -1698,16 +1683,7 @@ mod fast_path_tests {
                     _ => format!("{{{}}}", entries.join(",")),
                 };
                 if let Some((at, how, ch)) = twist {
-                    let mut cs: Vec<char> = s.chars().collect();
-                    let at = at % cs.len();
-                    match how {
-                        0 => {
-                            cs.remove(at);
-                        }
-                        1 => cs.insert(at, ch),
-                        _ => cs[at] = ch,
-                    }
-                    s = cs.into_iter().collect();
+                    s = twisted(&s, at, how, ch);
                 }
                 s
             })
