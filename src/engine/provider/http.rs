@@ -229,28 +229,16 @@ impl Attempt {
             timeouts,
             ..Default::default()
         };
-        Self::start_with(client, spec, model, req, stream, &opts, ctx).await
-    }
-
-    /// [`Attempt::start`] with caps and a deadline over the whole request.
-    pub async fn start_with(
-        client: &reqwest::Client,
-        spec: &ProviderSpec,
-        model: &str,
-        req: &ChatRequest,
-        stream: bool,
-        opts: &AttemptOptions,
-        ctx: &CallContext,
-    ) -> Result<Attempt, EngineError> {
         let via = Via {
             client,
             plain: None,
         };
-        Self::start_via(via, spec, model, req, stream, opts, ctx).await
+        Self::start_via(via, spec, model, req, stream, &opts, ctx).await
     }
 
-    /// [`Attempt::start_with`] through `lease`: a plain `http://` endpoint is sent
-    /// to by hyper's client directly, without reqwest's layers (see [`PlainClient`]).
+    /// [`Attempt::start`] with caps and a deadline over the whole request, through
+    /// `lease`: a plain `http://` endpoint is sent to by hyper's client directly,
+    /// without reqwest's layers (see [`PlainClient`]).
     pub async fn start_leased(
         lease: &ClientLease,
         spec: &ProviderSpec,
