@@ -23,6 +23,8 @@ use tokio::time::Sleep;
 use tokio_util::sync::CancellationToken;
 use tower_service::Service;
 
+use super::pace::Pace;
+
 /// Limits of the HTTP face. Every one is on by default.
 #[derive(Debug, Clone)]
 pub struct Limits {
@@ -41,6 +43,9 @@ pub struct Limits {
     pub max_fanout: usize,
     /// Requests in flight from one client address.
     pub max_per_client: usize,
+    /// The longest a stream holds a frame while the server is behind (zero:
+    /// never); see [`super::pace`].
+    pub hold_under_load: Duration,
 }
 
 /// Default `--max-connections`.
@@ -68,6 +73,7 @@ impl Default for Limits {
             max_batch: DEFAULT_MAX_BATCH,
             max_fanout: DEFAULT_MAX_FANOUT,
             max_per_client: DEFAULT_MAX_PER_CLIENT,
+            hold_under_load: Duration::from_secs_f64(super::pace::DEFAULT_HOLD_MS / 1000.0),
         }
     }
 }
@@ -114,7 +120,13 @@ pub fn bind(addrs: &[SocketAddr], max_connections: usize) -> io::Result<TcpListe
 /// Serve `app` on `listener` until `stop` is cancelled, then stop accepting
 /// and ask every connection to finish its request and close. Returns when
 /// every connection is closed.
-pub async fn serve(listener: TcpListener, app: Router, limits: Limits, stop: CancellationToken) {
+pub async fn serve(
+    listener: TcpListener,
+    app: Router,
+    limits: Limits,
+    pace: Arc<Pace>,
+    stop: CancellationToken,
+) {
     let slots = Arc::new(Semaphore::new(limits.max_connections.max(1)));
     // Every connection task holds a receiver; `closed()` resolves when all are gone.
     let (close_tx, close_rx) = watch::channel(());
@@ -140,7 +152,10 @@ pub async fn serve(listener: TcpListener, app: Router, limits: Limits, stop: Can
         let stop = stop.clone();
         let limits = limits.clone();
         let close_rx = close_rx.clone();
+        let waiting = pace.arrived();
         tokio::spawn(async move {
+            // The runtime got to this connection: it is off the backlog.
+            drop(waiting);
             connection(sock, peer, app, &limits, stop).await;
             drop(permit);
             drop(close_rx);

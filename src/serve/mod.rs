@@ -15,6 +15,7 @@
 pub mod listener;
 pub mod metrics;
 pub mod openai_compat;
+pub mod pace;
 pub use crate::shared::params;
 pub mod rpc;
 pub mod telemetry;
@@ -112,6 +113,11 @@ pub struct ServeArgs {
     /// Requests in flight from one client address (429 and -32005 beyond).
     #[arg(long, value_name = "N", default_value_t = listener::DEFAULT_MAX_PER_CLIENT)]
     pub max_per_client: usize,
+    /// While accepted connections wait for the server (it is behind), streams
+    /// already under way hold their next frame up to this many milliseconds, so
+    /// that new requests get their first token sooner (0: never hold).
+    #[arg(long, value_name = "MS", default_value_t = pace::DEFAULT_HOLD_MS)]
+    pub hold_under_load: f64,
 }
 
 /// Options of the HTTP face.
@@ -161,6 +167,8 @@ pub struct AppState {
     pub(crate) runs: Arc<Runs>,
     /// Requests in flight per client address.
     clients: Arc<std::sync::Mutex<HashMap<IpAddr, usize>>>,
+    /// The accept backlog, and the streams holding a frame while there is one.
+    pub pace: Arc<pace::Pace>,
 }
 
 /// The runs in flight, by a serial number.
@@ -201,6 +209,7 @@ impl AppState {
             engine,
             settings,
             metrics: Arc::new(Metrics::new()),
+            pace: pace::Pace::new(opts.limits.hold_under_load),
             opts,
             runs: Arc::default(),
             clients: Arc::default(),
@@ -998,9 +1007,10 @@ pub fn run(flags: &GlobalFlags, args: ServeArgs) -> i32 {
         eprintln!("quorum: listening on http://{local}");
         let metrics = state.metrics.clone();
         let runs = state.runs.clone();
+        let pace = state.pace.clone();
         let app = router(state);
         let stop = CancellationToken::new();
-        let server = listener::serve(listener, app, limits, stop.clone());
+        let server = listener::serve(listener, app, limits, pace, stop.clone());
         let mut server = std::pin::pin!(server);
         tokio::select! {
             _ = &mut server => {}
@@ -1063,6 +1073,14 @@ fn at_least_one(flag: &str, v: usize) -> Result<usize, String> {
     }
 }
 
+fn hold_ms(v: f64) -> Result<Duration, String> {
+    if v.is_finite() && (0.0..=1000.0).contains(&v) {
+        Ok(Duration::from_secs_f64(v / 1000.0))
+    } else {
+        Err("--hold-under-load must be a number of milliseconds from 0 to 1000".into())
+    }
+}
+
 fn limits_from(a: &ServeArgs) -> Result<Limits, String> {
     Ok(Limits {
         max_connections: at_least_one("--max-connections", a.max_connections)?,
@@ -1072,6 +1090,7 @@ fn limits_from(a: &ServeArgs) -> Result<Limits, String> {
         max_batch: at_least_one("--max-batch", a.max_batch)?,
         max_fanout: at_least_one("--max-fanout", a.max_fanout)?,
         max_per_client: at_least_one("--max-per-client", a.max_per_client)?,
+        hold_under_load: hold_ms(a.hold_under_load)?,
     })
 }
 

@@ -840,6 +840,8 @@ struct Relay {
     tool_ids: Vec<usize>,
     started: bool,
     done: bool,
+    pace: Arc<super::pace::Pace>,
+    holding: super::pace::Holding,
 }
 
 impl Relay {
@@ -892,6 +894,11 @@ impl Relay {
         if self.done {
             return Poll::Ready(None);
         }
+        // While new connections wait for the server, a stream under way lets
+        // them go first (see `serve::pace`); what arrives meanwhile goes in one frame.
+        if self.started && self.early.len() == 0 && self.pace.hold(&mut self.holding, cx) {
+            return Poll::Pending;
+        }
         // Allocated at the first frame (a poll that finds nothing allocates
         // nothing), with room for a typical one (the constant head plus a short
         // delta) so it is not grown several times per chunk.
@@ -929,6 +936,7 @@ impl Relay {
         if out.is_empty() {
             Poll::Pending
         } else {
+            self.holding.sent();
             Poll::Ready(Some(Bytes::from(out)))
         }
     }
@@ -971,6 +979,8 @@ async fn stream(
         tool_ids: Vec::new(),
         started: false,
         done: false,
+        pace: state.pace.clone(),
+        holding: Default::default(),
     };
     let body = Body::from_stream(futures_util::stream::poll_fn(move |cx| {
         relay.poll_chunk(cx).map(|o| o.map(Ok::<_, Infallible>))

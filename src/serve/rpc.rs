@@ -35,6 +35,7 @@ use futures_util::FutureExt;
 use serde_json::{json, Map, Value};
 use tokio::sync::mpsc;
 
+use super::pace::Holding;
 use super::params::{chat_request, FieldError, Fields, PROMPT_FIELDS};
 use super::{read_body, AppState, BodyError, CallMeta, CancelOnDrop, StartError};
 use crate::engine::compare::{analyse, collect_results, judge_report, parse_kind, to_json};
@@ -642,8 +643,18 @@ async fn stream(
         let _ = tx.send(sse_frame("result", &response(&id, r))).await;
         drop(cancel);
     });
+    // After the `run` frame, frames hold while new connections wait (`serve::pace`).
+    let (pace, mut holding, mut started) = (state.pace.clone(), Holding::default(), false);
     let body = Body::from_stream(futures_util::stream::poll_fn(move |cx| {
-        rx.poll_recv(cx).map(|o| o.map(Ok::<_, Infallible>))
+        if started && pace.hold(&mut holding, cx) {
+            return std::task::Poll::Pending;
+        }
+        let frame = rx.poll_recv(cx);
+        if let std::task::Poll::Ready(Some(_)) = &frame {
+            started = true;
+            holding.sent();
+        }
+        frame.map(|o| o.map(Ok::<_, Infallible>))
     }));
     Ok((
         [
