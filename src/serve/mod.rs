@@ -765,7 +765,9 @@ async fn guard(State(state): State<Arc<AppState>>, req: Request, next: Next) -> 
         },
     };
     let in_flight = state.metrics.in_flight();
+    let starting = state.pace.starting();
     let resp = ACCESS.scope(access.clone(), next.run(req)).await;
+    drop(starting);
     access
         .status
         .store(resp.status().as_u16(), Ordering::Relaxed);

@@ -4,37 +4,54 @@
 //! of clients on a saturated core), every relayed chunk of a stream already
 //! under way competes for the same CPU as the new requests' setup, and each
 //! new client waits for its first token behind thousands of chunks of others.
-//! While any accepted connection has not yet been polled, a stream that has
-//! already sent its first frame *holds* its next one: it is not relayed now
-//! but when the backlog is gone, or after at most `hold` (`--hold-under-load`),
-//! whichever is first (to the millisecond). What the upstream sends meanwhile
-//! waits in the upstream socket; nothing is lost or reordered.
+//! So, while the server is *behind*, a stream that has already sent its first
+//! frame *holds* its next one: it is not relayed now but when the server has
+//! caught up, or after at most `hold` (`--hold-under-load`), whichever is
+//! first (to the millisecond). What the upstream sends meanwhile waits in the
+//! upstream socket; nothing is lost or reordered.
 //!
-//! No stream waits longer than `hold` per frame however long the backlog
-//! lasts, and a server that keeps up never holds anything: a connection leaves
-//! the backlog as soon as its task first runs, whether or not its client has
-//! sent a request (so idle connections cannot hold other streams).
+//! The server is behind while an accepted connection waits for its task's
+//! first poll, and, after a connection waited [`BEHIND`] or more for it, for
+//! [`BEHIND_FOR`] while any request is still *starting* (between the
+//! handler's start and its response's head: for a stream, its first token).
+//! A server that keeps up never holds anything: its connections are polled
+//! within microseconds, whether or not their clients have sent a request (so
+//! idle connections cannot hold other streams). No stream waits longer than
+//! `hold` per frame however long the server stays behind.
 //!
-//! The cost when nothing is held is one atomic load per relayed frame.
+//! The cost when nothing is held is one or two atomic loads per relayed frame.
 //! Measured (`benches/serve_burst.sh`, 1,000 streams on one core after 100):
-//! the first burst's median time to first token fell by about a fifth.
+//! see the README and issue #14's notes.
 
-use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::task::{Context, Waker};
 use std::time::{Duration, Instant};
 
-/// How often held streams are looked at: the backlog may be gone.
+/// How often held streams are looked at: the server may have caught up.
 const TICK: Duration = Duration::from_millis(1);
 
 /// Default `--hold-under-load`, milliseconds.
 pub const DEFAULT_HOLD_MS: f64 = 20.0;
+
+/// A connection that waited this long for its task's first poll shows the
+/// server is behind.
+pub const BEHIND: Duration = Duration::from_millis(1);
+
+/// How long such a wait counts, while requests are starting.
+pub const BEHIND_FOR: Duration = Duration::from_millis(50);
 
 /// One server's backlog and held streams.
 #[derive(Debug)]
 pub struct Pace {
     /// Accepted connections whose task has not run yet.
     waiting: AtomicUsize,
+    /// Requests between their handler's start and their response's head.
+    starting: AtomicUsize,
+    /// When a connection last waited [`BEHIND`] or more for its first poll,
+    /// in milliseconds after `born` (0: never).
+    behind_at: AtomicU64,
+    born: Instant,
     /// The longest a stream holds a frame; zero: never.
     hold: Duration,
     held: Mutex<Held>,
@@ -67,11 +84,29 @@ impl Holding {
 /// An accepted connection whose task has not run yet; dropping it (first
 /// thing in the task) takes it off the backlog.
 #[derive(Debug)]
-pub struct Waiting(Arc<Pace>);
+pub struct Waiting {
+    pace: Arc<Pace>,
+    accepted: Instant,
+}
 
 impl Drop for Waiting {
     fn drop(&mut self) {
-        self.0.waiting.fetch_sub(1, Ordering::Relaxed);
+        self.pace.waiting.fetch_sub(1, Ordering::Relaxed);
+        if self.accepted.elapsed() >= BEHIND {
+            self.pace
+                .behind_at
+                .store(self.pace.now_ms().max(1), Ordering::Relaxed);
+        }
+    }
+}
+
+/// A request that has not yet produced its response's head.
+#[derive(Debug)]
+pub struct Starting(Arc<Pace>);
+
+impl Drop for Starting {
+    fn drop(&mut self) {
+        self.0.starting.fetch_sub(1, Ordering::Relaxed);
     }
 }
 
@@ -80,6 +115,9 @@ impl Pace {
     pub fn new(hold: Duration) -> Arc<Pace> {
         Arc::new(Pace {
             waiting: AtomicUsize::new(0),
+            starting: AtomicUsize::new(0),
+            behind_at: AtomicU64::new(0),
+            born: Instant::now(),
             hold,
             held: Mutex::new(Held::default()),
         })
@@ -88,7 +126,17 @@ impl Pace {
     /// A connection was accepted; it is on the backlog until the guard drops.
     pub fn arrived(self: &Arc<Self>) -> Waiting {
         self.waiting.fetch_add(1, Ordering::Relaxed);
-        Waiting(self.clone())
+        Waiting {
+            pace: self.clone(),
+            accepted: Instant::now(),
+        }
+    }
+
+    /// A request's handler started; it is starting until the guard drops
+    /// (when its response's head is ready).
+    pub fn starting(self: &Arc<Self>) -> Starting {
+        self.starting.fetch_add(1, Ordering::Relaxed);
+        Starting(self.clone())
     }
 
     /// Accepted connections whose task has not run yet.
@@ -96,12 +144,28 @@ impl Pace {
         self.waiting.load(Ordering::Relaxed)
     }
 
+    fn now_ms(&self) -> u64 {
+        u64::try_from(self.born.elapsed().as_millis()).unwrap_or(u64::MAX)
+    }
+
+    /// Whether the server is behind (see the module's doc).
+    pub fn behind(&self) -> bool {
+        if self.backlog() > 0 {
+            return true;
+        }
+        if self.starting.load(Ordering::Relaxed) == 0 {
+            return false;
+        }
+        let at = self.behind_at.load(Ordering::Relaxed);
+        at > 0 && u128::from(self.now_ms().saturating_sub(at)) < BEHIND_FOR.as_millis()
+    }
+
     /// Whether a stream should hold its next frame now. When it should, the
-    /// task is woken again when the backlog is gone or the hold is over (the
+    /// task is woken again when the server has caught up or the hold is over (the
     /// caller returns `Pending`). Call it only where returning `Pending` loses
     /// nothing: after the stream's first frame, with nothing of its own queued.
     pub fn hold(self: &Arc<Self>, h: &mut Holding, cx: &Context<'_>) -> bool {
-        if self.hold.is_zero() || self.backlog() == 0 {
+        if self.hold.is_zero() || !self.behind() {
             h.since = None;
             return false;
         }
@@ -129,13 +193,13 @@ impl Pace {
     }
 
     /// Wake the held streams whose hold is over (all of them once the
-    /// backlog is gone); whether the ticker should go on.
+    /// server has caught up); whether the ticker should go on.
     fn look(&self) -> bool {
         let Ok(mut held) = self.held.lock() else {
             return false;
         };
         let now = Instant::now();
-        let all = self.backlog() == 0;
+        let all = !self.behind();
         let mut due = Vec::new();
         held.parked.retain(|(until, mark, waker)| {
             let go = all || *until <= now;
@@ -238,6 +302,38 @@ mod tests {
             h.sent();
         }
         assert_eq!(pace.backlog(), 1);
+    }
+
+    #[test]
+    fn a_connection_that_waited_marks_the_server_behind_while_requests_start() {
+        let pace = Pace::new(Duration::from_secs(1));
+        // Polled at once: not behind, whatever is starting.
+        let t = Instant::now();
+        drop(pace.arrived());
+        let s = pace.starting();
+        if t.elapsed() < BEHIND {
+            assert!(!pace.behind());
+        }
+        drop(s);
+        // A connection that waited for its first poll.
+        let w = pace.arrived();
+        assert!(pace.behind(), "a connection is waiting");
+        std::thread::sleep(BEHIND * 2);
+        let t0 = Instant::now();
+        drop(w);
+        assert!(!pace.behind(), "nothing is starting");
+        let s = pace.starting();
+        let behind = pace.behind();
+        if t0.elapsed() < BEHIND_FOR / 2 {
+            assert!(behind, "a request is starting after a wait");
+        }
+        // It counts for BEHIND_FOR only.
+        while pace.behind() {
+            assert!(t0.elapsed() < Duration::from_secs(60));
+            std::thread::sleep(Duration::from_millis(5));
+        }
+        assert!(t0.elapsed() + Duration::from_millis(1) >= BEHIND_FOR);
+        drop(s);
     }
 
     #[tokio::test]
