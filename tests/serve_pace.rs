@@ -118,6 +118,9 @@ async fn a_stream_holds_while_connections_wait_and_goes_on_when_they_are_served(
     // Nothing was lost.
     let text = content(&first) + &words(&mut body).await;
     assert_eq!(text, want(60));
+    // And /metrics tells the operator.
+    let m = state.metrics.render(&state.engine, &state.pace);
+    assert!(m.contains("quorum_stream_frames_held_total 1\n"), "{m}");
 }
 
 fn want(n: usize) -> String {

@@ -23,6 +23,7 @@ use prometheus_client::registry::Registry;
 use serde::Serialize;
 use serde_json::{json, Value};
 
+use super::pace::Pace;
 use crate::engine::routing::BreakerState;
 use crate::engine::{Completion, Engine, Tally};
 
@@ -85,6 +86,8 @@ struct State {
     agents: HashMap<String, AgentSeries>,
     /// Ledger write failures already added to their counter.
     ledger_failures_seen: u64,
+    /// Held frames already added to the counter.
+    held_seen: u64,
 }
 
 /// Most model label values (provider/model pairs) ever handed out; later ones are `other`.
@@ -310,6 +313,7 @@ struct Families {
     ledger_backlog: Gauge,
     ledger_away: Gauge,
     rpc_errors: Family<CodeLabel, Counter>,
+    held_frames: Counter,
 }
 
 impl Families {
@@ -341,6 +345,7 @@ impl Families {
             ledger_backlog: Gauge::default(),
             ledger_away: Gauge::default(),
             rpc_errors: Family::default(),
+            held_frames: Counter::default(),
             registry: Registry::default(),
         };
         r.register(
@@ -432,6 +437,11 @@ impl Families {
             "rpc_errors",
             "JSON-RPC error responses by error code.",
             f.rpc_errors.clone(),
+        );
+        r.register(
+            "stream_frames_held",
+            "Frames of streams under way held while the server was behind, so that starting requests went first (--hold-under-load).",
+            f.held_frames.clone(),
         );
         Families { registry: r, ..f }
     }
@@ -716,8 +726,9 @@ impl Metrics {
     }
 
     /// The exposition (OpenMetrics text, [`CONTENT_TYPE`]): the counters, plus
-    /// what is read from the engine now (breakers, ledger write failures).
-    pub fn render(&self, engine: &Engine) -> String {
+    /// what is read from the engine now (breakers, ledger write failures) and
+    /// the frames `pace` held.
+    pub fn render(&self, engine: &Engine, pace: &Pace) -> String {
         let p = &self.prom;
         let mut o = String::with_capacity(4096);
         // One render at a time, so the ledger failures are added once.
@@ -745,6 +756,11 @@ impl Metrics {
         p.ledger_backlog
             .set(i64::try_from(engine.ledger_backlog()).unwrap_or(i64::MAX));
         p.ledger_away.set(i64::from(engine.ledger_away().is_some()));
+        let held = pace.holds();
+        if held > s.held_seen {
+            p.held_frames.inc_by(held - s.held_seen);
+            s.held_seen = held;
+        }
         let _ = prometheus_client::encoding::text::encode(&mut o, &p.registry);
         o
     }
@@ -790,7 +806,7 @@ mod tests {
         m.http("/rpc", 200);
         m.refusal("budget");
         m.rpc_error(-32600);
-        let t = m.render(&engine);
+        let t = m.render(&engine, &Pace::new(std::time::Duration::ZERO));
         for line in [
             "quorum_requests_total{provider=\"mock\",model=\"alpha\",endpoint=\"chat_completions\",status=\"ok\"} 1",
             "quorum_requests_total{provider=\"mock\",model=\"alpha\",endpoint=\"rpc\",status=\"cancelled\"} 1",
@@ -828,7 +844,7 @@ mod tests {
         bare.cost_usd = None;
         m.record("rpc", &bare, true, Some("a1"));
         m.record("rpc", &bare, true, Some("a1"));
-        let t = m.render(&engine);
+        let t = m.render(&engine, &Pace::new(std::time::Duration::ZERO));
         for absent in [
             "quorum_time_to_first_token_seconds_count{",
             "quorum_agent_cost_usd_total{",
@@ -852,7 +868,7 @@ mod tests {
             true,
             Some("a1"),
         );
-        let t = m.render(&engine);
+        let t = m.render(&engine, &Pace::new(std::time::Duration::ZERO));
         for line in [
             "quorum_requests_total{provider=\"mock\",model=\"alpha\",endpoint=\"rpc\",status=\"ok\"} 3",
             "quorum_requests_total{provider=\"mock\",model=\"alpha\",endpoint=\"rpc\",status=\"error\"} 1",
@@ -869,7 +885,9 @@ mod tests {
         let u = m.usage_json(true);
         assert_eq!(u["models"][0]["requests"], 4, "{u}");
         assert_eq!(m.usage_json(false)["models"], json!([]));
-        assert!(m.render(&engine).contains("status=\"ok\"} 3"));
+        assert!(m
+            .render(&engine, &Pace::new(std::time::Duration::ZERO))
+            .contains("status=\"ok\"} 3"));
     }
 
     #[test]
@@ -879,7 +897,7 @@ mod tests {
             m.record("rpc", &completion(&format!("m{i}"), None), true, None);
         }
         let engine = Engine::new(Default::default()).unwrap();
-        let t = m.render(&engine);
+        let t = m.render(&engine, &Pace::new(std::time::Duration::ZERO));
         let series = t
             .lines()
             .filter(|l| l.starts_with("quorum_requests_total{"))

@@ -707,7 +707,7 @@ async fn not_found() -> Response {
 }
 
 async fn metrics_handler(State(state): State<Arc<AppState>>) -> Response {
-    let text = state.metrics.render(&state.engine);
+    let text = state.metrics.render(&state.engine, &state.pace);
     ([(header::CONTENT_TYPE, metrics::CONTENT_TYPE)], text).into_response()
 }
 

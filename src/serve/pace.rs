@@ -55,6 +55,8 @@ pub struct Pace {
     /// The longest a stream holds a frame; zero: never.
     hold: Duration,
     held: Mutex<Held>,
+    /// Frames held so far (for `/metrics`).
+    holds: AtomicU64,
 }
 
 #[derive(Debug, Default)]
@@ -120,6 +122,7 @@ impl Pace {
             born: Instant::now(),
             hold,
             held: Mutex::new(Held::default()),
+            holds: AtomicU64::new(0),
         })
     }
 
@@ -137,6 +140,11 @@ impl Pace {
     pub fn starting(self: &Arc<Self>) -> Starting {
         self.starting.fetch_add(1, Ordering::Relaxed);
         Starting(self.clone())
+    }
+
+    /// Frames held so far.
+    pub fn holds(&self) -> u64 {
+        self.holds.load(Ordering::Relaxed)
     }
 
     /// Accepted connections whose task has not run yet.
@@ -185,6 +193,9 @@ impl Pace {
         };
         held.parked
             .push((since + self.hold, mark.clone(), cx.waker().clone()));
+        if since == now {
+            self.holds.fetch_add(1, Ordering::Relaxed);
+        }
         if !held.ticking {
             held.ticking = true;
             tokio::spawn(tick(self.clone()));
@@ -347,6 +358,7 @@ mod tests {
             assert!(pace.hold(&mut h, &cx));
         }
         assert_eq!(pace.held.lock().unwrap().parked.len(), 1);
+        assert_eq!(pace.holds(), 1, "one frame held");
         drop(w);
         assert!(!pace.hold(&mut h, &cx));
     }
