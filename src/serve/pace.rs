@@ -157,6 +157,7 @@ impl Pace {
     }
 
     /// Whether the server is behind (see the module's doc).
+    #[inline]
     pub fn behind(&self) -> bool {
         if self.backlog() > 0 {
             return true;
@@ -164,6 +165,11 @@ impl Pace {
         if self.starting.load(Ordering::Relaxed) == 0 {
             return false;
         }
+        self.behind_lately()
+    }
+
+    #[inline(never)]
+    fn behind_lately(&self) -> bool {
         let at = self.behind_at.load(Ordering::Relaxed);
         at > 0 && u128::from(self.now_ms().saturating_sub(at)) < BEHIND_FOR.as_millis()
     }
@@ -172,11 +178,18 @@ impl Pace {
     /// task is woken again when the server has caught up or the hold is over (the
     /// caller returns `Pending`). Call it only where returning `Pending` loses
     /// nothing: after the stream's first frame, with nothing of its own queued.
+    #[inline]
     pub fn hold(self: &Arc<Self>, h: &mut Holding, cx: &Context<'_>) -> bool {
         if self.hold.is_zero() || !self.behind() {
             h.since = None;
             return false;
         }
+        self.hold_behind(h, cx)
+    }
+
+    /// [`Pace::hold`] while the server is behind.
+    #[inline(never)]
+    fn hold_behind(self: &Arc<Self>, h: &mut Holding, cx: &Context<'_>) -> bool {
         let now = Instant::now();
         let since = *h.since.get_or_insert(now);
         if now.saturating_duration_since(since) >= self.hold {
