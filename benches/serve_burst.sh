@@ -2,7 +2,8 @@
 # Bursts of concurrent streams through `quorum serve` on one core (issue #14's 1,000-stream case):
 # per rep, direct to the mock once, then for each binary a fresh process: an optional 100-stream
 # burst (PRE100=1, as run_gateways.sh does before its 1,000), a first burst of N, a warm burst of N.
-# Prints TTFT and wall per burst and the gateway's CPU ticks (1/100 s) and peak RSS, then, from
+# Prints TTFT and wall per burst, the gateway's CPU ticks (1/100 s), the frames it held
+# (--hold-under-load) and its peak RSS, then, from
 # serve's access log, where the TTFT went (benches/access_split.py: before the handler or after).
 #
 #   cargo build --profile bench --bin quorum; cp target/release/quorum /tmp/q-a   (and a /tmp/q-b to compare)
@@ -20,6 +21,8 @@ summ() { python3 -c 'import json,sys; o=json.loads(sys.stdin.read()); print("ok=
 # user ticks, system ticks and minor page faults, as "U S F" (the kernel's share is mostly
 # loopback TCP, alike for any relay; faults are fresh memory touched, mostly in a first burst)
 ticks() { awk '{print $14, $15, $10}' "/proc/$1/stat"; }
+# frames serve held so far (--hold-under-load; 0 for a relay without /metrics)
+held() { curl -s "http://127.0.0.1:$QP/metrics" 2>/dev/null | awk '/^quorum_stream_frames_held_total/ {n = $2} END {print n + 0}'; }
 spent() { set -- $1 $2; echo "cpu_ticks=$(($4 + $5 - $1 - $2)) (user $(($4 - $1)), sys $(($5 - $2))) faults=$(($6 - $3))"; }
 for r in $(seq "$REPS"); do
   echo "rep $r direct: $(load http://127.0.0.1:$MP/v1/chat/completions gpt-4o-mini "$N" | summ)"
@@ -32,11 +35,11 @@ for r in $(seq "$REPS"); do
       serve "$B" "$D"
     fi
     [[ -n "${PRE100:-}" ]] && load http://127.0.0.1:$QP/v1/chat/completions openai/gpt-4o-mini 100 >/dev/null
-    c0=$(ticks $QPID); a=$(load http://127.0.0.1:$QP/v1/chat/completions openai/gpt-4o-mini "$N" | summ)
-    c1=$(ticks $QPID); b=$(load http://127.0.0.1:$QP/v1/chat/completions openai/gpt-4o-mini "$N" | summ)
-    c2=$(ticks $QPID); rss=$(awk '/VmHWM/{print $2/1024}' "/proc/$QPID/status")
-    echo "rep $r $(basename "$B") first: $a $(spent "$c0" "$c1")"
-    echo "rep $r $(basename "$B") warm:  $b $(spent "$c1" "$c2") peak_rss_mb=$rss"
+    h0=$(held); c0=$(ticks $QPID); a=$(load http://127.0.0.1:$QP/v1/chat/completions openai/gpt-4o-mini "$N" | summ)
+    h1=$(held); c1=$(ticks $QPID); b=$(load http://127.0.0.1:$QP/v1/chat/completions openai/gpt-4o-mini "$N" | summ)
+    h2=$(held); c2=$(ticks $QPID); rss=$(awk '/VmHWM/{print $2/1024}' "/proc/$QPID/status")
+    echo "rep $r $(basename "$B") first: $a $(spent "$c0" "$c1") held=$((h1 - h0))"
+    echo "rep $r $(basename "$B") warm:  $b $(spent "$c1" "$c2") held=$((h2 - h1)) peak_rss_mb=$rss"
     kill $QPID; wait $QPID 2>/dev/null
     [[ $(basename "$B") == floor* ]] || python3 "$(dirname "$0")/access_split.py" "$OUT/q.log"
   done
