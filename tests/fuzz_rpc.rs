@@ -16,6 +16,8 @@
 //!
 //! Every failure found becomes a plain test at the bottom.
 
+#[path = "support/app.rs"]
+mod app_support;
 #[path = "support/fuzz.rs"]
 mod fuzz_support;
 
@@ -64,33 +66,14 @@ fn harness() -> &'static Harness {
         // lock orders it against their `std::env::var` reads.
         unsafe { std::env::set_var("QUORUM_MOCK_TPS", "0") };
         let dir = tempfile::tempdir().unwrap();
-        let cfg_path = dir.path().join("config.toml");
-        std::fs::write(&cfg_path, "").unwrap();
-        let cfg_s = cfg_path.display().to_string();
-        let env = move |k: &str| -> Option<String> {
-            match k {
-                "QUORUM_CONFIG" => Some(cfg_s.clone()),
-                "QUORUM_MAX_RETRIES" => Some("0".into()),
-                _ => None,
-            }
-        };
-        let flags = llm_quorum::app::GlobalFlags::default();
-        let cfg = llm_quorum::config::load(&flags.overrides(), &env).unwrap();
-        let engine = llm_quorum::engine::Engine::new(cfg.engine_config(&env).unwrap()).unwrap();
-        let settings = llm_quorum::app::Settings {
-            default_model: Some("mock/alpha".into()),
-            config: cfg,
-            ledger: None,
-            budget: Default::default(),
-        };
         let rt = tokio::runtime::Builder::new_multi_thread()
             .worker_threads(2)
             .enable_all()
             .build()
             .unwrap();
-        let state = AppState::new(
-            engine,
-            settings,
+        let state = app_support::app_state(
+            dir.path(),
+            &[("QUORUM_MAX_RETRIES", "0")],
             ServeOptions {
                 token: None,
                 max_body_bytes: MAX_BODY,

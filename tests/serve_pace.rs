@@ -18,29 +18,14 @@ use llm_quorum::serve::openai_compat;
 use llm_quorum::serve::{AppState, ServeOptions};
 use serde_json::json;
 
-fn state(hold: Duration, upstream: Option<&str>) -> (Arc<AppState>, tempfile::TempDir) {
+/// The server's state, its OpenAI provider at `upstream`.
+fn state(hold: Duration, upstream: &str) -> (Arc<AppState>, tempfile::TempDir) {
     let dir = tempfile::tempdir().unwrap();
-    let cfg_path = dir.path().join("config.toml");
-    std::fs::write(&cfg_path, "").unwrap();
-    let cfg_s = cfg_path.display().to_string();
-    let base = upstream.map(|u| format!("{u}/v1"));
-    let env = move |k: &str| -> Option<String> {
-        match k {
-            "QUORUM_CONFIG" => Some(cfg_s.clone()),
-            "OPENAI_BASE_URL" => base.clone(),
-            "OPENAI_API_KEY" => base.as_ref().map(|_| "sk-test-0123456789abcdef".into()),
-            _ => None,
-        }
-    };
-    let flags = llm_quorum::app::GlobalFlags::default();
-    let cfg = llm_quorum::config::load(&flags.overrides(), &env).unwrap();
-    let engine = llm_quorum::engine::Engine::new(cfg.engine_config(&env).unwrap()).unwrap();
-    let settings = llm_quorum::app::Settings {
-        default_model: Some("mock/alpha".into()),
-        config: cfg,
-        ledger: None,
-        budget: Default::default(),
-    };
+    let base = format!("{upstream}/v1");
+    let env = [
+        ("OPENAI_BASE_URL", base.as_str()),
+        ("OPENAI_API_KEY", "sk-test-0123456789abcdef"),
+    ];
     let opts = ServeOptions {
         limits: Limits {
             hold_under_load: hold,
@@ -48,7 +33,7 @@ fn state(hold: Duration, upstream: Option<&str>) -> (Arc<AppState>, tempfile::Te
         },
         ..ServeOptions::default()
     };
-    (AppState::new(engine, settings, opts), dir)
+    (support::app::app_state(dir.path(), &env, opts), dir)
 }
 
 /// A streamed chat completion's body.
@@ -103,7 +88,7 @@ fn upstream_reply(n: usize) -> support::Reply {
 async fn a_stream_holds_while_connections_wait_and_goes_on_when_they_are_served() {
     let up = support::Server::start(vec![upstream_reply(60)]).await;
     // A hold longer than the test: only the backlog's end releases the stream.
-    let (state, _dir) = state(Duration::from_secs(3600), Some(&up.url));
+    let (state, _dir) = state(Duration::from_secs(3600), &up.url);
     let mut body = stream(&state, "openai/gpt-4o-mini").await;
     let first = frame(&mut body, LONG).await.unwrap().unwrap();
     assert!(first.contains("\"role\":\"assistant\""), "{first}");
@@ -152,7 +137,7 @@ async fn words(body: &mut Body) -> String {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn with_no_hold_a_backlog_holds_nothing() {
     let up = support::Server::start(vec![upstream_reply(60)]).await;
-    let (state, _dir) = state(Duration::ZERO, Some(&up.url));
+    let (state, _dir) = state(Duration::ZERO, &up.url);
     let _waiting = state.pace.arrived();
     let mut body = stream(&state, "openai/gpt-4o-mini").await;
     assert_eq!(words(&mut body).await, want(60));
@@ -161,7 +146,7 @@ async fn with_no_hold_a_backlog_holds_nothing() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_hold_ends_on_its_own_however_long_the_backlog() {
     let up = support::Server::start(vec![upstream_reply(60)]).await;
-    let (state, _dir) = state(Duration::from_millis(50), Some(&up.url));
+    let (state, _dir) = state(Duration::from_millis(50), &up.url);
     let _waiting = state.pace.arrived();
     let mut body = stream(&state, "openai/gpt-4o-mini").await;
     assert_eq!(words(&mut body).await, want(60));

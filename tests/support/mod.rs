@@ -3,6 +3,7 @@
 //! access to the shared recorded fixtures.
 #![allow(dead_code)]
 
+pub mod app;
 pub mod ledger;
 pub mod pg;
 pub mod serve;
