@@ -151,3 +151,45 @@ async fn a_hold_ends_on_its_own_however_long_the_backlog() {
     let mut body = stream(&state, "openai/gpt-4o-mini").await;
     assert_eq!(words(&mut body).await, want(60));
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_rpc_stream_holds_too_once_its_content_flows() {
+    let up = support::Server::start(vec![upstream_reply(60)]).await;
+    let (state, _dir) = state(Duration::from_secs(3600), &up.url);
+    let req = json!({"jsonrpc": "2.0", "id": 1, "method": "llm.stream",
+        "params": {"model": "openai/gpt-4o-mini", "prompt": "Rivers?"}});
+    let resp = llm_quorum::serve::rpc::handle(
+        State(state.clone()),
+        HeaderMap::new(),
+        Body::from(req.to_string()),
+    )
+    .await;
+    assert_eq!(resp.status(), 200);
+    let mut body = resp.into_body();
+    // Frames before the first text ("run", "started") are never held.
+    let mut seen = String::new();
+    while !seen.contains("event: text\n") {
+        seen.push_str(&frame(&mut body, LONG).await.unwrap().unwrap());
+    }
+    let waiting = state.pace.arrived();
+    assert!(
+        frame(&mut body, Duration::from_millis(600)).await.is_err(),
+        "a frame went out while a connection waited"
+    );
+    drop(waiting);
+    while let Some(f) = frame(&mut body, LONG).await.unwrap() {
+        seen.push_str(&f);
+    }
+    let text: String = seen
+        .split("\n\n")
+        .filter_map(|e| e.strip_prefix("event: text\ndata: "))
+        .map(|d| {
+            serde_json::from_str::<serde_json::Value>(d).unwrap()["text"]
+                .as_str()
+                .unwrap()
+                .to_string()
+        })
+        .collect();
+    assert_eq!(text, want(60));
+    assert!(seen.contains("event: result\n"), "{seen}");
+}

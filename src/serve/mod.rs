@@ -113,9 +113,9 @@ pub struct ServeArgs {
     /// Requests in flight from one client address (429 and -32005 beyond).
     #[arg(long, value_name = "N", default_value_t = listener::DEFAULT_MAX_PER_CLIENT)]
     pub max_per_client: usize,
-    /// While accepted connections wait for the server (it is behind), streams
+    /// While the server is behind (accepted connections wait for it), streams
     /// already under way hold their next frame up to this many milliseconds, so
-    /// that new requests get their first token sooner (0: never hold).
+    /// that requests still starting get their first token sooner (0: never hold).
     #[arg(long, value_name = "MS", default_value_t = pace::DEFAULT_HOLD_MS)]
     pub hold_under_load: f64,
 }
@@ -167,7 +167,8 @@ pub struct AppState {
     pub(crate) runs: Arc<Runs>,
     /// Requests in flight per client address.
     clients: Arc<std::sync::Mutex<HashMap<IpAddr, usize>>>,
-    /// The accept backlog, and the streams holding a frame while there is one.
+    /// Whether the server is behind (its accept backlog, requests starting),
+    /// and the streams holding a frame meanwhile.
     pub pace: Arc<pace::Pace>,
 }
 
@@ -1112,6 +1113,17 @@ fn flush_ledger(ledger: Option<&BackgroundLedger>) {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn hold_under_load_is_milliseconds_from_0_to_1000() {
+        assert_eq!(hold_ms(0.0), Ok(Duration::ZERO));
+        assert_eq!(hold_ms(20.0), Ok(Duration::from_millis(20)));
+        assert_eq!(hold_ms(1000.0), Ok(Duration::from_secs(1)));
+        for bad in [-1.0, 1000.5, f64::NAN, f64::INFINITY] {
+            let e = hold_ms(bad).unwrap_err();
+            assert!(e.contains("--hold-under-load"), "{e}");
+        }
+    }
 
     #[test]
     fn trace_ids() {

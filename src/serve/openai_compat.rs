@@ -894,8 +894,8 @@ impl Relay {
         if self.done {
             return Poll::Ready(None);
         }
-        // While new connections wait for the server, a stream under way lets
-        // them go first (see `serve::pace`); what arrives meanwhile goes in one frame.
+        // While the server is behind, a stream under way lets the requests
+        // still starting go first (see `serve::pace`); the upstream waits.
         if self.started && self.early.len() == 0 && self.pace.hold(&mut self.holding, cx) {
             return Poll::Pending;
         }

@@ -538,6 +538,15 @@ fn sse_frame(event: &str, data: &Value) -> Bytes {
     Bytes::from(format!("event: {event}\ndata: {data}\n\n"))
 }
 
+/// Whether a frame of [`sse_frame`] carries answer content (text, thinking, a tool call).
+fn is_content_frame(f: &[u8]) -> bool {
+    ["text", "thinking", "tool_call"].iter().any(|e| {
+        f.strip_prefix(b"event: ")
+            .and_then(|r| r.strip_prefix(e.as_bytes()))
+            .is_some_and(|r| r.first() == Some(&b'\n'))
+    })
+}
+
 /// A face event as JSON: (SSE event name, data).
 pub fn event_json(ev: &TargetEvent) -> (&'static str, Value) {
     let t = ev.target;
@@ -643,15 +652,16 @@ async fn stream(
         let _ = tx.send(sse_frame("result", &response(&id, r))).await;
         drop(cancel);
     });
-    // After the `run` frame, frames hold while new connections wait (`serve::pace`).
-    let (pace, mut holding, mut started) = (state.pace.clone(), Holding::default(), false);
+    // Once its first content has gone out, the stream's frames hold while the
+    // server is behind, as the OpenAI relay's do (`serve::pace`).
+    let (pace, mut holding, mut flowing) = (state.pace.clone(), Holding::default(), false);
     let body = Body::from_stream(futures_util::stream::poll_fn(move |cx| {
-        if started && pace.hold(&mut holding, cx) {
+        if flowing && pace.hold(&mut holding, cx) {
             return std::task::Poll::Pending;
         }
         let frame = rx.poll_recv(cx);
-        if let std::task::Poll::Ready(Some(_)) = &frame {
-            started = true;
+        if let std::task::Poll::Ready(Some(f)) = &frame {
+            flowing = flowing || is_content_frame(f);
             holding.sent();
         }
         frame.map(|o| o.map(Ok::<_, Infallible>))
@@ -809,4 +819,19 @@ fn health(state: &AppState, f: Fields<'_>) -> Result<Value, RpcError> {
         "in_flight": state.metrics.in_flight_now(),
         "providers": providers,
     }))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn content_frames_are_told_apart() {
+        for e in ["text", "thinking", "tool_call"] {
+            assert!(is_content_frame(&sse_frame(e, &json!({}))), "{e}");
+        }
+        for e in ["run", "started", "queued", "usage", "texts", "result"] {
+            assert!(!is_content_frame(&sse_frame(e, &json!({}))), "{e}");
+        }
+    }
 }
