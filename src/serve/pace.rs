@@ -13,7 +13,8 @@
 //! The server is behind while an accepted connection waits for its task's
 //! first poll, and, after a connection waited [`BEHIND`] or more for it, for
 //! [`BEHIND_FOR`] while any request is still *starting* (between the
-//! handler's start and its response's head: for a stream, its first token).
+//! handler's start and its response's head: for a chat completion stream,
+//! its first token).
 //! A server that keeps up never holds anything: its connections are polled
 //! within microseconds, whether or not their clients have sent a request (so
 //! idle connections cannot hold other streams). No stream waits longer than
