@@ -225,20 +225,16 @@ impl Pace {
         };
         let now = Instant::now();
         let all = !self.behind();
-        let mut due = Vec::new();
-        held.parked.retain(|(until, mark, waker)| {
-            let go = all || *until <= now;
-            if go {
-                mark.store(false, Ordering::Release);
-                due.push(waker.clone());
-            }
-            !go
-        });
+        let (due, kept): (Vec<_>, Vec<_>) = std::mem::take(&mut held.parked)
+            .into_iter()
+            .partition(|(until, _, _)| all || *until <= now);
+        held.parked = kept;
         let more = !held.parked.is_empty();
         held.ticking = more;
         drop(held);
-        for w in due {
-            w.wake();
+        for (_, mark, waker) in due {
+            mark.store(false, Ordering::Release);
+            waker.wake();
         }
         more
     }
