@@ -134,22 +134,24 @@ async fn words(body: &mut Body) -> String {
     text
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn with_no_hold_a_backlog_holds_nothing() {
+/// A whole stream while a connection waits for as long as it lasts: every
+/// word arrives (within `LONG` per frame).
+async fn streams_whole_under_a_lasting_backlog(hold: Duration) {
     let up = support::Server::start(vec![upstream_reply(60)]).await;
-    let (state, _dir) = state(Duration::ZERO, &up.url);
+    let (state, _dir) = state(hold, &up.url);
     let _waiting = state.pace.arrived();
     let mut body = stream(&state, "openai/gpt-4o-mini").await;
     assert_eq!(words(&mut body).await, want(60));
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn with_no_hold_a_backlog_holds_nothing() {
+    streams_whole_under_a_lasting_backlog(Duration::ZERO).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_hold_ends_on_its_own_however_long_the_backlog() {
-    let up = support::Server::start(vec![upstream_reply(60)]).await;
-    let (state, _dir) = state(Duration::from_millis(50), &up.url);
-    let _waiting = state.pace.arrived();
-    let mut body = stream(&state, "openai/gpt-4o-mini").await;
-    assert_eq!(words(&mut body).await, want(60));
+    streams_whole_under_a_lasting_backlog(Duration::from_millis(50)).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
