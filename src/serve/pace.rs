@@ -18,7 +18,11 @@
 //! A server that keeps up never holds anything: its connections are polled
 //! within microseconds, whether or not their clients have sent a request (so
 //! idle connections cannot hold other streams). No stream waits longer than
-//! `hold` per frame however long the server stays behind.
+//! `hold` per frame however long the server stays behind, and a stream holds
+//! again only [`REHOLD`] times `hold` after its last hold began: however long
+//! the server stays behind (an overload that lasts, not a burst), a stream is
+//! held at most about a tenth of the time, instead of crawling at one frame per
+//! `hold`.
 //!
 //! The cost when nothing is held is one or two atomic loads per relayed frame.
 //! Measured (`benches/serve_burst.sh`, 1,000 streams on one core after 100):
@@ -31,6 +35,9 @@ use std::time::{Duration, Instant};
 
 /// How often held streams are looked at: the server may have caught up.
 const TICK: Duration = Duration::from_millis(1);
+
+/// A stream holds again only this many times `hold` after its last hold began.
+pub const REHOLD: u32 = 10;
 
 /// Default `--hold-under-load`, milliseconds. A held stream goes on as soon as
 /// the server has caught up, so this only bounds the pause of a burst the
@@ -78,6 +85,8 @@ struct Held {
 pub struct Holding {
     /// When this stream's current frame was first held.
     since: Option<Instant>,
+    /// When its last hold began.
+    last: Option<Instant>,
     /// Set while its waker is parked (cleared by whoever wakes it).
     parked: Option<Arc<AtomicBool>>,
 }
@@ -197,7 +206,18 @@ impl Pace {
     #[inline(never)]
     fn hold_behind(self: &Arc<Self>, h: &mut Holding, cx: &Context<'_>) -> bool {
         let now = Instant::now();
-        let since = *h.since.get_or_insert(now);
+        let since = match h.since {
+            Some(since) => since,
+            None => {
+                if h.last
+                    .is_some_and(|l| now.saturating_duration_since(l) < self.hold * REHOLD)
+                {
+                    return false;
+                }
+                h.last = Some(now);
+                *h.since.insert(now)
+            }
+        };
         if now.saturating_duration_since(since) >= self.hold {
             return false;
         }
@@ -320,14 +340,34 @@ mod tests {
         let pace = Pace::new(hold);
         let _w = pace.arrived();
         let mut h = Holding::default();
+        let cooldown = hold * REHOLD;
+        // Holds beyond one per round: only when this machine was so slow
+        // that the cool-down had passed before the stream was polled again.
+        let mut late = 0;
         for _ in 0..3 {
             let t = Instant::now();
             assert!(held_until_released(&pace, &mut h).await >= 1);
             assert!(t.elapsed() >= hold, "released early: {:?}", t.elapsed());
-            // It sent a frame; the next one is held afresh.
+            let began = h.last.expect("the hold's start is kept");
+            // It sent a frame. The next ones flow until REHOLD holds have
+            // passed since this hold began; then one is held afresh.
             h.sent();
+            if held_until_released(&pace, &mut h).await > 0 {
+                assert!(
+                    began.elapsed() >= cooldown,
+                    "held again after {:?}",
+                    began.elapsed()
+                );
+                late += 1;
+                h.sent();
+            }
+            let began = h.last.expect("the hold's start is kept");
+            while began.elapsed() < cooldown {
+                tokio::time::sleep(cooldown - began.elapsed()).await;
+            }
         }
         assert_eq!(pace.backlog(), 1);
+        assert_eq!(pace.holds(), 3 + late, "one hold per {cooldown:?}");
     }
 
     #[test]
