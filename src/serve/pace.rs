@@ -215,6 +215,7 @@ impl Pace {
                     return false;
                 }
                 h.last = Some(now);
+                self.holds.fetch_add(1, Ordering::Relaxed);
                 *h.since.insert(now)
             }
         };
@@ -232,9 +233,6 @@ impl Pace {
         };
         held.parked
             .push((since + self.hold, mark.clone(), cx.waker().clone()));
-        if since == now {
-            self.holds.fetch_add(1, Ordering::Relaxed);
-        }
         if !held.ticking {
             held.ticking = true;
             tokio::spawn(tick(self.clone()));
@@ -250,15 +248,20 @@ impl Pace {
         };
         let now = Instant::now();
         let all = !self.behind();
-        let (due, kept): (Vec<_>, Vec<_>) = std::mem::take(&mut held.parked)
-            .into_iter()
-            .partition(|(until, _, _)| all || *until <= now);
-        held.parked = kept;
+        // In place: a tick that wakes nothing allocates nothing.
+        let mut due = Vec::new();
+        held.parked.retain_mut(|(until, mark, waker)| {
+            let go = all || *until <= now;
+            if go {
+                mark.store(false, Ordering::Release);
+                due.push(std::mem::replace(waker, Waker::noop().clone()));
+            }
+            !go
+        });
         let more = !held.parked.is_empty();
         held.ticking = more;
         drop(held);
-        for (_, mark, waker) in due {
-            mark.store(false, Ordering::Release);
+        for waker in due {
             waker.wake();
         }
         more

@@ -538,13 +538,10 @@ fn sse_frame(event: &str, data: &Value) -> Bytes {
     Bytes::from(format!("event: {event}\ndata: {data}\n\n"))
 }
 
-/// Whether a frame of [`sse_frame`] carries answer content (text, thinking, a tool call).
-fn is_content_frame(f: &[u8]) -> bool {
-    ["text", "thinking", "tool_call"].iter().any(|e| {
-        f.strip_prefix(b"event: ")
-            .and_then(|r| r.strip_prefix(e.as_bytes()))
-            .is_some_and(|r| r.first() == Some(&b'\n'))
-    })
+/// Whether an event of [`event_json`] by this name carries answer content
+/// (text, thinking, a tool call).
+fn is_content(event: &str) -> bool {
+    matches!(event, "text" | "thinking" | "tool_call")
 }
 
 /// A face event as JSON: (SSE event name, data).
@@ -611,13 +608,14 @@ async fn stream(
         .start(p.req, vec![model], p.opts)
         .await
         .map_err(start_error)?;
-    let (tx, mut rx) = mpsc::channel::<Bytes>(256);
+    // Each frame with whether it carries answer content.
+    let (tx, mut rx) = mpsc::channel::<(Bytes, bool)>(256);
     let state2 = state.clone();
     let mut cancel = CancelOnDrop::new(state, &handle, "rpc_stream", agent);
     tokio::spawn(async move {
         let (run_id, trace_id) = (handle.run_id.clone(), handle.trace_id.clone());
         let head = json!({"run_id": run_id, "trace_id": trace_id, "targets": handle.targets});
-        if tx.send(sse_frame("run", &head)).await.is_err() {
+        if tx.send((sse_frame("run", &head), false)).await.is_err() {
             return;
         }
         let mut last: Option<Completion> = None;
@@ -627,7 +625,11 @@ async fn stream(
                 last = Some((**c).clone());
             }
             let (name, data) = event_json(&ev);
-            if tx.send(sse_frame(name, &data)).await.is_err() {
+            if tx
+                .send((sse_frame(name, &data), is_content(name)))
+                .await
+                .is_err()
+            {
                 // The client went away: `cancel` stops the upstream request.
                 return;
             }
@@ -649,7 +651,9 @@ async fn stream(
                 Err(err)
             }
         };
-        let _ = tx.send(sse_frame("result", &response(&id, r))).await;
+        let _ = tx
+            .send((sse_frame("result", &response(&id, r)), false))
+            .await;
         drop(cancel);
     });
     // Once its first content has gone out, the stream's frames hold while the
@@ -659,12 +663,13 @@ async fn stream(
         if flowing && pace.hold(&mut holding, cx) {
             return std::task::Poll::Pending;
         }
-        let frame = rx.poll_recv(cx);
-        if let std::task::Poll::Ready(Some(f)) = &frame {
-            flowing = flowing || is_content_frame(f);
-            holding.sent();
-        }
-        frame.map(|o| o.map(Ok::<_, Infallible>))
+        rx.poll_recv(cx).map(|o| {
+            o.map(|(frame, content)| {
+                flowing |= content;
+                holding.sent();
+                Ok::<_, Infallible>(frame)
+            })
+        })
     }));
     Ok((
         [
@@ -828,10 +833,10 @@ mod tests {
     #[test]
     fn content_frames_are_told_apart() {
         for e in ["text", "thinking", "tool_call"] {
-            assert!(is_content_frame(&sse_frame(e, &json!({}))), "{e}");
+            assert!(is_content(e), "{e}");
         }
         for e in ["run", "started", "queued", "usage", "texts", "result"] {
-            assert!(!is_content_frame(&sse_frame(e, &json!({}))), "{e}");
+            assert!(!is_content(e), "{e}");
         }
     }
 }
